@@ -1,0 +1,45 @@
+//! The built-in policies, embedded so the orchestrator works with no plugin
+//! files. Their sources are in `plugins/`; `build.rs` compiles them to
+//! `wasm32-wasip2` components with the plugin SDK.
+
+/// One embedded policy component.
+#[derive(Debug, Clone, Copy)]
+pub struct Builtin {
+    /// The name a configuration uses (`builtin:<name>` on the command line).
+    pub name: &'static str,
+    /// The world it implements: `readiness`, `launch` or `health`.
+    pub world: &'static str,
+    /// One line on what it does.
+    pub summary: &'static str,
+    /// The component's bytes.
+    pub wasm: &'static [u8],
+}
+
+/// Every built-in, in phase order.
+pub const BUILTINS: &[Builtin] = &[
+    Builtin {
+        name: "node-count",
+        world: "readiness",
+        summary: "ready when N nodes are alive, with G GPUs in total and a per-node minimum when asked",
+        wasm: include_bytes!(env!("BUILTIN_READINESS_NODE_COUNT_WASM")),
+    },
+    Builtin {
+        name: "vllm",
+        world: "launch",
+        summary: "vllm serve with tensor/pipeline sizes from the cluster's GPUs and the Ray executor",
+        wasm: include_bytes!(env!("BUILTIN_LAUNCH_VLLM_WASM")),
+    },
+    Builtin {
+        name: "default",
+        world: "health",
+        summary: "restart on exit, dead node or failed probes, with backoff and a limit",
+        wasm: include_bytes!(env!("BUILTIN_HEALTH_DEFAULT_WASM")),
+    },
+];
+
+/// The built-in called `name` for `world`, if there is one.
+pub fn find(world: &str, name: &str) -> Option<&'static Builtin> {
+    BUILTINS
+        .iter()
+        .find(|b| b.name == name && (world.is_empty() || b.world == world))
+}

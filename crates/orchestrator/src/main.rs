@@ -1,0 +1,66 @@
+//! `orchestrator`: the container entrypoint of every Ray pod. It starts Ray,
+//! waits for the cluster to form, serves vLLM and keeps it healthy; each
+//! phase's policy is a WebAssembly component (see `wit/`).
+
+mod plugin_cmd;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Start Ray, wait for the whole cluster, serve vLLM, keep it healthy.
+#[derive(Parser, Debug)]
+#[command(name = "orchestrator", version, about, long_about = None)]
+struct Cli {
+    /// Log filter, e.g. `info` or `orchestrator=debug`.
+    #[arg(long, env = "ORCHESTRATOR_LOG", default_value = "info", global = true)]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run this pod's role (head or worker) from a configuration file.
+    Run,
+    /// Start a head and N workers on this machine and run the whole job.
+    Local,
+    /// Wait until a Ray cluster is ready; for shell scripts.
+    Wait,
+    /// Print what `run` would do, without running anything.
+    Plan,
+    /// Inspect, check and try out policy plugins.
+    #[command(subcommand)]
+    Plugin(plugin_cmd::PluginCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_logging(&cli.log);
+    match cli.command {
+        Command::Plugin(cmd) => plugin_cmd::run(cmd),
+        Command::Run | Command::Local | Command::Wait | Command::Plan => {
+            eprintln!(
+                "error: this build has the plugin commands only; `run`, `local`, `wait` and `plan` arrive with the start and wait phases"
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,220 @@
+//! `orchestrator plugin list|check|run`: the plugin author's tools.
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use orchestrator_policy_host::types::{ClusterSnapshot, HealthSnapshot, KeyValue, LaunchRequest};
+use orchestrator_policy_host::{HostConfig, PluginError, PluginSource, PolicyHost, World};
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Limits of the plugin host, shared by every plugin command.
+#[derive(Args, Debug, Clone)]
+pub struct HostArgs {
+    /// Deadline of one plugin call, in milliseconds.
+    #[arg(long, env = "ORCHESTRATOR_PLUGIN_TIMEOUT_MS", default_value_t = 100)]
+    pub call_timeout_ms: u64,
+    /// Memory cap of one plugin instance, in MiB.
+    #[arg(long, env = "ORCHESTRATOR_PLUGIN_MEMORY_MIB", default_value_t = 64)]
+    pub memory_limit_mib: usize,
+    /// Where compiled plugins are cached (default: ~/.cache/ray-orchestrator/plugins).
+    #[arg(long, env = "ORCHESTRATOR_PLUGIN_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Do not cache compiled plugins.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+impl HostArgs {
+    /// The host configuration these flags describe.
+    pub fn host_config(&self) -> HostConfig {
+        let defaults = HostConfig::default();
+        HostConfig {
+            call_timeout: Duration::from_millis(self.call_timeout_ms.max(1)),
+            memory_limit_bytes: self.memory_limit_mib.max(1) * 1024 * 1024,
+            cache_dir: if self.no_cache {
+                None
+            } else {
+                self.cache_dir.clone().or(defaults.cache_dir)
+            },
+        }
+    }
+}
+
+/// Inspect, check and try out policy plugins.
+#[derive(Subcommand, Debug)]
+pub enum PluginCommand {
+    /// List the built-in policies: name, world, version, sha256.
+    List {
+        #[command(flatten)]
+        host: HostArgs,
+    },
+    /// Check that a file is a valid policy component; exit 0 if so, 2 if not.
+    Check {
+        /// The component file, or `builtin:NAME`.
+        plugin: String,
+        #[command(flatten)]
+        host: HostArgs,
+    },
+    /// Run a plugin on a JSON input and print its answer as JSON.
+    Run {
+        /// The component file, or `builtin:NAME`.
+        plugin: String,
+        /// The input: a cluster-snapshot (readiness), launch-request
+        /// (launch) or health-snapshot (health) as JSON, `-` for stdin.
+        #[arg(long)]
+        input: PathBuf,
+        /// A policy parameter, `KEY=VALUE`; repeat for more.
+        #[arg(long = "param", value_name = "KEY=VALUE")]
+        params: Vec<String>,
+        #[command(flatten)]
+        host: HostArgs,
+    },
+}
+
+/// Runs one plugin command and returns the process exit code.
+pub fn run(cmd: PluginCommand) -> ExitCode {
+    let result = match cmd {
+        PluginCommand::List { host } => list(&host),
+        PluginCommand::Check { plugin, host } => check(&plugin, &host),
+        PluginCommand::Run {
+            plugin,
+            input,
+            params,
+            host,
+        } => run_plugin(&plugin, &input, &params, &host),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn list(host_args: &HostArgs) -> Result<ExitCode> {
+    let host = PolicyHost::new(host_args.host_config())?;
+    println!("{:<12} {:<10} {:<8} SHA256", "NAME", "WORLD", "VERSION");
+    for builtin in orchestrator_builtin_plugins::BUILTINS {
+        let info = host.inspect(&PluginSource::Builtin(builtin.name.to_string()))?;
+        println!(
+            "{:<12} {:<10} {:<8} {}",
+            builtin.name, info.world, info.version, info.sha256
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(plugin: &str, host_args: &HostArgs) -> Result<ExitCode> {
+    let host = PolicyHost::new(host_args.host_config())?;
+    match host.inspect(&PluginSource::parse(plugin)) {
+        Ok(info) => {
+            println!("plugin:  {}", info.name);
+            println!("world:   {}", info.world);
+            println!("version: {}", info.version);
+            println!("sha256:  {}", info.sha256);
+            println!("size:    {} bytes", info.size);
+            println!("exports: {}", info.exports.join(", "));
+            println!("imports:");
+            for import in &info.imports {
+                println!("  {import}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+fn parse_params(raw: &[String]) -> Result<Vec<KeyValue>> {
+    raw.iter()
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok(KeyValue::new(k, v)),
+            _ => bail!("--param {p:?} is not KEY=VALUE; write it like --param nodes=3"),
+        })
+        .collect()
+}
+
+fn read_input(path: &PathBuf) -> Result<String> {
+    if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read the input from stdin")?;
+        return Ok(text);
+    }
+    std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the input file {}", path.display()))
+}
+
+fn parse_input<T: serde::de::DeserializeOwned>(text: &str, path: &PathBuf, what: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not a valid {what} ({e}); field names are the WIT's (kebab-case), see examples/snapshots/",
+            path.display()
+        )
+    })
+}
+
+fn run_plugin(plugin: &str, input: &PathBuf, params: &[String], host_args: &HostArgs) -> Result<ExitCode> {
+    let params = parse_params(params)?;
+    let text = read_input(input)?;
+    let host = PolicyHost::new(host_args.host_config())?;
+    let source = PluginSource::parse(plugin);
+    let world = match &source {
+        PluginSource::Builtin(name) => orchestrator_builtin_plugins::BUILTINS
+            .iter()
+            .find(|b| b.name == name)
+            .and_then(|b| World::parse(b.world)),
+        PluginSource::File { .. } => None,
+    };
+    let world = match world {
+        Some(w) => w,
+        None => match host.inspect(&source) {
+            Ok(info) => info.world,
+            Err(e) => return Ok(plugin_failure(&e)),
+        },
+    };
+    let mut loaded = match host.load(world, &source) {
+        Ok(p) => p,
+        Err(e) => return Ok(plugin_failure(&e)),
+    };
+    let output = match world {
+        World::Readiness => {
+            let snapshot: ClusterSnapshot = parse_input(&text, input, "cluster-snapshot")?;
+            loaded.check(&snapshot, &params).map(|v| serde_json::to_value(v))
+        }
+        World::Launch => {
+            let request: LaunchRequest = parse_input(&text, input, "launch-request")?;
+            loaded.plan(&request, &params).map(|r| match r {
+                Ok(plan) => serde_json::to_value(serde_json::json!({ "plan": plan })),
+                Err(e) => serde_json::to_value(serde_json::json!({ "error": e })),
+            })
+        }
+        World::Health => {
+            let snapshot: HealthSnapshot = parse_input(&text, input, "health-snapshot")?;
+            loaded.evaluate(&snapshot, &params).map(|v| serde_json::to_value(v))
+        }
+    };
+    match output {
+        Ok(value) => {
+            println!("{}", serde_json::to_string_pretty(&value?)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Ok(plugin_failure(&e)),
+    }
+}
+
+/// Prints a plugin error; loading problems exit 2, failed calls exit 1.
+fn plugin_failure(e: &PluginError) -> ExitCode {
+    eprintln!("error: {e}");
+    if e.is_call_failure() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::from(2)
+    }
+}

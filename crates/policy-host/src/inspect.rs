@@ -1,0 +1,191 @@
+//! What a component is, before anything of it runs: its header, the world
+//! and version it exports, and whether the host provides all it imports.
+
+use crate::error::PluginError;
+use crate::world::{PACKAGE, VERSION, World};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// WASI 0.2 interfaces the host links (with an empty context: no
+/// preopened directories, no environment, no network, frozen clocks).
+const WASI_PROVIDED: &[&str] = &[
+    "wasi:io/error",
+    "wasi:io/poll",
+    "wasi:io/streams",
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+    "wasi:clocks/wall-clock",
+    "wasi:clocks/monotonic-clock",
+    "wasi:filesystem/types",
+    "wasi:filesystem/preopens",
+    "wasi:random/random",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+    "wasi:sockets/network",
+    "wasi:sockets/instance-network",
+    "wasi:sockets/tcp",
+    "wasi:sockets/tcp-create-socket",
+    "wasi:sockets/udp",
+    "wasi:sockets/udp-create-socket",
+    "wasi:sockets/ip-name-lookup",
+];
+
+/// Interfaces of our own package a plugin may import.
+const POLICY_IMPORTS: &[&str] = &["types", "log"];
+
+/// Checks the header: WebAssembly at all, and a component, not a module.
+pub(crate) fn check_header(plugin: &str, bytes: &[u8]) -> Result<(), PluginError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(PluginError::NotWasm {
+            plugin: plugin.to_string(),
+        });
+    }
+    // Bytes 4..6 are the version, 6..8 the layer: 0 = core module, 1 = component.
+    let layer = u16::from_le_bytes([bytes[6], bytes[7]]);
+    if layer == 0 {
+        return Err(PluginError::CoreModule {
+            plugin: plugin.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Splits `pkg:name/iface@1.2.3` into (`pkg:name/iface`, `1.2.3`).
+fn split_version(name: &str) -> (&str, Option<&str>) {
+    match name.rsplit_once('@') {
+        Some((base, version)) => (base, Some(version)),
+        None => (name, None),
+    }
+}
+
+/// Whether an import is one the host links.
+fn provided(import: &str) -> bool {
+    let (base, version) = split_version(import);
+    if let Some(iface) = base.strip_prefix(&format!("{PACKAGE}/")) {
+        return POLICY_IMPORTS.contains(&iface) && version == Some(VERSION);
+    }
+    // WASI 0.2.x: wasmtime links any 0.2 patch version to its own.
+    WASI_PROVIDED.contains(&base) && version.is_some_and(|v| v.starts_with("0.2."))
+}
+
+/// The exports and imports of a compiled component, by name.
+pub(crate) fn names(engine: &Engine, component: &Component) -> (Vec<String>, Vec<String>) {
+    let ty = component.component_type();
+    let exports = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
+    let imports = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
+    (exports, imports)
+}
+
+/// Which world the exports implement, or why none fits. When `want` is
+/// given the component must implement that world.
+pub(crate) fn world_of(
+    plugin: &str,
+    exports: &[String],
+    imports: &[String],
+    want: Option<World>,
+) -> Result<World, PluginError> {
+    let mut ours = Vec::new();
+    for name in exports {
+        let (base, version) = split_version(name);
+        if let Some(iface) = base.strip_prefix(&format!("{PACKAGE}/")) {
+            if let Some(world) = World::ALL.into_iter().find(|w| w.interface() == iface) {
+                ours.push((world, version.unwrap_or("").to_string(), name.clone()));
+            }
+        }
+    }
+
+    // A policy interface at another version: the plugin was built for
+    // another release of the contract.
+    let wrong_version = |found: &str| PluginError::WrongVersion {
+        plugin: plugin.to_string(),
+        expected: format!("{PACKAGE}@{VERSION}"),
+        found: found.to_string(),
+    };
+
+    let candidates: Vec<&(World, String, String)> = ours
+        .iter()
+        .filter(|(w, _, _)| want.is_none_or(|want| *w == want))
+        .collect();
+    let world = match candidates.iter().find(|(_, v, _)| v == VERSION) {
+        Some((world, _, _)) => *world,
+        None => {
+            if let Some((_, _, name)) = candidates.first() {
+                return Err(wrong_version(name));
+            }
+            let expected = want.map_or("a policy".to_string(), |w| w.name().to_string());
+            let expected_export = want.map_or_else(
+                || format!("{PACKAGE}/<readiness|launch|health>-policy@{VERSION}"),
+                World::export_name,
+            );
+            let found = if exports.is_empty() {
+                "nothing".to_string()
+            } else {
+                exports.join(", ")
+            };
+            return Err(PluginError::WrongWorld {
+                plugin: plugin.to_string(),
+                expected,
+                expected_export,
+                found,
+            });
+        }
+    };
+
+    let missing: Vec<&String> = imports.iter().filter(|i| !provided(i)).collect();
+    if !missing.is_empty() {
+        // Our own package at another version means the plugin was built
+        // against another release of the SDK.
+        if let Some(other) = missing
+            .iter()
+            .find(|i| i.starts_with(&format!("{PACKAGE}/")))
+        {
+            return Err(wrong_version(other));
+        }
+        return Err(PluginError::UnsupportedImports {
+            plugin: plugin.to_string(),
+            imports: missing
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    Ok(world)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wasi_patch_versions_are_provided_and_others_are_not() {
+        assert!(provided("wasi:cli/environment@0.2.6"));
+        assert!(provided("ray-orchestrator:policy/log@0.1.0"));
+        assert!(!provided("ray-orchestrator:policy/log@0.2.0"));
+        assert!(!provided("wasi:http/outgoing-handler@0.2.6"));
+        assert!(!provided("wasi:cli/environment@0.3.0"));
+    }
+
+    #[test]
+    fn header_tells_module_from_component() {
+        let module = b"\0asm\x01\0\0\0";
+        let component = b"\0asm\x0d\0\x01\0";
+        assert!(matches!(
+            check_header("m", module),
+            Err(PluginError::CoreModule { .. })
+        ));
+        assert!(check_header("c", component).is_ok());
+        assert!(matches!(
+            check_header("x", b"hello world"),
+            Err(PluginError::NotWasm { .. })
+        ));
+    }
+}

@@ -1,0 +1,561 @@
+//! # orchestrator-policy-host
+//!
+//! Hosts the orchestrator's policy plugins: WebAssembly components that
+//! implement one world of `ray-orchestrator:policy@0.1.0` (see `wit/`).
+//!
+//! - [`PolicyHost::load`] takes a built-in or a file, checks its sha256 pin,
+//!   its header, the world and version it exports and the imports it needs,
+//!   and says exactly what is wrong when something is.
+//! - Compiled code is cached on disk, keyed by the plugin's sha256 and the
+//!   engine's settings, so later starts skip compilation.
+//! - Every call is bounded by a deadline (epoch interruption) and a memory
+//!   cap. Plugins get an empty WASI context: no files, no environment, no
+//!   network, frozen clocks. Their stdout/stderr is captured.
+//! - A trap, panic, timeout or memory exhaustion becomes a [`PluginError`]
+//!   carrying the plugin's name and stderr; the broken instance is dropped
+//!   and the next call instantiates afresh. A plugin cannot crash or hang
+//!   the orchestrator.
+
+mod bindings;
+mod cache;
+mod error;
+mod inspect;
+mod sandbox;
+pub mod types;
+mod world;
+
+pub use error::{PluginError, Stderr};
+pub use world::{PACKAGE, VERSION, World};
+
+use bindings::{health_policy, launch_policy, readiness_policy};
+use sandbox::State;
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+use types::{
+    ClusterSnapshot, HealthSnapshot, HealthVerdict, KeyValue, LaunchError, LaunchPlan,
+    LaunchRequest, Readiness,
+};
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
+use wasmtime::{Config, Engine, Store, Trap};
+
+/// Limits and locations of the plugin host.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Longest one call (or one instantiation) may run. Default 100 ms.
+    pub call_timeout: Duration,
+    /// Most linear memory one instance may use. Default 64 MiB.
+    pub memory_limit_bytes: usize,
+    /// Where compiled plugins are cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            call_timeout: Duration::from_millis(100),
+            memory_limit_bytes: 64 * 1024 * 1024,
+            cache_dir: cache::default_dir(),
+        }
+    }
+}
+
+/// Where a plugin comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginSource {
+    /// A built-in policy, by name (`node-count`, `vllm`, `default`).
+    Builtin(String),
+    /// A component file, optionally pinned by sha256 (hex).
+    File {
+        /// The file's path.
+        path: PathBuf,
+        /// The sha256 the file must have, when pinned.
+        sha256: Option<String>,
+    },
+}
+
+impl PluginSource {
+    /// Parses `builtin:NAME` or a file path.
+    pub fn parse(text: &str) -> Self {
+        match text.strip_prefix("builtin:") {
+            Some(name) => Self::Builtin(name.to_string()),
+            None => Self::File {
+                path: PathBuf::from(text),
+                sha256: None,
+            },
+        }
+    }
+}
+
+/// What the host knows about a loaded plugin.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PluginInfo {
+    /// `builtin:<name>` or the file's path.
+    pub name: String,
+    /// The world it implements.
+    pub world: World,
+    /// The WIT package version it was built for.
+    pub version: String,
+    /// The sha256 of its bytes, hex.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub size: usize,
+    /// Everything it imports (all provided by the host).
+    pub imports: Vec<String>,
+    /// Everything it exports.
+    pub exports: Vec<String>,
+}
+
+/// Increments the engine's epoch while any call is running, and sleeps
+/// (parked) when none is, so an idle orchestrator costs no CPU.
+struct EpochTicker {
+    engine: Engine,
+    active: AtomicUsize,
+    thread: std::sync::OnceLock<Thread>,
+}
+
+/// How often the epoch advances while a call runs.
+const TICK: Duration = Duration::from_millis(2);
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Result<Arc<Self>, PluginError> {
+        let ticker = Arc::new(Self {
+            engine,
+            active: AtomicUsize::new(0),
+            thread: std::sync::OnceLock::new(),
+        });
+        let weak: Weak<Self> = Arc::downgrade(&ticker);
+        let handle = std::thread::Builder::new()
+            .name("plugin-epoch".into())
+            .spawn(move || {
+                loop {
+                    let Some(ticker) = weak.upgrade() else { return };
+                    if ticker.active.load(Ordering::Acquire) == 0 {
+                        drop(ticker);
+                        std::thread::park_timeout(Duration::from_secs(5));
+                        continue;
+                    }
+                    drop(ticker);
+                    std::thread::sleep(TICK);
+                    if let Some(ticker) = weak.upgrade() {
+                        ticker.engine.increment_epoch();
+                    }
+                }
+            })
+            .map_err(|e| PluginError::Engine(format!("cannot start the epoch thread: {e}")))?;
+        let _ = ticker.thread.set(handle.thread().clone());
+        Ok(ticker)
+    }
+
+    /// Marks a call as running until the guard drops.
+    fn enter(&self) -> ActiveCall<'_> {
+        if self.active.fetch_add(1, Ordering::AcqRel) == 0 {
+            if let Some(t) = self.thread.get() {
+                t.unpark();
+            }
+        }
+        ActiveCall(self)
+    }
+}
+
+struct ActiveCall<'a>(&'a EpochTicker);
+
+impl Drop for ActiveCall<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The shared part of the host: engine, linker, limits.
+struct Shared {
+    engine: Engine,
+    linker: Linker<State>,
+    ticker: Arc<EpochTicker>,
+    config: HostConfig,
+    /// Epoch ticks a call may run.
+    deadline_ticks: u64,
+    /// Identifies the engine's settings in cache keys.
+    engine_key: String,
+}
+
+/// Loads and checks plugins. Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct PolicyHost {
+    shared: Arc<Shared>,
+}
+
+impl PolicyHost {
+    /// Sets up the engine, the linker and the epoch thread.
+    pub fn new(config: HostConfig) -> Result<Self, PluginError> {
+        let mut wasm_config = Config::new();
+        wasm_config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(512 * 1024);
+        let engine = Engine::new(&wasm_config)
+            .map_err(|e| PluginError::Engine(format!("cannot create the engine: {e}")))?;
+        let mut linker: Linker<State> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| PluginError::Engine(format!("cannot link WASI: {e}")))?;
+        bindings::log::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
+            .and_then(|()| types::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s))
+            .map_err(|e| PluginError::Engine(format!("cannot link the policy imports: {e}")))?;
+        let ticker = EpochTicker::start(engine.clone())?;
+        let ticks = config.call_timeout.as_nanos().div_ceil(TICK.as_nanos()) as u64 + 1;
+        let engine_key = cache::engine_key(&engine);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                engine,
+                linker,
+                ticker,
+                config,
+                deadline_ticks: ticks,
+                engine_key,
+            }),
+        })
+    }
+
+    /// The host's configuration.
+    pub fn config(&self) -> &HostConfig {
+        &self.shared.config
+    }
+
+    /// Reads a plugin's bytes and its display name.
+    fn read(&self, world: Option<World>, source: &PluginSource) -> Result<(String, Vec<u8>), PluginError> {
+        match source {
+            PluginSource::Builtin(name) => {
+                let found = orchestrator_builtin_plugins::BUILTINS
+                    .iter()
+                    .find(|b| b.name == name && world.is_none_or(|w| b.world == w.name()));
+                match found {
+                    Some(b) => Ok((format!("builtin:{}", b.name), b.wasm.to_vec())),
+                    None => Err(PluginError::UnknownBuiltin {
+                        world: world.map_or("any".to_string(), |w| w.name().to_string()),
+                        name: name.clone(),
+                        known: orchestrator_builtin_plugins::BUILTINS
+                            .iter()
+                            .filter(|b| world.is_none_or(|w| b.world == w.name()))
+                            .map(|b| format!("{} ({})", b.name, b.world))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    }),
+                }
+            }
+            PluginSource::File { path, sha256 } => {
+                let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                let name = path.display().to_string();
+                if let Some(expected) = sha256 {
+                    let actual = hex::encode(Sha256::digest(&bytes));
+                    if !actual.eq_ignore_ascii_case(expected.trim()) {
+                        return Err(PluginError::DigestMismatch {
+                            plugin: name,
+                            expected: expected.trim().to_lowercase(),
+                            actual,
+                        });
+                    }
+                }
+                Ok((name, bytes))
+            }
+        }
+    }
+
+    /// Compiles `bytes` (or loads the cached compilation) and checks what
+    /// the component exports and imports.
+    fn compile_checked(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        want: Option<World>,
+    ) -> Result<(Component, PluginInfo), PluginError> {
+        inspect::check_header(name, bytes)?;
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        let component = cache::compile(&self.shared, name, bytes, &sha256)?;
+        let (exports, imports) = inspect::names(&self.shared.engine, &component);
+        let world = inspect::world_of(name, &exports, &imports, want)?;
+        Ok((
+            component,
+            PluginInfo {
+                name: name.to_string(),
+                world,
+                version: VERSION.to_string(),
+                sha256,
+                size: bytes.len(),
+                imports,
+                exports,
+            },
+        ))
+    }
+
+    /// Checks a plugin without running any of its code: what
+    /// `orchestrator plugin check` prints.
+    pub fn inspect(&self, source: &PluginSource) -> Result<PluginInfo, PluginError> {
+        let (name, bytes) = self.read(None, source)?;
+        let (component, info) = self.compile_checked(&name, &bytes, None)?;
+        // Linking proves every import is satisfiable.
+        self.shared
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| PluginError::UnsupportedImports {
+                plugin: name.clone(),
+                imports: e.to_string(),
+            })?;
+        Ok(info)
+    }
+
+    /// Loads a plugin for `world`: pin, header, world, version and imports
+    /// are checked; nothing of the plugin runs until its first call.
+    pub fn load(&self, world: World, source: &PluginSource) -> Result<Plugin, PluginError> {
+        let (name, bytes) = self.read(Some(world), source)?;
+        self.load_bytes(world, &name, &bytes)
+    }
+
+    /// Like [`load`](Self::load), for bytes already in memory.
+    pub fn load_bytes(&self, world: World, name: &str, bytes: &[u8]) -> Result<Plugin, PluginError> {
+        let (component, info) = self.compile_checked(name, bytes, Some(world))?;
+        let pre = self
+            .shared
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| PluginError::UnsupportedImports {
+                plugin: name.to_string(),
+                imports: e.to_string(),
+            })?;
+        let invalid = |e: wasmtime::Error| PluginError::WrongWorld {
+            plugin: name.to_string(),
+            expected: world.name().to_string(),
+            expected_export: world.export_name(),
+            found: format!("an export of the wrong shape ({e})"),
+        };
+        let indices = match world {
+            World::Readiness => {
+                Indices::Readiness(readiness_policy::GuestIndices::new(&pre).map_err(invalid)?)
+            }
+            World::Launch => Indices::Launch(launch_policy::GuestIndices::new(&pre).map_err(invalid)?),
+            World::Health => Indices::Health(health_policy::GuestIndices::new(&pre).map_err(invalid)?),
+        };
+        Ok(Plugin {
+            shared: Arc::clone(&self.shared),
+            name: Arc::from(info.name.as_str()),
+            info,
+            pre,
+            indices,
+            live: None,
+        })
+    }
+}
+
+enum Indices {
+    Readiness(readiness_policy::GuestIndices),
+    Launch(launch_policy::GuestIndices),
+    Health(health_policy::GuestIndices),
+}
+
+enum Guest {
+    Readiness(readiness_policy::Guest),
+    Launch(launch_policy::Guest),
+    Health(health_policy::Guest),
+}
+
+struct Live {
+    store: Store<State>,
+    guest: Guest,
+}
+
+/// A loaded plugin of one world. Calls are synchronous and short (bounded
+/// by the host's deadline); a failed call drops the instance and the next
+/// call instantiates afresh.
+pub struct Plugin {
+    shared: Arc<Shared>,
+    name: Arc<str>,
+    info: PluginInfo,
+    pre: InstancePre<State>,
+    indices: Indices,
+    live: Option<Live>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").field("info", &self.info).finish()
+    }
+}
+
+impl Plugin {
+    /// What the host knows about this plugin.
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    /// The plugin's name (`builtin:<name>` or its path).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Drops the current instance; the next call instantiates afresh.
+    pub fn reset(&mut self) {
+        self.live = None;
+    }
+
+    /// Instantiates the plugin now (otherwise the first call does).
+    pub fn instantiate(&mut self) -> Result<(), PluginError> {
+        self.live = None;
+        self.ensure_live()?;
+        Ok(())
+    }
+
+    fn ensure_live(&mut self) -> Result<&mut Live, PluginError> {
+        if self.live.is_none() {
+            let state = State::new(Arc::clone(&self.name), self.shared.config.memory_limit_bytes);
+            let mut store = Store::new(&self.shared.engine, state);
+            store.limiter(|s| &mut s.memory);
+            store.set_epoch_deadline(self.shared.deadline_ticks);
+            store.epoch_deadline_trap();
+            let result = {
+                let _active = self.shared.ticker.enter();
+                self.pre.instantiate(&mut store).and_then(|instance| {
+                    Ok(match &self.indices {
+                        Indices::Readiness(i) => Guest::Readiness(i.load(&mut store, &instance)?),
+                        Indices::Launch(i) => Guest::Launch(i.load(&mut store, &instance)?),
+                        Indices::Health(i) => Guest::Health(i.load(&mut store, &instance)?),
+                    })
+                })
+            };
+            match result {
+                Ok(guest) => self.live = Some(Live { store, guest }),
+                Err(e) => return Err(classify(&self.shared, &self.name, e, store.data())),
+            }
+        }
+        self.live
+            .as_mut()
+            .ok_or_else(|| PluginError::Engine("instance vanished".to_string()))
+    }
+
+    /// Runs one call on the live instance, with the deadline and the
+    /// memory cap, and turns any failure into a [`PluginError`].
+    fn call<R>(
+        &mut self,
+        f: impl FnOnce(&mut Store<State>, &Guest) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
+        let shared = Arc::clone(&self.shared);
+        let name = Arc::clone(&self.name);
+        let live = self.ensure_live()?;
+        live.store.data_mut().begin_call();
+        live.store.set_epoch_deadline(shared.deadline_ticks);
+        let result = {
+            let _active = shared.ticker.enter();
+            f(&mut live.store, &live.guest)
+        };
+        let state = live.store.data_mut();
+        if let Some(text) = state.take_new_output() {
+            tracing::debug!(plugin = %name, "plugin output: {}", text.trim_end());
+        }
+        if state.logs_dropped > 0 {
+            tracing::warn!(plugin = %name, dropped = state.logs_dropped, "plugin logged too much; records dropped");
+        }
+        match result {
+            Ok(value) => {
+                if state.output_seen > sandbox::OUTPUT_CAPACITY / 2 {
+                    self.live = None;
+                }
+                Ok(value)
+            }
+            Err(e) => {
+                let err = classify(&shared, &name, e, live.store.data());
+                self.live = None;
+                Err(err)
+            }
+        }
+    }
+
+    fn wrong_world(&self, called: World) -> PluginError {
+        PluginError::WrongWorld {
+            plugin: self.name.to_string(),
+            expected: called.name().to_string(),
+            expected_export: called.export_name(),
+            found: self.info.exports.join(", "),
+        }
+    }
+
+    /// Calls a readiness plugin's `check`.
+    pub fn check(&mut self, snapshot: &ClusterSnapshot, params: &[KeyValue]) -> Result<Readiness, PluginError> {
+        if !matches!(self.indices, Indices::Readiness(_)) {
+            return Err(self.wrong_world(World::Readiness));
+        }
+        self.call(|store, guest| match guest {
+            Guest::Readiness(g) => g.call_check(store, snapshot, params),
+            _ => Err(wasmtime::format_err!("not a readiness plugin")),
+        })
+    }
+
+    /// Calls a launch plugin's `plan`.
+    pub fn plan(
+        &mut self,
+        request: &LaunchRequest,
+        params: &[KeyValue],
+    ) -> Result<Result<LaunchPlan, LaunchError>, PluginError> {
+        if !matches!(self.indices, Indices::Launch(_)) {
+            return Err(self.wrong_world(World::Launch));
+        }
+        self.call(|store, guest| match guest {
+            Guest::Launch(g) => g.call_plan(store, request, params),
+            _ => Err(wasmtime::format_err!("not a launch plugin")),
+        })
+    }
+
+    /// Calls a health plugin's `evaluate`.
+    pub fn evaluate(&mut self, snapshot: &HealthSnapshot, params: &[KeyValue]) -> Result<HealthVerdict, PluginError> {
+        if !matches!(self.indices, Indices::Health(_)) {
+            return Err(self.wrong_world(World::Health));
+        }
+        self.call(|store, guest| match guest {
+            Guest::Health(g) => g.call_evaluate(store, snapshot, params),
+            _ => Err(wasmtime::format_err!("not a health plugin")),
+        })
+    }
+}
+
+/// Turns a wasmtime failure into the error that says what happened.
+fn classify(shared: &Shared, plugin: &str, err: wasmtime::Error, state: &State) -> PluginError {
+    let stderr = Stderr(state.output_tail(4096));
+    let plugin = plugin.to_string();
+    if let Some(requested) = state.memory.denied {
+        return PluginError::MemoryLimit {
+            plugin,
+            limit: shared.config.memory_limit_bytes,
+            requested,
+            stderr,
+        };
+    }
+    let trap = err.downcast_ref::<Trap>().copied();
+    if trap == Some(Trap::Interrupt) {
+        return PluginError::Timeout {
+            plugin,
+            limit_ms: shared.config.call_timeout.as_millis() as u64,
+            stderr,
+        };
+    }
+    if stderr.0.contains("panicked at") {
+        return PluginError::Panic { plugin, stderr };
+    }
+    let reason = match trap {
+        Some(t) => format!("wasm trap: {t}"),
+        None => format!("{err}"),
+    };
+    PluginError::Trap {
+        plugin,
+        reason,
+        stderr,
+    }
+}
+
+/// Times `f`, for benchmarks and logs.
+pub fn timed<R>(f: impl FnOnce() -> R) -> (R, Duration) {
+    let start = Instant::now();
+    let r = f();
+    (r, start.elapsed())
+}
