@@ -68,17 +68,20 @@ pub(crate) fn compile(
     Ok(component)
 }
 
-/// Deserializes a cached artifact.
+/// Deserializes a cached artifact. The file is read into memory rather than
+/// mapped: a mapped file that someone truncates later would crash the
+/// process (SIGBUS) the next time the plugin runs.
 #[allow(unsafe_code)]
 fn load(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
-    // SAFETY: `Component::deserialize_file` trusts its input to be code that
+    let bytes = std::fs::read(path)?;
+    // SAFETY: `Component::deserialize` trusts its input to be code that
     // wasmtime compiled. Cache entries are only ever written by `store`
     // below, from `Component::serialize` of this same engine configuration:
     // the file name carries the plugin's sha256 and the engine key (wasmtime
     // version and settings), and wasmtime itself refuses an artifact whose
     // embedded version or settings differ. The cache directory belongs to
     // the orchestrator's user.
-    unsafe { Component::deserialize_file(engine, path) }
+    unsafe { Component::deserialize(engine, &bytes) }
 }
 
 fn store(component: &Component, path: &Path) -> std::io::Result<()> {

@@ -61,7 +61,7 @@ pub enum PluginError {
     },
 
     /// The plugin exports the policy interface of another phase, or none.
-    #[error("plugin `{plugin}` does not implement the {expected} world: it must export `{expected_export}`, but it exports {found}; implement the {expected} trait of the SDK and use its export macro")]
+    #[error("plugin `{plugin}` does not implement {expected} world: it must export `{expected_export}`, but it exports {found}; implement the matching policy trait of the SDK and call its export macro")]
     WrongWorld {
         /// The plugin's name.
         plugin: String,

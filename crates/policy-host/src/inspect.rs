@@ -120,7 +120,7 @@ pub(crate) fn world_of(
             if let Some((_, _, name)) = candidates.first() {
                 return Err(wrong_version(name));
             }
-            let expected = want.map_or("a policy".to_string(), |w| w.name().to_string());
+            let expected = want.map_or("any policy".to_string(), |w| format!("the {} policy", w.name()));
             let expected_export = want.map_or_else(
                 || format!("{PACKAGE}/<readiness|launch|health>-policy@{VERSION}"),
                 World::export_name,

@@ -328,7 +328,7 @@ impl PolicyHost {
             })?;
         let invalid = |e: wasmtime::Error| PluginError::WrongWorld {
             plugin: name.to_string(),
-            expected: world.name().to_string(),
+            expected: format!("the {} policy", world.name()),
             expected_export: world.export_name(),
             found: format!("an export of the wrong shape ({e})"),
         };
@@ -475,7 +475,7 @@ impl Plugin {
     fn wrong_world(&self, called: World) -> PluginError {
         PluginError::WrongWorld {
             plugin: self.name.to_string(),
-            expected: called.name().to_string(),
+            expected: format!("the {} policy", called.name()),
             expected_export: called.export_name(),
             found: self.info.exports.join(", "),
         }
