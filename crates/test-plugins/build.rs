@@ -12,7 +12,12 @@ const GUESTS: &[&str] = &[
 ];
 
 fn main() {
-    let watch = ["crates/test-plugins/guests", "examples/accelerator-readiness", "crates/plugin-sdk", "wit"];
+    let watch = [
+        "crates/test-plugins/guests",
+        "examples/accelerator-readiness",
+        "crates/plugin-sdk",
+        "wit",
+    ];
     match orchestrator_guest_build::build_guests(GUESTS, &watch) {
         Ok(paths) => {
             for (package, path) in GUESTS.iter().zip(paths) {

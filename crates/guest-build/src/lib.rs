@@ -39,7 +39,10 @@ pub fn build_guests(packages: &[&str], watch: &[&str]) -> Result<Vec<PathBuf>, S
     for path in watch {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
-    println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("Cargo.lock").display()
+    );
     let target_dir = env::var_os("ORCHESTRATOR_GUEST_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target").join("wasm-guests"));
@@ -97,10 +100,7 @@ pub fn build_guests(packages: &[&str], watch: &[&str]) -> Result<Vec<PathBuf>, S
              if the target is missing run `rustup target add wasm32-wasip2`"
         ));
     }
-    Ok(packages
-        .iter()
-        .map(|p| artifact(&target_dir, p))
-        .collect())
+    Ok(packages.iter().map(|p| artifact(&target_dir, p)).collect())
 }
 
 fn artifact(target_dir: &Path, package: &str) -> PathBuf {

@@ -5,7 +5,7 @@ use clap::{Args, Subcommand};
 use orchestrator_policy_host::types::{ClusterSnapshot, HealthSnapshot, KeyValue, LaunchRequest};
 use orchestrator_policy_host::{HostConfig, PluginError, PluginSource, PolicyHost, World};
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ pub struct HostArgs {
     #[arg(long, env = "ORCHESTRATOR_PLUGIN_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Do not cache compiled plugins.
-    #[arg(long)]
+    #[arg(long, env = "ORCHESTRATOR_PLUGIN_NO_CACHE")]
     pub no_cache: bool,
 }
 
@@ -96,14 +96,15 @@ pub fn run(cmd: PluginCommand) -> ExitCode {
 
 fn list(host_args: &HostArgs) -> Result<ExitCode> {
     let host = PolicyHost::new(host_args.host_config())?;
-    println!("{:<12} {:<10} {:<8} SHA256", "NAME", "WORLD", "VERSION");
+    let mut out = format!("{:<12} {:<10} {:<8} SHA256\n", "NAME", "WORLD", "VERSION");
     for builtin in orchestrator_builtin_plugins::BUILTINS {
         let info = host.inspect(&PluginSource::Builtin(builtin.name.to_string()))?;
-        println!(
-            "{:<12} {:<10} {:<8} {}",
+        out.push_str(&format!(
+            "{:<12} {:<10} {:<8} {}\n",
             builtin.name, info.world, info.version, info.sha256
-        );
+        ));
     }
+    emit(&out)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -111,16 +112,19 @@ fn check(plugin: &str, host_args: &HostArgs) -> Result<ExitCode> {
     let host = PolicyHost::new(host_args.host_config())?;
     match host.inspect(&PluginSource::parse(plugin)) {
         Ok(info) => {
-            println!("plugin:  {}", info.name);
-            println!("world:   {}", info.world);
-            println!("version: {}", info.version);
-            println!("sha256:  {}", info.sha256);
-            println!("size:    {} bytes", info.size);
-            println!("exports: {}", info.exports.join(", "));
-            println!("imports:");
+            let mut out = format!(
+                "plugin:  {}\nworld:   {}\nversion: {}\nsha256:  {}\nsize:    {} bytes\nexports: {}\nimports:\n",
+                info.name,
+                info.world,
+                info.version,
+                info.sha256,
+                info.size,
+                info.exports.join(", ")
+            );
             for import in &info.imports {
-                println!("  {import}");
+                out.push_str(&format!("  {import}\n"));
             }
+            emit(&out)?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
@@ -139,7 +143,7 @@ fn parse_params(raw: &[String]) -> Result<Vec<KeyValue>> {
         .collect()
 }
 
-fn read_input(path: &PathBuf) -> Result<String> {
+fn read_input(path: &Path) -> Result<String> {
     if path.as_os_str() == "-" {
         let mut text = String::new();
         std::io::stdin()
@@ -151,7 +155,7 @@ fn read_input(path: &PathBuf) -> Result<String> {
         .with_context(|| format!("cannot read the input file {}", path.display()))
 }
 
-fn parse_input<T: serde::de::DeserializeOwned>(text: &str, path: &PathBuf, what: &str) -> Result<T> {
+fn parse_input<T: serde::de::DeserializeOwned>(text: &str, path: &Path, what: &str) -> Result<T> {
     serde_json::from_str(text).map_err(|e| {
         anyhow::anyhow!(
             "{} is not a valid {what} ({e}); field names are the WIT's (kebab-case), see examples/snapshots/",
@@ -160,7 +164,12 @@ fn parse_input<T: serde::de::DeserializeOwned>(text: &str, path: &PathBuf, what:
     })
 }
 
-fn run_plugin(plugin: &str, input: &PathBuf, params: &[String], host_args: &HostArgs) -> Result<ExitCode> {
+fn run_plugin(
+    plugin: &str,
+    input: &Path,
+    params: &[String],
+    host_args: &HostArgs,
+) -> Result<ExitCode> {
     let params = parse_params(params)?;
     let text = read_input(input)?;
     let host = PolicyHost::new(host_args.host_config())?;
@@ -186,7 +195,7 @@ fn run_plugin(plugin: &str, input: &PathBuf, params: &[String], host_args: &Host
     let output = match world {
         World::Readiness => {
             let snapshot: ClusterSnapshot = parse_input(&text, input, "cluster-snapshot")?;
-            loaded.check(&snapshot, &params).map(|v| serde_json::to_value(v))
+            loaded.check(&snapshot, &params).map(serde_json::to_value)
         }
         World::Launch => {
             let request: LaunchRequest = parse_input(&text, input, "launch-request")?;
@@ -197,12 +206,14 @@ fn run_plugin(plugin: &str, input: &PathBuf, params: &[String], host_args: &Host
         }
         World::Health => {
             let snapshot: HealthSnapshot = parse_input(&text, input, "health-snapshot")?;
-            loaded.evaluate(&snapshot, &params).map(|v| serde_json::to_value(v))
+            loaded
+                .evaluate(&snapshot, &params)
+                .map(serde_json::to_value)
         }
     };
     match output {
         Ok(value) => {
-            println!("{}", serde_json::to_string_pretty(&value?)?);
+            emit(&format!("{}\n", serde_json::to_string_pretty(&value?)?))?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => Ok(plugin_failure(&e)),
@@ -216,5 +227,18 @@ fn plugin_failure(e: &PluginError) -> ExitCode {
         ExitCode::from(1)
     } else {
         ExitCode::from(2)
+    }
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error.
+fn emit(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
 }

@@ -46,13 +46,13 @@ pub(crate) fn compile(
         .cache_dir
         .as_deref()
         .map(|dir| entry(dir, sha256, &shared.engine_key));
-    if let Some(path) = path.as_deref() {
-        if path.is_file() {
-            match load(&shared.engine, path) {
-                Ok(component) => return Ok(component),
-                Err(e) => {
-                    tracing::warn!(plugin = name, path = %path.display(), "cached compilation unusable, compiling again: {e}");
-                }
+    if let Some(path) = path.as_deref()
+        && path.is_file()
+    {
+        match load(&shared.engine, path) {
+            Ok(component) => return Ok(component),
+            Err(e) => {
+                tracing::warn!(plugin = name, path = %path.display(), "cached compilation unusable, compiling again: {e}");
             }
         }
     }
@@ -60,10 +60,10 @@ pub(crate) fn compile(
         plugin: name.to_string(),
         reason: format!("{e:#}"),
     })?;
-    if let Some(path) = path.as_deref() {
-        if let Err(e) = store(&component, path) {
-            tracing::warn!(plugin = name, path = %path.display(), "cannot cache the compiled plugin (it still runs): {e}");
-        }
+    if let Some(path) = path.as_deref()
+        && let Err(e) = store(&component, path)
+    {
+        tracing::warn!(plugin = name, path = %path.display(), "cannot cache the compiled plugin (it still runs): {e}");
     }
     Ok(component)
 }

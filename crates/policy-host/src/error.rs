@@ -27,14 +27,18 @@ pub enum PluginError {
     },
 
     /// The file is not WebAssembly at all.
-    #[error("plugin `{plugin}` is not a WebAssembly file (it does not start with `\\0asm`); build it with `cargo build --target wasm32-wasip2 --release`")]
+    #[error(
+        "plugin `{plugin}` is not a WebAssembly file (it does not start with `\\0asm`); build it with `cargo build --target wasm32-wasip2 --release`"
+    )]
     NotWasm {
         /// The plugin's name.
         plugin: String,
     },
 
     /// A core module where a component is needed.
-    #[error("plugin `{plugin}` is a core WebAssembly module, not a component; build it for `wasm32-wasip2` (not wasm32-unknown-unknown or wasm32-wasip1), or wrap it with `wasm-tools component new`")]
+    #[error(
+        "plugin `{plugin}` is a core WebAssembly module, not a component; build it for `wasm32-wasip2` (not wasm32-unknown-unknown or wasm32-wasip1), or wrap it with `wasm-tools component new`"
+    )]
     CoreModule {
         /// The plugin's name.
         plugin: String,
@@ -50,7 +54,9 @@ pub enum PluginError {
     },
 
     /// The plugin's sha256 is not the one the configuration pins.
-    #[error("plugin `{plugin}` has sha256 {actual} but the configuration pins {expected}; if the new file is intended, update the pinned sha256")]
+    #[error(
+        "plugin `{plugin}` has sha256 {actual} but the configuration pins {expected}; if the new file is intended, update the pinned sha256"
+    )]
     DigestMismatch {
         /// The plugin's name.
         plugin: String,
@@ -61,7 +67,9 @@ pub enum PluginError {
     },
 
     /// The plugin exports the policy interface of another phase, or none.
-    #[error("plugin `{plugin}` does not implement {expected} world: it must export `{expected_export}`, but it exports {found}; implement the matching policy trait of the SDK and call its export macro")]
+    #[error(
+        "plugin `{plugin}` does not implement {expected} world: it must export `{expected_export}`, but it exports {found}; implement the matching policy trait of the SDK and call its export macro"
+    )]
     WrongWorld {
         /// The plugin's name.
         plugin: String,
@@ -74,7 +82,9 @@ pub enum PluginError {
     },
 
     /// The plugin was built against another version of the WIT package.
-    #[error("plugin `{plugin}` was built for {found}, but this orchestrator hosts {expected}; rebuild it against the SDK for {expected}")]
+    #[error(
+        "plugin `{plugin}` was built for {found}, but this orchestrator hosts {expected}; rebuild it against the SDK for {expected}"
+    )]
     WrongVersion {
         /// The plugin's name.
         plugin: String,
@@ -85,7 +95,9 @@ pub enum PluginError {
     },
 
     /// The plugin imports interfaces the host does not provide.
-    #[error("plugin `{plugin}` imports {imports}, which this orchestrator does not provide (plugins get `ray-orchestrator:policy/log@0.1.0` and an empty WASI 0.2 sandbox); remove the dependency that pulls them in")]
+    #[error(
+        "plugin `{plugin}` imports {imports}, which this orchestrator does not provide (plugins get `ray-orchestrator:policy/log@0.1.0` and an empty WASI 0.2 sandbox); remove the dependency that pulls them in"
+    )]
     UnsupportedImports {
         /// The plugin's name.
         plugin: String,
@@ -94,7 +106,9 @@ pub enum PluginError {
     },
 
     /// The call ran past its deadline.
-    #[error("plugin `{plugin}` did not return within its {limit_ms} ms deadline (an endless loop?); the call was stopped{stderr}")]
+    #[error(
+        "plugin `{plugin}` did not return within its {limit_ms} ms deadline (an endless loop?); the call was stopped{stderr}"
+    )]
     Timeout {
         /// The plugin's name.
         plugin: String,
@@ -105,7 +119,9 @@ pub enum PluginError {
     },
 
     /// The plugin tried to grow its memory beyond the cap.
-    #[error("plugin `{plugin}` tried to grow its memory to {requested} bytes, past its cap of {limit} bytes; the call was stopped{stderr}")]
+    #[error(
+        "plugin `{plugin}` tried to grow its memory to {requested} bytes, past its cap of {limit} bytes; the call was stopped{stderr}"
+    )]
     MemoryLimit {
         /// The plugin's name.
         plugin: String,
@@ -148,7 +164,10 @@ impl PluginError {
     pub fn is_call_failure(&self) -> bool {
         matches!(
             self,
-            Self::Timeout { .. } | Self::MemoryLimit { .. } | Self::Panic { .. } | Self::Trap { .. }
+            Self::Timeout { .. }
+                | Self::MemoryLimit { .. }
+                | Self::Panic { .. }
+                | Self::Trap { .. }
         )
     }
 

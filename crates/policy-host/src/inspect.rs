@@ -95,10 +95,10 @@ pub(crate) fn world_of(
     let mut ours = Vec::new();
     for name in exports {
         let (base, version) = split_version(name);
-        if let Some(iface) = base.strip_prefix(&format!("{PACKAGE}/")) {
-            if let Some(world) = World::ALL.into_iter().find(|w| w.interface() == iface) {
-                ours.push((world, version.unwrap_or("").to_string(), name.clone()));
-            }
+        if let Some(iface) = base.strip_prefix(&format!("{PACKAGE}/"))
+            && let Some(world) = World::ALL.into_iter().find(|w| w.interface() == iface)
+        {
+            ours.push((world, version.unwrap_or("").to_string(), name.clone()));
         }
     }
 
@@ -120,7 +120,9 @@ pub(crate) fn world_of(
             if let Some((_, _, name)) = candidates.first() {
                 return Err(wrong_version(name));
             }
-            let expected = want.map_or("any policy".to_string(), |w| format!("the {} policy", w.name()));
+            let expected = want.map_or("any policy".to_string(), |w| {
+                format!("the {} policy", w.name())
+            });
             let expected_export = want.map_or_else(
                 || format!("{PACKAGE}/<readiness|launch|health>-policy@{VERSION}"),
                 World::export_name,

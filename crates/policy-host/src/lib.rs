@@ -152,10 +152,10 @@ impl EpochTicker {
 
     /// Marks a call as running until the guard drops.
     fn enter(&self) -> ActiveCall<'_> {
-        if self.active.fetch_add(1, Ordering::AcqRel) == 0 {
-            if let Some(t) = self.thread.get() {
-                t.unpark();
-            }
+        if self.active.fetch_add(1, Ordering::AcqRel) == 0
+            && let Some(t) = self.thread.get()
+        {
+            t.unpark();
         }
         ActiveCall(self)
     }
@@ -224,7 +224,11 @@ impl PolicyHost {
     }
 
     /// Reads a plugin's bytes and its display name.
-    fn read(&self, world: Option<World>, source: &PluginSource) -> Result<(String, Vec<u8>), PluginError> {
+    fn read(
+        &self,
+        world: Option<World>,
+        source: &PluginSource,
+    ) -> Result<(String, Vec<u8>), PluginError> {
         match source {
             PluginSource::Builtin(name) => {
                 let found = orchestrator_builtin_plugins::BUILTINS
@@ -316,7 +320,12 @@ impl PolicyHost {
     }
 
     /// Like [`load`](Self::load), for bytes already in memory.
-    pub fn load_bytes(&self, world: World, name: &str, bytes: &[u8]) -> Result<Plugin, PluginError> {
+    pub fn load_bytes(
+        &self,
+        world: World,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<Plugin, PluginError> {
         let (component, info) = self.compile_checked(name, bytes, Some(world))?;
         let pre = self
             .shared
@@ -336,8 +345,12 @@ impl PolicyHost {
             World::Readiness => {
                 Indices::Readiness(readiness_policy::GuestIndices::new(&pre).map_err(invalid)?)
             }
-            World::Launch => Indices::Launch(launch_policy::GuestIndices::new(&pre).map_err(invalid)?),
-            World::Health => Indices::Health(health_policy::GuestIndices::new(&pre).map_err(invalid)?),
+            World::Launch => {
+                Indices::Launch(launch_policy::GuestIndices::new(&pre).map_err(invalid)?)
+            }
+            World::Health => {
+                Indices::Health(health_policy::GuestIndices::new(&pre).map_err(invalid)?)
+            }
         };
         Ok(Plugin {
             shared: Arc::clone(&self.shared),
@@ -410,7 +423,10 @@ impl Plugin {
 
     fn ensure_live(&mut self) -> Result<&mut Live, PluginError> {
         if self.live.is_none() {
-            let state = State::new(Arc::clone(&self.name), self.shared.config.memory_limit_bytes);
+            let state = State::new(
+                Arc::clone(&self.name),
+                self.shared.config.memory_limit_bytes,
+            );
             let mut store = Store::new(&self.shared.engine, state);
             store.limiter(|s| &mut s.memory);
             store.set_epoch_deadline(self.shared.deadline_ticks);
@@ -482,7 +498,11 @@ impl Plugin {
     }
 
     /// Calls a readiness plugin's `check`.
-    pub fn check(&mut self, snapshot: &ClusterSnapshot, params: &[KeyValue]) -> Result<Readiness, PluginError> {
+    pub fn check(
+        &mut self,
+        snapshot: &ClusterSnapshot,
+        params: &[KeyValue],
+    ) -> Result<Readiness, PluginError> {
         if !matches!(self.indices, Indices::Readiness(_)) {
             return Err(self.wrong_world(World::Readiness));
         }
@@ -508,7 +528,11 @@ impl Plugin {
     }
 
     /// Calls a health plugin's `evaluate`.
-    pub fn evaluate(&mut self, snapshot: &HealthSnapshot, params: &[KeyValue]) -> Result<HealthVerdict, PluginError> {
+    pub fn evaluate(
+        &mut self,
+        snapshot: &HealthSnapshot,
+        params: &[KeyValue],
+    ) -> Result<HealthVerdict, PluginError> {
         if !matches!(self.indices, Indices::Health(_)) {
             return Err(self.wrong_world(World::Health));
         }

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use wasmtime::component::{ComponentType, Lift, Lower};
 
 /// A key and its value.
-#[derive(ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(
+    ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default,
+)]
 #[component(record)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct KeyValue {
@@ -23,7 +25,10 @@ pub struct KeyValue {
 impl KeyValue {
     /// A pair from anything string-like.
     pub fn new(key: impl Into<String>, value: impl Into<String>) -> Self {
-        Self { key: key.into(), value: value.into() }
+        Self {
+            key: key.into(),
+            value: value.into(),
+        }
     }
 }
 
@@ -120,7 +125,9 @@ pub enum Readiness {
 }
 
 /// How the user asked the model to be served.
-#[derive(ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(
+    ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default,
+)]
 #[component(record)]
 #[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
 pub struct ServeSettings {
@@ -147,7 +154,9 @@ pub struct LaunchRequest {
 }
 
 /// How to start the serving process.
-#[derive(ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(
+    ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default,
+)]
 #[component(record)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct LaunchPlan {
@@ -179,7 +188,9 @@ impl std::fmt::Display for LaunchError {
 }
 
 /// How the serving process ended.
-#[derive(ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(
+    ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default,
+)]
 #[component(record)]
 #[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
 pub struct ExitStatus {
@@ -188,7 +199,9 @@ pub struct ExitStatus {
 }
 
 /// The serving process as the host sees it.
-#[derive(ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(
+    ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default,
+)]
 #[component(variant)]
 #[serde(rename_all = "kebab-case")]
 pub enum ServerState {
@@ -202,7 +215,9 @@ pub enum ServerState {
 }
 
 /// The result of one probe.
-#[derive(ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(
+    ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default,
+)]
 #[component(record)]
 #[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
 pub struct ProbeResult {

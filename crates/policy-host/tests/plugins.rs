@@ -2,6 +2,8 @@
 //! policy, and deliberately faulty guests. Every fault must come back as a
 //! clear error within its limit while the host keeps serving calls.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use orchestrator_policy_host::types::*;
 use orchestrator_policy_host::{HostConfig, PluginError, PluginSource, PolicyHost, World};
 use orchestrator_test_plugins as guests;
@@ -72,24 +74,40 @@ fn cluster(nodes: Vec<Node>, expected_nodes: u32, gpus: f64) -> ClusterSnapshot 
 fn node_count_waits_names_what_is_missing_and_fails_past_deadline() {
     let host = host();
     let mut p = host
-        .load(World::Readiness, &PluginSource::Builtin("node-count".into()))
+        .load(
+            World::Readiness,
+            &PluginSource::Builtin("node-count".into()),
+        )
         .expect("load");
-    assert_eq!(p.check(&read("readiness-ready.json"), &[]).expect("call"), Readiness::Ready);
     assert_eq!(
-        p.check(&read("readiness-missing-worker.json"), &[]).expect("call"),
+        p.check(&read("readiness-ready.json"), &[]).expect("call"),
+        Readiness::Ready
+    );
+    assert_eq!(
+        p.check(&read("readiness-missing-worker.json"), &[])
+            .expect("call"),
         Readiness::Wait("2 of 3 nodes alive; missing GPUs: 1 of 4".into())
     );
-    match p.check(&read("readiness-deadline-passed.json"), &[]).expect("call") {
+    match p
+        .check(&read("readiness-deadline-passed.json"), &[])
+        .expect("call")
+    {
         Readiness::Fail(reason) => {
             assert!(reason.contains("2 of 3 nodes alive"), "{reason}");
-            assert!(reason.contains("Insufficient nvidia.com/gpu"), "diagnostics kept: {reason}");
+            assert!(
+                reason.contains("Insufficient nvidia.com/gpu"),
+                "diagnostics kept: {reason}"
+            );
         }
         other => panic!("expected fail, got {other:?}"),
     }
     // Per-node minimum, and a parameter overriding the topology.
     let snap = cluster(vec![node(0, true, 0.0), node(1, true, 2.0)], 2, 0.0);
     assert_eq!(p.check(&snap, &[]).expect("call"), Readiness::Ready);
-    match p.check(&snap, &[kv("min-gpus-per-node", "1")]).expect("call") {
+    match p
+        .check(&snap, &[kv("min-gpus-per-node", "1")])
+        .expect("call")
+    {
         Readiness::Wait(reason) => assert!(reason.contains("node-0 has 0 GPUs"), "{reason}"),
         other => panic!("expected wait, got {other:?}"),
     }
@@ -110,12 +128,25 @@ fn vllm_launch_derives_layout_and_refuses_impossible_ones() {
         .expect("call")
         .expect("plan");
     let argv = plan.argv.join(" ");
-    assert!(argv.starts_with("vllm serve meta-llama/Llama-3.1-70B-Instruct --host 0.0.0.0 --port 8000"), "{argv}");
-    assert!(argv.contains("--tensor-parallel-size 2 --pipeline-parallel-size 2 --distributed-executor-backend ray"), "{argv}");
+    assert!(
+        argv.starts_with("vllm serve meta-llama/Llama-3.1-70B-Instruct --host 0.0.0.0 --port 8000"),
+        "{argv}"
+    );
+    assert!(
+        argv.contains(
+            "--tensor-parallel-size 2 --pipeline-parallel-size 2 --distributed-executor-backend ray"
+        ),
+        "{argv}"
+    );
     assert!(argv.ends_with("--max-model-len 8192"), "{argv}");
 
-    match p.plan(&read("launch-impossible-tp4.json"), &[]).expect("call") {
-        Err(LaunchError::ImpossibleLayout(m)) => assert!(m.contains("needs 4 GPUs") && m.contains("3 GPUs"), "{m}"),
+    match p
+        .plan(&read("launch-impossible-tp4.json"), &[])
+        .expect("call")
+    {
+        Err(LaunchError::ImpossibleLayout(m)) => {
+            assert!(m.contains("needs 4 GPUs") && m.contains("3 GPUs"), "{m}")
+        }
         other => panic!("expected impossible layout, got {other:?}"),
     }
 
@@ -124,12 +155,22 @@ fn vllm_launch_derives_layout_and_refuses_impossible_ones() {
     req.settings.model = "x; rm -rf /".into();
     req.settings.tensor_parallel_size = Some(1);
     let plan = p
-        .plan(&req, &[kv("program", "/opt/venv/bin/vllm"), kv("env.VLLM_HOST_IP", "10.0.0.1")])
+        .plan(
+            &req,
+            &[
+                kv("program", "/opt/venv/bin/vllm"),
+                kv("env.VLLM_HOST_IP", "10.0.0.1"),
+            ],
+        )
         .expect("call")
         .expect("plan");
     assert_eq!(plan.argv[0], "/opt/venv/bin/vllm");
     assert_eq!(plan.argv[2], "x; rm -rf /");
-    assert!(plan.argv.join(" ").contains("--tensor-parallel-size 1 --pipeline-parallel-size 4"));
+    assert!(
+        plan.argv
+            .join(" ")
+            .contains("--tensor-parallel-size 1 --pipeline-parallel-size 4")
+    );
     assert_eq!(plan.env, vec![kv("VLLM_HOST_IP", "10.0.0.1")]);
 
     req.settings.extra_args = vec!["--tensor-parallel-size=8".into()];
@@ -145,7 +186,10 @@ fn default_health_restarts_with_backoff_then_shuts_down() {
     let mut p = host
         .load(World::Health, &PluginSource::Builtin("default".into()))
         .expect("load");
-    assert_eq!(p.evaluate(&read("health-healthy.json"), &[]).expect("call"), HealthVerdict::Healthy);
+    assert_eq!(
+        p.evaluate(&read("health-healthy.json"), &[]).expect("call"),
+        HealthVerdict::Healthy
+    );
 
     let mut exited: HealthSnapshot = read("health-server-exited.json");
     let mut backoffs = vec![];
@@ -164,13 +208,24 @@ fn default_health_restarts_with_backoff_then_shuts_down() {
     match p.evaluate(&exited, &[]).expect("call") {
         HealthVerdict::Shutdown(s) => {
             assert_eq!(s.exit_code, 1);
-            assert!(s.reason.contains("giving up after 5 restarts"), "{}", s.reason);
+            assert!(
+                s.reason.contains("giving up after 5 restarts"),
+                "{}",
+                s.reason
+            );
         }
         other => panic!("expected shutdown, got {other:?}"),
     }
 
-    match p.evaluate(&read("health-node-died.json"), &[]).expect("call") {
-        HealthVerdict::Restart(r) => assert!(r.reason.contains("node the server runs on died"), "{}", r.reason),
+    match p
+        .evaluate(&read("health-node-died.json"), &[])
+        .expect("call")
+    {
+        HealthVerdict::Restart(r) => assert!(
+            r.reason.contains("node the server runs on died"),
+            "{}",
+            r.reason
+        ),
         other => panic!("expected restart, got {other:?}"),
     }
 
@@ -181,9 +236,13 @@ fn default_health_restarts_with_backoff_then_shuts_down() {
         other => panic!("expected degraded after one failure, got {other:?}"),
     }
     wedged.consecutive_probe_failures = 3;
-    assert!(matches!(p.evaluate(&wedged, &[]).expect("call"), HealthVerdict::Restart(_)));
     assert!(matches!(
-        p.evaluate(&wedged, &[kv("restart-after-failures", "5")]).expect("call"),
+        p.evaluate(&wedged, &[]).expect("call"),
+        HealthVerdict::Restart(_)
+    ));
+    assert!(matches!(
+        p.evaluate(&wedged, &[kv("restart-after-failures", "5")])
+            .expect("call"),
         HealthVerdict::Degraded(_)
     ));
 }
@@ -194,11 +253,25 @@ fn example_accelerator_policy_counts_labelled_nodes() {
     let mut p = host
         .load(World::Readiness, &file(guests::ACCELERATOR_READINESS))
         .expect("load");
-    let params = [kv("accelerator", "a100"), kv("nodes", "2"), kv("min-gpu-nodes", "2")];
-    assert_eq!(p.check(&read("readiness-ready.json"), &params).expect("call"), Readiness::Ready);
-    match p.check(&read("readiness-worker-died.json"), &params).expect("call") {
+    let params = [
+        kv("accelerator", "a100"),
+        kv("nodes", "2"),
+        kv("min-gpu-nodes", "2"),
+    ];
+    assert_eq!(
+        p.check(&read("readiness-ready.json"), &params)
+            .expect("call"),
+        Readiness::Ready
+    );
+    match p
+        .check(&read("readiness-worker-died.json"), &params)
+        .expect("call")
+    {
         Readiness::Wait(r) => {
-            assert!(r.contains("1 of 2 nodes with accelerator=a100 alive"), "{r}");
+            assert!(
+                r.contains("1 of 2 nodes with accelerator=a100 alive"),
+                "{r}"
+            );
             assert!(r.contains("1 such node(s) died"), "{r}");
         }
         other => panic!("expected wait, got {other:?}"),
@@ -213,10 +286,14 @@ fn example_accelerator_policy_counts_labelled_nodes() {
 /// afresh and a healthy plugin answers.
 fn assert_host_still_serves(host: &PolicyHost) {
     let mut good = host
-        .load(World::Readiness, &PluginSource::Builtin("node-count".into()))
+        .load(
+            World::Readiness,
+            &PluginSource::Builtin("node-count".into()),
+        )
         .expect("load");
     assert_eq!(
-        good.check(&cluster(vec![node(0, true, 0.0)], 1, 0.0), &[]).expect("call"),
+        good.check(&cluster(vec![node(0, true, 0.0)], 1, 0.0), &[])
+            .expect("call"),
         Readiness::Ready
     );
 }
@@ -229,14 +306,27 @@ fn endless_loop_is_stopped_at_the_deadline_every_time() {
         ..HostConfig::default()
     })
     .expect("host");
-    let mut p = host.load(World::Readiness, &file(guests::INFINITE_LOOP)).expect("load");
+    let mut p = host
+        .load(World::Readiness, &file(guests::INFINITE_LOOP))
+        .expect("load");
     for _ in 0..3 {
         let start = Instant::now();
-        let err = p.check(&cluster(vec![], 1, 0.0), &[]).expect_err("must time out");
+        let err = p
+            .check(&cluster(vec![], 1, 0.0), &[])
+            .expect_err("must time out");
         let took = start.elapsed();
-        assert!(matches!(err, PluginError::Timeout { limit_ms: 50, .. }), "{err}");
-        assert!(err.to_string().contains(guests::INFINITE_LOOP), "names the plugin: {err}");
-        assert!(took >= Duration::from_millis(45) && took < Duration::from_millis(1000), "took {took:?}");
+        assert!(
+            matches!(err, PluginError::Timeout { limit_ms: 50, .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(guests::INFINITE_LOOP),
+            "names the plugin: {err}"
+        );
+        assert!(
+            took >= Duration::from_millis(45) && took < Duration::from_millis(1000),
+            "took {took:?}"
+        );
     }
     assert_host_still_serves(&host);
 }
@@ -244,11 +334,20 @@ fn endless_loop_is_stopped_at_the_deadline_every_time() {
 #[test]
 fn memory_bomb_hits_the_cap_with_its_stderr() {
     let host = host();
-    let mut p = host.load(World::Readiness, &file(guests::MEMORY_BOMB)).expect("load");
+    let mut p = host
+        .load(World::Readiness, &file(guests::MEMORY_BOMB))
+        .expect("load");
     for _ in 0..2 {
-        let err = p.check(&cluster(vec![], 1, 0.0), &[]).expect_err("must fail");
+        let err = p
+            .check(&cluster(vec![], 1, 0.0), &[])
+            .expect_err("must fail");
         match &err {
-            PluginError::MemoryLimit { limit, requested, stderr, .. } => {
+            PluginError::MemoryLimit {
+                limit,
+                requested,
+                stderr,
+                ..
+            } => {
                 assert_eq!(*limit, 64 * 1024 * 1024);
                 assert!(*requested > *limit);
                 assert!(stderr.0.contains("memory allocation"), "{err}");
@@ -262,11 +361,18 @@ fn memory_bomb_hits_the_cap_with_its_stderr() {
 #[test]
 fn panic_comes_back_with_its_message_and_the_instance_is_replaced() {
     let host = host();
-    let mut p = host.load(World::Readiness, &file(guests::PANIC)).expect("load");
+    let mut p = host
+        .load(World::Readiness, &file(guests::PANIC))
+        .expect("load");
     for _ in 0..2 {
-        let err = p.check(&cluster(vec![], 1, 0.0), &[]).expect_err("must fail");
+        let err = p
+            .check(&cluster(vec![], 1, 0.0), &[])
+            .expect_err("must fail");
         assert!(matches!(err, PluginError::Panic { .. }), "{err}");
-        assert!(err.to_string().contains("deliberate panic: policy bug"), "{err}");
+        assert!(
+            err.to_string().contains("deliberate panic: policy bug"),
+            "{err}"
+        );
     }
     assert_host_still_serves(&host);
 }
@@ -275,7 +381,9 @@ fn panic_comes_back_with_its_message_and_the_instance_is_replaced() {
 fn sandbox_gives_no_files_no_environment_and_no_clock() {
     // Even with variables in the orchestrator's own environment.
     let host = host();
-    let mut p = host.load(World::Readiness, &file(guests::SANDBOX_PROBE)).expect("load");
+    let mut p = host
+        .load(World::Readiness, &file(guests::SANDBOX_PROBE))
+        .expect("load");
     match p.check(&cluster(vec![], 1, 0.0), &[]).expect("call") {
         Readiness::Wait(report) => {
             assert!(report.contains("file=error:"), "{report}");
@@ -290,7 +398,9 @@ fn sandbox_gives_no_files_no_environment_and_no_clock() {
 #[test]
 fn chatty_plugin_is_bounded_and_keeps_working() {
     let host = host();
-    let mut p = host.load(World::Health, &file(guests::CHATTY)).expect("load");
+    let mut p = host
+        .load(World::Health, &file(guests::CHATTY))
+        .expect("load");
     // 10 KB of stderr a call: the instance is recycled before its output
     // buffer fills, so every call succeeds.
     for restarts in 0..20 {
@@ -308,12 +418,20 @@ fn chatty_plugin_is_bounded_and_keeps_working() {
 #[test]
 fn wrong_world_and_wrong_version_are_refused_with_what_to_do() {
     let host = host();
-    let err = host.load(World::Readiness, &file(guests::WRONG_WORLD)).expect_err("refused");
+    let err = host
+        .load(World::Readiness, &file(guests::WRONG_WORLD))
+        .expect_err("refused");
     assert!(matches!(err, PluginError::WrongWorld { .. }), "{err}");
     let text = err.to_string();
-    assert!(text.contains("ray-orchestrator:policy/readiness-policy@0.1.0") && text.contains("exports run"), "{text}");
+    assert!(
+        text.contains("ray-orchestrator:policy/readiness-policy@0.1.0")
+            && text.contains("exports run"),
+        "{text}"
+    );
 
-    let err = host.load(World::Readiness, &file(guests::WRONG_VERSION)).expect_err("refused");
+    let err = host
+        .load(World::Readiness, &file(guests::WRONG_VERSION))
+        .expect_err("refused");
     assert!(matches!(err, PluginError::WrongVersion { .. }), "{err}");
     assert!(err.to_string().contains("@0.2.0"), "{err}");
 
@@ -323,9 +441,14 @@ fn wrong_world_and_wrong_version_are_refused_with_what_to_do() {
         .expect_err("no such health built-in");
     assert!(matches!(err, PluginError::UnknownBuiltin { .. }), "{err}");
     assert!(err.to_string().contains("default (health)"), "{err}");
-    let err = host.load(World::Health, &file(guests::ACCELERATOR_READINESS)).expect_err("refused");
+    let err = host
+        .load(World::Health, &file(guests::ACCELERATOR_READINESS))
+        .expect_err("refused");
     assert!(matches!(err, PluginError::WrongWorld { .. }), "{err}");
-    assert!(err.to_string().contains("readiness-policy@0.1.0"), "lists what it exports: {err}");
+    assert!(
+        err.to_string().contains("readiness-policy@0.1.0"),
+        "lists what it exports: {err}"
+    );
 }
 
 #[test]
@@ -337,12 +460,18 @@ fn digest_pin_is_enforced() {
         path: PathBuf::from(guests::ACCELERATOR_READINESS),
         sha256: Some(sha.to_string()),
     };
-    host.load(World::Readiness, &pinned(&good)).expect("right digest loads");
-    host.load(World::Readiness, &pinned(&good.to_uppercase())).expect("hex case does not matter");
+    host.load(World::Readiness, &pinned(&good))
+        .expect("right digest loads");
+    host.load(World::Readiness, &pinned(&good.to_uppercase()))
+        .expect("hex case does not matter");
     let wrong = format!("{}0", &good[..63]);
-    let err = host.load(World::Readiness, &pinned(&wrong)).expect_err("refused");
+    let err = host
+        .load(World::Readiness, &pinned(&wrong))
+        .expect_err("refused");
     match &err {
-        PluginError::DigestMismatch { expected, actual, .. } => {
+        PluginError::DigestMismatch {
+            expected, actual, ..
+        } => {
             assert_eq!(expected, &wrong);
             assert_eq!(actual, &good);
         }
@@ -365,21 +494,37 @@ fn malformed_files_are_refused_with_the_fix() {
         PluginSource::File { path, sha256: None }
     };
 
-    let err = host.load(World::Readiness, &write("text.wasm", b"#!/bin/sh\necho hi\n")).expect_err("refused");
+    let err = host
+        .load(
+            World::Readiness,
+            &write("text.wasm", b"#!/bin/sh\necho hi\n"),
+        )
+        .expect_err("refused");
     assert!(matches!(err, PluginError::NotWasm { .. }), "{err}");
 
-    let err = host.load(World::Readiness, &write("core.wasm", b"\0asm\x01\0\0\0")).expect_err("refused");
+    let err = host
+        .load(World::Readiness, &write("core.wasm", b"\0asm\x01\0\0\0"))
+        .expect_err("refused");
     assert!(matches!(err, PluginError::CoreModule { .. }), "{err}");
     assert!(err.to_string().contains("wasm32-wasip2"), "{err}");
 
     let full = std::fs::read(guests::ACCELERATOR_READINESS).expect("read");
     let err = host
-        .load(World::Readiness, &write("truncated.wasm", &full[..full.len() / 2]))
+        .load(
+            World::Readiness,
+            &write("truncated.wasm", &full[..full.len() / 2]),
+        )
         .expect_err("refused");
     assert!(matches!(err, PluginError::Invalid { .. }), "{err}");
 
     let err = host
-        .load(World::Readiness, &PluginSource::File { path: dir.path().join("missing.wasm"), sha256: None })
+        .load(
+            World::Readiness,
+            &PluginSource::File {
+                path: dir.path().join("missing.wasm"),
+                sha256: None,
+            },
+        )
         .expect_err("refused");
     assert!(matches!(err, PluginError::Read { .. }), "{err}");
     assert_host_still_serves(&host);
@@ -395,32 +540,64 @@ fn compiled_plugins_are_cached_and_a_corrupt_entry_is_recompiled() {
     .expect("host");
     let source = PluginSource::Builtin("node-count".into());
     let first = host.load(World::Readiness, &source).expect("load");
-    let entries: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").flatten().collect();
+    let entries: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .flatten()
+        .collect();
     assert_eq!(entries.len(), 1, "one cache entry");
     let entry = entries[0].path();
-    let name = entry.file_name().expect("name").to_string_lossy().into_owned();
-    assert!(name.starts_with(&first.info().sha256), "keyed by the plugin's digest: {name}");
+    let name = entry
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        name.starts_with(&first.info().sha256),
+        "keyed by the plugin's digest: {name}"
+    );
 
     let start = Instant::now();
-    let mut again = host.load(World::Readiness, &source).expect("load from cache");
+    let mut again = host
+        .load(World::Readiness, &source)
+        .expect("load from cache");
     assert!(start.elapsed() < Duration::from_secs(1));
-    assert_eq!(again.check(&cluster(vec![node(0, true, 0.0)], 1, 0.0), &[]).expect("call"), Readiness::Ready);
+    assert_eq!(
+        again
+            .check(&cluster(vec![node(0, true, 0.0)], 1, 0.0), &[])
+            .expect("call"),
+        Readiness::Ready
+    );
 
     std::fs::write(&entry, b"garbage").expect("corrupt");
     let mut rebuilt = host.load(World::Readiness, &source).expect("recompiles");
-    assert_eq!(rebuilt.check(&cluster(vec![node(0, true, 0.0)], 1, 0.0), &[]).expect("call"), Readiness::Ready);
-    assert!(std::fs::metadata(&entry).expect("entry").len() > 1000, "entry rewritten");
+    assert_eq!(
+        rebuilt
+            .check(&cluster(vec![node(0, true, 0.0)], 1, 0.0), &[])
+            .expect("call"),
+        Readiness::Ready
+    );
+    assert!(
+        std::fs::metadata(&entry).expect("entry").len() > 1000,
+        "entry rewritten"
+    );
 }
 
 #[test]
 fn ten_thousand_nodes_pass_through() {
     let host = host();
     let mut p = host
-        .load(World::Readiness, &PluginSource::Builtin("node-count".into()))
+        .load(
+            World::Readiness,
+            &PluginSource::Builtin("node-count".into()),
+        )
         .expect("load");
     let nodes: Vec<Node> = (0..10_000).map(|i| node(i, i % 100 != 7, 1.0)).collect();
     match p.check(&cluster(nodes, 10_000, 0.0), &[]).expect("call") {
-        Readiness::Wait(r) => assert!(r.starts_with("9900 of 10000 nodes alive"), "{}", &r[..80.min(r.len())]),
+        Readiness::Wait(r) => assert!(
+            r.starts_with("9900 of 10000 nodes alive"),
+            "{}",
+            &r[..80.min(r.len())]
+        ),
         other => panic!("unexpected {other:?}"),
     }
 }

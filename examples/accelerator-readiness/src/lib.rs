@@ -35,9 +35,19 @@ impl ReadinessPolicy for AcceleratorReady {
                 .iter()
                 .any(|kv| kv.key == key && kv.value == accelerator)
         };
-        let alive: Vec<&Node> = snapshot.nodes.iter().filter(|n| n.alive).filter(labelled).collect();
+        let alive: Vec<&Node> = snapshot
+            .nodes
+            .iter()
+            .filter(|n| n.alive)
+            .filter(labelled)
+            .collect();
         let with_gpu = alive.iter().filter(|n| n.resources.gpu >= 1.0).count() as u32;
-        let dead = snapshot.nodes.iter().filter(|n| !n.alive).filter(labelled).count();
+        let dead = snapshot
+            .nodes
+            .iter()
+            .filter(|n| !n.alive)
+            .filter(labelled)
+            .count();
 
         log::debug(
             "accelerator readiness",

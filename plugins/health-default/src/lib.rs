@@ -81,7 +81,7 @@ impl HealthPolicy for DefaultHealth {
         let lost: Vec<String> = snapshot
             .nodes
             .iter()
-            .filter(|n| !n.alive && snapshot.server_nodes.iter().any(|id| *id == n.id))
+            .filter(|n| !n.alive && snapshot.server_nodes.contains(&n.id))
             .map(|n| {
                 let short = n.id.get(..8).unwrap_or(&n.id);
                 if n.hostname.is_empty() {

@@ -113,7 +113,10 @@ fn layout(request: &LaunchRequest) -> Result<(u32, u32), LaunchError> {
         ));
     }
     let settings = &request.settings;
-    let (tp, pp) = match (settings.tensor_parallel_size, settings.pipeline_parallel_size) {
+    let (tp, pp) = match (
+        settings.tensor_parallel_size,
+        settings.pipeline_parallel_size,
+    ) {
         (Some(0), _) | (_, Some(0)) => {
             return Err(LaunchError::InvalidSettings(
                 "tensor-parallel-size and pipeline-parallel-size must be at least 1".to_string(),

@@ -62,7 +62,7 @@ fn judge(
             .nodes
             .iter()
             .filter(|n| !n.alive)
-            .map(|n| label_of(n))
+            .map(label_of)
             .collect();
         if !dead.is_empty() {
             text.push_str(&format!(" (dead: {})", dead.join(", ")));

@@ -19,7 +19,9 @@ wit_bindgen::generate!({
 struct Future;
 
 impl exports::ray_orchestrator::policy::readiness_policy::Guest for Future {
-    fn check(_params: Vec<ray_orchestrator::policy::types::KeyValue>) -> ray_orchestrator::policy::types::Readiness {
+    fn check(
+        _params: Vec<ray_orchestrator::policy::types::KeyValue>,
+    ) -> ray_orchestrator::policy::types::Readiness {
         ray_orchestrator::policy::types::Readiness::Ready
     }
 }

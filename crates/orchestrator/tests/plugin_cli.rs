@@ -1,0 +1,201 @@
+//! `orchestrator plugin list|check|run` as a user runs them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use orchestrator_test_plugins as guests;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn orchestrator(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args(args)
+        .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")
+        .output()
+        .expect("run orchestrator")
+}
+
+fn snapshot(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/snapshots")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn list_shows_each_builtin_with_world_version_and_digest() {
+    let out = orchestrator(&["plugin", "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for (name, world) in [
+        ("node-count", "readiness"),
+        ("vllm", "launch"),
+        ("default", "health"),
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"));
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols[1], world, "{line}");
+        assert_eq!(cols[2], "0.1.0", "{line}");
+        assert_eq!(cols[3].len(), 64, "sha256 hex: {line}");
+        assert!(cols[3].chars().all(|c| c.is_ascii_hexdigit()));
+    }
+}
+
+#[test]
+fn check_accepts_a_policy_and_prints_what_it_is() {
+    let out = orchestrator(&["plugin", "check", guests::ACCELERATOR_READINESS]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("world:   readiness"), "{text}");
+    assert!(text.contains("version: 0.1.0"), "{text}");
+    assert!(
+        text.contains("ray-orchestrator:policy/log@0.1.0"),
+        "imports listed: {text}"
+    );
+}
+
+#[test]
+fn check_refuses_bad_files_with_one_clear_line_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let text = dir.path().join("policy.wasm");
+    std::fs::write(&text, "not wasm").unwrap();
+    let missing: PathBuf = dir.path().join("missing.wasm");
+    let cases: [(&str, &str); 5] = [
+        (guests::WRONG_WORLD, "does not implement any policy world"),
+        (guests::WRONG_VERSION, "@0.2.0"),
+        (core.to_str().unwrap(), "core WebAssembly module"),
+        (text.to_str().unwrap(), "not a WebAssembly file"),
+        (missing.to_str().unwrap(), "cannot read plugin file"),
+    ];
+    for (file, expected) in cases {
+        let out = orchestrator(&["plugin", "check", file]);
+        assert_eq!(out.status.code(), Some(2), "{file}: {}", stderr(&out));
+        let err = stderr(&out);
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "one line: {err}");
+        assert!(lines[0].starts_with("error: "), "{err}");
+        assert!(
+            err.contains(expected),
+            "{file}: expected {expected:?} in {err}"
+        );
+    }
+}
+
+#[test]
+fn run_prints_the_verdict_as_json_for_each_world() {
+    let out = orchestrator(&[
+        "plugin",
+        "run",
+        "builtin:node-count",
+        "--input",
+        &snapshot("readiness-missing-worker.json"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["wait"], "2 of 3 nodes alive; missing GPUs: 1 of 4");
+
+    let out = orchestrator(&[
+        "plugin",
+        "run",
+        "builtin:vllm",
+        "--input",
+        &snapshot("launch-impossible-tp4.json"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert!(
+        v["error"]["impossible-layout"]
+            .as_str()
+            .unwrap()
+            .contains("needs 4 GPUs"),
+        "{v}"
+    );
+
+    let out = orchestrator(&[
+        "plugin",
+        "run",
+        "builtin:default",
+        "--input",
+        &snapshot("health-server-exited.json"),
+        "--param",
+        "max-restarts=1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["shutdown"]["exit-code"], 1, "{v}");
+
+    // A file plugin: the world is found from its exports.
+    let out = orchestrator(&[
+        "plugin",
+        "run",
+        guests::ACCELERATOR_READINESS,
+        "--input",
+        &snapshot("readiness-ready.json"),
+        "--param",
+        "accelerator=a100",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "\"ready\"");
+}
+
+#[test]
+fn run_names_the_bad_field_of_an_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bad.json");
+    std::fs::write(&input, r#"{"nodes": [], "expected": {"node-count": 3}}"#).unwrap();
+    let out = orchestrator(&[
+        "plugin",
+        "run",
+        "builtin:node-count",
+        "--input",
+        input.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("unknown field `node-count`"), "{err}");
+    assert!(err.contains("kebab-case"), "{err}");
+
+    let out = orchestrator(&[
+        "plugin",
+        "run",
+        "builtin:node-count",
+        "--input",
+        &snapshot("readiness-ready.json"),
+        "--param",
+        "nodes",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("is not KEY=VALUE"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn run_reports_a_runaway_plugin_and_exits_1() {
+    let out = orchestrator(&[
+        "plugin",
+        "run",
+        guests::INFINITE_LOOP,
+        "--input",
+        &snapshot("readiness-ready.json"),
+        "--call-timeout-ms",
+        "30",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("30 ms deadline"), "{}", stderr(&out));
+}
