@@ -2,7 +2,12 @@
 //! waits for the cluster to form, serves vLLM and keeps it healthy; each
 //! phase's policy is a WebAssembly component (see `wit/`).
 
+mod host;
+mod local_cmd;
 mod plugin_cmd;
+mod run_cmd;
+mod signals;
+mod wait_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -22,13 +27,14 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run this pod's role (head or worker) from a configuration file.
-    Run,
+    Run(run_cmd::ConfigArgs),
     /// Start a head and N workers on this machine and run the whole job.
-    Local,
-    /// Wait until a Ray cluster is ready; for shell scripts.
-    Wait,
-    /// Print what `run` would do, without running anything.
-    Plan,
+    Local(local_cmd::LocalArgs),
+    /// Wait until a Ray cluster is ready; for shell scripts (exit 0 ready,
+    /// 1 failed or timed out, 2 bad arguments).
+    Wait(wait_cmd::WaitArgs),
+    /// Print what `run` would do, without running anything (JSON).
+    Plan(run_cmd::ConfigArgs),
     /// Inspect, check and try out policy plugins.
     #[command(subcommand)]
     Plugin(plugin_cmd::PluginCommand),
@@ -46,12 +52,10 @@ fn main() -> ExitCode {
     init_logging(&cli.log);
     match cli.command {
         Command::Plugin(cmd) => plugin_cmd::run(cmd),
-        Command::Run | Command::Local | Command::Wait | Command::Plan => {
-            eprintln!(
-                "error: this build has the plugin commands only; `run`, `local`, `wait` and `plan` arrive with the start and wait phases"
-            );
-            ExitCode::from(2)
-        }
+        Command::Wait(args) => wait_cmd::run(args),
+        Command::Local(args) => local_cmd::run(args),
+        Command::Run(args) => run_cmd::run(args),
+        Command::Plan(args) => run_cmd::plan(args),
     }
 }
 

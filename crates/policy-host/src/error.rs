@@ -7,12 +7,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
     /// The plugin file could not be read.
-    #[error("cannot read plugin file {path}: {source}; check the path in the configuration")]
+    #[error("cannot read plugin file {path}: {error}; check the path in the configuration")]
     Read {
         /// The path as given.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     /// No built-in policy has that name for that world.

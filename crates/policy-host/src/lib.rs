@@ -249,9 +249,9 @@ impl PolicyHost {
                 }
             }
             PluginSource::File { path, sha256 } => {
-                let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
+                let bytes = std::fs::read(path).map_err(|error| PluginError::Read {
                     path: path.clone(),
-                    source,
+                    error,
                 })?;
                 let name = path.display().to_string();
                 if let Some(expected) = sha256 {

@@ -1,0 +1,354 @@
+//! `orchestrator run` (this pod's role from a configuration) and
+//! `orchestrator plan` (what `run` would do, without running anything).
+
+use crate::host;
+use crate::signals::Shutdown;
+use anyhow::{Context, Result};
+use clap::Args;
+use orchestrator_phases::config::{Config, Role};
+use orchestrator_phases::limits::raise_nofile;
+use orchestrator_phases::ray_node::{RayNode, become_subreaper};
+use orchestrator_phases::ray_start::{KUBERAY_ENV, RayStart};
+use orchestrator_phases::wait::{WaitSpec, wait_for_cluster};
+use orchestrator_policy_host::World;
+use orchestrator_policy_host::types::{ClusterSnapshot, LaunchRequest, Node, Resources};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Where the configuration comes from.
+#[derive(Args, Debug, Clone)]
+pub struct ConfigArgs {
+    /// The configuration file (TOML).
+    #[arg(long, env = "ORCHESTRATOR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Set any field by its dotted path, e.g. --set ray.num-cpus=4 (repeatable;
+    /// ORCHESTRATOR__RAY__NUM_CPUS=4 does the same from the environment).
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    pub sets: Vec<String>,
+    /// This pod's role; overrides `role` in the file.
+    #[arg(long, value_parser = ["head", "worker"])]
+    pub role: Option<String>,
+}
+
+impl ConfigArgs {
+    /// Loads and checks the configuration.
+    pub fn load(&self) -> Result<Config, orchestrator_phases::config::ConfigError> {
+        let mut sets = Vec::new();
+        if let Some(role) = &self.role {
+            sets.push(format!("role=\"{role}\""));
+        }
+        sets.extend(self.sets.iter().cloned());
+        Config::load(self.config.as_deref(), std::env::vars(), &sets)
+    }
+}
+
+/// The head's GCS address: configured, or this node's IP and the GCS port.
+fn head_gcs_address(config: &Config) -> String {
+    config.ray.gcs_address.clone().unwrap_or_else(|| {
+        format!(
+            "{}:{}",
+            config.ray.node_ip.as_deref().unwrap_or("127.0.0.1"),
+            config.ray.gcs_port
+        )
+    })
+}
+
+fn load_config(args: &ConfigArgs) -> Result<Config, ExitCode> {
+    args.load().map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+/// `orchestrator plan`: prints the start argv and env, the wait, the
+/// policies chosen, and the serve argv the launch policy gives for the
+/// expected topology, as JSON. Exit 0, or 2 for a bad configuration or
+/// plugin.
+pub fn plan(args: ConfigArgs) -> ExitCode {
+    let config = match load_config(&args) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match plan_json(&config) {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn plan_json(config: &Config) -> Result<String> {
+    let kuberay = std::env::var(KUBERAY_ENV).ok();
+    let start = RayStart::for_config(config, kuberay.as_deref())?;
+    let host = host::host(&config.plugins)?;
+    let mut policies = serde_json::Map::new();
+    let mut launch = None;
+    for world in World::ALL {
+        let plugin = host::load_policy(&host, config, world)?;
+        let (policy, _) = config.policies.for_world(world);
+        policies.insert(
+            world.name().to_string(),
+            serde_json::json!({
+                "plugin": plugin.name(),
+                "sha256": plugin.info().sha256,
+                "params": policy.params,
+            }),
+        );
+        if world == World::Launch {
+            launch = Some(plugin);
+        }
+    }
+    let topology = config.cluster.topology();
+    let serve = match (config.role, &config.serve.model, launch) {
+        (Role::Head, Some(_), Some(mut plugin)) => {
+            let request = LaunchRequest {
+                cluster: expected_cluster(config),
+                settings: config.serve.settings(),
+            };
+            match plugin.plan(&request, &config.policies.launch.params())? {
+                Ok(plan) => {
+                    serde_json::json!({"argv": plan.argv, "env": plan.env, "for": "the expected topology"})
+                }
+                Err(e) => serde_json::json!({"error": e.to_string()}),
+            }
+        }
+        (Role::Head, None, _) => serde_json::json!({"skipped": "serve.model is not set"}),
+        _ => serde_json::json!({"skipped": "workers do not serve"}),
+    };
+    let plan = serde_json::json!({
+        "role": config.role,
+        "open-file-limit": config.open_file_limit,
+        "start": {
+            "argv": start.argv(),
+            "env": config.ray.env,
+            "from-kuberay-command": config.ray.use_kuberay_command,
+        },
+        "wait": match config.role {
+            Role::Head => serde_json::json!({
+                "gcs-address": head_gcs_address(config),
+                "expected": topology,
+                "timeout-seconds": config.cluster.wait_timeout_seconds,
+            }),
+            Role::Worker => serde_json::json!({
+                "head-gcs": start.join_address(),
+                "gcs-wait-seconds": config.ray.gcs_wait_seconds,
+            }),
+        },
+        "policies": policies,
+        "serve": serve,
+    });
+    Ok(serde_json::to_string_pretty(&plan)?)
+}
+
+/// A cluster shaped like the expected topology, for `plan`.
+fn expected_cluster(config: &Config) -> ClusterSnapshot {
+    let topology = config.cluster.topology();
+    let mut nodes = vec![];
+    let mut add = |gpu: f64, cpu: f64, head: bool| {
+        let i = nodes.len();
+        nodes.push(Node {
+            id: format!("{:056x}", i + 1),
+            address: format!("node-{i}"),
+            hostname: format!("node-{i}"),
+            is_head: head,
+            alive: true,
+            resources: Resources {
+                cpu,
+                gpu,
+                ..Resources::default()
+            },
+            ..Node::default()
+        });
+    };
+    if topology.groups.is_empty() {
+        let per_node = if topology.nodes > 0 {
+            topology.gpus / f64::from(topology.nodes)
+        } else {
+            0.0
+        };
+        for i in 0..topology.nodes {
+            add(per_node.max(topology.min_gpus_per_node), 1.0, i == 0);
+        }
+    } else {
+        add(
+            config.ray.num_gpus.unwrap_or(0.0),
+            config.ray.num_cpus.unwrap_or(1.0),
+            true,
+        );
+        for g in &topology.groups {
+            for _ in 0..g.replicas {
+                add(g.gpus_per_node, g.cpus_per_node, false);
+            }
+        }
+    }
+    ClusterSnapshot {
+        nodes,
+        expected: topology,
+        elapsed_ms: 0,
+        deadline_ms: config.cluster.wait_timeout_seconds * 1000,
+        diagnostics: vec![],
+    }
+}
+
+/// `orchestrator run`.
+pub fn run(args: ConfigArgs) -> ExitCode {
+    let config = match load_config(&args) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run_role(config)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run_role(config: Config) -> Result<ExitCode> {
+    // Everything that can be refused is checked before anything starts.
+    let kuberay = std::env::var(KUBERAY_ENV).ok();
+    let start = match RayStart::for_config(&config, kuberay.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let host = host::host(&config.plugins)?;
+    let mut readiness = None;
+    if config.role == Role::Head {
+        let policies = (|| -> Result<_> {
+            let r = host::load_policy(&host, &config, World::Readiness)?;
+            host::load_policy(&host, &config, World::Launch)?;
+            host::load_policy(&host, &config, World::Health)?;
+            Ok(r)
+        })();
+        match policies {
+            Ok(r) => readiness = Some(r),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return Ok(ExitCode::from(2));
+            }
+        }
+    }
+
+    let nofile = raise_nofile(config.open_file_limit);
+    match &nofile.short_of {
+        None => tracing::info!(
+            before = nofile.before,
+            now = nofile.now,
+            "open-file limit raised"
+        ),
+        Some(why) => tracing::warn!(
+            wanted = config.open_file_limit,
+            now = nofile.now,
+            "open-file limit raised only to {}: {why}",
+            nofile.now
+        ),
+    }
+    let shutdown = Shutdown::install()?;
+    if let Err(e) = become_subreaper() {
+        tracing::warn!("cannot become the subreaper of Ray's processes ({e})");
+    }
+    let label = match config.role {
+        Role::Head => "head",
+        Role::Worker => "worker",
+    };
+    let grace = Duration::from_secs(config.ray.stop_grace_seconds);
+
+    if config.role == Role::Worker {
+        let address = start
+            .join_address()
+            .context("the worker's ray start command has no --address: set ray.gcs-address")?
+            .to_string();
+        tracing::info!(%address, "waiting for the head's GCS");
+        let deadline = Duration::from_secs(config.ray.gcs_wait_seconds);
+        tokio::select! {
+            r = orchestrator_ray_gcs::GcsClient::connect_until(&address, deadline) => { r?; }
+            () = shutdown.requested() => return Ok(ExitCode::SUCCESS),
+        }
+        tracing::info!(%address, "head's GCS answers");
+    }
+
+    let env: Vec<(String, String)> = config
+        .ray
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let argv = start.argv();
+    tracing::info!(node = label, "starting: {}", argv.join(" "));
+    let node = RayNode::start(label, &argv, &env, Duration::from_secs(300)).await?;
+
+    let mut code = ExitCode::SUCCESS;
+    if let Some(mut readiness) = readiness {
+        let spec = WaitSpec {
+            address: head_gcs_address(&config),
+            expected: config.cluster.topology(),
+            timeout: Duration::from_secs(config.cluster.wait_timeout_seconds),
+            params: config.policies.readiness.params(),
+            diagnostics: vec![],
+        };
+        let outcome = tokio::select! {
+            r = wait_for_cluster(&spec, &mut readiness) => Some(r),
+            () = shutdown.requested() => None,
+            daemon = node.exited() => {
+                eprintln!("error: Ray's {} (pid {}) exited during the wait ({})", daemon.name, daemon.pid, daemon.status.as_deref().unwrap_or("status unknown"));
+                code = ExitCode::from(1);
+                None
+            }
+        };
+        match outcome {
+            Some(Ok(ready)) => {
+                tracing::info!(
+                    nodes = ready.snapshot.nodes.iter().filter(|n| n.alive).count(),
+                    "cluster ready; the serve phase is not part of this build, supervising Ray"
+                );
+            }
+            Some(Err(e)) => {
+                eprintln!("error: {e}");
+                node.stop(grace).await;
+                return Ok(ExitCode::from(1));
+            }
+            None => {
+                node.stop(grace).await;
+                return Ok(code);
+            }
+        }
+    }
+
+    tokio::select! {
+        () = shutdown.requested() => {}
+        daemon = node.exited() => {
+            eprintln!(
+                "error: Ray's {} (pid {}) exited unexpectedly ({})",
+                daemon.name,
+                daemon.pid,
+                daemon.status.as_deref().unwrap_or("status unknown")
+            );
+            code = ExitCode::from(1);
+        }
+    }
+    if !node.stop(grace).await {
+        eprintln!("error: some of Ray's processes did not stop");
+        code = ExitCode::from(1);
+    }
+    Ok(code)
+}

@@ -1,0 +1,131 @@
+//! `orchestrator wait`: the wait phase as a command for any shell script,
+//! the drop-in replacement for `until ray status | grep ...; do sleep 5; done`.
+
+use crate::host;
+use anyhow::Result;
+use clap::Args;
+use orchestrator_phases::config::PluginLimits;
+use orchestrator_phases::wait::{WaitSpec, wait_for_cluster};
+use orchestrator_policy_host::types::{KeyValue, Topology};
+use orchestrator_policy_host::{PluginSource, World};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Wait until a Ray cluster is ready.
+#[derive(Args, Debug)]
+pub struct WaitArgs {
+    /// The GCS address, HOST:PORT.
+    #[arg(long, env = "ORCHESTRATOR_GCS_ADDRESS")]
+    pub address: String,
+    /// Nodes that must be alive, the head included.
+    #[arg(long)]
+    pub nodes: u32,
+    /// GPUs the cluster must offer in total.
+    #[arg(long, default_value_t = 0.0)]
+    pub gpus: f64,
+    /// GPUs every node must offer.
+    #[arg(long, default_value_t = 0.0)]
+    pub min_gpus_per_node: f64,
+    /// Seconds to wait before giving up.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    /// The readiness policy: a component file or builtin:NAME.
+    #[arg(long, default_value = "builtin:node-count")]
+    pub policy: String,
+    /// The policy file's sha256, to refuse any other file.
+    #[arg(long)]
+    pub sha256: Option<String>,
+    /// A policy parameter, KEY=VALUE; repeat for more.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+}
+
+/// Runs the command: 0 ready, 1 failed or timed out, 2 bad arguments.
+pub fn run(args: WaitArgs) -> ExitCode {
+    if args.nodes == 0 {
+        eprintln!("error: --nodes must be at least 1 (the head counts)");
+        return ExitCode::from(2);
+    }
+    if args.timeout == 0 {
+        eprintln!("error: --timeout must be at least 1 second");
+        return ExitCode::from(2);
+    }
+    let mut params = Vec::new();
+    for p in &args.params {
+        match p.split_once('=') {
+            Some((k, v)) if !k.is_empty() => params.push(KeyValue::new(k, v)),
+            _ => {
+                eprintln!("error: --param {p:?} is not KEY=VALUE");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let mut source = PluginSource::parse(&args.policy);
+    if let (PluginSource::File { sha256, .. }, Some(pin)) = (&mut source, &args.sha256) {
+        *sha256 = Some(pin.clone());
+    }
+    let policy = host::host(&PluginLimits::default())
+        .and_then(|h| host::load(&h, World::Readiness, &source));
+    let mut policy = match policy {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let spec = WaitSpec {
+        address: args.address.clone(),
+        expected: Topology {
+            nodes: args.nodes,
+            gpus: args.gpus,
+            min_gpus_per_node: args.min_gpus_per_node,
+            groups: vec![],
+        },
+        timeout: Duration::from_secs(args.timeout),
+        params,
+        diagnostics: vec![],
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let start = Instant::now();
+    match runtime.block_on(async { run_wait(&spec, &mut policy).await }) {
+        Ok(summary) => {
+            println!(
+                "ready after {:.3} s: {summary}",
+                start.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run_wait(
+    spec: &WaitSpec,
+    policy: &mut orchestrator_policy_host::Plugin,
+) -> Result<String> {
+    let ready = wait_for_cluster(spec, policy).await?;
+    let alive: Vec<String> = ready
+        .snapshot
+        .nodes
+        .iter()
+        .filter(|n| n.alive)
+        .map(|n| format!("{}{}", if n.is_head { "head " } else { "" }, n.address))
+        .collect();
+    Ok(format!(
+        "{} nodes alive ({})",
+        alive.len(),
+        alive.join(", ")
+    ))
+}

@@ -1,0 +1,484 @@
+//! `orchestrator local`, `wait` and `run` against real Ray 2.60, as a user
+//! runs them. Each test uses its own addresses (127.0.0.x), ports and temp
+//! dir, and checks that nothing it started is left running.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Write;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn ray_bin() -> String {
+    std::env::var("ORCHESTRATOR_RAY_BIN").expect(
+        "ORCHESTRATOR_RAY_BIN must point at Ray 2.60's `ray`; `cargo xtask test` sets it up",
+    )
+}
+
+fn orchestrator() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+    c.env("ORCHESTRATOR_RAY_BIN", ray_bin())
+        .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true");
+    c
+}
+
+/// Live (non-zombie) processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<(i32, String)> {
+    let mut found = vec![];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = state
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        if !zombie && cmdline.contains(needle) && pid != std::process::id() as i32 {
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}
+
+fn assert_nothing_left(needles: &[&str]) {
+    // Give PID 1 a moment for anything re-parented to it.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let left: Vec<_> = needles.iter().flat_map(|n| processes_with(n)).collect();
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("processes left behind: {left:#?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Stops orchestrators a test started if the test fails first: SIGTERM
+/// (they stop their Ray nodes), then SIGKILL after 15 s.
+struct Guard(Vec<i32>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            if let Some(p) = rustix::process::Pid::from_raw(*pid) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for pid in &self.0 {
+            while Instant::now() < deadline
+                && std::path::Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .map(|s| {
+                        s.rsplit_once(')')
+                            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+                    })
+                    .unwrap_or(true);
+                if zombie {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if let Some(p) = rustix::process::Pid::from_raw(*pid) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
+
+fn sigterm(child: &Child) {
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+}
+
+/// Waits for `child` with a deadline; kills it if it overruns.
+fn wait_with_deadline(mut child: Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("did not exit within {limit:?}: {:?}", text(&out));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until `orchestrator wait` says the cluster at `address` has `nodes`.
+fn wait_ready(address: &str, nodes: u32, timeout: u64) -> Output {
+    orchestrator()
+        .args([
+            "wait",
+            "--address",
+            address,
+            "--nodes",
+            &nodes.to_string(),
+            "--timeout",
+            &timeout.to_string(),
+        ])
+        .output()
+        .unwrap()
+}
+
+#[test]
+#[ignore = "needs Ray 2.60: run by `cargo xtask test`"]
+fn local_forms_a_three_node_cluster_and_leaves_nothing_behind() {
+    let out = orchestrator()
+        .args([
+            "local",
+            "--workers",
+            "2",
+            "--head-ip",
+            "127.0.0.50",
+            "--gcs-port",
+            "6450",
+            "--agent-port",
+            "52450",
+            "--metrics-port",
+            "28450",
+            "--temp-dir",
+            "/tmp/ray-t6450",
+            "--memory-mib",
+            "500",
+            "--object-store-mib",
+            "80",
+            "--exit-when-ready",
+        ])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("cluster ready"), "{stdout}");
+    for ip in ["127.0.0.50", "127.0.0.51", "127.0.0.52"] {
+        assert!(stdout.contains(ip), "{ip} in {stdout}");
+    }
+    assert_nothing_left(&["/tmp/ray-t6450", "127.0.0.50", "127.0.0.51", "127.0.0.52"]);
+}
+
+#[test]
+#[ignore = "needs Ray 2.60: run by `cargo xtask test`"]
+fn wait_command_exits_0_when_ready_and_1_with_a_diagnosis_naming_what_is_missing() {
+    let local = orchestrator()
+        .args([
+            "local",
+            "--workers",
+            "1",
+            "--head-ip",
+            "127.0.0.60",
+            "--gcs-port",
+            "6460",
+            "--agent-port",
+            "52460",
+            "--metrics-port",
+            "28460",
+            "--temp-dir",
+            "/tmp/ray-t6460",
+            "--memory-mib",
+            "500",
+            "--object-store-mib",
+            "80",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = Guard(vec![local.id() as i32]);
+    let ok = wait_ready("127.0.0.60:6460", 2, 90);
+    let (stdout, stderr) = text(&ok);
+    assert!(ok.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.starts_with("ready after"), "{stdout}");
+
+    let started = Instant::now();
+    let missing = wait_ready("127.0.0.60:6460", 3, 3);
+    let (_, stderr) = text(&missing);
+    assert_eq!(missing.status.code(), Some(1), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(stderr.contains("not ready after 3"), "{stderr}");
+    assert!(
+        stderr.contains("nodes: 2 of 3 expected alive; missing 1 node"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("2 of 3 nodes alive"),
+        "the policy's reason: {stderr}"
+    );
+
+    let bad = orchestrator()
+        .args(["wait", "--address", "127.0.0.60:6460", "--nodes", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let bad = orchestrator()
+        .args(["wait", "--address", "127.0.0.60:6460"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "missing --nodes");
+
+    sigterm(&local);
+    let out = wait_with_deadline(local, Duration::from_secs(30));
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert_nothing_left(&["/tmp/ray-t6460", "127.0.0.60", "127.0.0.61"]);
+}
+
+fn write_config(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.write_all(body.as_bytes()).unwrap();
+    path
+}
+
+fn nofile_soft_limit(pid: i32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+#[test]
+#[ignore = "needs Ray 2.60: run by `cargo xtask test`"]
+fn run_head_and_kuberay_worker_raise_nofile_and_stop_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let head_config = write_config(
+        dir.path(),
+        "head.toml",
+        &format!(
+            r#"role = "head"
+open-file-limit = 4321
+[ray]
+bin = "{ray}"
+gcs-port = 6470
+node-ip = "127.0.0.70"
+num-cpus = 1
+memory = 500000000
+object-store-memory = 80000000
+dashboard-agent-listen-port = 52470
+metrics-export-port = 28470
+temp-dir = "/tmp/ray-t6470"
+stop-grace-seconds = 5
+env = {{ RAY_USAGE_STATS_ENABLED = "0" }}
+[cluster]
+nodes = 2
+wait-timeout-seconds = 120
+"#,
+            ray = ray_bin()
+        ),
+    );
+    // Start with a low soft limit, as a container often does; the
+    // orchestrator must raise it for Ray's processes.
+    let head = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -Sn 1024 && exec {} run --config {}",
+            env!("CARGO_BIN_EXE_orchestrator"),
+            head_config.display()
+        ))
+        .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = Guard(vec![head.id() as i32]);
+
+    // The worker starts from KubeRay's generated command, --block and all.
+    let worker_config = write_config(
+        dir.path(),
+        "worker.toml",
+        &format!(
+            r#"role = "worker"
+open-file-limit = 4321
+[ray]
+bin = "{ray}"
+use-kuberay-command = true
+node-ip = "127.0.0.71"
+memory = 500000000
+object-store-memory = 80000000
+dashboard-agent-listen-port = 52471
+metrics-export-port = 28471
+gcs-wait-seconds = 120
+stop-grace-seconds = 5
+"#,
+            ray = ray_bin()
+        ),
+    );
+    let kuberay = "ray start  --address=127.0.0.70:6470  --block  --dashboard-agent-listen-port=52365  --metrics-export-port=8080  --num-cpus=1 ";
+    let worker = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -Sn 1024 && exec {} run --config {}",
+            env!("CARGO_BIN_EXE_orchestrator"),
+            worker_config.display()
+        ))
+        .env("KUBERAY_GEN_RAY_START_CMD", kuberay)
+        .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    guard.0.push(worker.id() as i32);
+
+    let ready = wait_ready("127.0.0.70:6470", 2, 120);
+    assert!(ready.status.success(), "{:?}", text(&ready));
+
+    let raylets: Vec<i32> = processes_with("raylet")
+        .into_iter()
+        .filter(|(_, c)| c.contains("127.0.0.70") || c.contains("127.0.0.71"))
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(raylets.len(), 2, "one raylet per node");
+    for pid in raylets {
+        assert_eq!(
+            nofile_soft_limit(pid),
+            4321,
+            "raylet {pid} inherited the raised limit"
+        );
+    }
+    // KubeRay's --block was dropped and the configured ports won.
+    let worker_raylet = processes_with("--node_ip_address=127.0.0.71");
+    assert!(!worker_raylet.is_empty());
+
+    sigterm(&worker);
+    let out = wait_with_deadline(worker, Duration::from_secs(30));
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "worker exits 0 on SIGTERM: {stderr}");
+    assert!(
+        stderr.contains("--dashboard-agent-listen-port=52471") && !stderr.contains("--block"),
+        "{stderr}"
+    );
+    assert_nothing_left(&["127.0.0.71"]);
+
+    sigterm(&head);
+    let out = wait_with_deadline(head, Duration::from_secs(30));
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "head exits 0 on SIGTERM: {stderr}");
+    assert!(stderr.contains("cluster ready"), "{stderr}");
+    assert_nothing_left(&["/tmp/ray-t6470", "127.0.0.70"]);
+}
+
+#[test]
+#[ignore = "needs Ray 2.60: run by `cargo xtask test`"]
+fn worker_exits_1_when_its_raylet_dies() {
+    let local = orchestrator()
+        .args([
+            "local",
+            "--workers",
+            "0",
+            "--head-ip",
+            "127.0.0.80",
+            "--gcs-port",
+            "6480",
+            "--agent-port",
+            "52480",
+            "--metrics-port",
+            "28480",
+            "--temp-dir",
+            "/tmp/ray-t6480",
+            "--memory-mib",
+            "500",
+            "--object-store-mib",
+            "80",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut guard = Guard(vec![local.id() as i32]);
+    assert!(wait_ready("127.0.0.80:6480", 1, 90).status.success());
+    let worker = orchestrator()
+        .args([
+            "run",
+            "--role",
+            "worker",
+            "--set",
+            "ray.gcs-address=\"127.0.0.80:6480\"",
+            "--set",
+            "ray.node-ip=\"127.0.0.81\"",
+            "--set",
+            "ray.memory=500000000",
+            "--set",
+            "ray.object-store-memory=80000000",
+            "--set",
+            "ray.dashboard-agent-listen-port=52481",
+            "--set",
+            "ray.metrics-export-port=28481",
+            "--set",
+            &format!("ray.bin=\"{}\"", ray_bin()),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    guard.0.push(worker.id() as i32);
+    assert!(wait_ready("127.0.0.80:6480", 2, 90).status.success());
+    // The node registers before `ray start` returns; the orchestrator
+    // supervises once it has (its raylet is then re-parented to it).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let raylet = loop {
+        let found = processes_with("--node_ip_address=127.0.0.81")
+            .into_iter()
+            .find(|(pid, c)| c.contains("raylet") && parent_of(*pid) == Some(worker.id() as i32));
+        if let Some((pid, _)) = found {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker's raylet never came under the orchestrator"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(raylet).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let out = wait_with_deadline(worker, Duration::from_secs(30));
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("raylet") && stderr.contains("signal 9"),
+        "{stderr}"
+    );
+    assert_nothing_left(&["127.0.0.81"]);
+    sigterm(&local);
+    assert!(
+        wait_with_deadline(local, Duration::from_secs(30))
+            .status
+            .success()
+    );
+    assert_nothing_left(&["/tmp/ray-t6480", "127.0.0.80"]);
+}

@@ -1,0 +1,649 @@
+//! The orchestrator's configuration.
+//!
+//! A TOML file (`orchestrator run --config FILE`), then environment
+//! variables, then `--set` flags, each overriding the one before:
+//!
+//! - `--set ray.num-cpus=4` sets any field by its dotted path;
+//! - `ORCHESTRATOR__RAY__NUM_CPUS=4` does the same from the environment
+//!   (`__` separates levels, `_` stands for `-`).
+//!
+//! Unknown fields are errors that name the field, and every check says how
+//! to fix what it found.
+
+use orchestrator_policy_host::types::{KeyValue, NodeGroup, ServeSettings, Topology};
+use orchestrator_policy_host::{PluginSource, World};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The prefix of configuration environment variables.
+pub const ENV_PREFIX: &str = "ORCHESTRATOR__";
+
+/// Which role this pod plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// The head: runs the GCS, waits for the cluster, serves.
+    #[default]
+    Head,
+    /// A worker: joins the head's GCS and supervises its Ray node.
+    Worker,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct Config {
+    /// `head` or `worker`.
+    pub role: Role,
+    /// The open-file limit for the whole process tree.
+    pub open_file_limit: u64,
+    /// How Ray is started.
+    pub ray: RayConfig,
+    /// The cluster the head waits for.
+    pub cluster: ClusterConfig,
+    /// Which policy serves each phase.
+    pub policies: PoliciesConfig,
+    /// Limits of the plugin host.
+    pub plugins: PluginLimits,
+    /// How the model is served (the serve phase).
+    pub serve: ServeConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            role: Role::Head,
+            open_file_limit: 65536,
+            ray: RayConfig::default(),
+            cluster: ClusterConfig::default(),
+            policies: PoliciesConfig::default(),
+            plugins: PluginLimits::default(),
+            serve: ServeConfig::default(),
+        }
+    }
+}
+
+/// How Ray is started on this node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct RayConfig {
+    /// The `ray` executable.
+    pub bin: PathBuf,
+    /// The head's GCS as `HOST:PORT` (workers join it; the head waits on it).
+    pub gcs_address: Option<String>,
+    /// The port the head's GCS listens on.
+    pub gcs_port: u16,
+    /// This node's IP address (`--node-ip-address`).
+    pub node_ip: Option<String>,
+    /// Logical CPUs (`--num-cpus`).
+    pub num_cpus: Option<f64>,
+    /// GPUs (`--num-gpus`).
+    pub num_gpus: Option<f64>,
+    /// Memory for tasks and actors, bytes (`--memory`).
+    pub memory: Option<u64>,
+    /// Object-store memory, bytes (`--object-store-memory`).
+    pub object_store_memory: Option<u64>,
+    /// Node labels (`--labels`).
+    pub labels: BTreeMap<String, String>,
+    /// Custom resources (`--resources`).
+    pub resources: BTreeMap<String, f64>,
+    /// Dashboard port on the head (`--dashboard-port`).
+    pub dashboard_port: Option<u16>,
+    /// Dashboard bind address on the head (`--dashboard-host`).
+    pub dashboard_host: Option<String>,
+    /// The dashboard agent's port (`--dashboard-agent-listen-port`).
+    pub dashboard_agent_listen_port: Option<u16>,
+    /// Metrics export port (`--metrics-export-port`).
+    pub metrics_export_port: Option<u16>,
+    /// Ray's temp dir on the head (`--temp-dir`).
+    pub temp_dir: Option<PathBuf>,
+    /// More `ray start` arguments, appended as given.
+    pub extra_args: Vec<String>,
+    /// Start Ray from `KUBERAY_GEN_RAY_START_CMD` (parsed without a shell,
+    /// `--block` dropped) with the fields above as overrides.
+    pub use_kuberay_command: bool,
+    /// Seconds a worker waits for the head's GCS before `ray start`.
+    pub gcs_wait_seconds: u64,
+    /// Seconds Ray's processes get after SIGTERM before SIGKILL.
+    pub stop_grace_seconds: u64,
+    /// Environment variables for Ray's processes.
+    pub env: BTreeMap<String, String>,
+}
+
+impl Default for RayConfig {
+    fn default() -> Self {
+        Self {
+            bin: PathBuf::from("ray"),
+            gcs_address: None,
+            gcs_port: 6379,
+            node_ip: None,
+            num_cpus: None,
+            num_gpus: None,
+            memory: None,
+            object_store_memory: None,
+            labels: BTreeMap::new(),
+            resources: BTreeMap::new(),
+            dashboard_port: None,
+            dashboard_host: None,
+            dashboard_agent_listen_port: None,
+            metrics_export_port: None,
+            temp_dir: None,
+            extra_args: vec![],
+            use_kuberay_command: false,
+            gcs_wait_seconds: 300,
+            stop_grace_seconds: 10,
+            env: BTreeMap::new(),
+        }
+    }
+}
+
+/// One expected group of nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct GroupConfig {
+    /// The group's name.
+    pub name: String,
+    /// Its node count.
+    pub replicas: u32,
+    /// CPUs per node.
+    pub cpus_per_node: f64,
+    /// GPUs per node.
+    pub gpus_per_node: f64,
+}
+
+/// The cluster the head waits for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Nodes that must be alive, the head included.
+    pub nodes: u32,
+    /// GPUs the cluster must offer in total (0: not checked).
+    pub gpus: f64,
+    /// GPUs every node must offer (0: not checked).
+    pub min_gpus_per_node: f64,
+    /// Per-group shape, when known.
+    pub groups: Vec<GroupConfig>,
+    /// Seconds the wait phase may take.
+    pub wait_timeout_seconds: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            nodes: 1,
+            gpus: 0.0,
+            min_gpus_per_node: 0.0,
+            groups: vec![],
+            wait_timeout_seconds: 600,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The expected topology in the policy contract's terms. When groups
+    /// are given and `nodes` was left at 1, the node count is the head plus
+    /// the groups' replicas.
+    pub fn topology(&self) -> Topology {
+        let from_groups: u32 = self.groups.iter().map(|g| g.replicas).sum();
+        Topology {
+            nodes: self
+                .nodes
+                .max(if from_groups > 0 { from_groups + 1 } else { 1 }),
+            gpus: self.gpus,
+            min_gpus_per_node: self.min_gpus_per_node,
+            groups: self
+                .groups
+                .iter()
+                .map(|g| NodeGroup {
+                    name: g.name.clone(),
+                    replicas: g.replicas,
+                    cpus_per_node: g.cpus_per_node,
+                    gpus_per_node: g.gpus_per_node,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Which plugin serves one phase.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// A built-in policy's name.
+    pub builtin: Option<String>,
+    /// A component file.
+    pub file: Option<PathBuf>,
+    /// The file's sha256 (hex); the plugin is refused if it differs.
+    pub sha256: Option<String>,
+    /// The policy's parameters.
+    pub params: BTreeMap<String, String>,
+}
+
+impl PolicyConfig {
+    /// The plugin source, `default` naming the built-in used when neither
+    /// `builtin` nor `file` is set.
+    pub fn source(&self, default: &str) -> PluginSource {
+        match (&self.file, &self.builtin) {
+            (Some(path), _) => PluginSource::File {
+                path: path.clone(),
+                sha256: self.sha256.clone(),
+            },
+            (None, Some(name)) => PluginSource::Builtin(name.clone()),
+            (None, None) => PluginSource::Builtin(default.to_string()),
+        }
+    }
+
+    /// The parameters as key/value pairs.
+    pub fn params(&self) -> Vec<KeyValue> {
+        self.params
+            .iter()
+            .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+/// The policy of each phase.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct PoliciesConfig {
+    /// Readiness (default: built-in `node-count`).
+    pub readiness: PolicyConfig,
+    /// Launch (default: built-in `vllm`).
+    pub launch: PolicyConfig,
+    /// Health (default: built-in `default`).
+    pub health: PolicyConfig,
+}
+
+impl PoliciesConfig {
+    /// The configuration of `world`'s policy and its default built-in.
+    pub fn for_world(&self, world: World) -> (&PolicyConfig, &'static str) {
+        match world {
+            World::Readiness => (&self.readiness, "node-count"),
+            World::Launch => (&self.launch, "vllm"),
+            World::Health => (&self.health, "default"),
+        }
+    }
+}
+
+/// Limits of the plugin host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct PluginLimits {
+    /// Deadline of one plugin call, ms.
+    pub call_timeout_ms: u64,
+    /// Memory cap of one plugin instance, MiB.
+    pub memory_limit_mib: usize,
+    /// Where compiled plugins are cached.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        Self {
+            call_timeout_ms: 100,
+            memory_limit_mib: 64,
+            cache_dir: None,
+        }
+    }
+}
+
+/// How the model is served.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// The model: a path or a hub name.
+    pub model: Option<String>,
+    /// The name the API serves it under.
+    pub served_model_name: Option<String>,
+    /// Bind address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Extra `vllm serve` arguments.
+    pub extra_args: Vec<String>,
+    /// Tensor-parallel size, if fixed.
+    pub tensor_parallel_size: Option<u32>,
+    /// Pipeline-parallel size, if fixed.
+    pub pipeline_parallel_size: Option<u32>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            model: None,
+            served_model_name: None,
+            host: "0.0.0.0".to_string(),
+            port: 8000,
+            extra_args: vec![],
+            tensor_parallel_size: None,
+            pipeline_parallel_size: None,
+        }
+    }
+}
+
+impl ServeConfig {
+    /// The serve settings in the policy contract's terms.
+    pub fn settings(&self) -> ServeSettings {
+        ServeSettings {
+            model: self.model.clone().unwrap_or_default(),
+            served_model_name: self.served_model_name.clone(),
+            host: self.host.clone(),
+            port: self.port,
+            extra_args: self.extra_args.clone(),
+            tensor_parallel_size: self.tensor_parallel_size,
+            pipeline_parallel_size: self.pipeline_parallel_size,
+        }
+    }
+}
+
+/// A configuration that cannot be used, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read the configuration file {path}: {error}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The TOML is malformed, has an unknown field or a wrong type.
+    #[error("{origin}: {message}")]
+    Parse {
+        /// Where the bad value came from (file, variable, flag).
+        origin: String,
+        /// What is wrong, naming the field.
+        message: String,
+    },
+    /// An override is not `path=value`.
+    #[error("{origin}: {message}")]
+    Override {
+        /// The flag or variable.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The values parse but do not make sense together.
+    #[error("invalid configuration: `{field}` {problem}; {fix}")]
+    Invalid {
+        /// The field.
+        field: String,
+        /// What is wrong.
+        problem: String,
+        /// How to fix it.
+        fix: String,
+    },
+}
+
+impl Config {
+    /// Loads `file` (if any), then applies `ORCHESTRATOR__*` variables from
+    /// `env`, then `--set` overrides, then validates.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        sets: &[String],
+    ) -> Result<Self, ConfigError> {
+        let mut tree = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    error,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse {
+                        origin: path.display().to_string(),
+                        message: e.to_string().trim().replace('\n', " "),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        let mut env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        env.sort();
+        for (key, value) in env {
+            let path = key[ENV_PREFIX.len()..]
+                .split("__")
+                .map(|part| part.to_lowercase().replace('_', "-"))
+                .collect::<Vec<_>>()
+                .join(".");
+            set_path(&mut tree, &path, &value).map_err(|message| ConfigError::Override {
+                origin: format!("environment variable {key}"),
+                message,
+            })?;
+        }
+        for set in sets {
+            let (path, value) = set.split_once('=').ok_or_else(|| ConfigError::Override {
+                origin: format!("--set {set:?}"),
+                message: "expected PATH=VALUE, e.g. --set ray.num-cpus=4".to_string(),
+            })?;
+            set_path(&mut tree, path.trim(), value).map_err(|message| ConfigError::Override {
+                origin: format!("--set {set:?}"),
+                message,
+            })?;
+        }
+        let origin = file.map_or_else(|| "configuration".to_string(), |p| p.display().to_string());
+        let config: Config =
+            toml::Value::Table(tree)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    origin,
+                    message: format!(
+                        "{}; see examples/config/ for every field",
+                        e.to_string().trim().replace('\n', " ")
+                    ),
+                })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, problem: String, fix: &str| ConfigError::Invalid {
+            field: field.to_string(),
+            problem,
+            fix: fix.to_string(),
+        };
+        if self.role == Role::Worker
+            && self.ray.gcs_address.is_none()
+            && !self.ray.use_kuberay_command
+        {
+            return Err(invalid(
+                "ray.gcs-address",
+                "is required for a worker".into(),
+                "set it to the head's GCS, e.g. ray.gcs-address = \"raycluster-head-svc:6379\"",
+            ));
+        }
+        if let Some(addr) = &self.ray.gcs_address
+            && addr
+                .rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
+            return Err(invalid(
+                "ray.gcs-address",
+                format!("is {addr:?}, not HOST:PORT"),
+                "write it like \"10.0.0.5:6379\"",
+            ));
+        }
+        if self.cluster.nodes == 0 {
+            return Err(invalid(
+                "cluster.nodes",
+                "is 0".into(),
+                "count the head too: a head alone is nodes = 1",
+            ));
+        }
+        if self.cluster.gpus < 0.0 || self.cluster.min_gpus_per_node < 0.0 {
+            return Err(invalid(
+                "cluster.gpus",
+                "is negative".into(),
+                "use 0 to not check GPUs",
+            ));
+        }
+        if self.cluster.wait_timeout_seconds == 0 {
+            return Err(invalid(
+                "cluster.wait-timeout-seconds",
+                "is 0".into(),
+                "give the cluster time to form, e.g. 600",
+            ));
+        }
+        if self.open_file_limit == 0 {
+            return Err(invalid(
+                "open-file-limit",
+                "is 0".into(),
+                "leave it out for 65536",
+            ));
+        }
+        for world in World::ALL {
+            let (policy, _) = self.policies.for_world(world);
+            if policy.builtin.is_some() && policy.file.is_some() {
+                return Err(invalid(
+                    &format!("policies.{world}"),
+                    "sets both `builtin` and `file`".into(),
+                    "keep one of them",
+                ));
+            }
+            if policy.sha256.is_some() && policy.file.is_none() {
+                return Err(invalid(
+                    &format!("policies.{world}.sha256"),
+                    "is set without `file`".into(),
+                    "built-ins are embedded; pin only files",
+                ));
+            }
+            if let Some(sha) = &policy.sha256
+                && (sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()))
+            {
+                return Err(invalid(
+                    &format!("policies.{world}.sha256"),
+                    format!("is {sha:?}, not 64 hex digits"),
+                    "copy it from `orchestrator plugin check FILE`",
+                ));
+            }
+        }
+        if self.plugins.call_timeout_ms == 0 || self.plugins.memory_limit_mib == 0 {
+            return Err(invalid(
+                "plugins",
+                "sets a zero limit".into(),
+                "leave the limits out for 100 ms and 64 MiB",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Sets `a.b.c = value` in a TOML table; the value is parsed as TOML when
+/// it can be (numbers, booleans, arrays, inline tables), else kept as text.
+fn set_path(tree: &mut toml::Table, path: &str, raw: &str) -> Result<(), String> {
+    let parts: Vec<&str> = path.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(format!(
+            "{path:?} is not a field path; write it like ray.num-cpus"
+        ));
+    }
+    let value = parse_value(raw);
+    let (last, parents) = parts
+        .split_last()
+        .ok_or_else(|| "empty field path".to_string())?;
+    let mut table = tree;
+    for (i, part) in parents.iter().enumerate() {
+        let entry = table
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{}` is not a section", parts[..=i].join(".")))?;
+    }
+    table.insert(last.to_string(), value);
+    Ok(())
+}
+
+fn parse_value(raw: &str) -> toml::Value {
+    let wrapped = format!("v = {raw}");
+    match wrapped.parse::<toml::Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)], sets: &[&str]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).expect("write");
+        Config::load(
+            Some(&path),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+            &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let c = load(
+            "role = \"worker\"\n[ray]\ngcs-address = \"h:6379\"\nnum-cpus = 2\n",
+            &[
+                ("ORCHESTRATOR__RAY__NUM_CPUS", "3"),
+                ("ORCHESTRATOR__CLUSTER__NODES", "4"),
+                ("OTHER", "x"),
+            ],
+            &["ray.num-cpus=5", "ray.labels={accelerator=\"a100\"}"],
+        )
+        .expect("valid");
+        assert_eq!(c.role, Role::Worker);
+        assert_eq!(c.ray.num_cpus, Some(5.0));
+        assert_eq!(c.cluster.nodes, 4);
+        assert_eq!(
+            c.ray.labels.get("accelerator").map(String::as_str),
+            Some("a100")
+        );
+        assert_eq!(c.open_file_limit, 65536);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err = load("[ray]\nnum-cpu = 2\n", &[], &[]).expect_err("unknown field");
+        let text = err.to_string();
+        assert!(text.contains("num-cpu"), "{text}");
+        let err = load("", &[], &["cluster.node=3"]).expect_err("unknown field");
+        assert!(err.to_string().contains("`node`"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_and_bad_values_name_the_field_and_fix() {
+        let err = load("[cluster]\nnodes = \"three\"\n", &[], &[]).expect_err("type");
+        assert!(err.to_string().contains("nodes"), "{err}");
+        let err = load("role = \"worker\"\n", &[], &[]).expect_err("no address");
+        assert!(
+            err.to_string().contains("ray.gcs-address") && err.to_string().contains("head's GCS"),
+            "{err}"
+        );
+        let err = load(
+            "[policies.readiness]\nfile = \"p.wasm\"\nsha256 = \"abc\"\n",
+            &[],
+            &[],
+        )
+        .expect_err("sha");
+        assert!(err.to_string().contains("64 hex digits"), "{err}");
+        let err = load("", &[], &["ray.num-cpus"]).expect_err("no =");
+        assert!(err.to_string().contains("PATH=VALUE"), "{err}");
+    }
+
+    #[test]
+    fn topology_counts_head_and_groups() {
+        let c = load(
+            "[cluster]\ngpus = 4\n[[cluster.groups]]\nname = \"gpu\"\nreplicas = 2\ngpus-per-node = 2\n",
+            &[],
+            &[],
+        )
+        .expect("valid");
+        let t = c.cluster.topology();
+        assert_eq!(t.nodes, 3);
+        assert_eq!(t.groups.len(), 1);
+    }
+}

@@ -1,0 +1,427 @@
+//! A supervised Ray node.
+//!
+//! `ray start` runs as a child in a process group of its own; the daemons it
+//! starts (gcs_server, raylet, ...) stay in that group after it returns. The
+//! orchestrator watches the daemons that matter through pidfds (an exit is
+//! seen at once, with no polling) and stops the whole group — and only that
+//! group — with SIGTERM, then SIGKILL after a grace period. It never runs
+//! `ray stop --force`, which would kill every Ray process on the host.
+
+use rustix::process::{Pid, PidfdFlags, Signal, kill_process_group, pidfd_open};
+use std::collections::VecDeque;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+/// Makes this process the "child subreaper" of everything it starts: Ray's
+/// daemons, orphaned when `ray start` returns, are re-parented to the
+/// orchestrator instead of to PID 1, so it can reap them and read their exit
+/// status. (When the orchestrator *is* PID 1 this holds anyway.)
+pub fn become_subreaper() -> std::io::Result<()> {
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+        .map_err(std::io::Error::from)
+}
+
+/// Reaps `pid` if it is an exited child of this process; returns how it
+/// ended ("exit code 1", "signal 9").
+fn reap(pid: i32) -> Option<String> {
+    let pid = Pid::from_raw(pid)?;
+    match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG) {
+        Ok(Some((_, status))) => Some(match (status.exit_status(), status.terminating_signal()) {
+            (Some(code), _) => format!("exit code {code}"),
+            (None, Some(signal)) => format!("signal {signal}"),
+            _ => "exited".to_string(),
+        }),
+        _ => None,
+    }
+}
+
+/// Reaps the zombies of a process group that are children of this process.
+fn reap_group(pgid: i32) {
+    for pid in zombie_members(pgid) {
+        let _ = reap(pid);
+    }
+}
+
+/// True when no process of the group runs any more; the group's zombies
+/// that are this process's children are reaped (also those that died
+/// between the two scans).
+fn group_settled(pgid: i32) -> bool {
+    reap_group(pgid);
+    let empty = group_members(pgid).is_empty();
+    reap_group(pgid);
+    empty
+}
+
+/// Daemons whose exit means the node is down.
+const VITAL: &[&str] = &["raylet", "gcs_server"];
+/// Lines of `ray start` output kept for error messages.
+const TAIL_LINES: usize = 30;
+
+/// What went wrong with a Ray node.
+#[derive(Debug, thiserror::Error)]
+pub enum RayNodeError {
+    /// The program could not be started.
+    #[error("cannot run {program}: {error}; set ray.bin (or --ray-bin) to Ray's `ray` executable")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// `ray start` failed.
+    #[error("`{command}` failed ({status}); its last output:\n{tail}")]
+    StartFailed {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: String,
+        /// Its last lines of output.
+        tail: String,
+    },
+    /// `ray start` returned but no raylet runs in its process group.
+    #[error(
+        "`ray start` returned but no raylet is running (process group {pgid}); see Ray's logs in its temp dir"
+    )]
+    NoRaylet {
+        /// The group.
+        pgid: i32,
+    },
+    /// `ray start` did not return in time.
+    #[error("`ray start` did not return within {0:?}")]
+    Timeout(Duration),
+}
+
+/// One daemon of the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Daemon {
+    /// Its pid.
+    pub pid: i32,
+    /// Its command name (`raylet`, `gcs_server`, ...).
+    pub name: String,
+    /// How it ended, once it has and this process could reap it.
+    pub status: Option<String>,
+}
+
+/// A running Ray node started by this process.
+pub struct RayNode {
+    label: String,
+    pgid: Pid,
+    daemons: Vec<Daemon>,
+    exit: tokio::sync::watch::Receiver<Option<Daemon>>,
+    /// When `ray start` returned.
+    pub started_at: Instant,
+}
+
+impl std::fmt::Debug for RayNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RayNode")
+            .field("label", &self.label)
+            .field("pgid", &self.pgid.as_raw_nonzero())
+            .field("daemons", &self.daemons)
+            .finish()
+    }
+}
+
+/// The processes of a process group, from `/proc` (zombies left out).
+pub fn group_members(pgid: i32) -> Vec<Daemon> {
+    scan_group(pgid, false)
+        .into_iter()
+        .map(|(pid, name)| Daemon {
+            pid,
+            name,
+            status: None,
+        })
+        .collect()
+}
+
+/// The zombies of a process group.
+fn zombie_members(pgid: i32) -> Vec<i32> {
+    scan_group(pgid, true)
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+fn scan_group(pgid: i32, zombies: bool) -> Vec<(i32, String)> {
+    let mut members = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return members;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid pgrp ...; comm may contain spaces.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_string();
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        if fields.len() > 2
+            && fields[2].parse::<i32>().ok() == Some(pgid)
+            && (fields[0] == "Z") == zombies
+        {
+            members.push((pid, name));
+        }
+    }
+    members
+}
+
+fn forward_output(
+    label: String,
+    stream: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    tail: Arc<Mutex<VecDeque<String>>>,
+) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::info!(node = %label, "ray: {line}");
+            if let Ok(mut t) = tail.lock() {
+                if t.len() == TAIL_LINES {
+                    t.pop_front();
+                }
+                t.push_back(line);
+            }
+        }
+    });
+}
+
+impl RayNode {
+    /// Runs `argv` (a `ray start` command) in a new process group with
+    /// `env` added, forwards its output to the log under `label`, waits for
+    /// it to return, and starts watching the node's daemons.
+    pub async fn start(
+        label: &str,
+        argv: &[String],
+        env: &[(String, String)],
+        start_timeout: Duration,
+    ) -> Result<Self, RayNodeError> {
+        let program = argv.first().cloned().unwrap_or_default();
+        let mut command = Command::new(&program);
+        command
+            .args(&argv[1..])
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().map_err(|error| RayNodeError::Spawn {
+            program: program.clone(),
+            error,
+        })?;
+        let raw_pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+        let pgid = Pid::from_raw(raw_pid).ok_or_else(|| RayNodeError::Spawn {
+            program: program.clone(),
+            error: std::io::Error::other("no pid"),
+        })?;
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        if let Some(out) = child.stdout.take() {
+            forward_output(label.to_string(), out, Arc::clone(&tail));
+        }
+        if let Some(err) = child.stderr.take() {
+            forward_output(label.to_string(), err, Arc::clone(&tail));
+        }
+        let status = match tokio::time::timeout(start_timeout, child.wait()).await {
+            Ok(Ok(status)) => status,
+            Ok(Err(error)) => {
+                stop_group(pgid, Duration::from_secs(2)).await;
+                return Err(RayNodeError::Spawn { program, error });
+            }
+            Err(_) => {
+                stop_group(pgid, Duration::from_secs(2)).await;
+                return Err(RayNodeError::Timeout(start_timeout));
+            }
+        };
+        let started_at = Instant::now();
+        // Let the output forwarders drain.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if !status.success() {
+            stop_group(pgid, Duration::from_secs(5)).await;
+            let tail = tail
+                .lock()
+                .map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n"))
+                .unwrap_or_default();
+            return Err(RayNodeError::StartFailed {
+                command: argv.join(" "),
+                status: status.to_string(),
+                tail,
+            });
+        }
+        let daemons = group_members(raw_pid);
+        let (exit_tx, exit) = tokio::sync::watch::channel(None);
+        let exit_tx = Arc::new(exit_tx);
+        let mut watched_raylet = false;
+        for daemon in daemons.iter().filter(|d| VITAL.contains(&d.name.as_str())) {
+            let Some(pid) = Pid::from_raw(daemon.pid) else {
+                continue;
+            };
+            // A pidfd turns readable when the process exits, even though it
+            // is not our child; a thread sleeps in poll() on it (no CPU).
+            let Ok(fd) = pidfd_open(pid, PidfdFlags::empty()) else {
+                continue;
+            };
+            watched_raylet |= daemon.name == "raylet";
+            let daemon = daemon.clone();
+            let tx = Arc::clone(&exit_tx);
+            let spawned = std::thread::Builder::new()
+                .name(format!("watch-{}", daemon.name))
+                .spawn(move || {
+                    let mut fds = [rustix::event::PollFd::new(
+                        &fd,
+                        rustix::event::PollFlags::IN,
+                    )];
+                    while let Err(rustix::io::Errno::INTR) = rustix::event::poll(&mut fds, None) {}
+                    let mut daemon = daemon;
+                    daemon.status = reap(daemon.pid);
+                    tx.send_if_modified(|slot| {
+                        if slot.is_none() {
+                            *slot = Some(daemon);
+                            true
+                        } else {
+                            false
+                        }
+                    });
+                });
+            if spawned.is_err() {
+                watched_raylet = false;
+            }
+        }
+        if !watched_raylet {
+            stop_group(pgid, Duration::from_secs(5)).await;
+            return Err(RayNodeError::NoRaylet { pgid: raw_pid });
+        }
+        tracing::info!(
+            node = label,
+            pgid = raw_pid,
+            daemons = %daemons.iter().map(|d| format!("{}:{}", d.name, d.pid)).collect::<Vec<_>>().join(" "),
+            "Ray node started"
+        );
+        Ok(Self {
+            label: label.to_string(),
+            pgid,
+            daemons,
+            exit,
+            started_at,
+        })
+    }
+
+    /// The node's label in logs.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The process group of the node's processes.
+    pub fn pgid(&self) -> i32 {
+        self.pgid.as_raw_nonzero().get()
+    }
+
+    /// The daemons found when the node started.
+    pub fn daemons(&self) -> &[Daemon] {
+        &self.daemons
+    }
+
+    /// Resolves when a vital daemon (raylet, gcs_server) exits; returns it.
+    pub async fn exited(&self) -> Daemon {
+        let mut exit = self.exit.clone();
+        match exit.wait_for(Option::is_some).await {
+            Ok(slot) => slot.clone().unwrap_or_else(|| Daemon {
+                pid: 0,
+                name: "unknown".into(),
+                status: None,
+            }),
+            // Every watcher thread is gone without a report: wait forever.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Stops the node's process group: SIGTERM, then SIGKILL after `grace`.
+    /// Returns true when no process of the group is left.
+    pub async fn stop(&self, grace: Duration) -> bool {
+        tracing::info!(node = %self.label, pgid = self.pgid(), "stopping Ray node");
+        stop_group(self.pgid, grace).await
+    }
+}
+
+/// Stops a Ray process group, vital daemons gracefully:
+///
+/// 1. SIGTERM to the raylets (they drain and exit in well under a second,
+///    and take their agents with them);
+/// 2. SIGTERM to the whole group;
+/// 3. once no vital daemon (raylet, gcs_server) is left, the helpers
+///    (autoscaler monitor, log monitor, dashboard) get one more second —
+///    Ray's autoscaler monitor ignores SIGTERM — then SIGKILL;
+/// 4. SIGKILL to whatever is left when `grace` runs out.
+///
+/// Returns true when no process of the group is left.
+pub async fn stop_group(pgid: Pid, grace: Duration) -> bool {
+    let raw = pgid.as_raw_nonzero().get();
+    if group_settled(raw) {
+        return true;
+    }
+    let start = Instant::now();
+    let deadline = start + grace;
+    let vital_alive = |members: &[Daemon]| members.iter().any(|d| VITAL.contains(&d.name.as_str()));
+
+    let raylets: Vec<Pid> = group_members(raw)
+        .iter()
+        .filter(|d| d.name == "raylet")
+        .filter_map(|d| Pid::from_raw(d.pid))
+        .collect();
+    for pid in &raylets {
+        let _ = rustix::process::kill_process(*pid, Signal::TERM);
+    }
+    let raylet_deadline = start + grace.min(Duration::from_secs(3));
+    while Instant::now() < raylet_deadline && group_members(raw).iter().any(|d| d.name == "raylet")
+    {
+        reap_group(raw);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let _ = kill_process_group(pgid, Signal::TERM);
+    let mut vitals_gone_at: Option<Instant> = None;
+    while Instant::now() < deadline {
+        if group_settled(raw) {
+            return true;
+        }
+        let members = group_members(raw);
+        if !vital_alive(&members) {
+            let since = *vitals_gone_at.get_or_insert_with(Instant::now);
+            if since.elapsed() >= Duration::from_secs(1) {
+                tracing::debug!(
+                    pgid = raw,
+                    left = %members.iter().map(|d| format!("{}:{}", d.name, d.pid)).collect::<Vec<_>>().join(" "),
+                    "Ray's daemons stopped; killing its helpers"
+                );
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = group_members(raw);
+    if vital_alive(&left) {
+        tracing::warn!(
+            pgid = raw,
+            left = %left.iter().map(|d| format!("{}:{}", d.name, d.pid)).collect::<Vec<_>>().join(" "),
+            "Ray processes still running {grace:?} after SIGTERM; sending SIGKILL"
+        );
+    }
+    let _ = kill_process_group(pgid, Signal::KILL);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if group_settled(raw) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}

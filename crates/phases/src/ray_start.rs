@@ -1,0 +1,390 @@
+//! The `ray start` command: built from the configuration, or parsed from
+//! KubeRay's `KUBERAY_GEN_RAY_START_CMD`, always run as an argv (never
+//! through a shell) and never with `--block` (the orchestrator supervises
+//! Ray itself, so it can go on to the wait and serve phases).
+
+use crate::config::{Config, Role};
+use std::path::{Path, PathBuf};
+
+/// The environment variable KubeRay sets to its generated start command.
+pub const KUBERAY_ENV: &str = "KUBERAY_GEN_RAY_START_CMD";
+
+/// `ray start` flags that take no value.
+const BOOLEAN_FLAGS: &[&str] = &[
+    "head",
+    "block",
+    "disable-usage-stats",
+    "enable-usage-stats",
+    "verbose",
+    "no-monitor",
+    "log-style",
+];
+
+/// One `ray start` argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RayArg {
+    /// A flag without a value, e.g. `--head`.
+    Flag(String),
+    /// `--name=value`.
+    Value(String, String),
+}
+
+impl RayArg {
+    /// The flag's name, without dashes.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Flag(n) | Self::Value(n, _) => n,
+        }
+    }
+}
+
+/// A `ray start` invocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RayStart {
+    /// The `ray` executable.
+    pub program: PathBuf,
+    /// The arguments after `start`.
+    pub args: Vec<RayArg>,
+}
+
+/// Why a KubeRay command was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RayStartError {
+    /// The text does not split into shell words.
+    #[error("{KUBERAY_ENV} is not valid shell words ({0}); check its quoting")]
+    Words(String),
+    /// Not a `ray start` command.
+    #[error(
+        "{KUBERAY_ENV} must be a `ray start ...` command, but it is {0:?}; unset `ray.use-kuberay-command` or fix the variable"
+    )]
+    NotRayStart(String),
+    /// It contains shell syntax, which the orchestrator does not run.
+    #[error(
+        "{KUBERAY_ENV} contains shell syntax {0:?}; the orchestrator runs `ray start` without a shell: move anything else (ulimit, other commands) into the orchestrator's configuration"
+    )]
+    ShellSyntax(String),
+    /// The variable is not set.
+    #[error(
+        "`ray.use-kuberay-command` is set but {KUBERAY_ENV} is not in the environment; KubeRay sets it in Ray pods"
+    )]
+    Missing,
+}
+
+impl RayStart {
+    /// The argv: program, `start`, then each argument as `--name[=value]`.
+    pub fn argv(&self) -> Vec<String> {
+        let mut argv = vec![self.program.display().to_string(), "start".to_string()];
+        for arg in &self.args {
+            argv.push(match arg {
+                RayArg::Flag(n) => format!("--{n}"),
+                RayArg::Value(n, v) => format!("--{n}={v}"),
+            });
+        }
+        argv
+    }
+
+    /// The value of `--name`, if set.
+    pub fn value(&self, name: &str) -> Option<&str> {
+        self.args.iter().rev().find_map(|a| match a {
+            RayArg::Value(n, v) if n == name => Some(v.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Whether `--name` is present.
+    pub fn has(&self, name: &str) -> bool {
+        self.args.iter().any(|a| a.name() == name)
+    }
+
+    /// Sets `--name=value`, replacing any earlier value.
+    pub fn set(&mut self, name: &str, value: impl Into<String>) {
+        self.args.retain(|a| a.name() != name);
+        self.args
+            .push(RayArg::Value(name.to_string(), value.into()));
+    }
+
+    /// Adds `--name` unless present.
+    pub fn flag(&mut self, name: &str) {
+        if !self.has(name) {
+            self.args.push(RayArg::Flag(name.to_string()));
+        }
+    }
+
+    /// Parses KubeRay's generated command: shell words, no shell; must be
+    /// `ray start ...`; `--block` is dropped.
+    pub fn parse_kuberay(command: &str) -> Result<Self, RayStartError> {
+        let words = shell_words::split(command).map_err(|e| RayStartError::Words(e.to_string()))?;
+        if let Some(bad) = words.iter().find(|w| {
+            matches!(w.as_str(), ";" | "&&" | "||" | "|" | "&" | ">" | "<" | ">>")
+                || w.ends_with(';')
+        }) {
+            return Err(RayStartError::ShellSyntax(bad.clone()));
+        }
+        let is_ray = words
+            .first()
+            .and_then(|w| Path::new(w).file_name())
+            .is_some_and(|n| n == "ray");
+        if !is_ray || words.get(1).map(String::as_str) != Some("start") {
+            return Err(RayStartError::NotRayStart(command.to_string()));
+        }
+        let mut args = Vec::new();
+        let mut rest = words[2..].iter().peekable();
+        while let Some(word) = rest.next() {
+            let Some(body) = word.strip_prefix("--") else {
+                return Err(RayStartError::NotRayStart(command.to_string()));
+            };
+            let arg = match body.split_once('=') {
+                Some((name, value)) => RayArg::Value(name.to_string(), value.to_string()),
+                None if BOOLEAN_FLAGS.contains(&body) => RayArg::Flag(body.to_string()),
+                None => match rest.peek() {
+                    Some(next) if !next.starts_with("--") => {
+                        let value = rest.next().cloned().unwrap_or_default();
+                        RayArg::Value(body.to_string(), value)
+                    }
+                    _ => RayArg::Flag(body.to_string()),
+                },
+            };
+            if arg.name() == "block" {
+                continue;
+            }
+            args.push(arg);
+        }
+        Ok(Self {
+            program: PathBuf::from(&words[0]),
+            args,
+        })
+    }
+
+    /// The command for this node: KubeRay's (when configured) with the
+    /// configuration's fields as overrides, or one built from the
+    /// configuration alone. `kuberay` is the variable's value, if set.
+    pub fn for_config(config: &Config, kuberay: Option<&str>) -> Result<Self, RayStartError> {
+        let ray = &config.ray;
+        let mut cmd = if ray.use_kuberay_command {
+            let text = kuberay.ok_or(RayStartError::Missing)?;
+            let mut cmd = Self::parse_kuberay(text)?;
+            cmd.program = ray.bin.clone();
+            cmd
+        } else {
+            let mut cmd = Self {
+                program: ray.bin.clone(),
+                args: vec![],
+            };
+            match config.role {
+                Role::Head => {
+                    cmd.flag("head");
+                    cmd.set("port", ray.gcs_port.to_string());
+                }
+                Role::Worker => {
+                    if let Some(addr) = &ray.gcs_address {
+                        cmd.set("address", addr.clone());
+                    }
+                }
+            }
+            cmd
+        };
+        if let Some(ip) = &ray.node_ip {
+            cmd.set("node-ip-address", ip.clone());
+        }
+        if let Some(v) = ray.num_cpus {
+            cmd.set("num-cpus", trim_float(v));
+        }
+        if let Some(v) = ray.num_gpus {
+            cmd.set("num-gpus", trim_float(v));
+        }
+        if let Some(v) = ray.memory {
+            cmd.set("memory", v.to_string());
+        }
+        if let Some(v) = ray.object_store_memory {
+            cmd.set("object-store-memory", v.to_string());
+        }
+        if !ray.labels.is_empty() {
+            cmd.set(
+                "labels",
+                serde_json::to_string(&ray.labels).unwrap_or_default(),
+            );
+        }
+        if !ray.resources.is_empty() {
+            cmd.set(
+                "resources",
+                serde_json::to_string(&ray.resources).unwrap_or_default(),
+            );
+        }
+        if let Some(v) = ray.dashboard_port {
+            cmd.set("dashboard-port", v.to_string());
+        }
+        if let Some(v) = &ray.dashboard_host {
+            cmd.set("dashboard-host", v.clone());
+        }
+        if let Some(v) = ray.dashboard_agent_listen_port {
+            cmd.set("dashboard-agent-listen-port", v.to_string());
+        }
+        if let Some(v) = ray.metrics_export_port {
+            cmd.set("metrics-export-port", v.to_string());
+        }
+        if let Some(v) = &ray.temp_dir
+            && config.role == Role::Head
+        {
+            cmd.set("temp-dir", v.display().to_string());
+        }
+        cmd.flag("disable-usage-stats");
+        for extra in &ray.extra_args {
+            if let Ok(parsed) = Self::parse_kuberay(&format!("ray start {extra}")) {
+                for arg in parsed.args {
+                    match arg {
+                        RayArg::Flag(n) => cmd.flag(&n),
+                        RayArg::Value(n, v) => cmd.set(&n, v),
+                    }
+                }
+            }
+        }
+        Ok(cmd)
+    }
+
+    /// The GCS address a worker joins (`--address`).
+    pub fn join_address(&self) -> Option<&str> {
+        if self.has("head") {
+            None
+        } else {
+            self.value("address")
+        }
+    }
+}
+
+fn trim_float(v: f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Exactly the strings KubeRay generates (sorted flags, `--block`
+    /// always present), for a head and a worker.
+    const KUBERAY_HEAD: &str = "ray start --head  --block  --dashboard-agent-listen-port=52365  --memory=1073741824  --num-cpus=1  --metrics-export-port=8080  --dashboard-host=0.0.0.0 ";
+    const KUBERAY_WORKER: &str = "ray start  --address=raycluster-kuberay-head-svc.default.svc.cluster.local:6379  --block  --dashboard-agent-listen-port=52365  --memory=1073741824  --metrics-export-port=8080  --num-cpus=1  --num-gpus=1 ";
+
+    #[test]
+    fn kuberay_head_command_parses_and_block_is_dropped() {
+        let cmd = RayStart::parse_kuberay(KUBERAY_HEAD).expect("parses");
+        assert!(cmd.has("head"));
+        assert!(!cmd.has("block"));
+        assert_eq!(cmd.value("memory"), Some("1073741824"));
+        assert_eq!(cmd.value("dashboard-host"), Some("0.0.0.0"));
+        assert_eq!(
+            cmd.argv(),
+            vec![
+                "ray",
+                "start",
+                "--head",
+                "--dashboard-agent-listen-port=52365",
+                "--memory=1073741824",
+                "--num-cpus=1",
+                "--metrics-export-port=8080",
+                "--dashboard-host=0.0.0.0"
+            ]
+        );
+    }
+
+    #[test]
+    fn kuberay_worker_command_keeps_the_head_address() {
+        let cmd = RayStart::parse_kuberay(KUBERAY_WORKER).expect("parses");
+        assert_eq!(
+            cmd.join_address(),
+            Some("raycluster-kuberay-head-svc.default.svc.cluster.local:6379")
+        );
+        assert_eq!(cmd.value("num-gpus"), Some("1"));
+        assert!(!cmd.argv().iter().any(|a| a.contains("block")));
+    }
+
+    #[test]
+    fn quoting_survives_without_a_shell() {
+        let cmd = RayStart::parse_kuberay(
+            r#"ray start --head --block --resources='{"TPU": 4, "x y": 1}' --labels "{\"zone\": \"a b\"}" --num-cpus 2"#,
+        )
+        .expect("parses");
+        assert_eq!(cmd.value("resources"), Some(r#"{"TPU": 4, "x y": 1}"#));
+        assert_eq!(cmd.value("labels"), Some(r#"{"zone": "a b"}"#));
+        assert_eq!(cmd.value("num-cpus"), Some("2"));
+        assert!(
+            cmd.argv()
+                .contains(&r#"--resources={"TPU": 4, "x y": 1}"#.to_string())
+        );
+    }
+
+    #[test]
+    fn anything_but_ray_start_is_refused() {
+        assert!(matches!(
+            RayStart::parse_kuberay("ulimit -n 65536; ray start --head"),
+            Err(RayStartError::ShellSyntax(_))
+        ));
+        assert!(matches!(
+            RayStart::parse_kuberay("ray stop --force"),
+            Err(RayStartError::NotRayStart(_))
+        ));
+        assert!(matches!(
+            RayStart::parse_kuberay("python -m ray start"),
+            Err(RayStartError::NotRayStart(_))
+        ));
+        assert!(matches!(
+            RayStart::parse_kuberay("ray start --head && vllm serve m"),
+            Err(RayStartError::ShellSyntax(_))
+        ));
+        assert!(matches!(
+            RayStart::parse_kuberay("ray start --head 'unterminated"),
+            Err(RayStartError::Words(_))
+        ));
+        assert!(RayStart::parse_kuberay("/usr/local/bin/ray start --head --block").is_ok());
+    }
+
+    #[test]
+    fn configuration_overrides_the_kuberay_command() {
+        let mut config = Config::default();
+        config.ray.use_kuberay_command = true;
+        config.ray.num_cpus = Some(4.0);
+        config.ray.bin = PathBuf::from("/venv/bin/ray");
+        config
+            .ray
+            .labels
+            .insert("accelerator".into(), "a100".into());
+        let cmd = RayStart::for_config(&config, Some(KUBERAY_HEAD)).expect("builds");
+        let argv = cmd.argv();
+        assert_eq!(argv[0], "/venv/bin/ray");
+        assert!(argv.contains(&"--num-cpus=4".to_string()), "{argv:?}");
+        assert!(!argv.contains(&"--num-cpus=1".to_string()), "{argv:?}");
+        assert!(
+            argv.contains(&r#"--labels={"accelerator":"a100"}"#.to_string()),
+            "{argv:?}"
+        );
+        assert!(!argv.iter().any(|a| a == "--block"));
+
+        assert_eq!(
+            RayStart::for_config(&config, None),
+            Err(RayStartError::Missing)
+        );
+    }
+
+    #[test]
+    fn head_and_worker_from_configuration() {
+        let mut config = Config::default();
+        config.ray.node_ip = Some("127.0.0.2".into());
+        config.ray.memory = Some(1 << 30);
+        let head = RayStart::for_config(&config, None)
+            .expect("head")
+            .argv()
+            .join(" ");
+        assert_eq!(
+            head,
+            "ray start --head --port=6379 --node-ip-address=127.0.0.2 --memory=1073741824 --disable-usage-stats"
+        );
+        config.role = Role::Worker;
+        config.ray.gcs_address = Some("127.0.0.2:6379".into());
+        let worker = RayStart::for_config(&config, None).expect("worker");
+        assert_eq!(worker.join_address(), Some("127.0.0.2:6379"));
+        assert!(!worker.has("head"));
+    }
+}

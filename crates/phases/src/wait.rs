@@ -1,0 +1,281 @@
+//! The wait phase: follow the cluster's membership through the GCS and let
+//! the readiness policy decide.
+//!
+//! Every membership update (pushed by the GCS within milliseconds) builds a
+//! readiness snapshot and calls the policy; updates that arrive together
+//! are coalesced into one call. `wait(reason)` is logged when the reason
+//! changes; `ready` ends the phase; `fail(reason)`, a failing policy or the
+//! deadline end it with a diagnosis.
+
+use orchestrator_policy_host::types::{ClusterSnapshot, KeyValue, Node, Readiness, Topology};
+use orchestrator_policy_host::{Plugin, PluginError};
+use orchestrator_ray_gcs::{ClusterView, MembershipUpdate, UpdateSource, watch_membership};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// What to wait for.
+#[derive(Debug, Clone)]
+pub struct WaitSpec {
+    /// The GCS, `HOST:PORT`.
+    pub address: String,
+    /// The expected topology.
+    pub expected: Topology,
+    /// How long the phase may take.
+    pub timeout: Duration,
+    /// The readiness policy's parameters.
+    pub params: Vec<KeyValue>,
+    /// Facts gathered elsewhere (e.g. Kubernetes), passed to the policy.
+    pub diagnostics: Vec<String>,
+}
+
+/// The cluster is ready.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// The snapshot the policy said `ready` to.
+    pub snapshot: ClusterSnapshot,
+    /// When the membership update that made it ready arrived.
+    pub update_received_at: Instant,
+    /// When the policy said ready.
+    pub decided_at: Instant,
+    /// Policy calls made.
+    pub policy_calls: u32,
+}
+
+/// What the wait saw, for a failure message.
+#[derive(Debug, Clone)]
+pub struct Diagnosis {
+    /// The GCS address.
+    pub address: String,
+    /// Expected node count.
+    pub expected: Topology,
+    /// The last membership seen.
+    pub nodes: Vec<Node>,
+    /// Whether a snapshot was ever taken.
+    pub connected: bool,
+    /// The last GCS error, if any.
+    pub gcs_error: Option<String>,
+    /// The policy's last `wait` reason.
+    pub last_reason: Option<String>,
+    /// How long the phase ran.
+    pub elapsed: Duration,
+    /// The policy's name.
+    pub policy: String,
+}
+
+impl fmt::Display for Diagnosis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.connected {
+            return write!(
+                f,
+                "the Ray GCS at {} never answered in {:.0} s (last error: {}); check that the head is running and its GCS port is reachable",
+                self.address,
+                self.elapsed.as_secs_f64(),
+                self.gcs_error.as_deref().unwrap_or("none")
+            );
+        }
+        let alive: Vec<&Node> = self.nodes.iter().filter(|n| n.alive).collect();
+        let dead: Vec<&Node> = self.nodes.iter().filter(|n| !n.alive).collect();
+        let missing = self.expected.nodes.saturating_sub(alive.len() as u32);
+        writeln!(
+            f,
+            "nodes: {} of {} expected alive{}",
+            alive.len(),
+            self.expected.nodes,
+            if missing > 0 {
+                format!(
+                    "; missing {missing} node{} that never joined or died",
+                    if missing == 1 { "" } else { "s" }
+                )
+            } else {
+                String::new()
+            }
+        )?;
+        for n in &alive {
+            writeln!(f, "  alive: {}", describe(n))?;
+        }
+        for n in &dead {
+            writeln!(f, "  dead:  {}", describe(n))?;
+        }
+        let gpus: f64 = alive.iter().map(|n| n.resources.gpu).sum();
+        if self.expected.gpus > 0.0 {
+            writeln!(f, "GPUs: {gpus} of {} expected", self.expected.gpus)?;
+        }
+        if let Some(e) = &self.gcs_error {
+            writeln!(f, "GCS: last error {e}")?;
+        }
+        write!(
+            f,
+            "readiness policy {} last said: {}",
+            self.policy,
+            self.last_reason.as_deref().unwrap_or("(never called)")
+        )
+    }
+}
+
+fn describe(n: &Node) -> String {
+    format!(
+        "{}{} {} (node {}) cpu={} gpu={}",
+        if n.is_head { "head " } else { "" },
+        n.address,
+        n.hostname,
+        n.id.get(..8).unwrap_or(&n.id),
+        n.resources.cpu,
+        n.resources.gpu
+    )
+}
+
+/// Why the wait phase ended without a ready cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    /// The policy said `fail`.
+    #[error("the readiness policy gave up: {reason}\n{diagnosis}")]
+    Failed {
+        /// The policy's reason.
+        reason: String,
+        /// What was seen.
+        diagnosis: Box<Diagnosis>,
+    },
+    /// The deadline passed.
+    #[error("the cluster was not ready after {:.0} s\n{diagnosis}", .diagnosis.elapsed.as_secs_f64())]
+    Timeout {
+        /// What was seen.
+        diagnosis: Box<Diagnosis>,
+    },
+    /// The policy itself failed (trap, timeout, memory).
+    #[error("the readiness policy failed: {0}")]
+    Policy(#[from] PluginError),
+}
+
+/// How often the policy is asked again when nothing changes (so elapsed
+/// time and the deadline reach it).
+const REEVALUATE: Duration = Duration::from_secs(5);
+
+/// Runs the wait phase against the GCS at `spec.address`.
+pub async fn wait_for_cluster(spec: &WaitSpec, policy: &mut Plugin) -> Result<Ready, WaitError> {
+    let start = Instant::now();
+    let deadline = start + spec.timeout;
+    let mut updates = watch_membership(spec.address.clone());
+    let mut view = ClusterView::default();
+    let mut connected = false;
+    let mut gcs_error: Option<String> = None;
+    let mut last_reason: Option<String> = None;
+    let mut last_update_at = start;
+    let mut calls = 0u32;
+    let policy_name = policy.name().to_string();
+
+    let diagnosis = |view: &ClusterView,
+                     connected: bool,
+                     gcs_error: &Option<String>,
+                     last_reason: &Option<String>| {
+        Box::new(Diagnosis {
+            address: spec.address.clone(),
+            expected: spec.expected.clone(),
+            nodes: view.nodes.clone(),
+            connected,
+            gcs_error: gcs_error.clone(),
+            last_reason: last_reason.clone(),
+            elapsed: start.elapsed(),
+            policy: policy_name.clone(),
+        })
+    };
+
+    loop {
+        let now = Instant::now();
+        let wake = deadline.min(now + REEVALUATE);
+        let mut apply = |u: MembershipUpdate| {
+            match &u.source {
+                UpdateSource::Disconnected { error } => {
+                    if gcs_error.as_deref() != Some(error) {
+                        tracing::warn!(address = %spec.address, "GCS: {error}");
+                    }
+                    gcs_error = Some(error.clone());
+                }
+                UpdateSource::Snapshot => {
+                    connected = true;
+                    gcs_error = None;
+                }
+                UpdateSource::Push => {}
+            }
+            for change in &u.changes {
+                match change {
+                    orchestrator_ray_gcs::MembershipChange::Joined(n) => {
+                        tracing::info!(node = %n.id.get(..8).unwrap_or(&n.id), address = %n.address, head = n.is_head, gpus = n.resources.gpu, "node joined")
+                    }
+                    orchestrator_ray_gcs::MembershipChange::Died { node, reason } => {
+                        tracing::warn!(node = %node.id.get(..8).unwrap_or(&node.id), address = %node.address, reason = reason.as_deref().unwrap_or(""), "node died")
+                    }
+                }
+            }
+            last_update_at = u.received_at;
+            view = u.view;
+        };
+        tokio::select! {
+            update = updates.recv() => {
+                let Some(update) = update else {
+                    return Err(WaitError::Timeout { diagnosis: diagnosis(&view, connected, &gcs_error, &last_reason) });
+                };
+                apply(update);
+                // Coalesce whatever else has already arrived.
+                while let Ok(more) = updates.try_recv() {
+                    apply(more);
+                }
+            }
+            () = tokio::time::sleep_until(wake.into()) => {}
+        }
+
+        let now = Instant::now();
+        if !connected {
+            if now >= deadline {
+                return Err(WaitError::Timeout {
+                    diagnosis: diagnosis(&view, connected, &gcs_error, &last_reason),
+                });
+            }
+            continue;
+        }
+        let mut diagnostics = spec.diagnostics.clone();
+        if let Some(e) = &gcs_error {
+            diagnostics.push(format!("GCS connection lost, retrying: {e}"));
+        }
+        let snapshot = ClusterSnapshot {
+            nodes: view.nodes.clone(),
+            expected: spec.expected.clone(),
+            elapsed_ms: now.duration_since(start).as_millis() as u64,
+            deadline_ms: spec.timeout.as_millis() as u64,
+            diagnostics,
+        };
+        calls += 1;
+        match policy.check(&snapshot, &spec.params)? {
+            Readiness::Ready => {
+                let decided_at = Instant::now();
+                tracing::info!(
+                    alive = view.alive().count(),
+                    after_ms = decided_at.duration_since(start).as_millis() as u64,
+                    "cluster ready"
+                );
+                return Ok(Ready {
+                    snapshot,
+                    update_received_at: last_update_at,
+                    decided_at,
+                    policy_calls: calls,
+                });
+            }
+            Readiness::Wait(reason) => {
+                if last_reason.as_deref() != Some(reason.as_str()) {
+                    tracing::info!("waiting: {reason}");
+                    last_reason = Some(reason);
+                }
+                if now >= deadline {
+                    return Err(WaitError::Timeout {
+                        diagnosis: diagnosis(&view, connected, &gcs_error, &last_reason),
+                    });
+                }
+            }
+            Readiness::Fail(reason) => {
+                return Err(WaitError::Failed {
+                    reason,
+                    diagnosis: diagnosis(&view, connected, &gcs_error, &last_reason),
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! # orchestrator-ray-gcs
+//!
+//! Watches a Ray cluster's membership through its GCS, over gRPC on the GCS
+//! port, the way Ray's own components do:
+//!
+//! 1. subscribe to the node-info pub/sub channel,
+//! 2. take a full snapshot with `NodeInfoGcsService.GetAllNodeInfo`,
+//! 3. long-poll `ControlPlanePubSubGcsService.GcsSubscriberPoll`: the GCS
+//!    answers as soon as a node registers or dies.
+//!
+//! A join or death is seen within milliseconds, with no polling of
+//! `ray status`. A lost connection (or a restarted GCS, seen as a new
+//! publisher id) is retried with backoff and followed by a fresh snapshot.
+
+mod convert;
+mod watch;
+
+/// Generated protobuf and gRPC types (a subset of Ray's `ray.rpc`).
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+pub mod proto {
+    tonic::include_proto!("ray.rpc");
+}
+
+pub use convert::node_from_proto;
+pub use watch::{ClusterView, MembershipChange, MembershipUpdate, UpdateSource, watch_membership};
+
+use proto::control_plane_pub_sub_gcs_service_client::ControlPlanePubSubGcsServiceClient;
+use proto::node_info_gcs_service_client::NodeInfoGcsServiceClient;
+use std::time::{Duration, Instant};
+use tonic::transport::{Channel, Endpoint};
+
+/// What can go wrong talking to the GCS.
+#[derive(Debug, thiserror::Error)]
+pub enum GcsError {
+    /// The address is not `HOST:PORT`.
+    #[error(
+        "invalid GCS address {address:?}: {reason}; write it as HOST:PORT, e.g. 127.0.0.2:6379"
+    )]
+    Address {
+        /// The address as given.
+        address: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The GCS did not answer before the deadline.
+    #[error(
+        "the Ray GCS at {address} did not answer within {waited_s:.0} s (last error: {last_error}); check that the head node is up and that its GCS port is reachable from here"
+    )]
+    Unreachable {
+        /// The address tried.
+        address: String,
+        /// How long it was tried.
+        waited_s: f64,
+        /// The last error seen.
+        last_error: String,
+    },
+    /// A call failed.
+    #[error("GCS at {address}: {message}")]
+    Rpc {
+        /// The address.
+        address: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// A connection to one GCS.
+#[derive(Clone)]
+pub struct GcsClient {
+    address: String,
+    channel: Channel,
+}
+
+/// Timeout of one unary call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl GcsClient {
+    /// Connects to `HOST:PORT` (one attempt, up to `connect_timeout`).
+    pub async fn connect(address: &str, connect_timeout: Duration) -> Result<Self, GcsError> {
+        let endpoint = endpoint(address)?.connect_timeout(connect_timeout);
+        let channel = endpoint.connect().await.map_err(|e| GcsError::Rpc {
+            address: address.to_string(),
+            message: format!("cannot connect: {}", error_chain(&e)),
+        })?;
+        Ok(Self {
+            address: address.to_string(),
+            channel,
+        })
+    }
+
+    /// Connects, retrying with backoff until `deadline` has passed.
+    pub async fn connect_until(address: &str, deadline: Duration) -> Result<Self, GcsError> {
+        let start = Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let left = deadline.saturating_sub(start.elapsed());
+            let attempt = async {
+                let client = Self::connect(
+                    address,
+                    left.clamp(Duration::from_millis(10), Duration::from_secs(2)),
+                )
+                .await?;
+                client.get_all_nodes().await?;
+                Ok::<_, GcsError>(client)
+            };
+            let last_error =
+                match tokio::time::timeout(left.max(Duration::from_millis(10)), attempt).await {
+                    Ok(Ok(client)) => return Ok(client),
+                    Ok(Err(GcsError::Address { address, reason })) => {
+                        return Err(GcsError::Address { address, reason });
+                    }
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "timed out".to_string(),
+                };
+            if start.elapsed() + backoff >= deadline {
+                return Err(GcsError::Unreachable {
+                    address: address.to_string(),
+                    waited_s: start.elapsed().as_secs_f64(),
+                    last_error,
+                });
+            }
+            tracing::debug!(address, "GCS not answering yet: {last_error}");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// The address this client talks to.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    fn rpc_error(&self, what: &str, status: tonic::Status) -> GcsError {
+        GcsError::Rpc {
+            address: self.address.clone(),
+            message: format!("{what} failed: {} ({:?})", status.message(), status.code()),
+        }
+    }
+
+    /// Every node the GCS knows, alive and dead.
+    pub async fn get_all_nodes(
+        &self,
+    ) -> Result<Vec<orchestrator_policy_host::types::Node>, GcsError> {
+        let mut client = NodeInfoGcsServiceClient::new(self.channel.clone());
+        let mut request = tonic::Request::new(proto::GetAllNodeInfoRequest { limit: None });
+        request.set_timeout(CALL_TIMEOUT);
+        let reply = client
+            .get_all_node_info(request)
+            .await
+            .map_err(|s| self.rpc_error("GetAllNodeInfo", s))?
+            .into_inner();
+        check_status(&self.address, "GetAllNodeInfo", reply.status.as_ref())?;
+        Ok(reply.node_info_list.iter().map(node_from_proto).collect())
+    }
+
+    pub(crate) fn pubsub(&self) -> ControlPlanePubSubGcsServiceClient<Channel> {
+        ControlPlanePubSubGcsServiceClient::new(self.channel.clone())
+    }
+}
+
+fn endpoint(address: &str) -> Result<Endpoint, GcsError> {
+    let bad = |reason: &str| GcsError::Address {
+        address: address.to_string(),
+        reason: reason.to_string(),
+    };
+    let (host, port) = address.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    port.parse::<u16>()
+        .map_err(|_| bad("the port is not a number from 1 to 65535"))?;
+    Endpoint::from_shared(format!("http://{address}"))
+        .map(|e| e.tcp_nodelay(true))
+        .map_err(|e| bad(&e.to_string()))
+}
+
+pub(crate) fn check_status(
+    address: &str,
+    what: &str,
+    status: Option<&proto::GcsStatus>,
+) -> Result<(), GcsError> {
+    match status {
+        Some(s) if s.code != 0 => Err(GcsError::Rpc {
+            address: address.to_string(),
+            message: format!("{what} returned status {}: {}", s.code, s.message),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// An error and its sources on one line.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,267 @@
+//! The membership watcher: snapshot, then pushed changes, reconnecting with
+//! backoff when the connection or the GCS goes away.
+
+use crate::proto::gcs_node_info::GcsNodeState;
+use crate::proto::{self, ChannelType, Command, GcsNodeInfo, SubMessage};
+use crate::{GcsClient, GcsError, check_status, node_from_proto};
+use orchestrator_policy_host::types::Node;
+use rand::RngCore;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// A change of one node's membership.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MembershipChange {
+    /// The node registered with the GCS (or was first seen alive).
+    Joined(Node),
+    /// The GCS marked the node dead.
+    Died {
+        /// The node as last known, now with `alive == false`.
+        node: Node,
+        /// Ray's reason, when it gave one.
+        reason: Option<String>,
+    },
+}
+
+impl MembershipChange {
+    /// The node the change is about.
+    pub fn node(&self) -> &Node {
+        match self {
+            Self::Joined(node) | Self::Died { node, .. } => node,
+        }
+    }
+}
+
+/// What caused an update.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpdateSource {
+    /// A full `GetAllNodeInfo` snapshot (after every (re)connect).
+    Snapshot,
+    /// A pub/sub message.
+    Push,
+    /// The connection was lost or could not be made; the watcher retries.
+    Disconnected {
+        /// What went wrong.
+        error: String,
+    },
+}
+
+/// The whole membership as the watcher knows it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterView {
+    /// Every node, head first, then by registration time.
+    pub nodes: Vec<Node>,
+}
+
+impl ClusterView {
+    /// Nodes the GCS considers alive.
+    pub fn alive(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(|n| n.alive)
+    }
+}
+
+/// One update from the watcher.
+#[derive(Debug, Clone)]
+pub struct MembershipUpdate {
+    /// The membership after this update.
+    pub view: ClusterView,
+    /// What changed (empty for a snapshot that changed nothing).
+    pub changes: Vec<MembershipChange>,
+    /// Why this update was sent.
+    pub source: UpdateSource,
+    /// When the watcher received it.
+    pub received_at: Instant,
+}
+
+/// Starts watching the GCS at `address` (`HOST:PORT`) on the current tokio
+/// runtime. The watcher runs until the receiver is dropped; it never gives
+/// up on its own (the caller applies its deadline): connection failures
+/// arrive as [`UpdateSource::Disconnected`] updates.
+pub fn watch_membership(address: String) -> mpsc::UnboundedReceiver<MembershipUpdate> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut known: BTreeMap<String, Node> = BTreeMap::new();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let result = tokio::select! {
+                r = session(&address, &tx, &mut known, &mut backoff) => r,
+                () = tx.closed() => return,
+            };
+            let error = match result {
+                Ok(()) => "the GCS restarted (its publisher id changed); taking a fresh snapshot"
+                    .to_string(),
+                Err(e) => e.to_string(),
+            };
+            let update = MembershipUpdate {
+                view: view_of(&known),
+                changes: vec![],
+                source: UpdateSource::Disconnected { error },
+                received_at: Instant::now(),
+            };
+            if tx.send(update).is_err() {
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    });
+    rx
+}
+
+fn view_of(known: &BTreeMap<String, Node>) -> ClusterView {
+    let mut nodes: Vec<Node> = known.values().cloned().collect();
+    nodes.sort_by(|a, b| {
+        b.is_head
+            .cmp(&a.is_head)
+            .then(a.start_time_ms.cmp(&b.start_time_ms))
+            .then(a.id.cmp(&b.id))
+    });
+    ClusterView { nodes }
+}
+
+/// Applies one node record; returns the change it makes, if any.
+fn apply(known: &mut BTreeMap<String, Node>, info: &GcsNodeInfo) -> Option<MembershipChange> {
+    let id = hex::encode(&info.node_id);
+    if info.state == GcsNodeState::Alive as i32 {
+        let node = node_from_proto(info);
+        let was_alive = known.get(&id).is_some_and(|n| n.alive);
+        known.insert(id, node.clone());
+        (!was_alive).then_some(MembershipChange::Joined(node))
+    } else {
+        // A death notice may be partial (no address): keep what we knew.
+        let reason = info
+            .death_info
+            .as_ref()
+            .map(|d| d.reason_message.clone())
+            .filter(|m| !m.is_empty());
+        let entry = known.entry(id).or_insert_with(|| node_from_proto(info));
+        let was_alive = entry.alive;
+        entry.alive = false;
+        was_alive.then(|| MembershipChange::Died {
+            node: entry.clone(),
+            reason,
+        })
+    }
+}
+
+async fn session(
+    address: &str,
+    tx: &mpsc::UnboundedSender<MembershipUpdate>,
+    known: &mut BTreeMap<String, Node>,
+    backoff: &mut Duration,
+) -> Result<(), GcsError> {
+    let client = GcsClient::connect(address, Duration::from_secs(2)).await?;
+    let mut pubsub = client.pubsub();
+    let mut subscriber_id = vec![0u8; 28];
+    rand::rng().fill_bytes(&mut subscriber_id);
+    let rpc_err = |what: &str, s: tonic::Status| GcsError::Rpc {
+        address: address.to_string(),
+        message: format!("{what} failed: {} ({:?})", s.message(), s.code()),
+    };
+
+    // Subscribe first, then snapshot: nothing that happens in between is lost.
+    let subscribe = proto::GcsSubscriberCommandBatchRequest {
+        subscriber_id: subscriber_id.clone(),
+        commands: vec![Command {
+            channel_type: ChannelType::GcsNodeInfoChannel as i32,
+            key_id: vec![],
+            command_message_one_of: Some(proto::command::CommandMessageOneOf::SubscribeMessage(
+                SubMessage {},
+            )),
+        }],
+        sender_id: vec![],
+    };
+    let reply = pubsub
+        .gcs_subscriber_command_batch(subscribe)
+        .await
+        .map_err(|s| rpc_err("subscribing to node changes", s))?
+        .into_inner();
+    check_status(
+        address,
+        "subscribing to node changes",
+        reply.status.as_ref(),
+    )?;
+
+    let nodes = client.get_all_nodes().await?;
+    let received_at = Instant::now();
+    let mut fresh: BTreeMap<String, Node> = BTreeMap::new();
+    let mut changes = Vec::new();
+    for node in nodes {
+        let before = known.get(&node.id);
+        match (before.map(|n| n.alive), node.alive) {
+            (Some(true), false) => changes.push(MembershipChange::Died {
+                node: node.clone(),
+                reason: None,
+            }),
+            (None | Some(false), true) => changes.push(MembershipChange::Joined(node.clone())),
+            _ => {}
+        }
+        fresh.insert(node.id.clone(), node);
+    }
+    *known = fresh;
+    *backoff = Duration::from_millis(50);
+    tracing::debug!(
+        address,
+        nodes = known.len(),
+        "GCS snapshot taken; following node changes"
+    );
+    if tx
+        .send(MembershipUpdate {
+            view: view_of(known),
+            changes,
+            source: crate::watch::UpdateSource::Snapshot,
+            received_at,
+        })
+        .is_err()
+    {
+        return Ok(());
+    }
+
+    let mut publisher_id: Vec<u8> = vec![];
+    let mut max_processed: i64 = 0;
+    loop {
+        let request = proto::GcsSubscriberPollRequest {
+            subscriber_id: subscriber_id.clone(),
+            max_processed_sequence_id: max_processed,
+            publisher_id: publisher_id.clone(),
+        };
+        let reply = pubsub
+            .gcs_subscriber_poll(request)
+            .await
+            .map_err(|s| rpc_err("polling node changes", s))?
+            .into_inner();
+        let received_at = Instant::now();
+        check_status(address, "polling node changes", reply.status.as_ref())?;
+        if !publisher_id.is_empty()
+            && !reply.publisher_id.is_empty()
+            && reply.publisher_id != publisher_id
+        {
+            return Ok(());
+        }
+        if !reply.publisher_id.is_empty() {
+            publisher_id = reply.publisher_id;
+        }
+        let mut changes = Vec::new();
+        for message in &reply.pub_messages {
+            max_processed = max_processed.max(message.sequence_id);
+            if let Some(proto::pub_message::InnerMessage::NodeInfoMessage(info)) =
+                &message.inner_message
+                && let Some(change) = apply(known, info)
+            {
+                changes.push(change);
+            }
+        }
+        if !changes.is_empty() {
+            let update = MembershipUpdate {
+                view: view_of(known),
+                changes,
+                source: UpdateSource::Push,
+                received_at,
+            };
+            if tx.send(update).is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
