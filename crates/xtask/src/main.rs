@@ -29,10 +29,16 @@ const GUEST_PACKAGES: &[&str] = &[
     "guest-wrong-version",
 ];
 
-const BENCHES: &[(&str, &str)] = &[(
-    "plugins",
-    "cold compile, cache load, instantiate and readiness calls at 3/1,000/10,000 nodes",
-)];
+const BENCHES: &[(&str, &str)] = &[
+    (
+        "plugins",
+        "cold compile, cache load, instantiate and readiness calls at 3/1,000/10,000 nodes",
+    ),
+    (
+        "wait",
+        "join detection: orchestrator wait vs the corrected `ray status` loop on a real local cluster, and their CPU while waiting",
+    ),
+];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -104,6 +110,62 @@ fn ensure_toolchain() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The Python venv with the pinned Ray (python/requirements-ray.txt),
+/// created on first use under `~/.cache/ray-orchestrator/` and keyed by the
+/// sha256 of the requirements and the Python version, so later runs and CI
+/// on the same machine reuse it. Returns the venv's `ray` executable.
+fn ray_venv() -> Result<PathBuf> {
+    use sha2::Digest;
+    let requirements = root().join("python/requirements-ray.txt");
+    let pinned = std::fs::read(&requirements)
+        .with_context(|| format!("cannot read {}", requirements.display()))?;
+    let python = std::env::var("ORCHESTRATOR_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let version = Command::new(&python)
+        .arg("--version")
+        .output()
+        .with_context(|| {
+            format!("cannot run {python}: install Python 3.9-3.12 (or set ORCHESTRATOR_PYTHON)")
+        })?;
+    let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
+    let mut hash = sha2::Sha256::new();
+    hash.update(&pinned);
+    hash.update(version.as_bytes());
+    let key = hex::encode(&hash.finalize()[..8]);
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .context("neither XDG_CACHE_HOME nor HOME is set")?;
+    let venv = cache
+        .join("ray-orchestrator")
+        .join(format!("venv-ray-{key}"));
+    let ray = venv.join("bin/ray");
+    if venv.join(".complete").is_file() && ray.is_file() {
+        eprintln!("    Ray venv: {} (cached)", venv.display());
+        return Ok(ray);
+    }
+    step(&format!(
+        "create the Ray venv ({version}, python/requirements-ray.txt) in {}",
+        venv.display()
+    ));
+    if venv.exists() {
+        std::fs::remove_dir_all(&venv)
+            .with_context(|| format!("cannot remove the partial venv {}", venv.display()))?;
+    }
+    run(Command::new(&python).args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(venv.join("bin/pip"))
+        .args([
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--progress-bar",
+            "off",
+            "-r",
+        ])
+        .arg(&requirements))?;
+    std::fs::write(venv.join(".complete"), &version)?;
+    Ok(ray)
 }
 
 fn test() -> Result<()> {
@@ -191,6 +253,28 @@ fn demo() -> Result<()> {
             "--input",
         ])
         .arg(snapshots.join("readiness-worker-died.json")))?;
+    let ray = ray_venv()?;
+    step(
+        "a real local Ray cluster: head + 2 workers on 127.0.0.2-4, the wait phase, then a clean stop",
+    );
+    run(Command::new(&bin)
+        .args([
+            "local",
+            "--workers",
+            "2",
+            "--worker-delay",
+            "2",
+            "--memory-mib",
+            "500",
+            "--object-store-mib",
+            "80",
+            "--exit-when-ready",
+        ])
+        .env("ORCHESTRATOR_RAY_BIN", &ray))?;
+    step("`orchestrator plan` for the sample head configuration");
+    run(Command::new(&bin)
+        .args(["plan", "--config"])
+        .arg(root().join("examples/config/head.toml")))?;
     eprintln!("\ndemo finished");
     Ok(())
 }
@@ -209,6 +293,35 @@ fn bench(name: Option<&str>) -> Result<()> {
                 "--example",
                 "bench_plugins",
             ]))
+        }
+        Some("wait") => {
+            ensure_toolchain()?;
+            let ray = ray_venv()?;
+            step("build (release)");
+            run(cargo().args([
+                "build",
+                "--release",
+                "--locked",
+                "-p",
+                "orchestrator",
+                "-p",
+                "orchestrator-phases",
+                "--examples",
+            ]))?;
+            step("bench wait");
+            run(cargo()
+                .args([
+                    "run",
+                    "--release",
+                    "--locked",
+                    "-p",
+                    "orchestrator-phases",
+                    "--example",
+                    "bench_wait",
+                    "--",
+                ])
+                .arg(root().join("target/release/orchestrator"))
+                .env("ORCHESTRATOR_RAY_BIN", &ray))
         }
         other => {
             let known: Vec<String> = BENCHES.iter().map(|(n, d)| format!("  {n}: {d}")).collect();

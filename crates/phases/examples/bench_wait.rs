@@ -1,0 +1,265 @@
+//! `cargo xtask bench wait`: on a real local Ray cluster, in one run and
+//! several rounds, how long after the last worker registers with the GCS
+//! (a) `orchestrator wait` exits 0 and (b) the origin document's loop,
+//! corrected so it can end (`ray status --address`, count the nodes under
+//! `Active:`, `sleep 5`), ends — side by side on the same cluster. Then the
+//! CPU-seconds each spends in a wait that never completes. The last line is
+//! `BENCH wait ...`.
+//!
+//! Usage: bench_wait ORCHESTRATOR_BINARY (with ORCHESTRATOR_RAY_BIN set).
+//! BENCH_ROUNDS (default 5) and BENCH_CPU_SECONDS (default 60) tune it.
+
+use orchestrator_phases::ray_node::{RayNode, become_subreaper};
+use orchestrator_ray_gcs::GcsClient;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const HEAD: &str = "127.0.0.90";
+const PORT: u16 = 6490;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn env() -> Vec<(String, String)> {
+    vec![("RAY_USAGE_STATS_ENABLED".into(), "0".into())]
+}
+
+fn node_argv(ray: &str, index: u8) -> Vec<String> {
+    let mut a = vec![ray.to_string(), "start".to_string()];
+    if index == 0 {
+        a.extend([
+            "--head".into(),
+            format!("--port={PORT}"),
+            "--temp-dir=/tmp/ray-bench-wait".into(),
+        ]);
+    } else {
+        a.push(format!("--address={HEAD}:{PORT}"));
+    }
+    a.extend([
+        format!("--node-ip-address=127.0.0.{}", 90 + index),
+        "--num-cpus=1".into(),
+        "--memory=500000000".into(),
+        "--object-store-memory=80000000".into(),
+        format!("--dashboard-agent-listen-port={}", 52590 + u16::from(index)),
+        format!("--metrics-export-port={}", 28590 + u16::from(index)),
+        "--disable-usage-stats".into(),
+    ]);
+    a
+}
+
+/// The corrected loop of the origin document: it can end.
+fn loop_script(ray: &str, nodes: u32) -> String {
+    format!(
+        "until [ \"$({ray} status --address {HEAD}:{PORT} 2>/dev/null | awk '/^Active:/{{f=1;next}} /^(Pending|Recent)/{{f=0}} f && /node_/{{n++}} END{{print n+0}}')\" -ge {nodes} ]; do sleep 5; done"
+    )
+}
+
+/// Spawns `argv` and reports the wall-clock ms at which it exited.
+fn spawn_timed(mut cmd: Command) -> Result<mpsc::Receiver<(u64, bool)>, String> {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot spawn: {e}"))?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let ok = child.wait().map(|s| s.success()).unwrap_or(false);
+        let _ = tx.send((now_ms(), ok));
+    });
+    Ok(rx)
+}
+
+/// CPU-seconds of a shell `command` and every process it waited for (the
+/// loop's `ray status` calls), measured by a wrapping shell that prints its
+/// children's times from /proc when done (clock ticks: 10 ms resolution).
+fn cpu_seconds_of(command: &str, seconds: u64) -> Result<f64, String> {
+    let script = format!(
+        "timeout {seconds} sh -c '{}'; cat /proc/$$/stat",
+        command.replace('\'', "'\\''")
+    );
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    let stat = String::from_utf8_lossy(&out.stdout);
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or("no /proc stat")?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // After ')': state is field 3 of stat; cutime and cstime are 16 and 17.
+    let ticks = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let hz = 100.0;
+    Ok((ticks(16) + ticks(17)) / hz)
+}
+
+/// CPU-seconds a running process has used, all threads, from
+/// /proc/PID/task/*/schedstat (nanoseconds: far finer than clock ticks).
+fn schedstat_seconds(pid: u32) -> Option<f64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let text = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+        total += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total as f64 / 1e9)
+}
+
+/// CPU-seconds of a direct child over its whole life: its schedstat,
+/// sampled every 100 ms until it exits.
+fn cpu_seconds_of_child(mut child: std::process::Child) -> f64 {
+    let mut last = 0.0;
+    loop {
+        if let Some(s) = schedstat_seconds(child.id()) {
+            last = s;
+        }
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return last;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn percentile(values: &[f64], q: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() as f64 - 1.0) * q).round() as usize]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), String> {
+    let orchestrator = std::env::args()
+        .nth(1)
+        .ok_or("usage: bench_wait ORCHESTRATOR_BINARY")?;
+    let ray = std::env::var("ORCHESTRATOR_RAY_BIN")
+        .map_err(|_| "set ORCHESTRATOR_RAY_BIN to Ray's `ray`")?;
+    let rounds: u8 = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let cpu_window: u64 = std::env::var("BENCH_CPU_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let _ = become_subreaper();
+
+    let head = RayNode::start(
+        "head",
+        &node_argv(&ray, 0),
+        &env(),
+        Duration::from_secs(120),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let gcs = GcsClient::connect_until(&format!("{HEAD}:{PORT}"), Duration::from_secs(30))
+        .await
+        .map_err(|e| e.to_string())?;
+    // `ray status` has nothing to say for a few seconds after the head starts.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+
+    let mut orch_ms = Vec::new();
+    let mut loop_ms = Vec::new();
+    // Workers stay up: round r waits for r + 1 nodes (a stopped worker would
+    // linger in `ray status` for seconds and end the loop falsely).
+    let mut workers = Vec::new();
+    let result: Result<(), String> = async {
+        for round in 1..=rounds {
+            let mut wait = Command::new(&orchestrator);
+            let want = u32::from(round) + 1;
+            wait.args(["wait", "--address", &format!("{HEAD}:{PORT}"), "--nodes", &want.to_string(), "--timeout", "120"]);
+            let orch = spawn_timed(wait)?;
+            let mut sh = Command::new("sh");
+            sh.arg("-c").arg(loop_script(&ray, want));
+            let shell = spawn_timed(sh)?;
+            // Vary where in the loop's 5 s sleep the worker lands.
+            tokio::time::sleep(Duration::from_millis(1500 + 1100 * u64::from(round))).await;
+            let worker = RayNode::start(&format!("worker-{round}"), &node_argv(&ray, round), &env(), Duration::from_secs(120))
+                .await
+                .map_err(|e| e.to_string())?;
+            let ip = format!("127.0.0.{}", 90 + round);
+            let (orch_exit, orch_ok) = orch.recv_timeout(Duration::from_secs(60)).map_err(|_| "orchestrator wait hung")?;
+            let (loop_exit, loop_ok) = shell.recv_timeout(Duration::from_secs(60)).map_err(|_| "the loop hung")?;
+            let nodes = gcs.get_all_nodes().await.map_err(|e| e.to_string())?;
+            let registered = nodes
+                .iter()
+                .find(|n| n.alive && n.address == ip)
+                .map(|n| n.start_time_ms)
+                .ok_or("the worker is not in the GCS")?;
+            let o = orch_exit.saturating_sub(registered) as f64;
+            let l = loop_exit.saturating_sub(registered) as f64;
+            println!(
+                "round {round}: after the worker registered, `orchestrator wait` exited in {o:>6.0} ms (ok={orch_ok}), the loop in {l:>6.0} ms (ok={loop_ok})"
+            );
+            orch_ms.push(o);
+            loop_ms.push(l);
+            workers.push(worker);
+        }
+        Ok(())
+    }
+    .await;
+    for worker in workers.iter().rev() {
+        worker.stop(Duration::from_secs(5)).await;
+    }
+    if let Err(e) = result {
+        head.stop(Duration::from_secs(5)).await;
+        return Err(e);
+    }
+
+    println!("CPU while waiting {cpu_window} s for a node that never comes (both at once):");
+    let loop_cmd = loop_script(&ray, 99);
+    let window = cpu_window + 2;
+    let orch_child = Command::new(&orchestrator)
+        .args([
+            "wait",
+            "--address",
+            &format!("{HEAD}:{PORT}"),
+            "--nodes",
+            "99",
+            "--timeout",
+            &cpu_window.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let orch_cpu =
+        tokio::task::spawn_blocking(move || Ok::<f64, String>(cpu_seconds_of_child(orch_child)));
+    let loop_cpu = tokio::task::spawn_blocking(move || cpu_seconds_of(&loop_cmd, window));
+    let orch_cpu = orch_cpu.await.map_err(|e| e.to_string())??;
+    let loop_cpu = loop_cpu.await.map_err(|e| e.to_string())??;
+    head.stop(Duration::from_secs(5)).await;
+
+    let o50 = percentile(&orch_ms, 0.5);
+    let l50 = percentile(&loop_ms, 0.5);
+    println!(
+        "detection after registration: orchestrator p50 {o50:.0} ms (max {:.0}), loop p50 {l50:.0} ms (max {:.0})",
+        percentile(&orch_ms, 1.0),
+        percentile(&loop_ms, 1.0)
+    );
+    println!("CPU in {cpu_window} s: orchestrator {orch_cpu:.4} s, loop {loop_cpu:.2} s");
+    println!(
+        "BENCH wait orchestrator_p50_ms={o50:.0} loop_p50_ms={l50:.0} speedup={:.0} orchestrator_max_ms={:.0} loop_max_ms={:.0} orchestrator_cpu_s={orch_cpu:.4} loop_cpu_s={loop_cpu:.2} cpu_ratio={:.0} rounds={rounds}",
+        l50 / o50.max(1.0),
+        percentile(&orch_ms, 1.0),
+        percentile(&loop_ms, 1.0),
+        loop_cpu / orch_cpu.max(0.0001)
+    );
+    Ok(())
+}
