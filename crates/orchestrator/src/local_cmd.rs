@@ -3,15 +3,17 @@
 //! then supervision until Ctrl-C or SIGTERM, which stops everything started.
 
 use crate::host;
-use crate::signals::Shutdown;
+use crate::serve_cmd::{ServeInputs, launch_and_serve};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use orchestrator_phases::config::PluginLimits;
 use orchestrator_phases::limits::raise_nofile;
 use orchestrator_phases::ray_node::RayNode;
 use orchestrator_phases::ray_start::RayStart;
+use orchestrator_phases::signals::Shutdown;
+use orchestrator_phases::status::{Status, serve_endpoints};
 use orchestrator_phases::wait::{WaitSpec, wait_for_cluster};
-use orchestrator_policy_host::types::{KeyValue, Topology};
+use orchestrator_policy_host::types::{KeyValue, ServeSettings, Topology};
 use orchestrator_policy_host::{PluginSource, World};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -73,6 +75,59 @@ pub struct LocalArgs {
     /// Stop everything as soon as the cluster is ready (for scripts).
     #[arg(long)]
     pub exit_when_ready: bool,
+    /// Serve this model with vLLM once the cluster is ready (a path or name).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// The name the API serves the model under.
+    #[arg(long, default_value = "tiny")]
+    pub served_model_name: String,
+    /// Tensor-parallel size (default: from the cluster's GPUs).
+    #[arg(long)]
+    pub tp: Option<u32>,
+    /// Pipeline-parallel size (default: from the cluster's GPUs).
+    #[arg(long)]
+    pub pp: Option<u32>,
+    /// The port vLLM serves on (bound on the head's address).
+    #[arg(long, default_value_t = 8000)]
+    pub serve_port: u16,
+    /// The `vllm` executable.
+    #[arg(long, env = "ORCHESTRATOR_VLLM_BIN", default_value = "vllm")]
+    pub vllm_bin: String,
+    /// An extra `vllm serve` argument; repeat for more.
+    #[arg(long = "vllm-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub vllm_args: Vec<String>,
+    /// An environment variable for vLLM, KEY=VALUE; repeat for more.
+    #[arg(long = "vllm-env", value_name = "KEY=VALUE")]
+    pub vllm_env: Vec<String>,
+    /// The launch policy: a component file or builtin:NAME.
+    #[arg(long, default_value = "builtin:vllm")]
+    pub launch_policy: String,
+    /// The health policy: a component file or builtin:NAME.
+    #[arg(long, default_value = "builtin:default")]
+    pub health_policy: String,
+    /// A health policy parameter, KEY=VALUE.
+    #[arg(long = "health-param", value_name = "KEY=VALUE")]
+    pub health_params: Vec<String>,
+    /// Health probe interval, ms.
+    #[arg(long, default_value_t = 1000)]
+    pub health_interval_ms: u64,
+    /// Generation probe interval, ms.
+    #[arg(long, default_value_t = 10_000)]
+    pub generation_interval_ms: u64,
+    /// Port of /livez, /readyz, /status, /metrics (0: off).
+    #[arg(long, default_value_t = orchestrator_phases::status::DEFAULT_PORT)]
+    pub endpoints_port: u16,
+}
+
+fn key_values(raw: &[String], flag: &str) -> Result<Vec<KeyValue>> {
+    raw.iter()
+        .map(|p| {
+            let (k, v) = p
+                .split_once('=')
+                .with_context(|| format!("{flag} {p:?} is not KEY=VALUE"))?;
+            Ok(KeyValue::new(k, v))
+        })
+        .collect()
 }
 
 fn node_argv(
@@ -163,15 +218,41 @@ pub fn run(args: LocalArgs) -> ExitCode {
 }
 
 async fn local(args: LocalArgs) -> Result<ExitCode> {
-    let mut params = Vec::new();
-    for p in &args.params {
-        let (k, v) = p
-            .split_once('=')
-            .with_context(|| format!("--param {p:?} is not KEY=VALUE"))?;
-        params.push(KeyValue::new(k, v));
+    let params = key_values(&args.params, "--param")?;
+    let health_params = key_values(&args.health_params, "--health-param")?;
+    let mut launch_params = vec![
+        KeyValue::new("program", &args.vllm_bin),
+        KeyValue::new("env.VLLM_HOST_IP", args.head_ip.to_string()),
+    ];
+    for kv in key_values(&args.vllm_env, "--vllm-env")? {
+        launch_params.push(KeyValue::new(format!("env.{}", kv.key), kv.value));
     }
     let host = host::host(&PluginLimits::default())?;
     let mut policy = host::load(&host, World::Readiness, &PluginSource::parse(&args.policy))?;
+    let mut serve_policies = match &args.model {
+        Some(_) => Some((
+            host::load(
+                &host,
+                World::Launch,
+                &PluginSource::parse(&args.launch_policy),
+            )?,
+            host::load(
+                &host,
+                World::Health,
+                &PluginSource::parse(&args.health_policy),
+            )?,
+        )),
+        None => None,
+    };
+    let status = Status::new();
+    if args.endpoints_port != 0 {
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], args.endpoints_port));
+        serve_endpoints(address, std::sync::Arc::clone(&status))
+            .await
+            .with_context(|| {
+                format!("cannot serve the endpoints on {address}: use --endpoints-port")
+            })?;
+    }
     let nofile = raise_nofile(65536);
     if let Some(why) = &nofile.short_of {
         tracing::warn!(
@@ -187,6 +268,9 @@ async fn local(args: LocalArgs) -> Result<ExitCode> {
     let env = local_ray_env();
     let grace = Duration::from_secs(args.grace);
     let shutdown = Shutdown::install()?;
+    if let Err(e) = orchestrator_phases::reaper::spawn_reaper() {
+        tracing::warn!("cannot reap orphans ({e})");
+    }
     if let Err(e) = orchestrator_phases::ray_node::become_subreaper() {
         tracing::warn!(
             "cannot become the subreaper of Ray's processes ({e}); PID 1 will reap them"
@@ -243,6 +327,7 @@ async fn local(args: LocalArgs) -> Result<ExitCode> {
             params: params.clone(),
             diagnostics: vec![],
         };
+        status.enter("wait");
         let wait = wait_for_cluster(&spec, &mut policy);
         tokio::pin!(wait);
         loop {
@@ -285,7 +370,37 @@ async fn local(args: LocalArgs) -> Result<ExitCode> {
                     n.resources.gpu
                 );
             }
-            if args.exit_when_ready {
+            status.nodes(
+                ready.snapshot.nodes.iter().filter(|n| n.alive).count() as u32,
+                args.workers + 1,
+            );
+            if let (Some(model), Some((launch, health))) = (&args.model, serve_policies.as_mut()) {
+                let inputs = ServeInputs {
+                    settings: ServeSettings {
+                        model: model.clone(),
+                        served_model_name: Some(args.served_model_name.clone()),
+                        host: args.head_ip.to_string(),
+                        port: args.serve_port,
+                        extra_args: args.vllm_args.clone(),
+                        tensor_parallel_size: args.tp,
+                        pipeline_parallel_size: args.pp,
+                    },
+                    launch_params: launch_params.clone(),
+                    health_params: health_params.clone(),
+                    probe_address: format!("{}:{}", args.head_ip, args.serve_port),
+                    gcs_address: format!("{}:{}", args.head_ip, args.gcs_port),
+                    health_interval: Duration::from_millis(args.health_interval_ms.max(10)),
+                    generation_interval: Duration::from_millis(args.generation_interval_ms.max(10)),
+                    health_timeout: Duration::from_secs(5),
+                    generation_timeout: Duration::from_secs(60),
+                    stop_grace: Duration::from_secs(30),
+                };
+                println!(
+                    "serving {model} on http://{}:{} (Ctrl-C stops everything)",
+                    args.head_ip, args.serve_port
+                );
+                launch_and_serve(&ready, inputs, launch, health, &status, &shutdown, &nodes).await
+            } else if args.exit_when_ready {
                 ExitCode::SUCCESS
             } else {
                 println!("press Ctrl-C to stop the cluster");

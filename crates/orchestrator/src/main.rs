@@ -6,7 +6,8 @@ mod host;
 mod local_cmd;
 mod plugin_cmd;
 mod run_cmd;
-mod signals;
+mod serve_cmd;
+
 mod wait_cmd;
 
 use clap::{Parser, Subcommand};
@@ -29,7 +30,7 @@ enum Command {
     /// Run this pod's role (head or worker) from a configuration file.
     Run(run_cmd::ConfigArgs),
     /// Start a head and N workers on this machine and run the whole job.
-    Local(local_cmd::LocalArgs),
+    Local(Box<local_cmd::LocalArgs>),
     /// Wait until a Ray cluster is ready; for shell scripts (exit 0 ready,
     /// 1 failed or timed out, 2 bad arguments).
     Wait(wait_cmd::WaitArgs),
@@ -53,7 +54,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Plugin(cmd) => plugin_cmd::run(cmd),
         Command::Wait(args) => wait_cmd::run(args),
-        Command::Local(args) => local_cmd::run(args),
+        Command::Local(args) => local_cmd::run(*args),
         Command::Run(args) => run_cmd::run(args),
         Command::Plan(args) => run_cmd::plan(args),
     }

@@ -2,18 +2,22 @@
 //! `orchestrator plan` (what `run` would do, without running anything).
 
 use crate::host;
-use crate::signals::Shutdown;
+use crate::serve_cmd::{ServeInputs, launch_and_serve};
 use anyhow::{Context, Result};
 use clap::Args;
 use orchestrator_phases::config::{Config, Role};
 use orchestrator_phases::limits::raise_nofile;
 use orchestrator_phases::ray_node::{RayNode, become_subreaper};
 use orchestrator_phases::ray_start::{KUBERAY_ENV, RayStart};
+use orchestrator_phases::reaper::spawn_reaper;
+use orchestrator_phases::signals::Shutdown;
+use orchestrator_phases::status::{Status, serve_endpoints};
 use orchestrator_phases::wait::{WaitSpec, wait_for_cluster};
 use orchestrator_policy_host::World;
 use orchestrator_policy_host::types::{ClusterSnapshot, LaunchRequest, Node, Resources};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Where the configuration comes from.
@@ -232,21 +236,42 @@ async fn run_role(config: Config) -> Result<ExitCode> {
         }
     };
     let host = host::host(&config.plugins)?;
-    let mut readiness = None;
+    let mut policies = None;
     if config.role == Role::Head {
-        let policies = (|| -> Result<_> {
-            let r = host::load_policy(&host, &config, World::Readiness)?;
-            host::load_policy(&host, &config, World::Launch)?;
-            host::load_policy(&host, &config, World::Health)?;
-            Ok(r)
+        let loaded = (|| -> Result<_> {
+            Ok((
+                host::load_policy(&host, &config, World::Readiness)?,
+                host::load_policy(&host, &config, World::Launch)?,
+                host::load_policy(&host, &config, World::Health)?,
+            ))
         })();
-        match policies {
-            Ok(r) => readiness = Some(r),
+        match loaded {
+            Ok(p) => policies = Some(p),
             Err(e) => {
                 eprintln!("error: {e:#}");
                 return Ok(ExitCode::from(2));
             }
         }
+    }
+    let status = Status::new();
+    if config.endpoints_port != 0 {
+        let address: std::net::SocketAddr =
+            format!("{}:{}", config.endpoints_host, config.endpoints_port)
+                .parse()
+                .with_context(|| {
+                    format!(
+                        "endpoints-host {:?} is not an IP address",
+                        config.endpoints_host
+                    )
+                })?;
+        serve_endpoints(address, Arc::clone(&status))
+            .await
+            .with_context(|| {
+                format!("cannot serve the endpoints on {address}: set endpoints-port")
+            })?;
+    }
+    if let Err(e) = spawn_reaper() {
+        tracing::warn!("cannot reap orphans ({e})");
     }
 
     let nofile = raise_nofile(config.open_file_limit);
@@ -280,6 +305,7 @@ async fn run_role(config: Config) -> Result<ExitCode> {
             .to_string();
         tracing::info!(%address, "waiting for the head's GCS");
         let deadline = Duration::from_secs(config.ray.gcs_wait_seconds);
+        status.enter("wait");
         tokio::select! {
             r = orchestrator_ray_gcs::GcsClient::connect_until(&address, deadline) => { r?; }
             () = shutdown.requested() => return Ok(ExitCode::SUCCESS),
@@ -298,7 +324,9 @@ async fn run_role(config: Config) -> Result<ExitCode> {
     let node = RayNode::start(label, &argv, &env, Duration::from_secs(300)).await?;
 
     let mut code = ExitCode::SUCCESS;
-    if let Some(mut readiness) = readiness {
+    if let Some((mut readiness, mut launch, mut health)) = policies {
+        status.enter("wait");
+        status.nodes(0, config.cluster.topology().nodes);
         let spec = WaitSpec {
             address: head_gcs_address(&config),
             expected: config.cluster.topology(),
@@ -317,13 +345,58 @@ async fn run_role(config: Config) -> Result<ExitCode> {
         };
         match outcome {
             Some(Ok(ready)) => {
+                let alive = ready.snapshot.nodes.iter().filter(|n| n.alive).count() as u32;
+                status.nodes(alive, config.cluster.topology().nodes);
+                status.readiness("ready".into());
+                if config.serve.model.is_some() {
+                    let serve = &config.serve;
+                    let inputs = ServeInputs {
+                        settings: serve.settings(),
+                        launch_params: config.policies.launch.params(),
+                        health_params: config.policies.health.params(),
+                        probe_address: serve.probe_address(),
+                        gcs_address: head_gcs_address(&config),
+                        health_interval: Duration::from_millis(serve.health_interval_ms.max(10)),
+                        generation_interval: Duration::from_millis(
+                            serve.generation_interval_ms.max(10),
+                        ),
+                        health_timeout: Duration::from_millis(serve.health_timeout_ms.max(10)),
+                        generation_timeout: Duration::from_millis(
+                            serve.generation_timeout_ms.max(10),
+                        ),
+                        stop_grace: Duration::from_secs(serve.stop_grace_seconds),
+                    };
+                    let code = launch_and_serve(
+                        &ready,
+                        inputs,
+                        &mut launch,
+                        &mut health,
+                        &status,
+                        &shutdown,
+                        std::slice::from_ref(&node),
+                    )
+                    .await;
+                    status.enter("stopping");
+                    if !node.stop(grace).await {
+                        eprintln!("error: some of Ray's processes did not stop");
+                        return Ok(ExitCode::from(1));
+                    }
+                    return Ok(code);
+                }
                 tracing::info!(
-                    nodes = ready.snapshot.nodes.iter().filter(|n| n.alive).count(),
-                    "cluster ready; the serve phase is not part of this build, supervising Ray"
+                    nodes = alive,
+                    "cluster ready; serve.model is not set, supervising Ray"
+                );
+                status.enter("serve");
+                status.health(
+                    "healthy",
+                    "cluster ready (nothing to serve: serve.model is not set)".into(),
+                    true,
                 );
             }
             Some(Err(e)) => {
                 eprintln!("error: {e}");
+                status.enter("failed");
                 node.stop(grace).await;
                 return Ok(ExitCode::from(1));
             }
@@ -334,6 +407,11 @@ async fn run_role(config: Config) -> Result<ExitCode> {
         }
     }
 
+    if config.role == Role::Worker {
+        status.enter("serve");
+        status.nodes(1, 1);
+        status.health("healthy", "worker: Ray node running".into(), true);
+    }
     tokio::select! {
         () = shutdown.requested() => {}
         daemon = node.exited() => {

@@ -62,6 +62,19 @@ fn assert_nothing_left(needles: &[&str]) {
     }
 }
 
+/// A plain HTTP/1.0 GET over a TCP socket (no client library needed).
+fn http_get(address: &str, path: &str) -> String {
+    use std::io::Read;
+    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text
+}
+
 fn parent_of(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(')')?
@@ -279,6 +292,7 @@ fn run_head_and_kuberay_worker_raise_nofile_and_stop_cleanly() {
         &format!(
             r#"role = "head"
 open-file-limit = 4321
+endpoints-port = 18470
 [ray]
 bin = "{ray}"
 gcs-port = 6470
@@ -321,6 +335,7 @@ wait-timeout-seconds = 120
         &format!(
             r#"role = "worker"
 open-file-limit = 4321
+endpoints-port = 0
 [ray]
 bin = "{ray}"
 use-kuberay-command = true
@@ -367,6 +382,20 @@ stop-grace-seconds = 5
             "raylet {pid} inherited the raised limit"
         );
     }
+    // The head's endpoints: alive, and ready once the cluster is.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let body = http_get("127.0.0.1:18470", "/status");
+        if body.contains("\"ready\":true") || Instant::now() > deadline {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.contains("\"phase\":\"serve\""), "{status}");
+    assert!(status.contains("\"nodes-alive\":2"), "{status}");
+    assert!(http_get("127.0.0.1:18470", "/livez").contains("ok"));
+    assert!(http_get("127.0.0.1:18470", "/metrics").contains("orchestrator_nodes_alive 2"));
+
     // KubeRay's --block was dropped and the configured ports won.
     let worker_raylet = processes_with("--node_ip_address=127.0.0.71");
     assert!(!worker_raylet.is_empty());
@@ -423,6 +452,8 @@ fn worker_exits_1_when_its_raylet_dies() {
             "run",
             "--role",
             "worker",
+            "--set",
+            "endpoints-port=0",
             "--set",
             "ray.gcs-address=\"127.0.0.80:6480\"",
             "--set",

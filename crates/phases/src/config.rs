@@ -48,6 +48,10 @@ pub struct Config {
     pub plugins: PluginLimits,
     /// How the model is served (the serve phase).
     pub serve: ServeConfig,
+    /// The port of `/livez`, `/readyz`, `/status` and `/metrics` (0: off).
+    pub endpoints_port: u16,
+    /// The address the endpoints bind.
+    pub endpoints_host: String,
 }
 
 impl Default for Config {
@@ -60,6 +64,8 @@ impl Default for Config {
             policies: PoliciesConfig::default(),
             plugins: PluginLimits::default(),
             serve: ServeConfig::default(),
+            endpoints_port: crate::status::DEFAULT_PORT,
+            endpoints_host: "0.0.0.0".to_string(),
         }
     }
 }
@@ -306,6 +312,19 @@ pub struct ServeConfig {
     pub tensor_parallel_size: Option<u32>,
     /// Pipeline-parallel size, if fixed.
     pub pipeline_parallel_size: Option<u32>,
+    /// Where the probes reach the server (default: 127.0.0.1, or `host`
+    /// when it is a specific address).
+    pub probe_host: Option<String>,
+    /// How often `/health` is probed and the health policy asked, ms.
+    pub health_interval_ms: u64,
+    /// How often a one-token completion is sent, ms.
+    pub generation_interval_ms: u64,
+    /// Timeout of a `/health` probe, ms.
+    pub health_timeout_ms: u64,
+    /// Timeout of a generation probe, ms.
+    pub generation_timeout_ms: u64,
+    /// Seconds the server gets to drain after SIGTERM before SIGKILL.
+    pub stop_grace_seconds: u64,
 }
 
 impl Default for ServeConfig {
@@ -318,11 +337,29 @@ impl Default for ServeConfig {
             extra_args: vec![],
             tensor_parallel_size: None,
             pipeline_parallel_size: None,
+            probe_host: None,
+            health_interval_ms: 2000,
+            generation_interval_ms: 15_000,
+            health_timeout_ms: 5000,
+            generation_timeout_ms: 60_000,
+            stop_grace_seconds: 30,
         }
     }
 }
 
 impl ServeConfig {
+    /// Where the probes reach the server, `HOST:PORT`.
+    pub fn probe_address(&self) -> String {
+        let host = self.probe_host.clone().unwrap_or_else(|| {
+            if self.host == "0.0.0.0" || self.host == "::" {
+                "127.0.0.1".to_string()
+            } else {
+                self.host.clone()
+            }
+        });
+        format!("{host}:{}", self.port)
+    }
+
     /// The serve settings in the policy contract's terms.
     pub fn settings(&self) -> ServeSettings {
         ServeSettings {

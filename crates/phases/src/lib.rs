@@ -13,9 +13,19 @@
 //!   its daemons watched through pidfds, stopped by process group.
 //! - [`wait`]: the wait phase: GCS membership into readiness snapshots,
 //!   decided by the readiness policy.
+//! - [`serve`]: the serve phase: the launch policy's argv run as a
+//!   supervised [`server`], probed over HTTP ([`probe`]), judged by the
+//!   health policy, restarted or shut down as it says.
+//! - [`status`]: `/livez`, `/readyz`, `/status` and `/metrics`.
 
 pub mod config;
 pub mod limits;
+pub mod probe;
 pub mod ray_node;
 pub mod ray_start;
+pub mod reaper;
+pub mod serve;
+pub mod server;
+pub mod signals;
+pub mod status;
 pub mod wait;

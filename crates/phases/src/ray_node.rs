@@ -220,6 +220,7 @@ impl RayNode {
             error,
         })?;
         let raw_pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+        crate::reaper::manage(raw_pid);
         let pgid = Pid::from_raw(raw_pid).ok_or_else(|| RayNodeError::Spawn {
             program: program.clone(),
             error: std::io::Error::other("no pid"),
@@ -242,6 +243,7 @@ impl RayNode {
                 return Err(RayNodeError::Timeout(start_timeout));
             }
         };
+        crate::reaper::release(raw_pid);
         let started_at = Instant::now();
         // Let the output forwarders drain.
         tokio::time::sleep(Duration::from_millis(20)).await;

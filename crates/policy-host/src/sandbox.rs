@@ -97,6 +97,11 @@ impl State {
             .stderr(output.clone())
             .wall_clock(FrozenClock)
             .monotonic_clock(FrozenClock)
+            // No network: these are the defaults, stated so a future
+            // default cannot open it.
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
             .build();
         Self {
             wasi,

@@ -1,0 +1,139 @@
+//! HTTP probes of the serving process: `GET /health` and a real generation
+//! request (a one-token completion), because a wedged engine can keep
+//! `/health` and `/v1/models` at 200 while generation is dead.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use orchestrator_policy_host::types::ProbeResult;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+/// An HTTP answer: status and body.
+#[derive(Debug, Clone)]
+pub struct HttpAnswer {
+    /// The status code.
+    pub status: u16,
+    /// The body, as text.
+    pub body: String,
+}
+
+/// One HTTP/1.1 request on a fresh connection, bounded by `timeout`.
+pub async fn http(
+    address: &str,
+    method: &str,
+    path: &str,
+    body: Option<String>,
+    timeout: Duration,
+) -> Result<HttpAnswer, String> {
+    let work = async {
+        let stream = TcpStream::connect(address)
+            .await
+            .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP handshake with {address} failed: {e}"))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", address);
+        if body.is_some() {
+            builder = builder.header("content-type", "application/json");
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| e.to_string())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("{method} {path} failed: {e}"))?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("reading the answer to {method} {path} failed: {e}"))?
+            .to_bytes();
+        Ok(HttpAnswer {
+            status,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        })
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(result) => result,
+        Err(_) => Err(format!(
+            "{method} {path} timed out after {} ms",
+            timeout.as_millis()
+        )),
+    }
+}
+
+/// A probe's outcome in the policy contract's terms (`age-ms` is filled in
+/// when the snapshot is built).
+fn result(ok: bool, status: Option<u16>, started: Instant, error: Option<String>) -> ProbeResult {
+    ProbeResult {
+        ok,
+        status_code: status,
+        latency_ms: started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32,
+        error,
+        age_ms: 0,
+    }
+}
+
+/// `GET /health`: ok on 200.
+pub async fn health(address: &str, timeout: Duration) -> ProbeResult {
+    let started = Instant::now();
+    match http(address, "GET", "/health", None, timeout).await {
+        Ok(a) if a.status == 200 => result(true, Some(a.status), started, None),
+        Ok(a) => result(
+            false,
+            Some(a.status),
+            started,
+            Some(format!("/health answered {}", a.status)),
+        ),
+        Err(e) => result(false, None, started, Some(e)),
+    }
+}
+
+/// A one-token completion of `model`: ok on 200 with a `choices` list.
+pub async fn generation(address: &str, model: &str, timeout: Duration) -> ProbeResult {
+    let started = Instant::now();
+    let body =
+        serde_json::json!({"model": model, "prompt": "ping", "max_tokens": 1, "temperature": 0})
+            .to_string();
+    match http(address, "POST", "/v1/completions", Some(body), timeout).await {
+        Ok(a) if a.status == 200 => {
+            let parsed: Option<serde_json::Value> = serde_json::from_str(&a.body).ok();
+            let has_choice = parsed
+                .as_ref()
+                .and_then(|v| v.get("choices"))
+                .and_then(|c| c.as_array())
+                .is_some_and(|c| !c.is_empty());
+            if has_choice {
+                result(true, Some(200), started, None)
+            } else {
+                result(
+                    false,
+                    Some(200),
+                    started,
+                    Some("the completion had no choices".into()),
+                )
+            }
+        }
+        Ok(a) => {
+            let snippet: String = a.body.chars().take(200).collect();
+            result(
+                false,
+                Some(a.status),
+                started,
+                Some(format!("completion answered {}: {snippet}", a.status)),
+            )
+        }
+        Err(e) => result(false, None, started, Some(e)),
+    }
+}
