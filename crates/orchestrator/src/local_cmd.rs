@@ -114,6 +114,9 @@ pub struct LocalArgs {
     /// Generation probe interval, ms.
     #[arg(long, default_value_t = 10_000)]
     pub generation_interval_ms: u64,
+    /// An environment variable for Ray's processes, KEY=VALUE; repeat for more.
+    #[arg(long = "ray-env", value_name = "KEY=VALUE")]
+    pub ray_env: Vec<String>,
     /// Port of /livez, /readyz, /status, /metrics (0: off).
     #[arg(long, default_value_t = orchestrator_phases::status::DEFAULT_PORT)]
     pub endpoints_port: u16,
@@ -265,7 +268,10 @@ async fn local(args: LocalArgs) -> Result<ExitCode> {
         .temp_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("/tmp/ray-local-{}", args.gcs_port)));
-    let env = local_ray_env();
+    let mut env = local_ray_env();
+    for kv in key_values(&args.ray_env, "--ray-env")? {
+        env.push((kv.key, kv.value));
+    }
     let grace = Duration::from_secs(args.grace);
     let shutdown = Shutdown::install()?;
     if let Err(e) = orchestrator_phases::reaper::spawn_reaper() {
@@ -399,7 +405,19 @@ async fn local(args: LocalArgs) -> Result<ExitCode> {
                     "serving {model} on http://{}:{} (Ctrl-C stops everything)",
                     args.head_ip, args.serve_port
                 );
-                launch_and_serve(&ready, inputs, launch, health, &status, &shutdown, &nodes).await
+                // A worker's death reaches the health policy through the
+                // GCS, as it would from another pod; only the head's daemons
+                // are watched here.
+                launch_and_serve(
+                    &ready,
+                    inputs,
+                    launch,
+                    health,
+                    &status,
+                    &shutdown,
+                    &nodes[..1.min(nodes.len())],
+                )
+                .await
             } else if args.exit_when_ready {
                 ExitCode::SUCCESS
             } else {

@@ -55,7 +55,7 @@ pub async fn launch_and_serve(
     let started = Instant::now();
     let plan = launch.plan(&request, &inputs.launch_params);
     status.policy_call("launch", started.elapsed().as_secs_f64());
-    let plan = match plan {
+    let mut plan = match plan {
         Ok(Ok(plan)) => plan,
         Ok(Err(e)) => {
             eprintln!("error: the launch policy refused to launch: {e}");
@@ -68,6 +68,12 @@ pub async fn launch_and_serve(
             return ExitCode::from(1);
         }
     };
+    // vLLM's driver joins this cluster, not whatever `ray.init("auto")`
+    // would find in /tmp/ray.
+    if !plan.env.iter().any(|kv| kv.key == "RAY_ADDRESS") {
+        plan.env
+            .push(KeyValue::new("RAY_ADDRESS", inputs.gcs_address.clone()));
+    }
     tracing::info!(
         env = %plan.env.iter().map(|kv| format!("{}={}", kv.key, kv.value)).collect::<Vec<_>>().join(" "),
         "launching: {}",

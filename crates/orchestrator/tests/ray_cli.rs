@@ -4,9 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::io::Write;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use support::*;
 
 fn ray_bin() -> String {
     std::env::var("ORCHESTRATOR_RAY_BIN").expect(
@@ -19,135 +22,6 @@ fn orchestrator() -> Command {
     c.env("ORCHESTRATOR_RAY_BIN", ray_bin())
         .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true");
     c
-}
-
-/// Live (non-zombie) processes whose command line contains `needle`.
-fn processes_with(needle: &str) -> Vec<(i32, String)> {
-    let mut found = vec![];
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let zombie = state
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-        if !zombie && cmdline.contains(needle) && pid != std::process::id() as i32 {
-            found.push((pid, cmdline));
-        }
-    }
-    found
-}
-
-fn assert_nothing_left(needles: &[&str]) {
-    // Give PID 1 a moment for anything re-parented to it.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let left: Vec<_> = needles.iter().flat_map(|n| processes_with(n)).collect();
-        if left.is_empty() {
-            return;
-        }
-        if Instant::now() > deadline {
-            panic!("processes left behind: {left:#?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A plain HTTP/1.0 GET over a TCP socket (no client library needed).
-fn http_get(address: &str, path: &str) -> String {
-    use std::io::Read;
-    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
-        return String::new();
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
-    let mut text = String::new();
-    let _ = stream.read_to_string(&mut text);
-    text
-}
-
-fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
-/// Stops orchestrators a test started if the test fails first: SIGTERM
-/// (they stop their Ray nodes), then SIGKILL after 15 s.
-struct Guard(Vec<i32>);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        for pid in &self.0 {
-            if let Some(p) = rustix::process::Pid::from_raw(*pid) {
-                let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        for pid in &self.0 {
-            while Instant::now() < deadline
-                && std::path::Path::new(&format!("/proc/{pid}")).exists()
-            {
-                let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .map(|s| {
-                        s.rsplit_once(')')
-                            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-                    })
-                    .unwrap_or(true);
-                if zombie {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            if let Some(p) = rustix::process::Pid::from_raw(*pid) {
-                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
-            }
-        }
-    }
-}
-
-fn sigterm(child: &Child) {
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
-}
-
-/// Waits for `child` with a deadline; kills it if it overruns.
-fn wait_with_deadline(mut child: Child, limit: Duration) -> Output {
-    let deadline = Instant::now() + limit;
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!("did not exit within {limit:?}: {:?}", text(&out));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Waits until `orchestrator wait` says the cluster at `address` has `nodes`.
@@ -369,10 +243,9 @@ stop-grace-seconds = 5
     let ready = wait_ready("127.0.0.70:6470", 2, 120);
     assert!(ready.status.success(), "{:?}", text(&ready));
 
-    let raylets: Vec<i32> = processes_with("raylet")
-        .into_iter()
-        .filter(|(_, c)| c.contains("127.0.0.70") || c.contains("127.0.0.71"))
-        .map(|(pid, _)| pid)
+    let raylets: Vec<i32> = ["127.0.0.70", "127.0.0.71"]
+        .iter()
+        .filter_map(|ip| raylet_of(ip))
         .collect();
     assert_eq!(raylets.len(), 2, "one raylet per node");
     for pid in raylets {
@@ -479,10 +352,9 @@ fn worker_exits_1_when_its_raylet_dies() {
     // supervises once it has (its raylet is then re-parented to it).
     let deadline = Instant::now() + Duration::from_secs(30);
     let raylet = loop {
-        let found = processes_with("--node_ip_address=127.0.0.81")
-            .into_iter()
-            .find(|(pid, c)| c.contains("raylet") && parent_of(*pid) == Some(worker.id() as i32));
-        if let Some((pid, _)) = found {
+        if let Some(pid) =
+            raylet_of("127.0.0.81").filter(|pid| parent_of(*pid) == Some(worker.id() as i32))
+        {
             break pid;
         }
         assert!(

@@ -138,6 +138,7 @@ pub async fn serve(
     let mut changes: Vec<NodeChange> = Vec::new();
     let mut restarts = 0u32;
     let (probe_tx, mut probe_rx) = mpsc::unbounded_channel::<(ProbeKind, ProbeResult)>();
+    let mut last_logged: Option<(&'static str, Instant)> = None;
     let mut tick = tokio::time::interval(spec.health_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -303,9 +304,15 @@ pub async fn serve(
                     status.health(name, "healthy".into(), exited.is_none() && running)
                 }
                 HealthVerdict::Degraded(reason) => {
-                    let previous = status.snapshot().last_health;
-                    if previous.as_deref() != Some(reason.as_str()) {
+                    // Log a change of verdict at once, a lasting one every 30 s.
+                    let due = last_logged
+                        .as_ref()
+                        .is_none_or(|(n, at): &(&str, Instant)| {
+                            *n != name || at.elapsed() >= Duration::from_secs(30)
+                        });
+                    if due {
                         tracing::info!("degraded: {reason}");
+                        last_logged = Some((name, Instant::now()));
                     }
                     status.health(name, reason, false);
                 }
@@ -318,9 +325,21 @@ pub async fn serve(
                     status.health(name, format!("restart: {}", action.reason), false);
                     status.restarted();
                     if let Some(s) = server.as_mut() {
-                        s.stop(spec.stop_grace).await;
+                        let pid = s.pid();
+                        tokio::select! {
+                            _ = s.stop(spec.stop_grace) => {}
+                            () = shutdown.forced() => {
+                                if let Some(p) = pid.and_then(rustix::process::Pid::from_raw) {
+                                    let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+                                }
+                            }
+                        }
                     }
                     status.server_pid(None);
+                    if shutdown.is_requested() {
+                        status.enter("stopping");
+                        return ServeOutcome::Stopped;
+                    }
                     restarts += 1;
                     tokio::select! {
                         () = tokio::time::sleep(Duration::from_millis(u64::from(action.backoff_ms))) => {}

@@ -117,10 +117,7 @@ fn ensure_toolchain() -> Result<()> {
 /// sha256 of the requirements and the Python version, so later runs and CI
 /// on the same machine reuse it. Returns the venv's `ray` executable.
 fn ray_venv() -> Result<PathBuf> {
-    use sha2::Digest;
     let requirements = root().join("python/requirements-ray.txt");
-    let pinned = std::fs::read(&requirements)
-        .with_context(|| format!("cannot read {}", requirements.display()))?;
     let python = std::env::var("ORCHESTRATOR_PYTHON").unwrap_or_else(|_| "python3".to_string());
     let version = Command::new(&python)
         .arg("--version")
@@ -129,17 +126,8 @@ fn ray_venv() -> Result<PathBuf> {
             format!("cannot run {python}: install Python 3.9-3.12 (or set ORCHESTRATOR_PYTHON)")
         })?;
     let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
-    let mut hash = sha2::Sha256::new();
-    hash.update(&pinned);
-    hash.update(version.as_bytes());
-    let key = hex::encode(&hash.finalize()[..8]);
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .context("neither XDG_CACHE_HOME nor HOME is set")?;
-    let venv = cache
-        .join("ray-orchestrator")
-        .join(format!("venv-ray-{key}"));
+    let key = digest_of(&["python/requirements-ray.txt"], &version)?;
+    let venv = cache_root()?.join(format!("venv-ray-{key}"));
     let ray = venv.join("bin/ray");
     if venv.join(".complete").is_file() && ray.is_file() {
         eprintln!("    Ray venv: {} (cached)", venv.display());
@@ -166,6 +154,120 @@ fn ray_venv() -> Result<PathBuf> {
         .arg(&requirements))?;
     std::fs::write(venv.join(".complete"), &version)?;
     Ok(ray)
+}
+
+fn cache_root() -> Result<PathBuf> {
+    Ok(std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .context("neither XDG_CACHE_HOME nor HOME is set")?
+        .join("ray-orchestrator"))
+}
+
+/// sha256 (first 8 bytes, hex) of files under the repository plus extra text.
+fn digest_of(files: &[&str], extra: &str) -> Result<String> {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    for f in files {
+        let path = root().join(f);
+        if path.is_dir() {
+            let mut entries: Vec<PathBuf> = walk(&path);
+            entries.sort();
+            for e in entries {
+                hash.update(
+                    e.strip_prefix(root())
+                        .unwrap_or(&e)
+                        .to_string_lossy()
+                        .as_bytes(),
+                );
+                hash.update(std::fs::read(&e)?);
+            }
+        } else {
+            hash.update(
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?,
+            );
+        }
+    }
+    hash.update(extra.as_bytes());
+    Ok(hex::encode(&hash.finalize()[..8]))
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == "__pycache__" || name.ends_with(".egg-info") || name == "build" {
+                continue;
+            }
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Real vLLM (the CPU build, installed with the two workarounds), the
+/// pinned Ray and the test-only platform plugin, in a venv cached under
+/// `~/.cache/ray-orchestrator/` and keyed by the install script's inputs.
+/// A first build downloads a few GB and takes minutes. Returns the venv.
+fn vllm_venv() -> Result<PathBuf> {
+    let python = std::env::var("ORCHESTRATOR_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let version = Command::new(&python)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("cannot run {python}"))?;
+    let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
+    let key = digest_of(
+        &[
+            "python/install_vllm_venv.sh",
+            "python/requirements-ray.txt",
+            "python/vllm_cpu_ray_test_platform",
+        ],
+        &version,
+    )?;
+    let venv = cache_root()?.join(format!("venv-vllm-{key}"));
+    if venv.join(".complete").is_file() {
+        eprintln!("    vLLM venv: {} (cached)", venv.display());
+        return Ok(venv);
+    }
+    step(&format!(
+        "create the vLLM venv in {} (first time only: downloads a few GB, takes minutes)",
+        venv.display()
+    ));
+    if venv.exists() {
+        std::fs::remove_dir_all(&venv)?;
+    }
+    run(Command::new("bash")
+        .arg(root().join("python/install_vllm_venv.sh"))
+        .arg(&venv))?;
+    std::fs::write(venv.join(".complete"), &version)?;
+    Ok(venv)
+}
+
+/// The tiny random-weight model, made offline by python/make_tiny_model.py
+/// with the vLLM venv's transformers, cached like the venvs.
+fn tiny_model(venv: &Path) -> Result<PathBuf> {
+    let key = digest_of(&["python/make_tiny_model.py"], &venv.display().to_string())?;
+    let dir = cache_root()?.join(format!("tiny-model-{key}"));
+    if dir.join(".complete").is_file() {
+        eprintln!("    tiny model: {} (cached)", dir.display());
+        return Ok(dir);
+    }
+    step(&format!(
+        "make the tiny model in {} (offline, a few seconds)",
+        dir.display()
+    ));
+    run(Command::new(venv.join("bin/python"))
+        .arg(root().join("python/make_tiny_model.py"))
+        .arg(&dir)
+        .env("HF_HUB_OFFLINE", "1"))?;
+    std::fs::write(dir.join(".complete"), "")?;
+    Ok(dir)
 }
 
 fn test() -> Result<()> {
@@ -253,29 +355,175 @@ fn demo() -> Result<()> {
             "--input",
         ])
         .arg(snapshots.join("readiness-worker-died.json")))?;
-    let ray = ray_venv()?;
-    step(
-        "a real local Ray cluster: head + 2 workers on 127.0.0.2-4, the wait phase, then a clean stop",
-    );
-    run(Command::new(&bin)
-        .args([
-            "local",
-            "--workers",
-            "2",
-            "--worker-delay",
-            "2",
-            "--memory-mib",
-            "500",
-            "--object-store-mib",
-            "80",
-            "--exit-when-ready",
-        ])
-        .env("ORCHESTRATOR_RAY_BIN", &ray))?;
     step("`orchestrator plan` for the sample head configuration");
     run(Command::new(&bin)
         .args(["plan", "--config"])
         .arg(root().join("examples/config/head.toml")))?;
+
+    let venv = vllm_venv()?;
+    let model = tiny_model(&venv)?;
+    serve_demo(&bin, &venv, &model)?;
     eprintln!("\ndemo finished");
+    Ok(())
+}
+
+/// A plain HTTP/1.0 request; returns (status line, body).
+fn http(address: &str, method: &str, path: &str, body: &str) -> std::io::Result<(String, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Ok((
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    ))
+}
+
+/// A field of a flat JSON object, as text (enough for /status).
+fn json_field(body: &str, key: &str) -> Option<String> {
+    let rest = body.split(&format!("\"{key}\":")).nth(1)?;
+    let rest = rest.trim_start();
+    if let Some(quoted) = rest.strip_prefix('"') {
+        quoted.split('"').next().map(str::to_string)
+    } else {
+        rest.split([',', '}']).next().map(|v| v.trim().to_string())
+    }
+}
+
+/// The whole product on this machine: a head and a worker, the wait, real
+/// vLLM tensor-parallel over both, one completion, a clean stop.
+fn serve_demo(bin: &Path, venv: &Path, model: &Path) -> Result<()> {
+    step(
+        "the whole job: `orchestrator local --workers 1 --tp 2 --model <tiny>` (real Ray, real vLLM)",
+    );
+    let log_path = root().join("target/demo-orchestrator.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut child = Command::new(bin)
+        .args([
+            "local",
+            "--workers",
+            "1",
+            "--gpus-per-node",
+            "1",
+            "--memory-mib",
+            "1000",
+            "--object-store-mib",
+            "200",
+            "--tp",
+            "2",
+        ])
+        .args([
+            "--ray-env",
+            "VLLM_CPU_RAY_TEST_PLATFORM=1",
+            "--vllm-env",
+            "VLLM_CPU_RAY_TEST_PLATFORM=1",
+        ])
+        .args([
+            "--vllm-env",
+            "VLLM_CPU_KVCACHE_SPACE=1",
+            "--vllm-env",
+            "HF_HUB_OFFLINE=1",
+        ])
+        .args([
+            "--vllm-arg=--max-model-len",
+            "--vllm-arg=256",
+            "--vllm-arg=--dtype",
+            "--vllm-arg=bfloat16",
+            "--vllm-arg=--enforce-eager",
+        ])
+        .arg("--model")
+        .arg(model)
+        .env("ORCHESTRATOR_RAY_BIN", venv.join("bin/ray"))
+        .env("ORCHESTRATOR_VLLM_BIN", venv.join("bin/vllm"))
+        .stdout(std::process::Stdio::inherit())
+        .stderr(log)
+        .spawn()
+        .context("cannot start the orchestrator")?;
+    eprintln!("    its log: {}", log_path.display());
+    let endpoints = "127.0.0.1:8471";
+    let start = Instant::now();
+    let mut last = String::new();
+    let outcome = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Err(anyhow::anyhow!(
+                "the orchestrator exited ({status}); see {}",
+                log_path.display()
+            ));
+        }
+        if start.elapsed() > std::time::Duration::from_secs(600) {
+            break Err(anyhow::anyhow!(
+                "not ready after 10 minutes; see {}",
+                log_path.display()
+            ));
+        }
+        if let Ok((line, body)) = http(endpoints, "GET", "/status", "")
+            && line.contains("200")
+        {
+            let phase = json_field(&body, "phase").unwrap_or_default();
+            let nodes = format!(
+                "{}/{} nodes",
+                json_field(&body, "nodes-alive").unwrap_or_default(),
+                json_field(&body, "nodes-expected").unwrap_or_default()
+            );
+            let health = json_field(&body, "last-health")
+                .filter(|h| h != "null")
+                .unwrap_or_default();
+            let health = health.split(" for ").next().unwrap_or("").to_string();
+            let now = format!(
+                "phase {phase}, {nodes}{}",
+                if health.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {health}")
+                }
+            );
+            if now != last {
+                eprintln!("    [{:>5.1} s] {now}", start.elapsed().as_secs_f64());
+                last = now;
+            }
+        }
+        if http(endpoints, "GET", "/readyz", "").is_ok_and(|(l, _)| l.contains("200")) {
+            break Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    let result = outcome.and_then(|()| {
+        eprintln!(
+            "    [{:>5.1} s] ready: sending one completion",
+            start.elapsed().as_secs_f64()
+        );
+        let (line, body) = http(
+            "127.0.0.2:8000",
+            "POST",
+            "/v1/completions",
+            r#"{"model": "tiny", "prompt": "The orchestrator", "max_tokens": 8, "temperature": 0}"#,
+        )?;
+        if !line.contains("200") {
+            bail!("the completion failed: {line} {body}");
+        }
+        println!("\ncompletion from vLLM (tensor parallel over 2 Ray nodes):\n{body}\n");
+        Ok(())
+    });
+    step("stop: SIGTERM to the orchestrator");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait()?;
+    eprintln!("    orchestrator exited: {status}");
+    result?;
+    if !status.success() {
+        bail!(
+            "the orchestrator did not exit cleanly; see {}",
+            log_path.display()
+        );
+    }
     Ok(())
 }
 
