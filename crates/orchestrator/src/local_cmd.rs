@@ -348,17 +348,6 @@ async fn local(args: LocalArgs) -> Result<ExitCode> {
         }
     }
     .await;
-    // Let a worker start in progress finish, then collect every node started.
-    let _ = stop_tx.send(true);
-    if let Some(starter) = starter {
-        let _ = starter.await;
-    }
-    while let Ok(started) = node_rx.try_recv() {
-        if let Ok(node) = started {
-            nodes.push(node);
-        }
-    }
-
     let code = match outcome {
         Ok(Some(ready)) => {
             println!(
@@ -434,6 +423,18 @@ async fn local(args: LocalArgs) -> Result<ExitCode> {
             ExitCode::from(1)
         }
     };
+    // Let a worker start still in progress finish (it is not cut off
+    // half-way), then collect every node started, to stop them all.
+    let _ = stop_tx.send(true);
+    if let Some(starter) = starter {
+        let _ = starter.await;
+    }
+    while let Ok(started) = node_rx.try_recv() {
+        if let Ok(node) = started {
+            nodes.push(node);
+        }
+    }
+
     let mut all_stopped = true;
     for node in nodes.iter().rev() {
         all_stopped &= node.stop(grace).await;

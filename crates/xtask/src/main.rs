@@ -35,6 +35,10 @@ const BENCHES: &[(&str, &str)] = &[
         "cold compile, cache load, instantiate and readiness calls at 3/1,000/10,000 nodes",
     ),
     (
+        "serve",
+        "last registration to first completion, orchestrator vs the origin flow (loop + vllm serve), and death-to-action, with real vLLM",
+    ),
+    (
         "wait",
         "join detection: orchestrator wait vs the corrected `ray status` loop on a real local cluster, and their CPU while waiting",
     ),
@@ -45,10 +49,11 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(),
         Some("demo") => demo(),
+        Some("prepare") => prepare(),
         Some("bench") => bench(args.get(1).map(String::as_str)),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench NAME>\n  test   every check (fmt, clippy, tests)\n  demo   the whole job on this machine\n  bench  one of: {}",
+                "usage: cargo xtask <test|demo|bench NAME|prepare>\n  test     every check (fmt, clippy, tests)\n  demo     the whole job on this machine\n  bench    one of: {}\n  prepare  create the cached Ray and vLLM venvs and the tiny model",
                 BENCHES
                     .iter()
                     .map(|(n, _)| *n)
@@ -310,6 +315,20 @@ fn orchestrator_binary() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// Creates (or finds cached) the Ray venv, the vLLM venv and the tiny model.
+fn prepare() -> Result<()> {
+    let ray = ray_venv()?;
+    let venv = vllm_venv()?;
+    let model = tiny_model(&venv)?;
+    eprintln!(
+        "ray: {}\nvllm venv: {}\ntiny model: {}",
+        ray.display(),
+        venv.display(),
+        model.display()
+    );
+    Ok(())
+}
+
 fn demo() -> Result<()> {
     ensure_toolchain()?;
     let bin = orchestrator_binary()?;
@@ -541,6 +560,38 @@ fn bench(name: Option<&str>) -> Result<()> {
                 "--example",
                 "bench_plugins",
             ]))
+        }
+        Some("serve") => {
+            ensure_toolchain()?;
+            let venv = vllm_venv()?;
+            let model = tiny_model(&venv)?;
+            step("build (release)");
+            run(cargo().args([
+                "build",
+                "--release",
+                "--locked",
+                "-p",
+                "orchestrator",
+                "-p",
+                "orchestrator-phases",
+                "--examples",
+            ]))?;
+            step("bench serve");
+            run(cargo()
+                .args([
+                    "run",
+                    "--release",
+                    "--locked",
+                    "-p",
+                    "orchestrator-phases",
+                    "--example",
+                    "bench_serve",
+                    "--",
+                ])
+                .arg(root().join("target/release/orchestrator"))
+                .env("ORCHESTRATOR_RAY_BIN", venv.join("bin/ray"))
+                .env("ORCHESTRATOR_VLLM_BIN", venv.join("bin/vllm"))
+                .env("ORCHESTRATOR_TINY_MODEL", &model))
         }
         Some("wait") => {
             ensure_toolchain()?;

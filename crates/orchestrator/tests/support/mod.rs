@@ -77,7 +77,8 @@ pub fn text(o: &Output) -> (String, String) {
 }
 
 /// Stops orchestrators a test started if the test fails first: SIGTERM
-/// (they stop their Ray nodes), then SIGKILL after 15 s.
+/// (they stop vLLM and their Ray nodes, up to vLLM's 30 s drain), then
+/// SIGKILL after 60 s.
 pub struct Guard(pub Vec<i32>);
 
 impl Drop for Guard {
@@ -87,7 +88,7 @@ impl Drop for Guard {
                 let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
             }
         }
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(60);
         for pid in &self.0 {
             while Instant::now() < deadline
                 && std::path::Path::new(&format!("/proc/{pid}")).exists()
