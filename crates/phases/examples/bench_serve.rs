@@ -223,7 +223,9 @@ async fn orchestrator_run(
         println!("orchestrator: first completion {:.1} s after the last node registered", (served - registered) as f64 / 1000.0);
         let before = restarts(&endpoints).unwrap_or(0);
         let raylet = raylet_of("127.0.0.121").ok_or("no worker raylet")?;
-        let _ = Command::new("kill").args(["-KILL", &raylet.to_string()]).status();
+        if let Some(pid) = rustix::process::Pid::from_raw(raylet) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
         let deadline = Instant::now() + Duration::from_secs(60);
         let acted = loop {
             if restarts(&endpoints).unwrap_or(0) > before {
