@@ -298,6 +298,48 @@ fn test() -> Result<()> {
         test.args(["--exclude", guest]);
     }
     run(&mut test)?;
+
+    let ray = ray_venv()?;
+    step("integration tests against real Ray 2.60 (one at a time)");
+    for (package, target) in [
+        ("orchestrator-phases", "ray_wait"),
+        ("orchestrator", "ray_cli"),
+    ] {
+        run(cargo()
+            .args([
+                "test",
+                "--release",
+                "--locked",
+                "-p",
+                package,
+                "--test",
+                target,
+                "--",
+                "--include-ignored",
+                "--test-threads=1",
+            ])
+            .env("ORCHESTRATOR_RAY_BIN", &ray))?;
+    }
+
+    let venv = vllm_venv()?;
+    let model = tiny_model(&venv)?;
+    step("end-to-end tests with real vLLM over real Ray (one at a time)");
+    run(cargo()
+        .args([
+            "test",
+            "--release",
+            "--locked",
+            "-p",
+            "orchestrator",
+            "--test",
+            "vllm_e2e",
+            "--",
+            "--include-ignored",
+            "--test-threads=1",
+        ])
+        .env("ORCHESTRATOR_RAY_BIN", venv.join("bin/ray"))
+        .env("ORCHESTRATOR_VLLM_BIN", venv.join("bin/vllm"))
+        .env("ORCHESTRATOR_TINY_MODEL", &model))?;
     eprintln!(
         "\nall checks passed in {:.0} s",
         start.elapsed().as_secs_f64()
