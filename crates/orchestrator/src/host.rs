@@ -24,7 +24,10 @@ pub fn load_policy(host: &PolicyHost, config: &Config, world: World) -> Result<P
 
 /// Loads `source` for `world`.
 pub fn load(host: &PolicyHost, world: World, source: &PluginSource) -> Result<Plugin> {
-    let plugin = host.load(world, source)?;
+    let mut plugin = host.load(world, source)?;
+    // Instantiate now: a fault in the plugin's start-up shows at once, and
+    // the first call (e.g. the launch right after ready) pays no set-up.
+    plugin.instantiate()?;
     tracing::info!(
         world = %world,
         plugin = %plugin.name(),

@@ -143,11 +143,13 @@ pub async fn serve(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     'launch: loop {
+        let before_spawn_us = spec.ready_at.map(|t| t.elapsed().as_micros() as u64);
         let mut server = match ServerProcess::spawn("vllm", &spec.plan.argv, &env) {
             Ok(s) => {
                 if let (Some(ready_at), 0) = (spec.ready_at, restarts) {
                     tracing::info!(
                         after_us = ready_at.elapsed().as_micros() as u64,
+                        exec_called_after_us = before_spawn_us.unwrap_or(0),
                         "serving process started after the ready decision"
                     );
                 }
