@@ -200,24 +200,7 @@ pub fn local_ray_env() -> Vec<(String, String)> {
 
 /// Runs the command.
 pub fn run(args: LocalArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    match runtime.block_on(local(args)) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    crate::run_async(local(args))
 }
 
 async fn local(args: LocalArgs) -> Result<ExitCode> {

@@ -21,6 +21,7 @@
 pub mod config;
 pub mod limits;
 pub mod probe;
+pub mod procfs;
 pub mod ray_node;
 pub mod ray_start;
 pub mod reaper;

@@ -146,35 +146,11 @@ fn zombie_members(pgid: i32) -> Vec<i32> {
 }
 
 fn scan_group(pgid: i32, zombies: bool) -> Vec<(i32, String)> {
-    let mut members = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return members;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid pgrp ...; comm may contain spaces.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let name = stat[open + 1..close].to_string();
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        if fields.len() > 2
-            && fields[2].parse::<i32>().ok() == Some(pgid)
-            && (fields[0] == "Z") == zombies
-        {
-            members.push((pid, name));
-        }
-    }
-    members
+    crate::procfs::processes()
+        .into_iter()
+        .filter(|p| p.pgid == pgid && p.is_zombie() == zombies)
+        .map(|p| (p.pid, p.comm))
+        .collect()
 }
 
 fn forward_output(

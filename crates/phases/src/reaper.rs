@@ -29,32 +29,11 @@ pub fn release(pid: i32) {
 /// Zombie children of this process, from `/proc`.
 fn zombie_children() -> Vec<i32> {
     let me = std::process::id() as i32;
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let mut fields = rest.split_whitespace();
-        let state = fields.next();
-        let ppid = fields.next().and_then(|p| p.parse::<i32>().ok());
-        if state == Some("Z") && ppid == Some(me) {
-            found.push(pid);
-        }
-    }
-    found
+    crate::procfs::processes()
+        .into_iter()
+        .filter(|p| p.is_zombie() && p.ppid == me)
+        .map(|p| p.pid)
+        .collect()
 }
 
 /// Reaps every zombie child not managed by a waiter; returns how many.
