@@ -18,6 +18,7 @@
 //!   health policy, restarted or shut down as it says.
 //! - [`status`]: `/livez`, `/readyz`, `/status` and `/metrics`.
 
+mod child;
 pub mod config;
 pub mod limits;
 pub mod probe;

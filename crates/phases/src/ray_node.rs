@@ -8,12 +8,8 @@
 //! `ray stop --force`, which would kill every Ray process on the host.
 
 use rustix::process::{Pid, PidfdFlags, Signal, kill_process_group, pidfd_open};
-use std::collections::VecDeque;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 /// Makes this process the "child subreaper" of everything it starts: Ray's
 /// daemons, orphaned when `ray start` returns, are re-parented to the
@@ -153,25 +149,6 @@ fn scan_group(pgid: i32, zombies: bool) -> Vec<(i32, String)> {
         .collect()
 }
 
-fn forward_output(
-    label: String,
-    stream: impl tokio::io::AsyncRead + Unpin + Send + 'static,
-    tail: Arc<Mutex<VecDeque<String>>>,
-) {
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(stream).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            tracing::info!(node = %label, "ray: {line}");
-            if let Ok(mut t) = tail.lock() {
-                if t.len() == TAIL_LINES {
-                    t.pop_front();
-                }
-                t.push_back(line);
-            }
-        }
-    });
-}
-
 impl RayNode {
     /// Runs `argv` (a `ray start` command) in a new process group with
     /// `env` added, forwards its output to the log under `label`, waits for
@@ -183,31 +160,16 @@ impl RayNode {
         start_timeout: Duration,
     ) -> Result<Self, RayNodeError> {
         let program = argv.first().cloned().unwrap_or_default();
-        let mut command = Command::new(&program);
-        command
-            .args(&argv[1..])
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().map_err(|error| RayNodeError::Spawn {
-            program: program.clone(),
-            error,
-        })?;
+        let (mut child, tail) = crate::child::spawn_in_group(label, "ray: ", argv, env, TAIL_LINES)
+            .map_err(|error| RayNodeError::Spawn {
+                program: program.clone(),
+                error,
+            })?;
         let raw_pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
-        crate::reaper::manage(raw_pid);
         let pgid = Pid::from_raw(raw_pid).ok_or_else(|| RayNodeError::Spawn {
             program: program.clone(),
             error: std::io::Error::other("no pid"),
         })?;
-        let tail = Arc::new(Mutex::new(VecDeque::new()));
-        if let Some(out) = child.stdout.take() {
-            forward_output(label.to_string(), out, Arc::clone(&tail));
-        }
-        if let Some(err) = child.stderr.take() {
-            forward_output(label.to_string(), err, Arc::clone(&tail));
-        }
         let status = match tokio::time::timeout(start_timeout, child.wait()).await {
             Ok(Ok(status)) => status,
             Ok(Err(error)) => {

@@ -4,10 +4,8 @@
 
 use orchestrator_policy_host::types::ExitStatus;
 use rustix::process::{Pid, Signal, kill_process_group};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 /// Why the server could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -50,46 +48,17 @@ impl ServerProcess {
         env: &[(String, String)],
     ) -> Result<Self, ServerError> {
         let program = argv.first().ok_or(ServerError::EmptyArgv)?;
-        let mut command = Command::new(program);
-        command
-            .args(&argv[1..])
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().map_err(|error| ServerError::Spawn {
-            program: program.clone(),
-            error,
-        })?;
+        let (child, _) =
+            crate::child::spawn_in_group(label, "", argv, env, 0).map_err(|error| {
+                ServerError::Spawn {
+                    program: program.clone(),
+                    error,
+                }
+            })?;
         let pgid = child
             .id()
             .and_then(|p| i32::try_from(p).ok())
             .and_then(Pid::from_raw);
-        if let Some(p) = pgid {
-            crate::reaper::manage(p.as_raw_nonzero().get());
-        }
-        for stream in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let label = label.to_string();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stream).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    tracing::info!(process = %label, "{line}");
-                }
-            });
-        }
         tracing::info!(
             process = label,
             pid = pgid.map(|p| p.as_raw_nonzero().get()),

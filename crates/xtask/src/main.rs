@@ -588,6 +588,21 @@ fn serve_demo(bin: &Path, venv: &Path, model: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The orchestrator and the phase engine's benchmark programs, in release.
+fn build_bench_binaries() -> Result<()> {
+    step("build (release)");
+    run(cargo().args([
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "orchestrator",
+        "-p",
+        "orchestrator-phases",
+        "--examples",
+    ]))
+}
+
 fn bench(name: Option<&str>) -> Result<()> {
     match name {
         Some("plugins") => {
@@ -607,17 +622,7 @@ fn bench(name: Option<&str>) -> Result<()> {
             ensure_toolchain()?;
             let venv = vllm_venv()?;
             let model = tiny_model(&venv)?;
-            step("build (release)");
-            run(cargo().args([
-                "build",
-                "--release",
-                "--locked",
-                "-p",
-                "orchestrator",
-                "-p",
-                "orchestrator-phases",
-                "--examples",
-            ]))?;
+            build_bench_binaries()?;
             step("bench serve");
             run(cargo()
                 .args([
@@ -638,17 +643,7 @@ fn bench(name: Option<&str>) -> Result<()> {
         Some("wait") => {
             ensure_toolchain()?;
             let ray = ray_venv()?;
-            step("build (release)");
-            run(cargo().args([
-                "build",
-                "--release",
-                "--locked",
-                "-p",
-                "orchestrator",
-                "-p",
-                "orchestrator-phases",
-                "--examples",
-            ]))?;
+            build_bench_binaries()?;
             step("bench wait");
             run(cargo()
                 .args([
