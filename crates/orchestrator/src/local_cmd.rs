@@ -315,6 +315,8 @@ async fn local(args: LocalArgs) -> Result<ExitCode> {
             timeout: Duration::from_secs(args.timeout),
             params: params.clone(),
             diagnostics: vec![],
+            facts: None,
+            status: Some(std::sync::Arc::clone(&status)),
         };
         status.enter("wait");
         let wait = wait_for_cluster(&spec, &mut policy);

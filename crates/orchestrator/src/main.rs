@@ -3,6 +3,7 @@
 //! phase's policy is a WebAssembly component (see `wit/`).
 
 mod host;
+mod kube_setup;
 mod local_cmd;
 mod plugin_cmd;
 mod run_cmd;

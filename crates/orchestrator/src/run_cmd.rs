@@ -145,6 +145,17 @@ fn plan_json(config: &Config) -> Result<String> {
         },
         "policies": policies,
         "serve": serve,
+        "kubernetes": if config.kubernetes.enabled && config.role == Role::Head {
+            serde_json::json!({
+                "enabled": true,
+                "api-server": config.kubernetes.api_server.as_deref().unwrap_or("in-cluster service account"),
+                "raycluster": config.kubernetes.cluster_name.as_deref().unwrap_or("this pod's ray.io/cluster label"),
+                "expected": "from the RayCluster at run time; fields set under [cluster] win",
+                "events": config.kubernetes.events,
+            })
+        } else {
+            serde_json::json!({"enabled": false})
+        },
     });
     Ok(serde_json::to_string_pretty(&plan)?)
 }
@@ -253,6 +264,9 @@ async fn run_role(config: Config) -> Result<ExitCode> {
                 format!("cannot serve the endpoints on {address}: set endpoints-port")
             })?;
     }
+    // Kubernetes (head only): connect while Ray starts; Events from now on.
+    let kubernetes = (config.role == Role::Head && config.kubernetes.enabled)
+        .then(|| crate::kube_setup::spawn(&config, &status));
     if let Err(e) = spawn_reaper() {
         tracing::warn!("cannot reap orphans ({e})");
     }
@@ -304,18 +318,33 @@ async fn run_role(config: Config) -> Result<ExitCode> {
         .collect();
     let argv = start.argv();
     tracing::info!(node = label, "starting: {}", argv.join(" "));
+    status.event(
+        orchestrator_phases::status::EventKind::Normal,
+        "StartingRay",
+        format!("starting Ray ({label}): {}", argv.join(" ")),
+    );
     let node = RayNode::start(label, &argv, &env, Duration::from_secs(300)).await?;
 
     let mut code = ExitCode::SUCCESS;
     if let Some((mut readiness, mut launch, mut health)) = policies {
+        let facts = match kubernetes {
+            Some(setup) => setup.await.ok().flatten(),
+            None => None,
+        };
+        let expected = facts
+            .as_ref()
+            .and_then(|f| f.borrow().expected.clone())
+            .unwrap_or_else(|| config.cluster.topology());
+        status.nodes(0, expected.nodes);
         status.enter("wait");
-        status.nodes(0, config.cluster.topology().nodes);
         let spec = WaitSpec {
             address: head_gcs_address(&config),
             expected: config.cluster.topology(),
             timeout: Duration::from_secs(config.cluster.wait_timeout_seconds),
             params: config.policies.readiness.params(),
             diagnostics: vec![],
+            facts,
+            status: Some(Arc::clone(&status)),
         };
         let outcome = tokio::select! {
             r = wait_for_cluster(&spec, &mut readiness) => Some(r),
@@ -329,7 +358,7 @@ async fn run_role(config: Config) -> Result<ExitCode> {
         match outcome {
             Some(Ok(ready)) => {
                 let alive = ready.snapshot.nodes.iter().filter(|n| n.alive).count() as u32;
-                status.nodes(alive, config.cluster.topology().nodes);
+                status.nodes(alive, ready.snapshot.expected.nodes);
                 status.readiness("ready".into());
                 if config.serve.model.is_some() {
                     let serve = &config.serve;
@@ -379,7 +408,7 @@ async fn run_role(config: Config) -> Result<ExitCode> {
             }
             Some(Err(e)) => {
                 eprintln!("error: {e}");
-                status.enter("failed");
+                status.fail("ClusterNotReady", e.to_string());
                 node.stop(grace).await;
                 return Ok(ExitCode::from(1));
             }

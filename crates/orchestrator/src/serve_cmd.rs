@@ -59,12 +59,15 @@ pub async fn launch_and_serve(
         Ok(Ok(plan)) => plan,
         Ok(Err(e)) => {
             eprintln!("error: the launch policy refused to launch: {e}");
-            status.enter("failed");
+            status.fail(
+                "LaunchRefused",
+                format!("the launch policy refused to launch: {e}"),
+            );
             return ExitCode::from(1);
         }
         Err(e) => {
             eprintln!("error: the launch policy failed: {e}");
-            status.enter("failed");
+            status.fail("PolicyFailed", format!("the launch policy failed: {e}"));
             return ExitCode::from(1);
         }
     };
@@ -125,13 +128,14 @@ pub async fn launch_and_serve(
             }
         },
         (label, daemon) = ray_death => {
-            eprintln!(
-                "error: Ray's {} of node {label} (pid {}) exited ({}) while serving; stopping",
+            let message = format!(
+                "Ray's {} of node {label} (pid {}) exited ({}) while serving; stopping",
                 daemon.name,
                 daemon.pid,
                 daemon.status.as_deref().unwrap_or("status unknown")
             );
-            status.enter("failed");
+            eprintln!("error: {message}");
+            status.fail("RayExited", message);
             ExitCode::from(1)
         }
     }

@@ -84,6 +84,8 @@ pub fn run(args: WaitArgs) -> ExitCode {
         timeout: Duration::from_secs(args.timeout),
         params,
         diagnostics: vec![],
+        facts: None,
+        status: None,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -48,6 +48,8 @@ pub struct Config {
     pub plugins: PluginLimits,
     /// How the model is served (the serve phase).
     pub serve: ServeConfig,
+    /// Kubernetes awareness (off unless enabled).
+    pub kubernetes: KubernetesConfig,
     /// The port of `/livez`, `/readyz`, `/status` and `/metrics` (0: off).
     pub endpoints_port: u16,
     /// The address the endpoints bind.
@@ -64,6 +66,7 @@ impl Default for Config {
             policies: PoliciesConfig::default(),
             plugins: PluginLimits::default(),
             serve: ServeConfig::default(),
+            kubernetes: KubernetesConfig::default(),
             endpoints_port: crate::status::DEFAULT_PORT,
             endpoints_host: "0.0.0.0".to_string(),
         }
@@ -162,8 +165,10 @@ pub struct GroupConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct ClusterConfig {
-    /// Nodes that must be alive, the head included.
-    pub nodes: u32,
+    /// Nodes that must be alive, the head included (unset: 1, or the head
+    /// plus the groups' replicas, or what the RayCluster says when
+    /// `kubernetes.enabled`).
+    pub nodes: Option<u32>,
     /// GPUs the cluster must offer in total (0: not checked).
     pub gpus: f64,
     /// GPUs every node must offer (0: not checked).
@@ -177,7 +182,7 @@ pub struct ClusterConfig {
 impl Default for ClusterConfig {
     fn default() -> Self {
         Self {
-            nodes: 1,
+            nodes: None,
             gpus: 0.0,
             min_gpus_per_node: 0.0,
             groups: vec![],
@@ -187,15 +192,12 @@ impl Default for ClusterConfig {
 }
 
 impl ClusterConfig {
-    /// The expected topology in the policy contract's terms. When groups
-    /// are given and `nodes` was left at 1, the node count is the head plus
-    /// the groups' replicas.
+    /// The expected topology in the policy contract's terms. When `nodes`
+    /// is unset, the node count is the head plus the groups' replicas.
     pub fn topology(&self) -> Topology {
         let from_groups: u32 = self.groups.iter().map(|g| g.replicas).sum();
         Topology {
-            nodes: self
-                .nodes
-                .max(if from_groups > 0 { from_groups + 1 } else { 1 }),
+            nodes: self.nodes.unwrap_or(from_groups + 1),
             gpus: self.gpus,
             min_gpus_per_node: self.min_gpus_per_node,
             groups: self
@@ -208,6 +210,48 @@ impl ClusterConfig {
                     gpus_per_node: g.gpus_per_node,
                 })
                 .collect(),
+        }
+    }
+}
+
+/// Kubernetes awareness: the expected topology from the pod's RayCluster,
+/// diagnosis of workers that have not joined, and Events on the head pod.
+/// Off unless `enabled`; bare-metal and local use need no cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// Talk to the Kubernetes API server (head only).
+    pub enabled: bool,
+    /// The API server's URL; unset: the in-cluster service account
+    /// (`KUBERNETES_SERVICE_HOST`, token and CA under
+    /// `/var/run/secrets/kubernetes.io/serviceaccount`). Plain `http://`
+    /// serves `kubectl proxy` and tests.
+    pub api_server: Option<String>,
+    /// The namespace; unset: `POD_NAMESPACE`, then the service account's.
+    pub namespace: Option<String>,
+    /// This pod's name; unset: `POD_NAME`, then `HOSTNAME`.
+    pub pod_name: Option<String>,
+    /// The RayCluster's name; unset: this pod's `ray.io/cluster` label.
+    pub cluster_name: Option<String>,
+    /// Record Events on this pod for phase changes, failures and restarts.
+    pub events: bool,
+    /// Events that may be sent at once before the rate limit applies.
+    pub event_burst: u32,
+    /// Seconds per Event the rate limit allows after the burst.
+    pub event_interval_seconds: u64,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            api_server: None,
+            namespace: None,
+            pod_name: None,
+            cluster_name: None,
+            events: true,
+            event_burst: 10,
+            event_interval_seconds: 10,
         }
     }
 }
@@ -504,7 +548,7 @@ impl Config {
                 "write it like \"10.0.0.5:6379\"",
             ));
         }
-        if self.cluster.nodes == 0 {
+        if self.cluster.nodes == Some(0) {
             return Err(invalid(
                 "cluster.nodes",
                 "is 0".into(),
@@ -557,6 +601,22 @@ impl Config {
                     "copy it from `orchestrator plugin check FILE`",
                 ));
             }
+        }
+        if let Some(url) = &self.kubernetes.api_server
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(invalid(
+                "kubernetes.api-server",
+                format!("is {url:?}, not an http(s) URL"),
+                "leave it out in a pod (the service account is used), or write it like \"https://10.0.0.1:6443\"",
+            ));
+        }
+        if self.kubernetes.events && self.kubernetes.event_burst == 0 {
+            return Err(invalid(
+                "kubernetes.event-burst",
+                "is 0 with events on".into(),
+                "set kubernetes.events = false to send none, or leave it out for 10",
+            ));
         }
         if self.plugins.call_timeout_ms == 0 || self.plugins.memory_limit_mib == 0 {
             return Err(invalid(
@@ -634,7 +694,7 @@ mod tests {
         .expect("valid");
         assert_eq!(c.role, Role::Worker);
         assert_eq!(c.ray.num_cpus, Some(5.0));
-        assert_eq!(c.cluster.nodes, 4);
+        assert_eq!(c.cluster.nodes, Some(4));
         assert_eq!(
             c.ray.labels.get("accelerator").map(String::as_str),
             Some("a100")

@@ -16,10 +16,14 @@
 //! - [`serve`]: the serve phase: the launch policy's argv run as a
 //!   supervised [`server`], probed over HTTP ([`probe`]), judged by the
 //!   health policy, restarted or shut down as it says.
-//! - [`status`]: `/livez`, `/readyz`, `/status` and `/metrics`.
+//! - [`facts`]: what a platform (Kubernetes) says about the cluster: the
+//!   expected topology and why expected nodes have not joined.
+//! - [`status`]: `/livez`, `/readyz`, `/status` and `/metrics`, and the
+//!   phase changes and failures a platform records as Events.
 
 mod child;
 pub mod config;
+pub mod facts;
 pub mod limits;
 pub mod probe;
 pub mod procfs;

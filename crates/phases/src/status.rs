@@ -81,7 +81,38 @@ pub struct StatusState {
     pub restarts: u32,
     /// The serving process's pid, while it runs.
     pub server_pid: Option<i32>,
+    /// Why expected nodes are missing, as the platform (Kubernetes) says,
+    /// while the wait phase runs.
+    pub diagnostics: Vec<String>,
+    /// The last health verdict's name.
+    #[serde(skip)]
+    pub last_verdict: Option<&'static str>,
 }
+
+/// The kind of an [`OrchestratorEvent`], as Kubernetes Events have it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum EventKind {
+    /// Progress.
+    Normal,
+    /// A failure, a restart, a degraded service.
+    Warning,
+}
+
+/// Something a platform should record (as a Kubernetes Event on the pod):
+/// a phase change, a failure, a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OrchestratorEvent {
+    /// Normal or Warning.
+    pub kind: EventKind,
+    /// A short CamelCase reason, e.g. `ClusterReady`, `ServerRestarted`.
+    pub reason: String,
+    /// What happened, one line.
+    pub message: String,
+}
+
+/// Events waiting for the platform; beyond this many the newest are dropped
+/// (the Event recorder rate-limits anyway).
+const EVENT_QUEUE: usize = 64;
 
 /// Metrics and state, shared between the phases and the endpoints.
 pub struct Status {
@@ -95,6 +126,7 @@ pub struct Status {
     policy_seconds: Family<WorldLabel, Histogram>,
     restarts: Counter,
     verdicts: Family<VerdictLabel, Counter>,
+    events: Mutex<Option<tokio::sync::mpsc::Sender<OrchestratorEvent>>>,
 }
 
 fn now_ms() -> u64 {
@@ -102,6 +134,14 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+impl std::fmt::Debug for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Status")
+            .field("state", &self.snapshot())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Status {
@@ -163,6 +203,7 @@ impl Status {
             policy_seconds,
             restarts,
             verdicts,
+            events: Mutex::new(None),
         });
         status.enter("start");
         status
@@ -175,9 +216,38 @@ impl Status {
         }
     }
 
+    /// The events from now on (phase changes, failures, restarts), for a
+    /// platform to record. One subscriber; a second replaces the first.
+    pub fn subscribe_events(&self) -> tokio::sync::mpsc::Receiver<OrchestratorEvent> {
+        let (tx, rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
+        match self.events.lock() {
+            Ok(mut slot) => *slot = Some(tx),
+            Err(poisoned) => *poisoned.into_inner() = Some(tx),
+        }
+        rx
+    }
+
+    /// Publishes an event to the subscriber, if any. Never blocks: a full
+    /// queue drops it.
+    pub fn event(&self, kind: EventKind, reason: &str, message: String) {
+        let sender = match self.events.lock() {
+            Ok(slot) => slot.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        if let Some(tx) = sender {
+            let _ = tx.try_send(OrchestratorEvent {
+                kind,
+                reason: reason.to_string(),
+                message,
+            });
+        }
+    }
+
     /// Enters `phase`.
     pub fn enter(&self, phase: &'static str) {
-        self.with(|s| {
+        let (alive, expected, previous) = self.with(|s| {
+            let previous = s.phase;
+            s.phase = phase;
             s.phase = phase;
             s.history.push(PhaseEntry {
                 phase,
@@ -186,7 +256,30 @@ impl Status {
             if phase != "serve" {
                 s.ready = false;
             }
+            if phase != "wait" {
+                s.diagnostics.clear();
+            }
+            (s.nodes_alive, s.nodes_expected, previous)
         });
+        if previous != phase {
+            let (kind, reason, message) = match phase {
+                "start" => (EventKind::Normal, "StartingRay", "starting Ray".to_string()),
+                "wait" => (
+                    EventKind::Normal,
+                    "WaitingForCluster",
+                    format!("waiting for the Ray cluster ({alive} of {expected} nodes alive)"),
+                ),
+                "serve" => (
+                    EventKind::Normal,
+                    "Serving",
+                    format!("cluster ready ({alive} of {expected} nodes alive); serving"),
+                ),
+                "stopping" => (EventKind::Normal, "Stopping", "stopping".to_string()),
+                // `fail` sends the failure's own event.
+                _ => return,
+            };
+            self.event(kind, reason, message);
+        }
         for p in PHASES {
             self.phase
                 .get_or_create(&PhaseLabel { phase: p })
@@ -211,6 +304,18 @@ impl Status {
             .observe(seconds);
     }
 
+    /// Enters phase `failed`, publishing a Warning event with `reason`
+    /// (CamelCase) and `message`.
+    pub fn fail(&self, reason: &str, message: String) {
+        self.event(EventKind::Warning, reason, message);
+        self.enter("failed");
+    }
+
+    /// Records why expected nodes are missing (shown by `/status`).
+    pub fn diagnostics(&self, lines: Vec<String>) {
+        self.with(|s| s.diagnostics = lines);
+    }
+
     /// Records the readiness policy's answer.
     pub fn readiness(&self, answer: String) {
         self.with(|s| s.last_readiness = Some(answer));
@@ -218,18 +323,42 @@ impl Status {
 
     /// Records a health verdict (`healthy`, `degraded`, `restart`,
     /// `shutdown`) and whether the service is ready to take traffic.
+    /// A change of verdict is published as an event.
     pub fn health(&self, verdict: &'static str, text: String, ready: bool) {
         self.verdicts.get_or_create(&VerdictLabel { verdict }).inc();
-        self.with(|s| {
-            s.last_health = Some(text);
+        let changed = self.with(|s| {
+            let changed = s.last_verdict != Some(verdict);
+            s.last_verdict = Some(verdict);
+            s.last_health = Some(text.clone());
             s.ready = ready;
+            changed
         });
+        if changed {
+            let (kind, reason) = match verdict {
+                "healthy" => (EventKind::Normal, "ServerHealthy"),
+                "degraded" => (EventKind::Warning, "ServerDegraded"),
+                "restart" => (EventKind::Warning, "ServerRestarting"),
+                "shutdown" => (EventKind::Warning, "ShuttingDown"),
+                _ => (EventKind::Warning, "HealthCheckFailed"),
+            };
+            self.event(kind, reason, text);
+        }
     }
 
     /// Records a restart of the serving process.
     pub fn restarted(&self) {
         self.restarts.inc();
-        self.with(|s| s.restarts += 1);
+        let n = self.with(|s| {
+            s.restarts += 1;
+            // The next verdict, even the same as before, is news.
+            s.last_verdict = None;
+            s.restarts
+        });
+        self.event(
+            EventKind::Warning,
+            "ServerRestarted",
+            format!("the serving process was restarted (restart {n})"),
+        );
     }
 
     /// Records the serving process's pid.

@@ -7,10 +7,13 @@
 //! changes; `ready` ends the phase; `fail(reason)`, a failing policy or the
 //! deadline end it with a diagnosis.
 
+use crate::facts::ExternalFacts;
+use crate::status::Status;
 use orchestrator_policy_host::types::{ClusterSnapshot, KeyValue, Node, Readiness, Topology};
 use orchestrator_policy_host::{Plugin, PluginError};
 use orchestrator_ray_gcs::{ClusterView, MembershipUpdate, UpdateSource, watch_membership};
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What to wait for.
@@ -24,8 +27,14 @@ pub struct WaitSpec {
     pub timeout: Duration,
     /// The readiness policy's parameters.
     pub params: Vec<KeyValue>,
-    /// Facts gathered elsewhere (e.g. Kubernetes), passed to the policy.
+    /// Fixed facts gathered elsewhere, passed to the policy.
     pub diagnostics: Vec<String>,
+    /// Live facts from a platform watcher (Kubernetes): an expected
+    /// topology that replaces `expected` while the platform knows one, and
+    /// why expected nodes have not joined. Each change is a new snapshot.
+    pub facts: Option<tokio::sync::watch::Receiver<ExternalFacts>>,
+    /// Where progress is reported (`/status`, `/metrics`, Events).
+    pub status: Option<Arc<Status>>,
 }
 
 /// The cluster is ready.
@@ -60,6 +69,8 @@ pub struct Diagnosis {
     pub elapsed: Duration,
     /// The policy's name.
     pub policy: String,
+    /// What the platform (Kubernetes) said about missing nodes.
+    pub diagnostics: Vec<String>,
 }
 
 impl fmt::Display for Diagnosis {
@@ -102,6 +113,9 @@ impl fmt::Display for Diagnosis {
         }
         if let Some(e) = &self.gcs_error {
             writeln!(f, "GCS: last error {e}")?;
+        }
+        for line in &self.diagnostics {
+            writeln!(f, "  why: {line}")?;
         }
         write!(
             f,
@@ -162,20 +176,37 @@ pub async fn wait_for_cluster(spec: &WaitSpec, policy: &mut Plugin) -> Result<Re
     let mut last_update_at = start;
     let mut calls = 0u32;
     let policy_name = policy.name().to_string();
+    let mut facts_rx = spec.facts.clone();
+    let mut facts = facts_rx
+        .as_mut()
+        .map(|rx| rx.borrow_and_update().clone())
+        .unwrap_or_default();
+    let mut expected = facts.expected.clone().unwrap_or(spec.expected.clone());
+    let report = |view: &ClusterView, expected: &Topology, diagnostics: &[String]| {
+        if let Some(status) = &spec.status {
+            status.nodes(view.alive().count() as u32, expected.nodes);
+            status.diagnostics(diagnostics.to_vec());
+        }
+    };
 
     let diagnosis = |view: &ClusterView,
+                     expected: &Topology,
+                     facts: &ExternalFacts,
                      connected: bool,
                      gcs_error: &Option<String>,
                      last_reason: &Option<String>| {
+        let mut diagnostics = spec.diagnostics.clone();
+        diagnostics.extend(facts.diagnose(&view.nodes));
         Box::new(Diagnosis {
             address: spec.address.clone(),
-            expected: spec.expected.clone(),
+            expected: expected.clone(),
             nodes: view.nodes.clone(),
             connected,
             gcs_error: gcs_error.clone(),
             last_reason: last_reason.clone(),
             elapsed: start.elapsed(),
             policy: policy_name.clone(),
+            diagnostics,
         })
     };
 
@@ -209,10 +240,16 @@ pub async fn wait_for_cluster(spec: &WaitSpec, policy: &mut Plugin) -> Result<Re
             last_update_at = u.received_at;
             view = u.view;
         };
+        let facts_changed = async {
+            match facts_rx.as_mut() {
+                Some(rx) => rx.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             update = updates.recv() => {
                 let Some(update) = update else {
-                    return Err(WaitError::Timeout { diagnosis: diagnosis(&view, connected, &gcs_error, &last_reason) });
+                    return Err(WaitError::Timeout { diagnosis: diagnosis(&view, &expected, &facts, connected, &gcs_error, &last_reason) });
                 };
                 apply(update);
                 // Coalesce whatever else has already arrived.
@@ -220,25 +257,52 @@ pub async fn wait_for_cluster(spec: &WaitSpec, policy: &mut Plugin) -> Result<Re
                     apply(more);
                 }
             }
+            open = facts_changed => {
+                match (open, facts_rx.as_mut()) {
+                    (true, Some(rx)) => facts = rx.borrow_and_update().clone(),
+                    // The watcher ended: keep its last facts, stop listening.
+                    _ => facts_rx = None,
+                }
+                let now_expected = facts.expected.clone().unwrap_or(spec.expected.clone());
+                if now_expected != expected {
+                    tracing::info!(
+                        before = expected.nodes,
+                        now = now_expected.nodes,
+                        gpus = now_expected.gpus,
+                        "expected topology changed"
+                    );
+                    expected = now_expected;
+                }
+            }
             () = tokio::time::sleep_until(wake.into()) => {}
         }
 
         let now = Instant::now();
         if !connected {
+            report(&view, &expected, &facts.diagnose(&view.nodes));
             if now >= deadline {
                 return Err(WaitError::Timeout {
-                    diagnosis: diagnosis(&view, connected, &gcs_error, &last_reason),
+                    diagnosis: diagnosis(
+                        &view,
+                        &expected,
+                        &facts,
+                        connected,
+                        &gcs_error,
+                        &last_reason,
+                    ),
                 });
             }
             continue;
         }
         let mut diagnostics = spec.diagnostics.clone();
+        diagnostics.extend(facts.diagnose(&view.nodes));
         if let Some(e) = &gcs_error {
             diagnostics.push(format!("GCS connection lost, retrying: {e}"));
         }
+        report(&view, &expected, &diagnostics);
         let snapshot = ClusterSnapshot {
             nodes: view.nodes.clone(),
-            expected: spec.expected.clone(),
+            expected: expected.clone(),
             elapsed_ms: now.duration_since(start).as_millis() as u64,
             deadline_ms: spec.timeout.as_millis() as u64,
             diagnostics,
@@ -262,18 +326,35 @@ pub async fn wait_for_cluster(spec: &WaitSpec, policy: &mut Plugin) -> Result<Re
             Readiness::Wait(reason) => {
                 if last_reason.as_deref() != Some(reason.as_str()) {
                     tracing::info!("waiting: {reason}");
+                    if let Some(status) = &spec.status {
+                        status.readiness(format!("wait: {reason}"));
+                    }
                     last_reason = Some(reason);
                 }
                 if now >= deadline {
                     return Err(WaitError::Timeout {
-                        diagnosis: diagnosis(&view, connected, &gcs_error, &last_reason),
+                        diagnosis: diagnosis(
+                            &view,
+                            &expected,
+                            &facts,
+                            connected,
+                            &gcs_error,
+                            &last_reason,
+                        ),
                     });
                 }
             }
             Readiness::Fail(reason) => {
                 return Err(WaitError::Failed {
                     reason,
-                    diagnosis: diagnosis(&view, connected, &gcs_error, &last_reason),
+                    diagnosis: diagnosis(
+                        &view,
+                        &expected,
+                        &facts,
+                        connected,
+                        &gcs_error,
+                        &last_reason,
+                    ),
                 });
             }
         }

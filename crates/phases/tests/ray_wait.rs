@@ -131,6 +131,8 @@ fn spec(base: u8, port: u16, nodes: u32, timeout: Duration) -> WaitSpec {
         timeout,
         params: vec![],
         diagnostics: vec![],
+        facts: None,
+        status: None,
     }
 }
 

@@ -1,0 +1,29 @@
+//! # orchestrator-kubernetes
+//!
+//! Kubernetes awareness for the orchestrator's head pod, off unless
+//! `kubernetes.enabled`:
+//!
+//! - [`api`]: the client (in-cluster service account, or an explicit
+//!   `kubernetes.api-server`), finding this pod's RayCluster, and API errors
+//!   explained as the permission to grant;
+//! - [`raycluster`]: the typed subset of KubeRay's `RayCluster` and AIBrix's
+//!   `RayClusterFleet`, and the expected topology they imply;
+//! - [`pods`]: one actionable line per worker pod that is not a Ray node
+//!   (unschedulable, image pull, crash loop, running but not joined);
+//! - [`watch`]: the RayCluster and its pods watched into the wait phase's
+//!   [`orchestrator_phases::facts::ExternalFacts`];
+//! - [`events`]: phase changes, failures and restarts as rate-limited
+//!   Events on the head pod.
+//!
+//! Nothing here can stop the orchestrator: every API error is logged and
+//! reported, and the wait goes on from the GCS alone.
+
+pub mod api;
+pub mod events;
+pub mod pods;
+pub mod raycluster;
+pub mod watch;
+
+pub use api::{KubeContext, KubeError, connect};
+pub use events::{RateLimit, record_events};
+pub use watch::watch_cluster;

@@ -1,0 +1,377 @@
+//! The part of KubeRay's `RayCluster` (ray.io/v1) and AIBrix's
+//! `RayClusterFleet` (orchestration.aibrix.ai/v1alpha1) the orchestrator
+//! reads, as typed structs, and the expected topology they imply.
+//!
+//! Why hand-written structs with a hand-written [`kube::Resource`] impl
+//! rather than kube's `CustomResource` derive: we read a subset of CRDs we
+//! do not own. The derive generates (and needs schemars for) a full schema
+//! that would claim to be the CRD; a subset that ignores unknown fields
+//! keeps working across KubeRay releases that add fields, while the typed
+//! `Api<RayCluster>` still gives compile-checked access to what we use.
+//! Pod templates are k8s-openapi's own `PodTemplateSpec`.
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::{Container, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, ObjectMeta};
+use orchestrator_policy_host::types::{NodeGroup, Topology};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+/// The label KubeRay puts on every pod of a RayCluster: the cluster's name.
+pub const CLUSTER_LABEL: &str = "ray.io/cluster";
+/// The label telling `head` from `worker` pods.
+pub const NODE_TYPE_LABEL: &str = "ray.io/node-type";
+/// The label naming a worker pod's group.
+pub const GROUP_LABEL: &str = "ray.io/group";
+
+/// A KubeRay `RayCluster`, the fields the orchestrator reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct RayCluster {
+    /// Name, namespace, labels, resource version.
+    pub metadata: ObjectMeta,
+    /// The desired cluster.
+    pub spec: RayClusterSpec,
+    /// What KubeRay observed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<RayClusterStatus>,
+}
+
+/// `RayCluster.spec`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RayClusterSpec {
+    /// The head pod.
+    pub head_group_spec: HeadGroupSpec,
+    /// The worker groups.
+    #[serde(default)]
+    pub worker_group_specs: Vec<WorkerGroupSpec>,
+    /// The Ray version, informational.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ray_version: Option<String>,
+    /// A suspended cluster has no pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend: Option<bool>,
+}
+
+/// `spec.headGroupSpec`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct HeadGroupSpec {
+    /// `ray start` parameters KubeRay turns into flags.
+    #[serde(default)]
+    pub ray_start_params: BTreeMap<String, String>,
+    /// The head pod's template.
+    pub template: PodTemplateSpec,
+}
+
+/// One entry of `spec.workerGroupSpecs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerGroupSpec {
+    /// The group's name (pods carry it as `ray.io/group`).
+    pub group_name: String,
+    /// Desired replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Lower bound of `replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_replicas: Option<i32>,
+    /// Upper bound of `replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replicas: Option<i32>,
+    /// Pods per replica (multi-host groups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_of_hosts: Option<i32>,
+    /// A suspended group has no pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend: Option<bool>,
+    /// `ray start` parameters.
+    #[serde(default)]
+    pub ray_start_params: BTreeMap<String, String>,
+    /// The worker pods' template.
+    pub template: PodTemplateSpec,
+}
+
+/// `RayCluster.status`, the fields the diagnosis uses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RayClusterStatus {
+    /// `ready`, `suspended`, ... (older KubeRay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Worker replicas KubeRay wants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_worker_replicas: Option<i32>,
+    /// Worker replicas that are ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_worker_replicas: Option<i32>,
+    /// Conditions (`RayClusterProvisioned`, `HeadPodReady`,
+    /// `ReplicaFailure`, ...).
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// An AIBrix `RayClusterFleet`: a Deployment whose unit is a RayCluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct RayClusterFleet {
+    /// Name, namespace, labels.
+    pub metadata: ObjectMeta,
+    /// The desired fleet.
+    pub spec: RayClusterFleetSpec,
+}
+
+/// `RayClusterFleet.spec`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RayClusterFleetSpec {
+    /// RayClusters in the fleet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Which RayClusters belong to it.
+    pub selector: LabelSelector,
+    /// How a new template rolls out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<FleetStrategy>,
+    /// The RayCluster template.
+    pub template: RayClusterTemplate,
+}
+
+/// `RayClusterFleet.spec.strategy`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetStrategy {
+    /// `RollingUpdate` or `Recreate`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Surge and unavailability bounds of a rolling update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling_update: Option<RollingUpdate>,
+}
+
+/// `strategy.rollingUpdate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RollingUpdate {
+    /// RayClusters above `replicas` during an update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_surge: Option<k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>,
+    /// RayClusters that may be unavailable during an update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>,
+}
+
+/// `RayClusterFleet.spec.template`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct RayClusterTemplate {
+    /// Labels and annotations of each RayCluster.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// Each RayCluster's spec.
+    pub spec: RayClusterSpec,
+}
+
+macro_rules! namespaced_resource {
+    ($ty:ty, $group:literal, $version:literal, $kind:literal, $plural:literal) => {
+        impl kube::Resource for $ty {
+            type DynamicType = ();
+            type Scope = NamespaceResourceScope;
+
+            fn kind(_: &()) -> Cow<'_, str> {
+                Cow::Borrowed($kind)
+            }
+            fn group(_: &()) -> Cow<'_, str> {
+                Cow::Borrowed($group)
+            }
+            fn version(_: &()) -> Cow<'_, str> {
+                Cow::Borrowed($version)
+            }
+            fn plural(_: &()) -> Cow<'_, str> {
+                Cow::Borrowed($plural)
+            }
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+
+namespaced_resource!(RayCluster, "ray.io", "v1", "RayCluster", "rayclusters");
+namespaced_resource!(
+    RayClusterFleet,
+    "orchestration.aibrix.ai",
+    "v1alpha1",
+    "RayClusterFleet",
+    "rayclusterfleets"
+);
+
+impl WorkerGroupSpec {
+    /// The pods KubeRay runs for this group: `replicas` clamped to
+    /// `[minReplicas, maxReplicas]` (as KubeRay does), times `numOfHosts`;
+    /// 0 when suspended.
+    pub fn desired_pods(&self) -> u32 {
+        if self.suspend == Some(true) {
+            return 0;
+        }
+        let min = self.min_replicas.unwrap_or(0).max(0);
+        let max = self.max_replicas.unwrap_or(i32::MAX).max(0);
+        let replicas = self.replicas.unwrap_or(min).max(0);
+        let replicas = if min > max {
+            max
+        } else {
+            replicas.clamp(min, max)
+        };
+        let hosts = self.num_of_hosts.unwrap_or(1).max(1);
+        u32::try_from(replicas.saturating_mul(hosts)).unwrap_or(0)
+    }
+}
+
+/// GPUs and CPUs one pod offers Ray, as KubeRay computes them: the
+/// `num-gpus`/`num-cpus` start parameters, else the Ray container's limits
+/// (GPUs: any `*/gpu` resource such as `nvidia.com/gpu`; CPUs fall back to
+/// requests).
+pub fn pod_resources(params: &BTreeMap<String, String>, template: &PodTemplateSpec) -> (f64, f64) {
+    let container: Option<&Container> = template.spec.as_ref().and_then(|s| s.containers.first());
+    let resources = container.and_then(|c| c.resources.as_ref());
+    let limits = resources.and_then(|r| r.limits.as_ref());
+    let requests = resources.and_then(|r| r.requests.as_ref());
+    let gpus = params
+        .get("num-gpus")
+        .and_then(|v| v.trim_matches('"').parse::<f64>().ok())
+        .or_else(|| {
+            limits.map(|l| {
+                l.iter()
+                    .filter(|(k, _)| k.ends_with("/gpu"))
+                    .filter_map(|(_, q)| quantity(q))
+                    .sum()
+            })
+        })
+        .unwrap_or(0.0);
+    let cpus = params
+        .get("num-cpus")
+        .and_then(|v| v.trim_matches('"').parse::<f64>().ok())
+        .or_else(|| limits.and_then(|l| l.get("cpu")).and_then(quantity))
+        .or_else(|| requests.and_then(|r| r.get("cpu")).and_then(quantity))
+        .unwrap_or(0.0);
+    (cpus, gpus)
+}
+
+/// A Kubernetes quantity as a number (`2`, `500m`, `1.5`, `1k`, `1Gi`).
+pub fn quantity(q: &Quantity) -> Option<f64> {
+    let text = q.0.trim();
+    let split = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let value: f64 = number.parse().ok()?;
+    let scale = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0_f64.powi(4),
+        _ => return None,
+    };
+    Some(value * scale)
+}
+
+impl RayClusterSpec {
+    /// The expected topology: the head plus every group's desired pods,
+    /// GPUs from the start parameters or container limits.
+    pub fn topology(&self) -> Topology {
+        let (_, head_gpus) = pod_resources(
+            &self.head_group_spec.ray_start_params,
+            &self.head_group_spec.template,
+        );
+        let suspended = self.suspend == Some(true);
+        let groups: Vec<NodeGroup> = self
+            .worker_group_specs
+            .iter()
+            .map(|g| {
+                let (cpus, gpus) = pod_resources(&g.ray_start_params, &g.template);
+                NodeGroup {
+                    name: g.group_name.clone(),
+                    replicas: if suspended { 0 } else { g.desired_pods() },
+                    cpus_per_node: cpus,
+                    gpus_per_node: gpus,
+                }
+            })
+            .collect();
+        let workers: u32 = groups.iter().map(|g| g.replicas).sum();
+        let gpus = head_gpus
+            + groups
+                .iter()
+                .map(|g| f64::from(g.replicas) * g.gpus_per_node)
+                .sum::<f64>();
+        Topology {
+            nodes: workers + 1,
+            gpus,
+            min_gpus_per_node: 0.0,
+            groups,
+        }
+    }
+}
+
+/// The expected topology from the RayCluster, with every field the
+/// configuration sets explicitly taking precedence.
+pub fn merge_with_config(
+    from_cluster: Topology,
+    config: &orchestrator_phases::config::ClusterConfig,
+) -> Topology {
+    let explicit = config.topology();
+    Topology {
+        nodes: config.nodes.unwrap_or(from_cluster.nodes),
+        gpus: if config.gpus > 0.0 {
+            config.gpus
+        } else {
+            from_cluster.gpus
+        },
+        min_gpus_per_node: config.min_gpus_per_node,
+        groups: if config.groups.is_empty() {
+            from_cluster.groups
+        } else {
+            explicit.groups
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities() {
+        let q = |s: &str| quantity(&Quantity(s.to_string()));
+        assert_eq!(q("2"), Some(2.0));
+        assert_eq!(q("500m"), Some(0.5));
+        assert_eq!(q("1Gi"), Some(1073741824.0));
+        assert_eq!(q("x"), None);
+    }
+
+    #[test]
+    fn desired_pods_clamps_like_kuberay() {
+        let g = |replicas, min, max, hosts| WorkerGroupSpec {
+            replicas,
+            min_replicas: min,
+            max_replicas: max,
+            num_of_hosts: hosts,
+            ..WorkerGroupSpec::default()
+        };
+        assert_eq!(g(Some(3), None, None, None).desired_pods(), 3);
+        assert_eq!(g(Some(5), Some(1), Some(2), None).desired_pods(), 2);
+        assert_eq!(g(None, Some(2), Some(4), None).desired_pods(), 2);
+        assert_eq!(g(Some(2), None, None, Some(4)).desired_pods(), 8);
+        let mut s = g(Some(2), None, None, None);
+        s.suspend = Some(true);
+        assert_eq!(s.desired_pods(), 0);
+    }
+}
