@@ -304,6 +304,7 @@ fn test() -> Result<()> {
     for (package, target) in [
         ("orchestrator-phases", "ray_wait"),
         ("orchestrator", "ray_cli"),
+        ("orchestrator", "kube_e2e"),
     ] {
         run(cargo()
             .args([

@@ -1,0 +1,355 @@
+//! `orchestrator run` on a head pod with Kubernetes awareness on, against
+//! real Ray 2.60 nodes and the fake API server (no real API server can run
+//! on the test machines; see crates/fake-kube-api). Each test uses its own
+//! 127.0.0.x addresses, ports and temp dir and leaves nothing running.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use orchestrator_fake_kube_api::{FakeApiServer, fixture};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+
+const NS: &str = "inference";
+const HEAD_POD: &str = "vllm-llama-head-x7k2p";
+
+fn ray_bin() -> String {
+    std::env::var("ORCHESTRATOR_RAY_BIN").expect(
+        "ORCHESTRATOR_RAY_BIN must point at Ray 2.60's `ray`; `cargo xtask test` sets it up",
+    )
+}
+
+/// The fake API server on a runtime of its own (the test itself is
+/// synchronous).
+struct Api {
+    server: FakeApiServer,
+    _runtime: tokio::runtime::Runtime,
+}
+
+fn api(replicas: i64, pods: Vec<Value>) -> Api {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut cluster = fixture("raycluster.json");
+    cluster["spec"]["workerGroupSpecs"][0]["replicas"] = json!(replicas);
+    let mut objects = vec![cluster, fixture("pod-head.json")];
+    objects.extend(pods);
+    let server = runtime.block_on(FakeApiServer::start(objects)).unwrap();
+    Api {
+        server,
+        _runtime: runtime,
+    }
+}
+
+/// A worker pod of gpu-group, Running at `ip`.
+fn running_pod(name: &str, ip: &str) -> Value {
+    let mut pod = fixture("pod-worker-running.json");
+    pod["metadata"]["name"] = json!(name);
+    pod["status"]["podIP"] = json!(ip);
+    pod["status"]["podIPs"] = json!([{ "ip": ip }]);
+    pod
+}
+
+fn unschedulable_pod(name: &str) -> Value {
+    let mut pod = fixture("pod-worker-unschedulable.json");
+    pod["metadata"]["name"] = json!(name);
+    pod
+}
+
+fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+fn head_config(dir: &Path, base: u16, ip: &str, url: &str, extra: &str) -> PathBuf {
+    write(
+        dir,
+        "head.toml",
+        &format!(
+            r#"role = "head"
+endpoints-port = {endpoints}
+[ray]
+bin = "{ray}"
+gcs-port = {base}
+node-ip = "{ip}"
+num-cpus = 1
+num-gpus = 1
+memory = 500000000
+object-store-memory = 80000000
+dashboard-agent-listen-port = {agent}
+metrics-export-port = {metrics}
+temp-dir = "/tmp/ray-t{base}"
+stop-grace-seconds = 5
+env = {{ RAY_USAGE_STATS_ENABLED = "0" }}
+[kubernetes]
+enabled = true
+api-server = "{url}"
+namespace = "{NS}"
+pod-name = "{HEAD_POD}"
+{extra}
+"#,
+            ray = ray_bin(),
+            endpoints = 18000 + base - 6000,
+            agent = 52000 + base - 6000,
+            metrics = 28000 + base - 6000,
+        ),
+    )
+}
+
+/// Starts `orchestrator run` with its output in `log`.
+fn run(config: &Path, log: &Path) -> Child {
+    let out = std::fs::File::create(log).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(out)
+        .spawn()
+        .unwrap()
+}
+
+fn worker(dir: &Path, head: &str, ip: &str, agent: u16) -> (Child, PathBuf) {
+    let config = write(
+        dir,
+        &format!("worker-{ip}.toml"),
+        &format!(
+            r#"role = "worker"
+endpoints-port = 0
+[ray]
+bin = "{ray}"
+gcs-address = "{head}"
+node-ip = "{ip}"
+num-cpus = 1
+num-gpus = 1
+memory = 500000000
+object-store-memory = 80000000
+dashboard-agent-listen-port = {agent}
+metrics-export-port = {metrics}
+gcs-wait-seconds = 60
+stop-grace-seconds = 5
+env = {{ RAY_USAGE_STATS_ENABLED = "0" }}
+"#,
+            ray = ray_bin(),
+            metrics = agent - 24000,
+        ),
+    );
+    let log = dir.join(format!("worker-{ip}.log"));
+    (run(&config, &log), log)
+}
+
+/// Polls `/status` until `check` holds (or `limit` passes), returning it.
+fn status_until(port: u16, limit: Duration, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + limit;
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        let raw = http_get(&format!("127.0.0.1:{port}"), "/status");
+        if let Some((_, body)) = raw.split_once("\r\n\r\n")
+            && let Ok(v) = serde_json::from_str::<Value>(body)
+        {
+            if check(&v) {
+                return v;
+            }
+            last = v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("/status never matched in {limit:?}; last: {last:#}");
+}
+
+fn stop(child: Child, log: &Path) -> String {
+    sigterm(&child);
+    let out = wait_with_deadline(child, Duration::from_secs(40));
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(out.status.success(), "exit {:?}: {text}", out.status);
+    text
+}
+
+fn events(api: &Api) -> Vec<Value> {
+    api.server.all("v1", "Event", NS)
+}
+
+#[test]
+#[ignore = "needs Ray 2.60: run by `cargo xtask test`"]
+fn run_follows_the_raycluster_through_a_scale_up_and_diagnoses_missing_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (head_ip, w1, w2) = ("127.0.0.80", "127.0.0.81", "127.0.0.82");
+    // The RayCluster asks for one worker; its pod runs but Ray has not
+    // joined yet.
+    let api = api(
+        1,
+        vec![running_pod("vllm-llama-gpu-group-worker-aaaaa", w1)],
+    );
+    let config = head_config(dir.path(), 6480, head_ip, &api.server.url(), "");
+    let head_log = dir.path().join("head.log");
+    let head = run(&config, &head_log);
+    let mut guard = Guard(vec![head.id() as i32]);
+    let port = 18480;
+
+    // Expected from the spec: head + 1 worker, 2 GPUs; the worker pod is
+    // named as running but not in the GCS.
+    let s = status_until(port, Duration::from_secs(60), |s| {
+        s["phase"] == "wait" && s["nodes-alive"] == 1 && s["nodes-expected"] == 2
+    });
+    let diagnostics = s["diagnostics"].to_string();
+    assert!(
+        diagnostics.contains("vllm-llama-gpu-group-worker-aaaaa")
+            && diagnostics.contains("Running at 127.0.0.81 but not yet in the GCS"),
+        "{s:#}"
+    );
+
+    // Scale up to 2 workers while the head waits: the new pod cannot be
+    // scheduled.
+    let mut scaled = api
+        .server
+        .get("ray.io/v1", "RayCluster", NS, "vllm-llama")
+        .unwrap();
+    scaled["spec"]["workerGroupSpecs"][0]["replicas"] = json!(2);
+    api.server.apply(scaled);
+    api.server
+        .apply(unschedulable_pod("vllm-llama-gpu-group-worker-bbbbb"));
+    let s = status_until(port, Duration::from_secs(10), |s| {
+        s["nodes-expected"] == 3 && s["diagnostics"].to_string().contains("Insufficient")
+    });
+    assert!(
+        s["diagnostics"]
+            .to_string()
+            .contains("vllm-llama-gpu-group-worker-bbbbb (group gpu-group) has not joined the Ray cluster: Pending, unschedulable: 0/4 nodes are available: 4 Insufficient nvidia.com/gpu"),
+        "{s:#}"
+    );
+
+    // The first worker joins: 2 of 3, still waiting (the old expectation
+    // of 2 would have been met here).
+    let (worker1, log1) = worker(dir.path(), "127.0.0.80:6480", w1, 52481);
+    guard.0.push(worker1.id() as i32);
+    let s = status_until(port, Duration::from_secs(60), |s| s["nodes-alive"] == 2);
+    std::thread::sleep(Duration::from_millis(500));
+    let s2 = status_until(port, Duration::from_secs(5), |_| true);
+    assert_eq!(s2["phase"], "wait", "{s:#} {s2:#}");
+    assert!(
+        !s2["diagnostics"].to_string().contains("worker-aaaaa"),
+        "a joined worker is not diagnosed: {s2:#}"
+    );
+
+    // The second pod gets a node and joins: ready at 3 of 3.
+    api.server
+        .apply(running_pod("vllm-llama-gpu-group-worker-bbbbb", w2));
+    let (worker2, log2) = worker(dir.path(), "127.0.0.80:6480", w2, 52482);
+    guard.0.push(worker2.id() as i32);
+    let s = status_until(port, Duration::from_secs(60), |s| s["ready"] == true);
+    assert_eq!(s["nodes-alive"], 3, "{s:#}");
+    assert_eq!(s["nodes-expected"], 3, "{s:#}");
+    assert_eq!(s["diagnostics"], json!([]), "{s:#}");
+
+    // Events on the head pod tell the story.
+    let recorded = events(&api);
+    let reasons: Vec<&str> = recorded
+        .iter()
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    for reason in ["StartingRay", "WaitingForCluster", "Serving"] {
+        assert!(reasons.contains(&reason), "{reason} missing: {reasons:?}");
+    }
+    assert!(
+        recorded
+            .iter()
+            .all(|e| e["involvedObject"]["name"] == HEAD_POD),
+        "{recorded:#?}"
+    );
+
+    stop(worker2, &log2);
+    stop(worker1, &log1);
+    let text = stop(head, &head_log);
+    assert!(text.contains("expected topology changed"), "{text}");
+    assert!(
+        text.contains("kubernetes: watching the RayCluster"),
+        "{text}"
+    );
+    guard.0.clear();
+    assert_nothing_left(&["/tmp/ray-t6480", head_ip, w1, w2]);
+}
+
+#[test]
+#[ignore = "needs Ray 2.60: run by `cargo xtask test`"]
+fn a_wait_that_times_out_names_the_unschedulable_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let head_ip = "127.0.0.84";
+    let api = api(
+        1,
+        vec![unschedulable_pod("vllm-llama-gpu-group-worker-ccccc")],
+    );
+    let config = head_config(
+        dir.path(),
+        6484,
+        head_ip,
+        &api.server.url(),
+        "[cluster]\nwait-timeout-seconds = 10\n",
+    );
+    let log = dir.path().join("head.log");
+    let head = run(&config, &log);
+    let guard = Guard(vec![head.id() as i32]);
+    let out = wait_with_deadline(head, Duration::from_secs(90));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("not ready after 10")
+            && text.contains("why: pod vllm-llama-gpu-group-worker-ccccc (group gpu-group) has not joined the Ray cluster: Pending, unschedulable: 0/4 nodes are available: 4 Insufficient nvidia.com/gpu"),
+        "{text}"
+    );
+    let failed = events(&api)
+        .into_iter()
+        .find(|e| e["reason"] == "ClusterNotReady")
+        .unwrap_or_else(|| panic!("no ClusterNotReady event: {:#?}", events(&api)));
+    assert_eq!(failed["type"], "Warning");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .contains("Insufficient nvidia.com/gpu"),
+        "{failed:#}"
+    );
+    drop(guard);
+    assert_nothing_left(&["/tmp/ray-t6484", head_ip]);
+}
+
+#[test]
+#[ignore = "needs Ray 2.60: run by `cargo xtask test`"]
+fn without_rbac_the_wait_goes_on_from_the_gcs_and_names_the_missing_permission() {
+    let dir = tempfile::tempdir().unwrap();
+    let head_ip = "127.0.0.86";
+    let api = api(1, vec![]);
+    for verb in ["list", "watch"] {
+        api.server.forbid(verb, "rayclusters");
+        api.server.forbid(verb, "pods");
+    }
+    api.server.forbid("create", "events");
+    // The configuration says a head alone is the whole cluster.
+    let config = head_config(
+        dir.path(),
+        6486,
+        head_ip,
+        &api.server.url(),
+        "[cluster]\nnodes = 1\nwait-timeout-seconds = 60\n",
+    );
+    let log = dir.path().join("head.log");
+    let head = run(&config, &log);
+    let mut guard = Guard(vec![head.id() as i32]);
+    let s = status_until(18486, Duration::from_secs(60), |s| s["ready"] == true);
+    assert_eq!(s["nodes-expected"], 1, "{s:#}");
+    let text = stop(head, &log);
+    guard.0.clear();
+    assert!(
+        text.contains("verb \"list\" on resource \"rayclusters\" in apiGroup \"ray.io\"")
+            && text.contains("verb \"create\" on resource \"events\""),
+        "{text}"
+    );
+    assert_nothing_left(&["/tmp/ray-t6486", head_ip]);
+}
