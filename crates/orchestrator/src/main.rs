@@ -36,7 +36,7 @@ enum Command {
     /// 1 failed or timed out, 2 bad arguments).
     Wait(wait_cmd::WaitArgs),
     /// Print what `run` would do, without running anything (JSON).
-    Plan(run_cmd::ConfigArgs),
+    Plan(run_cmd::PlanArgs),
     /// Inspect, check and try out policy plugins.
     #[command(subcommand)]
     Plugin(plugin_cmd::PluginCommand),

@@ -14,7 +14,8 @@ use orchestrator_phases::signals::Shutdown;
 use orchestrator_phases::status::{Status, serve_endpoints};
 use orchestrator_phases::wait::{WaitSpec, wait_for_cluster};
 use orchestrator_policy_host::World;
-use orchestrator_policy_host::types::{ClusterSnapshot, LaunchRequest, Node, Resources};
+use orchestrator_policy_host::types::{ClusterSnapshot, LaunchRequest, Node, Resources, Topology};
+use serde::Deserialize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -65,16 +66,39 @@ fn load_config(args: &ConfigArgs) -> Result<Config, ExitCode> {
     })
 }
 
+/// `orchestrator plan` arguments.
+#[derive(Args, Debug, Clone)]
+pub struct PlanArgs {
+    /// The configuration.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Take the expected topology from a RayCluster or RayClusterFleet
+    /// manifest (YAML), as `run` takes it from the API server when
+    /// `kubernetes.enabled`; fields set under [cluster] still win.
+    #[arg(long, value_name = "FILE")]
+    pub raycluster: Option<PathBuf>,
+}
+
 /// `orchestrator plan`: prints the start argv and env, the wait, the
 /// policies chosen, and the serve argv the launch policy gives for the
-/// expected topology, as JSON. Exit 0, or 2 for a bad configuration or
-/// plugin.
-pub fn plan(args: ConfigArgs) -> ExitCode {
-    let config = match load_config(&args) {
+/// expected topology, as JSON. Exit 0, or 2 for a bad configuration,
+/// manifest or plugin.
+pub fn plan(args: PlanArgs) -> ExitCode {
+    let config = match load_config(&args.config) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    match plan_json(&config) {
+    let topology = match &args.raycluster {
+        None => config.cluster.topology(),
+        Some(path) => match topology_from_manifest(path) {
+            Ok(t) => orchestrator_kubernetes::raycluster::merge_with_config(t, &config.cluster),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    match plan_json(&config, &topology) {
         Ok(json) => {
             println!("{json}");
             ExitCode::SUCCESS
@@ -86,13 +110,48 @@ pub fn plan(args: ConfigArgs) -> ExitCode {
     }
 }
 
-fn plan_json(config: &Config) -> Result<String> {
+/// The expected topology of the first RayCluster or RayClusterFleet in a
+/// YAML file.
+fn topology_from_manifest(path: &std::path::Path) -> Result<Topology> {
+    use orchestrator_kubernetes::raycluster::{RayCluster, RayClusterFleet};
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the manifest {}", path.display()))?;
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let value = serde_json::Value::deserialize(document)
+            .with_context(|| format!("{} is not YAML", path.display()))?;
+        match value["kind"].as_str() {
+            Some("RayCluster") => {
+                let rc: RayCluster = serde_json::from_value(value)
+                    .with_context(|| format!("{}: not a valid RayCluster", path.display()))?;
+                return Ok(rc.spec.topology());
+            }
+            Some("RayClusterFleet") => {
+                let fleet: RayClusterFleet = serde_json::from_value(value)
+                    .with_context(|| format!("{}: not a valid RayClusterFleet", path.display()))?;
+                return Ok(fleet.spec.template.spec.topology());
+            }
+            _ => {}
+        }
+    }
+    anyhow::bail!(
+        "{} has no RayCluster or RayClusterFleet document",
+        path.display()
+    )
+}
+
+fn plan_json(config: &Config, topology: &Topology) -> Result<String> {
     let kuberay = std::env::var(KUBERAY_ENV).ok();
     let start = RayStart::for_config(config, kuberay.as_deref())?;
     let host = host::host(&config.plugins)?;
     let mut policies = serde_json::Map::new();
     let mut launch = None;
-    for world in World::ALL {
+    // Workers run no policies (as in `run`): a policy file mounted only on
+    // the head is not looked for on a worker.
+    let worlds: &[World] = match config.role {
+        Role::Head => &World::ALL,
+        Role::Worker => &[],
+    };
+    for &world in worlds {
         let plugin = host::load_policy(&host, config, world)?;
         let (policy, _) = config.policies.for_world(world);
         policies.insert(
@@ -107,11 +166,10 @@ fn plan_json(config: &Config) -> Result<String> {
             launch = Some(plugin);
         }
     }
-    let topology = config.cluster.topology();
     let serve = match (config.role, &config.serve.model, launch) {
         (Role::Head, Some(_), Some(mut plugin)) => {
             let request = LaunchRequest {
-                cluster: expected_cluster(config),
+                cluster: expected_cluster(config, topology),
                 settings: config.serve.settings(),
             };
             match plugin.plan(&request, &config.policies.launch.params())? {
@@ -161,8 +219,8 @@ fn plan_json(config: &Config) -> Result<String> {
 }
 
 /// A cluster shaped like the expected topology, for `plan`.
-fn expected_cluster(config: &Config) -> ClusterSnapshot {
-    let topology = config.cluster.topology();
+fn expected_cluster(config: &Config, topology: &Topology) -> ClusterSnapshot {
+    let topology = topology.clone();
     let mut nodes = vec![];
     let mut add = |gpu: f64, cpu: f64, head: bool| {
         let i = nodes.len();
@@ -190,8 +248,18 @@ fn expected_cluster(config: &Config) -> ClusterSnapshot {
             add(per_node.max(topology.min_gpus_per_node), 1.0, i == 0);
         }
     } else {
+        // The head offers what the configuration says, else the GPUs the
+        // topology counts beyond the groups'.
+        let in_groups: f64 = topology
+            .groups
+            .iter()
+            .map(|g| f64::from(g.replicas) * g.gpus_per_node)
+            .sum();
         add(
-            config.ray.num_gpus.unwrap_or(0.0),
+            config
+                .ray
+                .num_gpus
+                .unwrap_or((topology.gpus - in_groups).max(0.0)),
             config.ray.num_cpus.unwrap_or(1.0),
             true,
         );

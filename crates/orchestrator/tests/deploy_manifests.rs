@@ -1,0 +1,604 @@
+//! Every manifest in `deploy/` parses into its typed form (core kinds into
+//! k8s-openapi, RayCluster and RayClusterFleet into the orchestrator's
+//! structs) with nothing left over, says what the issue asks of it (RBAC
+//! verbs, probes, ports, the command annotation), and mounts a
+//! configuration that `orchestrator plan` accepts in that container's
+//! environment, KubeRay's generated start command included.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use base64::Engine;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Namespace, PodTemplateSpec, ServiceAccount,
+};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use orchestrator_kubernetes::raycluster::{RayCluster, RayClusterFleet, RayClusterSpec, quantity};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sha2::Digest;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
+}
+
+/// Every YAML document under deploy/, with its file.
+fn documents() -> Vec<(PathBuf, Value)> {
+    let mut files = vec![];
+    let mut dirs = vec![deploy_dir()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    assert!(files.len() >= 5, "manifests found: {files:?}");
+    let mut docs = vec![];
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value: Value = serde_yaml::with::singleton_map_recursive::deserialize(doc)
+                .unwrap_or_else(|e| panic!("{}: not YAML: {e}", file.display()));
+            if !value.is_null() {
+                docs.push((file.clone(), value));
+            }
+        }
+    }
+    docs
+}
+
+/// Parses `value` as `T` and checks that serializing it back gives the same
+/// JSON: a misspelt or misplaced field would be dropped and show up here.
+fn typed<T: DeserializeOwned + Serialize>(file: &Path, value: &Value) -> T {
+    let parsed: T = serde_json::from_value(value.clone())
+        .unwrap_or_else(|e| panic!("{}: {e}\n{value:#}", file.display()));
+    let back = serde_json::to_value(&parsed).unwrap();
+    let mut expected = value.clone();
+    // Typed core objects serialize their own apiVersion/kind; the CRD
+    // subsets do not carry them.
+    for v in [&mut expected] {
+        if let Some(map) = v.as_object_mut()
+            && back.get("kind").is_none()
+        {
+            map.remove("apiVersion");
+            map.remove("kind");
+        }
+    }
+    assert_eq!(
+        back,
+        expected,
+        "{}: fields were dropped or changed when parsed as {}",
+        file.display(),
+        std::any::type_name::<T>()
+    );
+    parsed
+}
+
+struct Manifests {
+    config_maps: BTreeMap<String, ConfigMap>,
+    roles: Vec<Role>,
+    bindings: Vec<RoleBinding>,
+    accounts: Vec<ServiceAccount>,
+    /// (file, name, spec, annotations)
+    clusters: Vec<(PathBuf, String, RayClusterSpec, BTreeMap<String, String>)>,
+    fleets: Vec<RayClusterFleet>,
+}
+
+fn manifests() -> Manifests {
+    let mut m = Manifests {
+        config_maps: BTreeMap::new(),
+        roles: vec![],
+        bindings: vec![],
+        accounts: vec![],
+        clusters: vec![],
+        fleets: vec![],
+    };
+    for (file, doc) in documents() {
+        let kind = doc["kind"].as_str().unwrap_or_default().to_string();
+        match kind.as_str() {
+            "Namespace" => {
+                typed::<Namespace>(&file, &doc);
+            }
+            "ServiceAccount" => m.accounts.push(typed(&file, &doc)),
+            "Role" => m.roles.push(typed(&file, &doc)),
+            "RoleBinding" => m.bindings.push(typed(&file, &doc)),
+            "ConfigMap" => {
+                let cm: ConfigMap = typed(&file, &doc);
+                m.config_maps.insert(cm.metadata.name.clone().unwrap(), cm);
+            }
+            "RayCluster" => {
+                assert_eq!(doc["apiVersion"], "ray.io/v1", "{}", file.display());
+                let rc: RayCluster = typed(&file, &doc);
+                m.clusters.push((
+                    file,
+                    rc.metadata.name.clone().unwrap(),
+                    rc.spec.clone(),
+                    rc.metadata.annotations.clone().unwrap_or_default(),
+                ));
+            }
+            "RayClusterFleet" => {
+                assert_eq!(
+                    doc["apiVersion"],
+                    "orchestration.aibrix.ai/v1alpha1",
+                    "{}",
+                    file.display()
+                );
+                let fleet: RayClusterFleet = typed(&file, &doc);
+                m.clusters.push((
+                    file,
+                    fleet.metadata.name.clone().unwrap(),
+                    fleet.spec.template.spec.clone(),
+                    fleet
+                        .spec
+                        .template
+                        .metadata
+                        .annotations
+                        .clone()
+                        .unwrap_or_default(),
+                ));
+                m.fleets.push(fleet);
+            }
+            other => panic!("{}: unexpected kind {other:?}", file.display()),
+        }
+    }
+    m
+}
+
+#[test]
+fn rbac_grants_exactly_what_the_orchestrator_uses() {
+    let m = manifests();
+    assert_eq!(m.roles.len(), 1);
+    let mut granted = BTreeSet::new();
+    for rule in m.roles[0].rules.clone().unwrap_or_default() {
+        for group in rule.api_groups.unwrap_or_default() {
+            for resource in rule.resources.clone().unwrap_or_default() {
+                for verb in &rule.verbs {
+                    granted.insert(format!("{group}/{resource}/{verb}"));
+                }
+            }
+        }
+    }
+    let needed: BTreeSet<String> = [
+        "ray.io/rayclusters/get",
+        "ray.io/rayclusters/list",
+        "ray.io/rayclusters/watch",
+        "/pods/get",
+        "/pods/list",
+        "/pods/watch",
+        "/events/create",
+        "/events/patch",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(granted, needed);
+    let binding = &m.bindings[0];
+    assert_eq!(binding.role_ref.kind, "Role");
+    assert_eq!(
+        Some(&binding.role_ref.name),
+        m.roles[0].metadata.name.as_ref()
+    );
+    let subject = &binding.subjects.as_ref().unwrap()[0];
+    assert_eq!(subject.kind, "ServiceAccount");
+    assert_eq!(Some(&subject.name), m.accounts[0].metadata.name.as_ref());
+    assert_eq!(subject.namespace, m.roles[0].metadata.namespace);
+    // Every head runs as that service account.
+    for (file, _, spec, _) in &m.clusters {
+        let pod = spec.head_group_spec.template.spec.as_ref().unwrap();
+        assert_eq!(
+            pod.service_account_name,
+            subject.name.clone().into(),
+            "{}",
+            file.display()
+        );
+    }
+}
+
+fn probe_path(probe: &Option<k8s_openapi::api::core::v1::Probe>) -> (String, String) {
+    let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+    let port = match &get.port {
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(i) => i.to_string(),
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) => s.clone(),
+    };
+    (get.path.clone().unwrap_or_default(), port)
+}
+
+fn container_port(c: &Container, name: &str) -> Option<i32> {
+    c.ports
+        .as_ref()?
+        .iter()
+        .find(|p| p.name.as_deref() == Some(name))
+        .map(|p| p.container_port)
+}
+
+fn ray_container(t: &PodTemplateSpec) -> &Container {
+    &t.spec.as_ref().unwrap().containers[0]
+}
+
+#[test]
+fn ray_clusters_run_the_orchestrator_with_probes_ports_and_the_origin_shape() {
+    let m = manifests();
+    assert!(m.clusters.len() >= 3, "kuberay, custom policy, aibrix");
+    for (file, name, spec, annotations) in &m.clusters {
+        let at = format!("{} ({name})", file.display());
+        assert_eq!(
+            annotations
+                .get("ray.io/overwrite-container-cmd")
+                .map(String::as_str),
+            Some("true"),
+            "{at}"
+        );
+        // The origin document's head: 1 CPU, 1 GPU; one worker group.
+        let head = ray_container(&spec.head_group_spec.template);
+        let limits = head.resources.as_ref().unwrap().limits.as_ref().unwrap();
+        assert_eq!(quantity(&limits["cpu"]), Some(1.0), "{at}");
+        assert_eq!(quantity(&limits["nvidia.com/gpu"]), Some(1.0), "{at}");
+        assert_eq!(spec.worker_group_specs.len(), 1, "{at}");
+        let topology = spec.topology();
+        assert_eq!(topology.nodes, 2, "{at}");
+        assert_eq!(topology.gpus, 2.0, "{at}");
+        // Dashboard and metrics as in the origin document.
+        assert_eq!(container_port(head, "dashboard"), Some(8265), "{at}");
+        assert_eq!(container_port(head, "metrics"), Some(8080), "{at}");
+        assert_eq!(
+            spec.head_group_spec
+                .ray_start_params
+                .get("metrics-export-port")
+                .map(String::as_str),
+            Some("8080"),
+            "{at}"
+        );
+        for (t, role) in std::iter::once((&spec.head_group_spec.template, "head")).chain(
+            spec.worker_group_specs
+                .iter()
+                .map(|g| (&g.template, "worker")),
+        ) {
+            let c = ray_container(t);
+            assert_eq!(
+                c.command.as_deref(),
+                Some(&["/usr/local/bin/orchestrator".to_string()][..]),
+                "{at}"
+            );
+            let args = c.args.clone().unwrap();
+            assert_eq!(args[0], "run", "{at}");
+            assert_eq!(args[args.len() - 1], role, "{at}");
+            assert_eq!(
+                container_port(c, "orchestrator"),
+                Some(i32::from(orchestrator_phases_port())),
+                "{at}"
+            );
+            assert_eq!(
+                probe_path(&c.liveness_probe),
+                ("/livez".into(), "orchestrator".into()),
+                "{at}"
+            );
+            assert_eq!(
+                probe_path(&c.readiness_probe),
+                ("/readyz".into(), "orchestrator".into()),
+                "{at}"
+            );
+        }
+        // The head's startupProbe covers a long model load (>= 30 min).
+        let startup = head.startup_probe.as_ref().unwrap();
+        assert_eq!(probe_path(&head.startup_probe).0, "/readyz", "{at}");
+        let budget = startup.period_seconds.unwrap_or(10) * startup.failure_threshold.unwrap_or(3);
+        assert!(budget >= 1800, "{at}: startupProbe allows only {budget} s");
+    }
+    // The fleet rolls out one RayCluster at a time, never below replicas.
+    let fleet = &m.fleets[0];
+    let strategy = fleet.spec.strategy.as_ref().unwrap();
+    assert_eq!(strategy.type_, "RollingUpdate");
+    let rolling = strategy.rolling_update.as_ref().unwrap();
+    assert_eq!(
+        rolling.max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0))
+    );
+    let selector = fleet.spec.selector.match_labels.clone().unwrap();
+    let labels = fleet.spec.template.metadata.labels.clone().unwrap();
+    for (k, v) in selector {
+        assert_eq!(
+            labels.get(&k),
+            Some(&v),
+            "the selector matches the template"
+        );
+    }
+}
+
+fn orchestrator_phases_port() -> u16 {
+    8471
+}
+
+/// KUBERAY_GEN_RAY_START_CMD as KubeRay builds it (kuberay.md): sorted
+/// flags from rayStartParams and the container's limits, defaults filled
+/// in, `--block` always.
+fn kuberay_command(
+    role: &str,
+    cluster: &str,
+    params: &BTreeMap<String, String>,
+    c: &Container,
+) -> String {
+    let mut flags: BTreeMap<String, String> = params.clone();
+    let limits = c
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.clone())
+        .unwrap_or_default();
+    if let Some(cpu) = limits.get("cpu") {
+        flags
+            .entry("num-cpus".into())
+            .or_insert(format!("{}", quantity(cpu).unwrap()));
+    }
+    if let Some(mem) = limits.get("memory") {
+        flags
+            .entry("memory".into())
+            .or_insert(format!("{}", quantity(mem).unwrap() as u64));
+    }
+    if let Some(gpu) = limits.get("nvidia.com/gpu") {
+        flags
+            .entry("num-gpus".into())
+            .or_insert(format!("{}", quantity(gpu).unwrap()));
+    }
+    flags
+        .entry("metrics-export-port".into())
+        .or_insert("8080".into());
+    flags
+        .entry("dashboard-agent-listen-port".into())
+        .or_insert("52365".into());
+    if role == "head" {
+        flags
+            .entry("dashboard-host".into())
+            .or_insert("0.0.0.0".into());
+    } else {
+        flags
+            .entry("address".into())
+            .or_insert(format!("{cluster}-head-svc.vllm.svc.cluster.local:6379"));
+    }
+    flags.remove("block");
+    let mut cmd = String::from("ray start");
+    if role == "head" {
+        cmd.push_str(" --head");
+    }
+    cmd.push_str(" --block");
+    for (k, v) in flags {
+        cmd.push_str(&format!(" --{k}={v}"));
+    }
+    cmd
+}
+
+/// The container's environment as the kubelet would set it.
+fn container_env(c: &Container, pod_ip: &str, pod_name: &str) -> Vec<(String, String)> {
+    c.env
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|e| {
+            if let Some(v) = e.value {
+                return Some((e.name, v));
+            }
+            let field = e.value_from?.field_ref?.field_path;
+            let v = match field.as_str() {
+                "status.podIP" => pod_ip.to_string(),
+                "metadata.name" => pod_name.to_string(),
+                "metadata.namespace" => "vllm".to_string(),
+                other => panic!("unexpected fieldRef {other}"),
+            };
+            Some((e.name, v))
+        })
+        .collect()
+}
+
+/// The ConfigMap mounted at the `--config` file's directory, and the key.
+fn mounted_config<'a>(m: &'a Manifests, t: &PodTemplateSpec) -> (&'a ConfigMap, String) {
+    let c = ray_container(t);
+    let args = c.args.clone().unwrap();
+    let path = &args[args.iter().position(|a| a == "--config").unwrap() + 1];
+    let (dir, key) = path.rsplit_once('/').unwrap();
+    let mount = c
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.mount_path == dir)
+        .unwrap_or_else(|| panic!("nothing is mounted at {dir}"));
+    let volume = t
+        .spec
+        .as_ref()
+        .unwrap()
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == mount.name)
+        .unwrap();
+    let name = volume.config_map.as_ref().unwrap().name.clone();
+    let cm = m
+        .config_maps
+        .get(&name)
+        .unwrap_or_else(|| panic!("ConfigMap {name} is not in deploy/"));
+    (cm, key.to_string())
+}
+
+fn plan(
+    config: &Path,
+    role: &str,
+    env: &[(String, String)],
+    sets: &[String],
+) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+    cmd.args(["plan", "--config"])
+        .arg(config)
+        .args(["--role", role]);
+    for s in sets {
+        if s.starts_with("--") {
+            cmd.arg(s);
+        } else {
+            cmd.args(["--set", s]);
+        }
+    }
+    // Only what the pod would have.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ORCHESTRATOR") || k.starts_with("KUBERAY") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true");
+    cmd.envs(env.iter().cloned());
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_mounted_config_is_accepted_by_plan_in_its_container() {
+    let m = manifests();
+    let dir = tempfile::tempdir().unwrap();
+    let example_wasm = std::fs::read(orchestrator_test_plugins::ACCELERATOR_READINESS).unwrap();
+    let example_sha = hex::encode(sha2::Sha256::digest(&example_wasm));
+    let mut checked = 0;
+    for (file, name, spec, _) in &m.clusters {
+        let cluster_name = name.as_str();
+        let groups = std::iter::once((
+            &spec.head_group_spec.template,
+            &spec.head_group_spec.ray_start_params,
+            "head",
+        ))
+        .chain(
+            spec.worker_group_specs
+                .iter()
+                .map(|g| (&g.template, &g.ray_start_params, "worker")),
+        );
+        for (template, params, role) in groups {
+            let at = format!("{} ({name}, {role})", file.display());
+            let (cm, key) = mounted_config(&m, template);
+            let text = cm
+                .data
+                .as_ref()
+                .unwrap()
+                .get(&key)
+                .unwrap_or_else(|| panic!("{at}: no {key}"));
+            let config = dir.path().join(format!("{name}-{role}.toml"));
+            std::fs::write(&config, text).unwrap();
+            let c = ray_container(template);
+            let pod_ip = if role == "head" {
+                "10.244.1.12"
+            } else {
+                "10.244.2.7"
+            };
+            let mut env = container_env(c, pod_ip, &format!("{cluster_name}-{role}-x7k2p"));
+            env.push((
+                "KUBERAY_GEN_RAY_START_CMD".into(),
+                kuberay_command(role, cluster_name, params, c),
+            ));
+            let mut sets = vec![];
+            // A custom policy: materialize its ConfigMap the way
+            // `kubectl create configmap --from-file` stores it (binaryData)
+            // and point the config at it.
+            let parsed: toml::Table = text.parse().unwrap();
+            let policy_file = parsed
+                .get("policies")
+                .and_then(|p| p.get("readiness"))
+                .and_then(|r| r.get("file"))
+                .and_then(|f| f.as_str());
+            if let (Some(policy_file), "head") = (policy_file, role) {
+                let (policy_dir, policy_key) = policy_file.rsplit_once('/').unwrap();
+                let mount = c
+                    .volume_mounts
+                    .as_ref()
+                    .unwrap()
+                    .iter()
+                    .find(|v| v.mount_path == policy_dir)
+                    .unwrap_or_else(|| {
+                        panic!("{at}: the policy directory {policy_dir} is not mounted")
+                    });
+                let volume = template
+                    .spec
+                    .as_ref()
+                    .unwrap()
+                    .volumes
+                    .as_ref()
+                    .unwrap()
+                    .iter()
+                    .find(|v| v.name == mount.name)
+                    .unwrap();
+                let cm_name = volume.config_map.as_ref().unwrap().name.clone();
+                let header = std::fs::read_to_string(file).unwrap();
+                assert!(
+                    header.contains(&format!("create configmap {cm_name}"))
+                        && header.contains(&format!("--from-file={policy_key}=")),
+                    "{at}: the file must say how to create ConfigMap {cm_name} with key {policy_key}"
+                );
+                let stored = base64::engine::general_purpose::STANDARD.encode(&example_wasm);
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(stored)
+                    .unwrap();
+                let local = dir.path().join(policy_key);
+                std::fs::write(&local, decoded).unwrap();
+                sets.push(format!("policies.readiness.file=\"{}\"", local.display()));
+                let pinned = parsed["policies"]["readiness"]["sha256"].as_str().unwrap();
+                if pinned != example_sha {
+                    // A stale pin is refused, naming the real sha256.
+                    let (ok, _, stderr) = plan(&config, role, &env, &sets);
+                    assert!(
+                        !ok && stderr.contains(&example_sha) && stderr.contains("pins"),
+                        "{at}: {stderr}"
+                    );
+                    sets.push(format!("policies.readiness.sha256=\"{example_sha}\""));
+                }
+            }
+            // The head's plan takes the topology from the manifest itself.
+            if role == "head" {
+                sets.push(format!("--raycluster={}", file.display()));
+            }
+            let (ok, stdout, stderr) = plan(&config, role, &env, &sets);
+            assert!(ok, "{at}: plan refused the mounted config: {stderr}");
+            let plan: Value = serde_json::from_str(&stdout).unwrap();
+            let argv: Vec<String> = serde_json::from_value(plan["start"]["argv"].clone()).unwrap();
+            assert!(!argv.contains(&"--block".to_string()), "{at}: {argv:?}");
+            assert!(
+                argv.contains(&format!("--node-ip-address={pod_ip}")),
+                "{at}: {argv:?}"
+            );
+            assert_eq!(plan["start"]["from-kuberay-command"], true, "{at}");
+            if role == "head" {
+                assert!(argv.contains(&"--head".to_string()), "{at}: {argv:?}");
+                assert_eq!(plan["kubernetes"]["enabled"], true, "{at}");
+                let serve = plan["serve"]["argv"].to_string();
+                assert!(serve.contains("Qwen/Qwen2.5-7B-Instruct"), "{at}: {plan:#}");
+                // 2 nodes of 1 GPU each: TP 1 x PP 2 over Ray.
+                assert!(
+                    serve.contains("\"--pipeline-parallel-size\",\"2\""),
+                    "{at}: {serve}"
+                );
+                assert_eq!(plan["wait"]["expected"]["nodes"], 2, "{at}");
+                if policy_file.is_some() {
+                    assert_eq!(
+                        plan["policies"]["readiness"]["sha256"],
+                        example_sha.as_str(),
+                        "{at}"
+                    );
+                }
+            } else {
+                assert!(
+                    argv.iter().any(|a| a
+                        == &format!(
+                            "--address={cluster_name}-head-svc.vllm.svc.cluster.local:6379"
+                        )),
+                    "{at}: {argv:?}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 6, "checked {checked} containers");
+}
