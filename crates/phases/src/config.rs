@@ -727,8 +727,27 @@ mod tests {
         )
         .expect_err("sha");
         assert!(err.to_string().contains("64 hex digits"), "{err}");
+        let err = load("[kubernetes]\napi-server = \"kube:6443\"\n", &[], &[]).expect_err("url");
+        assert!(err.to_string().contains("kubernetes.api-server"), "{err}");
         let err = load("", &[], &["ray.num-cpus"]).expect_err("no =");
         assert!(err.to_string().contains("PATH=VALUE"), "{err}");
+    }
+
+    #[test]
+    fn every_example_configuration_loads() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/config");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("examples/config") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                // Workers need the head's address, or KubeRay's command.
+                let sets = vec!["ray.use-kuberay-command=true".to_string()];
+                Config::load(Some(&path), std::iter::empty(), &sets)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 3, "{n} examples");
     }
 
     #[test]
