@@ -78,6 +78,19 @@ struct Store {
     requests: Vec<Recorded>,
     /// Bumped to end every open watch.
     watch_epoch: u64,
+    /// Watch responses still open.
+    open_watches: usize,
+}
+
+/// Counts a watch response as open until its body is dropped (the client
+/// went away or the server ended it).
+struct OpenWatch(Arc<Mutex<Store>>);
+
+impl Drop for OpenWatch {
+    fn drop(&mut self) {
+        let mut s = lock(&self.0);
+        s.open_watches = s.open_watches.saturating_sub(1);
+    }
 }
 
 /// The fake server. Dropping it stops accepting connections.
@@ -273,6 +286,11 @@ impl FakeApiServer {
         store.watch_epoch += 1;
         drop(store);
         self.changed.notify_waiters();
+    }
+
+    /// Watch responses currently open.
+    pub fn open_watches(&self) -> usize {
+        lock(&self.store).open_watches
     }
 
     /// The requests received so far.
@@ -642,12 +660,15 @@ fn watch_response(
     let labels = q.get("labelSelector").cloned();
     let fields = q.get("fieldSelector").cloned();
     let (gone, epoch) = {
-        let s = lock(&store);
+        let mut s = lock(&store);
+        s.open_watches += 1;
         (from != 0 && from < s.compacted_before, s.watch_epoch)
     };
+    let open = OpenWatch(Arc::clone(&store));
     let stream = futures_util::stream::unfold(
         (from, gone, false),
         move |(mut cursor, gone, done)| {
+            let _open = &open;
             let store = Arc::clone(&store);
             let changed = Arc::clone(&changed);
             let collection = collection.clone();

@@ -167,7 +167,15 @@ pub async fn watch_cluster(
     ));
     tokio::spawn(async move {
         let mut logged: Option<String> = None;
-        while let Some(change) = changes.recv().await {
+        loop {
+            // Ends (and with it both watches) once nobody reads the facts.
+            let change = tokio::select! {
+                change = changes.recv() => match change {
+                    Some(c) => c,
+                    None => return,
+                },
+                () = facts_tx.closed() => return,
+            };
             let mut batch = vec![change];
             while let Ok(more) = changes.try_recv() {
                 batch.push(more);
@@ -197,9 +205,6 @@ pub async fn watch_cluster(
                     true
                 }
             });
-            if facts_tx.is_closed() {
-                return;
-            }
         }
     });
     facts_rx
@@ -326,7 +331,14 @@ async fn list_then_watch<K>(
             };
             let mut stream = std::pin::pin!(stream);
             let mut events = 0u32;
-            while let Some(event) = stream.next().await {
+            loop {
+                // The facts' reader is gone: end the watch now, not at its
+                // server-side timeout.
+                let event = tokio::select! {
+                    event = stream.next() => event,
+                    () = tx.closed() => return,
+                };
+                let Some(event) = event else { break };
                 events += 1;
                 let change = match event {
                     Ok(WatchEvent::Added(o)) | Ok(WatchEvent::Modified(o)) => {

@@ -212,6 +212,28 @@ async fn a_watch_too_old_is_relisted() {
 }
 
 #[tokio::test]
+async fn the_watches_end_when_nobody_reads_the_facts() {
+    let server = cluster_with(&["pod-worker-running.json"]).await;
+    let context = connect(&settings(&server)).await.expect("connect");
+    let facts = watch_cluster(&context, ClusterConfig::default()).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.open_watches() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(server.open_watches(), 2, "RayCluster and pods watched");
+    drop(facts);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while server.open_watches() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        server.open_watches(),
+        0,
+        "watches closed without waiting for a change"
+    );
+}
+
+#[tokio::test]
 async fn missing_rbac_names_the_permission_and_the_wait_goes_on() {
     let server = cluster_with(&["pod-worker-unschedulable.json"]).await;
     server.forbid("list", "pods");

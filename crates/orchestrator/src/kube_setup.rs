@@ -6,7 +6,7 @@ use orchestrator_kubernetes::{RateLimit, connect, record_events, watch_cluster};
 use orchestrator_phases::config::Config;
 use orchestrator_phases::facts::ExternalFacts;
 use orchestrator_phases::status::Status;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -15,18 +15,42 @@ use tokio::task::JoinHandle;
 /// starts without them.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Starts connecting in the background; the handle yields the facts
-/// channel, or `None` when Kubernetes cannot be used (already logged).
-pub fn spawn(
-    config: &Config,
-    status: &Arc<Status>,
-) -> JoinHandle<Option<watch::Receiver<ExternalFacts>>> {
+/// Kubernetes awareness started by [`spawn`].
+pub struct KubeHandle {
+    /// Yields the facts channel, or `None` when Kubernetes cannot be used
+    /// (already logged). Taken by the wait phase.
+    pub facts: Option<JoinHandle<Option<watch::Receiver<ExternalFacts>>>>,
+    recorder: Arc<Mutex<Option<JoinHandle<()>>>>,
+    status: Arc<Status>,
+}
+
+impl KubeHandle {
+    /// Closes the event queue and gives the recorder up to `limit` to send
+    /// what is queued.
+    pub async fn flush(self, limit: Duration) {
+        self.status.close_events();
+        let recorder = match self.recorder.lock() {
+            Ok(mut slot) => slot.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(recorder) = recorder
+            && tokio::time::timeout(limit, recorder).await.is_err()
+        {
+            tracing::warn!("kubernetes: the last events were not all sent");
+        }
+    }
+}
+
+/// Starts connecting in the background.
+pub fn spawn(config: &Config, status: &Arc<Status>) -> KubeHandle {
     let settings = config.kubernetes.clone();
     let cluster = config.cluster.clone();
     // Subscribe now, so the events of the start phase are queued while
     // the client connects.
     let events = settings.events.then(|| status.subscribe_events());
-    tokio::spawn(async move {
+    let recorder_slot: Arc<Mutex<Option<JoinHandle<()>>>> = Arc::new(Mutex::new(None));
+    let slot = Arc::clone(&recorder_slot);
+    let facts = tokio::spawn(async move {
         let setup = async {
             let context = match connect(&settings).await {
                 Ok(c) => c,
@@ -50,7 +74,11 @@ pub fn spawn(
                     Duration::from_secs(settings.event_interval_seconds),
                     Instant::now(),
                 );
-                tokio::spawn(record_events(context.clone(), events, limit));
+                let recorder = tokio::spawn(record_events(context.clone(), events, limit));
+                match slot.lock() {
+                    Ok(mut s) => *s = Some(recorder),
+                    Err(poisoned) => *poisoned.into_inner() = Some(recorder),
+                }
             }
             let facts = watch_cluster(&context, cluster).await;
             if let Some(t) = &facts.borrow().expected {
@@ -74,5 +102,10 @@ pub fn spawn(
                 None
             }
         }
-    })
+    });
+    KubeHandle {
+        facts: Some(facts),
+        recorder: recorder_slot,
+        status: Arc::clone(status),
+    }
 }

@@ -288,6 +288,20 @@ pub fn run(args: ConfigArgs) -> ExitCode {
 }
 
 async fn run_role(config: Config) -> Result<ExitCode> {
+    let mut kubernetes = None;
+    let code = run_role_with(config, &mut kubernetes).await;
+    // The last Events (Stopping, ClusterNotReady, ...) reach the API server
+    // before the process ends.
+    if let Some(k) = kubernetes {
+        k.flush(Duration::from_secs(3)).await;
+    }
+    code
+}
+
+async fn run_role_with(
+    config: Config,
+    kubernetes: &mut Option<crate::kube_setup::KubeHandle>,
+) -> Result<ExitCode> {
     // Everything that can be refused is checked before anything starts.
     let kuberay = std::env::var(KUBERAY_ENV).ok();
     let start = match RayStart::for_config(&config, kuberay.as_deref()) {
@@ -333,8 +347,9 @@ async fn run_role(config: Config) -> Result<ExitCode> {
             })?;
     }
     // Kubernetes (head only): connect while Ray starts; Events from now on.
-    let kubernetes = (config.role == Role::Head && config.kubernetes.enabled)
-        .then(|| crate::kube_setup::spawn(&config, &status));
+    if config.role == Role::Head && config.kubernetes.enabled {
+        *kubernetes = Some(crate::kube_setup::spawn(&config, &status));
+    }
     if let Err(e) = spawn_reaper() {
         tracing::warn!("cannot reap orphans ({e})");
     }
@@ -395,7 +410,7 @@ async fn run_role(config: Config) -> Result<ExitCode> {
 
     let mut code = ExitCode::SUCCESS;
     if let Some((mut readiness, mut launch, mut health)) = policies {
-        let facts = match kubernetes {
+        let facts = match kubernetes.as_mut().and_then(|k| k.facts.take()) {
             Some(setup) => setup.await.ok().flatten(),
             None => None,
         };

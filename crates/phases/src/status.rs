@@ -227,6 +227,15 @@ impl Status {
         rx
     }
 
+    /// Ends the event stream: the subscriber gets what is queued, then the
+    /// end.
+    pub fn close_events(&self) {
+        match self.events.lock() {
+            Ok(mut slot) => *slot = None,
+            Err(poisoned) => *poisoned.into_inner() = None,
+        }
+    }
+
     /// Publishes an event to the subscriber, if any. Never blocks: a full
     /// queue drops it.
     pub fn event(&self, kind: EventKind, reason: &str, message: String) {
