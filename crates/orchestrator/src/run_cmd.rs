@@ -508,14 +508,16 @@ async fn run_role_with(
         status.health("healthy", "worker: Ray node running".into(), true);
     }
     tokio::select! {
-        () = shutdown.requested() => {}
+        () = shutdown.requested() => status.enter("stopping"),
         daemon = node.exited() => {
-            eprintln!(
-                "error: Ray's {} (pid {}) exited unexpectedly ({})",
+            let message = format!(
+                "Ray's {} (pid {}) exited unexpectedly ({})",
                 daemon.name,
                 daemon.pid,
                 daemon.status.as_deref().unwrap_or("status unknown")
             );
+            eprintln!("error: {message}");
+            status.fail("RayExited", message);
             code = ExitCode::from(1);
         }
     }

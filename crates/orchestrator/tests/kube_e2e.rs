@@ -269,6 +269,12 @@ fn run_follows_the_raycluster_through_a_scale_up_and_diagnoses_missing_workers()
     stop(worker1, &log1);
     let text = stop(head, &head_log);
     assert!(text.contains("expected topology changed"), "{text}");
+    // The Events of the shutdown were sent before the head exited.
+    assert!(
+        events(&api).iter().any(|e| e["reason"] == "Stopping"),
+        "{:#?}",
+        events(&api)
+    );
     assert!(
         text.contains("kubernetes: watching the RayCluster"),
         "{text}"
