@@ -93,6 +93,28 @@ impl Drop for OpenWatch {
     }
 }
 
+impl Store {
+    /// Stores `object` under a new resourceVersion: its collection, the
+    /// version, whether it replaced one, and the object as stored.
+    fn put(&mut self, mut object: Value) -> (String, u64, bool, Value) {
+        let collection = collection_of(&object);
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        self.rv += 1;
+        let rv = self.rv;
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let existed = self
+            .objects
+            .entry(collection.clone())
+            .or_default()
+            .insert(name, object.clone())
+            .is_some();
+        (collection, rv, existed, object)
+    }
+}
+
 /// The fake server. Dropping it stops accepting connections.
 pub struct FakeApiServer {
     address: SocketAddr,
@@ -166,22 +188,9 @@ impl FakeApiServer {
 
     /// Creates or replaces an object (`ADDED` or `MODIFIED` for watchers),
     /// with a new resourceVersion.
-    pub fn apply(&self, mut object: Value) {
-        let collection = collection_of(&object);
-        let name = object["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+    pub fn apply(&self, object: Value) {
         let mut store = lock(&self.store);
-        store.rv += 1;
-        let rv = store.rv;
-        object["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let existed = store
-            .objects
-            .entry(collection.clone())
-            .or_default()
-            .insert(name, object.clone())
-            .is_some();
+        let (collection, rv, existed, object) = store.put(object);
         store.log.push(Change {
             rv,
             collection,
@@ -267,20 +276,9 @@ impl FakeApiServer {
     /// stored without a watch event, the change log is forgotten and every
     /// open watch ends, so clients must re-watch, get `410 Gone` for their
     /// old version and list again to see `object`.
-    pub fn compact_with(&self, mut object: Value) {
-        let collection = collection_of(&object);
-        let name = object["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+    pub fn compact_with(&self, object: Value) {
         let mut store = lock(&self.store);
-        store.rv += 1;
-        object["metadata"]["resourceVersion"] = json!(store.rv.to_string());
-        store
-            .objects
-            .entry(collection)
-            .or_default()
-            .insert(name, object);
+        store.put(object);
         store.compacted_before = store.rv + 1;
         store.log.clear();
         store.watch_epoch += 1;

@@ -159,16 +159,8 @@ impl Aggregator {
     }
 }
 
-fn truncate(mut message: String) -> String {
-    if message.len() > MAX_MESSAGE {
-        let mut cut = MAX_MESSAGE - 3;
-        while !message.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        message.truncate(cut);
-        message.push_str("...");
-    }
-    message
+fn truncate(message: String) -> String {
+    crate::pods::shorten(message, MAX_MESSAGE)
 }
 
 /// The Event object for `event`, on the pod in `context`.

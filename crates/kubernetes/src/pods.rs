@@ -113,16 +113,21 @@ pub fn describe_pod(pod: &Pod) -> String {
 }
 
 fn one_line(text: &str) -> String {
-    let mut line = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if line.len() > 300 {
-        let mut cut = 300;
-        while !line.is_char_boundary(cut) {
+    shorten(text.split_whitespace().collect::<Vec<_>>().join(" "), 300)
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary), ending in
+/// `...` when cut.
+pub(crate) fn shorten(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max.saturating_sub(3);
+        while !text.is_char_boundary(cut) {
             cut -= 1;
         }
-        line.truncate(cut);
-        line.push('…');
+        text.truncate(cut);
+        text.push_str("...");
     }
-    line
+    text
 }
 
 /// The worker pods as members, and a note for every worker group with

@@ -395,13 +395,10 @@ fn container_env(c: &Container, pod_ip: &str, pod_name: &str) -> Vec<(String, St
         .collect()
 }
 
-/// The ConfigMap mounted at the `--config` file's directory, and the key.
-fn mounted_config<'a>(m: &'a Manifests, t: &PodTemplateSpec) -> (&'a ConfigMap, String) {
-    let c = ray_container(t);
-    let args = c.args.clone().unwrap();
-    let path = &args[args.iter().position(|a| a == "--config").unwrap() + 1];
-    let (dir, key) = path.rsplit_once('/').unwrap();
-    let mount = c
+/// The name of the ConfigMap mounted at `dir` in the template's Ray
+/// container.
+fn config_map_at(t: &PodTemplateSpec, dir: &str) -> String {
+    let mount = ray_container(t)
         .volume_mounts
         .as_ref()
         .unwrap()
@@ -418,7 +415,15 @@ fn mounted_config<'a>(m: &'a Manifests, t: &PodTemplateSpec) -> (&'a ConfigMap, 
         .iter()
         .find(|v| v.name == mount.name)
         .unwrap();
-    let name = volume.config_map.as_ref().unwrap().name.clone();
+    volume.config_map.as_ref().unwrap().name.clone()
+}
+
+/// The ConfigMap mounted at the `--config` file's directory, and the key.
+fn mounted_config<'a>(m: &'a Manifests, t: &PodTemplateSpec) -> (&'a ConfigMap, String) {
+    let args = ray_container(t).args.clone().unwrap();
+    let path = &args[args.iter().position(|a| a == "--config").unwrap() + 1];
+    let (dir, key) = path.rsplit_once('/').unwrap();
+    let name = config_map_at(t, dir);
     let cm = m
         .config_maps
         .get(&name)
@@ -512,26 +517,7 @@ fn every_mounted_config_is_accepted_by_plan_in_its_container() {
                 .and_then(|f| f.as_str());
             if let (Some(policy_file), "head") = (policy_file, role) {
                 let (policy_dir, policy_key) = policy_file.rsplit_once('/').unwrap();
-                let mount = c
-                    .volume_mounts
-                    .as_ref()
-                    .unwrap()
-                    .iter()
-                    .find(|v| v.mount_path == policy_dir)
-                    .unwrap_or_else(|| {
-                        panic!("{at}: the policy directory {policy_dir} is not mounted")
-                    });
-                let volume = template
-                    .spec
-                    .as_ref()
-                    .unwrap()
-                    .volumes
-                    .as_ref()
-                    .unwrap()
-                    .iter()
-                    .find(|v| v.name == mount.name)
-                    .unwrap();
-                let cm_name = volume.config_map.as_ref().unwrap().name.clone();
+                let cm_name = config_map_at(template, policy_dir);
                 let header = std::fs::read_to_string(file).unwrap();
                 assert!(
                     header.contains(&format!("create configmap {cm_name}"))

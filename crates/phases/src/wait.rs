@@ -164,82 +164,117 @@ pub enum WaitError {
 /// time and the deadline reach it).
 const REEVALUATE: Duration = Duration::from_secs(5);
 
+/// What the wait has seen so far.
+struct Seen {
+    view: ClusterView,
+    connected: bool,
+    gcs_error: Option<String>,
+    last_reason: Option<String>,
+    last_update_at: Instant,
+    facts: ExternalFacts,
+    expected: Topology,
+}
+
+impl Seen {
+    /// Applies one membership update, logging joins, deaths and GCS errors.
+    fn apply(&mut self, u: MembershipUpdate, address: &str) {
+        match &u.source {
+            UpdateSource::Disconnected { error } => {
+                if self.gcs_error.as_deref() != Some(error) {
+                    tracing::warn!(%address, "GCS: {error}");
+                }
+                self.gcs_error = Some(error.clone());
+            }
+            UpdateSource::Snapshot => {
+                self.connected = true;
+                self.gcs_error = None;
+            }
+            UpdateSource::Push => {}
+        }
+        for change in &u.changes {
+            match change {
+                orchestrator_ray_gcs::MembershipChange::Joined(n) => {
+                    tracing::info!(node = %n.id.get(..8).unwrap_or(&n.id), address = %n.address, head = n.is_head, gpus = n.resources.gpu, "node joined")
+                }
+                orchestrator_ray_gcs::MembershipChange::Died { node, reason } => {
+                    tracing::warn!(node = %node.id.get(..8).unwrap_or(&node.id), address = %node.address, reason = reason.as_deref().unwrap_or(""), "node died")
+                }
+            }
+        }
+        self.last_update_at = u.received_at;
+        self.view = u.view;
+    }
+
+    /// Takes new platform facts; the expected topology follows them.
+    fn set_facts(&mut self, facts: ExternalFacts, configured: &Topology) {
+        let expected = facts.expected.clone().unwrap_or(configured.clone());
+        if expected != self.expected {
+            tracing::info!(
+                before = self.expected.nodes,
+                now = expected.nodes,
+                gpus = expected.gpus,
+                "expected topology changed"
+            );
+            self.expected = expected;
+        }
+        self.facts = facts;
+    }
+
+    /// The fixed diagnostics, then the platform's about missing nodes.
+    fn diagnostics(&self, spec: &WaitSpec) -> Vec<String> {
+        let mut lines = spec.diagnostics.clone();
+        lines.extend(self.facts.diagnose(&self.view.nodes));
+        lines
+    }
+
+    /// Reports progress to `/status` and the metrics.
+    fn report(&self, spec: &WaitSpec, diagnostics: &[String]) {
+        if let Some(status) = &spec.status {
+            status.nodes(self.view.alive().count() as u32, self.expected.nodes);
+            status.diagnostics(diagnostics.to_vec());
+        }
+    }
+
+    fn diagnosis(&self, spec: &WaitSpec, start: Instant, policy: &str) -> Box<Diagnosis> {
+        Box::new(Diagnosis {
+            address: spec.address.clone(),
+            expected: self.expected.clone(),
+            nodes: self.view.nodes.clone(),
+            connected: self.connected,
+            gcs_error: self.gcs_error.clone(),
+            last_reason: self.last_reason.clone(),
+            elapsed: start.elapsed(),
+            policy: policy.to_string(),
+            diagnostics: self.diagnostics(spec),
+        })
+    }
+}
+
 /// Runs the wait phase against the GCS at `spec.address`.
 pub async fn wait_for_cluster(spec: &WaitSpec, policy: &mut Plugin) -> Result<Ready, WaitError> {
     let start = Instant::now();
     let deadline = start + spec.timeout;
     let mut updates = watch_membership(spec.address.clone());
-    let mut view = ClusterView::default();
-    let mut connected = false;
-    let mut gcs_error: Option<String> = None;
-    let mut last_reason: Option<String> = None;
-    let mut last_update_at = start;
     let mut calls = 0u32;
     let policy_name = policy.name().to_string();
     let mut facts_rx = spec.facts.clone();
-    let mut facts = facts_rx
+    let facts = facts_rx
         .as_mut()
         .map(|rx| rx.borrow_and_update().clone())
         .unwrap_or_default();
-    let mut expected = facts.expected.clone().unwrap_or(spec.expected.clone());
-    let report = |view: &ClusterView, expected: &Topology, diagnostics: &[String]| {
-        if let Some(status) = &spec.status {
-            status.nodes(view.alive().count() as u32, expected.nodes);
-            status.diagnostics(diagnostics.to_vec());
-        }
-    };
-
-    let diagnosis = |view: &ClusterView,
-                     expected: &Topology,
-                     facts: &ExternalFacts,
-                     connected: bool,
-                     gcs_error: &Option<String>,
-                     last_reason: &Option<String>| {
-        let mut diagnostics = spec.diagnostics.clone();
-        diagnostics.extend(facts.diagnose(&view.nodes));
-        Box::new(Diagnosis {
-            address: spec.address.clone(),
-            expected: expected.clone(),
-            nodes: view.nodes.clone(),
-            connected,
-            gcs_error: gcs_error.clone(),
-            last_reason: last_reason.clone(),
-            elapsed: start.elapsed(),
-            policy: policy_name.clone(),
-            diagnostics,
-        })
+    let mut seen = Seen {
+        view: ClusterView::default(),
+        connected: false,
+        gcs_error: None,
+        last_reason: None,
+        last_update_at: start,
+        expected: facts.expected.clone().unwrap_or(spec.expected.clone()),
+        facts,
     };
 
     loop {
         let now = Instant::now();
         let wake = deadline.min(now + REEVALUATE);
-        let mut apply = |u: MembershipUpdate| {
-            match &u.source {
-                UpdateSource::Disconnected { error } => {
-                    if gcs_error.as_deref() != Some(error) {
-                        tracing::warn!(address = %spec.address, "GCS: {error}");
-                    }
-                    gcs_error = Some(error.clone());
-                }
-                UpdateSource::Snapshot => {
-                    connected = true;
-                    gcs_error = None;
-                }
-                UpdateSource::Push => {}
-            }
-            for change in &u.changes {
-                match change {
-                    orchestrator_ray_gcs::MembershipChange::Joined(n) => {
-                        tracing::info!(node = %n.id.get(..8).unwrap_or(&n.id), address = %n.address, head = n.is_head, gpus = n.resources.gpu, "node joined")
-                    }
-                    orchestrator_ray_gcs::MembershipChange::Died { node, reason } => {
-                        tracing::warn!(node = %node.id.get(..8).unwrap_or(&node.id), address = %node.address, reason = reason.as_deref().unwrap_or(""), "node died")
-                    }
-                }
-            }
-            last_update_at = u.received_at;
-            view = u.view;
-        };
         let facts_changed = async {
             match facts_rx.as_mut() {
                 Some(rx) => rx.changed().await.is_ok(),
@@ -249,60 +284,45 @@ pub async fn wait_for_cluster(spec: &WaitSpec, policy: &mut Plugin) -> Result<Re
         tokio::select! {
             update = updates.recv() => {
                 let Some(update) = update else {
-                    return Err(WaitError::Timeout { diagnosis: diagnosis(&view, &expected, &facts, connected, &gcs_error, &last_reason) });
+                    return Err(WaitError::Timeout { diagnosis: seen.diagnosis(spec, start, &policy_name) });
                 };
-                apply(update);
+                seen.apply(update, &spec.address);
                 // Coalesce whatever else has already arrived.
                 while let Ok(more) = updates.try_recv() {
-                    apply(more);
+                    seen.apply(more, &spec.address);
                 }
             }
             open = facts_changed => {
                 match (open, facts_rx.as_mut()) {
-                    (true, Some(rx)) => facts = rx.borrow_and_update().clone(),
+                    (true, Some(rx)) => {
+                        let facts = rx.borrow_and_update().clone();
+                        seen.set_facts(facts, &spec.expected);
+                    }
                     // The watcher ended: keep its last facts, stop listening.
                     _ => facts_rx = None,
-                }
-                let now_expected = facts.expected.clone().unwrap_or(spec.expected.clone());
-                if now_expected != expected {
-                    tracing::info!(
-                        before = expected.nodes,
-                        now = now_expected.nodes,
-                        gpus = now_expected.gpus,
-                        "expected topology changed"
-                    );
-                    expected = now_expected;
                 }
             }
             () = tokio::time::sleep_until(wake.into()) => {}
         }
 
         let now = Instant::now();
-        if !connected {
-            report(&view, &expected, &facts.diagnose(&view.nodes));
+        let mut diagnostics = seen.diagnostics(spec);
+        if !seen.connected {
+            seen.report(spec, &diagnostics);
             if now >= deadline {
                 return Err(WaitError::Timeout {
-                    diagnosis: diagnosis(
-                        &view,
-                        &expected,
-                        &facts,
-                        connected,
-                        &gcs_error,
-                        &last_reason,
-                    ),
+                    diagnosis: seen.diagnosis(spec, start, &policy_name),
                 });
             }
             continue;
         }
-        let mut diagnostics = spec.diagnostics.clone();
-        diagnostics.extend(facts.diagnose(&view.nodes));
-        if let Some(e) = &gcs_error {
+        if let Some(e) = &seen.gcs_error {
             diagnostics.push(format!("GCS connection lost, retrying: {e}"));
         }
-        report(&view, &expected, &diagnostics);
+        seen.report(spec, &diagnostics);
         let snapshot = ClusterSnapshot {
-            nodes: view.nodes.clone(),
-            expected: expected.clone(),
+            nodes: seen.view.nodes.clone(),
+            expected: seen.expected.clone(),
             elapsed_ms: now.duration_since(start).as_millis() as u64,
             deadline_ms: spec.timeout.as_millis() as u64,
             diagnostics,
@@ -312,49 +332,35 @@ pub async fn wait_for_cluster(spec: &WaitSpec, policy: &mut Plugin) -> Result<Re
             Readiness::Ready => {
                 let decided_at = Instant::now();
                 tracing::info!(
-                    alive = view.alive().count(),
+                    alive = seen.view.alive().count(),
                     after_ms = decided_at.duration_since(start).as_millis() as u64,
                     "cluster ready"
                 );
                 return Ok(Ready {
                     snapshot,
-                    update_received_at: last_update_at,
+                    update_received_at: seen.last_update_at,
                     decided_at,
                     policy_calls: calls,
                 });
             }
             Readiness::Wait(reason) => {
-                if last_reason.as_deref() != Some(reason.as_str()) {
+                if seen.last_reason.as_deref() != Some(reason.as_str()) {
                     tracing::info!("waiting: {reason}");
                     if let Some(status) = &spec.status {
                         status.readiness(format!("wait: {reason}"));
                     }
-                    last_reason = Some(reason);
+                    seen.last_reason = Some(reason);
                 }
                 if now >= deadline {
                     return Err(WaitError::Timeout {
-                        diagnosis: diagnosis(
-                            &view,
-                            &expected,
-                            &facts,
-                            connected,
-                            &gcs_error,
-                            &last_reason,
-                        ),
+                        diagnosis: seen.diagnosis(spec, start, &policy_name),
                     });
                 }
             }
             Readiness::Fail(reason) => {
                 return Err(WaitError::Failed {
                     reason,
-                    diagnosis: diagnosis(
-                        &view,
-                        &expected,
-                        &facts,
-                        connected,
-                        &gcs_error,
-                        &last_reason,
-                    ),
+                    diagnosis: seen.diagnosis(spec, start, &policy_name),
                 });
             }
         }
