@@ -64,6 +64,21 @@ pub struct HeadGroupSpec {
     pub ray_start_params: BTreeMap<String, String>,
     /// The head pod's template.
     pub template: PodTemplateSpec,
+    /// A custom head Service (KubeRay keeps its spec, sets the selector).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_service: Option<HeadService>,
+}
+
+/// `spec.headGroupSpec.headService`: a Service template without
+/// `apiVersion`/`kind`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct HeadService {
+    /// Name, labels, annotations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<ObjectMeta>,
+    /// The Service's spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<k8s_openapi::api::core::v1::ServiceSpec>,
 }
 
 /// One entry of `spec.workerGroupSpecs`.

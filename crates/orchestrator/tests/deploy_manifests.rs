@@ -236,6 +236,13 @@ fn ray_clusters_run_the_orchestrator_with_probes_ports_and_the_origin_shape() {
             Some("true"),
             "{at}"
         );
+        // Workers must reach a head that is not Ready yet.
+        let service = spec.head_group_spec.head_service.as_ref().unwrap();
+        assert_eq!(
+            service.spec.as_ref().unwrap().publish_not_ready_addresses,
+            Some(true),
+            "{at}"
+        );
         // The origin document's head: 1 CPU, 1 GPU; one worker group.
         let head = ray_container(&spec.head_group_spec.template);
         let limits = head.resources.as_ref().unwrap().limits.as_ref().unwrap();
