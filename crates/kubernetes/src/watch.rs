@@ -41,7 +41,8 @@ enum Change<K> {
 }
 
 enum Tagged {
-    Cluster(Change<RayCluster>),
+    /// Boxed: a RayCluster is large, a pod change is the common case.
+    Cluster(Box<Change<RayCluster>>),
     Pod(Change<Pod>),
 }
 
@@ -137,7 +138,7 @@ pub async fn watch_cluster(
     )
     .await;
     let mut state = State::default();
-    let cluster_rv = apply_first(&mut state, first_cluster, Tagged::Cluster);
+    let cluster_rv = apply_first(&mut state, first_cluster, |c| Tagged::Cluster(Box::new(c)));
     let pods_rv = apply_first(&mut state, first_pods, Tagged::Pod);
     for e in [&state.cluster_error, &state.pods_error]
         .into_iter()
@@ -154,7 +155,7 @@ pub async fn watch_cluster(
         Access::rayclusters("watch"),
         cluster_rv,
         changes_tx.clone(),
-        Tagged::Cluster,
+        |c| Tagged::Cluster(Box::new(c)),
     ));
     tokio::spawn(list_then_watch(
         context.clone(),
@@ -182,7 +183,7 @@ pub async fn watch_cluster(
             }
             for change in batch {
                 match change {
-                    Tagged::Cluster(c) => state.apply_cluster(c),
+                    Tagged::Cluster(c) => state.apply_cluster(*c),
                     Tagged::Pod(p) => state.apply_pod(p),
                 }
             }
@@ -247,7 +248,7 @@ fn apply_first<K>(
         Err(e) => (Change::Failed(e), None),
     };
     match tag(change) {
-        Tagged::Cluster(c) => state.apply_cluster(c),
+        Tagged::Cluster(c) => state.apply_cluster(*c),
         Tagged::Pod(p) => state.apply_pod(p),
     }
     rv
