@@ -41,9 +41,9 @@ enum Change<K> {
 }
 
 enum Tagged {
-    /// Boxed: a RayCluster is large, a pod change is the common case.
+    // Boxed: objects are kilobytes, the channel moves them.
     Cluster(Box<Change<RayCluster>>),
-    Pod(Change<Pod>),
+    Pod(Box<Change<Pod>>),
 }
 
 /// What the watcher knows.
@@ -139,7 +139,7 @@ pub async fn watch_cluster(
     .await;
     let mut state = State::default();
     let cluster_rv = apply_first(&mut state, first_cluster, |c| Tagged::Cluster(Box::new(c)));
-    let pods_rv = apply_first(&mut state, first_pods, Tagged::Pod);
+    let pods_rv = apply_first(&mut state, first_pods, |p| Tagged::Pod(Box::new(p)));
     for e in [&state.cluster_error, &state.pods_error]
         .into_iter()
         .flatten()
@@ -164,7 +164,7 @@ pub async fn watch_cluster(
         Access::core("watch", "pods"),
         pods_rv,
         changes_tx,
-        Tagged::Pod,
+        |p| Tagged::Pod(Box::new(p)),
     ));
     tokio::spawn(async move {
         let mut logged: Option<String> = None;
@@ -184,7 +184,7 @@ pub async fn watch_cluster(
             for change in batch {
                 match change {
                     Tagged::Cluster(c) => state.apply_cluster(*c),
-                    Tagged::Pod(p) => state.apply_pod(p),
+                    Tagged::Pod(p) => state.apply_pod(*p),
                 }
             }
             let errors = [&state.cluster_error, &state.pods_error]
@@ -249,7 +249,7 @@ fn apply_first<K>(
     };
     match tag(change) {
         Tagged::Cluster(c) => state.apply_cluster(*c),
-        Tagged::Pod(p) => state.apply_pod(p),
+        Tagged::Pod(p) => state.apply_pod(*p),
     }
     rv
 }
