@@ -452,12 +452,7 @@ async fn supervise(nodes: &[RayNode], shutdown: &Shutdown) -> ExitCode {
     tokio::select! {
         () = shutdown.requested() => ExitCode::SUCCESS,
         (label, daemon) = any_death => {
-            eprintln!(
-                "error: {} of node {label} (pid {}) exited ({}); stopping the cluster",
-                daemon.name,
-                daemon.pid,
-                daemon.status.as_deref().unwrap_or("status unknown")
-            );
+            eprintln!("error: {daemon} on node {label}; stopping the cluster");
             ExitCode::from(1)
         }
     }

@@ -433,7 +433,7 @@ async fn run_role_with(
             r = wait_for_cluster(&spec, &mut readiness) => Some(r),
             () = shutdown.requested() => None,
             daemon = node.exited() => {
-                eprintln!("error: Ray's {} (pid {}) exited during the wait ({})", daemon.name, daemon.pid, daemon.status.as_deref().unwrap_or("status unknown"));
+                eprintln!("error: Ray's {daemon} during the wait");
                 code = ExitCode::from(1);
                 None
             }
@@ -510,12 +510,7 @@ async fn run_role_with(
     tokio::select! {
         () = shutdown.requested() => status.enter("stopping"),
         daemon = node.exited() => {
-            let message = format!(
-                "Ray's {} (pid {}) exited unexpectedly ({})",
-                daemon.name,
-                daemon.pid,
-                daemon.status.as_deref().unwrap_or("status unknown")
-            );
+            let message = format!("Ray's {daemon} unexpectedly");
             eprintln!("error: {message}");
             status.fail("RayExited", message);
             code = ExitCode::from(1);

@@ -128,12 +128,7 @@ pub async fn launch_and_serve(
             }
         },
         (label, daemon) = ray_death => {
-            let message = format!(
-                "Ray's {} of node {label} (pid {}) exited ({}) while serving; stopping",
-                daemon.name,
-                daemon.pid,
-                daemon.status.as_deref().unwrap_or("status unknown")
-            );
+            let message = format!("Ray's {daemon} on node {label} while serving; stopping");
             eprintln!("error: {message}");
             status.fail("RayExited", message);
             ExitCode::from(1)

@@ -101,6 +101,19 @@ pub struct Daemon {
     pub status: Option<String>,
 }
 
+impl std::fmt::Display for Daemon {
+    /// `raylet (pid 42) exited (signal 9)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (pid {}) exited ({})",
+            self.name,
+            self.pid,
+            self.status.as_deref().unwrap_or("status unknown")
+        )
+    }
+}
+
 /// A running Ray node started by this process.
 pub struct RayNode {
     label: String,
