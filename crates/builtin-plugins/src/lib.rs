@@ -37,9 +37,45 @@ pub const BUILTINS: &[Builtin] = &[
     },
 ];
 
-/// The built-in called `name` for `world`, if there is one.
-pub fn find(world: &str, name: &str) -> Option<&'static Builtin> {
+/// No built-in has that name for that world.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownBuiltin {
+    /// The world asked for (`readiness`, `launch`, `health`), or empty for any.
+    pub world: String,
+    /// The name asked for.
+    pub name: String,
+}
+
+impl std::fmt::Display for UnknownBuiltin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let world = if self.world.is_empty() {
+            "policy"
+        } else {
+            &self.world
+        };
+        let known: Vec<String> = BUILTINS
+            .iter()
+            .filter(|b| self.world.is_empty() || b.world == self.world)
+            .map(|b| format!("builtin:{} ({})", b.name, b.world))
+            .collect();
+        write!(
+            f,
+            "there is no built-in {world} named `{}`; built-ins: {}",
+            self.name,
+            known.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for UnknownBuiltin {}
+
+/// The built-in called `name` for `world` (empty: any world).
+pub fn find(world: &str, name: &str) -> Result<&'static Builtin, UnknownBuiltin> {
     BUILTINS
         .iter()
         .find(|b| b.name == name && (world.is_empty() || b.world == world))
+        .ok_or_else(|| UnknownBuiltin {
+            world: world.to_string(),
+            name: name.to_string(),
+        })
 }

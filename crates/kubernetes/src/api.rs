@@ -1,10 +1,10 @@
 //! Connecting to the API server and finding this pod's RayCluster; API
 //! errors explained as what to grant or fix.
 
+use crate::config::KubernetesConfig;
 use crate::raycluster::CLUSTER_LABEL;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client};
-use orchestrator_phases::config::KubernetesConfig;
 use std::time::Duration;
 
 /// Timeout of one API request (watches excepted).

@@ -19,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
-use orchestrator_phases::status::{EventKind, OrchestratorEvent};
+use orchestrator_domain::{Event as OrchestratorEvent, EventKind, EventReason};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -96,7 +96,7 @@ struct Sent {
 #[derive(Debug)]
 pub struct Aggregator {
     limit: RateLimit,
-    sent: HashMap<(EventKind, String, String), Sent>,
+    sent: HashMap<(EventReason, String), Sent>,
     dropped: u32,
 }
 
@@ -123,7 +123,7 @@ impl Aggregator {
             self.dropped += 1;
             return Action::Drop;
         }
-        let key = (event.kind, event.reason.clone(), event.message.clone());
+        let key = (event.reason, event.message.clone());
         if let Some(sent) = self.sent.get_mut(&key) {
             sent.count += 1;
             sent.at = now;
@@ -149,7 +149,7 @@ impl Aggregator {
     /// Remembers that `event` was created as `name`.
     pub fn created(&mut self, event: &OrchestratorEvent, name: String, now: Instant) {
         self.sent.insert(
-            (event.kind, event.reason.clone(), event.message.clone()),
+            (event.reason, event.message.clone()),
             Sent {
                 name,
                 count: 1,
@@ -189,10 +189,10 @@ pub fn event_object(
             uid: context.pod_uid.clone(),
             ..ObjectReference::default()
         },
-        reason: Some(event.reason.clone()),
+        reason: Some(event.reason.name().to_string()),
         message: Some(message.to_string()),
         type_: Some(
-            match event.kind {
+            match event.kind() {
                 EventKind::Normal => "Normal",
                 EventKind::Warning => "Warning",
             }
@@ -287,19 +287,15 @@ pub async fn record_events(
 mod tests {
     use super::*;
 
-    fn ev(reason: &str, message: &str) -> OrchestratorEvent {
-        OrchestratorEvent {
-            kind: EventKind::Warning,
-            reason: reason.into(),
-            message: message.into(),
-        }
+    fn ev(reason: EventReason, message: &str) -> OrchestratorEvent {
+        OrchestratorEvent::new(reason, message)
     }
 
     #[test]
     fn repeats_are_patched_and_floods_dropped() {
         let t0 = Instant::now();
         let mut agg = Aggregator::new(RateLimit::new(3, Duration::from_secs(10), t0));
-        let a = ev("ServerRestarting", "restart: /health failed");
+        let a = ev(EventReason::ServerRestarting, "restart: /health failed");
         assert!(matches!(agg.decide(&a, t0), Action::Create { .. }));
         agg.created(&a, "pod.1".into(), t0);
         assert_eq!(
@@ -310,17 +306,20 @@ mod tests {
             }
         );
         assert!(matches!(
-            agg.decide(&ev("X", "y"), t0),
+            agg.decide(&ev(EventReason::RayExited, "y"), t0),
             Action::Create { .. }
         ));
         // The bucket is empty: 50 more in the same second are dropped.
         for i in 0..50 {
-            assert_eq!(agg.decide(&ev("Flap", &i.to_string()), t0), Action::Drop);
+            assert_eq!(
+                agg.decide(&ev(EventReason::ServerDegraded, &i.to_string()), t0),
+                Action::Drop
+            );
         }
         assert_eq!(agg.dropped(), 50);
         // One token back after 10 s; the next Event says what was dropped.
         let t1 = t0 + Duration::from_secs(10);
-        match agg.decide(&ev("Serving", "ok"), t1) {
+        match agg.decide(&ev(EventReason::Serving, "ok"), t1) {
             Action::Create { message } => {
                 assert!(
                     message.contains("50 earlier events were dropped"),
@@ -330,7 +329,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(agg.dropped(), 0);
-        assert_eq!(agg.decide(&ev("Serving", "again"), t1), Action::Drop);
+        assert_eq!(
+            agg.decide(&ev(EventReason::Serving, "again"), t1),
+            Action::Drop
+        );
         // After the aggregation window, the same Event is created anew.
         let t2 = t0 + AGGREGATION_WINDOW + Duration::from_secs(60);
         assert!(matches!(agg.decide(&a, t2), Action::Create { .. }));

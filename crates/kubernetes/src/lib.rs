@@ -3,6 +3,7 @@
 //! Kubernetes awareness for the orchestrator's head pod, off unless
 //! `kubernetes.enabled`:
 //!
+//! - [`config`]: the `[kubernetes]` table of the configuration;
 //! - [`api`]: the client (in-cluster service account, or an explicit
 //!   `kubernetes.api-server`), finding this pod's RayCluster, and API errors
 //!   explained as the permission to grant;
@@ -11,7 +12,7 @@
 //! - [`pods`]: one actionable line per worker pod that is not a Ray node
 //!   (unschedulable, image pull, crash loop, running but not joined);
 //! - [`watch`]: the RayCluster and its pods watched into the wait phase's
-//!   [`orchestrator_phases::facts::ExternalFacts`];
+//!   [`orchestrator_domain::ExternalFacts`];
 //! - [`events`]: phase changes, failures and restarts as rate-limited
 //!   Events on the head pod.
 //!
@@ -19,11 +20,13 @@
 //! reported, and the wait goes on from the GCS alone.
 
 pub mod api;
+pub mod config;
 pub mod events;
 pub mod pods;
 pub mod raycluster;
 pub mod watch;
 
 pub use api::{KubeContext, KubeError, connect};
+pub use config::KubernetesConfig;
 pub use events::{RateLimit, record_events};
 pub use watch::watch_cluster;

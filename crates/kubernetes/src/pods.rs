@@ -4,7 +4,7 @@
 
 use crate::raycluster::{GROUP_LABEL, NODE_TYPE_LABEL, RayCluster};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
-use orchestrator_phases::facts::MemberState;
+use orchestrator_domain::MemberState;
 use std::collections::BTreeMap;
 
 /// One line on the pod's state: why it is not (yet) a Ray node.

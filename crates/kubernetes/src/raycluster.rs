@@ -14,7 +14,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{Container, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, ObjectMeta};
-use orchestrator_policy_host::types::{NodeGroup, Topology};
+use orchestrator_domain::{NodeGroup, Topology};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -336,27 +336,53 @@ impl RayClusterSpec {
     }
 }
 
-/// The expected topology from the RayCluster, with every field the
-/// configuration sets explicitly taking precedence.
-pub fn merge_with_config(
-    from_cluster: Topology,
-    config: &orchestrator_phases::config::ClusterConfig,
-) -> Topology {
-    let explicit = config.topology();
-    Topology {
-        nodes: config.nodes.unwrap_or(from_cluster.nodes),
-        gpus: if config.gpus > 0.0 {
-            config.gpus
-        } else {
-            from_cluster.gpus
-        },
-        min_gpus_per_node: config.min_gpus_per_node,
-        groups: if config.groups.is_empty() {
-            from_cluster.groups
-        } else {
-            explicit.groups
-        },
+/// Why a manifest yields no topology.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The text is not YAML.
+    #[error("not YAML: {0}")]
+    Yaml(#[source] serde_yaml::Error),
+    /// A RayCluster or RayClusterFleet document does not parse.
+    #[error("not a valid {kind}: {source}")]
+    Invalid {
+        /// `RayCluster` or `RayClusterFleet`.
+        kind: &'static str,
+        /// What is wrong.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// No document is a RayCluster or RayClusterFleet.
+    #[error("no RayCluster or RayClusterFleet document")]
+    Missing,
+}
+
+/// The expected topology of the first RayCluster or RayClusterFleet in a
+/// (multi-document) YAML text, as `orchestrator plan --raycluster` reads it.
+pub fn topology_from_yaml(text: &str) -> Result<Topology, ManifestError> {
+    use serde::Deserialize;
+    for document in serde_yaml::Deserializer::from_str(text) {
+        let value = serde_json::Value::deserialize(document).map_err(ManifestError::Yaml)?;
+        match value["kind"].as_str() {
+            Some("RayCluster") => {
+                let rc: RayCluster =
+                    serde_json::from_value(value).map_err(|source| ManifestError::Invalid {
+                        kind: "RayCluster",
+                        source,
+                    })?;
+                return Ok(rc.spec.topology());
+            }
+            Some("RayClusterFleet") => {
+                let fleet: RayClusterFleet =
+                    serde_json::from_value(value).map_err(|source| ManifestError::Invalid {
+                        kind: "RayClusterFleet",
+                        source,
+                    })?;
+                return Ok(fleet.spec.template.spec.topology());
+            }
+            _ => {}
+        }
     }
+    Err(ManifestError::Missing)
 }
 
 #[cfg(test)]

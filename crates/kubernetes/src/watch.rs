@@ -10,13 +10,13 @@
 
 use crate::api::{Access, KubeContext, explain, timed};
 use crate::pods::members_and_notes;
-use crate::raycluster::{CLUSTER_LABEL, RayCluster, merge_with_config};
+use crate::raycluster::{CLUSTER_LABEL, RayCluster};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{ListParams, WatchEvent, WatchParams};
-use orchestrator_phases::config::ClusterConfig;
-use orchestrator_phases::facts::ExternalFacts;
+use orchestrator_domain::ClusterConfig;
+use orchestrator_domain::ExternalFacts;
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -69,7 +69,7 @@ impl State {
             expected: self
                 .cluster
                 .as_ref()
-                .map(|c| merge_with_config(c.spec.topology(), config)),
+                .map(|c| config.merge(c.spec.topology())),
             members,
             notes,
         }

@@ -4,13 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use orchestrator_domain::ExternalFacts;
+use orchestrator_domain::Node;
+use orchestrator_domain::{ClusterConfig, Event, EventReason};
 use orchestrator_fake_kube_api::{FakeApiServer, fixture};
 use orchestrator_kubernetes::events::{RateLimit, record_events};
-use orchestrator_kubernetes::{KubeContext, connect, watch_cluster};
-use orchestrator_phases::config::{ClusterConfig, KubernetesConfig};
-use orchestrator_phases::facts::ExternalFacts;
-use orchestrator_phases::status::{EventKind, Status};
-use orchestrator_policy_host::types::Node;
+use orchestrator_kubernetes::{KubeContext, KubernetesConfig, connect, watch_cluster};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -344,23 +343,37 @@ fn events(server: &FakeApiServer) -> Vec<Value> {
 async fn events_are_recorded_on_the_head_pod_aggregated_and_rate_limited() {
     let server = cluster_with(&[]).await;
     let context: KubeContext = connect(&settings(&server)).await.expect("connect");
-    let status = Status::new();
-    let rx = status.subscribe_events();
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
     let recorder = tokio::spawn(record_events(
         context.clone(),
         rx,
         RateLimit::new(5, Duration::from_secs(3600), Instant::now()),
     ));
-    status.enter("wait");
-    status.health("restart", "restart: /health failed 3 times".into(), false);
-    status.restarted();
-    status.health("restart", "restart: /health failed 3 times".into(), false);
-    status.restarted();
+    let restarting = "restart: /health failed 3 times";
+    for (reason, message) in [
+        (
+            EventReason::WaitingForCluster,
+            "waiting (1 of 2 nodes alive)",
+        ),
+        (EventReason::ServerRestarting, restarting),
+        (EventReason::ServerRestarted, "restart 1"),
+        (EventReason::ServerRestarting, restarting),
+        (EventReason::ServerRestarted, "restart 2"),
+    ] {
+        tx.send(Event::new(reason, message)).await.unwrap();
+    }
     // A flapping state: 40 more distinct events in a moment.
     for i in 0..40 {
-        status.event(EventKind::Warning, "Flap", format!("flap {i}"));
+        tx.send(Event::new(EventReason::ServerDegraded, format!("flap {i}")))
+            .await
+            .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The end of the stream: the recorder finishes what it took.
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(10), recorder)
+        .await
+        .expect("the recorder ends when the stream does")
+        .expect("no panic");
     let stored = events(&server);
     let requests = server.requests();
     let posts = requests.iter().filter(|r| r.method == "POST").count();
@@ -386,11 +399,13 @@ async fn events_are_recorded_on_the_head_pod_aggregated_and_rate_limited() {
     // The same event again is a patch of the count, not a new object.
     assert_eq!(restarting["count"], json!(2), "{restarting}");
     assert!(
-        stored.iter().filter(|e| e["reason"] == "Flap").count() == 0,
+        stored
+            .iter()
+            .filter(|e| e["reason"] == "ServerDegraded")
+            .count()
+            == 0,
         "the flood was dropped"
     );
-    drop(status);
-    let _ = tokio::time::timeout(Duration::from_secs(2), recorder).await;
 }
 
 #[tokio::test]
@@ -398,21 +413,42 @@ async fn event_errors_do_not_stop_the_recorder() {
     let server = cluster_with(&[]).await;
     server.forbid("create", "events");
     let context = connect(&settings(&server)).await.expect("connect");
-    let status = Status::new();
-    let rx = status.subscribe_events();
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
     let recorder = tokio::spawn(record_events(
         context,
         rx,
         RateLimit::new(10, Duration::from_secs(1), Instant::now()),
     ));
-    status.enter("wait");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tx.send(Event::new(EventReason::WaitingForCluster, "waiting"))
+        .await
+        .unwrap();
+    // The recorder tried: its POST was made and refused (403), so nothing
+    // was stored.
+    let posted = |server: &FakeApiServer| {
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.method == "POST" && r.uri.contains("/events"))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while posted(&server) == 0 {
+        assert!(Instant::now() < deadline, "the recorder never tried");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(events(&server).is_empty());
     server.allow("create", "events");
-    status.enter("serve");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tx.send(Event::new(EventReason::Serving, "serving"))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while events(&server).is_empty() {
+        assert!(Instant::now() < deadline, "the next event was never stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let stored = events(&server);
     assert_eq!(stored.len(), 1, "{stored:?}");
     assert_eq!(stored[0]["reason"], "Serving");
+    assert_eq!(posted(&server), 2, "one refused, one accepted");
     assert!(!recorder.is_finished());
 }

@@ -1,15 +1,14 @@
 //! `orchestrator`: the container entrypoint of every Ray pod. It starts Ray,
 //! waits for the cluster to form, serves vLLM and keeps it healthy; each
 //! phase's policy is a WebAssembly component (see `wit/`).
+//!
+//! This crate parses arguments and prints; the lifecycle and its phases
+//! are the `orchestrator-phases` library.
 
-mod host;
-mod kube_setup;
-mod local_cmd;
-mod plugin_cmd;
-mod run_cmd;
-mod serve_cmd;
-
-mod wait_cmd;
+mod local;
+mod plugin;
+mod run;
+mod wait;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -29,17 +28,17 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run this pod's role (head or worker) from a configuration file.
-    Run(run_cmd::ConfigArgs),
+    Run(run::ConfigArgs),
     /// Start a head and N workers on this machine and run the whole job.
-    Local(Box<local_cmd::LocalArgs>),
+    Local(Box<local::LocalArgs>),
     /// Wait until a Ray cluster is ready; for shell scripts (exit 0 ready,
     /// 1 failed or timed out, 2 bad arguments).
-    Wait(wait_cmd::WaitArgs),
+    Wait(wait::WaitArgs),
     /// Print what `run` would do, without running anything (JSON).
-    Plan(run_cmd::PlanArgs),
+    Plan(run::PlanArgs),
     /// Inspect, check and try out policy plugins.
     #[command(subcommand)]
-    Plugin(plugin_cmd::PluginCommand),
+    Plugin(plugin::PluginCommand),
 }
 
 fn main() -> ExitCode {
@@ -53,17 +52,17 @@ fn main() -> ExitCode {
     };
     init_logging(&cli.log);
     match cli.command {
-        Command::Plugin(cmd) => plugin_cmd::run(cmd),
-        Command::Wait(args) => wait_cmd::run(args),
-        Command::Local(args) => local_cmd::run(*args),
-        Command::Run(args) => run_cmd::run(args),
-        Command::Plan(args) => run_cmd::plan(args),
+        Command::Plugin(cmd) => plugin::run(cmd),
+        Command::Wait(args) => wait::run(args),
+        Command::Local(args) => local::run(*args),
+        Command::Run(args) => run::run(args),
+        Command::Plan(args) => run::plan(args),
     }
 }
 
-/// Runs a long-lived command (`run`, `local`) on a two-thread runtime; an
-/// error is printed and exits 1.
-pub fn run_async(work: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+/// Runs a lifecycle (`run`, `local`) on a two-thread runtime and turns
+/// its end into the exit code, printing the failure.
+pub fn run_lifecycle(lifecycle: orchestrator_phases::lifecycle::Lifecycle) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -75,10 +74,15 @@ pub fn run_async(work: impl std::future::Future<Output = anyhow::Result<ExitCode
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(work) {
-        Ok(code) => code,
+    match runtime.block_on(lifecycle.run()) {
+        Ok(exit) => {
+            if let Some(error) = &exit.error {
+                eprintln!("error: {error}");
+            }
+            ExitCode::from(exit.code)
+        }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {e}");
             ExitCode::from(1)
         }
     }

@@ -5,23 +5,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
-
 use orchestrator_fake_kube_api::{FakeApiServer, fixture};
+use orchestrator_test_support::*;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-use support::*;
+use std::time::Duration;
 
 const NS: &str = "inference";
 const HEAD_POD: &str = "vllm-llama-head-x7k2p";
-
-fn ray_bin() -> String {
-    std::env::var("ORCHESTRATOR_RAY_BIN").expect(
-        "ORCHESTRATOR_RAY_BIN must point at Ray 2.60's `ray`; `cargo xtask test` sets it up",
-    )
-}
 
 /// The fake API server on a runtime of its own (the test itself is
 /// synchronous).
@@ -68,8 +60,11 @@ fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
     path
 }
 
-fn head_config(dir: &Path, base: u16, ip: &str, url: &str, extra: &str) -> PathBuf {
-    write(
+/// The head's configuration on free ports; returns it, the GCS address
+/// and the endpoints' port.
+fn head_config(dir: &Path, ip: &str, url: &str, extra: &str) -> (PathBuf, String, u16) {
+    let (base, endpoints) = (free_port(), free_port());
+    let path = write(
         dir,
         "head.toml",
         &format!(
@@ -96,11 +91,11 @@ pod-name = "{HEAD_POD}"
 {extra}
 "#,
             ray = ray_bin(),
-            endpoints = 18000 + base - 6000,
-            agent = 52000 + base - 6000,
-            metrics = 28000 + base - 6000,
+            agent = free_port(),
+            metrics = free_port(),
         ),
-    )
+    );
+    (path, format!("{ip}:{base}"), endpoints)
 }
 
 /// Starts `orchestrator run` with its output in `log`.
@@ -117,7 +112,7 @@ fn run(config: &Path, log: &Path) -> Child {
         .unwrap()
 }
 
-fn worker(dir: &Path, head: &str, ip: &str, agent: u16) -> (Child, PathBuf) {
+fn worker(dir: &Path, head: &str, ip: &str) -> (Child, PathBuf) {
     let config = write(
         dir,
         &format!("worker-{ip}.toml"),
@@ -139,34 +134,16 @@ stop-grace-seconds = 5
 env = {{ RAY_USAGE_STATS_ENABLED = "0" }}
 "#,
             ray = ray_bin(),
-            metrics = agent - 24000,
+            agent = free_port(),
+            metrics = free_port(),
         ),
     );
     let log = dir.join(format!("worker-{ip}.log"));
     (run(&config, &log), log)
 }
 
-/// Polls `/status` until `check` holds (or `limit` passes), returning it.
-fn status_until(port: u16, limit: Duration, check: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + limit;
-    let mut last = Value::Null;
-    while Instant::now() < deadline {
-        let raw = http_get(&format!("127.0.0.1:{port}"), "/status");
-        if let Some((_, body)) = raw.split_once("\r\n\r\n")
-            && let Ok(v) = serde_json::from_str::<Value>(body)
-        {
-            if check(&v) {
-                return v;
-            }
-            last = v;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("/status never matched in {limit:?}; last: {last:#}");
-}
-
 fn stop(child: Child, log: &Path) -> String {
-    sigterm(&child);
+    signal(child.id() as i32, Sig::TERM);
     let out = wait_with_deadline(child, Duration::from_secs(40));
     let text = std::fs::read_to_string(log).unwrap_or_default();
     assert!(out.status.success(), "exit {:?}: {text}", out.status);
@@ -188,11 +165,11 @@ fn run_follows_the_raycluster_through_a_scale_up_and_diagnoses_missing_workers()
         1,
         vec![running_pod("vllm-llama-gpu-group-worker-aaaaa", w1)],
     );
-    let config = head_config(dir.path(), 6480, head_ip, &api.server.url(), "");
+    let (config, gcs, port) = head_config(dir.path(), head_ip, &api.server.url(), "");
+    let temp = format!("/tmp/ray-t{}", gcs.rsplit(':').next().unwrap_or(""));
     let head_log = dir.path().join("head.log");
     let head = run(&config, &head_log);
     let mut guard = Guard(vec![head.id() as i32]);
-    let port = 18480;
 
     // Expected from the spec: head + 1 worker, 2 GPUs; the worker pod is
     // named as running but not in the GCS.
@@ -228,12 +205,16 @@ fn run_follows_the_raycluster_through_a_scale_up_and_diagnoses_missing_workers()
 
     // The first worker joins: 2 of 3, still waiting (the old expectation
     // of 2 would have been met here).
-    let (worker1, log1) = worker(dir.path(), "127.0.0.80:6480", w1, 52481);
+    let (worker1, log1) = worker(dir.path(), &gcs, w1);
     guard.0.push(worker1.id() as i32);
-    let s = status_until(port, Duration::from_secs(60), |s| s["nodes-alive"] == 2);
-    std::thread::sleep(Duration::from_millis(500));
-    let s2 = status_until(port, Duration::from_secs(5), |_| true);
-    assert_eq!(s2["phase"], "wait", "{s:#} {s2:#}");
+    // The readiness policy has judged 2 alive nodes: still waiting.
+    let s2 = status_until(port, Duration::from_secs(60), |s| {
+        s["nodes-alive"] == 2
+            && s["last-readiness"]
+                .as_str()
+                .is_some_and(|r| r.contains("2 of 3"))
+    });
+    assert_eq!(s2["phase"], "wait", "{s2:#}");
     assert!(
         !s2["diagnostics"].to_string().contains("worker-aaaaa"),
         "a joined worker is not diagnosed: {s2:#}"
@@ -242,7 +223,7 @@ fn run_follows_the_raycluster_through_a_scale_up_and_diagnoses_missing_workers()
     // The second pod gets a node and joins: ready at 3 of 3.
     api.server
         .apply(running_pod("vllm-llama-gpu-group-worker-bbbbb", w2));
-    let (worker2, log2) = worker(dir.path(), "127.0.0.80:6480", w2, 52482);
+    let (worker2, log2) = worker(dir.path(), &gcs, w2);
     guard.0.push(worker2.id() as i32);
     let s = status_until(port, Duration::from_secs(60), |s| s["ready"] == true);
     assert_eq!(s["nodes-alive"], 3, "{s:#}");
@@ -280,7 +261,7 @@ fn run_follows_the_raycluster_through_a_scale_up_and_diagnoses_missing_workers()
         "{text}"
     );
     guard.0.clear();
-    assert_nothing_left(&["/tmp/ray-t6480", head_ip, w1, w2]);
+    assert_nothing_left(&[&temp, head_ip, w1, w2]);
 }
 
 #[test]
@@ -292,13 +273,13 @@ fn a_wait_that_times_out_names_the_unschedulable_worker() {
         1,
         vec![unschedulable_pod("vllm-llama-gpu-group-worker-ccccc")],
     );
-    let config = head_config(
+    let (config, gcs, _) = head_config(
         dir.path(),
-        6484,
         head_ip,
         &api.server.url(),
         "[cluster]\nwait-timeout-seconds = 10\n",
     );
+    let temp = format!("/tmp/ray-t{}", gcs.rsplit(':').next().unwrap_or(""));
     let log = dir.path().join("head.log");
     let head = run(&config, &log);
     let guard = Guard(vec![head.id() as i32]);
@@ -323,7 +304,7 @@ fn a_wait_that_times_out_names_the_unschedulable_worker() {
         "{failed:#}"
     );
     drop(guard);
-    assert_nothing_left(&["/tmp/ray-t6484", head_ip]);
+    assert_nothing_left(&[&temp, head_ip]);
 }
 
 #[test]
@@ -338,17 +319,17 @@ fn without_rbac_the_wait_goes_on_from_the_gcs_and_names_the_missing_permission()
     }
     api.server.forbid("create", "events");
     // The configuration says a head alone is the whole cluster.
-    let config = head_config(
+    let (config, gcs, port) = head_config(
         dir.path(),
-        6486,
         head_ip,
         &api.server.url(),
         "[cluster]\nnodes = 1\nwait-timeout-seconds = 60\n",
     );
+    let temp = format!("/tmp/ray-t{}", gcs.rsplit(':').next().unwrap_or(""));
     let log = dir.path().join("head.log");
     let head = run(&config, &log);
     let mut guard = Guard(vec![head.id() as i32]);
-    let s = status_until(18486, Duration::from_secs(60), |s| s["ready"] == true);
+    let s = status_until(port, Duration::from_secs(60), |s| s["ready"] == true);
     assert_eq!(s["nodes-expected"], 1, "{s:#}");
     let text = stop(head, &log);
     guard.0.clear();
@@ -357,5 +338,5 @@ fn without_rbac_the_wait_goes_on_from_the_gcs_and_names_the_missing_permission()
             && text.contains("verb \"create\" on resource \"events\""),
         "{text}"
     );
-    assert_nothing_left(&["/tmp/ray-t6486", head_ip]);
+    assert_nothing_left(&[&temp, head_ip]);
 }

@@ -4,16 +4,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
-
+use orchestrator_test_support::*;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
-use support::*;
+use std::time::Duration;
 
-fn ray_bin() -> String {
-    std::env::var("ORCHESTRATOR_RAY_BIN").expect(
-        "ORCHESTRATOR_RAY_BIN must point at Ray 2.60's `ray`; `cargo xtask test` sets it up",
+/// Free ports for one test: GCS, agents, metrics (node i uses +i).
+fn ports() -> (String, String, String) {
+    (
+        free_port().to_string(),
+        free_port().to_string(),
+        free_port().to_string(),
     )
 }
 
@@ -26,7 +27,7 @@ fn orchestrator() -> Command {
 
 /// Waits until `orchestrator wait` says the cluster at `address` has `nodes`.
 fn wait_ready(address: &str, nodes: u32, timeout: u64) -> Output {
-    orchestrator()
+    let child = orchestrator()
         .args([
             "wait",
             "--address",
@@ -36,14 +37,19 @@ fn wait_ready(address: &str, nodes: u32, timeout: u64) -> Output {
             "--timeout",
             &timeout.to_string(),
         ])
-        .output()
-        .unwrap()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_with_deadline(child, Duration::from_secs(timeout + 30))
 }
 
 #[test]
 #[ignore = "needs Ray 2.60: run by `cargo xtask test`"]
 fn local_forms_a_three_node_cluster_and_leaves_nothing_behind() {
-    let out = orchestrator()
+    let (gcs, agent, metrics) = ports();
+    let temp = format!("/tmp/ray-t{gcs}");
+    let child = orchestrator()
         .args([
             "local",
             "--workers",
@@ -51,33 +57,39 @@ fn local_forms_a_three_node_cluster_and_leaves_nothing_behind() {
             "--head-ip",
             "127.0.0.50",
             "--gcs-port",
-            "6450",
+            &gcs,
             "--agent-port",
-            "52450",
+            &agent,
             "--metrics-port",
-            "28450",
+            &metrics,
             "--temp-dir",
-            "/tmp/ray-t6450",
+            &temp,
             "--memory-mib",
             "500",
             "--object-store-mib",
             "80",
             "--exit-when-ready",
         ])
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    let out = wait_with_deadline(child, Duration::from_secs(180));
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("cluster ready"), "{stdout}");
     for ip in ["127.0.0.50", "127.0.0.51", "127.0.0.52"] {
         assert!(stdout.contains(ip), "{ip} in {stdout}");
     }
-    assert_nothing_left(&["/tmp/ray-t6450", "127.0.0.50", "127.0.0.51", "127.0.0.52"]);
+    assert_nothing_left(&[&temp, "127.0.0.50", "127.0.0.51", "127.0.0.52"]);
 }
 
 #[test]
 #[ignore = "needs Ray 2.60: run by `cargo xtask test`"]
 fn wait_command_exits_0_when_ready_and_1_with_a_diagnosis_naming_what_is_missing() {
+    let (gcs, agent, metrics) = ports();
+    let temp = format!("/tmp/ray-t{gcs}");
+    let address = format!("127.0.0.60:{gcs}");
     let local = orchestrator()
         .args([
             "local",
@@ -86,13 +98,13 @@ fn wait_command_exits_0_when_ready_and_1_with_a_diagnosis_naming_what_is_missing
             "--head-ip",
             "127.0.0.60",
             "--gcs-port",
-            "6460",
+            &gcs,
             "--agent-port",
-            "52460",
+            &agent,
             "--metrics-port",
-            "28460",
+            &metrics,
             "--temp-dir",
-            "/tmp/ray-t6460",
+            &temp,
             "--memory-mib",
             "500",
             "--object-store-mib",
@@ -103,16 +115,14 @@ fn wait_command_exits_0_when_ready_and_1_with_a_diagnosis_naming_what_is_missing
         .spawn()
         .unwrap();
     let _guard = Guard(vec![local.id() as i32]);
-    let ok = wait_ready("127.0.0.60:6460", 2, 90);
+    let ok = wait_ready(&address, 2, 90);
     let (stdout, stderr) = text(&ok);
     assert!(ok.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.starts_with("ready after"), "{stdout}");
 
-    let started = Instant::now();
-    let missing = wait_ready("127.0.0.60:6460", 3, 3);
+    let missing = wait_ready(&address, 3, 3);
     let (_, stderr) = text(&missing);
     assert_eq!(missing.status.code(), Some(1), "{stderr}");
-    assert!(started.elapsed() < Duration::from_secs(10));
     assert!(stderr.contains("not ready after 3"), "{stderr}");
     assert!(
         stderr.contains("nodes: 2 of 3 expected alive; missing 1 node"),
@@ -124,20 +134,20 @@ fn wait_command_exits_0_when_ready_and_1_with_a_diagnosis_naming_what_is_missing
     );
 
     let bad = orchestrator()
-        .args(["wait", "--address", "127.0.0.60:6460", "--nodes", "0"])
+        .args(["wait", "--address", &address, "--nodes", "0"])
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
     let bad = orchestrator()
-        .args(["wait", "--address", "127.0.0.60:6460"])
+        .args(["wait", "--address", &address])
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(2), "missing --nodes");
 
-    sigterm(&local);
+    signal(local.id() as i32, Sig::TERM);
     let out = wait_with_deadline(local, Duration::from_secs(30));
     assert!(out.status.success(), "{:?}", text(&out));
-    assert_nothing_left(&["/tmp/ray-t6460", "127.0.0.60", "127.0.0.61"]);
+    assert_nothing_left(&[&temp, "127.0.0.60", "127.0.0.61"]);
 }
 
 fn write_config(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
@@ -159,6 +169,9 @@ fn nofile_soft_limit(pid: i32) -> u64 {
 #[test]
 #[ignore = "needs Ray 2.60: run by `cargo xtask test`"]
 fn run_head_and_kuberay_worker_raise_nofile_and_stop_cleanly() {
+    let (gcs, agent, metrics) = ports();
+    let (agent2, metrics2, endpoints) = ports();
+    let temp = format!("/tmp/ray-t{gcs}");
     let dir = tempfile::tempdir().unwrap();
     let head_config = write_config(
         dir.path(),
@@ -166,17 +179,17 @@ fn run_head_and_kuberay_worker_raise_nofile_and_stop_cleanly() {
         &format!(
             r#"role = "head"
 open-file-limit = 4321
-endpoints-port = 18470
+endpoints-port = {endpoints}
 [ray]
 bin = "{ray}"
-gcs-port = 6470
+gcs-port = {gcs}
 node-ip = "127.0.0.70"
 num-cpus = 1
 memory = 500000000
 object-store-memory = 80000000
-dashboard-agent-listen-port = 52470
-metrics-export-port = 28470
-temp-dir = "/tmp/ray-t6470"
+dashboard-agent-listen-port = {agent}
+metrics-export-port = {metrics}
+temp-dir = "{temp}"
 stop-grace-seconds = 5
 env = {{ RAY_USAGE_STATS_ENABLED = "0" }}
 [cluster]
@@ -216,15 +229,17 @@ use-kuberay-command = true
 node-ip = "127.0.0.71"
 memory = 500000000
 object-store-memory = 80000000
-dashboard-agent-listen-port = 52471
-metrics-export-port = 28471
+dashboard-agent-listen-port = {agent2}
+metrics-export-port = {metrics2}
 gcs-wait-seconds = 120
 stop-grace-seconds = 5
 "#,
             ray = ray_bin()
         ),
     );
-    let kuberay = "ray start  --address=127.0.0.70:6470  --block  --dashboard-agent-listen-port=52365  --metrics-export-port=8080  --num-cpus=1 ";
+    let kuberay = format!(
+        "ray start  --address=127.0.0.70:{gcs}  --block  --dashboard-agent-listen-port=52365  --metrics-export-port=8080  --num-cpus=1 "
+    );
     let worker = Command::new("sh")
         .arg("-c")
         .arg(format!(
@@ -232,7 +247,7 @@ stop-grace-seconds = 5
             env!("CARGO_BIN_EXE_orchestrator"),
             worker_config.display()
         ))
-        .env("KUBERAY_GEN_RAY_START_CMD", kuberay)
+        .env("KUBERAY_GEN_RAY_START_CMD", &kuberay)
         .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -240,7 +255,7 @@ stop-grace-seconds = 5
         .unwrap();
     guard.0.push(worker.id() as i32);
 
-    let ready = wait_ready("127.0.0.70:6470", 2, 120);
+    let ready = wait_ready(&format!("127.0.0.70:{gcs}"), 2, 120);
     assert!(ready.status.success(), "{:?}", text(&ready));
 
     let raylets: Vec<i32> = ["127.0.0.70", "127.0.0.71"]
@@ -256,44 +271,44 @@ stop-grace-seconds = 5
         );
     }
     // The head's endpoints: alive, and ready once the cluster is.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        let body = http_get("127.0.0.1:18470", "/status");
-        if body.contains("\"ready\":true") || Instant::now() > deadline {
-            break body;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(status.contains("\"phase\":\"serve\""), "{status}");
-    assert!(status.contains("\"nodes-alive\":2"), "{status}");
-    assert!(http_get("127.0.0.1:18470", "/livez").contains("ok"));
-    assert!(http_get("127.0.0.1:18470", "/metrics").contains("orchestrator_nodes_alive 2"));
+    let endpoints: u16 = endpoints.parse().unwrap();
+    let status = status_until(endpoints, Duration::from_secs(10), |s| s["ready"] == true);
+    assert_eq!(status["phase"], "serve", "{status}");
+    assert_eq!(status["nodes-alive"], 2, "{status}");
+    let at = format!("127.0.0.1:{endpoints}");
+    assert!(http_get(&at, "/livez").contains("ok"));
+    assert!(http_get(&at, "/metrics").contains("orchestrator_nodes_alive 2"));
 
     // KubeRay's --block was dropped and the configured ports won.
     let worker_raylet = processes_with("--node_ip_address=127.0.0.71");
     assert!(!worker_raylet.is_empty());
 
-    sigterm(&worker);
+    signal(worker.id() as i32, Sig::TERM);
     let out = wait_with_deadline(worker, Duration::from_secs(30));
     let (_, stderr) = text(&out);
     assert!(out.status.success(), "worker exits 0 on SIGTERM: {stderr}");
     assert!(
-        stderr.contains("--dashboard-agent-listen-port=52471") && !stderr.contains("--block"),
+        stderr.contains(&format!("--dashboard-agent-listen-port={agent2}"))
+            && !stderr.contains("--block"),
         "{stderr}"
     );
     assert_nothing_left(&["127.0.0.71"]);
 
-    sigterm(&head);
+    signal(head.id() as i32, Sig::TERM);
     let out = wait_with_deadline(head, Duration::from_secs(30));
     let (_, stderr) = text(&out);
     assert!(out.status.success(), "head exits 0 on SIGTERM: {stderr}");
     assert!(stderr.contains("cluster ready"), "{stderr}");
-    assert_nothing_left(&["/tmp/ray-t6470", "127.0.0.70"]);
+    assert_nothing_left(&[&temp, "127.0.0.70"]);
 }
 
 #[test]
 #[ignore = "needs Ray 2.60: run by `cargo xtask test`"]
 fn worker_exits_1_when_its_raylet_dies() {
+    let (gcs, agent, metrics) = ports();
+    let (agent2, metrics2, _) = ports();
+    let temp = format!("/tmp/ray-t{gcs}");
+    let address = format!("127.0.0.80:{gcs}");
     let local = orchestrator()
         .args([
             "local",
@@ -302,13 +317,13 @@ fn worker_exits_1_when_its_raylet_dies() {
             "--head-ip",
             "127.0.0.80",
             "--gcs-port",
-            "6480",
+            &gcs,
             "--agent-port",
-            "52480",
+            &agent,
             "--metrics-port",
-            "28480",
+            &metrics,
             "--temp-dir",
-            "/tmp/ray-t6480",
+            &temp,
             "--memory-mib",
             "500",
             "--object-store-mib",
@@ -319,7 +334,7 @@ fn worker_exits_1_when_its_raylet_dies() {
         .spawn()
         .unwrap();
     let mut guard = Guard(vec![local.id() as i32]);
-    assert!(wait_ready("127.0.0.80:6480", 1, 90).status.success());
+    assert!(wait_ready(&address, 1, 90).status.success());
     let worker = orchestrator()
         .args([
             "run",
@@ -328,7 +343,7 @@ fn worker_exits_1_when_its_raylet_dies() {
             "--set",
             "endpoints-port=0",
             "--set",
-            "ray.gcs-address=\"127.0.0.80:6480\"",
+            &format!("ray.gcs-address=\"{address}\""),
             "--set",
             "ray.node-ip=\"127.0.0.81\"",
             "--set",
@@ -336,9 +351,9 @@ fn worker_exits_1_when_its_raylet_dies() {
             "--set",
             "ray.object-store-memory=80000000",
             "--set",
-            "ray.dashboard-agent-listen-port=52481",
+            &format!("ray.dashboard-agent-listen-port={agent2}"),
             "--set",
-            "ray.metrics-export-port=28481",
+            &format!("ray.metrics-export-port={metrics2}"),
             "--set",
             &format!("ray.bin=\"{}\"", ray_bin()),
         ])
@@ -347,41 +362,28 @@ fn worker_exits_1_when_its_raylet_dies() {
         .spawn()
         .unwrap();
     guard.0.push(worker.id() as i32);
-    assert!(wait_ready("127.0.0.80:6480", 2, 90).status.success());
-    // The node registers before `ray start` returns; the orchestrator
-    // supervises once it has (its raylet is then re-parented to it).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let raylet = loop {
-        if let Some(pid) =
-            raylet_of("127.0.0.81").filter(|pid| parent_of(*pid) == Some(worker.id() as i32))
-        {
-            break pid;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the worker's raylet never came under the orchestrator"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    std::thread::sleep(Duration::from_millis(300));
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(raylet).unwrap(),
-        rustix::process::Signal::KILL,
-    )
-    .unwrap();
+    let mut worker = worker;
+    let log = Captured::stderr_of(&mut worker);
+    assert!(wait_ready(&address, 2, 90).status.success());
+    // Once the orchestrator logs the node as started, it watches its
+    // daemons (the raylet is then re-parented to it).
+    log.wait_for("Ray node started", Duration::from_secs(60));
+    let raylet = raylet_of("127.0.0.81").expect("the worker's raylet");
+    assert_eq!(parent_of(raylet), Some(worker.id() as i32));
+    signal(raylet, Sig::KILL);
     let out = wait_with_deadline(worker, Duration::from_secs(30));
-    let (_, stderr) = text(&out);
+    let stderr = log.text();
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("raylet") && stderr.contains("signal 9"),
         "{stderr}"
     );
     assert_nothing_left(&["127.0.0.81"]);
-    sigterm(&local);
+    signal(local.id() as i32, Sig::TERM);
     assert!(
         wait_with_deadline(local, Duration::from_secs(30))
             .status
             .success()
     );
-    assert_nothing_left(&["/tmp/ray-t6480", "127.0.0.80"]);
+    assert_nothing_left(&[&temp, "127.0.0.80"]);
 }

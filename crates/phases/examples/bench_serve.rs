@@ -12,20 +12,20 @@
 //! The last line is `BENCH serve ...`. Needs ORCHESTRATOR_RAY_BIN,
 //! ORCHESTRATOR_VLLM_BIN (one venv) and ORCHESTRATOR_TINY_MODEL.
 //! Usage: bench_serve ORCHESTRATOR_BINARY
+//!
+//! Nothing here waits without a deadline, no blocking call runs on the
+//! async runtime's workers, and processes are signalled through the kill
+//! system call; whatever is left at the end is killed.
 
-use orchestrator_phases::ray_node::{RayNode, become_subreaper};
+use orchestrator_phases::start::RayNode;
+use orchestrator_phases::start::ray_node::group_members;
+use orchestrator_phases::supervision::become_subreaper;
 use orchestrator_ray_gcs::GcsClient;
-use orchestrator_ray_gcs::proto::node_info_gcs_service_client::NodeInfoGcsServiceClient;
-use std::io::{Read, Write};
+use orchestrator_test_support::{
+    Sig, http_async, kill_descendants, now_ms, raylet_of, signal, signal_group, wait_child,
+};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use std::time::{Duration, Instant};
 
 fn env(name: &str) -> Result<String, String> {
     std::env::var(name).map_err(|_| format!("{name} is not set"))
@@ -47,37 +47,23 @@ fn vllm_env() -> Vec<(&'static str, &'static str)> {
     ]
 }
 
-fn http(address: &str, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
-    let mut stream = std::net::TcpStream::connect(address).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .ok()?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.0\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some((
-        code,
-        text.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default(),
-    ))
-}
-
 /// Polls until a completion succeeds; returns the wall-clock ms it did.
-fn first_completion(server: &str, limit: Duration) -> Result<u64, String> {
+async fn first_completion(server: &str, limit: Duration) -> Result<u64, String> {
     let deadline = Instant::now() + limit;
     let body = r#"{"model": "tiny", "prompt": "hello", "max_tokens": 1}"#;
     while Instant::now() < deadline {
-        if let Some((200, _)) = http(server, "POST", "/v1/completions", body) {
+        let reply = http_async(
+            server,
+            "POST",
+            "/v1/completions",
+            body,
+            Duration::from_secs(60),
+        )
+        .await;
+        if reply.is_some_and(|r| r.status == 200) {
             return Ok(now_ms());
         }
-        std::thread::sleep(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Err(format!("no completion from {server} within {limit:?}"))
 }
@@ -110,42 +96,17 @@ async fn registered_ms(gcs: &str, nodes: usize) -> Result<u64, String> {
 }
 
 async fn death_ms(gcs: &str) -> Option<u64> {
-    let mut client = NodeInfoGcsServiceClient::connect(format!("http://{gcs}"))
+    let gcs = gcs.to_string();
+    tokio::task::spawn_blocking(move || orchestrator_test_support::gcs_death_time(&gcs))
         .await
-        .ok()?;
-    let reply = client
-        .get_all_node_info(orchestrator_ray_gcs::proto::GetAllNodeInfoRequest { limit: None })
-        .await
-        .ok()?
-        .into_inner();
-    reply
-        .node_info_list
-        .iter()
-        .find(|n| n.state == 1)
-        .map(|n| n.end_time_ms)
+        .ok()
+        .flatten()
 }
 
-fn restarts(endpoints: &str) -> Option<u64> {
-    let (_, body) = http(endpoints, "GET", "/status", "")?;
-    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+async fn restarts(endpoints: &str) -> Option<u64> {
+    let reply = http_async(endpoints, "GET", "/status", "", Duration::from_secs(5)).await?;
+    let v: serde_json::Value = serde_json::from_str(&reply.body).ok()?;
     v["restarts"].as_u64()
-}
-
-fn raylet_of(ip: &str) -> Option<i32> {
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let pid: i32 = entry.file_name().to_str()?.parse().unwrap_or(0);
-        if pid == 0 {
-            continue;
-        }
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if comm.trim() == "raylet"
-            && String::from_utf8_lossy(&cmdline).contains(&format!("--node_ip_address={ip}\0"))
-        {
-            return Some(pid);
-        }
-    }
-    None
 }
 
 async fn orchestrator_run(
@@ -219,22 +180,20 @@ async fn orchestrator_run(
         .map_err(|e| e.to_string())?;
     let result = async {
         let registered = registered_ms(&gcs, 2).await?;
-        let served = first_completion(&server, Duration::from_secs(300))?;
+        let served = first_completion(&server, Duration::from_secs(300)).await?;
         println!("orchestrator: first completion {:.1} s after the last node registered", (served - registered) as f64 / 1000.0);
-        let before = restarts(&endpoints).unwrap_or(0);
+        let before = restarts(&endpoints).await.unwrap_or(0);
         let raylet = raylet_of("127.0.0.121").ok_or("no worker raylet")?;
-        if let Some(pid) = rustix::process::Pid::from_raw(raylet) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-        }
+        signal(raylet, Sig::KILL);
         let deadline = Instant::now() + Duration::from_secs(60);
         let acted = loop {
-            if restarts(&endpoints).unwrap_or(0) > before {
+            if restarts(&endpoints).await.unwrap_or(0) > before {
                 break now_ms();
             }
             if Instant::now() > deadline {
                 return Err("no action on the worker's death".to_string());
             }
-            std::thread::sleep(Duration::from_millis(10));
+            tokio::time::sleep(Duration::from_millis(10)).await;
         };
         let mut died = None;
         for _ in 0..300 {
@@ -250,10 +209,14 @@ async fn orchestrator_run(
         Ok(((served - registered) as f64 / 1000.0, action))
     }
     .await;
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    // The orchestrator drains vLLM (up to 30 s) and stops its Ray nodes.
+    signal(child.id() as i32, Sig::TERM);
+    if wait_child(&mut child, Duration::from_secs(90))
+        .await
+        .is_none()
+    {
+        eprintln!("the orchestrator did not exit; killed");
+    }
     result
 }
 
@@ -321,20 +284,23 @@ async fn old_way_run(ray: &str, vllm: &str, model: &str) -> Result<f64, String> 
     let result = async {
         worker.as_ref().map_err(|e| e.to_string())?;
         let registered = registered_ms(&gcs, 2).await?;
-        let served = first_completion(&format!("{head}:{serve_port}"), Duration::from_secs(300))?;
+        let served =
+            first_completion(&format!("{head}:{serve_port}"), Duration::from_secs(300)).await?;
         let took = (served - registered) as f64 / 1000.0;
         println!("origin flow: first completion {took:.1} s after the last node registered");
         Ok(took)
     }
     .await;
-    let _ = Command::new("kill")
-        .args(["-TERM", &format!("-{}", loop_child.id())])
-        .status();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let _ = Command::new("kill")
-        .args(["-KILL", &format!("-{}", loop_child.id())])
-        .status();
-    let _ = loop_child.wait();
+    // The loop and vLLM are one process group (the script's): SIGTERM, up
+    // to 35 s for vLLM to drain, then SIGKILL.
+    let group = loop_child.id() as i32;
+    signal_group(group, Sig::TERM);
+    let drained = Instant::now() + Duration::from_secs(35);
+    while Instant::now() < drained && !group_members(group).is_empty() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    signal_group(group, Sig::KILL);
+    let _ = wait_child(&mut loop_child, Duration::from_secs(10)).await;
     if let Ok(w) = &worker {
         w.stop(Duration::from_secs(5)).await;
     }
@@ -353,8 +319,18 @@ async fn main() -> Result<(), String> {
         env("ORCHESTRATOR_TINY_MODEL")?,
     );
     let _ = become_subreaper();
-    let (orch_s, action_ms) = orchestrator_run(&bin, &ray, &vllm, &model).await?;
-    let old_s = old_way_run(&ray, &vllm, &model).await?;
+    let orchestrator = orchestrator_run(&bin, &ray, &vllm, &model).await;
+    let left = kill_descendants();
+    if left > 0 {
+        eprintln!("{left} processes of the orchestrator's run were left and killed");
+    }
+    let (orch_s, action_ms) = orchestrator?;
+    let old = old_way_run(&ray, &vllm, &model).await;
+    let left = kill_descendants();
+    if left > 0 {
+        eprintln!("{left} processes of the origin flow (vLLM's Ray workers) were left and killed");
+    }
+    let old_s = old?;
     println!(
         "BENCH serve orchestrator_registration_to_completion_s={orch_s:.1} origin_flow_registration_to_completion_s={old_s:.1} speedup={:.2} death_to_action_ms={action_ms:.0}",
         old_s / orch_s.max(0.001)

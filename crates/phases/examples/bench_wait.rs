@@ -9,21 +9,16 @@
 //! Usage: bench_wait ORCHESTRATOR_BINARY (with ORCHESTRATOR_RAY_BIN set).
 //! BENCH_ROUNDS (default 5) and BENCH_CPU_SECONDS (default 60) tune it.
 
-use orchestrator_phases::ray_node::{RayNode, become_subreaper};
+use orchestrator_phases::start::RayNode;
+use orchestrator_phases::supervision::become_subreaper;
 use orchestrator_ray_gcs::GcsClient;
+use orchestrator_test_support::{kill_descendants, now_ms};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const HEAD: &str = "127.0.0.90";
 const PORT: u16 = 6490;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 fn env() -> Vec<(String, String)> {
     vec![("RAY_USAGE_STATS_ENABLED".into(), "0".into())]
@@ -120,14 +115,20 @@ fn schedstat_seconds(pid: u32) -> Option<f64> {
 }
 
 /// CPU-seconds of a direct child over its whole life: its schedstat,
-/// sampled every 100 ms until it exits.
-fn cpu_seconds_of_child(mut child: std::process::Child) -> f64 {
+/// sampled every 100 ms until it exits (killed at `limit`).
+fn cpu_seconds_of_child(mut child: std::process::Child, limit: Duration) -> f64 {
+    let deadline = Instant::now() + limit;
     let mut last = 0.0;
     loop {
         if let Some(s) = schedstat_seconds(child.id()) {
             last = s;
         }
         if matches!(child.try_wait(), Ok(Some(_))) {
+            return last;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
             return last;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -219,6 +220,7 @@ async fn main() -> Result<(), String> {
     }
     if let Err(e) = result {
         head.stop(Duration::from_secs(5)).await;
+        kill_descendants();
         return Err(e);
     }
 
@@ -239,12 +241,18 @@ async fn main() -> Result<(), String> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| e.to_string())?;
-    let orch_cpu =
-        tokio::task::spawn_blocking(move || Ok::<f64, String>(cpu_seconds_of_child(orch_child)));
+    let limit = Duration::from_secs(cpu_window + 30);
+    let orch_cpu = tokio::task::spawn_blocking(move || {
+        Ok::<f64, String>(cpu_seconds_of_child(orch_child, limit))
+    });
     let loop_cpu = tokio::task::spawn_blocking(move || cpu_seconds_of(&loop_cmd, window));
     let orch_cpu = orch_cpu.await.map_err(|e| e.to_string())??;
     let loop_cpu = loop_cpu.await.map_err(|e| e.to_string())??;
     head.stop(Duration::from_secs(5)).await;
+    let left = kill_descendants();
+    if left > 0 {
+        eprintln!("{left} processes were left and killed");
+    }
 
     let o50 = percentile(&orch_ms, 0.5);
     let l50 = percentile(&loop_ms, 0.5);

@@ -10,25 +10,17 @@
 //! Unknown fields are errors that name the field, and every check says how
 //! to fix what it found.
 
-use orchestrator_policy_host::types::{KeyValue, NodeGroup, ServeSettings, Topology};
-use orchestrator_policy_host::{PluginSource, World};
+use crate::policies::PolicyRef;
+pub use orchestrator_domain::{ClusterConfig, GroupConfig, Role};
+use orchestrator_domain::{KeyValue, ServeSettings};
+pub use orchestrator_kubernetes::KubernetesConfig;
+use orchestrator_policy_host::World;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The prefix of configuration environment variables.
 pub const ENV_PREFIX: &str = "ORCHESTRATOR__";
-
-/// Which role this pod plays.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum Role {
-    /// The head: runs the GCS, waits for the cluster, serves.
-    #[default]
-    Head,
-    /// A worker: joins the head's GCS and supervises its Ray node.
-    Worker,
-}
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,7 +59,7 @@ impl Default for Config {
             plugins: PluginLimits::default(),
             serve: ServeConfig::default(),
             kubernetes: KubernetesConfig::default(),
-            endpoints_port: crate::status::DEFAULT_PORT,
+            endpoints_port: crate::endpoints::DEFAULT_PORT,
             endpoints_host: "0.0.0.0".to_string(),
         }
     }
@@ -147,115 +139,6 @@ impl Default for RayConfig {
     }
 }
 
-/// One expected group of nodes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
-pub struct GroupConfig {
-    /// The group's name.
-    pub name: String,
-    /// Its node count.
-    pub replicas: u32,
-    /// CPUs per node.
-    pub cpus_per_node: f64,
-    /// GPUs per node.
-    pub gpus_per_node: f64,
-}
-
-/// The cluster the head waits for.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
-pub struct ClusterConfig {
-    /// Nodes that must be alive, the head included (unset: 1, or the head
-    /// plus the groups' replicas, or what the RayCluster says when
-    /// `kubernetes.enabled`).
-    pub nodes: Option<u32>,
-    /// GPUs the cluster must offer in total (0: not checked).
-    pub gpus: f64,
-    /// GPUs every node must offer (0: not checked).
-    pub min_gpus_per_node: f64,
-    /// Per-group shape, when known.
-    pub groups: Vec<GroupConfig>,
-    /// Seconds the wait phase may take.
-    pub wait_timeout_seconds: u64,
-}
-
-impl Default for ClusterConfig {
-    fn default() -> Self {
-        Self {
-            nodes: None,
-            gpus: 0.0,
-            min_gpus_per_node: 0.0,
-            groups: vec![],
-            wait_timeout_seconds: 600,
-        }
-    }
-}
-
-impl ClusterConfig {
-    /// The expected topology in the policy contract's terms. When `nodes`
-    /// is unset, the node count is the head plus the groups' replicas.
-    pub fn topology(&self) -> Topology {
-        let from_groups: u32 = self.groups.iter().map(|g| g.replicas).sum();
-        Topology {
-            nodes: self.nodes.unwrap_or(from_groups + 1),
-            gpus: self.gpus,
-            min_gpus_per_node: self.min_gpus_per_node,
-            groups: self
-                .groups
-                .iter()
-                .map(|g| NodeGroup {
-                    name: g.name.clone(),
-                    replicas: g.replicas,
-                    cpus_per_node: g.cpus_per_node,
-                    gpus_per_node: g.gpus_per_node,
-                })
-                .collect(),
-        }
-    }
-}
-
-/// Kubernetes awareness: the expected topology from the pod's RayCluster,
-/// diagnosis of workers that have not joined, and Events on the head pod.
-/// Off unless `enabled`; bare-metal and local use need no cluster.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
-pub struct KubernetesConfig {
-    /// Talk to the Kubernetes API server (head only).
-    pub enabled: bool,
-    /// The API server's URL; unset: the in-cluster service account
-    /// (`KUBERNETES_SERVICE_HOST`, token and CA under
-    /// `/var/run/secrets/kubernetes.io/serviceaccount`). Plain `http://`
-    /// serves `kubectl proxy` and tests.
-    pub api_server: Option<String>,
-    /// The namespace; unset: `POD_NAMESPACE`, then the service account's.
-    pub namespace: Option<String>,
-    /// This pod's name; unset: `POD_NAME`, then `HOSTNAME`.
-    pub pod_name: Option<String>,
-    /// The RayCluster's name; unset: this pod's `ray.io/cluster` label.
-    pub cluster_name: Option<String>,
-    /// Record Events on this pod for phase changes, failures and restarts.
-    pub events: bool,
-    /// Events that may be sent at once before the rate limit applies.
-    pub event_burst: u32,
-    /// Seconds per Event the rate limit allows after the burst.
-    pub event_interval_seconds: u64,
-}
-
-impl Default for KubernetesConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            api_server: None,
-            namespace: None,
-            pod_name: None,
-            cluster_name: None,
-            events: true,
-            event_burst: 10,
-            event_interval_seconds: 10,
-        }
-    }
-}
-
 /// Which plugin serves one phase.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
@@ -271,16 +154,16 @@ pub struct PolicyConfig {
 }
 
 impl PolicyConfig {
-    /// The plugin source, `default` naming the built-in used when neither
-    /// `builtin` nor `file` is set.
-    pub fn source(&self, default: &str) -> PluginSource {
+    /// Which plugin this is, `default` naming the built-in used when
+    /// neither `builtin` nor `file` is set.
+    pub fn policy(&self, default: &str) -> PolicyRef {
         match (&self.file, &self.builtin) {
-            (Some(path), _) => PluginSource::File {
+            (Some(path), _) => PolicyRef::File {
                 path: path.clone(),
                 sha256: self.sha256.clone(),
             },
-            (None, Some(name)) => PluginSource::Builtin(name.clone()),
-            (None, None) => PluginSource::Builtin(default.to_string()),
+            (None, Some(name)) => PolicyRef::Builtin(name.clone()),
+            (None, None) => PolicyRef::Builtin(default.to_string()),
         }
     }
 
@@ -329,11 +212,26 @@ pub struct PluginLimits {
 }
 
 impl Default for PluginLimits {
+    /// The host's own defaults (100 ms, 64 MiB, the user's cache dir).
     fn default() -> Self {
+        let host = orchestrator_policy_host::HostConfig::default();
         Self {
-            call_timeout_ms: 100,
-            memory_limit_mib: 64,
+            call_timeout_ms: host.call_timeout.as_millis() as u64,
+            memory_limit_mib: host.memory_limit_bytes / (1024 * 1024),
             cache_dir: None,
+        }
+    }
+}
+
+impl PluginLimits {
+    /// The plugin host's configuration for these limits (no cache dir
+    /// given: the host's default).
+    pub fn host_config(&self) -> orchestrator_policy_host::HostConfig {
+        let defaults = orchestrator_policy_host::HostConfig::default();
+        orchestrator_policy_host::HostConfig {
+            call_timeout: std::time::Duration::from_millis(self.call_timeout_ms.max(1)),
+            memory_limit_bytes: self.memory_limit_mib.max(1) * 1024 * 1024,
+            cache_dir: self.cache_dir.clone().or(defaults.cache_dir),
         }
     }
 }
@@ -465,6 +363,17 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         sets: &[String],
     ) -> Result<Self, ConfigError> {
+        Self::load_as(file, env, sets, None)
+    }
+
+    /// Like [`load`](Self::load), with `role` (the `--role` flag), when
+    /// given, overriding every other source.
+    pub fn load_as(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        sets: &[String],
+        role: Option<Role>,
+    ) -> Result<Self, ConfigError> {
         let mut tree = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
@@ -506,7 +415,7 @@ impl Config {
             })?;
         }
         let origin = file.map_or_else(|| "configuration".to_string(), |p| p.display().to_string());
-        let config: Config =
+        let mut config: Config =
             toml::Value::Table(tree)
                 .try_into()
                 .map_err(|e: toml::de::Error| ConfigError::Parse {
@@ -516,6 +425,9 @@ impl Config {
                         e.to_string().trim().replace('\n', " ")
                     ),
                 })?;
+        if let Some(role) = role {
+            config.role = role;
+        }
         config.validate()?;
         Ok(config)
     }

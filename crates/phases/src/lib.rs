@@ -1,37 +1,33 @@
 //! # orchestrator-phases
 //!
-//! The phase engine of the orchestrator:
+//! The orchestrator as a library: the lifecycle of a pod, start -> wait ->
+//! serve -> stop, and the phases it is made of. The binary is a thin
+//! front end over [`lifecycle`].
 //!
-//! - [`config`]: the configuration file, with every field overridable by
-//!   environment variables and `--set` flags, checked with
-//!   `deny_unknown_fields`.
-//! - [`ray_start`]: the `ray start` argv, built from the configuration or
-//!   parsed from KubeRay's `KUBERAY_GEN_RAY_START_CMD` (no shell, `--block`
-//!   dropped).
-//! - [`limits`]: raising `RLIMIT_NOFILE` for the whole process tree.
-//! - [`ray_node`]: a supervised Ray node: started in its own process group,
-//!   its daemons watched through pidfds, stopped by process group.
-//! - [`wait`]: the wait phase: GCS membership into readiness snapshots,
-//!   decided by the readiness policy.
-//! - [`serve`]: the serve phase: the launch policy's argv run as a
-//!   supervised [`server`], probed over HTTP ([`probe`]), judged by the
-//!   health policy, restarted or shut down as it says.
-//! - [`facts`]: what a platform (Kubernetes) says about the cluster: the
-//!   expected topology and why expected nodes have not joined.
-//! - [`status`]: `/livez`, `/readyz`, `/status` and `/metrics`, and the
-//!   phase changes and failures a platform records as Events.
+//! - [`lifecycle`]: the plan (from a configuration, or a local cluster)
+//!   and the engine that runs it; the one owner of the phase.
+//! - [`config`]: the configuration file, every field overridable by
+//!   environment variables and `--set` flags.
+//! - [`policies`]: which policy serves each phase, resolved and loaded.
+//! - [`start`]: the open-file limit and the supervised Ray nodes (`ray
+//!   start` argv, from the configuration or KubeRay's command).
+//! - [`wait`]: membership into readiness snapshots, decided by the
+//!   readiness policy.
+//! - [`serve`]: the launch policy's plan run as a supervised server,
+//!   probed, judged by the health policy.
+//! - [`membership`]: where membership comes from (Ray's GCS).
+//! - [`supervision`]: process groups, the reaper, signals, `/proc`.
+//! - [`endpoints`]: `/livez`, `/readyz`, `/status`, `/metrics`, and the
+//!   events a platform records.
+//! - [`platform`]: what Kubernetes says about the cluster.
 
-mod child;
 pub mod config;
-pub mod facts;
-pub mod limits;
-pub mod probe;
-pub mod procfs;
-pub mod ray_node;
-pub mod ray_start;
-pub mod reaper;
+pub mod endpoints;
+pub mod lifecycle;
+pub mod membership;
+pub mod platform;
+pub mod policies;
 pub mod serve;
-pub mod server;
-pub mod signals;
-pub mod status;
+pub mod start;
+pub mod supervision;
 pub mod wait;

@@ -5,82 +5,92 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use orchestrator_phases::probe::http;
-use orchestrator_phases::serve::{ServeOutcome, ServeSpec, serve};
-use orchestrator_phases::signals::Shutdown;
-use orchestrator_phases::status::{Status, serve_endpoints};
-use orchestrator_policy_host::types::{KeyValue, LaunchPlan};
-use orchestrator_policy_host::{HostConfig, Plugin, PluginSource, PolicyHost, World};
+use orchestrator_domain::{KeyValue, LaunchPlan, ServeSettings};
+use orchestrator_phases::endpoints::{Status, serve_endpoints};
+use orchestrator_phases::membership::RayGcs;
+use orchestrator_phases::policies::{self, PolicyRef};
+use orchestrator_phases::serve::probe::http;
+use orchestrator_phases::serve::{ServeContext, ServeOutcome, ServeSpec, supervise};
+use orchestrator_phases::supervision::Shutdown;
+use orchestrator_policy_host::HealthPolicy;
+use orchestrator_test_support::{free_port, processes_with};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn health_policy() -> Plugin {
-    let host = PolicyHost::new(HostConfig {
-        cache_dir: None,
-        ..HostConfig::default()
-    })
-    .unwrap();
-    host.load(World::Health, &PluginSource::Builtin("default".into()))
-        .unwrap()
+fn health_policy() -> HealthPolicy {
+    let host = policies::host(&Default::default()).unwrap();
+    policies::health(&host, &PolicyRef::parse("builtin:default"), "test").unwrap()
 }
 
-fn spec(port: u16, mode: &str, params: &[(&str, &str)]) -> ServeSpec {
+/// The stand-in server's command, and how it is probed.
+fn spec(port: u16, mode: &str, params: &[(&str, &str)]) -> (ServeSpec, LaunchPlan) {
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/stand_in_vllm.py"
     );
-    ServeSpec {
-        plan: LaunchPlan {
-            argv: vec![
-                "python3".into(),
-                script.into(),
-                "serve".into(),
-                "/models/tiny".into(),
-                "--host".into(),
-                "127.0.0.1".into(),
-                "--port".into(),
-                port.to_string(),
-                "--served-model-name".into(),
-                "tiny".into(),
-            ],
-            env: vec![KeyValue::new("STAND_IN_MODE", mode)],
+    let plan = LaunchPlan {
+        argv: vec![
+            "python3".into(),
+            script.into(),
+            "serve".into(),
+            "/models/tiny".into(),
+            "--host".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            port.to_string(),
+            "--served-model-name".into(),
+            "tiny".into(),
+        ],
+        env: vec![KeyValue::new("STAND_IN_MODE", mode)],
+    };
+    let spec = ServeSpec {
+        settings: ServeSettings {
+            model: "/models/tiny".into(),
+            served_model_name: Some("tiny".into()),
+            ..ServeSettings::default()
         },
+        launch_params: vec![],
+        health_params: params.iter().map(|(k, v)| KeyValue::new(*k, *v)).collect(),
         probe_address: format!("127.0.0.1:{port}"),
-        model: "tiny".into(),
         health_interval: Duration::from_millis(200),
         generation_interval: Duration::from_millis(400),
         health_timeout: Duration::from_secs(2),
         generation_timeout: Duration::from_secs(2),
         stop_grace: Duration::from_secs(3),
-        gcs_address: "127.0.0.1:1".into(),
-        params: params.iter().map(|(k, v)| KeyValue::new(*k, *v)).collect(),
-        nodes: vec![],
-        ready_at: None,
-    }
+    };
+    (spec, plan)
+}
+
+/// Serves the stand-in; membership is unused here (no GCS at that port).
+async fn serve(
+    (spec, plan): &(ServeSpec, LaunchPlan),
+    policy: &mut HealthPolicy,
+    status: &Status,
+    shutdown: &Shutdown,
+) -> ServeOutcome {
+    let source = RayGcs::new("127.0.0.1:1");
+    let ctx = ServeContext {
+        source: &source,
+        status,
+        shutdown,
+    };
+    supervise(spec, plan, &[], None, policy, ctx).await
 }
 
 fn stand_ins_on(port: u16) -> usize {
-    let needle = format!("--port\0{port}");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            std::fs::read(e.path().join("cmdline"))
-                .map(|c| {
-                    String::from_utf8_lossy(&c).contains(&needle)
-                        && String::from_utf8_lossy(&c).contains("stand_in")
-                })
-                .unwrap_or(false)
-        })
-        .count()
+    processes_with(&format!(
+        "stand_in_vllm.py serve /models/tiny --host 127.0.0.1 --port {port} "
+    ))
+    .len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exited_server_is_restarted_then_shut_down_past_the_limit() {
     let status = Status::new();
     let mut policy = health_policy();
+    let port = free_port();
     let spec = spec(
-        18701,
+        port,
         "exit-after=1",
         &[("max-restarts", "2"), ("backoff-ms", "100")],
     );
@@ -102,19 +112,19 @@ async fn exited_server_is_restarted_then_shut_down_past_the_limit() {
         other => panic!("expected shutdown, got {other:?}"),
     }
     assert_eq!(status.snapshot().restarts, 2);
-    assert_eq!(stand_ins_on(18701), 0, "no server left");
+    assert_eq!(stand_ins_on(port), 0, "no server left");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wedged_engine_is_caught_by_the_generation_probe() {
     let status = Status::new();
     let mut policy = health_policy();
+    let port = free_port();
     let spec = spec(
-        18702,
+        port,
         "wedged",
         &[("restart-after-failures", "2"), ("max-restarts", "0")],
     );
-    let started = Instant::now();
     let outcome = tokio::time::timeout(
         Duration::from_secs(30),
         serve(&spec, &mut policy, &status, &Shutdown::manual().0),
@@ -131,88 +141,59 @@ async fn wedged_engine_is_caught_by_the_generation_probe() {
         }
         other => panic!("expected the policy to act on the wedged engine, got {other:?}"),
     }
-    assert!(started.elapsed() < Duration::from_secs(15));
-    assert_eq!(stand_ins_on(18702), 0);
+    assert_eq!(stand_ins_on(port), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthy_server_is_ready_then_stops_cleanly_on_request() {
     let status = Status::new();
-    let endpoints = serve_endpoints("127.0.0.1:18710".parse().unwrap(), Arc::clone(&status))
+    let address = format!("127.0.0.1:{}", free_port());
+    let endpoints = serve_endpoints(address.parse().unwrap(), Arc::clone(&status))
         .await
         .unwrap();
     let mut policy = health_policy();
-    let spec = spec(18703, "slow-start=1", &[]);
+    let port = free_port();
+    let spec = spec(port, "slow-start=1", &[]);
     let (shutdown, trigger) = Shutdown::manual();
     let status2 = Arc::clone(&status);
     let serving = tokio::spawn(async move {
-        status2.enter("serve");
+        status2.enter(orchestrator_domain::Phase::Serve);
         serve(&spec, &mut policy, &status2, &shutdown).await
     });
 
-    // Loading: alive but not ready.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let live = http(
-        "127.0.0.1:18710",
-        "GET",
-        "/livez",
-        None,
-        Duration::from_secs(1),
-    )
-    .await
-    .unwrap();
+    // Loading: alive but not ready (the stand-in takes 1 s to start).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let live = http(&address, "GET", "/livez", None, Duration::from_secs(1))
+        .await
+        .unwrap();
     assert_eq!(live.status, 200);
-    let ready = http(
-        "127.0.0.1:18710",
-        "GET",
-        "/readyz",
-        None,
-        Duration::from_secs(1),
-    )
-    .await
-    .unwrap();
+    let ready = http(&address, "GET", "/readyz", None, Duration::from_secs(1))
+        .await
+        .unwrap();
     assert_eq!(ready.status, 503, "{}", ready.body);
     assert!(ready.body.contains("starting"), "{}", ready.body);
 
     // Then healthy and ready.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let ready = http(
-            "127.0.0.1:18710",
-            "GET",
-            "/readyz",
-            None,
-            Duration::from_secs(1),
-        )
-        .await
-        .unwrap();
+        let ready = http(&address, "GET", "/readyz", None, Duration::from_secs(1))
+            .await
+            .unwrap();
         if ready.status == 200 {
             break;
         }
         assert!(Instant::now() < deadline, "never ready: {}", ready.body);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let state = http(
-        "127.0.0.1:18710",
-        "GET",
-        "/status",
-        None,
-        Duration::from_secs(1),
-    )
-    .await
-    .unwrap();
+    let state = http(&address, "GET", "/status", None, Duration::from_secs(1))
+        .await
+        .unwrap();
     let json: serde_json::Value = serde_json::from_str(&state.body).unwrap();
     assert_eq!(json["phase"], "serve");
     assert_eq!(json["last-health"], "healthy");
-    let metrics = http(
-        "127.0.0.1:18710",
-        "GET",
-        "/metrics",
-        None,
-        Duration::from_secs(1),
-    )
-    .await
-    .unwrap();
+    let metrics = http(&address, "GET", "/metrics", None, Duration::from_secs(1))
+        .await
+        .unwrap();
     assert!(
         metrics
             .body
@@ -237,16 +218,10 @@ async fn healthy_server_is_ready_then_stops_cleanly_on_request() {
 
     trigger.request();
     assert_eq!(serving.await.unwrap(), ServeOutcome::Stopped);
-    assert_eq!(stand_ins_on(18703), 0);
-    let ready = http(
-        "127.0.0.1:18710",
-        "GET",
-        "/readyz",
-        None,
-        Duration::from_secs(1),
-    )
-    .await
-    .unwrap();
+    assert_eq!(stand_ins_on(port), 0);
+    let ready = http(&address, "GET", "/readyz", None, Duration::from_secs(1))
+        .await
+        .unwrap();
     assert_eq!(ready.status, 503, "not ready while stopping");
     endpoints.abort();
 }

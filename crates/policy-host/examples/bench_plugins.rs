@@ -3,8 +3,20 @@
 //! the host's RSS with the three built-ins loaded, and the same readiness
 //! logic run natively for comparison. The last line is `BENCH plugins ...`.
 
-use orchestrator_policy_host::types::*;
-use orchestrator_policy_host::{HostConfig, PluginSource, PolicyHost, World};
+use orchestrator_domain::*;
+use orchestrator_policy_host::{HostConfig, PluginSource, PolicyHost};
+
+/// A built-in, handed to the host as bytes (as the orchestrator does).
+fn builtin(name: &str) -> PluginSource {
+    let b = orchestrator_builtin_plugins::BUILTINS
+        .iter()
+        .find(|b| b.name == name)
+        .map_or(&[][..], |b| b.wasm);
+    PluginSource::Embedded {
+        name: format!("builtin:{name}"),
+        bytes: b,
+    }
+}
 use std::time::{Duration, Instant};
 
 fn node(i: u32) -> Node {
@@ -107,7 +119,7 @@ fn rss_mb() -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let builtin = PluginSource::Builtin("node-count".into());
+    let node_count = builtin("node-count");
 
     // Cold compile: no cache at all.
     let cold_host = PolicyHost::new(HostConfig {
@@ -115,7 +127,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..HostConfig::default()
     })?;
     let cold = measure(10, || {
-        let _ = cold_host.load(World::Readiness, &builtin);
+        let _ = cold_host.readiness(&node_count);
     });
     drop(cold_host);
 
@@ -125,15 +137,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         cache_dir: Some(dir.clone()),
         ..HostConfig::default()
     })?;
-    host.load(World::Readiness, &builtin)?;
+    host.readiness(&node_count)?;
     let cached = measure(50, || {
-        let _ = host.load(World::Readiness, &builtin);
+        let _ = host.readiness(&node_count);
     });
 
     // RSS with the three built-ins loaded and instantiated.
-    let mut readiness = host.load(World::Readiness, &builtin)?;
-    let mut launch = host.load(World::Launch, &PluginSource::Builtin("vllm".into()))?;
-    let mut health = host.load(World::Health, &PluginSource::Builtin("default".into()))?;
+    let mut readiness = host.readiness(&node_count)?;
+    let mut launch = host.launch(&builtin("vllm"))?;
+    let mut health = host.health(&builtin("default"))?;
     readiness.instantiate()?;
     launch.instantiate()?;
     health.instantiate()?;

@@ -19,7 +19,7 @@ wasmtime::component::bindgen!({
     path: "../../wit/policy-0.1.0",
     world: "ray-orchestrator:host/host",
     with: {
-        "ray-orchestrator:policy/types@0.1.0": crate::types,
+        "ray-orchestrator:policy/types@0.1.0": crate::wire,
     },
 });
 

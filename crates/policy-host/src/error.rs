@@ -15,17 +15,6 @@ pub enum PluginError {
         error: std::io::Error,
     },
 
-    /// No built-in policy has that name for that world.
-    #[error("there is no built-in {world} policy named `{name}`; built-ins: {known}")]
-    UnknownBuiltin {
-        /// The world asked for.
-        world: String,
-        /// The name asked for.
-        name: String,
-        /// The built-ins for that world, comma-separated.
-        known: String,
-    },
-
     /// The file is not WebAssembly at all.
     #[error(
         "plugin `{plugin}` is not a WebAssembly file (it does not start with `\\0asm`); build it with `cargo build --target wasm32-wasip2 --release`"

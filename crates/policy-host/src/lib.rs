@@ -3,9 +3,14 @@
 //! Hosts the orchestrator's policy plugins: WebAssembly components that
 //! implement one world of `ray-orchestrator:policy@0.1.0` (see `wit/`).
 //!
-//! - [`PolicyHost::load`] takes a built-in or a file, checks its sha256 pin,
-//!   its header, the world and version it exports and the imports it needs,
-//!   and says exactly what is wrong when something is.
+//! - [`PolicyHost::readiness`], [`PolicyHost::launch`] and
+//!   [`PolicyHost::health`] load a component (a file, or bytes embedded by
+//!   the caller such as the built-ins), check its sha256 pin, its header,
+//!   the world and version it exports and the imports it needs, and say
+//!   exactly what is wrong when something is. Each returns a typed handle
+//!   ([`ReadinessPolicy`], [`LaunchPolicy`], [`HealthPolicy`]) whose one
+//!   call takes and returns `orchestrator_domain` types, so a call to the
+//!   wrong world cannot be written.
 //! - Compiled code is cached on disk, keyed by the plugin's sha256 and the
 //!   engine's settings, so later starts skip compilation.
 //! - Every call is bounded by a deadline (epoch interruption) and a memory
@@ -18,16 +23,24 @@
 
 mod bindings;
 mod cache;
+mod convert;
 mod error;
 mod inspect;
 mod sandbox;
-pub mod types;
+// Public only because the generated bindings re-export it; not an API.
+#[doc(hidden)]
+pub mod wire;
 mod world;
 
 pub use error::{PluginError, Stderr};
 pub use world::{PACKAGE, VERSION, World};
 
 use bindings::{health_policy, launch_policy, readiness_policy};
+use convert::{FromWire, ToWire};
+use orchestrator_domain::{
+    ClusterSnapshot, HealthSnapshot, HealthVerdict, KeyValue, LaunchError, LaunchPlan,
+    LaunchRequest, Readiness,
+};
 use sandbox::State;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
@@ -35,10 +48,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
-use types::{
-    ClusterSnapshot, HealthSnapshot, HealthVerdict, KeyValue, LaunchError, LaunchPlan,
-    LaunchRequest, Readiness,
-};
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::{Config, Engine, Store, Trap};
 
@@ -66,8 +75,14 @@ impl Default for HostConfig {
 /// Where a plugin comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PluginSource {
-    /// A built-in policy, by name (`node-count`, `vllm`, `default`).
-    Builtin(String),
+    /// Bytes the caller embeds (the built-in policies), under a display
+    /// name such as `builtin:node-count`.
+    Embedded {
+        /// The name errors and logs use.
+        name: String,
+        /// The component.
+        bytes: &'static [u8],
+    },
     /// A component file, optionally pinned by sha256 (hex).
     File {
         /// The file's path.
@@ -78,14 +93,11 @@ pub enum PluginSource {
 }
 
 impl PluginSource {
-    /// Parses `builtin:NAME` or a file path.
-    pub fn parse(text: &str) -> Self {
-        match text.strip_prefix("builtin:") {
-            Some(name) => Self::Builtin(name.to_string()),
-            None => Self::File {
-                path: PathBuf::from(text),
-                sha256: None,
-            },
+    /// An unpinned file.
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        Self::File {
+            path: path.into(),
+            sha256: None,
         }
     }
 }
@@ -201,7 +213,7 @@ impl PolicyHost {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| PluginError::Engine(format!("cannot link WASI: {e}")))?;
         bindings::log::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
-            .and_then(|()| types::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s))
+            .and_then(|()| wire::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s))
             .map_err(|e| PluginError::Engine(format!("cannot link the policy imports: {e}")))?;
         let ticker = EpochTicker::start(engine.clone())?;
         let ticks = config.call_timeout.as_nanos().div_ceil(TICK.as_nanos()) as u64 + 1;
@@ -224,30 +236,9 @@ impl PolicyHost {
     }
 
     /// Reads a plugin's bytes and its display name.
-    fn read(
-        &self,
-        world: Option<World>,
-        source: &PluginSource,
-    ) -> Result<(String, Vec<u8>), PluginError> {
+    fn read(&self, source: &PluginSource) -> Result<(String, Vec<u8>), PluginError> {
         match source {
-            PluginSource::Builtin(name) => {
-                let found = orchestrator_builtin_plugins::BUILTINS
-                    .iter()
-                    .find(|b| b.name == name && world.is_none_or(|w| b.world == w.name()));
-                match found {
-                    Some(b) => Ok((format!("builtin:{}", b.name), b.wasm.to_vec())),
-                    None => Err(PluginError::UnknownBuiltin {
-                        world: world.map_or("any".to_string(), |w| w.name().to_string()),
-                        name: name.clone(),
-                        known: orchestrator_builtin_plugins::BUILTINS
-                            .iter()
-                            .filter(|b| world.is_none_or(|w| b.world == w.name()))
-                            .map(|b| format!("{} ({})", b.name, b.world))
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    }),
-                }
-            }
+            PluginSource::Embedded { name, bytes } => Ok((name.clone(), bytes.to_vec())),
             PluginSource::File { path, sha256 } => {
                 let bytes = std::fs::read(path).map_err(|error| PluginError::Read {
                     path: path.clone(),
@@ -299,7 +290,7 @@ impl PolicyHost {
     /// Checks a plugin without running any of its code: what
     /// `orchestrator plugin check` prints.
     pub fn inspect(&self, source: &PluginSource) -> Result<PluginInfo, PluginError> {
-        let (name, bytes) = self.read(None, source)?;
+        let (name, bytes) = self.read(source)?;
         let (component, info) = self.compile_checked(&name, &bytes, None)?;
         // Linking proves every import is satisfiable.
         self.shared
@@ -312,20 +303,29 @@ impl PolicyHost {
         Ok(info)
     }
 
-    /// Loads a plugin for `world`: pin, header, world, version and imports
-    /// are checked; nothing of the plugin runs until its first call.
-    pub fn load(&self, world: World, source: &PluginSource) -> Result<Plugin, PluginError> {
-        let (name, bytes) = self.read(Some(world), source)?;
+    /// Loads a readiness policy: pin, header, world, version and imports
+    /// are checked; nothing of the plugin runs until its first call (or
+    /// [`ReadinessPolicy::instantiate`]).
+    pub fn readiness(&self, source: &PluginSource) -> Result<ReadinessPolicy, PluginError> {
+        self.load(World::Readiness, source).map(ReadinessPolicy)
+    }
+
+    /// Loads a launch policy, checked as [`readiness`](Self::readiness).
+    pub fn launch(&self, source: &PluginSource) -> Result<LaunchPolicy, PluginError> {
+        self.load(World::Launch, source).map(LaunchPolicy)
+    }
+
+    /// Loads a health policy, checked as [`readiness`](Self::readiness).
+    pub fn health(&self, source: &PluginSource) -> Result<HealthPolicy, PluginError> {
+        self.load(World::Health, source).map(HealthPolicy)
+    }
+
+    fn load(&self, world: World, source: &PluginSource) -> Result<Plugin, PluginError> {
+        let (name, bytes) = self.read(source)?;
         self.load_bytes(world, &name, &bytes)
     }
 
-    /// Like [`load`](Self::load), for bytes already in memory.
-    pub fn load_bytes(
-        &self,
-        world: World,
-        name: &str,
-        bytes: &[u8],
-    ) -> Result<Plugin, PluginError> {
+    fn load_bytes(&self, world: World, name: &str, bytes: &[u8]) -> Result<Plugin, PluginError> {
         let (component, info) = self.compile_checked(name, bytes, Some(world))?;
         let pre = self
             .shared
@@ -380,10 +380,10 @@ struct Live {
     guest: Guest,
 }
 
-/// A loaded plugin of one world. Calls are synchronous and short (bounded
-/// by the host's deadline); a failed call drops the instance and the next
-/// call instantiates afresh.
-pub struct Plugin {
+/// A loaded plugin of one world, behind one of the typed handles. Calls
+/// are synchronous and short (bounded by the host's deadline); a failed
+/// call drops the instance and the next call instantiates afresh.
+struct Plugin {
     shared: Arc<Shared>,
     name: Arc<str>,
     info: PluginInfo,
@@ -392,35 +392,7 @@ pub struct Plugin {
     live: Option<Live>,
 }
 
-impl std::fmt::Debug for Plugin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plugin").field("info", &self.info).finish()
-    }
-}
-
 impl Plugin {
-    /// What the host knows about this plugin.
-    pub fn info(&self) -> &PluginInfo {
-        &self.info
-    }
-
-    /// The plugin's name (`builtin:<name>` or its path).
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Drops the current instance; the next call instantiates afresh.
-    pub fn reset(&mut self) {
-        self.live = None;
-    }
-
-    /// Instantiates the plugin now (otherwise the first call does).
-    pub fn instantiate(&mut self) -> Result<(), PluginError> {
-        self.live = None;
-        self.ensure_live()?;
-        Ok(())
-    }
-
     fn ensure_live(&mut self) -> Result<&mut Live, PluginError> {
         if self.live.is_none() {
             let state = State::new(
@@ -487,59 +459,107 @@ impl Plugin {
             }
         }
     }
+}
 
-    fn wrong_world(&self, called: World) -> PluginError {
-        PluginError::WrongWorld {
-            plugin: self.name.to_string(),
-            expected: format!("the {} policy", called.name()),
-            expected_export: called.export_name(),
-            found: self.info.exports.join(", "),
+/// The methods every typed handle has.
+macro_rules! handle {
+    ($name:ident) => {
+        impl $name {
+            /// What the host knows about this plugin.
+            pub fn info(&self) -> &PluginInfo {
+                &self.0.info
+            }
+
+            /// The plugin's name (`builtin:<name>` or its path).
+            pub fn name(&self) -> &str {
+                &self.0.name
+            }
+
+            /// Drops the current instance; the next call instantiates afresh.
+            pub fn reset(&mut self) {
+                self.0.live = None;
+            }
+
+            /// Instantiates the plugin now (otherwise the first call does),
+            /// so a fault in its start-up shows at once and the first call
+            /// pays no set-up.
+            pub fn instantiate(&mut self) -> Result<(), PluginError> {
+                self.0.live = None;
+                self.0.ensure_live()?;
+                Ok(())
+            }
         }
-    }
 
-    /// Calls a readiness plugin's `check`.
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($name))
+                    .field("info", &self.0.info)
+                    .finish()
+            }
+        }
+    };
+}
+
+/// A loaded readiness policy (`readiness-policy.check`).
+pub struct ReadinessPolicy(Plugin);
+handle!(ReadinessPolicy);
+
+impl ReadinessPolicy {
+    /// Asks whether the cluster is ready.
     pub fn check(
         &mut self,
         snapshot: &ClusterSnapshot,
         params: &[KeyValue],
     ) -> Result<Readiness, PluginError> {
-        if !matches!(self.indices, Indices::Readiness(_)) {
-            return Err(self.wrong_world(World::Readiness));
-        }
-        self.call(|store, guest| match guest {
-            Guest::Readiness(g) => g.call_check(store, snapshot, params),
-            _ => Err(wasmtime::format_err!("not a readiness plugin")),
-        })
+        let (snapshot, params) = (snapshot.to_wire(), params.to_wire());
+        self.0
+            .call(|store, guest| match guest {
+                Guest::Readiness(g) => g.call_check(store, &snapshot, &params),
+                _ => Err(wasmtime::format_err!("not a readiness plugin")),
+            })
+            .map(FromWire::from_wire)
     }
+}
 
-    /// Calls a launch plugin's `plan`.
+/// A loaded launch policy (`launch-policy.plan`).
+pub struct LaunchPolicy(Plugin);
+handle!(LaunchPolicy);
+
+impl LaunchPolicy {
+    /// Asks for the serving process's argv and environment.
     pub fn plan(
         &mut self,
         request: &LaunchRequest,
         params: &[KeyValue],
     ) -> Result<Result<LaunchPlan, LaunchError>, PluginError> {
-        if !matches!(self.indices, Indices::Launch(_)) {
-            return Err(self.wrong_world(World::Launch));
-        }
-        self.call(|store, guest| match guest {
-            Guest::Launch(g) => g.call_plan(store, request, params),
-            _ => Err(wasmtime::format_err!("not a launch plugin")),
-        })
+        let (request, params) = (request.to_wire(), params.to_wire());
+        self.0
+            .call(|store, guest| match guest {
+                Guest::Launch(g) => g.call_plan(store, &request, &params),
+                _ => Err(wasmtime::format_err!("not a launch plugin")),
+            })
+            .map(FromWire::from_wire)
     }
+}
 
-    /// Calls a health plugin's `evaluate`.
+/// A loaded health policy (`health-policy.evaluate`).
+pub struct HealthPolicy(Plugin);
+handle!(HealthPolicy);
+
+impl HealthPolicy {
+    /// Asks what to do about the service's health.
     pub fn evaluate(
         &mut self,
         snapshot: &HealthSnapshot,
         params: &[KeyValue],
     ) -> Result<HealthVerdict, PluginError> {
-        if !matches!(self.indices, Indices::Health(_)) {
-            return Err(self.wrong_world(World::Health));
-        }
-        self.call(|store, guest| match guest {
-            Guest::Health(g) => g.call_evaluate(store, snapshot, params),
-            _ => Err(wasmtime::format_err!("not a health plugin")),
-        })
+        let (snapshot, params) = (snapshot.to_wire(), params.to_wire());
+        self.0
+            .call(|store, guest| match guest {
+                Guest::Health(g) => g.call_evaluate(store, &snapshot, &params),
+                _ => Err(wasmtime::format_err!("not a health plugin")),
+            })
+            .map(FromWire::from_wire)
     }
 }
 

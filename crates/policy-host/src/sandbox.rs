@@ -2,7 +2,7 @@
 //! the `log` import.
 
 use crate::bindings::log;
-use crate::types::KeyValue;
+use crate::wire::KeyValue;
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::ResourceLimiter;

@@ -4,8 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use orchestrator_policy_host::types::*;
-use orchestrator_policy_host::{HostConfig, PluginError, PluginSource, PolicyHost, World};
+use orchestrator_domain::*;
+use orchestrator_policy_host::{HostConfig, PluginError, PluginSource, PolicyHost};
 use orchestrator_test_plugins as guests;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -16,6 +16,15 @@ fn host() -> PolicyHost {
         ..HostConfig::default()
     })
     .expect("host")
+}
+
+/// A built-in, handed to the host as bytes (as the orchestrator does).
+fn builtin(name: &str) -> PluginSource {
+    let b = orchestrator_builtin_plugins::find("", name).expect("a built-in");
+    PluginSource::Embedded {
+        name: format!("builtin:{}", b.name),
+        bytes: b.wasm,
+    }
 }
 
 fn file(path: &str) -> PluginSource {
@@ -73,12 +82,7 @@ fn cluster(nodes: Vec<Node>, expected_nodes: u32, gpus: f64) -> ClusterSnapshot 
 #[test]
 fn node_count_waits_names_what_is_missing_and_fails_past_deadline() {
     let host = host();
-    let mut p = host
-        .load(
-            World::Readiness,
-            &PluginSource::Builtin("node-count".into()),
-        )
-        .expect("load");
+    let mut p = host.readiness(&builtin("node-count")).expect("load");
     assert_eq!(
         p.check(&read("readiness-ready.json"), &[]).expect("call"),
         Readiness::Ready
@@ -120,9 +124,7 @@ fn node_count_waits_names_what_is_missing_and_fails_past_deadline() {
 #[test]
 fn vllm_launch_derives_layout_and_refuses_impossible_ones() {
     let host = host();
-    let mut p = host
-        .load(World::Launch, &PluginSource::Builtin("vllm".into()))
-        .expect("load");
+    let mut p = host.launch(&builtin("vllm")).expect("load");
     let plan = p
         .plan(&read("launch-two-gpu-nodes.json"), &[])
         .expect("call")
@@ -183,9 +185,7 @@ fn vllm_launch_derives_layout_and_refuses_impossible_ones() {
 #[test]
 fn default_health_restarts_with_backoff_then_shuts_down() {
     let host = host();
-    let mut p = host
-        .load(World::Health, &PluginSource::Builtin("default".into()))
-        .expect("load");
+    let mut p = host.health(&builtin("default")).expect("load");
     assert_eq!(
         p.evaluate(&read("health-healthy.json"), &[]).expect("call"),
         HealthVerdict::Healthy
@@ -251,7 +251,7 @@ fn default_health_restarts_with_backoff_then_shuts_down() {
 fn example_accelerator_policy_counts_labelled_nodes() {
     let host = host();
     let mut p = host
-        .load(World::Readiness, &file(guests::ACCELERATOR_READINESS))
+        .readiness(&file(guests::ACCELERATOR_READINESS))
         .expect("load");
     let params = [
         kv("accelerator", "a100"),
@@ -285,12 +285,7 @@ fn example_accelerator_policy_counts_labelled_nodes() {
 /// After any fault, the host still serves: the same plugin is instantiated
 /// afresh and a healthy plugin answers.
 fn assert_host_still_serves(host: &PolicyHost) {
-    let mut good = host
-        .load(
-            World::Readiness,
-            &PluginSource::Builtin("node-count".into()),
-        )
-        .expect("load");
+    let mut good = host.readiness(&builtin("node-count")).expect("load");
     assert_eq!(
         good.check(&cluster(vec![node(0, true, 0.0)], 1, 0.0), &[])
             .expect("call"),
@@ -306,9 +301,7 @@ fn endless_loop_is_stopped_at_the_deadline_every_time() {
         ..HostConfig::default()
     })
     .expect("host");
-    let mut p = host
-        .load(World::Readiness, &file(guests::INFINITE_LOOP))
-        .expect("load");
+    let mut p = host.readiness(&file(guests::INFINITE_LOOP)).expect("load");
     for _ in 0..3 {
         let start = Instant::now();
         let err = p
@@ -341,9 +334,7 @@ fn memory_bomb_hits_the_cap_with_its_stderr() {
         ..HostConfig::default()
     })
     .expect("host");
-    let mut p = host
-        .load(World::Readiness, &file(guests::MEMORY_BOMB))
-        .expect("load");
+    let mut p = host.readiness(&file(guests::MEMORY_BOMB)).expect("load");
     for _ in 0..2 {
         let err = p
             .check(&cluster(vec![], 1, 0.0), &[])
@@ -368,9 +359,7 @@ fn memory_bomb_hits_the_cap_with_its_stderr() {
 #[test]
 fn panic_comes_back_with_its_message_and_the_instance_is_replaced() {
     let host = host();
-    let mut p = host
-        .load(World::Readiness, &file(guests::PANIC))
-        .expect("load");
+    let mut p = host.readiness(&file(guests::PANIC)).expect("load");
     for _ in 0..2 {
         let err = p
             .check(&cluster(vec![], 1, 0.0), &[])
@@ -388,9 +377,7 @@ fn panic_comes_back_with_its_message_and_the_instance_is_replaced() {
 fn sandbox_gives_no_files_no_environment_and_no_clock() {
     // Even with variables in the orchestrator's own environment.
     let host = host();
-    let mut p = host
-        .load(World::Readiness, &file(guests::SANDBOX_PROBE))
-        .expect("load");
+    let mut p = host.readiness(&file(guests::SANDBOX_PROBE)).expect("load");
     match p.check(&cluster(vec![], 1, 0.0), &[]).expect("call") {
         Readiness::Wait(report) => {
             assert!(report.contains("file=error:"), "{report}");
@@ -405,9 +392,7 @@ fn sandbox_gives_no_files_no_environment_and_no_clock() {
 #[test]
 fn chatty_plugin_is_bounded_and_keeps_working() {
     let host = host();
-    let mut p = host
-        .load(World::Health, &file(guests::CHATTY))
-        .expect("load");
+    let mut p = host.health(&file(guests::CHATTY)).expect("load");
     // 10 KB of stderr a call: the instance is recycled before its output
     // buffer fills, so every call succeeds.
     for restarts in 0..20 {
@@ -426,7 +411,7 @@ fn chatty_plugin_is_bounded_and_keeps_working() {
 fn wrong_world_and_wrong_version_are_refused_with_what_to_do() {
     let host = host();
     let err = host
-        .load(World::Readiness, &file(guests::WRONG_WORLD))
+        .readiness(&file(guests::WRONG_WORLD))
         .expect_err("refused");
     assert!(matches!(err, PluginError::WrongWorld { .. }), "{err}");
     let text = err.to_string();
@@ -437,19 +422,24 @@ fn wrong_world_and_wrong_version_are_refused_with_what_to_do() {
     );
 
     let err = host
-        .load(World::Readiness, &file(guests::WRONG_VERSION))
+        .readiness(&file(guests::WRONG_VERSION))
         .expect_err("refused");
     assert!(matches!(err, PluginError::WrongVersion { .. }), "{err}");
     assert!(err.to_string().contains("@0.2.0"), "{err}");
 
     // A readiness policy offered as a health policy.
     let err = host
-        .load(World::Health, &PluginSource::Builtin("node-count".into()))
+        .health(&builtin("node-count"))
+        .expect_err("a readiness built-in is no health policy");
+    assert!(matches!(err, PluginError::WrongWorld { .. }), "{err}");
+    let err = orchestrator_builtin_plugins::find("health", "node-count")
         .expect_err("no such health built-in");
-    assert!(matches!(err, PluginError::UnknownBuiltin { .. }), "{err}");
-    assert!(err.to_string().contains("default (health)"), "{err}");
+    assert!(
+        err.to_string().contains("builtin:default (health)"),
+        "{err}"
+    );
     let err = host
-        .load(World::Health, &file(guests::ACCELERATOR_READINESS))
+        .health(&file(guests::ACCELERATOR_READINESS))
         .expect_err("refused");
     assert!(matches!(err, PluginError::WrongWorld { .. }), "{err}");
     assert!(
@@ -467,14 +457,11 @@ fn digest_pin_is_enforced() {
         path: PathBuf::from(guests::ACCELERATOR_READINESS),
         sha256: Some(sha.to_string()),
     };
-    host.load(World::Readiness, &pinned(&good))
-        .expect("right digest loads");
-    host.load(World::Readiness, &pinned(&good.to_uppercase()))
+    host.readiness(&pinned(&good)).expect("right digest loads");
+    host.readiness(&pinned(&good.to_uppercase()))
         .expect("hex case does not matter");
     let wrong = format!("{}0", &good[..63]);
-    let err = host
-        .load(World::Readiness, &pinned(&wrong))
-        .expect_err("refused");
+    let err = host.readiness(&pinned(&wrong)).expect_err("refused");
     match &err {
         PluginError::DigestMismatch {
             expected, actual, ..
@@ -502,36 +489,27 @@ fn malformed_files_are_refused_with_the_fix() {
     };
 
     let err = host
-        .load(
-            World::Readiness,
-            &write("text.wasm", b"#!/bin/sh\necho hi\n"),
-        )
+        .readiness(&write("text.wasm", b"#!/bin/sh\necho hi\n"))
         .expect_err("refused");
     assert!(matches!(err, PluginError::NotWasm { .. }), "{err}");
 
     let err = host
-        .load(World::Readiness, &write("core.wasm", b"\0asm\x01\0\0\0"))
+        .readiness(&write("core.wasm", b"\0asm\x01\0\0\0"))
         .expect_err("refused");
     assert!(matches!(err, PluginError::CoreModule { .. }), "{err}");
     assert!(err.to_string().contains("wasm32-wasip2"), "{err}");
 
     let full = std::fs::read(guests::ACCELERATOR_READINESS).expect("read");
     let err = host
-        .load(
-            World::Readiness,
-            &write("truncated.wasm", &full[..full.len() / 2]),
-        )
+        .readiness(&write("truncated.wasm", &full[..full.len() / 2]))
         .expect_err("refused");
     assert!(matches!(err, PluginError::Invalid { .. }), "{err}");
 
     let err = host
-        .load(
-            World::Readiness,
-            &PluginSource::File {
-                path: dir.path().join("missing.wasm"),
-                sha256: None,
-            },
-        )
+        .readiness(&PluginSource::File {
+            path: dir.path().join("missing.wasm"),
+            sha256: None,
+        })
         .expect_err("refused");
     assert!(matches!(err, PluginError::Read { .. }), "{err}");
     assert_host_still_serves(&host);
@@ -545,8 +523,8 @@ fn compiled_plugins_are_cached_and_a_corrupt_entry_is_recompiled() {
         ..HostConfig::default()
     })
     .expect("host");
-    let source = PluginSource::Builtin("node-count".into());
-    let first = host.load(World::Readiness, &source).expect("load");
+    let source = builtin("node-count");
+    let first = host.readiness(&source).expect("load");
     let entries: Vec<_> = std::fs::read_dir(dir.path())
         .expect("dir")
         .flatten()
@@ -563,11 +541,17 @@ fn compiled_plugins_are_cached_and_a_corrupt_entry_is_recompiled() {
         "keyed by the plugin's digest: {name}"
     );
 
-    let start = Instant::now();
-    let mut again = host
-        .load(World::Readiness, &source)
-        .expect("load from cache");
-    assert!(start.elapsed() < Duration::from_secs(1));
+    let written = std::fs::metadata(&entry)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    let mut again = host.readiness(&source).expect("load from cache");
+    assert_eq!(
+        std::fs::metadata(&entry)
+            .and_then(|m| m.modified())
+            .expect("mtime"),
+        written,
+        "loaded from the cache, not compiled and written again"
+    );
     assert_eq!(
         again
             .check(&cluster(vec![node(0, true, 0.0)], 1, 0.0), &[])
@@ -576,7 +560,7 @@ fn compiled_plugins_are_cached_and_a_corrupt_entry_is_recompiled() {
     );
 
     std::fs::write(&entry, b"garbage").expect("corrupt");
-    let mut rebuilt = host.load(World::Readiness, &source).expect("recompiles");
+    let mut rebuilt = host.readiness(&source).expect("recompiles");
     assert_eq!(
         rebuilt
             .check(&cluster(vec![node(0, true, 0.0)], 1, 0.0), &[])
@@ -592,12 +576,7 @@ fn compiled_plugins_are_cached_and_a_corrupt_entry_is_recompiled() {
 #[test]
 fn ten_thousand_nodes_pass_through() {
     let host = host();
-    let mut p = host
-        .load(
-            World::Readiness,
-            &PluginSource::Builtin("node-count".into()),
-        )
-        .expect("load");
+    let mut p = host.readiness(&builtin("node-count")).expect("load");
     let nodes: Vec<Node> = (0..10_000).map(|i| node(i, i % 100 != 7, 1.0)).collect();
     match p.check(&cluster(nodes, 10_000, 0.0), &[]).expect("call") {
         Readiness::Wait(r) => assert!(

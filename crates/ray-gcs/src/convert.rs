@@ -2,7 +2,7 @@
 
 use crate::proto::GcsNodeInfo;
 use crate::proto::gcs_node_info::GcsNodeState;
-use orchestrator_policy_host::types::{KeyValue, Node, ResourceAmount, Resources};
+use orchestrator_domain::{KeyValue, Node, ResourceAmount, Resources};
 
 /// Converts one GCS node record. Ray's per-node `node:<ip>` markers are
 /// dropped from the custom resources (`address` and `is-head` carry them).

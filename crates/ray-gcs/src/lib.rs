@@ -28,7 +28,8 @@ pub mod proto {
 }
 
 pub use convert::node_from_proto;
-pub use watch::{ClusterView, MembershipChange, MembershipUpdate, UpdateSource, watch_membership};
+pub use orchestrator_domain::{ClusterView, MembershipChange, MembershipUpdate, UpdateSource};
+pub use watch::watch_membership;
 
 use proto::control_plane_pub_sub_gcs_service_client::ControlPlanePubSubGcsServiceClient;
 use proto::node_info_gcs_service_client::NodeInfoGcsServiceClient;
@@ -144,9 +145,7 @@ impl GcsClient {
     }
 
     /// Every node the GCS knows, alive and dead.
-    pub async fn get_all_nodes(
-        &self,
-    ) -> Result<Vec<orchestrator_policy_host::types::Node>, GcsError> {
+    pub async fn get_all_nodes(&self) -> Result<Vec<orchestrator_domain::Node>, GcsError> {
         let mut client = NodeInfoGcsServiceClient::new(self.channel.clone());
         let mut request = tonic::Request::new(proto::GetAllNodeInfoRequest { limit: None });
         request.set_timeout(CALL_TIMEOUT);

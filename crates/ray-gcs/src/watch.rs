@@ -4,75 +4,11 @@
 use crate::proto::gcs_node_info::GcsNodeState;
 use crate::proto::{self, ChannelType, Command, GcsNodeInfo, SubMessage};
 use crate::{GcsClient, GcsError, check_status, node_from_proto};
-use orchestrator_policy_host::types::Node;
+use orchestrator_domain::{ClusterView, MembershipChange, MembershipUpdate, Node, UpdateSource};
 use rand::RngCore;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-
-/// A change of one node's membership.
-#[derive(Debug, Clone, PartialEq)]
-pub enum MembershipChange {
-    /// The node registered with the GCS (or was first seen alive).
-    Joined(Node),
-    /// The GCS marked the node dead.
-    Died {
-        /// The node as last known, now with `alive == false`.
-        node: Node,
-        /// Ray's reason, when it gave one.
-        reason: Option<String>,
-    },
-}
-
-impl MembershipChange {
-    /// The node the change is about.
-    pub fn node(&self) -> &Node {
-        match self {
-            Self::Joined(node) | Self::Died { node, .. } => node,
-        }
-    }
-}
-
-/// What caused an update.
-#[derive(Debug, Clone, PartialEq)]
-pub enum UpdateSource {
-    /// A full `GetAllNodeInfo` snapshot (after every (re)connect).
-    Snapshot,
-    /// A pub/sub message.
-    Push,
-    /// The connection was lost or could not be made; the watcher retries.
-    Disconnected {
-        /// What went wrong.
-        error: String,
-    },
-}
-
-/// The whole membership as the watcher knows it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ClusterView {
-    /// Every node, head first, then by registration time.
-    pub nodes: Vec<Node>,
-}
-
-impl ClusterView {
-    /// Nodes the GCS considers alive.
-    pub fn alive(&self) -> impl Iterator<Item = &Node> {
-        self.nodes.iter().filter(|n| n.alive)
-    }
-}
-
-/// One update from the watcher.
-#[derive(Debug, Clone)]
-pub struct MembershipUpdate {
-    /// The membership after this update.
-    pub view: ClusterView,
-    /// What changed (empty for a snapshot that changed nothing).
-    pub changes: Vec<MembershipChange>,
-    /// Why this update was sent.
-    pub source: UpdateSource,
-    /// When the watcher received it.
-    pub received_at: Instant,
-}
 
 /// Starts watching the GCS at `address` (`HOST:PORT`) on the current tokio
 /// runtime. The watcher runs until the receiver is dropped; it never gives

@@ -1,5 +1,6 @@
-//! The wait phase: follow the cluster's membership through the GCS and let
-//! the readiness policy decide.
+//! The wait phase: follow the cluster's membership (through a
+//! [`MembershipSource`], Ray's GCS today) and let the readiness policy
+//! decide. Entry point: [`wait_for_cluster`].
 //!
 //! Every membership update (pushed by the GCS within milliseconds) builds a
 //! readiness snapshot and calls the policy; updates that arrive together
@@ -7,11 +8,13 @@
 //! changes; `ready` ends the phase; `fail(reason)`, a failing policy or the
 //! deadline end it with a diagnosis.
 
-use crate::facts::ExternalFacts;
-use crate::status::Status;
-use orchestrator_policy_host::types::{ClusterSnapshot, KeyValue, Node, Readiness, Topology};
-use orchestrator_policy_host::{Plugin, PluginError};
-use orchestrator_ray_gcs::{ClusterView, MembershipUpdate, UpdateSource, watch_membership};
+use crate::endpoints::Status;
+use crate::membership::MembershipSource;
+use orchestrator_domain::{
+    ClusterSnapshot, ClusterView, ExternalFacts, KeyValue, MembershipChange, MembershipUpdate,
+    Node, Readiness, Topology, UpdateSource,
+};
+use orchestrator_policy_host::{PluginError, ReadinessPolicy, World};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,8 +22,8 @@ use std::time::{Duration, Instant};
 /// What to wait for.
 #[derive(Debug, Clone)]
 pub struct WaitSpec {
-    /// The GCS, `HOST:PORT`.
-    pub address: String,
+    /// Where membership comes from.
+    pub source: Arc<dyn MembershipSource>,
     /// The expected topology.
     pub expected: Topology,
     /// How long the phase may take.
@@ -53,8 +56,8 @@ pub struct Ready {
 /// What the wait saw, for a failure message.
 #[derive(Debug, Clone)]
 pub struct Diagnosis {
-    /// The GCS address.
-    pub address: String,
+    /// Where membership came from (`the Ray GCS at HOST:PORT`).
+    pub source: String,
     /// Expected node count.
     pub expected: Topology,
     /// The last membership seen.
@@ -78,8 +81,8 @@ impl fmt::Display for Diagnosis {
         if !self.connected {
             return write!(
                 f,
-                "the Ray GCS at {} never answered in {:.0} s (last error: {}); check that the head is running and its GCS port is reachable",
-                self.address,
+                "{} never answered in {:.0} s (last error: {}); check that the head is running and its GCS port is reachable",
+                self.source,
                 self.elapsed.as_secs_f64(),
                 self.gcs_error.as_deref().unwrap_or("none")
             );
@@ -132,7 +135,7 @@ fn describe(n: &Node) -> String {
         if n.is_head { "head " } else { "" },
         n.address,
         n.hostname,
-        n.id.get(..8).unwrap_or(&n.id),
+        n.short_id(),
         n.resources.cpu,
         n.resources.gpu
     )
@@ -177,11 +180,11 @@ struct Seen {
 
 impl Seen {
     /// Applies one membership update, logging joins, deaths and GCS errors.
-    fn apply(&mut self, u: MembershipUpdate, address: &str) {
+    fn apply(&mut self, u: MembershipUpdate, source: &str) {
         match &u.source {
             UpdateSource::Disconnected { error } => {
                 if self.gcs_error.as_deref() != Some(error) {
-                    tracing::warn!(%address, "GCS: {error}");
+                    tracing::warn!("{source}: {error}");
                 }
                 self.gcs_error = Some(error.clone());
             }
@@ -193,11 +196,11 @@ impl Seen {
         }
         for change in &u.changes {
             match change {
-                orchestrator_ray_gcs::MembershipChange::Joined(n) => {
-                    tracing::info!(node = %n.id.get(..8).unwrap_or(&n.id), address = %n.address, head = n.is_head, gpus = n.resources.gpu, "node joined")
+                MembershipChange::Joined(n) => {
+                    tracing::info!(node = %n.short_id(), address = %n.address, head = n.is_head, gpus = n.resources.gpu, "node joined")
                 }
-                orchestrator_ray_gcs::MembershipChange::Died { node, reason } => {
-                    tracing::warn!(node = %node.id.get(..8).unwrap_or(&node.id), address = %node.address, reason = reason.as_deref().unwrap_or(""), "node died")
+                MembershipChange::Died { node, reason } => {
+                    tracing::warn!(node = %node.short_id(), address = %node.address, reason = reason.as_deref().unwrap_or(""), "node died")
                 }
             }
         }
@@ -237,7 +240,7 @@ impl Seen {
 
     fn diagnosis(&self, spec: &WaitSpec, start: Instant, policy: &str) -> Box<Diagnosis> {
         Box::new(Diagnosis {
-            address: spec.address.clone(),
+            source: spec.source.describe(),
             expected: self.expected.clone(),
             nodes: self.view.nodes.clone(),
             connected: self.connected,
@@ -250,11 +253,16 @@ impl Seen {
     }
 }
 
-/// Runs the wait phase against the GCS at `spec.address`.
-pub async fn wait_for_cluster(spec: &WaitSpec, policy: &mut Plugin) -> Result<Ready, WaitError> {
+/// Runs the wait phase: follows `spec.source` until the readiness policy
+/// says ready, says fail, or the deadline passes.
+pub async fn wait_for_cluster(
+    spec: &WaitSpec,
+    policy: &mut ReadinessPolicy,
+) -> Result<Ready, WaitError> {
     let start = Instant::now();
     let deadline = start + spec.timeout;
-    let mut updates = watch_membership(spec.address.clone());
+    let mut updates = spec.source.watch();
+    let described = spec.source.describe();
     let mut calls = 0u32;
     let policy_name = policy.name().to_string();
     let mut facts_rx = spec.facts.clone();
@@ -286,10 +294,10 @@ pub async fn wait_for_cluster(spec: &WaitSpec, policy: &mut Plugin) -> Result<Re
                 let Some(update) = update else {
                     return Err(WaitError::Timeout { diagnosis: seen.diagnosis(spec, start, &policy_name) });
                 };
-                seen.apply(update, &spec.address);
+                seen.apply(update, &described);
                 // Coalesce whatever else has already arrived.
                 while let Ok(more) = updates.try_recv() {
-                    seen.apply(more, &spec.address);
+                    seen.apply(more, &described);
                 }
             }
             open = facts_changed => {
@@ -328,7 +336,12 @@ pub async fn wait_for_cluster(spec: &WaitSpec, policy: &mut Plugin) -> Result<Re
             diagnostics,
         };
         calls += 1;
-        match policy.check(&snapshot, &spec.params)? {
+        let asked = Instant::now();
+        let answer = policy.check(&snapshot, &spec.params);
+        if let Some(status) = &spec.status {
+            status.policy_call(World::Readiness, asked.elapsed().as_secs_f64());
+        }
+        match answer? {
             Readiness::Ready => {
                 let decided_at = Instant::now();
                 tracing::info!(

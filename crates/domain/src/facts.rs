@@ -8,7 +8,7 @@
 //! platform says about it into the readiness snapshot's diagnostics, the
 //! failure message and `/status`.
 
-use orchestrator_policy_host::types::{Node, Topology};
+use crate::{Node, Topology};
 use std::collections::BTreeSet;
 
 /// What a platform knows about the cluster.

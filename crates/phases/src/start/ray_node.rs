@@ -11,15 +11,6 @@ use rustix::process::{Pid, PidfdFlags, Signal, kill_process_group, pidfd_open};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Makes this process the "child subreaper" of everything it starts: Ray's
-/// daemons, orphaned when `ray start` returns, are re-parented to the
-/// orchestrator instead of to PID 1, so it can reap them and read their exit
-/// status. (When the orchestrator *is* PID 1 this holds anyway.)
-pub fn become_subreaper() -> std::io::Result<()> {
-    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
-        .map_err(std::io::Error::from)
-}
-
 /// Reaps `pid` if it is an exited child of this process; returns how it
 /// ended ("exit code 1", "signal 9").
 fn reap(pid: i32) -> Option<String> {
@@ -155,7 +146,7 @@ fn zombie_members(pgid: i32) -> Vec<i32> {
 }
 
 fn scan_group(pgid: i32, zombies: bool) -> Vec<(i32, String)> {
-    crate::procfs::processes()
+    crate::supervision::procfs::processes()
         .into_iter()
         .filter(|p| p.pgid == pgid && p.is_zombie() == zombies)
         .map(|p| (p.pid, p.comm))
@@ -173,11 +164,12 @@ impl RayNode {
         start_timeout: Duration,
     ) -> Result<Self, RayNodeError> {
         let program = argv.first().cloned().unwrap_or_default();
-        let (mut child, tail) = crate::child::spawn_in_group(label, "ray: ", argv, env, TAIL_LINES)
-            .map_err(|error| RayNodeError::Spawn {
-                program: program.clone(),
-                error,
-            })?;
+        let (mut child, tail) =
+            crate::supervision::child::spawn_in_group(label, "ray: ", argv, env, TAIL_LINES)
+                .map_err(|error| RayNodeError::Spawn {
+                    program: program.clone(),
+                    error,
+                })?;
         let raw_pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
         let pgid = Pid::from_raw(raw_pid).ok_or_else(|| RayNodeError::Spawn {
             program: program.clone(),
@@ -194,7 +186,7 @@ impl RayNode {
                 return Err(RayNodeError::Timeout(start_timeout));
             }
         };
-        crate::reaper::release(raw_pid);
+        crate::supervision::reaper::release(raw_pid);
         let started_at = Instant::now();
         // Let the output forwarders drain.
         tokio::time::sleep(Duration::from_millis(20)).await;

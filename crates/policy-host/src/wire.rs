@@ -1,50 +1,31 @@
-//! Rust forms of `ray-orchestrator:policy/types@0.1.0`.
-//!
-//! These are the orchestrator's own domain types: the GCS client fills
-//! [`Node`]s, the wait phase builds [`ClusterSnapshot`]s, and so on. They
-//! carry both the component-model derives (wasmtime checks them against the
-//! WIT when a plugin is instantiated, so a drift is caught at once) and serde
-//! derives whose field and case names are exactly the WIT's, so the JSON that
-//! `orchestrator plugin run` reads and prints uses the WIT's names.
+//! The wire forms of `ray-orchestrator:policy/types@0.1.0`: what crosses
+//! into a guest. wasmtime checks these derives against the WIT when a
+//! plugin is instantiated, so a drift is caught at once. The rest of the
+//! orchestrator uses `orchestrator_domain`'s types; [`crate::convert`]
+//! maps between the two.
 #![allow(missing_docs)] // Each item is documented in the WIT; see wit/policy-0.1.0/types.wit.
 
-use serde::{Deserialize, Serialize};
 use wasmtime::component::{ComponentType, Lift, Lower};
 
 /// A key and its value.
-#[derive(
-    ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default,
-)]
+#[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Eq, Default)]
 #[component(record)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct KeyValue {
     pub key: String,
     pub value: String,
 }
 
-impl KeyValue {
-    /// A pair from anything string-like.
-    pub fn new(key: impl Into<String>, value: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            value: value.into(),
-        }
-    }
-}
-
 /// An amount of a custom Ray resource.
-#[derive(ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Default)]
 #[component(record)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ResourceAmount {
     pub name: String,
     pub amount: f64,
 }
 
 /// What a node offers in total.
-#[derive(ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Default)]
 #[component(record)]
-#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
 pub struct Resources {
     pub cpu: f64,
     pub gpu: f64,
@@ -56,9 +37,8 @@ pub struct Resources {
 }
 
 /// One Ray node as the GCS knows it.
-#[derive(ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Default)]
 #[component(record)]
-#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
 pub struct Node {
     pub id: String,
     pub address: String,
@@ -73,9 +53,8 @@ pub struct Node {
 }
 
 /// The expected shape of one group of nodes.
-#[derive(ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Default)]
 #[component(record)]
-#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
 pub struct NodeGroup {
     pub name: String,
     pub replicas: u32,
@@ -86,9 +65,8 @@ pub struct NodeGroup {
 }
 
 /// The cluster the user asked for.
-#[derive(ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Default)]
 #[component(record)]
-#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
 pub struct Topology {
     pub nodes: u32,
     pub gpus: f64,
@@ -98,9 +76,8 @@ pub struct Topology {
 }
 
 /// Everything a readiness or launch policy may judge the cluster by.
-#[derive(ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Default)]
 #[component(record)]
-#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
 pub struct ClusterSnapshot {
     pub nodes: Vec<Node>,
     pub expected: Topology,
@@ -112,9 +89,8 @@ pub struct ClusterSnapshot {
 }
 
 /// A readiness policy's verdict.
-#[derive(ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Eq)]
 #[component(variant)]
-#[serde(rename_all = "kebab-case")]
 pub enum Readiness {
     #[component(name = "ready")]
     Ready,
@@ -125,11 +101,8 @@ pub enum Readiness {
 }
 
 /// How the user asked the model to be served.
-#[derive(
-    ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default,
-)]
+#[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Eq, Default)]
 #[component(record)]
-#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
 pub struct ServeSettings {
     pub model: String,
     #[component(name = "served-model-name")]
@@ -145,29 +118,24 @@ pub struct ServeSettings {
 }
 
 /// The input of a launch policy.
-#[derive(ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Default)]
 #[component(record)]
-#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
 pub struct LaunchRequest {
     pub cluster: ClusterSnapshot,
     pub settings: ServeSettings,
 }
 
 /// How to start the serving process.
-#[derive(
-    ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default,
-)]
+#[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Eq, Default)]
 #[component(record)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct LaunchPlan {
     pub argv: Vec<String>,
     pub env: Vec<KeyValue>,
 }
 
 /// Why a launch policy could not build a plan.
-#[derive(ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Eq)]
 #[component(variant)]
-#[serde(rename_all = "kebab-case")]
 pub enum LaunchError {
     #[component(name = "impossible-layout")]
     ImpossibleLayout(String),
@@ -177,33 +145,17 @@ pub enum LaunchError {
     Other(String),
 }
 
-impl std::fmt::Display for LaunchError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::ImpossibleLayout(m) => write!(f, "impossible layout: {m}"),
-            Self::InvalidSettings(m) => write!(f, "invalid serve settings: {m}"),
-            Self::Other(m) => write!(f, "{m}"),
-        }
-    }
-}
-
 /// How the serving process ended.
-#[derive(
-    ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default,
-)]
+#[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Eq, Default)]
 #[component(record)]
-#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
 pub struct ExitStatus {
     pub code: Option<i32>,
     pub signal: Option<i32>,
 }
 
 /// The serving process as the host sees it.
-#[derive(
-    ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default,
-)]
+#[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Eq, Default)]
 #[component(variant)]
-#[serde(rename_all = "kebab-case")]
 pub enum ServerState {
     #[default]
     #[component(name = "starting")]
@@ -215,11 +167,8 @@ pub enum ServerState {
 }
 
 /// The result of one probe.
-#[derive(
-    ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default,
-)]
+#[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Eq, Default)]
 #[component(record)]
-#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
 pub struct ProbeResult {
     pub ok: bool,
     #[component(name = "status-code")]
@@ -232,10 +181,9 @@ pub struct ProbeResult {
 }
 
 /// The kind of a membership change.
-#[derive(ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(ComponentType, Lift, Lower, Clone, Copy, Debug, PartialEq, Eq)]
 #[component(enum)]
 #[repr(u8)]
-#[serde(rename_all = "kebab-case")]
 pub enum NodeChangeKind {
     #[component(name = "joined")]
     Joined,
@@ -244,9 +192,8 @@ pub enum NodeChangeKind {
 }
 
 /// A membership change since the previous health evaluation.
-#[derive(ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Eq)]
 #[component(record)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct NodeChange {
     #[component(name = "node-id")]
     pub node_id: String,
@@ -254,9 +201,8 @@ pub struct NodeChange {
 }
 
 /// Everything a health policy may judge the service by.
-#[derive(ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Default)]
 #[component(record)]
-#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
 pub struct HealthSnapshot {
     pub server: ServerState,
     #[component(name = "server-uptime-ms")]
@@ -277,9 +223,8 @@ pub struct HealthSnapshot {
 }
 
 /// Restart the serving process.
-#[derive(ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Eq)]
 #[component(record)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct RestartAction {
     pub reason: String,
     #[component(name = "backoff-ms")]
@@ -287,9 +232,8 @@ pub struct RestartAction {
 }
 
 /// Stop serving and end the orchestrator.
-#[derive(ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Eq)]
 #[component(record)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ShutdownAction {
     #[component(name = "exit-code")]
     pub exit_code: i32,
@@ -297,9 +241,8 @@ pub struct ShutdownAction {
 }
 
 /// A health policy's verdict.
-#[derive(ComponentType, Lift, Lower, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Eq)]
 #[component(variant)]
-#[serde(rename_all = "kebab-case")]
 pub enum HealthVerdict {
     #[component(name = "healthy")]
     Healthy,

@@ -2,7 +2,7 @@
 //! child in its own process group (never through a shell), its output
 //! forwarded to the log, stopped by process group with a grace period.
 
-use orchestrator_policy_host::types::ExitStatus;
+use orchestrator_domain::ExitStatus;
 use rustix::process::{Pid, Signal, kill_process_group};
 use std::time::{Duration, Instant};
 use tokio::process::Child;
@@ -48,12 +48,10 @@ impl ServerProcess {
         env: &[(String, String)],
     ) -> Result<Self, ServerError> {
         let program = argv.first().ok_or(ServerError::EmptyArgv)?;
-        let (child, _) =
-            crate::child::spawn_in_group(label, "", argv, env, 0).map_err(|error| {
-                ServerError::Spawn {
-                    program: program.clone(),
-                    error,
-                }
+        let (child, _) = crate::supervision::child::spawn_in_group(label, "", argv, env, 0)
+            .map_err(|error| ServerError::Spawn {
+                program: program.clone(),
+                error,
             })?;
         let pgid = child
             .id()
@@ -89,7 +87,7 @@ impl ServerProcess {
             Err(_) => ExitStatus::default(),
         };
         if let Some(pid) = self.pid() {
-            crate::reaper::release(pid);
+            crate::supervision::reaper::release(pid);
         }
         self.exited = Some(status.clone());
         status

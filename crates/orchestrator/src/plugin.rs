@@ -2,12 +2,13 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use orchestrator_policy_host::types::{ClusterSnapshot, HealthSnapshot, KeyValue, LaunchRequest};
+use orchestrator_domain::{ClusterSnapshot, HealthSnapshot, KeyValue, LaunchRequest};
+use orchestrator_phases::config::PluginLimits;
+use orchestrator_phases::policies::PolicyRef;
 use orchestrator_policy_host::{HostConfig, PluginError, PluginSource, PolicyHost, World};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 /// Limits of the plugin host, shared by every plugin command.
 #[derive(Args, Debug, Clone)]
@@ -29,15 +30,19 @@ pub struct HostArgs {
 impl HostArgs {
     /// The host configuration these flags describe.
     pub fn host_config(&self) -> HostConfig {
-        let defaults = HostConfig::default();
-        HostConfig {
-            call_timeout: Duration::from_millis(self.call_timeout_ms.max(1)),
-            memory_limit_bytes: self.memory_limit_mib.max(1) * 1024 * 1024,
-            cache_dir: if self.no_cache {
-                None
-            } else {
-                self.cache_dir.clone().or(defaults.cache_dir)
-            },
+        let limits = PluginLimits {
+            call_timeout_ms: self.call_timeout_ms,
+            memory_limit_mib: self.memory_limit_mib,
+            cache_dir: self.cache_dir.clone(),
+        };
+        let config = limits.host_config();
+        if self.no_cache {
+            HostConfig {
+                cache_dir: None,
+                ..config
+            }
+        } else {
+            config
         }
     }
 }
@@ -98,7 +103,10 @@ fn list(host_args: &HostArgs) -> Result<ExitCode> {
     let host = PolicyHost::new(host_args.host_config())?;
     let mut out = format!("{:<12} {:<10} {:<8} SHA256\n", "NAME", "WORLD", "VERSION");
     for builtin in orchestrator_builtin_plugins::BUILTINS {
-        let info = host.inspect(&PluginSource::Builtin(builtin.name.to_string()))?;
+        let info = host.inspect(&PluginSource::Embedded {
+            name: format!("builtin:{}", builtin.name),
+            bytes: builtin.wasm,
+        })?;
         out.push_str(&format!(
             "{:<12} {:<10} {:<8} {}\n",
             builtin.name, info.world, info.version, info.sha256
@@ -110,7 +118,14 @@ fn list(host_args: &HostArgs) -> Result<ExitCode> {
 
 fn check(plugin: &str, host_args: &HostArgs) -> Result<ExitCode> {
     let host = PolicyHost::new(host_args.host_config())?;
-    match host.inspect(&PluginSource::parse(plugin)) {
+    let source = match PolicyRef::parse(plugin).source(None) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    match host.inspect(&source) {
         Ok(info) => {
             let mut out = format!(
                 "plugin:  {}\nworld:   {}\nversion: {}\nsha256:  {}\nsize:    {} bytes\nexports: {}\nimports:\n",
@@ -173,41 +188,31 @@ fn run_plugin(
     let params = parse_params(params)?;
     let text = read_input(input)?;
     let host = PolicyHost::new(host_args.host_config())?;
-    let source = PluginSource::parse(plugin);
-    let world = match &source {
-        PluginSource::Builtin(name) => orchestrator_builtin_plugins::BUILTINS
-            .iter()
-            .find(|b| b.name == name)
-            .and_then(|b| World::parse(b.world)),
-        PluginSource::File { .. } => None,
-    };
-    let world = match world {
-        Some(w) => w,
-        None => match host.inspect(&source) {
-            Ok(info) => info.world,
-            Err(e) => return Ok(plugin_failure(&e)),
-        },
-    };
-    let mut loaded = match host.load(world, &source) {
-        Ok(p) => p,
+    let source = PolicyRef::parse(plugin).source(None)?;
+    let world = match host.inspect(&source) {
+        Ok(info) => info.world,
         Err(e) => return Ok(plugin_failure(&e)),
     };
     let output = match world {
         World::Readiness => {
             let snapshot: ClusterSnapshot = parse_input(&text, input, "cluster-snapshot")?;
-            loaded.check(&snapshot, &params).map(serde_json::to_value)
+            host.readiness(&source)
+                .and_then(|mut p| p.check(&snapshot, &params))
+                .map(serde_json::to_value)
         }
         World::Launch => {
             let request: LaunchRequest = parse_input(&text, input, "launch-request")?;
-            loaded.plan(&request, &params).map(|r| match r {
-                Ok(plan) => serde_json::to_value(serde_json::json!({ "plan": plan })),
-                Err(e) => serde_json::to_value(serde_json::json!({ "error": e })),
-            })
+            host.launch(&source)
+                .and_then(|mut p| p.plan(&request, &params))
+                .map(|r| match r {
+                    Ok(plan) => serde_json::to_value(serde_json::json!({ "plan": plan })),
+                    Err(e) => serde_json::to_value(serde_json::json!({ "error": e })),
+                })
         }
         World::Health => {
             let snapshot: HealthSnapshot = parse_input(&text, input, "health-snapshot")?;
-            loaded
-                .evaluate(&snapshot, &params)
+            host.health(&source)
+                .and_then(|mut p| p.evaluate(&snapshot, &params))
                 .map(serde_json::to_value)
         }
     };

@@ -1,14 +1,16 @@
 //! `orchestrator wait`: the wait phase as a command for any shell script,
 //! the drop-in replacement for `until ray status | grep ...; do sleep 5; done`.
 
-use crate::host;
 use anyhow::Result;
 use clap::Args;
+use orchestrator_domain::Topology;
 use orchestrator_phases::config::PluginLimits;
+use orchestrator_phases::membership::RayGcs;
+use orchestrator_phases::policies::{self, PolicyRef};
 use orchestrator_phases::wait::{WaitSpec, wait_for_cluster};
-use orchestrator_policy_host::types::{KeyValue, Topology};
-use orchestrator_policy_host::{PluginSource, World};
+use orchestrator_policy_host::ReadinessPolicy;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Wait until a Ray cluster is ready.
@@ -50,22 +52,16 @@ pub fn run(args: WaitArgs) -> ExitCode {
         eprintln!("error: --timeout must be at least 1 second");
         return ExitCode::from(2);
     }
-    let mut params = Vec::new();
-    for p in &args.params {
-        match p.split_once('=') {
-            Some((k, v)) if !k.is_empty() => params.push(KeyValue::new(k, v)),
-            _ => {
-                eprintln!("error: --param {p:?} is not KEY=VALUE");
-                return ExitCode::from(2);
-            }
+    let params = match crate::local::key_values(&args.params, "--param") {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
         }
-    }
-    let mut source = PluginSource::parse(&args.policy);
-    if let (PluginSource::File { sha256, .. }, Some(pin)) = (&mut source, &args.sha256) {
-        *sha256 = Some(pin.clone());
-    }
-    let policy = host::host(&PluginLimits::default())
-        .and_then(|h| host::load(&h, World::Readiness, &source));
+    };
+    let policy = PolicyRef::parse(&args.policy).pinned(args.sha256.clone());
+    let policy = policies::host(&PluginLimits::default())
+        .and_then(|host| policies::readiness(&host, &policy, "--policy"));
     let mut policy = match policy {
         Ok(p) => p,
         Err(e) => {
@@ -74,7 +70,7 @@ pub fn run(args: WaitArgs) -> ExitCode {
         }
     };
     let spec = WaitSpec {
-        address: args.address.clone(),
+        source: Arc::new(RayGcs::new(args.address.clone())),
         expected: Topology {
             nodes: args.nodes,
             gpus: args.gpus,
@@ -113,10 +109,7 @@ pub fn run(args: WaitArgs) -> ExitCode {
     }
 }
 
-async fn run_wait(
-    spec: &WaitSpec,
-    policy: &mut orchestrator_policy_host::Plugin,
-) -> Result<String> {
+async fn run_wait(spec: &WaitSpec, policy: &mut ReadinessPolicy) -> Result<String> {
     let ready = wait_for_cluster(spec, policy).await?;
     let alive: Vec<String> = ready
         .snapshot

@@ -1,11 +1,17 @@
 //! What the orchestrator reports about itself: `/livez`, `/readyz`,
 //! `/status` (JSON) and `/metrics` (Prometheus text), on one port.
+//! Entry points: [`Status`], which the phases write to, and
+//! [`serve_endpoints`], which answers from it. [`Status`] is also the one
+//! owner of the current [`Phase`] and publishes the [`Event`]s a platform
+//! records.
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use orchestrator_domain::{Event, EventReason, Phase, VerdictKind};
+use orchestrator_policy_host::World;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -24,37 +30,30 @@ use tokio::net::TcpListener;
 /// 8265, 8080, 52365) or vLLM's (8000).
 pub const DEFAULT_PORT: u16 = 8471;
 
-/// The orchestrator's phase.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, EncodeLabelSet)]
-#[serde(rename_all = "kebab-case")]
-pub struct PhaseLabel {
-    /// The phase's name.
-    pub phase: &'static str,
+/// The orchestrator's phase, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PhaseLabel {
+    phase: &'static str,
 }
 
 /// Labels of a policy call.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct WorldLabel {
-    /// The policy world.
-    pub world: &'static str,
+struct WorldLabel {
+    world: &'static str,
 }
 
 /// Labels of a health verdict.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct VerdictLabel {
-    /// The verdict.
-    pub verdict: &'static str,
+struct VerdictLabel {
+    verdict: &'static str,
 }
-
-/// Phases, in order.
-pub const PHASES: &[&str] = &["start", "wait", "serve", "stopping", "failed"];
 
 /// One entry of the phase history.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct PhaseEntry {
     /// The phase.
-    pub phase: &'static str,
+    pub phase: Phase,
     /// When it began, ms since the Unix epoch.
     pub since_ms: u64,
 }
@@ -64,7 +63,7 @@ pub struct PhaseEntry {
 #[serde(rename_all = "kebab-case")]
 pub struct StatusState {
     /// The current phase.
-    pub phase: &'static str,
+    pub phase: Phase,
     /// Every phase entered, in order.
     pub history: Vec<PhaseEntry>,
     /// Nodes alive / expected.
@@ -84,30 +83,9 @@ pub struct StatusState {
     /// Why expected nodes are missing, as the platform (Kubernetes) says,
     /// while the wait phase runs.
     pub diagnostics: Vec<String>,
-    /// The last health verdict's name.
+    /// The last health verdict's kind.
     #[serde(skip)]
-    pub last_verdict: Option<&'static str>,
-}
-
-/// The kind of an [`OrchestratorEvent`], as Kubernetes Events have it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-pub enum EventKind {
-    /// Progress.
-    Normal,
-    /// A failure, a restart, a degraded service.
-    Warning,
-}
-
-/// Something a platform should record (as a Kubernetes Event on the pod):
-/// a phase change, a failure, a restart.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct OrchestratorEvent {
-    /// Normal or Warning.
-    pub kind: EventKind,
-    /// A short CamelCase reason, e.g. `ClusterReady`, `ServerRestarted`.
-    pub reason: String,
-    /// What happened, one line.
-    pub message: String,
+    pub last_verdict: Option<VerdictKind>,
 }
 
 /// Events waiting for the platform; beyond this many the newest are dropped
@@ -126,7 +104,7 @@ pub struct Status {
     policy_seconds: Family<WorldLabel, Histogram>,
     restarts: Counter,
     verdicts: Family<VerdictLabel, Counter>,
-    events: Mutex<Option<tokio::sync::mpsc::Sender<OrchestratorEvent>>>,
+    events: Mutex<Option<tokio::sync::mpsc::Sender<Event>>>,
 }
 
 fn now_ms() -> u64 {
@@ -205,7 +183,7 @@ impl Status {
             verdicts,
             events: Mutex::new(None),
         });
-        status.enter("start");
+        status.enter(Phase::Start);
         status
     }
 
@@ -218,7 +196,7 @@ impl Status {
 
     /// The events from now on (phase changes, failures, restarts), for a
     /// platform to record. One subscriber; a second replaces the first.
-    pub fn subscribe_events(&self) -> tokio::sync::mpsc::Receiver<OrchestratorEvent> {
+    pub fn subscribe_events(&self) -> tokio::sync::mpsc::Receiver<Event> {
         let (tx, rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
         match self.events.lock() {
             Ok(mut slot) => *slot = Some(tx),
@@ -238,61 +216,55 @@ impl Status {
 
     /// Publishes an event to the subscriber, if any. Never blocks: a full
     /// queue drops it.
-    pub fn event(&self, kind: EventKind, reason: &str, message: String) {
+    pub fn event(&self, reason: EventReason, message: String) {
         let sender = match self.events.lock() {
             Ok(slot) => slot.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         };
         if let Some(tx) = sender {
-            let _ = tx.try_send(OrchestratorEvent {
-                kind,
-                reason: reason.to_string(),
-                message,
-            });
+            let _ = tx.try_send(Event::new(reason, message));
         }
     }
 
-    /// Enters `phase`.
-    pub fn enter(&self, phase: &'static str) {
+    /// Enters `phase`: the one place the phase changes. Entering a new
+    /// phase publishes its event (a failure publishes its own, see
+    /// [`fail`](Self::fail)).
+    pub fn enter(&self, phase: Phase) {
         let (alive, expected, previous) = self.with(|s| {
             let previous = s.phase;
-            s.phase = phase;
             s.phase = phase;
             s.history.push(PhaseEntry {
                 phase,
                 since_ms: now_ms(),
             });
-            if phase != "serve" {
+            if phase != Phase::Serve {
                 s.ready = false;
             }
-            if phase != "wait" {
+            if phase != Phase::Wait {
                 s.diagnostics.clear();
             }
             (s.nodes_alive, s.nodes_expected, previous)
         });
         if previous != phase {
-            let (kind, reason, message) = match phase {
-                "start" => (EventKind::Normal, "StartingRay", "starting Ray".to_string()),
-                "wait" => (
-                    EventKind::Normal,
-                    "WaitingForCluster",
+            match phase {
+                Phase::Start => self.event(EventReason::StartingRay, "starting Ray".into()),
+                Phase::Wait => self.event(
+                    EventReason::WaitingForCluster,
                     format!("waiting for the Ray cluster ({alive} of {expected} nodes alive)"),
                 ),
-                "serve" => (
-                    EventKind::Normal,
-                    "Serving",
+                Phase::Serve => self.event(
+                    EventReason::Serving,
                     format!("cluster ready ({alive} of {expected} nodes alive); serving"),
                 ),
-                "stopping" => (EventKind::Normal, "Stopping", "stopping".to_string()),
-                // `fail` sends the failure's own event.
-                _ => return,
-            };
-            self.event(kind, reason, message);
+                Phase::Stopping => self.event(EventReason::Stopping, "stopping".into()),
+                // `fail` publishes the failure's own event.
+                Phase::Failed => {}
+            }
         }
-        for p in PHASES {
+        for p in Phase::ALL {
             self.phase
-                .get_or_create(&PhaseLabel { phase: p })
-                .set(i64::from(*p == phase));
+                .get_or_create(&PhaseLabel { phase: p.name() })
+                .set(i64::from(p == phase));
         }
     }
 
@@ -307,17 +279,19 @@ impl Status {
     }
 
     /// Records a policy call's latency.
-    pub fn policy_call(&self, world: &'static str, seconds: f64) {
+    pub fn policy_call(&self, world: World, seconds: f64) {
         self.policy_seconds
-            .get_or_create(&WorldLabel { world })
+            .get_or_create(&WorldLabel {
+                world: world.name(),
+            })
             .observe(seconds);
     }
 
     /// Enters phase `failed`, publishing a Warning event with `reason`
-    /// (CamelCase) and `message`.
-    pub fn fail(&self, reason: &str, message: String) {
-        self.event(EventKind::Warning, reason, message);
-        self.enter("failed");
+    /// and `message`.
+    pub fn fail(&self, reason: EventReason, message: String) {
+        self.event(reason, message);
+        self.enter(Phase::Failed);
     }
 
     /// Records why expected nodes are missing (shown by `/status`).
@@ -330,11 +304,14 @@ impl Status {
         self.with(|s| s.last_readiness = Some(answer));
     }
 
-    /// Records a health verdict (`healthy`, `degraded`, `restart`,
-    /// `shutdown`) and whether the service is ready to take traffic.
-    /// A change of verdict is published as an event.
-    pub fn health(&self, verdict: &'static str, text: String, ready: bool) {
-        self.verdicts.get_or_create(&VerdictLabel { verdict }).inc();
+    /// Records a health verdict and whether the service is ready to take
+    /// traffic. A change of verdict is published as an event.
+    pub fn health(&self, verdict: VerdictKind, text: String, ready: bool) {
+        self.verdicts
+            .get_or_create(&VerdictLabel {
+                verdict: verdict.name(),
+            })
+            .inc();
         let changed = self.with(|s| {
             let changed = s.last_verdict != Some(verdict);
             s.last_verdict = Some(verdict);
@@ -343,15 +320,21 @@ impl Status {
             changed
         });
         if changed {
-            let (kind, reason) = match verdict {
-                "healthy" => (EventKind::Normal, "ServerHealthy"),
-                "degraded" => (EventKind::Warning, "ServerDegraded"),
-                "restart" => (EventKind::Warning, "ServerRestarting"),
-                "shutdown" => (EventKind::Warning, "ShuttingDown"),
-                _ => (EventKind::Warning, "HealthCheckFailed"),
+            let reason = match verdict {
+                VerdictKind::Healthy => EventReason::ServerHealthy,
+                VerdictKind::Degraded => EventReason::ServerDegraded,
+                VerdictKind::Restart => EventReason::ServerRestarting,
+                VerdictKind::Shutdown => EventReason::ShuttingDown,
+                VerdictKind::PolicyFailed => EventReason::HealthPolicyFailed,
             };
-            self.event(kind, reason, text);
+            self.event(reason, text);
         }
+    }
+
+    /// Marks the service not ready (a drain has begun) without changing
+    /// the phase, which the lifecycle owns.
+    pub fn unready(&self) {
+        self.with(|s| s.ready = false);
     }
 
     /// Records a restart of the serving process.
@@ -364,8 +347,7 @@ impl Status {
             s.restarts
         });
         self.event(
-            EventKind::Warning,
-            "ServerRestarted",
+            EventReason::ServerRestarted,
             format!("the serving process was restarted (restart {n})"),
         );
     }
@@ -387,7 +369,9 @@ impl Status {
             let end = history.get(i + 1).map_or(now, |next| next.since_ms);
             let seconds = end.saturating_sub(entry.since_ms) as f64 / 1000.0;
             self.phase_seconds
-                .get_or_create(&PhaseLabel { phase: entry.phase })
+                .get_or_create(&PhaseLabel {
+                    phase: entry.phase.name(),
+                })
                 .set(seconds);
         }
         let mut text = String::new();

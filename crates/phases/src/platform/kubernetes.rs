@@ -1,11 +1,10 @@
-//! Kubernetes awareness for `run` on the head: connect, record Events,
-//! watch the RayCluster. Every failure is a warning; the wait goes on from
-//! the GCS and the configuration alone.
+//! Kubernetes awareness for the head: connect, record Events, watch the
+//! RayCluster. Every failure is a warning; the wait goes on from the GCS
+//! and the configuration alone. Entry point: [`spawn`].
 
-use orchestrator_kubernetes::{RateLimit, connect, record_events, watch_cluster};
-use orchestrator_phases::config::Config;
-use orchestrator_phases::facts::ExternalFacts;
-use orchestrator_phases::status::Status;
+use crate::endpoints::Status;
+use orchestrator_domain::{ClusterConfig, ExternalFacts};
+use orchestrator_kubernetes::{KubernetesConfig, RateLimit, connect, record_events, watch_cluster};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -42,9 +41,13 @@ impl KubeHandle {
 }
 
 /// Starts connecting in the background.
-pub fn spawn(config: &Config, status: &Arc<Status>) -> KubeHandle {
-    let settings = config.kubernetes.clone();
-    let cluster = config.cluster.clone();
+pub fn spawn(
+    settings: &KubernetesConfig,
+    cluster: &ClusterConfig,
+    status: &Arc<Status>,
+) -> KubeHandle {
+    let settings = settings.clone();
+    let cluster = cluster.clone();
     // Subscribe now, so the events of the start phase are queued while
     // the client connects.
     let events = settings.events.then(|| status.subscribe_events());

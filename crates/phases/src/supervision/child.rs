@@ -35,7 +35,7 @@ pub(crate) fn spawn_in_group(
         .stderr(Stdio::piped())
         .spawn()?;
     if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-        crate::reaper::manage(pid);
+        crate::supervision::reaper::manage(pid);
     }
     let tail: OutputTail = Arc::new(Mutex::new(VecDeque::new()));
     let streams: [Option<Box<dyn AsyncRead + Unpin + Send>>; 2] = [

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
-use orchestrator_policy_host::types::ProbeResult;
+use orchestrator_domain::ProbeResult;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 

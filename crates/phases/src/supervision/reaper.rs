@@ -29,7 +29,7 @@ pub fn release(pid: i32) {
 /// Zombie children of this process, from `/proc`.
 fn zombie_children() -> Vec<i32> {
     let me = std::process::id() as i32;
-    crate::procfs::processes()
+    crate::supervision::procfs::processes()
         .into_iter()
         .filter(|p| p.is_zombie() && p.ppid == me)
         .map(|p| p.pid)

@@ -1,0 +1,25 @@
+//! # orchestrator-domain
+//!
+//! The orchestrator's own vocabulary, shared by every crate and free of
+//! any runtime: no wasmtime, no gRPC, no Kubernetes client.
+//!
+//! - [`types`] (re-exported here): nodes, cluster and health snapshots,
+//!   launch requests and plans, verdicts: what the policies judge by. The
+//!   policy host converts them to and from its WIT bindings.
+//! - [`membership`]: what a membership source (Ray's GCS) reports.
+//! - [`expected`]: the `[cluster]` configuration and the topology it
+//!   implies.
+//! - [`facts`]: what a platform (Kubernetes) says about the cluster.
+//! - [`lifecycle`]: roles, phases and the events a platform records.
+
+pub mod expected;
+pub mod facts;
+pub mod lifecycle;
+pub mod membership;
+pub mod types;
+
+pub use expected::{ClusterConfig, GroupConfig};
+pub use facts::{ExternalFacts, MemberState};
+pub use lifecycle::{Event, EventKind, EventReason, Phase, Role};
+pub use membership::{ClusterView, MembershipChange, MembershipUpdate, UpdateSource};
+pub use types::*;

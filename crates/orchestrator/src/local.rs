@@ -1,0 +1,254 @@
+//! `orchestrator local --workers N`: a head and N workers on this machine
+//! (127.0.0.2, 127.0.0.3, ...), the wait phase with the readiness policy,
+//! then serving or supervision until Ctrl-C or SIGTERM, which stops
+//! everything started. Arguments in, the library's local plan and
+//! lifecycle, the cluster printed once ready.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use orchestrator_domain::{KeyValue, ServeSettings};
+use orchestrator_phases::config::PluginLimits;
+use orchestrator_phases::lifecycle::{Lifecycle, LocalCluster, Plan};
+use orchestrator_phases::policies::{self, Policies, PolicyRef};
+use orchestrator_phases::serve::ServeSpec;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Start a local Ray cluster and run the wait phase on it.
+#[derive(Args, Debug, Clone)]
+pub struct LocalArgs {
+    /// Worker nodes besides the head.
+    #[arg(long, default_value_t = 1)]
+    pub workers: u32,
+    /// Ray's `ray` executable.
+    #[arg(long, env = "ORCHESTRATOR_RAY_BIN", default_value = "ray")]
+    pub ray_bin: PathBuf,
+    /// The head's address; workers take the next ones (127.0.0.1 is not
+    /// allowed: Ray rewrites it to the host's network address).
+    #[arg(long, default_value = "127.0.0.2")]
+    pub head_ip: Ipv4Addr,
+    /// The GCS port.
+    #[arg(long, default_value_t = 6379)]
+    pub gcs_port: u16,
+    /// First dashboard-agent port; node i uses this + i.
+    #[arg(long, default_value_t = 52365)]
+    pub agent_port: u16,
+    /// First metrics-export port; node i uses this + i (outside Ray's worker port range 10002-19999).
+    #[arg(long, default_value_t = 28080)]
+    pub metrics_port: u16,
+    /// CPUs each node offers.
+    #[arg(long, default_value_t = 1.0)]
+    pub cpus_per_node: f64,
+    /// GPUs (slots) each node offers.
+    #[arg(long, default_value_t = 0.0)]
+    pub gpus_per_node: f64,
+    /// Memory each node offers to tasks, MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub memory_mib: u64,
+    /// Object-store memory of each node, MiB.
+    #[arg(long, default_value_t = 128)]
+    pub object_store_mib: u64,
+    /// Ray's temp dir (default: /tmp/ray-local-<gcs port>).
+    #[arg(long)]
+    pub temp_dir: Option<PathBuf>,
+    /// Seconds the cluster may take to form.
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+    /// Seconds Ray's processes get after SIGTERM before SIGKILL.
+    #[arg(long, default_value_t = 5)]
+    pub grace: u64,
+    /// Seconds to hold back each worker's start (to show the wait).
+    #[arg(long, default_value_t = 0.0)]
+    pub worker_delay: f64,
+    /// The readiness policy: a component file or builtin:NAME.
+    #[arg(long, default_value = "builtin:node-count")]
+    pub policy: String,
+    /// A policy parameter, KEY=VALUE.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+    /// Stop everything as soon as the cluster is ready (for scripts).
+    #[arg(long)]
+    pub exit_when_ready: bool,
+    /// Serve this model with vLLM once the cluster is ready (a path or name).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// The name the API serves the model under.
+    #[arg(long, default_value = "tiny")]
+    pub served_model_name: String,
+    /// Tensor-parallel size (default: from the cluster's GPUs).
+    #[arg(long)]
+    pub tp: Option<u32>,
+    /// Pipeline-parallel size (default: from the cluster's GPUs).
+    #[arg(long)]
+    pub pp: Option<u32>,
+    /// The port vLLM serves on (bound on the head's address).
+    #[arg(long, default_value_t = 8000)]
+    pub serve_port: u16,
+    /// The `vllm` executable.
+    #[arg(long, env = "ORCHESTRATOR_VLLM_BIN", default_value = "vllm")]
+    pub vllm_bin: String,
+    /// An extra `vllm serve` argument; repeat for more.
+    #[arg(long = "vllm-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub vllm_args: Vec<String>,
+    /// An environment variable for vLLM, KEY=VALUE; repeat for more.
+    #[arg(long = "vllm-env", value_name = "KEY=VALUE")]
+    pub vllm_env: Vec<String>,
+    /// The launch policy: a component file or builtin:NAME.
+    #[arg(long, default_value = "builtin:vllm")]
+    pub launch_policy: String,
+    /// The health policy: a component file or builtin:NAME.
+    #[arg(long, default_value = "builtin:default")]
+    pub health_policy: String,
+    /// A health policy parameter, KEY=VALUE.
+    #[arg(long = "health-param", value_name = "KEY=VALUE")]
+    pub health_params: Vec<String>,
+    /// Health probe interval, ms.
+    #[arg(long, default_value_t = 1000)]
+    pub health_interval_ms: u64,
+    /// Generation probe interval, ms.
+    #[arg(long, default_value_t = 10_000)]
+    pub generation_interval_ms: u64,
+    /// An environment variable for Ray's processes, KEY=VALUE; repeat for more.
+    #[arg(long = "ray-env", value_name = "KEY=VALUE")]
+    pub ray_env: Vec<String>,
+    /// Port of /livez, /readyz, /status, /metrics (0: off).
+    #[arg(long, default_value_t = orchestrator_phases::endpoints::DEFAULT_PORT)]
+    pub endpoints_port: u16,
+}
+
+/// `KEY=VALUE` flags as pairs.
+pub fn key_values(raw: &[String], flag: &str) -> Result<Vec<KeyValue>> {
+    raw.iter()
+        .map(|p| {
+            let (k, v) = p
+                .split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .with_context(|| format!("{flag} {p:?} is not KEY=VALUE"))?;
+            Ok(KeyValue::new(k, v))
+        })
+        .collect()
+}
+
+impl LocalArgs {
+    /// The serve phase's spec, when a model is given.
+    fn serve_spec(&self) -> Result<Option<ServeSpec>> {
+        let Some(model) = &self.model else {
+            return Ok(None);
+        };
+        let mut launch_params = vec![
+            KeyValue::new("program", &self.vllm_bin),
+            KeyValue::new("env.VLLM_HOST_IP", self.head_ip.to_string()),
+        ];
+        for kv in key_values(&self.vllm_env, "--vllm-env")? {
+            launch_params.push(KeyValue::new(format!("env.{}", kv.key), kv.value));
+        }
+        Ok(Some(ServeSpec {
+            settings: ServeSettings {
+                model: model.clone(),
+                served_model_name: Some(self.served_model_name.clone()),
+                host: self.head_ip.to_string(),
+                port: self.serve_port,
+                extra_args: self.vllm_args.clone(),
+                tensor_parallel_size: self.tp,
+                pipeline_parallel_size: self.pp,
+            },
+            launch_params,
+            health_params: key_values(&self.health_params, "--health-param")?,
+            probe_address: format!("{}:{}", self.head_ip, self.serve_port),
+            health_interval: Duration::from_millis(self.health_interval_ms.max(10)),
+            generation_interval: Duration::from_millis(self.generation_interval_ms.max(10)),
+            health_timeout: Duration::from_secs(5),
+            generation_timeout: Duration::from_secs(60),
+            stop_grace: Duration::from_secs(30),
+        }))
+    }
+
+    /// The library's description of this local cluster.
+    fn cluster(&self) -> Result<LocalCluster> {
+        Ok(LocalCluster {
+            workers: self.workers,
+            ray_bin: self.ray_bin.clone(),
+            head_ip: self.head_ip,
+            gcs_port: self.gcs_port,
+            agent_port: self.agent_port,
+            metrics_port: self.metrics_port,
+            cpus_per_node: self.cpus_per_node,
+            gpus_per_node: self.gpus_per_node,
+            memory_mib: self.memory_mib,
+            object_store_mib: self.object_store_mib,
+            temp_dir: self.temp_dir.clone(),
+            timeout: Duration::from_secs(self.timeout),
+            grace: Duration::from_secs(self.grace),
+            worker_delay: Duration::from_secs_f64(self.worker_delay.max(0.0)),
+            ray_env: key_values(&self.ray_env, "--ray-env")?,
+            readiness_params: key_values(&self.params, "--param")?,
+            serve: self.serve_spec()?,
+            exit_when_ready: self.exit_when_ready,
+            endpoints_port: self.endpoints_port,
+        })
+    }
+
+    /// The policies: readiness always, launch and health to serve a model.
+    fn policies(&self) -> Result<Policies> {
+        let host = policies::host(&PluginLimits::default())?;
+        let load = |flag: &str, text: &str| (PolicyRef::parse(text), flag.to_string());
+        let (readiness, at) = load("--policy", &self.policy);
+        let readiness = policies::readiness(&host, &readiness, &at)?;
+        let (launch, at) = load("--launch-policy", &self.launch_policy);
+        let launch = policies::launch(&host, &launch, &at)?;
+        let (health, at) = load("--health-policy", &self.health_policy);
+        let health = policies::health(&host, &health, &at)?;
+        Ok(Policies {
+            readiness,
+            launch,
+            health,
+        })
+    }
+}
+
+/// Runs the command: 0 after Ctrl-C/SIGTERM or `--exit-when-ready`, 1 for
+/// a failure, 2 for bad arguments.
+pub fn run(args: LocalArgs) -> ExitCode {
+    let prepared = args
+        .cluster()
+        .and_then(|cluster| Ok((Plan::local(&cluster)?, args.policies()?)));
+    let (plan, policies) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let start = Instant::now();
+    let (model, address) = (
+        args.model.clone(),
+        format!("http://{}:{}", args.head_ip, args.serve_port),
+    );
+    let exit_when_ready = args.exit_when_ready;
+    let lifecycle = Lifecycle::new(plan, Some(policies)).on_ready(move |ready| {
+        let alive: Vec<_> = ready.snapshot.nodes.iter().filter(|n| n.alive).collect();
+        println!(
+            "cluster ready after {:.1} s: {} nodes",
+            start.elapsed().as_secs_f64(),
+            alive.len()
+        );
+        for n in alive {
+            println!(
+                "  {:<6} {:<12} node {}  cpu={} gpu={}",
+                if n.is_head { "head" } else { "worker" },
+                n.address,
+                n.id.get(..12).unwrap_or(&n.id),
+                n.resources.cpu,
+                n.resources.gpu
+            );
+        }
+        match model {
+            Some(model) => println!("serving {model} on {address} (Ctrl-C stops everything)"),
+            None if !exit_when_ready => println!("press Ctrl-C to stop the cluster"),
+            None => {}
+        }
+    });
+    crate::run_lifecycle(lifecycle)
+}

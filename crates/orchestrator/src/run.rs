@@ -1,0 +1,137 @@
+//! `orchestrator run` (this pod's role from a configuration) and
+//! `orchestrator plan` (what `run` would do, without running anything):
+//! arguments in, the library's plan and lifecycle, the outcome printed.
+
+use anyhow::Context;
+use clap::Args;
+use orchestrator_phases::config::{Config, ConfigError, Role};
+use orchestrator_phases::lifecycle::{self, Lifecycle, Plan};
+use orchestrator_phases::policies::{self, Policies};
+use orchestrator_phases::start::KUBERAY_ENV;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Where the configuration comes from.
+#[derive(Args, Debug, Clone)]
+pub struct ConfigArgs {
+    /// The configuration file (TOML).
+    #[arg(long, env = "ORCHESTRATOR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Set any field by its dotted path, e.g. --set ray.num-cpus=4 (repeatable;
+    /// ORCHESTRATOR__RAY__NUM_CPUS=4 does the same from the environment).
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    pub sets: Vec<String>,
+    /// This pod's role; overrides `role` in the file.
+    #[arg(long, value_parser = parse_role)]
+    pub role: Option<Role>,
+}
+
+fn parse_role(text: &str) -> Result<Role, String> {
+    match text {
+        "head" => Ok(Role::Head),
+        "worker" => Ok(Role::Worker),
+        other => Err(format!("{other:?} is no role: use head or worker")),
+    }
+}
+
+impl ConfigArgs {
+    /// Loads and checks the configuration.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        Config::load_as(
+            self.config.as_deref(),
+            std::env::vars(),
+            &self.sets,
+            self.role,
+        )
+    }
+}
+
+/// `orchestrator plan` arguments.
+#[derive(Args, Debug, Clone)]
+pub struct PlanArgs {
+    /// The configuration.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Take the expected topology from a RayCluster or RayClusterFleet
+    /// manifest (YAML), as `run` takes it from the API server when
+    /// `kubernetes.enabled`; fields set under [cluster] still win.
+    #[arg(long, value_name = "FILE")]
+    pub raycluster: Option<PathBuf>,
+}
+
+/// Prints `error: ...` and returns `code`.
+fn refuse(code: u8, error: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {error}");
+    ExitCode::from(code)
+}
+
+/// `orchestrator plan`: the plan as JSON. Exit 0, or 2 for a bad
+/// configuration, manifest or plugin.
+pub fn plan(args: PlanArgs) -> ExitCode {
+    let config = match args.config.load() {
+        Ok(c) => c,
+        Err(e) => return refuse(2, e),
+    };
+    let topology = match &args.raycluster {
+        None => config.cluster.topology(),
+        Some(path) => {
+            let manifest = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the manifest {}", path.display()))
+                .and_then(|text| {
+                    orchestrator_kubernetes::raycluster::topology_from_yaml(&text)
+                        .with_context(|| path.display().to_string())
+                });
+            match manifest {
+                Ok(t) => config.cluster.merge(t),
+                Err(e) => return refuse(2, format!("{e:#}")),
+            }
+        }
+    };
+    let mut loaded = match head_policies(&config) {
+        Ok(p) => p,
+        Err(e) => return refuse(2, e),
+    };
+    let kuberay = std::env::var(KUBERAY_ENV).ok();
+    match lifecycle::describe(&config, &topology, kuberay.as_deref(), loaded.as_mut()) {
+        Ok(json) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => refuse(2, e),
+    }
+}
+
+/// The head's policies; workers run none (a policy file mounted only on
+/// the head is not looked for on a worker).
+fn head_policies(config: &Config) -> Result<Option<Policies>, policies::PolicyError> {
+    match config.role {
+        Role::Head => {
+            let host = policies::host(&config.plugins)?;
+            Policies::load(&host, &config.policies).map(Some)
+        }
+        Role::Worker => Ok(None),
+    }
+}
+
+/// `orchestrator run`: 0 after a requested stop, 1 for a failure, 2 for
+/// a configuration or policy refused before anything started.
+pub fn run(args: ConfigArgs) -> ExitCode {
+    // Everything that can be refused is checked before anything starts.
+    let config = match args.load() {
+        Ok(c) => c,
+        Err(e) => return refuse(2, e),
+    };
+    let kuberay = std::env::var(KUBERAY_ENV).ok();
+    let plan = match Plan::from_config(&config, kuberay.as_deref()) {
+        Ok(p) => p,
+        Err(e) => return refuse(2, e),
+    };
+    let policies = match head_policies(&config) {
+        Ok(p) => p,
+        Err(e) => return refuse(2, e),
+    };
+    crate::run_lifecycle(Lifecycle::new(plan, policies))
+}

@@ -1,0 +1,386 @@
+//! The lifecycle: start -> wait -> serve -> stop, run from a [`Plan`].
+//! Entry point: [`Lifecycle::run`].
+//!
+//! `orchestrator run` (head or worker), `orchestrator local` (a head and N
+//! workers on one machine) and `orchestrator plan` are front ends over
+//! this module: each computes a [`Plan`] ([`Plan::from_config`],
+//! [`Plan::local`]) and, except `plan`, runs it. The lifecycle owns the
+//! phase: every transition goes through [`Status::enter`] here, and the
+//! phase modules report to it through their outcomes.
+//!
+//! Membership comes from a [`MembershipSource`] (Ray's GCS today) and the
+//! serving process from the launch policy's plan, so another backend adds
+//! a source and a start plan rather than a second lifecycle.
+
+mod local;
+mod plan;
+
+pub use local::{LocalCluster, LocalError, local_ray_env};
+pub use plan::{
+    AfterReady, DescribeError, Join, Plan, PlanError, WaitPlan, describe, head_gcs_address,
+};
+
+use crate::endpoints::{Status, serve_endpoints};
+use crate::platform::kubernetes::{self as kube_platform, KubeHandle};
+use crate::policies::Policies;
+use crate::serve::{self, ServeContext, ServeOutcome};
+use crate::start::{RayNodes, raise_open_file_limit};
+use crate::supervision::{Shutdown, prepare_process};
+use crate::wait::{Ready, WaitSpec, wait_for_cluster};
+use orchestrator_domain::{EventReason, Phase, VerdictKind};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How the lifecycle ended: the process's exit code and, for a failure,
+/// what to tell the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    /// 0 after a requested stop or a finished job; 1 for a failure; what
+    /// the health policy asked for on its shutdown.
+    pub code: u8,
+    /// The failure, one message.
+    pub error: Option<String>,
+}
+
+impl Exit {
+    fn ok() -> Self {
+        Self {
+            code: 0,
+            error: None,
+        }
+    }
+
+    fn failed(code: u8, error: impl Into<String>) -> Self {
+        Self {
+            code,
+            error: Some(error.into()),
+        }
+    }
+}
+
+/// What stops the lifecycle from even starting.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    /// The endpoints' port cannot be bound.
+    #[error(
+        "cannot serve the endpoints on {address}: {source}; set endpoints-port (0 turns them off)"
+    )]
+    Endpoints {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// SIGTERM/SIGINT handlers cannot be installed.
+    #[error("cannot install the signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+type ReadyHook = Box<dyn FnOnce(&Ready) + Send>;
+
+/// One run of the lifecycle.
+pub struct Lifecycle {
+    plan: Plan,
+    policies: Option<Policies>,
+    status: Arc<Status>,
+    on_ready: Option<ReadyHook>,
+}
+
+/// What the wait phase ended with.
+enum Waited {
+    Ready(Box<Ready>),
+    Ended(Exit),
+}
+
+impl Lifecycle {
+    /// A lifecycle for `plan`; the head's `policies` are loaded by the
+    /// caller (so a bad policy is refused before anything starts).
+    pub fn new(plan: Plan, policies: Option<Policies>) -> Self {
+        Self {
+            plan,
+            policies,
+            status: Status::new(),
+            on_ready: None,
+        }
+    }
+
+    /// Calls `hook` once the cluster is ready, before serving.
+    pub fn on_ready(mut self, hook: impl FnOnce(&Ready) + Send + 'static) -> Self {
+        self.on_ready = Some(Box::new(hook));
+        self
+    }
+
+    /// The status the endpoints serve.
+    pub fn status(&self) -> Arc<Status> {
+        Arc::clone(&self.status)
+    }
+
+    /// Runs the whole lifecycle; everything started is stopped before this
+    /// returns.
+    pub async fn run(mut self) -> Result<Exit, LifecycleError> {
+        if let Some(address) = self.plan.endpoints {
+            serve_endpoints(address, Arc::clone(&self.status))
+                .await
+                .map_err(|source| LifecycleError::Endpoints { address, source })?;
+        }
+        let mut kubernetes = self
+            .plan
+            .kubernetes
+            .as_ref()
+            .map(|(settings, cluster)| kube_platform::spawn(settings, cluster, &self.status));
+        let shutdown = prepare_process().map_err(LifecycleError::Signals)?;
+        raise_open_file_limit(self.plan.open_file_limit);
+        let exit = self.phases(&shutdown, &mut kubernetes).await;
+        // The last Events (Stopping, ClusterNotReady, ...) reach the API
+        // server before the process ends.
+        if let Some(k) = kubernetes {
+            k.flush(Duration::from_secs(3)).await;
+        }
+        Ok(exit)
+    }
+
+    async fn phases(&mut self, shutdown: &Shutdown, kubernetes: &mut Option<KubeHandle>) -> Exit {
+        let status = Arc::clone(&self.status);
+        if let Some(join) = &self.plan.join {
+            tracing::info!(address = %join.address, "waiting for the head's GCS");
+            status.enter(Phase::Wait);
+            tokio::select! {
+                r = orchestrator_ray_gcs::GcsClient::connect_until(&join.address, join.timeout) => {
+                    if let Err(e) = r {
+                        return Exit::failed(1, e.to_string());
+                    }
+                }
+                () = shutdown.requested() => return Exit::ok(),
+            }
+            tracing::info!(address = %join.address, "head's GCS answers");
+        }
+        let argv = self
+            .plan
+            .start
+            .nodes
+            .first()
+            .map(|n| n.argv.join(" "))
+            .unwrap_or_default();
+        status.event(
+            EventReason::StartingRay,
+            format!("starting Ray ({}): {argv}", self.plan.role),
+        );
+        // Not cancelled by a signal: a half-started node must be stopped,
+        // which needs its process group.
+        let mut nodes = match RayNodes::start(&self.plan.start).await {
+            Ok(nodes) => nodes,
+            Err(e) => return Exit::failed(1, e.to_string()),
+        };
+        let exit = if shutdown.is_requested() {
+            Exit::ok()
+        } else {
+            self.after_start(&mut nodes, shutdown, kubernetes).await
+        };
+        if !nodes.stop(self.plan.stop_grace).await {
+            return Exit::failed(1, "some of Ray's processes did not stop; see the log above");
+        }
+        tracing::info!("all Ray processes stopped");
+        exit
+    }
+
+    /// Wait (head), then serve or supervise.
+    async fn after_start(
+        &mut self,
+        nodes: &mut RayNodes,
+        shutdown: &Shutdown,
+        kubernetes: &mut Option<KubeHandle>,
+    ) -> Exit {
+        let status = Arc::clone(&self.status);
+        let Some(wait) = self.plan.wait.clone() else {
+            status.enter(Phase::Serve);
+            status.nodes(1, 1);
+            status.health(
+                VerdictKind::Healthy,
+                "worker: Ray node running".into(),
+                true,
+            );
+            return supervise(nodes, shutdown, &status).await;
+        };
+        let ready = match self.wait(&wait, nodes, shutdown, kubernetes).await {
+            Waited::Ready(ready) => ready,
+            Waited::Ended(exit) => return exit,
+        };
+        let alive = ready.snapshot.nodes.iter().filter(|n| n.alive).count() as u32;
+        status.nodes(alive, ready.snapshot.expected.nodes);
+        status.readiness("ready".into());
+        if let Some(hook) = self.on_ready.take() {
+            hook(&ready);
+        }
+        match self.plan.after_ready {
+            AfterReady::Serve => self.serve(&ready, nodes, shutdown).await,
+            AfterReady::Exit => Exit::ok(),
+            AfterReady::Supervise => {
+                tracing::info!(
+                    nodes = alive,
+                    "cluster ready; nothing to serve, supervising Ray"
+                );
+                status.enter(Phase::Serve);
+                status.health(
+                    VerdictKind::Healthy,
+                    "cluster ready (nothing to serve: serve.model is not set)".into(),
+                    true,
+                );
+                supervise(nodes, shutdown, &status).await
+            }
+        }
+    }
+
+    async fn wait(
+        &mut self,
+        plan: &WaitPlan,
+        nodes: &mut RayNodes,
+        shutdown: &Shutdown,
+        kubernetes: &mut Option<KubeHandle>,
+    ) -> Waited {
+        let status = Arc::clone(&self.status);
+        let Some(policies) = self.policies.as_mut() else {
+            return Waited::Ended(Exit::failed(1, "the head has no readiness policy loaded"));
+        };
+        let facts = match kubernetes.as_mut().and_then(|k| k.facts.take()) {
+            Some(setup) => setup.await.ok().flatten(),
+            None => None,
+        };
+        let expected = facts
+            .as_ref()
+            .and_then(|f| f.borrow().expected.clone())
+            .unwrap_or_else(|| plan.expected.clone());
+        status.nodes(0, expected.nodes);
+        status.enter(Phase::Wait);
+        let spec = WaitSpec {
+            source: Arc::clone(&self.plan.membership),
+            expected: plan.expected.clone(),
+            timeout: plan.timeout,
+            params: plan.params.clone(),
+            diagnostics: vec![],
+            facts,
+            status: Some(Arc::clone(&status)),
+        };
+        let waiting = wait_for_cluster(&spec, &mut policies.readiness);
+        tokio::pin!(waiting);
+        loop {
+            let (running, mut late) = nodes.watch_parts();
+            let started = tokio::select! {
+                r = &mut waiting => return match r {
+                    Ok(ready) => Waited::Ready(Box::new(ready)),
+                    Err(e) => {
+                        status.fail(EventReason::ClusterNotReady, e.to_string());
+                        Waited::Ended(Exit::failed(1, e.to_string()))
+                    }
+                },
+                () = shutdown.requested() => {
+                    status.enter(Phase::Stopping);
+                    return Waited::Ended(Exit::ok());
+                }
+                (label, daemon) = running.first_exit(usize::MAX) => {
+                    let message = format!("Ray's {daemon} on node {label} during the wait");
+                    status.fail(EventReason::RayExited, message.clone());
+                    return Waited::Ended(Exit::failed(1, message));
+                }
+                started = late.next() => started,
+            };
+            match started {
+                Ok(node) => nodes.adopt(node),
+                Err(e) => {
+                    return Waited::Ended(Exit::failed(
+                        1,
+                        format!("a worker failed to start: {e}"),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The serve phase, while the head's own Ray daemons stay watched: if
+    /// one dies the server is stopped and the run fails. (A worker's death
+    /// reaches the health policy through the membership source.)
+    async fn serve(&mut self, ready: &Ready, nodes: &RayNodes, shutdown: &Shutdown) -> Exit {
+        let status = Arc::clone(&self.status);
+        let (Some(spec), Some(policies)) = (self.plan.serve.as_ref(), self.policies.as_mut())
+        else {
+            return Exit::failed(
+                1,
+                "nothing to serve: the plan has no serve spec or policies",
+            );
+        };
+        let ctx = ServeContext {
+            source: self.plan.membership.as_ref(),
+            status: &status,
+            shutdown,
+        };
+        let plan = match serve::plan_launch(ready, spec, &mut policies.launch, ctx) {
+            Ok(plan) => plan,
+            Err(outcome) => return served(&status, outcome),
+        };
+        status.enter(Phase::Serve);
+        let serving = serve::supervise(
+            spec,
+            &plan,
+            &ready.snapshot.nodes,
+            Some(ready.decided_at),
+            &mut policies.health,
+            ctx,
+        );
+        tokio::pin!(serving);
+        let outcome = tokio::select! {
+            outcome = &mut serving => outcome,
+            () = shutdown.requested() => {
+                // /readyz turns false at once; the server drains.
+                status.enter(Phase::Stopping);
+                serving.await
+            }
+            (label, daemon) = nodes.first_exit(1) => {
+                let message = format!("Ray's {daemon} on node {label} while serving; stopping");
+                status.fail(EventReason::RayExited, message.clone());
+                return Exit::failed(1, message);
+            }
+        };
+        served(&status, outcome)
+    }
+}
+
+/// The exit that a serve phase's outcome means.
+fn served(status: &Status, outcome: ServeOutcome) -> Exit {
+    match outcome {
+        ServeOutcome::Stopped => {
+            status.enter(Phase::Stopping);
+            Exit::ok()
+        }
+        ServeOutcome::Shutdown { exit_code, reason } => {
+            status.enter(Phase::Stopping);
+            Exit::failed(
+                u8::try_from(exit_code).unwrap_or(1),
+                format!("the health policy shut the service down: {reason}"),
+            )
+        }
+        ServeOutcome::NotLaunched { reason, refused } => {
+            let why = if refused {
+                EventReason::LaunchRefused
+            } else {
+                EventReason::PolicyFailed
+            };
+            status.fail(why, reason.clone());
+            Exit::failed(1, reason)
+        }
+    }
+}
+
+/// Waits for a stop request (exit 0) or any node's daemon exit (exit 1).
+async fn supervise(nodes: &RayNodes, shutdown: &Shutdown, status: &Status) -> Exit {
+    tokio::select! {
+        () = shutdown.requested() => {
+            status.enter(Phase::Stopping);
+            Exit::ok()
+        }
+        (label, daemon) = nodes.first_exit(usize::MAX) => {
+            let message = format!("Ray's {daemon} on node {label} unexpectedly");
+            status.fail(EventReason::RayExited, message.clone());
+            Exit::failed(1, message)
+        }
+    }
+}

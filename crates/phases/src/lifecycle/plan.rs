@@ -1,0 +1,326 @@
+//! What a lifecycle will do, computed before anything runs: from a
+//! configuration ([`Plan::from_config`], what `orchestrator run` does) or
+//! for a local cluster ([`Plan::local`]). [`describe`] is what
+//! `orchestrator plan` prints.
+
+use crate::config::Config;
+use crate::membership::{MembershipSource, RayGcs};
+use crate::policies::Policies;
+use crate::serve::ServeSpec;
+use crate::start::{NodeLaunch, RayStart, RayStartError, StartPlan};
+use orchestrator_domain::{
+    ClusterConfig, ClusterSnapshot, KeyValue, LaunchRequest, Node, Resources, Role, Topology,
+};
+use orchestrator_kubernetes::KubernetesConfig;
+use orchestrator_policy_host::PluginError;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A worker's first step: the head's GCS must answer before Ray starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Join {
+    /// The head's GCS, `HOST:PORT`.
+    pub address: String,
+    /// How long the head may take to answer.
+    pub timeout: Duration,
+}
+
+/// What the head's wait phase waits for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WaitPlan {
+    /// The expected topology (a platform may replace it while waiting).
+    pub expected: Topology,
+    /// How long the wait may take.
+    pub timeout: Duration,
+    /// The readiness policy's parameters.
+    pub params: Vec<KeyValue>,
+}
+
+/// What the head does once the cluster is ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterReady {
+    /// Launch and supervise the serving process.
+    Serve,
+    /// Keep Ray running until stopped (nothing to serve).
+    Supervise,
+    /// Stop everything (`local --exit-when-ready`).
+    Exit,
+}
+
+/// Everything a lifecycle needs, computed and checked up front.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Head or worker.
+    pub role: Role,
+    /// The Ray nodes to start.
+    pub start: StartPlan,
+    /// Workers: the head's GCS to wait for first.
+    pub join: Option<Join>,
+    /// Where membership comes from (the head's GCS).
+    pub membership: Arc<dyn MembershipSource>,
+    /// Head: the wait phase.
+    pub wait: Option<WaitPlan>,
+    /// Head: what to serve.
+    pub serve: Option<ServeSpec>,
+    /// Head: what follows the ready decision.
+    pub after_ready: AfterReady,
+    /// Where `/livez`, `/readyz`, `/status` and `/metrics` are served.
+    pub endpoints: Option<SocketAddr>,
+    /// The open-file limit for the whole process tree.
+    pub open_file_limit: u64,
+    /// Head with Kubernetes awareness: its settings and the configured
+    /// cluster (whose explicit fields win over the RayCluster's).
+    pub kubernetes: Option<(KubernetesConfig, ClusterConfig)>,
+    /// Between SIGTERM and SIGKILL for Ray's process groups.
+    pub stop_grace: Duration,
+}
+
+/// Why a plan cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The `ray start` command cannot be built.
+    #[error(transparent)]
+    RayStart(#[from] RayStartError),
+    /// A worker needs the head's address.
+    #[error("the worker's ray start command has no --address: set ray.gcs-address")]
+    NoJoinAddress,
+    /// `endpoints-host` is no IP address.
+    #[error("endpoints-host {0:?} is not an IP address")]
+    EndpointsHost(String),
+    /// The local cluster cannot be laid out.
+    #[error(transparent)]
+    Local(super::local::LocalError),
+}
+
+/// The head's GCS address: configured, or this node's IP and the GCS port.
+pub fn head_gcs_address(config: &Config) -> String {
+    config.ray.gcs_address.clone().unwrap_or_else(|| {
+        format!(
+            "{}:{}",
+            config.ray.node_ip.as_deref().unwrap_or("127.0.0.1"),
+            config.ray.gcs_port
+        )
+    })
+}
+
+impl Plan {
+    /// The plan of `orchestrator run`; `kuberay` is
+    /// `KUBERAY_GEN_RAY_START_CMD`, if set.
+    pub fn from_config(config: &Config, kuberay: Option<&str>) -> Result<Self, PlanError> {
+        let start = RayStart::for_config(config, kuberay)?;
+        let join = match config.role {
+            Role::Head => None,
+            Role::Worker => Some(Join {
+                address: start
+                    .join_address()
+                    .ok_or(PlanError::NoJoinAddress)?
+                    .to_string(),
+                timeout: Duration::from_secs(config.ray.gcs_wait_seconds),
+            }),
+        };
+        let endpoints = match config.endpoints_port {
+            0 => None,
+            port => Some(
+                format!("{}:{port}", config.endpoints_host)
+                    .parse()
+                    .map_err(|_| PlanError::EndpointsHost(config.endpoints_host.clone()))?,
+            ),
+        };
+        let head = config.role == Role::Head;
+        let serve = (head && config.serve.model.is_some())
+            .then(|| ServeSpec::from_config(&config.serve, &config.policies));
+        Ok(Self {
+            role: config.role,
+            start: StartPlan {
+                nodes: vec![NodeLaunch {
+                    label: config.role.name().to_string(),
+                    argv: start.argv(),
+                }],
+                env: config
+                    .ray
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                stagger: Duration::ZERO,
+                timeout: Duration::from_secs(300),
+            },
+            join,
+            membership: Arc::new(RayGcs::new(head_gcs_address(config))),
+            wait: head.then(|| WaitPlan {
+                expected: config.cluster.topology(),
+                timeout: Duration::from_secs(config.cluster.wait_timeout_seconds),
+                params: config.policies.readiness.params(),
+            }),
+            after_ready: if serve.is_some() {
+                AfterReady::Serve
+            } else {
+                AfterReady::Supervise
+            },
+            serve,
+            endpoints,
+            open_file_limit: config.open_file_limit,
+            kubernetes: (head && config.kubernetes.enabled)
+                .then(|| (config.kubernetes.clone(), config.cluster.clone())),
+            stop_grace: Duration::from_secs(config.ray.stop_grace_seconds),
+        })
+    }
+}
+
+/// What `orchestrator plan` prints: the start argv and env, the wait, the
+/// policies chosen, and the serve argv the launch policy gives for
+/// `topology` (the expected one). Workers load no policies.
+pub fn describe(
+    config: &Config,
+    topology: &Topology,
+    kuberay: Option<&str>,
+    policies: Option<&mut Policies>,
+) -> Result<serde_json::Value, DescribeError> {
+    let start = RayStart::for_config(config, kuberay)?;
+    let mut described = serde_json::Map::new();
+    let mut serve = match (config.role, &config.serve.model) {
+        (Role::Head, None) => serde_json::json!({"skipped": "serve.model is not set"}),
+        (Role::Head, Some(_)) => serde_json::Value::Null,
+        (Role::Worker, _) => serde_json::json!({"skipped": "workers do not serve"}),
+    };
+    if let Some(p) = policies {
+        let entry = |name: &str,
+                     sha256: &str,
+                     params: &std::collections::BTreeMap<String, String>| {
+            serde_json::json!({"plugin": name, "sha256": sha256, "params": params})
+        };
+        let c = &config.policies;
+        described.insert(
+            "readiness".into(),
+            entry(
+                p.readiness.name(),
+                &p.readiness.info().sha256,
+                &c.readiness.params,
+            ),
+        );
+        described.insert(
+            "launch".into(),
+            entry(p.launch.name(), &p.launch.info().sha256, &c.launch.params),
+        );
+        described.insert(
+            "health".into(),
+            entry(p.health.name(), &p.health.info().sha256, &c.health.params),
+        );
+        if serve.is_null() {
+            let request = LaunchRequest {
+                cluster: expected_cluster(config, topology),
+                settings: config.serve.settings(),
+            };
+            serve = match p.launch.plan(&request, &c.launch.params())? {
+                Ok(plan) => {
+                    serde_json::json!({"argv": plan.argv, "env": plan.env, "for": "the expected topology"})
+                }
+                Err(e) => serde_json::json!({"error": e.to_string()}),
+            };
+        }
+    }
+    Ok(serde_json::json!({
+        "role": config.role,
+        "open-file-limit": config.open_file_limit,
+        "start": {
+            "argv": start.argv(),
+            "env": config.ray.env,
+            "from-kuberay-command": config.ray.use_kuberay_command,
+        },
+        "wait": match config.role {
+            Role::Head => serde_json::json!({
+                "gcs-address": head_gcs_address(config),
+                "expected": topology,
+                "timeout-seconds": config.cluster.wait_timeout_seconds,
+            }),
+            Role::Worker => serde_json::json!({
+                "head-gcs": start.join_address(),
+                "gcs-wait-seconds": config.ray.gcs_wait_seconds,
+            }),
+        },
+        "policies": described,
+        "serve": serve,
+        "kubernetes": if config.kubernetes.enabled && config.role == Role::Head {
+            serde_json::json!({
+                "enabled": true,
+                "api-server": config.kubernetes.api_server.as_deref().unwrap_or("in-cluster service account"),
+                "raycluster": config.kubernetes.cluster_name.as_deref().unwrap_or("this pod's ray.io/cluster label"),
+                "expected": "from the RayCluster at run time; fields set under [cluster] win",
+                "events": config.kubernetes.events,
+            })
+        } else {
+            serde_json::json!({"enabled": false})
+        },
+    }))
+}
+
+/// Why `orchestrator plan` cannot describe a plan.
+#[derive(Debug, thiserror::Error)]
+pub enum DescribeError {
+    /// The `ray start` command cannot be built.
+    #[error(transparent)]
+    RayStart(#[from] RayStartError),
+    /// The launch policy failed on the expected cluster.
+    #[error("the launch policy failed: {0}")]
+    Launch(#[from] PluginError),
+}
+
+/// A cluster shaped like the expected topology, for `plan`.
+fn expected_cluster(config: &Config, topology: &Topology) -> ClusterSnapshot {
+    let mut nodes = vec![];
+    let mut add = |gpu: f64, cpu: f64, head: bool| {
+        let i = nodes.len();
+        nodes.push(Node {
+            id: format!("{:056x}", i + 1),
+            address: format!("node-{i}"),
+            hostname: format!("node-{i}"),
+            is_head: head,
+            alive: true,
+            resources: Resources {
+                cpu,
+                gpu,
+                ..Resources::default()
+            },
+            ..Node::default()
+        });
+    };
+    if topology.groups.is_empty() {
+        let per_node = if topology.nodes > 0 {
+            topology.gpus / f64::from(topology.nodes)
+        } else {
+            0.0
+        };
+        for i in 0..topology.nodes {
+            add(per_node.max(topology.min_gpus_per_node), 1.0, i == 0);
+        }
+    } else {
+        // The head offers what the configuration says, else the GPUs the
+        // topology counts beyond the groups'.
+        let in_groups: f64 = topology
+            .groups
+            .iter()
+            .map(|g| f64::from(g.replicas) * g.gpus_per_node)
+            .sum();
+        add(
+            config
+                .ray
+                .num_gpus
+                .unwrap_or((topology.gpus - in_groups).max(0.0)),
+            config.ray.num_cpus.unwrap_or(1.0),
+            true,
+        );
+        for g in &topology.groups {
+            for _ in 0..g.replicas {
+                add(g.gpus_per_node, g.cpus_per_node, false);
+            }
+        }
+    }
+    ClusterSnapshot {
+        nodes,
+        expected: topology.clone(),
+        elapsed_ms: 0,
+        deadline_ms: config.cluster.wait_timeout_seconds * 1000,
+        diagnostics: vec![],
+    }
+}

@@ -1,0 +1,432 @@
+//! The health loop: the serving process supervised, probed and judged.
+//!
+//! Every event (a probe result, the server's exit, a node's death or join
+//! pushed by the membership source, the health interval) updates the
+//! [`HealthLoop`] through one method per event, and each that may change
+//! the picture builds a health snapshot and asks the health policy.
+//! Probes run as their own tasks, so a slow generation probe never delays
+//! the reaction to a dead node or an exited server. Entry point:
+//! [`supervise`].
+
+use super::probe;
+use super::server::ServerProcess;
+use super::{ServeContext, ServeOutcome, ServeSpec};
+use orchestrator_domain::{
+    ExitStatus, HealthSnapshot, HealthVerdict, LaunchPlan, MembershipChange, MembershipUpdate,
+    Node, NodeChange, NodeChangeKind, ProbeResult, RestartAction, ServerState, ShutdownAction,
+    VerdictKind,
+};
+use orchestrator_policy_host::{HealthPolicy, World};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone, Copy)]
+enum ProbeKind {
+    Health,
+    Generation,
+}
+
+/// The probes of the current server.
+#[derive(Default)]
+struct Probes {
+    health: Option<(ProbeResult, Instant)>,
+    generation: Option<(ProbeResult, Instant)>,
+    health_failures: u32,
+    generation_failures: u32,
+    health_in_flight: bool,
+    generation_in_flight: bool,
+    last_generation: Option<Instant>,
+}
+
+impl Probes {
+    fn aged(slot: &Option<(ProbeResult, Instant)>) -> Option<ProbeResult> {
+        slot.as_ref().map(|(p, at)| ProbeResult {
+            age_ms: at.elapsed().as_millis() as u64,
+            ..p.clone()
+        })
+    }
+}
+
+/// The current server: the process (none if it could not be spawned),
+/// how it ended, whether it ever answered.
+struct Server {
+    process: Option<ServerProcess>,
+    launched: Instant,
+    exited: Option<ExitStatus>,
+    running: bool,
+    probes: Probes,
+}
+
+/// What the loop does after a verdict.
+enum Next {
+    Continue,
+    Relaunch,
+    End(ServeOutcome),
+}
+
+fn ids_alive(nodes: &[Node]) -> Vec<String> {
+    nodes
+        .iter()
+        .filter(|n| n.alive)
+        .map(|n| n.id.clone())
+        .collect()
+}
+
+/// The state of the serve phase between events.
+struct HealthLoop<'a> {
+    spec: &'a ServeSpec,
+    plan: &'a LaunchPlan,
+    env: Vec<(String, String)>,
+    ctx: ServeContext<'a>,
+    policy: &'a mut HealthPolicy,
+    ready_at: Option<Instant>,
+    phase_start: Instant,
+    nodes: Vec<Node>,
+    server_nodes: Vec<String>,
+    changes: Vec<NodeChange>,
+    restarts: u32,
+    server: Server,
+    probe_tx: mpsc::UnboundedSender<(ProbeKind, ProbeResult)>,
+    last_logged: Option<(VerdictKind, Instant)>,
+}
+
+impl<'a> HealthLoop<'a> {
+    /// Starts the serving process (again, after a restart).
+    fn launch(&mut self) {
+        let exec_called = self.ready_at.map(|t| t.elapsed().as_micros() as u64);
+        let process = match ServerProcess::spawn("vllm", &self.plan.argv, &self.env) {
+            Ok(s) => {
+                if let (Some(ready_at), 0) = (self.ready_at, self.restarts) {
+                    tracing::info!(
+                        after_us = ready_at.elapsed().as_micros() as u64,
+                        exec_called_after_us = exec_called.unwrap_or(0),
+                        "serving process started after the ready decision"
+                    );
+                }
+                Some(s)
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                None
+            }
+        };
+        self.ctx
+            .status
+            .server_pid(process.as_ref().and_then(ServerProcess::pid));
+        let exited = process.is_none().then(ExitStatus::default);
+        self.server = Server {
+            process,
+            launched: Instant::now(),
+            exited,
+            running: false,
+            probes: Probes::default(),
+        };
+        self.server_nodes = ids_alive(&self.nodes);
+    }
+
+    /// Stops the current server: SIGTERM, then SIGKILL after the grace, or
+    /// at once when a second stop request forces it.
+    async fn stop_server(&mut self) {
+        if let Some(s) = self.server.process.as_mut() {
+            tokio::select! {
+                how = s.stop(self.spec.stop_grace) => tracing::info!(?how, "serving process stopped"),
+                () = self.ctx.shutdown.forced() => {
+                    s.kill_now();
+                    tracing::warn!("serving process killed");
+                }
+            }
+        }
+        self.ctx.status.server_pid(None);
+    }
+
+    fn on_server_exit(&mut self, how: ExitStatus) {
+        tracing::warn!(code = ?how.code, signal = ?how.signal, "serving process exited");
+        self.server.exited = Some(how);
+        self.ctx.status.server_pid(None);
+    }
+
+    /// A membership update: every join and death is news for the policy.
+    fn on_membership(&mut self, update: MembershipUpdate) -> bool {
+        for change in &update.changes {
+            let (kind, node) = match change {
+                MembershipChange::Joined(n) => (NodeChangeKind::Joined, n),
+                MembershipChange::Died { node, .. } => (NodeChangeKind::Died, node),
+            };
+            if kind == NodeChangeKind::Died {
+                tracing::warn!(node = %node.short_id(), address = %node.address, "node died during serving");
+            }
+            self.changes.push(NodeChange {
+                node_id: node.id.clone(),
+                kind,
+            });
+        }
+        if !update.view.nodes.is_empty() {
+            self.nodes = update.view.nodes;
+            let alive = self.nodes.iter().filter(|n| n.alive).count() as u32;
+            let expected = self.ctx.status.snapshot().nodes_expected;
+            self.ctx.status.nodes(alive, expected);
+        }
+        !update.changes.is_empty()
+    }
+
+    fn on_probe(&mut self, kind: ProbeKind, result: ProbeResult) {
+        let probes = &mut self.server.probes;
+        match kind {
+            ProbeKind::Health => {
+                probes.health_in_flight = false;
+                if result.ok {
+                    probes.health_failures = 0;
+                    if !self.server.running {
+                        self.server.running = true;
+                        tracing::info!(
+                            after_ms = self.server.launched.elapsed().as_millis() as u64,
+                            "serving process answers /health"
+                        );
+                    }
+                } else if self.server.running {
+                    probes.health_failures += 1;
+                }
+                probes.health = Some((result, Instant::now()));
+            }
+            ProbeKind::Generation => {
+                probes.generation_in_flight = false;
+                if result.ok {
+                    probes.generation_failures = 0;
+                } else {
+                    probes.generation_failures += 1;
+                    tracing::warn!(
+                        error = result.error.as_deref().unwrap_or(""),
+                        "generation probe failed"
+                    );
+                }
+                probes.generation = Some((result, Instant::now()));
+            }
+        }
+    }
+
+    /// The health interval: start the probes that are due.
+    fn on_tick(&mut self) {
+        let alive = self.server.exited.is_none();
+        let probes = &mut self.server.probes;
+        if alive && !probes.health_in_flight {
+            probes.health_in_flight = true;
+            let (tx, address, timeout) = (
+                self.probe_tx.clone(),
+                self.spec.probe_address.clone(),
+                self.spec.health_timeout,
+            );
+            tokio::spawn(async move {
+                let _ = tx.send((ProbeKind::Health, probe::health(&address, timeout).await));
+            });
+        }
+        let due = probes
+            .last_generation
+            .is_none_or(|t| t.elapsed() >= self.spec.generation_interval);
+        if alive && self.server.running && due && !probes.generation_in_flight {
+            probes.generation_in_flight = true;
+            probes.last_generation = Some(Instant::now());
+            let (tx, address, model, timeout) = (
+                self.probe_tx.clone(),
+                self.spec.probe_address.clone(),
+                self.spec.served_name().to_string(),
+                self.spec.generation_timeout,
+            );
+            tokio::spawn(async move {
+                let result = probe::generation(&address, &model, timeout).await;
+                let _ = tx.send((ProbeKind::Generation, result));
+            });
+        }
+    }
+
+    fn snapshot(&mut self) -> HealthSnapshot {
+        let s = &self.server;
+        HealthSnapshot {
+            server: match (&s.exited, s.running) {
+                (Some(how), _) => ServerState::Exited(how.clone()),
+                (None, true) => ServerState::Running,
+                (None, false) => ServerState::Starting,
+            },
+            server_uptime_ms: s.launched.elapsed().as_millis() as u64,
+            health_probe: Probes::aged(&s.probes.health),
+            generation_probe: Probes::aged(&s.probes.generation),
+            consecutive_probe_failures: s.probes.health_failures.max(s.probes.generation_failures),
+            nodes: self.nodes.clone(),
+            server_nodes: self.server_nodes.clone(),
+            changes: std::mem::take(&mut self.changes),
+            restarts: self.restarts,
+            uptime_ms: self.phase_start.elapsed().as_millis() as u64,
+        }
+    }
+
+    /// Asks the health policy and carries out its verdict.
+    async fn evaluate(&mut self) -> Next {
+        let snapshot = self.snapshot();
+        let asked = Instant::now();
+        let verdict = self.policy.evaluate(&snapshot, &self.spec.health_params);
+        let status = self.ctx.status;
+        status.policy_call(World::Health, asked.elapsed().as_secs_f64());
+        let verdict = match verdict {
+            Ok(v) => v,
+            Err(e) => {
+                // A broken health policy must not take a serving model
+                // down: report it and keep serving.
+                tracing::error!("health policy failed: {e}");
+                status.health(
+                    VerdictKind::PolicyFailed,
+                    format!("health policy failed: {e}"),
+                    false,
+                );
+                return Next::Continue;
+            }
+        };
+        let kind = verdict.kind();
+        match verdict {
+            HealthVerdict::Healthy => {
+                let serving = self.server.exited.is_none() && self.server.running;
+                status.health(kind, "healthy".into(), serving);
+                Next::Continue
+            }
+            HealthVerdict::Degraded(reason) => {
+                // Log a change of verdict at once, a lasting one every 30 s.
+                let due = self
+                    .last_logged
+                    .is_none_or(|(k, at)| k != kind || at.elapsed() >= Duration::from_secs(30));
+                if due {
+                    tracing::info!("degraded: {reason}");
+                    self.last_logged = Some((kind, Instant::now()));
+                }
+                status.health(kind, reason, false);
+                Next::Continue
+            }
+            HealthVerdict::Restart(action) => self.restart(action).await,
+            HealthVerdict::Shutdown(action) => Next::End(self.shut_down(action).await),
+        }
+    }
+
+    async fn restart(&mut self, action: RestartAction) -> Next {
+        tracing::warn!(
+            backoff_ms = action.backoff_ms,
+            "restarting the serving process: {}",
+            action.reason
+        );
+        let status = self.ctx.status;
+        status.health(
+            VerdictKind::Restart,
+            format!("restart: {}", action.reason),
+            false,
+        );
+        status.restarted();
+        self.stop_server().await;
+        if self.ctx.shutdown.is_requested() {
+            return Next::End(ServeOutcome::Stopped);
+        }
+        self.restarts += 1;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(u64::from(action.backoff_ms))) => Next::Relaunch,
+            () = self.ctx.shutdown.requested() => Next::End(ServeOutcome::Stopped),
+        }
+    }
+
+    async fn shut_down(&mut self, action: ShutdownAction) -> ServeOutcome {
+        tracing::error!(
+            exit_code = action.exit_code,
+            "shutting down: {}",
+            action.reason
+        );
+        self.ctx.status.health(
+            VerdictKind::Shutdown,
+            format!("shutdown: {}", action.reason),
+            false,
+        );
+        self.stop_server().await;
+        ServeOutcome::Shutdown {
+            exit_code: action.exit_code,
+            reason: action.reason,
+        }
+    }
+}
+
+/// Runs `plan` as the serving process and supervises it until a stop is
+/// requested or the health policy says shut down. `nodes` are the nodes
+/// alive when the cluster became ready (the server's); `ready_at`, when
+/// the readiness policy said so (to log how soon after it the server was
+/// started). The server is always stopped before this returns.
+pub async fn supervise(
+    spec: &ServeSpec,
+    plan: &LaunchPlan,
+    nodes: &[Node],
+    ready_at: Option<Instant>,
+    policy: &mut HealthPolicy,
+    ctx: ServeContext<'_>,
+) -> ServeOutcome {
+    let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
+    let mut membership = ctx.source.watch();
+    let mut tick = tokio::time::interval(spec.health_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut state = HealthLoop {
+        spec,
+        plan,
+        env: plan
+            .env
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone()))
+            .collect(),
+        ctx,
+        policy,
+        ready_at,
+        phase_start: Instant::now(),
+        nodes: nodes.to_vec(),
+        server_nodes: Vec::new(),
+        changes: Vec::new(),
+        restarts: 0,
+        server: Server {
+            process: None,
+            launched: Instant::now(),
+            exited: None,
+            running: false,
+            probes: Probes::default(),
+        },
+        probe_tx,
+        last_logged: None,
+    };
+    state.launch();
+    loop {
+        let evaluate = tokio::select! {
+            () = ctx.shutdown.requested() => {
+                ctx.status.unready();
+                state.stop_server().await;
+                return ServeOutcome::Stopped;
+            }
+            how = async {
+                match state.server.process.as_mut() {
+                    Some(s) => s.wait().await,
+                    None => std::future::pending().await,
+                }
+            }, if state.server.exited.is_none() => {
+                state.on_server_exit(how);
+                true
+            }
+            Some(update) = membership.recv() => state.on_membership(update),
+            Some((kind, result)) = probe_rx.recv() => {
+                state.on_probe(kind, result);
+                true
+            }
+            _ = tick.tick() => {
+                state.on_tick();
+                true
+            }
+        };
+        if !evaluate {
+            continue;
+        }
+        match state.evaluate().await {
+            Next::Continue => {}
+            Next::Relaunch => {
+                // Results of the previous server's probes are dropped.
+                while probe_rx.try_recv().is_ok() {}
+                state.launch();
+            }
+            Next::End(outcome) => return outcome,
+        }
+    }
+}

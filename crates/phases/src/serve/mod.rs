@@ -1,0 +1,130 @@
+//! The serve phase: the launch policy's plan ([`launch`]) run as a
+//! supervised [`server`], probed over HTTP ([`probe`]), judged by the
+//! health policy ([`health_loop`]), restarted or shut down as it says.
+//! Entry point: [`serve`].
+
+mod health_loop;
+mod launch;
+pub mod probe;
+pub mod server;
+
+pub use health_loop::supervise;
+pub use launch::plan_launch;
+
+use crate::config::{PoliciesConfig, ServeConfig};
+use crate::endpoints::Status;
+use crate::membership::MembershipSource;
+use crate::supervision::Shutdown;
+use crate::wait::Ready;
+use orchestrator_domain::{KeyValue, ServeSettings};
+use orchestrator_policy_host::{HealthPolicy, LaunchPolicy};
+use std::time::Duration;
+
+/// Everything the serve phase needs besides the policies: the settings
+/// the launch policy sees, its and the health policy's parameters, and
+/// how the server is probed and stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServeSpec {
+    /// What the launch policy is asked to serve.
+    pub settings: ServeSettings,
+    /// The launch policy's parameters.
+    pub launch_params: Vec<KeyValue>,
+    /// The health policy's parameters.
+    pub health_params: Vec<KeyValue>,
+    /// Where the probes reach the server, `HOST:PORT`.
+    pub probe_address: String,
+    /// How often `/health` is probed (and the health policy asked).
+    pub health_interval: Duration,
+    /// How often a one-token completion is sent.
+    pub generation_interval: Duration,
+    /// Timeout of a `/health` probe.
+    pub health_timeout: Duration,
+    /// Timeout of a generation probe.
+    pub generation_timeout: Duration,
+    /// Between SIGTERM and SIGKILL when the server is stopped.
+    pub stop_grace: Duration,
+}
+
+impl ServeSpec {
+    /// The spec of a configuration's `[serve]` and `[policies]` tables.
+    pub fn from_config(serve: &ServeConfig, policies: &PoliciesConfig) -> Self {
+        let ms = |v: u64| Duration::from_millis(v.max(10));
+        Self {
+            settings: serve.settings(),
+            launch_params: policies.launch.params(),
+            health_params: policies.health.params(),
+            probe_address: serve.probe_address(),
+            health_interval: ms(serve.health_interval_ms),
+            generation_interval: ms(serve.generation_interval_ms),
+            health_timeout: ms(serve.health_timeout_ms),
+            generation_timeout: ms(serve.generation_timeout_ms),
+            stop_grace: Duration::from_secs(serve.stop_grace_seconds),
+        }
+    }
+
+    /// The model name the API serves (and the generation probe asks for).
+    pub fn served_name(&self) -> &str {
+        self.settings
+            .served_model_name
+            .as_deref()
+            .unwrap_or(&self.settings.model)
+    }
+}
+
+/// What the serve phase works with: where membership comes from, where
+/// progress is reported, and the stop request.
+#[derive(Clone, Copy)]
+pub struct ServeContext<'a> {
+    /// Node deaths and joins.
+    pub source: &'a dyn MembershipSource,
+    /// `/status`, `/readyz`, metrics, Events.
+    pub status: &'a Status,
+    /// SIGTERM / SIGINT.
+    pub shutdown: &'a Shutdown,
+}
+
+/// How the serve phase ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServeOutcome {
+    /// A stop was requested (SIGTERM/SIGINT); the server was drained.
+    Stopped,
+    /// The health policy said shut down; the server was stopped.
+    Shutdown {
+        /// The exit code it asked for.
+        exit_code: i32,
+        /// Why.
+        reason: String,
+    },
+    /// The launch policy refused the layout, or failed; nothing started.
+    NotLaunched {
+        /// The policy's words.
+        reason: String,
+        /// Refused (the layout) rather than failed (the plugin).
+        refused: bool,
+    },
+}
+
+/// Plans the launch for the ready cluster, then serves until a stop
+/// request or the health policy's shutdown.
+pub async fn serve(
+    ready: &Ready,
+    spec: &ServeSpec,
+    launch: &mut LaunchPolicy,
+    health: &mut HealthPolicy,
+    ctx: ServeContext<'_>,
+) -> ServeOutcome {
+    match plan_launch(ready, spec, launch, ctx) {
+        Ok(plan) => {
+            supervise(
+                spec,
+                &plan,
+                &ready.snapshot.nodes,
+                Some(ready.decided_at),
+                health,
+                ctx,
+            )
+            .await
+        }
+        Err(outcome) => outcome,
+    }
+}

@@ -1,0 +1,190 @@
+//! The start phase: the open-file limit for the whole process tree, then
+//! Ray, supervised. `run` starts one node (its pod's); `local` starts a
+//! head and N workers on one machine, the workers one at a time in the
+//! background while the wait phase already runs. Entry point:
+//! [`RayNodes::start`].
+
+pub mod limits;
+pub mod ray_node;
+pub mod ray_start;
+
+pub use ray_node::{Daemon, RayNode, RayNodeError};
+pub use ray_start::{KUBERAY_ENV, RayStart, RayStartError};
+
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// One Ray node to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeLaunch {
+    /// A name for logs (`head`, `worker`, `worker-2`).
+    pub label: String,
+    /// The `ray start` argv, program first.
+    pub argv: Vec<String>,
+}
+
+/// The Ray nodes this orchestrator starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartPlan {
+    /// The first is started before anything else goes on; the others
+    /// (local workers) one at a time in the background, since concurrent
+    /// `ray start`s on one host pick the same socket names and ports.
+    pub nodes: Vec<NodeLaunch>,
+    /// Environment added for Ray's processes.
+    pub env: Vec<(String, String)>,
+    /// How long each background start is held back (to show the wait).
+    pub stagger: Duration,
+    /// How long one `ray start` may take.
+    pub timeout: Duration,
+}
+
+/// Raises the open-file limit to `want` and logs what it achieved.
+pub fn raise_open_file_limit(want: u64) {
+    let nofile = limits::raise_nofile(want);
+    match &nofile.short_of {
+        None => tracing::info!(
+            before = nofile.before,
+            now = nofile.now,
+            "open-file limit raised"
+        ),
+        Some(why) => tracing::warn!(
+            wanted = want,
+            now = nofile.now,
+            "open-file limit raised only to {}: {why}",
+            nofile.now
+        ),
+    }
+}
+
+/// The Ray nodes started so far, and those still being started.
+pub struct RayNodes {
+    nodes: Vec<RayNode>,
+    late: mpsc::UnboundedReceiver<Result<RayNode, RayNodeError>>,
+    stop_starting: watch::Sender<bool>,
+    starter: Option<JoinHandle<()>>,
+}
+
+impl RayNodes {
+    /// Starts the plan's first node and waits for it (a half-started node
+    /// is still stopped: its process group is known); the others start in
+    /// the background and arrive through [`next_started`](Self::next_started).
+    pub async fn start(plan: &StartPlan) -> Result<Self, RayNodeError> {
+        let (late_tx, late) = mpsc::unbounded_channel();
+        let (stop_starting, mut stop_rx) = watch::channel(false);
+        let mut nodes = Vec::new();
+        let mut rest = plan.nodes.iter();
+        if let Some(first) = rest.next() {
+            tracing::info!(node = %first.label, "starting: {}", first.argv.join(" "));
+            nodes.push(RayNode::start(&first.label, &first.argv, &plan.env, plan.timeout).await?);
+        }
+        let rest: Vec<NodeLaunch> = rest.cloned().collect();
+        let starter = (!rest.is_empty()).then(|| {
+            let (env, stagger, timeout) = (plan.env.clone(), plan.stagger, plan.timeout);
+            tokio::spawn(async move {
+                for node in rest {
+                    tokio::select! {
+                        () = tokio::time::sleep(stagger) => {}
+                        _ = stop_rx.wait_for(|stop| *stop) => return,
+                    }
+                    tracing::info!(node = %node.label, "starting: {}", node.argv.join(" "));
+                    let started = RayNode::start(&node.label, &node.argv, &env, timeout).await;
+                    let failed = started.is_err();
+                    if late_tx.send(started).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+        });
+        Ok(Self {
+            nodes,
+            late,
+            stop_starting,
+            starter,
+        })
+    }
+
+    /// The nodes running now and the starts still to come, borrowed
+    /// apart so both can be waited on at once; a node that arrives is
+    /// handed back with [`adopt`](Self::adopt).
+    pub fn watch_parts(&mut self) -> (RunningNodes<'_>, LateStarts<'_>) {
+        (RunningNodes(&self.nodes), LateStarts(&mut self.late))
+    }
+
+    /// Supervises a node that started in the background.
+    pub fn adopt(&mut self, node: RayNode) {
+        self.nodes.push(node);
+    }
+
+    /// The nodes running now, the first one first.
+    pub fn running(&self) -> &[RayNode] {
+        &self.nodes
+    }
+
+    /// The first daemon exit among the first `count` nodes (all: `usize::MAX`),
+    /// with the node's label. Pending forever when there are none.
+    pub async fn first_exit(&self, count: usize) -> (String, Daemon) {
+        RunningNodes(&self.nodes).first_exit(count).await
+    }
+
+    /// Stops every node, the last started first: a start in progress is
+    /// let finish (not cut off half-way) and then stopped too. True when
+    /// no process of any node is left.
+    pub async fn stop(mut self, grace: Duration) -> bool {
+        let _ = self.stop_starting.send(true);
+        if let Some(starter) = self.starter.take() {
+            let _ = starter.await;
+        }
+        while let Ok(started) = self.late.try_recv() {
+            if let Ok(node) = started {
+                self.nodes.push(node);
+            }
+        }
+        let mut all_stopped = true;
+        for node in self.nodes.iter().rev() {
+            all_stopped &= node.stop(grace).await;
+        }
+        all_stopped
+    }
+}
+
+/// The running nodes, borrowed from [`RayNodes::watch_parts`].
+pub struct RunningNodes<'a>(&'a [RayNode]);
+
+impl RunningNodes<'_> {
+    /// See [`RayNodes::first_exit`].
+    pub async fn first_exit(&self, count: usize) -> (String, Daemon) {
+        let mut waits: Vec<_> = self
+            .0
+            .iter()
+            .take(count)
+            .map(|n| Box::pin(async move { (n.label().to_string(), n.exited().await) }))
+            .collect();
+        if waits.is_empty() {
+            return std::future::pending().await;
+        }
+        std::future::poll_fn(move |cx| {
+            for w in waits.iter_mut() {
+                if let std::task::Poll::Ready(v) = w.as_mut().poll(cx) {
+                    return std::task::Poll::Ready(v);
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
+}
+
+/// The starts still to come, borrowed from [`RayNodes::watch_parts`].
+pub struct LateStarts<'a>(&'a mut mpsc::UnboundedReceiver<Result<RayNode, RayNodeError>>);
+
+impl LateStarts<'_> {
+    /// The next background start's result; pending forever when no more
+    /// starts are coming.
+    pub async fn next(&mut self) -> Result<RayNode, RayNodeError> {
+        match self.0.recv().await {
+            Some(started) => started,
+            None => std::future::pending().await,
+        }
+    }
+}

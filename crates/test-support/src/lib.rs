@@ -1,0 +1,460 @@
+//! # orchestrator-test-support
+//!
+//! What the integration tests and the benchmarks share, written once:
+//!
+//! - where the real parts are: [`ray_bin`], [`required_env`];
+//! - [`free_port`], so tests never collide on fixed ports;
+//! - a small blocking HTTP/1.0 client with a timeout ([`http`],
+//!   [`http_get`]);
+//! - `/proc` scans on top of the library's ([`processes_with`],
+//!   [`parent_of`], [`raylet_of`], [`assert_nothing_left`]);
+//! - waiting with a deadline, never without ([`poll_until`],
+//!   [`status_until`], [`wait_with_deadline`]);
+//! - signals through the kill system call, never the `kill` program
+//!   ([`signal`], [`signal_group`]), and guards that stop what a failed
+//!   test started ([`Guard`], [`GroupGuard`]);
+//! - the GCS's own view, to measure against ([`gcs_death_time`],
+//!   [`gcs_nodes`]).
+// Test code: a failed expectation is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use orchestrator_phases::supervision::procfs;
+use rustix::process::{Pid, Signal};
+use std::io::{Read, Write};
+use std::process::{Child, Output};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub use rustix::process::Signal as Sig;
+
+/// Ray's `ray` executable from `ORCHESTRATOR_RAY_BIN` (`cargo xtask test`
+/// sets it to the pinned venv's).
+pub fn ray_bin() -> String {
+    required_env(
+        "ORCHESTRATOR_RAY_BIN",
+        "Ray 2.60's `ray`; `cargo xtask test` sets it up",
+    )
+}
+
+/// An environment variable the test cannot run without; `what` says what
+/// it must name.
+pub fn required_env(name: &str, what: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} must point at {what}"))
+}
+
+/// A TCP port that was free on loopback a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on loopback")
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// An HTTP answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The status code (0 when the status line did not parse).
+    pub status: u16,
+    /// The body.
+    pub body: String,
+}
+
+/// One HTTP/1.0 request with a JSON body, answered within `timeout`;
+/// `None` when the server cannot be reached or does not answer in time.
+pub fn http(
+    address: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+) -> Option<Reply> {
+    let text = raw_http(address, method, path, body, timeout)?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Some(Reply {
+        status,
+        body: body.to_string(),
+    })
+}
+
+fn raw_http(
+    address: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+) -> Option<String> {
+    let socket: std::net::SocketAddr = address.parse().ok()?;
+    let mut stream = std::net::TcpStream::connect_timeout(&socket, timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    stream.set_write_timeout(Some(timeout)).ok()?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// A GET within 2 s, as the raw response text (status line, headers,
+/// body); empty when nothing answers.
+pub fn http_get(address: &str, path: &str) -> String {
+    raw_http(address, "GET", path, "", Duration::from_secs(2)).unwrap_or_default()
+}
+
+/// `/status` of the orchestrator whose endpoints are at `address`.
+pub fn status(address: &str) -> Option<serde_json::Value> {
+    let reply = http(address, "GET", "/status", "", Duration::from_secs(2))?;
+    serde_json::from_str(&reply.body).ok()
+}
+
+/// Calls `check` every 50 ms until it gives a value; panics naming `what`
+/// after `limit`.
+pub fn poll_until<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Polls `/status` on 127.0.0.1:`port` until `check` accepts it.
+pub fn status_until(
+    port: u16,
+    limit: Duration,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let address = format!("127.0.0.1:{port}");
+    let mut last = serde_json::Value::Null;
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = status(&address) {
+            if check(&s) {
+                return s;
+            }
+            last = s;
+        }
+        if Instant::now() > deadline {
+            panic!("/status on port {port} never matched within {limit:?}; last: {last:#}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Live (non-zombie) processes whose command line contains `needle`,
+/// with that command line.
+pub fn processes_with(needle: &str) -> Vec<(i32, String)> {
+    let me = std::process::id() as i32;
+    procfs::processes()
+        .into_iter()
+        .filter(|p| !p.is_zombie() && p.pid != me)
+        .filter_map(|p| {
+            let cmdline = std::fs::read(format!("/proc/{}/cmdline", p.pid)).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(needle).then_some((p.pid, cmdline))
+        })
+        .collect()
+}
+
+/// Panics if a process matching any needle is still alive 3 s from now.
+pub fn assert_nothing_left(needles: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let left: Vec<_> = needles.iter().flat_map(|n| processes_with(n)).collect();
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("processes left behind: {left:#?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The parent of `pid`, if it runs.
+pub fn parent_of(pid: i32) -> Option<i32> {
+    procfs::processes()
+        .into_iter()
+        .find(|p| p.pid == pid)
+        .map(|p| p.ppid)
+}
+
+/// Whether `pid` runs (and is not a zombie).
+pub fn is_alive(pid: i32) -> bool {
+    procfs::processes()
+        .into_iter()
+        .any(|p| p.pid == pid && !p.is_zombie())
+}
+
+/// The pid of the raylet whose node address is `ip` (matched by its
+/// command name, not its arguments: the dashboard agent's arguments name
+/// the raylet too).
+pub fn raylet_of(ip: &str) -> Option<i32> {
+    let needle = format!("--node_ip_address={ip}");
+    procfs::processes()
+        .into_iter()
+        .filter(|p| p.comm == "raylet" && !p.is_zombie())
+        .find(|p| {
+            std::fs::read(format!("/proc/{}/cmdline", p.pid)).is_ok_and(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .contains(&needle)
+            })
+        })
+        .map(|p| p.pid)
+}
+
+/// Sends `sig` to `pid` through the kill system call.
+pub fn signal(pid: i32, sig: Signal) {
+    if let Some(p) = Pid::from_raw(pid) {
+        let _ = rustix::process::kill_process(p, sig);
+    }
+}
+
+/// Sends `sig` to the process group `pgid` through the kill system call
+/// (never the `kill` program: procps-ng 4.0.2's `kill -TERM -<pgid>` was
+/// seen reaching processes outside the group).
+pub fn signal_group(pgid: i32, sig: Signal) {
+    if let Some(p) = Pid::from_raw(pgid) {
+        let _ = rustix::process::kill_process_group(p, sig);
+    }
+}
+
+/// stdout and stderr as text.
+pub fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Waits for `child` with a deadline; kills it and panics if it overruns.
+pub fn wait_with_deadline(mut child: Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("did not exit within {limit:?}: {:?}", text(&out));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Stops orchestrators a test started if the test fails first: SIGTERM
+/// (they stop vLLM and their Ray nodes, up to vLLM's 30 s drain), then
+/// SIGKILL after 60 s.
+pub struct Guard(pub Vec<i32>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            signal(*pid, Signal::TERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for pid in &self.0 {
+            while Instant::now() < deadline && is_alive(*pid) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            signal(*pid, Signal::KILL);
+        }
+    }
+}
+
+/// Kills process groups a test started if the test fails before
+/// stopping them (a failed test must not leave Ray running).
+#[derive(Default)]
+pub struct GroupGuard(std::sync::Mutex<Vec<i32>>);
+
+impl GroupGuard {
+    /// Guards `pgid` too.
+    pub fn add(&self, pgid: i32) {
+        if let Ok(mut groups) = self.0.lock() {
+            groups.push(pgid);
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        for pgid in self.0.lock().map(|v| v.clone()).unwrap_or_default() {
+            signal_group(pgid, Signal::KILL);
+        }
+    }
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// When the GCS at `address` marked a node dead (`end_time_ms`), if one is.
+pub fn gcs_death_time(address: &str) -> Option<u64> {
+    use orchestrator_ray_gcs::proto::node_info_gcs_service_client::NodeInfoGcsServiceClient;
+    block_on(async {
+        let mut client = NodeInfoGcsServiceClient::connect(format!("http://{address}"))
+            .await
+            .ok()?;
+        let reply = client
+            .get_all_node_info(orchestrator_ray_gcs::proto::GetAllNodeInfoRequest { limit: None })
+            .await
+            .ok()?
+            .into_inner();
+        reply
+            .node_info_list
+            .iter()
+            .find(|n| n.state == 1)
+            .map(|n| n.end_time_ms)
+    })
+}
+
+/// Every node the GCS at `address` knows.
+pub fn gcs_nodes(address: &str) -> Vec<orchestrator_domain::Node> {
+    block_on(async {
+        let client =
+            orchestrator_ray_gcs::GcsClient::connect_until(address, Duration::from_secs(10))
+                .await
+                .unwrap();
+        client.get_all_nodes().await.unwrap()
+    })
+}
+
+/// Every live descendant of this process (children, their children, ...):
+/// with this process a subreaper, orphans of what it started count too.
+pub fn descendants() -> Vec<procfs::ProcEntry> {
+    let all = procfs::processes();
+    let mut found: Vec<procfs::ProcEntry> = Vec::new();
+    let mut parents = vec![std::process::id() as i32];
+    while let Some(parent) = parents.pop() {
+        for p in all.iter().filter(|p| p.ppid == parent && !p.is_zombie()) {
+            if !found.iter().any(|f| f.pid == p.pid) {
+                parents.push(p.pid);
+                found.push(p.clone());
+            }
+        }
+    }
+    found
+}
+
+/// SIGKILLs every descendant (and its process group) and reaps what it
+/// can; returns how many were still running. The last resort of a
+/// benchmark or test that must leave nothing behind.
+pub fn kill_descendants() -> usize {
+    let left = descendants();
+    for p in &left {
+        signal_group(p.pgid, Signal::KILL);
+        signal(p.pid, Signal::KILL);
+    }
+    // Reap our own zombies (the rest go to their parents or to us).
+    while let Ok(Some(_)) = rustix::process::waitpid(None, rustix::process::WaitOptions::NOHANG) {}
+    left.len()
+}
+
+/// Waits for `child` without blocking the async runtime, up to `limit`;
+/// then SIGKILLs it and waits for that. Returns its exit status.
+pub async fn wait_child(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                return tokio::task::block_in_place(|| child.wait().ok());
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+/// [`http`] from async code: the blocking request runs on the blocking
+/// pool, so the runtime's workers stay free.
+pub async fn http_async(
+    address: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+) -> Option<Reply> {
+    let (address, method, path, body) = (
+        address.to_string(),
+        method.to_string(),
+        path.to_string(),
+        body.to_string(),
+    );
+    tokio::task::spawn_blocking(move || http(&address, &method, &path, &body, timeout))
+        .await
+        .ok()
+        .flatten()
+}
+
+/// A child's stderr, read by a thread as it is written, so a test can wait
+/// for a line while the child runs.
+#[derive(Clone, Default)]
+pub struct Captured(std::sync::Arc<std::sync::Mutex<String>>);
+
+impl Captured {
+    /// Starts reading `child`'s stderr (spawned with `Stdio::piped()`).
+    pub fn stderr_of(child: &mut Child) -> Self {
+        let captured = Self::default();
+        if let Some(mut stderr) = child.stderr.take() {
+            let sink = captured.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stderr.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Ok(mut text) = sink.0.lock() {
+                        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    }
+                }
+            });
+        }
+        captured
+    }
+
+    /// What was written so far.
+    pub fn text(&self) -> String {
+        self.0.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Waits until `needle` was written; panics after `limit` with the text.
+    pub fn wait_for(&self, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.text().contains(needle) {
+            if Instant::now() > deadline {
+                panic!("{needle:?} not written within {limit:?}:\n{}", self.text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
