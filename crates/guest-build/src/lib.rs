@@ -1,5 +1,8 @@
 //! Build-script helper that compiles guest crates of this workspace to
-//! `wasm32-wasip2` components with a nested `cargo build`.
+//! `wasm32-wasip2` components with a nested `cargo build`, and the one
+//! list of those crates ([`BUILTIN_GUESTS`], [`TEST_GUESTS`]) that the
+//! build scripts and `cargo xtask` share. Also the digest of a WIT package
+//! folder ([`wit_digest`]), which pins released packages.
 //!
 //! The nested build uses its own target directory (`target/wasm-guests`) so
 //! it never waits on the outer build's lock, and a clean environment so the
@@ -10,6 +13,48 @@
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// The built-in policies (`plugins/`), embedded in the orchestrator.
+pub const BUILTIN_GUESTS: &[&str] = &["readiness-node-count", "launch-vllm", "health-default"];
+
+/// The test guests (`crates/test-plugins/guests/`) and the example policy.
+pub const TEST_GUESTS: &[&str] = &[
+    "guest-infinite-loop",
+    "guest-memory-bomb",
+    "guest-panic",
+    "guest-sandbox-probe",
+    "guest-chatty",
+    "guest-wrong-world",
+    "guest-wrong-version",
+    "accelerator-readiness",
+];
+
+/// Every guest crate: components only, never linked natively.
+pub fn all_guests() -> impl Iterator<Item = &'static str> {
+    BUILTIN_GUESTS.iter().chain(TEST_GUESTS).copied()
+}
+
+/// sha256 over a WIT package folder's `.wit` files, in name order: each
+/// file's name, a NUL, its bytes, a NUL. `wit/RELEASED` pins it for every
+/// released package.
+pub fn wit_digest(dir: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wit"))
+        .collect();
+    files.sort();
+    let mut hash = sha2::Sha256::new();
+    for f in files {
+        let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
+        hash.update(name.unwrap_or_default().as_bytes());
+        hash.update([0]);
+        hash.update(std::fs::read(&f)?);
+        hash.update([0]);
+    }
+    Ok(hex::encode(hash.finalize()))
+}
 
 /// The workspace root, found from the calling build script's manifest dir.
 pub fn workspace_root() -> Result<PathBuf, String> {

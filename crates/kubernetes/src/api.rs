@@ -40,15 +40,46 @@ impl std::fmt::Debug for KubeContext {
 
 /// Why Kubernetes awareness could not start or a request failed, worded as
 /// what to do.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum KubeError {
     /// Not in a pod, or the configuration is incomplete.
     #[error("kubernetes.enabled is set, but {0}")]
     Setup(String),
-    /// An API request failed; the text names the missing permission or
-    /// the unreachable server.
-    #[error("{0}")]
-    Api(String),
+    /// An API request failed.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+}
+
+/// A failed API request; its message names the missing permission, the
+/// token, the object or the unreachable server, and the source is kept.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The server answered with an error, or could not be reached.
+    #[error("{}", describe(.source, *.access, .namespace, .name, .server))]
+    Request {
+        /// What was asked.
+        access: Access,
+        /// In which namespace.
+        namespace: String,
+        /// Of which object (empty for a collection).
+        name: String,
+        /// The API server's URL.
+        server: String,
+        /// The client's error.
+        #[source]
+        source: kube::Error,
+    },
+    /// No answer within [`REQUEST_TIMEOUT`].
+    #[error(
+        "the Kubernetes API server at {server} did not answer {what} within {} s; the wait goes on from the GCS alone",
+        REQUEST_TIMEOUT.as_secs()
+    )]
+    Timeout {
+        /// The API server's URL.
+        server: String,
+        /// The request (`get pod`, `create event`).
+        what: &'static str,
+    },
 }
 
 /// One kind of access, for naming a missing permission.
@@ -82,9 +113,26 @@ impl Access {
     }
 }
 
+/// A failed request, with what it was.
+pub fn explain(
+    source: kube::Error,
+    access: Access,
+    namespace: &str,
+    name: &str,
+    server: &str,
+) -> ApiError {
+    ApiError::Request {
+        access,
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        server: server.to_string(),
+        source,
+    }
+}
+
 /// Explains a failed request: 403 names the permission to grant, 401 the
 /// token, 404 the object, anything else the unreachable server.
-pub fn explain(
+fn describe(
     error: &kube::Error,
     access: Access,
     namespace: &str,
@@ -123,15 +171,15 @@ pub fn explain(
 /// that names the server.
 pub async fn timed<T>(
     server: &str,
-    what: &str,
-    future: impl Future<Output = Result<T, String>>,
-) -> Result<T, String> {
+    what: &'static str,
+    future: impl Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
     match tokio::time::timeout(REQUEST_TIMEOUT, future).await {
         Ok(result) => result,
-        Err(_) => Err(format!(
-            "the Kubernetes API server at {server} did not answer {what} within {} s; the wait goes on from the GCS alone",
-            REQUEST_TIMEOUT.as_secs()
-        )),
+        Err(_) => Err(ApiError::Timeout {
+            server: server.to_string(),
+            what,
+        }),
     }
 }
 
@@ -182,7 +230,7 @@ pub async fn connect(config: &KubernetesConfig) -> Result<KubeContext, KubeError
     let pod = timed(&server, "get pod", async {
         pods.get(&pod_name).await.map_err(|e| {
             explain(
-                &e,
+                e,
                 Access::core("get", "pods"),
                 &namespace,
                 &pod_name,
@@ -203,7 +251,7 @@ pub async fn connect(config: &KubernetesConfig) -> Result<KubeContext, KubeError
             tracing::warn!("kubernetes: cannot read this pod ({message})");
             (None, None)
         }
-        Err(message) => return Err(KubeError::Api(message)),
+        Err(error) => return Err(KubeError::Api(error)),
     };
     let cluster_name = config.cluster_name.clone().or(label).ok_or_else(|| {
         KubeError::Setup(format!(

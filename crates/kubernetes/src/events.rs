@@ -235,7 +235,7 @@ pub async fn record_events(
                         .await
                         .map_err(|e| {
                             explain(
-                                &e,
+                                e,
                                 Access::core("create", "events"),
                                 &context.namespace,
                                 &name,
@@ -260,7 +260,7 @@ pub async fn record_events(
                         .map(|_| ())
                         .map_err(|e| {
                             explain(
-                                &e,
+                                e,
                                 Access::core("patch", "events"),
                                 &context.namespace,
                                 &name,
@@ -274,10 +274,11 @@ pub async fn record_events(
         match result {
             Ok(()) => last_error = None,
             Err(e) => {
-                if last_error.as_deref() != Some(e.as_str()) {
-                    tracing::warn!("kubernetes: cannot record an event: {e}");
+                let text = e.to_string();
+                if last_error.as_deref() != Some(text.as_str()) {
+                    tracing::warn!("kubernetes: cannot record an event: {text}");
                 }
-                last_error = Some(e);
+                last_error = Some(text);
             }
         }
     }

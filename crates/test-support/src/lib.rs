@@ -18,6 +18,7 @@
 // Test code: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[cfg(feature = "cluster")]
 use orchestrator_phases::supervision::procfs;
 use rustix::process::{Pid, Signal};
 use std::io::{Read, Write};
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use rustix::process::Signal as Sig;
 
+#[cfg(feature = "cluster")]
 /// Ray's `ray` executable from `ORCHESTRATOR_RAY_BIN` (`cargo xtask test`
 /// sets it to the pinned venv's).
 pub fn ray_bin() -> String {
@@ -161,6 +163,7 @@ pub fn status_until(
     }
 }
 
+#[cfg(feature = "cluster")]
 /// Live (non-zombie) processes whose command line contains `needle`,
 /// with that command line.
 pub fn processes_with(needle: &str) -> Vec<(i32, String)> {
@@ -176,6 +179,7 @@ pub fn processes_with(needle: &str) -> Vec<(i32, String)> {
         .collect()
 }
 
+#[cfg(feature = "cluster")]
 /// Panics if a process matching any needle is still alive 3 s from now.
 pub fn assert_nothing_left(needles: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -191,6 +195,7 @@ pub fn assert_nothing_left(needles: &[&str]) {
     }
 }
 
+#[cfg(feature = "cluster")]
 /// The parent of `pid`, if it runs.
 pub fn parent_of(pid: i32) -> Option<i32> {
     procfs::processes()
@@ -199,6 +204,7 @@ pub fn parent_of(pid: i32) -> Option<i32> {
         .map(|p| p.ppid)
 }
 
+#[cfg(feature = "cluster")]
 /// Whether `pid` runs (and is not a zombie).
 pub fn is_alive(pid: i32) -> bool {
     procfs::processes()
@@ -206,6 +212,7 @@ pub fn is_alive(pid: i32) -> bool {
         .any(|p| p.pid == pid && !p.is_zombie())
 }
 
+#[cfg(feature = "cluster")]
 /// The pid of the raylet whose node address is `ip` (matched by its
 /// command name, not its arguments: the dashboard agent's arguments name
 /// the raylet too).
@@ -264,11 +271,13 @@ pub fn wait_with_deadline(mut child: Child, limit: Duration) -> Output {
     }
 }
 
+#[cfg(feature = "cluster")]
 /// Stops orchestrators a test started if the test fails first: SIGTERM
 /// (they stop vLLM and their Ray nodes, up to vLLM's 30 s drain), then
 /// SIGKILL after 60 s.
 pub struct Guard(pub Vec<i32>);
 
+#[cfg(feature = "cluster")]
 impl Drop for Guard {
     fn drop(&mut self) {
         for pid in &self.0 {
@@ -306,6 +315,7 @@ impl Drop for GroupGuard {
     }
 }
 
+#[cfg(feature = "cluster")]
 fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -314,6 +324,7 @@ fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
         .block_on(f)
 }
 
+#[cfg(feature = "cluster")]
 /// When the GCS at `address` marked a node dead (`end_time_ms`), if one is.
 pub fn gcs_death_time(address: &str) -> Option<u64> {
     use orchestrator_ray_gcs::proto::node_info_gcs_service_client::NodeInfoGcsServiceClient;
@@ -334,6 +345,7 @@ pub fn gcs_death_time(address: &str) -> Option<u64> {
     })
 }
 
+#[cfg(feature = "cluster")]
 /// Every node the GCS at `address` knows.
 pub fn gcs_nodes(address: &str) -> Vec<orchestrator_domain::Node> {
     block_on(async {
@@ -345,6 +357,7 @@ pub fn gcs_nodes(address: &str) -> Vec<orchestrator_domain::Node> {
     })
 }
 
+#[cfg(feature = "cluster")]
 /// Every live descendant of this process (children, their children, ...):
 /// with this process a subreaper, orphans of what it started count too.
 pub fn descendants() -> Vec<procfs::ProcEntry> {
@@ -362,6 +375,7 @@ pub fn descendants() -> Vec<procfs::ProcEntry> {
     found
 }
 
+#[cfg(feature = "cluster")]
 /// SIGKILLs every descendant (and its process group) and reaps what it
 /// can; returns how many were still running. The last resort of a
 /// benchmark or test that must leave nothing behind.
@@ -376,6 +390,7 @@ pub fn kill_descendants() -> usize {
     left.len()
 }
 
+#[cfg(feature = "cluster")]
 /// Waits for `child` without blocking the async runtime, up to `limit`;
 /// then SIGKILLs it and waits for that. Returns its exit status.
 pub async fn wait_child(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
@@ -395,6 +410,7 @@ pub async fn wait_child(child: &mut Child, limit: Duration) -> Option<std::proce
     }
 }
 
+#[cfg(feature = "cluster")]
 /// [`http`] from async code: the blocking request runs on the blocking
 /// pool, so the runtime's workers stay free.
 pub async fn http_async(

@@ -6,28 +6,44 @@
 //! - `cargo xtask demo`: the whole job on this machine.
 //! - `cargo xtask bench NAME`: one benchmark; its last line is
 //!   `BENCH NAME key=value ...`.
+//! - `cargo xtask wit-digests`: the digest of every `wit/` package folder,
+//!   for `wit/RELEASED` when a version is released.
+//!
+//! Every cargo invocation selects the same packages with the same flags
+//! ([`workspace`]), and builds all targets at once ([`build_all`]), so
+//! features unify the same way everywhere and a second command compiles
+//! nothing the first one built.
 
 use anyhow::{Context, Result, bail};
+use orchestrator_test_support as test_support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-/// Guest crates: components for wasm32-wasip2, built by build scripts.
-/// Clippy checks them natively; they are never linked natively (their
-/// export names are not valid native symbols), so `cargo test` skips them.
-const GUEST_PACKAGES: &[&str] = &[
-    "readiness-node-count",
-    "launch-vllm",
-    "health-default",
-    "accelerator-readiness",
-    "guest-infinite-loop",
-    "guest-memory-bomb",
-    "guest-panic",
-    "guest-sandbox-probe",
-    "guest-chatty",
-    "guest-wrong-world",
-    "guest-wrong-version",
-];
+/// `cargo SUB --workspace --exclude <every guest> --release --locked`:
+/// the one selection every build, test and run uses. Guest crates are
+/// components for wasm32-wasip2, built by build scripts; clippy checks
+/// them natively, but they are never linked natively (their export names
+/// are not valid native symbols).
+fn workspace(sub: &str) -> Command {
+    let mut cmd = cargo();
+    cmd.args([sub, "--workspace", "--release", "--locked"]);
+    for guest in orchestrator_guest_build::all_guests() {
+        cmd.args(["--exclude", guest]);
+    }
+    cmd
+}
+
+/// Builds every host target (binary, libraries, tests, examples) once.
+fn build_all() -> Result<()> {
+    step("build everything (release): the binary, the tests, the benchmarks");
+    run(workspace("build").arg("--all-targets"))
+}
+
+/// A benchmark program built by [`build_all`].
+fn example(name: &str) -> PathBuf {
+    root().join("target/release/examples").join(name)
+}
 
 const BENCHES: &[(&str, &str)] = &[
     (
@@ -44,16 +60,37 @@ const BENCHES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Prints `<sha256> <folder>` for every package folder under `wit/`.
+fn wit_digests() -> Result<()> {
+    let wit = root().join("wit");
+    let mut folders: Vec<PathBuf> = std::fs::read_dir(&wit)
+        .with_context(|| format!("cannot read {}", wit.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    folders.sort();
+    for folder in folders {
+        let name = folder
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        println!("{} {name}", orchestrator_guest_build::wit_digest(&folder)?);
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test(),
         Some("demo") => demo(),
         Some("prepare") => prepare(),
+        Some("wit-digests") => wit_digests(),
         Some("bench") => bench(args.get(1).map(String::as_str)),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench NAME|prepare>\n  test     every check (fmt, clippy, tests)\n  demo     the whole job on this machine\n  bench    one of: {}\n  prepare  create the cached Ray and vLLM venvs and the tiny model",
+                "usage: cargo xtask <test|demo|bench NAME|prepare|wit-digests>\n  test         every check (fmt, clippy, tests)\n  demo         the whole job on this machine\n  bench        one of: {}\n  prepare      create the cached Ray and vLLM venvs and the tiny model\n  wit-digests  the digest of every wit/ package (for wit/RELEASED)",
                 BENCHES
                     .iter()
                     .map(|(n, _)| *n)
@@ -291,28 +328,15 @@ fn test() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    build_all()?;
     step("cargo test (unit, plugin host with real components, CLI)");
-    let mut test = cargo();
-    test.args(["test", "--workspace", "--release", "--locked"]);
-    for guest in GUEST_PACKAGES {
-        test.args(["--exclude", guest]);
-    }
-    run(&mut test)?;
+    run(&mut workspace("test"))?;
 
     let ray = ray_venv()?;
     step("integration tests against real Ray 2.60 (one at a time)");
-    for (package, target) in [
-        ("orchestrator-phases", "ray_wait"),
-        ("orchestrator", "ray_cli"),
-        ("orchestrator", "kube_e2e"),
-    ] {
-        run(cargo()
+    for target in ["ray_wait", "ray_cli", "kube_e2e"] {
+        run(workspace("test")
             .args([
-                "test",
-                "--release",
-                "--locked",
-                "-p",
-                package,
                 "--test",
                 target,
                 "--",
@@ -325,13 +349,8 @@ fn test() -> Result<()> {
     let venv = vllm_venv()?;
     let model = tiny_model(&venv)?;
     step("end-to-end tests with real vLLM over real Ray (one at a time)");
-    run(cargo()
+    run(workspace("test")
         .args([
-            "test",
-            "--release",
-            "--locked",
-            "-p",
-            "orchestrator",
             "--test",
             "vllm_e2e",
             "--",
@@ -349,8 +368,7 @@ fn test() -> Result<()> {
 }
 
 fn orchestrator_binary() -> Result<PathBuf> {
-    step("build the orchestrator (release)");
-    run(cargo().args(["build", "--release", "--locked", "-p", "orchestrator"]))?;
+    build_all()?;
     let bin = root().join("target/release/orchestrator");
     if !bin.is_file() {
         bail!("expected {} after the build", bin.display());
@@ -394,17 +412,8 @@ fn demo() -> Result<()> {
             .args(["plugin", "run", plugin, "--input"])
             .arg(snapshots.join(input)))?;
     }
-    step("the example custom policy (examples/accelerator-readiness)");
-    run(cargo().args([
-        "build",
-        "--release",
-        "--locked",
-        "--target",
-        "wasm32-wasip2",
-        "-p",
-        "accelerator-readiness",
-    ]))?;
-    let wasm = root().join("target/wasm32-wasip2/release/accelerator_readiness.wasm");
+    step("the example custom policy (examples/accelerator-readiness, built with the tests)");
+    let wasm = root().join("target/wasm-guests/wasm32-wasip2/release/accelerator_readiness.wasm");
     run(Command::new(&bin).args(["plugin", "check"]).arg(&wasm))?;
     run(Command::new(&bin)
         .args(["plugin", "run"])
@@ -427,36 +436,6 @@ fn demo() -> Result<()> {
     serve_demo(&bin, &venv, &model)?;
     eprintln!("\ndemo finished");
     Ok(())
-}
-
-/// A plain HTTP/1.0 request; returns (status line, body).
-fn http(address: &str, method: &str, path: &str, body: &str) -> std::io::Result<(String, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address)?;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.0\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text)?;
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    Ok((
-        head.lines().next().unwrap_or("").to_string(),
-        body.to_string(),
-    ))
-}
-
-/// A field of a flat JSON object, as text (enough for /status).
-fn json_field(body: &str, key: &str) -> Option<String> {
-    let rest = body.split(&format!("\"{key}\":")).nth(1)?;
-    let rest = rest.trim_start();
-    if let Some(quoted) = rest.strip_prefix('"') {
-        quoted.split('"').next().map(str::to_string)
-    } else {
-        rest.split([',', '}']).next().map(|v| v.trim().to_string())
-    }
 }
 
 /// The whole product on this machine: a head and a worker, the wait, real
@@ -519,24 +498,19 @@ fn serve_demo(bin: &Path, venv: &Path, model: &Path) -> Result<()> {
                 log_path.display()
             ));
         }
-        if start.elapsed() > std::time::Duration::from_secs(600) {
+        if start.elapsed() > Duration::from_secs(600) {
             break Err(anyhow::anyhow!(
                 "not ready after 10 minutes; see {}",
                 log_path.display()
             ));
         }
-        if let Ok((line, body)) = http(endpoints, "GET", "/status", "")
-            && line.contains("200")
-        {
-            let phase = json_field(&body, "phase").unwrap_or_default();
+        if let Some(status) = test_support::status(endpoints) {
+            let phase = status["phase"].as_str().unwrap_or_default().to_string();
             let nodes = format!(
                 "{}/{} nodes",
-                json_field(&body, "nodes-alive").unwrap_or_default(),
-                json_field(&body, "nodes-expected").unwrap_or_default()
+                status["nodes-alive"], status["nodes-expected"]
             );
-            let health = json_field(&body, "last-health")
-                .filter(|h| h != "null")
-                .unwrap_or_default();
+            let health = status["last-health"].as_str().unwrap_or_default();
             let health = health.split(" for ").next().unwrap_or("").to_string();
             let now = format!(
                 "phase {phase}, {nodes}{}",
@@ -551,33 +525,49 @@ fn serve_demo(bin: &Path, venv: &Path, model: &Path) -> Result<()> {
                 last = now;
             }
         }
-        if http(endpoints, "GET", "/readyz", "").is_ok_and(|(l, _)| l.contains("200")) {
+        if test_support::http(endpoints, "GET", "/readyz", "", Duration::from_secs(2))
+            .is_some_and(|r| r.status == 200)
+        {
             break Ok(());
         }
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(500));
     };
     let result = outcome.and_then(|()| {
         eprintln!(
             "    [{:>5.1} s] ready: sending one completion",
             start.elapsed().as_secs_f64()
         );
-        let (line, body) = http(
+        let reply = test_support::http(
             "127.0.0.2:8000",
             "POST",
             "/v1/completions",
             r#"{"model": "tiny", "prompt": "The orchestrator", "max_tokens": 8, "temperature": 0}"#,
-        )?;
-        if !line.contains("200") {
-            bail!("the completion failed: {line} {body}");
+            Duration::from_secs(120),
+        )
+        .context("no answer to the completion")?;
+        if reply.status != 200 {
+            bail!("the completion failed: {} {}", reply.status, reply.body);
         }
-        println!("\ncompletion from vLLM (tensor parallel over 2 Ray nodes):\n{body}\n");
+        println!(
+            "\ncompletion from vLLM (tensor parallel over 2 Ray nodes):\n{}\n",
+            reply.body
+        );
         Ok(())
     });
     step("stop: SIGTERM to the orchestrator");
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let status = child.wait()?;
+    // Through the kill system call, never the `kill` program.
+    test_support::signal(child.id() as i32, test_support::Sig::TERM);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break child.wait()?;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     eprintln!("    orchestrator exited: {status}");
     result?;
     if !status.success() {
@@ -589,53 +579,21 @@ fn serve_demo(bin: &Path, venv: &Path, model: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The orchestrator and the phase engine's benchmark programs, in release.
-fn build_bench_binaries() -> Result<()> {
-    step("build (release)");
-    run(cargo().args([
-        "build",
-        "--release",
-        "--locked",
-        "-p",
-        "orchestrator",
-        "-p",
-        "orchestrator-phases",
-        "--examples",
-    ]))
-}
-
 fn bench(name: Option<&str>) -> Result<()> {
     match name {
         Some("plugins") => {
             ensure_toolchain()?;
+            build_all()?;
             step("bench plugins");
-            run(cargo().args([
-                "run",
-                "--release",
-                "--locked",
-                "-p",
-                "orchestrator-policy-host",
-                "--example",
-                "bench_plugins",
-            ]))
+            run(&mut Command::new(example("bench_plugins")))
         }
         Some("serve") => {
             ensure_toolchain()?;
             let venv = vllm_venv()?;
             let model = tiny_model(&venv)?;
-            build_bench_binaries()?;
+            build_all()?;
             step("bench serve");
-            run(cargo()
-                .args([
-                    "run",
-                    "--release",
-                    "--locked",
-                    "-p",
-                    "orchestrator-phases",
-                    "--example",
-                    "bench_serve",
-                    "--",
-                ])
+            run(Command::new(example("bench_serve"))
                 .arg(root().join("target/release/orchestrator"))
                 .env("ORCHESTRATOR_RAY_BIN", venv.join("bin/ray"))
                 .env("ORCHESTRATOR_VLLM_BIN", venv.join("bin/vllm"))
@@ -644,19 +602,9 @@ fn bench(name: Option<&str>) -> Result<()> {
         Some("wait") => {
             ensure_toolchain()?;
             let ray = ray_venv()?;
-            build_bench_binaries()?;
+            build_all()?;
             step("bench wait");
-            run(cargo()
-                .args([
-                    "run",
-                    "--release",
-                    "--locked",
-                    "-p",
-                    "orchestrator-phases",
-                    "--example",
-                    "bench_wait",
-                    "--",
-                ])
+            run(Command::new(example("bench_wait"))
                 .arg(root().join("target/release/orchestrator"))
                 .env("ORCHESTRATOR_RAY_BIN", &ray))
         }

@@ -203,48 +203,10 @@ impl RayNode {
             });
         }
         let daemons = group_members(raw_pid);
-        let (exit_tx, exit) = tokio::sync::watch::channel(None);
-        let exit_tx = Arc::new(exit_tx);
-        let mut watched_raylet = false;
-        for daemon in daemons.iter().filter(|d| VITAL.contains(&d.name.as_str())) {
-            let Some(pid) = Pid::from_raw(daemon.pid) else {
-                continue;
-            };
-            // A pidfd turns readable when the process exits, even though it
-            // is not our child; a thread sleeps in poll() on it (no CPU).
-            let Ok(fd) = pidfd_open(pid, PidfdFlags::empty()) else {
-                continue;
-            };
-            watched_raylet |= daemon.name == "raylet";
-            let daemon = daemon.clone();
-            let tx = Arc::clone(&exit_tx);
-            let spawned = std::thread::Builder::new()
-                .name(format!("watch-{}", daemon.name))
-                .spawn(move || {
-                    let mut fds = [rustix::event::PollFd::new(
-                        &fd,
-                        rustix::event::PollFlags::IN,
-                    )];
-                    while let Err(rustix::io::Errno::INTR) = rustix::event::poll(&mut fds, None) {}
-                    let mut daemon = daemon;
-                    daemon.status = reap(daemon.pid);
-                    tx.send_if_modified(|slot| {
-                        if slot.is_none() {
-                            *slot = Some(daemon);
-                            true
-                        } else {
-                            false
-                        }
-                    });
-                });
-            if spawned.is_err() {
-                watched_raylet = false;
-            }
-        }
-        if !watched_raylet {
+        let Some(exit) = watch_vital(&daemons) else {
             stop_group(pgid, Duration::from_secs(5)).await;
             return Err(RayNodeError::NoRaylet { pgid: raw_pid });
-        }
+        };
         tracing::info!(
             node = label,
             pgid = raw_pid,
@@ -259,7 +221,54 @@ impl RayNode {
             started_at,
         })
     }
+}
 
+/// Watches the vital daemons (raylet, gcs_server) through pidfds; the
+/// channel holds the first one to exit. `None` when no raylet could be
+/// watched (the node is not up).
+fn watch_vital(daemons: &[Daemon]) -> Option<tokio::sync::watch::Receiver<Option<Daemon>>> {
+    let (exit_tx, exit) = tokio::sync::watch::channel(None);
+    let exit_tx = Arc::new(exit_tx);
+    let mut watched_raylet = false;
+    for daemon in daemons.iter().filter(|d| VITAL.contains(&d.name.as_str())) {
+        let Some(pid) = Pid::from_raw(daemon.pid) else {
+            continue;
+        };
+        // A pidfd turns readable when the process exits, even though it
+        // is not our child; a thread sleeps in poll() on it (no CPU).
+        let Ok(fd) = pidfd_open(pid, PidfdFlags::empty()) else {
+            continue;
+        };
+        watched_raylet |= daemon.name == "raylet";
+        let daemon = daemon.clone();
+        let tx = Arc::clone(&exit_tx);
+        let spawned = std::thread::Builder::new()
+            .name(format!("watch-{}", daemon.name))
+            .spawn(move || {
+                let mut fds = [rustix::event::PollFd::new(
+                    &fd,
+                    rustix::event::PollFlags::IN,
+                )];
+                while let Err(rustix::io::Errno::INTR) = rustix::event::poll(&mut fds, None) {}
+                let mut daemon = daemon;
+                daemon.status = reap(daemon.pid);
+                tx.send_if_modified(|slot| {
+                    if slot.is_none() {
+                        *slot = Some(daemon);
+                        true
+                    } else {
+                        false
+                    }
+                });
+            });
+        if spawned.is_err() {
+            watched_raylet = false;
+        }
+    }
+    watched_raylet.then_some(exit)
+}
+
+impl RayNode {
     /// The node's label in logs.
     pub fn label(&self) -> &str {
         &self.label

@@ -253,6 +253,102 @@ impl Seen {
     }
 }
 
+/// What a judgement of the cluster decided.
+enum Judged {
+    /// Not yet: keep following.
+    Waiting,
+    /// The phase is over.
+    Done(Result<Ready, WaitError>),
+}
+
+/// The wait phase's state between membership updates.
+struct Waiter<'a> {
+    spec: &'a WaitSpec,
+    policy: &'a mut ReadinessPolicy,
+    policy_name: String,
+    start: Instant,
+    deadline: Instant,
+    calls: u32,
+    seen: Seen,
+}
+
+impl Waiter<'_> {
+    fn timed_out(&self) -> Judged {
+        Judged::Done(Err(WaitError::Timeout {
+            diagnosis: self
+                .seen
+                .diagnosis(self.spec, self.start, &self.policy_name),
+        }))
+    }
+
+    /// Asks the readiness policy about the cluster as seen now.
+    fn judge(&mut self) -> Judged {
+        let (spec, now) = (self.spec, Instant::now());
+        let mut diagnostics = self.seen.diagnostics(spec);
+        if !self.seen.connected {
+            self.seen.report(spec, &diagnostics);
+            return if now >= self.deadline {
+                self.timed_out()
+            } else {
+                Judged::Waiting
+            };
+        }
+        if let Some(e) = &self.seen.gcs_error {
+            diagnostics.push(format!("GCS connection lost, retrying: {e}"));
+        }
+        self.seen.report(spec, &diagnostics);
+        let snapshot = ClusterSnapshot {
+            nodes: self.seen.view.nodes.clone(),
+            expected: self.seen.expected.clone(),
+            elapsed_ms: now.duration_since(self.start).as_millis() as u64,
+            deadline_ms: spec.timeout.as_millis() as u64,
+            diagnostics,
+        };
+        self.calls += 1;
+        let answer = self.policy.check(&snapshot, &spec.params);
+        if let Some(status) = &spec.status {
+            status.policy_call(World::Readiness, now.elapsed().as_secs_f64());
+        }
+        match answer {
+            Err(e) => Judged::Done(Err(e.into())),
+            Ok(Readiness::Ready) => Judged::Done(Ok(self.ready(snapshot))),
+            Ok(Readiness::Wait(reason)) => {
+                if self.seen.last_reason.as_deref() != Some(reason.as_str()) {
+                    tracing::info!("waiting: {reason}");
+                    if let Some(status) = &spec.status {
+                        status.readiness(format!("wait: {reason}"));
+                    }
+                    self.seen.last_reason = Some(reason);
+                }
+                if now >= self.deadline {
+                    self.timed_out()
+                } else {
+                    Judged::Waiting
+                }
+            }
+            Ok(Readiness::Fail(reason)) => Judged::Done(Err(WaitError::Failed {
+                reason,
+                diagnosis: self.seen.diagnosis(spec, self.start, &self.policy_name),
+            })),
+        }
+    }
+
+    fn ready(&self, snapshot: ClusterSnapshot) -> Ready {
+        let decided_at = Instant::now();
+        tracing::info!(
+            alive = self.seen.view.alive().count(),
+            after_ms = decided_at.duration_since(self.start).as_millis() as u64,
+            "cluster ready"
+        );
+        Ready {
+            snapshot,
+            update_received_at: self.seen.last_update_at,
+            decided_at,
+            policy_calls: self.calls,
+        }
+    }
+}
+
 /// Runs the wait phase: follows `spec.source` until the readiness policy
 /// says ready, says fail, or the deadline passes.
 pub async fn wait_for_cluster(
@@ -260,29 +356,32 @@ pub async fn wait_for_cluster(
     policy: &mut ReadinessPolicy,
 ) -> Result<Ready, WaitError> {
     let start = Instant::now();
-    let deadline = start + spec.timeout;
     let mut updates = spec.source.watch();
     let described = spec.source.describe();
-    let mut calls = 0u32;
-    let policy_name = policy.name().to_string();
     let mut facts_rx = spec.facts.clone();
     let facts = facts_rx
         .as_mut()
         .map(|rx| rx.borrow_and_update().clone())
         .unwrap_or_default();
-    let mut seen = Seen {
-        view: ClusterView::default(),
-        connected: false,
-        gcs_error: None,
-        last_reason: None,
-        last_update_at: start,
-        expected: facts.expected.clone().unwrap_or(spec.expected.clone()),
-        facts,
+    let mut waiter = Waiter {
+        spec,
+        policy_name: policy.name().to_string(),
+        policy,
+        start,
+        deadline: start + spec.timeout,
+        calls: 0,
+        seen: Seen {
+            view: ClusterView::default(),
+            connected: false,
+            gcs_error: None,
+            last_reason: None,
+            last_update_at: start,
+            expected: facts.expected.clone().unwrap_or(spec.expected.clone()),
+            facts,
+        },
     };
-
     loop {
-        let now = Instant::now();
-        let wake = deadline.min(now + REEVALUATE);
+        let wake = waiter.deadline.min(Instant::now() + REEVALUATE);
         let facts_changed = async {
             match facts_rx.as_mut() {
                 Some(rx) => rx.changed().await.is_ok(),
@@ -292,90 +391,29 @@ pub async fn wait_for_cluster(
         tokio::select! {
             update = updates.recv() => {
                 let Some(update) = update else {
-                    return Err(WaitError::Timeout { diagnosis: seen.diagnosis(spec, start, &policy_name) });
+                    if let Judged::Done(result) = waiter.timed_out() {
+                        return result;
+                    }
+                    continue;
                 };
-                seen.apply(update, &described);
+                waiter.seen.apply(update, &described);
                 // Coalesce whatever else has already arrived.
                 while let Ok(more) = updates.try_recv() {
-                    seen.apply(more, &described);
+                    waiter.seen.apply(more, &described);
                 }
             }
-            open = facts_changed => {
-                match (open, facts_rx.as_mut()) {
-                    (true, Some(rx)) => {
-                        let facts = rx.borrow_and_update().clone();
-                        seen.set_facts(facts, &spec.expected);
-                    }
-                    // The watcher ended: keep its last facts, stop listening.
-                    _ => facts_rx = None,
+            open = facts_changed => match (open, facts_rx.as_mut()) {
+                (true, Some(rx)) => {
+                    let facts = rx.borrow_and_update().clone();
+                    waiter.seen.set_facts(facts, &spec.expected);
                 }
-            }
+                // The watcher ended: keep its last facts, stop listening.
+                _ => facts_rx = None,
+            },
             () = tokio::time::sleep_until(wake.into()) => {}
         }
-
-        let now = Instant::now();
-        let mut diagnostics = seen.diagnostics(spec);
-        if !seen.connected {
-            seen.report(spec, &diagnostics);
-            if now >= deadline {
-                return Err(WaitError::Timeout {
-                    diagnosis: seen.diagnosis(spec, start, &policy_name),
-                });
-            }
-            continue;
-        }
-        if let Some(e) = &seen.gcs_error {
-            diagnostics.push(format!("GCS connection lost, retrying: {e}"));
-        }
-        seen.report(spec, &diagnostics);
-        let snapshot = ClusterSnapshot {
-            nodes: seen.view.nodes.clone(),
-            expected: seen.expected.clone(),
-            elapsed_ms: now.duration_since(start).as_millis() as u64,
-            deadline_ms: spec.timeout.as_millis() as u64,
-            diagnostics,
-        };
-        calls += 1;
-        let asked = Instant::now();
-        let answer = policy.check(&snapshot, &spec.params);
-        if let Some(status) = &spec.status {
-            status.policy_call(World::Readiness, asked.elapsed().as_secs_f64());
-        }
-        match answer? {
-            Readiness::Ready => {
-                let decided_at = Instant::now();
-                tracing::info!(
-                    alive = seen.view.alive().count(),
-                    after_ms = decided_at.duration_since(start).as_millis() as u64,
-                    "cluster ready"
-                );
-                return Ok(Ready {
-                    snapshot,
-                    update_received_at: seen.last_update_at,
-                    decided_at,
-                    policy_calls: calls,
-                });
-            }
-            Readiness::Wait(reason) => {
-                if seen.last_reason.as_deref() != Some(reason.as_str()) {
-                    tracing::info!("waiting: {reason}");
-                    if let Some(status) = &spec.status {
-                        status.readiness(format!("wait: {reason}"));
-                    }
-                    seen.last_reason = Some(reason);
-                }
-                if now >= deadline {
-                    return Err(WaitError::Timeout {
-                        diagnosis: seen.diagnosis(spec, start, &policy_name),
-                    });
-                }
-            }
-            Readiness::Fail(reason) => {
-                return Err(WaitError::Failed {
-                    reason,
-                    diagnosis: seen.diagnosis(spec, start, &policy_name),
-                });
-            }
+        if let Judged::Done(result) = waiter.judge() {
+            return result;
         }
     }
 }
