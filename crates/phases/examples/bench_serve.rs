@@ -331,8 +331,19 @@ async fn main() -> Result<(), String> {
         eprintln!("{left} processes of the origin flow (vLLM's Ray workers) were left and killed");
     }
     let old_s = old?;
+    // How soon after the ready decision vLLM was started (the
+    // orchestrator logs it).
+    let log = std::fs::read_to_string("/tmp/bench-serve-orchestrator.log").unwrap_or_default();
+    let launch_us: u64 = log
+        .lines()
+        .find(|l| l.contains("serving process started after the ready decision"))
+        .and_then(|l| l.split("after_us=").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or("the orchestrator's log does not say when vLLM was started")?;
+    println!("orchestrator: vLLM started {launch_us} us after the ready decision");
     println!(
-        "BENCH serve orchestrator_registration_to_completion_s={orch_s:.1} origin_flow_registration_to_completion_s={old_s:.1} speedup={:.2} death_to_action_ms={action_ms:.0}",
+        "BENCH serve orchestrator_registration_to_completion_s={orch_s:.1} origin_flow_registration_to_completion_s={old_s:.1} speedup={:.2} death_to_action_ms={action_ms:.0} launch_after_ready_us={launch_us}",
         old_s / orch_s.max(0.001)
     );
     Ok(())

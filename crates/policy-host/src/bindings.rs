@@ -1,9 +1,7 @@
-//! wasmtime bindings for the policy worlds.
-//!
-//! One host-side world imports `log` and exports all three policy
-//! interfaces; a plugin exports exactly one of them, and the host loads only
-//! that export's functions (`GuestIndices`). The shared types map to
-//! [`crate::types`], so the whole orchestrator uses one set of types.
+//! wasmtime bindings for what the host provides to every policy: the `log`
+//! import. The one function a policy exports is found and typed by
+//! [`crate::exports`] (its inputs borrow, which the generated export
+//! bindings cannot express). The shared types map to [`crate::wire`].
 #![allow(missing_docs, clippy::all)]
 
 wasmtime::component::bindgen!({
@@ -11,9 +9,6 @@ wasmtime::component::bindgen!({
         package ray-orchestrator:host;
         world host {
             import ray-orchestrator:policy/log@0.1.0;
-            export ray-orchestrator:policy/readiness-policy@0.1.0;
-            export ray-orchestrator:policy/launch-policy@0.1.0;
-            export ray-orchestrator:policy/health-policy@0.1.0;
         }
     ",
     path: "../../wit/policy-0.1.0",
@@ -23,5 +18,4 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use exports::ray_orchestrator::policy::{health_policy, launch_policy, readiness_policy};
 pub use ray_orchestrator::policy::log;

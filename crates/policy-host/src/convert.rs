@@ -7,10 +7,10 @@
 use crate::wire;
 use orchestrator_domain as domain;
 
-/// A domain value's wire form.
-pub(crate) trait ToWire {
+/// A domain value's wire form, borrowing its text.
+pub(crate) trait ToWire<'a> {
     type Wire;
-    fn to_wire(&self) -> Self::Wire;
+    fn to_wire(&'a self) -> Self::Wire;
 }
 
 /// A wire value's domain form.
@@ -20,34 +20,40 @@ pub(crate) trait FromWire<W> {
 
 macro_rules! same {
     ($($t:ty),*) => {$(
-        impl ToWire for $t {
+        impl<'a> ToWire<'a> for $t {
             type Wire = $t;
-            fn to_wire(&self) -> $t { self.clone() }
+            fn to_wire(&'a self) -> $t { *self }
         }
         impl FromWire<$t> for $t {
             fn from_wire(wire: $t) -> $t { wire }
         }
     )*};
 }
-same!(String, bool, f64, u64, u32, u16, i32);
+same!(bool, f64, u64, u32, u16, i32);
 
-impl<T: ToWire> ToWire for [T] {
+impl<'a> ToWire<'a> for String {
+    type Wire = &'a str;
+    fn to_wire(&'a self) -> &'a str {
+        self
+    }
+}
+
+impl FromWire<String> for String {
+    fn from_wire(wire: String) -> String {
+        wire
+    }
+}
+
+impl<'a, T: ToWire<'a>> ToWire<'a> for Vec<T> {
     type Wire = Vec<T::Wire>;
-    fn to_wire(&self) -> Self::Wire {
+    fn to_wire(&'a self) -> Self::Wire {
         self.iter().map(ToWire::to_wire).collect()
     }
 }
 
-impl<T: ToWire> ToWire for Vec<T> {
-    type Wire = Vec<T::Wire>;
-    fn to_wire(&self) -> Self::Wire {
-        self.as_slice().to_wire()
-    }
-}
-
-impl<T: ToWire> ToWire for Option<T> {
+impl<'a, T: ToWire<'a>> ToWire<'a> for Option<T> {
     type Wire = Option<T::Wire>;
-    fn to_wire(&self) -> Self::Wire {
+    fn to_wire(&'a self) -> Self::Wire {
         self.as_ref().map(ToWire::to_wire)
     }
 }
@@ -64,12 +70,24 @@ impl<W, T: FromWire<W>> FromWire<Option<W>> for Option<T> {
     }
 }
 
-/// Records that go to the guest.
+/// Policy parameters: the generated bindings take owned pairs (the same
+/// record type also comes back from guests), and there are few of them.
+pub(crate) fn params(params: &[domain::KeyValue]) -> Vec<wire::KeyValue> {
+    params
+        .iter()
+        .map(|kv| wire::KeyValue {
+            key: kv.key.clone(),
+            value: kv.value.clone(),
+        })
+        .collect()
+}
+
+/// Records that go to the guest, borrowing.
 macro_rules! to_wire_record {
     ($($name:ident { $($field:ident),* $(,)? })*) => {$(
-        impl ToWire for domain::$name {
-            type Wire = wire::$name;
-            fn to_wire(&self) -> wire::$name {
+        impl<'a> ToWire<'a> for domain::$name {
+            type Wire = wire::$name<'a>;
+            fn to_wire(&'a self) -> wire::$name<'a> {
                 wire::$name { $($field: self.$field.to_wire()),* }
             }
         }
@@ -87,8 +105,27 @@ macro_rules! from_wire_record {
     )*};
 }
 
+impl<'a> ToWire<'a> for domain::KeyValue {
+    type Wire = wire::KeyValue<&'a str>;
+    fn to_wire(&'a self) -> Self::Wire {
+        wire::KeyValue {
+            key: &self.key,
+            value: &self.value,
+        }
+    }
+}
+
+impl<'a> ToWire<'a> for domain::ExitStatus {
+    type Wire = wire::ExitStatus;
+    fn to_wire(&'a self) -> wire::ExitStatus {
+        wire::ExitStatus {
+            code: self.code,
+            signal: self.signal,
+        }
+    }
+}
+
 to_wire_record! {
-    KeyValue { key, value }
     ResourceAmount { name, amount }
     Resources { cpu, gpu, memory_bytes, object_store_memory_bytes, custom }
     Node { id, address, hostname, is_head, alive, resources, labels, start_time_ms }
@@ -97,7 +134,6 @@ to_wire_record! {
     ClusterSnapshot { nodes, expected, elapsed_ms, deadline_ms, diagnostics }
     ServeSettings { model, served_model_name, host, port, extra_args, tensor_parallel_size, pipeline_parallel_size }
     LaunchRequest { cluster, settings }
-    ExitStatus { code, signal }
     ProbeResult { ok, status_code, latency_ms, error, age_ms }
     NodeChange { node_id, kind }
     HealthSnapshot { server, server_uptime_ms, health_probe, generation_probe, consecutive_probe_failures, nodes, server_nodes, changes, restarts, uptime_ms }
@@ -110,9 +146,9 @@ from_wire_record! {
     ShutdownAction { exit_code, reason }
 }
 
-impl ToWire for domain::NodeChangeKind {
+impl<'a> ToWire<'a> for domain::NodeChangeKind {
     type Wire = wire::NodeChangeKind;
-    fn to_wire(&self) -> wire::NodeChangeKind {
+    fn to_wire(&'a self) -> wire::NodeChangeKind {
         match self {
             Self::Joined => wire::NodeChangeKind::Joined,
             Self::Died => wire::NodeChangeKind::Died,
@@ -120,9 +156,9 @@ impl ToWire for domain::NodeChangeKind {
     }
 }
 
-impl ToWire for domain::ServerState {
+impl<'a> ToWire<'a> for domain::ServerState {
     type Wire = wire::ServerState;
-    fn to_wire(&self) -> wire::ServerState {
+    fn to_wire(&'a self) -> wire::ServerState {
         match self {
             Self::Starting => wire::ServerState::Starting,
             Self::Running => wire::ServerState::Running,
@@ -194,16 +230,14 @@ mod tests {
             start_time_ms: 42,
         };
         let w = node.to_wire();
-        assert_eq!(
-            (w.id.as_str(), w.address.as_str(), w.hostname.as_str()),
-            ("ab", "10.0.0.7", "w-1")
-        );
+        assert_eq!((w.id, w.address, w.hostname), ("ab", "10.0.0.7", "w-1"));
         assert_eq!((w.is_head, w.alive, w.start_time_ms), (false, true, 42));
         assert_eq!((w.resources.cpu, w.resources.gpu), (8.0, 4.0));
         assert_eq!(w.resources.memory_bytes, 1 << 30);
         assert_eq!(w.resources.object_store_memory_bytes, 1 << 20);
         assert_eq!(w.resources.custom[0].name, "TPU");
         assert_eq!(w.labels[0].value, "h100");
+        assert!(std::ptr::eq(w.id, node.id.as_str()), "borrowed, not copied");
     }
 
     #[test]

@@ -2,6 +2,9 @@
 //!
 //! Hosts the orchestrator's policy plugins: WebAssembly components that
 //! implement one world of `ray-orchestrator:policy@0.1.0` (see `wit/`).
+//! Words: a *plugin* is the component (a file, or bytes such as the
+//! built-ins), described by [`PluginSource`] and [`PluginInfo`]; a
+//! *policy* is a loaded plugin serving one world, behind its typed handle.
 //!
 //! - [`PolicyHost::readiness`], [`PolicyHost::launch`] and
 //!   [`PolicyHost::health`] load a component (a file, or bytes embedded by
@@ -25,6 +28,7 @@ mod bindings;
 mod cache;
 mod convert;
 mod error;
+mod exports;
 mod inspect;
 mod sandbox;
 // Public only because the generated bindings re-export it; not an API.
@@ -35,7 +39,6 @@ mod world;
 pub use error::{PluginError, Stderr};
 pub use world::{PACKAGE, VERSION, World};
 
-use bindings::{health_policy, launch_policy, readiness_policy};
 use convert::{FromWire, ToWire};
 use orchestrator_domain::{
     ClusterSnapshot, HealthSnapshot, HealthVerdict, KeyValue, LaunchError, LaunchPlan,
@@ -335,49 +338,29 @@ impl PolicyHost {
                 plugin: name.to_string(),
                 imports: e.to_string(),
             })?;
-        let invalid = |e: wasmtime::Error| PluginError::WrongWorld {
-            plugin: name.to_string(),
-            expected: format!("the {} policy", world.name()),
-            expected_export: world.export_name(),
-            found: format!("an export of the wrong shape ({e})"),
-        };
-        let indices = match world {
-            World::Readiness => {
-                Indices::Readiness(readiness_policy::GuestIndices::new(&pre).map_err(invalid)?)
-            }
-            World::Launch => {
-                Indices::Launch(launch_policy::GuestIndices::new(&pre).map_err(invalid)?)
-            }
-            World::Health => {
-                Indices::Health(health_policy::GuestIndices::new(&pre).map_err(invalid)?)
-            }
-        };
+        let export =
+            exports::find(pre.component(), world).map_err(|e| PluginError::WrongWorld {
+                plugin: name.to_string(),
+                expected: format!("the {} policy", world.name()),
+                expected_export: world.export_name(),
+                found: format!("an export of the wrong shape ({e})"),
+            })?;
         Ok(Plugin {
             shared: Arc::clone(&self.shared),
             name: Arc::from(info.name.as_str()),
             info,
             pre,
-            indices,
+            world,
+            export,
             live: None,
         })
     }
 }
 
-enum Indices {
-    Readiness(readiness_policy::GuestIndices),
-    Launch(launch_policy::GuestIndices),
-    Health(health_policy::GuestIndices),
-}
-
-enum Guest {
-    Readiness(readiness_policy::Guest),
-    Launch(launch_policy::Guest),
-    Health(health_policy::Guest),
-}
-
 struct Live {
     store: Store<State>,
-    guest: Guest,
+    /// The world's one function.
+    func: wasmtime::component::Func,
 }
 
 /// A loaded plugin of one world, behind one of the typed handles. Calls
@@ -388,7 +371,8 @@ struct Plugin {
     name: Arc<str>,
     info: PluginInfo,
     pre: InstancePre<State>,
-    indices: Indices,
+    world: World,
+    export: wasmtime::component::ComponentExportIndex,
     live: Option<Live>,
 }
 
@@ -406,15 +390,11 @@ impl Plugin {
             let result = {
                 let _active = self.shared.ticker.enter();
                 self.pre.instantiate(&mut store).and_then(|instance| {
-                    Ok(match &self.indices {
-                        Indices::Readiness(i) => Guest::Readiness(i.load(&mut store, &instance)?),
-                        Indices::Launch(i) => Guest::Launch(i.load(&mut store, &instance)?),
-                        Indices::Health(i) => Guest::Health(i.load(&mut store, &instance)?),
-                    })
+                    exports::load(&mut store, &instance, &self.export, self.world)
                 })
             };
             match result {
-                Ok(guest) => self.live = Some(Live { store, guest }),
+                Ok(func) => self.live = Some(Live { store, func }),
                 Err(e) => return Err(classify(&self.shared, &self.name, e, store.data())),
             }
         }
@@ -427,7 +407,7 @@ impl Plugin {
     /// memory cap, and turns any failure into a [`PluginError`].
     fn call<R>(
         &mut self,
-        f: impl FnOnce(&mut Store<State>, &Guest) -> wasmtime::Result<R>,
+        f: impl FnOnce(&mut Store<State>, &wasmtime::component::Func) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         let shared = Arc::clone(&self.shared);
         let name = Arc::clone(&self.name);
@@ -436,7 +416,7 @@ impl Plugin {
         live.store.set_epoch_deadline(shared.deadline_ticks);
         let result = {
             let _active = shared.ticker.enter();
-            f(&mut live.store, &live.guest)
+            f(&mut live.store, &live.func)
         };
         let state = live.store.data_mut();
         if let Some(text) = state.take_new_output() {
@@ -511,12 +491,9 @@ impl ReadinessPolicy {
         snapshot: &ClusterSnapshot,
         params: &[KeyValue],
     ) -> Result<Readiness, PluginError> {
-        let (snapshot, params) = (snapshot.to_wire(), params.to_wire());
+        let (snapshot, params) = (snapshot.to_wire(), convert::params(params));
         self.0
-            .call(|store, guest| match guest {
-                Guest::Readiness(g) => g.call_check(store, &snapshot, &params),
-                _ => Err(wasmtime::format_err!("not a readiness plugin")),
-            })
+            .call(|store, func| exports::check(store, func, (&snapshot, &params)))
             .map(FromWire::from_wire)
     }
 }
@@ -532,12 +509,9 @@ impl LaunchPolicy {
         request: &LaunchRequest,
         params: &[KeyValue],
     ) -> Result<Result<LaunchPlan, LaunchError>, PluginError> {
-        let (request, params) = (request.to_wire(), params.to_wire());
+        let (request, params) = (request.to_wire(), convert::params(params));
         self.0
-            .call(|store, guest| match guest {
-                Guest::Launch(g) => g.call_plan(store, &request, &params),
-                _ => Err(wasmtime::format_err!("not a launch plugin")),
-            })
+            .call(|store, func| exports::plan(store, func, (&request, &params)))
             .map(FromWire::from_wire)
     }
 }
@@ -553,12 +527,9 @@ impl HealthPolicy {
         snapshot: &HealthSnapshot,
         params: &[KeyValue],
     ) -> Result<HealthVerdict, PluginError> {
-        let (snapshot, params) = (snapshot.to_wire(), params.to_wire());
+        let (snapshot, params) = (snapshot.to_wire(), convert::params(params));
         self.0
-            .call(|store, guest| match guest {
-                Guest::Health(g) => g.call_evaluate(store, &snapshot, &params),
-                _ => Err(wasmtime::format_err!("not a health plugin")),
-            })
+            .call(|store, func| exports::evaluate(store, func, (&snapshot, &params)))
             .map(FromWire::from_wire)
     }
 }

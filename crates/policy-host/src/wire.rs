@@ -1,5 +1,7 @@
 //! The wire forms of `ray-orchestrator:policy/types@0.1.0`: what crosses
-//! into a guest. wasmtime checks these derives against the WIT when a
+//! into a guest. What only goes in (snapshots, requests) borrows its
+//! strings from the domain values, so a call copies no text on the host
+//! side: the component model copies it once, into the guest. wasmtime checks these derives against the WIT when a
 //! plugin is instantiated, so a drift is caught at once. The rest of the
 //! orchestrator uses `orchestrator_domain`'s types; [`crate::convert`]
 //! maps between the two.
@@ -10,53 +12,53 @@ use wasmtime::component::{ComponentType, Lift, Lower};
 /// A key and its value.
 #[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Eq, Default)]
 #[component(record)]
-pub struct KeyValue {
-    pub key: String,
-    pub value: String,
+pub struct KeyValue<S = String> {
+    pub key: S,
+    pub value: S,
 }
 
 /// An amount of a custom Ray resource.
-#[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Default)]
+#[derive(ComponentType, Lower, Clone, Debug, PartialEq)]
 #[component(record)]
-pub struct ResourceAmount {
-    pub name: String,
+pub struct ResourceAmount<'a> {
+    pub name: &'a str,
     pub amount: f64,
 }
 
 /// What a node offers in total.
-#[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Default)]
+#[derive(ComponentType, Lower, Clone, Debug, PartialEq)]
 #[component(record)]
-pub struct Resources {
+pub struct Resources<'a> {
     pub cpu: f64,
     pub gpu: f64,
     #[component(name = "memory-bytes")]
     pub memory_bytes: u64,
     #[component(name = "object-store-memory-bytes")]
     pub object_store_memory_bytes: u64,
-    pub custom: Vec<ResourceAmount>,
+    pub custom: Vec<ResourceAmount<'a>>,
 }
 
 /// One Ray node as the GCS knows it.
-#[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Default)]
+#[derive(ComponentType, Lower, Clone, Debug, PartialEq)]
 #[component(record)]
-pub struct Node {
-    pub id: String,
-    pub address: String,
-    pub hostname: String,
+pub struct Node<'a> {
+    pub id: &'a str,
+    pub address: &'a str,
+    pub hostname: &'a str,
     #[component(name = "is-head")]
     pub is_head: bool,
     pub alive: bool,
-    pub resources: Resources,
-    pub labels: Vec<KeyValue>,
+    pub resources: Resources<'a>,
+    pub labels: Vec<KeyValue<&'a str>>,
     #[component(name = "start-time-ms")]
     pub start_time_ms: u64,
 }
 
 /// The expected shape of one group of nodes.
-#[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Default)]
+#[derive(ComponentType, Lower, Clone, Debug, PartialEq)]
 #[component(record)]
-pub struct NodeGroup {
-    pub name: String,
+pub struct NodeGroup<'a> {
+    pub name: &'a str,
     pub replicas: u32,
     #[component(name = "cpus-per-node")]
     pub cpus_per_node: f64,
@@ -65,27 +67,27 @@ pub struct NodeGroup {
 }
 
 /// The cluster the user asked for.
-#[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Default)]
+#[derive(ComponentType, Lower, Clone, Debug, PartialEq)]
 #[component(record)]
-pub struct Topology {
+pub struct Topology<'a> {
     pub nodes: u32,
     pub gpus: f64,
     #[component(name = "min-gpus-per-node")]
     pub min_gpus_per_node: f64,
-    pub groups: Vec<NodeGroup>,
+    pub groups: Vec<NodeGroup<'a>>,
 }
 
 /// Everything a readiness or launch policy may judge the cluster by.
-#[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Default)]
+#[derive(ComponentType, Lower, Clone, Debug, PartialEq)]
 #[component(record)]
-pub struct ClusterSnapshot {
-    pub nodes: Vec<Node>,
-    pub expected: Topology,
+pub struct ClusterSnapshot<'a> {
+    pub nodes: Vec<Node<'a>>,
+    pub expected: Topology<'a>,
     #[component(name = "elapsed-ms")]
     pub elapsed_ms: u64,
     #[component(name = "deadline-ms")]
     pub deadline_ms: u64,
-    pub diagnostics: Vec<String>,
+    pub diagnostics: Vec<&'a str>,
 }
 
 /// A readiness policy's verdict.
@@ -101,16 +103,16 @@ pub enum Readiness {
 }
 
 /// How the user asked the model to be served.
-#[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(ComponentType, Lower, Clone, Debug, PartialEq)]
 #[component(record)]
-pub struct ServeSettings {
-    pub model: String,
+pub struct ServeSettings<'a> {
+    pub model: &'a str,
     #[component(name = "served-model-name")]
-    pub served_model_name: Option<String>,
-    pub host: String,
+    pub served_model_name: Option<&'a str>,
+    pub host: &'a str,
     pub port: u16,
     #[component(name = "extra-args")]
-    pub extra_args: Vec<String>,
+    pub extra_args: Vec<&'a str>,
     #[component(name = "tensor-parallel-size")]
     pub tensor_parallel_size: Option<u32>,
     #[component(name = "pipeline-parallel-size")]
@@ -118,11 +120,11 @@ pub struct ServeSettings {
 }
 
 /// The input of a launch policy.
-#[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Default)]
+#[derive(ComponentType, Lower, Clone, Debug, PartialEq)]
 #[component(record)]
-pub struct LaunchRequest {
-    pub cluster: ClusterSnapshot,
-    pub settings: ServeSettings,
+pub struct LaunchRequest<'a> {
+    pub cluster: ClusterSnapshot<'a>,
+    pub settings: ServeSettings<'a>,
 }
 
 /// How to start the serving process.
@@ -167,15 +169,15 @@ pub enum ServerState {
 }
 
 /// The result of one probe.
-#[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(ComponentType, Lower, Clone, Debug, PartialEq)]
 #[component(record)]
-pub struct ProbeResult {
+pub struct ProbeResult<'a> {
     pub ok: bool,
     #[component(name = "status-code")]
     pub status_code: Option<u16>,
     #[component(name = "latency-ms")]
     pub latency_ms: u32,
-    pub error: Option<String>,
+    pub error: Option<&'a str>,
     #[component(name = "age-ms")]
     pub age_ms: u64,
 }
@@ -192,31 +194,31 @@ pub enum NodeChangeKind {
 }
 
 /// A membership change since the previous health evaluation.
-#[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Eq)]
+#[derive(ComponentType, Lower, Clone, Debug, PartialEq)]
 #[component(record)]
-pub struct NodeChange {
+pub struct NodeChange<'a> {
     #[component(name = "node-id")]
-    pub node_id: String,
+    pub node_id: &'a str,
     pub kind: NodeChangeKind,
 }
 
 /// Everything a health policy may judge the service by.
-#[derive(ComponentType, Lift, Lower, Clone, Debug, PartialEq, Default)]
+#[derive(ComponentType, Lower, Clone, Debug, PartialEq)]
 #[component(record)]
-pub struct HealthSnapshot {
+pub struct HealthSnapshot<'a> {
     pub server: ServerState,
     #[component(name = "server-uptime-ms")]
     pub server_uptime_ms: u64,
     #[component(name = "health-probe")]
-    pub health_probe: Option<ProbeResult>,
+    pub health_probe: Option<ProbeResult<'a>>,
     #[component(name = "generation-probe")]
-    pub generation_probe: Option<ProbeResult>,
+    pub generation_probe: Option<ProbeResult<'a>>,
     #[component(name = "consecutive-probe-failures")]
     pub consecutive_probe_failures: u32,
-    pub nodes: Vec<Node>,
+    pub nodes: Vec<Node<'a>>,
     #[component(name = "server-nodes")]
-    pub server_nodes: Vec<String>,
-    pub changes: Vec<NodeChange>,
+    pub server_nodes: Vec<&'a str>,
+    pub changes: Vec<NodeChange<'a>>,
     pub restarts: u32,
     #[component(name = "uptime-ms")]
     pub uptime_ms: u64,

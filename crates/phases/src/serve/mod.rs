@@ -6,7 +6,7 @@
 mod health_loop;
 mod launch;
 pub mod probe;
-pub mod server;
+mod server;
 
 pub use health_loop::supervise;
 pub use launch::plan_launch;

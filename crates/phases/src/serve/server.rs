@@ -4,7 +4,7 @@
 
 use orchestrator_domain::ExitStatus;
 use rustix::process::{Pid, Signal, kill_process_group};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::process::Child;
 
 /// Why the server could not be started.
@@ -27,8 +27,6 @@ pub enum ServerError {
 pub struct ServerProcess {
     child: Child,
     pgid: Option<Pid>,
-    /// When it was started.
-    pub started_at: Instant,
     exited: Option<ExitStatus>,
 }
 
@@ -66,7 +64,6 @@ impl ServerProcess {
         Ok(Self {
             child,
             pgid,
-            started_at: Instant::now(),
             exited: None,
         })
     }

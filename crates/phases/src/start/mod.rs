@@ -4,7 +4,7 @@
 //! background while the wait phase already runs. Entry point:
 //! [`RayNodes::start`].
 
-pub mod limits;
+mod limits;
 pub mod ray_node;
 pub mod ray_start;
 

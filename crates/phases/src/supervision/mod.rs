@@ -7,7 +7,7 @@
 pub(crate) mod child;
 pub mod procfs;
 pub(crate) mod reaper;
-pub mod signals;
+mod signals;
 
 pub use signals::{Shutdown, Trigger};
 
