@@ -63,16 +63,9 @@ fn main() -> ExitCode {
 /// Runs a lifecycle (`run`, `local`) on a two-thread runtime and turns
 /// its end into the exit code, printing the failure.
 pub fn run_lifecycle(lifecycle: orchestrator_phases::lifecycle::Lifecycle) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(2) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(lifecycle.run()) {
         Ok(exit) => {
@@ -86,6 +79,25 @@ pub fn run_lifecycle(lifecycle: orchestrator_phases::lifecycle::Lifecycle) -> Ex
             ExitCode::from(1)
         }
     }
+}
+
+/// A tokio runtime with `workers` threads (0: on this thread only); a
+/// failure is printed and becomes exit code 1.
+pub fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let built = if workers == 0 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    };
+    built.map_err(|e| {
+        eprintln!("error: cannot start the async runtime: {e}");
+        ExitCode::from(1)
+    })
 }
 
 fn init_logging(filter: &str) {

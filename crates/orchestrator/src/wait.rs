@@ -83,15 +83,9 @@ pub fn run(args: WaitArgs) -> ExitCode {
         facts: None,
         status: None,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::runtime(0) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let start = Instant::now();
     match runtime.block_on(async { run_wait(&spec, &mut policy).await }) {

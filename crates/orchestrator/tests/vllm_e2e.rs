@@ -230,13 +230,7 @@ fn serves_restarts_on_server_and_node_death_and_stops_cleanly() {
     );
     // The server is started right after the ready decision (how soon is
     // `cargo xtask bench serve`'s figure: typically ~1 ms).
-    let launch_us: u64 = log_text
-        .lines()
-        .find(|l| l.contains("serving process started after the ready decision"))
-        .and_then(|l| l.split("after_us=").nth(1))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("the launch delay is logged");
+    let launch_us = launch_after_ready_us(&log_text).expect("the launch delay is logged");
     eprintln!("vLLM started {launch_us} us after the ready decision");
     assert_nothing_left(&[
         &format!("/tmp/ray-t{}", ports.gcs),

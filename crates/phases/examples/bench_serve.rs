@@ -334,12 +334,7 @@ async fn main() -> Result<(), String> {
     // How soon after the ready decision vLLM was started (the
     // orchestrator logs it).
     let log = std::fs::read_to_string("/tmp/bench-serve-orchestrator.log").unwrap_or_default();
-    let launch_us: u64 = log
-        .lines()
-        .find(|l| l.contains("serving process started after the ready decision"))
-        .and_then(|l| l.split("after_us=").nth(1))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
+    let launch_us = orchestrator_test_support::launch_after_ready_us(&log)
         .ok_or("the orchestrator's log does not say when vLLM was started")?;
     println!("orchestrator: vLLM started {launch_us} us after the ready decision");
     println!(

@@ -474,3 +474,14 @@ impl Captured {
         }
     }
 }
+
+/// How soon after the ready decision the orchestrator started the serving
+/// process, in microseconds, from its log (`serving process started after
+/// the ready decision ... after_us=N`).
+pub fn launch_after_ready_us(log: &str) -> Option<u64> {
+    log.lines()
+        .find(|l| l.contains("serving process started after the ready decision"))
+        .and_then(|l| l.split("after_us=").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
