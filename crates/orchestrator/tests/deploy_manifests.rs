@@ -463,7 +463,8 @@ fn plan(
     }
     cmd.env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true");
     cmd.envs(env.iter().cloned());
-    let out = cmd.output().unwrap();
+    let out =
+        orchestrator_test_support::output_within(&mut cmd, std::time::Duration::from_secs(120));
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn orchestrator(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_orchestrator"))
-        .args(args)
-        .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")
-        .output()
-        .expect("run orchestrator")
+    orchestrator_test_support::output_within(
+        Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+            .args(args)
+            .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true"),
+        std::time::Duration::from_secs(120),
+    )
 }
 
 fn snapshot(name: &str) -> String {

@@ -133,15 +133,15 @@ fn wait_command_exits_0_when_ready_and_1_with_a_diagnosis_naming_what_is_missing
         "the policy's reason: {stderr}"
     );
 
-    let bad = orchestrator()
-        .args(["wait", "--address", &address, "--nodes", "0"])
-        .output()
-        .unwrap();
+    let bad = output_within(
+        orchestrator().args(["wait", "--address", &address, "--nodes", "0"]),
+        Duration::from_secs(60),
+    );
     assert_eq!(bad.status.code(), Some(2));
-    let bad = orchestrator()
-        .args(["wait", "--address", &address])
-        .output()
-        .unwrap();
+    let bad = output_within(
+        orchestrator().args(["wait", "--address", &address]),
+        Duration::from_secs(60),
+    );
     assert_eq!(bad.status.code(), Some(2), "missing --nodes");
 
     signal(local.id() as i32, Sig::TERM);
