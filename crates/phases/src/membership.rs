@@ -4,7 +4,14 @@
 //! backend brings its own.
 
 use orchestrator_domain::{KeyValue, MembershipUpdate};
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
 use tokio::sync::mpsc;
+
+/// What [`MembershipSource::reachable`] returns: answers once the source
+/// does, or says why it never did within the limit.
+pub type Reachable<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
 
 /// A source of membership updates.
 pub trait MembershipSource: Send + Sync + std::fmt::Debug {
@@ -21,6 +28,10 @@ pub trait MembershipSource: Send + Sync + std::fmt::Debug {
     fn serving_env(&self) -> Vec<KeyValue> {
         Vec::new()
     }
+
+    /// Resolves once the source answers (a worker waits for it before it
+    /// starts its node), retrying for up to `limit`.
+    fn reachable(&self, limit: Duration) -> Reachable<'_>;
 }
 
 /// A Ray cluster's GCS.
@@ -52,5 +63,14 @@ impl MembershipSource for RayGcs {
     /// would find in /tmp/ray.
     fn serving_env(&self) -> Vec<KeyValue> {
         vec![KeyValue::new("RAY_ADDRESS", self.address.clone())]
+    }
+
+    fn reachable(&self, limit: Duration) -> Reachable<'_> {
+        Box::pin(async move {
+            orchestrator_ray_gcs::GcsClient::connect_until(&self.address, limit)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
     }
 }

@@ -143,17 +143,18 @@ impl Lifecycle {
     async fn phases(&mut self, shutdown: &Shutdown, kubernetes: &mut Option<KubeHandle>) -> Exit {
         let status = Arc::clone(&self.status);
         if let Some(join) = &self.plan.join {
-            tracing::info!(address = %join.address, "waiting for the head's GCS");
+            let cluster = join.cluster.describe();
+            tracing::info!("waiting for {cluster}");
             status.enter(Phase::Wait);
             tokio::select! {
-                r = orchestrator_ray_gcs::GcsClient::connect_until(&join.address, join.timeout) => {
+                r = join.cluster.reachable(join.timeout) => {
                     if let Err(e) = r {
-                        return Exit::failed(1, e.to_string());
+                        return Exit::failed(1, e);
                     }
                 }
                 () = shutdown.requested() => return Exit::ok(),
             }
-            tracing::info!(address = %join.address, "head's GCS answers");
+            tracing::info!("{cluster} answers");
         }
         let argv = self
             .plan

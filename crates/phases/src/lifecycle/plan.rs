@@ -17,12 +17,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A worker's first step: the head's GCS must answer before Ray starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A worker's first step: the cluster it joins (the head's GCS) must
+/// answer before its node starts.
+#[derive(Debug, Clone)]
 pub struct Join {
-    /// The head's GCS, `HOST:PORT`.
-    pub address: String,
-    /// How long the head may take to answer.
+    /// The cluster's membership source.
+    pub cluster: Arc<dyn MembershipSource>,
+    /// How long it may take to answer.
     pub timeout: Duration,
 }
 
@@ -112,10 +113,9 @@ impl Plan {
         let join = match config.role {
             Role::Head => None,
             Role::Worker => Some(Join {
-                address: start
-                    .join_address()
-                    .ok_or(PlanError::NoJoinAddress)?
-                    .to_string(),
+                cluster: Arc::new(RayGcs::new(
+                    start.join_address().ok_or(PlanError::NoJoinAddress)?,
+                )),
                 timeout: Duration::from_secs(config.ray.gcs_wait_seconds),
             }),
         };
