@@ -8,7 +8,9 @@ use crate::sandbox::State;
 use crate::wire;
 use crate::world::World;
 use wasmtime::Store;
-use wasmtime::component::{Component, ComponentExportIndex, Func, Instance};
+use wasmtime::component::{
+    Component, ComponentExportIndex, ComponentNamedList, ComponentType, Func, Instance, Lift, Lower,
+};
 
 /// The exported function of `world`'s interface.
 pub(crate) fn function_name(world: World) -> &'static str {
@@ -48,13 +50,9 @@ pub(crate) fn load(
         wasmtime::format_err!("the export {} is not a function", world.export_name())
     })?;
     match world {
-        World::Readiness => func
-            .typed::<CheckArgs<'_>, (wire::Readiness,)>(&*store)
-            .map(drop),
-        World::Launch => func.typed::<PlanArgs<'_>, (PlanResult,)>(&*store).map(drop),
-        World::Health => func
-            .typed::<EvaluateArgs<'_>, (wire::HealthVerdict,)>(&*store)
-            .map(drop),
+        World::Readiness => typed::<CheckArgs<'_>, wire::Readiness>(store, &func).map(drop),
+        World::Launch => typed::<PlanArgs<'_>, PlanResult>(store, &func).map(drop),
+        World::Health => typed::<EvaluateArgs<'_>, wire::HealthVerdict>(store, &func).map(drop),
     }?;
     Ok(func)
 }
@@ -64,32 +62,31 @@ pub(crate) type PlanArgs<'a> = (&'a wire::LaunchRequest<'a>, &'a [wire::KeyValue
 pub(crate) type PlanResult = Result<wire::LaunchPlan, wire::LaunchError>;
 pub(crate) type EvaluateArgs<'a> = (&'a wire::HealthSnapshot<'a>, &'a [wire::KeyValue]);
 
-/// Calls `check`.
-pub(crate) fn check(
-    store: &mut Store<State>,
+/// `func` typed as taking `Args` and returning one `Ret` (a structural
+/// check of its signature).
+fn typed<Args, Ret>(
+    store: &Store<State>,
     func: &Func,
-    args: CheckArgs<'_>,
-) -> wasmtime::Result<wire::Readiness> {
-    let typed = func.typed::<CheckArgs<'_>, (wire::Readiness,)>(&*store)?;
-    typed.call(store, args).map(|(r,)| r)
+) -> wasmtime::Result<wasmtime::component::TypedFunc<Args, (Ret,)>>
+where
+    Args: ComponentNamedList + Lower,
+    Ret: ComponentType + Lift,
+{
+    func.typed::<Args, (Ret,)>(store)
 }
 
-/// Calls `plan`.
-pub(crate) fn plan(
+/// Calls the world's function: `check`, `plan` or `evaluate`, with the
+/// argument and result types of its world.
+pub(crate) fn call<Args, Ret>(
     store: &mut Store<State>,
     func: &Func,
-    args: PlanArgs<'_>,
-) -> wasmtime::Result<PlanResult> {
-    let typed = func.typed::<PlanArgs<'_>, (PlanResult,)>(&*store)?;
-    typed.call(store, args).map(|(r,)| r)
-}
-
-/// Calls `evaluate`.
-pub(crate) fn evaluate(
-    store: &mut Store<State>,
-    func: &Func,
-    args: EvaluateArgs<'_>,
-) -> wasmtime::Result<wire::HealthVerdict> {
-    let typed = func.typed::<EvaluateArgs<'_>, (wire::HealthVerdict,)>(&*store)?;
-    typed.call(store, args).map(|(r,)| r)
+    args: Args,
+) -> wasmtime::Result<Ret>
+where
+    Args: ComponentNamedList + Lower,
+    Ret: ComponentType + Lift,
+{
+    typed::<Args, Ret>(store, func)?
+        .call(store, args)
+        .map(|(r,)| r)
 }

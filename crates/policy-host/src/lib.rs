@@ -493,7 +493,13 @@ impl ReadinessPolicy {
     ) -> Result<Readiness, PluginError> {
         let (snapshot, params) = (snapshot.to_wire(), convert::params(params));
         self.0
-            .call(|store, func| exports::check(store, func, (&snapshot, &params)))
+            .call(|store, func| {
+                exports::call::<exports::CheckArgs<'_>, wire::Readiness>(
+                    store,
+                    func,
+                    (&snapshot, &params),
+                )
+            })
             .map(FromWire::from_wire)
     }
 }
@@ -511,7 +517,13 @@ impl LaunchPolicy {
     ) -> Result<Result<LaunchPlan, LaunchError>, PluginError> {
         let (request, params) = (request.to_wire(), convert::params(params));
         self.0
-            .call(|store, func| exports::plan(store, func, (&request, &params)))
+            .call(|store, func| {
+                exports::call::<exports::PlanArgs<'_>, exports::PlanResult>(
+                    store,
+                    func,
+                    (&request, &params),
+                )
+            })
             .map(FromWire::from_wire)
     }
 }
@@ -529,7 +541,13 @@ impl HealthPolicy {
     ) -> Result<HealthVerdict, PluginError> {
         let (snapshot, params) = (snapshot.to_wire(), convert::params(params));
         self.0
-            .call(|store, func| exports::evaluate(store, func, (&snapshot, &params)))
+            .call(|store, func| {
+                exports::call::<exports::EvaluateArgs<'_>, wire::HealthVerdict>(
+                    store,
+                    func,
+                    (&snapshot, &params),
+                )
+            })
             .map(FromWire::from_wire)
     }
 }
