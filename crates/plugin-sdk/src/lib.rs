@@ -2,7 +2,7 @@
 //!
 //! Write a policy for the Ray/vLLM orchestrator in a few lines. A policy is
 //! a WebAssembly component that implements one of three worlds of the WIT
-//! package `ray-orchestrator:policy@0.1.0`:
+//! package `ray-orchestrator:policy@0.2.0`:
 //!
 //! | phase     | trait                          | export macro                  |
 //! |-----------|--------------------------------|-------------------------------|
@@ -12,29 +12,43 @@
 //!
 //! Implement the trait on a unit struct and call the macro once:
 //!
-//! ```ignore
+//! ```no_run
 //! use orchestrator_plugin_sdk::readiness::*;
 //!
 //! struct AllNodes;
 //!
 //! impl ReadinessPolicy for AllNodes {
-//!     fn check(snapshot: &ClusterSnapshot, _params: &Params) -> Readiness {
-//!         let alive = snapshot.nodes.iter().filter(|n| n.alive).count() as u32;
-//!         if alive >= snapshot.expected.nodes {
-//!             Readiness::Ready
-//!         } else {
-//!             Readiness::Wait(format!("{alive} of {} nodes alive", snapshot.expected.nodes))
+//!     fn check(cluster: &Cluster, _params: &Params) -> Readiness {
+//!         // Answered by the host: the same cost at 3 nodes or 10,000.
+//!         let alive = cluster.count(&Filter::alive());
+//!         let want = cluster.expected().nodes;
+//!         if alive >= want {
+//!             return Readiness::Ready;
 //!         }
+//!         // Every node and its labels, when a policy needs them.
+//!         let pending: Vec<&str> = cluster
+//!             .nodes()
+//!             .filter(|n| !n.alive() && n.label("ray.io/node-group") == Some("gpu"))
+//!             .map(|n| n.name())
+//!             .collect();
+//!         Readiness::Wait(format!("{alive} of {want} nodes alive; dead GPU nodes: {pending:?}"))
 //!     }
 //! }
 //!
 //! orchestrator_plugin_sdk::export_readiness_policy!(AllNodes);
+//! # fn main() {}
 //! ```
 //!
 //! with `crate-type = ["cdylib"]` in `Cargo.toml`, and build it with
 //! `cargo build --target wasm32-wasip2 --release`. The result in
 //! `target/wasm32-wasip2/release/<name>.wasm` is the plugin; try it with
 //! `orchestrator plugin run <file> --input snapshot.json`.
+//!
+//! The cluster stays in the orchestrator: [`Cluster::count`],
+//! [`Cluster::totals`] and [`Cluster::totals_by_label`] are answered by the
+//! host without copying any node, and [`Cluster::nodes`] fetches every node
+//! once, packed, and hands out [`Node`] views (`name()`, `alive()`,
+//! `gpu()`, `label(key)`, `labels()`, ...).
 //!
 //! Plugins run sandboxed: no filesystem, network, environment variables or
 //! clock; every call has a deadline and a memory cap. Everything a policy
@@ -43,8 +57,10 @@
 
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 
+mod cluster;
 mod params;
 
+pub use cluster::{Cluster, Filter, Node, NodeGroup, Topology, Totals};
 pub use params::{ParamError, Params};
 
 /// Generated bindings for the shared types and the log import. Not part of
@@ -56,18 +72,19 @@ pub mod base {
         inline: "
             package ray-orchestrator:sdk;
             world base {
-                import ray-orchestrator:policy/types@0.1.0;
-                import ray-orchestrator:policy/log@0.1.0;
+                import ray-orchestrator:policy/types@0.2.0;
+                import ray-orchestrator:policy/log@0.2.0;
             }
         ",
-        path: "../../wit/policy-0.1.0",
+        path: "../../wit/policy-0.2.0",
         world: "ray-orchestrator:sdk/base",
         generate_all,
     });
 }
 
-/// The data types of `ray-orchestrator:policy/types@0.1.0`, shared by all
-/// three worlds.
+/// The data types of `ray-orchestrator:policy/types@0.2.0`, shared by all
+/// three worlds, as generated (the packed node table included); policies
+/// use [`Cluster`] and [`Node`] instead of the raw table.
 pub mod types {
     pub use crate::base::ray_orchestrator::policy::types::*;
 }
@@ -118,21 +135,19 @@ pub mod log {
 
 /// Readiness policies: decide when the cluster is ready to serve.
 pub mod readiness {
-    pub use crate::Params;
-    pub use crate::types::{
-        ClusterSnapshot, KeyValue, Node, NodeGroup, Readiness, ResourceAmount, Resources, Topology,
-    };
+    pub use crate::types::{KeyValue, Readiness};
+    pub use crate::{Cluster, Filter, Node, NodeGroup, Params, Topology, Totals};
 
     /// Generated bindings of the `readiness` world.
     #[doc(hidden)]
     pub mod bindings {
         #![allow(missing_docs, clippy::all)]
         wit_bindgen::generate!({
-            path: "../../wit/policy-0.1.0",
-            world: "ray-orchestrator:policy/readiness@0.1.0",
+            path: "../../wit/policy-0.2.0",
+            world: "ray-orchestrator:policy/readiness@0.2.0",
             with: {
-                "ray-orchestrator:policy/types@0.1.0": crate::base::ray_orchestrator::policy::types,
-                "ray-orchestrator:policy/log@0.1.0": crate::base::ray_orchestrator::policy::log,
+                "ray-orchestrator:policy/types@0.2.0": crate::base::ray_orchestrator::policy::types,
+                "ray-orchestrator:policy/log@0.2.0": crate::base::ray_orchestrator::policy::log,
             },
             pub_export_macro: true,
             export_macro_name: "__export_readiness_world",
@@ -145,7 +160,7 @@ pub mod readiness {
     pub trait ReadinessPolicy {
         /// Judges the cluster: `Ready`, `Wait(what is missing)` or
         /// `Fail(why)`. Called on every membership change.
-        fn check(snapshot: &ClusterSnapshot, params: &Params) -> Readiness;
+        fn check(cluster: &Cluster, params: &Params) -> Readiness;
     }
 
     #[doc(hidden)]
@@ -154,30 +169,27 @@ pub mod readiness {
     impl<P: ReadinessPolicy> bindings::exports::ray_orchestrator::policy::readiness_policy::Guest
         for Adapter<P>
     {
-        fn check(snapshot: ClusterSnapshot, params: Vec<KeyValue>) -> Readiness {
-            P::check(&snapshot, &Params::new(params))
+        fn check(cluster: &crate::types::Cluster, params: Vec<KeyValue>) -> Readiness {
+            P::check(&Cluster::new(cluster), &Params::new(params))
         }
     }
 }
 
 /// Launch policies: build the argv and environment of the serving process.
 pub mod launch {
-    pub use crate::Params;
-    pub use crate::types::{
-        ClusterSnapshot, KeyValue, LaunchError, LaunchPlan, LaunchRequest, Node, Resources,
-        ServeSettings, Topology,
-    };
+    pub use crate::types::{KeyValue, LaunchError, LaunchPlan, ServeSettings};
+    pub use crate::{Cluster, Filter, Node, NodeGroup, Params, Topology, Totals};
 
     /// Generated bindings of the `launch` world.
     #[doc(hidden)]
     pub mod bindings {
         #![allow(missing_docs, clippy::all)]
         wit_bindgen::generate!({
-            path: "../../wit/policy-0.1.0",
-            world: "ray-orchestrator:policy/launch@0.1.0",
+            path: "../../wit/policy-0.2.0",
+            world: "ray-orchestrator:policy/launch@0.2.0",
             with: {
-                "ray-orchestrator:policy/types@0.1.0": crate::base::ray_orchestrator::policy::types,
-                "ray-orchestrator:policy/log@0.1.0": crate::base::ray_orchestrator::policy::log,
+                "ray-orchestrator:policy/types@0.2.0": crate::base::ray_orchestrator::policy::types,
+                "ray-orchestrator:policy/log@0.2.0": crate::base::ray_orchestrator::policy::log,
             },
             pub_export_macro: true,
             export_macro_name: "__export_launch_world",
@@ -189,8 +201,13 @@ pub mod launch {
     /// [`export_launch_policy!`](crate::export_launch_policy).
     pub trait LaunchPolicy {
         /// Returns the serving process's argv and extra environment, or why
-        /// none can be built.
-        fn plan(request: &LaunchRequest, params: &Params) -> Result<LaunchPlan, LaunchError>;
+        /// none can be built. `cluster` is the cluster as it was when the
+        /// readiness policy said ready.
+        fn plan(
+            cluster: &Cluster,
+            settings: &ServeSettings,
+            params: &Params,
+        ) -> Result<LaunchPlan, LaunchError>;
     }
 
     #[doc(hidden)]
@@ -199,30 +216,34 @@ pub mod launch {
     impl<P: LaunchPolicy> bindings::exports::ray_orchestrator::policy::launch_policy::Guest
         for Adapter<P>
     {
-        fn plan(request: LaunchRequest, params: Vec<KeyValue>) -> Result<LaunchPlan, LaunchError> {
-            P::plan(&request, &Params::new(params))
+        fn plan(
+            cluster: &crate::types::Cluster,
+            settings: ServeSettings,
+            params: Vec<KeyValue>,
+        ) -> Result<LaunchPlan, LaunchError> {
+            P::plan(&Cluster::new(cluster), &settings, &Params::new(params))
         }
     }
 }
 
 /// Health policies: judge the service and say what to do about it.
 pub mod health {
-    pub use crate::Params;
     pub use crate::types::{
-        ExitStatus, HealthSnapshot, HealthVerdict, KeyValue, Node, NodeChange, NodeChangeKind,
+        ExitStatus, HealthSnapshot, HealthVerdict, KeyValue, NodeChange, NodeChangeKind,
         ProbeResult, RestartAction, ServerState, ShutdownAction,
     };
+    pub use crate::{Cluster, Filter, Node, Params, Totals};
 
     /// Generated bindings of the `health` world.
     #[doc(hidden)]
     pub mod bindings {
         #![allow(missing_docs, clippy::all)]
         wit_bindgen::generate!({
-            path: "../../wit/policy-0.1.0",
-            world: "ray-orchestrator:policy/health@0.1.0",
+            path: "../../wit/policy-0.2.0",
+            world: "ray-orchestrator:policy/health@0.2.0",
             with: {
-                "ray-orchestrator:policy/types@0.1.0": crate::base::ray_orchestrator::policy::types,
-                "ray-orchestrator:policy/log@0.1.0": crate::base::ray_orchestrator::policy::log,
+                "ray-orchestrator:policy/types@0.2.0": crate::base::ray_orchestrator::policy::types,
+                "ray-orchestrator:policy/log@0.2.0": crate::base::ray_orchestrator::policy::log,
             },
             pub_export_macro: true,
             export_macro_name: "__export_health_world",
@@ -234,8 +255,10 @@ pub mod health {
     /// [`export_health_policy!`](crate::export_health_policy).
     pub trait HealthPolicy {
         /// Judges one health snapshot: `Healthy`, `Degraded`, `Restart` or
-        /// `Shutdown`.
-        fn evaluate(snapshot: &HealthSnapshot, params: &Params) -> HealthVerdict;
+        /// `Shutdown`. `cluster` holds every node; [`Node::serving`] says
+        /// which ones the server was launched with.
+        fn evaluate(snapshot: &HealthSnapshot, cluster: &Cluster, params: &Params)
+        -> HealthVerdict;
     }
 
     #[doc(hidden)]
@@ -244,8 +267,12 @@ pub mod health {
     impl<P: HealthPolicy> bindings::exports::ray_orchestrator::policy::health_policy::Guest
         for Adapter<P>
     {
-        fn evaluate(snapshot: HealthSnapshot, params: Vec<KeyValue>) -> HealthVerdict {
-            P::evaluate(&snapshot, &Params::new(params))
+        fn evaluate(
+            snapshot: HealthSnapshot,
+            cluster: &crate::types::Cluster,
+            params: Vec<KeyValue>,
+        ) -> HealthVerdict {
+            P::evaluate(&snapshot, &Cluster::new(cluster), &Params::new(params))
         }
     }
 }

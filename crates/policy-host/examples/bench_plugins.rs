@@ -1,7 +1,11 @@
 //! `cargo xtask bench plugins`: cold compile, load from cache, instantiate,
-//! and one readiness call at 3, 1,000 and 10,000 nodes (median and p99),
-//! the host's RSS with the three built-ins loaded, and the same readiness
-//! logic run natively for comparison. The last line is `BENCH plugins ...`.
+//! and one readiness call at 3, 1,000 and 10,000 nodes (median and p99)
+//! through the built-in `node-count` (contract 0.2.0: aggregate queries);
+//! at 1,000 nodes also the example policy that reads every node's labels
+//! (0.2.0: the packed node table) and the same example's 0.1.0 build (the
+//! whole snapshot copied); the host's RSS with the three built-ins loaded;
+//! and the node-count logic run natively for comparison. The last line is
+//! `BENCH plugins ...`.
 
 use orchestrator_domain::*;
 use orchestrator_policy_host::{HostConfig, PluginSource, PolicyHost};
@@ -156,11 +160,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
 
     let mut calls = Vec::new();
-    for (n, iterations) in [(3u32, 5000usize), (1000, 1000), (10_000, 100)] {
-        let snap = snapshot(n);
-        readiness.check(&snap, &[])?; // warm
+    for (n, iterations) in [(3u32, 5000usize), (1000, 2000), (10_000, 300)] {
+        let snap = std::sync::Arc::new(snapshot(n));
+        readiness.check_shared(&snap, &[])?; // warm
         let wasm = measure(iterations, || {
-            let _ = std::hint::black_box(readiness.check(&snap, &[]));
+            let _ = std::hint::black_box(readiness.check_shared(&snap, &[]));
         });
         let native = measure(iterations, || {
             let _ = std::hint::black_box(native_node_count(std::hint::black_box(&snap)));
@@ -173,6 +177,39 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         calls.push((n, wasm, native));
     }
+
+    // A policy that reads every node's labels: the example, 0.2.0 and its
+    // 0.1.0 build, on the same 1,000-node snapshot.
+    let labels_params = [
+        KeyValue::new("accelerator", "a100"),
+        KeyValue::new("nodes", "1000"),
+    ];
+    let snap = std::sync::Arc::new(snapshot(1000));
+    let mut labels_v02 = host.readiness(&PluginSource::file(
+        orchestrator_test_plugins::ACCELERATOR_READINESS,
+    ))?;
+    let mut labels_v01 = host.readiness(&PluginSource::file(
+        orchestrator_test_plugins::v0_1::ACCELERATOR_READINESS,
+    ))?;
+    let (a, b) = (
+        labels_v02.check_shared(&snap, &labels_params)?,
+        labels_v01.check(&snap, &labels_params)?,
+    );
+    if a != b {
+        return Err(format!("0.1.0 and 0.2.0 builds disagree: {a:?} vs {b:?}").into());
+    }
+    let labels = measure(1000, || {
+        let _ = std::hint::black_box(labels_v02.check_shared(&snap, &labels_params));
+    });
+    let v01 = measure(500, || {
+        let _ = std::hint::black_box(labels_v01.check(&snap, &labels_params));
+    });
+    println!(
+        "labels policy, 1000 nodes: 0.2.0 median {:>7.1} us  p99 {:>7.1} us;  0.1.0 build median {:>7.1} us",
+        us(labels.median),
+        us(labels.p99),
+        us(v01.median)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 
     println!(
@@ -215,7 +252,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ));
     }
     line.push_str(&format!(
-        " native_1000_nodes_us={:.1} wasm_vs_native_1000={:.1} rss_mb={rss:.1}",
+        " call_1000_nodes_labels_us={:.1} call_1000_nodes_labels_p99_us={:.1} call_1000_nodes_v01_us={:.1} native_1000_nodes_us={:.1} wasm_vs_native_1000={:.1} rss_mb={rss:.1}",
+        us(labels.median),
+        us(labels.p99),
+        us(v01.median),
         us(n1000.median),
         us(w1000.median) / us(n1000.median).max(0.001)
     ));

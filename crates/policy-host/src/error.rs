@@ -72,20 +72,22 @@ pub enum PluginError {
 
     /// The plugin was built against another version of the WIT package.
     #[error(
-        "plugin `{plugin}` was built for {found}, but this orchestrator hosts {expected}; rebuild it against the SDK for {expected}"
+        "plugin `{plugin}` was built for {found}, but this orchestrator hosts ray-orchestrator:policy versions {supported} only; rebuild it against the SDK for {latest}"
     )]
     WrongVersion {
         /// The plugin's name.
         plugin: String,
-        /// What the host provides.
-        expected: String,
+        /// The versions the host calls, e.g. `0.1.0, 0.2.0`.
+        supported: String,
+        /// The newest of them.
+        latest: String,
         /// What the plugin uses.
         found: String,
     },
 
     /// The plugin imports interfaces the host does not provide.
     #[error(
-        "plugin `{plugin}` imports {imports}, which this orchestrator does not provide (plugins get `ray-orchestrator:policy/log@0.1.0` and an empty WASI 0.2 sandbox); remove the dependency that pulls them in"
+        "plugin `{plugin}` imports {imports}, which this orchestrator does not provide (plugins get `ray-orchestrator:policy/types` and `log` of their contract version and an empty WASI 0.2 sandbox); remove the dependency that pulls them in"
     )]
     UnsupportedImports {
         /// The plugin's name.

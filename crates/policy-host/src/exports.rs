@@ -1,15 +1,15 @@
 //! The one function a policy exports, found by name when the plugin is
-//! loaded and called with typed arguments. The inputs' wire types borrow
-//! from the domain values ([`crate::wire`]), so they are typed at each call
-//! (a structural check of the signature) rather than once with a fixed
-//! lifetime.
+//! loaded and called with typed arguments. The argument types depend on
+//! the contract version ([`crate::v0_1`], [`crate::v0_2`]), and the 0.1.0
+//! inputs borrow from the domain values, so the function is typed at each
+//! call (a structural check of the signature) rather than once.
 
 use crate::sandbox::State;
-use crate::wire;
-use crate::world::World;
+use crate::world::{Version, World};
 use wasmtime::Store;
 use wasmtime::component::{
-    Component, ComponentExportIndex, ComponentNamedList, ComponentType, Func, Instance, Lift, Lower,
+    Component, ComponentExportIndex, ComponentNamedList, ComponentType, Func, Instance, Lift,
+    Lower, TypedFunc,
 };
 
 /// The exported function of `world`'s interface.
@@ -21,53 +21,50 @@ pub(crate) fn function_name(world: World) -> &'static str {
     }
 }
 
-/// Finds `world`'s function among the component's exports; the error says
-/// what is missing.
-pub(crate) fn find(component: &Component, world: World) -> Result<ComponentExportIndex, String> {
+/// Finds `world`'s function at `version` among the component's exports;
+/// the error says what is missing.
+pub(crate) fn find(
+    component: &Component,
+    world: World,
+    version: Version,
+) -> Result<ComponentExportIndex, String> {
+    let export = world.export_name(version);
     let interface = component
-        .get_export_index(None, world.export_name())
-        .ok_or_else(|| format!("no export {}", world.export_name()))?;
+        .get_export_index(None, &export)
+        .ok_or_else(|| format!("no export {export}"))?;
     component
         .get_export_index(Some(&interface), function_name(world))
-        .ok_or_else(|| {
-            format!(
-                "{} exports no function `{}`",
-                world.export_name(),
-                function_name(world)
-            )
-        })
+        .ok_or_else(|| format!("{export} exports no function `{}`", function_name(world)))
 }
 
 /// The function in a live instance, its signature checked against the
-/// world's.
+/// world's at `version`.
 pub(crate) fn load(
     store: &mut Store<State>,
     instance: &Instance,
     index: &ComponentExportIndex,
     world: World,
+    version: Version,
 ) -> wasmtime::Result<Func> {
     let func = instance.get_func(&mut *store, index).ok_or_else(|| {
-        wasmtime::format_err!("the export {} is not a function", world.export_name())
+        wasmtime::format_err!(
+            "the export {} is not a function",
+            world.export_name(version)
+        )
     })?;
-    match world {
-        World::Readiness => typed::<CheckArgs<'_>, wire::Readiness>(store, &func).map(drop),
-        World::Launch => typed::<PlanArgs<'_>, PlanResult>(store, &func).map(drop),
-        World::Health => typed::<EvaluateArgs<'_>, wire::HealthVerdict>(store, &func).map(drop),
+    match version {
+        Version::V0_1_0 => crate::v0_1::typecheck(store, &func, world),
+        Version::V0_2_0 => crate::v0_2::typecheck(store, &func, world),
     }?;
     Ok(func)
 }
 
-pub(crate) type CheckArgs<'a> = (&'a wire::ClusterSnapshot<'a>, &'a [wire::KeyValue]);
-pub(crate) type PlanArgs<'a> = (&'a wire::LaunchRequest<'a>, &'a [wire::KeyValue]);
-pub(crate) type PlanResult = Result<wire::LaunchPlan, wire::LaunchError>;
-pub(crate) type EvaluateArgs<'a> = (&'a wire::HealthSnapshot<'a>, &'a [wire::KeyValue]);
-
 /// `func` typed as taking `Args` and returning one `Ret` (a structural
 /// check of its signature).
-fn typed<Args, Ret>(
+pub(crate) fn typed<Args, Ret>(
     store: &Store<State>,
     func: &Func,
-) -> wasmtime::Result<wasmtime::component::TypedFunc<Args, (Ret,)>>
+) -> wasmtime::Result<TypedFunc<Args, (Ret,)>>
 where
     Args: ComponentNamedList + Lower,
     Ret: ComponentType + Lift,
@@ -75,8 +72,8 @@ where
     func.typed::<Args, (Ret,)>(store)
 }
 
-/// Calls the world's function: `check`, `plan` or `evaluate`, with the
-/// argument and result types of its world.
+/// Calls the world's function with the argument and result types of its
+/// world and version.
 pub(crate) fn call<Args, Ret>(
     store: &mut Store<State>,
     func: &Func,

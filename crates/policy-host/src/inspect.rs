@@ -2,7 +2,7 @@
 //! and version it exports, and whether the host provides all it imports.
 
 use crate::error::PluginError;
-use crate::world::{PACKAGE, VERSION, World};
+use crate::world::{PACKAGE, Version, World};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
@@ -66,11 +66,11 @@ fn split_version(name: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// Whether an import is one the host links.
-fn provided(import: &str) -> bool {
+/// Whether an import is one the host links for a plugin of `contract`.
+fn provided(import: &str, contract: Version) -> bool {
     let (base, version) = split_version(import);
     if let Some(iface) = base.strip_prefix(&format!("{PACKAGE}/")) {
-        return POLICY_IMPORTS.contains(&iface) && version == Some(VERSION);
+        return POLICY_IMPORTS.contains(&iface) && version == Some(contract.as_str());
     }
     // WASI 0.2.x: wasmtime links any 0.2 patch version to its own.
     WASI_PROVIDED.contains(&base) && version.is_some_and(|v| v.starts_with("0.2."))
@@ -84,38 +84,44 @@ pub(crate) fn names(engine: &Engine, component: &Component) -> (Vec<String>, Vec
     (exports, imports)
 }
 
-/// Which world the exports implement, or why none fits. When `want` is
-/// given the component must implement that world.
+/// Which world and contract version the exports implement, or why none
+/// fits. When `want` is given the component must implement that world.
 pub(crate) fn world_of(
     plugin: &str,
     exports: &[String],
     imports: &[String],
     want: Option<World>,
-) -> Result<World, PluginError> {
+) -> Result<(World, Version), PluginError> {
+    // Every policy interface exported, at whatever version.
     let mut ours = Vec::new();
     for name in exports {
         let (base, version) = split_version(name);
         if let Some(iface) = base.strip_prefix(&format!("{PACKAGE}/"))
             && let Some(world) = World::ALL.into_iter().find(|w| w.interface() == iface)
         {
-            ours.push((world, version.unwrap_or("").to_string(), name.clone()));
+            ours.push((world, version.unwrap_or(""), name.as_str()));
         }
     }
 
-    // A policy interface at another version: the plugin was built for
-    // another release of the contract.
+    // A policy interface at a version this host does not call.
     let wrong_version = |found: &str| PluginError::WrongVersion {
         plugin: plugin.to_string(),
-        expected: format!("{PACKAGE}@{VERSION}"),
+        supported: Version::supported_list(),
+        latest: Version::LATEST.to_string(),
         found: found.to_string(),
     };
 
-    let candidates: Vec<&(World, String, String)> = ours
+    let candidates: Vec<&(World, &str, &str)> = ours
         .iter()
         .filter(|(w, _, _)| want.is_none_or(|want| *w == want))
         .collect();
-    let world = match candidates.iter().find(|(_, v, _)| v == VERSION) {
-        Some((world, _, _)) => *world,
+    // The newest supported version wins when a plugin exports several.
+    let found = candidates
+        .iter()
+        .filter_map(|(world, v, _)| Version::parse(v).map(|v| (*world, v)))
+        .max_by_key(|(_, v)| *v);
+    let (world, version) = match found {
+        Some(found) => found,
         None => {
             if let Some((_, _, name)) = candidates.first() {
                 return Err(wrong_version(name));
@@ -124,8 +130,13 @@ pub(crate) fn world_of(
                 format!("the {} policy", w.name())
             });
             let expected_export = want.map_or_else(
-                || format!("{PACKAGE}/<readiness|launch|health>-policy@{VERSION}"),
-                World::export_name,
+                || {
+                    format!(
+                        "{PACKAGE}/<readiness|launch|health>-policy@{}",
+                        Version::LATEST
+                    )
+                },
+                |w| w.export_name(Version::LATEST),
             );
             let found = if exports.is_empty() {
                 "nothing".to_string()
@@ -141,10 +152,10 @@ pub(crate) fn world_of(
         }
     };
 
-    let missing: Vec<&String> = imports.iter().filter(|i| !provided(i)).collect();
+    let missing: Vec<&String> = imports.iter().filter(|i| !provided(i, version)).collect();
     if !missing.is_empty() {
-        // Our own package at another version means the plugin was built
-        // against another release of the SDK.
+        // Our own package at another version means the plugin mixes
+        // releases of the SDK.
         if let Some(other) = missing
             .iter()
             .find(|i| i.starts_with(&format!("{PACKAGE}/")))
@@ -160,7 +171,7 @@ pub(crate) fn world_of(
                 .join(", "),
         });
     }
-    Ok(world)
+    Ok((world, version))
 }
 
 #[cfg(test)]
@@ -169,11 +180,53 @@ mod tests {
 
     #[test]
     fn wasi_patch_versions_are_provided_and_others_are_not() {
-        assert!(provided("wasi:cli/environment@0.2.6"));
-        assert!(provided("ray-orchestrator:policy/log@0.1.0"));
-        assert!(!provided("ray-orchestrator:policy/log@0.2.0"));
-        assert!(!provided("wasi:http/outgoing-handler@0.2.6"));
-        assert!(!provided("wasi:cli/environment@0.3.0"));
+        let v1 = Version::V0_1_0;
+        assert!(provided("wasi:cli/environment@0.2.6", v1));
+        assert!(provided("ray-orchestrator:policy/log@0.1.0", v1));
+        assert!(!provided("ray-orchestrator:policy/log@0.2.0", v1));
+        assert!(provided(
+            "ray-orchestrator:policy/log@0.2.0",
+            Version::V0_2_0
+        ));
+        assert!(provided(
+            "ray-orchestrator:policy/types@0.2.0",
+            Version::V0_2_0
+        ));
+        assert!(!provided("wasi:http/outgoing-handler@0.2.6", v1));
+        assert!(!provided("wasi:cli/environment@0.3.0", v1));
+    }
+
+    fn exports(version: &str) -> Vec<String> {
+        vec![format!(
+            "ray-orchestrator:policy/readiness-policy@{version}"
+        )]
+    }
+
+    #[test]
+    fn each_supported_version_is_recognised() {
+        for v in Version::SUPPORTED {
+            let (world, version) =
+                world_of("p", &exports(v.as_str()), &[], Some(World::Readiness)).unwrap();
+            assert_eq!((world, version), (World::Readiness, v));
+        }
+    }
+
+    #[test]
+    fn unknown_versions_are_refused_naming_the_supported_ones() {
+        for v in ["0.3.0", "0.0.9", "1.0.0"] {
+            let err = world_of("p", &exports(v), &[], None).unwrap_err();
+            let text = err.to_string();
+            assert!(matches!(err, PluginError::WrongVersion { .. }), "{text}");
+            assert!(text.contains(&format!("@{v}")), "{text}");
+            assert!(text.contains("0.1.0, 0.2.0"), "{text}");
+        }
+    }
+
+    #[test]
+    fn imports_must_match_the_exported_version() {
+        let imports = vec!["ray-orchestrator:policy/log@0.1.0".to_string()];
+        let err = world_of("p", &exports("0.2.0"), &imports, None).unwrap_err();
+        assert!(matches!(err, PluginError::WrongVersion { .. }), "{err}");
     }
 
     #[test]

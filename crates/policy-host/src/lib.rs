@@ -1,7 +1,9 @@
 //! # orchestrator-policy-host
 //!
 //! Hosts the orchestrator's policy plugins: WebAssembly components that
-//! implement one world of `ray-orchestrator:policy@0.1.0` (see `wit/`).
+//! implement one world of `ray-orchestrator:policy`, version 0.1.0 or 0.2.0
+//! (see `wit/`): the host reads each plugin's version from its exports
+//! and calls it through that version's bindings ([`Version`]).
 //! Words: a *plugin* is the component (a file, or bytes such as the
 //! built-ins), described by [`PluginSource`] and [`PluginInfo`]; a
 //! *policy* is a loaded plugin serving one world, behind its typed handle.
@@ -24,22 +26,20 @@
 //!   and the next call instantiates afresh. A plugin cannot crash or hang
 //!   the orchestrator.
 
-mod bindings;
 mod cache;
-mod convert;
 mod error;
 mod exports;
 mod inspect;
 mod sandbox;
 // Public only because the generated bindings re-export it; not an API.
 #[doc(hidden)]
-pub mod wire;
+pub mod v0_1;
+mod v0_2;
 mod world;
 
 pub use error::{PluginError, Stderr};
-pub use world::{PACKAGE, VERSION, World};
+pub use world::{PACKAGE, VERSION, Version, World};
 
-use convert::{FromWire, ToWire};
 use orchestrator_domain::{
     ClusterSnapshot, HealthSnapshot, HealthVerdict, KeyValue, LaunchError, LaunchPlan,
     LaunchRequest, Readiness,
@@ -112,8 +112,8 @@ pub struct PluginInfo {
     pub name: String,
     /// The world it implements.
     pub world: World,
-    /// The WIT package version it was built for.
-    pub version: String,
+    /// The contract version it was built for.
+    pub version: Version,
     /// The sha256 of its bytes, hex.
     pub sha256: String,
     /// Its size in bytes.
@@ -215,8 +215,11 @@ impl PolicyHost {
         let mut linker: Linker<State> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| PluginError::Engine(format!("cannot link WASI: {e}")))?;
-        bindings::log::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
-            .and_then(|()| wire::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s))
+        v0_1::bindings::log::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
+            .and_then(|()| v0_1::wire::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s))
+            .and_then(|()| {
+                v0_2::bindings::Host_::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
+            })
             .map_err(|e| PluginError::Engine(format!("cannot link the policy imports: {e}")))?;
         let ticker = EpochTicker::start(engine.clone())?;
         let ticks = config.call_timeout.as_nanos().div_ceil(TICK.as_nanos()) as u64 + 1;
@@ -275,13 +278,13 @@ impl PolicyHost {
         let sha256 = hex::encode(Sha256::digest(bytes));
         let component = cache::compile(&self.shared, name, bytes, &sha256)?;
         let (exports, imports) = inspect::names(&self.shared.engine, &component);
-        let world = inspect::world_of(name, &exports, &imports, want)?;
+        let (world, version) = inspect::world_of(name, &exports, &imports, want)?;
         Ok((
             component,
             PluginInfo {
                 name: name.to_string(),
                 world,
-                version: VERSION.to_string(),
+                version,
                 sha256,
                 size: bytes.len(),
                 imports,
@@ -338,19 +341,22 @@ impl PolicyHost {
                 plugin: name.to_string(),
                 imports: e.to_string(),
             })?;
-        let export =
-            exports::find(pre.component(), world).map_err(|e| PluginError::WrongWorld {
+        let version = info.version;
+        let export = exports::find(pre.component(), world, version).map_err(|e| {
+            PluginError::WrongWorld {
                 plugin: name.to_string(),
                 expected: format!("the {} policy", world.name()),
-                expected_export: world.export_name(),
+                expected_export: world.export_name(version),
                 found: format!("an export of the wrong shape ({e})"),
-            })?;
+            }
+        })?;
         Ok(Plugin {
             shared: Arc::clone(&self.shared),
             name: Arc::from(info.name.as_str()),
             info,
             pre,
             world,
+            version,
             export,
             live: None,
         })
@@ -372,6 +378,7 @@ struct Plugin {
     info: PluginInfo,
     pre: InstancePre<State>,
     world: World,
+    version: Version,
     export: wasmtime::component::ComponentExportIndex,
     live: Option<Live>,
 }
@@ -390,7 +397,13 @@ impl Plugin {
             let result = {
                 let _active = self.shared.ticker.enter();
                 self.pre.instantiate(&mut store).and_then(|instance| {
-                    exports::load(&mut store, &instance, &self.export, self.world)
+                    exports::load(
+                        &mut store,
+                        &instance,
+                        &self.export,
+                        self.world,
+                        self.version,
+                    )
                 })
             };
             match result {
@@ -407,8 +420,9 @@ impl Plugin {
     /// memory cap, and turns any failure into a [`PluginError`].
     fn call<R>(
         &mut self,
-        f: impl FnOnce(&mut Store<State>, &wasmtime::component::Func) -> wasmtime::Result<R>,
+        f: impl FnOnce(&mut Store<State>, &wasmtime::component::Func, Version) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
+        let version = self.version;
         let shared = Arc::clone(&self.shared);
         let name = Arc::clone(&self.name);
         let live = self.ensure_live()?;
@@ -416,7 +430,7 @@ impl Plugin {
         live.store.set_epoch_deadline(shared.deadline_ticks);
         let result = {
             let _active = shared.ticker.enter();
-            f(&mut live.store, &live.func)
+            f(&mut live.store, &live.func, version)
         };
         let state = live.store.data_mut();
         if let Some(text) = state.take_new_output() {
@@ -485,22 +499,31 @@ pub struct ReadinessPolicy(Plugin);
 handle!(ReadinessPolicy);
 
 impl ReadinessPolicy {
-    /// Asks whether the cluster is ready.
+    /// Asks whether the cluster is ready. A 0.2.0 plugin queries a copy of
+    /// the snapshot; [`check_shared`](Self::check_shared) avoids the copy.
     pub fn check(
         &mut self,
         snapshot: &ClusterSnapshot,
         params: &[KeyValue],
     ) -> Result<Readiness, PluginError> {
-        let (snapshot, params) = (snapshot.to_wire(), convert::params(params));
-        self.0
-            .call(|store, func| {
-                exports::call::<exports::CheckArgs<'_>, wire::Readiness>(
-                    store,
-                    func,
-                    (&snapshot, &params),
-                )
-            })
-            .map(FromWire::from_wire)
+        self.0.call(|store, func, version| match version {
+            Version::V0_1_0 => v0_1::check(store, func, snapshot, params),
+            Version::V0_2_0 => v0_2::check(store, func, &Arc::new(snapshot.clone()), params),
+        })
+    }
+
+    /// Asks whether the cluster is ready, lending the snapshot to a 0.2.0
+    /// plugin without copying it: what the wait phase calls on every
+    /// membership change.
+    pub fn check_shared(
+        &mut self,
+        snapshot: &Arc<ClusterSnapshot>,
+        params: &[KeyValue],
+    ) -> Result<Readiness, PluginError> {
+        self.0.call(|store, func, version| match version {
+            Version::V0_1_0 => v0_1::check(store, func, snapshot, params),
+            Version::V0_2_0 => v0_2::check(store, func, snapshot, params),
+        })
     }
 }
 
@@ -515,16 +538,10 @@ impl LaunchPolicy {
         request: &LaunchRequest,
         params: &[KeyValue],
     ) -> Result<Result<LaunchPlan, LaunchError>, PluginError> {
-        let (request, params) = (request.to_wire(), convert::params(params));
-        self.0
-            .call(|store, func| {
-                exports::call::<exports::PlanArgs<'_>, exports::PlanResult>(
-                    store,
-                    func,
-                    (&request, &params),
-                )
-            })
-            .map(FromWire::from_wire)
+        self.0.call(|store, func, version| match version {
+            Version::V0_1_0 => v0_1::plan(store, func, request, params),
+            Version::V0_2_0 => v0_2::plan(store, func, request, params),
+        })
     }
 }
 
@@ -539,16 +556,10 @@ impl HealthPolicy {
         snapshot: &HealthSnapshot,
         params: &[KeyValue],
     ) -> Result<HealthVerdict, PluginError> {
-        let (snapshot, params) = (snapshot.to_wire(), convert::params(params));
-        self.0
-            .call(|store, func| {
-                exports::call::<exports::EvaluateArgs<'_>, wire::HealthVerdict>(
-                    store,
-                    func,
-                    (&snapshot, &params),
-                )
-            })
-            .map(FromWire::from_wire)
+        self.0.call(|store, func, version| match version {
+            Version::V0_1_0 => v0_1::evaluate(store, func, snapshot, params),
+            Version::V0_2_0 => v0_2::evaluate(store, func, snapshot, params),
+        })
     }
 }
 

@@ -1,8 +1,10 @@
 //! The per-instance store state: an empty WASI context, a memory cap, and
 //! the `log` import.
 
-use crate::bindings::log;
-use crate::wire::KeyValue;
+use crate::v0_1::bindings::log;
+use crate::v0_1::wire::KeyValue;
+use crate::v0_2::bindings::log as log_v0_2;
+use crate::v0_2::bindings::types::KeyValue as KeyValueV0_2;
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::ResourceLimiter;
@@ -79,7 +81,7 @@ impl ResourceLimiter for MemoryCap {
 /// Everything one plugin instance's store holds.
 pub(crate) struct State {
     wasi: WasiCtx,
-    table: ResourceTable,
+    pub(crate) table: ResourceTable,
     pub(crate) memory: MemoryCap,
     pub(crate) plugin: Arc<str>,
     pub(crate) output: MemoryOutputPipe,
@@ -164,33 +166,89 @@ fn truncate(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-impl log::Host for State {
-    fn log(&mut self, level: log::Level, message: String, fields: Vec<KeyValue>) {
+/// A log record's level, whatever the contract version.
+#[derive(Clone, Copy)]
+enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl State {
+    /// Writes one plugin log record, within the call's budget and with
+    /// message and fields truncated.
+    fn write_log<'a>(
+        &mut self,
+        level: LogLevel,
+        message: &str,
+        fields: impl Iterator<Item = (&'a str, &'a str)>,
+    ) {
         if self.log_budget == 0 {
             self.logs_dropped += 1;
             return;
         }
         self.log_budget -= 1;
-        let message = truncate(&message, LOG_MESSAGE_MAX);
+        let message = truncate(message, LOG_MESSAGE_MAX);
         let fields: String = fields
-            .iter()
             .take(LOG_FIELDS_MAX)
-            .map(|kv| {
+            .map(|(key, value)| {
                 format!(
                     "{}={}",
-                    truncate(&kv.key, 64),
-                    truncate(&kv.value, LOG_MESSAGE_MAX / 4)
+                    truncate(key, 64),
+                    truncate(value, LOG_MESSAGE_MAX / 4)
                 )
             })
             .collect::<Vec<_>>()
             .join(" ");
         let plugin = &*self.plugin;
         match level {
-            log::Level::Trace => tracing::trace!(plugin, fields, "{message}"),
-            log::Level::Debug => tracing::debug!(plugin, fields, "{message}"),
-            log::Level::Info => tracing::info!(plugin, fields, "{message}"),
-            log::Level::Warn => tracing::warn!(plugin, fields, "{message}"),
-            log::Level::Error => tracing::error!(plugin, fields, "{message}"),
+            LogLevel::Trace => tracing::trace!(plugin, fields, "{message}"),
+            LogLevel::Debug => tracing::debug!(plugin, fields, "{message}"),
+            LogLevel::Info => tracing::info!(plugin, fields, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin, fields, "{message}"),
+            LogLevel::Error => tracing::error!(plugin, fields, "{message}"),
         }
+    }
+}
+
+impl log::Host for State {
+    fn log(&mut self, level: log::Level, message: String, fields: Vec<KeyValue>) {
+        let level = match level {
+            log::Level::Trace => LogLevel::Trace,
+            log::Level::Debug => LogLevel::Debug,
+            log::Level::Info => LogLevel::Info,
+            log::Level::Warn => LogLevel::Warn,
+            log::Level::Error => LogLevel::Error,
+        };
+        self.write_log(
+            level,
+            &message,
+            fields.iter().map(|kv| (kv.key.as_str(), kv.value.as_str())),
+        );
+    }
+}
+
+impl log_v0_2::Host for State {
+    fn log(
+        &mut self,
+        level: log_v0_2::Level,
+        message: String,
+        fields: Vec<KeyValueV0_2>,
+    ) -> wasmtime::Result<()> {
+        let level = match level {
+            log_v0_2::Level::Trace => LogLevel::Trace,
+            log_v0_2::Level::Debug => LogLevel::Debug,
+            log_v0_2::Level::Info => LogLevel::Info,
+            log_v0_2::Level::Warn => LogLevel::Warn,
+            log_v0_2::Level::Error => LogLevel::Error,
+        };
+        self.write_log(
+            level,
+            &message,
+            fields.iter().map(|kv| (kv.key.as_str(), kv.value.as_str())),
+        );
+        Ok(())
     }
 }

@@ -1,11 +1,62 @@
-//! The three policy worlds and the names the host checks components by.
+//! The three policy worlds, the contract versions this host speaks, and the
+//! names the host checks components by.
 
 use std::fmt;
 
 /// The WIT package every plugin implements a world of.
 pub const PACKAGE: &str = "ray-orchestrator:policy";
-/// The package version this host provides.
-pub const VERSION: &str = "0.1.0";
+/// The newest contract version this host provides, the one the SDK builds.
+pub const VERSION: &str = Version::LATEST.as_str();
+
+/// A version of the policy contract (`ray-orchestrator:policy@<version>`)
+/// this host can call. A plugin's version is read from its exports, and
+/// each version is called through its own bindings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Version {
+    /// The first contract: the whole snapshot copied into the plugin as
+    /// records and lists.
+    V0_1_0,
+    /// The snapshot as a host resource the plugin queries (aggregates, or
+    /// every node packed).
+    V0_2_0,
+}
+
+impl Version {
+    /// Every version the host calls, oldest first.
+    pub const SUPPORTED: [Version; 2] = [Version::V0_1_0, Version::V0_2_0];
+    /// The newest.
+    pub const LATEST: Version = Version::V0_2_0;
+
+    /// `0.1.0` or `0.2.0`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Version::V0_1_0 => "0.1.0",
+            Version::V0_2_0 => "0.2.0",
+        }
+    }
+
+    /// Parses a version string exactly as WIT spells it.
+    pub fn parse(text: &str) -> Option<Version> {
+        Version::SUPPORTED.into_iter().find(|v| v.as_str() == text)
+    }
+
+    /// `0.1.0, 0.2.0`: for messages.
+    pub fn supported_list() -> String {
+        Version::SUPPORTED.map(Version::as_str).join(", ")
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl serde::Serialize for Version {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
 
 /// Which phase a policy serves: one world of the WIT package each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -41,9 +92,10 @@ impl World {
         }
     }
 
-    /// The full export name, e.g. `ray-orchestrator:policy/readiness-policy@0.1.0`.
-    pub fn export_name(self) -> String {
-        format!("{PACKAGE}/{}@{VERSION}", self.interface())
+    /// The full export name at `version`, e.g.
+    /// `ray-orchestrator:policy/readiness-policy@0.2.0`.
+    pub fn export_name(self, version: Version) -> String {
+        format!("{PACKAGE}/{}@{version}", self.interface())
     }
 
     /// Parses `readiness`, `launch` or `health`.

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use orchestrator_domain::*;
-use orchestrator_policy_host::{HostConfig, PluginError, PluginSource, PolicyHost};
+use orchestrator_policy_host::{HostConfig, PluginError, PluginSource, PolicyHost, Version};
 use orchestrator_test_plugins as guests;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -282,6 +282,136 @@ fn example_accelerator_policy_counts_labelled_nodes() {
     }
 }
 
+/// A labelled node for the side-by-side cases.
+fn labelled(i: u32, alive: bool, gpus: f64, accelerator: &str) -> Node {
+    Node {
+        labels: vec![
+            kv("accelerator", accelerator),
+            kv("ray.io/node-group", "gpu"),
+        ],
+        resources: Resources {
+            cpu: 4.0,
+            gpu: gpus,
+            custom: vec![ResourceAmount {
+                name: "accelerator_type:A100".into(),
+                amount: 1.0,
+            }],
+            ..Resources::default()
+        },
+        ..node(i, alive, gpus)
+    }
+}
+
+#[test]
+fn the_example_built_for_0_1_0_and_for_0_2_0_answers_alike_side_by_side() {
+    let host = host();
+    let mut old = host
+        .readiness(&file(guests::v0_1::ACCELERATOR_READINESS))
+        .expect("the 0.1.0 build loads");
+    let mut new = host
+        .readiness(&file(guests::ACCELERATOR_READINESS))
+        .expect("the 0.2.0 build loads");
+    assert_eq!(old.info().version, Version::V0_1_0);
+    assert_eq!(new.info().version, Version::V0_2_0);
+    assert!(
+        old.info()
+            .exports
+            .iter()
+            .any(|e| e.ends_with("readiness-policy@0.1.0"))
+    );
+
+    let mut cases = vec![
+        (
+            read::<ClusterSnapshot>("readiness-ready.json"),
+            vec![
+                kv("accelerator", "a100"),
+                kv("nodes", "2"),
+                kv("min-gpu-nodes", "2"),
+            ],
+        ),
+        (
+            read("readiness-worker-died.json"),
+            vec![kv("accelerator", "a100"), kv("nodes", "2")],
+        ),
+        (read("readiness-ready.json"), vec![]),
+        (
+            read("readiness-ready.json"),
+            vec![kv("accelerator", "a100"), kv("nodes", "x")],
+        ),
+    ];
+    // Mixed labels, dead nodes, a passed deadline, many nodes.
+    let mixed: Vec<Node> = (0..300)
+        .map(|i| {
+            labelled(
+                i,
+                i % 7 != 3,
+                f64::from(i % 3),
+                if i % 2 == 0 { "a100" } else { "h100" },
+            )
+        })
+        .collect();
+    let mut late = cluster(mixed.clone(), 300, 0.0);
+    late.elapsed_ms = late.deadline_ms + 1;
+    for params in [
+        vec![kv("accelerator", "a100")],
+        vec![
+            kv("accelerator", "h100"),
+            kv("nodes", "140"),
+            kv("min-gpu-nodes", "90"),
+        ],
+        vec![
+            kv("accelerator", "tpu"),
+            kv("label-key", "ray.io/node-group"),
+        ],
+        vec![
+            kv("accelerator", "gpu"),
+            kv("label-key", "ray.io/node-group"),
+            kv("nodes", "200"),
+        ],
+    ] {
+        cases.push((cluster(mixed.clone(), 300, 0.0), params.clone()));
+        cases.push((late.clone(), params));
+    }
+    let mut kinds = std::collections::BTreeSet::new();
+    for (snapshot, params) in &cases {
+        let a = old.check(snapshot, params).expect("0.1.0 call");
+        let b = new.check(snapshot, params).expect("0.2.0 call");
+        assert_eq!(a, b, "same answer for params {params:?}");
+        kinds.insert(format!("{a:?}").split('(').next().unwrap_or("").to_string());
+    }
+    // The cases reach every kind of answer.
+    assert_eq!(kinds.len(), 3, "{kinds:?}");
+}
+
+#[test]
+fn a_0_2_0_policy_sees_the_same_cluster_through_queries_and_the_table() {
+    // node-count (0.2.0) reads aggregates; its answers match the native
+    // judgement of the same numbers.
+    let host = host();
+    let mut p = host.readiness(&builtin("node-count")).expect("load");
+    assert_eq!(p.info().version, Version::V0_2_0);
+    let nodes: Vec<Node> = (0..50)
+        .map(|i| labelled(i, i != 7 && i != 9, 2.0, "a100"))
+        .collect();
+    let snap = std::sync::Arc::new(cluster(nodes, 50, 100.0));
+    match p.check_shared(&snap, &[]).expect("call") {
+        Readiness::Wait(r) => {
+            assert!(
+                r.starts_with("48 of 50 nodes alive (dead: node-7, node-9)"),
+                "{r}"
+            );
+            assert!(r.contains("missing GPUs: 4 of 100"), "{r}");
+        }
+        other => panic!("expected wait, got {other:?}"),
+    }
+    // Many dead nodes: eight named, the rest counted.
+    let nodes: Vec<Node> = (0..40).map(|i| labelled(i, i < 20, 2.0, "a100")).collect();
+    match p.check(&cluster(nodes, 40, 0.0), &[]).expect("call") {
+        Readiness::Wait(r) => assert!(r.contains("node-27 and 12 more)"), "{r}"),
+        other => panic!("expected wait, got {other:?}"),
+    }
+}
+
 /// After any fault, the host still serves: the same plugin is instantiated
 /// afresh and a healthy plugin answers.
 fn assert_host_still_serves(host: &PolicyHost) {
@@ -293,15 +423,37 @@ fn assert_host_still_serves(host: &PolicyHost) {
     );
 }
 
+/// Each faulty guest as built by today's SDK (0.2.0) and as the 0.1.0
+/// build kept in the fixtures: both must fail the same way.
+const LOOPS: [(&str, Version); 2] = [
+    (guests::INFINITE_LOOP, Version::V0_2_0),
+    (guests::v0_1::INFINITE_LOOP, Version::V0_1_0),
+];
+const BOMBS: [(&str, Version); 2] = [
+    (guests::MEMORY_BOMB, Version::V0_2_0),
+    (guests::v0_1::MEMORY_BOMB, Version::V0_1_0),
+];
+const PANICS: [(&str, Version); 2] = [
+    (guests::PANIC, Version::V0_2_0),
+    (guests::v0_1::PANIC, Version::V0_1_0),
+];
+
 #[test]
 fn endless_loop_is_stopped_at_the_deadline_every_time() {
+    for (guest, version) in LOOPS {
+        endless_loop_is_stopped(guest, version);
+    }
+}
+
+fn endless_loop_is_stopped(guest: &str, version: Version) {
     let host = PolicyHost::new(HostConfig {
         call_timeout: Duration::from_millis(50),
         cache_dir: None,
         ..HostConfig::default()
     })
     .expect("host");
-    let mut p = host.readiness(&file(guests::INFINITE_LOOP)).expect("load");
+    let mut p = host.readiness(&file(guest)).expect("load");
+    assert_eq!(p.info().version, version);
     for _ in 0..3 {
         let start = Instant::now();
         let err = p
@@ -312,10 +464,7 @@ fn endless_loop_is_stopped_at_the_deadline_every_time() {
             matches!(err, PluginError::Timeout { limit_ms: 50, .. }),
             "{err}"
         );
-        assert!(
-            err.to_string().contains(guests::INFINITE_LOOP),
-            "names the plugin: {err}"
-        );
+        assert!(err.to_string().contains(guest), "names the plugin: {err}");
         assert!(
             took >= Duration::from_millis(45) && took < Duration::from_millis(1000),
             "took {took:?}"
@@ -326,6 +475,12 @@ fn endless_loop_is_stopped_at_the_deadline_every_time() {
 
 #[test]
 fn memory_bomb_hits_the_cap_with_its_stderr() {
+    for (guest, version) in BOMBS {
+        memory_bomb_hits_the_cap(guest, version);
+    }
+}
+
+fn memory_bomb_hits_the_cap(guest: &str, version: Version) {
     // A generous deadline: this test is about the memory cap, and filling
     // 64 MiB on a busy 2-core machine can take longer than 100 ms.
     let host = PolicyHost::new(HostConfig {
@@ -334,7 +489,8 @@ fn memory_bomb_hits_the_cap_with_its_stderr() {
         ..HostConfig::default()
     })
     .expect("host");
-    let mut p = host.readiness(&file(guests::MEMORY_BOMB)).expect("load");
+    let mut p = host.readiness(&file(guest)).expect("load");
+    assert_eq!(p.info().version, version);
     for _ in 0..2 {
         let err = p
             .check(&cluster(vec![], 1, 0.0), &[])
@@ -358,8 +514,15 @@ fn memory_bomb_hits_the_cap_with_its_stderr() {
 
 #[test]
 fn panic_comes_back_with_its_message_and_the_instance_is_replaced() {
+    for (guest, version) in PANICS {
+        panic_comes_back(guest, version);
+    }
+}
+
+fn panic_comes_back(guest: &str, version: Version) {
     let host = host();
-    let mut p = host.readiness(&file(guests::PANIC)).expect("load");
+    let mut p = host.readiness(&file(guest)).expect("load");
+    assert_eq!(p.info().version, version);
     for _ in 0..2 {
         let err = p
             .check(&cluster(vec![], 1, 0.0), &[])
@@ -416,7 +579,7 @@ fn wrong_world_and_wrong_version_are_refused_with_what_to_do() {
     assert!(matches!(err, PluginError::WrongWorld { .. }), "{err}");
     let text = err.to_string();
     assert!(
-        text.contains("ray-orchestrator:policy/readiness-policy@0.1.0")
+        text.contains("ray-orchestrator:policy/readiness-policy@0.2.0")
             && text.contains("exports run"),
         "{text}"
     );
@@ -425,7 +588,11 @@ fn wrong_world_and_wrong_version_are_refused_with_what_to_do() {
         .readiness(&file(guests::WRONG_VERSION))
         .expect_err("refused");
     assert!(matches!(err, PluginError::WrongVersion { .. }), "{err}");
-    assert!(err.to_string().contains("@0.2.0"), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("@0.3.0") && text.contains("versions 0.1.0, 0.2.0 only"),
+        "names the plugin's version and the supported ones: {text}"
+    );
 
     // A readiness policy offered as a health policy.
     let err = host
@@ -443,9 +610,15 @@ fn wrong_world_and_wrong_version_are_refused_with_what_to_do() {
         .expect_err("refused");
     assert!(matches!(err, PluginError::WrongWorld { .. }), "{err}");
     assert!(
-        err.to_string().contains("readiness-policy@0.1.0"),
+        err.to_string().contains("readiness-policy@0.2.0"),
         "lists what it exports: {err}"
     );
+    // A 0.1.0 readiness plugin offered as a health policy: the world is
+    // wrong, not the version.
+    let err = host
+        .health(&file(guests::v0_1::ACCELERATOR_READINESS))
+        .expect_err("refused");
+    assert!(matches!(err, PluginError::WrongWorld { .. }), "{err}");
 }
 
 #[test]

@@ -14,14 +14,14 @@ use orchestrator_plugin_sdk::readiness::*;
 struct AcceleratorReady;
 
 impl ReadinessPolicy for AcceleratorReady {
-    fn check(snapshot: &ClusterSnapshot, params: &Params) -> Readiness {
+    fn check(cluster: &Cluster, params: &Params) -> Readiness {
         let Some(accelerator) = params.get("accelerator") else {
             return Readiness::Fail(
                 "parameter `accelerator` is missing: set it to the label value to wait for".into(),
             );
         };
         let key = params.get("label-key").unwrap_or("accelerator");
-        let default_nodes = snapshot.expected.nodes.saturating_sub(1).max(1);
+        let default_nodes = cluster.expected().nodes.saturating_sub(1).max(1);
         let (want, want_gpu) = match (
             params.u32_or("nodes", default_nodes),
             params.u32_or("min-gpu-nodes", 1),
@@ -30,45 +30,39 @@ impl ReadinessPolicy for AcceleratorReady {
             (Err(e), _) | (_, Err(e)) => return Readiness::Fail(e.to_string()),
         };
 
-        let labelled = |n: &&Node| {
-            n.labels
-                .iter()
-                .any(|kv| kv.key == key && kv.value == accelerator)
-        };
-        let alive: Vec<&Node> = snapshot
-            .nodes
-            .iter()
-            .filter(|n| n.alive)
-            .filter(labelled)
-            .collect();
-        let with_gpu = alive.iter().filter(|n| n.resources.gpu >= 1.0).count() as u32;
-        let dead = snapshot
-            .nodes
-            .iter()
-            .filter(|n| !n.alive)
-            .filter(labelled)
-            .count();
+        // Reads every node and its labels (`Cluster::totals` with
+        // `Filter::label` would answer the same without the table).
+        let (mut alive, mut with_gpu, mut dead) = (0u32, 0u32, 0u32);
+        for node in cluster.nodes() {
+            if node.label(key) != Some(accelerator) {
+                continue;
+            }
+            match (node.alive(), node.gpu() >= 1.0) {
+                (true, true) => (alive, with_gpu) = (alive + 1, with_gpu + 1),
+                (true, false) => alive += 1,
+                (false, _) => dead += 1,
+            }
+        }
 
         log::debug(
             "accelerator readiness",
             &[
                 ("accelerator", accelerator),
-                ("alive", &alive.len().to_string()),
+                ("alive", &alive.to_string()),
                 ("with-gpu", &with_gpu.to_string()),
             ],
         );
 
-        if alive.len() as u32 >= want && with_gpu >= want_gpu {
+        if alive >= want && with_gpu >= want_gpu {
             return Readiness::Ready;
         }
         let mut reason = format!(
-            "{} of {want} nodes with {key}={accelerator} alive, {with_gpu} of {want_gpu} with a GPU",
-            alive.len()
+            "{alive} of {want} nodes with {key}={accelerator} alive, {with_gpu} of {want_gpu} with a GPU"
         );
         if dead > 0 {
             reason.push_str(&format!("; {dead} such node(s) died"));
         }
-        if snapshot.deadline_ms > 0 && snapshot.elapsed_ms >= snapshot.deadline_ms {
+        if cluster.deadline_passed() {
             return Readiness::Fail(format!("deadline passed: {reason}"));
         }
         Readiness::Wait(reason)

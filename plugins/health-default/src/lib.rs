@@ -58,7 +58,7 @@ impl Settings {
 }
 
 impl HealthPolicy for DefaultHealth {
-    fn evaluate(snapshot: &HealthSnapshot, params: &Params) -> HealthVerdict {
+    fn evaluate(snapshot: &HealthSnapshot, cluster: &Cluster, params: &Params) -> HealthVerdict {
         let settings = match Settings::from(params) {
             Ok(s) => s,
             Err(e) => {
@@ -78,18 +78,10 @@ impl HealthPolicy for DefaultHealth {
             return settings.restart_or_give_up(snapshot, format!("serving process {how}"));
         }
 
-        let lost: Vec<String> = snapshot
-            .nodes
-            .iter()
-            .filter(|n| !n.alive && snapshot.server_nodes.contains(&n.id))
-            .map(|n| {
-                let short = n.id.get(..8).unwrap_or(&n.id);
-                if n.hostname.is_empty() {
-                    format!("{short} ({})", n.address)
-                } else {
-                    format!("{short} ({})", n.hostname)
-                }
-            })
+        let lost: Vec<String> = cluster
+            .nodes()
+            .filter(|n| !n.alive() && n.serving())
+            .map(|n| format!("{} ({})", n.short_id(), n.name()))
             .collect();
         if !lost.is_empty() {
             return settings.restart_or_give_up(

@@ -31,8 +31,11 @@ const OWNED_FLAGS: &[(&str, &str)] = &[
 ];
 
 impl LaunchPolicy for Vllm {
-    fn plan(request: &LaunchRequest, params: &Params) -> Result<LaunchPlan, LaunchError> {
-        let settings = &request.settings;
+    fn plan(
+        cluster: &Cluster,
+        settings: &ServeSettings,
+        params: &Params,
+    ) -> Result<LaunchPlan, LaunchError> {
         if settings.model.trim().is_empty() {
             return Err(LaunchError::InvalidSettings(
                 "serve.model is empty: set it to a model path or name".to_string(),
@@ -47,7 +50,7 @@ impl LaunchPolicy for Vllm {
             }
         }
 
-        let (tp, pp) = layout(request)?;
+        let (tp, pp) = layout(cluster, settings)?;
 
         let program = params.get("program").unwrap_or("vllm").to_string();
         let mut argv = vec![
@@ -89,13 +92,11 @@ impl LaunchPolicy for Vllm {
 orchestrator_plugin_sdk::export_launch_policy!(Vllm);
 
 /// Tensor- and pipeline-parallel sizes for the alive GPU nodes.
-fn layout(request: &LaunchRequest) -> Result<(u32, u32), LaunchError> {
-    let gpu_nodes: Vec<u32> = request
-        .cluster
-        .nodes
-        .iter()
-        .filter(|n| n.alive)
-        .map(|n| n.resources.gpu.floor() as u32)
+fn layout(cluster: &Cluster, settings: &ServeSettings) -> Result<(u32, u32), LaunchError> {
+    let gpu_nodes: Vec<u32> = cluster
+        .nodes()
+        .filter(|n| n.alive())
+        .map(|n| n.gpu().floor() as u32)
         .filter(|g| *g > 0)
         .collect();
     let total: u32 = gpu_nodes.iter().sum();
@@ -112,7 +113,6 @@ fn layout(request: &LaunchRequest) -> Result<(u32, u32), LaunchError> {
             "no alive node offers a GPU: start Ray with --num-gpus on the GPU nodes".to_string(),
         ));
     }
-    let settings = &request.settings;
     let (tp, pp) = match (
         settings.tensor_parallel_size,
         settings.pipeline_parallel_size,

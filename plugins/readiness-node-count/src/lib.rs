@@ -13,19 +13,22 @@ use orchestrator_plugin_sdk::readiness::*;
 /// The `node-count` policy.
 pub struct NodeCount;
 
+/// Most nodes named in one reason.
+const NAMED: u32 = 8;
+
 impl ReadinessPolicy for NodeCount {
-    fn check(snapshot: &ClusterSnapshot, params: &Params) -> Readiness {
-        match judge(snapshot, params) {
+    fn check(cluster: &Cluster, params: &Params) -> Readiness {
+        match judge(cluster, params) {
             Ok(None) => Readiness::Ready,
             Ok(Some(missing)) => {
-                if snapshot.deadline_ms > 0 && snapshot.elapsed_ms >= snapshot.deadline_ms {
+                if cluster.deadline_passed() {
                     let mut reason = format!(
                         "not ready after {}: {missing}",
-                        seconds(snapshot.elapsed_ms)
+                        seconds(cluster.elapsed_ms())
                     );
-                    for line in &snapshot.diagnostics {
+                    for line in cluster.diagnostics() {
                         reason.push_str("; ");
-                        reason.push_str(line);
+                        reason.push_str(&line);
                     }
                     Readiness::Fail(reason)
                 } else {
@@ -43,55 +46,66 @@ fn seconds(ms: u64) -> String {
     format!("{}.{:01}s", ms / 1000, (ms % 1000) / 100)
 }
 
-/// `Ok(None)` when ready, `Ok(Some(what is missing))` otherwise.
+/// `a, b, c` from the first names, `... and N more` past them.
+fn names(totals: &Totals) -> String {
+    let mut text = totals.names.join(", ");
+    let more = totals.count as usize - totals.names.len().min(totals.count as usize);
+    if more > 0 {
+        text.push_str(&format!(" and {more} more"));
+    }
+    text
+}
+
+/// `Ok(None)` when ready, `Ok(Some(what is missing))` otherwise. Counts
+/// and totals come from the host's aggregate queries, so a ready verdict
+/// never copies a node, whatever the cluster's size.
 fn judge(
-    snapshot: &ClusterSnapshot,
+    cluster: &Cluster,
     params: &Params,
 ) -> Result<Option<String>, orchestrator_plugin_sdk::ParamError> {
-    let want_nodes = params.u32_or("nodes", snapshot.expected.nodes)?.max(1);
-    let want_gpus = params.f64_or("gpus", snapshot.expected.gpus)?;
-    let want_per_node = params.f64_or("min-gpus-per-node", snapshot.expected.min_gpus_per_node)?;
+    let expected = cluster.expected();
+    let want_nodes = params.u32_or("nodes", expected.nodes)?.max(1);
+    let want_gpus = params.f64_or("gpus", expected.gpus)?;
+    let want_per_node = params.f64_or("min-gpus-per-node", expected.min_gpus_per_node)?;
 
-    let alive: Vec<&Node> = snapshot.nodes.iter().filter(|n| n.alive).collect();
+    let alive = cluster.totals(&Filter::alive());
     let mut missing = Vec::new();
 
-    let alive_count = alive.len() as u32;
-    if alive_count < want_nodes {
-        let mut text = format!("{alive_count} of {want_nodes} nodes alive");
-        let dead: Vec<&str> = snapshot
-            .nodes
-            .iter()
-            .filter(|n| !n.alive)
-            .map(label_of)
-            .collect();
-        if !dead.is_empty() {
-            text.push_str(&format!(" (dead: {})", dead.join(", ")));
+    if alive.count < want_nodes {
+        let mut text = format!("{} of {want_nodes} nodes alive", alive.count);
+        let dead = cluster.totals_named(&Filter::dead(), NAMED);
+        if dead.count > 0 {
+            text.push_str(&format!(" (dead: {})", names(&dead)));
         }
         missing.push(text);
     }
 
-    if want_gpus > 0.0 {
-        let have: f64 = alive.iter().map(|n| n.resources.gpu).sum();
-        if have + 1e-9 < want_gpus {
-            missing.push(format!(
-                "missing GPUs: {} of {}",
-                trim(want_gpus - have),
-                trim(want_gpus)
-            ));
-        }
+    if want_gpus > 0.0 && alive.gpus + 1e-9 < want_gpus {
+        missing.push(format!(
+            "missing GPUs: {} of {}",
+            trim(want_gpus - alive.gpus),
+            trim(want_gpus)
+        ));
     }
 
     if want_per_node > 0.0 {
-        let short: Vec<String> = alive
-            .iter()
-            .filter(|n| n.resources.gpu + 1e-9 < want_per_node)
-            .map(|n| format!("{} has {} GPUs", label_of(n), trim(n.resources.gpu)))
-            .collect();
-        if !short.is_empty() {
+        let below = Filter::alive().gpus_below(want_per_node - 1e-9);
+        let short = cluster.count(&below);
+        if short > 0 {
+            // Only now is each node looked at, to say what it has.
+            let mut named: Vec<String> = cluster
+                .nodes()
+                .filter(|n| n.alive() && n.gpu() + 1e-9 < want_per_node)
+                .take(NAMED as usize)
+                .map(|n| format!("{} has {} GPUs", n.name(), trim(n.gpu())))
+                .collect();
+            if short > NAMED {
+                named.push(format!("and {} more", short - NAMED));
+            }
             missing.push(format!(
                 "nodes below {} GPUs each: {}",
                 trim(want_per_node),
-                short.join(", ")
+                named.join(", ")
             ));
         }
     }
@@ -101,14 +115,6 @@ fn judge(
     } else {
         Some(missing.join("; "))
     })
-}
-
-fn label_of(node: &Node) -> &str {
-    if node.hostname.is_empty() {
-        &node.address
-    } else {
-        &node.hostname
-    }
 }
 
 fn trim(x: f64) -> String {

@@ -297,21 +297,23 @@ impl Waiter<'_> {
             diagnostics.push(format!("GCS connection lost, retrying: {e}"));
         }
         self.seen.report(spec, &diagnostics);
-        let snapshot = ClusterSnapshot {
+        let snapshot = std::sync::Arc::new(ClusterSnapshot {
             nodes: self.seen.view.nodes.clone(),
             expected: self.seen.expected.clone(),
             elapsed_ms: now.duration_since(self.start).as_millis() as u64,
             deadline_ms: spec.timeout.as_millis() as u64,
             diagnostics,
-        };
+        });
         self.calls += 1;
-        let answer = self.policy.check(&snapshot, &spec.params);
+        let answer = self.policy.check_shared(&snapshot, &spec.params);
         if let Some(status) = &spec.status {
             status.policy_call(World::Readiness, now.elapsed().as_secs_f64());
         }
         match answer {
             Err(e) => Judged::Done(Err(e.into())),
-            Ok(Readiness::Ready) => Judged::Done(Ok(self.ready(snapshot))),
+            Ok(Readiness::Ready) => {
+                Judged::Done(Ok(self.ready(std::sync::Arc::unwrap_or_clone(snapshot))))
+            }
             Ok(Readiness::Wait(reason)) => {
                 if self.seen.last_reason.as_deref() != Some(reason.as_str()) {
                     tracing::info!("waiting: {reason}");

@@ -5,7 +5,7 @@ use orchestrator_plugin_sdk::log;
 struct Chatty;
 
 impl HealthPolicy for Chatty {
-    fn evaluate(snapshot: &HealthSnapshot, _params: &Params) -> HealthVerdict {
+    fn evaluate(snapshot: &HealthSnapshot, _cluster: &Cluster, _params: &Params) -> HealthVerdict {
         for i in 0..1000 {
             log::info("chatty record", &[("i", &i.to_string())]);
         }

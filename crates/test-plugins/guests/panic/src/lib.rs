@@ -4,9 +4,9 @@ use orchestrator_plugin_sdk::readiness::*;
 struct Panics;
 
 impl ReadinessPolicy for Panics {
-    fn check(snapshot: &ClusterSnapshot, _params: &Params) -> Readiness {
+    fn check(cluster: &Cluster, _params: &Params) -> Readiness {
         let nodes: Vec<u32> = Vec::new();
-        if snapshot.elapsed_ms < u64::MAX {
+        if cluster.elapsed_ms() < u64::MAX {
             panic!("deliberate panic: policy bug with {} nodes", nodes.len());
         }
         Readiness::Ready

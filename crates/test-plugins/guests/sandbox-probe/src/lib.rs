@@ -5,7 +5,7 @@ use orchestrator_plugin_sdk::readiness::*;
 struct Probe;
 
 impl ReadinessPolicy for Probe {
-    fn check(_snapshot: &ClusterSnapshot, _params: &Params) -> Readiness {
+    fn check(_cluster: &Cluster, _params: &Params) -> Readiness {
         let file = match std::fs::read_to_string("/etc/hostname") {
             Ok(text) => format!("read {} bytes", text.len()),
             Err(e) => format!("error: {e}"),

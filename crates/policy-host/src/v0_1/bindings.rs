@@ -1,7 +1,7 @@
 //! wasmtime bindings for what the host provides to every policy: the `log`
 //! import. The one function a policy exports is found and typed by
 //! [`crate::exports`] (its inputs borrow, which the generated export
-//! bindings cannot express). The shared types map to [`crate::wire`].
+//! bindings cannot express). The shared types map to [`crate::v0_1::wire`].
 #![allow(missing_docs, clippy::all)]
 
 wasmtime::component::bindgen!({
@@ -14,7 +14,7 @@ wasmtime::component::bindgen!({
     path: "../../wit/policy-0.1.0",
     world: "ray-orchestrator:host/host",
     with: {
-        "ray-orchestrator:policy/types@0.1.0": crate::wire,
+        "ray-orchestrator:policy/types@0.1.0": crate::v0_1::wire,
     },
 });
 

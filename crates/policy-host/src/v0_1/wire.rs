@@ -3,7 +3,7 @@
 //! strings from the domain values, so a call copies no text on the host
 //! side: the component model copies it once, into the guest. wasmtime checks these derives against the WIT when a
 //! plugin is instantiated, so a drift is caught at once. The rest of the
-//! orchestrator uses `orchestrator_domain`'s types; [`crate::convert`]
+//! orchestrator uses `orchestrator_domain`'s types; [`crate::v0_1::convert`]
 //! maps between the two.
 #![allow(missing_docs)] // Each item is documented in the WIT; see wit/policy-0.1.0/types.wit.
 

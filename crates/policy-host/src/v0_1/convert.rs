@@ -1,10 +1,10 @@
 //! Conversions between the domain types (`orchestrator_domain`) and the
-//! WIT wire types ([`crate::wire`]). Inputs go to the wire by reference
+//! WIT wire types ([`crate::v0_1::wire`]). Inputs go to the wire by reference
 //! ([`ToWire`]); answers come back by value ([`FromWire`]). Field lists are
 //! written once per record, by macro, so a field added on one side and
 //! not the other fails to compile.
 
-use crate::wire;
+use crate::v0_1::wire;
 use orchestrator_domain as domain;
 
 /// A domain value's wire form, borrowing its text.
