@@ -5,7 +5,7 @@ use clap::{Args, Subcommand};
 use orchestrator_domain::{ClusterSnapshot, HealthSnapshot, KeyValue, LaunchRequest};
 use orchestrator_phases::config::PluginLimits;
 use orchestrator_phases::policies::PolicyRef;
-use orchestrator_policy_host::{HostConfig, PluginError, PluginSource, PolicyHost, World};
+use orchestrator_policy_host::{HostConfig, PluginError, PluginSource, PolicyHost, Version, World};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -138,6 +138,13 @@ fn check(plugin: &str, host_args: &HostArgs) -> Result<ExitCode> {
             );
             for import in &info.imports {
                 out.push_str(&format!("  {import}\n"));
+            }
+            if info.version < Version::LATEST {
+                out.push_str(&format!(
+                    "note:    contract {} exists: rebuild with the current SDK for the cluster as a host resource (queries, packed nodes), much faster at scale; this {} plugin keeps running as it is\n",
+                    Version::LATEST,
+                    info.version
+                ));
             }
             emit(&out)?;
             Ok(ExitCode::SUCCESS)

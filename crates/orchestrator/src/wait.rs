@@ -112,9 +112,17 @@ async fn run_wait(spec: &WaitSpec, policy: &mut ReadinessPolicy) -> Result<Strin
         .filter(|n| n.alive)
         .map(|n| format!("{}{}", if n.is_head { "head " } else { "" }, n.address))
         .collect();
+    // Thousands of nodes: name the first few.
+    let shown = alive.len().min(16);
+    let more = if alive.len() > shown {
+        format!(", ... and {} more", alive.len() - shown)
+    } else {
+        String::new()
+    };
     Ok(format!(
-        "{} nodes alive ({})",
+        "{} nodes alive ({}{more}); {} policy calls",
         alive.len(),
-        alive.join(", ")
+        alive[..shown].join(", "),
+        ready.policy_calls
     ))
 }

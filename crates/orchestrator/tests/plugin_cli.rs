@@ -47,7 +47,7 @@ fn list_shows_each_builtin_with_world_version_and_digest() {
             .unwrap_or_else(|| panic!("{name} missing from:\n{text}"));
         let cols: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(cols[1], world, "{line}");
-        assert_eq!(cols[2], "0.1.0", "{line}");
+        assert_eq!(cols[2], "0.2.0", "{line}");
         assert_eq!(cols[3].len(), 64, "sha256 hex: {line}");
         assert!(cols[3].chars().all(|c| c.is_ascii_hexdigit()));
     }
@@ -59,11 +59,51 @@ fn check_accepts_a_policy_and_prints_what_it_is() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.contains("world:   readiness"), "{text}");
-    assert!(text.contains("version: 0.1.0"), "{text}");
+    assert!(text.contains("version: 0.2.0"), "{text}");
     assert!(
-        text.contains("ray-orchestrator:policy/log@0.1.0"),
+        text.contains("ray-orchestrator:policy/types@0.2.0"),
         "imports listed: {text}"
     );
+    assert!(
+        !text.contains("note:"),
+        "no note for the current version: {text}"
+    );
+
+    // The 0.1.0 build of the same example: accepted, with a one-line note.
+    let out = orchestrator(&["plugin", "check", guests::v0_1::ACCELERATOR_READINESS]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("version: 0.1.0"), "{text}");
+    let notes: Vec<&str> = text.lines().filter(|l| l.starts_with("note:")).collect();
+    assert_eq!(notes.len(), 1, "{text}");
+    assert!(notes[0].contains("contract 0.2.0 exists"), "{text}");
+}
+
+#[test]
+fn run_answers_alike_through_a_0_1_0_and_a_0_2_0_build() {
+    for plugin in [
+        guests::ACCELERATOR_READINESS,
+        guests::v0_1::ACCELERATOR_READINESS,
+    ] {
+        let out = orchestrator(&[
+            "plugin",
+            "run",
+            plugin,
+            "--input",
+            &snapshot("readiness-worker-died.json"),
+            "--param",
+            "accelerator=a100",
+            "--param",
+            "nodes=2",
+        ]);
+        assert!(out.status.success(), "{plugin}: {}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(
+            v["wait"],
+            "1 of 2 nodes with accelerator=a100 alive, 1 of 1 with a GPU; 1 such node(s) died",
+            "{plugin}"
+        );
+    }
 }
 
 #[test]
@@ -76,7 +116,7 @@ fn check_refuses_bad_files_with_one_clear_line_and_exit_2() {
     let missing: PathBuf = dir.path().join("missing.wasm");
     let cases: [(&str, &str); 5] = [
         (guests::WRONG_WORLD, "does not implement any policy world"),
-        (guests::WRONG_VERSION, "@0.2.0"),
+        (guests::WRONG_VERSION, "@0.3.0"),
         (core.to_str().unwrap(), "core WebAssembly module"),
         (text.to_str().unwrap(), "not a WebAssembly file"),
         (missing.to_str().unwrap(), "cannot read plugin file"),

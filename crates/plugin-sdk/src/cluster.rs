@@ -208,37 +208,64 @@ impl<'a> Cluster<'a> {
     /// when counts are enough.
     pub fn nodes(&self) -> impl ExactSizeIterator<Item = Node<'_>> + Clone + '_ {
         let table = self.table.get_or_init(|| self.handle.nodes());
-        table.nodes.iter().map(move |row| Node { table, row })
+        let stride = (table.words_per_node as usize).max(WORDS_PER_NODE);
+        table
+            .nodes
+            .chunks_exact(stride)
+            .map(move |row| Node { table, row })
     }
 }
+
+/// Words per node this SDK reads (the table may have more).
+const WORDS_PER_NODE: usize = 11;
+const HEAD: u64 = 1;
+const ALIVE: u64 = 2;
+const SERVING: u64 = 4;
 
 /// One node: a view into the table the host sent.
 #[derive(Clone, Copy)]
 pub struct Node<'t> {
     table: &'t wit::NodeTable,
-    row: &'t wit::NodeRow,
+    /// At least [`WORDS_PER_NODE`] words.
+    row: &'t [u64],
+}
+
+/// `(start, len)` of a span word.
+fn span(word: u64) -> (usize, usize) {
+    ((word >> 32) as usize, (word & 0xffff_ffff) as usize)
 }
 
 impl<'t> Node<'t> {
-    fn text(&self, span: wit::Span) -> &'t str {
-        let start = span.start as usize;
+    fn word(&self, i: usize) -> u64 {
+        self.row.get(i).copied().unwrap_or(0)
+    }
+
+    fn text_at(table: &'t wit::NodeTable, word: u64) -> &'t str {
+        let (start, len) = span(word);
         start
-            .checked_add(span.len as usize)
-            .and_then(|end| self.table.text.get(start..end))
+            .checked_add(len)
+            .and_then(|end| table.text.get(start..end))
             .unwrap_or("")
     }
 
-    fn rows<T>(list: &'t [T], span: wit::Span) -> &'t [T] {
-        let start = span.start as usize;
-        start
-            .checked_add(span.len as usize)
-            .and_then(|end| list.get(start..end))
-            .unwrap_or(&[])
+    fn text(&self, i: usize) -> &'t str {
+        Self::text_at(self.table, self.word(i))
+    }
+
+    /// Two-word rows `span` of `list`.
+    fn rows(list: &'t [u64], word: u64) -> core::slice::ChunksExact<'t, u64> {
+        let (start, len) = span(word);
+        let rows = start
+            .checked_mul(2)
+            .zip(len.checked_mul(2))
+            .and_then(|(s, l)| list.get(s..s.checked_add(l)?))
+            .unwrap_or(&[]);
+        rows.chunks_exact(2)
     }
 
     /// The node id in hex.
     pub fn id(&self) -> &'t str {
-        self.text(self.row.id)
+        self.text(0)
     }
 
     /// The first 8 characters of the id, for messages.
@@ -249,12 +276,12 @@ impl<'t> Node<'t> {
 
     /// The address the node's raylet listens on.
     pub fn address(&self) -> &'t str {
-        self.text(self.row.address)
+        self.text(1)
     }
 
     /// The node's hostname (in Kubernetes, the pod name).
     pub fn hostname(&self) -> &'t str {
-        self.text(self.row.hostname)
+        self.text(2)
     }
 
     /// The hostname, or the address when there is none: for messages.
@@ -267,51 +294,54 @@ impl<'t> Node<'t> {
 
     /// Whether this is the head node.
     pub fn is_head(&self) -> bool {
-        self.row.is_head
+        self.word(3) & HEAD != 0
     }
 
     /// Whether the GCS considers the node alive.
     pub fn alive(&self) -> bool {
-        self.row.alive
+        self.word(3) & ALIVE != 0
     }
 
     /// Whether the serving process was launched with this node alive
     /// (health policies; false elsewhere).
     pub fn serving(&self) -> bool {
-        self.row.serving
+        self.word(3) & SERVING != 0
     }
 
     /// Logical CPUs.
     pub fn cpu(&self) -> f64 {
-        self.row.cpu
+        f64::from_bits(self.word(4))
     }
 
     /// GPUs.
     pub fn gpu(&self) -> f64 {
-        self.row.gpu
+        f64::from_bits(self.word(5))
     }
 
     /// Memory available to tasks and actors, in bytes.
     pub fn memory_bytes(&self) -> u64 {
-        self.row.memory_bytes
+        self.word(6)
     }
 
     /// Object-store memory, in bytes.
     pub fn object_store_memory_bytes(&self) -> u64 {
-        self.row.object_store_memory_bytes
+        self.word(7)
     }
 
     /// When the node registered, in milliseconds since the Unix epoch.
     pub fn start_time_ms(&self) -> u64 {
-        self.row.start_time_ms
+        self.word(8)
     }
 
     /// The node's labels as `(key, value)`, sorted by key.
     pub fn labels(&self) -> impl ExactSizeIterator<Item = (&'t str, &'t str)> + 't {
-        let node = *self;
-        Self::rows(&self.table.labels, self.row.labels)
-            .iter()
-            .map(move |l| (node.text(l.key), node.text(l.value)))
+        let table = self.table;
+        Self::rows(&table.labels, self.word(9)).map(move |l| {
+            (
+                Self::text_at(table, l.first().copied().unwrap_or(0)),
+                Self::text_at(table, l.get(1).copied().unwrap_or(0)),
+            )
+        })
     }
 
     /// The value of label `key`.
@@ -322,10 +352,13 @@ impl<'t> Node<'t> {
     /// Custom resources (anything but CPU, GPU, memory and object-store
     /// memory) as `(name, amount)`, sorted by name.
     pub fn resources(&self) -> impl ExactSizeIterator<Item = (&'t str, f64)> + 't {
-        let node = *self;
-        Self::rows(&self.table.resources, self.row.resources)
-            .iter()
-            .map(move |r| (node.text(r.name), r.amount))
+        let table = self.table;
+        Self::rows(&table.resources, self.word(10)).map(move |r| {
+            (
+                Self::text_at(table, r.first().copied().unwrap_or(0)),
+                f64::from_bits(r.get(1).copied().unwrap_or(0)),
+            )
+        })
     }
 
     /// The amount of custom resource `name`.

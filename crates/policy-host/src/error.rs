@@ -72,15 +72,13 @@ pub enum PluginError {
 
     /// The plugin was built against another version of the WIT package.
     #[error(
-        "plugin `{plugin}` was built for {found}, but this orchestrator hosts ray-orchestrator:policy versions {supported} only; rebuild it against the SDK for {latest}"
+        "plugin `{plugin}` was built for {found}, but this orchestrator hosts ray-orchestrator:policy versions {} only; rebuild it against the SDK for {}",
+        crate::Version::supported_list(),
+        crate::Version::LATEST
     )]
     WrongVersion {
         /// The plugin's name.
         plugin: String,
-        /// The versions the host calls, e.g. `0.1.0, 0.2.0`.
-        supported: String,
-        /// The newest of them.
-        latest: String,
         /// What the plugin uses.
         found: String,
     },

@@ -106,8 +106,6 @@ pub(crate) fn world_of(
     // A policy interface at a version this host does not call.
     let wrong_version = |found: &str| PluginError::WrongVersion {
         plugin: plugin.to_string(),
-        supported: Version::supported_list(),
-        latest: Version::LATEST.to_string(),
         found: found.to_string(),
     };
 

@@ -30,3 +30,32 @@ fn released_wit_packages_are_unchanged() {
     }
     assert!(checked >= 1, "wit/RELEASED lists no package");
 }
+
+/// Every package folder is either released (pinned above) or says it is
+/// not (an `UNRELEASED` file), so a version cannot ship half-pinned.
+#[test]
+fn every_wit_package_is_released_or_marked_unreleased() {
+    let wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../wit");
+    let released = std::fs::read_to_string(wit.join("RELEASED")).expect("wit/RELEASED");
+    let pinned: Vec<&str> = released
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    let mut unreleased = 0;
+    for entry in std::fs::read_dir(&wit).expect("wit/") {
+        let path = entry.expect("entry").path();
+        if !path.is_dir() {
+            continue;
+        }
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let marked = path.join("UNRELEASED").exists();
+        assert!(
+            pinned.contains(&name.as_str()) != marked,
+            "wit/{name} must be either pinned in wit/RELEASED or marked with wit/{name}/UNRELEASED (not both)"
+        );
+        unreleased += usize::from(marked);
+    }
+    // 0.2.0 is released once node health, load and the launch layout are in.
+    assert_eq!(unreleased, 1, "exactly one version in the making");
+}

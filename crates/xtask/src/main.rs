@@ -55,6 +55,10 @@ const BENCHES: &[(&str, &str)] = &[
         "last registration to first completion, orchestrator vs the origin flow (loop + vllm serve), and death-to-action, with real vLLM",
     ),
     (
+        "scale-wait",
+        "the wait phase at 1,000 and 10,000 nodes against a stand-in GCS speaking Ray's gRPC: last registration to ready, CPU, peak RSS, policy calls",
+    ),
+    (
         "wait",
         "join detection: orchestrator wait vs the corrected `ray status` loop on a real local cluster, and their CPU while waiting",
     ),
@@ -598,6 +602,14 @@ fn bench(name: Option<&str>) -> Result<()> {
                 .env("ORCHESTRATOR_RAY_BIN", venv.join("bin/ray"))
                 .env("ORCHESTRATOR_VLLM_BIN", venv.join("bin/vllm"))
                 .env("ORCHESTRATOR_TINY_MODEL", &model))
+        }
+        Some("scale-wait") => {
+            ensure_toolchain()?;
+            build_all()?;
+            step("bench scale-wait");
+            run(Command::new(example("bench_scale_wait"))
+                .arg(root().join("target/release/orchestrator"))
+                .env("ORCHESTRATOR_LOG", "warn"))
         }
         Some("wait") => {
             ensure_toolchain()?;

@@ -297,8 +297,10 @@ impl Waiter<'_> {
             diagnostics.push(format!("GCS connection lost, retrying: {e}"));
         }
         self.seen.report(spec, &diagnostics);
+        // The view's nodes are lent to the snapshot and taken back after the
+        // call: no copy of thousands of nodes per membership change.
         let snapshot = std::sync::Arc::new(ClusterSnapshot {
-            nodes: self.seen.view.nodes.clone(),
+            nodes: std::mem::take(&mut self.seen.view.nodes),
             expected: self.seen.expected.clone(),
             elapsed_ms: now.duration_since(self.start).as_millis() as u64,
             deadline_ms: spec.timeout.as_millis() as u64,
@@ -306,13 +308,24 @@ impl Waiter<'_> {
         });
         self.calls += 1;
         let answer = self.policy.check_shared(&snapshot, &spec.params);
+        let snapshot =
+            std::sync::Arc::try_unwrap(snapshot).unwrap_or_else(|shared| (*shared).clone());
+        self.seen.view.nodes = snapshot.nodes;
+        let snapshot = ClusterSnapshot {
+            nodes: Vec::new(),
+            ..snapshot
+        };
         if let Some(status) = &spec.status {
             status.policy_call(World::Readiness, now.elapsed().as_secs_f64());
         }
         match answer {
             Err(e) => Judged::Done(Err(e.into())),
             Ok(Readiness::Ready) => {
-                Judged::Done(Ok(self.ready(std::sync::Arc::unwrap_or_clone(snapshot))))
+                let snapshot = ClusterSnapshot {
+                    nodes: std::mem::take(&mut self.seen.view.nodes),
+                    ..snapshot
+                };
+                Judged::Done(Ok(self.ready(snapshot)))
             }
             Ok(Readiness::Wait(reason)) => {
                 if self.seen.last_reason.as_deref() != Some(reason.as_str()) {
@@ -338,7 +351,7 @@ impl Waiter<'_> {
     fn ready(&self, snapshot: ClusterSnapshot) -> Ready {
         let decided_at = Instant::now();
         tracing::info!(
-            alive = self.seen.view.alive().count(),
+            alive = snapshot.nodes.iter().filter(|n| n.alive).count(),
             after_ms = decided_at.duration_since(self.start).as_millis() as u64,
             "cluster ready"
         );
