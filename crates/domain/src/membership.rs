@@ -3,6 +3,7 @@
 //! [`MembershipUpdate`], what a source sends on every change.
 
 use crate::Node;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 /// A change of one node's membership.
@@ -54,17 +55,152 @@ impl ClusterView {
     pub fn alive(&self) -> impl Iterator<Item = &Node> {
         self.nodes.iter().filter(|n| n.alive)
     }
+
+    /// The view's order: head first, then by registration time, then id.
+    pub fn order(a: &Node, b: &Node) -> std::cmp::Ordering {
+        b.is_head
+            .cmp(&a.is_head)
+            .then(a.start_time_ms.cmp(&b.start_time_ms))
+            .then_with(|| a.id.cmp(&b.id))
+    }
+
+    /// A view of `nodes` in the view's order.
+    pub fn from_nodes(mut nodes: Vec<Node>) -> Self {
+        nodes.sort_by(Self::order);
+        Self { nodes }
+    }
+
+    /// Applies one change in place, keeping the order.
+    pub fn apply(&mut self, change: &MembershipChange) {
+        self.apply_all(std::slice::from_ref(change));
+    }
+
+    /// Applies changes in place, in order, keeping the view's order: a
+    /// joined node is added (or replaces what was known of it), a dead one
+    /// is marked dead (and added, as dead, if it was never seen). One pass
+    /// over the view finds the changed nodes, so a batch of k changes costs
+    /// O(n + k), not O(n * k).
+    pub fn apply_all(&mut self, changes: &[MembershipChange]) {
+        if changes.is_empty() {
+            return;
+        }
+        enum Slot {
+            Known(usize),
+            Added(usize),
+        }
+        let ids: HashSet<&str> = changes.iter().map(|c| c.node().id.as_str()).collect();
+        let mut slots: HashMap<&str, Slot> = HashMap::with_capacity(ids.len());
+        for (i, node) in self.nodes.iter().enumerate() {
+            if let Some(id) = ids.get(node.id.as_str()) {
+                slots.insert(id, Slot::Known(i));
+            }
+        }
+        let mut added: Vec<Node> = Vec::new();
+        for change in changes {
+            let node = change.node();
+            let joined = matches!(change, MembershipChange::Joined(_));
+            let target = match slots.get(node.id.as_str()) {
+                Some(Slot::Known(i)) => self.nodes.get_mut(*i),
+                Some(Slot::Added(i)) => added.get_mut(*i),
+                None => {
+                    slots.insert(node.id.as_str(), Slot::Added(added.len()));
+                    added.push(node.clone());
+                    added.last_mut()
+                }
+            };
+            if let Some(target) = target {
+                if joined {
+                    target.clone_from(node);
+                }
+                target.alive = joined;
+            }
+        }
+        self.nodes.extend(added);
+        if !self.nodes.is_sorted_by(|a, b| Self::order(a, b).is_le()) {
+            self.nodes.sort_by(Self::order);
+        }
+    }
 }
 
 /// One update from the watcher.
 #[derive(Debug, Clone)]
 pub struct MembershipUpdate {
-    /// The membership after this update.
-    pub view: ClusterView,
+    /// The whole membership after this update, for a snapshot or a lost
+    /// connection; `None` for a push, whose `changes` apply to the view
+    /// the receiver already has ([`apply_to`](Self::apply_to)), so a
+    /// change of a few nodes costs a few nodes at any cluster size.
+    pub view: Option<ClusterView>,
     /// What changed (empty for a snapshot that changed nothing).
     pub changes: Vec<MembershipChange>,
     /// Why this update was sent.
     pub source: UpdateSource,
     /// When the watcher received it.
     pub received_at: Instant,
+}
+
+impl MembershipUpdate {
+    /// Brings `view` up to date: replaced by a whole view, or changed by
+    /// the pushed changes.
+    pub fn apply_to(&self, view: &mut ClusterView) {
+        match &self.view {
+            Some(whole) => whole.clone_into(view),
+            None => view.apply_all(&self.changes),
+        }
+    }
+
+    /// As [`apply_to`](Self::apply_to), taking the whole view without a
+    /// copy.
+    pub fn apply_into(self, view: &mut ClusterView) {
+        match self.view {
+            Some(whole) => *view = whole,
+            None => view.apply_all(&self.changes),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(i: u64, head: bool) -> Node {
+        Node {
+            id: format!("{i:056x}"),
+            is_head: head,
+            alive: true,
+            start_time_ms: 1000 - i,
+            ..Node::default()
+        }
+    }
+
+    #[test]
+    fn applied_changes_give_the_same_view_as_a_fresh_snapshot() {
+        let mut view = ClusterView::from_nodes(vec![node(5, false), node(0, true)]);
+        for change in [
+            MembershipChange::Joined(node(3, false)),
+            MembershipChange::Joined(node(9, false)),
+            MembershipChange::Died {
+                node: node(5, false),
+                reason: None,
+            },
+            MembershipChange::Died {
+                node: node(7, false),
+                reason: None,
+            },
+            MembershipChange::Joined(node(5, false)),
+        ] {
+            view.apply(&change);
+        }
+        let mut dead = node(7, false);
+        dead.alive = false;
+        let expected = ClusterView::from_nodes(vec![
+            node(0, true),
+            node(3, false),
+            node(5, false),
+            node(9, false),
+            dead,
+        ]);
+        assert_eq!(view, expected);
+        assert_eq!(view.nodes[0].id, node(0, true).id, "head first");
+        assert_eq!(view.alive().count(), 4);
+    }
 }

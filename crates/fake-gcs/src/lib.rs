@@ -204,7 +204,11 @@ impl StandIn {
             pubsub: ControlPlanePubSubGcsServiceServer::new(gcs),
         };
         let (stop, stopped) = oneshot::channel::<()>();
-        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        // gRPC's C++ server (Ray's GCS) sets TCP_NODELAY on every
+        // connection; without it a reply of several HTTP/2 frames waits on
+        // the peer's delayed ACK (about 40 ms on Linux).
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .serve_with_incoming_shutdown(service, incoming, async {

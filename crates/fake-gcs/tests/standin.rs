@@ -25,14 +25,16 @@ async fn the_membership_client_follows_registrations_and_deaths() {
     gcs.register(vec![synthetic_node(0)]);
     let mut rx = watch_membership(gcs.address());
 
+    let mut view = orchestrator_ray_gcs::ClusterView::default();
     let first = next(&mut rx).await;
     assert!(
         matches!(first.source, UpdateSource::Snapshot),
         "{:?}",
         first.source
     );
-    assert_eq!(first.view.nodes.len(), 1);
-    assert!(first.view.nodes[0].is_head);
+    first.apply_to(&mut view);
+    assert_eq!(view.nodes.len(), 1);
+    assert!(view.nodes[0].is_head);
     assert_eq!(gcs.subscribers(), 1);
 
     // More registrations than one poll reply carries.
@@ -43,6 +45,8 @@ async fn the_membership_client_follows_registrations_and_deaths() {
     while joined < workers as usize {
         let update = next(&mut rx).await;
         assert!(matches!(update.source, UpdateSource::Push));
+        assert!(update.view.is_none(), "a push carries only its changes");
+        update.apply_to(&mut view);
         largest = largest.max(update.changes.len());
         joined += update
             .changes
@@ -58,6 +62,7 @@ async fn the_membership_client_follows_registrations_and_deaths() {
 
     gcs.kill(&[synthetic_node(7).node_id], "stand-in says so");
     let update = next(&mut rx).await;
+    update.apply_to(&mut view);
     match update.changes.as_slice() {
         [MembershipChange::Died { node, reason }] => {
             assert_eq!(node.hostname, "vllm-worker-gpu-00007");
@@ -66,6 +71,11 @@ async fn the_membership_client_follows_registrations_and_deaths() {
         }
         other => panic!("expected one death, got {other:?}"),
     }
-    assert_eq!(update.view.alive().count(), workers as usize);
+    assert_eq!(view.alive().count(), workers as usize);
+    assert_eq!(view.nodes.len(), workers as usize + 1);
+    // The view built from pushes is the one a fresh snapshot gives.
+    let mut fresh_rx = watch_membership(gcs.address());
+    let fresh = next(&mut fresh_rx).await;
+    assert_eq!(fresh.view.as_ref(), Some(&view));
     assert_eq!(gcs.alive(), workers as usize);
 }

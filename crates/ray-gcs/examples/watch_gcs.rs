@@ -11,16 +11,18 @@ async fn main() {
         .nth(1)
         .unwrap_or_else(|| "127.0.0.2:6379".to_string());
     let mut updates = watch_membership(address);
+    let mut view = orchestrator_ray_gcs::ClusterView::default();
     while let Some(update) = updates.recv().await {
+        update.apply_to(&mut view);
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i128)
             .unwrap_or(0);
-        let alive = update.view.alive().count();
+        let alive = view.alive().count();
         println!(
             "{:?}: {alive} of {} nodes alive",
             update.source,
-            update.view.nodes.len()
+            view.nodes.len()
         );
         for change in &update.changes {
             match change {

@@ -30,7 +30,7 @@ pub fn watch_membership(address: String) -> mpsc::UnboundedReceiver<MembershipUp
                 Err(e) => e.to_string(),
             };
             let update = MembershipUpdate {
-                view: view_of(&known),
+                view: Some(view_of(&known)),
                 changes: vec![],
                 source: UpdateSource::Disconnected { error },
                 received_at: Instant::now(),
@@ -46,14 +46,7 @@ pub fn watch_membership(address: String) -> mpsc::UnboundedReceiver<MembershipUp
 }
 
 fn view_of(known: &BTreeMap<String, Node>) -> ClusterView {
-    let mut nodes: Vec<Node> = known.values().cloned().collect();
-    nodes.sort_by(|a, b| {
-        b.is_head
-            .cmp(&a.is_head)
-            .then(a.start_time_ms.cmp(&b.start_time_ms))
-            .then(a.id.cmp(&b.id))
-    });
-    ClusterView { nodes }
+    ClusterView::from_nodes(known.values().cloned().collect())
 }
 
 /// Applies one node record; returns the change it makes, if any.
@@ -144,7 +137,7 @@ async fn session(
     );
     if tx
         .send(MembershipUpdate {
-            view: view_of(known),
+            view: Some(view_of(known)),
             changes,
             source: crate::watch::UpdateSource::Snapshot,
             received_at,
@@ -189,8 +182,9 @@ async fn session(
             }
         }
         if !changes.is_empty() {
+            // Only the changes: the receiver applies them to its view.
             let update = MembershipUpdate {
-                view: view_of(known),
+                view: None,
                 changes,
                 source: UpdateSource::Push,
                 received_at,

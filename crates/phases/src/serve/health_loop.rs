@@ -12,9 +12,9 @@ use super::probe;
 use super::server::ServerProcess;
 use super::{ServeContext, ServeOutcome, ServeSpec};
 use orchestrator_domain::{
-    ExitStatus, HealthSnapshot, HealthVerdict, LaunchPlan, MembershipChange, MembershipUpdate,
-    Node, NodeChange, NodeChangeKind, ProbeResult, RestartAction, ServerState, ShutdownAction,
-    VerdictKind,
+    ClusterView, ExitStatus, HealthSnapshot, HealthVerdict, LaunchPlan, MembershipChange,
+    MembershipUpdate, Node, NodeChange, NodeChangeKind, ProbeResult, RestartAction, ServerState,
+    ShutdownAction, VerdictKind,
 };
 use orchestrator_policy_host::{HealthPolicy, World};
 use std::time::{Duration, Instant};
@@ -147,6 +147,7 @@ impl<'a> HealthLoop<'a> {
 
     /// A membership update: every join and death is news for the policy.
     fn on_membership(&mut self, update: MembershipUpdate) -> bool {
+        let news = !update.changes.is_empty();
         for change in &update.changes {
             let (kind, node) = match change {
                 MembershipChange::Joined(n) => (NodeChangeKind::Joined, n),
@@ -160,13 +161,19 @@ impl<'a> HealthLoop<'a> {
                 kind,
             });
         }
-        if !update.view.nodes.is_empty() {
-            self.nodes = update.view.nodes;
+        // A whole view with no node is a watcher that never connected:
+        // keep what is known.
+        if update.view.as_ref().is_none_or(|v| !v.nodes.is_empty()) {
+            let mut view = ClusterView {
+                nodes: std::mem::take(&mut self.nodes),
+            };
+            update.apply_into(&mut view);
+            self.nodes = view.nodes;
             let alive = self.nodes.iter().filter(|n| n.alive).count() as u32;
             let expected = self.ctx.status.snapshot().nodes_expected;
             self.ctx.status.nodes(alive, expected);
         }
-        !update.changes.is_empty()
+        news
     }
 
     fn on_probe(&mut self, kind: ProbeKind, result: ProbeResult) {

@@ -205,7 +205,7 @@ impl Seen {
             }
         }
         self.last_update_at = u.received_at;
-        self.view = u.view;
+        u.apply_into(&mut self.view);
     }
 
     /// Takes new platform facts; the expected topology follows them.
