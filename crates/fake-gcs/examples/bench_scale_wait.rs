@@ -87,7 +87,7 @@ fn one_size(
             "--timeout",
             "120",
         ])
-        .env("ORCHESTRATOR_LOG", "warn")
+        .env("ORCHESTRATOR_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

@@ -608,8 +608,7 @@ fn bench(name: Option<&str>) -> Result<()> {
             build_all()?;
             step("bench scale-wait");
             run(Command::new(example("bench_scale_wait"))
-                .arg(root().join("target/release/orchestrator"))
-                .env("ORCHESTRATOR_LOG", "warn"))
+                .arg(root().join("target/release/orchestrator")))
         }
         Some("wait") => {
             ensure_toolchain()?;

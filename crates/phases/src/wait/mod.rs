@@ -178,6 +178,45 @@ struct Seen {
     expected: Topology,
 }
 
+/// Most joins or deaths of one update logged one line each; past it, one
+/// line says how many and names the first and the last.
+const LOGGED_ONE_BY_ONE: usize = 16;
+
+/// Logs an update's joins (info) and deaths (warn): one line a node for a
+/// few, a summary line for a burst (thousands of nodes join at once in
+/// the largest clusters).
+fn log_changes(changes: &[MembershipChange]) {
+    let joined: Vec<&Node> = changes
+        .iter()
+        .filter_map(|c| match c {
+            MembershipChange::Joined(n) => Some(n),
+            MembershipChange::Died { .. } => None,
+        })
+        .collect();
+    let died: Vec<(&Node, Option<&str>)> = changes
+        .iter()
+        .filter_map(|c| match c {
+            MembershipChange::Died { node, reason } => Some((node, reason.as_deref())),
+            MembershipChange::Joined(_) => None,
+        })
+        .collect();
+    if joined.len() <= LOGGED_ONE_BY_ONE {
+        for n in &joined {
+            tracing::info!(node = %n.short_id(), address = %n.address, head = n.is_head, gpus = n.resources.gpu, "node joined");
+        }
+    } else if let (Some(first), Some(last)) = (joined.first(), joined.last()) {
+        let gpus: f64 = joined.iter().map(|n| n.resources.gpu).sum();
+        tracing::info!(count = joined.len(), gpus, first = %first.address, last = %last.address, "nodes joined");
+    }
+    if died.len() <= LOGGED_ONE_BY_ONE {
+        for (node, reason) in &died {
+            tracing::warn!(node = %node.short_id(), address = %node.address, reason = reason.unwrap_or(""), "node died");
+        }
+    } else if let (Some((first, reason)), Some((last, _))) = (died.first(), died.last()) {
+        tracing::warn!(count = died.len(), first = %first.address, last = %last.address, reason = reason.unwrap_or(""), "nodes died");
+    }
+}
+
 impl Seen {
     /// Applies one membership update, logging joins, deaths and GCS errors.
     fn apply(&mut self, u: MembershipUpdate, source: &str) {
@@ -194,16 +233,7 @@ impl Seen {
             }
             UpdateSource::Push => {}
         }
-        for change in &u.changes {
-            match change {
-                MembershipChange::Joined(n) => {
-                    tracing::info!(node = %n.short_id(), address = %n.address, head = n.is_head, gpus = n.resources.gpu, "node joined")
-                }
-                MembershipChange::Died { node, reason } => {
-                    tracing::warn!(node = %node.short_id(), address = %node.address, reason = reason.as_deref().unwrap_or(""), "node died")
-                }
-            }
-        }
+        log_changes(&u.changes);
         self.last_update_at = u.received_at;
         u.apply_into(&mut self.view);
     }
