@@ -230,8 +230,16 @@ fn run_follows_the_raycluster_through_a_scale_up_and_diagnoses_missing_workers()
     assert_eq!(s["nodes-expected"], 3, "{s:#}");
     assert_eq!(s["diagnostics"], json!([]), "{s:#}");
 
-    // Events on the head pod tell the story.
-    let recorded = events(&api);
+    // Events on the head pod tell the story. They are posted by a
+    // background task, so the last one may land just after `/status`
+    // says ready.
+    let recorded = poll_until("the Serving event", Duration::from_secs(10), || {
+        let recorded = events(&api);
+        recorded
+            .iter()
+            .any(|e| e["reason"] == "Serving")
+            .then_some(recorded)
+    });
     let reasons: Vec<&str> = recorded
         .iter()
         .filter_map(|e| e["reason"].as_str())
