@@ -15,6 +15,7 @@
 //! figures beside (`*_1000` keys).
 
 use orchestrator_fake_gcs::{StandIn, synthetic_node};
+use orchestrator_test_support::cpu_seconds_of;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -29,19 +30,6 @@ fn now_us() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros())
-}
-
-/// CPU-seconds of a running process, all threads (nanosecond schedstat).
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let mut total = 0u64;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .ok()?
-        .flatten()
-    {
-        let text = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
-        total += text.split_whitespace().next()?.parse::<u64>().ok()?;
-    }
-    Some(total as f64 / 1e9)
 }
 
 /// Peak resident memory of a running process, MB.
@@ -104,7 +92,7 @@ fn one_size(
     let sampler = std::thread::spawn(move || {
         let (mut cpu, mut rss) = (0.0f64, 0.0f64);
         loop {
-            match (cpu_seconds(pid), peak_rss_mb(pid)) {
+            match (cpu_seconds_of(pid), peak_rss_mb(pid)) {
                 (Some(c), Some(r)) => (cpu, rss) = (c, r),
                 _ => return (cpu, rss),
             }

@@ -100,27 +100,13 @@ fn cpu_seconds_of(command: &str, seconds: u64) -> Result<f64, String> {
     Ok((ticks(16) + ticks(17)) / hz)
 }
 
-/// CPU-seconds a running process has used, all threads, from
-/// /proc/PID/task/*/schedstat (nanoseconds: far finer than clock ticks).
-fn schedstat_seconds(pid: u32) -> Option<f64> {
-    let mut total = 0u64;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .ok()?
-        .flatten()
-    {
-        let text = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
-        total += text.split_whitespace().next()?.parse::<u64>().ok()?;
-    }
-    Some(total as f64 / 1e9)
-}
-
 /// CPU-seconds of a direct child over its whole life: its schedstat,
 /// sampled every 100 ms until it exits (killed at `limit`).
 fn cpu_seconds_of_child(mut child: std::process::Child, limit: Duration) -> f64 {
     let deadline = Instant::now() + limit;
     let mut last = 0.0;
     loop {
-        if let Some(s) = schedstat_seconds(child.id()) {
+        if let Some(s) = orchestrator_test_support::cpu_seconds_of(child.id()) {
             last = s;
         }
         if matches!(child.try_wait(), Ok(Some(_))) {

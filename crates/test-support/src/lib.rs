@@ -125,6 +125,21 @@ pub fn status(address: &str) -> Option<serde_json::Value> {
     serde_json::from_str(&reply.body).ok()
 }
 
+/// CPU-seconds a running process has used, all threads, from
+/// /proc/PID/task/*/schedstat (nanoseconds: far finer than clock ticks);
+/// `None` once it is gone.
+pub fn cpu_seconds_of(pid: u32) -> Option<f64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let text = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+        total += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total as f64 / 1e9)
+}
+
 /// Calls `check` every 50 ms until it gives a value; panics naming `what`
 /// after `limit`.
 pub fn poll_until<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {

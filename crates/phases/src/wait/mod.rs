@@ -338,25 +338,19 @@ impl Waiter<'_> {
         });
         self.calls += 1;
         let answer = self.policy.check_shared(&snapshot, &spec.params);
-        let snapshot =
+        let mut snapshot =
             std::sync::Arc::try_unwrap(snapshot).unwrap_or_else(|shared| (*shared).clone());
-        self.seen.view.nodes = snapshot.nodes;
-        let snapshot = ClusterSnapshot {
-            nodes: Vec::new(),
-            ..snapshot
-        };
+        // Ready hands the snapshot on, nodes and all; otherwise the view
+        // takes its nodes back.
+        if !matches!(answer, Ok(Readiness::Ready)) {
+            self.seen.view.nodes = std::mem::take(&mut snapshot.nodes);
+        }
         if let Some(status) = &spec.status {
             status.policy_call(World::Readiness, now.elapsed().as_secs_f64());
         }
         match answer {
             Err(e) => Judged::Done(Err(e.into())),
-            Ok(Readiness::Ready) => {
-                let snapshot = ClusterSnapshot {
-                    nodes: std::mem::take(&mut self.seen.view.nodes),
-                    ..snapshot
-                };
-                Judged::Done(Ok(self.ready(snapshot)))
-            }
+            Ok(Readiness::Ready) => Judged::Done(Ok(self.ready(snapshot))),
             Ok(Readiness::Wait(reason)) => {
                 if self.seen.last_reason.as_deref() != Some(reason.as_str()) {
                     tracing::info!("waiting: {reason}");
