@@ -7,7 +7,8 @@
 pub struct Builtin {
     /// The name a configuration uses (`builtin:<name>` on the command line).
     pub name: &'static str,
-    /// The world it implements: `readiness`, `launch` or `health`.
+    /// The world it implements: `readiness`, `launch`, `health` or
+    /// `node-health`.
     pub world: &'static str,
     /// One line on what it does.
     pub summary: &'static str,
@@ -34,6 +35,12 @@ pub const BUILTINS: &[Builtin] = &[
         world: "health",
         summary: "restart on exit, dead node or failed probes, with backoff and a limit",
         wasm: include_bytes!(env!("BUILTIN_HEALTH_DEFAULT_WASM")),
+    },
+    Builtin {
+        name: "default",
+        world: "node-health",
+        summary: "unhealthy on fatal XIDs, uncorrectable ECC, missing GPUs, failed remaps, a dead raylet; degraded on throttling, a full temp dir, a small /dev/shm",
+        wasm: include_bytes!(env!("BUILTIN_NODE_HEALTH_DEFAULT_WASM")),
     },
 ];
 

@@ -11,15 +11,22 @@
 //!   implies.
 //! - [`facts`]: what a platform (Kubernetes) says about the cluster.
 //! - [`lifecycle`]: roles, phases and the events a platform records.
+//! - [`node_health`]: a node's own readings and verdict, and the report
+//!   it publishes for the head.
 
 pub mod expected;
 pub mod facts;
 pub mod lifecycle;
 pub mod membership;
+pub mod node_health;
 pub mod types;
 
 pub use expected::{ClusterConfig, GroupConfig};
 pub use facts::{ExternalFacts, MemberState};
 pub use lifecycle::{Event, EventKind, EventReason, Phase, Role};
 pub use membership::{ClusterView, MembershipChange, MembershipUpdate, UpdateSource};
+pub use node_health::{
+    GpuReading, HealthReport, NodeHealth, NodeHealthState, NodeReadings, NodeVerdict,
+    ThrottleReason, XidEvent,
+};
 pub use types::*;

@@ -118,6 +118,10 @@ pub enum EventReason {
     LaunchRefused,
     /// A policy failed (trap, timeout, memory).
     PolicyFailed,
+    /// A node's own health check said unhealthy.
+    NodeUnhealthy,
+    /// A node's health reports stopped arriving.
+    NodeHealthStale,
 }
 
 impl EventReason {
@@ -138,6 +142,8 @@ impl EventReason {
             Self::RayExited => "RayExited",
             Self::LaunchRefused => "LaunchRefused",
             Self::PolicyFailed => "PolicyFailed",
+            Self::NodeUnhealthy => "NodeUnhealthy",
+            Self::NodeHealthStale => "NodeHealthStale",
         }
     }
 

@@ -58,6 +58,9 @@ pub struct Node {
     pub resources: Resources,
     pub labels: Vec<KeyValue>,
     pub start_time_ms: u64,
+    /// The node's own health check, as the head last heard it.
+    #[serde(skip_serializing_if = "crate::NodeHealth::is_unknown")]
+    pub health: crate::NodeHealth,
 }
 
 /// The expected shape of one group of nodes.

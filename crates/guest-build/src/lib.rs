@@ -15,7 +15,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The built-in policies (`plugins/`), embedded in the orchestrator.
-pub const BUILTIN_GUESTS: &[&str] = &["readiness-node-count", "launch-vllm", "health-default"];
+pub const BUILTIN_GUESTS: &[&str] = &[
+    "readiness-node-count",
+    "launch-vllm",
+    "health-default",
+    "node-health-default",
+];
 
 /// The test guests (`crates/test-plugins/guests/`) and the example policy.
 pub const TEST_GUESTS: &[&str] = &[

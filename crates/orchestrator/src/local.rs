@@ -101,6 +101,10 @@ pub struct LocalArgs {
     /// The health policy: a component file or builtin:NAME.
     #[arg(long, default_value = "builtin:default")]
     pub health_policy: String,
+    /// The node-health policy every node checks itself with: a component
+    /// file or builtin:NAME.
+    #[arg(long, default_value = "builtin:default")]
+    pub node_health_policy: String,
     /// A health policy parameter, KEY=VALUE.
     #[arg(long = "health-param", value_name = "KEY=VALUE")]
     pub health_params: Vec<String>,
@@ -190,6 +194,16 @@ impl LocalArgs {
         })
     }
 
+    /// The node-health policy.
+    fn node_health_policy(&self) -> Result<orchestrator_policy_host::NodeHealthPolicy> {
+        let host = policies::host(&PluginLimits::default())?;
+        Ok(policies::node_health(
+            &host,
+            &PolicyRef::parse(&self.node_health_policy),
+            "--node-health-policy",
+        )?)
+    }
+
     /// The policies: readiness always, launch and health to serve a model.
     fn policies(&self) -> Result<Policies> {
         let host = policies::host(&PluginLimits::default())?;
@@ -213,8 +227,14 @@ impl LocalArgs {
 pub fn run(args: LocalArgs) -> ExitCode {
     let prepared = args
         .cluster()
-        .and_then(|cluster| Ok((Plan::local(&cluster)?, args.policies()?)));
-    let (plan, policies) = match prepared {
+        .and_then(|cluster| {
+            Ok((
+                Plan::local(&cluster)?,
+                args.policies()?,
+                args.node_health_policy()?,
+            ))
+        });
+    let (plan, policies, node_health) = match prepared {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -227,7 +247,9 @@ pub fn run(args: LocalArgs) -> ExitCode {
         format!("http://{}:{}", args.head_ip, args.serve_port),
     );
     let exit_when_ready = args.exit_when_ready;
-    let lifecycle = Lifecycle::new(plan, Some(policies)).on_ready(move |ready| {
+    let lifecycle = Lifecycle::new(plan, Some(policies))
+        .with_node_health_policy(node_health)
+        .on_ready(move |ready| {
         let alive: Vec<_> = ready.snapshot.nodes.iter().filter(|n| n.alive).collect();
         println!(
             "cluster ready after {:.1} s: {} nodes",

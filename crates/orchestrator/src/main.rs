@@ -6,6 +6,7 @@
 //! are the `orchestrator-phases` library.
 
 mod local;
+mod node;
 mod plugin;
 mod run;
 mod wait;
@@ -39,6 +40,10 @@ enum Command {
     /// Inspect, check and try out policy plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Check this node: GPUs, host and raylet, judged by the node-health
+    /// policy.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +58,7 @@ fn main() -> ExitCode {
     init_logging(&cli.log);
     match cli.command {
         Command::Plugin(cmd) => plugin::run(cmd),
+        Command::Node(cmd) => node::run(cmd),
         Command::Wait(args) => wait::run(args),
         Command::Local(args) => local::run(*args),
         Command::Run(args) => run::run(args),

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use orchestrator_domain::{ClusterSnapshot, HealthSnapshot, KeyValue, LaunchRequest};
+use orchestrator_domain::{ClusterSnapshot, HealthSnapshot, KeyValue, LaunchRequest, NodeReadings};
 use orchestrator_phases::config::PluginLimits;
 use orchestrator_phases::policies::PolicyRef;
 use orchestrator_policy_host::{HostConfig, PluginError, PluginSource, PolicyHost, Version, World};
@@ -220,6 +220,12 @@ fn run_plugin(
             let snapshot: HealthSnapshot = parse_input(&text, input, "health-snapshot")?;
             host.health(&source)
                 .and_then(|mut p| p.evaluate(&snapshot, &params))
+                .map(serde_json::to_value)
+        }
+        World::NodeHealth => {
+            let readings: NodeReadings = parse_input(&text, input, "node-readings")?;
+            host.node_health(&source)
+                .and_then(|mut p| p.judge(&readings, &params))
                 .map(serde_json::to_value)
         }
     };

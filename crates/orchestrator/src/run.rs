@@ -8,6 +8,7 @@ use orchestrator_phases::config::{Config, ConfigError, Role};
 use orchestrator_phases::lifecycle::{self, Lifecycle, Plan};
 use orchestrator_phases::policies::{self, Policies};
 use orchestrator_phases::start::KUBERAY_ENV;
+use orchestrator_policy_host::World;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -133,5 +134,16 @@ pub fn run(args: ConfigArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return refuse(2, e),
     };
-    crate::run_lifecycle(Lifecycle::new(plan, policies))
+    let mut lifecycle = Lifecycle::new(plan, policies);
+    if config.node_health.enabled {
+        let loaded = policies::host(&config.plugins).and_then(|host| {
+            let (policy, default) = config.policies.for_world(World::NodeHealth);
+            policies::node_health(&host, &policy.policy(default), "policies.node-health")
+        });
+        match loaded {
+            Ok(policy) => lifecycle = lifecycle.with_node_health_policy(policy),
+            Err(e) => return refuse(2, e),
+        }
+    }
+    crate::run_lifecycle(lifecycle)
 }

@@ -70,6 +70,7 @@ pub fn run(args: WaitArgs) -> ExitCode {
         }
     };
     let spec = WaitSpec {
+        health: None,
         source: Arc::new(RayGcs::new(args.address.clone())),
         expected: Topology {
             nodes: args.nodes,

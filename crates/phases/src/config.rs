@@ -42,6 +42,8 @@ pub struct Config {
     pub serve: ServeConfig,
     /// Kubernetes awareness (off unless enabled).
     pub kubernetes: KubernetesConfig,
+    /// Every node's own health checks (GPUs, host, raylet).
+    pub node_health: NodeHealthConfig,
     /// The port of `/livez`, `/readyz`, `/status` and `/metrics` (0: off).
     pub endpoints_port: u16,
     /// The address the endpoints bind.
@@ -59,6 +61,7 @@ impl Default for Config {
             plugins: PluginLimits::default(),
             serve: ServeConfig::default(),
             kubernetes: KubernetesConfig::default(),
+            node_health: NodeHealthConfig::default(),
             endpoints_port: crate::endpoints::DEFAULT_PORT,
             endpoints_host: "0.0.0.0".to_string(),
         }
@@ -186,6 +189,8 @@ pub struct PoliciesConfig {
     pub launch: PolicyConfig,
     /// Health (default: built-in `default`).
     pub health: PolicyConfig,
+    /// Node health, on every node (default: built-in `default`).
+    pub node_health: PolicyConfig,
 }
 
 impl PoliciesConfig {
@@ -195,6 +200,37 @@ impl PoliciesConfig {
             World::Readiness => (&self.readiness, "node-count"),
             World::Launch => (&self.launch, "vllm"),
             World::Health => (&self.health, "default"),
+            World::NodeHealth => (&self.node_health, "default"),
+        }
+    }
+}
+
+/// Every node's own health checks: probes at an interval, the node-health
+/// policy's verdict published in Ray's GCS for the head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct NodeHealthConfig {
+    /// Whether this node checks itself and the head follows the reports.
+    pub enabled: bool,
+    /// How often the probes read and the verdict is published, ms.
+    pub interval_ms: u64,
+    /// A node whose report has not changed for this long is `stale`, ms.
+    pub stale_after_ms: u64,
+    /// How often the head reads every node's report, ms.
+    pub follow_interval_ms: u64,
+    /// How long a worker stays unhealthy before it stops its Ray node and
+    /// exits with code 3 (so that Kubernetes replaces the pod), seconds.
+    pub unhealthy_grace_seconds: u64,
+}
+
+impl Default for NodeHealthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_ms: 1000,
+            stale_after_ms: 5000,
+            follow_interval_ms: 250,
+            unhealthy_grace_seconds: 30,
         }
     }
 }
@@ -486,6 +522,25 @@ impl Config {
                 "open-file-limit",
                 "is 0".into(),
                 "leave it out for 65536",
+            ));
+        }
+        let h = &self.node_health;
+        if h.enabled && (h.interval_ms == 0 || h.follow_interval_ms == 0) {
+            return Err(invalid(
+                "node-health.interval-ms",
+                "or node-health.follow-interval-ms is 0".into(),
+                "probe at most every few ms; the default is 1000 (follow: 250)",
+            ));
+        }
+        if h.enabled && h.stale_after_ms < 2 * h.interval_ms {
+            return Err(invalid(
+                "node-health.stale-after-ms",
+                format!(
+                    "is {} ms, less than two probe intervals ({} ms)",
+                    h.stale_after_ms,
+                    2 * h.interval_ms
+                ),
+                "give a node at least a few intervals, e.g. 5 x interval-ms",
             ));
         }
         for world in World::ALL {

@@ -15,7 +15,10 @@
 //!   readiness policy.
 //! - [`serve`]: the launch policy's plan run as a supervised server,
 //!   probed, judged by the health policy.
-//! - [`membership`]: where membership comes from (Ray's GCS).
+//! - [`membership`]: where membership comes from (Ray's GCS), and where
+//!   nodes publish their health reports.
+//! - [`node_health`]: every node's own checks (GPUs, host, raylet), the
+//!   node-health policy's verdict, and the head's view of every node.
 //! - [`supervision`]: process groups, the reaper, signals, `/proc`.
 //! - [`endpoints`]: `/livez`, `/readyz`, `/status`, `/metrics`, and the
 //!   events a platform records.
@@ -25,6 +28,7 @@ pub mod config;
 pub mod endpoints;
 pub mod lifecycle;
 pub mod membership;
+pub mod node_health;
 pub mod platform;
 pub mod policies;
 pub mod serve;

@@ -1,11 +1,13 @@
 //! Where cluster membership comes from. The wait and serve phases follow a
 //! [`MembershipSource`] and never name Ray: [`RayGcs`] is the source for
 //! Ray clusters (GetAllNodeInfo snapshot, then node-info pub/sub); another
-//! backend brings its own.
+//! backend brings its own. Nodes' health reports go to the source's
+//! [`HealthStore`] ([`GcsHealthStore`]: the GCS's key-value store).
 
-use orchestrator_domain::{KeyValue, MembershipUpdate};
+use orchestrator_domain::{HealthReport, KeyValue, MembershipUpdate, Node};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -32,6 +34,132 @@ pub trait MembershipSource: Send + Sync + std::fmt::Debug {
     /// Resolves once the source answers (a worker waits for it before it
     /// starts its node), retrying for up to `limit`.
     fn reachable(&self, limit: Duration) -> Reachable<'_>;
+
+    /// Where nodes publish their health reports and the head reads them,
+    /// when this source has such a place.
+    fn health_store(&self) -> Option<Arc<dyn HealthStore>> {
+        None
+    }
+}
+
+/// A future of a [`HealthStore`] call.
+pub type StoreCall<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'a>>;
+
+/// Where nodes publish their health reports, without a network path of
+/// their own: Ray's GCS key-value store for Ray clusters.
+pub trait HealthStore: Send + Sync + std::fmt::Debug {
+    /// The node this process runs: the newest alive node at `address`, or
+    /// (no address) on this `hostname`.
+    fn own_node<'a>(&'a self, address: Option<&'a str>, hostname: &'a str)
+    -> StoreCall<'a, Option<Node>>;
+    /// Writes (replaces) this node's report.
+    fn publish<'a>(&'a self, report: &'a HealthReport) -> StoreCall<'a, ()>;
+    /// Removes a node's report (a clean stop).
+    fn withdraw<'a>(&'a self, node_id: &'a str) -> StoreCall<'a, ()>;
+    /// Every node's last report; ones that do not parse are skipped with a
+    /// warning.
+    fn reports(&self) -> StoreCall<'_, Vec<HealthReport>>;
+}
+
+/// The GCS key-value namespace of the orchestrator's own entries.
+pub const KV_NAMESPACE: &str = "ray-orchestrator";
+/// The key prefix of node health reports: `node-health/<node id>`.
+pub const HEALTH_KEY_PREFIX: &str = "node-health/";
+
+/// Health reports in a Ray GCS's internal key-value store.
+#[derive(Debug)]
+pub struct GcsHealthStore {
+    address: String,
+    client: tokio::sync::OnceCell<orchestrator_ray_gcs::GcsClient>,
+}
+
+impl GcsHealthStore {
+    /// The store of the GCS at `address`; connects on first use.
+    pub fn new(address: impl Into<String>) -> Self {
+        Self {
+            address: address.into(),
+            client: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    async fn client(&self) -> Result<&orchestrator_ray_gcs::GcsClient, String> {
+        self.client
+            .get_or_try_init(|| async {
+                orchestrator_ray_gcs::GcsClient::connect(&self.address, Duration::from_secs(2))
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await
+    }
+}
+
+impl HealthStore for GcsHealthStore {
+    fn own_node<'a>(
+        &'a self,
+        address: Option<&'a str>,
+        hostname: &'a str,
+    ) -> StoreCall<'a, Option<Node>> {
+        Box::pin(async move {
+            let nodes = self
+                .client()
+                .await?
+                .get_all_nodes()
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(nodes
+                .into_iter()
+                .filter(|n| n.alive)
+                .filter(|n| match address {
+                    Some(a) => n.address == a,
+                    None => n.hostname == hostname,
+                })
+                .max_by_key(|n| n.start_time_ms))
+        })
+    }
+
+    fn publish<'a>(&'a self, report: &'a HealthReport) -> StoreCall<'a, ()> {
+        Box::pin(async move {
+            let value = serde_json::to_vec(report).map_err(|e| e.to_string())?;
+            let key = format!("{HEALTH_KEY_PREFIX}{}", report.node_id);
+            self.client()
+                .await?
+                .kv_put(KV_NAMESPACE, &key, value)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn withdraw<'a>(&'a self, node_id: &'a str) -> StoreCall<'a, ()> {
+        Box::pin(async move {
+            let key = format!("{HEALTH_KEY_PREFIX}{node_id}");
+            self.client()
+                .await?
+                .kv_delete(KV_NAMESPACE, &key)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn reports(&self) -> StoreCall<'_, Vec<HealthReport>> {
+        Box::pin(async move {
+            let entries = self
+                .client()
+                .await?
+                .kv_scan(KV_NAMESPACE, HEALTH_KEY_PREFIX)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(entries
+                .into_iter()
+                .filter_map(|(key, value)| match serde_json::from_slice(&value) {
+                    Ok(report) => Some(report),
+                    Err(e) => {
+                        tracing::warn!(key, "skipping a health report that does not parse: {e}");
+                        None
+                    }
+                })
+                .collect())
+        })
+    }
 }
 
 /// A Ray cluster's GCS.
@@ -72,5 +200,9 @@ impl MembershipSource for RayGcs {
                 .map(drop)
                 .map_err(|e| e.to_string())
         })
+    }
+
+    fn health_store(&self) -> Option<Arc<dyn HealthStore>> {
+        Some(Arc::new(GcsHealthStore::new(self.address.clone())))
     }
 }

@@ -6,7 +6,8 @@
 use crate::config::{PluginLimits, PoliciesConfig};
 use orchestrator_builtin_plugins::UnknownBuiltin;
 use orchestrator_policy_host::{
-    HealthPolicy, LaunchPolicy, PluginError, PluginSource, PolicyHost, ReadinessPolicy, World,
+    HealthPolicy, LaunchPolicy, NodeHealthPolicy, PluginError, PluginSource, PolicyHost,
+    ReadinessPolicy, World,
 };
 use std::path::PathBuf;
 
@@ -158,6 +159,22 @@ pub fn health(
         World::Health,
         host.health(&source),
         HealthPolicy::instantiate,
+        |p| (p.name().to_string(), p.info().sha256.clone()),
+    )
+}
+
+/// Loads and instantiates a node-health policy (every node runs one).
+pub fn node_health(
+    host: &PolicyHost,
+    policy: &PolicyRef,
+    context: &str,
+) -> Result<NodeHealthPolicy, PolicyError> {
+    let source = policy.source(Some(World::NodeHealth))?;
+    loaded(
+        context,
+        World::NodeHealth,
+        host.node_health(&source),
+        NodeHealthPolicy::instantiate,
         |p| (p.name().to_string(), p.info().sha256.clone()),
     )
 }

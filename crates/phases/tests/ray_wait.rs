@@ -82,6 +82,7 @@ async fn stop_all(nodes: &[&RayNode]) {
 
 fn spec(base: u8, port: u16, nodes: u32, timeout: Duration) -> WaitSpec {
     WaitSpec {
+        health: None,
         source: Arc::new(RayGcs::new(format!("127.0.0.{base}:{port}"))),
         expected: Topology {
             nodes,

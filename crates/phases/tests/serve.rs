@@ -70,6 +70,7 @@ async fn serve(
 ) -> ServeOutcome {
     let source = RayGcs::new("127.0.0.1:1");
     let ctx = ServeContext {
+        health: None,
         source: &source,
         status,
         shutdown,

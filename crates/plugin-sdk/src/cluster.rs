@@ -28,6 +28,7 @@ pub struct Filter {
     label: Option<(String, String)>,
     gpus_below: Option<f64>,
     gpus_at_least: Option<f64>,
+    usable: Option<bool>,
 }
 
 impl Filter {
@@ -82,6 +83,19 @@ impl Filter {
         self
     }
 
+    /// Only nodes that may count: not judged unhealthy by their own
+    /// node-health check (unknown, healthy, degraded and stale count).
+    pub fn usable(mut self) -> Self {
+        self.usable = Some(true);
+        self
+    }
+
+    /// Only nodes their own node-health check judged unhealthy.
+    pub fn unhealthy(mut self) -> Self {
+        self.usable = Some(false);
+        self
+    }
+
     fn to_wit(&self) -> wit::NodeFilter {
         wit::NodeFilter {
             alive: self.alive,
@@ -92,6 +106,7 @@ impl Filter {
             }),
             gpus_below: self.gpus_below,
             gpus_at_least: self.gpus_at_least,
+            usable: self.usable,
         }
     }
 }
@@ -290,6 +305,29 @@ impl<'t> Node<'t> {
             "" => self.address(),
             h => h,
         }
+    }
+
+    /// What the node's own health check last said (`Unknown` until it
+    /// reported, or when its checks are off).
+    pub fn health(&self) -> wit::NodeHealthState {
+        match self.word(11) {
+            1 => wit::NodeHealthState::Healthy,
+            2 => wit::NodeHealthState::Degraded,
+            3 => wit::NodeHealthState::Unhealthy,
+            4 => wit::NodeHealthState::Stale,
+            _ => wit::NodeHealthState::Unknown,
+        }
+    }
+
+    /// Why the node is degraded or unhealthy (empty otherwise), e.g.
+    /// `GPU 3 XID 79 (fallen off the bus)`.
+    pub fn health_reason(&self) -> &'t str {
+        self.text(12)
+    }
+
+    /// Whether the node may count toward readiness: not judged unhealthy.
+    pub fn usable(&self) -> bool {
+        self.health() != wit::NodeHealthState::Unhealthy
     }
 
     /// Whether this is the head node.

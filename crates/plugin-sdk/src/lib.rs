@@ -1,14 +1,15 @@
 //! # orchestrator-plugin-sdk
 //!
 //! Write a policy for the Ray/vLLM orchestrator in a few lines. A policy is
-//! a WebAssembly component that implements one of three worlds of the WIT
+//! a WebAssembly component that implements one of four worlds of the WIT
 //! package `ray-orchestrator:policy@0.2.0`:
 //!
-//! | phase     | trait                          | export macro                  |
-//! |-----------|--------------------------------|-------------------------------|
-//! | readiness | [`readiness::ReadinessPolicy`] | [`export_readiness_policy!`]  |
-//! | launch    | [`launch::LaunchPolicy`]       | [`export_launch_policy!`]     |
-//! | health    | [`health::HealthPolicy`]       | [`export_health_policy!`]     |
+//! | phase       | trait                               | export macro                   |
+//! |-------------|-------------------------------------|--------------------------------|
+//! | readiness   | [`readiness::ReadinessPolicy`]      | [`export_readiness_policy!`]   |
+//! | launch      | [`launch::LaunchPolicy`]            | [`export_launch_policy!`]      |
+//! | health      | [`health::HealthPolicy`]            | [`export_health_policy!`]      |
+//! | node health | [`node_health::NodeHealthPolicy`]   | [`export_node_health_policy!`] |
 //!
 //! Implement the trait on a unit struct and call the macro once:
 //!
@@ -277,6 +278,51 @@ pub mod health {
     }
 }
 
+/// Node-health policies: judge one node's own readings (GPUs, host, Ray).
+pub mod node_health {
+    pub use crate::Params;
+    pub use crate::types::{
+        GpuReading, KeyValue, NodeReadings, NodeVerdict, ThrottleReasons, XidEvent,
+    };
+
+    /// Generated bindings of the `node-health` world.
+    #[doc(hidden)]
+    pub mod bindings {
+        #![allow(missing_docs, clippy::all)]
+        wit_bindgen::generate!({
+            path: "../../wit/policy-0.2.0",
+            world: "ray-orchestrator:policy/node-health@0.2.0",
+            with: {
+                "ray-orchestrator:policy/types@0.2.0": crate::base::ray_orchestrator::policy::types,
+                "ray-orchestrator:policy/log@0.2.0": crate::base::ray_orchestrator::policy::log,
+            },
+            pub_export_macro: true,
+            export_macro_name: "__export_node_health_world",
+            default_bindings_module: "orchestrator_plugin_sdk::node_health::bindings",
+        });
+    }
+
+    /// A node-health policy. Implement it on a unit struct and export it
+    /// with [`export_node_health_policy!`](crate::export_node_health_policy).
+    pub trait NodeHealthPolicy {
+        /// Judges one probe round of this node's readings: `Healthy`,
+        /// `Degraded(why)` or `Unhealthy(why)`. Called at the probe
+        /// interval (1 s by default) on every node.
+        fn judge(readings: &NodeReadings, params: &Params) -> NodeVerdict;
+    }
+
+    #[doc(hidden)]
+    pub struct Adapter<P>(core::marker::PhantomData<P>);
+
+    impl<P: NodeHealthPolicy>
+        bindings::exports::ray_orchestrator::policy::node_health_policy::Guest for Adapter<P>
+    {
+        fn judge(readings: NodeReadings, params: Vec<KeyValue>) -> NodeVerdict {
+            P::judge(&readings, &Params::new(params))
+        }
+    }
+}
+
 /// Exports a [`readiness::ReadinessPolicy`] implementation as the
 /// component's `readiness` world. Call it once, at the crate's top level.
 #[macro_export]
@@ -304,5 +350,15 @@ macro_rules! export_health_policy {
     ($policy:ty) => {
         type __OrchestratorHealthAdapter = $crate::health::Adapter<$policy>;
         $crate::health::bindings::__export_health_world!(__OrchestratorHealthAdapter with_types_in $crate::health::bindings);
+    };
+}
+
+/// Exports a [`node_health::NodeHealthPolicy`] implementation as the
+/// component's `node-health` world. Call it once, at the crate's top level.
+#[macro_export]
+macro_rules! export_node_health_policy {
+    ($policy:ty) => {
+        type __OrchestratorNodeHealthAdapter = $crate::node_health::Adapter<$policy>;
+        $crate::node_health::bindings::__export_node_health_world!(__OrchestratorNodeHealthAdapter with_types_in $crate::node_health::bindings);
     };
 }

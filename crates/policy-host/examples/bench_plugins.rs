@@ -45,6 +45,7 @@ fn node(i: u32) -> Node {
             KeyValue::new("accelerator", "a100"),
         ],
         start_time_ms: 1_764_072_000_000 + u64::from(i),
+        health: Default::default(),
     }
 }
 

@@ -18,6 +18,7 @@ pub(crate) fn function_name(world: World) -> &'static str {
         World::Readiness => "check",
         World::Launch => "plan",
         World::Health => "evaluate",
+        World::NodeHealth => "judge",
     }
 }
 

@@ -42,7 +42,7 @@ pub use world::{PACKAGE, VERSION, Version, World};
 
 use orchestrator_domain::{
     ClusterSnapshot, HealthSnapshot, HealthVerdict, KeyValue, LaunchError, LaunchPlan,
-    LaunchRequest, Readiness,
+    LaunchRequest, NodeReadings, NodeVerdict, Readiness,
 };
 use sandbox::State;
 use sha2::{Digest, Sha256};
@@ -326,6 +326,11 @@ impl PolicyHost {
         self.load(World::Health, source).map(HealthPolicy)
     }
 
+    /// Loads a node-health policy (contract 0.2.0 and later).
+    pub fn node_health(&self, source: &PluginSource) -> Result<NodeHealthPolicy, PluginError> {
+        self.load(World::NodeHealth, source).map(NodeHealthPolicy)
+    }
+
     fn load(&self, world: World, source: &PluginSource) -> Result<Plugin, PluginError> {
         let (name, bytes) = self.read(source)?;
         self.load_bytes(world, &name, &bytes)
@@ -559,6 +564,26 @@ impl HealthPolicy {
         self.0.call(|store, func, version| match version {
             Version::V0_1_0 => v0_1::evaluate(store, func, snapshot, params),
             Version::V0_2_0 => v0_2::evaluate(store, func, snapshot, params),
+        })
+    }
+}
+
+/// A loaded node-health policy (`node-health-policy.judge`).
+pub struct NodeHealthPolicy(Plugin);
+handle!(NodeHealthPolicy);
+
+impl NodeHealthPolicy {
+    /// Judges one round of this node's readings.
+    pub fn judge(
+        &mut self,
+        readings: &NodeReadings,
+        params: &[KeyValue],
+    ) -> Result<NodeVerdict, PluginError> {
+        self.0.call(|store, func, version| match version {
+            Version::V0_1_0 => Err(wasmtime::format_err!(
+                "contract 0.1.0 has no node-health world"
+            )),
+            Version::V0_2_0 => v0_2::judge(store, func, readings, params),
         })
     }
 }

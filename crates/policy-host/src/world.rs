@@ -68,11 +68,19 @@ pub enum World {
     Launch,
     /// Judges health and picks an action (`health-policy.evaluate`).
     Health,
+    /// Judges one node's own readings (`node-health-policy.judge`); from
+    /// contract 0.2.0 on.
+    NodeHealth,
 }
 
 impl World {
     /// Every world, in phase order.
-    pub const ALL: [World; 3] = [World::Readiness, World::Launch, World::Health];
+    pub const ALL: [World; 4] = [
+        World::Readiness,
+        World::Launch,
+        World::Health,
+        World::NodeHealth,
+    ];
 
     /// The world's name in the WIT: `readiness`, `launch` or `health`.
     pub fn name(self) -> &'static str {
@@ -80,6 +88,15 @@ impl World {
             World::Readiness => "readiness",
             World::Launch => "launch",
             World::Health => "health",
+            World::NodeHealth => "node-health",
+        }
+    }
+
+    /// The first contract version that has this world.
+    pub fn since(self) -> Version {
+        match self {
+            World::NodeHealth => Version::V0_2_0,
+            _ => Version::V0_1_0,
         }
     }
 
@@ -89,6 +106,7 @@ impl World {
             World::Readiness => "readiness-policy",
             World::Launch => "launch-policy",
             World::Health => "health-policy",
+            World::NodeHealth => "node-health-policy",
         }
     }
 
@@ -98,7 +116,7 @@ impl World {
         format!("{PACKAGE}/{}@{version}", self.interface())
     }
 
-    /// Parses `readiness`, `launch` or `health`.
+    /// Parses `readiness`, `launch`, `health` or `node-health`.
     pub fn parse(text: &str) -> Option<World> {
         World::ALL.into_iter().find(|w| w.name() == text)
     }

@@ -39,5 +39,6 @@ pub fn node_from_proto(info: &GcsNodeInfo) -> Node {
         resources,
         labels,
         start_time_ms: info.start_time_ms,
+        health: Default::default(),
     }
 }

@@ -32,6 +32,7 @@ pub use orchestrator_domain::{ClusterView, MembershipChange, MembershipUpdate, U
 pub use watch::watch_membership;
 
 use proto::control_plane_pub_sub_gcs_service_client::ControlPlanePubSubGcsServiceClient;
+use proto::internal_kv_gcs_service_client::InternalKvGcsServiceClient;
 use proto::node_info_gcs_service_client::NodeInfoGcsServiceClient;
 use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
@@ -76,6 +77,14 @@ pub enum GcsError {
 pub struct GcsClient {
     address: String,
     channel: Channel,
+}
+
+impl std::fmt::Debug for GcsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GcsClient")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Timeout of one unary call.
@@ -156,6 +165,86 @@ impl GcsClient {
             .into_inner();
         check_status(&self.address, "GetAllNodeInfo", reply.status.as_ref())?;
         Ok(reply.node_info_list.iter().map(node_from_proto).collect())
+    }
+
+    fn kv(&self) -> InternalKvGcsServiceClient<Channel> {
+        InternalKvGcsServiceClient::new(self.channel.clone())
+    }
+
+    /// Writes `key` = `value` in `namespace` of the GCS's internal
+    /// key-value store, replacing what was there.
+    pub async fn kv_put(&self, namespace: &str, key: &str, value: Vec<u8>) -> Result<(), GcsError> {
+        let mut request = tonic::Request::new(proto::InternalKvPutRequest {
+            key: key.as_bytes().to_vec(),
+            value,
+            overwrite: true,
+            namespace: namespace.as_bytes().to_vec(),
+        });
+        request.set_timeout(CALL_TIMEOUT);
+        let reply = self
+            .kv()
+            .internal_kv_put(request)
+            .await
+            .map_err(|s| self.rpc_error("InternalKVPut", s))?
+            .into_inner();
+        check_status(&self.address, "InternalKVPut", reply.status.as_ref())
+    }
+
+    /// Every key of `namespace` that starts with `prefix`, with its value.
+    pub async fn kv_scan(
+        &self,
+        namespace: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, GcsError> {
+        let mut request = tonic::Request::new(proto::InternalKvKeysRequest {
+            prefix: prefix.as_bytes().to_vec(),
+            namespace: namespace.as_bytes().to_vec(),
+        });
+        request.set_timeout(CALL_TIMEOUT);
+        let keys = self
+            .kv()
+            .internal_kv_keys(request)
+            .await
+            .map_err(|s| self.rpc_error("InternalKVKeys", s))?
+            .into_inner();
+        check_status(&self.address, "InternalKVKeys", keys.status.as_ref())?;
+        if keys.results.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut request = tonic::Request::new(proto::InternalKvMultiGetRequest {
+            keys: keys.results,
+            namespace: namespace.as_bytes().to_vec(),
+        });
+        request.set_timeout(CALL_TIMEOUT);
+        let reply = self
+            .kv()
+            .internal_kv_multi_get(request)
+            .await
+            .map_err(|s| self.rpc_error("InternalKVMultiGet", s))?
+            .into_inner();
+        check_status(&self.address, "InternalKVMultiGet", reply.status.as_ref())?;
+        Ok(reply
+            .results
+            .into_iter()
+            .map(|e| (String::from_utf8_lossy(&e.key).into_owned(), e.value))
+            .collect())
+    }
+
+    /// Deletes `key` of `namespace`.
+    pub async fn kv_delete(&self, namespace: &str, key: &str) -> Result<(), GcsError> {
+        let mut request = tonic::Request::new(proto::InternalKvDelRequest {
+            key: key.as_bytes().to_vec(),
+            namespace: namespace.as_bytes().to_vec(),
+            del_by_prefix: false,
+        });
+        request.set_timeout(CALL_TIMEOUT);
+        let reply = self
+            .kv()
+            .internal_kv_del(request)
+            .await
+            .map_err(|s| self.rpc_error("InternalKVDel", s))?
+            .into_inner();
+        check_status(&self.address, "InternalKVDel", reply.status.as_ref())
     }
 
     pub(crate) fn pubsub(&self) -> ControlPlanePubSubGcsServiceClient<Channel> {

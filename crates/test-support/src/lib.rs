@@ -551,3 +551,22 @@ pub fn output_within(cmd: &mut std::process::Command, limit: Duration) -> Output
         stderr: stderr.join().unwrap_or_default(),
     }
 }
+
+/// The test-only NVML stand-in library (`crates/nvml-standin`), built by
+/// the workspace build next to the test binaries.
+pub fn nvml_standin_library() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test> or target/<profile>/examples/<bench>
+    let profile_dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let path = profile_dir.join("libnvml_standin.so");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build --release -p nvml-standin` (cargo xtask test does)",
+        path.display()
+    );
+    path
+}

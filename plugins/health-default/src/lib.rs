@@ -4,6 +4,10 @@
 //!   died): `restart` with exponential backoff, up to `max-restarts`; then
 //!   `shutdown` with exit code 1 so Kubernetes restarts the pod.
 //! - A node the server was launched on died: `restart` (same limit).
+//! - A node the server was launched on turned unhealthy (its own
+//!   node-health check): `restart` (same limit). The new server is
+//!   launched on the usable nodes only, so the same node does not restart
+//!   it again.
 //! - Still loading longer than `startup-timeout-ms`: `restart`.
 //! - One failed probe: `degraded`; `restart-after-failures` failed probes in
 //!   a row: `restart`.
@@ -87,6 +91,18 @@ impl HealthPolicy for DefaultHealth {
             return settings.restart_or_give_up(
                 snapshot,
                 format!("node the server runs on died: {}", lost.join(", ")),
+            );
+        }
+
+        let sick: Vec<String> = cluster
+            .nodes()
+            .filter(|n| n.alive() && n.serving() && !n.usable())
+            .map(|n| format!("{} ({}): {}", n.name(), n.address(), n.health_reason()))
+            .collect();
+        if !sick.is_empty() {
+            return settings.restart_or_give_up(
+                snapshot,
+                format!("node the server runs on is unhealthy: {}", sick.join("; ")),
             );
         }
 

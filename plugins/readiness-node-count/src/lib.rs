@@ -1,5 +1,9 @@
 //! Built-in readiness policy `node-count`.
 //!
+//! Nodes that their own node-health check judged unhealthy do not count,
+//! and the reason names them (`node 10.0.0.7 unhealthy: GPU 3 XID 79
+//! (fallen off the bus)`).
+//!
 //! Ready when at least the expected number of nodes is alive and, when asked,
 //! the alive nodes offer the expected GPUs in total and every alive node
 //! offers the per-node minimum. Otherwise `wait` with a reason naming what is
@@ -68,11 +72,28 @@ fn judge(
     let want_gpus = params.f64_or("gpus", expected.gpus)?;
     let want_per_node = params.f64_or("min-gpus-per-node", expected.min_gpus_per_node)?;
 
-    let alive = cluster.totals(&Filter::alive());
+    // Nodes whose own health check said unhealthy do not count.
+    let alive = cluster.totals(&Filter::alive().usable());
     let mut missing = Vec::new();
+    let unhealthy = cluster.count(&Filter::alive().unhealthy());
+    if unhealthy > 0 {
+        let mut named: Vec<String> = cluster
+            .nodes()
+            .filter(|n| n.alive() && !n.usable())
+            .take(NAMED as usize)
+            .map(|n| format!("node {} unhealthy: {}", n.address(), n.health_reason()))
+            .collect();
+        if unhealthy > NAMED {
+            named.push(format!("and {} more unhealthy", unhealthy - NAMED));
+        }
+        missing.push(named.join("; "));
+    }
 
     if alive.count < want_nodes {
         let mut text = format!("{} of {want_nodes} nodes alive", alive.count);
+        if unhealthy > 0 {
+            text.push_str(" and healthy");
+        }
         let dead = cluster.totals_named(&Filter::dead(), NAMED);
         if dead.count > 0 {
             text.push_str(&format!(" (dead: {})", names(&dead)));
@@ -89,13 +110,13 @@ fn judge(
     }
 
     if want_per_node > 0.0 {
-        let below = Filter::alive().gpus_below(want_per_node - 1e-9);
+        let below = Filter::alive().usable().gpus_below(want_per_node - 1e-9);
         let short = cluster.count(&below);
         if short > 0 {
             // Only now is each node looked at, to say what it has.
             let mut named: Vec<String> = cluster
                 .nodes()
-                .filter(|n| n.alive() && n.gpu() + 1e-9 < want_per_node)
+                .filter(|n| n.alive() && n.usable() && n.gpu() + 1e-9 < want_per_node)
                 .take(NAMED as usize)
                 .map(|n| format!("{} has {} GPUs", n.name(), trim(n.gpu())))
                 .collect();

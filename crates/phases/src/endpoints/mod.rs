@@ -5,12 +5,14 @@
 //! owner of the current [`Phase`] and publishes the [`Event`]s a platform
 //! records.
 
+mod node_metrics;
+
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use orchestrator_domain::{Event, EventReason, Phase, VerdictKind};
+use orchestrator_domain::{Event, EventReason, NodeHealthState, NodeReadings, Phase, VerdictKind};
 use orchestrator_policy_host::World;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -58,6 +60,25 @@ pub struct PhaseEntry {
     pub since_ms: u64,
 }
 
+/// One node's health as `/status` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+pub struct NodeHealthView {
+    /// The Ray node id (empty until found).
+    pub node_id: String,
+    /// The node's address.
+    pub address: String,
+    /// Its state.
+    pub state: NodeHealthState,
+    /// Why, when not healthy.
+    pub reason: String,
+    /// Time since its last new report (the head's view; 0 for this
+    /// process's own nodes).
+    pub report_age_ms: u64,
+    /// What its probes read.
+    pub readings: NodeReadings,
+}
+
 /// The state behind `/status` and `/readyz`.
 #[derive(Debug, Clone, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -83,6 +104,10 @@ pub struct StatusState {
     /// Why expected nodes are missing, as the platform (Kubernetes) says,
     /// while the wait phase runs.
     pub diagnostics: Vec<String>,
+    /// This process's own nodes' health checks.
+    pub own_health: Vec<NodeHealthView>,
+    /// Head: every node's health, from their reports.
+    pub node_health: Vec<NodeHealthView>,
     /// The last health verdict's kind.
     #[serde(skip)]
     pub last_verdict: Option<VerdictKind>,
@@ -104,6 +129,7 @@ pub struct Status {
     policy_seconds: Family<WorldLabel, Histogram>,
     restarts: Counter,
     verdicts: Family<VerdictLabel, Counter>,
+    node_metrics: node_metrics::NodeMetrics,
     events: Mutex<Option<tokio::sync::mpsc::Sender<Event>>>,
 }
 
@@ -170,6 +196,8 @@ impl Status {
             "Health policy verdicts",
             verdicts.clone(),
         );
+        let node_metrics = node_metrics::NodeMetrics::default();
+        node_metrics.register(&mut registry);
         let status = Arc::new(Self {
             state: Mutex::new(StatusState::default()),
             started: Instant::now(),
@@ -181,6 +209,7 @@ impl Status {
             policy_seconds,
             restarts,
             verdicts,
+            node_metrics,
             events: Mutex::new(None),
         });
         status.enter(Phase::Start);
@@ -350,6 +379,24 @@ impl Status {
             EventReason::ServerRestarted,
             format!("the serving process was restarted (restart {n})"),
         );
+    }
+
+    /// Records this process's own nodes' health checks (their metrics
+    /// too, unless the head's view of every node is there).
+    pub fn own_node_health(&self, views: Vec<NodeHealthView>) {
+        let head_view = self.with(|s| {
+            s.own_health = views.clone();
+            !s.node_health.is_empty()
+        });
+        if !head_view {
+            self.node_metrics.update(&views);
+        }
+    }
+
+    /// Head: records every node's health, from their reports.
+    pub fn node_health(&self, views: Vec<NodeHealthView>) {
+        self.node_metrics.update(&views);
+        self.with(|s| s.node_health = views);
     }
 
     /// Records the serving process's pid.

@@ -191,6 +191,12 @@ impl Plan {
             open_file_limit: 65536,
             kubernetes: None,
             stop_grace: cluster.grace,
+            // Local GPUs are Ray resource slots on a machine without
+            // GPUs: the count check would fail every node.
+            node_health: crate::node_health::NodeHealthPlan::from_config(
+                &crate::config::NodeHealthConfig::default(),
+                vec![KeyValue::new("check-gpu-count", "false")],
+            ),
         })
     }
 }

@@ -21,15 +21,19 @@ pub use plan::{
 };
 
 use crate::endpoints::{Status, serve_endpoints};
+use crate::node_health::{self as node_health, Board, OwnHealth, Reporter, UNHEALTHY_EXIT_CODE};
 use crate::platform::kubernetes::{self as kube_platform, KubeHandle};
 use crate::policies::Policies;
 use crate::serve::{self, ServeContext, ServeOutcome};
 use crate::start::{RayNodes, raise_open_file_limit};
 use crate::supervision::{Shutdown, prepare_process};
 use crate::wait::{Ready, WaitSpec, wait_for_cluster};
-use orchestrator_domain::{EventReason, Phase, VerdictKind};
+use orchestrator_domain::{EventReason, NodeHealthState, Phase, VerdictKind};
+use orchestrator_node_probe::GpuProbe;
+use orchestrator_policy_host::NodeHealthPolicy;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// How the lifecycle ended: the process's exit code and, for a failure,
 /// what to tell the user.
@@ -83,6 +87,9 @@ type ReadyHook = Box<dyn FnOnce(&Ready) + Send>;
 pub struct Lifecycle {
     plan: Plan,
     policies: Option<Policies>,
+    node_health_policy: Option<NodeHealthPolicy>,
+    reporter: Option<Reporter>,
+    board: Option<watch::Receiver<Arc<Board>>>,
     status: Arc<Status>,
     on_ready: Option<ReadyHook>,
 }
@@ -100,9 +107,19 @@ impl Lifecycle {
         Self {
             plan,
             policies,
+            node_health_policy: None,
+            reporter: None,
+            board: None,
             status: Status::new(),
             on_ready: None,
         }
+    }
+
+    /// Checks this process's nodes with `policy` (when the plan has node
+    /// health on); loaded by the caller, like the other policies.
+    pub fn with_node_health_policy(mut self, policy: NodeHealthPolicy) -> Self {
+        self.node_health_policy = Some(policy);
+        self
     }
 
     /// Calls `hook` once the cluster is ready, before serving.
@@ -173,11 +190,16 @@ impl Lifecycle {
             Ok(nodes) => nodes,
             Err(e) => return Exit::failed(1, e.to_string()),
         };
+        self.start_node_health(&nodes);
         let exit = if shutdown.is_requested() {
             Exit::ok()
         } else {
             self.after_start(&mut nodes, shutdown, kubernetes).await
         };
+        self.board = None;
+        if let Some(reporter) = self.reporter.take() {
+            reporter.withdraw().await;
+        }
         if !nodes.stop(self.plan.stop_grace).await {
             return Exit::failed(1, "some of Ray's processes did not stop; see the log above");
         }
@@ -185,6 +207,61 @@ impl Lifecycle {
         exit
     }
 
+    /// Starts checking this process's nodes, and on the head following
+    /// every node's report, when node health is on.
+    fn start_node_health(&mut self, nodes: &RayNodes) {
+        let Some(plan) = &self.plan.node_health else {
+            return;
+        };
+        let Some(policy) = self.node_health_policy.take() else {
+            tracing::debug!("node health is on but no node-health policy was loaded");
+            return;
+        };
+        let store = self.plan.membership.health_store();
+        let probe = GpuProbe::spawn(orchestrator_node_probe::gpu::library_path(), plan.interval);
+        let reporter = Reporter::spawn(
+            plan,
+            policy,
+            probe.subscribe(),
+            store.clone(),
+            Arc::clone(&self.status),
+        );
+        for node in nodes.running() {
+            report_on(&self.plan.start, &reporter, node);
+        }
+        if self.plan.wait.is_some()
+            && let Some(store) = store
+        {
+            self.board = Some(node_health::board::follow(
+                store,
+                plan,
+                Arc::clone(&self.status),
+            ));
+        }
+        self.reporter = Some(reporter);
+    }
+
+}
+
+/// Adds a started node to the reporter's checks.
+fn report_on(start: &crate::start::StartPlan, reporter: &Reporter, node: &crate::start::RayNode) {
+    {
+        let argv = start
+            .nodes
+            .iter()
+            .find(|n| n.label == node.label())
+            .map(|n| n.argv.as_slice())
+            .unwrap_or_default();
+        let raylet = node
+            .daemons()
+            .iter()
+            .find(|d| d.name == "raylet")
+            .map(|d| d.pid);
+        reporter.add(node.label(), node_health::target_of(argv, raylet));
+    }
+}
+
+impl Lifecycle {
     /// Wait (head), then serve or supervise.
     async fn after_start(
         &mut self,
@@ -201,7 +278,13 @@ impl Lifecycle {
                 "worker: Ray node running".into(),
                 true,
             );
-            return supervise(nodes, shutdown, &status).await;
+            let own = self.reporter.as_ref().map(Reporter::subscribe);
+            let grace = self
+                .plan
+                .node_health
+                .as_ref()
+                .map_or(Duration::MAX, |p| p.unhealthy_grace);
+            return supervise_worker(nodes, shutdown, &status, own, grace).await;
         };
         let ready = match self.wait(&wait, nodes, shutdown, kubernetes).await {
             Waited::Ready(ready) => ready,
@@ -261,6 +344,7 @@ impl Lifecycle {
             diagnostics: vec![],
             facts,
             status: Some(Arc::clone(&status)),
+            health: self.board.clone(),
         };
         let waiting = wait_for_cluster(&spec, &mut policies.readiness);
         tokio::pin!(waiting);
@@ -286,7 +370,12 @@ impl Lifecycle {
                 started = late.next() => started,
             };
             match started {
-                Ok(node) => nodes.adopt(node),
+                Ok(node) => {
+                    if let Some(reporter) = &self.reporter {
+                        report_on(&self.plan.start, reporter, &node);
+                    }
+                    nodes.adopt(node);
+                }
                 Err(e) => {
                     return Waited::Ended(Exit::failed(
                         1,
@@ -313,6 +402,7 @@ impl Lifecycle {
             source: self.plan.membership.as_ref(),
             status: &status,
             shutdown,
+            health: self.board.as_ref(),
         };
         let plan = match serve::plan_launch(ready, spec, &mut policies.launch, ctx) {
             Ok(plan) => plan,
@@ -367,6 +457,65 @@ fn served(status: &Status, outcome: ServeOutcome) -> Exit {
             };
             status.fail(why, reason.clone());
             Exit::failed(1, reason)
+        }
+    }
+}
+
+/// A worker's supervision: [`supervise`], and an exit with
+/// [`UNHEALTHY_EXIT_CODE`] once one of its nodes has been unhealthy for
+/// `grace` (so that Kubernetes replaces the pod).
+async fn supervise_worker(
+    nodes: &RayNodes,
+    shutdown: &Shutdown,
+    status: &Status,
+    own: Option<watch::Receiver<Vec<OwnHealth>>>,
+    grace: Duration,
+) -> Exit {
+    let Some(mut own) = own else {
+        return supervise(nodes, shutdown, status).await;
+    };
+    let unhealthy_for_grace = async {
+        loop {
+            let due = own
+                .borrow_and_update()
+                .iter()
+                .filter(|o| o.verdict.state() == NodeHealthState::Unhealthy)
+                .map(|o| (o.since.checked_add(grace), o.verdict.reason().to_string()))
+                .min_by_key(|(at, _)| *at);
+            let wake = async {
+                match &due {
+                    Some((Some(at), _)) => tokio::time::sleep_until((*at).into()).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = wake => {
+                    if let Some((_, reason)) = due
+                        && own.borrow().iter().any(|o| {
+                            o.verdict.state() == NodeHealthState::Unhealthy
+                                && o.since.elapsed() >= grace
+                        })
+                    {
+                        return reason;
+                    }
+                }
+                changed = own.changed() => {
+                    if changed.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }
+        }
+    };
+    tokio::select! {
+        exit = supervise(nodes, shutdown, status) => exit,
+        reason = unhealthy_for_grace => {
+            let message = format!(
+                "this node stayed unhealthy for {} s (node-health.unhealthy-grace-seconds): {reason}; stopping so that the pod is replaced",
+                grace.as_secs()
+            );
+            status.fail(EventReason::NodeUnhealthy, message.clone());
+            Exit::failed(UNHEALTHY_EXIT_CODE, message)
         }
     }
 }

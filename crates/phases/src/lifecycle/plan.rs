@@ -75,6 +75,8 @@ pub struct Plan {
     pub kubernetes: Option<(KubernetesConfig, ClusterConfig)>,
     /// Between SIGTERM and SIGKILL for Ray's process groups.
     pub stop_grace: Duration,
+    /// Every node's own health checks (off: none).
+    pub node_health: Option<crate::node_health::NodeHealthPlan>,
 }
 
 /// Why a plan cannot be made.
@@ -164,6 +166,10 @@ impl Plan {
             kubernetes: (head && config.kubernetes.enabled)
                 .then(|| (config.kubernetes.clone(), config.cluster.clone())),
             stop_grace: Duration::from_secs(config.ray.stop_grace_seconds),
+            node_health: crate::node_health::NodeHealthPlan::from_config(
+                &config.node_health,
+                config.policies.node_health.params(),
+            ),
         })
     }
 }

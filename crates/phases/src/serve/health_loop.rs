@@ -64,10 +64,12 @@ enum Next {
     End(ServeOutcome),
 }
 
-fn ids_alive(nodes: &[Node]) -> Vec<String> {
+/// The nodes a new server runs on: alive, and not judged unhealthy by
+/// their own checks.
+fn ids_usable(nodes: &[Node]) -> Vec<String> {
     nodes
         .iter()
-        .filter(|n| n.alive)
+        .filter(|n| n.alive && n.health.usable())
         .map(|n| n.id.clone())
         .collect()
 }
@@ -88,6 +90,7 @@ struct HealthLoop<'a> {
     server: Server,
     probe_tx: mpsc::UnboundedSender<(ProbeKind, ProbeResult)>,
     last_logged: Option<(VerdictKind, Instant)>,
+    board: std::sync::Arc<crate::node_health::Board>,
 }
 
 impl<'a> HealthLoop<'a> {
@@ -121,7 +124,7 @@ impl<'a> HealthLoop<'a> {
             running: false,
             probes: Probes::default(),
         };
-        self.server_nodes = ids_alive(&self.nodes);
+        self.server_nodes = ids_usable(&self.nodes);
     }
 
     /// Stops the current server: SIGTERM, then SIGKILL after the grace, or
@@ -169,11 +172,20 @@ impl<'a> HealthLoop<'a> {
             };
             update.apply_into(&mut view);
             self.nodes = view.nodes;
+            self.board.annotate(&mut self.nodes);
             let alive = self.nodes.iter().filter(|n| n.alive).count() as u32;
             let expected = self.ctx.status.snapshot().nodes_expected;
             self.ctx.status.nodes(alive, expected);
         }
         news
+    }
+
+    /// New node-health reports: news when a node's health changed.
+    fn on_node_health(&mut self, board: std::sync::Arc<crate::node_health::Board>) -> bool {
+        self.board = board;
+        let before: Vec<_> = self.nodes.iter().map(|n| n.health.clone()).collect();
+        self.board.annotate(&mut self.nodes);
+        self.nodes.iter().zip(before).any(|(n, b)| n.health != b)
     }
 
     fn on_probe(&mut self, kind: ProbeKind, result: ProbeResult) {
@@ -395,7 +407,13 @@ pub async fn supervise(
         },
         probe_tx,
         last_logged: None,
+        board: ctx
+            .health
+            .map(|rx| rx.borrow().clone())
+            .unwrap_or_default(),
     };
+    state.board.annotate(&mut state.nodes);
+    let mut health_rx = ctx.health.cloned();
     state.launch();
     loop {
         let evaluate = tokio::select! {
@@ -414,6 +432,21 @@ pub async fn supervise(
                 true
             }
             Some(update) = membership.recv() => state.on_membership(update),
+            open = async {
+                match health_rx.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            } => match (open, health_rx.as_mut()) {
+                (true, Some(rx)) => {
+                    let board = rx.borrow_and_update().clone();
+                    state.on_node_health(board)
+                }
+                _ => {
+                    health_rx = None;
+                    false
+                }
+            },
             Some((kind, result)) = probe_rx.recv() => {
                 state.on_probe(kind, result);
                 true

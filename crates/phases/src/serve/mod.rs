@@ -81,6 +81,8 @@ pub struct ServeContext<'a> {
     pub status: &'a Status,
     /// SIGTERM / SIGINT.
     pub shutdown: &'a Shutdown,
+    /// Every node's own health, when node health is on.
+    pub health: Option<&'a tokio::sync::watch::Receiver<std::sync::Arc<crate::node_health::Board>>>,
 }
 
 /// How the serve phase ended.

@@ -10,6 +10,7 @@
 
 use crate::endpoints::Status;
 use crate::membership::MembershipSource;
+use crate::node_health::Board;
 use orchestrator_domain::{
     ClusterSnapshot, ClusterView, ExternalFacts, KeyValue, MembershipChange, MembershipUpdate,
     Node, Readiness, Topology, UpdateSource,
@@ -38,6 +39,10 @@ pub struct WaitSpec {
     pub facts: Option<tokio::sync::watch::Receiver<ExternalFacts>>,
     /// Where progress is reported (`/status`, `/metrics`, Events).
     pub status: Option<Arc<Status>>,
+    /// Every node's own health check, as the head follows it: a node
+    /// judged unhealthy does not count toward readiness (the snapshot's
+    /// nodes carry their health). Each change is a new snapshot.
+    pub health: Option<tokio::sync::watch::Receiver<Arc<Board>>>,
 }
 
 /// The cluster is ready.
@@ -130,8 +135,15 @@ impl fmt::Display for Diagnosis {
 }
 
 fn describe(n: &Node) -> String {
+    let health = if n.health.is_unknown() {
+        String::new()
+    } else if n.health.reason.is_empty() {
+        format!(" {}", n.health.state)
+    } else {
+        format!(" {}: {}", n.health.state, n.health.reason)
+    };
     format!(
-        "{}{} {} (node {}) cpu={} gpu={}",
+        "{}{} {} (node {}) cpu={} gpu={}{health}",
         if n.is_head { "head " } else { "" },
         n.address,
         n.hostname,
@@ -176,6 +188,7 @@ struct Seen {
     last_update_at: Instant,
     facts: ExternalFacts,
     expected: Topology,
+    health: Arc<Board>,
 }
 
 /// Most joins or deaths of one update logged one line each; past it, one
@@ -327,6 +340,7 @@ impl Waiter<'_> {
             diagnostics.push(format!("GCS connection lost, retrying: {e}"));
         }
         self.seen.report(spec, &diagnostics);
+        self.seen.health.annotate(&mut self.seen.view.nodes);
         // The view's nodes are lent to the snapshot and taken back after the
         // call: no copy of thousands of nodes per membership change.
         let snapshot = std::sync::Arc::new(ClusterSnapshot {
@@ -417,8 +431,10 @@ pub async fn wait_for_cluster(
             last_update_at: start,
             expected: facts.expected.clone().unwrap_or(spec.expected.clone()),
             facts,
+            health: Arc::new(Board::default()),
         },
     };
+    let mut health_rx = spec.health.clone();
     loop {
         let wake = waiter.deadline.min(Instant::now() + REEVALUATE);
         let facts_changed = async {
@@ -448,6 +464,15 @@ pub async fn wait_for_cluster(
                 }
                 // The watcher ended: keep its last facts, stop listening.
                 _ => facts_rx = None,
+            },
+            open = async {
+                match health_rx.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            } => match (open, health_rx.as_mut()) {
+                (true, Some(rx)) => waiter.seen.health = rx.borrow_and_update().clone(),
+                _ => health_rx = None,
             },
             () = tokio::time::sleep_until(wake.into()) => {}
         }

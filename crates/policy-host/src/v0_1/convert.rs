@@ -228,6 +228,7 @@ mod tests {
             },
             labels: vec![domain::KeyValue::new("accelerator", "h100")],
             start_time_ms: 42,
+            health: Default::default(),
         };
         let w = node.to_wire();
         assert_eq!((w.id, w.address, w.hostname), ("ab", "10.0.0.7", "w-1"));

@@ -38,6 +38,9 @@ pub(crate) fn typecheck(
         World::Health => {
             exports::typed::<EvaluateArgs<'_>, wire::HealthVerdict>(store, func).map(drop)
         }
+        World::NodeHealth => Err(wasmtime::format_err!(
+            "contract 0.1.0 has no node-health world; build the plugin against 0.2.0"
+        )),
     }
 }
 

@@ -66,6 +66,7 @@ fn matches(node: &Node, filter: &NodeFilter) -> bool {
         && filter.is_head.is_none_or(|h| node.is_head == h)
         && filter.gpus_below.is_none_or(|g| node.resources.gpu < g)
         && filter.gpus_at_least.is_none_or(|g| node.resources.gpu >= g)
+        && filter.usable.is_none_or(|u| node.health.usable() == u)
         && filter.label.as_ref().is_none_or(|want| {
             node.labels
                 .iter()

@@ -132,3 +132,75 @@ pub(crate) fn health_verdict(v: wire::HealthVerdict) -> domain::HealthVerdict {
         }
     }
 }
+
+fn throttle(reasons: &[domain::ThrottleReason]) -> wire::ThrottleReasons {
+    use domain::ThrottleReason as R;
+    let mut flags = wire::ThrottleReasons::empty();
+    for r in reasons {
+        flags |= match r {
+            R::GpuIdle => wire::ThrottleReasons::GPU_IDLE,
+            R::ApplicationsClocksSetting => wire::ThrottleReasons::APPLICATIONS_CLOCKS_SETTING,
+            R::SwPowerCap => wire::ThrottleReasons::SW_POWER_CAP,
+            R::HwSlowdown => wire::ThrottleReasons::HW_SLOWDOWN,
+            R::SyncBoost => wire::ThrottleReasons::SYNC_BOOST,
+            R::SwThermalSlowdown => wire::ThrottleReasons::SW_THERMAL_SLOWDOWN,
+            R::HwThermalSlowdown => wire::ThrottleReasons::HW_THERMAL_SLOWDOWN,
+            R::HwPowerBrakeSlowdown => wire::ThrottleReasons::HW_POWER_BRAKE_SLOWDOWN,
+            R::DisplayClockSetting => wire::ThrottleReasons::DISPLAY_CLOCK_SETTING,
+        };
+    }
+    flags
+}
+
+fn gpu(g: &domain::GpuReading) -> wire::GpuReading {
+    wire::GpuReading {
+        index: g.index,
+        uuid: g.uuid.clone(),
+        name: g.name.clone(),
+        memory_total_bytes: g.memory_total_bytes,
+        memory_used_bytes: g.memory_used_bytes,
+        ecc_enabled: g.ecc_enabled,
+        ecc_uncorrected_volatile: g.ecc_uncorrected_volatile,
+        remap_pending: g.remap_pending,
+        remap_failed: g.remap_failed,
+        xids: g
+            .xids
+            .iter()
+            .map(|x| wire::XidEvent {
+                xid: x.xid,
+                age_ms: x.age_ms,
+            })
+            .collect(),
+        temperature_c: g.temperature_c,
+        throttle: throttle(&g.throttle),
+        power_watts: g.power_watts,
+        error: g.error.clone(),
+    }
+}
+
+pub(crate) fn node_readings(r: &domain::NodeReadings) -> wire::NodeReadings {
+    wire::NodeReadings {
+        address: r.address.clone(),
+        advertised_gpus: r.advertised_gpus,
+        nvml_unavailable: r.nvml_unavailable.clone(),
+        driver_version: r.driver_version.clone(),
+        gpus: r.gpus.iter().map(gpu).collect(),
+        temp_dir: r.temp_dir.clone(),
+        temp_dir_free_bytes: r.temp_dir_free_bytes,
+        temp_dir_total_bytes: r.temp_dir_total_bytes,
+        shm_total_bytes: r.shm_total_bytes,
+        raylet_open_file_limit: r.raylet_open_file_limit,
+        memory_available_bytes: r.memory_available_bytes,
+        memory_total_bytes: r.memory_total_bytes,
+        memory_pressure_percent: r.memory_pressure_percent,
+        raylet_alive: r.raylet_alive,
+    }
+}
+
+pub(crate) fn node_verdict(v: wire::NodeVerdict) -> domain::NodeVerdict {
+    match v {
+        wire::NodeVerdict::Healthy => domain::NodeVerdict::Healthy,
+        wire::NodeVerdict::Degraded(r) => domain::NodeVerdict::Degraded(r),
+        wire::NodeVerdict::Unhealthy(r) => domain::NodeVerdict::Unhealthy(r),
+    }
+}

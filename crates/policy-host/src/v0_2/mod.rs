@@ -3,7 +3,7 @@
 //! at any cluster size; the whole node table is packed into fixed-size
 //! rows and one text ([`table::encode`]) only when the plugin asks for it.
 //!
-//! Entry points: [`check`], [`plan`] and [`evaluate`], each taking the
+//! Entry points: [`check`], [`plan`], [`evaluate`] and [`judge`], each taking the
 //! domain values and returning the domain answer; the resource's methods
 //! are implemented in [`cluster`].
 
@@ -20,7 +20,7 @@ use crate::sandbox::State;
 use bindings::types as wire;
 use orchestrator_domain::{
     ClusterSnapshot, HealthSnapshot, HealthVerdict, KeyValue, LaunchError, LaunchPlan,
-    LaunchRequest, Readiness,
+    LaunchRequest, NodeReadings, NodeVerdict, Readiness,
 };
 use std::sync::Arc;
 use wasmtime::Store;
@@ -31,6 +31,7 @@ type CheckArgs<'a> = (&'a Cluster, &'a [wire::KeyValue]);
 type PlanArgs<'a> = (&'a Cluster, &'a wire::ServeSettings, &'a [wire::KeyValue]);
 type PlanResult = Result<wire::LaunchPlan, wire::LaunchError>;
 type EvaluateArgs<'a> = (&'a wire::HealthSnapshot, &'a Cluster, &'a [wire::KeyValue]);
+type JudgeArgs<'a> = (&'a wire::NodeReadings, &'a [wire::KeyValue]);
 
 /// Checks the signature of the world's function.
 pub(crate) fn typecheck(store: &Store<State>, func: &Func, world: World) -> wasmtime::Result<()> {
@@ -39,6 +40,9 @@ pub(crate) fn typecheck(store: &Store<State>, func: &Func, world: World) -> wasm
         World::Launch => exports::typed::<PlanArgs<'_>, PlanResult>(store, func).map(drop),
         World::Health => {
             exports::typed::<EvaluateArgs<'_>, wire::HealthVerdict>(store, func).map(drop)
+        }
+        World::NodeHealth => {
+            exports::typed::<JudgeArgs<'_>, wire::NodeVerdict>(store, func).map(drop)
         }
     }
 }
@@ -116,4 +120,17 @@ pub(crate) fn evaluate(
         },
     )
     .map(convert::health_verdict)
+}
+
+/// `node-health-policy.judge`.
+pub(crate) fn judge(
+    store: &mut Store<State>,
+    func: &Func,
+    readings: &NodeReadings,
+    params: &[KeyValue],
+) -> wasmtime::Result<NodeVerdict> {
+    let params = convert::params(params);
+    let readings = convert::node_readings(readings);
+    exports::call::<JudgeArgs<'_>, wire::NodeVerdict>(store, func, (&readings, &params))
+        .map(convert::node_verdict)
 }

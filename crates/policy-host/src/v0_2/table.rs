@@ -11,7 +11,7 @@ use super::bindings::types::NodeTable;
 use super::cluster::ClusterInput;
 
 /// Words per node row.
-pub(crate) const WORDS_PER_NODE: usize = 11;
+pub(crate) const WORDS_PER_NODE: usize = 13;
 
 /// Row flags (word 3).
 const HEAD: u64 = 1;
@@ -98,6 +98,8 @@ pub(crate) fn encode(input: &ClusterInput) -> NodeTable {
             node.start_time_ms,
             span(first_label / 2, node.labels.len()),
             span(first_resource / 2, node.resources.custom.len()),
+            node.health.state.code(),
+            push(&mut text, &node.health.reason),
         ]);
     }
     NodeTable {
