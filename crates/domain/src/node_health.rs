@@ -143,16 +143,18 @@ pub enum NodeHealthState {
     Degraded,
     Unhealthy,
     Stale,
+    Pending,
 }
 
 impl NodeHealthState {
     /// Every state.
-    pub const ALL: [NodeHealthState; 5] = [
+    pub const ALL: [NodeHealthState; 6] = [
         Self::Unknown,
         Self::Healthy,
         Self::Degraded,
         Self::Unhealthy,
         Self::Stale,
+        Self::Pending,
     ];
 
     /// The kebab-case name.
@@ -163,6 +165,7 @@ impl NodeHealthState {
             Self::Degraded => "degraded",
             Self::Unhealthy => "unhealthy",
             Self::Stale => "stale",
+            Self::Pending => "pending",
         }
     }
 
@@ -174,6 +177,7 @@ impl NodeHealthState {
             Self::Degraded => 2,
             Self::Unhealthy => 3,
             Self::Stale => 4,
+            Self::Pending => 5,
         }
     }
 }
@@ -193,9 +197,13 @@ pub struct NodeHealth {
 }
 
 impl NodeHealth {
-    /// Whether the node may count toward readiness: anything but unhealthy.
+    /// Whether the node may count toward readiness: anything but
+    /// unhealthy or pending its first report.
     pub fn usable(&self) -> bool {
-        self.state != NodeHealthState::Unhealthy
+        !matches!(
+            self.state,
+            NodeHealthState::Unhealthy | NodeHealthState::Pending
+        )
     }
 
     /// Whether nothing is known (the default).

@@ -84,13 +84,15 @@ impl Filter {
     }
 
     /// Only nodes that may count: not judged unhealthy by their own
-    /// node-health check (unknown, healthy, degraded and stale count).
+    /// node-health check, nor pending their first report (unknown,
+    /// healthy, degraded and stale count).
     pub fn usable(mut self) -> Self {
         self.usable = Some(true);
         self
     }
 
-    /// Only nodes their own node-health check judged unhealthy.
+    /// Only nodes that may not count: judged unhealthy by their own check,
+    /// or pending their first report.
     pub fn unhealthy(mut self) -> Self {
         self.usable = Some(false);
         self
@@ -315,6 +317,7 @@ impl<'t> Node<'t> {
             2 => wit::NodeHealthState::Degraded,
             3 => wit::NodeHealthState::Unhealthy,
             4 => wit::NodeHealthState::Stale,
+            5 => wit::NodeHealthState::Pending,
             _ => wit::NodeHealthState::Unknown,
         }
     }
@@ -325,9 +328,13 @@ impl<'t> Node<'t> {
         self.text(12)
     }
 
-    /// Whether the node may count toward readiness: not judged unhealthy.
+    /// Whether the node may count toward readiness: not judged unhealthy,
+    /// nor pending its first health report.
     pub fn usable(&self) -> bool {
-        self.health() != wit::NodeHealthState::Unhealthy
+        !matches!(
+            self.health(),
+            wit::NodeHealthState::Unhealthy | wit::NodeHealthState::Pending
+        )
     }
 
     /// Whether this is the head node.

@@ -136,7 +136,7 @@ pub mod log {
 
 /// Readiness policies: decide when the cluster is ready to serve.
 pub mod readiness {
-    pub use crate::types::{KeyValue, Readiness};
+    pub use crate::types::{KeyValue, NodeHealthState, Readiness};
     pub use crate::{Cluster, Filter, Node, NodeGroup, Params, Topology, Totals};
 
     /// Generated bindings of the `readiness` world.
@@ -231,7 +231,7 @@ pub mod launch {
 pub mod health {
     pub use crate::types::{
         ExitStatus, HealthSnapshot, HealthVerdict, KeyValue, NodeChange, NodeChangeKind,
-        ProbeResult, RestartAction, ServerState, ShutdownAction,
+        NodeHealthState, ProbeResult, RestartAction, ServerState, ShutdownAction,
     };
     pub use crate::{Cluster, Filter, Node, Params, Totals};
 

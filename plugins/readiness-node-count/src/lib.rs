@@ -81,10 +81,15 @@ fn judge(
             .nodes()
             .filter(|n| n.alive() && !n.usable())
             .take(NAMED as usize)
-            .map(|n| format!("node {} unhealthy: {}", n.address(), n.health_reason()))
+            .map(|n| match n.health() {
+                NodeHealthState::Pending => {
+                    format!("node {}: {}", n.address(), n.health_reason())
+                }
+                _ => format!("node {} unhealthy: {}", n.address(), n.health_reason()),
+            })
             .collect();
         if unhealthy > NAMED {
-            named.push(format!("and {} more unhealthy", unhealthy - NAMED));
+            named.push(format!("and {} more not usable", unhealthy - NAMED));
         }
         missing.push(named.join("; "));
     }

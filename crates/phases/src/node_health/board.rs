@@ -29,6 +29,9 @@ pub struct BoardEntry {
 pub struct Board {
     /// By node id.
     pub entries: BTreeMap<String, BoardEntry>,
+    /// How long a node that joined may go without a first report before
+    /// it counts anyway (its checks may be off): until then it is pending.
+    pub first_report_within: Duration,
 }
 
 impl Board {
@@ -46,6 +49,41 @@ impl Board {
             node.health = self.health_of(&node.id);
         }
     }
+
+    /// [`annotate`](Self::annotate), and an alive node with no report yet
+    /// that was first seen (`first_seen`, by id) less than
+    /// `first_report_within` ago is pending. Returns when the first
+    /// pending node stops being pending.
+    pub fn annotate_joining(
+        &self,
+        nodes: &mut [Node],
+        first_seen: &HashMap<String, Instant>,
+        now: Instant,
+    ) -> Option<Instant> {
+        let mut next = None::<Instant>;
+        for node in nodes {
+            node.health = self.health_of(&node.id);
+            if !node.alive || !node.health.is_unknown() || self.first_report_within.is_zero() {
+                continue;
+            }
+            let Some(seen) = first_seen.get(&node.id) else {
+                continue;
+            };
+            let until = *seen + self.first_report_within;
+            if now < until {
+                node.health = NodeHealth {
+                    state: NodeHealthState::Pending,
+                    reason: format!(
+                        "joined {:.1} s ago; waiting up to {:.0} s for its first health report",
+                        now.duration_since(*seen).as_secs_f64(),
+                        self.first_report_within.as_secs_f64()
+                    ),
+                };
+                next = Some(next.map_or(until, |n| n.min(until)));
+            }
+        }
+        next
+    }
 }
 
 /// Per node: the last sequence number seen and since when.
@@ -61,7 +99,10 @@ pub fn follow(
     plan: &NodeHealthPlan,
     status: Arc<Status>,
 ) -> watch::Receiver<Arc<Board>> {
-    let (tx, rx) = watch::channel(Arc::new(Board::default()));
+    let (tx, rx) = watch::channel(Arc::new(Board {
+        first_report_within: plan.stale_after,
+        ..Board::default()
+    }));
     let plan = plan.clone();
     tokio::spawn(async move {
         let mut seen: HashMap<String, Seen> = HashMap::new();
@@ -88,7 +129,8 @@ pub fn follow(
                         continue;
                     }
                 };
-            let board = judge(reports, &mut seen, plan.stale_after, &status);
+            let mut board = judge(reports, &mut seen, plan.stale_after, &status);
+            board.first_report_within = plan.stale_after;
             status.node_health(
                 board
                     .entries
@@ -183,7 +225,7 @@ fn judge(
                 NodeHealthState::Degraded => {
                     tracing::warn!(node = %address, "node degraded: {}", health.reason);
                 }
-                NodeHealthState::Healthy | NodeHealthState::Unknown => {
+                NodeHealthState::Healthy | NodeHealthState::Unknown | NodeHealthState::Pending => {
                     tracing::info!(node = %address, "node {}", health.state);
                 }
             }

@@ -189,6 +189,10 @@ struct Seen {
     facts: ExternalFacts,
     expected: Topology,
     health: Arc<Board>,
+    /// When each node was first seen alive (for the first-report grace).
+    first_seen: std::collections::HashMap<String, Instant>,
+    /// When a node pending its first health report stops being pending.
+    pending_until: Option<Instant>,
 }
 
 /// Most joins or deaths of one update logged one line each; past it, one
@@ -247,6 +251,16 @@ impl Seen {
             UpdateSource::Push => {}
         }
         log_changes(&u.changes);
+        for change in &u.changes {
+            if let MembershipChange::Joined(n) = change {
+                self.first_seen.entry(n.id.clone()).or_insert(u.received_at);
+            }
+        }
+        if let Some(view) = &u.view {
+            for n in view.alive() {
+                self.first_seen.entry(n.id.clone()).or_insert(u.received_at);
+            }
+        }
         self.last_update_at = u.received_at;
         u.apply_into(&mut self.view);
     }
@@ -340,7 +354,11 @@ impl Waiter<'_> {
             diagnostics.push(format!("GCS connection lost, retrying: {e}"));
         }
         self.seen.report(spec, &diagnostics);
-        self.seen.health.annotate(&mut self.seen.view.nodes);
+        self.seen.pending_until = self.seen.health.annotate_joining(
+            &mut self.seen.view.nodes,
+            &self.seen.first_seen,
+            now,
+        );
         // The view's nodes are lent to the snapshot and taken back after the
         // call: no copy of thousands of nodes per membership change.
         let snapshot = std::sync::Arc::new(ClusterSnapshot {
@@ -432,11 +450,16 @@ pub async fn wait_for_cluster(
             expected: facts.expected.clone().unwrap_or(spec.expected.clone()),
             facts,
             health: Arc::new(Board::default()),
+            first_seen: std::collections::HashMap::new(),
+            pending_until: None,
         },
     };
     let mut health_rx = spec.health.clone();
     loop {
-        let wake = waiter.deadline.min(Instant::now() + REEVALUATE);
+        let mut wake = waiter.deadline.min(Instant::now() + REEVALUATE);
+        if let Some(until) = waiter.seen.pending_until {
+            wake = wake.min(until);
+        }
         let facts_changed = async {
             match facts_rx.as_mut() {
                 Some(rx) => rx.changed().await.is_ok(),

@@ -1,0 +1,261 @@
+//! Node health end to end, with real Ray 2.60 nodes: a head that serves
+//! (the stand-in vLLM of the phases' tests, put on PATH as `vllm`) and
+//! workers whose GPUs come from the NVML stand-in library
+//! (`crates/nvml-standin`), loaded through the same dynamic loading path
+//! as the driver's. Faults are injected by rewriting the stand-in's state
+//! file; each must reach the head's readiness or health decision through
+//! the reports the workers publish in the GCS.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use orchestrator_test_support::*;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn write(path: &Path, body: &str) {
+    let mut f = std::fs::File::create(path).unwrap();
+    f.write_all(body.as_bytes()).unwrap();
+}
+
+/// A fault file change the stand-in sees (it re-reads on a new mtime).
+fn inject(path: &Path, json: &str) {
+    std::thread::sleep(Duration::from_millis(20));
+    write(path, json);
+}
+
+fn fake_vllm(dir: &Path) -> String {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../phases/tests/fixtures/stand_in_vllm.py"
+    );
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    write(
+        &bin.join("vllm"),
+        &format!("#!/bin/sh\nexec python3 {script} \"$@\"\n"),
+    );
+    let mut perms = std::fs::metadata(bin.join("vllm")).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(bin.join("vllm"), perms).unwrap();
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+const NODE_HEALTH: &str = r#"[node-health]
+interval-ms = 250
+stale-after-ms = 2000
+follow-interval-ms = 100
+unhealthy-grace-seconds = 4
+[policies.node-health.params]
+# This machine's hard limit is below the default 65536.
+min-open-files = "4096"
+"#;
+
+fn worker(dir: &Path, name: &str, ip: &str, gcs: &str, state: &Path) -> (Child, Captured) {
+    let (agent, metrics) = (free_port(), free_port());
+    let config = dir.join(format!("{name}.toml"));
+    write(
+        &config,
+        &format!(
+            r#"role = "worker"
+endpoints-port = 0
+[ray]
+bin = "{ray}"
+gcs-address = "127.0.0.90:{gcs}"
+node-ip = "{ip}"
+num-cpus = 1
+num-gpus = 1
+memory = 500000000
+object-store-memory = 80000000
+dashboard-agent-listen-port = {agent}
+metrics-export-port = {metrics}
+stop-grace-seconds = 5
+{NODE_HEALTH}"#,
+            ray = ray_bin()
+        ),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args(["run", "--config", &config.display().to_string()])
+        .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")
+        .env("ORCHESTRATOR_NVML_LIBRARY", nvml_standin_library())
+        .env("NVML_STANDIN_STATE", state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Captured::stderr_of(&mut child);
+    (child, log)
+}
+
+/// The head's view of the node at `ip`, once `check` holds for it.
+fn node_entry(
+    endpoints: u16,
+    ip: &str,
+    limit: Duration,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let status = status_until(endpoints, limit, |s| {
+        s["node-health"]
+            .as_array()
+            .is_some_and(|nodes| nodes.iter().any(|n| n["address"] == ip && check(n)))
+    });
+    status["node-health"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["address"] == ip).cloned())
+        .unwrap()
+}
+
+#[test]
+#[ignore = "needs Ray 2.60: run by `cargo xtask test`"]
+fn gpu_faults_on_workers_reach_the_heads_readiness_and_health_decisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gcs, agent, metrics) = (free_port(), free_port(), free_port());
+    let (endpoints, serve_port) = (free_port(), free_port());
+    let temp = format!("/tmp/ray-t{gcs}");
+    let head_config = dir.path().join("head.toml");
+    write(
+        &head_config,
+        &format!(
+            r#"role = "head"
+endpoints-port = {endpoints}
+endpoints-host = "127.0.0.1"
+[ray]
+bin = "{ray}"
+gcs-port = {gcs}
+node-ip = "127.0.0.90"
+num-cpus = 1
+num-gpus = 0
+memory = 500000000
+object-store-memory = 80000000
+dashboard-agent-listen-port = {agent}
+metrics-export-port = {metrics}
+temp-dir = "{temp}"
+stop-grace-seconds = 5
+env = {{ RAY_USAGE_STATS_ENABLED = "0" }}
+[cluster]
+nodes = 2
+wait-timeout-seconds = 180
+[serve]
+model = "/models/tiny"
+served-model-name = "tiny"
+host = "127.0.0.1"
+port = {serve_port}
+health-interval-ms = 200
+generation-interval-ms = 1000
+stop-grace-seconds = 3
+{NODE_HEALTH}"#,
+            ray = ray_bin()
+        ),
+    );
+    let mut head = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args(["run", "--config", &head_config.display().to_string()])
+        .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")
+        .env("PATH", fake_vllm(dir.path()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let head_log = Captured::stderr_of(&mut head);
+    let mut guard = Guard(vec![head.id() as i32]);
+    let gcs = gcs.to_string();
+
+    // Worker A's GPU has already thrown XID 79: it joins Ray, but does
+    // not count toward readiness.
+    let state_a = dir.path().join("nvml-a.json");
+    write(&state_a, r#"{"gpus": [{}], "xids": [{"gpu": 0, "xid": 79}]}"#);
+    let (worker_a, log_a) = worker(dir.path(), "worker-a", "127.0.0.91", &gcs, &state_a);
+    guard.0.push(worker_a.id() as i32);
+    let status = status_until(endpoints, Duration::from_secs(120), |s| {
+        s["last-readiness"]
+            .as_str()
+            .is_some_and(|r| r.contains("node 127.0.0.91 unhealthy"))
+    });
+    let readiness = status["last-readiness"].as_str().unwrap();
+    assert!(
+        readiness.contains("wait: node 127.0.0.91 unhealthy: GPU 0 XID 79 (fallen off the bus)"),
+        "{status}"
+    );
+    assert_eq!(status["phase"], "wait", "{status}");
+    assert_eq!(status["nodes-alive"], 2, "both Ray nodes are alive: {status}");
+    // The unhealthy worker ends itself after its grace period, exit 3.
+    let out = wait_with_deadline(worker_a, Duration::from_secs(40));
+    let stderr = log_a.text();
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("stayed unhealthy for 4 s"), "{stderr}");
+    assert_nothing_left(&["127.0.0.91"]);
+
+    // Worker B is healthy: the cluster is ready and serves.
+    let state_b = dir.path().join("nvml-b.json");
+    write(&state_b, r#"{"gpus": [{"name": "Stand-in H100", "temperature": 40}]}"#);
+    let (worker_b, log_b) = worker(dir.path(), "worker-b", "127.0.0.92", &gcs, &state_b);
+    guard.0.push(worker_b.id() as i32);
+    let status = status_until(endpoints, Duration::from_secs(120), |s| s["ready"] == true);
+    assert_eq!(status["phase"], "serve", "{status}");
+    let b = node_entry(endpoints, "127.0.0.92", Duration::from_secs(10), |n| {
+        n["state"] == "healthy"
+    });
+    assert_eq!(b["readings"]["gpus"][0]["name"], "Stand-in H100", "{b}");
+    assert_eq!(b["readings"]["advertised-gpus"], 1.0, "{b}");
+    assert!(b["readings"]["raylet-open-file-limit"].as_u64().unwrap() > 0, "{b}");
+    let metrics_text = http_get(&format!("127.0.0.1:{endpoints}"), "/metrics");
+    assert!(
+        metrics_text.contains(r#"orchestrator_node_health{node="127.0.0.92",verdict="healthy"} 1"#),
+        "{metrics_text}"
+    );
+    assert!(
+        metrics_text.contains(r#"orchestrator_node_gpu_temperature_celsius{node="127.0.0.92",gpu="0"} 40"#),
+        "{metrics_text}"
+    );
+
+    // Thermal throttling: degraded, serving goes on.
+    inject(&state_b, r#"{"gpus": [{"name": "Stand-in H100", "temperature": 91, "throttle": 64}]}"#);
+    let b = node_entry(endpoints, "127.0.0.92", Duration::from_secs(10), |n| {
+        n["state"] == "degraded"
+    });
+    assert!(
+        b["reason"].as_str().unwrap().contains("GPU 0 throttled at 91 C: hw-thermal-slowdown"),
+        "{b}"
+    );
+    assert_eq!(status_until(endpoints, Duration::from_secs(5), |_| true)["restarts"], 0);
+
+    // The GPU vanishes: unhealthy, and the health policy restarts the
+    // server the worker was part of.
+    let written = Instant::now();
+    inject(&state_b, r#"{"gpus": []}"#);
+    let b = node_entry(endpoints, "127.0.0.92", Duration::from_secs(10), |n| {
+        n["state"] == "unhealthy"
+    });
+    let seen_after = written.elapsed();
+    assert!(
+        b["reason"].as_str().unwrap().contains("0 GPUs visible, 1 advertised to Ray"),
+        "{b}"
+    );
+    let status = status_until(endpoints, Duration::from_secs(20), |s| {
+        s["restarts"].as_u64() >= Some(1)
+    });
+    head_log.wait_for("node the server runs on is unhealthy", Duration::from_secs(5));
+    eprintln!("missing GPU seen by the head after {seen_after:?}: {status}");
+
+    // Uncorrectable ECC errors: still unhealthy, the reason follows.
+    inject(&state_b, r#"{"gpus": [{"ecc": true, "ecc_uncorrected": 2}]}"#);
+    node_entry(endpoints, "127.0.0.92", Duration::from_secs(10), |n| {
+        n["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("GPU 0 has 2 uncorrectable ECC errors"))
+    });
+    let out = wait_with_deadline(worker_b, Duration::from_secs(40));
+    assert_eq!(out.status.code(), Some(3), "{}", log_b.text());
+    assert_nothing_left(&["127.0.0.92"]);
+
+    signal(head.id() as i32, Sig::TERM);
+    let out = wait_with_deadline(head, Duration::from_secs(30));
+    let stderr = head_log.text();
+    assert!(out.status.success(), "head exits 0 on SIGTERM: {stderr}");
+    assert!(stderr.contains("node unhealthy"), "{stderr}");
+    assert_nothing_left(&[&temp, "127.0.0.90"]);
+}
