@@ -101,14 +101,14 @@ pub fn run(cmd: PluginCommand) -> ExitCode {
 
 fn list(host_args: &HostArgs) -> Result<ExitCode> {
     let host = PolicyHost::new(host_args.host_config())?;
-    let mut out = format!("{:<12} {:<10} {:<8} SHA256\n", "NAME", "WORLD", "VERSION");
+    let mut out = format!("{:<12} {:<11} {:<8} SHA256\n", "NAME", "WORLD", "VERSION");
     for builtin in orchestrator_builtin_plugins::BUILTINS {
         let info = host.inspect(&PluginSource::Embedded {
             name: format!("builtin:{}", builtin.name),
             bytes: builtin.wasm,
         })?;
         out.push_str(&format!(
-            "{:<12} {:<10} {:<8} {}\n",
+            "{:<12} {:<11} {:<8} {}\n",
             builtin.name, info.world, info.version, info.sha256
         ));
     }

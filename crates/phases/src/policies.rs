@@ -26,7 +26,8 @@ pub enum PolicyRef {
 }
 
 impl PolicyRef {
-    /// Parses `builtin:NAME` or a file path.
+    /// Parses `builtin:NAME`, `builtin:WORLD/NAME` (e.g.
+    /// `builtin:node-health/default`) or a file path.
     pub fn parse(text: &str) -> Self {
         match text.strip_prefix("builtin:") {
             Some(name) => Self::Builtin(name.to_string()),
@@ -54,8 +55,12 @@ impl PolicyRef {
     pub fn source(&self, world: Option<World>) -> Result<PluginSource, PolicyError> {
         match self {
             Self::Builtin(name) => {
-                let builtin =
-                    orchestrator_builtin_plugins::find(world.map_or("", World::name), name)?;
+                // `builtin:WORLD/NAME` picks among built-ins of one name.
+                let (world, name) = match name.split_once('/') {
+                    Some((w, n)) => (w, n),
+                    None => (world.map_or("", World::name), name.as_str()),
+                };
+                let builtin = orchestrator_builtin_plugins::find(world, name)?;
                 Ok(PluginSource::Embedded {
                     name: format!("builtin:{}", builtin.name),
                     bytes: builtin.wasm,

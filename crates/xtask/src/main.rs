@@ -338,7 +338,7 @@ fn test() -> Result<()> {
 
     let ray = ray_venv()?;
     step("integration tests against real Ray 2.60 (one at a time)");
-    for target in ["ray_wait", "ray_cli", "kube_e2e"] {
+    for target in ["ray_wait", "ray_cli", "kube_e2e", "node_health"] {
         run(workspace("test")
             .args([
                 "--test",
@@ -407,6 +407,8 @@ fn demo() -> Result<()> {
         ("builtin:vllm", "launch-impossible-tp4.json"),
         ("builtin:default", "health-server-exited.json"),
         ("builtin:default", "health-wedged-engine.json"),
+        ("builtin:node-health/default", "node-readings-xid79.json"),
+        ("builtin:node-health/default", "node-readings-throttled.json"),
     ];
     for (plugin, input) in cases {
         step(&format!(
