@@ -259,3 +259,68 @@ stop-grace-seconds = 3
     assert!(stderr.contains("node unhealthy"), "{stderr}");
     assert_nothing_left(&[&temp, "127.0.0.90"]);
 }
+
+fn node_check(args: &[&str], nvml_state: Option<&str>) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+    cmd.args(["node", "check", "--param", "min-open-files=1024"])
+        .args(args)
+        .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")
+        .env("ORCHESTRATOR_LOG", "warn")
+        .env_remove("ORCHESTRATOR_CONFIG");
+    if let Some(json) = nvml_state {
+        let state = dir.path().join("nvml.json");
+        write(&state, json);
+        cmd.env("ORCHESTRATOR_NVML_LIBRARY", nvml_standin_library())
+            .env("NVML_STANDIN_STATE", state);
+    } else {
+        cmd.env("ORCHESTRATOR_NVML_LIBRARY", dir.path().join("libnvidia-ml.so.1"));
+    }
+    let out = output_within(&mut cmd, Duration::from_secs(60));
+    let (stdout, stderr) = text(&out);
+    (out.status.code(), stdout, stderr)
+}
+
+#[test]
+fn node_check_prints_the_readings_and_exits_by_the_verdict() {
+    // No NVML library: a CPU node, healthy.
+    let (code, stdout, stderr) = node_check(&[], None);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("NVML: no NVIDIA GPUs visible"), "{stdout}");
+    assert!(stdout.contains("temp dir /tmp/ray: "), "{stdout}");
+    assert!(stdout.trim_end().ends_with("verdict: healthy"), "{stdout}");
+
+    // A GPU that threw XID 79, another with ECC errors, one missing.
+    let faulty = r#"{"driver": "580.159.04", "gpus": [{"name": "NVIDIA H100 80GB HBM3"}, {"ecc": true, "ecc_uncorrected": 1}], "xids": [{"gpu": 0, "xid": 79}]}"#;
+    let (code, stdout, stderr) =
+        node_check(&["--advertised-gpus", "3", "--xid-wait-ms", "300"], Some(faulty));
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("NVML: driver 580.159.04, 2 GPUs"), "{stdout}");
+    assert!(stdout.contains("critical XIDs: 79"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "verdict: unhealthy: GPU 0 XID 79 (fallen off the bus); GPU 1 has 1 uncorrectable ECC error; 2 GPUs visible, 3 advertised to Ray"
+        ),
+        "{stdout}"
+    );
+
+    // Throttled: degraded, exit 1; JSON for scripts.
+    let hot = r#"{"gpus": [{"temperature": 92, "throttle": 32}]}"#;
+    let (code, stdout, _) = node_check(&["--json"], Some(hot));
+    assert_eq!(code, Some(1));
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        json["verdict"]["degraded"],
+        "GPU 0 throttled at 92 C: sw-thermal-slowdown"
+    );
+    assert_eq!(json["readings"]["gpus"][0]["temperature-c"], 92);
+    assert_eq!(json["readings"]["advertised-gpus"], 1.0, "NVML's count by default");
+
+    // Bad input: exit 2 with the fix named.
+    let (code, _, stderr) = node_check(&["--param", "nonsense"], None);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("is not KEY=VALUE"), "{stderr}");
+    let (code, _, stderr) = node_check(&["--policy", "builtin:node-count"], None);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("no built-in node-health named `node-count`"), "{stderr}");
+}

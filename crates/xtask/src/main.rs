@@ -59,6 +59,10 @@ const BENCHES: &[(&str, &str)] = &[
         "the wait phase at 1,000 and 10,000 nodes against a stand-in GCS speaking Ray's gRPC: last registration to ready, CPU, peak RSS, policy calls",
     ),
     (
+        "health",
+        "a GPU fault on a worker (NVML stand-in) to the head's view, and the probes' CPU, with node health on and off, on a real local cluster",
+    ),
+    (
         "wait",
         "join detection: orchestrator wait vs the corrected `ray status` loop on a real local cluster, and their CPU while waiting",
     ),
@@ -611,6 +615,15 @@ fn bench(name: Option<&str>) -> Result<()> {
             step("bench scale-wait");
             run(Command::new(example("bench_scale_wait"))
                 .arg(root().join("target/release/orchestrator")))
+        }
+        Some("health") => {
+            ensure_toolchain()?;
+            let ray = ray_venv()?;
+            build_all()?;
+            step("bench health");
+            run(Command::new(example("bench_health"))
+                .arg(root().join("target/release/orchestrator"))
+                .env("ORCHESTRATOR_RAY_BIN", &ray))
         }
         Some("wait") => {
             ensure_toolchain()?;
