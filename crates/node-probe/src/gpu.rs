@@ -388,7 +388,10 @@ mod tests {
 
     #[test]
     fn a_missing_library_means_no_gpus_visible_not_an_error() {
-        let snapshot = read_once(Some(Path::new("/nonexistent/libnvidia-ml.so.1")), Duration::ZERO);
+        let snapshot = read_once(
+            Some(Path::new("/nonexistent/libnvidia-ml.so.1")),
+            Duration::ZERO,
+        );
         let reason = snapshot.nvml_unavailable.expect("unavailable");
         assert!(reason.starts_with("no NVIDIA GPUs visible: "), "{reason}");
         assert!(reason.contains("libnvidia-ml.so.1"), "{reason}");

@@ -91,7 +91,13 @@ fn meminfo(proc_dir: &Path) -> (u64, u64) {
     let field = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
             .map_or(0, |kib| kib * 1024)
     };
     (field("MemAvailable:"), field("MemTotal:"))
@@ -121,7 +127,10 @@ fn process_alive(proc_dir: &Path, pid: i32) -> bool {
 fn open_file_limit(proc_dir: &Path, pid: i32) -> Option<u64> {
     let text = std::fs::read_to_string(proc_dir.join(pid.to_string()).join("limits")).ok()?;
     let line = text.lines().find(|l| l.starts_with("Max open files"))?;
-    let soft = line.strip_prefix("Max open files")?.split_whitespace().next()?;
+    let soft = line
+        .strip_prefix("Max open files")?
+        .split_whitespace()
+        .next()?;
     match soft {
         "unlimited" => Some(u64::MAX),
         n => n.parse().ok(),
@@ -189,12 +198,22 @@ mod tests {
             proc_dir: proc_dir.into(),
         };
         let r = read(&target);
-        assert_eq!((r.memory_total_bytes, r.memory_available_bytes), (16 << 20, 4 << 20));
+        assert_eq!(
+            (r.memory_total_bytes, r.memory_available_bytes),
+            (16 << 20, 4 << 20)
+        );
         assert_eq!(r.memory_pressure_percent, Some(12.5));
         assert_eq!(r.raylet_open_file_limit, Some(1024));
         assert_eq!(r.raylet_alive, Some(true));
-        assert_eq!(r.shm_total_bytes, None, "a missing /dev/shm is reported as such");
+        assert_eq!(
+            r.shm_total_bytes, None,
+            "a missing /dev/shm is reported as such"
+        );
         std::fs::write(proc_dir.join("77/stat"), "77 (ray let) Z 1 77 77 0").expect("write");
-        assert_eq!(read(&target).raylet_alive, Some(false), "a zombie is not alive");
+        assert_eq!(
+            read(&target).raylet_alive,
+            Some(false),
+            "a zombie is not alive"
+        );
     }
 }

@@ -4,7 +4,7 @@
 //! The stand-in finds its state file through the environment, so this
 //! file holds one test (one thread): it sets the variable before any other
 //! thread exists, then runs each case in turn.
-#![allow(unsafe_code)]
+#![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use orchestrator_domain::ThrottleReason;
 use orchestrator_node_probe::gpu::{GpuProbe, read_once};
@@ -31,7 +31,7 @@ fn write(path: &std::path::Path, json: &str) {
 
 fn readings_are_what_the_library_reports(path: &std::path::Path) {
     write(
-        &path,
+        path,
         r#"{"driver": "580.159.04", "gpus": [
             {"name": "NVIDIA H100 80GB HBM3", "memory_total": 85520809984, "memory_used": 1048576,
              "ecc": true, "ecc_uncorrected": 2, "temperature": 91, "throttle": 96, "power_mw": 412500},
@@ -45,7 +45,10 @@ fn readings_are_what_the_library_reports(path: &std::path::Path) {
     assert_eq!(s.gpus.len(), 3);
     let g = &s.gpus[0];
     assert_eq!(g.name, "NVIDIA H100 80GB HBM3");
-    assert_eq!((g.memory_total_bytes, g.memory_used_bytes), (85_520_809_984, 1_048_576));
+    assert_eq!(
+        (g.memory_total_bytes, g.memory_used_bytes),
+        (85_520_809_984, 1_048_576)
+    );
     assert_eq!(g.ecc_enabled, Some(true));
     assert_eq!(g.ecc_uncorrected_volatile, Some(2));
     assert_eq!(g.temperature_c, Some(91));
@@ -53,16 +56,28 @@ fn readings_are_what_the_library_reports(path: &std::path::Path) {
     // 0x20 | 0x40: software and hardware thermal slowdown.
     assert_eq!(
         g.throttle,
-        vec![ThrottleReason::SwThermalSlowdown, ThrottleReason::HwThermalSlowdown]
+        vec![
+            ThrottleReason::SwThermalSlowdown,
+            ThrottleReason::HwThermalSlowdown
+        ]
     );
-    assert_eq!((g.remap_pending, g.remap_failed), (Some(false), Some(false)));
+    assert_eq!(
+        (g.remap_pending, g.remap_failed),
+        (Some(false), Some(false))
+    );
     assert!(g.error.is_none());
     let lost = &s.gpus[1];
-    assert!(lost.error.as_deref().is_some_and(|e| e.contains("lost")), "{lost:?}");
+    assert!(
+        lost.error.as_deref().is_some_and(|e| e.contains("lost")),
+        "{lost:?}"
+    );
     let third = &s.gpus[2];
     assert_eq!(third.ecc_enabled, Some(false));
     assert_eq!(third.ecc_uncorrected_volatile, None, "ECC off: no count");
-    assert_eq!((third.remap_pending, third.remap_failed), (Some(true), Some(true)));
+    assert_eq!(
+        (third.remap_pending, third.remap_failed),
+        (Some(true), Some(true))
+    );
 }
 
 fn an_xid_reaches_the_probe_at_once_not_at_the_next_round(path: &std::path::Path) {
@@ -77,23 +92,36 @@ fn an_xid_reaches_the_probe_at_once_not_at_the_next_round(path: &std::path::Path
     }
     assert!(rx.borrow().gpus.iter().all(|g| g.xids.is_empty()));
     let written = Instant::now();
-    write(path, r#"{"gpus": [{}, {}], "xids": [{"gpu": 1, "xid": 79}]}"#);
+    write(
+        path,
+        r#"{"gpus": [{}, {}], "xids": [{"gpu": 1, "xid": 79}]}"#,
+    );
     let seen = loop {
         let s = rx.borrow_and_update().clone();
         if let Some(x) = s.gpus.get(1).and_then(|g| g.xids.first()) {
             break x.clone();
         }
-        assert!(Instant::now() < written + Duration::from_secs(5), "XID not reported");
+        assert!(
+            Instant::now() < written + Duration::from_secs(5),
+            "XID not reported"
+        );
         std::thread::sleep(Duration::from_millis(2));
     };
     assert_eq!(seen.xid, 79);
-    assert!(written.elapsed() < Duration::from_secs(1), "took {:?}", written.elapsed());
+    assert!(
+        written.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        written.elapsed()
+    );
     assert!(rx.borrow().gpus[0].xids.is_empty(), "GPU 0 had none");
 }
 
 fn a_library_that_fails_to_initialise_means_no_gpus(path: &std::path::Path) {
     write(path, r#"{"init_error": true, "gpus": [{}]}"#);
     let s = read_once(Some(&nvml_standin_library()), Duration::ZERO);
-    assert!(s.nvml_unavailable.is_some_and(|r| r.starts_with("no NVIDIA GPUs visible")));
+    assert!(
+        s.nvml_unavailable
+            .is_some_and(|r| r.starts_with("no NVIDIA GPUs visible"))
+    );
     assert!(s.gpus.is_empty());
 }

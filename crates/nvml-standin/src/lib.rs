@@ -184,7 +184,10 @@ pub unsafe extern "C" fn nvmlDeviceGetCount_v2(count: *mut c_uint) -> Return {
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(index: c_uint, device: *mut *mut u8) -> Return {
+pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(
+    index: c_uint,
+    device: *mut *mut u8,
+) -> Return {
     let n = with_state(|s, _| s.gpus.len());
     if index as usize >= n {
         return INVALID_ARGUMENT;
@@ -201,8 +204,14 @@ pub unsafe extern "C" fn nvmlDeviceGetIndex(device: *mut u8, index: *mut c_uint)
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetName(device: *mut u8, out: *mut c_char, len: c_uint) -> Return {
-    let name = match with_name(device, |g, _| g.name.clone().unwrap_or_else(|| "NVIDIA Stand-in".into())) {
+pub unsafe extern "C" fn nvmlDeviceGetName(
+    device: *mut u8,
+    out: *mut c_char,
+    len: c_uint,
+) -> Return {
+    let name = match with_name(device, |g, _| {
+        g.name.clone().unwrap_or_else(|| "NVIDIA Stand-in".into())
+    }) {
         Ok(n) => n,
         Err(r) => return r,
     };
@@ -210,7 +219,11 @@ pub unsafe extern "C" fn nvmlDeviceGetName(device: *mut u8, out: *mut c_char, le
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetUUID(device: *mut u8, out: *mut c_char, len: c_uint) -> Return {
+pub unsafe extern "C" fn nvmlDeviceGetUUID(
+    device: *mut u8,
+    out: *mut c_char,
+    len: c_uint,
+) -> Return {
     let uuid = match with_name(device, |g, i| {
         g.uuid
             .clone()
@@ -241,7 +254,10 @@ pub struct MemoryV2 {
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(device: *mut u8, info: *mut MemoryV2) -> Return {
+pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
+    device: *mut u8,
+    info: *mut MemoryV2,
+) -> Return {
     with_gpu(device, |g| {
         if info.is_null() {
             return INVALID_ARGUMENT;
@@ -258,7 +274,11 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(device: *mut u8, info: *mut 
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetEccMode(device: *mut u8, current: *mut c_uint, pending: *mut c_uint) -> Return {
+pub unsafe extern "C" fn nvmlDeviceGetEccMode(
+    device: *mut u8,
+    current: *mut c_uint,
+    pending: *mut c_uint,
+) -> Return {
     with_gpu(device, |g| match g.ecc {
         None => NOT_SUPPORTED,
         Some(on) => unsafe {
@@ -280,7 +300,11 @@ pub unsafe extern "C" fn nvmlDeviceGetTotalEccErrors(
 ) -> Return {
     with_gpu(device, |g| {
         // 1 = NVML_MEMORY_ERROR_TYPE_UNCORRECTED
-        let n = if error_type == 1 { g.ecc_uncorrected } else { 0 };
+        let n = if error_type == 1 {
+            g.ecc_uncorrected
+        } else {
+            0
+        };
         unsafe { put(count, n) }
     })
 }
@@ -309,12 +333,21 @@ pub unsafe extern "C" fn nvmlDeviceGetRemappedRows(
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetTemperature(device: *mut u8, _sensor: c_uint, temp: *mut c_uint) -> Return {
-    with_gpu(device, |g| unsafe { put(temp, g.temperature.unwrap_or(35)) })
+pub unsafe extern "C" fn nvmlDeviceGetTemperature(
+    device: *mut u8,
+    _sensor: c_uint,
+    temp: *mut c_uint,
+) -> Return {
+    with_gpu(device, |g| unsafe {
+        put(temp, g.temperature.unwrap_or(35))
+    })
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetCurrentClocksThrottleReasons(device: *mut u8, reasons: *mut c_ulonglong) -> Return {
+pub unsafe extern "C" fn nvmlDeviceGetCurrentClocksThrottleReasons(
+    device: *mut u8,
+    reasons: *mut c_ulonglong,
+) -> Return {
     with_gpu(device, |g| unsafe { put(reasons, g.throttle) })
 }
 
@@ -329,11 +362,15 @@ pub unsafe extern "C" fn nvmlDeviceGetPowerUsage(device: *mut u8, mw: *mut c_uin
 /// Event sets are never dereferenced: one shared cursor serves them all.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlEventSetCreate(set: *mut *mut u8) -> Return {
-    unsafe { put(set, 1usize as *mut u8) }
+    unsafe { put(set, std::ptr::dangling_mut::<u8>()) }
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn nvmlDeviceRegisterEvents(device: *mut u8, events: c_ulonglong, _set: *mut u8) -> Return {
+pub extern "C" fn nvmlDeviceRegisterEvents(
+    device: *mut u8,
+    events: c_ulonglong,
+    _set: *mut u8,
+) -> Return {
     if events & XID_CRITICAL == 0 {
         return NOT_SUPPORTED;
     }
@@ -350,7 +387,11 @@ pub struct EventData {
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlEventSetWait_v2(_set: *mut u8, data: *mut EventData, timeout_ms: c_uint) -> Return {
+pub unsafe extern "C" fn nvmlEventSetWait_v2(
+    _set: *mut u8,
+    data: *mut EventData,
+    timeout_ms: c_uint,
+) -> Return {
     if data.is_null() {
         return INVALID_ARGUMENT;
     }

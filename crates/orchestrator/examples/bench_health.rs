@@ -147,7 +147,11 @@ fn bench() -> Result<(), String> {
         &head_config,
         &format!(
             "role = \"head\"\nendpoints-port = {endpoints_port}\nendpoints-host = \"127.0.0.1\"\n[cluster]\nnodes = 3\nwait-timeout-seconds = 300\n{}",
-            ray_section(HEAD, &ray, &format!("gcs-port = {gcs}\nnum-gpus = 0\ntemp-dir = \"{temp}\""))
+            ray_section(
+                HEAD,
+                &ray,
+                &format!("gcs-port = {gcs}\nnum-gpus = 0\ntemp-dir = \"{temp}\"")
+            )
         ),
     )?;
     let worker = |ip: &str, enabled: bool| {
@@ -160,11 +164,16 @@ fn bench() -> Result<(), String> {
             )
         )
     };
-    let (checked_config, unchecked_config) = (dir.path().join("w1.toml"), dir.path().join("w2.toml"));
+    let (checked_config, unchecked_config) =
+        (dir.path().join("w1.toml"), dir.path().join("w2.toml"));
     write(&checked_config, &worker(CHECKED, true))?;
     write(&unchecked_config, &worker(UNCHECKED, false))?;
-    let healthy = r#"{"driver": "580.159.04", "gpus": [{"name": "NVIDIA H100 80GB HBM3", "ecc": true}]}"#;
-    let (state1, state2) = (dir.path().join("nvml-1.json"), dir.path().join("nvml-2.json"));
+    let healthy =
+        r#"{"driver": "580.159.04", "gpus": [{"name": "NVIDIA H100 80GB HBM3", "ecc": true}]}"#;
+    let (state1, state2) = (
+        dir.path().join("nvml-1.json"),
+        dir.path().join("nvml-2.json"),
+    );
     write(&state1, healthy)?;
     write(&state2, healthy)?;
 
@@ -199,13 +208,16 @@ fn measure(
 ) -> Result<(), String> {
     let ready_deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let ready = status(endpoints)
-            .is_some_and(|s| s["phase"] == "serve" && s["nodes-alive"] == 3);
+        let ready =
+            status(endpoints).is_some_and(|s| s["phase"] == "serve" && s["nodes-alive"] == 3);
         if ready && node_state(endpoints, CHECKED).is_some_and(|(s, _)| s == "healthy") {
             break;
         }
         if Instant::now() > ready_deadline {
-            return Err(format!("the cluster never became ready: {:?}", status(endpoints)));
+            return Err(format!(
+                "the cluster never became ready: {:?}",
+                status(endpoints)
+            ));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -225,7 +237,8 @@ fn measure(
     let checked_cpu = percent(before.0, after.0);
     let unchecked_cpu = percent(before.1, after.1);
 
-    let healthy = r#"{"driver": "580.159.04", "gpus": [{"name": "NVIDIA H100 80GB HBM3", "ecc": true}]}"#;
+    let healthy =
+        r#"{"driver": "580.159.04", "gpus": [{"name": "NVIDIA H100 80GB HBM3", "ecc": true}]}"#;
     let ecc = r#"{"driver": "580.159.04", "gpus": [{"name": "NVIDIA H100 80GB HBM3", "ecc": true, "ecc_uncorrected": 1}]}"#;
     let mut ecc_ms = Vec::new();
     for round in 1..=rounds {
@@ -241,7 +254,9 @@ fn measure(
     let at = inject(state, xid)?;
     let seen = until_state(endpoints, CHECKED, "unhealthy", Duration::from_secs(10))?;
     let xid_ms = seen.duration_since(at).as_secs_f64() * 1000.0;
-    let reason = node_state(endpoints, CHECKED).map(|(_, r)| r).unwrap_or_default();
+    let reason = node_state(endpoints, CHECKED)
+        .map(|(_, r)| r)
+        .unwrap_or_default();
     eprintln!("XID 79 -> head sees unhealthy in {xid_ms:.0} ms: {reason}");
 
     println!();

@@ -225,15 +225,13 @@ impl LocalArgs {
 /// Runs the command: 0 after Ctrl-C/SIGTERM or `--exit-when-ready`, 1 for
 /// a failure, 2 for bad arguments.
 pub fn run(args: LocalArgs) -> ExitCode {
-    let prepared = args
-        .cluster()
-        .and_then(|cluster| {
-            Ok((
-                Plan::local(&cluster)?,
-                args.policies()?,
-                args.node_health_policy()?,
-            ))
-        });
+    let prepared = args.cluster().and_then(|cluster| {
+        Ok((
+            Plan::local(&cluster)?,
+            args.policies()?,
+            args.node_health_policy()?,
+        ))
+    });
     let (plan, policies, node_health) = match prepared {
         Ok(p) => p,
         Err(e) => {
@@ -250,27 +248,27 @@ pub fn run(args: LocalArgs) -> ExitCode {
     let lifecycle = Lifecycle::new(plan, Some(policies))
         .with_node_health_policy(node_health)
         .on_ready(move |ready| {
-        let alive: Vec<_> = ready.snapshot.nodes.iter().filter(|n| n.alive).collect();
-        println!(
-            "cluster ready after {:.1} s: {} nodes",
-            start.elapsed().as_secs_f64(),
-            alive.len()
-        );
-        for n in alive {
+            let alive: Vec<_> = ready.snapshot.nodes.iter().filter(|n| n.alive).collect();
             println!(
-                "  {:<6} {:<12} node {}  cpu={} gpu={}",
-                if n.is_head { "head" } else { "worker" },
-                n.address,
-                n.id.get(..12).unwrap_or(&n.id),
-                n.resources.cpu,
-                n.resources.gpu
+                "cluster ready after {:.1} s: {} nodes",
+                start.elapsed().as_secs_f64(),
+                alive.len()
             );
-        }
-        match model {
-            Some(model) => println!("serving {model} on {address} (Ctrl-C stops everything)"),
-            None if !exit_when_ready => println!("press Ctrl-C to stop the cluster"),
-            None => {}
-        }
-    });
+            for n in alive {
+                println!(
+                    "  {:<6} {:<12} node {}  cpu={} gpu={}",
+                    if n.is_head { "head" } else { "worker" },
+                    n.address,
+                    n.id.get(..12).unwrap_or(&n.id),
+                    n.resources.cpu,
+                    n.resources.gpu
+                );
+            }
+            match model {
+                Some(model) => println!("serving {model} on {address} (Ctrl-C stops everything)"),
+                None if !exit_when_ready => println!("press Ctrl-C to stop the cluster"),
+                None => {}
+            }
+        });
     crate::run_lifecycle(lifecycle)
 }

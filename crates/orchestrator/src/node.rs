@@ -184,8 +184,16 @@ fn human(r: &NodeReadings, raylet: Option<i32>) -> String {
         let xids: Vec<String> = g.xids.iter().map(|x| x.xid.to_string()).collect();
         line(format!(
             "  throttle reasons: {}; critical XIDs: {}",
-            if throttle.is_empty() { "none".into() } else { throttle.join(", ") },
-            if xids.is_empty() { "none".into() } else { xids.join(", ") },
+            if throttle.is_empty() {
+                "none".into()
+            } else {
+                throttle.join(", ")
+            },
+            if xids.is_empty() {
+                "none".into()
+            } else {
+                xids.join(", ")
+            },
         ));
         if let Some(e) = &g.error {
             line(format!("  error: {e}"));

@@ -167,7 +167,10 @@ stop-grace-seconds = 3
     // Worker A's GPU has already thrown XID 79: it joins Ray, but does
     // not count toward readiness.
     let state_a = dir.path().join("nvml-a.json");
-    write(&state_a, r#"{"gpus": [{}], "xids": [{"gpu": 0, "xid": 79}]}"#);
+    write(
+        &state_a,
+        r#"{"gpus": [{}], "xids": [{"gpu": 0, "xid": 79}]}"#,
+    );
     let (worker_a, log_a) = worker(dir.path(), "worker-a", "127.0.0.91", &gcs, &state_a);
     guard.0.push(worker_a.id() as i32);
     let status = status_until(endpoints, Duration::from_secs(120), |s| {
@@ -181,7 +184,10 @@ stop-grace-seconds = 3
         "{status}"
     );
     assert_eq!(status["phase"], "wait", "{status}");
-    assert_eq!(status["nodes-alive"], 2, "both Ray nodes are alive: {status}");
+    assert_eq!(
+        status["nodes-alive"], 2,
+        "both Ray nodes are alive: {status}"
+    );
     // The unhealthy worker ends itself after its grace period, exit 3.
     let out = wait_with_deadline(worker_a, Duration::from_secs(40));
     let stderr = log_a.text();
@@ -191,7 +197,10 @@ stop-grace-seconds = 3
 
     // Worker B is healthy: the cluster is ready and serves.
     let state_b = dir.path().join("nvml-b.json");
-    write(&state_b, r#"{"gpus": [{"name": "Stand-in H100", "temperature": 40}]}"#);
+    write(
+        &state_b,
+        r#"{"gpus": [{"name": "Stand-in H100", "temperature": 40}]}"#,
+    );
     let (worker_b, log_b) = worker(dir.path(), "worker-b", "127.0.0.92", &gcs, &state_b);
     guard.0.push(worker_b.id() as i32);
     let status = status_until(endpoints, Duration::from_secs(120), |s| s["ready"] == true);
@@ -201,27 +210,40 @@ stop-grace-seconds = 3
     });
     assert_eq!(b["readings"]["gpus"][0]["name"], "Stand-in H100", "{b}");
     assert_eq!(b["readings"]["advertised-gpus"], 1.0, "{b}");
-    assert!(b["readings"]["raylet-open-file-limit"].as_u64().unwrap() > 0, "{b}");
+    assert!(
+        b["readings"]["raylet-open-file-limit"].as_u64().unwrap() > 0,
+        "{b}"
+    );
     let metrics_text = http_get(&format!("127.0.0.1:{endpoints}"), "/metrics");
     assert!(
         metrics_text.contains(r#"orchestrator_node_health{node="127.0.0.92",verdict="healthy"} 1"#),
         "{metrics_text}"
     );
     assert!(
-        metrics_text.contains(r#"orchestrator_node_gpu_temperature_celsius{node="127.0.0.92",gpu="0"} 40"#),
+        metrics_text
+            .contains(r#"orchestrator_node_gpu_temperature_celsius{node="127.0.0.92",gpu="0"} 40"#),
         "{metrics_text}"
     );
 
     // Thermal throttling: degraded, serving goes on.
-    inject(&state_b, r#"{"gpus": [{"name": "Stand-in H100", "temperature": 91, "throttle": 64}]}"#);
+    inject(
+        &state_b,
+        r#"{"gpus": [{"name": "Stand-in H100", "temperature": 91, "throttle": 64}]}"#,
+    );
     let b = node_entry(endpoints, "127.0.0.92", Duration::from_secs(10), |n| {
         n["state"] == "degraded"
     });
     assert!(
-        b["reason"].as_str().unwrap().contains("GPU 0 throttled at 91 C: hw-thermal-slowdown"),
+        b["reason"]
+            .as_str()
+            .unwrap()
+            .contains("GPU 0 throttled at 91 C: hw-thermal-slowdown"),
         "{b}"
     );
-    assert_eq!(status_until(endpoints, Duration::from_secs(5), |_| true)["restarts"], 0);
+    assert_eq!(
+        status_until(endpoints, Duration::from_secs(5), |_| true)["restarts"],
+        0
+    );
 
     // The GPU vanishes: unhealthy, and the health policy restarts the
     // server the worker was part of.
@@ -232,17 +254,26 @@ stop-grace-seconds = 3
     });
     let seen_after = written.elapsed();
     assert!(
-        b["reason"].as_str().unwrap().contains("0 GPUs visible, 1 advertised to Ray"),
+        b["reason"]
+            .as_str()
+            .unwrap()
+            .contains("0 GPUs visible, 1 advertised to Ray"),
         "{b}"
     );
     let status = status_until(endpoints, Duration::from_secs(20), |s| {
         s["restarts"].as_u64() >= Some(1)
     });
-    head_log.wait_for("node the server runs on is unhealthy", Duration::from_secs(5));
+    head_log.wait_for(
+        "node the server runs on is unhealthy",
+        Duration::from_secs(5),
+    );
     eprintln!("missing GPU seen by the head after {seen_after:?}: {status}");
 
     // Uncorrectable ECC errors: still unhealthy, the reason follows.
-    inject(&state_b, r#"{"gpus": [{"ecc": true, "ecc_uncorrected": 2}]}"#);
+    inject(
+        &state_b,
+        r#"{"gpus": [{"ecc": true, "ecc_uncorrected": 2}]}"#,
+    );
     node_entry(endpoints, "127.0.0.92", Duration::from_secs(10), |n| {
         n["reason"]
             .as_str()
@@ -274,7 +305,10 @@ fn node_check(args: &[&str], nvml_state: Option<&str>) -> (Option<i32>, String, 
         cmd.env("ORCHESTRATOR_NVML_LIBRARY", nvml_standin_library())
             .env("NVML_STANDIN_STATE", state);
     } else {
-        cmd.env("ORCHESTRATOR_NVML_LIBRARY", dir.path().join("libnvidia-ml.so.1"));
+        cmd.env(
+            "ORCHESTRATOR_NVML_LIBRARY",
+            dir.path().join("libnvidia-ml.so.1"),
+        );
     }
     let out = output_within(&mut cmd, Duration::from_secs(60));
     let (stdout, stderr) = text(&out);
@@ -292,10 +326,15 @@ fn node_check_prints_the_readings_and_exits_by_the_verdict() {
 
     // A GPU that threw XID 79, another with ECC errors, one missing.
     let faulty = r#"{"driver": "580.159.04", "gpus": [{"name": "NVIDIA H100 80GB HBM3"}, {"ecc": true, "ecc_uncorrected": 1}], "xids": [{"gpu": 0, "xid": 79}]}"#;
-    let (code, stdout, stderr) =
-        node_check(&["--advertised-gpus", "3", "--xid-wait-ms", "300"], Some(faulty));
+    let (code, stdout, stderr) = node_check(
+        &["--advertised-gpus", "3", "--xid-wait-ms", "300"],
+        Some(faulty),
+    );
     assert_eq!(code, Some(1), "{stdout}\n{stderr}");
-    assert!(stdout.contains("NVML: driver 580.159.04, 2 GPUs"), "{stdout}");
+    assert!(
+        stdout.contains("NVML: driver 580.159.04, 2 GPUs"),
+        "{stdout}"
+    );
     assert!(stdout.contains("critical XIDs: 79"), "{stdout}");
     assert!(
         stdout.contains(
@@ -314,7 +353,10 @@ fn node_check_prints_the_readings_and_exits_by_the_verdict() {
         "GPU 0 throttled at 92 C: sw-thermal-slowdown"
     );
     assert_eq!(json["readings"]["gpus"][0]["temperature-c"], 92);
-    assert_eq!(json["readings"]["advertised-gpus"], 1.0, "NVML's count by default");
+    assert_eq!(
+        json["readings"]["advertised-gpus"], 1.0,
+        "NVML's count by default"
+    );
 
     // Bad input: exit 2 with the fix named.
     let (code, _, stderr) = node_check(&["--param", "nonsense"], None);
@@ -322,5 +364,8 @@ fn node_check_prints_the_readings_and_exits_by_the_verdict() {
     assert!(stderr.contains("is not KEY=VALUE"), "{stderr}");
     let (code, _, stderr) = node_check(&["--policy", "builtin:node-count"], None);
     assert_eq!(code, Some(2));
-    assert!(stderr.contains("no built-in node-health named `node-count`"), "{stderr}");
+    assert!(
+        stderr.contains("no built-in node-health named `node-count`"),
+        "{stderr}"
+    );
 }

@@ -50,8 +50,11 @@ pub type StoreCall<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Sen
 pub trait HealthStore: Send + Sync + std::fmt::Debug {
     /// The node this process runs: the newest alive node at `address`, or
     /// (no address) on this `hostname`.
-    fn own_node<'a>(&'a self, address: Option<&'a str>, hostname: &'a str)
-    -> StoreCall<'a, Option<Node>>;
+    fn own_node<'a>(
+        &'a self,
+        address: Option<&'a str>,
+        hostname: &'a str,
+    ) -> StoreCall<'a, Option<Node>>;
     /// Writes (replaces) this node's report.
     fn publish<'a>(&'a self, report: &'a HealthReport) -> StoreCall<'a, ()>;
     /// Removes a node's report (a clean stop).

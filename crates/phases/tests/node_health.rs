@@ -7,8 +7,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use orchestrator_domain::{
-    EventReason, GpuReading, HealthReport, KeyValue, LaunchPlan, Node, NodeHealth,
-    NodeHealthState, NodeReadings, NodeVerdict, ServeSettings, ThrottleReason, XidEvent,
+    EventReason, GpuReading, HealthReport, KeyValue, LaunchPlan, Node, NodeHealth, NodeHealthState,
+    NodeReadings, NodeVerdict, ServeSettings, ThrottleReason, XidEvent,
 };
 use orchestrator_phases::endpoints::Status;
 use orchestrator_phases::membership::{HealthStore, RayGcs, StoreCall};
@@ -79,22 +79,26 @@ fn the_builtin_node_health_policy_judges_each_fault() {
     };
 
     let mut r = healthy_readings(4);
-    r.gpus[3].xids.push(XidEvent { xid: 79, age_ms: 10 });
+    r.gpus[3].xids.push(XidEvent {
+        xid: 79,
+        age_ms: 10,
+    });
     assert_eq!(
         unhealthy(judge(&r, &[])),
         "GPU 3 XID 79 (fallen off the bus)"
     );
     // An application's XID (13: graphics engine exception) is not the node's.
     let mut r = healthy_readings(1);
-    r.gpus[0].xids.push(XidEvent { xid: 13, age_ms: 10 });
+    r.gpus[0].xids.push(XidEvent {
+        xid: 13,
+        age_ms: 10,
+    });
     assert_eq!(judge(&r, &[]), NodeVerdict::Healthy);
     assert_eq!(
         unhealthy(judge(&r, &[("fatal-xids", "13, 79")])),
         "GPU 0 XID 13"
     );
-    assert!(
-        unhealthy(judge(&r, &[("fatal-xids", "13,x")])).contains("\"x\" is not an XID number")
-    );
+    assert!(unhealthy(judge(&r, &[("fatal-xids", "13,x")])).contains("\"x\" is not an XID number"));
 
     let mut r = healthy_readings(2);
     r.gpus[1].ecc_uncorrected_volatile = Some(1);
@@ -119,7 +123,9 @@ fn the_builtin_node_health_policy_judges_each_fault() {
     let mut r = healthy_readings(0);
     r.advertised_gpus = 2.0;
     r.nvml_unavailable = Some("no NVIDIA GPUs visible: libnvidia-ml.so.1: cannot open".into());
-    assert!(unhealthy(judge(&r, &[])).starts_with("0 GPUs visible, 2 advertised to Ray (no NVIDIA"));
+    assert!(
+        unhealthy(judge(&r, &[])).starts_with("0 GPUs visible, 2 advertised to Ray (no NVIDIA")
+    );
     assert_eq!(
         judge(&r, &[("check-gpu-count", "false")]),
         NodeVerdict::Healthy,
@@ -131,7 +137,10 @@ fn the_builtin_node_health_policy_judges_each_fault() {
     assert_eq!(unhealthy(judge(&r, &[])), "the local raylet is not running");
 
     let mut r = healthy_readings(1);
-    r.gpus[0].throttle = vec![ThrottleReason::GpuIdle, ThrottleReason::HwPowerBrakeSlowdown];
+    r.gpus[0].throttle = vec![
+        ThrottleReason::GpuIdle,
+        ThrottleReason::HwPowerBrakeSlowdown,
+    ];
     r.gpus[0].temperature_c = Some(70);
     assert_eq!(
         degraded(judge(&r, &[])),
@@ -139,7 +148,11 @@ fn the_builtin_node_health_policy_judges_each_fault() {
     );
     let mut r = healthy_readings(1);
     r.gpus[0].throttle = vec![ThrottleReason::GpuIdle, ThrottleReason::SwPowerCap];
-    assert_eq!(judge(&r, &[]), NodeVerdict::Healthy, "idle and capped is normal");
+    assert_eq!(
+        judge(&r, &[]),
+        NodeVerdict::Healthy,
+        "idle and capped is normal"
+    );
 
     let mut r = healthy_readings(0);
     r.temp_dir_free_bytes = 5 << 30;
@@ -183,7 +196,10 @@ struct MemoryStore(Mutex<HashMap<String, HealthReport>>);
 
 impl MemoryStore {
     fn put(&self, report: HealthReport) {
-        self.0.lock().unwrap().insert(report.node_id.clone(), report);
+        self.0
+            .lock()
+            .unwrap()
+            .insert(report.node_id.clone(), report);
     }
 }
 
@@ -257,9 +273,19 @@ async fn the_board_follows_reports_marks_silent_nodes_stale_and_records_events()
     board_until(&mut rx, |b| b.entries.len() == 2).await;
 
     // Node b: a fatal fault.
-    store.put(report("bbbbbb", 2, NodeVerdict::Unhealthy("GPU 0 XID 79 (fallen off the bus)".into())));
-    let b = board_until(&mut rx, |b| b.health_of("bbbbbb").state == NodeHealthState::Unhealthy).await;
-    assert_eq!(b.health_of("bbbbbb").reason, "GPU 0 XID 79 (fallen off the bus)");
+    store.put(report(
+        "bbbbbb",
+        2,
+        NodeVerdict::Unhealthy("GPU 0 XID 79 (fallen off the bus)".into()),
+    ));
+    let b = board_until(&mut rx, |b| {
+        b.health_of("bbbbbb").state == NodeHealthState::Unhealthy
+    })
+    .await;
+    assert_eq!(
+        b.health_of("bbbbbb").reason,
+        "GPU 0 XID 79 (fallen off the bus)"
+    );
     // Node a keeps reporting; node b goes quiet and turns stale.
     let keep_a = {
         let store = store.clone();
@@ -271,14 +297,27 @@ async fn the_board_follows_reports_marks_silent_nodes_stale_and_records_events()
         })
     };
     let quiet = Instant::now();
-    let b = board_until(&mut rx, |b| b.health_of("bbbbbb").state == NodeHealthState::Stale).await;
-    assert!(quiet.elapsed() >= Duration::from_millis(250), "{:?}", quiet.elapsed());
+    let b = board_until(&mut rx, |b| {
+        b.health_of("bbbbbb").state == NodeHealthState::Stale
+    })
+    .await;
     assert!(
-        b.health_of("bbbbbb").reason.contains("it last said unhealthy: GPU 0 XID 79"),
+        quiet.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        quiet.elapsed()
+    );
+    assert!(
+        b.health_of("bbbbbb")
+            .reason
+            .contains("it last said unhealthy: GPU 0 XID 79"),
         "{:?}",
         b.health_of("bbbbbb")
     );
-    assert_eq!(b.health_of("aaaa").state, NodeHealthState::Healthy, "a reporter is never stale");
+    assert_eq!(
+        b.health_of("aaaa").state,
+        NodeHealthState::Healthy,
+        "a reporter is never stale"
+    );
     assert_eq!(b.health_of("cc").state, NodeHealthState::Unknown);
     keep_a.abort();
 
@@ -349,7 +388,12 @@ fn a_node_that_just_joined_is_pending_until_its_first_report_or_the_limit() {
     );
     assert!(!nodes[1].health.usable() && nodes[0].health.usable() && nodes[2].health.usable());
     assert_eq!(until, Some(now + Duration::from_secs(4)));
-    assert!(nodes[1].health.reason.contains("waiting up to 5 s for its first health report"));
+    assert!(
+        nodes[1]
+            .health
+            .reason
+            .contains("waiting up to 5 s for its first health report")
+    );
 }
 
 async fn wait_status(
@@ -366,7 +410,10 @@ async fn wait_status(
 #[tokio::test]
 async fn the_health_loop_restarts_a_server_whose_node_turned_unhealthy_and_only_once() {
     let port = free_port();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/stand_in_vllm.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/stand_in_vllm.py"
+    );
     let plan = LaunchPlan {
         argv: vec![
             "python3".into(),
@@ -407,8 +454,7 @@ async fn the_health_loop_restarts_a_server_whose_node_turned_unhealthy_and_only_
     let (shutdown, trigger) = Shutdown::manual();
     let source = RayGcs::new("127.0.0.1:1");
     let host = policies::host(&Default::default()).unwrap();
-    let mut health =
-        policies::health(&host, &PolicyRef::parse("builtin:default"), "test").unwrap();
+    let mut health = policies::health(&host, &PolicyRef::parse("builtin:default"), "test").unwrap();
     let ctx = ServeContext {
         source: &source,
         status: &status,

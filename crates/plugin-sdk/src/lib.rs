@@ -314,8 +314,8 @@ pub mod node_health {
     #[doc(hidden)]
     pub struct Adapter<P>(core::marker::PhantomData<P>);
 
-    impl<P: NodeHealthPolicy>
-        bindings::exports::ray_orchestrator::policy::node_health_policy::Guest for Adapter<P>
+    impl<P: NodeHealthPolicy> bindings::exports::ray_orchestrator::policy::node_health_policy::Guest
+        for Adapter<P>
     {
         fn judge(readings: NodeReadings, params: Vec<KeyValue>) -> NodeVerdict {
             P::judge(&readings, &Params::new(params))

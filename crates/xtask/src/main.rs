@@ -412,7 +412,10 @@ fn demo() -> Result<()> {
         ("builtin:default", "health-server-exited.json"),
         ("builtin:default", "health-wedged-engine.json"),
         ("builtin:node-health/default", "node-readings-xid79.json"),
-        ("builtin:node-health/default", "node-readings-throttled.json"),
+        (
+            "builtin:node-health/default",
+            "node-readings-throttled.json",
+        ),
     ];
     for (plugin, input) in cases {
         step(&format!(

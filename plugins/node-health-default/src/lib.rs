@@ -85,7 +85,9 @@ impl Settings {
         Ok(Self {
             check_gpu_count: params.bool_or("check-gpu-count", true).map_err(e)?,
             fatal_xids,
-            max_temp_dir_used_percent: params.f64_or("max-temp-dir-used-percent", 90.0).map_err(e)?,
+            max_temp_dir_used_percent: params
+                .f64_or("max-temp-dir-used-percent", 90.0)
+                .map_err(e)?,
             min_shm_bytes: u64::from(params.u32_or("min-shm-mb", 512).map_err(e)?) << 20,
             min_open_files: u64::from(params.u32_or("min-open-files", 65_536).map_err(e)?),
             max_memory_pressure_percent: params

@@ -60,19 +60,67 @@ impl NodeMetrics {
             "1 for each node's current node-health verdict (healthy, degraded, unhealthy, stale, unknown), 0 otherwise",
             self.health.clone(),
         );
-        registry.register("node_gpus_visible", "GPUs NVML sees on the node", self.gpus_visible.clone());
-        registry.register("node_gpus_advertised", "GPUs the node offers to Ray", self.advertised_gpus.clone());
-        registry.register("node_temp_dir_free_bytes", "Free space where Ray writes", self.temp_dir_free.clone());
+        registry.register(
+            "node_gpus_visible",
+            "GPUs NVML sees on the node",
+            self.gpus_visible.clone(),
+        );
+        registry.register(
+            "node_gpus_advertised",
+            "GPUs the node offers to Ray",
+            self.advertised_gpus.clone(),
+        );
+        registry.register(
+            "node_temp_dir_free_bytes",
+            "Free space where Ray writes",
+            self.temp_dir_free.clone(),
+        );
         registry.register("node_shm_bytes", "Size of /dev/shm", self.shm.clone());
-        registry.register("node_memory_available_bytes", "Memory available (MemAvailable)", self.memory_available.clone());
-        registry.register("node_raylet_open_file_limit", "The raylet's open-file limit (soft)", self.raylet_nofile.clone());
-        registry.register("node_health_report_age_seconds", "Time since the node's last new health report", self.report_age.clone());
-        registry.register("node_gpu_temperature_celsius", "GPU temperature", self.gpu_temperature.clone());
-        registry.register("node_gpu_memory_used_bytes", "GPU memory in use", self.gpu_memory_used.clone());
-        registry.register("node_gpu_memory_total_bytes", "GPU memory in total", self.gpu_memory_total.clone());
-        registry.register("node_gpu_ecc_uncorrected_volatile", "Uncorrectable ECC errors since the driver loaded", self.gpu_ecc_uncorrected.clone());
-        registry.register("node_gpu_power_watts", "GPU power draw", self.gpu_power.clone());
-        registry.register("node_gpu_critical_xids", "Critical XID events seen on the GPU", self.gpu_xids.clone());
+        registry.register(
+            "node_memory_available_bytes",
+            "Memory available (MemAvailable)",
+            self.memory_available.clone(),
+        );
+        registry.register(
+            "node_raylet_open_file_limit",
+            "The raylet's open-file limit (soft)",
+            self.raylet_nofile.clone(),
+        );
+        registry.register(
+            "node_health_report_age_seconds",
+            "Time since the node's last new health report",
+            self.report_age.clone(),
+        );
+        registry.register(
+            "node_gpu_temperature_celsius",
+            "GPU temperature",
+            self.gpu_temperature.clone(),
+        );
+        registry.register(
+            "node_gpu_memory_used_bytes",
+            "GPU memory in use",
+            self.gpu_memory_used.clone(),
+        );
+        registry.register(
+            "node_gpu_memory_total_bytes",
+            "GPU memory in total",
+            self.gpu_memory_total.clone(),
+        );
+        registry.register(
+            "node_gpu_ecc_uncorrected_volatile",
+            "Uncorrectable ECC errors since the driver loaded",
+            self.gpu_ecc_uncorrected.clone(),
+        );
+        registry.register(
+            "node_gpu_power_watts",
+            "GPU power draw",
+            self.gpu_power.clone(),
+        );
+        registry.register(
+            "node_gpu_critical_xids",
+            "Critical XID events seen on the GPU",
+            self.gpu_xids.clone(),
+        );
     }
 
     /// Replaces every gauge with `views` (nodes gone are dropped).
@@ -92,32 +140,54 @@ impl NodeMetrics {
         self.gpu_power.clear();
         self.gpu_xids.clear();
         for v in views {
-            let node = if v.address.is_empty() { v.node_id.clone() } else { v.address.clone() };
+            let node = if v.address.is_empty() {
+                v.node_id.clone()
+            } else {
+                v.address.clone()
+            };
             for state in NodeHealthState::ALL {
                 self.health
-                    .get_or_create(&NodeVerdictLabel { node: node.clone(), verdict: state.name() })
+                    .get_or_create(&NodeVerdictLabel {
+                        node: node.clone(),
+                        verdict: state.name(),
+                    })
                     .set(i64::from(state == v.state));
             }
             let n = NodeLabel { node: node.clone() };
             let r = &v.readings;
             self.gpus_visible.get_or_create(&n).set(r.gpus.len() as i64);
-            self.advertised_gpus.get_or_create(&n).set(r.advertised_gpus);
-            self.temp_dir_free.get_or_create(&n).set(int(r.temp_dir_free_bytes));
+            self.advertised_gpus
+                .get_or_create(&n)
+                .set(r.advertised_gpus);
+            self.temp_dir_free
+                .get_or_create(&n)
+                .set(int(r.temp_dir_free_bytes));
             if let Some(shm) = r.shm_total_bytes {
                 self.shm.get_or_create(&n).set(int(shm));
             }
-            self.memory_available.get_or_create(&n).set(int(r.memory_available_bytes));
+            self.memory_available
+                .get_or_create(&n)
+                .set(int(r.memory_available_bytes));
             if let Some(limit) = r.raylet_open_file_limit {
                 self.raylet_nofile.get_or_create(&n).set(int(limit));
             }
-            self.report_age.get_or_create(&n).set(v.report_age_ms as f64 / 1000.0);
+            self.report_age
+                .get_or_create(&n)
+                .set(v.report_age_ms as f64 / 1000.0);
             for g in &r.gpus {
-                let l = GpuLabel { node: node.clone(), gpu: g.index };
+                let l = GpuLabel {
+                    node: node.clone(),
+                    gpu: g.index,
+                };
                 if let Some(t) = g.temperature_c {
                     self.gpu_temperature.get_or_create(&l).set(i64::from(t));
                 }
-                self.gpu_memory_used.get_or_create(&l).set(int(g.memory_used_bytes));
-                self.gpu_memory_total.get_or_create(&l).set(int(g.memory_total_bytes));
+                self.gpu_memory_used
+                    .get_or_create(&l)
+                    .set(int(g.memory_used_bytes));
+                self.gpu_memory_total
+                    .get_or_create(&l)
+                    .set(int(g.memory_total_bytes));
                 if let Some(e) = g.ecc_uncorrected_volatile {
                     self.gpu_ecc_uncorrected.get_or_create(&l).set(int(e));
                 }

@@ -240,7 +240,6 @@ impl Lifecycle {
         }
         self.reporter = Some(reporter);
     }
-
 }
 
 /// Adds a started node to the reporter's checks.

@@ -111,24 +111,24 @@ pub fn follow(
         let mut failing = false;
         while !tx.is_closed() {
             tick.tick().await;
-            let reports =
-                match tokio::time::timeout(Duration::from_secs(2), store.reports()).await {
-                    Ok(Ok(r)) => {
-                        failing = false;
-                        r
+            let reports = match tokio::time::timeout(Duration::from_secs(2), store.reports()).await
+            {
+                Ok(Ok(r)) => {
+                    failing = false;
+                    r
+                }
+                Ok(Err(e)) => {
+                    if !failing {
+                        tracing::warn!("cannot read the nodes' health reports: {e}");
                     }
-                    Ok(Err(e)) => {
-                        if !failing {
-                            tracing::warn!("cannot read the nodes' health reports: {e}");
-                        }
-                        failing = true;
-                        continue;
-                    }
-                    Err(_) => {
-                        failing = true;
-                        continue;
-                    }
-                };
+                    failing = true;
+                    continue;
+                }
+                Err(_) => {
+                    failing = true;
+                    continue;
+                }
+            };
             let mut board = judge(reports, &mut seen, plan.stale_after, &status);
             board.first_report_within = plan.stale_after;
             status.node_health(

@@ -407,10 +407,7 @@ pub async fn supervise(
         },
         probe_tx,
         last_logged: None,
-        board: ctx
-            .health
-            .map(|rx| rx.borrow().clone())
-            .unwrap_or_default(),
+        board: ctx.health.map(|rx| rx.borrow().clone()).unwrap_or_default(),
     };
     state.board.annotate(&mut state.nodes);
     let mut health_rx = ctx.health.cloned();
