@@ -124,7 +124,9 @@ fn the_builtin_node_health_policy_judges_each_fault() {
     r.advertised_gpus = 2.0;
     r.nvml_unavailable = Some("no NVIDIA GPUs visible: libnvidia-ml.so.1: cannot open".into());
     assert!(
-        unhealthy(judge(&r, &[])).starts_with("0 GPUs visible, 2 advertised to Ray (no NVIDIA")
+        degraded(judge(&r, &[]))
+            .starts_with("2 GPUs advertised to Ray but the count cannot be checked (no NVIDIA"),
+        "no NVML: another vendor's GPUs, or slots"
     );
     assert_eq!(
         judge(&r, &[("check-gpu-count", "false")]),

@@ -6,12 +6,14 @@
 //! - uncorrectable ECC errors since the driver loaded (volatile),
 //! - a failed row remapping,
 //! - a GPU NVML cannot read (for example `GPU is lost`),
-//! - fewer GPUs visible than the node advertises to Ray (NVML missing on a
-//!   node that advertises GPUs included; `check-gpu-count = false` turns
-//!   this off, as `orchestrator local` does for its stand-in GPU slots),
+//! - fewer GPUs visible to NVML than the node advertises to Ray
+//!   (`check-gpu-count = false` turns this off, as `orchestrator local`
+//!   does for its stand-in GPU slots),
 //! - the local raylet not running.
 //!
 //! **Degraded** (reported; serving goes on):
+//! - GPUs advertised to Ray on a node without NVML (another vendor's GPUs,
+//!   or slots that are not GPUs): the count cannot be checked,
 //! - a GPU's clocks held down by thermal or power slowdown,
 //! - rows pending remapping (the GPU wants a reset),
 //! - Ray's temp dir more than `max-temp-dir-used-percent` full (90),
@@ -162,16 +164,21 @@ impl NodeHealthPolicy for DefaultNodeHealth {
 
         let visible = readings.gpus.len() as f64;
         if settings.check_gpu_count && readings.advertised_gpus > visible + 1e-9 {
-            let why = match &readings.nvml_unavailable {
-                Some(reason) => format!(" ({reason})"),
-                None => String::new(),
-            };
-            unhealthy.push(format!(
-                "{} GPU{} visible, {} advertised to Ray{why}",
-                trim(visible),
-                if visible == 1.0 { "" } else { "s" },
-                trim(readings.advertised_gpus)
-            ));
+            match &readings.nvml_unavailable {
+                // NVML answers and sees fewer GPUs than Ray was promised.
+                None => unhealthy.push(format!(
+                    "{} GPU{} visible, {} advertised to Ray",
+                    trim(visible),
+                    if visible == 1.0 { "" } else { "s" },
+                    trim(readings.advertised_gpus)
+                )),
+                // No NVML at all: another vendor's GPUs, or slots that
+                // are not GPUs; the count cannot be checked.
+                Some(reason) => degraded.push(format!(
+                    "{} GPUs advertised to Ray but the count cannot be checked ({reason})",
+                    trim(readings.advertised_gpus)
+                )),
+            }
         }
 
         if readings.raylet_alive == Some(false) {

@@ -246,6 +246,23 @@ pub fn describe(
             }),
         },
         "policies": described,
+        "node-health": if config.node_health.enabled {
+            let (policy, default) = config.policies.for_world(orchestrator_policy_host::World::NodeHealth);
+            serde_json::json!({
+                "enabled": true,
+                "policy": match policy.policy(default) {
+                    crate::policies::PolicyRef::Builtin(name) => format!("builtin:{name}"),
+                    crate::policies::PolicyRef::File { path, .. } => path.display().to_string(),
+                },
+                "params": policy.params,
+                "interval-ms": config.node_health.interval_ms,
+                "stale-after-ms": config.node_health.stale_after_ms,
+                "unhealthy-grace-seconds": config.node_health.unhealthy_grace_seconds,
+                "publishes-to": format!("the GCS key-value store, namespace {}", crate::membership::KV_NAMESPACE),
+            })
+        } else {
+            serde_json::json!({"enabled": false})
+        },
         "serve": serve,
         "kubernetes": if config.kubernetes.enabled && config.role == Role::Head {
             serde_json::json!({
