@@ -23,7 +23,7 @@ pub mod types;
 
 pub use expected::{ClusterConfig, GroupConfig};
 pub use facts::{ExternalFacts, MemberState};
-pub use lifecycle::{Event, EventKind, EventReason, Phase, Role};
+pub use lifecycle::{Event, EventKind, EventReason, Phase, Role, StartupStep};
 pub use membership::{ClusterView, MembershipChange, MembershipUpdate, UpdateSource};
 pub use node_health::{
     GpuReading, HealthReport, NodeHealth, NodeHealthState, NodeReadings, NodeVerdict,

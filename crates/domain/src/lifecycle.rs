@@ -190,3 +190,64 @@ impl Event {
         self.reason.kind()
     }
 }
+
+/// A step of the way from the orchestrator's start to the first
+/// completion: what the startup timeline records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StartupStep {
+    /// The orchestrator started.
+    OrchestratorStarted,
+    /// This process's (first) Ray node is up (`ray start` returned).
+    RayUp,
+    /// A node joined the cluster during the wait (one entry per node).
+    NodeJoined,
+    /// The readiness policy said ready.
+    ReadyDecision,
+    /// The launch policy's plan was made.
+    Launch,
+    /// The serving process exists (spawned).
+    ServerProcessUp,
+    /// The serving process's HTTP server answered a probe at all.
+    ApiAnswering,
+    /// `/health` answered 200 for the first time.
+    FirstHealthOk,
+    /// The first one-token completion succeeded.
+    FirstCompletion,
+}
+
+impl StartupStep {
+    /// Every step, in the order they happen.
+    pub const ALL: [StartupStep; 9] = [
+        Self::OrchestratorStarted,
+        Self::RayUp,
+        Self::NodeJoined,
+        Self::ReadyDecision,
+        Self::Launch,
+        Self::ServerProcessUp,
+        Self::ApiAnswering,
+        Self::FirstHealthOk,
+        Self::FirstCompletion,
+    ];
+
+    /// The kebab-case name, as `/status` and the metrics show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::OrchestratorStarted => "orchestrator-started",
+            Self::RayUp => "ray-up",
+            Self::NodeJoined => "node-joined",
+            Self::ReadyDecision => "ready-decision",
+            Self::Launch => "launch",
+            Self::ServerProcessUp => "server-process-up",
+            Self::ApiAnswering => "api-answering",
+            Self::FirstHealthOk => "first-health-ok",
+            Self::FirstCompletion => "first-completion",
+        }
+    }
+}
+
+impl fmt::Display for StartupStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}

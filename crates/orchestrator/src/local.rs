@@ -270,5 +270,8 @@ pub fn run(args: LocalArgs) -> ExitCode {
                 None => {}
             }
         });
-    crate::run_lifecycle(lifecycle)
+    let status = lifecycle.status();
+    let code = crate::run_lifecycle(lifecycle);
+    println!("startup timeline:\n{}", status.timeline_table());
+    code
 }

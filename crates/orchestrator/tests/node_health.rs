@@ -205,6 +205,41 @@ stop-grace-seconds = 3
     guard.0.push(worker_b.id() as i32);
     let status = status_until(endpoints, Duration::from_secs(120), |s| s["ready"] == true);
     assert_eq!(status["phase"], "serve", "{status}");
+    // The startup timeline, each step in order, the way to the first
+    // completion.
+    let status = status_until(endpoints, Duration::from_secs(20), |s| {
+        s["timeline"].to_string().contains("first-completion")
+    });
+    let timeline = status["timeline"].as_array().unwrap();
+    let steps: Vec<&str> = timeline.iter().map(|e| e["step"].as_str().unwrap()).collect();
+    let joined: Vec<&str> = timeline
+        .iter()
+        .filter(|e| e["step"] == "node-joined")
+        .map(|e| e["detail"].as_str().unwrap())
+        .collect();
+    assert_eq!(joined, ["127.0.0.90", "127.0.0.91", "127.0.0.92"], "{status}");
+    let firsts: Vec<&str> = steps.iter().copied().filter(|s| *s != "node-joined").collect();
+    assert_eq!(
+        firsts,
+        [
+            "orchestrator-started",
+            "ray-up",
+            "ready-decision",
+            "launch",
+            "server-process-up",
+            "api-answering",
+            "first-health-ok",
+            "first-completion"
+        ],
+        "{status}"
+    );
+    let times: Vec<u64> = timeline.iter().map(|e| e["after-ms"].as_u64().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    assert!(
+        http_get(&format!("127.0.0.1:{endpoints}"), "/metrics")
+            .contains("orchestrator_startup_seconds{step=\"first-completion\"}")
+    );
+    head_log.wait_for("startup timeline:", Duration::from_secs(5));
     let b = node_entry(endpoints, "127.0.0.92", Duration::from_secs(10), |n| {
         n["state"] == "healthy"
     });

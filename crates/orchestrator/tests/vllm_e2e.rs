@@ -198,14 +198,8 @@ fn serves_restarts_on_server_and_node_death_and_stops_cleanly() {
     eprintln!(
         "GCS marked the worker dead at {marked_dead_ms}; the health policy's action was seen at {acted_ms}"
     );
-    let last = status_of(&endpoints)["last-health"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    assert!(
-        last.contains("node the server runs on died") || last.contains("serving process exited"),
-        "{last}"
-    );
+    // The reason is read from the log at the end: `/status` moves on to
+    // the relaunched server's verdict after the backoff.
 
     // (d) SIGTERM: exit 0, no process of the tree left.
     signal(local.id() as i32, Sig::TERM);
@@ -224,9 +218,18 @@ fn serves_restarts_on_server_and_node_death_and_stops_cleanly() {
         out.status.success(),
         "exit 0 on SIGTERM; the log ends:\n{tail}"
     );
+    let restarts: Vec<&str> = log_text
+        .lines()
+        .filter(|l| l.contains("restarting the serving process"))
+        .collect();
+    assert!(restarts.len() >= 2, "both restarts logged: {restarts:?}");
     assert!(
-        log_text.contains("restarting the serving process"),
-        "restarts logged"
+        restarts
+            .iter()
+            .skip(1)
+            .any(|l| l.contains("node the server runs on died")
+                || l.contains("serving process exited")),
+        "the second restart acts on the dead worker: {restarts:?}"
     );
     // The server is started right after the ready decision (how soon is
     // `cargo xtask bench serve`'s figure: typically ~1 ms).

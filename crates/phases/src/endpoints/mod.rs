@@ -12,7 +12,9 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use orchestrator_domain::{Event, EventReason, NodeHealthState, NodeReadings, Phase, VerdictKind};
+use orchestrator_domain::{
+    Event, EventReason, NodeHealthState, NodeReadings, Phase, StartupStep, VerdictKind,
+};
 use orchestrator_policy_host::World;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -79,6 +81,53 @@ pub struct NodeHealthView {
     pub readings: NodeReadings,
 }
 
+/// One step of the startup timeline.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+pub struct TimelineEntry {
+    /// The step.
+    pub step: StartupStep,
+    /// When, in ms since the orchestrator process started.
+    pub after_ms: u64,
+    /// What it was about (a node's address, a pid), when anything.
+    pub detail: String,
+}
+
+/// Node joins listed one by one in the timeline; later ones replace the
+/// last entry.
+const MAX_JOINS_IN_TIMELINE: usize = 32;
+
+/// Labels of a startup step.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StepLabel {
+    step: &'static str,
+}
+
+/// How long this process has run, from `/proc/self/stat` (its start time
+/// in clock ticks after boot) and `/proc/uptime`; zero when unreadable.
+fn process_age() -> std::time::Duration {
+    let start_ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(19)?
+                .parse::<f64>()
+                .ok()
+        });
+    let uptime = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok());
+    match (start_ticks, uptime) {
+        // Linux reports in USER_HZ, 100 on every architecture it runs on.
+        (Some(ticks), Some(up)) if up >= ticks / 100.0 => {
+            std::time::Duration::from_secs_f64(up - ticks / 100.0)
+        }
+        _ => std::time::Duration::ZERO,
+    }
+}
+
 /// The state behind `/status` and `/readyz`.
 #[derive(Debug, Clone, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -104,6 +153,9 @@ pub struct StatusState {
     /// Why expected nodes are missing, as the platform (Kubernetes) says,
     /// while the wait phase runs.
     pub diagnostics: Vec<String>,
+    /// The startup timeline: each step once (node joins: each node), in
+    /// ms since the orchestrator process started.
+    pub timeline: Vec<TimelineEntry>,
     /// This process's own nodes' health checks.
     pub own_health: Vec<NodeHealthView>,
     /// Head: every node's health, from their reports.
@@ -130,6 +182,7 @@ pub struct Status {
     restarts: Counter,
     verdicts: Family<VerdictLabel, Counter>,
     node_metrics: node_metrics::NodeMetrics,
+    startup_seconds: Family<StepLabel, Gauge<f64, AtomicU64>>,
     events: Mutex<Option<tokio::sync::mpsc::Sender<Event>>>,
 }
 
@@ -198,9 +251,16 @@ impl Status {
         );
         let node_metrics = node_metrics::NodeMetrics::default();
         node_metrics.register(&mut registry);
+        let startup_seconds = Family::<StepLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "startup_seconds",
+            "When each startup step happened, seconds after the orchestrator started (node-joined: the last join)",
+            startup_seconds.clone(),
+        );
+        let age = process_age();
         let status = Arc::new(Self {
             state: Mutex::new(StatusState::default()),
-            started: Instant::now(),
+            started: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
             registry,
             phase,
             phase_seconds,
@@ -210,9 +270,11 @@ impl Status {
             restarts,
             verdicts,
             node_metrics,
+            startup_seconds,
             events: Mutex::new(None),
         });
         status.enter(Phase::Start);
+        status.mark(StartupStep::OrchestratorStarted, "");
         status
     }
 
@@ -379,6 +441,74 @@ impl Status {
             EventReason::ServerRestarted,
             format!("the serving process was restarted (restart {n})"),
         );
+    }
+
+    /// Records a startup step: the first of each (every node join), with
+    /// its time since the orchestrator started. Returns whether it was
+    /// recorded.
+    pub fn mark(&self, step: StartupStep, detail: impl Into<String>) -> bool {
+        let after = self.started.elapsed();
+        let detail = detail.into();
+        let recorded = self.with(|s| {
+            if step != StartupStep::NodeJoined && s.timeline.iter().any(|e| e.step == step) {
+                return false;
+            }
+            // Thousands of nodes: the first joins and the latest one.
+            let joins = s
+                .timeline
+                .iter()
+                .filter(|e| e.step == StartupStep::NodeJoined)
+                .count();
+            if step == StartupStep::NodeJoined
+                && joins >= MAX_JOINS_IN_TIMELINE
+                && let Some(last) = s
+                    .timeline
+                    .iter_mut()
+                    .rev()
+                    .find(|e| e.step == StartupStep::NodeJoined)
+            {
+                last.after_ms = after.as_millis() as u64;
+                last.detail = format!(
+                    "{detail} (and {} more before it)",
+                    joins - MAX_JOINS_IN_TIMELINE + 1
+                );
+                return true;
+            }
+            s.timeline.push(TimelineEntry {
+                step,
+                after_ms: after.as_millis() as u64,
+                detail,
+            });
+            true
+        });
+        if recorded {
+            self.startup_seconds
+                .get_or_create(&StepLabel { step: step.name() })
+                .set(after.as_secs_f64());
+        }
+        recorded
+    }
+
+    /// The startup timeline as a short table: each step, when (s after the
+    /// start) and the time since the step before.
+    pub fn timeline_table(&self) -> String {
+        let timeline = self.with(|s| s.timeline.clone());
+        let mut out = format!(
+            "{:<22} {:>9} {:>9}  {}\n",
+            "step", "at (s)", "+ (s)", "detail"
+        );
+        let mut previous = 0;
+        for e in &timeline {
+            out.push_str(&format!(
+                "{:<22} {:>9.3} {:>9.3}  {}\n",
+                e.step.name(),
+                e.after_ms as f64 / 1000.0,
+                e.after_ms.saturating_sub(previous) as f64 / 1000.0,
+                e.detail
+            ));
+            previous = e.after_ms;
+        }
+        out
     }
 
     /// Records this process's own nodes' health checks (their metrics

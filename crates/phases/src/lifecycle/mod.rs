@@ -28,7 +28,7 @@ use crate::serve::{self, ServeContext, ServeOutcome};
 use crate::start::{RayNodes, raise_open_file_limit};
 use crate::supervision::{Shutdown, prepare_process};
 use crate::wait::{Ready, WaitSpec, wait_for_cluster};
-use orchestrator_domain::{EventReason, NodeHealthState, Phase, VerdictKind};
+use orchestrator_domain::{EventReason, NodeHealthState, Phase, StartupStep, VerdictKind};
 use orchestrator_node_probe::GpuProbe;
 use orchestrator_policy_host::NodeHealthPolicy;
 use std::sync::Arc;
@@ -190,6 +190,9 @@ impl Lifecycle {
             Ok(nodes) => nodes,
             Err(e) => return Exit::failed(1, e.to_string()),
         };
+        if let Some(first) = nodes.running().first() {
+            status.mark(StartupStep::RayUp, first.label());
+        }
         self.start_node_health(&nodes);
         let exit = if shutdown.is_requested() {
             Exit::ok()
@@ -290,6 +293,7 @@ impl Lifecycle {
             Waited::Ended(exit) => return exit,
         };
         let alive = ready.snapshot.nodes.iter().filter(|n| n.alive).count() as u32;
+        status.mark(StartupStep::ReadyDecision, format!("{alive} nodes alive"));
         status.nodes(alive, ready.snapshot.expected.nodes);
         status.readiness("ready".into());
         if let Some(hook) = self.on_ready.take() {
@@ -407,6 +411,10 @@ impl Lifecycle {
             Ok(plan) => plan,
             Err(outcome) => return served(&status, outcome),
         };
+        status.mark(
+            StartupStep::Launch,
+            plan.argv.first().cloned().unwrap_or_default(),
+        );
         status.enter(Phase::Serve);
         let serving = serve::supervise(
             spec,

@@ -14,7 +14,7 @@ use super::{ServeContext, ServeOutcome, ServeSpec};
 use orchestrator_domain::{
     ClusterView, ExitStatus, HealthSnapshot, HealthVerdict, LaunchPlan, MembershipChange,
     MembershipUpdate, Node, NodeChange, NodeChangeKind, ProbeResult, RestartAction, ServerState,
-    ShutdownAction, VerdictKind,
+    ShutdownAction, StartupStep, VerdictKind,
 };
 use orchestrator_policy_host::{HealthPolicy, World};
 use std::time::{Duration, Instant};
@@ -113,9 +113,13 @@ impl<'a> HealthLoop<'a> {
                 None
             }
         };
-        self.ctx
-            .status
-            .server_pid(process.as_ref().and_then(ServerProcess::pid));
+        let pid = process.as_ref().and_then(ServerProcess::pid);
+        self.ctx.status.server_pid(pid);
+        if let Some(pid) = pid {
+            self.ctx
+                .status
+                .mark(StartupStep::ServerProcessUp, format!("pid {pid}"));
+        }
         let exited = process.is_none().then(ExitStatus::default);
         self.server = Server {
             process,
@@ -193,7 +197,15 @@ impl<'a> HealthLoop<'a> {
         match kind {
             ProbeKind::Health => {
                 probes.health_in_flight = false;
+                if let Some(code) = result.status_code {
+                    self.ctx
+                        .status
+                        .mark(StartupStep::ApiAnswering, format!("HTTP {code}"));
+                }
                 if result.ok {
+                    self.ctx
+                        .status
+                        .mark(StartupStep::FirstHealthOk, "/health 200");
                     probes.health_failures = 0;
                     if !self.server.running {
                         self.server.running = true;
@@ -209,6 +221,17 @@ impl<'a> HealthLoop<'a> {
             }
             ProbeKind::Generation => {
                 probes.generation_in_flight = false;
+                if result.ok
+                    && self
+                        .ctx
+                        .status
+                        .mark(StartupStep::FirstCompletion, "one-token completion")
+                {
+                    tracing::info!(
+                        "serving; startup timeline:\n{}",
+                        self.ctx.status.timeline_table()
+                    );
+                }
                 if result.ok {
                     probes.generation_failures = 0;
                 } else {

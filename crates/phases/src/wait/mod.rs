@@ -13,7 +13,7 @@ use crate::membership::MembershipSource;
 use crate::node_health::Board;
 use orchestrator_domain::{
     ClusterSnapshot, ClusterView, ExternalFacts, KeyValue, MembershipChange, MembershipUpdate,
-    Node, Readiness, Topology, UpdateSource,
+    Node, Readiness, StartupStep, Topology, UpdateSource,
 };
 use orchestrator_policy_host::{PluginError, ReadinessPolicy, World};
 use std::fmt;
@@ -236,7 +236,7 @@ fn log_changes(changes: &[MembershipChange]) {
 
 impl Seen {
     /// Applies one membership update, logging joins, deaths and GCS errors.
-    fn apply(&mut self, u: MembershipUpdate, source: &str) {
+    fn apply(&mut self, u: MembershipUpdate, source: &str, status: Option<&Status>) {
         match &u.source {
             UpdateSource::Disconnected { error } => {
                 if self.gcs_error.as_deref() != Some(error) {
@@ -254,6 +254,9 @@ impl Seen {
         for change in &u.changes {
             if let MembershipChange::Joined(n) = change {
                 self.first_seen.entry(n.id.clone()).or_insert(u.received_at);
+                if let Some(status) = status {
+                    status.mark(StartupStep::NodeJoined, n.address.clone());
+                }
             }
         }
         if let Some(view) = &u.view {
@@ -474,10 +477,11 @@ pub async fn wait_for_cluster(
                     }
                     continue;
                 };
-                waiter.seen.apply(update, &described);
+                let status = spec.status.as_deref();
+                waiter.seen.apply(update, &described, status);
                 // Coalesce whatever else has already arrived.
                 while let Ok(more) = updates.try_recv() {
-                    waiter.seen.apply(more, &described);
+                    waiter.seen.apply(more, &described, status);
                 }
             }
             open = facts_changed => match (open, facts_rx.as_mut()) {
