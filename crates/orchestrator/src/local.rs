@@ -71,6 +71,10 @@ pub struct LocalArgs {
     /// Stop everything as soon as the cluster is ready (for scripts).
     #[arg(long)]
     pub exit_when_ready: bool,
+    /// Read these files or directories (the model's weights) into the
+    /// page cache while the cluster forms (repeatable).
+    #[arg(long, value_name = "PATH")]
+    pub prefetch: Vec<std::path::PathBuf>,
     /// Serve this model with vLLM once the cluster is ready (a path or name).
     #[arg(long)]
     pub model: Option<String>,
@@ -191,6 +195,10 @@ impl LocalArgs {
             serve: self.serve_spec()?,
             exit_when_ready: self.exit_when_ready,
             endpoints_port: self.endpoints_port,
+            prefetch: orchestrator_phases::prefetch::PrefetchConfig {
+                paths: self.prefetch.clone(),
+                max_mb_per_second: 0,
+            },
         })
     }
 

@@ -211,14 +211,25 @@ stop-grace-seconds = 3
         s["timeline"].to_string().contains("first-completion")
     });
     let timeline = status["timeline"].as_array().unwrap();
-    let steps: Vec<&str> = timeline.iter().map(|e| e["step"].as_str().unwrap()).collect();
+    let steps: Vec<&str> = timeline
+        .iter()
+        .map(|e| e["step"].as_str().unwrap())
+        .collect();
     let joined: Vec<&str> = timeline
         .iter()
         .filter(|e| e["step"] == "node-joined")
         .map(|e| e["detail"].as_str().unwrap())
         .collect();
-    assert_eq!(joined, ["127.0.0.90", "127.0.0.91", "127.0.0.92"], "{status}");
-    let firsts: Vec<&str> = steps.iter().copied().filter(|s| *s != "node-joined").collect();
+    assert_eq!(
+        joined,
+        ["127.0.0.90", "127.0.0.91", "127.0.0.92"],
+        "{status}"
+    );
+    let firsts: Vec<&str> = steps
+        .iter()
+        .copied()
+        .filter(|s| *s != "node-joined")
+        .collect();
     assert_eq!(
         firsts,
         [
@@ -233,7 +244,10 @@ stop-grace-seconds = 3
         ],
         "{status}"
     );
-    let times: Vec<u64> = timeline.iter().map(|e| e["after-ms"].as_u64().unwrap()).collect();
+    let times: Vec<u64> = timeline
+        .iter()
+        .map(|e| e["after-ms"].as_u64().unwrap())
+        .collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
     assert!(
         http_get(&format!("127.0.0.1:{endpoints}"), "/metrics")

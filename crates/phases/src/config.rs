@@ -303,6 +303,9 @@ pub struct ServeConfig {
     pub generation_timeout_ms: u64,
     /// Seconds the server gets to drain after SIGTERM before SIGKILL.
     pub stop_grace_seconds: u64,
+    /// The model's files to bring into the page cache on every node while
+    /// the cluster forms.
+    pub prefetch: crate::prefetch::PrefetchConfig,
 }
 
 impl Default for ServeConfig {
@@ -321,6 +324,7 @@ impl Default for ServeConfig {
             health_timeout_ms: 5000,
             generation_timeout_ms: 60_000,
             stop_grace_seconds: 30,
+            prefetch: crate::prefetch::PrefetchConfig::default(),
         }
     }
 }

@@ -15,6 +15,8 @@
 //!   readiness policy.
 //! - [`serve`]: the launch policy's plan run as a supervised server,
 //!   probed, judged by the health policy.
+//! - [`prefetch`]: the model's files read into the page cache on every
+//!   node while the cluster forms.
 //! - [`membership`]: where membership comes from (Ray's GCS), and where
 //!   nodes publish their health reports.
 //! - [`node_health`]: every node's own checks (GPUs, host, raylet), the
@@ -31,6 +33,7 @@ pub mod membership;
 pub mod node_health;
 pub mod platform;
 pub mod policies;
+pub mod prefetch;
 pub mod serve;
 pub mod start;
 pub mod supervision;

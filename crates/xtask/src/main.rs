@@ -63,6 +63,10 @@ const BENCHES: &[(&str, &str)] = &[
         "a GPU fault on a worker (NVML stand-in) to the head's view, and the probes' CPU, with node health on and off, on a real local cluster",
     ),
     (
+        "prefetch",
+        "a multi-GB synthetic weights file read cold, prefetched, and read warm (page cache evicted with posix_fadvise)",
+    ),
+    (
         "wait",
         "join detection: orchestrator wait vs the corrected `ray status` loop on a real local cluster, and their CPU while waiting",
     ),
@@ -627,6 +631,12 @@ fn bench(name: Option<&str>) -> Result<()> {
             run(Command::new(example("bench_health"))
                 .arg(root().join("target/release/orchestrator"))
                 .env("ORCHESTRATOR_RAY_BIN", &ray))
+        }
+        Some("prefetch") => {
+            ensure_toolchain()?;
+            build_all()?;
+            step("bench prefetch");
+            run(&mut Command::new(example("bench_prefetch")))
         }
         Some("wait") => {
             ensure_toolchain()?;

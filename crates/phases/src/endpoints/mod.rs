@@ -153,6 +153,8 @@ pub struct StatusState {
     /// Why expected nodes are missing, as the platform (Kubernetes) says,
     /// while the wait phase runs.
     pub diagnostics: Vec<String>,
+    /// The weights' prefetch into the page cache, when one runs.
+    pub prefetch: Option<crate::prefetch::PrefetchProgress>,
     /// The startup timeline: each step once (node joins: each node), in
     /// ms since the orchestrator process started.
     pub timeline: Vec<TimelineEntry>,
@@ -183,6 +185,8 @@ pub struct Status {
     verdicts: Family<VerdictLabel, Counter>,
     node_metrics: node_metrics::NodeMetrics,
     startup_seconds: Family<StepLabel, Gauge<f64, AtomicU64>>,
+    prefetch_done: Gauge,
+    prefetch_total: Gauge,
     events: Mutex<Option<tokio::sync::mpsc::Sender<Event>>>,
 }
 
@@ -257,6 +261,17 @@ impl Status {
             "When each startup step happened, seconds after the orchestrator started (node-joined: the last join)",
             startup_seconds.clone(),
         );
+        let (prefetch_done, prefetch_total) = (Gauge::default(), Gauge::default());
+        registry.register(
+            "prefetch_bytes_done",
+            "Bytes of the model's files read into the page cache so far",
+            prefetch_done.clone(),
+        );
+        registry.register(
+            "prefetch_bytes_total",
+            "Bytes of the model's files to read into the page cache",
+            prefetch_total.clone(),
+        );
         let age = process_age();
         let status = Arc::new(Self {
             state: Mutex::new(StatusState::default()),
@@ -271,6 +286,8 @@ impl Status {
             verdicts,
             node_metrics,
             startup_seconds,
+            prefetch_done,
+            prefetch_total,
             events: Mutex::new(None),
         });
         status.enter(Phase::Start);
@@ -441,6 +458,15 @@ impl Status {
             EventReason::ServerRestarted,
             format!("the serving process was restarted (restart {n})"),
         );
+    }
+
+    /// Records the prefetch's progress.
+    pub fn prefetch(&self, progress: crate::prefetch::PrefetchProgress) {
+        self.prefetch_done
+            .set(i64::try_from(progress.bytes_done).unwrap_or(i64::MAX));
+        self.prefetch_total
+            .set(i64::try_from(progress.bytes_total).unwrap_or(i64::MAX));
+        self.with(|s| s.prefetch = Some(progress));
     }
 
     /// Records a startup step: the first of each (every node join), with

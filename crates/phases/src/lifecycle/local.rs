@@ -53,6 +53,8 @@ pub struct LocalCluster {
     pub exit_when_ready: bool,
     /// Port of the endpoints on 127.0.0.1 (0: off).
     pub endpoints_port: u16,
+    /// The model's files to warm while the cluster forms.
+    pub prefetch: crate::prefetch::PrefetchConfig,
 }
 
 /// Environment for local Ray processes: faster death detection by the GCS
@@ -197,6 +199,7 @@ impl Plan {
                 &crate::config::NodeHealthConfig::default(),
                 vec![KeyValue::new("check-gpu-count", "false")],
             ),
+            prefetch: cluster.prefetch.clone(),
         })
     }
 }

@@ -148,6 +148,10 @@ impl Lifecycle {
             .map(|(settings, cluster)| kube_platform::spawn(settings, cluster, &self.status));
         let shutdown = prepare_process().map_err(LifecycleError::Signals)?;
         raise_open_file_limit(self.plan.open_file_limit);
+        // Warms the weights while Ray starts and the cluster forms; stops
+        // when the run ends.
+        let _prefetch =
+            crate::prefetch::Prefetch::spawn(&self.plan.prefetch, Arc::clone(&self.status));
         let exit = self.phases(&shutdown, &mut kubernetes).await;
         // The last Events (Stopping, ClusterNotReady, ...) reach the API
         // server before the process ends.

@@ -77,6 +77,8 @@ pub struct Plan {
     pub stop_grace: Duration,
     /// Every node's own health checks (off: none).
     pub node_health: Option<crate::node_health::NodeHealthPlan>,
+    /// The model's files to warm while the cluster forms.
+    pub prefetch: crate::prefetch::PrefetchConfig,
 }
 
 /// Why a plan cannot be made.
@@ -170,6 +172,7 @@ impl Plan {
                 &config.node_health,
                 config.policies.node_health.params(),
             ),
+            prefetch: config.serve.prefetch.clone(),
         })
     }
 }
