@@ -75,9 +75,9 @@ fn bench() -> std::io::Result<()> {
     }
     let drop_caches = std::fs::write("/proc/sys/vm/drop_caches", "1").is_ok();
     eprintln!(
-        "dropping the whole page cache (/proc/sys/vm/drop_caches): {}; evicting the file with posix_fadvise(DONTNEED) instead",
+        "dropping the whole page cache (/proc/sys/vm/drop_caches): {}; the file is also evicted with posix_fadvise(DONTNEED) before each cold read",
         if drop_caches {
-            "allowed"
+            "done"
         } else {
             "not allowed here"
         }

@@ -448,6 +448,17 @@ fn demo() -> Result<()> {
         .args(["plan", "--config"])
         .arg(root().join("examples/config/head.toml")))?;
 
+    step(
+        "`orchestrator node check`: this node's GPUs, host and raylet, judged by the node-health policy",
+    );
+    // Exit 1 (degraded or unhealthy) is an answer here, not a failure.
+    let checked = Command::new(&bin)
+        .args(["node", "check"])
+        .env("ORCHESTRATOR_LOG", "warn")
+        .status()
+        .context("cannot run orchestrator node check")?;
+    eprintln!("    exit code {}", checked.code().unwrap_or(-1));
+
     let venv = vllm_venv()?;
     let model = tiny_model(&venv)?;
     serve_demo(&bin, &venv, &model)?;
@@ -497,6 +508,8 @@ fn serve_demo(bin: &Path, venv: &Path, model: &Path) -> Result<()> {
             "--vllm-arg=--enforce-eager",
         ])
         .arg("--model")
+        .arg(model)
+        .arg("--prefetch")
         .arg(model)
         .env("ORCHESTRATOR_RAY_BIN", venv.join("bin/ray"))
         .env("ORCHESTRATOR_VLLM_BIN", venv.join("bin/vllm"))
