@@ -14,6 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
 
+/// How soon a node not yet in the GCS is looked up again.
+const LOOKUP_RETRY: Duration = Duration::from_millis(100);
+
 /// What this process's own checks last said about one of its nodes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OwnHealth {
@@ -36,6 +39,7 @@ struct Checked {
     node_id: Option<String>,
     advertised_gpus: f64,
     next_lookup: Instant,
+    lookups: u32,
     seq: u64,
     state: Option<(NodeHealthState, Instant)>,
     publish_failing: bool,
@@ -140,8 +144,22 @@ async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut gpus_open = true;
     loop {
+        // A node not yet found in the GCS is looked up again soon: its
+        // first report is what lets the head count it.
+        let lookup_at = nodes
+            .iter()
+            .filter(|n| n.node_id.is_none())
+            .map(|n| n.next_lookup)
+            .min();
+        let lookup = async {
+            match lookup_at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tick.tick() => {}
+            () = lookup => {}
             changed = gpus.changed(), if gpus_open => {
                 // The probe thread ends at once where there is no NVML.
                 gpus_open = changed.is_ok();
@@ -153,6 +171,7 @@ async fn run(
                     node_id: None,
                     advertised_gpus: 0.0,
                     next_lookup: Instant::now(),
+                    lookups: 0,
                     seq: 0,
                     state: None,
                     publish_failing: false,
@@ -216,7 +235,12 @@ async fn check(
                 node.advertised_gpus = found.resources.gpu;
                 node.node_id = Some(found.id);
             }
-            Ok(Ok(None)) | Ok(Err(_)) | Err(_) => node.next_lookup = now + Duration::from_secs(1),
+            Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
+                // 100 ms, 200 ms, ... up to 2 s between lookups.
+                let backoff = LOOKUP_RETRY * 2u32.saturating_pow(node.lookups.min(5));
+                node.next_lookup = now + backoff.min(Duration::from_secs(2));
+                node.lookups += 1;
+            }
         }
     }
 
