@@ -130,6 +130,8 @@ pub struct LaunchRequest {
 pub struct LaunchPlan {
     pub argv: Vec<String>,
     pub env: Vec<KeyValue>,
+    #[serde(default)]
+    pub early: bool,
 }
 
 /// Why a launch policy could not build a plan.

@@ -426,6 +426,7 @@ async fn the_health_loop_restarts_a_server_whose_node_turned_unhealthy_and_only_
             port.to_string(),
         ],
         env: vec![],
+        early: false,
     };
     let spec = ServeSpec {
         settings: ServeSettings {

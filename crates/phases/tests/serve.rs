@@ -42,6 +42,7 @@ fn spec(port: u16, mode: &str, params: &[(&str, &str)]) -> (ServeSpec, LaunchPla
             "tiny".into(),
         ],
         env: vec![KeyValue::new("STAND_IN_MODE", mode)],
+        early: false,
     };
     let spec = ServeSpec {
         settings: ServeSettings {

@@ -346,7 +346,13 @@ fn test() -> Result<()> {
 
     let ray = ray_venv()?;
     step("integration tests against real Ray 2.60 (one at a time)");
-    for target in ["ray_wait", "ray_cli", "kube_e2e", "node_health"] {
+    for target in [
+        "ray_wait",
+        "ray_cli",
+        "kube_e2e",
+        "node_health",
+        "early_launch",
+    ] {
         run(workspace("test")
             .args([
                 "--test",

@@ -10,8 +10,11 @@
 //! is fixed, the other uses every GPU it can. A layout the alive nodes
 //! cannot hold is refused with `impossible-layout`.
 //!
-//! Parameters (all optional): `program` (default `vllm`), and `env.NAME`
-//! for each environment variable to set (for example `env.VLLM_HOST_IP`).
+//! Parameters (all optional): `program` (default `vllm`), `env.NAME` for
+//! each environment variable to set (for example `env.VLLM_HOST_IP`), and
+//! `early-launch` (`false`): start vLLM as soon as the head is up, with the
+//! layout of the expected topology, while the workers join (the
+//! orchestrator relaunches it if the cluster forms differently).
 
 use orchestrator_plugin_sdk::launch::*;
 
@@ -85,7 +88,10 @@ impl LaunchPolicy for Vllm {
                 })
             })
             .collect();
-        Ok(LaunchPlan { argv, env })
+        let early = params
+            .bool_or("early-launch", false)
+            .map_err(|e| LaunchError::InvalidSettings(e.to_string()))?;
+        Ok(LaunchPlan { argv, env, early })
     }
 }
 

@@ -96,8 +96,77 @@ pub struct Lifecycle {
 
 /// What the wait phase ended with.
 enum Waited {
-    Ready(Box<Ready>),
+    /// Ready, with the server started early, if one was.
+    Ready(Box<Ready>, Option<Box<EarlyServer>>),
     Ended(Exit),
+}
+
+/// A serving process started before the cluster was ready, for the plan
+/// the launch policy made for the expected topology.
+struct EarlyServer {
+    plan: orchestrator_domain::LaunchPlan,
+    process: crate::serve::ServerProcess,
+}
+
+/// Asks the launch policy for a plan for a cluster shaped like `expected`
+/// and starts the server now when the plan says `early`. A layout the
+/// expected cluster cannot hold is never launched.
+fn early_launch(
+    plan: &Plan,
+    status: &Status,
+    launch: &mut orchestrator_policy_host::LaunchPolicy,
+    expected: &orchestrator_domain::Topology,
+) -> Option<Box<EarlyServer>> {
+    let (AfterReady::Serve, Some(spec)) = (plan.after_ready, plan.serve.as_ref()) else {
+        return None;
+    };
+    let deadline_ms = plan
+        .wait
+        .as_ref()
+        .map_or(0, |w| w.timeout.as_millis() as u64);
+    let request = orchestrator_domain::LaunchRequest {
+        cluster: self::plan::shaped_like(expected, None, None, deadline_ms),
+        settings: spec.settings.clone(),
+    };
+    let mut planned = match launch.plan(&request, &spec.launch_params) {
+        Ok(Ok(p)) if p.early => p,
+        Ok(Ok(_)) => return None,
+        Ok(Err(e)) => {
+            tracing::info!("no early launch: the launch policy refused the expected layout: {e}");
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!("no early launch: the launch policy failed: {e}");
+            return None;
+        }
+    };
+    crate::serve::add_serving_env(&mut planned, plan.membership.as_ref());
+    let env: Vec<(String, String)> = planned
+        .env
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.value.clone()))
+        .collect();
+    tracing::info!(
+        "early launch: starting the server for the expected layout while the cluster forms (its placement group waits for the workers): {}",
+        planned.argv.join(" ")
+    );
+    match crate::serve::ServerProcess::spawn("vllm", &planned.argv, &env) {
+        Ok(process) => {
+            status.mark(StartupStep::Launch, "early, for the expected layout");
+            if let Some(pid) = process.pid() {
+                status.mark(StartupStep::ServerProcessUp, format!("pid {pid}"));
+            }
+            status.server_pid(process.pid());
+            Some(Box::new(EarlyServer {
+                plan: planned,
+                process,
+            }))
+        }
+        Err(e) => {
+            tracing::warn!("early launch failed, the server starts once the cluster is ready: {e}");
+            None
+        }
+    }
 }
 
 impl Lifecycle {
@@ -292,8 +361,8 @@ impl Lifecycle {
                 .map_or(Duration::MAX, |p| p.unhealthy_grace);
             return supervise_worker(nodes, shutdown, &status, own, grace).await;
         };
-        let ready = match self.wait(&wait, nodes, shutdown, kubernetes).await {
-            Waited::Ready(ready) => ready,
+        let (ready, early) = match self.wait(&wait, nodes, shutdown, kubernetes).await {
+            Waited::Ready(ready, early) => (ready, early),
             Waited::Ended(exit) => return exit,
         };
         let alive = ready.snapshot.nodes.iter().filter(|n| n.alive).count() as u32;
@@ -304,7 +373,7 @@ impl Lifecycle {
             hook(&ready);
         }
         match self.plan.after_ready {
-            AfterReady::Serve => self.serve(&ready, nodes, shutdown).await,
+            AfterReady::Serve => self.serve(&ready, nodes, shutdown, early).await,
             AfterReady::Exit => Exit::ok(),
             AfterReady::Supervise => {
                 tracing::info!(
@@ -343,6 +412,7 @@ impl Lifecycle {
             .unwrap_or_else(|| plan.expected.clone());
         status.nodes(0, expected.nodes);
         status.enter(Phase::Wait);
+        let mut early = early_launch(&self.plan, &status, &mut policies.launch, &expected);
         let spec = WaitSpec {
             source: Arc::clone(&self.plan.membership),
             expected: plan.expected.clone(),
@@ -355,11 +425,11 @@ impl Lifecycle {
         };
         let waiting = wait_for_cluster(&spec, &mut policies.readiness);
         tokio::pin!(waiting);
-        loop {
+        let outcome = loop {
             let (running, mut late) = nodes.watch_parts();
             let started = tokio::select! {
-                r = &mut waiting => return match r {
-                    Ok(ready) => Waited::Ready(Box::new(ready)),
+                r = &mut waiting => break match r {
+                    Ok(ready) => Waited::Ready(Box::new(ready), None),
                     Err(e) => {
                         status.fail(EventReason::ClusterNotReady, e.to_string());
                         Waited::Ended(Exit::failed(1, e.to_string()))
@@ -367,12 +437,23 @@ impl Lifecycle {
                 },
                 () = shutdown.requested() => {
                     status.enter(Phase::Stopping);
-                    return Waited::Ended(Exit::ok());
+                    break Waited::Ended(Exit::ok());
                 }
                 (label, daemon) = running.first_exit(usize::MAX) => {
                     let message = format!("Ray's {daemon} on node {label} during the wait");
                     status.fail(EventReason::RayExited, message.clone());
-                    return Waited::Ended(Exit::failed(1, message));
+                    break Waited::Ended(Exit::failed(1, message));
+                }
+                how = async {
+                    match early.as_mut() {
+                        Some(e) => e.process.wait().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    tracing::warn!(code = ?how.code, signal = ?how.signal, "the early-launched server exited during the wait; it is launched again once the cluster is ready");
+                    status.server_pid(None);
+                    early = None;
+                    continue;
                 }
                 started = late.next() => started,
             };
@@ -384,11 +465,26 @@ impl Lifecycle {
                     nodes.adopt(node);
                 }
                 Err(e) => {
-                    return Waited::Ended(Exit::failed(
-                        1,
-                        format!("a worker failed to start: {e}"),
-                    ));
+                    break Waited::Ended(Exit::failed(1, format!("a worker failed to start: {e}")));
                 }
+            }
+        };
+        match outcome {
+            Waited::Ready(ready, _) => Waited::Ready(ready, early),
+            Waited::Ended(exit) => {
+                if let Some(mut e) = early {
+                    tracing::info!(
+                        "stopping the early-launched server: the cluster never became ready"
+                    );
+                    let grace = self
+                        .plan
+                        .serve
+                        .as_ref()
+                        .map_or(Duration::from_secs(5), |s| s.stop_grace);
+                    e.process.stop(grace).await;
+                    status.server_pid(None);
+                }
+                Waited::Ended(exit)
             }
         }
     }
@@ -396,7 +492,13 @@ impl Lifecycle {
     /// The serve phase, while the head's own Ray daemons stay watched: if
     /// one dies the server is stopped and the run fails. (A worker's death
     /// reaches the health policy through the membership source.)
-    async fn serve(&mut self, ready: &Ready, nodes: &RayNodes, shutdown: &Shutdown) -> Exit {
+    async fn serve(
+        &mut self,
+        ready: &Ready,
+        nodes: &RayNodes,
+        shutdown: &Shutdown,
+        early: Option<Box<EarlyServer>>,
+    ) -> Exit {
         let status = Arc::clone(&self.status);
         let (Some(spec), Some(policies)) = (self.plan.serve.as_ref(), self.policies.as_mut())
         else {
@@ -413,20 +515,44 @@ impl Lifecycle {
         };
         let plan = match serve::plan_launch(ready, spec, &mut policies.launch, ctx) {
             Ok(plan) => plan,
-            Err(outcome) => return served(&status, outcome),
+            Err(outcome) => {
+                if let Some(mut e) = early {
+                    e.process.stop(spec.stop_grace).await;
+                    status.server_pid(None);
+                }
+                return served(&status, outcome);
+            }
+        };
+        // The early server goes on if the cluster formed as it assumed.
+        let prelaunched = match early {
+            Some(e) if e.plan.argv == plan.argv && e.plan.env == plan.env => Some(e.process),
+            Some(mut e) => {
+                let message = format!(
+                    "the cluster formed differently from the layout the early launch assumed: relaunching with `{}` (was `{}`)",
+                    plan.argv.join(" "),
+                    e.plan.argv.join(" ")
+                );
+                tracing::warn!("{message}");
+                status.event(EventReason::ServerRestarting, message);
+                e.process.stop(spec.stop_grace).await;
+                status.server_pid(None);
+                None
+            }
+            None => None,
         };
         status.mark(
             StartupStep::Launch,
             plan.argv.first().cloned().unwrap_or_default(),
         );
         status.enter(Phase::Serve);
-        let serving = serve::supervise(
+        let serving = serve::supervise_prelaunched(
             spec,
             &plan,
             &ready.snapshot.nodes,
             Some(ready.decided_at),
             &mut policies.health,
             ctx,
+            prelaunched,
         );
         tokio::pin!(serving);
         let outcome = tokio::select! {

@@ -223,7 +223,7 @@ pub fn describe(
             };
             serve = match p.launch.plan(&request, &c.launch.params())? {
                 Ok(plan) => {
-                    serde_json::json!({"argv": plan.argv, "env": plan.env, "for": "the expected topology"})
+                    serde_json::json!({"argv": plan.argv, "env": plan.env, "early": plan.early, "for": "the expected topology"})
                 }
                 Err(e) => serde_json::json!({"error": e.to_string()}),
             };
@@ -294,6 +294,23 @@ pub enum DescribeError {
 
 /// A cluster shaped like the expected topology, for `plan`.
 fn expected_cluster(config: &Config, topology: &Topology) -> ClusterSnapshot {
+    shaped_like(
+        topology,
+        config.ray.num_gpus,
+        config.ray.num_cpus,
+        config.cluster.wait_timeout_seconds * 1000,
+    )
+}
+
+/// A cluster of alive nodes shaped like `topology`: what `plan` shows and
+/// what an early launch is planned for. The head offers `head_gpus`
+/// (default: the GPUs the topology counts beyond its groups).
+pub(crate) fn shaped_like(
+    topology: &Topology,
+    head_gpus: Option<f64>,
+    head_cpus: Option<f64>,
+    deadline_ms: u64,
+) -> ClusterSnapshot {
     let mut nodes = vec![];
     let mut add = |gpu: f64, cpu: f64, head: bool| {
         let i = nodes.len();
@@ -329,11 +346,8 @@ fn expected_cluster(config: &Config, topology: &Topology) -> ClusterSnapshot {
             .map(|g| f64::from(g.replicas) * g.gpus_per_node)
             .sum();
         add(
-            config
-                .ray
-                .num_gpus
-                .unwrap_or((topology.gpus - in_groups).max(0.0)),
-            config.ray.num_cpus.unwrap_or(1.0),
+            head_gpus.unwrap_or((topology.gpus - in_groups).max(0.0)),
+            head_cpus.unwrap_or(1.0),
             true,
         );
         for g in &topology.groups {
@@ -346,7 +360,7 @@ fn expected_cluster(config: &Config, topology: &Topology) -> ClusterSnapshot {
         nodes,
         expected: topology.clone(),
         elapsed_ms: 0,
-        deadline_ms: config.cluster.wait_timeout_seconds * 1000,
+        deadline_ms,
         diagnostics: vec![],
     }
 }

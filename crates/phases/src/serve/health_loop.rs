@@ -91,13 +91,23 @@ struct HealthLoop<'a> {
     probe_tx: mpsc::UnboundedSender<(ProbeKind, ProbeResult)>,
     last_logged: Option<(VerdictKind, Instant)>,
     board: std::sync::Arc<crate::node_health::Board>,
+    /// A server started early (before the cluster was ready) for the
+    /// same plan: the first launch takes it over instead of spawning.
+    prelaunched: Option<ServerProcess>,
 }
 
 impl<'a> HealthLoop<'a> {
     /// Starts the serving process (again, after a restart).
     fn launch(&mut self) {
         let exec_called = self.ready_at.map(|t| t.elapsed().as_micros() as u64);
-        let process = match ServerProcess::spawn("vllm", &self.plan.argv, &self.env) {
+        let spawned = match self.prelaunched.take() {
+            Some(early) => {
+                tracing::info!("the early-launched serving process goes on");
+                Ok(early)
+            }
+            None => ServerProcess::spawn("vllm", &self.plan.argv, &self.env),
+        };
+        let process = match spawned {
             Ok(s) => {
                 if let (Some(ready_at), 0) = (self.ready_at, self.restarts) {
                     tracing::info!(
@@ -401,6 +411,20 @@ pub async fn supervise(
     policy: &mut HealthPolicy,
     ctx: ServeContext<'_>,
 ) -> ServeOutcome {
+    supervise_prelaunched(spec, plan, nodes, ready_at, policy, ctx, None).await
+}
+
+/// [`supervise`], taking over `prelaunched` (a server already started
+/// for `plan` while the cluster formed) instead of starting one.
+pub async fn supervise_prelaunched(
+    spec: &ServeSpec,
+    plan: &LaunchPlan,
+    nodes: &[Node],
+    ready_at: Option<Instant>,
+    policy: &mut HealthPolicy,
+    ctx: ServeContext<'_>,
+    prelaunched: Option<ServerProcess>,
+) -> ServeOutcome {
     let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
     let mut membership = ctx.source.watch();
     let mut tick = tokio::time::interval(spec.health_interval);
@@ -431,6 +455,7 @@ pub async fn supervise(
         probe_tx,
         last_logged: None,
         board: ctx.health.map(|rx| rx.borrow().clone()).unwrap_or_default(),
+        prelaunched,
     };
     state.board.annotate(&mut state.nodes);
     let mut health_rx = ctx.health.cloned();

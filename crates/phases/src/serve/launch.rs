@@ -39,15 +39,21 @@ pub fn plan_launch(
             });
         }
     };
-    for kv in ctx.source.serving_env() {
-        if !plan.env.iter().any(|e| e.key == kv.key) {
-            plan.env.push(kv);
-        }
-    }
+    add_serving_env(&mut plan, ctx.source);
     tracing::info!(
         env = %plan.env.iter().map(|kv| format!("{}={}", kv.key, kv.value)).collect::<Vec<_>>().join(" "),
         "launching: {}",
         plan.argv.join(" ")
     );
     Ok(plan)
+}
+
+/// Adds the environment the serving process needs to join the cluster
+/// (`RAY_ADDRESS`), unless the plan sets it.
+pub fn add_serving_env(plan: &mut LaunchPlan, source: &dyn crate::membership::MembershipSource) {
+    for kv in source.serving_env() {
+        if !plan.env.iter().any(|e| e.key == kv.key) {
+            plan.env.push(kv);
+        }
+    }
 }

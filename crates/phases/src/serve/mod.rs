@@ -8,8 +8,9 @@ mod launch;
 pub mod probe;
 mod server;
 
-pub use health_loop::supervise;
-pub use launch::plan_launch;
+pub use health_loop::{supervise, supervise_prelaunched};
+pub use launch::{add_serving_env, plan_launch};
+pub use server::ServerProcess;
 
 use crate::config::{PoliciesConfig, ServeConfig};
 use crate::endpoints::Status;

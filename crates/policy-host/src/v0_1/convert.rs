@@ -115,6 +115,17 @@ impl<'a> ToWire<'a> for domain::KeyValue {
     }
 }
 
+/// 0.1.0 has no early launch.
+impl FromWire<wire::LaunchPlan> for domain::LaunchPlan {
+    fn from_wire(w: wire::LaunchPlan) -> Self {
+        domain::LaunchPlan {
+            argv: FromWire::from_wire(w.argv),
+            env: FromWire::from_wire(w.env),
+            early: false,
+        }
+    }
+}
+
 impl<'a> ToWire<'a> for domain::ExitStatus {
     type Wire = wire::ExitStatus;
     fn to_wire(&'a self) -> wire::ExitStatus {
@@ -141,7 +152,6 @@ to_wire_record! {
 
 from_wire_record! {
     KeyValue { key, value }
-    LaunchPlan { argv, env }
     RestartAction { reason, backoff_ms }
     ShutdownAction { exit_code, reason }
 }

@@ -98,6 +98,7 @@ pub(crate) fn plan_result(
 ) -> Result<domain::LaunchPlan, domain::LaunchError> {
     match r {
         Ok(plan) => Ok(domain::LaunchPlan {
+            early: plan.early,
             argv: plan.argv,
             env: plan
                 .env

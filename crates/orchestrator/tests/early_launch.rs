@@ -1,0 +1,266 @@
+//! Early launch with real Ray 2.60 nodes and the stand-in vLLM of the
+//! phases' tests (on PATH as `vllm`): the built-in launch policy with
+//! `early-launch = true` starts the server as soon as the head is up, for
+//! the expected layout; once the worker joins, the same server goes on when
+//! the cluster formed as expected, and is relaunched (with the reason) when
+//! it formed differently.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use orchestrator_test_support::*;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+fn write(path: &Path, body: &str) {
+    std::fs::write(path, body).unwrap();
+}
+
+fn fake_vllm(dir: &Path) -> String {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../phases/tests/fixtures/stand_in_vllm.py"
+    );
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    write(
+        &bin.join("vllm"),
+        &format!("#!/bin/sh\nexec python3 {script} \"$@\"\n"),
+    );
+    let mut perms = std::fs::metadata(bin.join("vllm")).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(bin.join("vllm"), perms).unwrap();
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    head: Child,
+    log: Captured,
+    endpoints: u16,
+    gcs: u16,
+    temp: String,
+    guard: Guard,
+}
+
+/// A head expecting 2 nodes and 2 GPUs, offering `head_gpus`, serving
+/// with early launch on.
+fn head(ip: &str, head_gpus: u32) -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let (gcs, agent, metrics, endpoints, serve) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let temp = format!("/tmp/ray-t{gcs}");
+    let config = dir.path().join("head.toml");
+    write(
+        &config,
+        &format!(
+            r#"role = "head"
+endpoints-port = {endpoints}
+endpoints-host = "127.0.0.1"
+[ray]
+bin = "{ray}"
+gcs-port = {gcs}
+node-ip = "{ip}"
+num-cpus = 1
+num-gpus = {head_gpus}
+memory = 500000000
+object-store-memory = 80000000
+dashboard-agent-listen-port = {agent}
+metrics-export-port = {metrics}
+temp-dir = "{temp}"
+stop-grace-seconds = 5
+env = {{ RAY_USAGE_STATS_ENABLED = "0" }}
+[cluster]
+nodes = 2
+gpus = 2
+wait-timeout-seconds = 120
+[serve]
+model = "/models/tiny"
+host = "127.0.0.1"
+port = {serve}
+health-interval-ms = 200
+stop-grace-seconds = 3
+[policies.launch.params]
+early-launch = "true"
+[policies.node-health.params]
+check-gpu-count = "false"
+min-open-files = "1024"
+"#,
+            ray = ray_bin()
+        ),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args(["run", "--config", &config.display().to_string()])
+        .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")
+        .env("PATH", fake_vllm(dir.path()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Captured::stderr_of(&mut child);
+    let guard = Guard(vec![child.id() as i32]);
+    Cluster {
+        dir,
+        head: child,
+        log,
+        endpoints,
+        gcs,
+        temp,
+        guard,
+    }
+}
+
+fn worker(c: &mut Cluster, head_ip: &str, ip: &str, gpus: u32) -> Child {
+    let config = c.dir.path().join("worker.toml");
+    write(
+        &config,
+        &format!(
+            r#"role = "worker"
+endpoints-port = 0
+[ray]
+bin = "{ray}"
+gcs-address = "{head_ip}:{gcs}"
+node-ip = "{ip}"
+num-cpus = 1
+num-gpus = {gpus}
+memory = 500000000
+object-store-memory = 80000000
+dashboard-agent-listen-port = {agent}
+metrics-export-port = {metrics}
+stop-grace-seconds = 5
+[policies.node-health.params]
+check-gpu-count = "false"
+min-open-files = "1024"
+"#,
+            ray = ray_bin(),
+            gcs = c.gcs,
+            agent = free_port(),
+            metrics = free_port()
+        ),
+    );
+    let child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args(["run", "--config", &config.display().to_string()])
+        .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    c.guard.0.push(child.id() as i32);
+    child
+}
+
+/// The server started during the wait: its pid.
+fn early_pid(c: &Cluster) -> i64 {
+    let s = status_until(c.endpoints, Duration::from_secs(60), |s| {
+        s["phase"] == "wait" && s["server-pid"].as_i64().is_some()
+    });
+    assert_eq!(s["ready"], false, "not ready while waiting: {s}");
+    let launch = s["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["step"] == "launch")
+        .cloned()
+        .unwrap();
+    assert_eq!(launch["detail"], "early, for the expected layout", "{s}");
+    s["server-pid"].as_i64().unwrap()
+}
+
+fn stop(c: Cluster, ips: &[&str]) {
+    signal(c.head.id() as i32, Sig::TERM);
+    let mut head = c.head;
+    let out = wait_with_deadline_ref(&mut head, Duration::from_secs(40));
+    assert!(out, "head exits 0 on SIGTERM: {}", c.log.text());
+    let mut needles: Vec<&str> = ips.to_vec();
+    needles.push(&c.temp);
+    needles.push("stand_in_vllm.py");
+    assert_nothing_left(&needles);
+}
+
+fn wait_with_deadline_ref(child: &mut Child, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.success();
+        }
+        assert!(std::time::Instant::now() < deadline, "did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+#[ignore = "needs Ray 2.60: run by `cargo xtask test`"]
+fn an_early_launched_server_goes_on_when_the_cluster_forms_as_expected() {
+    let mut c = head("127.0.0.150", 1);
+    let pid = early_pid(&c);
+    let mut w = worker(&mut c, "127.0.0.150", "127.0.0.151", 1);
+    let s = status_until(c.endpoints, Duration::from_secs(90), |s| s["ready"] == true);
+    assert_eq!(s["server-pid"].as_i64(), Some(pid), "the same server: {s}");
+    assert_eq!(s["restarts"], 0, "{s}");
+    c.log.wait_for(
+        "the early-launched serving process goes on",
+        Duration::from_secs(5),
+    );
+    let steps: Vec<String> = s["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["step"].as_str().unwrap(),
+                e["detail"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let launched = steps.iter().position(|e| e.starts_with("launch ")).unwrap();
+    let worker_joined = steps
+        .iter()
+        .position(|e| e == "node-joined 127.0.0.151")
+        .unwrap();
+    assert!(
+        launched < worker_joined,
+        "launched before the worker joined: {steps:?}"
+    );
+    signal(w.id() as i32, Sig::TERM);
+    assert!(wait_with_deadline_ref(&mut w, Duration::from_secs(30)));
+    stop(c, &["127.0.0.150", "127.0.0.151"]);
+}
+
+#[test]
+#[ignore = "needs Ray 2.60: run by `cargo xtask test`"]
+fn an_early_launched_server_is_relaunched_when_the_cluster_forms_differently() {
+    // Expected: 2 nodes, 1 GPU each (TP 1, PP 2). The head offers none and
+    // the worker 2: TP 2, PP 1.
+    let mut c = head("127.0.0.155", 0);
+    let pid = early_pid(&c);
+    let mut w = worker(&mut c, "127.0.0.155", "127.0.0.156", 2);
+    let s = status_until(c.endpoints, Duration::from_secs(90), |s| {
+        s["phase"] == "serve" && s["server-pid"].as_i64().is_some_and(|p| p != pid)
+    });
+    assert_eq!(s["restarts"], 0, "a relaunch at ready is no restart: {s}");
+    c.log.wait_for(
+        "the cluster formed differently from the layout the early launch assumed: relaunching with",
+        Duration::from_secs(5),
+    );
+    let text = c.log.text();
+    assert!(
+        text.contains("--tensor-parallel-size 2 --pipeline-parallel-size 1")
+            && text.contains("(was `vllm serve /models/tiny"),
+        "{text}"
+    );
+    status_until(c.endpoints, Duration::from_secs(30), |s| s["ready"] == true);
+    assert!(!is_alive(pid as i32), "the early server was stopped");
+    signal(w.id() as i32, Sig::TERM);
+    assert!(wait_with_deadline_ref(&mut w, Duration::from_secs(30)));
+    stop(c, &["127.0.0.155", "127.0.0.156"]);
+}
