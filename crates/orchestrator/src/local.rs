@@ -105,6 +105,10 @@ pub struct LocalArgs {
     /// The health policy: a component file or builtin:NAME.
     #[arg(long, default_value = "builtin:default")]
     pub health_policy: String,
+    /// A launch-policy parameter KEY=VALUE (repeatable), e.g.
+    /// `early-launch=true` to start vLLM while the workers join.
+    #[arg(long = "launch-param", value_name = "KEY=VALUE")]
+    pub launch_params: Vec<String>,
     /// The node-health policy every node checks itself with: a component
     /// file or builtin:NAME.
     #[arg(long, default_value = "builtin:default")]
@@ -152,6 +156,7 @@ impl LocalArgs {
         for kv in key_values(&self.vllm_env, "--vllm-env")? {
             launch_params.push(KeyValue::new(format!("env.{}", kv.key), kv.value));
         }
+        launch_params.extend(key_values(&self.launch_params, "--launch-param")?);
         Ok(Some(ServeSpec {
             settings: ServeSettings {
                 model: model.clone(),

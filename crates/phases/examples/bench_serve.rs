@@ -114,20 +114,27 @@ async fn orchestrator_run(
     ray: &str,
     vllm: &str,
     model: &str,
+    early: bool,
 ) -> Result<(f64, f64), String> {
     let (head, port, serve_port, endpoints_port) = ("127.0.0.120", 6520u16, 18520u16, 18521u16);
     let gcs = format!("{head}:{port}");
     let server = format!("{head}:{serve_port}");
     let endpoints = format!("127.0.0.1:{endpoints_port}");
-    let log =
-        std::fs::File::create("/tmp/bench-serve-orchestrator.log").map_err(|e| e.to_string())?;
+    let log_path = if early {
+        "/tmp/bench-serve-orchestrator-early.log"
+    } else {
+        "/tmp/bench-serve-orchestrator.log"
+    };
+    let log = std::fs::File::create(log_path).map_err(|e| e.to_string())?;
     let mut cmd = Command::new(bin);
     cmd.args([
         "local",
         "--workers",
         "1",
         "--worker-delay",
-        "3",
+        // Early launch: the worker comes late enough for vLLM to reach its
+        // placement-group wait first.
+        if early { "25" } else { "3" },
         "--gpus-per-node",
         "1",
         "--memory-mib",
@@ -171,6 +178,9 @@ async fn orchestrator_run(
     for a in VLLM_ARGS {
         cmd.arg(format!("--vllm-arg={a}"));
     }
+    if early {
+        cmd.args(["--launch-param", "early-launch=true"]);
+    }
     let mut child = cmd
         .env("ORCHESTRATOR_RAY_BIN", ray)
         .env("ORCHESTRATOR_VLLM_BIN", vllm)
@@ -181,7 +191,14 @@ async fn orchestrator_run(
     let result = async {
         let registered = registered_ms(&gcs, 2).await?;
         let served = first_completion(&server, Duration::from_secs(300)).await?;
-        println!("orchestrator: first completion {:.1} s after the last node registered", (served - registered) as f64 / 1000.0);
+        println!(
+            "orchestrator{}: first completion {:.1} s after the last node registered",
+            if early { " with early launch" } else { "" },
+            (served - registered) as f64 / 1000.0
+        );
+        if early {
+            return Ok(((served - registered) as f64 / 1000.0, 0.0));
+        }
         let before = restarts(&endpoints).await.unwrap_or(0);
         let raylet = raylet_of("127.0.0.121").ok_or("no worker raylet")?;
         signal(raylet, Sig::KILL);
@@ -319,7 +336,7 @@ async fn main() -> Result<(), String> {
         env("ORCHESTRATOR_TINY_MODEL")?,
     );
     let _ = become_subreaper();
-    let orchestrator = orchestrator_run(&bin, &ray, &vllm, &model).await;
+    let orchestrator = orchestrator_run(&bin, &ray, &vllm, &model, false).await;
     let left = kill_descendants();
     if left > 0 {
         eprintln!("{left} processes of the orchestrator's run were left and killed");
@@ -331,6 +348,12 @@ async fn main() -> Result<(), String> {
         eprintln!("{left} processes of the origin flow (vLLM's Ray workers) were left and killed");
     }
     let old_s = old?;
+    let early = orchestrator_run(&bin, &ray, &vllm, &model, true).await;
+    let left = kill_descendants();
+    if left > 0 {
+        eprintln!("{left} processes of the early-launch run were left and killed");
+    }
+    let (early_s, _) = early?;
     // How soon after the ready decision vLLM was started (the
     // orchestrator logs it).
     let log = std::fs::read_to_string("/tmp/bench-serve-orchestrator.log").unwrap_or_default();
@@ -338,7 +361,7 @@ async fn main() -> Result<(), String> {
         .ok_or("the orchestrator's log does not say when vLLM was started")?;
     println!("orchestrator: vLLM started {launch_us} us after the ready decision");
     println!(
-        "BENCH serve orchestrator_registration_to_completion_s={orch_s:.1} origin_flow_registration_to_completion_s={old_s:.1} speedup={:.2} death_to_action_ms={action_ms:.0} launch_after_ready_us={launch_us}",
+        "BENCH serve orchestrator_registration_to_completion_s={orch_s:.1} origin_flow_registration_to_completion_s={old_s:.1} speedup={:.2} early_launch_registration_to_completion_s={early_s:.1} death_to_action_ms={action_ms:.0} launch_after_ready_us={launch_us}",
         old_s / orch_s.max(0.001)
     );
     Ok(())
