@@ -106,7 +106,8 @@ pub struct LocalArgs {
     #[arg(long, default_value = "builtin:default")]
     pub health_policy: String,
     /// A launch-policy parameter KEY=VALUE (repeatable), e.g.
-    /// `early-launch=true` to start vLLM while the workers join.
+    /// `early-launch=false` to start vLLM only once the cluster is ready (the
+    /// built-in starts it while the workers join).
     #[arg(long = "launch-param", value_name = "KEY=VALUE")]
     pub launch_params: Vec<String>,
     /// The node-health policy every node checks itself with: a component

@@ -1,9 +1,11 @@
 //! Early launch with real Ray 2.60 nodes and the stand-in vLLM of the
-//! phases' tests (on PATH as `vllm`): the built-in launch policy with
-//! `early-launch = true` starts the server as soon as the head is up, for
-//! the expected layout; once the worker joins, the same server goes on when
-//! the cluster formed as expected, and is relaunched (with the reason) when
-//! it formed differently.
+//! phases' tests (on PATH as `vllm`): the built-in launch policy (its
+//! `early-launch` is on by default) starts the server as soon as the head
+//! is up, for the expected layout; once the worker joins, the same server
+//! goes on when the cluster formed as expected, and is relaunched (with the
+//! reason) when it formed differently; when the worker never comes, the
+//! server is stopped with the wait's failure. (A layout change during the
+//! wait, a RayCluster scaled, is in kube_e2e.rs.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -14,27 +16,6 @@ use std::time::Duration;
 
 fn write(path: &Path, body: &str) {
     std::fs::write(path, body).unwrap();
-}
-
-fn fake_vllm(dir: &Path) -> String {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../phases/tests/fixtures/stand_in_vllm.py"
-    );
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    write(
-        &bin.join("vllm"),
-        &format!("#!/bin/sh\nexec python3 {script} \"$@\"\n"),
-    );
-    let mut perms = std::fs::metadata(bin.join("vllm")).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    std::fs::set_permissions(bin.join("vllm"), perms).unwrap();
-    format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
 }
 
 struct Cluster {
@@ -48,8 +29,9 @@ struct Cluster {
 }
 
 /// A head expecting 2 nodes and 2 GPUs, offering `head_gpus`, serving
-/// with early launch on.
-fn head(ip: &str, head_gpus: u32) -> Cluster {
+/// with early launch on (the built-in's default), waiting up to
+/// `wait_timeout` seconds.
+fn head(ip: &str, head_gpus: u32, wait_timeout: u32) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let (gcs, agent, metrics, endpoints, serve) = (
         free_port(),
@@ -82,15 +64,13 @@ env = {{ RAY_USAGE_STATS_ENABLED = "0" }}
 [cluster]
 nodes = 2
 gpus = 2
-wait-timeout-seconds = 120
+wait-timeout-seconds = {wait_timeout}
 [serve]
 model = "/models/tiny"
 host = "127.0.0.1"
 port = {serve}
 health-interval-ms = 200
 stop-grace-seconds = 3
-[policies.launch.params]
-early-launch = "true"
 [policies.node-health.params]
 check-gpu-count = "false"
 min-open-files = "1024"
@@ -101,7 +81,7 @@ min-open-files = "1024"
     let mut child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
         .args(["run", "--config", &config.display().to_string()])
         .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")
-        .env("PATH", fake_vllm(dir.path()))
+        .env("PATH", stand_in_vllm_path(dir.path()))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -178,29 +158,18 @@ fn early_pid(c: &Cluster) -> i64 {
 fn stop(c: Cluster, ips: &[&str]) {
     signal(c.head.id() as i32, Sig::TERM);
     let mut head = c.head;
-    let out = wait_with_deadline_ref(&mut head, Duration::from_secs(40));
-    assert!(out, "head exits 0 on SIGTERM: {}", c.log.text());
+    let out = wait_exit(&mut head, Duration::from_secs(40));
+    assert!(out.success(), "head exits 0 on SIGTERM: {}", c.log.text());
     let mut needles: Vec<&str> = ips.to_vec();
     needles.push(&c.temp);
     needles.push("stand_in_vllm.py");
     assert_nothing_left(&needles);
 }
 
-fn wait_with_deadline_ref(child: &mut Child, limit: Duration) -> bool {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return status.success();
-        }
-        assert!(std::time::Instant::now() < deadline, "did not exit");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 #[ignore = "needs Ray 2.60: run by `cargo xtask test`"]
 fn an_early_launched_server_goes_on_when_the_cluster_forms_as_expected() {
-    let mut c = head("127.0.0.150", 1);
+    let mut c = head("127.0.0.150", 1, 120);
     let pid = early_pid(&c);
     let mut w = worker(&mut c, "127.0.0.150", "127.0.0.151", 1);
     let s = status_until(c.endpoints, Duration::from_secs(90), |s| s["ready"] == true);
@@ -232,7 +201,7 @@ fn an_early_launched_server_goes_on_when_the_cluster_forms_as_expected() {
         "launched before the worker joined: {steps:?}"
     );
     signal(w.id() as i32, Sig::TERM);
-    assert!(wait_with_deadline_ref(&mut w, Duration::from_secs(30)));
+    assert!(wait_exit(&mut w, Duration::from_secs(30)).success());
     stop(c, &["127.0.0.150", "127.0.0.151"]);
 }
 
@@ -241,7 +210,7 @@ fn an_early_launched_server_goes_on_when_the_cluster_forms_as_expected() {
 fn an_early_launched_server_is_relaunched_when_the_cluster_forms_differently() {
     // Expected: 2 nodes, 1 GPU each (TP 1, PP 2). The head offers none and
     // the worker 2: TP 2, PP 1.
-    let mut c = head("127.0.0.155", 0);
+    let mut c = head("127.0.0.155", 0, 120);
     let pid = early_pid(&c);
     let mut w = worker(&mut c, "127.0.0.155", "127.0.0.156", 2);
     let s = status_until(c.endpoints, Duration::from_secs(90), |s| {
@@ -261,6 +230,23 @@ fn an_early_launched_server_is_relaunched_when_the_cluster_forms_differently() {
     status_until(c.endpoints, Duration::from_secs(30), |s| s["ready"] == true);
     assert!(!is_alive(pid as i32), "the early server was stopped");
     signal(w.id() as i32, Sig::TERM);
-    assert!(wait_with_deadline_ref(&mut w, Duration::from_secs(30)));
+    assert!(wait_exit(&mut w, Duration::from_secs(30)).success());
     stop(c, &["127.0.0.155", "127.0.0.156"]);
+}
+
+#[test]
+#[ignore = "needs Ray 2.60: run by `cargo xtask test`"]
+fn an_early_launched_server_is_stopped_when_the_worker_never_comes() {
+    let c = head("127.0.0.158", 1, 8);
+    let pid = early_pid(&c);
+    let mut head = c.head;
+    let out = wait_exit(&mut head, Duration::from_secs(60));
+    let text = c.log.text();
+    assert_eq!(out.code(), Some(1), "the wait failed: {text}");
+    assert!(
+        text.contains("stopping the early-launched server: the cluster never became ready"),
+        "{text}"
+    );
+    assert!(!is_alive(pid as i32), "the early server was stopped");
+    assert_nothing_left(&["127.0.0.158", &c.temp, "stand_in_vllm.py"]);
 }

@@ -348,3 +348,93 @@ fn without_rbac_the_wait_goes_on_from_the_gcs_and_names_the_missing_permission()
     );
     assert_nothing_left(&[&temp, head_ip]);
 }
+
+#[test]
+#[ignore = "needs Ray 2.60: run by `cargo xtask test`"]
+fn an_early_launch_follows_a_scale_change_during_the_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let head_ip = "127.0.0.86";
+    // One worker asked for: the early server is planned for 2 nodes with
+    // 1 GPU each (pipeline-parallel 2).
+    let api = api(1, vec![]);
+    let serve = format!(
+        r#"[serve]
+model = "/models/tiny"
+host = "127.0.0.1"
+port = {}
+health-interval-ms = 200
+stop-grace-seconds = 3
+"#,
+        free_port()
+    );
+    let (config, gcs, port) = head_config(dir.path(), head_ip, &api.server.url(), &serve);
+    let temp = format!("/tmp/ray-t{}", gcs.rsplit(':').next().unwrap_or(""));
+    let log = dir.path().join("head.log");
+    let head = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")
+        .env("RUST_LOG", "info")
+        .env("PATH", stand_in_vllm_path(dir.path()))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _guard = Guard(vec![head.id() as i32]);
+    let s = status_until(port, Duration::from_secs(60), |s| {
+        s["phase"] == "wait" && s["server-pid"].as_i64().is_some() && s["nodes-expected"] == 2
+    });
+    let first = s["server-pid"].as_i64().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("--tensor-parallel-size 1 --pipeline-parallel-size 2"),
+        "{text}"
+    );
+
+    // Scaled to 2 workers during the wait: the early server is replaced by
+    // one planned for 3 nodes, still during the wait.
+    let mut scaled = api
+        .server
+        .get("ray.io/v1", "RayCluster", NS, "vllm-llama")
+        .unwrap();
+    scaled["spec"]["workerGroupSpecs"][0]["replicas"] = json!(2);
+    api.server.apply(scaled);
+    let s = status_until(port, Duration::from_secs(30), |s| {
+        s["nodes-expected"] == 3 && s["server-pid"].as_i64().is_some_and(|p| p != first)
+    });
+    assert_eq!(s["phase"], "wait", "{s:#}");
+    assert_eq!(s["ready"], false, "{s:#}");
+    assert!(
+        !is_alive(first as i32),
+        "the first early server was stopped"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("the expected layout changed during the wait (3 nodes, 3 GPUs): relaunching the early server with")
+            && text.contains("--tensor-parallel-size 1 --pipeline-parallel-size 3"),
+        "{text}"
+    );
+    let recorded = poll_until(
+        "the ServerRestarting event",
+        Duration::from_secs(10),
+        || {
+            events(&api)
+                .into_iter()
+                .find(|e| e["reason"] == "ServerRestarting")
+        },
+    );
+    assert!(
+        recorded["message"]
+            .as_str()
+            .unwrap()
+            .contains("the expected layout changed during the wait"),
+        "{recorded:#}"
+    );
+    let second = s["server-pid"].as_i64().unwrap();
+    stop(head, &log);
+    assert!(
+        !is_alive(second as i32),
+        "the early server stopped with the head"
+    );
+    assert_nothing_left(&[head_ip, &temp, "stand_in_vllm.py"]);
+}

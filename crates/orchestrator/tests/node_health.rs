@@ -25,27 +25,6 @@ fn inject(path: &Path, json: &str) {
     write(path, json);
 }
 
-fn fake_vllm(dir: &Path) -> String {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../phases/tests/fixtures/stand_in_vllm.py"
-    );
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    write(
-        &bin.join("vllm"),
-        &format!("#!/bin/sh\nexec python3 {script} \"$@\"\n"),
-    );
-    let mut perms = std::fs::metadata(bin.join("vllm")).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    std::fs::set_permissions(bin.join("vllm"), perms).unwrap();
-    format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
-}
-
 const NODE_HEALTH: &str = r#"[node-health]
 interval-ms = 250
 stale-after-ms = 2000
@@ -155,7 +134,7 @@ stop-grace-seconds = 3
     let mut head = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
         .args(["run", "--config", &head_config.display().to_string()])
         .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")
-        .env("PATH", fake_vllm(dir.path()))
+        .env("PATH", stand_in_vllm_path(dir.path()))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -270,6 +270,41 @@ pub fn text(o: &Output) -> (String, String) {
     )
 }
 
+/// Waits for `child` (kept by the caller) with a deadline; panics if it
+/// overruns. Returns its exit status.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "did not exit within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A `PATH` whose `vllm` is the stand-in vLLM of the phases' tests
+/// (`crates/phases/tests/fixtures/stand_in_vllm.py`), written into
+/// `dir/bin`, ahead of the inherited `PATH`.
+pub fn stand_in_vllm_path(dir: &std::path::Path) -> String {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../phases/tests/fixtures/stand_in_vllm.py"
+    );
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let vllm = bin.join("vllm");
+    std::fs::write(&vllm, format!("#!/bin/sh\nexec python3 {script} \"$@\"\n")).unwrap();
+    let mut perms = std::fs::metadata(&vllm).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&vllm, perms).unwrap();
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
 /// Waits for `child` with a deadline; kills it and panics if it overruns.
 pub fn wait_with_deadline(mut child: Child, limit: Duration) -> Output {
     let deadline = Instant::now() + limit;

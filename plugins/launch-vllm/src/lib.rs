@@ -12,7 +12,7 @@
 //!
 //! Parameters (all optional): `program` (default `vllm`), `env.NAME` for
 //! each environment variable to set (for example `env.VLLM_HOST_IP`), and
-//! `early-launch` (`false`): start vLLM as soon as the head is up, with the
+//! `early-launch` (`true`): start vLLM as soon as the head is up, with the
 //! layout of the expected topology, while the workers join (the
 //! orchestrator relaunches it if the cluster forms differently).
 
@@ -89,7 +89,7 @@ impl LaunchPolicy for Vllm {
             })
             .collect();
         let early = params
-            .bool_or("early-launch", false)
+            .bool_or("early-launch", true)
             .map_err(|e| LaunchError::InvalidSettings(e.to_string()))?;
         Ok(LaunchPlan { argv, env, early })
     }

@@ -12,6 +12,7 @@
 //! serving process from the launch policy's plan, so another backend adds
 //! a source and a start plan rather than a second lifecycle.
 
+mod early;
 mod local;
 mod plan;
 
@@ -28,6 +29,7 @@ use crate::serve::{self, ServeContext, ServeOutcome};
 use crate::start::{RayNodes, raise_open_file_limit};
 use crate::supervision::{Shutdown, prepare_process};
 use crate::wait::{Ready, WaitSpec, wait_for_cluster};
+use early::{EarlyLaunch, EarlyServer};
 use orchestrator_domain::{EventReason, NodeHealthState, Phase, StartupStep, VerdictKind};
 use orchestrator_node_probe::GpuProbe;
 use orchestrator_policy_host::NodeHealthPolicy;
@@ -99,74 +101,6 @@ enum Waited {
     /// Ready, with the server started early, if one was.
     Ready(Box<Ready>, Option<Box<EarlyServer>>),
     Ended(Exit),
-}
-
-/// A serving process started before the cluster was ready, for the plan
-/// the launch policy made for the expected topology.
-struct EarlyServer {
-    plan: orchestrator_domain::LaunchPlan,
-    process: crate::serve::ServerProcess,
-}
-
-/// Asks the launch policy for a plan for a cluster shaped like `expected`
-/// and starts the server now when the plan says `early`. A layout the
-/// expected cluster cannot hold is never launched.
-fn early_launch(
-    plan: &Plan,
-    status: &Status,
-    launch: &mut orchestrator_policy_host::LaunchPolicy,
-    expected: &orchestrator_domain::Topology,
-) -> Option<Box<EarlyServer>> {
-    let (AfterReady::Serve, Some(spec)) = (plan.after_ready, plan.serve.as_ref()) else {
-        return None;
-    };
-    let deadline_ms = plan
-        .wait
-        .as_ref()
-        .map_or(0, |w| w.timeout.as_millis() as u64);
-    let request = orchestrator_domain::LaunchRequest {
-        cluster: self::plan::shaped_like(expected, None, None, deadline_ms),
-        settings: spec.settings.clone(),
-    };
-    let mut planned = match launch.plan(&request, &spec.launch_params) {
-        Ok(Ok(p)) if p.early => p,
-        Ok(Ok(_)) => return None,
-        Ok(Err(e)) => {
-            tracing::info!("no early launch: the launch policy refused the expected layout: {e}");
-            return None;
-        }
-        Err(e) => {
-            tracing::warn!("no early launch: the launch policy failed: {e}");
-            return None;
-        }
-    };
-    crate::serve::add_serving_env(&mut planned, plan.membership.as_ref());
-    let env: Vec<(String, String)> = planned
-        .env
-        .iter()
-        .map(|kv| (kv.key.clone(), kv.value.clone()))
-        .collect();
-    tracing::info!(
-        "early launch: starting the server for the expected layout while the cluster forms (its placement group waits for the workers): {}",
-        planned.argv.join(" ")
-    );
-    match crate::serve::ServerProcess::spawn("vllm", &planned.argv, &env) {
-        Ok(process) => {
-            status.mark(StartupStep::Launch, "early, for the expected layout");
-            if let Some(pid) = process.pid() {
-                status.mark(StartupStep::ServerProcessUp, format!("pid {pid}"));
-            }
-            status.server_pid(process.pid());
-            Some(Box::new(EarlyServer {
-                plan: planned,
-                process,
-            }))
-        }
-        Err(e) => {
-            tracing::warn!("early launch failed, the server starts once the cluster is ready: {e}");
-            None
-        }
-    }
 }
 
 impl Lifecycle {
@@ -412,7 +346,13 @@ impl Lifecycle {
             .unwrap_or_else(|| plan.expected.clone());
         status.nodes(0, expected.nodes);
         status.enter(Phase::Wait);
-        let mut early = early_launch(&self.plan, &status, &mut policies.launch, &expected);
+        let mut early = EarlyLaunch::new();
+        early
+            .follow(&self.plan, &status, &mut policies.launch, &expected)
+            .await;
+        // The early launch follows the expected topology as the platform
+        // reports it.
+        let mut expected_changes = facts.clone();
         let spec = WaitSpec {
             source: Arc::clone(&self.plan.membership),
             expected: plan.expected.clone(),
@@ -427,6 +367,12 @@ impl Lifecycle {
         tokio::pin!(waiting);
         let outcome = loop {
             let (running, mut late) = nodes.watch_parts();
+            let expected_changed = async {
+                match expected_changes.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
             let started = tokio::select! {
                 r = &mut waiting => break match r {
                     Ok(ready) => Waited::Ready(Box::new(ready), None),
@@ -444,15 +390,26 @@ impl Lifecycle {
                     status.fail(EventReason::RayExited, message.clone());
                     break Waited::Ended(Exit::failed(1, message));
                 }
-                how = async {
-                    match early.as_mut() {
-                        Some(e) => e.process.wait().await,
-                        None => std::future::pending().await,
-                    }
-                } => {
+                how = early.wait() => {
                     tracing::warn!(code = ?how.code, signal = ?how.signal, "the early-launched server exited during the wait; it is launched again once the cluster is ready");
-                    status.server_pid(None);
-                    early = None;
+                    early.exited(&status);
+                    continue;
+                }
+                open = expected_changed => {
+                    match (open, expected_changes.as_mut()) {
+                        (true, Some(rx)) => {
+                            let now = rx
+                                .borrow_and_update()
+                                .expected
+                                .clone()
+                                .unwrap_or_else(|| plan.expected.clone());
+                            // The wait future holds the readiness policy;
+                            // the launch policy is separate.
+                            early.follow(&self.plan, &status, &mut policies.launch, &now).await;
+                        }
+                        // The watcher ended: the last expectation stands.
+                        _ => expected_changes = None,
+                    }
                     continue;
                 }
                 started = late.next() => started,
@@ -470,20 +427,11 @@ impl Lifecycle {
             }
         };
         match outcome {
-            Waited::Ready(ready, _) => Waited::Ready(ready, early),
+            Waited::Ready(ready, _) => Waited::Ready(ready, early.server.take()),
             Waited::Ended(exit) => {
-                if let Some(mut e) = early {
-                    tracing::info!(
-                        "stopping the early-launched server: the cluster never became ready"
-                    );
-                    let grace = self
-                        .plan
-                        .serve
-                        .as_ref()
-                        .map_or(Duration::from_secs(5), |s| s.stop_grace);
-                    e.process.stop(grace).await;
-                    status.server_pid(None);
-                }
+                early
+                    .stop(&self.plan, &status, "the cluster never became ready")
+                    .await;
                 Waited::Ended(exit)
             }
         }
@@ -516,9 +464,8 @@ impl Lifecycle {
         let plan = match serve::plan_launch(ready, spec, &mut policies.launch, ctx) {
             Ok(plan) => plan,
             Err(outcome) => {
-                if let Some(mut e) = early {
-                    e.process.stop(spec.stop_grace).await;
-                    status.server_pid(None);
+                if let Some(e) = early {
+                    e.stop(spec.stop_grace, &status).await;
                 }
                 return served(&status, outcome);
             }
@@ -526,7 +473,7 @@ impl Lifecycle {
         // The early server goes on if the cluster formed as it assumed.
         let prelaunched = match early {
             Some(e) if e.plan.argv == plan.argv && e.plan.env == plan.env => Some(e.process),
-            Some(mut e) => {
+            Some(e) => {
                 let message = format!(
                     "the cluster formed differently from the layout the early launch assumed: relaunching with `{}` (was `{}`)",
                     plan.argv.join(" "),
@@ -534,8 +481,7 @@ impl Lifecycle {
                 );
                 tracing::warn!("{message}");
                 status.event(EventReason::ServerRestarting, message);
-                e.process.stop(spec.stop_grace).await;
-                status.server_pid(None);
+                e.stop(spec.stop_grace, &status).await;
                 None
             }
             None => None,
