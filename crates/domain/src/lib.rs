@@ -26,7 +26,7 @@ pub use facts::{ExternalFacts, MemberState};
 pub use lifecycle::{Event, EventKind, EventReason, Phase, Role, StartupStep};
 pub use membership::{ClusterView, MembershipChange, MembershipUpdate, UpdateSource};
 pub use node_health::{
-    GpuReading, HealthReport, NodeHealth, NodeHealthState, NodeReadings, NodeVerdict,
+    GpuReading, HealthReport, LocalCopy, NodeHealth, NodeHealthState, NodeReadings, NodeVerdict,
     ThrottleReason, XidEvent,
 };
 pub use types::*;

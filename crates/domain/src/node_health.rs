@@ -232,4 +232,23 @@ pub struct HealthReport {
     pub verdict: NodeVerdict,
     /// The readings it judged.
     pub readings: NodeReadings,
+    /// The node's local copy of the model's files, when it makes one
+    /// (`[serve.prefetch] copy-to`): the head serves from the copies only
+    /// when every serving node's is complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_copy: Option<LocalCopy>,
+}
+
+/// A node's local copy of the model's files.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct LocalCopy {
+    /// Where it is.
+    pub path: String,
+    /// Every file copied.
+    pub complete: bool,
+    /// Bytes copied so far.
+    pub bytes_done: u64,
+    /// Bytes of every file.
+    pub bytes_total: u64,
 }

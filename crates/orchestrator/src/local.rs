@@ -75,6 +75,11 @@ pub struct LocalArgs {
     /// page cache while the cluster forms (repeatable).
     #[arg(long, value_name = "PATH")]
     pub prefetch: Vec<std::path::PathBuf>,
+    /// Copy the one `--prefetch` directory here while the cluster forms;
+    /// vLLM then loads the model from the copy (when `--model` names that
+    /// directory and every node's copy is complete).
+    #[arg(long, value_name = "DIR", requires = "prefetch")]
+    pub prefetch_copy_to: Option<std::path::PathBuf>,
     /// Serve this model with vLLM once the cluster is ready (a path or name).
     #[arg(long)]
     pub model: Option<String>,
@@ -176,6 +181,12 @@ impl LocalArgs {
             health_timeout: Duration::from_secs(5),
             generation_timeout: Duration::from_secs(60),
             stop_grace: Duration::from_secs(30),
+            local_copy: orchestrator_phases::prefetch::PrefetchConfig {
+                paths: self.prefetch.clone(),
+                max_mb_per_second: 0,
+                copy_to: self.prefetch_copy_to.clone(),
+            }
+            .local_copy_of(model),
         }))
     }
 
@@ -201,9 +212,16 @@ impl LocalArgs {
             serve: self.serve_spec()?,
             exit_when_ready: self.exit_when_ready,
             endpoints_port: self.endpoints_port,
-            prefetch: orchestrator_phases::prefetch::PrefetchConfig {
-                paths: self.prefetch.clone(),
-                max_mb_per_second: 0,
+            prefetch: {
+                let prefetch = orchestrator_phases::prefetch::PrefetchConfig {
+                    paths: self.prefetch.clone(),
+                    max_mb_per_second: 0,
+                    copy_to: self.prefetch_copy_to.clone(),
+                };
+                prefetch
+                    .check()
+                    .map_err(|e| anyhow::anyhow!("--prefetch-copy-to: {e}"))?;
+                prefetch
             },
         })
     }

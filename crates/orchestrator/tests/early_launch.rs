@@ -32,7 +32,21 @@ struct Cluster {
 /// with early launch on (the built-in's default), waiting up to
 /// `wait_timeout` seconds.
 fn head(ip: &str, head_gpus: u32, wait_timeout: u32) -> Cluster {
+    head_with(ip, head_gpus, wait_timeout, |_| {
+        ("/models/tiny".into(), String::new())
+    })
+}
+
+/// [`head`], serving the model `config(dir).0`, with `config(dir).1`
+/// appended to its configuration.
+fn head_with(
+    ip: &str,
+    head_gpus: u32,
+    wait_timeout: u32,
+    config: impl FnOnce(&Path) -> (String, String),
+) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
+    let (model, tail) = config(dir.path());
     let (gcs, agent, metrics, endpoints, serve) = (
         free_port(),
         free_port(),
@@ -66,7 +80,7 @@ nodes = 2
 gpus = 2
 wait-timeout-seconds = {wait_timeout}
 [serve]
-model = "/models/tiny"
+model = "{model}"
 host = "127.0.0.1"
 port = {serve}
 health-interval-ms = 200
@@ -74,6 +88,7 @@ stop-grace-seconds = 3
 [policies.node-health.params]
 check-gpu-count = "false"
 min-open-files = "1024"
+{tail}
 "#,
             ray = ray_bin()
         ),
@@ -100,6 +115,11 @@ min-open-files = "1024"
 }
 
 fn worker(c: &mut Cluster, head_ip: &str, ip: &str, gpus: u32) -> Child {
+    worker_with(c, head_ip, ip, gpus, "")
+}
+
+/// [`worker`] with `tail` appended to its configuration.
+fn worker_with(c: &mut Cluster, head_ip: &str, ip: &str, gpus: u32, tail: &str) -> Child {
     let config = c.dir.path().join("worker.toml");
     write(
         &config,
@@ -120,6 +140,7 @@ stop-grace-seconds = 5
 [policies.node-health.params]
 check-gpu-count = "false"
 min-open-files = "1024"
+{tail}
 "#,
             ray = ray_bin(),
             gcs = c.gcs,
@@ -249,4 +270,62 @@ fn an_early_launched_server_is_stopped_when_the_worker_never_comes() {
     );
     assert!(!is_alive(pid as i32), "the early server was stopped");
     assert_nothing_left(&["127.0.0.158", &c.temp, "stand_in_vllm.py"]);
+}
+
+#[test]
+#[ignore = "needs Ray 2.60: run by `cargo xtask test`"]
+fn a_model_copied_to_local_disk_is_served_from_the_copies() {
+    // Both nodes copy the shared model directory to a local one while the
+    // cluster forms (on one machine they share it); the launch at the
+    // ready decision names the copy.
+    let mut c = head_with("127.0.0.160", 1, 120, |dir| {
+        let shared = dir.join("shared/model");
+        std::fs::create_dir_all(&shared).unwrap();
+        std::fs::write(shared.join("model.safetensors"), vec![7u8; 3 << 20]).unwrap();
+        std::fs::write(shared.join("config.json"), "{}").unwrap();
+        (
+            shared.display().to_string(),
+            format!(
+                "[policies.launch.params]\nearly-launch = \"false\"\n[serve.prefetch]\npaths = [\"{}\"]\ncopy-to = \"{}\"\n",
+                shared.display(),
+                dir.join("local/model").display()
+            ),
+        )
+    });
+    let local = c.dir.path().join("local/model");
+    let shared = c.dir.path().join("shared/model");
+    let prefetch = format!(
+        "[serve.prefetch]\npaths = [\"{}\"]\ncopy-to = \"{}\"\n",
+        shared.display(),
+        local.display()
+    );
+    let mut w = worker_with(&mut c, "127.0.0.160", "127.0.0.161", 1, &prefetch);
+    let s = status_until(c.endpoints, Duration::from_secs(90), |s| s["ready"] == true);
+    assert_eq!(s["prefetch"]["state"], "done", "{s}");
+    assert_eq!(
+        s["prefetch"]["copy-to"].as_str(),
+        Some(local.display().to_string().as_str()),
+        "{s}"
+    );
+    assert_eq!(
+        std::fs::read(local.join("model.safetensors"))
+            .unwrap()
+            .len(),
+        3 << 20
+    );
+    c.log.wait_for(
+        &format!(
+            "serving the model from the local copies at {}",
+            local.display()
+        ),
+        Duration::from_secs(5),
+    );
+    let text = c.log.text();
+    assert!(
+        text.contains(&format!("launching: vllm serve {} ", local.display())),
+        "{text}"
+    );
+    signal(w.id() as i32, Sig::TERM);
+    assert!(wait_exit(&mut w, Duration::from_secs(30)).success());
+    stop(c, &["127.0.0.160", "127.0.0.161"]);
 }

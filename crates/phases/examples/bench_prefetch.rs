@@ -10,7 +10,10 @@
 //! - `prefetch_s`: the orchestrator's prefetch (`prefetch::warm`) of the
 //!   evicted file, which runs while the cluster forms;
 //! - `warm_load_s`: reading it after the prefetch, as vLLM's load then
-//!   does.
+//!   does;
+//! - `copy_s`: the prefetch with `copy-to` (the evicted file copied to
+//!   another directory of the same disk, as from a shared volume to a
+//!   local one), and `copy_read_s`: vLLM's read of the copy after it.
 //!
 //! The last line is `BENCH prefetch ...`.
 
@@ -89,6 +92,7 @@ fn bench() -> std::io::Result<()> {
     let config = PrefetchConfig {
         paths: vec![dir.path().to_path_buf()],
         max_mb_per_second: 0,
+        copy_to: None,
     };
     let started = Instant::now();
     let done = warm(&config, &AtomicBool::new(false), |_| {});
@@ -97,6 +101,22 @@ fn bench() -> std::io::Result<()> {
         return Err(std::io::Error::other(format!("prefetch failed: {done:?}")));
     }
     let warm_load = timed_read(&file)?;
+
+    evict(&file)?;
+    let local = tempfile::Builder::new()
+        .prefix("bench-prefetch-local-")
+        .tempdir_in(&base)?;
+    let copy_config = PrefetchConfig {
+        copy_to: Some(local.path().join("model")),
+        ..config
+    };
+    let started = Instant::now();
+    let copied = warm(&copy_config, &AtomicBool::new(false), |_| {});
+    let copy = started.elapsed().as_secs_f64();
+    if copied.state != PrefetchState::Done {
+        return Err(std::io::Error::other(format!("copy failed: {copied:?}")));
+    }
+    let copy_read = timed_read(&local.path().join("model/model-00001-of-00001.safetensors"))?;
     let gbps = |s: f64| mib as f64 / 1024.0 / s;
     println!();
     println!("{mib} MiB synthetic weights          seconds   GiB/s");
@@ -112,9 +132,17 @@ fn bench() -> std::io::Result<()> {
         "vLLM-style read after prefetch  {warm_load:>9.3} {:>7.2}",
         gbps(warm_load)
     );
+    println!(
+        "prefetch copy-to (same disk)    {copy:>9.3} {:>7.2}",
+        gbps(copy)
+    );
+    println!(
+        "vLLM-style read of the copy     {copy_read:>9.3} {:>7.2}",
+        gbps(copy_read)
+    );
     println!();
     println!(
-        "BENCH prefetch size_mb={mib} cold_load_s={cold:.3} prefetch_s={prefetch:.3} warm_load_s={warm_load:.3} load_speedup={:.1} drop_caches_allowed={drop_caches}",
+        "BENCH prefetch size_mb={mib} cold_load_s={cold:.3} prefetch_s={prefetch:.3} warm_load_s={warm_load:.3} load_speedup={:.1} copy_s={copy:.3} copy_read_s={copy_read:.3} drop_caches_allowed={drop_caches}",
         cold / warm_load.max(1e-9)
     );
     Ok(())

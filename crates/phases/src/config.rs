@@ -479,6 +479,13 @@ impl Config {
             problem,
             fix: fix.to_string(),
         };
+        if let Err(problem) = self.serve.prefetch.check() {
+            return Err(invalid(
+                "serve.prefetch.copy-to",
+                problem,
+                "give serve.prefetch.paths the one model directory to copy, e.g. paths = [\"/shared/models/llama\"], copy-to = \"/local/models/llama\"",
+            ));
+        }
         if self.role == Role::Worker
             && self.ray.gcs_address.is_none()
             && !self.ray.use_kuberay_command

@@ -1,9 +1,18 @@
 //! Warming the model's weights while the cluster forms: every node reads
 //! the files of `[serve.prefetch] paths` once, so that they are in the page
-//! cache when vLLM loads them. One background thread, sequential reads of
-//! 4 MiB, at most `max-mb-per-second`; progress (bytes done / total) goes
-//! to `/status` and the metrics; a failure is logged and changes nothing
-//! else (readiness never waits for it). Entry point: [`Prefetch::spawn`].
+//! cache when vLLM loads them, or, with `copy-to`, copies them from a
+//! shared volume to a local directory that the serve phase then gives vLLM
+//! (when every serving node's copy is complete: see
+//! [`crate::serve::plan_launch`]). One background thread, sequential reads
+//! of 4 MiB, at most `max-mb-per-second`; progress (bytes done / total)
+//! goes to `/status` and the metrics; a failure is logged and changes
+//! nothing else (readiness never waits for it). Entry point:
+//! [`Prefetch::spawn`].
+//!
+//! A copy writes each file under a temporary name of its process and renames it when
+//! complete, with the source's modification time; a file already there
+//! with the source's size and modification time is not copied again, so a
+//! restarted pod resumes where it stopped.
 
 use crate::endpoints::Status;
 use serde::{Deserialize, Serialize};
@@ -21,6 +30,40 @@ pub struct PrefetchConfig {
     pub paths: Vec<PathBuf>,
     /// Read at most this many MiB a second (0: as fast as the disk goes).
     pub max_mb_per_second: u64,
+    /// Copy the files of the one directory in `paths` here (a local disk)
+    /// instead of only reading them; the serve phase then serves from the
+    /// copy where every serving node completed it.
+    pub copy_to: Option<PathBuf>,
+}
+
+impl PrefetchConfig {
+    /// The copy of `model` this prefetch makes: `copy-to` when the one
+    /// path is the model's directory.
+    pub fn local_copy_of(&self, model: &str) -> Option<PathBuf> {
+        let to = self.copy_to.as_ref()?;
+        match self.paths.as_slice() {
+            [from] if from.as_path() == Path::new(model) => Some(to.clone()),
+            _ => None,
+        }
+    }
+
+    /// A `copy-to` needs exactly one directory in `paths`, and not itself.
+    pub fn check(&self) -> Result<(), String> {
+        let Some(to) = &self.copy_to else {
+            return Ok(());
+        };
+        match self.paths.as_slice() {
+            [from] if from == to => Err(format!(
+                "serve.prefetch.copy-to is the directory it copies ({}): name a local directory",
+                to.display()
+            )),
+            [_] => Ok(()),
+            _ => Err(format!(
+                "serve.prefetch.copy-to needs exactly one directory in serve.prefetch.paths (the model's), not {}",
+                self.paths.len()
+            )),
+        }
+    }
 }
 
 /// Where a prefetch stands, as `/status` shows it.
@@ -32,7 +75,9 @@ pub enum PrefetchState {
     Listing,
     /// Reading them.
     Reading,
-    /// Every file read.
+    /// Copying them (`copy-to`).
+    Copying,
+    /// Every file read (or copied).
     Done,
     /// Stopped on an error (logged; nothing else depends on it).
     Failed,
@@ -54,6 +99,8 @@ pub struct PrefetchProgress {
     pub elapsed_ms: u64,
     /// What stopped it, when something did.
     pub error: Option<String>,
+    /// Where the files are copied, with `copy-to`.
+    pub copy_to: Option<PathBuf>,
 }
 
 /// The prefetch thread; it stops when dropped.
@@ -90,9 +137,11 @@ fn list(paths: &[PathBuf]) -> std::io::Result<Vec<(PathBuf, u64)>> {
 
 const CHUNK: usize = 4 << 20;
 
-/// Reads `path` to its end, reporting each chunk; paced to `bytes_per_s`.
+/// Reads `path` to its end, writing each chunk to `sink` when there is
+/// one and reporting it; paced to `bytes_per_s`.
 fn read_file(
     path: &Path,
+    mut sink: Option<&mut std::fs::File>,
     bytes_per_s: u64,
     started: Instant,
     done_before: u64,
@@ -111,6 +160,9 @@ fn read_file(
         if n == 0 {
             return Ok(());
         }
+        if let Some(sink) = sink.as_mut() {
+            std::io::Write::write_all(sink, &buffer[..n])?;
+        }
         done += n as u64;
         on_chunk(n as u64);
         if bytes_per_s > 0 {
@@ -119,6 +171,52 @@ fn read_file(
                 std::thread::sleep(wait);
             }
         }
+    }
+}
+
+/// Copies `from` (a file of the source tree) to `to`: under a temporary
+/// name, renamed once complete, with the source's modification time.
+/// Returns false when `to` already is a complete copy (same size and
+/// modification time), which is then left alone.
+fn copy_file(
+    from: &Path,
+    to: &Path,
+    copy: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> std::io::Result<bool> {
+    let named = |e: std::io::Error, p: &Path| {
+        std::io::Error::new(e.kind(), format!("{}: {e}", p.display()))
+    };
+    let source = std::fs::metadata(from).map_err(|e| named(e, from))?;
+    let modified = source.modified().map_err(|e| named(e, from))?;
+    if let Ok(there) = std::fs::metadata(to)
+        && there.len() == source.len()
+        && there.modified().ok() == Some(modified)
+    {
+        return Ok(false);
+    }
+    if let Some(dir) = to.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| named(e, dir))?;
+    }
+    // A name of this process's own: two processes may copy into one
+    // directory (pods sharing a host path, `orchestrator local`).
+    let mut partial_name = to.as_os_str().to_owned();
+    partial_name.push(format!(".partial-{}", std::process::id()));
+    let partial = PathBuf::from(partial_name);
+    let mut file = std::fs::File::create(&partial).map_err(|e| named(e, &partial))?;
+    copy(&mut file)?;
+    file.sync_all().map_err(|e| named(e, &partial))?;
+    file.set_modified(modified)
+        .map_err(|e| named(e, &partial))?;
+    drop(file);
+    std::fs::rename(&partial, to).map_err(|e| named(e, to))?;
+    Ok(true)
+}
+
+/// Where the file `path` of the source tree `root` goes under `to`.
+fn destination(root: &Path, path: &Path, to: &Path) -> PathBuf {
+    match path.strip_prefix(root) {
+        Ok(rel) if !rel.as_os_str().is_empty() => to.join(rel),
+        _ => to.join(path.file_name().unwrap_or_default()),
     }
 }
 
@@ -145,27 +243,61 @@ pub fn warm(
     };
     progress.files = files.len() as u64;
     progress.bytes_total = files.iter().map(|(_, n)| n).sum();
-    progress.state = PrefetchState::Reading;
+    progress.copy_to = config.copy_to.clone();
+    progress.state = if config.copy_to.is_some() {
+        PrefetchState::Copying
+    } else {
+        PrefetchState::Reading
+    };
     report(&progress);
     let rate = config.max_mb_per_second.saturating_mul(1 << 20);
     let mut last_report = Instant::now();
-    for (path, _) in &files {
+    let root = config.paths.first().cloned().unwrap_or_default();
+    for (path, size) in &files {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
         let before = progress.bytes_done;
-        let result = read_file(path, rate, started, before, stop, |n| {
+        let mut on_chunk = |n| {
             progress.bytes_done += n;
             if last_report.elapsed() >= Duration::from_millis(200) {
                 progress.elapsed_ms = started.elapsed().as_millis() as u64;
                 report(&progress);
                 last_report = Instant::now();
             }
-        });
+        };
+        let result = match &config.copy_to {
+            None => read_file(path, None, rate, started, before, stop, &mut on_chunk),
+            Some(to) => {
+                let target = destination(&root, path, to);
+                copy_file(path, &target, |sink| {
+                    read_file(path, Some(sink), rate, started, before, stop, &mut on_chunk)?;
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return Err(std::io::Error::other("stopped"));
+                    }
+                    Ok(())
+                })
+                .map(|copied| {
+                    if !copied {
+                        on_chunk(*size);
+                    }
+                })
+            }
+        };
         if let Err(e) = result {
             progress.state = PrefetchState::Failed;
             progress.error = Some(e.to_string());
             break;
         }
     }
-    if progress.state == PrefetchState::Reading {
+    if stop.load(std::sync::atomic::Ordering::Relaxed) && progress.state != PrefetchState::Failed {
+        progress.state = PrefetchState::Failed;
+        progress.error = Some("stopped".into());
+    }
+    if matches!(
+        progress.state,
+        PrefetchState::Reading | PrefetchState::Copying
+    ) {
         progress.state = PrefetchState::Done;
     }
     progress.elapsed_ms = started.elapsed().as_millis() as u64;
@@ -187,7 +319,10 @@ impl Prefetch {
             .spawn(move || {
                 let paths: Vec<String> =
                     config.paths.iter().map(|p| p.display().to_string()).collect();
-                tracing::info!(paths = %paths.join(", "), "prefetching the model's files into the page cache");
+                match &config.copy_to {
+                    None => tracing::info!(paths = %paths.join(", "), "prefetching the model's files into the page cache"),
+                    Some(to) => tracing::info!(paths = %paths.join(", "), "copying the model's files to {}", to.display()),
+                }
                 let done = warm(&config, &flag, |p| status.prefetch(p.clone()));
                 match done.state {
                     PrefetchState::Done => tracing::info!(
@@ -231,6 +366,7 @@ mod tests {
         let config = PrefetchConfig {
             paths: vec![model],
             max_mb_per_second: 0,
+            copy_to: None,
         };
         let done = warm(&config, &AtomicBool::new(false), |p| seen.push(p.clone()));
         assert_eq!(done.state, PrefetchState::Done);
@@ -249,6 +385,7 @@ mod tests {
         let config = PrefetchConfig {
             paths: vec![file],
             max_mb_per_second: 24,
+            copy_to: None,
         };
         let started = Instant::now();
         let done = warm(&config, &AtomicBool::new(false), |_| {});
@@ -266,6 +403,7 @@ mod tests {
         let config = PrefetchConfig {
             paths: vec![PathBuf::from("/nonexistent/model")],
             max_mb_per_second: 0,
+            copy_to: None,
         };
         let done = warm(&config, &AtomicBool::new(false), |_| {});
         assert_eq!(done.state, PrefetchState::Failed);
@@ -274,6 +412,76 @@ mod tests {
                 .as_deref()
                 .is_some_and(|e| e.contains("/nonexistent/model")),
             "{done:?}"
+        );
+    }
+
+    #[test]
+    fn copies_a_tree_to_a_local_directory_and_resumes_without_copying_again() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let model = dir.path().join("shared/model");
+        std::fs::create_dir_all(model.join("sub")).expect("mkdir");
+        std::fs::write(model.join("a.safetensors"), vec![1u8; 5 << 20]).expect("write");
+        std::fs::write(model.join("sub/b.json"), b"{\"x\": 1}").expect("write");
+        let local = dir.path().join("local/model");
+        let config = PrefetchConfig {
+            paths: vec![model.clone()],
+            max_mb_per_second: 0,
+            copy_to: Some(local.clone()),
+        };
+        assert_eq!(config.check(), Ok(()));
+        let mut states = Vec::new();
+        let done = warm(&config, &AtomicBool::new(false), |p| states.push(p.state));
+        assert_eq!(done.state, PrefetchState::Done, "{done:?}");
+        assert!(states.contains(&PrefetchState::Copying));
+        assert_eq!(done.bytes_done, done.bytes_total);
+        assert_eq!(
+            std::fs::read(local.join("a.safetensors")).expect("copied"),
+            vec![1u8; 5 << 20]
+        );
+        assert_eq!(
+            std::fs::read(local.join("sub/b.json")).expect("copied"),
+            b"{\"x\": 1}"
+        );
+        assert_eq!(
+            std::fs::read_dir(&local).expect("copied").count(),
+            2,
+            "no partial files left"
+        );
+        let inode =
+            |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).expect("copied"));
+        let (first_a, first_b) = (
+            inode(&local.join("a.safetensors")),
+            inode(&local.join("sub/b.json")),
+        );
+        // A second run finds complete copies and leaves them alone; a
+        // changed source file is copied again.
+        std::fs::write(model.join("sub/b.json"), b"{\"x\": 22}").expect("write");
+        let again = warm(&config, &AtomicBool::new(false), |_| {});
+        assert_eq!(again.state, PrefetchState::Done);
+        assert_eq!(again.bytes_done, again.bytes_total);
+        assert_eq!(
+            std::fs::read(local.join("sub/b.json")).expect("copied"),
+            b"{\"x\": 22}"
+        );
+        assert_eq!(
+            inode(&local.join("a.safetensors")),
+            first_a,
+            "not copied again"
+        );
+        assert_ne!(inode(&local.join("sub/b.json")), first_b, "copied again");
+    }
+
+    #[test]
+    fn copy_to_needs_one_directory() {
+        let config = PrefetchConfig {
+            paths: vec![PathBuf::from("/a"), PathBuf::from("/b")],
+            max_mb_per_second: 0,
+            copy_to: Some(PathBuf::from("/local")),
+        };
+        assert!(
+            config
+                .check()
+                .is_err_and(|e| e.contains("exactly one directory"))
         );
     }
 }

@@ -58,6 +58,7 @@ fn spec(port: u16, mode: &str, params: &[(&str, &str)]) -> (ServeSpec, LaunchPla
         health_timeout: Duration::from_secs(2),
         generation_timeout: Duration::from_secs(2),
         stop_grace: Duration::from_secs(3),
+        local_copy: None,
     };
     (spec, plan)
 }

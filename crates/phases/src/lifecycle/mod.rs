@@ -461,7 +461,10 @@ impl Lifecycle {
             shutdown,
             health: self.board.as_ref(),
         };
-        let plan = match serve::plan_launch(ready, spec, &mut policies.launch, ctx) {
+        // A server started early (from the shared path) goes on: the local
+        // copy is for launches after it.
+        let plan = match serve::plan_launch(ready, spec, &mut policies.launch, ctx, early.is_none())
+        {
             Ok(plan) => plan,
             Err(outcome) => {
                 if let Some(e) = early {

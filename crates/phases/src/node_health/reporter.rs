@@ -7,7 +7,7 @@
 use super::NodeHealthPlan;
 use crate::endpoints::{NodeHealthView, Status};
 use crate::membership::HealthStore;
-use orchestrator_domain::{HealthReport, NodeHealthState, NodeReadings, NodeVerdict};
+use orchestrator_domain::{HealthReport, LocalCopy, NodeHealthState, NodeReadings, NodeVerdict};
 use orchestrator_node_probe::{GpuSnapshot, HostTarget, host};
 use orchestrator_policy_host::NodeHealthPolicy;
 use std::sync::Arc;
@@ -179,6 +179,14 @@ async fn run(
             }
         }
         let snapshot = gpus.borrow_and_update().clone();
+        let local_copy = status.snapshot().prefetch.and_then(|p| {
+            p.copy_to.as_ref().map(|to| LocalCopy {
+                path: to.display().to_string(),
+                complete: p.state == crate::prefetch::PrefetchState::Done,
+                bytes_done: p.bytes_done,
+                bytes_total: p.bytes_total,
+            })
+        });
         let mut reports = Vec::with_capacity(nodes.len());
         for node in &mut nodes {
             reports.push(
@@ -189,6 +197,7 @@ async fn run(
                     &snapshot,
                     store.as_deref(),
                     &host_name,
+                    local_copy.as_ref(),
                 )
                 .await,
             );
@@ -218,6 +227,7 @@ async fn check(
     gpus: &GpuSnapshot,
     store: Option<&dyn HealthStore>,
     host_name: &str,
+    local_copy: Option<&LocalCopy>,
 ) -> OwnHealth {
     let now = Instant::now();
     if node.node_id.is_none()
@@ -280,6 +290,7 @@ async fn check(
             written_at_ms: now_ms(),
             verdict: verdict.clone(),
             readings: readings.clone(),
+            local_copy: local_copy.cloned(),
         };
         let published = tokio::time::timeout(Duration::from_secs(2), store.publish(&report)).await;
         match published {

@@ -44,6 +44,10 @@ pub struct ServeSpec {
     pub generation_timeout: Duration,
     /// Between SIGTERM and SIGKILL when the server is stopped.
     pub stop_grace: Duration,
+    /// The local copy of `settings.model` that the prefetch makes on every
+    /// node (`[serve.prefetch] copy-to`, when `paths` is the model's
+    /// directory): served from where every serving node completed it.
+    pub local_copy: Option<std::path::PathBuf>,
 }
 
 impl ServeSpec {
@@ -60,6 +64,9 @@ impl ServeSpec {
             health_timeout: ms(serve.health_timeout_ms),
             generation_timeout: ms(serve.generation_timeout_ms),
             stop_grace: Duration::from_secs(serve.stop_grace_seconds),
+            local_copy: serve
+                .prefetch
+                .local_copy_of(serve.model.as_deref().unwrap_or_default()),
         }
     }
 
@@ -116,7 +123,7 @@ pub async fn serve(
     health: &mut HealthPolicy,
     ctx: ServeContext<'_>,
 ) -> ServeOutcome {
-    match plan_launch(ready, spec, launch, ctx) {
+    match plan_launch(ready, spec, launch, ctx, true) {
         Ok(plan) => {
             supervise(
                 spec,
