@@ -8,6 +8,7 @@
 mod local;
 mod node;
 mod plugin;
+mod plugin_cases;
 mod run;
 mod wait;
 

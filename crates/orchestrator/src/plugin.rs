@@ -1,4 +1,5 @@
-//! `orchestrator plugin list|check|run`: the plugin author's tools.
+//! `orchestrator plugin list|check|run|test`: the plugin author's tools
+//! (`test` in [`crate::plugin_cases`]).
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -6,6 +7,7 @@ use orchestrator_domain::{ClusterSnapshot, HealthSnapshot, KeyValue, LaunchReque
 use orchestrator_phases::config::PluginLimits;
 use orchestrator_phases::policies::PolicyRef;
 use orchestrator_policy_host::{HostConfig, PluginError, PluginSource, PolicyHost, Version, World};
+use serde_json::Value;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -76,6 +78,17 @@ pub enum PluginCommand {
         #[command(flatten)]
         host: HostArgs,
     },
+    /// Run a policy's fixture cases (a directory of `*.json` files, each
+    /// `{"input", "params", "expect"}`); prints one line per case and
+    /// `N passed, N failed`; exit 0 all passed, 1 one failed, 2 bad input.
+    Test {
+        /// The component file, or `builtin:NAME`.
+        plugin: String,
+        /// The directory of case files.
+        cases: PathBuf,
+        #[command(flatten)]
+        host: HostArgs,
+    },
 }
 
 /// Runs one plugin command and returns the process exit code.
@@ -89,6 +102,11 @@ pub fn run(cmd: PluginCommand) -> ExitCode {
             params,
             host,
         } => run_plugin(&plugin, &input, &params, &host),
+        PluginCommand::Test {
+            plugin,
+            cases,
+            host,
+        } => crate::plugin_cases::test_cases(&plugin, &cases, &host),
     };
     match result {
         Ok(code) => code,
@@ -177,13 +195,59 @@ fn read_input(path: &Path) -> Result<String> {
         .with_context(|| format!("cannot read the input file {}", path.display()))
 }
 
-fn parse_input<T: serde::de::DeserializeOwned>(text: &str, path: &Path, what: &str) -> Result<T> {
-    serde_json::from_str(text).map_err(|e| {
+fn parse_input<T: serde::de::DeserializeOwned>(input: Value, path: &Path, what: &str) -> Result<T> {
+    serde_json::from_value(input).map_err(|e| {
         anyhow::anyhow!(
             "{} is not a valid {what} ({e}); field names are the WIT's (kebab-case), see examples/snapshots/",
             path.display()
         )
     })
+}
+
+/// Calls the `world` policy at `source` on `input` (read from `path`, named
+/// in errors) and returns its answer as `plugin run` prints it. The outer
+/// error is bad input; the inner one the plugin's failure.
+pub(crate) fn call_plugin(
+    host: &PolicyHost,
+    source: &PluginSource,
+    world: World,
+    input: Value,
+    params: &[KeyValue],
+    path: &Path,
+) -> Result<Result<Value, PluginError>> {
+    let answer = match world {
+        World::Readiness => {
+            let snapshot: ClusterSnapshot = parse_input(input, path, "cluster-snapshot")?;
+            host.readiness(source)
+                .and_then(|mut p| p.check(&snapshot, params))
+                .map(|v| serde_json::to_value(v))
+        }
+        World::Launch => {
+            let request: LaunchRequest = parse_input(input, path, "launch-request")?;
+            host.launch(source)
+                .and_then(|mut p| p.plan(&request, params))
+                .map(|r| match r {
+                    Ok(plan) => serde_json::to_value(serde_json::json!({ "plan": plan })),
+                    Err(e) => serde_json::to_value(serde_json::json!({ "error": e })),
+                })
+        }
+        World::Health => {
+            let snapshot: HealthSnapshot = parse_input(input, path, "health-snapshot")?;
+            host.health(source)
+                .and_then(|mut p| p.evaluate(&snapshot, params))
+                .map(|v| serde_json::to_value(v))
+        }
+        World::NodeHealth => {
+            let readings: NodeReadings = parse_input(input, path, "node-readings")?;
+            host.node_health(source)
+                .and_then(|mut p| p.judge(&readings, params))
+                .map(|v| serde_json::to_value(v))
+        }
+    };
+    match answer {
+        Ok(value) => Ok(Ok(value?)),
+        Err(e) => Ok(Err(e)),
+    }
 }
 
 fn run_plugin(
@@ -194,44 +258,17 @@ fn run_plugin(
 ) -> Result<ExitCode> {
     let params = parse_params(params)?;
     let text = read_input(input)?;
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{} is not JSON ({e})", input.display()))?;
     let host = PolicyHost::new(host_args.host_config())?;
     let source = PolicyRef::parse(plugin).source(None)?;
     let world = match host.inspect(&source) {
         Ok(info) => info.world,
         Err(e) => return Ok(plugin_failure(&e)),
     };
-    let output = match world {
-        World::Readiness => {
-            let snapshot: ClusterSnapshot = parse_input(&text, input, "cluster-snapshot")?;
-            host.readiness(&source)
-                .and_then(|mut p| p.check(&snapshot, &params))
-                .map(serde_json::to_value)
-        }
-        World::Launch => {
-            let request: LaunchRequest = parse_input(&text, input, "launch-request")?;
-            host.launch(&source)
-                .and_then(|mut p| p.plan(&request, &params))
-                .map(|r| match r {
-                    Ok(plan) => serde_json::to_value(serde_json::json!({ "plan": plan })),
-                    Err(e) => serde_json::to_value(serde_json::json!({ "error": e })),
-                })
-        }
-        World::Health => {
-            let snapshot: HealthSnapshot = parse_input(&text, input, "health-snapshot")?;
-            host.health(&source)
-                .and_then(|mut p| p.evaluate(&snapshot, &params))
-                .map(serde_json::to_value)
-        }
-        World::NodeHealth => {
-            let readings: NodeReadings = parse_input(&text, input, "node-readings")?;
-            host.node_health(&source)
-                .and_then(|mut p| p.judge(&readings, &params))
-                .map(serde_json::to_value)
-        }
-    };
-    match output {
+    match call_plugin(&host, &source, world, value, &params, input)? {
         Ok(value) => {
-            emit(&format!("{}\n", serde_json::to_string_pretty(&value?)?))?;
+            emit(&format!("{}\n", serde_json::to_string_pretty(&value)?))?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => Ok(plugin_failure(&e)),
@@ -249,7 +286,7 @@ fn plugin_failure(e: &PluginError) -> ExitCode {
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error.
-fn emit(text: &str) -> Result<()> {
+pub(crate) fn emit(text: &str) -> Result<()> {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
     match stdout

@@ -240,3 +240,121 @@ fn run_reports_a_runaway_plugin_and_exits_1() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("30 ms deadline"), "{}", stderr(&out));
 }
+
+fn cases_dir() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/accelerator-readiness/cases")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn test_runs_the_examples_cases_through_the_real_host() {
+    let out = orchestrator(&[
+        "plugin",
+        "test",
+        guests::ACCELERATOR_READINESS,
+        &cases_dir(),
+    ]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    assert!(lines[..4].iter().all(|l| l.starts_with("ok    ")), "{text}");
+    assert!(
+        lines[0].contains("missing-parameter.json (the required parameter is missing"),
+        "cases run in name order, with their description: {text}"
+    );
+    assert_eq!(lines[4], "4 passed, 0 failed");
+}
+
+#[test]
+fn test_reports_a_wrong_answer_and_a_trapping_call_as_failures_with_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let ready = snapshot("readiness-ready.json");
+    std::fs::write(
+        dir.path().join("a-wrong.json"),
+        format!(
+            r#"{{"input": "{ready}", "params": {{"accelerator": "a100"}}, "expect": {{"wait": "never"}}}}"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("b-right.json"),
+        format!(r#"{{"input": "{ready}", "params": {{"accelerator": "a100", "min-gpu-nodes": 2}}, "expect": "ready"}}"#),
+    )
+    .unwrap();
+    let out = orchestrator(&[
+        "plugin",
+        "test",
+        guests::ACCELERATOR_READINESS,
+        &dir.path().display().to_string(),
+    ]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+    assert!(
+        text.contains("FAIL  a-wrong.json: at /: expected {\"wait\":\"never\"}, got \"ready\""),
+        "{text}"
+    );
+    assert!(text.contains("ok    b-right.json"), "{text}");
+    assert!(text.ends_with("1 passed, 1 failed\n"), "{text}");
+
+    // A plugin whose call traps fails its case; the run goes on.
+    let out = orchestrator(&[
+        "plugin",
+        "test",
+        guests::PANIC,
+        &dir.path().display().to_string(),
+    ]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+    assert!(
+        text.contains("FAIL  a-wrong.json: the plugin failed:"),
+        "{text}"
+    );
+    assert!(text.ends_with("0 passed, 2 failed\n"), "{text}");
+}
+
+#[test]
+fn test_refuses_bad_input_with_exit_2_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |dir: &Path| {
+        orchestrator(&[
+            "plugin",
+            "test",
+            guests::ACCELERATOR_READINESS,
+            &dir.display().to_string(),
+        ])
+    };
+    // No cases.
+    let out = run(dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("holds no *.json case files"),
+        "{}",
+        stderr(&out)
+    );
+    // A case without `expect`.
+    std::fs::write(dir.path().join("c.json"), r#"{"input": {}}"#).unwrap();
+    let out = run(dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("c.json is not a case") && err.contains("expect"),
+        "{err}"
+    );
+    // An input the world cannot read.
+    std::fs::write(
+        dir.path().join("c.json"),
+        r#"{"input": {"nodes": 3}, "expect": "ready"}"#,
+    )
+    .unwrap();
+    let out = run(dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("is not a valid cluster-snapshot"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).is_empty(), "nothing ran: {}", stdout(&out));
+}
