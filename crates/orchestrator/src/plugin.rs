@@ -220,7 +220,7 @@ pub(crate) fn call_plugin(
             let snapshot: ClusterSnapshot = parse_input(input, path, "cluster-snapshot")?;
             host.readiness(source)
                 .and_then(|mut p| p.check(&snapshot, params))
-                .map(|v| serde_json::to_value(v))
+                .map(serde_json::to_value)
         }
         World::Launch => {
             let request: LaunchRequest = parse_input(input, path, "launch-request")?;
@@ -235,13 +235,13 @@ pub(crate) fn call_plugin(
             let snapshot: HealthSnapshot = parse_input(input, path, "health-snapshot")?;
             host.health(source)
                 .and_then(|mut p| p.evaluate(&snapshot, params))
-                .map(|v| serde_json::to_value(v))
+                .map(serde_json::to_value)
         }
         World::NodeHealth => {
             let readings: NodeReadings = parse_input(input, path, "node-readings")?;
             host.node_health(source)
                 .and_then(|mut p| p.judge(&readings, params))
-                .map(|v| serde_json::to_value(v))
+                .map(serde_json::to_value)
         }
     };
     match answer {
