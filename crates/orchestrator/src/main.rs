@@ -9,6 +9,7 @@ mod local;
 mod node;
 mod plugin;
 mod plugin_cases;
+mod plugin_new;
 mod run;
 mod wait;
 

@@ -1,5 +1,6 @@
-//! `orchestrator plugin list|check|run|test`: the plugin author's tools
-//! (`test` in [`crate::plugin_cases`]).
+//! `orchestrator plugin list|check|run|test|new`: the plugin author's
+//! tools (`test` in [`crate::plugin_cases`], `new` in
+//! [`crate::plugin_new`]).
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -78,6 +79,25 @@ pub enum PluginCommand {
         #[command(flatten)]
         host: HostArgs,
     },
+    /// Write a new policy project: build file, a working policy of WORLD to
+    /// edit, a README and two fixture cases; it builds and passes
+    /// `plugin test` as it is.
+    New {
+        /// The world: readiness, launch, health or node-health.
+        world: String,
+        /// The crate's name, e.g. gpu-readiness.
+        name: String,
+        /// Where to write it (default: ./NAME); must be empty or absent.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The SDK: a directory (crates/plugin-sdk of a checkout) or
+        /// git+URL[#REV]; default: the checkout this binary was built from.
+        #[arg(long)]
+        sdk: Option<String>,
+        /// The language.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: crate::plugin_new::Lang,
+    },
     /// Run a policy's fixture cases (a directory of `*.json` files, each
     /// `{"input", "params", "expect"}`); prints one line per case and
     /// `N passed, N failed`; exit 0 all passed, 1 one failed, 2 bad input.
@@ -102,6 +122,13 @@ pub fn run(cmd: PluginCommand) -> ExitCode {
             params,
             host,
         } => run_plugin(&plugin, &input, &params, &host),
+        PluginCommand::New {
+            world,
+            name,
+            dir,
+            sdk,
+            lang,
+        } => crate::plugin_new::new_project(&world, &name, dir.as_deref(), sdk.as_deref(), lang),
         PluginCommand::Test {
             plugin,
             cases,

@@ -67,6 +67,10 @@ const BENCHES: &[(&str, &str)] = &[
         "a multi-GB synthetic weights file read cold, prefetched, and read warm (page cache evicted with posix_fadvise)",
     ),
     (
+        "authoring",
+        "the example readiness policy in Python (componentize-py) against Rust: size, cold compile, cache load, calls at 3 and 1,000 nodes",
+    ),
+    (
         "wait",
         "join detection: orchestrator wait vs the corrected `ray status` loop on a real local cluster, and their CPU while waiting",
     ),
@@ -208,6 +212,75 @@ fn ray_venv() -> Result<PathBuf> {
         .arg(&requirements))?;
     std::fs::write(venv.join(".complete"), &version)?;
     Ok(ray)
+}
+
+/// The files of the Python policy SDK, which the policy venv installs.
+const POLICY_SDK_FILES: &[&str] = &[
+    "python/requirements-policy.txt",
+    "python/policy-sdk/pyproject.toml",
+    "python/policy-sdk/orchestrator_policy/__init__.py",
+    "python/policy-sdk/orchestrator_policy/_common.py",
+    "python/policy-sdk/orchestrator_policy/build.py",
+    "python/policy-sdk/orchestrator_policy/readiness.py",
+    "python/policy-sdk/orchestrator_policy/launch.py",
+    "python/policy-sdk/orchestrator_policy/health.py",
+    "python/policy-sdk/orchestrator_policy/node_health.py",
+    "wit/policy-0.2.0",
+];
+
+/// A venv with componentize-py (pinned) and the Python policy SDK
+/// (`python/policy-sdk`) installed, as a Python policy author has it;
+/// cached like the others. Returns its python.
+fn policy_venv() -> Result<PathBuf> {
+    let python = std::env::var("ORCHESTRATOR_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let version = Command::new(&python)
+        .arg("--version")
+        .output()
+        .with_context(|| {
+            format!(
+                "cannot run {python}: install Python 3.10 or later (or set ORCHESTRATOR_PYTHON)"
+            )
+        })?;
+    let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
+    let key = digest_of(POLICY_SDK_FILES, &version)?;
+    let venv = cache_root()?.join(format!("venv-policy-{key}"));
+    let bin = venv.join("bin/python");
+    if venv.join(".complete").is_file() && bin.is_file() {
+        eprintln!("    policy venv: {} (cached)", venv.display());
+        return Ok(bin);
+    }
+    step(&format!(
+        "create the Python policy venv ({version}: componentize-py, python/policy-sdk) in {}",
+        venv.display()
+    ));
+    if venv.exists() {
+        std::fs::remove_dir_all(&venv)
+            .with_context(|| format!("cannot remove the partial venv {}", venv.display()))?;
+    }
+    run(Command::new(&python).args(["-m", "venv"]).arg(&venv))?;
+    let pip = |args: &[&str]| -> Result<()> {
+        run(Command::new(venv.join("bin/pip"))
+            .args([
+                "install",
+                "--disable-pip-version-check",
+                "--no-input",
+                "--progress-bar",
+                "off",
+            ])
+            .args(args)
+            .current_dir(root()))
+    };
+    pip(&["-r", "python/requirements-policy.txt"])?;
+    // A copy, not an editable install: the venv outlives this checkout.
+    pip(&["./python/policy-sdk"])?;
+    for leftover in [
+        "python/policy-sdk/build",
+        "python/policy-sdk/orchestrator_policy.egg-info",
+    ] {
+        let _ = std::fs::remove_dir_all(root().join(leftover));
+    }
+    std::fs::write(venv.join(".complete"), &version)?;
+    Ok(bin)
 }
 
 fn cache_root() -> Result<PathBuf> {
@@ -363,6 +436,18 @@ fn test() -> Result<()> {
             ])
             .env("ORCHESTRATOR_RAY_BIN", &ray))?;
     }
+
+    let policy_python = policy_venv()?;
+    step("policies in Python (componentize-py) through the real host");
+    run(workspace("test")
+        .args([
+            "--test",
+            "python_policy",
+            "--",
+            "--include-ignored",
+            "--test-threads=1",
+        ])
+        .env("ORCHESTRATOR_POLICY_PYTHON", &policy_python))?;
 
     let venv = vllm_venv()?;
     let model = tiny_model(&venv)?;
@@ -656,6 +741,22 @@ fn bench(name: Option<&str>) -> Result<()> {
             build_all()?;
             step("bench prefetch");
             run(&mut Command::new(example("bench_prefetch")))
+        }
+        Some("authoring") => {
+            ensure_toolchain()?;
+            let python = policy_venv()?;
+            build_all()?;
+            let out = root().join("target/python-policies");
+            std::fs::create_dir_all(&out)?;
+            let wasm = out.join("accelerator_readiness.wasm");
+            step("build the Python example policy (componentize-py)");
+            run(Command::new(&python)
+                .args(["-m", "orchestrator_policy.build"])
+                .arg(root().join("examples/accelerator-readiness-python/accelerator_readiness.py"))
+                .arg("-o")
+                .arg(&wasm))?;
+            step("bench authoring");
+            run(Command::new(example("bench_authoring")).arg(&wasm))
         }
         Some("wait") => {
             ensure_toolchain()?;

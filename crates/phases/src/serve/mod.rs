@@ -7,6 +7,7 @@ mod health_loop;
 mod launch;
 pub mod probe;
 mod server;
+pub mod shm;
 
 pub use health_loop::{supervise, supervise_prelaunched};
 pub use launch::{add_serving_env, plan_launch};

@@ -46,6 +46,9 @@ impl ServerProcess {
         env: &[(String, String)],
     ) -> Result<Self, ServerError> {
         let program = argv.first().ok_or(ServerError::EmptyArgv)?;
+        // What a killed vLLM left in /dev/shm would fail this one's start
+        // if it draws the same port.
+        super::shm::remove_orphaned_segments(std::path::Path::new(super::shm::SHM_DIR));
         let (child, _) = crate::supervision::child::spawn_in_group(label, "", argv, env, 0)
             .map_err(|error| ServerError::Spawn {
                 program: program.clone(),

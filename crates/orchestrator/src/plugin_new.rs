@@ -1,0 +1,480 @@
+//! `orchestrator plugin new WORLD NAME`: writes a policy project that
+//! builds as it is and passes `orchestrator plugin test` untouched.
+//! Entry point: [`new_project`].
+//!
+//! Rust (`--lang rust`): the project stands alone (its own `[workspace]`,
+//! nothing inherited): `Cargo.toml` with the SDK as a path or git
+//! dependency, `rust-toolchain.toml` (the toolchain and `wasm32-wasip2`
+//! target this orchestrator is built with) and `src/lib.rs` (a working
+//! policy of the world, to edit). Python (`--lang python`): `NAME.py` (the
+//! policy class) and `requirements.txt` (componentize-py, pinned, and the
+//! Python SDK). Both get `cases/` (two fixture cases whose inputs are the
+//! documented sample snapshots, the same for both languages) and a README
+//! with the commands.
+
+use anyhow::{Context, Result, bail};
+use clap::ValueEnum;
+use orchestrator_policy_host::World;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// The language a project is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Lang {
+    /// Rust, with the orchestrator-plugin-sdk crate.
+    Rust,
+    /// Python, with the orchestrator-policy package (componentize-py).
+    Python,
+}
+
+/// Where the project gets the SDK from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SdkSource {
+    Path(PathBuf),
+    Git { url: String, rev: Option<String> },
+}
+
+impl SdkSource {
+    /// `--sdk`: a directory, or `git+URL[#REV]`; without it, the SDK of the
+    /// checkout this binary was built from, when it is still there.
+    fn parse(arg: Option<&str>, lang: Lang) -> Result<Self> {
+        let (package, marker, in_checkout) = match lang {
+            Lang::Rust => (
+                "orchestrator-plugin-sdk",
+                "Cargo.toml",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../plugin-sdk"),
+            ),
+            Lang::Python => (
+                "orchestrator-policy",
+                "pyproject.toml",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../../python/policy-sdk"),
+            ),
+        };
+        match arg {
+            Some(git) if git.starts_with("git+") => {
+                let rest = &git[4..];
+                let (url, rev) = match rest.split_once('#') {
+                    Some((u, r)) => (u.to_string(), Some(r.to_string())),
+                    None => (rest.to_string(), None),
+                };
+                if url.is_empty() {
+                    bail!(
+                        "--sdk {git:?} names no repository; write --sdk git+https://host/owner/repo[#rev]"
+                    );
+                }
+                Ok(Self::Git { url, rev })
+            }
+            Some(path) => {
+                let dir = Path::new(path);
+                let manifest = dir.join(marker);
+                let text = std::fs::read_to_string(&manifest).with_context(|| {
+                    format!(
+                        "--sdk {path}: no {} there; name the SDK's directory ({} of the orchestrator's repository)",
+                        manifest.display(),
+                        sdk_dir_name(lang)
+                    )
+                })?;
+                if !text.contains(&format!("name = \"{package}\"")) {
+                    bail!(
+                        "--sdk {path}: {} is not the {package} package",
+                        manifest.display()
+                    );
+                }
+                Ok(Self::Path(std::fs::canonicalize(dir)?))
+            }
+            None => match std::fs::canonicalize(in_checkout) {
+                Ok(dir) if dir.join(marker).is_file() => Ok(Self::Path(dir)),
+                _ => bail!(
+                    "the SDK this orchestrator was built from is not on this machine; pass --sdk DIR ({} of a checkout) or --sdk git+URL[#REV]",
+                    sdk_dir_name(lang)
+                ),
+            },
+        }
+    }
+
+    /// A requirements.txt line for the Python SDK.
+    fn requirement(&self) -> String {
+        match self {
+            Self::Path(dir) => format!("orchestrator-policy @ file://{}", dir.display()),
+            Self::Git { url, rev } => format!(
+                "orchestrator-policy @ git+{url}{}#subdirectory=python/policy-sdk",
+                rev.as_deref().map(|r| format!("@{r}")).unwrap_or_default()
+            ),
+        }
+    }
+
+    fn dependency(&self) -> String {
+        match self {
+            Self::Path(dir) => format!("{{ path = {} }}", toml_string(&dir.display().to_string())),
+            Self::Git { url, rev: None } => format!("{{ git = {} }}", toml_string(url)),
+            Self::Git {
+                url,
+                rev: Some(rev),
+            } => {
+                format!(
+                    "{{ git = {}, rev = {} }}",
+                    toml_string(url),
+                    toml_string(rev)
+                )
+            }
+        }
+    }
+}
+
+fn sdk_dir_name(lang: Lang) -> &'static str {
+    match lang {
+        Lang::Rust => "crates/plugin-sdk",
+        Lang::Python => "python/policy-sdk",
+    }
+}
+
+/// A TOML basic string.
+fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A crate name cargo accepts and a wasm file name follows from.
+fn check_name(name: &str) -> Result<()> {
+    let ok = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name.len() <= 64;
+    if !ok {
+        bail!(
+            "{name:?} cannot name a policy crate: use lowercase letters, digits, `-` and `_`, starting with a letter (e.g. gpu-readiness)"
+        );
+    }
+    Ok(())
+}
+
+const TOOLCHAIN: &str = include_str!("../../../rust-toolchain.toml");
+
+/// The stub of each world.
+fn stub(world: World, lang: Lang) -> &'static str {
+    match (lang, world) {
+        (Lang::Rust, World::Readiness) => include_str!("../templates/rust/readiness.rs"),
+        (Lang::Rust, World::Launch) => include_str!("../templates/rust/launch.rs"),
+        (Lang::Rust, World::Health) => include_str!("../templates/rust/health.rs"),
+        (Lang::Rust, World::NodeHealth) => include_str!("../templates/rust/node-health.rs"),
+        (Lang::Python, World::Readiness) => include_str!("../templates/python/readiness.py"),
+        (Lang::Python, World::Launch) => include_str!("../templates/python/launch.py"),
+        (Lang::Python, World::Health) => include_str!("../templates/python/health.py"),
+        (Lang::Python, World::NodeHealth) => include_str!("../templates/python/node-health.py"),
+    }
+}
+
+/// componentize-py, as the Python SDK pins it.
+const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
+
+/// The two fixture cases of each world: file name, description, input
+/// (a documented sample snapshot), expected answer of the stub.
+fn cases(world: World) -> Result<Vec<(&'static str, &'static str, Value, Value)>> {
+    let sample = |text: &str| -> Result<Value> {
+        serde_json::from_str(text).context("a sample snapshot built into the binary")
+    };
+    Ok(match world {
+        World::Readiness => vec![
+            (
+                "all-alive.json",
+                "every expected node alive: ready",
+                sample(include_str!(
+                    "../../../examples/snapshots/readiness-ready.json"
+                ))?,
+                json!("ready"),
+            ),
+            (
+                "missing-worker.json",
+                "a worker has not joined: wait, saying how many are alive",
+                sample(include_str!(
+                    "../../../examples/snapshots/readiness-missing-worker.json"
+                ))?,
+                json!({ "wait": "2 of 3 nodes alive" }),
+            ),
+        ],
+        World::Launch => vec![
+            (
+                "two-gpu-nodes.json",
+                "two nodes of 2 GPUs: TP 2 x PP 2",
+                sample(include_str!(
+                    "../../../examples/snapshots/launch-two-gpu-nodes.json"
+                ))?,
+                json!({ "plan": {
+                    "argv": [
+                        "vllm", "serve", "meta-llama/Llama-3.1-70B-Instruct",
+                        "--host", "0.0.0.0", "--port", "8000",
+                        "--tensor-parallel-size", "2", "--pipeline-parallel-size", "2",
+                        "--distributed-executor-backend", "ray"
+                    ],
+                    "early": false
+                }}),
+            ),
+            (
+                "impossible-tp4.json",
+                "TP 4 asked for on 1-GPU nodes: refused",
+                sample(include_str!(
+                    "../../../examples/snapshots/launch-impossible-tp4.json"
+                ))?,
+                json!({ "error": { "impossible-layout":
+                    "tensor-parallel-size 4 needs 4 GPUs on a node; the smallest GPU node has 1" } }),
+            ),
+        ],
+        World::Health => vec![
+            (
+                "server-exited.json",
+                "the serving process exited: restart after the backoff",
+                sample(include_str!(
+                    "../../../examples/snapshots/health-server-exited.json"
+                ))?,
+                json!({ "restart": { "reason": "the serving process exited", "backoff-ms": 1000 } }),
+            ),
+            (
+                "healthy.json",
+                "serving and probes answer: healthy",
+                sample(include_str!(
+                    "../../../examples/snapshots/health-healthy.json"
+                ))?,
+                json!("healthy"),
+            ),
+        ],
+        World::NodeHealth => vec![
+            (
+                "xid79.json",
+                "a GPU fell off the bus: unhealthy",
+                sample(include_str!(
+                    "../../../examples/snapshots/node-readings-xid79.json"
+                ))?,
+                json!({ "unhealthy": "GPU 3 XID 79" }),
+            ),
+            (
+                "throttled.json",
+                "a throttled GPU without XIDs: healthy for this policy",
+                sample(include_str!(
+                    "../../../examples/snapshots/node-readings-throttled.json"
+                ))?,
+                json!("healthy"),
+            ),
+        ],
+    })
+}
+
+fn readme(world: World, lang: Lang, name: &str, wasm: &str) -> String {
+    let (build, built) = match lang {
+        Lang::Rust => (
+            "```sh\ncargo build --target wasm32-wasip2 --release\n```\n\n(`rust-toolchain.toml` names the toolchain and the `wasm32-wasip2`\ntarget; rustup installs them on first use.)".to_string(),
+            format!("target/wasm32-wasip2/release/{wasm}"),
+        ),
+        Lang::Python => (
+            format!(
+                "```sh\npython3 -m venv .venv && .venv/bin/pip install -r requirements.txt   # once\n.venv/bin/python -m orchestrator_policy.build {module}.py -o {wasm}\n```\n\n(componentize-py bundles CPython, the SDK and `{module}.py` into one\ncomponent of about 19 MB; the world follows from the class's base.)",
+                module = name.replace('-', "_")
+            ),
+            wasm.to_string(),
+        ),
+    };
+    format!(
+        r#"# {name}
+
+A `{world}` policy for the Ray/vLLM orchestrator (contract
+`ray-orchestrator:policy@0.2.0`), made by `orchestrator plugin new`.
+`{source}` is a working policy to change; `cases/` holds its fixture
+cases.
+
+## Build
+
+{build} The component is `{built}`.
+
+## Test
+
+```sh
+orchestrator plugin test {built} cases
+```
+
+runs every case through the orchestrator's real plugin host and prints one
+line per case, then `N passed, N failed` (exit 1 on a failure): usable as
+a CI step. A case is `{{"description", "input", "params", "expect"}}`;
+`input` is the world's input (inline, or a path relative to the case),
+`expect` the answer as `orchestrator plugin run` prints it (objects match
+on the fields they name).
+
+## Use
+
+```sh
+orchestrator plugin check {built}
+```
+
+prints its world, version and sha256; pin the digest in the
+orchestrator's configuration:
+
+```toml
+[policies.{section}]
+file = "/etc/orchestrator/policies/{wasm}"
+sha256 = "<the digest>"
+```
+"#,
+        section = match world {
+            World::NodeHealth => "node-health",
+            other => other.name(),
+        },
+        source = match lang {
+            Lang::Rust => "src/lib.rs".to_string(),
+            Lang::Python => format!("{}.py", name.replace('-', "_")),
+        }
+    )
+}
+
+fn cargo_manifest(name: &str, sdk: &SdkSource) -> String {
+    format!(
+        r#"[package]
+name = "{name}"
+version = "0.1.0"
+edition = "2024"
+publish = false
+
+[lib]
+crate-type = ["cdylib"]
+
+[dependencies]
+orchestrator-plugin-sdk = {dep}
+
+# A project of its own, even inside another workspace's folder.
+[workspace]
+
+[profile.release]
+opt-level = "s"
+lto = true
+strip = true
+"#,
+        dep = sdk.dependency()
+    )
+}
+
+/// Writes the project `name` of `world` into `dir` (default `./NAME`).
+pub fn new_project(
+    world: &str,
+    name: &str,
+    dir: Option<&Path>,
+    sdk: Option<&str>,
+    lang: Lang,
+) -> Result<ExitCode> {
+    let Some(world) = World::parse(world) else {
+        bail!("{world:?} is not a policy world; use readiness, launch, health or node-health");
+    };
+    check_name(name)?;
+    let sdk = SdkSource::parse(sdk, lang)?;
+    let dir = dir.map_or_else(|| PathBuf::from(name), Path::to_path_buf);
+    if dir.exists()
+        && std::fs::read_dir(&dir)
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .next()
+            .is_some()
+    {
+        bail!(
+            "{} exists and is not empty; choose another name or --dir",
+            dir.display()
+        );
+    }
+    let wasm = format!("{}.wasm", name.replace('-', "_"));
+    let stub = stub(world, lang).replace("{{name}}", name);
+    let mut files: Vec<(PathBuf, String)> = match lang {
+        Lang::Rust => vec![
+            (PathBuf::from("Cargo.toml"), cargo_manifest(name, &sdk)),
+            (PathBuf::from("rust-toolchain.toml"), TOOLCHAIN.to_string()),
+            (PathBuf::from(".gitignore"), "/target\n".to_string()),
+            (PathBuf::from("src/lib.rs"), stub),
+        ],
+        Lang::Python => {
+            vec![
+                (
+                    PathBuf::from(format!("{}.py", name.replace('-', "_"))),
+                    stub,
+                ),
+                (
+                    PathBuf::from("requirements.txt"),
+                    format!("{COMPONENTIZE_PY}\n{}\n", sdk.requirement()),
+                ),
+                (
+                    PathBuf::from(".gitignore"),
+                    "/.venv\n*.wasm\n__pycache__/\n".to_string(),
+                ),
+            ]
+        }
+    };
+    files.push((PathBuf::from("README.md"), readme(world, lang, name, &wasm)));
+    for (file, description, input, expect) in cases(world)? {
+        let case = json!({
+            "description": description,
+            "input": input,
+            "params": {},
+            "expect": expect,
+        });
+        files.push((
+            Path::new("cases").join(file),
+            format!("{}\n", serde_json::to_string_pretty(&case)?),
+        ));
+    }
+    for (path, text) in &files {
+        let at = dir.join(path);
+        if let Some(parent) = at.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&at, text).with_context(|| format!("cannot write {}", at.display()))?;
+    }
+    let (build, built) = match lang {
+        Lang::Rust => (
+            "cargo build --target wasm32-wasip2 --release".to_string(),
+            format!("target/wasm32-wasip2/release/{wasm}"),
+        ),
+        Lang::Python => (
+            format!(
+                "python3 -m venv .venv && .venv/bin/pip install -r requirements.txt && .venv/bin/python -m orchestrator_policy.build {}.py -o {wasm}",
+                name.replace('-', "_")
+            ),
+            wasm.clone(),
+        ),
+    };
+    crate::plugin::emit(&format!(
+        "created the {world} policy {name} in {}\n  build: cd {} && {build}\n  test:  orchestrator plugin test {built} cases\n",
+        dir.display(),
+        dir.display()
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_sdk_sources_are_checked() {
+        assert!(check_name("gpu-readiness").is_ok());
+        assert!(check_name("Gpu").is_err());
+        assert!(check_name("1x").is_err());
+        assert!(check_name("a b").is_err());
+        assert_eq!(
+            SdkSource::parse(Some("git+https://example.com/o/r#abc"), Lang::Rust).ok(),
+            Some(SdkSource::Git {
+                url: "https://example.com/o/r".into(),
+                rev: Some("abc".into())
+            })
+        );
+        assert!(SdkSource::parse(Some("git+"), Lang::Rust).is_err());
+        assert!(
+            SdkSource::parse(Some("/nonexistent"), Lang::Python)
+                .is_err_and(|e| e.to_string().contains("no /nonexistent/pyproject.toml"))
+        );
+        assert_eq!(toml_string("a\"b\\c"), r#""a\"b\\c""#);
+    }
+}
