@@ -81,6 +81,27 @@ pub struct NodeHealthView {
     pub readings: NodeReadings,
 }
 
+impl NodeHealthView {
+    /// The view of one node: its id, state and reason, the readings
+    /// (whose address it shows), and the age of its last report.
+    pub fn new(
+        node_id: String,
+        state: NodeHealthState,
+        reason: String,
+        readings: &NodeReadings,
+        report_age_ms: u64,
+    ) -> Self {
+        Self {
+            node_id,
+            address: readings.address.clone(),
+            state,
+            reason,
+            report_age_ms,
+            readings: readings.clone(),
+        }
+    }
+}
+
 /// One step of the startup timeline.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "kebab-case")]

@@ -135,15 +135,15 @@ pub fn follow(
                 board
                     .entries
                     .iter()
-                    .map(|(id, e)| NodeHealthView {
-                        node_id: id.clone(),
-                        address: e.report.readings.address.clone(),
-                        state: e.health.state,
-                        reason: e.health.reason.clone(),
-                        report_age_ms: seen
-                            .get(id)
-                            .map_or(0, |s| s.since.elapsed().as_millis() as u64),
-                        readings: e.report.readings.clone(),
+                    .map(|(id, e)| {
+                        NodeHealthView::new(
+                            id.clone(),
+                            e.health.state,
+                            e.health.reason.clone(),
+                            &e.report.readings,
+                            seen.get(id)
+                                .map_or(0, |s| s.since.elapsed().as_millis() as u64),
+                        )
                     })
                     .collect(),
             );

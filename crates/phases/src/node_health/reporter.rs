@@ -205,13 +205,14 @@ async fn run(
         status.own_node_health(
             reports
                 .iter()
-                .map(|o| NodeHealthView {
-                    node_id: o.node_id.clone().unwrap_or_default(),
-                    address: o.readings.address.clone(),
-                    state: o.verdict.state(),
-                    reason: o.verdict.reason().to_string(),
-                    report_age_ms: 0,
-                    readings: o.readings.clone(),
+                .map(|o| {
+                    NodeHealthView::new(
+                        o.node_id.clone().unwrap_or_default(),
+                        o.verdict.state(),
+                        o.verdict.reason().to_string(),
+                        &o.readings,
+                        0,
+                    )
                 })
                 .collect(),
         );
