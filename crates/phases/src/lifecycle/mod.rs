@@ -207,10 +207,22 @@ impl Lifecycle {
             self.after_start(&mut nodes, shutdown, kubernetes).await
         };
         self.board = None;
-        if let Some(reporter) = self.reporter.take() {
-            reporter.withdraw().await;
+        // A worker withdraws its health reports only once its node has left
+        // the GCS: withdrawn earlier, a node still alive there (an unhealthy
+        // worker on its way out) would count as unknown, hence usable, and
+        // could make the head's readiness decision. The head's GCS stops
+        // with it, so the head withdraws first.
+        let mut reporter = self.reporter.take();
+        if self.plan.wait.is_some()
+            && let Some(r) = reporter.take()
+        {
+            r.withdraw().await;
         }
-        if !nodes.stop(self.plan.stop_grace).await {
+        let stopped = nodes.stop(self.plan.stop_grace).await;
+        if let Some(r) = reporter {
+            r.withdraw().await;
+        }
+        if !stopped {
             return Exit::failed(1, "some of Ray's processes did not stop; see the log above");
         }
         tracing::info!("all Ray processes stopped");
