@@ -269,18 +269,26 @@ fn cases(world: World) -> Result<Vec<(&'static str, &'static str, Value, Value)>
     })
 }
 
+/// Where the built component lands, relative to the project.
+fn component_path(lang: Lang, wasm: &str) -> String {
+    match lang {
+        Lang::Rust => format!("target/wasm32-wasip2/release/{wasm}"),
+        Lang::Python => wasm.to_string(),
+    }
+}
+
 fn readme(world: World, lang: Lang, name: &str, wasm: &str) -> String {
     let (build, built) = match lang {
         Lang::Rust => (
             "```sh\ncargo build --target wasm32-wasip2 --release\n```\n\n(`rust-toolchain.toml` names the toolchain and the `wasm32-wasip2`\ntarget; rustup installs them on first use.)".to_string(),
-            format!("target/wasm32-wasip2/release/{wasm}"),
+            component_path(lang, wasm),
         ),
         Lang::Python => (
             format!(
                 "```sh\npython3 -m venv .venv && .venv/bin/pip install -r requirements.txt   # once\n.venv/bin/python -m orchestrator_policy.build {module}.py -o {wasm}\n```\n\n(componentize-py bundles CPython, the SDK and `{module}.py` into one\ncomponent of about 19 MB; the world follows from the class's base.)",
                 module = name.replace('-', "_")
             ),
-            wasm.to_string(),
+            component_path(lang, wasm),
         ),
     };
     format!(
@@ -435,14 +443,14 @@ pub fn new_project(
     let (build, built) = match lang {
         Lang::Rust => (
             "cargo build --target wasm32-wasip2 --release".to_string(),
-            format!("target/wasm32-wasip2/release/{wasm}"),
+            component_path(lang, &wasm),
         ),
         Lang::Python => (
             format!(
                 "python3 -m venv .venv && .venv/bin/pip install -r requirements.txt && .venv/bin/python -m orchestrator_policy.build {}.py -o {wasm}",
                 name.replace('-', "_")
             ),
-            wasm.clone(),
+            component_path(lang, &wasm),
         ),
     };
     crate::plugin::emit(&format!(

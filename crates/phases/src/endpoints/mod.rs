@@ -490,6 +490,11 @@ impl Status {
         self.with(|s| s.prefetch = Some(progress));
     }
 
+    /// The prefetch's progress, when one runs.
+    pub fn prefetch_progress(&self) -> Option<crate::prefetch::PrefetchProgress> {
+        self.with(|s| s.prefetch.clone())
+    }
+
     /// Records a startup step: the first of each (every node join), with
     /// its time since the orchestrator started. Returns whether it was
     /// recorded.

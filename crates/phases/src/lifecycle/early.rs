@@ -65,10 +65,7 @@ impl EarlyLaunch {
         let first = self.expected.is_none();
         self.expected = Some(expected.clone());
         let planned = plan_for(plan, launch, expected);
-        let grace = plan
-            .serve
-            .as_ref()
-            .map_or(Duration::from_secs(5), |s| s.stop_grace);
+        let grace = stop_grace(plan);
         match (self.server.take(), planned) {
             (Some(server), Some(new))
                 if server.plan.argv == new.argv && server.plan.env == new.env =>
@@ -127,13 +124,16 @@ impl EarlyLaunch {
     pub(super) async fn stop(&mut self, plan: &Plan, status: &Status, why: &str) {
         if let Some(server) = self.server.take() {
             tracing::info!("stopping the early-launched server: {why}");
-            let grace = plan
-                .serve
-                .as_ref()
-                .map_or(Duration::from_secs(5), |s| s.stop_grace);
-            server.stop(grace, status).await;
+            server.stop(stop_grace(plan), status).await;
         }
     }
+}
+
+/// Between SIGTERM and SIGKILL when the early server is stopped.
+fn stop_grace(plan: &Plan) -> Duration {
+    plan.serve
+        .as_ref()
+        .map_or(Duration::from_secs(5), |s| s.stop_grace)
 }
 
 /// The launch policy's plan for a cluster shaped like `expected`, when it

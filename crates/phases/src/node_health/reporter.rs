@@ -179,7 +179,7 @@ async fn run(
             }
         }
         let snapshot = gpus.borrow_and_update().clone();
-        let local_copy = status.snapshot().prefetch.and_then(|p| {
+        let local_copy = status.prefetch_progress().and_then(|p| {
             p.copy_to.as_ref().map(|to| LocalCopy {
                 path: to.display().to_string(),
                 complete: p.state == crate::prefetch::PrefetchState::Done,

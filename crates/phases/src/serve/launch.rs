@@ -80,7 +80,7 @@ pub fn add_serving_env(plan: &mut LaunchPlan, source: &dyn crate::membership::Me
 /// at `to` (through node health), and this node's own copy is complete.
 fn local_copy_complete(ready: &Ready, to: &Path, ctx: &ServeContext<'_>) -> Result<(), String> {
     let path = to.display().to_string();
-    let own = ctx.status.snapshot().prefetch;
+    let own = ctx.status.prefetch_progress();
     let own_done = own.as_ref().is_some_and(|p| {
         p.copy_to.as_deref() == Some(to) && p.state == crate::prefetch::PrefetchState::Done
     });
