@@ -173,7 +173,7 @@ fn run_follows_the_raycluster_through_a_scale_up_and_diagnoses_missing_workers()
 
     // Expected from the spec: head + 1 worker, 2 GPUs; the worker pod is
     // named as running but not in the GCS.
-    let s = status_until(port, Duration::from_secs(60), |s| {
+    let s = status_until_logged(&head_log, port, Duration::from_secs(60), |s| {
         s["phase"] == "wait" && s["nodes-alive"] == 1 && s["nodes-expected"] == 2
     });
     let diagnostics = s["diagnostics"].to_string();
@@ -193,7 +193,7 @@ fn run_follows_the_raycluster_through_a_scale_up_and_diagnoses_missing_workers()
     api.server.apply(scaled);
     api.server
         .apply(unschedulable_pod("vllm-llama-gpu-group-worker-bbbbb"));
-    let s = status_until(port, Duration::from_secs(10), |s| {
+    let s = status_until_logged(&head_log, port, Duration::from_secs(10), |s| {
         s["nodes-expected"] == 3 && s["diagnostics"].to_string().contains("Insufficient")
     });
     assert!(
@@ -208,7 +208,7 @@ fn run_follows_the_raycluster_through_a_scale_up_and_diagnoses_missing_workers()
     let (worker1, log1) = worker(dir.path(), &gcs, w1);
     guard.0.push(worker1.id() as i32);
     // The readiness policy has judged 2 alive nodes: still waiting.
-    let s2 = status_until(port, Duration::from_secs(60), |s| {
+    let s2 = status_until_logged(&head_log, port, Duration::from_secs(60), |s| {
         s["nodes-alive"] == 2
             && s["last-readiness"]
                 .as_str()
@@ -225,7 +225,9 @@ fn run_follows_the_raycluster_through_a_scale_up_and_diagnoses_missing_workers()
         .apply(running_pod("vllm-llama-gpu-group-worker-bbbbb", w2));
     let (worker2, log2) = worker(dir.path(), &gcs, w2);
     guard.0.push(worker2.id() as i32);
-    let s = status_until(port, Duration::from_secs(60), |s| s["ready"] == true);
+    let s = status_until_logged(&head_log, port, Duration::from_secs(60), |s| {
+        s["ready"] == true
+    });
     assert_eq!(s["nodes-alive"], 3, "{s:#}");
     assert_eq!(s["nodes-expected"], 3, "{s:#}");
     assert_eq!(s["diagnostics"], json!([]), "{s:#}");
@@ -290,8 +292,10 @@ fn a_wait_that_times_out_names_the_unschedulable_worker() {
     let temp = format!("/tmp/ray-t{}", gcs.rsplit(':').next().unwrap_or(""));
     let log = dir.path().join("head.log");
     let head = run(&config, &log);
-    let guard = Guard(vec![head.id() as i32]);
+    let mut guard = Guard(vec![head.id() as i32]);
     let out = wait_with_deadline(head, Duration::from_secs(90));
+    // Reaped: its pid may belong to anyone now.
+    guard.0.clear();
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
@@ -311,7 +315,6 @@ fn a_wait_that_times_out_names_the_unschedulable_worker() {
             .contains("Insufficient nvidia.com/gpu"),
         "{failed:#}"
     );
-    drop(guard);
     assert_nothing_left(&[&temp, head_ip]);
 }
 
@@ -337,7 +340,7 @@ fn without_rbac_the_wait_goes_on_from_the_gcs_and_names_the_missing_permission()
     let log = dir.path().join("head.log");
     let head = run(&config, &log);
     let mut guard = Guard(vec![head.id() as i32]);
-    let s = status_until(port, Duration::from_secs(60), |s| s["ready"] == true);
+    let s = status_until_logged(&log, port, Duration::from_secs(60), |s| s["ready"] == true);
     assert_eq!(s["nodes-expected"], 1, "{s:#}");
     let text = stop(head, &log);
     guard.0.clear();
@@ -353,7 +356,7 @@ fn without_rbac_the_wait_goes_on_from_the_gcs_and_names_the_missing_permission()
 #[ignore = "needs Ray 2.60: run by `cargo xtask test`"]
 fn an_early_launch_follows_a_scale_change_during_the_wait() {
     let dir = tempfile::tempdir().unwrap();
-    let head_ip = "127.0.0.86";
+    let head_ip = "127.0.0.87";
     // One worker asked for: the early server is planned for 2 nodes with
     // 1 GPU each (pipeline-parallel 2).
     let api = api(1, vec![]);
@@ -381,7 +384,7 @@ stop-grace-seconds = 3
         .spawn()
         .unwrap();
     let _guard = Guard(vec![head.id() as i32]);
-    let s = status_until(port, Duration::from_secs(60), |s| {
+    let s = status_until_logged(&log, port, Duration::from_secs(60), |s| {
         s["phase"] == "wait" && s["server-pid"].as_i64().is_some() && s["nodes-expected"] == 2
     });
     let first = s["server-pid"].as_i64().unwrap();
@@ -399,7 +402,7 @@ stop-grace-seconds = 3
         .unwrap();
     scaled["spec"]["workerGroupSpecs"][0]["replicas"] = json!(2);
     api.server.apply(scaled);
-    let s = status_until(port, Duration::from_secs(30), |s| {
+    let s = status_until_logged(&log, port, Duration::from_secs(30), |s| {
         s["nodes-expected"] == 3 && s["server-pid"].as_i64().is_some_and(|p| p != first)
     });
     assert_eq!(s["phase"], "wait", "{s:#}");

@@ -161,18 +161,58 @@ pub fn status_until(
     limit: Duration,
     check: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
+    poll_status(port, limit, None, check)
+}
+
+/// [`status_until`] for an orchestrator whose log is `log`: a timeout
+/// shows the log's tail too (an orchestrator that exited says why there).
+pub fn status_until_logged(
+    log: &std::path::Path,
+    port: u16,
+    limit: Duration,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    poll_status(port, limit, Some(log), check)
+}
+
+fn poll_status(
+    port: u16,
+    limit: Duration,
+    log: Option<&std::path::Path>,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let address = format!("127.0.0.1:{port}");
     let mut last = serde_json::Value::Null;
-    let deadline = Instant::now() + limit;
+    let started = Instant::now();
+    let mut last_answer: Option<Duration> = None;
     loop {
         if let Some(s) = status(&address) {
             if check(&s) {
                 return s;
             }
             last = s;
+            last_answer = Some(started.elapsed());
         }
-        if Instant::now() > deadline {
-            panic!("/status on port {port} never matched within {limit:?}; last: {last:#}");
+        if started.elapsed() > limit {
+            let answered = match last_answer {
+                Some(at) => format!("last answered {:.1} s into the wait", at.as_secs_f64()),
+                None => "never answered".to_string(),
+            };
+            let tail = log
+                .map(|log| {
+                    let text = std::fs::read_to_string(log).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    let from = lines.len().saturating_sub(40);
+                    format!(
+                        "\nlog {} (last 40 lines):\n{}",
+                        log.display(),
+                        lines[from..].join("\n")
+                    )
+                })
+                .unwrap_or_default();
+            panic!(
+                "/status on port {port} never matched within {limit:?} ({answered}); last: {last:#}{tail}"
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
