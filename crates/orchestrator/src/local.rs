@@ -9,7 +9,7 @@ use clap::Args;
 use orchestrator_domain::{KeyValue, ServeSettings};
 use orchestrator_phases::config::PluginLimits;
 use orchestrator_phases::lifecycle::{Lifecycle, LocalCluster, Plan};
-use orchestrator_phases::policies::{self, Policies, PolicyRef};
+use orchestrator_phases::policies::{self, Policies};
 use orchestrator_phases::serve::ServeSpec;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -22,6 +22,9 @@ pub struct LocalArgs {
     /// Worker nodes besides the head.
     #[arg(long, default_value_t = 1)]
     pub workers: u32,
+    /// How `oci://` policies are pulled.
+    #[command(flatten)]
+    pub registry: crate::plugin::RegistryArgs,
     /// Ray's `ray` executable.
     #[arg(long, env = "ORCHESTRATOR_RAY_BIN", default_value = "ray")]
     pub ray_bin: PathBuf,
@@ -231,7 +234,7 @@ impl LocalArgs {
         let host = policies::host(&PluginLimits::default())?;
         Ok(policies::node_health(
             &host,
-            &PolicyRef::parse(&self.node_health_policy),
+            &self.registry.policy(&self.node_health_policy)?,
             "--node-health-policy",
         )?)
     }
@@ -239,12 +242,17 @@ impl LocalArgs {
     /// The policies: readiness always, launch and health to serve a model.
     fn policies(&self) -> Result<Policies> {
         let host = policies::host(&PluginLimits::default())?;
-        let load = |flag: &str, text: &str| (PolicyRef::parse(text), flag.to_string());
-        let (readiness, at) = load("--policy", &self.policy);
+        let load = |flag: &str, text: &str| {
+            self.registry
+                .policy(text)
+                .map(|policy| (policy, flag.to_string()))
+                .with_context(|| flag.to_string())
+        };
+        let (readiness, at) = load("--policy", &self.policy)?;
         let readiness = policies::readiness(&host, &readiness, &at)?;
-        let (launch, at) = load("--launch-policy", &self.launch_policy);
+        let (launch, at) = load("--launch-policy", &self.launch_policy)?;
         let launch = policies::launch(&host, &launch, &at)?;
-        let (health, at) = load("--health-policy", &self.health_policy);
+        let (health, at) = load("--health-policy", &self.health_policy)?;
         let health = policies::health(&host, &health, &at)?;
         Ok(Policies {
             readiness,

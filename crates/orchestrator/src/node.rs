@@ -88,7 +88,8 @@ fn check(args: &CheckArgs) -> Result<ExitCode> {
     let policy = match &args.policy {
         Some(text) => PolicyRef::parse(text),
         None => configured.policy(default),
-    };
+    }
+    .fetched(&config.registry)?;
     let mut params = configured.params();
     for p in &args.params {
         match p.split_once('=') {

@@ -1,12 +1,13 @@
-//! `orchestrator plugin list|check|run|test|new`: the plugin author's
-//! tools (`test` in [`crate::plugin_cases`], `new` in
-//! [`crate::plugin_new`]).
+//! `orchestrator plugin list|check|run|test|new|push`: the plugin
+//! author's tools (`test` in [`crate::plugin_cases`], `new` in
+//! [`crate::plugin_new`]). Every command that takes a plugin takes an
+//! `oci://` reference too ([`RegistryArgs`]).
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use orchestrator_domain::{ClusterSnapshot, HealthSnapshot, KeyValue, LaunchRequest, NodeReadings};
-use orchestrator_phases::config::PluginLimits;
-use orchestrator_phases::policies::PolicyRef;
+use orchestrator_phases::config::{PluginLimits, RegistryConfig};
+use orchestrator_phases::policies::{self, PolicyRef};
 use orchestrator_policy_host::{HostConfig, PluginError, PluginSource, PolicyHost, Version, World};
 use serde_json::Value;
 use std::io::Read;
@@ -28,6 +29,48 @@ pub struct HostArgs {
     /// Do not cache compiled plugins.
     #[arg(long, env = "ORCHESTRATOR_PLUGIN_NO_CACHE")]
     pub no_cache: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// How `oci://` policies are pulled and pushed.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RegistryArgs {
+    /// A Docker config.json with registry logins (a Kubernetes image pull
+    /// secret's .dockerconfigjson); default: $DOCKER_CONFIG/config.json or
+    /// ~/.docker/config.json.
+    #[arg(long, env = "ORCHESTRATOR_REGISTRY_CONFIG", value_name = "FILE")]
+    pub registry_config: Option<PathBuf>,
+    /// A registry (HOST[:PORT]) that may be reached over plain HTTP;
+    /// repeat or separate with commas.
+    #[arg(
+        long = "insecure-registry",
+        env = "ORCHESTRATOR_INSECURE_REGISTRIES",
+        value_delimiter = ',',
+        value_name = "HOST[:PORT]"
+    )]
+    pub insecure: Vec<String>,
+    /// Where pulled policies are kept by digest (default:
+    /// ~/.cache/ray-orchestrator/oci).
+    #[arg(long, env = "ORCHESTRATOR_OCI_CACHE_DIR", value_name = "DIR")]
+    pub oci_cache_dir: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    /// The registry settings these flags describe.
+    pub fn config(&self) -> RegistryConfig {
+        RegistryConfig {
+            credentials: self.registry_config.clone(),
+            insecure: self.insecure.clone(),
+            cache_dir: self.oci_cache_dir.clone(),
+            ..RegistryConfig::default()
+        }
+    }
+
+    /// `text` as a policy, pulled first if it is `oci://`.
+    pub fn policy(&self, text: &str) -> Result<PolicyRef, policies::PolicyError> {
+        PolicyRef::parse(text).fetched(&self.config())
+    }
 }
 
 impl HostArgs {
@@ -60,14 +103,14 @@ pub enum PluginCommand {
     },
     /// Check that a file is a valid policy component; exit 0 if so, 2 if not.
     Check {
-        /// The component file, or `builtin:NAME`.
+        /// The component file, `builtin:NAME` or `oci://HOST/REPO:TAG[@sha256:..]`.
         plugin: String,
         #[command(flatten)]
         host: HostArgs,
     },
     /// Run a plugin on a JSON input and print its answer as JSON.
     Run {
-        /// The component file, or `builtin:NAME`.
+        /// The component file, `builtin:NAME` or `oci://...`.
         plugin: String,
         /// The input: a cluster-snapshot (readiness), launch-request
         /// (launch) or health-snapshot (health) as JSON, `-` for stdin.
@@ -102,10 +145,20 @@ pub enum PluginCommand {
     /// `{"input", "params", "expect"}`); prints one line per case and
     /// `N passed, N failed`; exit 0 all passed, 1 one failed, 2 bad input.
     Test {
-        /// The component file, or `builtin:NAME`.
+        /// The component file, `builtin:NAME` or `oci://...`.
         plugin: String,
         /// The directory of case files.
         cases: PathBuf,
+        #[command(flatten)]
+        host: HostArgs,
+    },
+    /// Push a policy component to an OCI registry (the CNCF WebAssembly
+    /// artifact layout) and print its digest and pinned reference.
+    Push {
+        /// The component file (checked first: it must be a policy).
+        file: PathBuf,
+        /// Where: oci://HOST[:PORT]/REPOSITORY:TAG.
+        reference: String,
         #[command(flatten)]
         host: HostArgs,
     },
@@ -134,6 +187,11 @@ pub fn run(cmd: PluginCommand) -> ExitCode {
             cases,
             host,
         } => crate::plugin_cases::test_cases(&plugin, &cases, &host),
+        PluginCommand::Push {
+            file,
+            reference,
+            host,
+        } => push(&file, &reference, &host),
     };
     match result {
         Ok(code) => code,
@@ -163,7 +221,11 @@ fn list(host_args: &HostArgs) -> Result<ExitCode> {
 
 fn check(plugin: &str, host_args: &HostArgs) -> Result<ExitCode> {
     let host = PolicyHost::new(host_args.host_config())?;
-    let source = match PolicyRef::parse(plugin).source(None) {
+    let source = match host_args
+        .registry
+        .policy(plugin)
+        .and_then(|p| p.source(None))
+    {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
@@ -288,7 +350,7 @@ fn run_plugin(
     let value: Value = serde_json::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{} is not JSON ({e})", input.display()))?;
     let host = PolicyHost::new(host_args.host_config())?;
-    let source = PolicyRef::parse(plugin).source(None)?;
+    let source = host_args.registry.policy(plugin)?.source(None)?;
     let world = match host.inspect(&source) {
         Ok(info) => info.world,
         Err(e) => return Ok(plugin_failure(&e)),
@@ -299,6 +361,67 @@ fn run_plugin(
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => Ok(plugin_failure(&e)),
+    }
+}
+
+/// `plugin push FILE oci://...`: the file checked as a policy, then pushed;
+/// prints the digest and the pinned reference. Exit 2 for a file that is
+/// not a policy or a bad reference, 1 when the registry push fails.
+fn push(file: &Path, reference: &str, host_args: &HostArgs) -> Result<ExitCode> {
+    let reference = match orchestrator_oci::Reference::parse(reference) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if reference.tag.is_none() {
+        eprintln!(
+            "error: {reference}: a push needs a tag (oci://HOST/REPOSITORY:TAG); the digest is what the push prints"
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let host = PolicyHost::new(host_args.host_config())?;
+    let source = PluginSource::File {
+        path: file.to_path_buf(),
+        sha256: None,
+    };
+    let info = match host.inspect(&source) {
+        Ok(info) => info,
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!("only policy components are pushed: check it with `orchestrator plugin check FILE`");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let component = orchestrator_oci::ComponentInfo {
+        exports: info.exports.clone(),
+        imports: info.imports.clone(),
+        target: Some(format!("ray-orchestrator:policy/{}@{}", info.world, info.version)),
+    };
+    let settings = host_args.registry.config().settings()?;
+    let pushed = policies::run_blocking(async move {
+        let registry = orchestrator_oci::Registry::new(settings)?;
+        registry.push(&wasm, component, &reference).await
+    });
+    match pushed {
+        Ok(pinned) => {
+            let digest = pinned
+                .digest
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            emit(&format!(
+                "digest: {digest}\npinned: {pinned}\nworld:  {} {}\nsize:   {} bytes\n",
+                info.world, info.version, info.size
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(1))
+        }
     }
 }
 

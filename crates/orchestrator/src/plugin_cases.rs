@@ -27,7 +27,6 @@
 use crate::plugin::{HostArgs, call_plugin, emit};
 use anyhow::{Context, Result, bail};
 use orchestrator_domain::KeyValue;
-use orchestrator_phases::policies::PolicyRef;
 use orchestrator_policy_host::PolicyHost;
 use serde::Deserialize;
 use serde_json::Value;
@@ -62,7 +61,7 @@ enum CaseResult {
 pub fn test_cases(plugin: &str, cases: &Path, host_args: &HostArgs) -> Result<ExitCode> {
     let files = case_files(cases)?;
     let host = PolicyHost::new(host_args.host_config())?;
-    let source = PolicyRef::parse(plugin).source(None)?;
+    let source = host_args.registry.policy(plugin)?.source(None)?;
     let world = host
         .inspect(&source)
         .with_context(|| format!("cannot load {plugin}"))?

@@ -111,7 +111,7 @@ fn head_policies(config: &Config) -> Result<Option<Policies>, policies::PolicyEr
     match config.role {
         Role::Head => {
             let host = policies::host(&config.plugins)?;
-            Policies::load(&host, &config.policies).map(Some)
+            Policies::load(&host, &config.policies, &config.registry).map(Some)
         }
         Role::Worker => Ok(None),
     }
@@ -138,7 +138,8 @@ pub fn run(args: ConfigArgs) -> ExitCode {
     if config.node_health.enabled {
         let loaded = policies::host(&config.plugins).and_then(|host| {
             let (policy, default) = config.policies.for_world(World::NodeHealth);
-            policies::node_health(&host, &policy.policy(default), "policies.node-health")
+            let policy = policy.policy(default).fetched(&config.registry)?;
+            policies::node_health(&host, &policy, "policies.node-health")
         });
         match loaded {
             Ok(policy) => lifecycle = lifecycle.with_node_health_policy(policy),

@@ -6,7 +6,7 @@ use clap::Args;
 use orchestrator_domain::Topology;
 use orchestrator_phases::config::PluginLimits;
 use orchestrator_phases::membership::RayGcs;
-use orchestrator_phases::policies::{self, PolicyRef};
+use orchestrator_phases::policies;
 use orchestrator_phases::wait::{WaitSpec, wait_for_cluster};
 use orchestrator_policy_host::ReadinessPolicy;
 use std::process::ExitCode;
@@ -19,6 +19,9 @@ pub struct WaitArgs {
     /// The GCS address, HOST:PORT.
     #[arg(long, env = "ORCHESTRATOR_GCS_ADDRESS")]
     pub address: String,
+    /// How an `oci://` policy is pulled.
+    #[command(flatten)]
+    pub registry: crate::plugin::RegistryArgs,
     /// Nodes that must be alive, the head included.
     #[arg(long)]
     pub nodes: u32,
@@ -59,9 +62,13 @@ pub fn run(args: WaitArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let policy = PolicyRef::parse(&args.policy).pinned(args.sha256.clone());
-    let policy = policies::host(&PluginLimits::default())
-        .and_then(|host| policies::readiness(&host, &policy, "--policy"));
+    let policy = args
+        .registry
+        .policy(&args.policy)
+        .map(|policy| policy.pinned(args.sha256.clone()));
+    let policy = policies::host(&PluginLimits::default()).and_then(|host| {
+        policy.and_then(|policy| policies::readiness(&host, &policy, "--policy"))
+    });
     let mut policy = match policy {
         Ok(p) => p,
         Err(e) => {

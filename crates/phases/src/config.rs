@@ -48,6 +48,8 @@ pub struct Config {
     pub endpoints_port: u16,
     /// The address the endpoints bind.
     pub endpoints_host: String,
+    /// How policies named `oci://` are pulled.
+    pub registry: RegistryConfig,
 }
 
 impl Default for Config {
@@ -64,7 +66,70 @@ impl Default for Config {
             node_health: NodeHealthConfig::default(),
             endpoints_port: crate::endpoints::DEFAULT_PORT,
             endpoints_host: "0.0.0.0".to_string(),
+            registry: RegistryConfig::default(),
         }
+    }
+}
+
+/// How policies named `oci://HOST/REPO:TAG@sha256:...` are pulled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// A Docker `config.json` with the logins (a Kubernetes image pull
+    /// secret's `.dockerconfigjson`); default: `$DOCKER_CONFIG/config.json`
+    /// or `~/.docker/config.json` when present.
+    pub credentials: Option<PathBuf>,
+    /// Registries (`HOST[:PORT]`) that may be reached over plain HTTP.
+    pub insecure: Vec<String>,
+    /// Where pulled policies are kept by digest (default:
+    /// `$ORCHESTRATOR_OCI_CACHE_DIR` or `~/.cache/ray-orchestrator/oci`).
+    pub cache_dir: Option<PathBuf>,
+    /// The largest policy layer accepted, MiB.
+    pub max_layer_mib: u64,
+    /// Deadline of each registry request, seconds.
+    pub timeout_seconds: u64,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            credentials: None,
+            insecure: Vec::new(),
+            cache_dir: None,
+            max_layer_mib: 64,
+            timeout_seconds: 60,
+        }
+    }
+}
+
+impl RegistryConfig {
+    /// The OCI client's settings (credentials read now).
+    pub fn settings(
+        &self,
+    ) -> Result<orchestrator_oci::RegistrySettings, orchestrator_oci::CredentialsError> {
+        let cache_dir = self
+            .cache_dir
+            .clone()
+            .or_else(|| std::env::var_os("ORCHESTRATOR_OCI_CACHE_DIR").map(PathBuf::from))
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .map(|home| PathBuf::from(home).join(".cache/ray-orchestrator/oci"))
+            })
+            .unwrap_or_else(|| std::env::temp_dir().join("ray-orchestrator-oci"));
+        let credentials = match self
+            .credentials
+            .clone()
+            .or_else(orchestrator_oci::Credentials::default_file)
+        {
+            Some(file) => orchestrator_oci::Credentials::load(&file)?,
+            None => orchestrator_oci::Credentials::none(),
+        };
+        let mut settings = orchestrator_oci::RegistrySettings::new(cache_dir);
+        settings.credentials = credentials;
+        settings.insecure = self.insecure.clone();
+        settings.max_layer_bytes = self.max_layer_mib.saturating_mul(1 << 20);
+        settings.timeout = std::time::Duration::from_secs(self.timeout_seconds.max(1));
+        Ok(settings)
     }
 }
 
@@ -152,6 +217,9 @@ pub struct PolicyConfig {
     pub file: Option<PathBuf>,
     /// The file's sha256 (hex); the plugin is refused if it differs.
     pub sha256: Option<String>,
+    /// A policy in an OCI registry, `oci://HOST/REPO:TAG@sha256:DIGEST`
+    /// (the digest that `orchestrator plugin push` prints pins it).
+    pub oci: Option<String>,
     /// The policy's parameters.
     pub params: BTreeMap<String, String>,
 }
@@ -160,6 +228,9 @@ impl PolicyConfig {
     /// Which plugin this is, `default` naming the built-in used when
     /// neither `builtin` nor `file` is set.
     pub fn policy(&self, default: &str) -> PolicyRef {
+        if let Some(reference) = &self.oci {
+            return PolicyRef::Oci(reference.clone());
+        }
         match (&self.file, &self.builtin) {
             (Some(path), _) => PolicyRef::File {
                 path: path.clone(),
@@ -556,18 +627,32 @@ impl Config {
         }
         for world in World::ALL {
             let (policy, _) = self.policies.for_world(world);
-            if policy.builtin.is_some() && policy.file.is_some() {
+            let sources = [
+                policy.builtin.is_some(),
+                policy.file.is_some(),
+                policy.oci.is_some(),
+            ];
+            if sources.iter().filter(|set| **set).count() > 1 {
                 return Err(invalid(
                     &format!("policies.{world}"),
-                    "sets both `builtin` and `file`".into(),
+                    "sets more than one of `builtin`, `file` and `oci`".into(),
                     "keep one of them",
+                ));
+            }
+            if let Some(reference) = &policy.oci
+                && let Err(e) = orchestrator_oci::Reference::parse(reference)
+            {
+                return Err(invalid(
+                    &format!("policies.{world}.oci"),
+                    e.to_string(),
+                    "e.g. oci = \"oci://registry.example/team/readiness:v1@sha256:<digest from plugin push>\"",
                 ));
             }
             if policy.sha256.is_some() && policy.file.is_none() {
                 return Err(invalid(
                     &format!("policies.{world}.sha256"),
                     "is set without `file`".into(),
-                    "built-ins are embedded; pin only files",
+                    "built-ins are embedded; pin only files (an oci reference is pinned by its @sha256: digest)",
                 ));
             }
             if let Some(sha) = &policy.sha256

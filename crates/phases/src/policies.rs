@@ -1,9 +1,10 @@
-//! Which policy serves each phase: a [`PolicyRef`] (`builtin:NAME` or a
-//! file, optionally pinned) resolved into what the plugin host loads
+//! Which policy serves each phase: a [`PolicyRef`] (`builtin:NAME`, a
+//! file optionally pinned, or `oci://` pulled into the cache by
+//! [`PolicyRef::fetched`]) resolved into what the plugin host loads
 //! (built-ins are handed over as bytes), loaded and instantiated. Entry
 //! point: [`Policies::load`].
 
-use crate::config::{PluginLimits, PoliciesConfig};
+use crate::config::{PluginLimits, PoliciesConfig, RegistryConfig};
 use orchestrator_builtin_plugins::UnknownBuiltin;
 use orchestrator_policy_host::{
     HealthPolicy, LaunchPolicy, NodeHealthPolicy, PluginError, PluginSource, PolicyHost,
@@ -23,12 +24,27 @@ pub enum PolicyRef {
         /// The sha256 it must have.
         sha256: Option<String>,
     },
+    /// A policy in an OCI registry (`oci://HOST/REPO:TAG@sha256:...`),
+    /// loadable once [`PolicyRef::fetched`].
+    Oci(String),
+    /// An `oci://` policy after [`PolicyRef::fetched`]: its cached file.
+    Pulled {
+        /// The reference pinned to the manifest's digest.
+        reference: String,
+        /// The cached component.
+        path: PathBuf,
+        /// The component's sha256 (hex).
+        sha256: String,
+    },
 }
 
 impl PolicyRef {
     /// Parses `builtin:NAME`, `builtin:WORLD/NAME` (e.g.
-    /// `builtin:node-health/default`) or a file path.
+    /// `builtin:node-health/default`), `oci://...` or a file path.
     pub fn parse(text: &str) -> Self {
+        if text.starts_with("oci://") {
+            return Self::Oci(text.to_string());
+        }
         match text.strip_prefix("builtin:") {
             Some(name) => Self::Builtin(name.to_string()),
             None => Self::File {
@@ -70,8 +86,71 @@ impl PolicyRef {
                 path: path.clone(),
                 sha256: sha256.clone(),
             }),
+            Self::Oci(reference) => Err(PolicyError::NotFetched(reference.clone())),
+            Self::Pulled {
+                reference,
+                path,
+                sha256,
+            } => Ok(PluginSource::Pulled {
+                name: reference.clone(),
+                path: path.clone(),
+                sha256: sha256.clone(),
+            }),
         }
     }
+
+    /// An `oci://` policy pulled (or found in the cache, when pinned) and
+    /// turned into its cached file pinned to the layer's sha256; anything
+    /// else as it is. Runs on a thread of its own, so it may be called
+    /// with or without an async runtime.
+    pub fn fetched(self, registry: &RegistryConfig) -> Result<Self, PolicyError> {
+        let Self::Oci(text) = &self else {
+            return Ok(self);
+        };
+        let pulled = pull(text, registry)?;
+        Ok(Self::Pulled {
+            reference: pulled.reference.to_string(),
+            path: pulled.path,
+            sha256: pulled.layer.hex().to_string(),
+        })
+    }
+}
+
+/// Pulls `text` (an `oci://` reference) with `registry`'s settings.
+pub fn pull(text: &str, registry: &RegistryConfig) -> Result<orchestrator_oci::Pulled, PolicyError> {
+    let reference = orchestrator_oci::Reference::parse(text)?;
+    let settings = registry.settings()?;
+    let pulled = run_blocking(async move {
+        let client = orchestrator_oci::Registry::new(settings)?;
+        client.pull(&reference).await
+    })?;
+    if text.contains("@sha256:") {
+        tracing::info!(policy = %text, layer = %pulled.layer, cached = pulled.from_cache, "policy pulled");
+    } else {
+        tracing::warn!(
+            policy = %text,
+            pinned = %pulled.reference,
+            "policy pulled by tag alone: a tag can move; pin it as {}",
+            pulled.reference
+        );
+    }
+    Ok(pulled)
+}
+
+/// Runs `work` on a current-thread runtime on a thread of its own.
+pub fn run_blocking<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, orchestrator_oci::OciError>> + Send + 'static,
+) -> Result<T, PolicyError> {
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| PolicyError::Runtime(e.to_string()))?;
+        runtime.block_on(work).map_err(PolicyError::from)
+    });
+    thread
+        .join()
+        .map_err(|_| PolicyError::Runtime("the registry client's thread stopped".into()))?
 }
 
 /// Why a policy could not be loaded.
@@ -83,6 +162,30 @@ pub enum PolicyError {
     /// No such built-in.
     #[error(transparent)]
     UnknownBuiltin(#[from] UnknownBuiltin),
+    /// An `oci://` reference that does not parse.
+    #[error(transparent)]
+    Reference(#[from] orchestrator_oci::ReferenceError),
+    /// The registry credentials could not be read.
+    #[error(transparent)]
+    Credentials(#[from] orchestrator_oci::CredentialsError),
+    /// A pull or push failed.
+    #[error(transparent)]
+    Oci(#[from] orchestrator_oci::OciError),
+    /// An `oci://` policy handed to the host before it was pulled.
+    #[error("{0} was not pulled before loading (an orchestrator bug: PolicyRef::fetched)")]
+    NotFetched(String),
+    /// No thread or runtime for the registry client.
+    #[error("cannot run the registry client: {0}")]
+    Runtime(String),
+    /// An `oci://` policy could not be pulled.
+    #[error("{context}: {source}")]
+    Fetch {
+        /// Where it was configured.
+        context: String,
+        /// Why.
+        #[source]
+        source: Box<PolicyError>,
+    },
     /// The plugin was refused or failed to start.
     #[error("{context}: {source}")]
     Load {
@@ -195,13 +298,27 @@ pub struct Policies {
 }
 
 impl Policies {
-    /// Loads the configured policy of every world.
-    pub fn load(host: &PolicyHost, config: &PoliciesConfig) -> Result<Self, PolicyError> {
-        let policy = |world: World| config.for_world(world).0.policy(config.for_world(world).1);
+    /// Loads the configured policy of every world (`oci://` ones pulled
+    /// with `registry`'s settings first).
+    pub fn load(
+        host: &PolicyHost,
+        config: &PoliciesConfig,
+        registry: &RegistryConfig,
+    ) -> Result<Self, PolicyError> {
+        let policy = |world: World| {
+            let (configured, default) = config.for_world(world);
+            configured
+                .policy(default)
+                .fetched(registry)
+                .map_err(|e| PolicyError::Fetch {
+                    context: format!("policies.{world}"),
+                    source: Box::new(e),
+                })
+        };
         Ok(Self {
-            readiness: readiness(host, &policy(World::Readiness), "policies.readiness")?,
-            launch: launch(host, &policy(World::Launch), "policies.launch")?,
-            health: health(host, &policy(World::Health), "policies.health")?,
+            readiness: readiness(host, &policy(World::Readiness)?, "policies.readiness")?,
+            launch: launch(host, &policy(World::Launch)?, "policies.launch")?,
+            health: health(host, &policy(World::Health)?, "policies.health")?,
         })
     }
 }

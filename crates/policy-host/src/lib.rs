@@ -93,6 +93,16 @@ pub enum PluginSource {
         /// The sha256 the file must have, when pinned.
         sha256: Option<String>,
     },
+    /// A component fetched from elsewhere (an OCI registry) into a local
+    /// file, named by where it came from.
+    Pulled {
+        /// Its origin, e.g. `oci://host/repo:tag@sha256:...`.
+        name: String,
+        /// The local file.
+        path: PathBuf,
+        /// The sha256 the file must have.
+        sha256: String,
+    },
 }
 
 impl PluginSource {
@@ -246,24 +256,36 @@ impl PolicyHost {
         match source {
             PluginSource::Embedded { name, bytes } => Ok((name.clone(), bytes.to_vec())),
             PluginSource::File { path, sha256 } => {
-                let bytes = std::fs::read(path).map_err(|error| PluginError::Read {
-                    path: path.clone(),
-                    error,
-                })?;
-                let name = path.display().to_string();
-                if let Some(expected) = sha256 {
-                    let actual = hex::encode(Sha256::digest(&bytes));
-                    if !actual.eq_ignore_ascii_case(expected.trim()) {
-                        return Err(PluginError::DigestMismatch {
-                            plugin: name,
-                            expected: expected.trim().to_lowercase(),
-                            actual,
-                        });
-                    }
-                }
-                Ok((name, bytes))
+                self.read_file(path.display().to_string(), path, sha256.as_deref())
+            }
+            PluginSource::Pulled { name, path, sha256 } => {
+                self.read_file(name.clone(), path, Some(sha256))
             }
         }
+    }
+
+    /// A file's bytes, checked against `sha256` when given.
+    fn read_file(
+        &self,
+        name: String,
+        path: &std::path::Path,
+        sha256: Option<&str>,
+    ) -> Result<(String, Vec<u8>), PluginError> {
+        let bytes = std::fs::read(path).map_err(|error| PluginError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        if let Some(expected) = sha256 {
+            let actual = hex::encode(Sha256::digest(&bytes));
+            if !actual.eq_ignore_ascii_case(expected.trim()) {
+                return Err(PluginError::DigestMismatch {
+                    plugin: name,
+                    expected: expected.trim().to_lowercase(),
+                    actual,
+                });
+            }
+        }
+        Ok((name, bytes))
     }
 
     /// Compiles `bytes` (or loads the cached compilation) and checks what

@@ -256,6 +256,8 @@ pub fn describe(
                 "policy": match policy.policy(default) {
                     crate::policies::PolicyRef::Builtin(name) => format!("builtin:{name}"),
                     crate::policies::PolicyRef::File { path, .. } => path.display().to_string(),
+                    crate::policies::PolicyRef::Oci(reference)
+                    | crate::policies::PolicyRef::Pulled { reference, .. } => reference,
                 },
                 "params": policy.params,
                 "interval-ms": config.node_health.interval_ms,
