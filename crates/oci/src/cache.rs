@@ -15,7 +15,9 @@ pub struct BlobCache {
 
 /// The cache could not be read or written.
 #[derive(Debug, thiserror::Error)]
-#[error("the policy cache {path}: {error} (set another with [registry] cache-dir or ORCHESTRATOR_OCI_CACHE_DIR)")]
+#[error(
+    "the policy cache {path}: {error} (set another with [registry] cache-dir or ORCHESTRATOR_OCI_CACHE_DIR)"
+)]
 pub struct CacheError {
     /// The file or directory.
     pub path: PathBuf,

@@ -55,7 +55,9 @@ pub enum CredentialsError {
         error: std::io::Error,
     },
     /// It is not a Docker config.json.
-    #[error("registry credentials {path} are not a Docker config.json ({detail}): expected {{\"auths\": {{\"HOST\": {{\"auth\": \"base64(user:password)\"}}}}}}")]
+    #[error(
+        "registry credentials {path} are not a Docker config.json ({detail}): expected {{\"auths\": {{\"HOST\": {{\"auth\": \"base64(user:password)\"}}}}}}"
+    )]
     Format {
         /// The file.
         path: PathBuf,
@@ -134,7 +136,12 @@ impl Credentials {
         };
         let mut logins = BTreeMap::new();
         for (key, entry) in config.auths.unwrap_or_default() {
-            let login = match (entry.auth, entry.username, entry.password, entry.identitytoken) {
+            let login = match (
+                entry.auth,
+                entry.username,
+                entry.password,
+                entry.identitytoken,
+            ) {
                 (Some(auth), _, _, _) if !auth.is_empty() => {
                     let decoded = base64::engine::general_purpose::STANDARD
                         .decode(auth.trim())
@@ -233,22 +240,36 @@ mod tests {
         )
         .unwrap();
         let login = c.login("127.0.0.1:5000").unwrap();
-        assert_eq!((login.username.as_str(), login.password.as_str()), ("me", "pa:ss"));
+        assert_eq!(
+            (login.username.as_str(), login.password.as_str()),
+            ("me", "pa:ss")
+        );
         assert_eq!(c.login("ghcr.io").unwrap().username, "u");
         assert!(c.login("quay.io").is_none());
-        assert!(c.advice("gcr.io").contains("credential helper"), "{}", c.advice("gcr.io"));
+        assert!(
+            c.advice("gcr.io").contains("credential helper"),
+            "{}",
+            c.advice("gcr.io")
+        );
         assert!(c.advice("quay.io").contains("has no login for quay.io"));
         assert!(!format!("{login:?}").contains("pa:ss"));
 
-        let old = Credentials::parse(&format!(r#"{{"quay.io": {{"auth": "{auth}"}}}}"#), path).unwrap();
+        let old =
+            Credentials::parse(&format!(r#"{{"quay.io": {{"auth": "{auth}"}}}}"#), path).unwrap();
         assert_eq!(old.login("quay.io").unwrap().username, "me");
     }
 
     #[test]
     fn a_malformed_file_is_named() {
-        let e = Credentials::parse(r#"{"auths": {"h": {"auth": "%%%"}}}"#, Path::new("/s/c.json"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("/s/c.json") && e.contains("auths.h.auth is not base64"), "{e}");
+        let e = Credentials::parse(
+            r#"{"auths": {"h": {"auth": "%%%"}}}"#,
+            Path::new("/s/c.json"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("/s/c.json") && e.contains("auths.h.auth is not base64"),
+            "{e}"
+        );
     }
 }

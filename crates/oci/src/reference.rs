@@ -54,7 +54,9 @@ impl fmt::Display for Digest {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ReferenceError {
     /// Not an `oci://` reference at all.
-    #[error("{0:?} is not an OCI reference: write oci://HOST[:PORT]/REPOSITORY:TAG[@sha256:DIGEST]")]
+    #[error(
+        "{0:?} is not an OCI reference: write oci://HOST[:PORT]/REPOSITORY:TAG[@sha256:DIGEST]"
+    )]
     Scheme(String),
     /// No repository after the host.
     #[error("{0:?} names no repository: write oci://HOST[:PORT]/REPOSITORY:TAG")]
@@ -63,7 +65,9 @@ pub enum ReferenceError {
     #[error("repository {0:?} is not valid: lowercase letters, digits and . _ - separated by /")]
     RepositoryName(String),
     /// A tag the distribution spec does not allow.
-    #[error("tag {0:?} is not valid: up to 128 of letters, digits, . _ - (not starting with . or -)")]
+    #[error(
+        "tag {0:?} is not valid: up to 128 of letters, digits, . _ - (not starting with . or -)"
+    )]
     Tag(String),
     /// Neither a tag nor a digest.
     #[error("{0:?} has neither a tag nor a digest: add :TAG, @sha256:DIGEST or both")]
@@ -104,10 +108,10 @@ impl Reference {
         if !valid_repository(repository) {
             return Err(ReferenceError::RepositoryName(repository.to_string()));
         }
-        if let Some(tag) = &tag {
-            if !valid_tag(tag) {
-                return Err(ReferenceError::Tag(tag.clone()));
-            }
+        if let Some(tag) = &tag
+            && !valid_tag(tag)
+        {
+            return Err(ReferenceError::Tag(tag.clone()));
         }
         if tag.is_none() && digest.is_none() {
             return Err(ReferenceError::Nothing(text.to_string()));
@@ -159,7 +163,10 @@ fn valid_repository(name: &str) -> bool {
                 && part
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-                && part.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+                && part
+                    .bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_alphanumeric())
         })
 }
 
@@ -180,13 +187,17 @@ mod tests {
 
     #[test]
     fn parses_tag_digest_and_port() {
-        let r = Reference::parse(&format!("oci://reg.example:5000/a/b-c:v1.2@sha256:{HEX}")).unwrap();
+        let r =
+            Reference::parse(&format!("oci://reg.example:5000/a/b-c:v1.2@sha256:{HEX}")).unwrap();
         assert_eq!(r.registry, "reg.example:5000");
         assert_eq!(r.repository, "a/b-c");
         assert_eq!(r.tag.as_deref(), Some("v1.2"));
         assert_eq!(r.digest.as_ref().unwrap().hex(), HEX);
         assert_eq!(r.manifest_reference(), format!("sha256:{HEX}"));
-        assert_eq!(r.to_string(), format!("oci://reg.example:5000/a/b-c:v1.2@sha256:{HEX}"));
+        assert_eq!(
+            r.to_string(),
+            format!("oci://reg.example:5000/a/b-c:v1.2@sha256:{HEX}")
+        );
         let r = Reference::parse(&format!("oci://ghcr.io/x/y@sha256:{HEX}")).unwrap();
         assert_eq!(r.tag, None);
     }

@@ -103,7 +103,9 @@ pub enum OciError {
         advice: String,
     },
     /// No such tag, digest or repository.
-    #[error("{reference}: {what} not found in the registry ({detail}); check the name, or push it with `orchestrator plugin push`")]
+    #[error(
+        "{reference}: {what} not found in the registry ({detail}); check the name, or push it with `orchestrator plugin push`"
+    )]
     NotFound {
         /// The reference.
         reference: String,
@@ -113,7 +115,9 @@ pub enum OciError {
         detail: String,
     },
     /// The registry served other bytes than pinned.
-    #[error("{reference}: {what} has digest {actual}, not the pinned {expected}: the tag was pushed again or the registry served other bytes; pin the new digest if that is intended")]
+    #[error(
+        "{reference}: {what} has digest {actual}, not the pinned {expected}: the tag was pushed again or the registry served other bytes; pin the new digest if that is intended"
+    )]
     DigestMismatch {
         /// The reference.
         reference: String,
@@ -133,7 +137,9 @@ pub enum OciError {
         detail: String,
     },
     /// A layer over the size limit.
-    #[error("{reference}: the layer is {size} bytes, over the limit of {limit} bytes ([registry] max-layer-mib); refused before downloading it")]
+    #[error(
+        "{reference}: the layer is {size} bytes, over the limit of {limit} bytes ([registry] max-layer-mib); refused before downloading it"
+    )]
     TooLarge {
         /// The reference.
         reference: String,
@@ -163,13 +169,17 @@ pub enum OciError {
         body: String,
     },
     /// A push needs a tag.
-    #[error("{0}: a push needs a tag (oci://HOST/REPOSITORY:TAG); the digest is what the push prints")]
+    #[error(
+        "{0}: a push needs a tag (oci://HOST/REPOSITORY:TAG); the digest is what the push prints"
+    )]
     PushNeedsTag(String),
     /// The local cache failed.
     #[error(transparent)]
     Cache(#[from] crate::cache::CacheError),
     /// No TLS roots on this machine.
-    #[error("cannot set up HTTPS: {0} (install the CA certificates, e.g. the ca-certificates package)")]
+    #[error(
+        "cannot set up HTTPS: {0} (install the CA certificates, e.g. the ca-certificates package)"
+    )]
     Tls(String),
 }
 
@@ -233,8 +243,13 @@ impl Registry {
                     .body(Full::new(Bytes::from(body.clone())))
             })
             .await?;
-        self.expect(reference, response, &[StatusCode::CREATED], "the manifest upload")
-            .await?;
+        self.expect(
+            reference,
+            response,
+            &[StatusCode::CREATED],
+            "the manifest upload",
+        )
+        .await?;
         Ok(reference.pinned(digest))
     }
 
@@ -242,22 +257,19 @@ impl Registry {
     /// registry needed), else from the registry, verified against the pin
     /// and the layer's digest, refused if not a policy or too large.
     pub async fn pull(&self, reference: &Reference) -> Result<Pulled, OciError> {
-        if let Some(pin) = &reference.digest {
-            if let Some((manifest, _)) = self.cache.manifest(pin)? {
-                if let Ok(layer) = manifest.wasm_layer() {
-                    if let Ok(digest) = Digest::parse(&layer.digest) {
-                        if let Some(path) = self.cache.blob(&digest)? {
-                            return Ok(Pulled {
-                                reference: reference.clone(),
-                                path,
-                                layer: digest,
-                                size: layer.size,
-                                from_cache: true,
-                            });
-                        }
-                    }
-                }
-            }
+        if let Some(pin) = &reference.digest
+            && let Some((manifest, _)) = self.cache.manifest(pin)?
+            && let Ok(layer) = manifest.wasm_layer()
+            && let Ok(digest) = Digest::parse(&layer.digest)
+            && let Some(path) = self.cache.blob(&digest)?
+        {
+            return Ok(Pulled {
+                reference: reference.clone(),
+                path,
+                layer: digest,
+                size: layer.size,
+                from_cache: true,
+            });
         }
         let scope = format!("repository:{}:pull", reference.repository);
         let bytes = match self
@@ -285,15 +297,15 @@ impl Registry {
             Err(e) => return Err(e),
         };
         let digest = Digest::of(&bytes);
-        if let Some(pin) = &reference.digest {
-            if &digest != pin {
-                return Err(OciError::DigestMismatch {
-                    reference: reference.to_string(),
-                    what: "the manifest".to_string(),
-                    expected: pin.to_string(),
-                    actual: digest.to_string(),
-                });
-            }
+        if let Some(pin) = &reference.digest
+            && &digest != pin
+        {
+            return Err(OciError::DigestMismatch {
+                reference: reference.to_string(),
+                what: "the manifest".to_string(),
+                expected: pin.to_string(),
+                actual: digest.to_string(),
+            });
         }
         let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| OciError::NotWasm {
             reference: reference.to_string(),
@@ -317,7 +329,9 @@ impl Registry {
         let path = match self.cache.blob(&layer_digest)? {
             Some(path) => path,
             None => {
-                let wasm = self.download_layer(reference, &scope, &layer_digest, layer.size).await?;
+                let wasm = self
+                    .download_layer(reference, &scope, &layer_digest, layer.size)
+                    .await?;
                 self.cache.put_blob(&layer_digest, &wasm)?
             }
         };
@@ -359,8 +373,13 @@ impl Registry {
             })
             .await?;
         let response = self.found(reference, response, &what).await?;
-        self.read_capped(reference, response, MAX_MANIFEST_BYTES as u64, "the manifest")
-            .await
+        self.read_capped(
+            reference,
+            response,
+            MAX_MANIFEST_BYTES as u64,
+            "the manifest",
+        )
+        .await
     }
 
     async fn download_layer(
@@ -396,7 +415,9 @@ impl Registry {
                 Some(location) if redirect && redirects < 5 => {
                     url = location
                         .to_str()
-                        .map_err(|_| self.protocol(reference, "a redirect to a non-text location".into()))?
+                        .map_err(|_| {
+                            self.protocol(reference, "a redirect to a non-text location".into())
+                        })?
                         .to_string();
                     redirects += 1;
                 }
@@ -404,7 +425,9 @@ impl Registry {
             }
         };
         let response = self.found(reference, response, "the layer").await?;
-        let wasm = self.read_capped(reference, response, size, "the layer").await?;
+        let wasm = self
+            .read_capped(reference, response, size, "the layer")
+            .await?;
         let actual = Digest::of(&wasm);
         if &actual != digest {
             return Err(OciError::DigestMismatch {
@@ -459,7 +482,10 @@ impl Registry {
             format!("{}{location}", self.base(reference))
         };
         put_url.push(if put_url.contains('?') { '&' } else { '?' });
-        put_url.push_str(&format!("digest={}", digest.to_string().replace(':', "%3A")));
+        put_url.push_str(&format!(
+            "digest={}",
+            digest.to_string().replace(':', "%3A")
+        ));
         let body = Bytes::copy_from_slice(bytes);
         let done = self
             .send(reference, scope, "a blob upload", || {
@@ -490,7 +516,11 @@ impl Registry {
     }
 
     fn url(&self, reference: &Reference, path: &str) -> String {
-        format!("{}/v2/{}/{path}", self.base(reference), reference.repository)
+        format!(
+            "{}/v2/{}/{path}",
+            self.base(reference),
+            reference.repository
+        )
     }
 
     fn protocol(&self, reference: &Reference, detail: String) -> OciError {
@@ -575,8 +605,14 @@ impl Registry {
         let login = self.settings.credentials.login(&reference.registry);
         let authorization = match Challenge::parse(&challenge) {
             Challenge::Bearer { realm, service } => {
-                self.token(reference, &realm, service.as_deref(), scope, login.map(|l| l.basic()))
-                    .await?
+                self.token(
+                    reference,
+                    &realm,
+                    service.as_deref(),
+                    scope,
+                    login.map(|l| l.basic()),
+                )
+                .await?
             }
             Challenge::Basic => match login {
                 Some(login) => login.basic(),
@@ -641,8 +677,9 @@ impl Registry {
         let bytes = self
             .read_capped(reference, response, MAX_MANIFEST_BYTES as u64, "a token")
             .await?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| self.protocol(reference, format!("a token answer that is not JSON ({e})")))?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            self.protocol(reference, format!("a token answer that is not JSON ({e})"))
+        })?;
         value
             .get("token")
             .or_else(|| value.get("access_token"))
@@ -679,7 +716,8 @@ impl Registry {
                 detail: code,
             });
         }
-        self.expect(reference, response, &[StatusCode::OK], what).await
+        self.expect(reference, response, &[StatusCode::OK], what)
+            .await
     }
 
     async fn expect(
@@ -736,9 +774,8 @@ impl Registry {
         let mut out = Vec::new();
         let read = async {
             while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|e| {
-                    self.protocol(reference, format!("reading {what}: {e}"))
-                })?;
+                let frame =
+                    frame.map_err(|e| self.protocol(reference, format!("reading {what}: {e}")))?;
                 if let Ok(data) = frame.into_data() {
                     if (out.len() + data.len()) as u64 > limit {
                         return Err(self.protocol(
@@ -845,6 +882,9 @@ mod tests {
                 service: Some("reg".into())
             }
         );
-        assert_eq!(encode("repository:a/b:pull,push"), "repository%3Aa%2Fb%3Apull%2Cpush");
+        assert_eq!(
+            encode("repository:a/b:pull,push"),
+            "repository%3Aa%2Fb%3Apull%2Cpush"
+        );
     }
 }

@@ -390,7 +390,9 @@ fn push(file: &Path, reference: &str, host_args: &HostArgs) -> Result<ExitCode> 
         Ok(info) => info,
         Err(e) => {
             eprintln!("error: {e}");
-            eprintln!("only policy components are pushed: check it with `orchestrator plugin check FILE`");
+            eprintln!(
+                "only policy components are pushed: check it with `orchestrator plugin check FILE`"
+            );
             return Ok(ExitCode::from(2));
         }
     };
@@ -398,7 +400,10 @@ fn push(file: &Path, reference: &str, host_args: &HostArgs) -> Result<ExitCode> 
     let component = orchestrator_oci::ComponentInfo {
         exports: info.exports.clone(),
         imports: info.imports.clone(),
-        target: Some(format!("ray-orchestrator:policy/{}@{}", info.world, info.version)),
+        target: Some(format!(
+            "ray-orchestrator:policy/{}@{}",
+            info.world, info.version
+        )),
     };
     let settings = host_args.registry.config().settings()?;
     let pushed = policies::run_blocking(async move {

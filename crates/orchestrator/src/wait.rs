@@ -66,9 +66,8 @@ pub fn run(args: WaitArgs) -> ExitCode {
         .registry
         .policy(&args.policy)
         .map(|policy| policy.pinned(args.sha256.clone()));
-    let policy = policies::host(&PluginLimits::default()).and_then(|host| {
-        policy.and_then(|policy| policies::readiness(&host, &policy, "--policy"))
-    });
+    let policy = policies::host(&PluginLimits::default())
+        .and_then(|host| policy.and_then(|policy| policies::readiness(&host, &policy, "--policy")));
     let mut policy = match policy {
         Ok(p) => p,
         Err(e) => {

@@ -117,7 +117,10 @@ impl PolicyRef {
 }
 
 /// Pulls `text` (an `oci://` reference) with `registry`'s settings.
-pub fn pull(text: &str, registry: &RegistryConfig) -> Result<orchestrator_oci::Pulled, PolicyError> {
+pub fn pull(
+    text: &str,
+    registry: &RegistryConfig,
+) -> Result<orchestrator_oci::Pulled, PolicyError> {
     let reference = orchestrator_oci::Reference::parse(text)?;
     let settings = registry.settings()?;
     let pulled = run_blocking(async move {

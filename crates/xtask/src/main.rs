@@ -170,6 +170,62 @@ fn ensure_toolchain() -> Result<()> {
     Ok(())
 }
 
+/// The CNCF distribution registry that the OCI tests start on loopback:
+/// `$ORCHESTRATOR_REGISTRY_BIN`, `docker-registry` on the PATH, or Debian's
+/// `docker-registry` package installed with apt on first use.
+fn registry_server() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("ORCHESTRATOR_REGISTRY_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let on_path = || {
+        std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join("docker-registry"))
+                .find(|bin| bin.is_file())
+        })
+    };
+    if let Some(bin) = on_path() {
+        return Ok(bin);
+    }
+    step(
+        "apt-get install docker-registry (Debian's CNCF distribution registry, for the OCI tests)",
+    );
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let apt = |args: &[&str]| {
+        let mut command = if root {
+            Command::new("apt-get")
+        } else {
+            let mut sudo = Command::new("sudo");
+            sudo.arg("apt-get");
+            sudo
+        };
+        command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        command
+    };
+    let install = [
+        "install",
+        "-y",
+        "--no-install-recommends",
+        "docker-registry",
+    ];
+    if run(&mut apt(&install)).is_err() {
+        run(&mut apt(&["update"]))?;
+        run(&mut apt(&install))?;
+    }
+    on_path()
+        .or_else(|| {
+            let bin = PathBuf::from("/usr/bin/docker-registry");
+            bin.is_file().then_some(bin)
+        })
+        .context(
+            "docker-registry is not on the PATH after installing it: set ORCHESTRATOR_REGISTRY_BIN",
+        )
+}
+
 /// The Python venv with the pinned Ray (python/requirements-ray.txt),
 /// created on first use under `~/.cache/ray-orchestrator/` and keyed by the
 /// sha256 of the requirements and the Python version, so later runs and CI
@@ -448,6 +504,18 @@ fn test() -> Result<()> {
             "--test-threads=1",
         ])
         .env("ORCHESTRATOR_POLICY_PYTHON", &policy_python))?;
+
+    let registry = registry_server()?;
+    step("policies through a real OCI registry (the CNCF distribution registry)");
+    run(workspace("test")
+        .args([
+            "--test",
+            "oci_registry",
+            "--",
+            "--include-ignored",
+            "--test-threads=1",
+        ])
+        .env("ORCHESTRATOR_REGISTRY_BIN", &registry))?;
 
     let venv = vllm_venv()?;
     let model = tiny_model(&venv)?;
