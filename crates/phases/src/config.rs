@@ -665,6 +665,25 @@ impl Config {
                 ));
             }
         }
+        if self.registry.max_layer_mib == 0 {
+            return Err(invalid(
+                "registry.max-layer-mib",
+                "is 0".into(),
+                "leave it out for 64, or give the size of your largest policy",
+            ));
+        }
+        if let Some(host) = self
+            .registry
+            .insecure
+            .iter()
+            .find(|h| h.is_empty() || h.contains('/'))
+        {
+            return Err(invalid(
+                "registry.insecure",
+                format!("holds {host:?}, not HOST[:PORT]"),
+                "name the registry as in the reference, e.g. insecure = [\"registry.local:5000\"]",
+            ));
+        }
         if let Some(url) = &self.kubernetes.api_server
             && !(url.starts_with("https://") || url.starts_with("http://"))
         {
@@ -811,6 +830,56 @@ mod tests {
             }
         }
         assert!(n >= 3, "{n} examples");
+    }
+
+    #[test]
+    fn registry_policies_are_checked_before_anything_starts() {
+        let pin = format!("sha256:{}", "a".repeat(64));
+        let c = load(
+            &format!(
+                "[policies.readiness]\noci = \"oci://reg.example/team/r:v1@{pin}\"\n[registry]\ninsecure = [\"reg.example\"]\n"
+            ),
+            &[],
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(
+            c.policies.readiness.policy("node-count"),
+            PolicyRef::Oci(format!("oci://reg.example/team/r:v1@{pin}"))
+        );
+        for (text, field, problem) in [
+            (
+                "[policies.launch]\nbuiltin = \"vllm\"\noci = \"oci://r/x:v1\"\n",
+                "policies.launch",
+                "more than one of",
+            ),
+            (
+                "[policies.health]\noci = \"r/x:v1\"\n",
+                "policies.health.oci",
+                "is not an OCI reference",
+            ),
+            (
+                "[policies.health]\noci = \"oci://r/x\"\n",
+                "policies.health.oci",
+                "neither a tag nor a digest",
+            ),
+            (
+                "[registry]\nmax-layer-mib = 0\n",
+                "registry.max-layer-mib",
+                "is 0",
+            ),
+            (
+                "[registry]\ninsecure = [\"http://r:5000\"]\n",
+                "registry.insecure",
+                "not HOST[:PORT]",
+            ),
+        ] {
+            let err = load(text, &[], &[]).expect_err(text).to_string();
+            assert!(
+                err.contains(field) && err.contains(problem),
+                "{text}: {err}"
+            );
+        }
     }
 
     #[test]
