@@ -25,6 +25,10 @@ pub struct LocalArgs {
     /// How `oci://` policies are pulled.
     #[command(flatten)]
     pub registry: crate::plugin::RegistryArgs,
+    /// On SIGTERM: how long requests in flight may take to finish (vLLM's
+    /// running and waiting counts) before vLLM is stopped; 0: at once.
+    #[arg(long, default_value_t = 30)]
+    pub drain_timeout_seconds: u64,
     /// Ray's `ray` executable.
     #[arg(long, env = "ORCHESTRATOR_RAY_BIN", default_value = "ray")]
     pub ray_bin: PathBuf,
@@ -184,6 +188,7 @@ impl LocalArgs {
             health_timeout: Duration::from_secs(5),
             generation_timeout: Duration::from_secs(60),
             stop_grace: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(self.drain_timeout_seconds),
             local_copy: orchestrator_phases::prefetch::PrefetchConfig {
                 paths: self.prefetch.clone(),
                 max_mb_per_second: 0,

@@ -291,15 +291,82 @@ fn late_worker_an_early_launched_vllm_waits_for_it_and_serves() {
         "{text}"
     );
     complete(&server).expect("serves");
+
+    // Graceful stop: a streaming completion in flight when SIGTERM arrives
+    // completes; /readyz turns false first; then vLLM and Ray stop.
+    let (first_chunk, stream) = stream_completion(server.clone(), 160);
+    first_chunk
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the stream started");
     signal(local.id() as i32, Sig::TERM);
+    wait_for(
+        "/readyz false while draining",
+        Duration::from_secs(5),
+        || !http_get(&endpoints, "/readyz").contains("200 OK"),
+    );
+    let streamed = stream.join().unwrap();
+    assert!(
+        streamed.contains("\"finish_reason\":\"length\"") && streamed.contains("data: [DONE]"),
+        "the stream in flight completed: {streamed}"
+    );
     assert!(
         wait_with_deadline(local, Duration::from_secs(120))
             .status
             .success()
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("draining: /readyz is false")
+            && text.contains("drained: every request in flight finished"),
+        "{text}"
     );
     assert_nothing_left(&[
         &format!("/tmp/ray-t{}", ports.gcs),
         &format!("127.0.0.{base}"),
         "vllm serve",
     ]);
+}
+
+/// A streaming completion of `tokens` tokens (end of sequence ignored) on
+/// a raw connection: a signal at its first chunk, and everything received
+/// until the server closed the connection.
+fn stream_completion(
+    server: String,
+    tokens: u32,
+) -> (
+    std::sync::mpsc::Receiver<()>,
+    std::thread::JoinHandle<String>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&server).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
+        let body = format!(
+            r#"{{"model":"tiny","prompt":"hello","max_tokens":{tokens},"ignore_eos":true,"temperature":0,"stream":true}}"#
+        );
+        write!(
+            stream,
+            "POST /v1/completions HTTP/1.1\r\nHost: {server}\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut received = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut signalled = false;
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            received.extend_from_slice(&buf[..n]);
+            if !signalled && received.windows(5).any(|w| w == b"data:") {
+                let _ = tx.send(());
+                signalled = true;
+            }
+        }
+        String::from_utf8_lossy(&received).into_owned()
+    });
+    (rx, handle)
 }

@@ -374,6 +374,11 @@ pub struct ServeConfig {
     pub generation_timeout_ms: u64,
     /// Seconds the server gets to drain after SIGTERM before SIGKILL.
     pub stop_grace_seconds: u64,
+    /// On a stop request, after `/readyz` turns false: how long requests
+    /// already in flight (vLLM's running and waiting counts on its
+    /// `/metrics`) may take to finish before the server is stopped, s
+    /// (0: stop at once).
+    pub drain_timeout_seconds: u64,
     /// The model's files to bring into the page cache on every node while
     /// the cluster forms.
     pub prefetch: crate::prefetch::PrefetchConfig,
@@ -395,6 +400,7 @@ impl Default for ServeConfig {
             health_timeout_ms: 5000,
             generation_timeout_ms: 60_000,
             stop_grace_seconds: 30,
+            drain_timeout_seconds: 30,
             prefetch: crate::prefetch::PrefetchConfig::default(),
         }
     }

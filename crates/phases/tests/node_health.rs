@@ -442,6 +442,7 @@ async fn the_health_loop_restarts_a_server_whose_node_turned_unhealthy_and_only_
         health_timeout: Duration::from_secs(2),
         generation_timeout: Duration::from_secs(2),
         stop_grace: Duration::from_secs(3),
+        drain_timeout: Duration::ZERO,
         local_copy: None,
     };
     let nodes: Vec<Node> = ["head", "worker"]

@@ -58,6 +58,7 @@ fn spec(port: u16, mode: &str, params: &[(&str, &str)]) -> (ServeSpec, LaunchPla
         health_timeout: Duration::from_secs(2),
         generation_timeout: Duration::from_secs(2),
         stop_grace: Duration::from_secs(3),
+        drain_timeout: Duration::ZERO,
         local_copy: None,
     };
     (spec, plan)
@@ -227,4 +228,83 @@ async fn healthy_server_is_ready_then_stops_cleanly_on_request() {
         .unwrap();
     assert_eq!(ready.status, 503, "not ready while stopping");
     endpoints.abort();
+}
+
+/// A streaming completion of `tokens` tokens over a raw connection; the
+/// text received until the server closed it.
+fn stream_completion(address: String, tokens: u32) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        let body =
+            format!(r#"{{"model":"tiny","prompt":"count","max_tokens":{tokens},"stream":true}}"#);
+        write!(
+            stream,
+            "POST /v1/completions HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut text = Vec::new();
+        let _ = stream.read_to_end(&mut text);
+        String::from_utf8_lossy(&text).into_owned()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_request_lets_the_streaming_completion_in_flight_finish() {
+    // With a drain, the stream completes; without one (the old way), the
+    // server is stopped under it.
+    for drain in [Duration::from_secs(20), Duration::ZERO] {
+        let status = Status::new();
+        let mut policy = health_policy();
+        let port = free_port();
+        let mut spec = spec(port, "ok", &[]);
+        spec.0.drain_timeout = drain;
+        let server = spec.0.probe_address.clone();
+        let (shutdown, trigger) = Shutdown::manual();
+        let status2 = Arc::clone(&status);
+        let serving = tokio::spawn(async move {
+            status2.enter(orchestrator_domain::Phase::Serve);
+            serve(&spec, &mut policy, &status2, &shutdown).await
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !status.snapshot().ready {
+            assert!(Instant::now() < deadline, "never ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // 30 tokens, 0.1 s apart: about 3 s of streaming.
+        let client = stream_completion(server.clone(), 30);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let metrics = http(&server, "GET", "/metrics", None, Duration::from_secs(1)).await;
+            if metrics.is_ok_and(|m| m.body.contains("} 1.0")) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the completion never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let asked = Instant::now();
+        trigger.request();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!status.snapshot().ready, "/readyz false at once");
+        assert_eq!(serving.await.unwrap(), ServeOutcome::Stopped);
+        let stopped_after = asked.elapsed();
+        let text = client.join().unwrap();
+        assert_eq!(stand_ins_on(port), 0, "no server left");
+        if drain.is_zero() {
+            assert!(
+                !text.contains("[DONE]") && stopped_after < Duration::from_secs(2),
+                "without a drain the stream is cut ({stopped_after:?}): {text}"
+            );
+        } else {
+            assert!(
+                text.contains("\"text\": \" t29\"") && text.contains("data: [DONE]"),
+                "the whole stream arrived: {text}"
+            );
+            assert!(
+                stopped_after > Duration::from_secs(1),
+                "the server was stopped only after the stream ({stopped_after:?})"
+            );
+        }
+    }
 }

@@ -143,6 +143,72 @@ impl<'a> HealthLoop<'a> {
 
     /// Stops the current server: SIGTERM, then SIGKILL after the grace, or
     /// at once when a second stop request forces it.
+    /// After a stop request, with `/readyz` already false: lets the
+    /// requests in flight finish (vLLM's running and waiting counts at 0)
+    /// for up to the drain timeout. Ends at once when there is nothing to
+    /// wait for: no drain configured, no server, a server that is not
+    /// vLLM (no such counts), its exit, or a second signal.
+    async fn drain(&mut self) {
+        let limit = self.spec.drain_timeout;
+        if limit.is_zero() || self.server.exited.is_some() {
+            return;
+        }
+        let Some(process) = self.server.process.as_mut() else {
+            return;
+        };
+        let address = self.spec.probe_address.clone();
+        let started = Instant::now();
+        let mut announced = false;
+        loop {
+            let in_flight = probe::requests_in_flight(&address, Duration::from_secs(2)).await;
+            match in_flight {
+                Ok(0) => {
+                    if announced {
+                        tracing::info!(
+                            seconds = started.elapsed().as_secs_f64(),
+                            "drained: every request in flight finished"
+                        );
+                    }
+                    return;
+                }
+                Ok(n) if started.elapsed() >= limit => {
+                    tracing::warn!(
+                        in_flight = n,
+                        "the drain timeout ({} s) passed with requests in flight; stopping the server",
+                        limit.as_secs()
+                    );
+                    return;
+                }
+                Ok(n) => {
+                    if !announced {
+                        tracing::info!(
+                            in_flight = n,
+                            "draining: /readyz is false, waiting up to {} s for the requests in flight",
+                            limit.as_secs()
+                        );
+                        announced = true;
+                    }
+                }
+                Err(e) => {
+                    tracing::info!("not draining: cannot count the requests in flight ({e})");
+                    return;
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                how = process.wait() => {
+                    tracing::warn!(code = ?how.code, signal = ?how.signal, "the server exited while draining");
+                    self.server.exited = Some(how);
+                    return;
+                }
+                () = self.ctx.shutdown.forced() => {
+                    tracing::warn!("a second stop request: not draining any longer");
+                    return;
+                }
+            }
+        }
+    }
+
     async fn stop_server(&mut self) {
         if let Some(s) = self.server.process.as_mut() {
             tokio::select! {
@@ -464,6 +530,7 @@ pub async fn supervise_prelaunched(
         let evaluate = tokio::select! {
             () = ctx.shutdown.requested() => {
                 ctx.status.unready();
+                state.drain().await;
                 state.stop_server().await;
                 return ServeOutcome::Stopped;
             }

@@ -45,6 +45,9 @@ pub struct ServeSpec {
     pub generation_timeout: Duration,
     /// Between SIGTERM and SIGKILL when the server is stopped.
     pub stop_grace: Duration,
+    /// On a stop request: how long in-flight requests may take to finish
+    /// before the server is stopped (zero: no drain).
+    pub drain_timeout: Duration,
     /// The local copy of `settings.model` that the prefetch makes on every
     /// node (`[serve.prefetch] copy-to`, when `paths` is the model's
     /// directory): served from where every serving node completed it.
@@ -65,6 +68,7 @@ impl ServeSpec {
             health_timeout: ms(serve.health_timeout_ms),
             generation_timeout: ms(serve.generation_timeout_ms),
             stop_grace: Duration::from_secs(serve.stop_grace_seconds),
+            drain_timeout: Duration::from_secs(serve.drain_timeout_seconds),
             local_copy: serve
                 .prefetch
                 .local_copy_of(serve.model.as_deref().unwrap_or_default()),

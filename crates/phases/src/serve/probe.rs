@@ -137,3 +137,72 @@ pub async fn generation(address: &str, model: &str, timeout: Duration) -> ProbeR
         Err(e) => result(false, None, started, Some(e)),
     }
 }
+
+/// Requests the server holds: the sum of vLLM's `vllm:num_requests_running`
+/// and `vllm:num_requests_waiting` gauges on `GET /metrics` (every engine
+/// and model label). An error when `/metrics` cannot be read or has
+/// neither gauge (a server that is not vLLM: nothing to wait for).
+pub async fn requests_in_flight(address: &str, timeout: Duration) -> Result<u64, String> {
+    let answer = http(address, "GET", "/metrics", None, timeout).await?;
+    if answer.status != 200 {
+        return Err(format!("/metrics answered {}", answer.status));
+    }
+    in_flight_of(&answer.body).ok_or_else(|| {
+        "/metrics has no vllm:num_requests_running or vllm:num_requests_waiting".to_string()
+    })
+}
+
+/// [`requests_in_flight`] of a Prometheus text exposition.
+pub fn in_flight_of(metrics: &str) -> Option<u64> {
+    let mut found = false;
+    let mut total = 0.0;
+    for line in metrics.lines() {
+        let line = line.trim();
+        if line.starts_with('#') {
+            continue;
+        }
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let name = &line[..name_end];
+        if name != "vllm:num_requests_running" && name != "vllm:num_requests_waiting" {
+            continue;
+        }
+        // The value follows the labels (which may hold spaces in quotes).
+        let rest = match line[name_end..].strip_prefix('{') {
+            Some(labels) => labels.rsplit_once('}').map_or("", |(_, v)| v),
+            None => &line[name_end..],
+        };
+        if let Some(value) = rest
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+        {
+            found = true;
+            if value.is_finite() && value > 0.0 {
+                total += value;
+            }
+        }
+    }
+    found.then_some(total.round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_flight_sums_running_and_waiting_over_engines() {
+        let text = "# HELP vllm:num_requests_running Number of requests in model execution batches.\n\
+# TYPE vllm:num_requests_running gauge\n\
+vllm:num_requests_running{engine=\"0\",model_name=\"tiny model\"} 2.0\n\
+vllm:num_requests_running{engine=\"1\",model_name=\"tiny model\"} 1.0\n\
+vllm:num_requests_waiting{engine=\"0\",model_name=\"tiny model\"} 3.0\n\
+vllm:num_requests_waiting_by_reason{engine=\"0\",reason=\"capacity\"} 9.0\n\
+vllm:num_preemptions_total{engine=\"0\"} 7.0\n";
+        assert_eq!(in_flight_of(text), Some(6));
+        assert_eq!(
+            in_flight_of("vllm:num_requests_running 0\nvllm:num_requests_waiting 0\n"),
+            Some(0)
+        );
+        assert_eq!(in_flight_of("process_cpu_seconds_total 3.5\n"), None);
+    }
+}
