@@ -3,10 +3,13 @@
 
 fn main() {
     println!("cargo:rerun-if-changed=proto");
-    let fds = match protox::compile(["proto/gcs_subset.proto"], ["proto"]) {
+    let fds = match protox::compile(
+        ["proto/gcs_subset.proto", "proto/autoscaler_subset.proto"],
+        ["proto"],
+    ) {
         Ok(fds) => fds,
         Err(e) => {
-            println!("cargo:warning=cannot compile proto/gcs_subset.proto: {e}");
+            println!("cargo:warning=cannot compile the protos under proto/: {e}");
             std::process::exit(1);
         }
     };

@@ -35,6 +35,11 @@ pub struct ClusterConfig {
     pub groups: Vec<GroupConfig>,
     /// Seconds the wait phase may take.
     pub wait_timeout_seconds: u64,
+    /// Ask Ray's autoscaler (through the GCS, as
+    /// `ray.autoscaler.sdk.request_resources` does) for the expected
+    /// workers' capacity while waiting, so that worker groups that start
+    /// below it (`minReplicas: 0`) are scaled up instead of waited for.
+    pub request_resources: bool,
 }
 
 impl Default for ClusterConfig {
@@ -45,6 +50,7 @@ impl Default for ClusterConfig {
             min_gpus_per_node: 0.0,
             groups: vec![],
             wait_timeout_seconds: 600,
+            request_resources: false,
         }
     }
 }

@@ -89,6 +89,7 @@ pub fn run(args: WaitArgs) -> ExitCode {
         diagnostics: vec![],
         facts: None,
         status: None,
+        request_resources: false,
     };
     let runtime = match crate::runtime(0) {
         Ok(rt) => rt,

@@ -40,6 +40,58 @@ pub trait MembershipSource: Send + Sync + std::fmt::Debug {
     fn health_store(&self) -> Option<Arc<dyn HealthStore>> {
         None
     }
+
+    /// Where capacity is asked of the cluster's autoscaler, when this
+    /// source has one.
+    fn capacity_requests(&self) -> Option<Arc<dyn CapacityRequests>> {
+        None
+    }
+}
+
+/// Capacity asked of a cluster's autoscaler.
+pub trait CapacityRequests: Send + Sync + std::fmt::Debug {
+    /// Asks for room for every bundle at once (replacing the last
+    /// request); `[]` withdraws it.
+    fn request<'a>(&'a self, bundles: &'a [Bundle]) -> StoreCall<'a, ()>;
+}
+
+/// One bundle of resources, e.g. `{"GPU": 1.0}`.
+pub use orchestrator_ray_gcs::Bundle;
+
+/// Capacity requests through a Ray GCS (both autoscaler versions).
+#[derive(Debug)]
+pub struct GcsCapacityRequests {
+    address: String,
+    client: tokio::sync::OnceCell<orchestrator_ray_gcs::GcsClient>,
+}
+
+impl GcsCapacityRequests {
+    /// Requests through the GCS at `address`; connects on first use.
+    pub fn new(address: impl Into<String>) -> Self {
+        Self {
+            address: address.into(),
+            client: tokio::sync::OnceCell::new(),
+        }
+    }
+}
+
+impl CapacityRequests for GcsCapacityRequests {
+    fn request<'a>(&'a self, bundles: &'a [Bundle]) -> StoreCall<'a, ()> {
+        Box::pin(async move {
+            let client = self
+                .client
+                .get_or_try_init(|| async {
+                    orchestrator_ray_gcs::GcsClient::connect(&self.address, Duration::from_secs(2))
+                        .await
+                        .map_err(|e| e.to_string())
+                })
+                .await?;
+            client
+                .request_resources(bundles)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
 }
 
 /// A future of a [`HealthStore`] call.
@@ -207,5 +259,9 @@ impl MembershipSource for RayGcs {
 
     fn health_store(&self) -> Option<Arc<dyn HealthStore>> {
         Some(Arc::new(GcsHealthStore::new(self.address.clone())))
+    }
+
+    fn capacity_requests(&self) -> Option<Arc<dyn CapacityRequests>> {
+        Some(Arc::new(GcsCapacityRequests::new(self.address.clone())))
     }
 }

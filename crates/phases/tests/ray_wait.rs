@@ -93,6 +93,7 @@ fn spec(base: u8, port: u16, nodes: u32, timeout: Duration) -> WaitSpec {
         diagnostics: vec![],
         facts: None,
         status: None,
+        request_resources: false,
     }
 }
 
@@ -223,4 +224,64 @@ async fn wrong_gcs_address_fails_at_the_deadline_naming_it() {
         text.contains("Connection refused"),
         "names the last error: {text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Ray 2.60: run by `cargo xtask test`"]
+async fn the_expected_workers_are_asked_of_rays_autoscaler_while_waiting() {
+    let _ = become_subreaper();
+    let cleanup = GroupGuard::default();
+    let (base, port) = (56, free_port());
+    let head = start(&cleanup, base, port, 0).await;
+    let address = format!("127.0.0.{base}:{port}");
+    // Two GPU workers expected (a group starting from zero replicas): the
+    // wait asks for them instead of only waiting.
+    let mut spec = spec(base, port, 3, Duration::from_secs(4));
+    spec.expected.groups = vec![orchestrator_domain::NodeGroup {
+        name: "gpu-group".into(),
+        replicas: 2,
+        cpus_per_node: 0.0,
+        gpus_per_node: 1.0,
+    }];
+    spec.request_resources = true;
+    let mut policy = node_count_policy();
+    let waited = wait_for_cluster(&spec, &mut policy).await;
+    assert!(waited.is_err(), "no worker came: the wait times out");
+
+    let gcs = orchestrator_ray_gcs::GcsClient::connect(&address, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let gpu = |n: f64| std::collections::BTreeMap::from([("GPU".to_string(), n)]);
+    // What autoscaler v2 reads: the GCS's cluster resource constraint.
+    assert_eq!(
+        gcs.requested_resources().await.unwrap(),
+        vec![gpu(1.0), gpu(1.0)]
+    );
+    // What autoscaler v1 reads, read the way its monitor does (Ray's own
+    // GCS client, the internal KV key, no namespace).
+    let python = std::path::Path::new(&ray_bin()).with_file_name("python");
+    let read_v1 = || {
+        let out = std::process::Command::new(&python)
+            .args([
+                "-c",
+                &format!(
+                    "import json, ray._raylet as r; v = r.GcsClient(address='{address}').internal_kv_get(b'autoscaler_resource_request', None); print(json.dumps(json.loads(v)))"
+                ),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(read_v1(), r#"[{"GPU": 1.0}, {"GPU": 1.0}]"#);
+
+    // Withdrawn (what the lifecycle does at stop).
+    gcs.request_resources(&[]).await.unwrap();
+    assert!(gcs.requested_resources().await.unwrap().is_empty());
+    assert_eq!(read_v1(), "[]");
+    stop_all(&[&head]).await;
 }

@@ -25,7 +25,22 @@ mod watch;
 )]
 pub mod proto {
     tonic::include_proto!("ray.rpc");
+
+    /// The autoscaler state service (`ray.rpc.autoscaler`), a subset.
+    #[allow(
+        missing_docs,
+        clippy::all,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )]
+    pub mod autoscaler {
+        tonic::include_proto!("ray.rpc.autoscaler");
+    }
 }
+
+mod autoscaler;
+pub use autoscaler::{Bundle, RESOURCE_REQUEST_KEY};
 
 pub use convert::node_from_proto;
 pub use orchestrator_domain::{ClusterView, MembershipChange, MembershipUpdate, UpdateSource};

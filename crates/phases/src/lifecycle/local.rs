@@ -181,6 +181,7 @@ impl Plan {
                 },
                 timeout: cluster.timeout,
                 params: cluster.readiness_params.clone(),
+                request_resources: false,
             }),
             after_ready: match (&cluster.serve, cluster.exit_when_ready) {
                 (Some(_), _) => AfterReady::Serve,

@@ -212,6 +212,21 @@ impl Lifecycle {
         // worker on its way out) would count as unknown, hence usable, and
         // could make the head's readiness decision. The head's GCS stops
         // with it, so the head withdraws first.
+        // The capacity asked of the autoscaler is withdrawn while the GCS
+        // still answers.
+        if self.plan.wait.as_ref().is_some_and(|w| w.request_resources)
+            && let Some(requests) = self.plan.membership.capacity_requests()
+        {
+            match tokio::time::timeout(Duration::from_secs(5), requests.request(&[])).await {
+                Ok(Ok(())) => tracing::info!("withdrew the capacity asked of Ray's autoscaler"),
+                Ok(Err(e)) => {
+                    tracing::warn!("cannot withdraw the capacity asked of Ray's autoscaler: {e}")
+                }
+                Err(_) => {
+                    tracing::warn!("withdrawing the capacity asked of Ray's autoscaler timed out")
+                }
+            }
+        }
         let mut reporter = self.reporter.take();
         if self.plan.wait.is_some()
             && let Some(r) = reporter.take()
@@ -374,6 +389,7 @@ impl Lifecycle {
             facts,
             status: Some(Arc::clone(&status)),
             health: self.board.clone(),
+            request_resources: plan.request_resources,
         };
         let waiting = wait_for_cluster(&spec, &mut policies.readiness);
         tokio::pin!(waiting);

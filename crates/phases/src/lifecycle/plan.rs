@@ -36,6 +36,8 @@ pub struct WaitPlan {
     pub timeout: Duration,
     /// The readiness policy's parameters.
     pub params: Vec<KeyValue>,
+    /// Ask Ray's autoscaler for the expected workers while waiting.
+    pub request_resources: bool,
 }
 
 /// What the head does once the cluster is ready.
@@ -156,6 +158,7 @@ impl Plan {
                 expected: config.cluster.topology(),
                 timeout: Duration::from_secs(config.cluster.wait_timeout_seconds),
                 params: config.policies.readiness.params(),
+                request_resources: config.cluster.request_resources,
             }),
             after_ready: if serve.is_some() {
                 AfterReady::Serve

@@ -8,6 +8,8 @@
 //! changes; `ready` ends the phase; `fail(reason)`, a failing policy or the
 //! deadline end it with a diagnosis.
 
+pub mod capacity;
+
 use crate::endpoints::Status;
 use crate::membership::MembershipSource;
 use crate::node_health::Board;
@@ -43,6 +45,10 @@ pub struct WaitSpec {
     /// judged unhealthy does not count toward readiness (the snapshot's
     /// nodes carry their health). Each change is a new snapshot.
     pub health: Option<tokio::sync::watch::Receiver<Arc<Board>>>,
+    /// Ask the source's autoscaler for the expected workers' capacity
+    /// ([`capacity::bundles_for`]), again whenever the expected topology
+    /// changes; the request outlives the wait (withdrawn at stop).
+    pub request_resources: bool,
 }
 
 /// The cluster is ready.
@@ -458,6 +464,14 @@ pub async fn wait_for_cluster(
         },
     };
     let mut health_rx = spec.health.clone();
+    let capacity = spec
+        .request_resources
+        .then(|| spec.source.capacity_requests())
+        .flatten()
+        .map(capacity::Follower::spawn);
+    if let Some(c) = &capacity {
+        c.ask(&waiter.seen.expected);
+    }
     loop {
         let mut wake = waiter.deadline.min(Instant::now() + REEVALUATE);
         if let Some(until) = waiter.seen.pending_until {
@@ -488,6 +502,9 @@ pub async fn wait_for_cluster(
                 (true, Some(rx)) => {
                     let facts = rx.borrow_and_update().clone();
                     waiter.seen.set_facts(facts, &spec.expected);
+                    if let Some(c) = &capacity {
+                        c.ask(&waiter.seen.expected);
+                    }
                 }
                 // The watcher ended: keep its last facts, stop listening.
                 _ => facts_rx = None,
