@@ -234,6 +234,11 @@ impl Lifecycle {
             r.withdraw().await;
         }
         let stopped = nodes.stop(self.plan.stop_grace).await;
+        // vLLM's CPU workers (Ray actors) leave shared-memory segments;
+        // once Ray is gone, none is mapped any longer.
+        crate::serve::shm::remove_orphaned_segments(std::path::Path::new(
+            crate::serve::shm::SHM_DIR,
+        ));
         if let Some(r) = reporter {
             r.withdraw().await;
         }
