@@ -78,12 +78,23 @@ impl ClusterConfig {
     }
 
     /// The expected topology a platform reports, with every field this
-    /// configuration sets explicitly taking precedence.
+    /// configuration sets explicitly taking precedence. Configured groups
+    /// are the layout: the node count and GPUs then follow from them
+    /// (unless set too), not from the platform.
     pub fn merge(&self, from_platform: Topology) -> Topology {
+        let own = (!self.groups.is_empty()).then(|| self.topology());
         Topology {
-            nodes: self.nodes.unwrap_or(from_platform.nodes),
+            nodes: self
+                .nodes
+                .or(own.as_ref().map(|t| t.nodes))
+                .unwrap_or(from_platform.nodes),
             gpus: if self.gpus > 0.0 {
                 self.gpus
+            } else if let Some(t) = &own {
+                t.groups
+                    .iter()
+                    .map(|g| f64::from(g.replicas) * g.gpus_per_node)
+                    .sum()
             } else {
                 from_platform.gpus
             },

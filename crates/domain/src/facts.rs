@@ -22,6 +22,10 @@ pub struct ExternalFacts {
     /// Other findings, each one line (a group short of pods, an API error
     /// naming the missing permission).
     pub notes: Vec<String>,
+    /// The platform scales the workers with Ray's autoscaler (a RayCluster
+    /// with `enableInTreeAutoscaling`): workers come when Ray sees demand,
+    /// so the head asks for the expected ones.
+    pub autoscaling: bool,
 }
 
 /// One pod that should become a Ray worker node.
@@ -87,6 +91,7 @@ mod tests {
                 },
             ],
             notes: vec!["group gpu: 2 of 3 pods exist".into()],
+            autoscaling: false,
         };
         let nodes = vec![Node {
             address: "10.0.0.7".into(),

@@ -53,6 +53,10 @@ pub struct RayClusterSpec {
     /// A suspended cluster has no pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspend: Option<bool>,
+    /// KubeRay runs Ray's autoscaler beside the head, which sets the
+    /// groups' `replicas` from Ray's demand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_in_tree_autoscaling: Option<bool>,
 }
 
 /// `spec.headGroupSpec`.

@@ -91,10 +91,24 @@ impl State {
                 .flatten()
                 .map(|e| format!("kubernetes: {e}")),
         );
+        let autoscaled = cluster
+            .as_ref()
+            .filter(|c| c.spec.enable_in_tree_autoscaling == Some(true));
+        if let Some(c) = autoscaled
+            && config.nodes.is_none()
+            && config.groups.is_empty()
+        {
+            notes.push(format!(
+                "RayCluster {} scales its workers with Ray's autoscaler: its replicas are what Ray asked for so far, not the layout to wait for; set [cluster] nodes and [[cluster.groups]] to the workers vLLM needs (the head asks the autoscaler for them)",
+                c.metadata.name.as_deref().unwrap_or("?")
+            ));
+        }
+        let autoscaling = autoscaled.is_some();
         ExternalFacts {
             expected: cluster.map(|c| config.merge(c.spec.topology())),
             members,
             notes,
+            autoscaling,
         }
     }
 }

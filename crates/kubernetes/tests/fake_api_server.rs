@@ -120,6 +120,54 @@ async fn a_scale_up_during_the_wait_updates_the_expectation() {
 }
 
 #[tokio::test]
+async fn a_raycluster_scaled_by_rays_autoscaler_is_reported_as_such() {
+    // minReplicas 0 and no worker yet: replicas (0) are not the layout.
+    let mut cluster = fixture("raycluster.json");
+    cluster["spec"]["enableInTreeAutoscaling"] = json!(true);
+    cluster["spec"]["workerGroupSpecs"][0]["replicas"] = json!(0);
+    cluster["spec"]["workerGroupSpecs"][0]["minReplicas"] = json!(0);
+    let server = FakeApiServer::start(vec![cluster, fixture("pod-head.json")])
+        .await
+        .expect("fake API server");
+    let context = connect(&settings(&server)).await.expect("connect");
+    let facts = watch_cluster(&context, ClusterConfig::default()).await;
+    let f = facts.borrow().clone();
+    assert!(f.autoscaling);
+    assert_eq!(f.expected.as_ref().map(|t| t.nodes), Some(1));
+    assert!(
+        f.notes.iter().any(|n| n
+            .contains("RayCluster vllm-llama scales its workers with Ray's autoscaler")
+            && n.contains("set [cluster] nodes and [[cluster.groups]]")),
+        "{:?}",
+        f.notes
+    );
+    // With the layout configured, it is the expectation and no note is due.
+    let layout = ClusterConfig {
+        groups: vec![orchestrator_domain::GroupConfig {
+            name: "gpu-group".into(),
+            replicas: 2,
+            cpus_per_node: 4.0,
+            gpus_per_node: 1.0,
+        }],
+        ..ClusterConfig::default()
+    };
+    let facts = watch_cluster(&context, layout).await;
+    let f = facts.borrow().clone();
+    assert!(f.autoscaling);
+    assert_eq!(f.expected.as_ref().map(|t| t.nodes), Some(3));
+    assert!(
+        !f.notes.iter().any(|n| n.contains("autoscaler")),
+        "{:?}",
+        f.notes
+    );
+    // Without autoscaling (the other tests' RayCluster) the flag is off.
+    let plain = cluster_with(&[]).await;
+    let context = connect(&settings(&plain)).await.expect("connect");
+    let facts = watch_cluster(&context, ClusterConfig::default()).await;
+    assert!(!facts.borrow().autoscaling);
+}
+
+#[tokio::test]
 async fn a_pending_worker_is_diagnosed_with_the_scheduler_message() {
     let server = cluster_with(&["pod-worker-running.json", "pod-worker-unschedulable.json"]).await;
     let context = connect(&settings(&server)).await.expect("connect");

@@ -94,6 +94,8 @@ pub struct Lifecycle {
     board: Option<watch::Receiver<Arc<Board>>>,
     status: Arc<Status>,
     on_ready: Option<ReadyHook>,
+    /// Capacity was asked of Ray's autoscaler (withdrawn at stop).
+    capacity_asked: bool,
 }
 
 /// What the wait phase ended with.
@@ -113,6 +115,7 @@ impl Lifecycle {
             node_health_policy: None,
             reporter: None,
             board: None,
+            capacity_asked: false,
             status: Status::new(),
             on_ready: None,
         }
@@ -214,7 +217,7 @@ impl Lifecycle {
         // with it, so the head withdraws first.
         // The capacity asked of the autoscaler is withdrawn while the GCS
         // still answers.
-        if self.plan.wait.as_ref().is_some_and(|w| w.request_resources)
+        if self.capacity_asked
             && let Some(requests) = self.plan.membership.capacity_requests()
         {
             match tokio::time::timeout(Duration::from_secs(5), requests.request(&[])).await {
@@ -385,6 +388,10 @@ impl Lifecycle {
         // The early launch follows the expected topology as the platform
         // reports it.
         let mut expected_changes = facts.clone();
+        // A RayCluster scaled by Ray's autoscaler gets its workers only
+        // once Ray sees demand: the head asks for them.
+        let autoscaled = facts.as_ref().is_some_and(|f| f.borrow().autoscaling);
+        self.capacity_asked = plan.request_resources || autoscaled;
         let spec = WaitSpec {
             source: Arc::clone(&self.plan.membership),
             expected: plan.expected.clone(),
@@ -394,7 +401,7 @@ impl Lifecycle {
             facts,
             status: Some(Arc::clone(&status)),
             health: self.board.clone(),
-            request_resources: plan.request_resources,
+            request_resources: self.capacity_asked,
         };
         let waiting = wait_for_cluster(&spec, &mut policies.readiness);
         tokio::pin!(waiting);
