@@ -38,9 +38,15 @@ impl BlobCache {
 
     /// The blob's file if present and intact (a damaged one is removed).
     pub fn blob(&self, digest: &Digest) -> Result<Option<PathBuf>, CacheError> {
+        Ok(self.verified(digest)?.map(|(path, _)| path))
+    }
+
+    /// The blob's file and bytes if present and intact (a damaged one is
+    /// removed).
+    fn verified(&self, digest: &Digest) -> Result<Option<(PathBuf, Vec<u8>)>, CacheError> {
         let path = self.path(digest);
         match std::fs::read(&path) {
-            Ok(bytes) if &Digest::of(&bytes) == digest => Ok(Some(path)),
+            Ok(bytes) if &Digest::of(&bytes) == digest => Ok(Some((path, bytes))),
             Ok(_) => {
                 tracing::warn!(path = %path.display(), "a damaged cached blob was removed");
                 let _ = std::fs::remove_file(&path);
@@ -53,13 +59,9 @@ impl BlobCache {
 
     /// A cached manifest and its bytes.
     pub fn manifest(&self, digest: &Digest) -> Result<Option<(Manifest, Vec<u8>)>, CacheError> {
-        let Some(path) = self.blob(digest)? else {
+        let Some((_, bytes)) = self.verified(digest)? else {
             return Ok(None);
         };
-        let bytes = std::fs::read(&path).map_err(|error| CacheError {
-            path: path.clone(),
-            error,
-        })?;
         Ok(serde_json::from_slice(&bytes).ok().map(|m| (m, bytes)))
     }
 

@@ -395,18 +395,10 @@ impl Registry {
             // Registries may redirect blobs to object storage: followed
             // without the registry's credentials.
             let response = if redirects == 0 {
-                self.send(reference, scope, "the layer", || {
-                    Request::builder()
-                        .method(Method::GET)
-                        .uri(&url)
-                        .body(Full::new(Bytes::new()))
-                })
-                .await?
+                self.send(reference, scope, "the layer", || empty(Method::GET, &url))
+                    .await?
             } else {
-                let request = Request::builder()
-                    .method(Method::GET)
-                    .uri(&url)
-                    .body(Full::new(Bytes::new()))
+                let request = empty(Method::GET, &url)
                     .map_err(|e| self.protocol(reference, e.to_string()))?;
                 self.request(reference, "the layer", request).await?
             };
@@ -450,10 +442,7 @@ impl Registry {
         let head_url = self.url(reference, &format!("blobs/{digest}"));
         let head = self
             .send(reference, scope, "a blob check", || {
-                Request::builder()
-                    .method(Method::HEAD)
-                    .uri(&head_url)
-                    .body(Full::new(Bytes::new()))
+                empty(Method::HEAD, &head_url)
             })
             .await?;
         if head.status() == StatusCode::OK {
@@ -462,10 +451,7 @@ impl Registry {
         let start_url = self.url(reference, "blobs/uploads/");
         let started = self
             .send(reference, scope, "a blob upload", || {
-                Request::builder()
-                    .method(Method::POST)
-                    .uri(&start_url)
-                    .body(Full::new(Bytes::new()))
+                empty(Method::POST, &start_url)
             })
             .await?;
         let started = self
@@ -797,6 +783,14 @@ impl Registry {
             }),
         }
     }
+}
+
+/// A request without a body.
+fn empty(method: Method, uri: &str) -> Result<Request<Full<Bytes>>, hyper::http::Error> {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Full::new(Bytes::new()))
 }
 
 /// A `WWW-Authenticate` challenge.

@@ -376,9 +376,8 @@ fn push(file: &Path, reference: &str, host_args: &HostArgs) -> Result<ExitCode> 
         }
     };
     if reference.tag.is_none() {
-        eprintln!(
-            "error: {reference}: a push needs a tag (oci://HOST/REPOSITORY:TAG); the digest is what the push prints"
-        );
+        let refused = orchestrator_oci::OciError::PushNeedsTag(reference.to_string());
+        eprintln!("error: {refused}");
         return Ok(ExitCode::from(2));
     }
     let host = PolicyHost::new(host_args.host_config())?;

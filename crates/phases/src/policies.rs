@@ -122,12 +122,13 @@ pub fn pull(
     registry: &RegistryConfig,
 ) -> Result<orchestrator_oci::Pulled, PolicyError> {
     let reference = orchestrator_oci::Reference::parse(text)?;
+    let pinned = reference.digest.is_some();
     let settings = registry.settings()?;
     let pulled = run_blocking(async move {
         let client = orchestrator_oci::Registry::new(settings)?;
         client.pull(&reference).await
     })?;
-    if text.contains("@sha256:") {
+    if pinned {
         tracing::info!(policy = %text, layer = %pulled.layer, cached = pulled.from_cache, "policy pulled");
     } else {
         tracing::warn!(
