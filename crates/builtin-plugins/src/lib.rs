@@ -7,8 +7,8 @@
 pub struct Builtin {
     /// The name a configuration uses (`builtin:<name>` on the command line).
     pub name: &'static str,
-    /// The world it implements: `readiness`, `launch`, `health` or
-    /// `node-health`.
+    /// The world it implements: `readiness`, `launch`, `health`,
+    /// `node-health` or `scale`.
     pub world: &'static str,
     /// One line on what it does.
     pub summary: &'static str,
@@ -41,6 +41,12 @@ pub const BUILTINS: &[Builtin] = &[
         world: "node-health",
         summary: "unhealthy on fatal XIDs, uncorrectable ECC, missing GPUs, failed remaps, a dead raylet; degraded on throttling, a full temp dir, a small /dev/shm",
         wasm: include_bytes!(env!("BUILTIN_NODE_HEALTH_DEFAULT_WASM")),
+    },
+    Builtin {
+        name: "default",
+        world: "scale",
+        summary: "replicas for the load: requests per replica against a target, KV-cache pressure; up at once, down after a full window of less",
+        wasm: include_bytes!(env!("BUILTIN_SCALE_DEFAULT_WASM")),
     },
 ];
 

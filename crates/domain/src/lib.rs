@@ -13,12 +13,14 @@
 //! - [`lifecycle`]: roles, phases and the events a platform records.
 //! - [`node_health`]: a node's own readings and verdict, and the report
 //!   it publishes for the head.
+//! - [`scale`]: serving load samples, a scale policy's input and answer.
 
 pub mod expected;
 pub mod facts;
 pub mod lifecycle;
 pub mod membership;
 pub mod node_health;
+pub mod scale;
 pub mod types;
 
 pub use expected::{ClusterConfig, GroupConfig};
@@ -29,4 +31,5 @@ pub use node_health::{
     GpuReading, HealthReport, LocalCopy, NodeHealth, NodeHealthState, NodeReadings, NodeVerdict,
     ThrottleReason, XidEvent,
 };
+pub use scale::{LoadSample, ScaleInput, ScaleInputError, ScaleRecommendation};
 pub use types::*;

@@ -20,6 +20,7 @@ pub const BUILTIN_GUESTS: &[&str] = &[
     "launch-vllm",
     "health-default",
     "node-health-default",
+    "scale-default",
 ];
 
 /// The test guests (`crates/test-plugins/guests/`) and the example policy.

@@ -389,9 +389,47 @@ pub fn topology_from_yaml(text: &str) -> Result<Topology, ManifestError> {
     Err(ManifestError::Missing)
 }
 
+/// The label AIBrix's gateway routes a model by.
+pub const AIBRIX_MODEL_LABEL: &str = "model.aibrix.ai/name";
+
+/// The model name AIBrix's gateway routes to the head pods of the first
+/// RayClusterFleet in a manifest: the `model.aibrix.ai/name` label of its
+/// head pod template (what the gateway matches), else of its cluster
+/// template, else of the fleet. None without a fleet or the label.
+pub fn aibrix_model_label(text: &str) -> Option<String> {
+    use serde::Deserialize;
+    for document in serde_yaml::Deserializer::from_str(text) {
+        let Ok(value) = serde_json::Value::deserialize(document) else {
+            continue;
+        };
+        if value["kind"].as_str() != Some("RayClusterFleet") {
+            continue;
+        }
+        let template = &value["spec"]["template"];
+        return [
+            &template["spec"]["headGroupSpec"]["template"]["metadata"]["labels"],
+            &template["metadata"]["labels"],
+            &value["metadata"]["labels"],
+        ]
+        .into_iter()
+        .find_map(|labels| labels[AIBRIX_MODEL_LABEL].as_str())
+        .map(str::to_string);
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gateway_label_comes_from_the_head_pods_first() {
+        let fleet = "kind: RayClusterFleet\nmetadata:\n  labels:\n    model.aibrix.ai/name: fleet\nspec:\n  template:\n    metadata:\n      labels:\n        model.aibrix.ai/name: cluster\n    spec:\n      headGroupSpec:\n        template:\n          metadata:\n            labels:\n              model.aibrix.ai/name: head\n";
+        assert_eq!(aibrix_model_label(fleet).as_deref(), Some("head"));
+        let bare = "kind: RayClusterFleet\nmetadata:\n  labels:\n    model.aibrix.ai/name: fleet\n";
+        assert_eq!(aibrix_model_label(bare).as_deref(), Some("fleet"));
+        assert_eq!(aibrix_model_label("kind: RayCluster\n"), None);
+    }
 
     #[test]
     fn quantities() {

@@ -10,6 +10,7 @@ use orchestrator_domain::{KeyValue, ServeSettings};
 use orchestrator_phases::config::PluginLimits;
 use orchestrator_phases::lifecycle::{Lifecycle, LocalCluster, Plan};
 use orchestrator_phases::policies::{self, Policies};
+use orchestrator_phases::scale::ScaleSpec;
 use orchestrator_phases::serve::ServeSpec;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -141,6 +142,26 @@ pub struct LocalArgs {
     /// Port of /livez, /readyz, /status, /metrics (0: off).
     #[arg(long, default_value_t = orchestrator_phases::endpoints::DEFAULT_PORT)]
     pub endpoints_port: u16,
+    /// Recommend serving replicas from vLLM's load while serving
+    /// (`/status` scale, `orchestrator_desired_replicas`).
+    #[arg(long)]
+    pub scale: bool,
+    /// The scale policy: a component file or builtin:NAME.
+    #[arg(long, default_value = "builtin:default")]
+    pub scale_policy: String,
+    /// A scale policy parameter KEY=VALUE (repeatable), e.g.
+    /// `target-requests-per-replica=4`.
+    #[arg(long = "scale-param", value_name = "KEY=VALUE")]
+    pub scale_params: Vec<String>,
+    /// How often the load is sampled, ms.
+    #[arg(long, default_value_t = 5000)]
+    pub scale_interval_ms: u64,
+    /// The load history the scale policy sees, seconds.
+    #[arg(long, default_value_t = 60)]
+    pub scale_window_seconds: u64,
+    /// The most replicas a recommendation may name.
+    #[arg(long, default_value_t = 8)]
+    pub max_replicas: u32,
 }
 
 /// `KEY=VALUE` flags as pairs.
@@ -170,6 +191,7 @@ impl LocalArgs {
             launch_params.push(KeyValue::new(format!("env.{}", kv.key), kv.value));
         }
         launch_params.extend(key_values(&self.launch_params, "--launch-param")?);
+        let scale_params = key_values(&self.scale_params, "--scale-param")?;
         Ok(Some(ServeSpec {
             settings: ServeSettings {
                 model: model.clone(),
@@ -195,6 +217,14 @@ impl LocalArgs {
                 copy_to: self.prefetch_copy_to.clone(),
             }
             .local_copy_of(model),
+            scale: self.scale.then(|| ScaleSpec {
+                interval: Duration::from_millis(self.scale_interval_ms.max(10)),
+                window: Duration::from_secs(self.scale_window_seconds.max(1)),
+                min_replicas: 1,
+                max_replicas: self.max_replicas.max(1),
+                current_replicas: 1,
+                params: scale_params,
+            }),
         }))
     }
 
@@ -259,10 +289,17 @@ impl LocalArgs {
         let launch = policies::launch(&host, &launch, &at)?;
         let (health, at) = load("--health-policy", &self.health_policy)?;
         let health = policies::health(&host, &health, &at)?;
+        let scale = if self.scale {
+            let (scale, at) = load("--scale-policy", &self.scale_policy)?;
+            Some(policies::scale(&host, &scale, &at)?)
+        } else {
+            None
+        };
         Ok(Policies {
             readiness,
             launch,
             health,
+            scale,
         })
     }
 }

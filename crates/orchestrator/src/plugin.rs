@@ -5,7 +5,9 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use orchestrator_domain::{ClusterSnapshot, HealthSnapshot, KeyValue, LaunchRequest, NodeReadings};
+use orchestrator_domain::{
+    ClusterSnapshot, HealthSnapshot, KeyValue, LaunchRequest, NodeReadings, ScaleInput,
+};
 use orchestrator_phases::config::{PluginLimits, RegistryConfig};
 use orchestrator_phases::policies::{self, PolicyRef};
 use orchestrator_policy_host::{HostConfig, PluginError, PluginSource, PolicyHost, Version, World};
@@ -126,7 +128,7 @@ pub enum PluginCommand {
     /// edit, a README and two fixture cases; it builds and passes
     /// `plugin test` as it is.
     New {
-        /// The world: readiness, launch, health or node-health.
+        /// The world: readiness, launch, health, node-health or scale.
         world: String,
         /// The crate's name, e.g. gpu-readiness.
         name: String,
@@ -330,6 +332,15 @@ pub(crate) fn call_plugin(
             let readings: NodeReadings = parse_input(input, path, "node-readings")?;
             host.node_health(source)
                 .and_then(|mut p| p.judge(&readings, params))
+                .map(serde_json::to_value)
+        }
+        World::Scale => {
+            let scale: ScaleInput = parse_input(input, path, "scale-input")?;
+            scale.validate().map_err(|e| {
+                anyhow::anyhow!("{} is not a valid scale-input: {e}", path.display())
+            })?;
+            host.scale(source)
+                .and_then(|mut p| p.recommend(&scale, params))
                 .map(serde_json::to_value)
         }
     };

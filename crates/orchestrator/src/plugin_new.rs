@@ -172,6 +172,8 @@ fn stub(world: World, lang: Lang) -> &'static str {
         (Lang::Python, World::Launch) => include_str!("../templates/python/launch.py"),
         (Lang::Python, World::Health) => include_str!("../templates/python/health.py"),
         (Lang::Python, World::NodeHealth) => include_str!("../templates/python/node-health.py"),
+        (Lang::Rust, World::Scale) => include_str!("../templates/rust/scale.rs"),
+        (Lang::Python, World::Scale) => include_str!("../templates/python/scale.py"),
     }
 }
 
@@ -264,6 +266,20 @@ fn cases(world: World) -> Result<Vec<(&'static str, &'static str, Value, Value)>
                     "../../../examples/snapshots/node-readings-throttled.json"
                 ))?,
                 json!("healthy"),
+            ),
+        ],
+        World::Scale => vec![
+            (
+                "burst.json",
+                "20 requests on one replica at 8 a replica: 3 replicas",
+                sample(include_str!("../../../examples/snapshots/scale-burst.json"))?,
+                json!({ "desired-replicas": 3 }),
+            ),
+            (
+                "quiet.json",
+                "1 request on each of 3 replicas: 1 replica",
+                sample(include_str!("../../../examples/snapshots/scale-quiet.json"))?,
+                json!({ "desired-replicas": 1 }),
             ),
         ],
     })
@@ -377,7 +393,9 @@ pub fn new_project(
     lang: Lang,
 ) -> Result<ExitCode> {
     let Some(world) = World::parse(world) else {
-        bail!("{world:?} is not a policy world; use readiness, launch, health or node-health");
+        bail!(
+            "{world:?} is not a policy world; use readiness, launch, health, node-health or scale"
+        );
     };
     check_name(name)?;
     let sdk = SdkSource::parse(sdk, lang)?;

@@ -79,6 +79,9 @@ pub fn plan(args: PlanArgs) -> ExitCode {
             let manifest = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read the manifest {}", path.display()))
                 .and_then(|text| {
+                    if config.role == Role::Head {
+                        warn_on_gateway_name(&config, &text);
+                    }
                     orchestrator_kubernetes::raycluster::topology_from_yaml(&text)
                         .with_context(|| path.display().to_string())
                 });
@@ -105,13 +108,42 @@ pub fn plan(args: PlanArgs) -> ExitCode {
     }
 }
 
+/// Warns when AIBrix's gateway would route a model name that vLLM does not
+/// serve: the gateway forwards the request's model unchanged to the pods
+/// labelled with it, so vLLM must serve under that name.
+fn warn_on_gateway_name(config: &Config, manifest: &str) {
+    let Some(label) = orchestrator_kubernetes::raycluster::aibrix_model_label(manifest) else {
+        return;
+    };
+    let served = config
+        .serve
+        .served_model_name
+        .as_deref()
+        .or(config.serve.model.as_deref());
+    if let Some(served) = served
+        && served != label
+    {
+        eprintln!(
+            "warning: AIBrix's gateway routes model {label:?} (label {}) to this fleet and forwards that name unchanged, but vLLM serves {served:?}: requests would get 404. Set serve.served-model-name = {label:?} (or ORCHESTRATOR__SERVE__SERVED_MODEL_NAME={label})",
+            orchestrator_kubernetes::raycluster::AIBRIX_MODEL_LABEL
+        );
+    }
+}
+
 /// The head's policies; workers run none (a policy file mounted only on
 /// the head is not looked for on a worker).
 fn head_policies(config: &Config) -> Result<Option<Policies>, policies::PolicyError> {
     match config.role {
         Role::Head => {
             let host = policies::host(&config.plugins)?;
-            Policies::load(&host, &config.policies, &config.registry).map(Some)
+            let loaded = Policies::load(&host, &config.policies, &config.registry)?;
+            if config.scale.enabled {
+                loaded
+                    .with_scale(&host, &config.policies, &config.registry)
+                    .map(Some)
+            } else {
+                Ok(Some(loaded))
+            }
         }
         Role::Worker => Ok(None),
     }

@@ -59,7 +59,7 @@ fn each_worlds_project_builds_outside_the_repository_and_passes_its_cases() {
     // One target dir for the four projects (and across runs), so the SDK
     // is compiled once.
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/scaffolded-policies");
-    for world in ["readiness", "launch", "health", "node-health"] {
+    for world in ["readiness", "launch", "health", "node-health", "scale"] {
         let name = format!("my-{world}-policy");
         let project = dir.path().join(&name);
         let out = orchestrator(&[
@@ -123,11 +123,11 @@ fn each_worlds_project_builds_outside_the_repository_and_passes_its_cases() {
         "{}",
         text(&out)
     );
-    // A world that does not exist names the four.
-    let out = orchestrator(&["plugin", "new", "scale", "x"]);
+    // A world that does not exist names the five.
+    let out = orchestrator(&["plugin", "new", "autoscale", "x"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out).contains("use readiness, launch, health or node-health"),
+        text(&out).contains("use readiness, launch, health, node-health or scale"),
         "{}",
         text(&out)
     );

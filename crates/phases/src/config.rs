@@ -50,6 +50,9 @@ pub struct Config {
     pub endpoints_host: String,
     /// How policies named `oci://` are pulled.
     pub registry: RegistryConfig,
+    /// Head: the replicas the serving load needs, recommended by the
+    /// scale policy and exported for an autoscaler (off unless enabled).
+    pub scale: ScaleConfig,
 }
 
 impl Default for Config {
@@ -64,6 +67,7 @@ impl Default for Config {
             serve: ServeConfig::default(),
             kubernetes: KubernetesConfig::default(),
             node_health: NodeHealthConfig::default(),
+            scale: ScaleConfig::default(),
             endpoints_port: crate::endpoints::DEFAULT_PORT,
             endpoints_host: "0.0.0.0".to_string(),
             registry: RegistryConfig::default(),
@@ -262,6 +266,9 @@ pub struct PoliciesConfig {
     pub health: PolicyConfig,
     /// Node health, on every node (default: built-in `default`).
     pub node_health: PolicyConfig,
+    /// Scale, on the head while serving with `[scale] enabled` (default:
+    /// built-in `default`).
+    pub scale: PolicyConfig,
 }
 
 impl PoliciesConfig {
@@ -272,6 +279,7 @@ impl PoliciesConfig {
             World::Launch => (&self.launch, "vllm"),
             World::Health => (&self.health, "default"),
             World::NodeHealth => (&self.node_health, "default"),
+            World::Scale => (&self.scale, "default"),
         }
     }
 }
@@ -302,6 +310,41 @@ impl Default for NodeHealthConfig {
             stale_after_ms: 5000,
             follow_interval_ms: 250,
             unhealthy_grace_seconds: 30,
+        }
+    }
+}
+
+/// The head's load-driven recommendation: vLLM's `/metrics` read at an
+/// interval, a window of samples judged by the scale policy, the answer
+/// exported as `orchestrator_desired_replicas` for HPA, KEDA or AIBrix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ScaleConfig {
+    /// Whether the head samples the load and asks the scale policy.
+    pub enabled: bool,
+    /// How often a sample is taken (and the policy asked), ms.
+    pub interval_ms: u64,
+    /// How much load history the policy sees, seconds.
+    pub window_seconds: u64,
+    /// The least replicas a recommendation may name.
+    pub min_replicas: u32,
+    /// The most replicas a recommendation may name.
+    pub max_replicas: u32,
+    /// The serving replicas the load is spread over now (this head sees
+    /// its own share): 1 for a lone RayCluster; for a fleet, its replicas
+    /// (e.g. through the environment override from the fleet's spec).
+    pub current_replicas: u32,
+}
+
+impl Default for ScaleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            interval_ms: 5000,
+            window_seconds: 60,
+            min_replicas: 1,
+            max_replicas: 8,
+            current_replicas: 1,
         }
     }
 }
@@ -629,6 +672,34 @@ impl Config {
                     2 * h.interval_ms
                 ),
                 "give a node at least a few intervals, e.g. 5 x interval-ms",
+            ));
+        }
+        let s = &self.scale;
+        if s.enabled && s.interval_ms == 0 {
+            return Err(invalid(
+                "scale.interval-ms",
+                "is 0".into(),
+                "sample the load every few seconds, e.g. 5000",
+            ));
+        }
+        if s.enabled && s.window_seconds.saturating_mul(1000) < s.interval_ms {
+            return Err(invalid(
+                "scale.window-seconds",
+                format!(
+                    "({} s) is shorter than one interval ({} ms)",
+                    s.window_seconds, s.interval_ms
+                ),
+                "give the window several intervals, e.g. window-seconds = 60 with interval-ms = 5000",
+            ));
+        }
+        if s.min_replicas > s.max_replicas {
+            return Err(invalid(
+                "scale.min-replicas",
+                format!(
+                    "({}) is above max-replicas ({})",
+                    s.min_replicas, s.max_replicas
+                ),
+                "make min-replicas <= max-replicas",
             ));
         }
         for world in World::ALL {

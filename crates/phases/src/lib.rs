@@ -17,6 +17,8 @@
 //!   probed, judged by the health policy.
 //! - [`prefetch`]: the model's files read into the page cache on every
 //!   node while the cluster forms.
+//! - [`scale`]: the serving load sampled from vLLM's `/metrics`, the
+//!   scale policy's recommended replicas exported for an autoscaler.
 //! - [`membership`]: where membership comes from (Ray's GCS), and where
 //!   nodes publish their health reports.
 //! - [`node_health`]: every node's own checks (GPUs, host, raylet), the
@@ -34,6 +36,7 @@ pub mod node_health;
 pub mod platform;
 pub mod policies;
 pub mod prefetch;
+pub mod scale;
 pub mod serve;
 pub mod start;
 pub mod supervision;

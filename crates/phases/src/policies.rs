@@ -8,7 +8,7 @@ use crate::config::{PluginLimits, PoliciesConfig, RegistryConfig};
 use orchestrator_builtin_plugins::UnknownBuiltin;
 use orchestrator_policy_host::{
     HealthPolicy, LaunchPolicy, NodeHealthPolicy, PluginError, PluginSource, PolicyHost,
-    ReadinessPolicy, World,
+    ReadinessPolicy, ScalePolicy, World,
 };
 use std::path::PathBuf;
 
@@ -291,7 +291,24 @@ pub fn node_health(
     )
 }
 
-/// The head's three policies, loaded and instantiated.
+/// Loads and instantiates a scale policy (the head runs one while
+/// serving, with `[scale] enabled`).
+pub fn scale(
+    host: &PolicyHost,
+    policy: &PolicyRef,
+    context: &str,
+) -> Result<ScalePolicy, PolicyError> {
+    let source = policy.source(Some(World::Scale))?;
+    loaded(
+        context,
+        World::Scale,
+        host.scale(&source),
+        ScalePolicy::instantiate,
+        |p| (p.name().to_string(), p.info().sha256.clone()),
+    )
+}
+
+/// The head's policies, loaded and instantiated.
 pub struct Policies {
     /// Decides when the cluster is ready.
     pub readiness: ReadinessPolicy,
@@ -299,6 +316,8 @@ pub struct Policies {
     pub launch: LaunchPolicy,
     /// Judges health and picks an action.
     pub health: HealthPolicy,
+    /// Recommends replicas for the load, with `[scale]` on.
+    pub scale: Option<ScalePolicy>,
 }
 
 impl Policies {
@@ -323,7 +342,28 @@ impl Policies {
             readiness: readiness(host, &policy(World::Readiness)?, "policies.readiness")?,
             launch: launch(host, &policy(World::Launch)?, "policies.launch")?,
             health: health(host, &policy(World::Health)?, "policies.health")?,
+            scale: None,
         })
+    }
+
+    /// Adds the configured scale policy (`oci://` pulled first).
+    pub fn with_scale(
+        mut self,
+        host: &PolicyHost,
+        config: &PoliciesConfig,
+        registry: &RegistryConfig,
+    ) -> Result<Self, PolicyError> {
+        let (configured, default) = config.for_world(World::Scale);
+        let policy =
+            configured
+                .policy(default)
+                .fetched(registry)
+                .map_err(|e| PolicyError::Fetch {
+                    context: "policies.scale".into(),
+                    source: Box::new(e),
+                })?;
+        self.scale = Some(scale(host, &policy, "policies.scale")?);
+        Ok(self)
     }
 }
 
@@ -333,6 +373,7 @@ impl std::fmt::Debug for Policies {
             .field("readiness", &self.readiness.name())
             .field("launch", &self.launch.name())
             .field("health", &self.health.name())
+            .field("scale", &self.scale.as_ref().map(|p| p.name().to_string()))
             .finish()
     }
 }

@@ -60,6 +60,7 @@ fn spec(port: u16, mode: &str, params: &[(&str, &str)]) -> (ServeSpec, LaunchPla
         stop_grace: Duration::from_secs(3),
         drain_timeout: Duration::ZERO,
         local_copy: None,
+        scale: None,
     };
     (spec, plan)
 }

@@ -1,7 +1,7 @@
 //! # orchestrator-plugin-sdk
 //!
 //! Write a policy for the Ray/vLLM orchestrator in a few lines. A policy is
-//! a WebAssembly component that implements one of four worlds of the WIT
+//! a WebAssembly component that implements one of five worlds of the WIT
 //! package `ray-orchestrator:policy@0.2.0`:
 //!
 //! | phase       | trait                               | export macro                   |
@@ -10,6 +10,7 @@
 //! | launch      | [`launch::LaunchPolicy`]            | [`export_launch_policy!`]      |
 //! | health      | [`health::HealthPolicy`]            | [`export_health_policy!`]      |
 //! | node health | [`node_health::NodeHealthPolicy`]   | [`export_node_health_policy!`] |
+//! | scale       | [`scale::ScalePolicy`]              | [`export_scale_policy!`]       |
 //!
 //! Implement the trait on a unit struct and call the macro once:
 //!
@@ -323,6 +324,70 @@ pub mod node_health {
     }
 }
 
+/// Scale policies: recommend the serving replicas the load needs.
+///
+/// ```no_run
+/// use orchestrator_plugin_sdk::scale::*;
+///
+/// struct QueueDepth;
+///
+/// impl ScalePolicy for QueueDepth {
+///     fn recommend(input: &ScaleInput, params: &Params) -> ScaleRecommendation {
+///         let per_replica = params.f64_or("requests-per-replica", 8.0).unwrap_or(8.0);
+///         let newest = input.samples.last().map_or(0.0, |s| s.running + s.waiting);
+///         let want = (newest / per_replica).ceil() as u32;
+///         ScaleRecommendation {
+///             desired_replicas: want.clamp(input.min_replicas, input.max_replicas),
+///             reason: format!("{newest} requests at {per_replica} a replica"),
+///         }
+///     }
+/// }
+///
+/// orchestrator_plugin_sdk::export_scale_policy!(QueueDepth);
+/// # fn main() {}
+/// ```
+pub mod scale {
+    pub use crate::Params;
+    pub use crate::types::{KeyValue, LoadSample, ScaleInput, ScaleRecommendation};
+
+    /// Generated bindings of the `scale` world.
+    #[doc(hidden)]
+    pub mod bindings {
+        #![allow(missing_docs, clippy::all)]
+        wit_bindgen::generate!({
+            path: "../../wit/policy-0.2.0",
+            world: "ray-orchestrator:policy/scale@0.2.0",
+            with: {
+                "ray-orchestrator:policy/types@0.2.0": crate::base::ray_orchestrator::policy::types,
+                "ray-orchestrator:policy/log@0.2.0": crate::base::ray_orchestrator::policy::log,
+            },
+            pub_export_macro: true,
+            export_macro_name: "__export_scale_world",
+            default_bindings_module: "orchestrator_plugin_sdk::scale::bindings",
+        });
+    }
+
+    /// A scale policy. Implement it on a unit struct and export it with
+    /// [`export_scale_policy!`](crate::export_scale_policy).
+    pub trait ScalePolicy {
+        /// Recommends the replicas for the window of load in `input`
+        /// (samples oldest first). Called after every sample while
+        /// serving; the host keeps the window and the previous answer.
+        fn recommend(input: &ScaleInput, params: &Params) -> ScaleRecommendation;
+    }
+
+    #[doc(hidden)]
+    pub struct Adapter<P>(core::marker::PhantomData<P>);
+
+    impl<P: ScalePolicy> bindings::exports::ray_orchestrator::policy::scale_policy::Guest
+        for Adapter<P>
+    {
+        fn recommend(input: ScaleInput, params: Vec<KeyValue>) -> ScaleRecommendation {
+            P::recommend(&input, &Params::new(params))
+        }
+    }
+}
+
 /// Exports a [`readiness::ReadinessPolicy`] implementation as the
 /// component's `readiness` world. Call it once, at the crate's top level.
 #[macro_export]
@@ -360,5 +425,15 @@ macro_rules! export_node_health_policy {
     ($policy:ty) => {
         type __OrchestratorNodeHealthAdapter = $crate::node_health::Adapter<$policy>;
         $crate::node_health::bindings::__export_node_health_world!(__OrchestratorNodeHealthAdapter with_types_in $crate::node_health::bindings);
+    };
+}
+
+/// Exports a [`scale::ScalePolicy`] implementation as the component's
+/// `scale` world. Call it once, at the crate's top level.
+#[macro_export]
+macro_rules! export_scale_policy {
+    ($policy:ty) => {
+        type __OrchestratorScaleAdapter = $crate::scale::Adapter<$policy>;
+        $crate::scale::bindings::__export_scale_world!(__OrchestratorScaleAdapter with_types_in $crate::scale::bindings);
     };
 }

@@ -19,6 +19,7 @@ pub(crate) fn function_name(world: World) -> &'static str {
         World::Launch => "plan",
         World::Health => "evaluate",
         World::NodeHealth => "judge",
+        World::Scale => "recommend",
     }
 }
 

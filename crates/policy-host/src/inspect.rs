@@ -130,7 +130,7 @@ pub(crate) fn world_of(
             let expected_export = want.map_or_else(
                 || {
                     format!(
-                        "{PACKAGE}/<readiness|launch|health|node-health>-policy@{}",
+                        "{PACKAGE}/<readiness|launch|health|node-health|scale>-policy@{}",
                         Version::LATEST
                     )
                 },

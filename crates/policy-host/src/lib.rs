@@ -42,7 +42,7 @@ pub use world::{PACKAGE, VERSION, Version, World};
 
 use orchestrator_domain::{
     ClusterSnapshot, HealthSnapshot, HealthVerdict, KeyValue, LaunchError, LaunchPlan,
-    LaunchRequest, NodeReadings, NodeVerdict, Readiness,
+    LaunchRequest, NodeReadings, NodeVerdict, Readiness, ScaleInput, ScaleRecommendation,
 };
 use sandbox::State;
 use sha2::{Digest, Sha256};
@@ -353,6 +353,11 @@ impl PolicyHost {
         self.load(World::NodeHealth, source).map(NodeHealthPolicy)
     }
 
+    /// Loads a scale policy (contract 0.2.0 and later).
+    pub fn scale(&self, source: &PluginSource) -> Result<ScalePolicy, PluginError> {
+        self.load(World::Scale, source).map(ScalePolicy)
+    }
+
     fn load(&self, world: World, source: &PluginSource) -> Result<Plugin, PluginError> {
         let (name, bytes) = self.read(source)?;
         self.load_bytes(world, &name, &bytes)
@@ -607,6 +612,28 @@ impl NodeHealthPolicy {
             )),
             Version::V0_2_0 => v0_2::judge(store, func, readings, params),
         })
+    }
+}
+
+/// A loaded scale policy (`scale-policy.recommend`).
+pub struct ScalePolicy(Plugin);
+handle!(ScalePolicy);
+
+impl ScalePolicy {
+    /// Recommends the replicas for one window of load. The answer is kept
+    /// within the input's bounds ([`ScaleRecommendation::bounded`]).
+    pub fn recommend(
+        &mut self,
+        input: &ScaleInput,
+        params: &[KeyValue],
+    ) -> Result<ScaleRecommendation, PluginError> {
+        let (min, max) = (input.min_replicas, input.max_replicas);
+        self.0
+            .call(|store, func, version| match version {
+                Version::V0_1_0 => Err(wasmtime::format_err!("contract 0.1.0 has no scale world")),
+                Version::V0_2_0 => v0_2::recommend(store, func, input, params),
+            })
+            .map(|r| r.bounded(min, max))
     }
 }
 

@@ -71,15 +71,19 @@ pub enum World {
     /// Judges one node's own readings (`node-health-policy.judge`); from
     /// contract 0.2.0 on.
     NodeHealth,
+    /// Recommends the serving replicas the load needs
+    /// (`scale-policy.recommend`); from contract 0.2.0 on.
+    Scale,
 }
 
 impl World {
     /// Every world, in phase order.
-    pub const ALL: [World; 4] = [
+    pub const ALL: [World; 5] = [
         World::Readiness,
         World::Launch,
         World::Health,
         World::NodeHealth,
+        World::Scale,
     ];
 
     /// The world's name in the WIT: `readiness`, `launch` or `health`.
@@ -89,13 +93,14 @@ impl World {
             World::Launch => "launch",
             World::Health => "health",
             World::NodeHealth => "node-health",
+            World::Scale => "scale",
         }
     }
 
     /// The first contract version that has this world.
     pub fn since(self) -> Version {
         match self {
-            World::NodeHealth => Version::V0_2_0,
+            World::NodeHealth | World::Scale => Version::V0_2_0,
             _ => Version::V0_1_0,
         }
     }
@@ -107,6 +112,7 @@ impl World {
             World::Launch => "launch-policy",
             World::Health => "health-policy",
             World::NodeHealth => "node-health-policy",
+            World::Scale => "scale-policy",
         }
     }
 

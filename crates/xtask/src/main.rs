@@ -579,6 +579,8 @@ fn demo() -> Result<()> {
             "builtin:node-health/default",
             "node-readings-throttled.json",
         ),
+        ("builtin:scale/default", "scale-burst.json"),
+        ("builtin:scale/default", "scale-quiet.json"),
     ];
     for (plugin, input) in cases {
         step(&format!(

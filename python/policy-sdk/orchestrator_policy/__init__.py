@@ -9,6 +9,7 @@ readiness      ``orchestrator_policy.ReadinessPolicy``  ``check(cluster, params)
 launch         ``orchestrator_policy.LaunchPolicy``     ``plan(cluster, settings, params)``
 health         ``orchestrator_policy.HealthPolicy``     ``evaluate(snapshot, cluster, params)``
 node-health    ``orchestrator_policy.NodeHealthPolicy`` ``judge(readings, params)``
+scale          ``orchestrator_policy.ScalePolicy``      ``recommend(input, params)``
 =============  =====================================  ==========================
 
 Build it into a component with one command::
@@ -41,6 +42,7 @@ from .launch import (
 )
 from .health import HealthPolicy, Healthy, Degraded, Restart, Shutdown
 from .node_health import NodeHealthPolicy, NodeHealthy, NodeDegraded, Unhealthy
+from .scale import ScalePolicy, Replicas
 
 __all__ = [
     "Cluster", "Node", "Params", "ParamError", "Totals", "log",
@@ -48,4 +50,5 @@ __all__ = [
     "LaunchPolicy", "LaunchPlan", "ImpossibleLayout", "InvalidSettings", "LaunchFailed",
     "HealthPolicy", "Healthy", "Degraded", "Restart", "Shutdown",
     "NodeHealthPolicy", "NodeHealthy", "NodeDegraded", "Unhealthy",
+    "ScalePolicy", "Replicas",
 ]

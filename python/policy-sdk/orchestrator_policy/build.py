@@ -3,7 +3,7 @@
     python -m orchestrator_policy.build my_policy.py -o my_policy.wasm
 
 The policy module must define one class deriving from ReadinessPolicy,
-LaunchPolicy, HealthPolicy or NodeHealthPolicy; its world follows from the
+LaunchPolicy, HealthPolicy, NodeHealthPolicy or ScalePolicy; its world follows from the
 base class. componentize-py (pinned by this SDK) bundles CPython, the SDK
 and the module into a component of ``ray-orchestrator:policy@0.2.0``.
 ``--wit`` names the WIT package (default: the copy inside this package, a
@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import health, launch, node_health, readiness
+from . import health, launch, node_health, readiness, scale
 
 SDK_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_WIT = Path(__file__).resolve().parent / "wit"
@@ -33,6 +33,7 @@ WORLDS = [
     (launch.LaunchPolicy, "launch", "launch", "LaunchPolicy"),
     (health.HealthPolicy, "health", "health", "HealthPolicy"),
     (node_health.NodeHealthPolicy, "node-health", "node_health", "NodeHealthPolicy"),
+    (scale.ScalePolicy, "scale", "scale", "ScalePolicy"),
 ]
 
 
@@ -64,7 +65,7 @@ def find_policy(path: Path):
         named = ", ".join(f"{n} ({w})" for n, w, _, _ in found) or "none"
         raise BuildError(
             f"{path} must define exactly one policy class deriving from ReadinessPolicy, "
-            f"LaunchPolicy, HealthPolicy or NodeHealthPolicy; found {named}"
+            f"LaunchPolicy, HealthPolicy, NodeHealthPolicy or ScalePolicy; found {named}"
         )
     return found[0]
 

@@ -6,6 +6,7 @@
 //! records.
 
 mod node_metrics;
+mod scale_metrics;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -183,9 +184,55 @@ pub struct StatusState {
     pub own_health: Vec<NodeHealthView>,
     /// Head: every node's health, from their reports.
     pub node_health: Vec<NodeHealthView>,
+    /// Head, with `[scale]` on: the replicas the load needs.
+    pub scale: Option<ScaleView>,
     /// The last health verdict's kind.
     #[serde(skip)]
     pub last_verdict: Option<VerdictKind>,
+}
+
+/// The scale recommendation as `/status` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+pub struct ScaleView {
+    /// The scale policy.
+    pub policy: String,
+    /// Its last answer (none before the first).
+    pub desired_replicas: Option<u32>,
+    /// Why.
+    pub reason: String,
+    /// The replicas the load is spread over now.
+    pub current_replicas: u32,
+    /// The least an answer may name.
+    pub min_replicas: u32,
+    /// The most an answer may name.
+    pub max_replicas: u32,
+    /// Samples in the window.
+    pub samples: u32,
+    /// The window, seconds.
+    pub window_seconds: u64,
+    /// The newest sample.
+    pub last_sample: Option<orchestrator_domain::LoadSample>,
+    /// Why no sample or no answer came last time, if so.
+    pub error: Option<String>,
+}
+
+impl ScaleView {
+    /// The view before any sample.
+    pub fn new(spec: &crate::scale::ScaleSpec, policy: &str) -> Self {
+        Self {
+            policy: policy.to_string(),
+            desired_replicas: None,
+            reason: "no load sample yet".into(),
+            current_replicas: spec.current_replicas,
+            min_replicas: spec.min_replicas,
+            max_replicas: spec.max_replicas,
+            samples: 0,
+            window_seconds: spec.window.as_secs(),
+            last_sample: None,
+            error: None,
+        }
+    }
 }
 
 /// Events waiting for the platform; beyond this many the newest are dropped
@@ -205,6 +252,7 @@ pub struct Status {
     restarts: Counter,
     verdicts: Family<VerdictLabel, Counter>,
     node_metrics: node_metrics::NodeMetrics,
+    scale_metrics: scale_metrics::ScaleMetrics,
     startup_seconds: Family<StepLabel, Gauge<f64, AtomicU64>>,
     prefetch_done: Gauge,
     prefetch_total: Gauge,
@@ -276,6 +324,8 @@ impl Status {
         );
         let node_metrics = node_metrics::NodeMetrics::default();
         node_metrics.register(&mut registry);
+        let scale_metrics = scale_metrics::ScaleMetrics::default();
+        scale_metrics.register(&mut registry);
         let startup_seconds = Family::<StepLabel, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "startup_seconds",
@@ -306,6 +356,7 @@ impl Status {
             restarts,
             verdicts,
             node_metrics,
+            scale_metrics,
             startup_seconds,
             prefetch_done,
             prefetch_total,
@@ -479,6 +530,12 @@ impl Status {
             EventReason::ServerRestarted,
             format!("the serving process was restarted (restart {n})"),
         );
+    }
+
+    /// Records the scale recommendation and the load it saw.
+    pub fn scale(&self, view: ScaleView) {
+        self.scale_metrics.update(&view);
+        self.with(|s| s.scale = Some(view));
     }
 
     /// Records the prefetch's progress.

@@ -534,7 +534,7 @@ impl Lifecycle {
             plan.argv.first().cloned().unwrap_or_default(),
         );
         status.enter(Phase::Serve);
-        let serving = serve::supervise_prelaunched(
+        let supervised = serve::supervise_prelaunched(
             spec,
             &plan,
             &ready.snapshot.nodes,
@@ -543,6 +543,17 @@ impl Lifecycle {
             ctx,
             prelaunched,
         );
+        // The scale recommendation runs beside the health loop and ends
+        // with it.
+        let serving = async {
+            match (spec.scale.as_ref(), policies.scale.as_mut()) {
+                (Some(scale), Some(policy)) => tokio::select! {
+                    outcome = supervised => outcome,
+                    never = crate::scale::recommend_while_serving(scale, policy, &spec.probe_address, &status) => match never {},
+                },
+                _ => supervised.await,
+            }
+        };
         tokio::pin!(serving);
         let outcome = tokio::select! {
             outcome = &mut serving => outcome,

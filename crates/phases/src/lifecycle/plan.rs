@@ -134,8 +134,10 @@ impl Plan {
             ),
         };
         let head = config.role == Role::Head;
-        let serve = (head && config.serve.model.is_some())
-            .then(|| ServeSpec::from_config(&config.serve, &config.policies));
+        let serve = (head && config.serve.model.is_some()).then(|| ServeSpec {
+            scale: crate::scale::ScaleSpec::from_config(&config.scale, &config.policies),
+            ..ServeSpec::from_config(&config.serve, &config.policies)
+        });
         Ok(Self {
             role: config.role,
             start: StartPlan {

@@ -52,6 +52,8 @@ pub struct ServeSpec {
     /// node (`[serve.prefetch] copy-to`, when `paths` is the model's
     /// directory): served from where every serving node completed it.
     pub local_copy: Option<std::path::PathBuf>,
+    /// The load-driven recommendation (`[scale]`), when it is on.
+    pub scale: Option<crate::scale::ScaleSpec>,
 }
 
 impl ServeSpec {
@@ -72,6 +74,7 @@ impl ServeSpec {
             local_copy: serve
                 .prefetch
                 .local_copy_of(serve.model.as_deref().unwrap_or_default()),
+            scale: None,
         }
     }
 

@@ -156,33 +156,37 @@ pub async fn requests_in_flight(address: &str, timeout: Duration) -> Result<u64,
 pub fn in_flight_of(metrics: &str) -> Option<u64> {
     let mut found = false;
     let mut total = 0.0;
-    for line in metrics.lines() {
-        let line = line.trim();
-        if line.starts_with('#') {
-            continue;
-        }
-        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
-        let name = &line[..name_end];
+    for (name, value) in samples_of(metrics) {
         if name != "vllm:num_requests_running" && name != "vllm:num_requests_waiting" {
             continue;
         }
+        found = true;
+        if value.is_finite() && value > 0.0 {
+            total += value;
+        }
+    }
+    found.then_some(total.round() as u64)
+}
+
+/// Every sample line of a Prometheus text exposition: the metric's name
+/// (labels dropped) and its value. Comments and lines whose value does
+/// not parse are skipped.
+pub fn samples_of(metrics: &str) -> impl Iterator<Item = (&str, f64)> {
+    metrics.lines().filter_map(|line| {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            return None;
+        }
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let name = &line[..name_end];
         // The value follows the labels (which may hold spaces in quotes).
         let rest = match line[name_end..].strip_prefix('{') {
             Some(labels) => labels.rsplit_once('}').map_or("", |(_, v)| v),
             None => &line[name_end..],
         };
-        if let Some(value) = rest
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<f64>().ok())
-        {
-            found = true;
-            if value.is_finite() && value > 0.0 {
-                total += value;
-            }
-        }
-    }
-    found.then_some(total.round() as u64)
+        let value = rest.split_whitespace().next()?.parse::<f64>().ok()?;
+        Some((name, value))
+    })
 }
 
 #[cfg(test)]

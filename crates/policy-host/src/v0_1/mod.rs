@@ -38,8 +38,8 @@ pub(crate) fn typecheck(
         World::Health => {
             exports::typed::<EvaluateArgs<'_>, wire::HealthVerdict>(store, func).map(drop)
         }
-        World::NodeHealth => Err(wasmtime::format_err!(
-            "contract 0.1.0 has no node-health world; build the plugin against 0.2.0"
+        World::NodeHealth | World::Scale => Err(wasmtime::format_err!(
+            "contract 0.1.0 has no {world} world; build the plugin against 0.2.0"
         )),
     }
 }

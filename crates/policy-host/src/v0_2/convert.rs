@@ -205,3 +205,34 @@ pub(crate) fn node_verdict(v: wire::NodeVerdict) -> domain::NodeVerdict {
         wire::NodeVerdict::Unhealthy(r) => domain::NodeVerdict::Unhealthy(r),
     }
 }
+
+pub(crate) fn scale_input(i: &domain::ScaleInput) -> wire::ScaleInput {
+    wire::ScaleInput {
+        samples: i
+            .samples
+            .iter()
+            .map(|s| wire::LoadSample {
+                at_ms: s.at_ms,
+                running: s.running,
+                waiting: s.waiting,
+                kv_cache_usage: s.kv_cache_usage,
+                generation_tokens_per_second: s.generation_tokens_per_second,
+                prompt_tokens_per_second: s.prompt_tokens_per_second,
+            })
+            .collect(),
+        window_ms: i.window_ms,
+        interval_ms: i.interval_ms,
+        current_replicas: i.current_replicas,
+        min_replicas: i.min_replicas,
+        max_replicas: i.max_replicas,
+        previous_desired: i.previous_desired,
+        since_change_ms: i.since_change_ms,
+    }
+}
+
+pub(crate) fn scale_recommendation(r: wire::ScaleRecommendation) -> domain::ScaleRecommendation {
+    domain::ScaleRecommendation {
+        desired_replicas: r.desired_replicas,
+        reason: r.reason,
+    }
+}

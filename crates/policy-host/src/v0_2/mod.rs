@@ -3,7 +3,7 @@
 //! at any cluster size; the whole node table is packed into fixed-size
 //! rows and one text ([`table::encode`]) only when the plugin asks for it.
 //!
-//! Entry points: [`check`], [`plan`], [`evaluate`] and [`judge`], each taking the
+//! Entry points: [`check`], [`plan`], [`evaluate`], [`judge`] and [`recommend`], each taking the
 //! domain values and returning the domain answer; the resource's methods
 //! are implemented in [`cluster`].
 
@@ -20,7 +20,7 @@ use crate::sandbox::State;
 use bindings::types as wire;
 use orchestrator_domain::{
     ClusterSnapshot, HealthSnapshot, HealthVerdict, KeyValue, LaunchError, LaunchPlan,
-    LaunchRequest, NodeReadings, NodeVerdict, Readiness,
+    LaunchRequest, NodeReadings, NodeVerdict, Readiness, ScaleInput, ScaleRecommendation,
 };
 use std::sync::Arc;
 use wasmtime::Store;
@@ -32,6 +32,7 @@ type PlanArgs<'a> = (&'a Cluster, &'a wire::ServeSettings, &'a [wire::KeyValue])
 type PlanResult = Result<wire::LaunchPlan, wire::LaunchError>;
 type EvaluateArgs<'a> = (&'a wire::HealthSnapshot, &'a Cluster, &'a [wire::KeyValue]);
 type JudgeArgs<'a> = (&'a wire::NodeReadings, &'a [wire::KeyValue]);
+type RecommendArgs<'a> = (&'a wire::ScaleInput, &'a [wire::KeyValue]);
 
 /// Checks the signature of the world's function.
 pub(crate) fn typecheck(store: &Store<State>, func: &Func, world: World) -> wasmtime::Result<()> {
@@ -43,6 +44,9 @@ pub(crate) fn typecheck(store: &Store<State>, func: &Func, world: World) -> wasm
         }
         World::NodeHealth => {
             exports::typed::<JudgeArgs<'_>, wire::NodeVerdict>(store, func).map(drop)
+        }
+        World::Scale => {
+            exports::typed::<RecommendArgs<'_>, wire::ScaleRecommendation>(store, func).map(drop)
         }
     }
 }
@@ -133,4 +137,17 @@ pub(crate) fn judge(
     let readings = convert::node_readings(readings);
     exports::call::<JudgeArgs<'_>, wire::NodeVerdict>(store, func, (&readings, &params))
         .map(convert::node_verdict)
+}
+
+/// `scale-policy.recommend`.
+pub(crate) fn recommend(
+    store: &mut Store<State>,
+    func: &Func,
+    input: &ScaleInput,
+    params: &[KeyValue],
+) -> wasmtime::Result<ScaleRecommendation> {
+    let params = convert::params(params);
+    let input = convert::scale_input(input);
+    exports::call::<RecommendArgs<'_>, wire::ScaleRecommendation>(store, func, (&input, &params))
+        .map(convert::scale_recommendation)
 }
