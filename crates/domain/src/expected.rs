@@ -91,10 +91,16 @@ impl ClusterConfig {
             gpus: if self.gpus > 0.0 {
                 self.gpus
             } else if let Some(t) = &own {
-                t.groups
-                    .iter()
-                    .map(|g| f64::from(g.replicas) * g.gpus_per_node)
-                    .sum()
+                // The configured workers' GPUs, plus the head's as the
+                // platform counts them (its total less its groups').
+                let groups = |t: &Topology| -> f64 {
+                    t.groups
+                        .iter()
+                        .map(|g| f64::from(g.replicas) * g.gpus_per_node)
+                        .sum()
+                };
+                let head = (from_platform.gpus - groups(&from_platform)).max(0.0);
+                groups(t) + head
             } else {
                 from_platform.gpus
             },

@@ -57,6 +57,10 @@ pub struct RayClusterSpec {
     /// groups' `replicas` from Ray's demand.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enable_in_tree_autoscaling: Option<bool>,
+    /// `autoscalerOptions`, kept as written (the orchestrator does not read
+    /// them; KubeRay's autoscaler does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler_options: Option<serde_json::Value>,
 }
 
 /// `spec.headGroupSpec`.

@@ -3,7 +3,11 @@
 //! structs) with nothing left over, says what the issue asks of it (RBAC
 //! verbs, probes, ports, the command annotation), and mounts a
 //! configuration that `orchestrator plan` accepts in that container's
-//! environment, KubeRay's generated start command included.
+//! environment, KubeRay's generated start command included. Every custom
+//! resource is also checked against its upstream CRD's OpenAPI schema
+//! (KubeRay's RayCluster, AIBrix's RayClusterFleet and PodAutoscaler,
+//! KEDA's ScaledObject; `tests/fixtures/crds/`, descriptions stripped,
+//! each file naming the commit it was read from).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -90,6 +94,8 @@ struct Manifests {
     /// (file, name, spec, annotations)
     clusters: Vec<(PathBuf, String, RayClusterSpec, BTreeMap<String, String>)>,
     fleets: Vec<RayClusterFleet>,
+    /// Documents checked only against their CRD schema: (file, document).
+    custom: Vec<(PathBuf, Value)>,
 }
 
 fn manifests() -> Manifests {
@@ -100,6 +106,7 @@ fn manifests() -> Manifests {
         accounts: vec![],
         clusters: vec![],
         fleets: vec![],
+        custom: vec![],
     };
     for (file, doc) in documents() {
         let kind = doc["kind"].as_str().unwrap_or_default().to_string();
@@ -146,6 +153,10 @@ fn manifests() -> Manifests {
                 ));
                 m.fleets.push(fleet);
             }
+            "Service" => {
+                typed::<k8s_openapi::api::core::v1::Service>(&file, &doc);
+            }
+            "PodAutoscaler" | "ScaledObject" => m.custom.push((file, doc)),
             other => panic!("{}: unexpected kind {other:?}", file.display()),
         }
     }
@@ -250,8 +261,20 @@ fn ray_clusters_run_the_orchestrator_with_probes_ports_and_the_origin_shape() {
         assert_eq!(quantity(&limits["nvidia.com/gpu"]), Some(1.0), "{at}");
         assert_eq!(spec.worker_group_specs.len(), 1, "{at}");
         let topology = spec.topology();
-        assert_eq!(topology.nodes, 2, "{at}");
-        assert_eq!(topology.gpus, 2.0, "{at}");
+        if spec.enable_in_tree_autoscaling == Some(true) {
+            // From zero: the autoscaler starts the worker the head asks for.
+            let group = &spec.worker_group_specs[0];
+            assert_eq!(
+                (group.replicas, group.min_replicas),
+                (Some(0), Some(0)),
+                "{at}"
+            );
+            assert!(group.max_replicas.unwrap_or(0) >= 1, "{at}");
+            assert_eq!(topology.nodes, 1, "{at}");
+        } else {
+            assert_eq!(topology.nodes, 2, "{at}");
+            assert_eq!(topology.gpus, 2.0, "{at}");
+        }
         // Dashboard and metrics as in the origin document.
         assert_eq!(container_port(head, "dashboard"), Some(8265), "{at}");
         assert_eq!(container_port(head, "metrics"), Some(8080), "{at}");
@@ -556,6 +579,7 @@ fn every_mounted_config_is_accepted_by_plan_in_its_container() {
             }
             let (ok, stdout, stderr) = plan(&config, role, &env, &sets);
             assert!(ok, "{at}: plan refused the mounted config: {stderr}");
+            assert!(!stderr.contains("warning:"), "{at}: {stderr}");
             let plan: Value = serde_json::from_str(&stdout).unwrap();
             let argv: Vec<String> = serde_json::from_value(plan["start"]["argv"].clone()).unwrap();
             assert!(!argv.contains(&"--block".to_string()), "{at}: {argv:?}");
@@ -595,4 +619,235 @@ fn every_mounted_config_is_accepted_by_plan_in_its_container() {
         }
     }
     assert!(checked >= 6, "checked {checked} containers");
+}
+
+/// The upstream CRD schema of `kind` at `version`.
+fn crd_schema(kind: &str, version: &str) -> Value {
+    let file = match kind {
+        "RayCluster" => "ray.io_rayclusters.json",
+        "RayClusterFleet" => "orchestration.aibrix.ai_rayclusterfleets.json",
+        "PodAutoscaler" => "autoscaling.aibrix.ai_podautoscalers.json",
+        "ScaledObject" => "keda.sh_scaledobjects.json",
+        other => panic!("no CRD for {other}"),
+    };
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/crds")
+        .join(file);
+    let crd: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    crd["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == version && v["served"] == true)
+        .unwrap_or_else(|| panic!("{kind} {version} is not served by the CRD"))["schema"]
+        .clone()
+}
+
+/// The places where `value` breaks the structural OpenAPI v3 `schema` the
+/// API server would apply: unknown fields (pruned by the server, so a
+/// setting silently lost), missing required fields, wrong types, values
+/// outside an enum, numbers outside their bounds, short lists.
+fn schema_errors(value: &Value, schema: &Value, at: &str, errors: &mut Vec<String>) {
+    if schema["x-kubernetes-int-or-string"] == true {
+        if !(value.is_i64() || value.is_u64() || value.is_string()) {
+            errors.push(format!("{at}: {value} is neither an integer nor a string"));
+        }
+        return;
+    }
+    if let Some(allowed) = schema["enum"].as_array()
+        && !allowed.contains(value)
+    {
+        errors.push(format!("{at}: {value} is not one of {allowed:?}"));
+    }
+    let number = |v: &Value| v.as_f64();
+    if let (Some(v), Some(min)) = (number(value), schema["minimum"].as_f64())
+        && v < min
+    {
+        errors.push(format!("{at}: {v} is below the minimum {min}"));
+    }
+    if let (Some(v), Some(max)) = (number(value), schema["maximum"].as_f64())
+        && v > max
+    {
+        errors.push(format!("{at}: {v} is above the maximum {max}"));
+    }
+    match schema["type"].as_str() {
+        Some("object") => {
+            let Some(map) = value.as_object() else {
+                errors.push(format!("{at}: expected an object, found {value}"));
+                return;
+            };
+            for required in schema["required"].as_array().into_iter().flatten() {
+                let key = required.as_str().unwrap_or_default();
+                if !map.contains_key(key) {
+                    errors.push(format!("{at}: required field {key} is missing"));
+                }
+            }
+            let properties = schema["properties"].as_object();
+            let additional = &schema["additionalProperties"];
+            let preserve = schema["x-kubernetes-preserve-unknown-fields"] == true;
+            for (key, child) in map {
+                let path = format!("{at}.{key}");
+                match properties.and_then(|p| p.get(key)) {
+                    Some(child_schema) => schema_errors(child, child_schema, &path, errors),
+                    None if additional.is_object() => {
+                        schema_errors(child, additional, &path, errors)
+                    }
+                    None if preserve || additional == &Value::Bool(true) => {}
+                    None if properties.is_none() => {}
+                    None => errors.push(format!(
+                        "{path}: not a field of the schema (the API server would drop it)"
+                    )),
+                }
+            }
+        }
+        Some("array") => {
+            let Some(items) = value.as_array() else {
+                errors.push(format!("{at}: expected a list, found {value}"));
+                return;
+            };
+            if let Some(min) = schema["minItems"].as_u64()
+                && (items.len() as u64) < min
+            {
+                errors.push(format!(
+                    "{at}: {} items, at least {min} needed",
+                    items.len()
+                ));
+            }
+            for (i, item) in items.iter().enumerate() {
+                schema_errors(item, &schema["items"], &format!("{at}[{i}]"), errors);
+            }
+        }
+        Some("string") if !value.is_string() => {
+            errors.push(format!("{at}: expected a string, found {value}"))
+        }
+        Some("integer") if !(value.is_i64() || value.is_u64()) => {
+            errors.push(format!("{at}: expected an integer, found {value}"))
+        }
+        Some("number") if !value.is_number() => {
+            errors.push(format!("{at}: expected a number, found {value}"))
+        }
+        Some("boolean") if !value.is_boolean() => {
+            errors.push(format!("{at}: expected a boolean, found {value}"))
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn every_custom_resource_matches_its_upstream_crd_schema() {
+    let mut checked = BTreeSet::new();
+    for (file, doc) in documents() {
+        let kind = doc["kind"].as_str().unwrap_or_default();
+        if !matches!(
+            kind,
+            "RayCluster" | "RayClusterFleet" | "PodAutoscaler" | "ScaledObject"
+        ) {
+            continue;
+        }
+        let version = doc["apiVersion"]
+            .as_str()
+            .and_then(|v| v.rsplit_once('/'))
+            .map(|(_, v)| v)
+            .unwrap();
+        let mut errors = vec![];
+        schema_errors(&doc, &crd_schema(kind, version), kind, &mut errors);
+        assert!(
+            errors.is_empty(),
+            "{} does not match the upstream {kind} CRD:\n{}",
+            file.display(),
+            errors.join("\n")
+        );
+        checked.insert(kind.to_string());
+    }
+    assert_eq!(
+        checked.into_iter().collect::<Vec<_>>(),
+        [
+            "PodAutoscaler",
+            "RayCluster",
+            "RayClusterFleet",
+            "ScaledObject"
+        ]
+    );
+}
+
+#[test]
+fn the_schema_check_finds_what_the_api_server_would_drop_or_refuse() {
+    let (_, mut fleet) = documents()
+        .into_iter()
+        .find(|(_, d)| d["kind"] == "RayClusterFleet")
+        .unwrap();
+    let schema = crd_schema("RayClusterFleet", "v1alpha1");
+    fleet["spec"]["replicas"] = Value::from("two");
+    fleet["spec"]["template"]["spec"]["headGroupSpec"]["rayStartParam"] = serde_json::json!({});
+    let mut errors = vec![];
+    schema_errors(&fleet, &schema, "RayClusterFleet", &mut errors);
+    let text = errors.join("\n");
+    assert!(
+        text.contains("spec.replicas: expected an integer"),
+        "{text}"
+    );
+    assert!(
+        text.contains("headGroupSpec.rayStartParam: not a field"),
+        "{text}"
+    );
+    let (_, mut autoscaler) = documents()
+        .into_iter()
+        .find(|(_, d)| d["kind"] == "PodAutoscaler")
+        .unwrap();
+    autoscaler["spec"]["scalingStrategy"] = Value::from("HPAX");
+    autoscaler["spec"]["metricsSources"] = serde_json::json!([]);
+    autoscaler["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("maxReplicas");
+    let mut errors = vec![];
+    let schema = crd_schema("PodAutoscaler", "v1alpha1");
+    schema_errors(&autoscaler, &schema, "PodAutoscaler", &mut errors);
+    let text = errors.join("\n");
+    assert!(
+        text.contains("spec.scalingStrategy: \"HPAX\" is not one of"),
+        "{text}"
+    );
+    assert!(
+        text.contains("spec.metricsSources: 0 items, at least 1 needed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("required field maxReplicas is missing"),
+        "{text}"
+    );
+}
+
+#[test]
+fn plan_warns_when_the_gateway_routes_a_name_vllm_does_not_serve() {
+    let fleet = deploy_dir().join("aibrix/rayclusterfleet.yaml");
+    let m = manifests();
+    let cm = &m.config_maps["vllm-llama-orchestrator"];
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("head.toml");
+    std::fs::write(&config, &cm.data.as_ref().unwrap()["config.toml"]).unwrap();
+    let raycluster = format!("--raycluster={}", fleet.display());
+    let kuberay = (
+        "KUBERAY_GEN_RAY_START_CMD".to_string(),
+        "ray start --head --dashboard-host=0.0.0.0 --block".to_string(),
+    );
+    // Without the served name the fleet's head sets, the plan warns.
+    let (ok, _, stderr) = plan(&config, "head", &[kuberay.clone()], &[raycluster.clone()]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("warning: AIBrix's gateway routes model \"qwen25-7b\"")
+            && stderr.contains("vLLM serves \"Qwen/Qwen2.5-7B-Instruct\"")
+            && stderr.contains("serve.served-model-name = \"qwen25-7b\""),
+        "{stderr}"
+    );
+    // With it, no warning.
+    let env = [
+        (
+            "ORCHESTRATOR__SERVE__SERVED_MODEL_NAME".to_string(),
+            "qwen25-7b".to_string(),
+        ),
+        kuberay,
+    ];
+    let (ok, _, stderr) = plan(&config, "head", &env, &[raycluster]);
+    assert!(ok && !stderr.contains("warning:"), "{stderr}");
 }
