@@ -261,7 +261,22 @@ fn late_worker_an_early_launched_vllm_waits_for_it_and_serves() {
     let started = now_ms();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("orchestrator.log");
-    let local = start_local(base, &ports, &["--worker-delay", "20"], &log);
+    let local = start_local(
+        base,
+        &ports,
+        &[
+            "--worker-delay",
+            "20",
+            "--scale",
+            "--scale-interval-ms",
+            "500",
+            "--scale-window-seconds",
+            "10",
+            "--scale-param",
+            "target-requests-per-replica=2",
+        ],
+        &log,
+    );
     let _guard = Guard(vec![local.id() as i32]);
     // While the worker is held back, vLLM is already started (early launch,
     // the built-in's default) for the expected layout, and not ready.
@@ -291,6 +306,51 @@ fn late_worker_an_early_launched_vllm_waits_for_it_and_serves() {
         "{text}"
     );
     complete(&server).expect("serves");
+
+    // Load-driven replicas: idle, the scale policy recommends 1; a burst
+    // of 8 long completions (2 a replica is the target here) raises the
+    // recommendation within a few samples; 10 s (the window) after the
+    // burst it is back to 1.
+    let scale = |s: &serde_json::Value| s["scale"]["desired-replicas"].as_u64();
+    poll_until("an idle recommendation", Duration::from_secs(30), || {
+        (scale(&status_of(&endpoints)) == Some(1)).then_some(())
+    });
+    let burst_started = std::time::Instant::now();
+    let burst: Vec<_> = (0..8).map(|_| stream_completion(server.clone(), 200)).collect();
+    let raised = poll_until("the burst's recommendation", Duration::from_secs(60), || {
+        let s = status_of(&endpoints);
+        scale(&s).filter(|d| *d >= 2).map(|d| (d, s))
+    });
+    eprintln!(
+        "burst -> recommendation of {} replicas in {:.1} s: {}",
+        raised.0,
+        burst_started.elapsed().as_secs_f64(),
+        raised.1["scale"]["reason"]
+    );
+    let metrics = http_get(&endpoints, "/metrics");
+    assert!(
+        metrics.lines().any(|l| l
+            .strip_prefix("orchestrator_desired_replicas ")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|v| v >= 2)),
+        "{metrics}"
+    );
+    for (_, stream) in burst {
+        let streamed = stream.join().unwrap();
+        assert!(streamed.contains("data: [DONE]"), "{streamed}");
+    }
+    // The burst is over: the recommendation holds for the window, then
+    // falls back.
+    let burst_done = std::time::Instant::now();
+    let held = status_of(&endpoints);
+    assert!(scale(&held).is_some_and(|d| d >= 2), "{}", held["scale"]);
+    poll_until("the recommendation back to 1", Duration::from_secs(40), || {
+        (scale(&status_of(&endpoints)) == Some(1)).then_some(())
+    });
+    eprintln!(
+        "back to 1 replica {:.1} s after the burst ended",
+        burst_done.elapsed().as_secs_f64()
+    );
 
     // Graceful stop: a streaming completion in flight when SIGTERM arrives
     // completes; /readyz turns false first; then vLLM and Ray stop.
