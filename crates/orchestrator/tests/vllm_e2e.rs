@@ -316,11 +316,17 @@ fn late_worker_an_early_launched_vllm_waits_for_it_and_serves() {
         (scale(&status_of(&endpoints)) == Some(1)).then_some(())
     });
     let burst_started = std::time::Instant::now();
-    let burst: Vec<_> = (0..8).map(|_| stream_completion(server.clone(), 200)).collect();
-    let raised = poll_until("the burst's recommendation", Duration::from_secs(60), || {
-        let s = status_of(&endpoints);
-        scale(&s).filter(|d| *d >= 2).map(|d| (d, s))
-    });
+    let burst: Vec<_> = (0..8)
+        .map(|_| stream_completion(server.clone(), 200))
+        .collect();
+    let raised = poll_until(
+        "the burst's recommendation",
+        Duration::from_secs(60),
+        || {
+            let s = status_of(&endpoints);
+            scale(&s).filter(|d| *d >= 2).map(|d| (d, s))
+        },
+    );
     eprintln!(
         "burst -> recommendation of {} replicas in {:.1} s: {}",
         raised.0,
@@ -344,9 +350,11 @@ fn late_worker_an_early_launched_vllm_waits_for_it_and_serves() {
     let burst_done = std::time::Instant::now();
     let held = status_of(&endpoints);
     assert!(scale(&held).is_some_and(|d| d >= 2), "{}", held["scale"]);
-    poll_until("the recommendation back to 1", Duration::from_secs(40), || {
-        (scale(&status_of(&endpoints)) == Some(1)).then_some(())
-    });
+    poll_until(
+        "the recommendation back to 1",
+        Duration::from_secs(40),
+        || (scale(&status_of(&endpoints)) == Some(1)).then_some(()),
+    );
     eprintln!(
         "back to 1 replica {:.1} s after the burst ended",
         burst_done.elapsed().as_secs_f64()

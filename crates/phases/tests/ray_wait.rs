@@ -253,9 +253,14 @@ async fn the_expected_workers_are_asked_of_rays_autoscaler_while_waiting() {
         .unwrap();
     let gpu = |n: f64| std::collections::BTreeMap::from([("GPU".to_string(), n)]);
     // What autoscaler v2 reads: the GCS's cluster resource constraint.
+    // The head (1 CPU, 1 GPU) first: the autoscaler packs the request
+    // onto the nodes there are, so the head's GPU must not count for a
+    // worker's.
+    let head_bundle =
+        std::collections::BTreeMap::from([("CPU".to_string(), 1.0), ("GPU".to_string(), 1.0)]);
     assert_eq!(
         gcs.requested_resources().await.unwrap(),
-        vec![gpu(1.0), gpu(1.0)]
+        vec![head_bundle, gpu(1.0), gpu(1.0)]
     );
     // What autoscaler v1 reads, read the way its monitor does (Ray's own
     // GCS client, the internal KV key, no namespace).
@@ -277,7 +282,10 @@ async fn the_expected_workers_are_asked_of_rays_autoscaler_while_waiting() {
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    assert_eq!(read_v1(), r#"[{"GPU": 1.0}, {"GPU": 1.0}]"#);
+    assert_eq!(
+        read_v1(),
+        r#"[{"CPU": 1.0, "GPU": 1.0}, {"GPU": 1.0}, {"GPU": 1.0}]"#
+    );
 
     // Withdrawn (what the lifecycle does at stop).
     gcs.request_resources(&[]).await.unwrap();

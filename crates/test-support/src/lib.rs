@@ -645,3 +645,139 @@ pub fn nvml_standin_library() -> std::path::PathBuf {
     );
     path
 }
+
+/// The node id Ray's fake multi-node provider gives the head (its
+/// `head_node_id`); its workers count up from it (`...00001`).
+#[cfg(feature = "cluster")]
+pub const FAKE_HEAD_NODE_ID: &str = "fffffffffffffffffffffffffffffffffffffffffffffffffff00000";
+
+/// A head whose one GPU worker group starts at zero nodes, under Ray's
+/// real autoscaler (its monitor, with the fake multi-node provider
+/// through `provider_dir/loopback_provider.py`, which starts real raylets
+/// on `worker_ip`), serving the stand-in vLLM: the files it runs from.
+#[cfg(feature = "cluster")]
+pub struct FromZeroHead {
+    /// The head's configuration (`orchestrator run --config`).
+    pub config: std::path::PathBuf,
+    /// Its endpoints port on 127.0.0.1.
+    pub endpoints: u16,
+    /// Its GCS port.
+    pub gcs: u16,
+    /// Ray's temp dir.
+    pub temp: String,
+}
+
+#[cfg(feature = "cluster")]
+impl FromZeroHead {
+    /// Writes the autoscaling config and the head's configuration into
+    /// `dir`; `request` turns `[cluster] request-resources` on.
+    pub fn write(
+        dir: &std::path::Path,
+        head_ip: &str,
+        worker_ip: &str,
+        provider_dir: &std::path::Path,
+        request: bool,
+    ) -> Self {
+        let (gcs, agent, metrics, endpoints, serve) = (
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+        );
+        let temp = format!("/tmp/ray-t{gcs}");
+        let autoscaling = dir.join("autoscaling.yaml");
+        std::fs::write(
+            &autoscaling,
+            format!(
+                r#"cluster_name: from-zero
+max_workers: 2
+upscaling_speed: 1.0
+idle_timeout_minutes: 5
+provider:
+  type: external
+  module: loopback_provider.LoopbackProvider
+  gcs_address: "{head_ip}:{gcs}"
+  node_ip: "{worker_ip}"
+  disable_node_updaters: true
+  disable_launch_config_check: true
+  use_node_id_as_ip: true
+head_node_type: ray.head.default
+available_node_types:
+  ray.head.default:
+    resources: {{CPU: 1, GPU: 1}}
+    node_config: {{}}
+    max_workers: 0
+  gpu-worker:
+    resources: {{CPU: 1, GPU: 1, object_store_memory: 80000000}}
+    node_config: {{}}
+    min_workers: 0
+    max_workers: 2
+auth:
+  ssh_user: ray
+head_node: {{}}
+worker_nodes: {{}}
+file_mounts: {{}}
+cluster_synced_files: []
+file_mounts_sync_continuously: false
+initialization_commands: []
+setup_commands: []
+head_setup_commands: []
+worker_setup_commands: []
+head_start_ray_commands: []
+worker_start_ray_commands: []
+"#
+            ),
+        )
+        .unwrap();
+        let config = dir.join("head.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"role = "head"
+endpoints-port = {endpoints}
+endpoints-host = "127.0.0.1"
+[ray]
+bin = "{ray}"
+gcs-port = {gcs}
+node-ip = "{head_ip}"
+num-cpus = 1
+num-gpus = 1
+memory = 500000000
+object-store-memory = 80000000
+dashboard-agent-listen-port = {agent}
+metrics-export-port = {metrics}
+temp-dir = "{temp}"
+stop-grace-seconds = 5
+extra-args = ["--autoscaling-config={autoscaling}"]
+env = {{ RAY_USAGE_STATS_ENABLED = "0", RAY_FAKE_CLUSTER = "1", RAY_OVERRIDE_NODE_ID_FOR_TESTING = "{FAKE_HEAD_NODE_ID}", PYTHONPATH = "{fixtures}" }}
+[cluster]
+request-resources = {request}
+wait-timeout-seconds = 180
+[[cluster.groups]]
+name = "gpu-worker"
+replicas = 1
+gpus-per-node = 1
+[serve]
+model = "/models/tiny"
+host = "127.0.0.1"
+port = {serve}
+health-interval-ms = 200
+stop-grace-seconds = 3
+[node-health]
+enabled = false
+"#,
+                ray = ray_bin(),
+                autoscaling = autoscaling.display(),
+                fixtures = provider_dir.display(),
+            ),
+        )
+        .unwrap();
+        Self {
+            config,
+            endpoints,
+            gcs,
+            temp,
+        }
+    }
+}

@@ -55,6 +55,10 @@ const BENCHES: &[(&str, &str)] = &[
         "last registration to first completion, orchestrator vs the origin flow (loop + vllm serve), and death-to-action, with real vLLM",
     ),
     (
+        "scale",
+        "from zero workers to ready under Ray's real autoscaler (asking vs only waiting), and a recorded vLLM burst to the scale policy's recommendation (with and without its window)",
+    ),
+    (
         "scale-wait",
         "the wait phase at 1,000 and 10,000 nodes against a stand-in GCS speaking Ray's gRPC: last registration to ready, CPU, peak RSS, policy calls",
     ),
@@ -481,6 +485,7 @@ fn test() -> Result<()> {
         "kube_e2e",
         "node_health",
         "early_launch",
+        "ray_autoscaler",
     ] {
         run(workspace("test")
             .args([
@@ -789,6 +794,16 @@ fn bench(name: Option<&str>) -> Result<()> {
                 .env("ORCHESTRATOR_RAY_BIN", venv.join("bin/ray"))
                 .env("ORCHESTRATOR_VLLM_BIN", venv.join("bin/vllm"))
                 .env("ORCHESTRATOR_TINY_MODEL", &model))
+        }
+        Some("scale") => {
+            ensure_toolchain()?;
+            let ray = ray_venv()?;
+            build_all()?;
+            step("bench scale");
+            run(Command::new(example("bench_scale"))
+                .arg(root().join("target/release/orchestrator"))
+                .arg(root().join("crates/orchestrator/tests/fixtures/autoscaler"))
+                .env("ORCHESTRATOR_RAY_BIN", &ray))
         }
         Some("scale-wait") => {
             ensure_toolchain()?;

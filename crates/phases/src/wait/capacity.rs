@@ -6,16 +6,40 @@
 //! [`Follower::spawn`].
 
 use crate::membership::{Bundle, CapacityRequests};
-use orchestrator_domain::Topology;
+use orchestrator_domain::{Resources, Topology};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// The bundles of the expected workers: each group's replicas, one bundle
-/// per node of its GPUs (and CPUs); without groups, `nodes - 1` workers
-/// of `min-gpus-per-node` GPUs (or one CPU) each. The head is not asked
-/// for: it is there.
-pub fn bundles_for(expected: &Topology) -> Vec<Bundle> {
+/// The bundles of the whole expected layout: the head's own resources
+/// (when known) first, then the expected workers: each group's replicas,
+/// one bundle per node of its GPUs (and CPUs); without groups, `nodes - 1`
+/// workers of `min-gpus-per-node` GPUs (or one CPU) each.
+///
+/// The head is asked for too because Ray's autoscaler packs the request
+/// onto every node there is: a head with a GPU would otherwise satisfy a
+/// worker's `{GPU: 1}` itself, and no worker would ever be started.
+pub fn bundles_for(expected: &Topology, head: Option<&Resources>) -> Vec<Bundle> {
+    let mut all: Vec<Bundle> = head
+        .map(|r| {
+            let mut b = Bundle::new();
+            if r.gpu > 0.0 {
+                b.insert("GPU".to_string(), r.gpu);
+            }
+            if r.cpu > 0.0 {
+                b.insert("CPU".to_string(), r.cpu);
+            }
+            b
+        })
+        .filter(|b| !b.is_empty())
+        .into_iter()
+        .collect();
+    all.extend(workers(expected));
+    all
+}
+
+/// The expected workers' bundles.
+fn workers(expected: &Topology) -> Vec<Bundle> {
     let bundle = |gpus: f64, cpus: f64| {
         let mut b = Bundle::new();
         if gpus > 0.0 {
@@ -63,7 +87,7 @@ impl Follower {
                     match requests.request(&bundles).await {
                         Ok(()) => tracing::info!(
                             bundles = bundles.len(),
-                            "asked Ray's autoscaler for the expected workers: {}",
+                            "asked Ray's autoscaler for the layout (the head, then the expected workers): {}",
                             describe(&bundles)
                         ),
                         Err(e) => {
@@ -86,9 +110,10 @@ impl Follower {
         Self { wanted }
     }
 
-    /// Asks for `expected`'s workers (nothing is sent if unchanged).
-    pub fn ask(&self, expected: &Topology) {
-        let bundles = bundles_for(expected);
+    /// Asks for `expected`'s layout, `head` being the head's resources
+    /// when known (nothing is sent if unchanged).
+    pub fn ask(&self, expected: &Topology, head: Option<&Resources>) {
+        let bundles = bundles_for(expected, head);
         self.wanted.send_if_modified(|current| {
             if current.as_ref() == Some(&bundles) {
                 false
@@ -148,19 +173,30 @@ mod tests {
             ..Topology::default()
         };
         assert_eq!(
-            describe(&bundles_for(&groups)),
+            describe(&bundles_for(&groups, None)),
             "2 x {GPU: 1}, 1 x {CPU: 4}"
+        );
+        // The head's own resources come first: Ray's autoscaler packs the
+        // whole request onto the nodes there are.
+        let head = Resources {
+            cpu: 2.0,
+            gpu: 1.0,
+            ..Resources::default()
+        };
+        assert_eq!(
+            describe(&bundles_for(&groups, Some(&head))),
+            "1 x {CPU: 2, GPU: 1}, 2 x {GPU: 1}, 1 x {CPU: 4}"
         );
         let plain = Topology {
             nodes: 3,
             min_gpus_per_node: 2.0,
             ..Topology::default()
         };
-        assert_eq!(describe(&bundles_for(&plain)), "2 x {GPU: 2}");
+        assert_eq!(describe(&bundles_for(&plain, None)), "2 x {GPU: 2}");
         let alone = Topology {
             nodes: 1,
             ..Topology::default()
         };
-        assert_eq!(describe(&bundles_for(&alone)), "nothing");
+        assert_eq!(describe(&bundles_for(&alone, None)), "nothing");
     }
 }

@@ -201,6 +201,17 @@ struct Seen {
     pending_until: Option<Instant>,
 }
 
+impl Seen {
+    /// The head's resources, once its node is seen alive.
+    fn head_resources(&self) -> Option<&orchestrator_domain::Resources> {
+        self.view
+            .nodes
+            .iter()
+            .find(|n| n.is_head && n.alive)
+            .map(|n| &n.resources)
+    }
+}
+
 /// Most joins or deaths of one update logged one line each; past it, one
 /// line says how many and names the first and the last.
 const LOGGED_ONE_BY_ONE: usize = 16;
@@ -470,7 +481,7 @@ pub async fn wait_for_cluster(
         .flatten()
         .map(capacity::Follower::spawn);
     if let Some(c) = &capacity {
-        c.ask(&waiter.seen.expected);
+        c.ask(&waiter.seen.expected, waiter.seen.head_resources());
     }
     loop {
         let mut wake = waiter.deadline.min(Instant::now() + REEVALUATE);
@@ -497,13 +508,16 @@ pub async fn wait_for_cluster(
                 while let Ok(more) = updates.try_recv() {
                     waiter.seen.apply(more, &described, status);
                 }
+                if let Some(c) = &capacity {
+                    c.ask(&waiter.seen.expected, waiter.seen.head_resources());
+                }
             }
             open = facts_changed => match (open, facts_rx.as_mut()) {
                 (true, Some(rx)) => {
                     let facts = rx.borrow_and_update().clone();
                     waiter.seen.set_facts(facts, &spec.expected);
                     if let Some(c) = &capacity {
-                        c.ask(&waiter.seen.expected);
+                        c.ask(&waiter.seen.expected, waiter.seen.head_resources());
                     }
                 }
                 // The watcher ended: keep its last facts, stop listening.
