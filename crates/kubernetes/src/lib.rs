@@ -29,4 +29,4 @@ pub mod watch;
 pub use api::{KubeContext, KubeError, connect};
 pub use config::KubernetesConfig;
 pub use events::{RateLimit, record_events};
-pub use watch::watch_cluster;
+pub use watch::{watch_cluster, watch_cluster_for};

@@ -342,6 +342,60 @@ impl RayClusterSpec {
             groups,
         }
     }
+
+    /// The expected topology when Ray's autoscaler sizes the worker groups
+    /// (`enableInTreeAutoscaling`): their `replicas` are then what Ray asked
+    /// for so far (0 from `minReplicas: 0`), not the layout. The layout
+    /// instead: with `layout_gpus` (tensor x pipeline parallel size, when
+    /// the serve settings name them) the GPU groups, in order, get the
+    /// workers for the GPUs the head lacks (per group at least
+    /// `minReplicas`, at most `maxReplicas`, times `numOfHosts`); without
+    /// it each GPU group its `maxReplicas`. Groups without GPUs keep their
+    /// `minReplicas`.
+    pub fn autoscaled_topology(&self, layout_gpus: Option<f64>) -> Topology {
+        let mut topology = self.topology();
+        if self.suspend == Some(true) {
+            return topology;
+        }
+        let (_, head_gpus) = pod_resources(
+            &self.head_group_spec.ray_start_params,
+            &self.head_group_spec.template,
+        );
+        let mut missing = layout_gpus.map(|g| (g - head_gpus).max(0.0));
+        for (group, spec) in topology.groups.iter_mut().zip(&self.worker_group_specs) {
+            let hosts = u32::try_from(spec.num_of_hosts.unwrap_or(1).max(1)).unwrap_or(1);
+            let min = u32::try_from(spec.min_replicas.unwrap_or(0).max(0)).unwrap_or(0);
+            let max = spec
+                .max_replicas
+                .map_or(u32::MAX, |m| u32::try_from(m.max(0)).unwrap_or(0))
+                .max(min);
+            let replicas = if group.gpus_per_node <= 0.0 {
+                min
+            } else {
+                match missing.as_mut() {
+                    Some(left) => {
+                        let per_replica = group.gpus_per_node * f64::from(hosts);
+                        let wanted = (*left / per_replica).ceil() as u32;
+                        let n = wanted.clamp(min, max);
+                        *left = (*left - f64::from(n) * per_replica).max(0.0);
+                        n
+                    }
+                    None if max == u32::MAX => min,
+                    None => max,
+                }
+            };
+            group.replicas = replicas.saturating_mul(hosts);
+        }
+        let workers: u32 = topology.groups.iter().map(|g| g.replicas).sum();
+        topology.nodes = workers + 1;
+        topology.gpus = head_gpus
+            + topology
+                .groups
+                .iter()
+                .map(|g| f64::from(g.replicas) * g.gpus_per_node)
+                .sum::<f64>();
+        topology
+    }
 }
 
 /// Why a manifest yields no topology.
@@ -442,6 +496,54 @@ mod tests {
         assert_eq!(q("500m"), Some(0.5));
         assert_eq!(q("1Gi"), Some(1073741824.0));
         assert_eq!(q("x"), None);
+    }
+
+    #[test]
+    fn an_autoscaled_cluster_expects_the_layout_not_its_replicas() {
+        let gpu_limit = |n: &str| {
+            let mut t = PodTemplateSpec::default();
+            t.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+                containers: vec![k8s_openapi::api::core::v1::Container {
+                    resources: Some(k8s_openapi::api::core::v1::ResourceRequirements {
+                        limits: Some(
+                            [("nvidia.com/gpu".to_string(), Quantity(n.to_string()))].into(),
+                        ),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+            t
+        };
+        let spec = RayClusterSpec {
+            head_group_spec: HeadGroupSpec {
+                template: gpu_limit("1"),
+                ..HeadGroupSpec::default()
+            },
+            worker_group_specs: vec![WorkerGroupSpec {
+                group_name: "gpu".into(),
+                replicas: Some(0),
+                min_replicas: Some(0),
+                max_replicas: Some(3),
+                template: gpu_limit("2"),
+                ..WorkerGroupSpec::default()
+            }],
+            enable_in_tree_autoscaling: Some(true),
+            ..RayClusterSpec::default()
+        };
+        assert_eq!(
+            spec.topology().nodes,
+            1,
+            "replicas: what Ray asked for so far"
+        );
+        // TP 4 x PP 1 = 4 GPUs: the head has 1, so 2 workers of 2.
+        let t = spec.autoscaled_topology(Some(4.0));
+        assert_eq!((t.nodes, t.gpus, t.groups[0].replicas), (3, 5.0, 2));
+        // More than maxReplicas can give: capped at 3.
+        assert_eq!(spec.autoscaled_topology(Some(16.0)).groups[0].replicas, 3);
+        // No layout named: the group's maxReplicas.
+        assert_eq!(spec.autoscaled_topology(None).nodes, 4);
     }
 
     #[test]

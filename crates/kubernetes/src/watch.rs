@@ -76,7 +76,7 @@ impl State {
             .join("; ")
     }
 
-    fn facts(&self, config: &ClusterConfig) -> ExternalFacts {
+    fn facts(&self, config: &ClusterConfig, layout_gpus: Option<f64>) -> ExternalFacts {
         let cluster = self.cluster.state().first().map(|c| c.as_ref().clone());
         let pods: Vec<Pod> = self
             .pods
@@ -94,18 +94,34 @@ impl State {
         let autoscaled = cluster
             .as_ref()
             .filter(|c| c.spec.enable_in_tree_autoscaling == Some(true));
+        // With Ray's autoscaler the groups' replicas are what Ray asked for
+        // so far: unless the configuration gives the layout, it comes from
+        // the serve layout (TP x PP) or the groups' maxReplicas.
+        let from_layout = config.nodes.is_none() && config.groups.is_empty();
         if let Some(c) = autoscaled
-            && config.nodes.is_none()
-            && config.groups.is_empty()
+            && from_layout
         {
+            let t = c.spec.autoscaled_topology(layout_gpus);
+            let workers = t.nodes.saturating_sub(1);
             notes.push(format!(
-                "RayCluster {} scales its workers with Ray's autoscaler: its replicas are what Ray asked for so far, not the layout to wait for; set [cluster] nodes and [[cluster.groups]] to the workers vLLM needs (the head asks the autoscaler for them)",
-                c.metadata.name.as_deref().unwrap_or("?")
+                "RayCluster {} scales its workers with Ray's autoscaler: expecting {workers} worker{} ({}), which the head asks the autoscaler for; set [[cluster.groups]] to expect other workers",
+                c.metadata.name.as_deref().unwrap_or("?"),
+                if workers == 1 { "" } else { "s" },
+                match layout_gpus {
+                    Some(g) => format!("for the serve layout's {g} GPUs, tensor x pipeline parallel size"),
+                    None => "each GPU group's maxReplicas: the serve settings name no tensor-parallel-size".to_string(),
+                }
             ));
         }
         let autoscaling = autoscaled.is_some();
         ExternalFacts {
-            expected: cluster.map(|c| config.merge(c.spec.topology())),
+            expected: cluster.map(|c| {
+                config.merge(if autoscaling && from_layout {
+                    c.spec.autoscaled_topology(layout_gpus)
+                } else {
+                    c.spec.topology()
+                })
+            }),
             members,
             notes,
             autoscaling,
@@ -174,6 +190,18 @@ pub async fn watch_cluster(
     context: &KubeContext,
     config: ClusterConfig,
 ) -> tokio::sync::watch::Receiver<ExternalFacts> {
+    watch_cluster_for(context, config, None).await
+}
+
+/// [`watch_cluster`] for a serve layout of `layout_gpus` GPUs (tensor x
+/// pipeline parallel size, when the serve settings name them): with Ray's
+/// autoscaler and no configured groups, the expected workers are those
+/// the layout needs ([`crate::raycluster::RayClusterSpec::autoscaled_topology`]).
+pub async fn watch_cluster_for(
+    context: &KubeContext,
+    config: ClusterConfig,
+    layout_gpus: Option<f64>,
+) -> tokio::sync::watch::Receiver<ExternalFacts> {
     let clusters: Api<RayCluster> = Api::namespaced(context.client.clone(), &context.namespace);
     let pods: Api<Pod> = Api::namespaced(context.client.clone(), &context.namespace);
     let (cluster_store, cluster_writer) = reflector::store();
@@ -216,7 +244,7 @@ pub async fn watch_cluster(
     if !logged.is_empty() {
         tracing::warn!("kubernetes: {logged}");
     }
-    let (facts_tx, facts_rx) = tokio::sync::watch::channel(state.facts(&config));
+    let (facts_tx, facts_rx) = tokio::sync::watch::channel(state.facts(&config, layout_gpus));
     tokio::spawn(async move {
         loop {
             // Ends (and with it both watches) once nobody reads the facts.
@@ -237,7 +265,7 @@ pub async fn watch_cluster(
                 tracing::warn!("kubernetes: {errors}");
             }
             logged = errors;
-            let facts = state.facts(&config);
+            let facts = state.facts(&config, layout_gpus);
             facts_tx.send_if_modified(|current| {
                 if *current == facts {
                     false

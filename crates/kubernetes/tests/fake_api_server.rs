@@ -9,7 +9,9 @@ use orchestrator_domain::Node;
 use orchestrator_domain::{ClusterConfig, Event, EventReason};
 use orchestrator_fake_kube_api::{FakeApiServer, fixture};
 use orchestrator_kubernetes::events::{RateLimit, record_events};
-use orchestrator_kubernetes::{KubeContext, KubernetesConfig, connect, watch_cluster};
+use orchestrator_kubernetes::{
+    KubeContext, KubernetesConfig, connect, watch_cluster, watch_cluster_for,
+};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -130,14 +132,28 @@ async fn a_raycluster_scaled_by_rays_autoscaler_is_reported_as_such() {
         .await
         .expect("fake API server");
     let context = connect(&settings(&server)).await.expect("connect");
+    // No layout anywhere: the GPU group's maxReplicas (4) are expected.
     let facts = watch_cluster(&context, ClusterConfig::default()).await;
     let f = facts.borrow().clone();
     assert!(f.autoscaling);
-    assert_eq!(f.expected.as_ref().map(|t| t.nodes), Some(1));
+    assert_eq!(f.expected.as_ref().map(|t| t.nodes), Some(5));
     assert!(
         f.notes.iter().any(|n| n
-            .contains("RayCluster vllm-llama scales its workers with Ray's autoscaler")
-            && n.contains("set [cluster] nodes and [[cluster.groups]]")),
+            .contains("RayCluster vllm-llama scales its workers with Ray's autoscaler: expecting 4 workers (each GPU group's maxReplicas")
+            && n.contains("set [[cluster.groups]] to expect other workers")),
+        "{:?}",
+        f.notes
+    );
+    // The serve layout's GPUs (TP x PP = 3; the head has 1 GPU): 2 workers
+    // of 1 GPU.
+    let facts = watch_cluster_for(&context, ClusterConfig::default(), Some(3.0)).await;
+    let f = facts.borrow().clone();
+    let t = f.expected.clone().unwrap();
+    assert_eq!((t.nodes, t.gpus, t.groups[0].replicas), (3, 3.0, 2));
+    assert!(
+        f.notes
+            .iter()
+            .any(|n| n.contains("expecting 2 workers (for the serve layout's 3 GPUs")),
         "{:?}",
         f.notes
     );

@@ -832,7 +832,12 @@ fn plan_warns_when_the_gateway_routes_a_name_vllm_does_not_serve() {
         "ray start --head --dashboard-host=0.0.0.0 --block".to_string(),
     );
     // Without the served name the fleet's head sets, the plan warns.
-    let (ok, _, stderr) = plan(&config, "head", &[kuberay.clone()], &[raycluster.clone()]);
+    let (ok, _, stderr) = plan(
+        &config,
+        "head",
+        std::slice::from_ref(&kuberay),
+        std::slice::from_ref(&raycluster),
+    );
     assert!(ok, "{stderr}");
     assert!(
         stderr.contains("warning: AIBrix's gateway routes model \"qwen25-7b\"")

@@ -147,11 +147,14 @@ impl Lifecycle {
                 .await
                 .map_err(|source| LifecycleError::Endpoints { address, source })?;
         }
-        let mut kubernetes = self
-            .plan
-            .kubernetes
-            .as_ref()
-            .map(|(settings, cluster)| kube_platform::spawn(settings, cluster, &self.status));
+        let mut kubernetes = self.plan.kubernetes.as_ref().map(|(settings, cluster)| {
+            let layout = self.plan.serve.as_ref().and_then(|s| {
+                let tp = s.settings.tensor_parallel_size?;
+                let pp = s.settings.pipeline_parallel_size.unwrap_or(1);
+                Some(f64::from(tp) * f64::from(pp))
+            });
+            kube_platform::spawn(settings, cluster, layout, &self.status)
+        });
         let shutdown = prepare_process().map_err(LifecycleError::Signals)?;
         raise_open_file_limit(self.plan.open_file_limit);
         // Warms the weights while Ray starts and the cluster forms; stops

@@ -4,7 +4,9 @@
 
 use crate::endpoints::Status;
 use orchestrator_domain::{ClusterConfig, ExternalFacts};
-use orchestrator_kubernetes::{KubernetesConfig, RateLimit, connect, record_events, watch_cluster};
+use orchestrator_kubernetes::{
+    KubernetesConfig, RateLimit, connect, record_events, watch_cluster_for,
+};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -41,9 +43,12 @@ impl KubeHandle {
 }
 
 /// Starts connecting in the background.
+/// `layout_gpus` is the serve layout's GPUs (tensor x pipeline parallel
+/// size) when the serve settings name them.
 pub fn spawn(
     settings: &KubernetesConfig,
     cluster: &ClusterConfig,
+    layout_gpus: Option<f64>,
     status: &Arc<Status>,
 ) -> KubeHandle {
     let settings = settings.clone();
@@ -83,7 +88,7 @@ pub fn spawn(
                     Err(poisoned) => *poisoned.into_inner() = Some(recorder),
                 }
             }
-            let facts = watch_cluster(&context, cluster).await;
+            let facts = watch_cluster_for(&context, cluster, layout_gpus).await;
             if let Some(t) = &facts.borrow().expected {
                 tracing::info!(
                     nodes = t.nodes,
