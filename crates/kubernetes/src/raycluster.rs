@@ -500,9 +500,8 @@ mod tests {
 
     #[test]
     fn an_autoscaled_cluster_expects_the_layout_not_its_replicas() {
-        let gpu_limit = |n: &str| {
-            let mut t = PodTemplateSpec::default();
-            t.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+        let gpu_limit = |n: &str| PodTemplateSpec {
+            spec: Some(k8s_openapi::api::core::v1::PodSpec {
                 containers: vec![k8s_openapi::api::core::v1::Container {
                     resources: Some(k8s_openapi::api::core::v1::ResourceRequirements {
                         limits: Some(
@@ -513,8 +512,8 @@ mod tests {
                     ..Default::default()
                 }],
                 ..Default::default()
-            });
-            t
+            }),
+            ..PodTemplateSpec::default()
         };
         let spec = RayClusterSpec {
             head_group_spec: HeadGroupSpec {
