@@ -28,7 +28,15 @@ fn a_worker_group_starting_at_zero_is_started_by_rays_autoscaler_and_serves() {
         endpoints,
         gcs,
         temp,
-    } = FromZeroHead::write(dir.path(), head_ip, worker_ip, &fixtures, true);
+        ..
+    } = FromZeroHead::write(
+        dir.path(),
+        head_ip,
+        worker_ip,
+        &fixtures,
+        true,
+        Serving::StandIn,
+    );
     let started = Instant::now();
     let mut head = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
         .args(["run", "--config", &config.display().to_string()])

@@ -438,3 +438,67 @@ fn stream_completion(
     });
     (rx, handle)
 }
+
+/// Scale from zero with real vLLM: the head's worker group starts with no
+/// node under Ray's real autoscaler (its monitor with the fake multi-node
+/// provider, on loopback: see `ray_autoscaler.rs`); the head asks for the
+/// layout, the autoscaler launches the worker, vLLM (early-launched for
+/// the expected layout) gets its placement group and serves
+/// tensor-parallel over the head and the autoscaler's node.
+#[test]
+#[ignore = "needs vLLM and Ray: run by `cargo xtask test`"]
+fn from_zero_workers_rays_autoscaler_starts_the_worker_and_vllm_serves() {
+    let (head_ip, worker_ip) = ("127.0.0.120", "127.0.0.121");
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/autoscaler");
+    let (model, vllm) = (var("ORCHESTRATOR_TINY_MODEL"), var("ORCHESTRATOR_VLLM_BIN"));
+    let head = FromZeroHead::write(
+        dir.path(),
+        head_ip,
+        worker_ip,
+        &fixtures,
+        true,
+        Serving::Vllm {
+            model: &model,
+            vllm: &vllm,
+        },
+    );
+    let log = dir.path().join("orchestrator.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args(["run", "--config", &head.config.display().to_string()])
+        .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _guard = Guard(vec![child.id() as i32]);
+    let endpoints = format!("127.0.0.1:{}", head.endpoints);
+    let server = format!("{head_ip}:{}", head.serve);
+    wait_for("ready", Duration::from_secs(400), || {
+        http_get(&endpoints, "/readyz").contains("200 OK")
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("asked Ray's autoscaler for the layout (the head, then the expected workers): 1 x {CPU: 1, GPU: 1}, 1 x {GPU: 1}"),
+        "{text}"
+    );
+    let worker = gcs_nodes(&format!("{head_ip}:{}", head.gcs))
+        .into_iter()
+        .find(|n| !n.is_head && n.alive)
+        .expect("the autoscaler's worker joined");
+    assert_eq!(worker.address, worker_ip);
+    assert_eq!(
+        worker.id,
+        format!("{}1", &FAKE_HEAD_NODE_ID[..FAKE_HEAD_NODE_ID.len() - 1]),
+        "launched by Ray's autoscaler: {worker:?}"
+    );
+    complete(&server).expect("vLLM serves over the autoscaler's node");
+    signal(child.id() as i32, Sig::TERM);
+    assert!(
+        wait_exit(&mut child, Duration::from_secs(120)).success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_nothing_left(&[head_ip, worker_ip, &head.temp, "vllm serve"]);
+}

@@ -31,7 +31,14 @@ use std::time::{Duration, Instant};
 fn from_zero(binary: &str, provider: &Path, request: bool, limit: Duration) -> Option<f64> {
     let dir = tempfile::tempdir().unwrap();
     let (head_ip, worker_ip) = ("127.0.0.170", "127.0.0.171");
-    let head = FromZeroHead::write(dir.path(), head_ip, worker_ip, provider, request);
+    let head = FromZeroHead::write(
+        dir.path(),
+        head_ip,
+        worker_ip,
+        provider,
+        request,
+        Serving::StandIn,
+    );
     let started = Instant::now();
     let mut child = Command::new(binary)
         .args(["run", "--config", &head.config.display().to_string()])

@@ -663,8 +663,25 @@ pub struct FromZeroHead {
     pub endpoints: u16,
     /// Its GCS port.
     pub gcs: u16,
+    /// The port the model is served on.
+    pub serve: u16,
     /// Ray's temp dir.
     pub temp: String,
+}
+
+/// What a [`FromZeroHead`] serves.
+#[cfg(feature = "cluster")]
+pub enum Serving<'a> {
+    /// The stand-in vLLM, found on PATH ([`stand_in_vllm_path`]).
+    StandIn,
+    /// Real vLLM (the CPU build with the test platform plugin):
+    /// `model` tensor-parallel over the head and the worker.
+    Vllm {
+        /// The model's directory.
+        model: &'a str,
+        /// The `vllm` executable.
+        vllm: &'a str,
+    },
 }
 
 #[cfg(feature = "cluster")]
@@ -677,6 +694,7 @@ impl FromZeroHead {
         worker_ip: &str,
         provider_dir: &std::path::Path,
         request: bool,
+        serving: Serving<'_>,
     ) -> Self {
         let (gcs, agent, metrics, endpoints, serve) = (
             free_port(),
@@ -709,7 +727,7 @@ available_node_types:
     node_config: {{}}
     max_workers: 0
   gpu-worker:
-    resources: {{CPU: 1, GPU: 1, object_store_memory: 80000000}}
+    resources: {{CPU: 1, GPU: 1, object_store_memory: 200000000}}
     node_config: {{}}
     min_workers: 0
     max_workers: 2
@@ -750,7 +768,7 @@ metrics-export-port = {metrics}
 temp-dir = "{temp}"
 stop-grace-seconds = 5
 extra-args = ["--autoscaling-config={autoscaling}"]
-env = {{ RAY_USAGE_STATS_ENABLED = "0", RAY_FAKE_CLUSTER = "1", RAY_OVERRIDE_NODE_ID_FOR_TESTING = "{FAKE_HEAD_NODE_ID}", PYTHONPATH = "{fixtures}" }}
+env = {{ RAY_USAGE_STATS_ENABLED = "0", RAY_FAKE_CLUSTER = "1", RAY_OVERRIDE_NODE_ID_FOR_TESTING = "{FAKE_HEAD_NODE_ID}", PYTHONPATH = "{fixtures}", VLLM_CPU_RAY_TEST_PLATFORM = "1" }}
 [cluster]
 request-resources = {request}
 wait-timeout-seconds = 180
@@ -758,18 +776,37 @@ wait-timeout-seconds = 180
 name = "gpu-worker"
 replicas = 1
 gpus-per-node = 1
-[serve]
-model = "/models/tiny"
-host = "127.0.0.1"
-port = {serve}
-health-interval-ms = 200
-stop-grace-seconds = 3
+{serving}
 [node-health]
 enabled = false
 "#,
                 ray = ray_bin(),
                 autoscaling = autoscaling.display(),
                 fixtures = provider_dir.display(),
+                serving = match serving {
+                    Serving::StandIn => format!(
+                        "[serve]\nmodel = \"/models/tiny\"\nhost = \"127.0.0.1\"\nport = {serve}\nhealth-interval-ms = 200\nstop-grace-seconds = 3"
+                    ),
+                    Serving::Vllm { model, vllm } => format!(
+                        r#"[serve]
+model = "{model}"
+served-model-name = "tiny"
+host = "{head_ip}"
+port = {serve}
+tensor-parallel-size = 2
+pipeline-parallel-size = 1
+extra-args = ["--max-model-len", "256", "--dtype", "bfloat16", "--enforce-eager"]
+health-interval-ms = 500
+generation-interval-ms = 5000
+stop-grace-seconds = 30
+[policies.launch.params]
+program = "{vllm}"
+"env.VLLM_HOST_IP" = "{head_ip}"
+"env.VLLM_CPU_RAY_TEST_PLATFORM" = "1"
+"env.VLLM_CPU_KVCACHE_SPACE" = "1"
+"env.HF_HUB_OFFLINE" = "1""#
+                    ),
+                },
             ),
         )
         .unwrap();
@@ -777,6 +814,7 @@ enabled = false
             config,
             endpoints,
             gcs,
+            serve,
             temp,
         }
     }
