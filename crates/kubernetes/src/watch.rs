@@ -98,10 +98,10 @@ impl State {
         // so far: unless the configuration gives the layout, it comes from
         // the serve layout (TP x PP) or the groups' maxReplicas.
         let from_layout = config.nodes.is_none() && config.groups.is_empty();
-        if let Some(c) = autoscaled
-            && from_layout
-        {
-            let t = c.spec.autoscaled_topology(layout_gpus);
+        let layout = autoscaled
+            .filter(|_| from_layout)
+            .map(|c| (c, c.spec.autoscaled_topology(layout_gpus)));
+        if let Some((c, t)) = &layout {
             let workers = t.nodes.saturating_sub(1);
             notes.push(format!(
                 "RayCluster {} scales its workers with Ray's autoscaler: expecting {workers} worker{} ({}), which the head asks the autoscaler for; set [[cluster.groups]] to expect other workers",
@@ -114,14 +114,12 @@ impl State {
             ));
         }
         let autoscaling = autoscaled.is_some();
+        let expected = match layout {
+            Some((_, t)) => Some(config.merge(t)),
+            None => cluster.as_ref().map(|c| config.merge(c.spec.topology())),
+        };
         ExternalFacts {
-            expected: cluster.map(|c| {
-                config.merge(if autoscaling && from_layout {
-                    c.spec.autoscaled_topology(layout_gpus)
-                } else {
-                    c.spec.topology()
-                })
-            }),
+            expected,
             members,
             notes,
             autoscaling,
