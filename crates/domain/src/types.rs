@@ -114,6 +114,35 @@ pub struct ServeSettings {
     pub extra_args: Vec<String>,
     pub tensor_parallel_size: Option<u32>,
     pub pipeline_parallel_size: Option<u32>,
+    /// The native backend's group (vLLM's own multi-node mode); `None`
+    /// with Ray.
+    pub native_group: Option<NativeGroup>,
+}
+
+/// The group of a natively launched server: one rank per node, rank 0 on
+/// the leader.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct NativeGroup {
+    /// Ranks in the group, the leader included.
+    pub nodes: u32,
+    /// The leader's address, where torch.distributed meets.
+    pub master_addr: String,
+    /// The port it meets on.
+    pub master_port: u16,
+}
+
+/// What one rank other than the leader runs.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RankPlan {
+    /// Its node rank, 1 to nodes - 1.
+    pub rank: u32,
+    /// The full argv.
+    pub argv: Vec<String>,
+    /// Environment added on that node.
+    #[serde(default)]
+    pub env: Vec<KeyValue>,
 }
 
 /// The input of a launch policy.
@@ -132,6 +161,50 @@ pub struct LaunchPlan {
     pub env: Vec<KeyValue>,
     #[serde(default)]
     pub early: bool,
+    /// With a native group: ranks 1 to nodes - 1 (`argv`/`env` are rank
+    /// 0's).
+    #[serde(default)]
+    pub ranks: Vec<RankPlan>,
+}
+
+impl LaunchPlan {
+    /// Checks a native group's plan: one entry per rank 1 to nodes - 1,
+    /// each with a program. Names the first problem.
+    pub fn check_ranks(&self, group: Option<&NativeGroup>) -> Result<(), String> {
+        let Some(group) = group else {
+            if self.ranks.is_empty() {
+                return Ok(());
+            }
+            return Err(format!(
+                "the plan has {} per-rank argv but the backend is Ray (no native group)",
+                self.ranks.len()
+            ));
+        };
+        let want: Vec<u32> = (1..group.nodes).collect();
+        let mut got: Vec<u32> = self.ranks.iter().map(|r| r.rank).collect();
+        got.sort_unstable();
+        if got != want {
+            return Err(format!(
+                "the plan's ranks are {got:?} but a group of {} nodes needs exactly ranks {want:?}",
+                group.nodes
+            ));
+        }
+        if let Some(r) = self.ranks.iter().find(|r| r.argv.is_empty()) {
+            return Err(format!("rank {}'s argv is empty", r.rank));
+        }
+        Ok(())
+    }
+
+    /// The argv of `rank` (0: the leader's).
+    pub fn argv_of(&self, rank: u32) -> Option<&[String]> {
+        if rank == 0 {
+            return Some(&self.argv);
+        }
+        self.ranks
+            .iter()
+            .find(|r| r.rank == rank)
+            .map(|r| r.argv.as_slice())
+    }
 }
 
 /// Why a launch policy could not build a plan.

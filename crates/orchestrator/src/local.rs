@@ -9,6 +9,7 @@ use clap::Args;
 use orchestrator_domain::{KeyValue, ServeSettings};
 use orchestrator_phases::config::PluginLimits;
 use orchestrator_phases::lifecycle::{Lifecycle, LocalCluster, Plan};
+use orchestrator_phases::native::{LocalGroup, NativePlan};
 use orchestrator_phases::policies::{self, Policies};
 use orchestrator_phases::scale::ScaleSpec;
 use orchestrator_phases::serve::ServeSpec;
@@ -23,6 +24,16 @@ pub struct LocalArgs {
     /// Worker nodes besides the head.
     #[arg(long, default_value_t = 1)]
     pub workers: u32,
+    /// `ray` (a Ray head and workers) or `native` (vLLM's own multi-node
+    /// mode: a leader and `--workers` ranks, no Ray).
+    #[arg(long, value_enum, default_value = "ray")]
+    pub backend: LocalBackend,
+    /// Native backend: how often each rank sends its heartbeat, ms.
+    #[arg(long, default_value_t = 500)]
+    pub heartbeat_ms: u64,
+    /// Native backend: after how long without a heartbeat a rank is lost, ms.
+    #[arg(long, default_value_t = 5000)]
+    pub heartbeat_timeout_ms: u64,
     /// How `oci://` policies are pulled.
     #[command(flatten)]
     pub registry: crate::plugin::RegistryArgs,
@@ -164,6 +175,15 @@ pub struct LocalArgs {
     pub max_replicas: u32,
 }
 
+/// The backend of a local cluster.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalBackend {
+    /// Ray.
+    Ray,
+    /// vLLM's own multi-node mode.
+    Native,
+}
+
 /// `KEY=VALUE` flags as pairs.
 pub fn key_values(raw: &[String], flag: &str) -> Result<Vec<KeyValue>> {
     raw.iter()
@@ -201,6 +221,7 @@ impl LocalArgs {
                 extra_args: self.vllm_args.clone(),
                 tensor_parallel_size: self.tp,
                 pipeline_parallel_size: self.pp,
+                native_group: None,
             },
             launch_params,
             health_params: key_values(&self.health_params, "--health-param")?,
@@ -304,9 +325,56 @@ impl LocalArgs {
     }
 }
 
+impl LocalArgs {
+    /// The library's description of a local native group.
+    fn native_group(&self) -> Result<LocalGroup> {
+        let cluster = self.cluster()?;
+        Ok(LocalGroup {
+            workers: self.workers,
+            address: self.head_ip,
+            endpoints_port: self.endpoints_port,
+            master_port: 0,
+            gpus_per_node: self.gpus_per_node,
+            timeout: cluster.timeout,
+            readiness_params: cluster.readiness_params,
+            serve: cluster.serve,
+            exit_when_ready: self.exit_when_ready,
+            prefetch: cluster.prefetch,
+            heartbeat: Duration::from_millis(self.heartbeat_ms.max(10)),
+            heartbeat_timeout: Duration::from_millis(
+                self.heartbeat_timeout_ms.max(2 * self.heartbeat_ms),
+            ),
+        })
+    }
+}
+
+/// `local --backend native`: the leader and its ranks in this process.
+fn run_native(args: &LocalArgs) -> ExitCode {
+    let prepared = args
+        .native_group()
+        .and_then(|group| Ok((NativePlan::local(&group)?, args.policies()?)));
+    let (plan, policies) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(model) = &args.model {
+        println!(
+            "native backend: a leader and {} rank(s); serving {model} on http://{}:{} once every rank is present (Ctrl-C stops everything)",
+            args.workers, args.head_ip, args.serve_port
+        );
+    }
+    crate::run_native(plan, Some(policies))
+}
+
 /// Runs the command: 0 after Ctrl-C/SIGTERM or `--exit-when-ready`, 1 for
 /// a failure, 2 for bad arguments.
 pub fn run(args: LocalArgs) -> ExitCode {
+    if args.backend == LocalBackend::Native {
+        return run_native(&args);
+    }
     let prepared = args.cluster().and_then(|cluster| {
         Ok((
             Plan::local(&cluster)?,

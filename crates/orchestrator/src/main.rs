@@ -75,7 +75,17 @@ pub fn run_lifecycle(lifecycle: orchestrator_phases::lifecycle::Lifecycle) -> Ex
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    match runtime.block_on(lifecycle.run()) {
+    exit_code(runtime.block_on(lifecycle.run()))
+}
+
+/// The process's exit code for a run's end, its error printed.
+fn exit_code(
+    ended: Result<
+        orchestrator_phases::lifecycle::Exit,
+        orchestrator_phases::lifecycle::LifecycleError,
+    >,
+) -> ExitCode {
+    match ended {
         Ok(exit) => {
             if let Some(error) = &exit.error {
                 eprintln!("error: {error}");
@@ -87,6 +97,19 @@ pub fn run_lifecycle(lifecycle: orchestrator_phases::lifecycle::Lifecycle) -> Ex
             ExitCode::from(1)
         }
     }
+}
+
+/// Runs a native-backend plan to its end and turns it into the exit code.
+pub fn run_native(
+    plan: orchestrator_phases::native::NativePlan,
+    policies: Option<orchestrator_phases::policies::Policies>,
+) -> ExitCode {
+    let runtime = match runtime(2) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let status = orchestrator_phases::endpoints::Status::new();
+    exit_code(runtime.block_on(orchestrator_phases::native::run(plan, policies, status)))
 }
 
 /// A tokio runtime with `workers` threads (0: on this thread only); a

@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use orchestrator_phases::config::{Config, ConfigError, Role};
 use orchestrator_phases::lifecycle::{self, Lifecycle, Plan};
+use orchestrator_phases::native::{Backend, NativeIdentity, NativePlan};
 use orchestrator_phases::policies::{self, Policies};
 use orchestrator_phases::start::KUBERAY_ENV;
 use orchestrator_policy_host::World;
@@ -73,6 +74,9 @@ pub fn plan(args: PlanArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return refuse(2, e),
     };
+    if config.backend == Backend::Native {
+        return plan_native(&config);
+    }
     let topology = match &args.raycluster {
         None => config.cluster.topology(),
         Some(path) => {
@@ -157,6 +161,9 @@ pub fn run(args: ConfigArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return refuse(2, e),
     };
+    if config.backend == Backend::Native {
+        return run_native(&config);
+    }
     let kuberay = std::env::var(KUBERAY_ENV).ok();
     let plan = match Plan::from_config(&config, kuberay.as_deref()) {
         Ok(p) => p,
@@ -179,4 +186,77 @@ pub fn run(args: ConfigArgs) -> ExitCode {
         }
     }
     crate::run_lifecycle(lifecycle)
+}
+
+/// This node's place in a native group, from the configuration and the
+/// environment.
+fn native_identity(
+    config: &Config,
+) -> Result<NativeIdentity, orchestrator_phases::native::IdentityError> {
+    NativeIdentity::resolve(&config.native, &|name| std::env::var(name).ok())
+}
+
+/// `orchestrator run` with `backend = "native"`: the leader (rank 0)
+/// loads the policies; every rank runs its part of the group.
+fn run_native(config: &Config) -> ExitCode {
+    let identity = match native_identity(config) {
+        Ok(i) => i,
+        Err(e) => return refuse(2, e),
+    };
+    tracing::info!(
+        rank = identity.rank,
+        group_size = identity.group_size,
+        leader = %identity.leader_address,
+        "native backend: {}",
+        identity.sources.join(", ")
+    );
+    let plan = match NativePlan::from_config(config, &identity) {
+        Ok(p) => p,
+        Err(e) => return refuse(2, e),
+    };
+    let policies = if identity.is_leader() {
+        match leader_policies(config) {
+            Ok(p) => Some(p),
+            Err(e) => return refuse(2, e),
+        }
+    } else {
+        None
+    };
+    crate::run_native(plan, policies)
+}
+
+/// The leader's policies (the scale world is not used natively yet).
+fn leader_policies(config: &Config) -> Result<Policies, policies::PolicyError> {
+    let host = policies::host(&config.plugins)?;
+    Policies::load(&host, &config.policies, &config.registry)
+}
+
+/// `orchestrator plan` with `backend = "native"`.
+fn plan_native(config: &Config) -> ExitCode {
+    let identity = match native_identity(config) {
+        Ok(i) => i,
+        Err(e) => return refuse(2, e),
+    };
+    let mut loaded = if identity.is_leader() {
+        match leader_policies(config) {
+            Ok(p) => Some(p),
+            Err(e) => return refuse(2, e),
+        }
+    } else {
+        None
+    };
+    match orchestrator_phases::native::describe(
+        config,
+        &identity,
+        loaded.as_mut().map(|p| &mut p.launch),
+    ) {
+        Ok(json) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => refuse(2, e),
+    }
 }

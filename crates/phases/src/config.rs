@@ -26,8 +26,12 @@ pub const ENV_PREFIX: &str = "ORCHESTRATOR__";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct Config {
-    /// `head` or `worker`.
+    /// `head` or `worker` (with the native backend, the rank decides).
     pub role: Role,
+    /// `ray` (default) or `native` (vLLM's own multi-node mode, no Ray).
+    pub backend: crate::native::Backend,
+    /// The native backend's group.
+    pub native: crate::native::NativeConfig,
     /// The open-file limit for the whole process tree.
     pub open_file_limit: u64,
     /// How Ray is started.
@@ -59,6 +63,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             role: Role::Head,
+            backend: crate::native::Backend::Ray,
+            native: crate::native::NativeConfig::default(),
             open_file_limit: 65536,
             ray: RayConfig::default(),
             cluster: ClusterConfig::default(),
@@ -472,6 +478,7 @@ impl ServeConfig {
             extra_args: self.extra_args.clone(),
             tensor_parallel_size: self.tensor_parallel_size,
             pipeline_parallel_size: self.pipeline_parallel_size,
+            native_group: None,
         }
     }
 }

@@ -27,11 +27,14 @@
 //! - [`endpoints`]: `/livez`, `/readyz`, `/status`, `/metrics`, and the
 //!   events a platform records.
 //! - [`platform`]: what Kubernetes says about the cluster.
+//! - [`native`]: the second backend, vLLM's own multi-node mode without
+//!   Ray: the leader's rendezvous, every rank's orders, group restarts.
 
 pub mod config;
 pub mod endpoints;
 pub mod lifecycle;
 pub mod membership;
+pub mod native;
 pub mod node_health;
 pub mod platform;
 pub mod policies;

@@ -428,6 +428,7 @@ async fn the_health_loop_restarts_a_server_whose_node_turned_unhealthy_and_only_
         ],
         env: vec![],
         early: false,
+        ranks: vec![],
     };
     let spec = ServeSpec {
         settings: ServeSettings {
@@ -467,6 +468,7 @@ async fn the_health_loop_restarts_a_server_whose_node_turned_unhealthy_and_only_
         status: &status,
         shutdown: &shutdown,
         health: Some(&board_rx),
+        group: None,
     };
     let serving = supervise(&spec, &plan, &nodes, None, &mut health, ctx);
     let driver = async {

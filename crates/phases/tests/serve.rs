@@ -43,6 +43,7 @@ fn spec(port: u16, mode: &str, params: &[(&str, &str)]) -> (ServeSpec, LaunchPla
         ],
         env: vec![KeyValue::new("STAND_IN_MODE", mode)],
         early: false,
+        ranks: vec![],
     };
     let spec = ServeSpec {
         settings: ServeSettings {
@@ -78,6 +79,7 @@ async fn serve(
         source: &source,
         status,
         shutdown,
+        group: None,
     };
     supervise(spec, plan, &[], None, policy, ctx).await
 }

@@ -179,7 +179,9 @@ pub mod readiness {
 
 /// Launch policies: build the argv and environment of the serving process.
 pub mod launch {
-    pub use crate::types::{KeyValue, LaunchError, LaunchPlan, ServeSettings};
+    pub use crate::types::{
+        KeyValue, LaunchError, LaunchPlan, NativeGroup, RankPlan, ServeSettings,
+    };
     pub use crate::{Cluster, Filter, Node, NodeGroup, Params, Topology, Totals};
 
     /// Generated bindings of the `launch` world.

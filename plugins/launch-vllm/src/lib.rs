@@ -10,6 +10,14 @@
 //! is fixed, the other uses every GPU it can. A layout the alive nodes
 //! cannot hold is refused with `impossible-layout`.
 //!
+//! With a native group (the native backend: vLLM's own multi-node mode,
+//! no Ray) the leader's argv has `--nnodes N --node-rank 0 --master-addr A
+//! --master-port P --distributed-executor-backend mp` instead, and each
+//! other rank `i` gets `vllm serve <model> ... --nnodes N --node-rank i
+//! --master-addr A --master-port P --headless` with the same sizes and
+//! extra arguments. vLLM needs the world size (T x P) to be a multiple of
+//! the number of nodes; a layout that is not is refused.
+//!
 //! Parameters (all optional): `program` (default `vllm`), `env.NAME` for
 //! each environment variable to set (for example `env.VLLM_HOST_IP`), and
 //! `early-launch` (`true`): start vLLM as soon as the head is up, with the
@@ -28,7 +36,17 @@ const OWNED_FLAGS: &[(&str, &str)] = &[
     ("-tp", "tensor-parallel-size"),
     ("--pipeline-parallel-size", "pipeline-parallel-size"),
     ("-pp", "pipeline-parallel-size"),
-    ("--distributed-executor-backend", "(set by the policy: ray)"),
+    (
+        "--distributed-executor-backend",
+        "(set by the policy: ray, or mp natively)",
+    ),
+    ("--nnodes", "(set by the policy from the native group)"),
+    ("-n", "(set by the policy from the native group)"),
+    ("--node-rank", "(set by the policy from the native group)"),
+    ("-r", "(set by the policy from the native group)"),
+    ("--master-addr", "(set by the policy from the native group)"),
+    ("--master-port", "(set by the policy from the native group)"),
+    ("--headless", "(set by the policy for ranks other than 0)"),
     ("--port", "port"),
     ("--host", "host"),
 ];
@@ -69,17 +87,30 @@ impl LaunchPolicy for Vllm {
             argv.push("--served-model-name".to_string());
             argv.push(name.clone());
         }
-        argv.extend([
+        let sizes = [
             "--tensor-parallel-size".to_string(),
             tp.to_string(),
             "--pipeline-parallel-size".to_string(),
             pp.to_string(),
-            "--distributed-executor-backend".to_string(),
-            "ray".to_string(),
-        ]);
+        ];
+        argv.extend(sizes.iter().cloned());
+        let group = settings.native_group.as_ref();
+        match group {
+            None => argv.extend([
+                "--distributed-executor-backend".to_string(),
+                "ray".to_string(),
+            ]),
+            Some(g) => {
+                argv.extend([
+                    "--distributed-executor-backend".to_string(),
+                    "mp".to_string(),
+                ]);
+                argv.extend(rank_flags(g, 0));
+            }
+        }
         argv.extend(settings.extra_args.iter().cloned());
 
-        let env = params
+        let env: Vec<KeyValue> = params
             .iter()
             .filter_map(|(k, v)| {
                 k.strip_prefix("env.").map(|name| KeyValue {
@@ -91,8 +122,48 @@ impl LaunchPolicy for Vllm {
         let early = params
             .bool_or("early-launch", true)
             .map_err(|e| LaunchError::InvalidSettings(e.to_string()))?;
-        Ok(LaunchPlan { argv, env, early })
+        let ranks = match group {
+            None => Vec::new(),
+            Some(g) => (1..g.nodes)
+                .map(|rank| {
+                    let mut argv =
+                        vec![argv[0].clone(), "serve".to_string(), settings.model.clone()];
+                    argv.extend(sizes.iter().cloned());
+                    argv.extend(rank_flags(g, rank));
+                    argv.push("--headless".to_string());
+                    argv.extend(settings.extra_args.iter().cloned());
+                    RankPlan {
+                        rank,
+                        argv,
+                        env: env.clone(),
+                    }
+                })
+                .collect(),
+        };
+        // Every rank starts together once the group is complete: nothing
+        // to start early.
+        let early = early && group.is_none();
+        Ok(LaunchPlan {
+            argv,
+            env,
+            early,
+            ranks,
+        })
     }
+}
+
+/// `--nnodes N --node-rank I --master-addr A --master-port P`.
+fn rank_flags(group: &NativeGroup, rank: u32) -> [String; 8] {
+    [
+        "--nnodes".to_string(),
+        group.nodes.to_string(),
+        "--node-rank".to_string(),
+        rank.to_string(),
+        "--master-addr".to_string(),
+        group.master_addr.clone(),
+        "--master-port".to_string(),
+        group.master_port.to_string(),
+    ]
 }
 
 orchestrator_plugin_sdk::export_launch_policy!(Vllm);
@@ -141,6 +212,14 @@ fn layout(cluster: &Cluster, settings: &ServeSettings) -> Result<(u32, u32), Lau
         return Err(LaunchError::ImpossibleLayout(format!(
             "tensor-parallel-size {tp} x pipeline-parallel-size {pp} needs {world} GPUs but {}; add GPU nodes or lower the sizes",
             describe()
+        )));
+    }
+    if let Some(group) = &settings.native_group
+        && (group.nodes == 0 || world % u64::from(group.nodes) != 0)
+    {
+        return Err(LaunchError::ImpossibleLayout(format!(
+            "tensor-parallel-size {tp} x pipeline-parallel-size {pp} = {world} is not a multiple of the group's {} nodes: vLLM's native multi-node mode runs the same number of ranks on every node",
+            group.nodes
         )));
     }
     Ok((tp, pp))

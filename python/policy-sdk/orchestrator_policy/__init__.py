@@ -36,6 +36,7 @@ from .readiness import ReadinessPolicy, Ready, Wait, Fail
 from .launch import (
     LaunchPolicy,
     LaunchPlan,
+    RankPlan,
     ImpossibleLayout,
     InvalidSettings,
     LaunchFailed,
@@ -47,7 +48,7 @@ from .scale import ScalePolicy, Replicas
 __all__ = [
     "Cluster", "Node", "Params", "ParamError", "Totals", "log",
     "ReadinessPolicy", "Ready", "Wait", "Fail",
-    "LaunchPolicy", "LaunchPlan", "ImpossibleLayout", "InvalidSettings", "LaunchFailed",
+    "LaunchPolicy", "LaunchPlan", "RankPlan", "ImpossibleLayout", "InvalidSettings", "LaunchFailed",
     "HealthPolicy", "Healthy", "Degraded", "Restart", "Shutdown",
     "NodeHealthPolicy", "NodeHealthy", "NodeDegraded", "Unhealthy",
     "ScalePolicy", "Replicas",

@@ -3,7 +3,10 @@
 ``plan(cluster, settings, params)`` returns a ``LaunchPlan`` or raises
 ``ImpossibleLayout`` / ``InvalidSettings`` / ``LaunchFailed``. ``settings``
 holds ``model``, ``served_model_name``, ``host``, ``port``, ``extra_args``,
-``tensor_parallel_size`` and ``pipeline_parallel_size`` (None when unset).
+``tensor_parallel_size``, ``pipeline_parallel_size`` (None when unset) and
+``native_group`` (None with Ray; with the native backend it has ``nodes``,
+``master_addr`` and ``master_port``, and the plan gives every other rank's
+argv in ``ranks``).
 """
 
 from __future__ import annotations
@@ -15,13 +18,24 @@ from ._common import Cluster, Params, ParamError, _params
 
 
 @dataclass
+class RankPlan:
+    """What one rank other than the leader runs (the native backend)."""
+
+    rank: int
+    argv: List[str]
+    env: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class LaunchPlan:
-    """The serving process: its argv, extra environment, and whether it may
-    start for the expected layout while the workers join (``early``)."""
+    """The serving process: its argv, extra environment, whether it may
+    start for the expected layout while the workers join (``early``), and
+    with a native group every other rank's plan (``ranks``)."""
 
     argv: List[str]
     env: Dict[str, str] = field(default_factory=dict)
     early: bool = False
+    ranks: List[RankPlan] = field(default_factory=list)
 
 
 class ImpossibleLayout(Exception):
@@ -66,6 +80,14 @@ def _export(policy_class):
                 argv=[str(a) for a in answer.argv],
                 env=[types.KeyValue(key=k, value=str(v)) for k, v in answer.env.items()],
                 early=bool(answer.early),
+                ranks=[
+                    types.RankPlan(
+                        rank=int(r.rank),
+                        argv=[str(a) for a in r.argv],
+                        env=[types.KeyValue(key=k, value=str(v)) for k, v in r.env.items()],
+                    )
+                    for r in answer.ranks
+                ],
             )
 
     return LaunchPolicyExport

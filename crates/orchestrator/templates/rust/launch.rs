@@ -60,6 +60,7 @@ impl LaunchPolicy for Policy {
             argv,
             env: vec![],
             early: false,
+            ranks: vec![],
         })
     }
 }

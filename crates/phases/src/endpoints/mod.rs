@@ -709,10 +709,31 @@ impl Status {
     }
 }
 
+/// A future answering a POST: the status code and a JSON body.
+pub type PostAnswer = std::pin::Pin<Box<dyn std::future::Future<Output = (u16, String)> + Send>>;
+
+/// More routes on the endpoints' port, taking a JSON body: the native
+/// backend's rendezvous on the leader.
+pub trait PostRoutes: Send + Sync {
+    /// The answer to `POST path` with `body`, or `None` for a path it
+    /// does not serve.
+    fn post(&self, path: &str, body: Bytes) -> Option<PostAnswer>;
+}
+
 /// Serves the endpoints on `address` until the task is dropped.
 pub async fn serve_endpoints(
     address: SocketAddr,
     status: Arc<Status>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    serve_endpoints_with(address, status, None).await
+}
+
+/// [`serve_endpoints`], with `routes` answering POST requests (bodies up
+/// to 64 KiB).
+pub async fn serve_endpoints_with(
+    address: SocketAddr,
+    status: Arc<Status>,
+    routes: Option<Arc<dyn PostRoutes>>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(address).await?;
     tracing::info!(%address, "endpoints: /livez /readyz /status /metrics");
@@ -722,10 +743,19 @@ pub async fn serve_endpoints(
                 continue;
             };
             let status = Arc::clone(&status);
+            let routes = routes.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let (code, kind, body) = status.respond(req.uri().path());
+                    let status = Arc::clone(&status);
+                    let routes = routes.clone();
                     async move {
+                        let path = req.uri().path().to_string();
+                        let (code, kind, body) = match (req.method(), routes) {
+                            (&hyper::Method::POST, Some(routes)) => {
+                                post(routes.as_ref(), &path, req.into_body()).await
+                            }
+                            _ => status.respond(&path),
+                        };
                         let response = Response::builder()
                             .status(code)
                             .header("content-type", kind)
@@ -740,4 +770,31 @@ pub async fn serve_endpoints(
             });
         }
     }))
+}
+
+/// A POST to `routes`: the body read within the limit, then answered.
+async fn post(
+    routes: &dyn PostRoutes,
+    path: &str,
+    body: hyper::body::Incoming,
+) -> (u16, &'static str, String) {
+    use http_body_util::BodyExt;
+    let limit = crate::native::protocol::MAX_BODY;
+    let bytes = match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return (
+                413,
+                "text/plain",
+                format!("the request body is over {limit} bytes or broken\n"),
+            );
+        }
+    };
+    match routes.post(path, bytes) {
+        Some(answer) => {
+            let (code, body) = answer.await;
+            (code, "application/json", body)
+        }
+        None => (404, "text/plain", format!("not found: POST {path}\n")),
+    }
 }

@@ -17,6 +17,7 @@ mod local;
 mod plan;
 
 pub use local::{LocalCluster, LocalError, local_ray_env};
+pub(crate) use plan::shaped_like;
 pub use plan::{
     AfterReady, DescribeError, Join, Plan, PlanError, WaitPlan, describe, head_gcs_address,
 };
@@ -49,14 +50,14 @@ pub struct Exit {
 }
 
 impl Exit {
-    fn ok() -> Self {
+    pub(crate) fn ok() -> Self {
         Self {
             code: 0,
             error: None,
         }
     }
 
-    fn failed(code: u8, error: impl Into<String>) -> Self {
+    pub(crate) fn failed(code: u8, error: impl Into<String>) -> Self {
         Self {
             code,
             error: Some(error.into()),
@@ -503,6 +504,7 @@ impl Lifecycle {
             status: &status,
             shutdown,
             health: self.board.as_ref(),
+            group: None,
         };
         // A server started early (from the shared path) goes on: the local
         // copy is for launches after it.
@@ -576,7 +578,7 @@ impl Lifecycle {
 }
 
 /// The exit that a serve phase's outcome means.
-fn served(status: &Status, outcome: ServeOutcome) -> Exit {
+pub(crate) fn served(status: &Status, outcome: ServeOutcome) -> Exit {
     match outcome {
         ServeOutcome::Stopped => {
             status.enter(Phase::Stopping);

@@ -105,7 +105,14 @@ impl<'a> HealthLoop<'a> {
                 tracing::info!("the early-launched serving process goes on");
                 Ok(early)
             }
-            None => ServerProcess::spawn("vllm", &self.plan.argv, &self.env),
+            None => {
+                // Every other rank starts now, with this one.
+                if let Some(group) = self.ctx.group {
+                    self.nodes = group.start(self.plan);
+                    self.board.annotate(&mut self.nodes);
+                }
+                ServerProcess::spawn("vllm", &self.plan.argv, &self.env)
+            }
         };
         let process = match spawned {
             Ok(s) => {
@@ -210,15 +217,27 @@ impl<'a> HealthLoop<'a> {
     }
 
     async fn stop_server(&mut self) {
-        if let Some(s) = self.server.process.as_mut() {
-            tokio::select! {
-                how = s.stop(self.spec.stop_grace) => tracing::info!(?how, "serving process stopped"),
-                () = self.ctx.shutdown.forced() => {
-                    s.kill_now();
-                    tracing::warn!("serving process killed");
+        let grace = self.spec.stop_grace;
+        let (group, shutdown) = (self.ctx.group, self.ctx.shutdown);
+        let process = self.server.process.as_mut();
+        let local = async {
+            if let Some(s) = process {
+                tokio::select! {
+                    how = s.stop(grace) => tracing::info!(?how, "serving process stopped"),
+                    () = shutdown.forced() => {
+                        s.kill_now();
+                        tracing::warn!("serving process killed");
+                    }
                 }
             }
-        }
+        };
+        // The other ranks stop with this one.
+        let others = async {
+            if let Some(group) = group {
+                group.stop(grace).await;
+            }
+        };
+        tokio::join!(local, others);
         self.ctx.status.server_pid(None);
     }
 
@@ -574,6 +593,19 @@ pub async fn supervise_prelaunched(
         match state.evaluate().await {
             Next::Continue => {}
             Next::Relaunch => {
+                // A partial group cannot serve: every rank must be back.
+                if let Some(group) = ctx.group {
+                    ctx.status.health(
+                        VerdictKind::Restart,
+                        "waiting for every rank to be present before starting the group again"
+                            .into(),
+                        false,
+                    );
+                    tokio::select! {
+                        () = group.assembled() => {}
+                        () = ctx.shutdown.requested() => return ServeOutcome::Stopped,
+                    }
+                }
                 // Results of the previous server's probes are dropped.
                 while probe_rx.try_recv().is_ok() {}
                 state.launch();

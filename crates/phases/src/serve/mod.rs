@@ -18,7 +18,7 @@ use crate::endpoints::Status;
 use crate::membership::MembershipSource;
 use crate::supervision::Shutdown;
 use crate::wait::Ready;
-use orchestrator_domain::{KeyValue, ServeSettings};
+use orchestrator_domain::{KeyValue, LaunchPlan, ServeSettings};
 use orchestrator_policy_host::{HealthPolicy, LaunchPolicy};
 use std::time::Duration;
 
@@ -99,6 +99,26 @@ pub struct ServeContext<'a> {
     pub shutdown: &'a Shutdown,
     /// Every node's own health, when node health is on.
     pub health: Option<&'a tokio::sync::watch::Receiver<std::sync::Arc<crate::node_health::Board>>>,
+    /// The other ranks of a server launched on every node (the native
+    /// backend); `None` when the one process is the whole server (Ray).
+    pub group: Option<&'a dyn ServingGroup>,
+}
+
+/// A future of a [`ServingGroup`] call.
+pub type GroupCall<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
+/// The ranks of a server that runs on every node (vLLM's own multi-node
+/// mode): started and stopped together with the local process, so that a
+/// restart is always a restart of the whole group.
+pub trait ServingGroup: Send + Sync {
+    /// Tells every other rank present to start its part of `plan` now;
+    /// returns the nodes as they are after it (every rank told is alive).
+    fn start(&self, plan: &LaunchPlan) -> Vec<orchestrator_domain::Node>;
+    /// Tells every other rank to stop, and waits up to `grace` (and a
+    /// heartbeat or two) for them to confirm.
+    fn stop(&self, grace: Duration) -> GroupCall<'_>;
+    /// Resolves once every rank is present again (after a rank was lost).
+    fn assembled(&self) -> GroupCall<'_>;
 }
 
 /// How the serve phase ended.

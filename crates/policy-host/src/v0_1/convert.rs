@@ -122,6 +122,7 @@ impl FromWire<wire::LaunchPlan> for domain::LaunchPlan {
             argv: FromWire::from_wire(w.argv),
             env: FromWire::from_wire(w.env),
             early: false,
+            ranks: Vec::new(),
         }
     }
 }

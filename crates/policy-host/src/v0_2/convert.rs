@@ -42,7 +42,21 @@ pub(crate) fn serve_settings(s: &domain::ServeSettings) -> wire::ServeSettings {
         extra_args: s.extra_args.clone(),
         tensor_parallel_size: s.tensor_parallel_size,
         pipeline_parallel_size: s.pipeline_parallel_size,
+        native_group: s.native_group.as_ref().map(|g| wire::NativeGroup {
+            nodes: g.nodes,
+            master_addr: g.master_addr.clone(),
+            master_port: g.master_port,
+        }),
     }
+}
+
+fn key_values(kvs: Vec<wire::KeyValue>) -> Vec<domain::KeyValue> {
+    kvs.into_iter()
+        .map(|kv| domain::KeyValue {
+            key: kv.key,
+            value: kv.value,
+        })
+        .collect()
 }
 
 fn probe(p: &domain::ProbeResult) -> wire::ProbeResult {
@@ -100,12 +114,14 @@ pub(crate) fn plan_result(
         Ok(plan) => Ok(domain::LaunchPlan {
             early: plan.early,
             argv: plan.argv,
-            env: plan
-                .env
+            env: key_values(plan.env),
+            ranks: plan
+                .ranks
                 .into_iter()
-                .map(|kv| domain::KeyValue {
-                    key: kv.key,
-                    value: kv.value,
+                .map(|r| domain::RankPlan {
+                    rank: r.rank,
+                    argv: r.argv,
+                    env: key_values(r.env),
                 })
                 .collect(),
         }),

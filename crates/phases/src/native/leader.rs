@@ -1,0 +1,170 @@
+//! The leader (rank 0): the rendezvous's membership decided by the
+//! readiness policy, every rank's argv from the launch policy, rank 0's
+//! process supervised by the health loop with the other ranks as its
+//! [`ServingGroup`](crate::serve::ServingGroup). Entry point:
+//! [`run_leader`].
+
+use super::rendezvous::Rendezvous;
+use crate::endpoints::Status;
+use crate::lifecycle::{AfterReady, Exit, served};
+use crate::policies::Policies;
+use crate::serve::{self, ServeContext, ServeOutcome, ServeSpec};
+use crate::supervision::Shutdown;
+use crate::wait::{WaitSpec, wait_for_cluster};
+use orchestrator_domain::{
+    EventReason, KeyValue, NativeGroup, Phase, StartupStep, Topology, VerdictKind,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the leader waits for and serves.
+#[derive(Debug, Clone)]
+pub struct LeaderPlan {
+    /// Ranks in the group.
+    pub group_size: u32,
+    /// Where torch.distributed meets: the leader's address as the other
+    /// ranks reach it.
+    pub master_addr: String,
+    /// And its port.
+    pub master_port: u16,
+    /// The expected topology (nodes: the group size).
+    pub expected: Topology,
+    /// How long the group may take to form.
+    pub wait_timeout: Duration,
+    /// The readiness policy's parameters.
+    pub readiness_params: Vec<KeyValue>,
+    /// What to serve (none: the group is only formed).
+    pub serve: Option<ServeSpec>,
+    /// What follows the ready decision.
+    pub after_ready: AfterReady,
+}
+
+impl LeaderPlan {
+    /// The group the launch policy is given.
+    pub fn group(&self) -> NativeGroup {
+        NativeGroup {
+            nodes: self.group_size,
+            master_addr: self.master_addr.clone(),
+            master_port: self.master_port,
+        }
+    }
+}
+
+/// Waits for every rank, then serves with the whole group until a stop
+/// request or the health policy's shutdown. Every rank's process is
+/// stopped (by order) before this returns.
+pub async fn run_leader(
+    plan: &LeaderPlan,
+    rendezvous: &Rendezvous,
+    policies: &mut Policies,
+    status: &Arc<Status>,
+    shutdown: &Shutdown,
+) -> Exit {
+    let source: Arc<dyn crate::membership::MembershipSource> = Arc::new(rendezvous.clone());
+    status.nodes(1, plan.group_size);
+    status.enter(Phase::Wait);
+    status.mark(StartupStep::RayUp, "native rendezvous on the leader");
+    let spec = WaitSpec {
+        source: Arc::clone(&source),
+        expected: plan.expected.clone(),
+        timeout: plan.wait_timeout,
+        params: plan.readiness_params.clone(),
+        diagnostics: vec![format!(
+            "backend native: ranks 1 to {} register with this leader",
+            plan.group_size.saturating_sub(1)
+        )],
+        facts: None,
+        status: Some(Arc::clone(status)),
+        health: None,
+        request_resources: false,
+    };
+    let ready = tokio::select! {
+        r = wait_for_cluster(&spec, &mut policies.readiness) => match r {
+            Ok(ready) => ready,
+            Err(e) => {
+                let missing = rendezvous.missing();
+                let message = if missing.is_empty() {
+                    e.to_string()
+                } else {
+                    format!("{e}\nranks that never registered with this leader: {missing:?}")
+                };
+                status.fail(EventReason::ClusterNotReady, message.clone());
+                return Exit::failed(1, message);
+            }
+        },
+        () = shutdown.requested() => {
+            status.enter(Phase::Stopping);
+            return Exit::ok();
+        }
+    };
+    let alive = ready.snapshot.nodes.iter().filter(|n| n.alive).count() as u32;
+    status.mark(StartupStep::ReadyDecision, format!("{alive} ranks present"));
+    status.nodes(alive, plan.group_size);
+    status.readiness("ready".into());
+    let spec = match (&plan.serve, plan.after_ready) {
+        (_, AfterReady::Exit) => return Exit::ok(),
+        (Some(spec), AfterReady::Serve) => spec,
+        _ => {
+            status.enter(Phase::Serve);
+            status.health(
+                VerdictKind::Healthy,
+                "group formed (nothing to serve: serve.model is not set)".into(),
+                true,
+            );
+            shutdown.requested().await;
+            status.enter(Phase::Stopping);
+            return Exit::ok();
+        }
+    };
+    let mut spec = spec.clone();
+    spec.settings.native_group = Some(plan.group());
+    let ctx = ServeContext {
+        source: source.as_ref(),
+        status,
+        shutdown,
+        health: None,
+        group: Some(rendezvous),
+    };
+    let launch = match serve::plan_launch(&ready, &spec, &mut policies.launch, ctx, true) {
+        Ok(launch) => launch,
+        Err(outcome) => return served(status, outcome),
+    };
+    if let Err(e) = launch.check_ranks(spec.settings.native_group.as_ref()) {
+        let reason = format!(
+            "the launch policy {}'s plan cannot run the group: {e} (a launch policy of contract 0.1.0 cannot plan ranks: use a 0.2.0 one such as builtin:launch/vllm)",
+            policies.launch.name()
+        );
+        return served(
+            status,
+            ServeOutcome::NotLaunched {
+                reason,
+                refused: true,
+            },
+        );
+    }
+    for rank in &launch.ranks {
+        tracing::info!(rank = rank.rank, "rank's plan: {}", rank.argv.join(" "));
+    }
+    status.mark(
+        StartupStep::Launch,
+        launch.argv.first().cloned().unwrap_or_default(),
+    );
+    status.enter(Phase::Serve);
+    let outcome = serve::supervise(
+        &spec,
+        &launch,
+        &ready.snapshot.nodes,
+        Some(ready.decided_at),
+        &mut policies.health,
+        ctx,
+    );
+    tokio::pin!(outcome);
+    let outcome = tokio::select! {
+        o = &mut outcome => o,
+        () = shutdown.requested() => {
+            status.enter(Phase::Stopping);
+            outcome.await
+        }
+    };
+    served(status, outcome)
+}

@@ -1,0 +1,346 @@
+//! A rank other than the leader: register with the leader, keep a
+//! heartbeat, and run, stop or wait as the leader's orders say. Its own
+//! serving process's exit is reported at once; a leader that stops
+//! answering for the heartbeat timeout, or restarted, means the group is
+//! gone: the rank's process is stopped (a partial group cannot recover)
+//! and it registers again. Entry point: [`run_member`].
+
+use super::protocol::{
+    Command, HEARTBEAT, Heartbeat, LEAVE, Leave, Order, ProcessState, REGISTER, Refusal,
+    Registered, Registration,
+};
+use crate::endpoints::Status;
+use crate::lifecycle::Exit;
+use crate::serve::ServerProcess;
+use crate::serve::probe::http;
+use crate::supervision::Shutdown;
+use orchestrator_domain::{EventReason, ExitStatus, Phase, VerdictKind};
+use std::time::{Duration, Instant};
+
+/// What a rank's orchestrator needs.
+#[derive(Debug, Clone)]
+pub struct MemberPlan {
+    /// Its rank.
+    pub rank: u32,
+    /// Ranks in the group.
+    pub group_size: u32,
+    /// The leader's endpoints, `HOST:PORT`.
+    pub leader: String,
+    /// This node's address.
+    pub address: String,
+    /// This node's host name.
+    pub hostname: String,
+    /// GPUs (or slots) it offers.
+    pub gpus: f64,
+    /// CPUs it offers.
+    pub cpus: f64,
+    /// How often to send a heartbeat.
+    pub heartbeat: Duration,
+    /// After how long without an answer the leader is gone.
+    pub timeout: Duration,
+    /// How long the leader may take to answer at all.
+    pub leader_wait: Duration,
+    /// Between SIGTERM and SIGKILL when the rank's process is stopped.
+    pub stop_grace: Duration,
+}
+
+/// How a registration ended.
+enum Registering {
+    Done(Registered),
+    Refused(String),
+    Stopped,
+}
+
+/// The rank's serving process and what it last did.
+struct Rank {
+    process: Option<ServerProcess>,
+    exited: Option<ExitStatus>,
+    generation: u64,
+}
+
+impl Rank {
+    fn state(&self) -> ProcessState {
+        match (&self.process, &self.exited) {
+            (Some(_), _) => ProcessState::Running,
+            (None, Some(how)) => ProcessState::Exited(how.clone()),
+            (None, None) => ProcessState::Idle,
+        }
+    }
+
+    async fn stop(&mut self, grace: Duration, status: &Status) {
+        if let Some(mut p) = self.process.take() {
+            let how = p.stop(grace).await;
+            tracing::info!(?how, "this rank's serving process stopped");
+        }
+        self.exited = None;
+        status.server_pid(None);
+    }
+}
+
+/// Runs rank `plan.rank` until a stop is requested (exit 0) or the leader
+/// refuses it or stays away (exit 1). Its process is always stopped
+/// before this returns.
+pub async fn run_member(plan: &MemberPlan, status: &Status, shutdown: &Shutdown) -> Exit {
+    let instance = super::rendezvous::run_id();
+    let label = format!("rank {} of {}", plan.rank, plan.group_size);
+    let mut rank = Rank {
+        process: None,
+        exited: None,
+        generation: 0,
+    };
+    status.enter(Phase::Wait);
+    status.nodes(0, plan.group_size);
+    loop {
+        let registered = match register(plan, &instance, shutdown).await {
+            Registering::Done(r) => r,
+            Registering::Refused(message) => {
+                status.fail(EventReason::ClusterNotReady, message.clone());
+                return Exit::failed(1, message);
+            }
+            Registering::Stopped => return Exit::ok(),
+        };
+        tracing::info!(leader = %plan.leader, "{label}: registered with the leader");
+        status.health(
+            VerdictKind::Degraded,
+            format!("{label}: registered, waiting for the leader's order"),
+            false,
+        );
+        rank.generation = 0;
+        let end = follow_orders(
+            plan,
+            &label,
+            &instance,
+            &registered,
+            &mut rank,
+            status,
+            shutdown,
+        )
+        .await;
+        rank.stop(plan.stop_grace, status).await;
+        match end {
+            Followed::Stopped => {
+                status.enter(Phase::Stopping);
+                let leave = Leave {
+                    rank: plan.rank,
+                    instance: instance.clone(),
+                };
+                let body = serde_json::to_string(&leave).unwrap_or_default();
+                let _ = http(
+                    &plan.leader,
+                    "POST",
+                    LEAVE,
+                    Some(body),
+                    Duration::from_secs(2),
+                )
+                .await;
+                return Exit::ok();
+            }
+            Followed::LeaderGone(why) => {
+                tracing::warn!("{label}: {why}; this rank stopped, registering again");
+                status.event(EventReason::ServerRestarting, format!("{label}: {why}"));
+                status.enter(Phase::Wait);
+                status.health(VerdictKind::Degraded, format!("{label}: {why}"), false);
+            }
+        }
+    }
+}
+
+/// Registers, retrying while the leader does not answer (up to the
+/// leader wait) or holds the rank for a run it has not yet counted lost.
+async fn register(plan: &MemberPlan, instance: &str, shutdown: &Shutdown) -> Registering {
+    let registration = Registration {
+        rank: plan.rank,
+        group_size: plan.group_size,
+        instance: instance.to_string(),
+        address: plan.address.clone(),
+        hostname: plan.hostname.clone(),
+        gpus: plan.gpus,
+        cpus: plan.cpus,
+    };
+    let body = serde_json::to_string(&registration).unwrap_or_default();
+    let started = Instant::now();
+    let mut last_error = String::new();
+    loop {
+        match http(
+            &plan.leader,
+            "POST",
+            REGISTER,
+            Some(body.clone()),
+            Duration::from_secs(5),
+        )
+        .await
+        {
+            Ok(answer) if answer.status == 200 => {
+                match serde_json::from_str::<Registered>(&answer.body) {
+                    Ok(r) => return Registering::Done(r),
+                    Err(e) => last_error = format!("the leader's answer is not understood: {e}"),
+                }
+            }
+            Ok(answer) => {
+                let refusal: Option<Refusal> = serde_json::from_str(&answer.body).ok();
+                match refusal {
+                    Some(r) if r.permanent => {
+                        return Registering::Refused(format!(
+                            "the leader at {} refused rank {}: {}",
+                            plan.leader, plan.rank, r.error
+                        ));
+                    }
+                    Some(r) => {
+                        if r.error != last_error {
+                            tracing::warn!("the leader refused for now: {}", r.error);
+                        }
+                        last_error = r.error;
+                    }
+                    None => {
+                        last_error = format!(
+                            "the leader at {} answered HTTP {} (is it an orchestrator with backend = \"native\"?)",
+                            plan.leader, answer.status
+                        );
+                    }
+                }
+            }
+            Err(e) => last_error = e,
+        }
+        if started.elapsed() >= plan.leader_wait {
+            return Registering::Refused(format!(
+                "the leader at {} did not take rank {} within {} s (native.leader-wait-seconds): {last_error}",
+                plan.leader,
+                plan.rank,
+                plan.leader_wait.as_secs()
+            ));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(plan.heartbeat) => {}
+            () = shutdown.requested() => return Registering::Stopped,
+        }
+    }
+}
+
+enum Followed {
+    Stopped,
+    LeaderGone(String),
+}
+
+/// The heartbeat loop: report, receive the order, carry it out.
+async fn follow_orders(
+    plan: &MemberPlan,
+    label: &str,
+    instance: &str,
+    registered: &Registered,
+    rank: &mut Rank,
+    status: &Status,
+    shutdown: &Shutdown,
+) -> Followed {
+    let mut last_answer = Instant::now();
+    let timeout = plan
+        .timeout
+        .max(Duration::from_millis(registered.timeout_ms));
+    loop {
+        let beat = Heartbeat {
+            rank: plan.rank,
+            instance: instance.to_string(),
+            leader: registered.leader.clone(),
+            generation: rank.generation,
+            process: rank.state(),
+        };
+        let body = serde_json::to_string(&beat).unwrap_or_default();
+        // The leader holds a heartbeat up to one interval.
+        let request = http(
+            &plan.leader,
+            "POST",
+            HEARTBEAT,
+            Some(body),
+            plan.heartbeat * 2 + Duration::from_secs(2),
+        );
+        let running = rank.process.is_some();
+        let answer = tokio::select! {
+            answer = request => answer,
+            how = async {
+                match rank.process.as_mut() {
+                    Some(p) => p.wait().await,
+                    None => std::future::pending().await,
+                }
+            }, if running => {
+                tracing::warn!(code = ?how.code, signal = ?how.signal, "{label}: this rank's serving process exited");
+                rank.process = None;
+                rank.exited = Some(how);
+                status.server_pid(None);
+                status.health(VerdictKind::Restart, format!("{label}: serving process exited; the leader restarts the group"), false);
+                continue;
+            }
+            () = shutdown.requested() => return Followed::Stopped,
+        };
+        match answer {
+            Ok(a) if a.status == 200 => match serde_json::from_str::<Order>(&a.body) {
+                Ok(order) => {
+                    last_answer = Instant::now();
+                    carry_out(plan, label, order, rank, status).await;
+                    continue;
+                }
+                Err(e) => tracing::warn!("{label}: the leader's order is not understood: {e}"),
+            },
+            Ok(a) if a.status == 410 => {
+                let why = serde_json::from_str::<Refusal>(&a.body)
+                    .map(|r| r.error)
+                    .unwrap_or_else(|_| "the leader no longer knows this rank".into());
+                return Followed::LeaderGone(why);
+            }
+            Ok(a) => tracing::warn!(
+                "{label}: heartbeat answered HTTP {}: {}",
+                a.status,
+                a.body.trim()
+            ),
+            Err(e) => tracing::debug!("{label}: heartbeat failed: {e}"),
+        }
+        if last_answer.elapsed() >= timeout {
+            return Followed::LeaderGone(format!(
+                "the leader at {} has not answered for {} ms",
+                plan.leader,
+                last_answer.elapsed().as_millis()
+            ));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(plan.heartbeat.min(Duration::from_millis(500))) => {}
+            () = shutdown.requested() => return Followed::Stopped,
+        }
+    }
+}
+
+/// Carries out an order once (an order already carried out is a no-op).
+async fn carry_out(plan: &MemberPlan, label: &str, order: Order, rank: &mut Rank, status: &Status) {
+    if order.generation == rank.generation {
+        return;
+    }
+    match order.command {
+        Command::Wait => {}
+        Command::Stop => {
+            rank.stop(plan.stop_grace, status).await;
+            status.health(
+                VerdictKind::Degraded,
+                format!("{label}: stopped by the leader, waiting for its order"),
+                false,
+            );
+        }
+        Command::Run { argv, env } => {
+            rank.stop(plan.stop_grace, status).await;
+            let env: Vec<(String, String)> = env.into_iter().map(|kv| (kv.key, kv.value)).collect();
+            match ServerProcess::spawn("vllm", &argv, &env) {
+                Ok(p) => {
+                    status.server_pid(p.pid());
+                    status.enter(Phase::Serve);
+                    status.health(
+                        VerdictKind::Healthy,
+                        format!("{label}: this rank's serving process runs"),
+                        true,
+                    );
+                    rank.process = Some(p);
+                }
+                Err(e) => {
+                    tracing::error!("{label}: {e}");
+                    rank.exited = Some(ExitStatus::default());
+                }
+            }
+        }
+    }
+    rank.generation = order.generation;
+}

@@ -1,0 +1,761 @@
+//! The native backend: vLLM's own multi-node mode, without Ray. Every
+//! node runs one rank of `vllm serve` (`--nnodes N --node-rank I
+//! --master-addr A --master-port P`; ranks other than 0 `--headless`), and
+//! the leader's orchestrator (rank 0) is the rendezvous: the others
+//! register with it and keep a heartbeat ([`protocol`], served on the
+//! leader's endpoints port by [`Rendezvous`]), the leader's readiness
+//! policy decides on the membership it builds, its launch policy gives
+//! every rank's argv, and it tells all ranks to start at once; any rank's
+//! exit or lost heartbeat reaches its health policy, and a restart is a
+//! restart of the whole group. Entry points: [`NativeIdentity::resolve`]
+//! (which rank this pod is), [`run_leader`] and [`run_member`].
+
+pub mod leader;
+pub mod member;
+pub mod protocol;
+pub mod rendezvous;
+
+pub use leader::{LeaderPlan, run_leader};
+pub use member::{MemberPlan, run_member};
+pub use rendezvous::{Rendezvous, RendezvousSettings};
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Which backend forms the cluster and runs the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// Ray: a Ray head and workers; vLLM's Ray executor.
+    #[default]
+    Ray,
+    /// vLLM's own multi-node mode: a rank of `vllm serve` on every node.
+    Native,
+}
+
+/// `[native]`: the group of the native backend. Every field may also come
+/// from the environment a LeaderWorkerSet sets (`LWS_WORKER_INDEX`,
+/// `LWS_GROUP_SIZE`, `LWS_LEADER_ADDRESS`) or a StatefulSet's host name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct NativeConfig {
+    /// This node's rank (0 is the leader); else `LWS_WORKER_INDEX`, else
+    /// the ordinal at the end of a StatefulSet pod's host name.
+    pub rank: Option<u32>,
+    /// Ranks in the group, the leader included; else `LWS_GROUP_SIZE`.
+    pub group_size: Option<u32>,
+    /// The leader's address (its endpoints are on `endpoints-port` there,
+    /// torch.distributed meets on `master-port`); else
+    /// `LWS_LEADER_ADDRESS`. The leader needs it only as the master
+    /// address (default: `node-address`).
+    pub leader_address: Option<String>,
+    /// The address the other ranks reach this node at; else `POD_IP`,
+    /// else 127.0.0.1.
+    pub node_address: Option<String>,
+    /// Where torch.distributed meets on the leader.
+    pub master_port: u16,
+    /// GPUs (or accelerator slots) this node offers; else as many as
+    /// NVML sees.
+    pub gpus: Option<f64>,
+    /// How often a rank sends its heartbeat, ms.
+    pub heartbeat_ms: u64,
+    /// After how long without a heartbeat the leader counts a rank lost
+    /// (and a rank its leader), ms.
+    pub heartbeat_timeout_ms: u64,
+    /// How long a rank waits for its leader to answer at start, seconds.
+    pub leader_wait_seconds: u64,
+}
+
+impl Default for NativeConfig {
+    fn default() -> Self {
+        Self {
+            rank: None,
+            group_size: None,
+            leader_address: None,
+            node_address: None,
+            master_port: 29500,
+            gpus: None,
+            heartbeat_ms: 500,
+            heartbeat_timeout_ms: 5000,
+            leader_wait_seconds: 600,
+        }
+    }
+}
+
+/// Who this node is in the group: resolved from `[native]` and the
+/// environment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NativeIdentity {
+    /// Its rank; 0 is the leader.
+    pub rank: u32,
+    /// Ranks in the group.
+    pub group_size: u32,
+    /// The leader's address (host, no port).
+    pub leader_address: String,
+    /// This node's address.
+    pub node_address: String,
+    /// Where each piece came from, for `plan` and the log.
+    pub sources: Vec<String>,
+}
+
+/// Why the group cannot be resolved.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum IdentityError {
+    /// No rank anywhere.
+    #[error(
+        "the native backend needs this node's rank: set native.rank, run under a LeaderWorkerSet (LWS_WORKER_INDEX) or a StatefulSet (a host name ending in -<ordinal>)"
+    )]
+    NoRank,
+    /// No group size anywhere.
+    #[error(
+        "the native backend needs the group size: set native.group-size or run under a LeaderWorkerSet (LWS_GROUP_SIZE)"
+    )]
+    NoGroupSize,
+    /// A variable is set but is no number.
+    #[error("{name} is {value:?}, not a whole number")]
+    NotANumber {
+        /// The variable.
+        name: String,
+        /// Its value.
+        value: String,
+    },
+    /// The rank does not fit the group.
+    #[error(
+        "rank {rank} is out of range for a group of {size} nodes (ranks 0 to {last}); check native.rank / LWS_WORKER_INDEX and native.group-size / LWS_GROUP_SIZE"
+    )]
+    OutOfRange {
+        /// The rank.
+        rank: u32,
+        /// The group size.
+        size: u32,
+        /// The last rank.
+        last: u32,
+    },
+    /// A group of zero.
+    #[error("the group size is 0; count the leader too: a leader alone is 1")]
+    EmptyGroup,
+    /// A rank other than 0 has no leader to register with.
+    #[error(
+        "rank {0} needs the leader's address: set native.leader-address or run under a LeaderWorkerSet (LWS_LEADER_ADDRESS)"
+    )]
+    NoLeader(u32),
+}
+
+impl NativeIdentity {
+    /// Resolves the identity from `config`, then the environment read by
+    /// `env` (`LWS_*`, `HOSTNAME`, `POD_IP`).
+    pub fn resolve(
+        config: &NativeConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, IdentityError> {
+        let mut sources = Vec::new();
+        let number = |name: &str| -> Result<Option<u32>, IdentityError> {
+            match env(name) {
+                None => Ok(None),
+                Some(v) => {
+                    v.trim()
+                        .parse::<u32>()
+                        .map(Some)
+                        .map_err(|_| IdentityError::NotANumber {
+                            name: name.to_string(),
+                            value: v,
+                        })
+                }
+            }
+        };
+        let rank = if let Some(rank) = config.rank {
+            sources.push("rank from native.rank".to_string());
+            rank
+        } else if let Some(rank) = number("LWS_WORKER_INDEX")? {
+            sources.push("rank from LWS_WORKER_INDEX".to_string());
+            rank
+        } else if let Some(rank) = env("HOSTNAME").as_deref().and_then(statefulset_ordinal) {
+            sources.push("rank from the StatefulSet ordinal in HOSTNAME".to_string());
+            rank
+        } else {
+            return Err(IdentityError::NoRank);
+        };
+        let size = if let Some(size) = config.group_size {
+            sources.push("group size from native.group-size".to_string());
+            size
+        } else if let Some(size) = number("LWS_GROUP_SIZE")? {
+            sources.push("group size from LWS_GROUP_SIZE".to_string());
+            size
+        } else {
+            return Err(IdentityError::NoGroupSize);
+        };
+        if size == 0 {
+            return Err(IdentityError::EmptyGroup);
+        }
+        if rank >= size {
+            return Err(IdentityError::OutOfRange {
+                rank,
+                size,
+                last: size - 1,
+            });
+        }
+        let node_address = config
+            .node_address
+            .clone()
+            .or_else(|| env("POD_IP"))
+            .unwrap_or_else(|| "127.0.0.1".to_string());
+        let leader_address = match (config.leader_address.clone(), env("LWS_LEADER_ADDRESS")) {
+            (Some(a), _) => {
+                sources.push("leader from native.leader-address".to_string());
+                a
+            }
+            (None, Some(a)) if !a.trim().is_empty() => {
+                sources.push("leader from LWS_LEADER_ADDRESS".to_string());
+                a.trim().to_string()
+            }
+            _ if rank == 0 => node_address.clone(),
+            _ => return Err(IdentityError::NoLeader(rank)),
+        };
+        Ok(Self {
+            rank,
+            group_size: size,
+            leader_address,
+            node_address,
+            sources,
+        })
+    }
+
+    /// The leader (rank 0).
+    pub fn is_leader(&self) -> bool {
+        self.rank == 0
+    }
+}
+
+/// Which side of the group this process runs.
+#[derive(Debug, Clone)]
+pub enum NativeRole {
+    /// Rank 0: the rendezvous, the wait, the API server.
+    Leader {
+        /// Its plan.
+        plan: LeaderPlan,
+        /// Its rendezvous's settings.
+        rendezvous: RendezvousSettings,
+    },
+    /// Another rank.
+    Member(MemberPlan),
+}
+
+/// Everything a native run needs, computed up front.
+#[derive(Debug, Clone)]
+pub struct NativePlan {
+    /// Leader or another rank.
+    pub role: NativeRole,
+    /// Ranks run in this same process (`orchestrator local --backend
+    /// native`); empty in a pod.
+    pub local_members: Vec<MemberPlan>,
+    /// Where `/livez`, `/readyz`, `/status`, `/metrics` (and on the
+    /// leader the rendezvous) are served.
+    pub endpoints: Option<std::net::SocketAddr>,
+    /// The open-file limit for the whole process tree.
+    pub open_file_limit: u64,
+    /// The model's files to warm while the group forms.
+    pub prefetch: crate::prefetch::PrefetchConfig,
+}
+
+/// `orchestrator local --backend native`: a leader and `workers` ranks in
+/// this process, all on `address`.
+#[derive(Debug, Clone)]
+pub struct LocalGroup {
+    /// Ranks besides the leader.
+    pub workers: u32,
+    /// The address every rank uses (the leader's endpoints are on
+    /// 127.0.0.1).
+    pub address: std::net::Ipv4Addr,
+    /// The leader's endpoints port (the rendezvous).
+    pub endpoints_port: u16,
+    /// Where torch.distributed meets (0: a free port).
+    pub master_port: u16,
+    /// Accelerator slots each rank offers (0: enough for the serve
+    /// layout, one at least).
+    pub gpus_per_node: f64,
+    /// Seconds the group may take to form.
+    pub timeout: Duration,
+    /// The readiness policy's parameters.
+    pub readiness_params: Vec<orchestrator_domain::KeyValue>,
+    /// What to serve.
+    pub serve: Option<crate::serve::ServeSpec>,
+    /// Stop once the group is formed.
+    pub exit_when_ready: bool,
+    /// Files to warm.
+    pub prefetch: crate::prefetch::PrefetchConfig,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// After how long without a heartbeat a rank (or the leader) is lost.
+    pub heartbeat_timeout: Duration,
+}
+
+/// Why a native plan cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum NativePlanError {
+    /// The group cannot be resolved.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The rendezvous needs the endpoints.
+    #[error(
+        "the native backend's rendezvous is served on the endpoints port, which is 0: set endpoints-port (default 8080)"
+    )]
+    NoEndpoints,
+    /// `endpoints-host` is no IP address.
+    #[error("endpoints-host {0:?} is not an IP address")]
+    EndpointsHost(String),
+    /// No free port for torch.distributed.
+    #[error("cannot find a free port for torch.distributed: {0}")]
+    NoPort(std::io::Error),
+}
+
+fn leader_node(address: &str, hostname: &str, gpus: f64, cpus: f64) -> orchestrator_domain::Node {
+    orchestrator_domain::Node {
+        id: rendezvous::node_id(0),
+        address: address.to_string(),
+        hostname: hostname.to_string(),
+        is_head: true,
+        alive: true,
+        resources: orchestrator_domain::Resources {
+            cpu: cpus,
+            gpu: gpus,
+            ..orchestrator_domain::Resources::default()
+        },
+        labels: vec![orchestrator_domain::KeyValue::new("rank", "0")],
+        ..orchestrator_domain::Node::default()
+    }
+}
+
+impl NativePlan {
+    /// The plan of `orchestrator run` with `backend = "native"`, for the
+    /// node `identity` resolved.
+    pub fn from_config(
+        config: &crate::config::Config,
+        identity: &NativeIdentity,
+    ) -> Result<Self, NativePlanError> {
+        if config.endpoints_port == 0 {
+            return Err(NativePlanError::NoEndpoints);
+        }
+        let endpoints = format!("{}:{}", config.endpoints_host, config.endpoints_port)
+            .parse()
+            .map_err(|_| NativePlanError::EndpointsHost(config.endpoints_host.clone()))?;
+        let (heartbeat, timeout) = heartbeat_of(&config.native);
+        let gpus = gpus_of(&config.native);
+        let host = hostname();
+        let role = if identity.is_leader() {
+            let serve = config
+                .serve
+                .model
+                .is_some()
+                .then(|| crate::serve::ServeSpec {
+                    scale: None,
+                    ..crate::serve::ServeSpec::from_config(&config.serve, &config.policies)
+                });
+            let mut expected = config.cluster.topology();
+            expected.nodes = identity.group_size;
+            NativeRole::Leader {
+                plan: LeaderPlan {
+                    group_size: identity.group_size,
+                    master_addr: identity.leader_address.clone(),
+                    master_port: config.native.master_port,
+                    expected,
+                    wait_timeout: Duration::from_secs(config.cluster.wait_timeout_seconds),
+                    readiness_params: config.policies.readiness.params(),
+                    after_ready: if serve.is_some() {
+                        crate::lifecycle::AfterReady::Serve
+                    } else {
+                        crate::lifecycle::AfterReady::Supervise
+                    },
+                    serve,
+                },
+                rendezvous: RendezvousSettings {
+                    group_size: identity.group_size,
+                    heartbeat,
+                    timeout,
+                    leader: leader_node(&identity.node_address, &host, gpus, cpus()),
+                },
+            }
+        } else {
+            NativeRole::Member(MemberPlan {
+                rank: identity.rank,
+                group_size: identity.group_size,
+                leader: format!("{}:{}", identity.leader_address, config.endpoints_port),
+                address: identity.node_address.clone(),
+                hostname: host,
+                gpus,
+                cpus: cpus(),
+                heartbeat,
+                timeout,
+                leader_wait: Duration::from_secs(config.native.leader_wait_seconds),
+                stop_grace: Duration::from_secs(config.serve.stop_grace_seconds),
+            })
+        };
+        Ok(Self {
+            role,
+            local_members: Vec::new(),
+            endpoints: Some(endpoints),
+            open_file_limit: config.open_file_limit,
+            prefetch: config.serve.prefetch.clone(),
+        })
+    }
+
+    /// The plan of `orchestrator local --backend native`.
+    pub fn local(group: &LocalGroup) -> Result<Self, NativePlanError> {
+        if group.endpoints_port == 0 {
+            return Err(NativePlanError::NoEndpoints);
+        }
+        let master_port = match group.master_port {
+            0 => std::net::TcpListener::bind((group.address, 0))
+                .and_then(|l| l.local_addr())
+                .map_err(NativePlanError::NoPort)?
+                .port(),
+            port => port,
+        };
+        let size = group.workers + 1;
+        let gpus = if group.gpus_per_node > 0.0 {
+            group.gpus_per_node
+        } else {
+            let world = group.serve.as_ref().map_or(1, |s| {
+                s.settings.tensor_parallel_size.unwrap_or(1)
+                    * s.settings.pipeline_parallel_size.unwrap_or(1)
+            });
+            f64::from(world.div_ceil(size).max(1))
+        };
+        let address = group.address.to_string();
+        let host = hostname();
+        let cpus = 1.0;
+        let members = (1..size)
+            .map(|rank| MemberPlan {
+                rank,
+                group_size: size,
+                leader: format!("127.0.0.1:{}", group.endpoints_port),
+                address: address.clone(),
+                hostname: format!("{host}-rank-{rank}"),
+                gpus,
+                cpus,
+                heartbeat: group.heartbeat,
+                timeout: group.heartbeat_timeout,
+                leader_wait: group.timeout,
+                stop_grace: group
+                    .serve
+                    .as_ref()
+                    .map_or(Duration::from_secs(10), |s| s.stop_grace),
+            })
+            .collect();
+        let serve = group.serve.clone();
+        Ok(Self {
+            role: NativeRole::Leader {
+                plan: LeaderPlan {
+                    group_size: size,
+                    master_addr: address.clone(),
+                    master_port,
+                    expected: orchestrator_domain::Topology {
+                        nodes: size,
+                        ..orchestrator_domain::Topology::default()
+                    },
+                    wait_timeout: group.timeout,
+                    readiness_params: group.readiness_params.clone(),
+                    after_ready: match (&serve, group.exit_when_ready) {
+                        (_, true) => crate::lifecycle::AfterReady::Exit,
+                        (Some(_), false) => crate::lifecycle::AfterReady::Serve,
+                        (None, false) => crate::lifecycle::AfterReady::Supervise,
+                    },
+                    serve,
+                },
+                rendezvous: RendezvousSettings {
+                    group_size: size,
+                    heartbeat: group.heartbeat,
+                    timeout: group.heartbeat_timeout,
+                    leader: leader_node(&address, &host, gpus, cpus),
+                },
+            },
+            local_members: members,
+            endpoints: Some(std::net::SocketAddr::from((
+                [127, 0, 0, 1],
+                group.endpoints_port,
+            ))),
+            open_file_limit: 65536,
+            prefetch: group.prefetch.clone(),
+        })
+    }
+}
+
+/// What `orchestrator plan` prints for the native backend: this node's
+/// rank and where it came from, the rendezvous, and (on the leader, with a
+/// model) every rank's argv as the launch policy gives it for a group of
+/// `group-size` nodes with `native.gpus` each.
+pub fn describe(
+    config: &crate::config::Config,
+    identity: &NativeIdentity,
+    launch: Option<&mut orchestrator_policy_host::LaunchPolicy>,
+) -> Result<serde_json::Value, orchestrator_policy_host::PluginError> {
+    let plan = NativePlan::from_config(config, identity);
+    let gpus = gpus_of(&config.native);
+    let mut ranks = serde_json::Value::Null;
+    if let (
+        Ok(NativePlan {
+            role: NativeRole::Leader { plan, .. },
+            ..
+        }),
+        Some(launch),
+    ) = (&plan, launch)
+    {
+        ranks = match &plan.serve {
+            None => serde_json::json!({"skipped": "serve.model is not set"}),
+            Some(spec) => {
+                let topology = orchestrator_domain::Topology {
+                    nodes: identity.group_size,
+                    gpus: gpus * f64::from(identity.group_size),
+                    ..orchestrator_domain::Topology::default()
+                };
+                let mut cluster = crate::lifecycle::shaped_like(&topology, None, None, 0);
+                for (i, node) in cluster.nodes.iter_mut().enumerate() {
+                    node.id = rendezvous::node_id(i as u32);
+                }
+                let mut settings = spec.settings.clone();
+                settings.native_group = Some(plan.group());
+                let request = orchestrator_domain::LaunchRequest { cluster, settings };
+                match launch.plan(&request, &spec.launch_params)? {
+                    Ok(launch) => {
+                        let mut all = vec![serde_json::json!({
+                            "rank": 0, "argv": launch.argv, "env": launch.env,
+                        })];
+                        all.extend(launch.ranks.iter().map(
+                            |r| serde_json::json!({"rank": r.rank, "argv": r.argv, "env": r.env}),
+                        ));
+                        match launch.check_ranks(request.settings.native_group.as_ref()) {
+                            Ok(()) => serde_json::json!(all),
+                            Err(e) => serde_json::json!({"error": e, "ranks": all}),
+                        }
+                    }
+                    Err(e) => serde_json::json!({"error": e.to_string()}),
+                }
+            }
+        };
+    }
+    Ok(serde_json::json!({
+        "backend": "native",
+        "rank": identity.rank,
+        "role": if identity.is_leader() { "leader" } else { "member" },
+        "group-size": identity.group_size,
+        "leader-address": identity.leader_address,
+        "node-address": identity.node_address,
+        "gpus": gpus,
+        "from": identity.sources,
+        "rendezvous": match &plan {
+            Ok(NativePlan { endpoints: Some(e), role: NativeRole::Leader { .. }, .. }) => serde_json::json!({"serves-on": e.to_string()}),
+            Ok(NativePlan { role: NativeRole::Member(m), .. }) => serde_json::json!({"registers-with": m.leader}),
+            Ok(_) => serde_json::Value::Null,
+            Err(e) => serde_json::json!({"error": e.to_string()}),
+        },
+        "master": format!("{}:{}", identity.leader_address, config.native.master_port),
+        "ranks": ranks,
+    }))
+}
+
+/// The node's host name.
+pub fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// GPUs this node offers: configured, else as many as NVML sees (none
+/// when it does not load).
+pub fn gpus_of(config: &NativeConfig) -> f64 {
+    config.gpus.unwrap_or_else(|| {
+        let library = orchestrator_node_probe::gpu::library_path();
+        orchestrator_node_probe::gpu::read_once(library.as_deref(), Duration::ZERO)
+            .gpus
+            .len() as f64
+    })
+}
+
+/// CPUs this node offers.
+pub fn cpus() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+}
+
+/// Runs a native plan: the endpoints (with the rendezvous on the leader),
+/// the signal handlers and the reaper, then the leader or the member (and
+/// the local members beside the leader) until they end. Every process
+/// started is stopped before this returns.
+pub async fn run(
+    plan: NativePlan,
+    policies: Option<crate::policies::Policies>,
+    status: std::sync::Arc<crate::endpoints::Status>,
+) -> Result<crate::lifecycle::Exit, crate::lifecycle::LifecycleError> {
+    use crate::lifecycle::{Exit, LifecycleError};
+    use std::sync::Arc;
+    let rendezvous = match &plan.role {
+        NativeRole::Leader { rendezvous, .. } => Some(Rendezvous::new(rendezvous.clone())),
+        NativeRole::Member(_) => None,
+    };
+    if let Some(address) = plan.endpoints {
+        let routes = rendezvous
+            .clone()
+            .map(|r| Arc::new(r) as Arc<dyn crate::endpoints::PostRoutes>);
+        crate::endpoints::serve_endpoints_with(address, Arc::clone(&status), routes)
+            .await
+            .map_err(|source| LifecycleError::Endpoints { address, source })?;
+    }
+    let shutdown = crate::supervision::prepare_process().map_err(LifecycleError::Signals)?;
+    crate::start::raise_open_file_limit(plan.open_file_limit);
+    let _prefetch = crate::prefetch::Prefetch::spawn(&plan.prefetch, Arc::clone(&status));
+    let (leader_plan, rendezvous) = match (plan.role, rendezvous) {
+        (NativeRole::Member(member), _) => {
+            return Ok(run_member(&member, &status, &shutdown).await);
+        }
+        (NativeRole::Leader { plan, .. }, Some(r)) => (plan, r),
+        (NativeRole::Leader { .. }, None) => {
+            return Ok(Exit::failed(1, "the leader has no rendezvous"));
+        }
+    };
+    let Some(mut policies) = policies else {
+        return Ok(Exit::failed(1, "the leader has no policies loaded"));
+    };
+    let sweep = rendezvous.spawn_sweep();
+    // Local ranks stop when asked, or once the leader is done.
+    let (members_shutdown, trigger) = crate::supervision::Shutdown::manual();
+    let trigger = Arc::new(trigger);
+    let forward = {
+        let (shutdown, trigger) = (shutdown.clone(), Arc::clone(&trigger));
+        tokio::spawn(async move {
+            shutdown.requested().await;
+            trigger.request();
+            shutdown.forced().await;
+            trigger.request();
+        })
+    };
+    let members: Vec<_> = plan
+        .local_members
+        .into_iter()
+        .map(|member| {
+            let shutdown = members_shutdown.clone();
+            tokio::spawn(async move {
+                let status = crate::endpoints::Status::new();
+                run_member(&member, &status, &shutdown).await
+            })
+        })
+        .collect();
+    let exit = run_leader(&leader_plan, &rendezvous, &mut policies, &status, &shutdown).await;
+    trigger.request();
+    for member in members {
+        if let Ok(e) = member.await
+            && e.code != 0
+        {
+            tracing::warn!(
+                "a local rank ended with {}: {}",
+                e.code,
+                e.error.unwrap_or_default()
+            );
+        }
+    }
+    forward.abort();
+    sweep.abort();
+    Ok(exit)
+}
+
+/// The ordinal at the end of a StatefulSet pod's name (`vllm-3` -> 3).
+fn statefulset_ordinal(hostname: &str) -> Option<u32> {
+    let (_, ordinal) = hostname.trim().rsplit_once('-')?;
+    if ordinal.is_empty() || !ordinal.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    ordinal.parse().ok()
+}
+
+/// Heartbeat settings as durations.
+pub(crate) fn heartbeat_of(config: &NativeConfig) -> (Duration, Duration) {
+    (
+        Duration::from_millis(config.heartbeat_ms.max(10)),
+        Duration::from_millis(config.heartbeat_timeout_ms.max(config.heartbeat_ms * 2)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn lws_environment_gives_rank_size_and_leader() {
+        let id = NativeIdentity::resolve(
+            &NativeConfig::default(),
+            &env(&[
+                ("LWS_WORKER_INDEX", "1"),
+                ("LWS_GROUP_SIZE", "2"),
+                ("LWS_LEADER_ADDRESS", "vllm-0.vllm.default"),
+                ("POD_IP", "10.1.2.3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(id.rank, 1);
+        assert_eq!(id.group_size, 2);
+        assert_eq!(id.leader_address, "vllm-0.vllm.default");
+        assert_eq!(id.node_address, "10.1.2.3");
+        assert!(!id.is_leader());
+    }
+
+    #[test]
+    fn configuration_wins_and_statefulset_ordinals_count() {
+        let config = NativeConfig {
+            rank: Some(0),
+            group_size: Some(3),
+            ..NativeConfig::default()
+        };
+        let id = NativeIdentity::resolve(&config, &env(&[("LWS_WORKER_INDEX", "2")])).unwrap();
+        assert!(id.is_leader());
+        assert_eq!(id.leader_address, "127.0.0.1");
+        let config = NativeConfig {
+            group_size: Some(4),
+            leader_address: Some("vllm-0.vllm".into()),
+            ..NativeConfig::default()
+        };
+        let id = NativeIdentity::resolve(&config, &env(&[("HOSTNAME", "vllm-3")])).unwrap();
+        assert_eq!(id.rank, 3);
+        assert_eq!(statefulset_ordinal("vllm-7c9f8-abcde"), None);
+    }
+
+    #[test]
+    fn bad_ranks_are_refused_with_the_fix() {
+        let out = NativeIdentity::resolve(
+            &NativeConfig::default(),
+            &env(&[("LWS_WORKER_INDEX", "2"), ("LWS_GROUP_SIZE", "2")]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            out,
+            IdentityError::OutOfRange {
+                rank: 2,
+                size: 2,
+                last: 1
+            }
+        );
+        assert!(out.to_string().contains("LWS_WORKER_INDEX"));
+        let garbage = NativeIdentity::resolve(
+            &NativeConfig::default(),
+            &env(&[("LWS_WORKER_INDEX", "one"), ("LWS_GROUP_SIZE", "2")]),
+        )
+        .unwrap_err();
+        assert!(matches!(garbage, IdentityError::NotANumber { .. }));
+        let no_leader = NativeIdentity::resolve(
+            &NativeConfig::default(),
+            &env(&[("LWS_WORKER_INDEX", "1"), ("LWS_GROUP_SIZE", "2")]),
+        )
+        .unwrap_err();
+        assert_eq!(no_leader, IdentityError::NoLeader(1));
+        assert_eq!(
+            NativeIdentity::resolve(&NativeConfig::default(), &env(&[])).unwrap_err(),
+            IdentityError::NoRank
+        );
+    }
+}

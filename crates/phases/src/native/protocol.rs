@@ -1,0 +1,133 @@
+//! The rendezvous protocol between the leader's orchestrator and every
+//! other rank's, as JSON over HTTP on the leader's endpoints port:
+//!
+//! - `POST /native/v1/register` ([`Registration`]) -> 200 [`Registered`],
+//!   or 409 [`Refusal`] (a duplicate or out-of-range rank, another group
+//!   size);
+//! - `POST /native/v1/heartbeat` ([`Heartbeat`]) -> 200 [`Order`] (held
+//!   up to one heartbeat interval until the order changes, so an order
+//!   reaches every rank at once), or 410 [`Refusal`] when the leader does
+//!   not know the instance (it restarted: register again);
+//! - `POST /native/v1/leave` ([`Leave`]) -> 200 on a clean stop.
+
+use orchestrator_domain::{ExitStatus, KeyValue};
+use serde::{Deserialize, Serialize};
+
+/// The path of registrations.
+pub const REGISTER: &str = "/native/v1/register";
+/// The path of heartbeats.
+pub const HEARTBEAT: &str = "/native/v1/heartbeat";
+/// The path of a clean leave.
+pub const LEAVE: &str = "/native/v1/leave";
+/// The largest request body the leader reads.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// A rank's orchestrator introduces itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Registration {
+    /// Its node rank, 1 to group size - 1.
+    pub rank: u32,
+    /// The group size it was configured with (must match the leader's).
+    pub group_size: u32,
+    /// This run of the orchestrator (a new one after every restart).
+    pub instance: String,
+    /// The address it is reached at (its pod IP).
+    pub address: String,
+    /// Its host name.
+    pub hostname: String,
+    /// GPUs (or accelerator slots) it offers.
+    pub gpus: f64,
+    /// CPUs it offers.
+    pub cpus: f64,
+}
+
+/// The leader accepted a registration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Registered {
+    /// The leader's run (a new one after every restart).
+    pub leader: String,
+    /// How often to send a heartbeat, in ms.
+    pub heartbeat_ms: u64,
+    /// After how long without a heartbeat the leader counts the rank lost.
+    pub timeout_ms: u64,
+}
+
+/// Why the leader refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Refusal {
+    /// What is wrong and what to do about it.
+    pub error: String,
+    /// Retrying cannot help (a configuration error), as opposed to a rank
+    /// still held by a run the leader has not yet counted lost.
+    pub permanent: bool,
+}
+
+/// What a rank's serving process is doing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ProcessState {
+    /// Nothing runs.
+    #[default]
+    Idle,
+    /// Its rank of the server runs.
+    Running,
+    /// It exited (or could not be started) without being told to stop.
+    Exited(ExitStatus),
+}
+
+/// A rank's heartbeat: who it is and what it did with the last order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Heartbeat {
+    /// Its node rank.
+    pub rank: u32,
+    /// Its run.
+    pub instance: String,
+    /// The leader run it registered with.
+    pub leader: String,
+    /// The generation of the last order it carried out.
+    pub generation: u64,
+    /// Its serving process.
+    pub process: ProcessState,
+}
+
+/// What a rank is told to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Command {
+    /// Nothing yet (the group is forming).
+    #[default]
+    Wait,
+    /// Run this rank of the server now.
+    Run {
+        /// The argv.
+        argv: Vec<String>,
+        /// Environment added.
+        env: Vec<KeyValue>,
+    },
+    /// Stop this rank's server.
+    Stop,
+}
+
+/// The leader's answer to a heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Order {
+    /// Increases with every new order.
+    pub generation: u64,
+    /// What to do.
+    pub command: Command,
+}
+
+/// A rank leaves on a clean stop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Leave {
+    /// Its node rank.
+    pub rank: u32,
+    /// Its run.
+    pub instance: String,
+}

@@ -1,0 +1,817 @@
+//! The leader's side of the native backend: every rank's orchestrator
+//! registers here and keeps a heartbeat; the leader builds the cluster's
+//! membership from it (a [`MembershipSource`] for the same wait and
+//! health loop as Ray's GCS) and sends each rank its orders (a
+//! [`ServingGroup`] for the serve phase). Entry point: [`Rendezvous`].
+//!
+//! A rank is alive while its heartbeat is fresh and its serving process
+//! has not failed in the current run; a failed or lost rank is a dead node
+//! to the health policy, whose restart stops the whole group, waits until
+//! every rank is present again and starts all of them at once.
+
+use super::protocol::{
+    Command, Heartbeat, Leave, Order, ProcessState, Refusal, Registered, Registration,
+};
+use crate::endpoints::{PostAnswer, PostRoutes};
+use crate::membership::{MembershipSource, Reachable};
+use crate::serve::{GroupCall, ServingGroup};
+use orchestrator_domain::{
+    ClusterView, KeyValue, LaunchPlan, MembershipChange, MembershipUpdate, Node, Resources,
+    UpdateSource,
+};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// The id of rank `rank`'s node in snapshots (`rank-0` is the leader).
+pub fn node_id(rank: u32) -> String {
+    format!("rank-{rank}")
+}
+
+/// How the leader runs its rendezvous.
+#[derive(Debug, Clone)]
+pub struct RendezvousSettings {
+    /// Ranks in the group, the leader included.
+    pub group_size: u32,
+    /// How often ranks send a heartbeat.
+    pub heartbeat: Duration,
+    /// After how long without one a rank is lost.
+    pub timeout: Duration,
+    /// The leader's own node (rank 0).
+    pub leader: Node,
+}
+
+/// One registered rank.
+#[derive(Debug, Clone)]
+struct Member {
+    registration: Registration,
+    registered_ms: u64,
+    last_seen: Instant,
+    generation: u64,
+    process: ProcessState,
+    /// Why it is not alive: its process failed in the current run, it
+    /// left, or it was lost.
+    down: Option<String>,
+    /// Lost or left: heartbeats are refused until it registers again.
+    gone: bool,
+}
+
+/// The order in force.
+#[derive(Debug, Clone, Default)]
+struct Current {
+    generation: u64,
+    kind: OrderKind,
+}
+
+#[derive(Debug, Clone, Default)]
+enum OrderKind {
+    #[default]
+    Wait,
+    /// Run `plan`; only the runs it was given to start it.
+    Run {
+        plan: Box<LaunchPlan>,
+        to: BTreeMap<u32, String>,
+    },
+    Stop,
+}
+
+/// A node of the view and, when it is dead, why.
+#[derive(Debug, Clone, PartialEq)]
+struct Entry {
+    node: Node,
+    down: Option<String>,
+}
+
+struct Shared {
+    settings: RendezvousSettings,
+    leader_run: String,
+    members: Mutex<BTreeMap<u32, Member>>,
+    order: watch::Sender<Current>,
+    view: watch::Sender<Arc<Vec<Entry>>>,
+}
+
+/// The rendezvous. Cheap to clone; the sweep of lost ranks runs while any
+/// clone lives on a runtime that [`spawn_sweep`](Self::spawn_sweep)
+/// started it on.
+#[derive(Clone)]
+pub struct Rendezvous {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Rendezvous {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rendezvous")
+            .field("group_size", &self.shared.settings.group_size)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A new run id: the time in ns and the process id, enough to tell runs
+/// apart.
+pub fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{nanos:x}-{:x}", std::process::id())
+}
+
+impl Rendezvous {
+    /// A rendezvous for a group; no rank but the leader is present yet.
+    pub fn new(settings: RendezvousSettings) -> Self {
+        let (order, _) = watch::channel(Current::default());
+        let (view, _) = watch::channel(Arc::new(Vec::new()));
+        let rendezvous = Self {
+            shared: Arc::new(Shared {
+                settings,
+                leader_run: run_id(),
+                members: Mutex::new(BTreeMap::new()),
+                order,
+                view,
+            }),
+        };
+        rendezvous.publish();
+        rendezvous
+    }
+
+    /// Counts ranks lost whose heartbeat stopped, every half heartbeat,
+    /// until the returned task is aborted or dropped with the runtime.
+    pub fn spawn_sweep(&self) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(this.shared.settings.heartbeat / 2);
+            loop {
+                tick.tick().await;
+                this.sweep();
+            }
+        })
+    }
+
+    fn sweep(&self) {
+        let timeout = self.shared.settings.timeout;
+        let mut lost = Vec::new();
+        self.with_members(|members| {
+            for (rank, m) in members.iter_mut() {
+                if !m.gone && m.last_seen.elapsed() > timeout {
+                    m.gone = true;
+                    m.down = Some(format!(
+                        "no heartbeat from rank {rank} ({}) for {} ms",
+                        m.registration.address,
+                        m.last_seen.elapsed().as_millis()
+                    ));
+                    lost.push(*rank);
+                }
+            }
+        });
+        for rank in &lost {
+            tracing::warn!(rank, "rank lost: no heartbeat within the timeout");
+        }
+        if !lost.is_empty() {
+            self.publish();
+        }
+    }
+
+    fn with_members<R>(&self, f: impl FnOnce(&mut BTreeMap<u32, Member>) -> R) -> R {
+        match self.shared.members.lock() {
+            Ok(mut guard) => f(&mut guard),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    /// Rebuilds the view from the members.
+    fn publish(&self) {
+        let leader = self.shared.settings.leader.clone();
+        let mut entries = vec![Entry {
+            node: leader,
+            down: None,
+        }];
+        self.with_members(|members| {
+            for (rank, m) in members.iter() {
+                let r = &m.registration;
+                entries.push(Entry {
+                    node: Node {
+                        id: node_id(*rank),
+                        address: r.address.clone(),
+                        hostname: r.hostname.clone(),
+                        is_head: false,
+                        alive: m.down.is_none(),
+                        resources: Resources {
+                            cpu: r.cpus,
+                            gpu: r.gpus,
+                            ..Resources::default()
+                        },
+                        labels: vec![KeyValue::new("rank", rank.to_string())],
+                        start_time_ms: m.registered_ms,
+                        ..Node::default()
+                    },
+                    down: m.down.clone(),
+                });
+            }
+        });
+        let entries = Arc::new(entries);
+        self.shared.view.send_if_modified(|v| {
+            if **v == *entries {
+                false
+            } else {
+                *v = Arc::clone(&entries);
+                true
+            }
+        });
+    }
+
+    /// The nodes as they are now, the leader first.
+    pub fn nodes(&self) -> Vec<Node> {
+        self.shared
+            .view
+            .borrow()
+            .iter()
+            .map(|e| e.node.clone())
+            .collect()
+    }
+
+    /// Ranks present (registered and heard from), the leader included.
+    pub fn present(&self) -> u32 {
+        1 + self.with_members(|m| m.values().filter(|m| !m.gone).count() as u32)
+    }
+
+    /// The ranks that have not registered (or were lost), for messages.
+    pub fn missing(&self) -> Vec<u32> {
+        let size = self.shared.settings.group_size;
+        self.with_members(|m| {
+            (1..size)
+                .filter(|r| m.get(r).is_none_or(|m| m.gone))
+                .collect()
+        })
+    }
+
+    /// A rank's registration.
+    pub fn register(&self, r: Registration) -> Result<Registered, (u16, Refusal)> {
+        let size = self.shared.settings.group_size;
+        let refuse = |error: String, permanent: bool| Err((409, Refusal { error, permanent }));
+        if r.group_size != size {
+            return refuse(
+                format!(
+                    "rank {} was configured for a group of {} nodes but the leader's group has {size}: give every pod the same group size (LWS_GROUP_SIZE or native.group-size)",
+                    r.rank, r.group_size
+                ),
+                true,
+            );
+        }
+        if r.rank == 0 {
+            return refuse(
+                format!(
+                    "rank 0 is the leader's, and the leader ({}) is running: two pods claim rank 0; check LWS_WORKER_INDEX or native.rank on {}",
+                    self.shared.settings.leader.address, r.address
+                ),
+                true,
+            );
+        }
+        if r.rank >= size {
+            return refuse(
+                format!(
+                    "rank {} is out of range for a group of {size} nodes (ranks 0 to {}); check LWS_WORKER_INDEX or native.rank on {}",
+                    r.rank,
+                    size - 1,
+                    r.address
+                ),
+                true,
+            );
+        }
+        let timeout = self.shared.settings.timeout;
+        let held = self.with_members(|members| {
+            if let Some(m) = members.get(&r.rank)
+                && !m.gone
+                && m.registration.instance != r.instance
+                && m.last_seen.elapsed() <= timeout
+            {
+                return Some(format!(
+                    "rank {} is already held by {} ({}), heard from {} ms ago: two pods claim rank {}; check LWS_WORKER_INDEX or native.rank. If that pod is gone, the rank is freed {} ms after its last heartbeat",
+                    r.rank,
+                    m.registration.hostname,
+                    m.registration.address,
+                    m.last_seen.elapsed().as_millis(),
+                    r.rank,
+                    timeout.as_millis()
+                ));
+            }
+            let again = members
+                .get(&r.rank)
+                .is_some_and(|m| m.registration.instance == r.instance && !m.gone);
+            if !again {
+                tracing::info!(
+                    rank = r.rank,
+                    address = %r.address,
+                    gpus = r.gpus,
+                    "rank registered"
+                );
+                members.insert(
+                    r.rank,
+                    Member {
+                        registration: r.clone(),
+                        registered_ms: now_ms(),
+                        last_seen: Instant::now(),
+                        generation: 0,
+                        process: ProcessState::Idle,
+                        down: None,
+                        gone: false,
+                    },
+                );
+            }
+            None
+        });
+        if let Some(error) = held {
+            return refuse(error, false);
+        }
+        self.publish();
+        Ok(Registered {
+            leader: self.shared.leader_run.clone(),
+            heartbeat_ms: self.shared.settings.heartbeat.as_millis() as u64,
+            timeout_ms: timeout.as_millis() as u64,
+        })
+    }
+
+    /// A heartbeat: records what the rank reports, then answers with its
+    /// order, held up to one heartbeat interval while the rank already
+    /// carried out the order in force.
+    pub async fn heartbeat(&self, h: Heartbeat) -> Result<Order, (u16, Refusal)> {
+        if h.leader != self.shared.leader_run {
+            return Err(gone(
+                "this rank registered with another run of the leader (it restarted): register again",
+            ));
+        }
+        let current = self.shared.order.borrow().clone();
+        let known = self.with_members(|members| {
+            let Some(m) = members.get_mut(&h.rank) else {
+                return false;
+            };
+            if m.gone || m.registration.instance != h.instance {
+                return false;
+            }
+            m.last_seen = Instant::now();
+            m.generation = h.generation;
+            m.process = h.process.clone();
+            if let (OrderKind::Run { to, .. }, ProcessState::Exited(how)) =
+                (&current.kind, &h.process)
+                && h.generation == current.generation
+                && to.get(&h.rank) == Some(&h.instance)
+                && m.down.is_none()
+            {
+                let reason = format!(
+                    "rank {}'s serving process on {} {}",
+                    h.rank,
+                    m.registration.address,
+                    describe_exit(how)
+                );
+                tracing::warn!("{reason}");
+                m.down = Some(reason);
+            }
+            true
+        });
+        if !known {
+            return Err(gone(
+                "the leader does not know this run of the rank (it was counted lost or left): register again",
+            ));
+        }
+        self.publish();
+        let mut order = self.shared.order.subscribe();
+        if order.borrow().generation == h.generation {
+            let _ = tokio::time::timeout(self.shared.settings.heartbeat, order.changed()).await;
+        }
+        let current = order.borrow().clone();
+        Ok(self.order_for(&current, h.rank, &h.instance))
+    }
+
+    /// A rank leaving on a clean stop.
+    pub fn leave(&self, l: &Leave) {
+        let left = self.with_members(|members| match members.get_mut(&l.rank) {
+            Some(m) if m.registration.instance == l.instance && !m.gone => {
+                m.gone = true;
+                m.down = Some(format!("rank {} left (its orchestrator stopped)", l.rank));
+                true
+            }
+            _ => false,
+        });
+        if left {
+            tracing::info!(rank = l.rank, "rank left");
+            self.publish();
+        }
+    }
+
+    fn order_for(&self, current: &Current, rank: u32, instance: &str) -> Order {
+        let command = match &current.kind {
+            OrderKind::Wait => Command::Wait,
+            OrderKind::Stop => Command::Stop,
+            OrderKind::Run { plan, to } if to.get(&rank).is_some_and(|i| i == instance) => {
+                match plan.ranks.iter().find(|p| p.rank == rank) {
+                    Some(p) => Command::Run {
+                        argv: p.argv.clone(),
+                        env: p.env.clone(),
+                    },
+                    None => Command::Wait,
+                }
+            }
+            // A run that joined after the order: it waits for the next.
+            OrderKind::Run { .. } => Command::Wait,
+        };
+        Order {
+            generation: current.generation,
+            command,
+        }
+    }
+
+    fn set_order(&self, kind: OrderKind) -> u64 {
+        let mut generation = 0;
+        self.shared.order.send_modify(|c| {
+            c.generation += 1;
+            c.kind = kind;
+            generation = c.generation;
+        });
+        generation
+    }
+}
+
+fn gone(error: &str) -> (u16, Refusal) {
+    (
+        410,
+        Refusal {
+            error: error.to_string(),
+            permanent: false,
+        },
+    )
+}
+
+/// `exited with code 1`, `was killed by signal 9`.
+pub fn describe_exit(how: &orchestrator_domain::ExitStatus) -> String {
+    match (how.code, how.signal) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        (None, None) => "could not be started".to_string(),
+    }
+}
+
+impl ServingGroup for Rendezvous {
+    fn start(&self, plan: &LaunchPlan) -> Vec<Node> {
+        let to = self.with_members(|members| {
+            let mut to = BTreeMap::new();
+            for (rank, m) in members.iter_mut() {
+                if !m.gone {
+                    m.down = None;
+                    to.insert(*rank, m.registration.instance.clone());
+                }
+            }
+            to
+        });
+        let ranks: Vec<u32> = to.keys().copied().collect();
+        let generation = self.set_order(OrderKind::Run {
+            plan: Box::new(plan.clone()),
+            to,
+        });
+        tracing::info!(generation, ?ranks, "told every rank to start");
+        self.publish();
+        self.nodes()
+    }
+
+    fn stop(&self, grace: Duration) -> GroupCall<'_> {
+        Box::pin(async move {
+            let generation = self.set_order(OrderKind::Stop);
+            let deadline = Instant::now() + grace + self.shared.settings.heartbeat * 2;
+            let mut view = self.shared.view.subscribe();
+            loop {
+                let running: Vec<u32> = self.with_members(|members| {
+                    members
+                        .iter()
+                        .filter(|(_, m)| {
+                            !m.gone
+                                && (m.generation < generation
+                                    || matches!(m.process, ProcessState::Running))
+                        })
+                        .map(|(r, _)| *r)
+                        .collect()
+                });
+                if running.is_empty() {
+                    tracing::info!(generation, "every rank stopped");
+                    return;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    tracing::warn!(?running, "ranks did not confirm the stop in time; going on");
+                    return;
+                }
+                let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), view.changed())
+                    .await;
+            }
+        })
+    }
+
+    fn assembled(&self) -> GroupCall<'_> {
+        Box::pin(async move {
+            let mut view = self.shared.view.subscribe();
+            let mut announced = false;
+            loop {
+                let missing = self.missing();
+                if missing.is_empty() {
+                    return;
+                }
+                if !announced {
+                    tracing::info!(
+                        ?missing,
+                        "waiting for every rank to be present before starting the group again"
+                    );
+                    announced = true;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(500), view.changed()).await;
+            }
+        })
+    }
+}
+
+impl MembershipSource for Rendezvous {
+    fn watch(&self) -> mpsc::UnboundedReceiver<MembershipUpdate> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut view = self.shared.view.subscribe();
+        tokio::spawn(async move {
+            let mut previous: Arc<Vec<Entry>> = view.borrow_and_update().clone();
+            let first = MembershipUpdate {
+                view: Some(ClusterView::from_nodes(
+                    previous.iter().map(|e| e.node.clone()).collect(),
+                )),
+                changes: Vec::new(),
+                source: UpdateSource::Snapshot,
+                received_at: Instant::now(),
+            };
+            if tx.send(first).is_err() {
+                return;
+            }
+            while view.changed().await.is_ok() {
+                let now = view.borrow_and_update().clone();
+                let changes = diff(&previous, &now);
+                previous = now;
+                if changes.is_empty() {
+                    continue;
+                }
+                let update = MembershipUpdate {
+                    view: None,
+                    changes,
+                    source: UpdateSource::Push,
+                    received_at: Instant::now(),
+                };
+                if tx.send(update).is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "the native rendezvous on the leader ({}, a group of {})",
+            self.shared.settings.leader.address, self.shared.settings.group_size
+        )
+    }
+
+    fn reachable(&self, _limit: Duration) -> Reachable<'_> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Joins and deaths between two views.
+fn diff(before: &[Entry], after: &[Entry]) -> Vec<MembershipChange> {
+    let mut changes = Vec::new();
+    for e in after {
+        let was = before.iter().find(|b| b.node.id == e.node.id);
+        let was_alive = was.is_some_and(|b| b.node.alive);
+        let replaced = was.is_some_and(|b| b.node.start_time_ms != e.node.start_time_ms);
+        match (was_alive, e.node.alive) {
+            (false, true) => changes.push(MembershipChange::Joined(e.node.clone())),
+            (true, false) => changes.push(MembershipChange::Died {
+                node: e.node.clone(),
+                reason: e.down.clone(),
+            }),
+            (true, true) if replaced => changes.push(MembershipChange::Joined(e.node.clone())),
+            _ => {}
+        }
+    }
+    changes
+}
+
+/// The rendezvous's HTTP routes.
+impl PostRoutes for Rendezvous {
+    fn post(&self, path: &str, body: bytes::Bytes) -> Option<PostAnswer> {
+        use super::protocol::{HEARTBEAT, LEAVE, REGISTER};
+        fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, (u16, String)> {
+            serde_json::from_slice(body).map_err(|e| {
+                (
+                    400,
+                    json(&Refusal {
+                        error: format!("the request is not understood: {e}"),
+                        permanent: true,
+                    }),
+                )
+            })
+        }
+        fn json<T: serde::Serialize>(value: &T) -> String {
+            serde_json::to_string(value).unwrap_or_default()
+        }
+        fn answer<T: serde::Serialize>(r: Result<T, (u16, Refusal)>) -> (u16, String) {
+            match r {
+                Ok(v) => (200, json(&v)),
+                Err((code, refusal)) => (code, json(&refusal)),
+            }
+        }
+        let this = self.clone();
+        match path {
+            REGISTER => Some(Box::pin(async move {
+                match parse::<Registration>(&body) {
+                    Ok(r) => answer(this.register(r)),
+                    Err(e) => e,
+                }
+            })),
+            HEARTBEAT => Some(Box::pin(async move {
+                match parse::<Heartbeat>(&body) {
+                    Ok(h) => answer(this.heartbeat(h).await),
+                    Err(e) => e,
+                }
+            })),
+            LEAVE => Some(Box::pin(async move {
+                match parse::<Leave>(&body) {
+                    Ok(l) => {
+                        this.leave(&l);
+                        (200, "{}".to_string())
+                    }
+                    Err(e) => e,
+                }
+            })),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rendezvous(size: u32) -> Rendezvous {
+        Rendezvous::new(RendezvousSettings {
+            group_size: size,
+            heartbeat: Duration::from_millis(100),
+            timeout: Duration::from_millis(400),
+            leader: Node {
+                id: node_id(0),
+                address: "10.0.0.1".into(),
+                is_head: true,
+                alive: true,
+                ..Node::default()
+            },
+        })
+    }
+
+    fn registration(rank: u32, instance: &str) -> Registration {
+        Registration {
+            rank,
+            group_size: 3,
+            instance: instance.into(),
+            address: format!("10.0.0.{}", rank + 1),
+            hostname: format!("pod-{rank}"),
+            gpus: 1.0,
+            cpus: 4.0,
+        }
+    }
+
+    #[test]
+    fn duplicate_out_of_range_and_mismatched_ranks_are_refused_with_the_fix() {
+        let r = rendezvous(3);
+        assert!(r.register(registration(1, "a")).is_ok());
+        // The same run again is fine.
+        assert!(r.register(registration(1, "a")).is_ok());
+        let (code, refusal) = r.register(registration(1, "b")).unwrap_err();
+        assert_eq!(code, 409);
+        assert!(!refusal.permanent);
+        assert!(
+            refusal.error.contains("two pods claim rank 1"),
+            "{}",
+            refusal.error
+        );
+        let (_, refusal) = r.register(registration(3, "c")).unwrap_err();
+        assert!(refusal.permanent);
+        assert!(
+            refusal.error.contains("out of range for a group of 3"),
+            "{}",
+            refusal.error
+        );
+        let (_, refusal) = r.register(registration(0, "d")).unwrap_err();
+        assert!(
+            refusal.error.contains("rank 0 is the leader's"),
+            "{}",
+            refusal.error
+        );
+        let mut wrong = registration(2, "e");
+        wrong.group_size = 4;
+        let (_, refusal) = r.register(wrong).unwrap_err();
+        assert!(
+            refusal.error.contains("group of 4 nodes"),
+            "{}",
+            refusal.error
+        );
+        assert_eq!(r.present(), 2);
+        assert_eq!(r.missing(), vec![2]);
+    }
+
+    #[tokio::test]
+    async fn a_lost_rank_dies_and_frees_its_rank_for_a_new_run() {
+        let r = rendezvous(3);
+        let _sweep = r.spawn_sweep();
+        let mut updates = r.watch();
+        let first = updates.recv().await.unwrap();
+        assert_eq!(first.view.unwrap().nodes.len(), 1);
+        r.register(registration(1, "a")).unwrap();
+        let joined = updates.recv().await.unwrap();
+        assert!(matches!(&joined.changes[..], [MembershipChange::Joined(n)] if n.id == "rank-1"));
+        // No heartbeat: lost after the timeout.
+        let died = tokio::time::timeout(Duration::from_secs(2), updates.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        match &died.changes[..] {
+            [MembershipChange::Died { node, reason }] => {
+                assert_eq!(node.id, "rank-1");
+                assert!(reason.as_deref().unwrap_or("").contains("no heartbeat"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A heartbeat of the lost run is refused; a new run may register.
+        let h = Heartbeat {
+            rank: 1,
+            instance: "a".into(),
+            leader: r.shared.leader_run.clone(),
+            generation: 0,
+            process: ProcessState::Idle,
+        };
+        assert_eq!(r.heartbeat(h).await.unwrap_err().0, 410);
+        assert!(r.register(registration(1, "b")).is_ok());
+    }
+
+    #[tokio::test]
+    async fn orders_reach_the_ranks_they_were_given_to_and_a_failed_rank_dies() {
+        let r = rendezvous(2);
+        let mut reg = registration(1, "a");
+        reg.group_size = 2;
+        let registered = r.register(reg).unwrap();
+        let plan = LaunchPlan {
+            argv: vec!["vllm".into(), "serve".into()],
+            ranks: vec![orchestrator_domain::RankPlan {
+                rank: 1,
+                argv: vec!["vllm".into(), "serve".into(), "--headless".into()],
+                env: vec![],
+            }],
+            ..LaunchPlan::default()
+        };
+        let beat = |generation, process| Heartbeat {
+            rank: 1,
+            instance: "a".into(),
+            leader: registered.leader.clone(),
+            generation,
+            process,
+        };
+        let nodes = r.start(&plan);
+        assert!(nodes.iter().all(|n| n.alive));
+        let order = r.heartbeat(beat(0, ProcessState::Idle)).await.unwrap();
+        assert_eq!(order.generation, 1);
+        assert!(
+            matches!(&order.command, Command::Run { argv, .. } if argv.contains(&"--headless".to_string()))
+        );
+        // Its process exits: the rank's node is dead, with the reason.
+        let exited = ProcessState::Exited(orchestrator_domain::ExitStatus {
+            code: Some(1),
+            signal: None,
+        });
+        r.heartbeat(beat(1, exited)).await.unwrap();
+        let rank1 = r.nodes().into_iter().find(|n| n.id == "rank-1").unwrap();
+        assert!(!rank1.alive);
+        // A stop is confirmed by the next heartbeat.
+        let stopping = {
+            let r = r.clone();
+            tokio::spawn(async move { r.stop(Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let order = r.heartbeat(beat(1, ProcessState::Idle)).await.unwrap();
+        assert_eq!(order.command, Command::Stop);
+        r.heartbeat(beat(order.generation, ProcessState::Idle))
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(2), stopping)
+            .await
+            .unwrap()
+            .unwrap();
+        // Starting again revives it.
+        assert!(r.start(&plan).iter().all(|n| n.alive));
+    }
+}
