@@ -819,3 +819,314 @@ program = "{vllm}"
         }
     }
 }
+
+/// A native-backend group on loopback (`backend = "native"`, no Ray): each
+/// rank its own `orchestrator run` on its own address, the leader serving
+/// real vLLM (the CPU build) tensor-parallel over the ranks.
+#[cfg(feature = "cluster")]
+pub struct NativeGroup {
+    /// The `orchestrator` binary.
+    pub binary: std::path::PathBuf,
+    /// Where configurations and logs go.
+    pub dir: std::path::PathBuf,
+    /// Rank r runs on 127.0.0.(base + r).
+    pub base: u8,
+    /// Ranks, the leader included.
+    pub size: u32,
+    /// Every rank's endpoints port (on its own address).
+    pub endpoints: u16,
+    /// The port vLLM serves on (the leader's address).
+    pub serve: u16,
+    /// Where torch.distributed meets.
+    pub master: u16,
+    /// The model's directory.
+    pub model: String,
+    /// The `vllm` executable.
+    pub vllm: String,
+}
+
+#[cfg(feature = "cluster")]
+impl NativeGroup {
+    /// A group of `size` ranks from 127.0.0.`base`, its ports picked.
+    pub fn new(
+        binary: impl Into<std::path::PathBuf>,
+        dir: &std::path::Path,
+        base: u8,
+        size: u32,
+        model: &str,
+        vllm: &str,
+    ) -> Self {
+        Self {
+            binary: binary.into(),
+            dir: dir.to_path_buf(),
+            base,
+            size,
+            endpoints: free_port(),
+            serve: free_port(),
+            master: free_port(),
+            model: model.to_string(),
+            vllm: vllm.to_string(),
+        }
+    }
+
+    /// Rank `rank`'s address.
+    pub fn address(&self, rank: u32) -> String {
+        format!("127.0.0.{}", u32::from(self.base) + rank)
+    }
+
+    /// Rank `rank`'s endpoints, `HOST:PORT`.
+    pub fn endpoints_of(&self, rank: u32) -> String {
+        format!("{}:{}", self.address(rank), self.endpoints)
+    }
+
+    /// The served API, `HOST:PORT`.
+    pub fn server(&self) -> String {
+        format!("{}:{}", self.address(0), self.serve)
+    }
+
+    /// Rank `rank`'s configuration file, written.
+    pub fn config(&self, rank: u32) -> std::path::PathBuf {
+        let (leader, own) = (self.address(0), self.address(rank));
+        let path = self.dir.join(format!("rank-{rank}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                r#"backend = "native"
+endpoints-host = "{own}"
+endpoints-port = {endpoints}
+[native]
+rank = {rank}
+group-size = {size}
+leader-address = "{leader}"
+node-address = "{own}"
+master-port = {master}
+gpus = 1
+heartbeat-ms = 250
+heartbeat-timeout-ms = 3000
+leader-wait-seconds = 300
+[cluster]
+wait-timeout-seconds = 400
+[serve]
+model = "{model}"
+served-model-name = "tiny"
+host = "{leader}"
+port = {serve}
+extra-args = ["--max-model-len", "256", "--dtype", "bfloat16", "--enforce-eager"]
+health-interval-ms = 500
+generation-interval-ms = 5000
+stop-grace-seconds = 10
+drain-timeout-seconds = 0
+[policies.launch.params]
+program = "{vllm}"
+"env.VLLM_HOST_IP" = "{leader}"
+"env.VLLM_CPU_KVCACHE_SPACE" = "1"
+"env.HF_HUB_OFFLINE" = "1"
+[policies.health.params]
+backoff-ms = "200"
+"#,
+                endpoints = self.endpoints,
+                size = self.size,
+                master = self.master,
+                model = self.model,
+                serve = self.serve,
+                vllm = self.vllm,
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    /// Starts rank `rank`'s orchestrator, its log in `rank-R.log` (run
+    /// `run` for a second start of the same rank).
+    pub fn start(&self, rank: u32, run: u32) -> std::process::Child {
+        let log = self.dir.join(format!("rank-{rank}-{run}.log"));
+        std::process::Command::new(&self.binary)
+            .args(["run", "--config"])
+            .arg(self.config(rank))
+            .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap()
+    }
+
+    /// One completion through the leader's API.
+    pub fn complete(&self) -> Result<String, String> {
+        let body = r#"{"model": "tiny", "prompt": "hello", "max_tokens": 4, "temperature": 0}"#;
+        let reply = http(
+            &self.server(),
+            "POST",
+            "/v1/completions",
+            body,
+            Duration::from_secs(60),
+        )
+        .ok_or("no answer")?;
+        if reply.status != 200 {
+            return Err(format!("status {}: {}", reply.status, reply.body));
+        }
+        let json: serde_json::Value =
+            serde_json::from_str(&reply.body).map_err(|e| e.to_string())?;
+        json["choices"][0]["text"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("no choices: {json}"))
+    }
+
+    /// Polls until a completion succeeds (within `limit`).
+    pub fn until_serving(&self, limit: Duration) -> String {
+        poll_until("a completion from the native group", limit, || {
+            self.complete().ok()
+        })
+    }
+
+    /// Rank `rank`'s serving process (its process group), from `/status`.
+    pub fn server_pid(&self, rank: u32) -> Option<i32> {
+        status(&self.endpoints_of(rank))
+            .and_then(|s| s["server-pid"].as_i64())
+            .and_then(|p| i32::try_from(p).ok())
+    }
+
+    /// Processes still in any of `groups`.
+    pub fn left_in(groups: &[i32]) -> Vec<(i32, String)> {
+        procfs::processes()
+            .into_iter()
+            .filter(|p| !p.is_zombie() && groups.contains(&p.pgid))
+            .map(|p| (p.pid, p.comm))
+            .collect()
+    }
+}
+
+/// What [`NativeGroup::scenario`] measured.
+#[cfg(feature = "cluster")]
+#[derive(Debug, Clone, Copy)]
+pub struct NativeFigures {
+    /// The leader alone until this long before the worker started.
+    pub worker_delay: Duration,
+    /// The last rank's orchestrator started -> the first completion.
+    pub last_rank_to_completion: Duration,
+    /// A rank's vLLM killed (SIGKILL) -> a completion again.
+    pub death_to_serving: Duration,
+    /// A worker's whole pod lost (orchestrator and vLLM killed), a new
+    /// one started at once -> a completion again.
+    pub lost_worker_to_serving: Duration,
+    /// SIGTERM to both -> both exited.
+    pub stop: Duration,
+}
+
+#[cfg(feature = "cluster")]
+impl NativeGroup {
+    /// The whole story on a group of two, asserting along the way: the
+    /// leader waits for a worker that starts `worker_delay` late and
+    /// serves once it is there; the worker's vLLM rank is killed and the
+    /// group restarts; the worker's whole pod is lost and a new one joins;
+    /// SIGTERM stops both with exit 0 and nothing left.
+    pub fn scenario(&self, worker_delay: Duration) -> NativeFigures {
+        assert_eq!(self.size, 2, "the scenario runs a group of two");
+        let leader_status = || status(&self.endpoints_of(0)).unwrap_or(serde_json::Value::Null);
+        let mut leader = self.start(0, 0);
+        let started = Instant::now();
+        let mut guard = Guard(vec![leader.id() as i32]);
+        let groups = GroupGuard::default();
+        poll_until("the leader waiting", Duration::from_secs(30), || {
+            (leader_status()["phase"] == "wait").then_some(())
+        });
+        std::thread::sleep(worker_delay.saturating_sub(started.elapsed()));
+        let s = leader_status();
+        assert_eq!(s["phase"], "wait", "the leader waits for rank 1: {s}");
+        assert_eq!(s["nodes-alive"], 1, "{s}");
+        assert!(
+            http_get(&self.endpoints_of(0), "/readyz").contains("503"),
+            "not ready without rank 1"
+        );
+
+        let mut worker = self.start(1, 0);
+        guard.0.push(worker.id() as i32);
+        let t = Instant::now();
+        let text = self.until_serving(Duration::from_secs(400));
+        let last_rank_to_completion = t.elapsed();
+        eprintln!(
+            "native: served {text:?} {:.1} s after the last rank started",
+            last_rank_to_completion.as_secs_f64()
+        );
+        assert!(http_get(&self.endpoints_of(0), "/readyz").contains("200 OK"));
+        assert!(http_get(&self.endpoints_of(1), "/readyz").contains("200 OK"));
+
+        // A rank's vLLM dies: the whole group restarts.
+        let (rank0, rank1) = (
+            self.server_pid(0).expect("rank 0's vLLM"),
+            self.server_pid(1).expect("rank 1's vLLM"),
+        );
+        groups.add(rank0);
+        groups.add(rank1);
+        signal_group(rank1, Signal::KILL);
+        let t = Instant::now();
+        poll_until("the group restart", Duration::from_secs(60), || {
+            (leader_status()["restarts"] == 1).then_some(())
+        });
+        self.until_serving(Duration::from_secs(400));
+        let death_to_serving = t.elapsed();
+        eprintln!(
+            "native: serving again {:.1} s after rank 1's vLLM was killed",
+            death_to_serving.as_secs_f64()
+        );
+        assert!(
+            Self::left_in(&[rank0, rank1]).is_empty(),
+            "the old ranks are gone: {:?}",
+            Self::left_in(&[rank0, rank1])
+        );
+        let (new0, new1) = (
+            self.server_pid(0).expect("rank 0's new vLLM"),
+            self.server_pid(1).expect("rank 1's new vLLM"),
+        );
+        assert!(new0 != rank0 && new1 != rank1, "both ranks were restarted");
+        groups.add(new0);
+        groups.add(new1);
+
+        // The worker's pod is lost; a new one starts at once.
+        signal(worker.id() as i32, Signal::KILL);
+        signal_group(new1, Signal::KILL);
+        let _ = worker.wait();
+        let t = Instant::now();
+        let mut worker = self.start(1, 1);
+        guard.0.push(worker.id() as i32);
+        poll_until(
+            "the restart on the lost rank",
+            Duration::from_secs(60),
+            || (leader_status()["restarts"] == 2).then_some(()),
+        );
+        self.until_serving(Duration::from_secs(400));
+        let lost_worker_to_serving = t.elapsed();
+        eprintln!(
+            "native: serving again {:.1} s after rank 1's pod was lost",
+            lost_worker_to_serving.as_secs_f64()
+        );
+        let (last0, last1) = (
+            self.server_pid(0).expect("rank 0's vLLM"),
+            self.server_pid(1).expect("rank 1's vLLM"),
+        );
+        groups.add(last0);
+        groups.add(last1);
+
+        // SIGTERM: both exit 0, nothing left.
+        let t = Instant::now();
+        signal(leader.id() as i32, Signal::TERM);
+        signal(worker.id() as i32, Signal::TERM);
+        let leader_exit = wait_exit(&mut leader, Duration::from_secs(60));
+        let worker_exit = wait_exit(&mut worker, Duration::from_secs(60));
+        let stop = t.elapsed();
+        assert!(leader_exit.success(), "leader: {leader_exit:?}");
+        assert!(worker_exit.success(), "worker: {worker_exit:?}");
+        let all = [rank0, rank1, new0, new1, last0, last1];
+        let left = Self::left_in(&all);
+        assert!(left.is_empty(), "left behind: {left:?}");
+        assert_nothing_left(&[&self.dir.display().to_string()]);
+        NativeFigures {
+            worker_delay,
+            last_rank_to_completion,
+            death_to_serving,
+            lost_worker_to_serving,
+            stop,
+        }
+    }
+}

@@ -55,6 +55,10 @@ const BENCHES: &[(&str, &str)] = &[
         "last registration to first completion, orchestrator vs the origin flow (loop + vllm serve), and death-to-action, with real vLLM",
     ),
     (
+        "native",
+        "the native backend (no Ray) with real vLLM: the last rank's start to the first completion, a rank's death to serving again, a lost pod to serving again",
+    ),
+    (
         "scale",
         "from zero workers to ready under Ray's real autoscaler (asking vs only waiting), and a recorded vLLM burst to the scale policy's recommendation (with and without its window)",
     ),
@@ -536,6 +540,17 @@ fn test() -> Result<()> {
         .env("ORCHESTRATOR_RAY_BIN", venv.join("bin/ray"))
         .env("ORCHESTRATOR_VLLM_BIN", venv.join("bin/vllm"))
         .env("ORCHESTRATOR_TINY_MODEL", &model))?;
+    step("end-to-end tests of the native backend with real vLLM, no Ray (one at a time)");
+    run(workspace("test")
+        .args([
+            "--test",
+            "native_e2e",
+            "--",
+            "--include-ignored",
+            "--test-threads=1",
+        ])
+        .env("ORCHESTRATOR_VLLM_BIN", venv.join("bin/vllm"))
+        .env("ORCHESTRATOR_TINY_MODEL", &model))?;
     eprintln!(
         "\nall checks passed in {:.0} s",
         start.elapsed().as_secs_f64()
@@ -627,39 +642,57 @@ fn demo() -> Result<()> {
 
     let venv = vllm_venv()?;
     let model = tiny_model(&venv)?;
-    serve_demo(&bin, &venv, &model)?;
+    serve_demo(&bin, &venv, &model, DemoBackend::Ray)?;
+    serve_demo(&bin, &venv, &model, DemoBackend::Native)?;
     eprintln!("\ndemo finished");
     Ok(())
 }
 
-/// The whole product on this machine: a head and a worker, the wait, real
-/// vLLM tensor-parallel over both, one completion, a clean stop.
-fn serve_demo(bin: &Path, venv: &Path, model: &Path) -> Result<()> {
-    step(
-        "the whole job: `orchestrator local --workers 1 --tp 2 --model <tiny>` (real Ray, real vLLM)",
-    );
-    let log_path = root().join("target/demo-orchestrator.log");
+/// Which backend a demo run shows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DemoBackend {
+    Ray,
+    Native,
+}
+
+/// The whole product on this machine: a head and a worker (Ray), or a
+/// leader and a rank (native: vLLM's own multi-node mode, no Ray), the
+/// wait, real vLLM tensor-parallel over both, one completion, a clean stop.
+fn serve_demo(bin: &Path, venv: &Path, model: &Path, backend: DemoBackend) -> Result<()> {
+    let mut command = Command::new(bin);
+    command.args(["local", "--workers", "1", "--tp", "2"]);
+    let log_path = match backend {
+        DemoBackend::Ray => {
+            step(
+                "the whole job: `orchestrator local --workers 1 --tp 2 --model <tiny>` (real Ray, real vLLM)",
+            );
+            command
+                .args([
+                    "--gpus-per-node",
+                    "1",
+                    "--memory-mib",
+                    "1000",
+                    "--object-store-mib",
+                    "200",
+                ])
+                .args([
+                    "--ray-env",
+                    "VLLM_CPU_RAY_TEST_PLATFORM=1",
+                    "--vllm-env",
+                    "VLLM_CPU_RAY_TEST_PLATFORM=1",
+                ]);
+            root().join("target/demo-orchestrator.log")
+        }
+        DemoBackend::Native => {
+            step(
+                "the same job without Ray: `orchestrator local --backend native --workers 1 --tp 2 --model <tiny>` (vLLM's own multi-node mode: a leader and one headless rank)",
+            );
+            command.args(["--backend", "native"]);
+            root().join("target/demo-orchestrator-native.log")
+        }
+    };
     let log = std::fs::File::create(&log_path)?;
-    let mut child = Command::new(bin)
-        .args([
-            "local",
-            "--workers",
-            "1",
-            "--gpus-per-node",
-            "1",
-            "--memory-mib",
-            "1000",
-            "--object-store-mib",
-            "200",
-            "--tp",
-            "2",
-        ])
-        .args([
-            "--ray-env",
-            "VLLM_CPU_RAY_TEST_PLATFORM=1",
-            "--vllm-env",
-            "VLLM_CPU_RAY_TEST_PLATFORM=1",
-        ])
+    let mut child = command
         .args([
             "--vllm-env",
             "VLLM_CPU_KVCACHE_SPACE=1",
@@ -745,7 +778,11 @@ fn serve_demo(bin: &Path, venv: &Path, model: &Path) -> Result<()> {
             bail!("the completion failed: {} {}", reply.status, reply.body);
         }
         println!(
-            "\ncompletion from vLLM (tensor parallel over 2 Ray nodes):\n{}\n",
+            "\ncompletion from vLLM (tensor parallel over {}):\n{}\n",
+            match backend {
+                DemoBackend::Ray => "2 Ray nodes",
+                DemoBackend::Native => "2 native ranks, no Ray",
+            },
             reply.body
         );
         Ok(())
@@ -792,6 +829,17 @@ fn bench(name: Option<&str>) -> Result<()> {
             run(Command::new(example("bench_serve"))
                 .arg(root().join("target/release/orchestrator"))
                 .env("ORCHESTRATOR_RAY_BIN", venv.join("bin/ray"))
+                .env("ORCHESTRATOR_VLLM_BIN", venv.join("bin/vllm"))
+                .env("ORCHESTRATOR_TINY_MODEL", &model))
+        }
+        Some("native") => {
+            ensure_toolchain()?;
+            let venv = vllm_venv()?;
+            let model = tiny_model(&venv)?;
+            build_all()?;
+            step("bench native");
+            run(Command::new(example("bench_native"))
+                .arg(root().join("target/release/orchestrator"))
                 .env("ORCHESTRATOR_VLLM_BIN", venv.join("bin/vllm"))
                 .env("ORCHESTRATOR_TINY_MODEL", &model))
         }
