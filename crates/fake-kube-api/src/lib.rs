@@ -541,6 +541,7 @@ async fn handle(
                 "pods" => ("v1", "PodList"),
                 "events" => ("v1", "EventList"),
                 "rayclusters" => ("ray.io/v1", "RayClusterList"),
+                "leaderworkersets" => ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSetList"),
                 _ => ("v1", "List"),
             };
             full(

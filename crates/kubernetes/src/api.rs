@@ -103,6 +103,15 @@ impl Access {
         }
     }
 
+    /// `verb` on `leaderworkersets.leaderworkerset.x-k8s.io`.
+    pub const fn leaderworkersets(verb: &'static str) -> Self {
+        Self {
+            verb,
+            group: "leaderworkerset.x-k8s.io",
+            resource: "leaderworkersets",
+        }
+    }
+
     /// `verb` on `rayclusters.ray.io`.
     pub const fn rayclusters(verb: &'static str) -> Self {
         Self {
@@ -192,40 +201,7 @@ fn env(name: &str) -> Option<String> {
 /// from the configuration, `POD_NAME` or `HOSTNAME`; the RayCluster from
 /// the configuration or the pod's `ray.io/cluster` label.
 pub async fn connect(config: &KubernetesConfig) -> Result<KubeContext, KubeError> {
-    let mut kube_config = match &config.api_server {
-        Some(url) => {
-            let uri = url.parse().map_err(|e| {
-                KubeError::Setup(format!("kubernetes.api-server {url:?} is not a URL: {e}"))
-            })?;
-            let mut c = kube::Config::new(uri);
-            c.connect_timeout = Some(Duration::from_secs(5));
-            c
-        }
-        None => kube::Config::incluster().map_err(|e| {
-            KubeError::Setup(format!(
-                "this does not look like a pod ({e}); run it in a pod with a service account, set kubernetes.api-server (e.g. http://127.0.0.1:8001 behind kubectl proxy), or set kubernetes.enabled = false"
-            ))
-        })?,
-    };
-    let namespace = config
-        .namespace
-        .clone()
-        .or_else(|| env("POD_NAMESPACE"))
-        .unwrap_or_else(|| kube_config.default_namespace.clone());
-    kube_config.default_namespace = namespace.clone();
-    let server = kube_config.cluster_url.to_string();
-    let client = Client::try_from(kube_config)
-        .map_err(|e| KubeError::Setup(format!("cannot build a Kubernetes client: {e}")))?;
-    let pod_name = config
-        .pod_name
-        .clone()
-        .or_else(|| env("POD_NAME"))
-        .or_else(|| env("HOSTNAME"))
-        .ok_or_else(|| {
-            KubeError::Setup(
-                "this pod's name is unknown; set POD_NAME from the downward API (fieldRef metadata.name) or kubernetes.pod-name".into(),
-            )
-        })?;
+    let (client, server, namespace, pod_name) = client_for(config)?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let pod = timed(&server, "get pod", async {
         pods.get(&pod_name).await.map_err(|e| {
@@ -266,4 +242,46 @@ pub async fn connect(config: &KubernetesConfig) -> Result<KubeContext, KubeError
         pod_uid,
         cluster_name,
     })
+}
+
+/// The client, the API server's URL, the namespace and this pod's name,
+/// from the configuration and the pod's environment.
+pub(crate) fn client_for(
+    config: &KubernetesConfig,
+) -> Result<(Client, String, String, String), KubeError> {
+    let mut kube_config = match &config.api_server {
+        Some(url) => {
+            let uri = url.parse().map_err(|e| {
+                KubeError::Setup(format!("kubernetes.api-server {url:?} is not a URL: {e}"))
+            })?;
+            let mut c = kube::Config::new(uri);
+            c.connect_timeout = Some(Duration::from_secs(5));
+            c
+        }
+        None => kube::Config::incluster().map_err(|e| {
+            KubeError::Setup(format!(
+                "this does not look like a pod ({e}); run it in a pod with a service account, set kubernetes.api-server (e.g. http://127.0.0.1:8001 behind kubectl proxy), or set kubernetes.enabled = false"
+            ))
+        })?,
+    };
+    let namespace = config
+        .namespace
+        .clone()
+        .or_else(|| env("POD_NAMESPACE"))
+        .unwrap_or_else(|| kube_config.default_namespace.clone());
+    kube_config.default_namespace = namespace.clone();
+    let server = kube_config.cluster_url.to_string();
+    let client = Client::try_from(kube_config)
+        .map_err(|e| KubeError::Setup(format!("cannot build a Kubernetes client: {e}")))?;
+    let pod_name = config
+        .pod_name
+        .clone()
+        .or_else(|| env("POD_NAME"))
+        .or_else(|| env("HOSTNAME"))
+        .ok_or_else(|| {
+            KubeError::Setup(
+                "this pod's name is unknown; set POD_NAME from the downward API (fieldRef metadata.name) or kubernetes.pod-name".into(),
+            )
+        })?;
+    Ok((client, server, namespace, pod_name))
 }

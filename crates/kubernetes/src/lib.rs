@@ -22,6 +22,7 @@
 pub mod api;
 pub mod config;
 pub mod events;
+pub mod lws;
 pub mod pods;
 pub mod raycluster;
 pub mod watch;

@@ -20,7 +20,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use orchestrator_domain::{ClusterConfig, ExternalFacts};
 
 /// What one watched resource's stream says.
-enum Seen {
+pub(crate) enum Seen {
     /// A list completed or an object changed: the store is current.
     Synced,
     /// The stream is (re)listing; the store still has the last list.
@@ -128,7 +128,7 @@ impl State {
 }
 
 /// One resource followed by a watcher with backoff into a reflector store.
-fn follow<K>(
+pub(crate) fn follow<K>(
     context: &KubeContext,
     api: Api<K>,
     config: watcher::Config,

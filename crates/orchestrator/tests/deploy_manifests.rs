@@ -156,7 +156,7 @@ fn manifests() -> Manifests {
             "Service" => {
                 typed::<k8s_openapi::api::core::v1::Service>(&file, &doc);
             }
-            "PodAutoscaler" | "ScaledObject" => m.custom.push((file, doc)),
+            "PodAutoscaler" | "ScaledObject" | "LeaderWorkerSet" => m.custom.push((file, doc)),
             other => panic!("{}: unexpected kind {other:?}", file.display()),
         }
     }
@@ -621,6 +621,92 @@ fn every_mounted_config_is_accepted_by_plan_in_its_container() {
     assert!(checked >= 6, "checked {checked} containers");
 }
 
+#[test]
+fn the_leaderworkerset_runs_every_rank_from_one_config_with_the_lws_environment() {
+    let m = manifests();
+    let dir = tempfile::tempdir().unwrap();
+    let (file, lws) = m
+        .custom
+        .iter()
+        .find(|(_, d)| d["kind"] == "LeaderWorkerSet")
+        .expect("deploy/lws has a LeaderWorkerSet");
+    let name = lws["metadata"]["name"].as_str().unwrap();
+    let namespace = lws["metadata"]["namespace"].as_str().unwrap();
+    let template = &lws["spec"]["leaderWorkerTemplate"];
+    let size = template["size"].as_u64().unwrap();
+    assert_eq!(size, 2, "{}", file.display());
+    // The orchestrator restarts the group in place; LWS must not recreate
+    // it on every pod restart.
+    assert_eq!(template["restartPolicy"], "None");
+    // What the LWS controller sets in group 0's pods.
+    let leader_address = format!("{name}-0.{name}.{namespace}");
+    for (rank, key, pod_ip) in [
+        (0, "leaderTemplate", "10.244.1.20"),
+        (1, "workerTemplate", "10.244.2.21"),
+    ] {
+        let at = format!("{} ({key})", file.display());
+        let t: PodTemplateSpec = serde_json::from_value(template[key].clone()).unwrap();
+        let (cm, config_key) = mounted_config(&m, &t);
+        let text = cm.data.as_ref().unwrap().get(&config_key).unwrap();
+        let config = dir.path().join(format!("{key}.toml"));
+        std::fs::write(&config, text).unwrap();
+        let c = ray_container(&t);
+        let pod_name = if rank == 0 {
+            format!("{name}-0")
+        } else {
+            format!("{name}-0-{rank}")
+        };
+        let mut env = container_env(c, pod_ip, &pod_name);
+        env.extend([
+            ("LWS_LEADER_ADDRESS".to_string(), leader_address.clone()),
+            ("LWS_GROUP_SIZE".to_string(), size.to_string()),
+            ("LWS_WORKER_INDEX".to_string(), rank.to_string()),
+        ]);
+        // NVML would see the pod's nvidia.com/gpu limit there.
+        let sets = vec!["native.gpus=1".to_string()];
+        let (ok, stdout, stderr) = plan(&config, "head", &env, &sets);
+        assert!(ok, "{at}: plan refused the mounted config: {stderr}");
+        let plan: Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(plan["backend"], "native", "{at}");
+        assert_eq!(plan["rank"], rank, "{at}: {plan:#}");
+        assert_eq!(plan["node-address"], pod_ip, "{at}: POD_IP");
+        assert_eq!(plan["master"], format!("{leader_address}:29500"), "{at}");
+        if rank == 0 {
+            assert_eq!(plan["rendezvous"]["serves-on"], "0.0.0.0:8471", "{at}");
+            let ranks = plan["ranks"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{at}: {plan:#}"));
+            assert_eq!(ranks.len(), 2, "{at}");
+            let leader = ranks[0]["argv"].to_string();
+            let worker = ranks[1]["argv"].to_string();
+            for expected in [
+                "\"--nnodes\",\"2\"",
+                &format!("\"--master-addr\",\"{leader_address}\""),
+            ] {
+                assert!(
+                    leader.contains(expected) && worker.contains(expected),
+                    "{at}: {leader} / {worker}"
+                );
+            }
+            assert!(
+                leader.contains("\"--node-rank\",\"0\"")
+                    && leader.contains("Qwen/Qwen2.5-7B-Instruct")
+            );
+            assert!(worker.contains("\"--node-rank\",\"1\"") && worker.contains("\"--headless\""));
+            assert!(!leader.contains("--headless"), "{at}: {leader}");
+            // The container exposes what the leader serves on.
+            assert_eq!(container_port(c, "orchestrator"), Some(8471), "{at}");
+            assert_eq!(container_port(c, "http"), Some(8000), "{at}");
+        } else {
+            assert_eq!(
+                plan["rendezvous"]["registers-with"],
+                format!("{leader_address}:8471"),
+                "{at}"
+            );
+        }
+    }
+}
+
 /// The upstream CRD schema of `kind` at `version`.
 fn crd_schema(kind: &str, version: &str) -> Value {
     let file = match kind {
@@ -628,6 +714,7 @@ fn crd_schema(kind: &str, version: &str) -> Value {
         "RayClusterFleet" => "orchestration.aibrix.ai_rayclusterfleets.json",
         "PodAutoscaler" => "autoscaling.aibrix.ai_podautoscalers.json",
         "ScaledObject" => "keda.sh_scaledobjects.json",
+        "LeaderWorkerSet" => "leaderworkerset.x-k8s.io_leaderworkersets.json",
         other => panic!("no CRD for {other}"),
     };
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -740,7 +827,7 @@ fn every_custom_resource_matches_its_upstream_crd_schema() {
         let kind = doc["kind"].as_str().unwrap_or_default();
         if !matches!(
             kind,
-            "RayCluster" | "RayClusterFleet" | "PodAutoscaler" | "ScaledObject"
+            "RayCluster" | "RayClusterFleet" | "PodAutoscaler" | "ScaledObject" | "LeaderWorkerSet"
         ) {
             continue;
         }
@@ -762,6 +849,7 @@ fn every_custom_resource_matches_its_upstream_crd_schema() {
     assert_eq!(
         checked.into_iter().collect::<Vec<_>>(),
         [
+            "LeaderWorkerSet",
             "PodAutoscaler",
             "RayCluster",
             "RayClusterFleet",

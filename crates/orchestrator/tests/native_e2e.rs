@@ -144,3 +144,98 @@ fn a_duplicate_and_an_out_of_range_rank_are_refused_with_the_fix() {
     assert!(wait_exit(&mut worker, Duration::from_secs(20)).success());
     assert!(wait_exit(&mut leader, Duration::from_secs(20)).success());
 }
+
+/// The leader on a LeaderWorkerSet, against the fake API server (no API
+/// server runs here) holding the set and its pods in the API's shape: the
+/// group's size comes from the set, and a worker pod that never registers
+/// is named with what Kubernetes says about it, in `/status` and in the
+/// failure when the wait ends.
+#[test]
+#[ignore = "needs the orchestrator binary only: run by `cargo xtask test`"]
+fn the_leader_names_a_worker_pod_kubernetes_cannot_schedule() {
+    use orchestrator_fake_kube_api::{FakeApiServer, fixture};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let group = NativeGroup::new(
+        env!("CARGO_BIN_EXE_orchestrator"),
+        dir.path(),
+        145,
+        3,
+        "",
+        "vllm",
+    );
+    // Rank 1's pod runs at the address its orchestrator registers from;
+    // rank 2's pod cannot be scheduled.
+    let mut running = fixture("pod-lws-worker-running.json");
+    running["status"]["podIP"] = serde_json::json!(group.address(1));
+    running["status"]["podIPs"] = serde_json::json!([{ "ip": group.address(1) }]);
+    let server = runtime
+        .block_on(FakeApiServer::start(vec![
+            fixture("leaderworkerset.json"),
+            fixture("pod-lws-leader.json"),
+            running,
+            fixture("pod-lws-worker-unschedulable.json"),
+        ]))
+        .unwrap();
+    let config = group.config(0);
+    let written = std::fs::read_to_string(&config).unwrap();
+    // No model; the group size is left to the environment LWS sets.
+    let leader_config = written
+        .replace("model = \"\"\n", "")
+        .replace("group-size = 3\n", "")
+        + &format!(
+            "[kubernetes]\nenabled = true\napi-server = \"{}\"\nnamespace = \"inference\"\npod-name = \"vllm-native-0\"\n",
+            server.url()
+        );
+    let leader_config =
+        leader_config.replace("wait-timeout-seconds = 400", "wait-timeout-seconds = 8");
+    std::fs::write(&config, leader_config).unwrap();
+    let leader = std::process::Command::new(&group.binary)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("LWS_GROUP_SIZE", "3")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = Guard(vec![leader.id() as i32]);
+    let mut worker = group.start(1, 0);
+    let _worker_guard = Guard(vec![worker.id() as i32]);
+    let seen = poll_until(
+        "the unschedulable pod named",
+        Duration::from_secs(20),
+        || {
+            status(&group.endpoints_of(0)).filter(|s| {
+                s["nodes-alive"] == 2 && s["diagnostics"].to_string().contains("vllm-native-0-2")
+            })
+        },
+    );
+    assert_eq!(seen["nodes-expected"], 3, "{seen}");
+    let diagnostics = seen["diagnostics"].to_string();
+    assert!(
+        diagnostics.contains("0/4 nodes are available: 4 Insufficient nvidia.com/gpu"),
+        "{diagnostics}"
+    );
+    // The registered rank's pod is not named.
+    assert!(!diagnostics.contains("vllm-native-0-1"), "{diagnostics}");
+    let out = leader.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("vllm-native-0-2"), "{stderr}");
+    assert!(
+        stderr.contains("ranks that never registered with this leader: [2]"),
+        "{stderr}"
+    );
+    signal(worker.id() as i32, Sig::TERM);
+    assert!(wait_exit(&mut worker, Duration::from_secs(20)).success());
+    // The leader asked for its set and its group's pods only.
+    let paths: Vec<String> = server.requests().iter().map(|r| r.uri.clone()).collect();
+    assert!(
+        paths.iter().any(|p| p.contains("leaderworkersets")),
+        "{paths:?}"
+    );
+}

@@ -909,6 +909,7 @@ wait-timeout-seconds = 400
 [serve]
 model = "{model}"
 served-model-name = "tiny"
+tensor-parallel-size = {size}
 host = "{leader}"
 port = {serve}
 extra-args = ["--max-model-len", "256", "--dtype", "bfloat16", "--enforce-eager"]

@@ -37,6 +37,9 @@ pub struct LeaderPlan {
     pub serve: Option<ServeSpec>,
     /// What follows the ready decision.
     pub after_ready: AfterReady,
+    /// Kubernetes awareness (`[kubernetes] enabled`): the group's
+    /// LeaderWorkerSet and worker pods, Events on the leader's pod.
+    pub kubernetes: Option<orchestrator_kubernetes::KubernetesConfig>,
 }
 
 impl LeaderPlan {
@@ -60,6 +63,13 @@ pub async fn run_leader(
     status: &Arc<Status>,
     shutdown: &Shutdown,
 ) -> Exit {
+    let facts = match &plan.kubernetes {
+        Some(settings) => tokio::select! {
+            facts = follow_group(settings, status) => facts,
+            () = shutdown.requested() => return Exit::ok(),
+        },
+        None => None,
+    };
     let source: Arc<dyn crate::membership::MembershipSource> = Arc::new(rendezvous.clone());
     status.nodes(1, plan.group_size);
     status.enter(Phase::Wait);
@@ -73,7 +83,7 @@ pub async fn run_leader(
             "backend native: ranks 1 to {} register with this leader",
             plan.group_size.saturating_sub(1)
         )],
-        facts: None,
+        facts,
         status: Some(Arc::clone(status)),
         health: None,
         request_resources: false,
@@ -167,4 +177,51 @@ pub async fn run_leader(
         }
     };
     served(status, outcome)
+}
+
+/// Connects to the API server, finds this leader's LeaderWorkerSet and
+/// group, starts recording Events and following the group's pods. Every
+/// failure is a warning: the wait goes on from the rendezvous alone.
+async fn follow_group(
+    settings: &orchestrator_kubernetes::KubernetesConfig,
+    status: &Arc<Status>,
+) -> Option<tokio::sync::watch::Receiver<orchestrator_domain::ExternalFacts>> {
+    use orchestrator_kubernetes::lws;
+    let events = settings.events.then(|| status.subscribe_events());
+    let setup = async {
+        let group = match lws::connect_group(settings).await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!("kubernetes: {e}; the wait goes on from the rendezvous alone");
+                return None;
+            }
+        };
+        tracing::info!(
+            leaderworkerset = %group.context.cluster_name,
+            group = %group.group_index,
+            "kubernetes: following the group's pods"
+        );
+        if let Some(events) = events {
+            let limit = orchestrator_kubernetes::RateLimit::new(
+                settings.event_burst,
+                Duration::from_secs(settings.event_interval_seconds),
+                std::time::Instant::now(),
+            );
+            tokio::spawn(orchestrator_kubernetes::record_events(
+                group.context.clone(),
+                events,
+                limit,
+            ));
+        }
+        Some(lws::watch_group(&group).await)
+    };
+    match tokio::time::timeout(Duration::from_secs(30), setup).await {
+        Ok(facts) => facts,
+        Err(_) => {
+            tracing::warn!(
+                "kubernetes: no answer from the API server in 30 s; the wait goes on from the rendezvous alone"
+            );
+            None
+        }
+    }
 }

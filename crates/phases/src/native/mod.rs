@@ -366,6 +366,7 @@ impl NativePlan {
                         crate::lifecycle::AfterReady::Supervise
                     },
                     serve,
+                    kubernetes: config.kubernetes.enabled.then(|| config.kubernetes.clone()),
                 },
                 rendezvous: RendezvousSettings {
                     group_size: identity.group_size,
@@ -460,6 +461,7 @@ impl NativePlan {
                         (None, false) => crate::lifecycle::AfterReady::Supervise,
                     },
                     serve,
+                    kubernetes: None,
                 },
                 rendezvous: RendezvousSettings {
                     group_size: size,

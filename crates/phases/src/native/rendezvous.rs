@@ -162,17 +162,18 @@ impl Rendezvous {
             for (rank, m) in members.iter_mut() {
                 if !m.gone && m.last_seen.elapsed() > timeout {
                     m.gone = true;
-                    m.down = Some(format!(
-                        "no heartbeat from rank {rank} ({}) for {} ms",
+                    let reason = format!(
+                        "no heartbeat from rank {rank} ({}) for {} ms: rank lost",
                         m.registration.address,
                         m.last_seen.elapsed().as_millis()
-                    ));
-                    lost.push(*rank);
+                    );
+                    lost.push(reason.clone());
+                    m.down = Some(reason);
                 }
             }
         });
-        for rank in &lost {
-            tracing::warn!(rank, "rank lost: no heartbeat within the timeout");
+        for reason in &lost {
+            tracing::warn!("{reason}");
         }
         if !lost.is_empty() {
             self.publish();
