@@ -201,20 +201,8 @@ fn env(name: &str) -> Option<String> {
 /// from the configuration, `POD_NAME` or `HOSTNAME`; the RayCluster from
 /// the configuration or the pod's `ray.io/cluster` label.
 pub async fn connect(config: &KubernetesConfig) -> Result<KubeContext, KubeError> {
-    let (client, server, namespace, pod_name) = client_for(config)?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    let pod = timed(&server, "get pod", async {
-        pods.get(&pod_name).await.map_err(|e| {
-            explain(
-                e,
-                Access::core("get", "pods"),
-                &namespace,
-                &pod_name,
-                &server,
-            )
-        })
-    })
-    .await;
+    let (client, server, namespace, pod_name) = client_for(config).map_err(KubeError::Setup)?;
+    let pod = read_pod(&client, &server, &namespace, &pod_name).await;
     let (pod_uid, label) = match pod {
         Ok(pod) => (
             pod.metadata.uid.clone(),
@@ -244,24 +232,40 @@ pub async fn connect(config: &KubernetesConfig) -> Result<KubeContext, KubeError
     })
 }
 
+/// Reads pod `name`, a failure explained.
+pub(crate) async fn read_pod(
+    client: &Client,
+    server: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<Pod, ApiError> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    timed(server, "get pod", async {
+        pods.get(name)
+            .await
+            .map_err(|e| explain(e, Access::core("get", "pods"), namespace, name, server))
+    })
+    .await
+}
+
 /// The client, the API server's URL, the namespace and this pod's name,
 /// from the configuration and the pod's environment.
 pub(crate) fn client_for(
     config: &KubernetesConfig,
-) -> Result<(Client, String, String, String), KubeError> {
+) -> Result<(Client, String, String, String), String> {
     let mut kube_config = match &config.api_server {
         Some(url) => {
-            let uri = url.parse().map_err(|e| {
-                KubeError::Setup(format!("kubernetes.api-server {url:?} is not a URL: {e}"))
-            })?;
+            let uri = url
+                .parse()
+                .map_err(|e| format!("kubernetes.api-server {url:?} is not a URL: {e}"))?;
             let mut c = kube::Config::new(uri);
             c.connect_timeout = Some(Duration::from_secs(5));
             c
         }
         None => kube::Config::incluster().map_err(|e| {
-            KubeError::Setup(format!(
+            format!(
                 "this does not look like a pod ({e}); run it in a pod with a service account, set kubernetes.api-server (e.g. http://127.0.0.1:8001 behind kubectl proxy), or set kubernetes.enabled = false"
-            ))
+            )
         })?,
     };
     let namespace = config
@@ -272,16 +276,14 @@ pub(crate) fn client_for(
     kube_config.default_namespace = namespace.clone();
     let server = kube_config.cluster_url.to_string();
     let client = Client::try_from(kube_config)
-        .map_err(|e| KubeError::Setup(format!("cannot build a Kubernetes client: {e}")))?;
+        .map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
     let pod_name = config
         .pod_name
         .clone()
         .or_else(|| env("POD_NAME"))
         .or_else(|| env("HOSTNAME"))
         .ok_or_else(|| {
-            KubeError::Setup(
-                "this pod's name is unknown; set POD_NAME from the downward API (fieldRef metadata.name) or kubernetes.pod-name".into(),
-            )
+            "this pod's name is unknown; set POD_NAME from the downward API (fieldRef metadata.name) or kubernetes.pod-name".to_string()
         })?;
     Ok((client, server, namespace, pod_name))
 }

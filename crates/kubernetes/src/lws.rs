@@ -5,7 +5,7 @@
 //! Kubernetes says about it, as for a RayCluster's workers). Entry point:
 //! [`watch_group`].
 
-use crate::api::{Access, KubeContext, KubeError, client_for, explain, timed};
+use crate::api::{Access, KubeContext, KubeError, client_for, read_pod};
 use crate::config::KubernetesConfig;
 use crate::pods::describe_pod;
 use crate::watch::{Seen, follow};
@@ -93,21 +93,10 @@ pub struct GroupContext {
 
 /// Finds this pod's LeaderWorkerSet and group from its labels.
 pub async fn connect_group(config: &KubernetesConfig) -> Result<GroupContext, KubeError> {
-    let (client, server, namespace, pod_name) = client_for(config)?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    let pod = timed(&server, "get pod", async {
-        pods.get(&pod_name).await.map_err(|e| {
-            explain(
-                e,
-                Access::core("get", "pods"),
-                &namespace,
-                &pod_name,
-                &server,
-            )
-        })
-    })
-    .await
-    .map_err(KubeError::Api)?;
+    let (client, server, namespace, pod_name) = client_for(config).map_err(KubeError::Setup)?;
+    let pod = read_pod(&client, &server, &namespace, &pod_name)
+        .await
+        .map_err(KubeError::Api)?;
     let labels = pod.metadata.labels.clone().unwrap_or_default();
     let name = config
         .cluster_name

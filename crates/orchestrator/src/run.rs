@@ -100,7 +100,17 @@ pub fn plan(args: PlanArgs) -> ExitCode {
         Err(e) => return refuse(2, e),
     };
     let kuberay = std::env::var(KUBERAY_ENV).ok();
-    match lifecycle::describe(&config, &topology, kuberay.as_deref(), loaded.as_mut()) {
+    printed(lifecycle::describe(
+        &config,
+        &topology,
+        kuberay.as_deref(),
+        loaded.as_mut(),
+    ))
+}
+
+/// A described plan printed as JSON (exit 0), or its error (exit 2).
+fn printed(described: Result<serde_json::Value, impl std::fmt::Display>) -> ExitCode {
+    match described {
         Ok(json) => {
             println!(
                 "{}",
@@ -245,18 +255,9 @@ fn plan_native(config: &Config) -> ExitCode {
     } else {
         None
     };
-    match orchestrator_phases::native::describe(
+    printed(orchestrator_phases::native::describe(
         config,
         &identity,
         loaded.as_mut().map(|p| &mut p.launch),
-    ) {
-        Ok(json) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&json).unwrap_or_default()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => refuse(2, e),
-    }
+    ))
 }

@@ -113,27 +113,6 @@ fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     poll_until(what, limit, || ok().then_some(()))
 }
 
-/// One completion through the served API; returns the generated text.
-fn complete(server: &str) -> Result<String, String> {
-    let body = r#"{"model": "tiny", "prompt": "hello", "max_tokens": 4, "temperature": 0}"#;
-    let reply = http(
-        server,
-        "POST",
-        "/v1/completions",
-        body,
-        Duration::from_secs(60),
-    )
-    .ok_or("no answer")?;
-    if reply.status != 200 {
-        return Err(format!("status {}: {}", reply.status, reply.body));
-    }
-    let json: serde_json::Value = serde_json::from_str(&reply.body).map_err(|e| e.to_string())?;
-    json["choices"][0]["text"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| format!("no choices: {json}"))
-}
-
 #[test]
 #[ignore = "needs vLLM and Ray: run by `cargo xtask test`"]
 fn serves_restarts_on_server_and_node_death_and_stops_cleanly() {

@@ -820,6 +820,29 @@ program = "{vllm}"
     }
 }
 
+/// One 4-token completion of the model served as `tiny` at `server`;
+/// returns the generated text.
+#[cfg(feature = "cluster")]
+pub fn complete(server: &str) -> Result<String, String> {
+    let body = r#"{"model": "tiny", "prompt": "hello", "max_tokens": 4, "temperature": 0}"#;
+    let reply = http(
+        server,
+        "POST",
+        "/v1/completions",
+        body,
+        Duration::from_secs(60),
+    )
+    .ok_or("no answer")?;
+    if reply.status != 200 {
+        return Err(format!("status {}: {}", reply.status, reply.body));
+    }
+    let json: serde_json::Value = serde_json::from_str(&reply.body).map_err(|e| e.to_string())?;
+    json["choices"][0]["text"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| format!("no choices: {json}"))
+}
+
 /// A native-backend group on loopback (`backend = "native"`, no Ray): each
 /// rank its own `orchestrator run` on its own address, the leader serving
 /// real vLLM (the CPU build) tensor-parallel over the ranks.
@@ -954,24 +977,7 @@ backoff-ms = "200"
 
     /// One completion through the leader's API.
     pub fn complete(&self) -> Result<String, String> {
-        let body = r#"{"model": "tiny", "prompt": "hello", "max_tokens": 4, "temperature": 0}"#;
-        let reply = http(
-            &self.server(),
-            "POST",
-            "/v1/completions",
-            body,
-            Duration::from_secs(60),
-        )
-        .ok_or("no answer")?;
-        if reply.status != 200 {
-            return Err(format!("status {}: {}", reply.status, reply.body));
-        }
-        let json: serde_json::Value =
-            serde_json::from_str(&reply.body).map_err(|e| e.to_string())?;
-        json["choices"][0]["text"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| format!("no choices: {json}"))
+        complete(&self.server())
     }
 
     /// Polls until a completion succeeds (within `limit`).

@@ -232,7 +232,7 @@ pub enum NativeRole {
     /// Rank 0: the rendezvous, the wait, the API server.
     Leader {
         /// Its plan.
-        plan: LeaderPlan,
+        plan: Box<LeaderPlan>,
         /// Its rendezvous's settings.
         rendezvous: RendezvousSettings,
     },
@@ -353,7 +353,7 @@ impl NativePlan {
             let mut expected = config.cluster.topology();
             expected.nodes = identity.group_size;
             NativeRole::Leader {
-                plan: LeaderPlan {
+                plan: Box::new(LeaderPlan {
                     group_size: identity.group_size,
                     master_addr: identity.leader_address.clone(),
                     master_port: config.native.master_port,
@@ -367,7 +367,7 @@ impl NativePlan {
                     },
                     serve,
                     kubernetes: config.kubernetes.enabled.then(|| config.kubernetes.clone()),
-                },
+                }),
                 rendezvous: RendezvousSettings {
                     group_size: identity.group_size,
                     heartbeat,
@@ -445,7 +445,7 @@ impl NativePlan {
         let serve = group.serve.clone();
         Ok(Self {
             role: NativeRole::Leader {
-                plan: LeaderPlan {
+                plan: Box::new(LeaderPlan {
                     group_size: size,
                     master_addr: address.clone(),
                     master_port,
@@ -462,7 +462,7 @@ impl NativePlan {
                     },
                     serve,
                     kubernetes: None,
-                },
+                }),
                 rendezvous: RendezvousSettings {
                     group_size: size,
                     heartbeat: group.heartbeat,
