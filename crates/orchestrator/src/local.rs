@@ -366,7 +366,7 @@ fn run_native(args: &LocalArgs) -> ExitCode {
             args.workers, args.head_ip, args.serve_port
         );
     }
-    crate::run_native(plan, Some(policies))
+    crate::run_native(plan, Some(policies), None)
 }
 
 /// Runs the command: 0 after Ctrl-C/SIGTERM or `--exit-when-ready`, 1 for

@@ -185,12 +185,7 @@ pub fn run(args: ConfigArgs) -> ExitCode {
     };
     let mut lifecycle = Lifecycle::new(plan, policies);
     if config.node_health.enabled {
-        let loaded = policies::host(&config.plugins).and_then(|host| {
-            let (policy, default) = config.policies.for_world(World::NodeHealth);
-            let policy = policy.policy(default).fetched(&config.registry)?;
-            policies::node_health(&host, &policy, "policies.node-health")
-        });
-        match loaded {
+        match node_health_policy(&config) {
             Ok(policy) => lifecycle = lifecycle.with_node_health_policy(policy),
             Err(e) => return refuse(2, e),
         }
@@ -232,7 +227,25 @@ fn run_native(config: &Config) -> ExitCode {
     } else {
         None
     };
-    crate::run_native(plan, policies)
+    let node_health = if config.node_health.enabled {
+        match node_health_policy(config) {
+            Ok(p) => Some(p),
+            Err(e) => return refuse(2, e),
+        }
+    } else {
+        None
+    };
+    crate::run_native(plan, policies, node_health)
+}
+
+/// The node-health policy every node checks itself with.
+fn node_health_policy(
+    config: &Config,
+) -> Result<orchestrator_policy_host::NodeHealthPolicy, policies::PolicyError> {
+    let host = policies::host(&config.plugins)?;
+    let (policy, default) = config.policies.for_world(World::NodeHealth);
+    let policy = policy.policy(default).fetched(&config.registry)?;
+    policies::node_health(&host, &policy, "policies.node-health")
 }
 
 /// The leader's policies (the scale world is not used natively yet).

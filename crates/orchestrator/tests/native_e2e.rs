@@ -239,3 +239,100 @@ fn the_leader_names_a_worker_pod_kubernetes_cannot_schedule() {
         "{paths:?}"
     );
 }
+
+/// Node health on the native backend, without vLLM: each rank checks its
+/// own GPUs (the NVML stand-in) and its reports ride on its heartbeats. A
+/// worker whose GPU threw XID 79 registers, but the leader does not count
+/// it and says why; the worker exits 3 after its grace (so its pod is
+/// replaced); a healthy worker then forms the group.
+#[test]
+#[ignore = "needs the orchestrator binary and the NVML stand-in: run by `cargo xtask test`"]
+fn a_rank_whose_gpu_failed_is_not_counted_and_exits_after_its_grace() {
+    const NODE_HEALTH: &str = r#"
+[node-health]
+enabled = true
+interval-ms = 250
+stale-after-ms = 2000
+follow-interval-ms = 100
+unhealthy-grace-seconds = 4
+[policies.node-health.params]
+min-open-files = "4096"
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let group = NativeGroup::new(
+        env!("CARGO_BIN_EXE_orchestrator"),
+        dir.path(),
+        150,
+        2,
+        "",
+        "vllm",
+    );
+    let configured = |rank: u32| {
+        let path = group.config(rank);
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("model = \"\"\n", "");
+        std::fs::write(&path, text + NODE_HEALTH).unwrap();
+        path
+    };
+    // Rank 1's log is read at its exit; the others' go to files.
+    let start = |rank: u32, state: &std::path::Path, stderr: std::process::Stdio| {
+        std::process::Command::new(&group.binary)
+            .args(["run", "--config"])
+            .arg(configured(rank))
+            .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")
+            .env("ORCHESTRATOR_NVML_LIBRARY", nvml_standin_library())
+            .env("NVML_STANDIN_STATE", state)
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap()
+    };
+    let log = |name: &str| {
+        std::process::Stdio::from(std::fs::File::create(dir.path().join(name)).unwrap())
+    };
+    let healthy = dir.path().join("nvml-ok.json");
+    std::fs::write(&healthy, r#"{"gpus": [{}]}"#).unwrap();
+    let faulty = dir.path().join("nvml-xid.json");
+    std::fs::write(
+        &faulty,
+        r#"{"gpus": [{}], "xids": [{"gpu": 0, "xid": 79}]}"#,
+    )
+    .unwrap();
+    let mut leader = start(0, &healthy, log("leader.log"));
+    let _guard = Guard(vec![leader.id() as i32]);
+    let sick = start(1, &faulty, std::process::Stdio::piped());
+    let _sick_guard = Guard(vec![sick.id() as i32]);
+    let seen = poll_until(
+        "the leader saying why rank 1 does not count",
+        Duration::from_secs(20),
+        || {
+            status(&group.endpoints_of(0)).filter(|s| {
+                s["last-readiness"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("XID 79"))
+            })
+        },
+    );
+    assert_eq!(seen["phase"], "wait", "{seen}");
+    let unhealthy = seen["node-health"].to_string();
+    assert!(
+        unhealthy.contains("rank-1") && unhealthy.contains("unhealthy"),
+        "{unhealthy}"
+    );
+    let out = sick.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("stayed unhealthy for 4 s"), "{stderr}");
+    // A healthy rank 1 forms the group (once the leader counts the sick
+    // one lost and frees its rank).
+    let mut well = start(1, &healthy, log("well.log"));
+    let _well_guard = Guard(vec![well.id() as i32]);
+    poll_until("the group formed", Duration::from_secs(30), || {
+        status(&group.endpoints_of(0)).filter(|s| s["phase"] == "serve" && s["ready"] == true)
+    });
+    signal(well.id() as i32, Sig::TERM);
+    signal(leader.id() as i32, Sig::TERM);
+    assert!(wait_exit(&mut well, Duration::from_secs(20)).success());
+    assert!(wait_exit(&mut leader, Duration::from_secs(20)).success());
+}

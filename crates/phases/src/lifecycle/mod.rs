@@ -31,7 +31,7 @@ use crate::start::{RayNodes, raise_open_file_limit};
 use crate::supervision::{Shutdown, prepare_process};
 use crate::wait::{Ready, WaitSpec, wait_for_cluster};
 use early::{EarlyLaunch, EarlyServer};
-use orchestrator_domain::{EventReason, NodeHealthState, Phase, StartupStep, VerdictKind};
+use orchestrator_domain::{EventReason, Phase, StartupStep, VerdictKind};
 use orchestrator_node_probe::GpuProbe;
 use orchestrator_policy_host::NodeHealthPolicy;
 use std::sync::Arc;
@@ -616,39 +616,7 @@ async fn supervise_worker(
     let Some(mut own) = own else {
         return supervise(nodes, shutdown, status).await;
     };
-    let unhealthy_for_grace = async {
-        loop {
-            let due = own
-                .borrow_and_update()
-                .iter()
-                .filter(|o| o.verdict.state() == NodeHealthState::Unhealthy)
-                .map(|o| (o.since.checked_add(grace), o.verdict.reason().to_string()))
-                .min_by_key(|(at, _)| *at);
-            let wake = async {
-                match &due {
-                    Some((Some(at), _)) => tokio::time::sleep_until((*at).into()).await,
-                    _ => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                () = wake => {
-                    if let Some((_, reason)) = due
-                        && own.borrow().iter().any(|o| {
-                            o.verdict.state() == NodeHealthState::Unhealthy
-                                && o.since.elapsed() >= grace
-                        })
-                    {
-                        return reason;
-                    }
-                }
-                changed = own.changed() => {
-                    if changed.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                }
-            }
-        }
-    };
+    let unhealthy_for_grace = node_health::unhealthy_for(&mut own, grace);
     tokio::select! {
         exit = supervise(nodes, shutdown, status) => exit,
         reason = unhealthy_for_grace => {

@@ -60,6 +60,7 @@ pub async fn run_leader(
     plan: &LeaderPlan,
     rendezvous: &Rendezvous,
     policies: &mut Policies,
+    board: Option<tokio::sync::watch::Receiver<Arc<crate::node_health::Board>>>,
     status: &Arc<Status>,
     shutdown: &Shutdown,
 ) -> Exit {
@@ -85,7 +86,7 @@ pub async fn run_leader(
         )],
         facts,
         status: Some(Arc::clone(status)),
-        health: None,
+        health: board.clone(),
         request_resources: false,
     };
     let ready = tokio::select! {
@@ -132,7 +133,7 @@ pub async fn run_leader(
         source: source.as_ref(),
         status,
         shutdown,
-        health: None,
+        health: board.as_ref(),
         group: Some(rendezvous),
     };
     let launch = match serve::plan_launch(&ready, &spec, &mut policies.launch, ctx, true) {

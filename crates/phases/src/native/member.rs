@@ -42,6 +42,77 @@ pub struct MemberPlan {
     pub leader_wait: Duration,
     /// Between SIGTERM and SIGKILL when the rank's process is stopped.
     pub stop_grace: Duration,
+    /// This node's own checks (`[node-health]`), reported in every
+    /// heartbeat; none when off.
+    pub node_health: Option<crate::node_health::NodeHealthPlan>,
+}
+
+/// Where a rank's reporter puts its node-health reports: kept for the next
+/// heartbeat, which carries the newest to the leader.
+#[derive(Debug)]
+pub struct HeartbeatReports {
+    node: orchestrator_domain::Node,
+    latest: std::sync::Mutex<Option<orchestrator_domain::HealthReport>>,
+}
+
+impl HeartbeatReports {
+    /// Reports about `node` (this rank's, as the leader names it).
+    pub fn new(node: orchestrator_domain::Node) -> Self {
+        Self {
+            node,
+            latest: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The newest report.
+    pub fn latest(&self) -> Option<orchestrator_domain::HealthReport> {
+        match self.latest.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn set(&self, report: Option<orchestrator_domain::HealthReport>) {
+        match self.latest.lock() {
+            Ok(mut g) => *g = report,
+            Err(p) => *p.into_inner() = report,
+        }
+    }
+}
+
+impl crate::membership::HealthStore for HeartbeatReports {
+    fn own_node<'a>(
+        &'a self,
+        _address: Option<&'a str>,
+        _hostname: &'a str,
+    ) -> crate::membership::StoreCall<'a, Option<orchestrator_domain::Node>> {
+        Box::pin(async move { Ok(Some(self.node.clone())) })
+    }
+    fn publish<'a>(
+        &'a self,
+        report: &'a orchestrator_domain::HealthReport,
+    ) -> crate::membership::StoreCall<'a, ()> {
+        self.set(Some(report.clone()));
+        Box::pin(async { Ok(()) })
+    }
+    fn withdraw<'a>(&'a self, _node_id: &'a str) -> crate::membership::StoreCall<'a, ()> {
+        self.set(None);
+        Box::pin(async { Ok(()) })
+    }
+    fn reports(&self) -> crate::membership::StoreCall<'_, Vec<orchestrator_domain::HealthReport>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+}
+
+/// This rank's own checks while it runs: the reporter, where its reports
+/// wait for the heartbeat, and how long it may stay unhealthy.
+pub struct OwnChecks {
+    /// The reporter (probes, policy).
+    pub reporter: crate::node_health::Reporter,
+    /// Its reports.
+    pub reports: std::sync::Arc<HeartbeatReports>,
+    /// How long the node may stay unhealthy before the rank exits.
+    pub grace: Duration,
 }
 
 /// How a registration ended.
@@ -80,7 +151,12 @@ impl Rank {
 /// Runs rank `plan.rank` until a stop is requested (exit 0) or the leader
 /// refuses it or stays away (exit 1). Its process is always stopped
 /// before this returns.
-pub async fn run_member(plan: &MemberPlan, status: &Status, shutdown: &Shutdown) -> Exit {
+pub async fn run_member(
+    plan: &MemberPlan,
+    checks: Option<&OwnChecks>,
+    status: &Status,
+    shutdown: &Shutdown,
+) -> Exit {
     let instance = super::rendezvous::run_id();
     let label = format!("rank {} of {}", plan.rank, plan.group_size);
     let mut rank = Rank {
@@ -112,12 +188,21 @@ pub async fn run_member(plan: &MemberPlan, status: &Status, shutdown: &Shutdown)
             &instance,
             &registered,
             &mut rank,
+            checks,
             status,
             shutdown,
         )
         .await;
         rank.stop(plan.stop_grace, status).await;
         match end {
+            Followed::Unhealthy(reason) => {
+                let message = format!(
+                    "{label}: this node stayed unhealthy for {} s (node-health.unhealthy-grace-seconds): {reason}; stopping so that the pod is replaced",
+                    checks.map_or(0, |c| c.grace.as_secs())
+                );
+                status.fail(EventReason::NodeUnhealthy, message.clone());
+                return Exit::failed(crate::node_health::UNHEALTHY_EXIT_CODE, message);
+            }
             Followed::Stopped => {
                 status.enter(Phase::Stopping);
                 let leave = Leave {
@@ -219,6 +304,7 @@ async fn register(plan: &MemberPlan, instance: &str, shutdown: &Shutdown) -> Reg
 enum Followed {
     Stopped,
     LeaderGone(String),
+    Unhealthy(String),
 }
 
 /// The heartbeat loop: report, receive the order, carry it out.
@@ -228,10 +314,13 @@ async fn follow_orders(
     instance: &str,
     registered: &Registered,
     rank: &mut Rank,
+    checks: Option<&OwnChecks>,
     status: &Status,
     shutdown: &Shutdown,
 ) -> Followed {
     let mut last_answer = Instant::now();
+    let mut own = checks.map(|c| c.reporter.subscribe());
+    let grace = checks.map_or(Duration::MAX, |c| c.grace);
     let timeout = plan
         .timeout
         .max(Duration::from_millis(registered.timeout_ms));
@@ -242,6 +331,7 @@ async fn follow_orders(
             leader: registered.leader.clone(),
             generation: rank.generation,
             process: rank.state(),
+            report: checks.and_then(|c| c.reports.latest()),
         };
         let body = serde_json::to_string(&beat).unwrap_or_default();
         // The leader holds a heartbeat up to one interval.
@@ -269,6 +359,12 @@ async fn follow_orders(
                 continue;
             }
             () = shutdown.requested() => return Followed::Stopped,
+            reason = async {
+                match own.as_mut() {
+                    Some(own) => crate::node_health::unhealthy_for(own, grace).await,
+                    None => std::future::pending().await,
+                }
+            } => return Followed::Unhealthy(reason),
         };
         match answer {
             Ok(a) if a.status == 200 => match serde_json::from_str::<Order>(&a.body) {

@@ -255,6 +255,9 @@ pub struct NativePlan {
     pub open_file_limit: u64,
     /// The model's files to warm while the group forms.
     pub prefetch: crate::prefetch::PrefetchConfig,
+    /// This node's own checks (`[node-health]`; off: none). A rank reports
+    /// in its heartbeats, the leader follows every rank's report.
+    pub node_health: Option<crate::node_health::NodeHealthPlan>,
 }
 
 /// `orchestrator local --backend native`: a leader and `workers` ranks in
@@ -340,6 +343,10 @@ impl NativePlan {
             .map_err(|_| NativePlanError::EndpointsHost(config.endpoints_host.clone()))?;
         let (heartbeat, timeout) = heartbeat_of(&config.native);
         let gpus = gpus_of(&config.native);
+        let node_health = crate::node_health::NodeHealthPlan::from_config(
+            &config.node_health,
+            config.policies.node_health.params(),
+        );
         let host = hostname();
         let role = if identity.is_leader() {
             let serve = config
@@ -388,6 +395,7 @@ impl NativePlan {
                 timeout,
                 leader_wait: Duration::from_secs(config.native.leader_wait_seconds),
                 stop_grace: Duration::from_secs(config.serve.stop_grace_seconds),
+                node_health: node_health.clone(),
             })
         };
         Ok(Self {
@@ -396,6 +404,7 @@ impl NativePlan {
             endpoints: Some(endpoints),
             open_file_limit: config.open_file_limit,
             prefetch: config.serve.prefetch.clone(),
+            node_health,
         })
     }
 
@@ -440,6 +449,7 @@ impl NativePlan {
                     .serve
                     .as_ref()
                     .map_or(Duration::from_secs(10), |s| s.stop_grace),
+                node_health: None,
             })
             .collect();
         let serve = group.serve.clone();
@@ -477,6 +487,7 @@ impl NativePlan {
             ))),
             open_file_limit: 65536,
             prefetch: group.prefetch.clone(),
+            node_health: None,
         })
     }
 }
@@ -585,6 +596,7 @@ pub fn cpus() -> f64 {
 pub async fn run(
     plan: NativePlan,
     policies: Option<crate::policies::Policies>,
+    node_health: Option<orchestrator_policy_host::NodeHealthPolicy>,
     status: std::sync::Arc<crate::endpoints::Status>,
 ) -> Result<crate::lifecycle::Exit, crate::lifecycle::LifecycleError> {
     use crate::lifecycle::{Exit, LifecycleError};
@@ -604,9 +616,15 @@ pub async fn run(
     let shutdown = crate::supervision::prepare_process().map_err(LifecycleError::Signals)?;
     crate::start::raise_open_file_limit(plan.open_file_limit);
     let _prefetch = crate::prefetch::Prefetch::spawn(&plan.prefetch, Arc::clone(&status));
+    let checks = match (&plan.node_health, node_health) {
+        (Some(health), Some(policy)) => Some((health, policy)),
+        _ => None,
+    };
     let (leader_plan, rendezvous) = match (plan.role, rendezvous) {
         (NativeRole::Member(member), _) => {
-            return Ok(run_member(&member, &status, &shutdown).await);
+            let checks =
+                checks.map(|(health, policy)| member_checks(&member, health, policy, &status));
+            return Ok(run_member(&member, checks.as_ref(), &status, &shutdown).await);
         }
         (NativeRole::Leader { plan, .. }, Some(r)) => (plan, r),
         (NativeRole::Leader { .. }, None) => {
@@ -636,11 +654,32 @@ pub async fn run(
             let shutdown = members_shutdown.clone();
             tokio::spawn(async move {
                 let status = crate::endpoints::Status::new();
-                run_member(&member, &status, &shutdown).await
+                run_member(&member, None, &status, &shutdown).await
             })
         })
         .collect();
-    let exit = run_leader(&leader_plan, &rendezvous, &mut policies, &status, &shutdown).await;
+    // The leader checks itself and follows every rank's report.
+    let mut _reporter = None;
+    let board = checks.map(|(health, policy)| {
+        let store: Arc<dyn crate::membership::HealthStore> = Arc::new(rendezvous.clone());
+        let reporter = own_reporter(health, policy, Some(Arc::clone(&store)), &status);
+        let leader = &leader_plan_node(&rendezvous);
+        reporter.add(
+            &leader.id,
+            orchestrator_node_probe::HostTarget::new(leader.address.clone(), std::env::temp_dir()),
+        );
+        _reporter = Some(reporter);
+        crate::node_health::board::follow(store, health, Arc::clone(&status))
+    });
+    let exit = run_leader(
+        &leader_plan,
+        &rendezvous,
+        &mut policies,
+        board,
+        &status,
+        &shutdown,
+    )
+    .await;
     trigger.request();
     for member in members {
         if let Ok(e) = member.await
@@ -656,6 +695,65 @@ pub async fn run(
     forward.abort();
     sweep.abort();
     Ok(exit)
+}
+
+/// The leader's own node, as the rendezvous names it.
+fn leader_plan_node(rendezvous: &Rendezvous) -> orchestrator_domain::Node {
+    rendezvous.nodes().into_iter().next().unwrap_or_default()
+}
+
+/// This process's reporter: GPUs probed at the interval, judged by
+/// `policy`, published to `store`.
+fn own_reporter(
+    health: &crate::node_health::NodeHealthPlan,
+    policy: orchestrator_policy_host::NodeHealthPolicy,
+    store: Option<std::sync::Arc<dyn crate::membership::HealthStore>>,
+    status: &std::sync::Arc<crate::endpoints::Status>,
+) -> crate::node_health::Reporter {
+    let probe = orchestrator_node_probe::GpuProbe::spawn(
+        orchestrator_node_probe::gpu::library_path(),
+        health.interval,
+    );
+    crate::node_health::Reporter::spawn(
+        health,
+        policy,
+        probe.subscribe(),
+        store,
+        std::sync::Arc::clone(status),
+    )
+}
+
+/// A rank's own checks, reported in its heartbeats.
+fn member_checks(
+    member: &MemberPlan,
+    health: &crate::node_health::NodeHealthPlan,
+    policy: orchestrator_policy_host::NodeHealthPolicy,
+    status: &std::sync::Arc<crate::endpoints::Status>,
+) -> member::OwnChecks {
+    let node = orchestrator_domain::Node {
+        id: rendezvous::node_id(member.rank),
+        address: member.address.clone(),
+        hostname: member.hostname.clone(),
+        alive: true,
+        resources: orchestrator_domain::Resources {
+            cpu: member.cpus,
+            gpu: member.gpus,
+            ..orchestrator_domain::Resources::default()
+        },
+        ..orchestrator_domain::Node::default()
+    };
+    let reports = std::sync::Arc::new(member::HeartbeatReports::new(node));
+    let store: std::sync::Arc<dyn crate::membership::HealthStore> = reports.clone();
+    let reporter = own_reporter(health, policy, Some(store), status);
+    reporter.add(
+        &rendezvous::node_id(member.rank),
+        orchestrator_node_probe::HostTarget::new(member.address.clone(), std::env::temp_dir()),
+    );
+    member::OwnChecks {
+        reporter,
+        reports,
+        grace: health.unhealthy_grace,
+    }
 }
 
 /// The ordinal at the end of a StatefulSet pod's name (`vllm-3` -> 3).

@@ -92,6 +92,9 @@ pub struct Heartbeat {
     pub generation: u64,
     /// Its serving process.
     pub process: ProcessState,
+    /// Its node-health report, when it checks itself (`[node-health]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<orchestrator_domain::HealthReport>,
 }
 
 /// What a rank is told to do.

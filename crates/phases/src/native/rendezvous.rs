@@ -13,11 +13,11 @@ use super::protocol::{
     Command, Heartbeat, Leave, Order, ProcessState, Refusal, Registered, Registration,
 };
 use crate::endpoints::{PostAnswer, PostRoutes};
-use crate::membership::{MembershipSource, Reachable};
+use crate::membership::{HealthStore, MembershipSource, Reachable, StoreCall};
 use crate::serve::{GroupCall, ServingGroup};
 use orchestrator_domain::{
-    ClusterView, KeyValue, LaunchPlan, MembershipChange, MembershipUpdate, Node, Resources,
-    UpdateSource,
+    ClusterView, HealthReport, KeyValue, LaunchPlan, MembershipChange, MembershipUpdate, Node,
+    Resources, UpdateSource,
 };
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -55,6 +55,8 @@ struct Member {
     down: Option<String>,
     /// Lost or left: heartbeats are refused until it registers again.
     gone: bool,
+    /// Its last node-health report.
+    report: Option<HealthReport>,
 }
 
 /// The order in force.
@@ -89,6 +91,8 @@ struct Shared {
     members: Mutex<BTreeMap<u32, Member>>,
     order: watch::Sender<Current>,
     view: watch::Sender<Arc<Vec<Entry>>>,
+    /// The leader's own node-health report.
+    own_report: Mutex<Option<HealthReport>>,
 }
 
 /// The rendezvous. Cheap to clone; the sweep of lost ranks runs while any
@@ -136,6 +140,7 @@ impl Rendezvous {
                 members: Mutex::new(BTreeMap::new()),
                 order,
                 view,
+                own_report: Mutex::new(None),
             }),
         };
         rendezvous.publish();
@@ -323,6 +328,7 @@ impl Rendezvous {
                         process: ProcessState::Idle,
                         down: None,
                         gone: false,
+                        report: None,
                     },
                 );
             }
@@ -359,6 +365,9 @@ impl Rendezvous {
             m.last_seen = Instant::now();
             m.generation = h.generation;
             m.process = h.process.clone();
+            if h.report.is_some() {
+                m.report = h.report.clone();
+            }
             if let (OrderKind::Run { to, .. }, ProcessState::Exited(how)) =
                 (&current.kind, &h.process)
                 && h.generation == current.generation
@@ -582,6 +591,61 @@ impl MembershipSource for Rendezvous {
     fn reachable(&self, _limit: Duration) -> Reachable<'_> {
         Box::pin(async { Ok(()) })
     }
+
+    fn health_store(&self) -> Option<Arc<dyn HealthStore>> {
+        Some(Arc::new(self.clone()))
+    }
+}
+
+/// Node-health reports travel with the heartbeats: the leader's board
+/// reads every rank's last one here, and the leader's own reporter
+/// publishes rank 0's.
+impl HealthStore for Rendezvous {
+    fn own_node<'a>(
+        &'a self,
+        _address: Option<&'a str>,
+        _hostname: &'a str,
+    ) -> StoreCall<'a, Option<Node>> {
+        Box::pin(async move { Ok(Some(self.shared.settings.leader.clone())) })
+    }
+
+    fn publish<'a>(&'a self, report: &'a HealthReport) -> StoreCall<'a, ()> {
+        if let Ok(mut own) = self.shared.own_report.lock() {
+            *own = Some(report.clone());
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn withdraw<'a>(&'a self, node_id: &'a str) -> StoreCall<'a, ()> {
+        if node_id == node_id_of_leader()
+            && let Ok(mut own) = self.shared.own_report.lock()
+        {
+            *own = None;
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn reports(&self) -> StoreCall<'_, Vec<HealthReport>> {
+        let mut reports: Vec<HealthReport> = self
+            .shared
+            .own_report
+            .lock()
+            .ok()
+            .and_then(|own| own.clone())
+            .into_iter()
+            .collect();
+        reports.extend(self.with_members(|members| {
+            members
+                .values()
+                .filter_map(|m| m.report.clone())
+                .collect::<Vec<_>>()
+        }));
+        Box::pin(async move { Ok(reports) })
+    }
+}
+
+fn node_id_of_leader() -> String {
+    node_id(0)
 }
 
 /// Joins and deaths between two views.
@@ -755,6 +819,7 @@ mod tests {
             leader: r.shared.leader_run.clone(),
             generation: 0,
             process: ProcessState::Idle,
+            report: None,
         };
         assert_eq!(r.heartbeat(h).await.unwrap_err().0, 410);
         assert!(r.register(registration(1, "b")).is_ok());
@@ -781,6 +846,7 @@ mod tests {
             leader: registered.leader.clone(),
             generation,
             process,
+            report: None,
         };
         let nodes = r.start(&plan);
         assert!(nodes.iter().all(|n| n.alive));

@@ -26,6 +26,47 @@ use std::time::Duration;
 /// The exit code of a worker that stayed unhealthy past its grace period.
 pub const UNHEALTHY_EXIT_CODE: u8 = 3;
 
+/// Resolves with the reason once one of this process's nodes has been
+/// unhealthy for `grace` (it never resolves while all are healthy, or when
+/// the checks end).
+pub async fn unhealthy_for(
+    own: &mut tokio::sync::watch::Receiver<Vec<OwnHealth>>,
+    grace: Duration,
+) -> String {
+    use orchestrator_domain::NodeHealthState;
+    loop {
+        let due = own
+            .borrow_and_update()
+            .iter()
+            .filter(|o| o.verdict.state() == NodeHealthState::Unhealthy)
+            .map(|o| (o.since.checked_add(grace), o.verdict.reason().to_string()))
+            .min_by_key(|(at, _)| *at);
+        let wake = async {
+            match &due {
+                Some((Some(at), _)) => tokio::time::sleep_until((*at).into()).await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = wake => {
+                if let Some((_, reason)) = due
+                    && own.borrow().iter().any(|o| {
+                        o.verdict.state() == NodeHealthState::Unhealthy
+                            && o.since.elapsed() >= grace
+                    })
+                {
+                    return reason;
+                }
+            }
+            changed = own.changed() => {
+                if changed.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
+}
+
 /// How node health runs in this process.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeHealthPlan {
