@@ -188,9 +188,11 @@ pub async fn run_member(
             &instance,
             &registered,
             &mut rank,
-            checks,
-            status,
-            shutdown,
+            Around {
+                checks,
+                status,
+                shutdown,
+            },
         )
         .await;
         rank.stop(plan.stop_grace, status).await;
@@ -308,16 +310,27 @@ enum Followed {
 }
 
 /// The heartbeat loop: report, receive the order, carry it out.
+/// What a rank's run works with besides its plan.
+#[derive(Clone, Copy)]
+struct Around<'a> {
+    checks: Option<&'a OwnChecks>,
+    status: &'a Status,
+    shutdown: &'a Shutdown,
+}
+
 async fn follow_orders(
     plan: &MemberPlan,
     label: &str,
     instance: &str,
     registered: &Registered,
     rank: &mut Rank,
-    checks: Option<&OwnChecks>,
-    status: &Status,
-    shutdown: &Shutdown,
+    around: Around<'_>,
 ) -> Followed {
+    let Around {
+        checks,
+        status,
+        shutdown,
+    } = around;
     let mut last_answer = Instant::now();
     let mut own = checks.map(|c| c.reporter.subscribe());
     let grace = checks.map_or(Duration::MAX, |c| c.grace);
