@@ -56,6 +56,6 @@ fn every_wit_package_is_released_or_marked_unreleased() {
         );
         unreleased += usize::from(marked);
     }
-    // 0.2.0 is released once node health, load and the launch layout are in.
-    assert_eq!(unreleased, 1, "exactly one version in the making");
+    // At most one version is in the making at a time.
+    assert!(unreleased <= 1, "{unreleased} versions in the making");
 }
