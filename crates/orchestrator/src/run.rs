@@ -39,12 +39,10 @@ fn parse_role(text: &str) -> Result<Role, String> {
 impl ConfigArgs {
     /// Loads and checks the configuration.
     pub fn load(&self) -> Result<Config, ConfigError> {
-        Config::load_as(
-            self.config.as_deref(),
-            std::env::vars(),
-            &self.sets,
-            self.role,
-        )
+        // The environment is read as bytes: a variable that is not UTF-8
+        // and not ours must not stop the orchestrator.
+        let env = orchestrator_phases::config::orchestrator_variables(std::env::vars_os())?;
+        Config::load_as(self.config.as_deref(), env, &self.sets, self.role)
     }
 }
 

@@ -944,3 +944,37 @@ fn plan_warns_when_the_gateway_routes_a_name_vllm_does_not_serve() {
     let (ok, _, stderr) = plan(&config, "head", &env, &[raycluster]);
     assert!(ok && !stderr.contains("warning:"), "{stderr}");
 }
+
+#[test]
+fn an_environment_variable_that_is_not_utf8_stops_only_when_it_is_ours() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let run = |name: &[u8], value: &[u8]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+        cmd.args([
+            "plan",
+            "--role",
+            "worker",
+            "--set",
+            "ray.gcs-address=\"10.0.0.1:6379\"",
+        ])
+        .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")
+        .env(OsStr::from_bytes(name), OsStr::from_bytes(value));
+        orchestrator_test_support::output_within(&mut cmd, std::time::Duration::from_secs(60))
+    };
+    // Not ours: ignored (it used to panic in std's env::vars, exit 101).
+    let out = run(b"CONTAINER_JUNK", b"caf\xe9");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Ours: refused by name, exit 2.
+    let out = run(b"ORCHESTRATOR__RAY__NODE_IP", b"10.0.0.\xff");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("ORCHESTRATOR__RAY__NODE_IP") && stderr.contains("not UTF-8"),
+        "{stderr}"
+    );
+}

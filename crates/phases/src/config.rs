@@ -522,6 +522,39 @@ pub enum ConfigError {
     },
 }
 
+/// The `ORCHESTRATOR__*` variables of an environment read as bytes
+/// (`std::env::vars_os()`): anything else is not ours and is skipped
+/// whatever it holds (containers carry variables that are not UTF-8); one
+/// of ours that is not UTF-8 is refused by name.
+pub fn orchestrator_variables(
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut ours = Vec::new();
+    for (key, value) in vars {
+        if !key.as_bytes().starts_with(ENV_PREFIX.as_bytes()) {
+            continue;
+        }
+        let name = String::from_utf8_lossy(key.as_bytes()).into_owned();
+        match (key.into_string(), value.into_string()) {
+            (Ok(k), Ok(v)) => ours.push((k, v)),
+            (Err(_), _) => {
+                return Err(ConfigError::Override {
+                    origin: format!("environment variable {name}"),
+                    message: "its name is not UTF-8; remove it or spell it in ASCII".into(),
+                });
+            }
+            (Ok(_), Err(_)) => {
+                return Err(ConfigError::Override {
+                    origin: format!("environment variable {name}"),
+                    message: "its value is not UTF-8; set it to UTF-8 text".into(),
+                });
+            }
+        }
+    }
+    Ok(ours)
+}
+
 impl Config {
     /// Loads `file` (if any), then applies `ORCHESTRATOR__*` variables from
     /// `env`, then `--set` overrides, then validates.
@@ -828,6 +861,38 @@ fn parse_value(raw: &str) -> toml::Value {
             .remove("v")
             .unwrap_or_else(|| toml::Value::String(raw.to_string())),
         Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod environment_tests {
+    use super::*;
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+
+    #[test]
+    fn variables_not_ours_are_skipped_whatever_they_hold_and_ours_must_be_utf8() {
+        let bytes = |b: &[u8]| OsString::from_vec(b.to_vec());
+        let vars = vec![
+            (bytes(b"LANG_JUNK"), bytes(b"\xff\xfe")),
+            (bytes(b"\xffODD"), bytes(b"x")),
+            (bytes(b"ORCHESTRATOR__RAY__NUM_CPUS"), bytes(b"4")),
+        ];
+        let ours = orchestrator_variables(vars).unwrap();
+        assert_eq!(
+            ours,
+            vec![("ORCHESTRATOR__RAY__NUM_CPUS".to_string(), "4".to_string())]
+        );
+        let bad = orchestrator_variables(vec![(
+            bytes(b"ORCHESTRATOR__SERVE__MODEL"),
+            bytes(b"m\xff"),
+        )])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            bad.contains("ORCHESTRATOR__SERVE__MODEL") && bad.contains("not UTF-8"),
+            "{bad}"
+        );
     }
 }
 
