@@ -13,8 +13,11 @@
 //! - [`lifecycle`]: roles, phases and the events a platform records.
 //! - [`node_health`]: a node's own readings and verdict, and the report
 //!   it publishes for the head.
+//! - [`checks`]: what the types cannot say about a policy's input and a
+//!   launch plan (non-negative counts, executable argv and environment).
 //! - [`scale`]: serving load samples, a scale policy's input and answer.
 
+pub mod checks;
 pub mod expected;
 pub mod facts;
 pub mod lifecycle;
@@ -23,6 +26,7 @@ pub mod node_health;
 pub mod scale;
 pub mod types;
 
+pub use checks::InvalidField;
 pub use expected::{ClusterConfig, GroupConfig};
 pub use facts::{ExternalFacts, MemberState};
 pub use lifecycle::{Event, EventKind, EventReason, Phase, Role, StartupStep};

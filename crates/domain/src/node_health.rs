@@ -65,7 +65,7 @@ pub struct XidEvent {
 
 /// One GPU as NVML sees it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct GpuReading {
     pub index: u32,
     pub uuid: String,
@@ -85,7 +85,7 @@ pub struct GpuReading {
 
 /// What one node's probes read.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct NodeReadings {
     pub address: String,
     pub advertised_gpus: f64,

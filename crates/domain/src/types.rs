@@ -37,7 +37,7 @@ pub struct ResourceAmount {
 
 /// What a node offers in total.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Resources {
     pub cpu: f64,
     pub gpu: f64,
@@ -48,7 +48,7 @@ pub struct Resources {
 
 /// One Ray node as the GCS knows it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Node {
     pub id: String,
     pub address: String,
@@ -59,13 +59,13 @@ pub struct Node {
     pub labels: Vec<KeyValue>,
     pub start_time_ms: u64,
     /// The node's own health check, as the head last heard it.
-    #[serde(skip_serializing_if = "crate::NodeHealth::is_unknown")]
+    #[serde(default, skip_serializing_if = "crate::NodeHealth::is_unknown")]
     pub health: crate::NodeHealth,
 }
 
 /// The expected shape of one group of nodes.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct NodeGroup {
     pub name: String,
     pub replicas: u32,
@@ -75,7 +75,7 @@ pub struct NodeGroup {
 
 /// The cluster the user asked for.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Topology {
     pub nodes: u32,
     pub gpus: f64,
@@ -85,7 +85,7 @@ pub struct Topology {
 
 /// Everything a readiness or launch policy may judge the cluster by.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ClusterSnapshot {
     pub nodes: Vec<Node>,
     pub expected: Topology,
@@ -105,7 +105,7 @@ pub enum Readiness {
 
 /// How the user asked the model to be served.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ServeSettings {
     pub model: String,
     pub served_model_name: Option<String>,
@@ -147,7 +147,7 @@ pub struct RankPlan {
 
 /// The input of a launch policy.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct LaunchRequest {
     pub cluster: ClusterSnapshot,
     pub settings: ServeSettings,
@@ -228,7 +228,7 @@ impl std::fmt::Display for LaunchError {
 
 /// How the serving process ended.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ExitStatus {
     pub code: Option<i32>,
     pub signal: Option<i32>,
@@ -246,7 +246,7 @@ pub enum ServerState {
 
 /// The result of one probe.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ProbeResult {
     pub ok: bool,
     pub status_code: Option<u16>,
@@ -273,7 +273,7 @@ pub struct NodeChange {
 
 /// Everything a health policy may judge the service by.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct HealthSnapshot {
     pub server: ServerState,
     pub server_uptime_ms: u64,

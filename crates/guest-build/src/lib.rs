@@ -32,6 +32,7 @@ pub const TEST_GUESTS: &[&str] = &[
     "guest-chatty",
     "guest-wrong-world",
     "guest-wrong-version",
+    "guest-hostile-launch",
     "accelerator-readiness",
 ];
 

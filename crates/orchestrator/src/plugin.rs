@@ -286,13 +286,46 @@ fn read_input(path: &Path) -> Result<String> {
         .with_context(|| format!("cannot read the input file {}", path.display()))
 }
 
-fn parse_input<T: serde::de::DeserializeOwned>(input: Value, path: &Path, what: &str) -> Result<T> {
-    serde_json::from_value(input).map_err(|e| {
+/// A policy input that can say what the types cannot.
+trait PolicyInput: serde::de::DeserializeOwned {
+    fn check(&self) -> Result<(), orchestrator_domain::InvalidField>;
+}
+
+macro_rules! policy_input {
+    ($($t:ty),*) => {$(
+        impl PolicyInput for $t {
+            fn check(&self) -> Result<(), orchestrator_domain::InvalidField> {
+                self.validate()
+            }
+        }
+    )*};
+}
+policy_input!(ClusterSnapshot, LaunchRequest, HealthSnapshot, NodeReadings);
+
+impl PolicyInput for ScaleInput {
+    fn check(&self) -> Result<(), orchestrator_domain::InvalidField> {
+        self.validate()
+            .map_err(|e| orchestrator_domain::InvalidField {
+                field: "samples".into(),
+                problem: e.to_string(),
+            })
+    }
+}
+
+/// Parses a policy's input strictly: every field of the WIT record must be
+/// present (only `option` fields may be left out), and the values must
+/// make sense (no negative GPU count).
+fn parse_input<T: PolicyInput>(input: Value, path: &Path, what: &str) -> Result<T> {
+    let value: T = serde_json::from_value(input).map_err(|e| {
         anyhow::anyhow!(
-            "{} is not a valid {what} ({e}); field names are the WIT's (kebab-case), see examples/snapshots/",
+            "{} is not a valid {what} ({e}); every field of the WIT record is required, named as in the WIT (kebab-case): see examples/snapshots/",
             path.display()
         )
-    })
+    })?;
+    value
+        .check()
+        .map_err(|e| anyhow::anyhow!("{} is not a valid {what}: {e}", path.display()))?;
+    Ok(value)
 }
 
 /// Calls the `world` policy at `source` on `input` (read from `path`, named
@@ -336,9 +369,6 @@ pub(crate) fn call_plugin(
         }
         World::Scale => {
             let scale: ScaleInput = parse_input(input, path, "scale-input")?;
-            scale.validate().map_err(|e| {
-                anyhow::anyhow!("{} is not a valid scale-input: {e}", path.display())
-            })?;
             host.scale(source)
                 .and_then(|mut p| p.recommend(&scale, params))
                 .map(serde_json::to_value)

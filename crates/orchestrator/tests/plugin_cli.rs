@@ -238,7 +238,65 @@ fn run_reports_a_runaway_plugin_and_exits_1() {
         "30",
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("30 ms deadline"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("CPU budget of about 30 ms"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn run_refuses_missing_fields_and_negative_gpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let full: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(snapshot("readiness-ready.json")).unwrap())
+            .unwrap();
+    // A node without `alive`: once silently false, now an error.
+    let mut missing = full.clone();
+    missing["nodes"][0].as_object_mut().unwrap().remove("alive");
+    let mut negative = full.clone();
+    negative["nodes"][1]["resources"]["gpu"] = serde_json::json!(-2.0);
+    for (name, input, want) in [
+        ("missing.json", missing, "missing field `alive`"),
+        ("negative.json", negative, "nodes[1].resources.gpu is -2"),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, input.to_string()).unwrap();
+        let out = orchestrator(&[
+            "plugin",
+            "run",
+            "builtin:node-count",
+            "--input",
+            path.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(stderr(&out).contains(want), "{name}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(name),
+            "names the file: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn run_refuses_an_unexecutable_plan_naming_plugin_and_field() {
+    let out = orchestrator(&[
+        "plugin",
+        "run",
+        guests::HOSTILE_LAUNCH,
+        "--input",
+        &snapshot("launch-two-gpu-nodes.json"),
+        "--param",
+        "env-key=A=B",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(guests::HOSTILE_LAUNCH) && err.contains("`env[0].key` \"A=B\" contains `=`"),
+        "{err}"
+    );
+    assert!(stdout(&out).is_empty(), "nothing printed: {}", stdout(&out));
 }
 
 fn cases_dir() -> String {

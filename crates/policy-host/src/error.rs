@@ -94,14 +94,30 @@ pub enum PluginError {
         imports: String,
     },
 
-    /// The call ran past its deadline.
+    /// The call used up its CPU budget (wasmtime fuel).
     #[error(
-        "plugin `{plugin}` did not return within its {limit_ms} ms deadline (an endless loop?); the call was stopped{stderr}"
+        "plugin `{plugin}` used up its CPU budget of about {limit_ms} ms ({fuel} fuel) without returning (an endless loop?); the call was stopped{stderr}"
+    )]
+    CpuBudget {
+        /// The plugin's name.
+        plugin: String,
+        /// The budget, as CPU time on an unloaded core.
+        limit_ms: u64,
+        /// The budget in fuel.
+        fuel: u64,
+        /// The plugin's output, if any, prefixed for display.
+        stderr: Stderr,
+    },
+
+    /// The call ran past its wall-clock backstop (ten times the CPU
+    /// budget, at least 1 s).
+    #[error(
+        "plugin `{plugin}` did not return within its {limit_ms} ms wall-clock deadline; the call was stopped{stderr}"
     )]
     Timeout {
         /// The plugin's name.
         plugin: String,
-        /// The deadline.
+        /// The wall-clock deadline.
         limit_ms: u64,
         /// The plugin's output, if any, prefixed for display.
         stderr: Stderr,
@@ -118,6 +134,32 @@ pub enum PluginError {
         limit: usize,
         /// The size it asked for.
         requested: usize,
+        /// The plugin's output, if any.
+        stderr: Stderr,
+    },
+
+    /// The plugin called `exit` (WASI `proc_exit`) inside a call.
+    #[error(
+        "plugin `{plugin}` called {status} during the call; a policy returns its answer rather than exiting{stderr}"
+    )]
+    Exited {
+        /// The plugin's name.
+        plugin: String,
+        /// The exit status WASI carried.
+        status: ExitStatus,
+        /// The plugin's output, if any.
+        stderr: Stderr,
+    },
+
+    /// The plugin handed the host more bytes in one call than the limit.
+    #[error(
+        "plugin `{plugin}` passed more than {limit} bytes to the host in one call (a log record or an answer that large), past the per-call copy limit; the call was stopped{stderr}"
+    )]
+    CopyLimit {
+        /// The plugin's name.
+        plugin: String,
+        /// The limit in bytes.
+        limit: usize,
         /// The plugin's output, if any.
         stderr: Stderr,
     },
@@ -142,21 +184,44 @@ pub enum PluginError {
         stderr: Stderr,
     },
 
+    /// A launch policy answered a plan that cannot be executed as given.
+    #[error(
+        "plugin `{plugin}` answered a launch plan that cannot be run: `{field}` {problem}; fix the policy's plan"
+    )]
+    InvalidPlan {
+        /// The plugin's name.
+        plugin: String,
+        /// The field's path in the plan (`argv[2]`, `ranks[0].env[1].key`).
+        field: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+
     /// The host itself could not be set up.
     #[error("the plugin host could not start: {0}")]
     Engine(String),
 }
 
 impl PluginError {
+    /// True when the call ran out of time or CPU: on a loaded machine
+    /// this may pass, so the wait phase retries rather than failing.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout { .. } | Self::CpuBudget { .. })
+    }
+
     /// True for errors of a call (the plugin loaded fine but misbehaved);
     /// the host drops the instance and the next call starts afresh.
     pub fn is_call_failure(&self) -> bool {
         matches!(
             self,
             Self::Timeout { .. }
+                | Self::CpuBudget { .. }
+                | Self::Exited { .. }
+                | Self::CopyLimit { .. }
                 | Self::MemoryLimit { .. }
                 | Self::Panic { .. }
                 | Self::Trap { .. }
+                | Self::InvalidPlan { .. }
         )
     }
 
@@ -164,10 +229,30 @@ impl PluginError {
     pub fn stderr(&self) -> Option<&str> {
         match self {
             Self::Timeout { stderr, .. }
+            | Self::CpuBudget { stderr, .. }
+            | Self::Exited { stderr, .. }
+            | Self::CopyLimit { stderr, .. }
             | Self::MemoryLimit { stderr, .. }
             | Self::Panic { stderr, .. }
             | Self::Trap { stderr, .. } => Some(stderr.0.as_str()),
             _ => None,
+        }
+    }
+}
+
+/// The status a plugin passed to `exit`. WASI 0.2 carries only success
+/// or failure: `exit(3)` arrives as 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitStatus(pub i32);
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            0 => write!(f, "exit(0)"),
+            code => write!(
+                f,
+                "exit({code}) or another failing exit (WASI 0.2 passes on only success or failure)"
+            ),
         }
     }
 }

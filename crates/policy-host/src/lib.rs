@@ -37,7 +37,7 @@ pub mod v0_1;
 mod v0_2;
 mod world;
 
-pub use error::{PluginError, Stderr};
+pub use error::{ExitStatus, PluginError, Stderr};
 pub use world::{PACKAGE, VERSION, Version, World};
 
 use orchestrator_domain::{
@@ -57,7 +57,11 @@ use wasmtime::{Config, Engine, Store, Trap};
 /// Limits and locations of the plugin host.
 #[derive(Debug, Clone)]
 pub struct HostConfig {
-    /// Longest one call (or one instantiation) may run. Default 100 ms.
+    /// The CPU one call (or one instantiation) may use, as time on an
+    /// unloaded core: turned into wasmtime fuel ([`FUEL_PER_MS`]), so a
+    /// loaded machine or a throttled pod does not shrink it. A wall-clock
+    /// backstop of ten times this (at least 1 s) stops a call that waits
+    /// rather than computes. Default 100 ms.
     pub call_timeout: Duration,
     /// Most linear memory one instance may use. Default 64 MiB.
     pub memory_limit_bytes: usize,
@@ -145,6 +149,23 @@ struct EpochTicker {
 /// How often the epoch advances while a call runs.
 const TICK: Duration = Duration::from_millis(2);
 
+/// Fuel (about one unit per WebAssembly instruction) per millisecond of
+/// CPU budget. Calibrated on the project's 2-core reference VM: the
+/// endless-loop test guest burned 5.3 million a millisecond on an
+/// unloaded core (2026-11-27) (`cargo test -p orchestrator-policy-host --release --
+/// --ignored calibrate_fuel` prints the rate on any machine).
+pub const FUEL_PER_MS: u64 = FUEL_PER_MS_CALIBRATED;
+const FUEL_PER_MS_CALIBRATED: u64 = 5_000_000;
+
+/// Most bytes a plugin may hand the host in one call (a log record, an
+/// answer): wasmtime's per-call copy limit ("hostcall fuel").
+pub const HOSTCALL_BYTES: usize = 4 * 1024 * 1024;
+
+/// The wall-clock backstop for a call with CPU budget `budget`.
+fn backstop(budget: Duration) -> Duration {
+    (budget * 10).max(Duration::from_secs(1))
+}
+
 impl EpochTicker {
     fn start(engine: Engine) -> Result<Arc<Self>, PluginError> {
         let ticker = Arc::new(Self {
@@ -200,8 +221,10 @@ struct Shared {
     linker: Linker<State>,
     ticker: Arc<EpochTicker>,
     config: HostConfig,
-    /// Epoch ticks a call may run.
+    /// Epoch ticks a call may run (the wall-clock backstop).
     deadline_ticks: u64,
+    /// Fuel a call may burn (the CPU budget).
+    fuel: u64,
     /// Identifies the engine's settings in cache keys.
     engine_key: String,
 }
@@ -219,6 +242,7 @@ impl PolicyHost {
         wasm_config
             .wasm_component_model(true)
             .epoch_interruption(true)
+            .consume_fuel(true)
             .max_wasm_stack(512 * 1024);
         let engine = Engine::new(&wasm_config)
             .map_err(|e| PluginError::Engine(format!("cannot create the engine: {e}")))?;
@@ -232,7 +256,12 @@ impl PolicyHost {
             })
             .map_err(|e| PluginError::Engine(format!("cannot link the policy imports: {e}")))?;
         let ticker = EpochTicker::start(engine.clone())?;
-        let ticks = config.call_timeout.as_nanos().div_ceil(TICK.as_nanos()) as u64 + 1;
+        let wall = backstop(config.call_timeout);
+        let ticks = wall.as_nanos().div_ceil(TICK.as_nanos()) as u64 + 1;
+        let fuel = (config.call_timeout.as_micros() as u64)
+            .saturating_mul(FUEL_PER_MS)
+            .div_ceil(1000)
+            .max(1);
         let engine_key = cache::engine_key(&engine);
         Ok(Self {
             shared: Arc::new(Shared {
@@ -241,6 +270,7 @@ impl PolicyHost {
                 ticker,
                 config,
                 deadline_ticks: ticks,
+                fuel,
                 engine_key,
             }),
         })
@@ -426,6 +456,12 @@ impl Plugin {
             store.limiter(|s| &mut s.memory);
             store.set_epoch_deadline(self.shared.deadline_ticks);
             store.epoch_deadline_trap();
+            store.set_hostcall_fuel(HOSTCALL_BYTES);
+            if let Err(e) = store.set_fuel(self.shared.fuel) {
+                return Err(PluginError::Engine(format!(
+                    "cannot set the CPU budget: {e}"
+                )));
+            }
             let result = {
                 let _active = self.shared.ticker.enter();
                 self.pre.instantiate(&mut store).and_then(|instance| {
@@ -460,6 +496,11 @@ impl Plugin {
         let live = self.ensure_live()?;
         live.store.data_mut().begin_call();
         live.store.set_epoch_deadline(shared.deadline_ticks);
+        if let Err(e) = live.store.set_fuel(shared.fuel) {
+            return Err(PluginError::Engine(format!(
+                "cannot set the CPU budget: {e}"
+            )));
+        }
         let result = {
             let _active = shared.ticker.enter();
             f(&mut live.store, &live.func, version)
@@ -564,16 +605,28 @@ pub struct LaunchPolicy(Plugin);
 handle!(LaunchPolicy);
 
 impl LaunchPolicy {
-    /// Asks for the serving process's argv and environment.
+    /// Asks for the serving process's argv and environment. A plan that
+    /// cannot be executed as given ([`LaunchPlan::validate`]) is the
+    /// plugin's failure, [`PluginError::InvalidPlan`].
     pub fn plan(
         &mut self,
         request: &LaunchRequest,
         params: &[KeyValue],
     ) -> Result<Result<LaunchPlan, LaunchError>, PluginError> {
-        self.0.call(|store, func, version| match version {
+        let answer = self.0.call(|store, func, version| match version {
             Version::V0_1_0 => v0_1::plan(store, func, request, params),
             Version::V0_2_0 => v0_2::plan(store, func, request, params),
-        })
+        })?;
+        if let Ok(plan) = &answer
+            && let Err(invalid) = plan.validate()
+        {
+            return Err(PluginError::InvalidPlan {
+                plugin: self.0.name.to_string(),
+                field: invalid.field,
+                problem: invalid.problem,
+            });
+        }
+        Ok(answer)
     }
 }
 
@@ -650,10 +703,35 @@ fn classify(shared: &Shared, plugin: &str, err: wasmtime::Error, state: &State) 
         };
     }
     let trap = err.downcast_ref::<Trap>().copied();
+    if trap == Some(Trap::OutOfFuel) {
+        return PluginError::CpuBudget {
+            plugin,
+            limit_ms: shared.config.call_timeout.as_millis() as u64,
+            fuel: shared.fuel,
+            stderr,
+        };
+    }
     if trap == Some(Trap::Interrupt) {
         return PluginError::Timeout {
             plugin,
-            limit_ms: shared.config.call_timeout.as_millis() as u64,
+            limit_ms: backstop(shared.config.call_timeout).as_millis() as u64,
+            stderr,
+        };
+    }
+    if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return PluginError::Exited {
+            plugin,
+            status: error::ExitStatus(exit.0),
+            stderr,
+        };
+    }
+    if err
+        .chain()
+        .any(|cause| cause.to_string().contains("fuel allocated for hostcalls"))
+    {
+        return PluginError::CopyLimit {
+            plugin,
+            limit: HOSTCALL_BYTES,
             stderr,
         };
     }

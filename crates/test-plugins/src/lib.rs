@@ -18,6 +18,9 @@ pub const WRONG_WORLD: &str = env!("TEST_PLUGIN_GUEST_WRONG_WORLD");
 /// A readiness policy built for version 0.3.0 of the contract (unknown to
 /// this host).
 pub const WRONG_VERSION: &str = env!("TEST_PLUGIN_GUEST_WRONG_VERSION");
+/// A launch policy whose plan comes from its parameters (`argv` split on
+/// `|`, `env-key`, `env-value`).
+pub const HOSTILE_LAUNCH: &str = env!("TEST_PLUGIN_GUEST_HOSTILE_LAUNCH");
 /// The example custom policy in `examples/accelerator-readiness`.
 pub const ACCELERATOR_READINESS: &str = env!("TEST_PLUGIN_ACCELERATOR_READINESS");
 

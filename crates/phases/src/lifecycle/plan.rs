@@ -238,7 +238,7 @@ pub fn describe(
         "role": config.role,
         "open-file-limit": config.open_file_limit,
         "start": {
-            "argv": start.argv(),
+            "argv": start.argv_redacted(),
             "env": config.ray.env,
             "from-kuberay-command": config.ray.use_kuberay_command,
         },

@@ -7,6 +7,7 @@
 mod limits;
 pub mod ray_node;
 pub mod ray_start;
+pub mod words;
 
 pub use ray_node::{Daemon, RayNode, RayNodeError};
 pub use ray_start::{KUBERAY_ENV, RayStart, RayStartError};

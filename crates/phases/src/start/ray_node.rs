@@ -197,7 +197,7 @@ impl RayNode {
                 .map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n"))
                 .unwrap_or_default();
             return Err(RayNodeError::StartFailed {
-                command: argv.join(" "),
+                command: crate::start::ray_start::redact(argv).join(" "),
                 status: status.to_string(),
                 tail,
             });

@@ -50,19 +50,16 @@ pub struct RayStart {
 /// Why a KubeRay command was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RayStartError {
-    /// The text does not split into shell words.
-    #[error("{KUBERAY_ENV} is not valid shell words ({0}); check its quoting")]
-    Words(String),
+    /// The text is not plain words: quoting, shell syntax, a variable.
+    #[error(
+        "{KUBERAY_ENV} is refused: {0}; the orchestrator runs `ray start` without a shell (only $NAME and ${{NAME}} are expanded), so move anything else (ulimit, other commands) into its configuration"
+    )]
+    Words(#[source] crate::start::words::WordsError),
     /// Not a `ray start` command.
     #[error(
         "{KUBERAY_ENV} must be a `ray start ...` command, but it is {0:?}; unset `ray.use-kuberay-command` or fix the variable"
     )]
     NotRayStart(String),
-    /// It contains shell syntax, which the orchestrator does not run.
-    #[error(
-        "{KUBERAY_ENV} contains shell syntax {0:?}; the orchestrator runs `ray start` without a shell: move anything else (ulimit, other commands) into the orchestrator's configuration"
-    )]
-    ShellSyntax(String),
     /// The variable is not set.
     #[error(
         "`ray.use-kuberay-command` is set but {KUBERAY_ENV} is not in the environment; KubeRay sets it in Ray pods"
@@ -110,16 +107,19 @@ impl RayStart {
         }
     }
 
-    /// Parses KubeRay's generated command: shell words, no shell; must be
-    /// `ray start ...`; `--block` is dropped.
+    /// Parses KubeRay's generated command: shell words, no shell, `$NAME`
+    /// from this process's environment ([`words::split`](super::words::split));
+    /// must be `ray start ...`; `--block` is dropped.
     pub fn parse_kuberay(command: &str) -> Result<Self, RayStartError> {
-        let words = shell_words::split(command).map_err(|e| RayStartError::Words(e.to_string()))?;
-        if let Some(bad) = words.iter().find(|w| {
-            matches!(w.as_str(), ";" | "&&" | "||" | "|" | "&" | ">" | "<" | ">>")
-                || w.ends_with(';')
-        }) {
-            return Err(RayStartError::ShellSyntax(bad.clone()));
-        }
+        Self::parse_kuberay_in(command, &|name| std::env::var_os(name))
+    }
+
+    /// [`parse_kuberay`](Self::parse_kuberay) with variables from `lookup`.
+    pub fn parse_kuberay_in(
+        command: &str,
+        lookup: &dyn Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<Self, RayStartError> {
+        let words = super::words::split(command, lookup).map_err(RayStartError::Words)?;
         let is_ray = words
             .first()
             .and_then(|w| Path::new(w).file_name())
@@ -241,6 +241,12 @@ impl RayStart {
         Ok(cmd)
     }
 
+    /// The argv as shown to people (plans, logs, errors): secrets such as
+    /// `--redis-password` replaced by `<redacted>`.
+    pub fn argv_redacted(&self) -> Vec<String> {
+        redact(&self.argv())
+    }
+
     /// The GCS address a worker joins (`--address`).
     pub fn join_address(&self) -> Option<&str> {
         if self.has("head") {
@@ -249,6 +255,25 @@ impl RayStart {
             self.value("address")
         }
     }
+}
+
+/// Flags whose values are secrets.
+const SECRET_FLAGS: &[&str] = &["redis-password"];
+
+/// `argv` with the values of secret flags replaced by `<redacted>`.
+pub fn redact(argv: &[String]) -> Vec<String> {
+    argv.iter()
+        .map(|arg| {
+            for flag in SECRET_FLAGS {
+                if let Some(value) = arg.strip_prefix(&format!("--{flag}="))
+                    && !value.is_empty()
+                {
+                    return format!("--{flag}=<redacted>");
+                }
+            }
+            arg.clone()
+        })
+        .collect()
 }
 
 fn trim_float(v: f64) -> String {
@@ -317,10 +342,29 @@ mod tests {
     }
 
     #[test]
+    fn gcs_fault_tolerance_password_is_expanded_and_never_shown() {
+        // KubeRay's head command with gcsFaultToleranceOptions.redisPassword.
+        let text = "ray start --head  --block  --redis-password=$REDIS_PASSWORD  --num-cpus=1 ";
+        let lookup = |n: &str| (n == "REDIS_PASSWORD").then(|| "p@ss w$rd".into());
+        let cmd = RayStart::parse_kuberay_in(text, &lookup).expect("parses");
+        assert_eq!(cmd.value("redis-password"), Some("p@ss w$rd"));
+        assert!(
+            cmd.argv()
+                .contains(&"--redis-password=p@ss w$rd".to_string())
+        );
+        let shown = cmd.argv_redacted();
+        assert!(shown.contains(&"--redis-password=<redacted>".to_string()));
+        assert!(!shown.join(" ").contains("p@ss"), "{shown:?}");
+        // Unset: refused naming the variable, not passed on literally.
+        let err = RayStart::parse_kuberay_in(text, &|_| None).expect_err("refused");
+        assert!(err.to_string().contains("$REDIS_PASSWORD"), "{err}");
+    }
+
+    #[test]
     fn anything_but_ray_start_is_refused() {
         assert!(matches!(
             RayStart::parse_kuberay("ulimit -n 65536; ray start --head"),
-            Err(RayStartError::ShellSyntax(_))
+            Err(RayStartError::Words(_))
         ));
         assert!(matches!(
             RayStart::parse_kuberay("ray stop --force"),
@@ -332,7 +376,7 @@ mod tests {
         ));
         assert!(matches!(
             RayStart::parse_kuberay("ray start --head && vllm serve m"),
-            Err(RayStartError::ShellSyntax(_))
+            Err(RayStartError::Words(_))
         ));
         assert!(matches!(
             RayStart::parse_kuberay("ray start --head 'unterminated"),

@@ -401,6 +401,23 @@ impl Waiter<'_> {
             status.policy_call(World::Readiness, now.elapsed().as_secs_f64());
         }
         match answer {
+            // Out of time or CPU is no verdict: a loaded machine may be
+            // the cause. The next membership change or tick asks again;
+            // the deadline still ends the wait.
+            Err(e) if e.is_timeout() => {
+                tracing::warn!("readiness policy call stopped, asking again: {e}");
+                if let Some(status) = &spec.status {
+                    status.readiness(format!(
+                        "wait: the readiness policy's call was stopped ({e}); asking again"
+                    ));
+                }
+                self.seen.last_reason = None;
+                if now >= self.deadline {
+                    self.timed_out()
+                } else {
+                    Judged::Waiting
+                }
+            }
             Err(e) => Judged::Done(Err(e.into())),
             Ok(Readiness::Ready) => Judged::Done(Ok(self.ready(snapshot))),
             Ok(Readiness::Wait(reason)) => {
