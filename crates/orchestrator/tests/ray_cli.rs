@@ -387,3 +387,147 @@ fn worker_exits_1_when_its_raylet_dies() {
     );
     assert_nothing_left(&[&temp, "127.0.0.80"]);
 }
+
+/// `/readyz` as an HTTP status code (0 when it does not answer) and body.
+fn readyz(endpoints: &str) -> (u16, String) {
+    let reply = http_get(endpoints, "/readyz");
+    let code = reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, reply)
+}
+
+fn readyz_until(endpoints: &str, want: u16, needle: &str, limit: Duration) -> String {
+    poll_until(
+        &format!("/readyz {want} with {needle:?} on {endpoints}"),
+        limit,
+        || {
+            let (code, body) = readyz(endpoints);
+            (code == want && body.contains(needle)).then_some(body)
+        },
+    )
+}
+
+#[test]
+#[ignore = "needs Ray 2.60: run by `cargo xtask test`"]
+fn readyz_follows_the_gcs_on_the_head_and_on_workers() {
+    let (gcs, agent, metrics) = ports();
+    let (agent2, metrics2, head_endpoints) = ports();
+    let (agent3, metrics3, worker_endpoints) = ports();
+    let worker2_endpoints = free_port().to_string();
+    let temp = format!("/tmp/ray-t{gcs}");
+    let address = format!("127.0.0.84:{gcs}");
+    let dir = tempfile::tempdir().unwrap();
+    // A head with nothing to serve, expecting 2 nodes; Ray's health checks
+    // made quick so the GCS declares a frozen node dead in seconds.
+    let head_config = write_config(
+        dir.path(),
+        "head.toml",
+        &format!(
+            r#"role = "head"
+endpoints-port = {head_endpoints}
+[ray]
+bin = "{ray}"
+gcs-port = {gcs}
+node-ip = "127.0.0.84"
+num-cpus = 1
+memory = 500000000
+object-store-memory = 80000000
+dashboard-agent-listen-port = {agent}
+metrics-export-port = {metrics}
+temp-dir = "{temp}"
+stop-grace-seconds = 5
+env = {{ RAY_USAGE_STATS_ENABLED = "0", RAY_health_check_initial_delay_ms = "1000", RAY_health_check_period_ms = "500", RAY_health_check_timeout_ms = "500", RAY_health_check_failure_threshold = "3" }}
+[cluster]
+nodes = 2
+wait-timeout-seconds = 120
+"#,
+            ray = ray_bin()
+        ),
+    );
+    let head = orchestrator()
+        .args(["run", "--config", head_config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = Guard(vec![head.id() as i32]);
+    let worker = |ip: &str, agent: &str, metrics: &str, endpoints: &str| {
+        orchestrator()
+            .args([
+                "run",
+                "--role",
+                "worker",
+                "--set",
+                &format!("endpoints-port={endpoints}"),
+                "--set",
+                &format!("ray.gcs-address=\"{address}\""),
+                "--set",
+                &format!("ray.node-ip=\"{ip}\""),
+                "--set",
+                "ray.memory=500000000",
+                "--set",
+                "ray.object-store-memory=80000000",
+                "--set",
+                &format!("ray.dashboard-agent-listen-port={agent}"),
+                "--set",
+                &format!("ray.metrics-export-port={metrics}"),
+                "--set",
+                "ray.stop-grace-seconds=5",
+                "--set",
+                &format!("ray.bin=\"{}\"", ray_bin()),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut w1 = worker("127.0.0.85", &agent2, &metrics2, &worker_endpoints);
+    guard.0.push(w1.id() as i32);
+    let w1_log = Captured::stderr_of(&mut w1);
+    let head_at = format!("127.0.0.1:{head_endpoints}");
+    let w1_at = format!("127.0.0.1:{worker_endpoints}");
+    readyz_until(&head_at, 200, "ready", Duration::from_secs(120));
+    readyz_until(&w1_at, 200, "ready", Duration::from_secs(60));
+    w1_log.wait_for("Ray node started", Duration::from_secs(30));
+
+    // 1. The worker's raylet frozen: the GCS declares its node dead; the
+    // worker says so at once (not when its raylet exits), the head counts
+    // 1 of 2.
+    let raylet = raylet_of("127.0.0.85").expect("the worker's raylet");
+    signal(raylet, Sig::STOP);
+    let body = readyz_until(&w1_at, 503, "declared this node", Duration::from_secs(30));
+    assert!(body.contains("127.0.0.85"), "{body}");
+    readyz_until(&head_at, 503, "1 of 2 nodes alive", Duration::from_secs(30));
+    signal(raylet, Sig::KILL);
+    let out = wait_with_deadline(w1, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1), "{}", w1_log.text());
+
+    // 2. A new worker: the head is ready again.
+    let mut w2 = worker("127.0.0.86", &agent3, &metrics3, &worker2_endpoints);
+    guard.0.push(w2.id() as i32);
+    let w2_log = Captured::stderr_of(&mut w2);
+    let w2_at = format!("127.0.0.1:{worker2_endpoints}");
+    readyz_until(&head_at, 200, "ready", Duration::from_secs(90));
+    readyz_until(&w2_at, 200, "ready", Duration::from_secs(30));
+
+    // 3. The head's GCS gone: the worker says so within seconds, long
+    // before its raylet gives up.
+    let gcs_server = processes_with(&format!("--gcs_server_port={gcs}"))
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .next()
+        .expect("the GCS");
+    let killed = std::time::Instant::now();
+    signal(gcs_server, Sig::KILL);
+    readyz_until(&w2_at, 503, "GCS connection lost", Duration::from_secs(20));
+    assert!(killed.elapsed() < Duration::from_secs(20));
+    let out = wait_with_deadline(head, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1), "the head's GCS died");
+    signal(w2.id() as i32, Sig::TERM);
+    let out = wait_with_deadline(w2, Duration::from_secs(60));
+    assert!(out.status.code().is_some(), "{}", w2_log.text());
+    assert_nothing_left(&[&temp, "127.0.0.84", "127.0.0.85", "127.0.0.86"]);
+}

@@ -283,9 +283,15 @@ async fn old_way_run(ray: &str, vllm: &str, model: &str) -> Result<f64, String> 
         "--temp-dir=/tmp/ray-b6525".into(),
     ];
     head_argv.extend(base(head, 52525));
-    let head_node = RayNode::start("old-head", &head_argv, &ray_env, Duration::from_secs(120))
-        .await
-        .map_err(|e| e.to_string())?;
+    let head_node = RayNode::start(
+        "old-head",
+        &head_argv,
+        &ray_env,
+        Duration::from_secs(120),
+        None,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     // The origin document's flow: its loop, corrected so it can end, then vllm serve.
     let mut script = format!(
         "until [ \"$({ray} status --address {gcs} 2>/dev/null | awk '/^Active:/{{f=1;next}} /^(Pending|Recent)/{{f=0}} f && /node_/{{n++}} END{{print n+0}}')\" -ge 2 ]; do echo waiting; sleep 5; done; exec {vllm} serve {model} --host {head} --port {serve_port} --served-model-name tiny --tensor-parallel-size 2 --distributed-executor-backend ray"
@@ -318,6 +324,7 @@ async fn old_way_run(ray: &str, vllm: &str, model: &str) -> Result<f64, String> 
         &worker_argv,
         &ray_env,
         Duration::from_secs(120),
+        None,
     )
     .await;
     let result = async {
@@ -341,9 +348,9 @@ async fn old_way_run(ray: &str, vllm: &str, model: &str) -> Result<f64, String> 
     signal_group(group, Sig::KILL);
     let _ = wait_child(&mut loop_child, Duration::from_secs(10)).await;
     if let Ok(w) = &worker {
-        w.stop(Duration::from_secs(5)).await;
+        w.stop(Duration::from_secs(5), None).await;
     }
-    head_node.stop(Duration::from_secs(5)).await;
+    head_node.stop(Duration::from_secs(5), None).await;
     result
 }
 

@@ -152,6 +152,7 @@ async fn main() -> Result<(), String> {
         &node_argv(&ray, 0),
         &env(),
         Duration::from_secs(120),
+        None,
     )
     .await
     .map_err(|e| e.to_string())?;
@@ -177,7 +178,7 @@ async fn main() -> Result<(), String> {
             let shell = spawn_timed(sh)?;
             // Vary where in the loop's 5 s sleep the worker lands.
             tokio::time::sleep(Duration::from_millis(1500 + 1100 * u64::from(round))).await;
-            let worker = RayNode::start(&format!("worker-{round}"), &node_argv(&ray, round), &env(), Duration::from_secs(120))
+            let worker = RayNode::start(&format!("worker-{round}"), &node_argv(&ray, round), &env(), Duration::from_secs(120), None)
                 .await
                 .map_err(|e| e.to_string())?;
             let ip = format!("127.0.0.{}", 90 + round);
@@ -202,10 +203,10 @@ async fn main() -> Result<(), String> {
     }
     .await;
     for worker in workers.iter().rev() {
-        worker.stop(Duration::from_secs(5)).await;
+        worker.stop(Duration::from_secs(5), None).await;
     }
     if let Err(e) = result {
-        head.stop(Duration::from_secs(5)).await;
+        head.stop(Duration::from_secs(5), None).await;
         kill_descendants();
         return Err(e);
     }
@@ -234,7 +235,7 @@ async fn main() -> Result<(), String> {
     let loop_cpu = tokio::task::spawn_blocking(move || cpu_seconds_of(&loop_cmd, window));
     let orch_cpu = orch_cpu.await.map_err(|e| e.to_string())??;
     let loop_cpu = loop_cpu.await.map_err(|e| e.to_string())??;
-    head.stop(Duration::from_secs(5)).await;
+    head.stop(Duration::from_secs(5), None).await;
     let left = kill_descendants();
     if left > 0 {
         eprintln!("{left} processes were left and killed");

@@ -58,6 +58,7 @@ async fn start(cleanup: &GroupGuard, base: u8, port: u16, i: u8) -> RayNode {
         &argv(base, port, i),
         &local_ray_env(),
         Duration::from_secs(120),
+        None,
     )
     .await
     .expect("ray start");
@@ -68,7 +69,7 @@ async fn start(cleanup: &GroupGuard, base: u8, port: u16, i: u8) -> RayNode {
 async fn stop_all(nodes: &[&RayNode]) {
     for n in nodes {
         assert!(
-            n.stop(Duration::from_secs(5)).await,
+            n.stop(Duration::from_secs(5), None).await,
             "{} stopped",
             n.label()
         );

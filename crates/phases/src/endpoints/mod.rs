@@ -5,6 +5,7 @@
 //! owner of the current [`Phase`] and publishes the [`Event`]s a platform
 //! records.
 
+mod conn;
 mod node_metrics;
 mod scale_metrics;
 
@@ -12,7 +13,6 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use orchestrator_domain::{
     Event, EventReason, NodeHealthState, NodeReadings, Phase, StartupStep, VerdictKind,
 };
@@ -728,8 +728,14 @@ pub async fn serve_endpoints(
     serve_endpoints_with(address, status, None).await
 }
 
+/// The largest POST body read (the native backend's messages).
+pub const MAX_BODY: usize = 64 * 1024;
+
+pub use conn::{HEADER_READ_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS, MAX_HEADER_BYTES};
+
 /// [`serve_endpoints`], with `routes` answering POST requests (bodies up
-/// to 64 KiB).
+/// to [`MAX_BODY`]). Connections, heads and idle time are bounded (see
+/// [`MAX_CONNECTIONS`], [`MAX_HEADER_BYTES`], [`IDLE_TIMEOUT`]).
 pub async fn serve_endpoints_with(
     address: SocketAddr,
     status: Arc<Status>,
@@ -737,39 +743,39 @@ pub async fn serve_endpoints_with(
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(address).await?;
     tracing::info!(%address, "endpoints: /livez /readyz /status /metrics");
-    Ok(tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let status = Arc::clone(&status);
-            let routes = routes.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let status = Arc::clone(&status);
-                    let routes = routes.clone();
-                    async move {
-                        let path = req.uri().path().to_string();
-                        let (code, kind, body) = match (req.method(), routes) {
-                            (&hyper::Method::POST, Some(routes)) => {
-                                post(routes.as_ref(), &path, req.into_body()).await
-                            }
-                            _ => status.respond(&path),
-                        };
-                        let response = Response::builder()
-                            .status(code)
-                            .header("content-type", kind)
-                            .body(Full::new(Bytes::from(body)))
-                            .unwrap_or_default();
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+    let serve: conn::Serve = Arc::new(move |io| {
+        let status = Arc::clone(&status);
+        let routes = routes.clone();
+        Box::pin(async move {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let status = Arc::clone(&status);
+                let routes = routes.clone();
+                async move {
+                    let path = req.uri().path().to_string();
+                    let (code, kind, body) = match (req.method(), routes) {
+                        (&hyper::Method::POST, Some(routes)) => {
+                            post(routes.as_ref(), &path, req.into_body()).await
+                        }
+                        _ => status.respond(&path),
+                    };
+                    let response = Response::builder()
+                        .status(code)
+                        .header("content-type", kind)
+                        .body(Full::new(Bytes::from(body)))
+                        .unwrap_or_default();
+                    Ok::<_, Infallible>(response)
+                }
             });
-        }
-    }))
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(conn::HEADER_READ_TIMEOUT)
+                .max_header_size(conn::MAX_HEADER_BYTES)
+                .max_buf_size(conn::MAX_HEADER_BYTES.max(8192) * 2)
+                .serve_connection(io, service)
+                .await;
+        })
+    });
+    Ok(tokio::spawn(conn::accept_loop(listener, serve)))
 }
 
 /// A POST to `routes`: the body read within the limit, then answered.
@@ -779,7 +785,7 @@ async fn post(
     body: hyper::body::Incoming,
 ) -> (u16, &'static str, String) {
     use http_body_util::BodyExt;
-    let limit = crate::native::protocol::MAX_BODY;
+    let limit = MAX_BODY;
     let bytes = match http_body_util::Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {

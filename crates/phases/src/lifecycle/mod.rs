@@ -27,7 +27,7 @@ use crate::node_health::{self as node_health, Board, OwnHealth, Reporter, UNHEAL
 use crate::platform::kubernetes::{self as kube_platform, KubeHandle};
 use crate::policies::Policies;
 use crate::serve::{self, ServeContext, ServeOutcome};
-use crate::start::{RayNodes, raise_open_file_limit};
+use crate::start::{RayNodeError, RayNodes, raise_open_file_limit};
 use crate::supervision::{Shutdown, prepare_process};
 use crate::wait::{Ready, WaitSpec, wait_for_cluster};
 use early::{EarlyLaunch, EarlyServer};
@@ -163,6 +163,7 @@ impl Lifecycle {
         let _prefetch =
             crate::prefetch::Prefetch::spawn(&self.plan.prefetch, Arc::clone(&self.status));
         let exit = self.phases(&shutdown, &mut kubernetes).await;
+        settle(&self.status, &exit);
         // The last Events (Stopping, ClusterNotReady, ...) reach the API
         // server before the process ends.
         if let Some(k) = kubernetes {
@@ -192,16 +193,20 @@ impl Lifecycle {
             .start
             .nodes
             .first()
-            .map(|n| n.argv.join(" "))
+            .map(|n| crate::start::ray_start::redact(&n.argv).join(" "))
             .unwrap_or_default();
         status.event(
             EventReason::StartingRay,
             format!("starting Ray ({}): {argv}", self.plan.role),
         );
-        // Not cancelled by a signal: a half-started node must be stopped,
-        // which needs its process group.
-        let mut nodes = match RayNodes::start(&self.plan.start).await {
+        // A signal during `ray start` stops its process group (a hung
+        // `ray start` ignores SIGTERM) and ends the run cleanly.
+        let mut nodes = match RayNodes::start(&self.plan.start, Some(shutdown)).await {
             Ok(nodes) => nodes,
+            Err(RayNodeError::Stopped) => {
+                tracing::info!("stopped during `ray start`; nothing of Ray is left");
+                return Exit::ok();
+            }
             Err(e) => return Exit::failed(1, e.to_string()),
         };
         if let Some(first) = nodes.running().first() {
@@ -213,6 +218,7 @@ impl Lifecycle {
         } else {
             self.after_start(&mut nodes, shutdown, kubernetes).await
         };
+        settle(&status, &exit);
         self.board = None;
         // A worker withdraws its health reports only once its node has left
         // the GCS: withdrawn earlier, a node still alive there (an unhealthy
@@ -240,7 +246,7 @@ impl Lifecycle {
         {
             r.withdraw().await;
         }
-        let stopped = nodes.stop(self.plan.stop_grace).await;
+        let stopped = nodes.stop(self.plan.stop_grace, Some(shutdown)).await;
         // vLLM's CPU workers (Ray actors) leave shared-memory segments;
         // once Ray is gone, none is mapped any longer.
         crate::serve::shm::remove_orphaned_segments(std::path::Path::new(
@@ -332,7 +338,27 @@ impl Lifecycle {
                 .node_health
                 .as_ref()
                 .map_or(Duration::MAX, |p| p.unhealthy_grace);
-            return supervise_worker(nodes, shutdown, &status, own, grace).await;
+            let address = self
+                .plan
+                .start
+                .nodes
+                .first()
+                .map(|n| node_health::target_of(&n.argv, None).address)
+                .unwrap_or_default();
+            if address.is_empty() {
+                return supervise_worker(nodes, shutdown, &status, own, grace).await;
+            }
+            let source = self.plan.join.as_ref().map_or_else(
+                || Arc::clone(&self.plan.membership),
+                |j| Arc::clone(&j.cluster),
+            );
+            let follow =
+                follow_membership(source, Follow::OwnNode { address }, Arc::clone(&status));
+            return tokio::select! {
+                exit = supervise_worker(nodes, shutdown, &status, own, grace) => exit,
+                // The watch retries for ever; it ends only with the runtime.
+                () = follow => std::future::pending().await,
+            };
         };
         let (ready, early) = match self.wait(&wait, nodes, shutdown, kubernetes).await {
             Waited::Ready(ready, early) => (ready, early),
@@ -359,7 +385,18 @@ impl Lifecycle {
                     "cluster ready (nothing to serve: serve.model is not set)".into(),
                     true,
                 );
-                supervise(nodes, shutdown, &status).await
+                let follow = follow_membership(
+                    Arc::clone(&self.plan.membership),
+                    Follow::Cluster {
+                        expected: ready.snapshot.expected.nodes,
+                    },
+                    Arc::clone(&status),
+                );
+                tokio::select! {
+                    exit = supervise(nodes, shutdown, &status) => exit,
+                    // The watch retries for ever; it ends only with the runtime.
+                    () = follow => std::future::pending().await,
+                }
             }
         }
     }
@@ -627,6 +664,110 @@ async fn supervise_worker(
             status.fail(EventReason::NodeUnhealthy, message.clone());
             Exit::failed(UNHEALTHY_EXIT_CODE, message)
         }
+    }
+}
+
+/// What `/readyz` follows in the GCS after the start.
+enum Follow {
+    /// A head with nothing to serve: the expected number of nodes alive.
+    Cluster {
+        /// Nodes expected.
+        expected: u32,
+    },
+    /// A worker: its own node (by address) alive in the GCS.
+    OwnNode {
+        /// This node's address.
+        address: String,
+    },
+}
+
+/// Keeps `/readyz` and `/status` on the GCS's membership after the start,
+/// so a node that dies, a node the GCS declared dead (a frozen raylet) or
+/// a GCS that went away shows within one update, not when a raylet exits
+/// a minute later (or never). Runs until the watch ends.
+async fn follow_membership(
+    source: Arc<dyn crate::membership::MembershipSource>,
+    rule: Follow,
+    status: Arc<Status>,
+) {
+    use orchestrator_domain::{ClusterView, UpdateSource};
+    let mut updates = source.watch();
+    let mut view = ClusterView::default();
+    let mut last: Option<(bool, String)> = None;
+    while let Some(update) = updates.recv().await {
+        let lost = match &update.source {
+            UpdateSource::Disconnected { error } => Some(error.clone()),
+            _ => None,
+        };
+        update.apply_into(&mut view);
+        let alive = view.alive().count() as u32;
+        let (ready, text) = match (&rule, lost) {
+            (_, Some(error)) => (false, format!("GCS connection lost: {error}")),
+            (Follow::Cluster { expected }, None) => {
+                status.nodes(alive, *expected);
+                if alive < *expected {
+                    (
+                        false,
+                        format!("{alive} of {expected} nodes alive (nothing to serve)"),
+                    )
+                } else {
+                    (
+                        true,
+                        "cluster ready (nothing to serve: serve.model is not set)".to_string(),
+                    )
+                }
+            }
+            (Follow::OwnNode { address }, None) => {
+                match view
+                    .nodes
+                    .iter()
+                    .filter(|n| &n.address == address)
+                    .max_by_key(|n| (n.alive, n.start_time_ms))
+                {
+                    Some(n) if n.alive => (true, "worker: Ray node running".to_string()),
+                    Some(_) => (
+                        false,
+                        format!(
+                            "the GCS declared this node ({address}) dead; its raylet stops soon"
+                        ),
+                    ),
+                    None => (false, format!("this node ({address}) is not in the GCS")),
+                }
+            }
+        };
+        if last.as_ref() != Some(&(ready, text.clone())) {
+            if ready {
+                tracing::info!("{text}");
+            } else {
+                tracing::warn!("{text}");
+            }
+            let kind = if ready {
+                VerdictKind::Healthy
+            } else {
+                VerdictKind::Degraded
+            };
+            status.health(kind, text.clone(), ready);
+            last = Some((ready, text));
+        }
+    }
+}
+
+/// Makes the phase match how the run ended, whatever path it took: a
+/// failure not yet reported enters `failed`; a clean end enters
+/// `stopping`. Called before Ray is stopped and once more at the end.
+fn settle(status: &Status, exit: &Exit) {
+    let phase = status.snapshot().phase;
+    match &exit.error {
+        Some(error) if phase != Phase::Failed => {
+            let reason = if matches!(phase, Phase::Start | Phase::Wait) {
+                EventReason::ClusterNotReady
+            } else {
+                EventReason::RayExited
+            };
+            status.fail(reason, error.clone());
+        }
+        None if !matches!(phase, Phase::Stopping | Phase::Failed) => status.enter(Phase::Stopping),
+        _ => {}
     }
 }
 

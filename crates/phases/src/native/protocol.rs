@@ -19,8 +19,8 @@ pub const REGISTER: &str = "/native/v1/register";
 pub const HEARTBEAT: &str = "/native/v1/heartbeat";
 /// The path of a clean leave.
 pub const LEAVE: &str = "/native/v1/leave";
-/// The largest request body the leader reads.
-pub const MAX_BODY: usize = 64 * 1024;
+/// The largest request body the leader reads (the endpoints' limit).
+pub const MAX_BODY: usize = crate::endpoints::MAX_BODY;
 
 /// A rank's orchestrator introduces itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -70,26 +70,36 @@ impl RayNodes {
     /// Starts the plan's first node and waits for it (a half-started node
     /// is still stopped: its process group is known); the others start in
     /// the background and arrive through [`next_started`](Self::next_started).
-    pub async fn start(plan: &StartPlan) -> Result<Self, RayNodeError> {
+    ///
+    /// A stop request of `stop` ends a `ray start` in progress at once
+    /// (its process group is stopped: [`RayNodeError::Stopped`]).
+    pub async fn start(
+        plan: &StartPlan,
+        stop: Option<&crate::supervision::Shutdown>,
+    ) -> Result<Self, RayNodeError> {
         let (late_tx, late) = mpsc::unbounded_channel();
         let (stop_starting, mut stop_rx) = watch::channel(false);
         let mut nodes = Vec::new();
         let mut rest = plan.nodes.iter();
         if let Some(first) = rest.next() {
-            tracing::info!(node = %first.label, "starting: {}", first.argv.join(" "));
-            nodes.push(RayNode::start(&first.label, &first.argv, &plan.env, plan.timeout).await?);
+            tracing::info!(node = %first.label, "starting: {}", ray_start::redact(&first.argv).join(" "));
+            nodes.push(
+                RayNode::start(&first.label, &first.argv, &plan.env, plan.timeout, stop).await?,
+            );
         }
         let rest: Vec<NodeLaunch> = rest.cloned().collect();
         let starter = (!rest.is_empty()).then(|| {
             let (env, stagger, timeout) = (plan.env.clone(), plan.stagger, plan.timeout);
+            let stop = stop.cloned();
             tokio::spawn(async move {
                 for node in rest {
                     tokio::select! {
                         () = tokio::time::sleep(stagger) => {}
                         _ = stop_rx.wait_for(|stop| *stop) => return,
                     }
-                    tracing::info!(node = %node.label, "starting: {}", node.argv.join(" "));
-                    let started = RayNode::start(&node.label, &node.argv, &env, timeout).await;
+                    tracing::info!(node = %node.label, "starting: {}", ray_start::redact(&node.argv).join(" "));
+                    let started =
+                        RayNode::start(&node.label, &node.argv, &env, timeout, stop.as_ref()).await;
                     let failed = started.is_err();
                     if late_tx.send(started).is_err() || failed {
                         return;
@@ -131,7 +141,12 @@ impl RayNodes {
     /// Stops every node, the last started first: a start in progress is
     /// let finish (not cut off half-way) and then stopped too. True when
     /// no process of any node is left.
-    pub async fn stop(mut self, grace: Duration) -> bool {
+    /// A forced stop of `force` (a second SIGTERM) cuts every grace short.
+    pub async fn stop(
+        mut self,
+        grace: Duration,
+        force: Option<&crate::supervision::Shutdown>,
+    ) -> bool {
         let _ = self.stop_starting.send(true);
         if let Some(starter) = self.starter.take() {
             let _ = starter.await;
@@ -143,7 +158,7 @@ impl RayNodes {
         }
         let mut all_stopped = true;
         for node in self.nodes.iter().rev() {
-            all_stopped &= node.stop(grace).await;
+            all_stopped &= node.stop(grace, force).await;
         }
         all_stopped
     }

@@ -7,6 +7,7 @@
 //! group — with SIGTERM, then SIGKILL after a grace period. It never runs
 //! `ray stop --force`, which would kill every Ray process on the host.
 
+use crate::supervision::Shutdown;
 use rustix::process::{Pid, PidfdFlags, Signal, kill_process_group, pidfd_open};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,9 +59,15 @@ pub enum RayNodeError {
         /// Why.
         error: std::io::Error,
     },
-    /// `ray start` failed.
-    #[error("`{command}` failed ({status}); its last output:\n{tail}")]
+    /// `ray start` failed. The message leads with the cause (the last
+    /// line of its output: Python's exception), then the command and the
+    /// output before it.
+    #[error(
+        "`ray start` failed: {cause} ({status}); command: `{command}`; its last output:\n{tail}"
+    )]
     StartFailed {
+        /// Ray's own words for what went wrong: its last output line.
+        cause: String,
         /// The command line.
         command: String,
         /// Its exit status.
@@ -79,6 +86,10 @@ pub enum RayNodeError {
     /// `ray start` did not return in time.
     #[error("`ray start` did not return within {0:?}")]
     Timeout(Duration),
+    /// A stop was requested while `ray start` ran: its process group was
+    /// stopped.
+    #[error("stopped while `ray start` ran")]
+    Stopped,
 }
 
 /// One daemon of the node.
@@ -162,6 +173,7 @@ impl RayNode {
         argv: &[String],
         env: &[(String, String)],
         start_timeout: Duration,
+        stop: Option<&Shutdown>,
     ) -> Result<Self, RayNodeError> {
         let program = argv.first().cloned().unwrap_or_default();
         let (mut child, tail) =
@@ -175,15 +187,32 @@ impl RayNode {
             program: program.clone(),
             error: std::io::Error::other("no pid"),
         })?;
-        let status = match tokio::time::timeout(start_timeout, child.wait()).await {
-            Ok(Ok(status)) => status,
-            Ok(Err(error)) => {
-                stop_group(pgid, Duration::from_secs(2)).await;
-                return Err(RayNodeError::Spawn { program, error });
+        // A stop request does not wait for `ray start` (which may hang
+        // ignoring SIGTERM): its whole group is stopped at once.
+        let stop_requested = async {
+            match stop {
+                Some(s) => s.requested().await,
+                None => std::future::pending().await,
             }
-            Err(_) => {
-                stop_group(pgid, Duration::from_secs(2)).await;
-                return Err(RayNodeError::Timeout(start_timeout));
+        };
+        let status = tokio::select! {
+            waited = tokio::time::timeout(start_timeout, child.wait()) => match waited {
+                Ok(Ok(status)) => status,
+                Ok(Err(error)) => {
+                    stop_group(pgid, Duration::from_secs(2), stop).await;
+                    return Err(RayNodeError::Spawn { program, error });
+                }
+                Err(_) => {
+                    stop_group(pgid, Duration::from_secs(2), stop).await;
+                    return Err(RayNodeError::Timeout(start_timeout));
+                }
+            },
+            () = stop_requested => {
+                tracing::info!(node = label, pgid = raw_pid, "stop requested while `ray start` runs: stopping its process group");
+                stop_group(pgid, Duration::from_secs(2), stop).await;
+                let _ = child.wait().await;
+                crate::supervision::reaper::release(raw_pid);
+                return Err(RayNodeError::Stopped);
             }
         };
         crate::supervision::reaper::release(raw_pid);
@@ -191,20 +220,22 @@ impl RayNode {
         // Let the output forwarders drain.
         tokio::time::sleep(Duration::from_millis(20)).await;
         if !status.success() {
-            stop_group(pgid, Duration::from_secs(5)).await;
-            let tail = tail
+            stop_group(pgid, Duration::from_secs(5), stop).await;
+            let lines = tail
                 .lock()
-                .map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n"))
+                .map(|t| t.iter().cloned().collect::<Vec<_>>())
                 .unwrap_or_default();
+            let cause = cause_of(&lines);
             return Err(RayNodeError::StartFailed {
+                cause,
+                tail: lines.join("\n"),
                 command: crate::start::ray_start::redact(argv).join(" "),
                 status: status.to_string(),
-                tail,
             });
         }
         let daemons = group_members(raw_pid);
         let Some(exit) = watch_vital(&daemons) else {
-            stop_group(pgid, Duration::from_secs(5)).await;
+            stop_group(pgid, Duration::from_secs(5), stop).await;
             return Err(RayNodeError::NoRaylet { pgid: raw_pid });
         };
         tracing::info!(
@@ -221,6 +252,30 @@ impl RayNode {
             started_at,
         })
     }
+}
+
+/// Ray's own words for why `ray start` failed: the last Python exception
+/// line of its output (`ValueError: ...`), else its last line.
+fn cause_of(lines: &[String]) -> String {
+    let is_exception = |line: &str| {
+        line.split_once(": ").is_some_and(|(kind, _)| {
+            !kind.is_empty()
+                && !kind.starts_with(' ')
+                && kind
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_')
+                && (kind.ends_with("Error")
+                    || kind.ends_with("Exception")
+                    || kind.ends_with("Exit"))
+        })
+    };
+    lines
+        .iter()
+        .rev()
+        .find(|l| is_exception(l))
+        .or_else(|| lines.iter().rev().find(|l| !l.trim().is_empty()))
+        .map(|l| l.trim().to_string())
+        .unwrap_or_else(|| "no output".to_string())
 }
 
 /// Watches the vital daemons (raylet, gcs_server) through pidfds; the
@@ -298,11 +353,12 @@ impl RayNode {
         }
     }
 
-    /// Stops the node's process group: SIGTERM, then SIGKILL after `grace`.
+    /// Stops the node's process group: SIGTERM, then SIGKILL after `grace`
+    /// or at once on a forced stop (a second SIGTERM) of `force`.
     /// Returns true when no process of the group is left.
-    pub async fn stop(&self, grace: Duration) -> bool {
+    pub async fn stop(&self, grace: Duration, force: Option<&Shutdown>) -> bool {
         tracing::info!(node = %self.label, pgid = self.pgid(), "stopping Ray node");
-        stop_group(self.pgid, grace).await
+        stop_group(self.pgid, grace, force).await
     }
 }
 
@@ -314,10 +370,12 @@ impl RayNode {
 /// 3. once no vital daemon (raylet, gcs_server) is left, the helpers
 ///    (autoscaler monitor, log monitor, dashboard) get one more second —
 ///    Ray's autoscaler monitor ignores SIGTERM — then SIGKILL;
-/// 4. SIGKILL to whatever is left when `grace` runs out.
+/// 4. SIGKILL to whatever is left when `grace` runs out, or as soon as
+///    `force` says the stop is forced (a second SIGTERM).
 ///
 /// Returns true when no process of the group is left.
-pub async fn stop_group(pgid: Pid, grace: Duration) -> bool {
+pub async fn stop_group(pgid: Pid, grace: Duration, force: Option<&Shutdown>) -> bool {
+    let forced = || force.is_some_and(Shutdown::is_forced);
     let raw = pgid.as_raw_nonzero().get();
     if group_settled(raw) {
         return true;
@@ -335,7 +393,9 @@ pub async fn stop_group(pgid: Pid, grace: Duration) -> bool {
         let _ = rustix::process::kill_process(*pid, Signal::TERM);
     }
     let raylet_deadline = start + grace.min(Duration::from_secs(3));
-    while Instant::now() < raylet_deadline && group_members(raw).iter().any(|d| d.name == "raylet")
+    while Instant::now() < raylet_deadline
+        && !forced()
+        && group_members(raw).iter().any(|d| d.name == "raylet")
     {
         reap_group(raw);
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -344,6 +404,13 @@ pub async fn stop_group(pgid: Pid, grace: Duration) -> bool {
     let _ = kill_process_group(pgid, Signal::TERM);
     let mut vitals_gone_at: Option<Instant> = None;
     while Instant::now() < deadline {
+        if forced() {
+            tracing::warn!(
+                pgid = raw,
+                "stop forced: sending SIGKILL to Ray's processes"
+            );
+            break;
+        }
         if group_settled(raw) {
             return true;
         }
@@ -362,7 +429,7 @@ pub async fn stop_group(pgid: Pid, grace: Duration) -> bool {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let left = group_members(raw);
-    if vital_alive(&left) {
+    if vital_alive(&left) && !forced() {
         tracing::warn!(
             pgid = raw,
             left = %left.iter().map(|d| format!("{}:{}", d.name, d.pid)).collect::<Vec<_>>().join(" "),
@@ -378,4 +445,28 @@ pub async fn stop_group(pgid: Pid, grace: Duration) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cause_of;
+
+    #[test]
+    fn the_exception_line_is_the_cause() {
+        let lines: Vec<String> = [
+            "Traceback (most recent call last):",
+            "  File \"x.py\", line 3, in start",
+            "ValueError: Ray component worker_ports is trying to use a port number 6379 that is used by other components.",
+            "Port information: {...}",
+            "If you allocate ports, please make sure the same port is not used by multiple components.",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert!(cause_of(&lines).starts_with("ValueError: Ray component worker_ports"));
+        assert_eq!(
+            cause_of(&["plain failure".to_string(), String::new()]),
+            "plain failure"
+        );
+        assert_eq!(cause_of(&[]), "no output");
+    }
 }

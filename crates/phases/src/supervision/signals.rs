@@ -60,6 +60,11 @@ impl Shutdown {
         *self.rx.borrow() > 0
     }
 
+    /// Whether a second stop request forced the stop.
+    pub fn is_forced(&self) -> bool {
+        *self.rx.borrow() > 1
+    }
+
     /// Resolves when a stop was requested.
     pub async fn requested(&self) {
         let mut rx = self.rx.clone();
