@@ -58,14 +58,18 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&cli.log);
-    match cli.command {
+    let code = match cli.command {
         Command::Plugin(cmd) => plugin::run(cmd),
         Command::Node(cmd) => node::run(cmd),
         Command::Wait(args) => wait::run(args),
         Command::Local(args) => local::run(*args),
         Command::Run(args) => run::run(args),
         Command::Plan(args) => run::plan(args),
-    }
+    };
+    // As a container's PID 1: nothing is left behind for the kernel's
+    // SIGKILL, and every orphan is reaped.
+    orchestrator_phases::supervision::drain_namespace(std::time::Duration::from_secs(5));
+    code
 }
 
 /// Runs a lifecycle (`run`, `local`) on a two-thread runtime and turns

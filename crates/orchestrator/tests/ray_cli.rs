@@ -531,3 +531,144 @@ wait-timeout-seconds = 120
     assert!(out.status.code().is_some(), "{}", w2_log.text());
     assert_nothing_left(&[&temp, "127.0.0.84", "127.0.0.85", "127.0.0.86"]);
 }
+
+/// Host pids of the children of `parent`, with their state letter.
+fn children_of(parent: i32) -> Vec<(i32, char)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        if fields.get(1).and_then(|p| p.parse::<i32>().ok()) == Some(parent) {
+            found.push((pid, fields[0].chars().next().unwrap_or('?')));
+        }
+    }
+    found
+}
+
+#[test]
+#[ignore = "needs Ray 2.60 and root (a PID namespace): run by `cargo xtask test`"]
+fn as_pid_1_it_reaps_orphans_and_leaves_nothing_on_sigterm() {
+    let (gcs, agent, metrics) = ports();
+    let endpoints = free_port().to_string();
+    let temp = format!("/tmp/ray-t{gcs}");
+    let dir = tempfile::tempdir().unwrap();
+    let unshare = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(env!("CARGO_BIN_EXE_orchestrator"))
+        .args([
+            "local",
+            "--workers",
+            "1",
+            "--head-ip",
+            "127.0.0.87",
+            "--gcs-port",
+            &gcs,
+            "--agent-port",
+            &agent,
+            "--metrics-port",
+            &metrics,
+            "--temp-dir",
+            &temp,
+            "--memory-mib",
+            "500",
+            "--object-store-mib",
+            "80",
+            "--endpoints-port",
+            &endpoints,
+        ])
+        .env("ORCHESTRATOR_RAY_BIN", ray_bin())
+        .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = Guard(vec![unshare.id() as i32]);
+    let mut unshare = unshare;
+    let log = Captured::stderr_of(&mut unshare);
+    let orchestrator = poll_until(
+        "the orchestrator in its namespace",
+        Duration::from_secs(10),
+        || {
+            children_of(unshare.id() as i32)
+                .first()
+                .map(|(pid, _)| *pid)
+        },
+    );
+    guard.0.push(orchestrator);
+    let nspid = std::fs::read_to_string(format!("/proc/{orchestrator}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("NSpid:"))
+        .map(str::to_string)
+        .unwrap();
+    assert!(
+        nspid.trim_end().ends_with("\t1"),
+        "PID 1 of its namespace: {nspid}"
+    );
+    readyz_until(
+        &format!("127.0.0.1:{endpoints}"),
+        200,
+        "ready",
+        Duration::from_secs(120),
+    );
+
+    // Two orphans re-parented to it: one exits after 1 s (a zombie unless
+    // reaped), one runs until it is told to stop and notes SIGTERM.
+    let noted = dir.path().join("got-term");
+    let script = format!(
+        "trap 'echo term > {}; exit 0' TERM; while true; do sleep 0.2; done",
+        noted.display()
+    );
+    let status = Command::new("nsenter")
+        .args([
+            "-t",
+            &orchestrator.to_string(),
+            "-p",
+            "-m",
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg(format!("sh -c \"{script}\" & sleep 1 & exit 0"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    poll_until(
+        "the orphans re-parented to PID 1",
+        Duration::from_secs(10),
+        || {
+            processes_with(&noted.display().to_string())
+                .into_iter()
+                .find(|(pid, _)| parent_of(*pid) == Some(orchestrator))
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let zombies: Vec<_> = children_of(orchestrator)
+        .into_iter()
+        .filter(|(_, state)| *state == 'Z')
+        .collect();
+    assert!(zombies.is_empty(), "orphans reaped: {zombies:?}");
+
+    signal(orchestrator, Sig::TERM);
+    let out = wait_with_deadline(unshare, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(0), "{}", log.text());
+    assert!(
+        noted.exists(),
+        "the orphan was stopped with SIGTERM by PID 1, not killed by the kernel:\n{}",
+        log.text()
+    );
+    assert_nothing_left(&[
+        &temp,
+        "127.0.0.87",
+        "127.0.0.88",
+        &noted.display().to_string(),
+    ]);
+}

@@ -36,3 +36,45 @@ pub fn prepare_process() -> std::io::Result<Shutdown> {
     }
     Ok(shutdown)
 }
+
+/// As PID 1 of a PID namespace (a container's init), ends what is still
+/// running in the namespace before the orchestrator exits, instead of
+/// leaving it to the kernel's SIGKILL: SIGTERM to every process, up to
+/// `grace` for them to exit while every child is reaped, then SIGKILL and a
+/// last reaping. Returns how many processes were reaped. Does nothing
+/// unless this process is PID 1.
+pub fn drain_namespace(grace: std::time::Duration) -> usize {
+    use rustix::process::{
+        Pid, Signal, WaitOptions, kill_process_group, test_kill_process_group, waitpid,
+    };
+    use std::time::{Duration, Instant};
+    if rustix::process::getpid() != Pid::INIT {
+        return 0;
+    }
+    // kill(-1, sig): every process this one may signal, which for the init
+    // of a PID namespace is every other process of the namespace and
+    // nothing outside it. (`kill_process_group` passes the negated pid; a
+    // "process group 1" is exactly -1.) Only ever reached as PID 1.
+    let everyone = |sig: Signal| kill_process_group(Pid::INIT, sig).is_ok();
+    let mut reaped = 0;
+    let mut reap_all = || {
+        while let Ok(Some(_)) = waitpid(None, WaitOptions::NOHANG) {
+            reaped += 1;
+        }
+    };
+    if everyone(Signal::TERM) {
+        tracing::info!("PID 1: SIGTERM sent to the processes left in the namespace");
+        let deadline = Instant::now() + grace;
+        // kill(-1, 0) fails (ESRCH) once nothing is left to signal.
+        while Instant::now() < deadline && test_kill_process_group(Pid::INIT).is_ok() {
+            reap_all();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if everyone(Signal::KILL) {
+            tracing::warn!("PID 1: processes still running {grace:?} after SIGTERM; SIGKILL sent");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    reap_all();
+    reaped
+}
