@@ -320,3 +320,127 @@ mod tests {
         assert_eq!(readings.validate().unwrap_err().field, "advertised-gpus");
     }
 }
+
+#[cfg(test)]
+mod hostile_inputs {
+    //! Property tests: any JSON value, and complete inputs with any field
+    //! swapped for any value, parse to an input that validates, or to an
+    //! error; never a panic.
+    use crate::{ClusterSnapshot, HealthSnapshot, LaunchRequest, NodeReadings, ScaleInput};
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|n| serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number)),
+            "\\PC{0,20}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z-]{1,24}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Parses and validates `value` as every input type.
+    fn every_input(value: &Value) {
+        if let Ok(v) = serde_json::from_value::<ClusterSnapshot>(value.clone()) {
+            let _ = v.validate();
+        }
+        if let Ok(v) = serde_json::from_value::<LaunchRequest>(value.clone()) {
+            let _ = v.validate();
+        }
+        if let Ok(v) = serde_json::from_value::<HealthSnapshot>(value.clone()) {
+            let _ = v.validate();
+        }
+        if let Ok(v) = serde_json::from_value::<NodeReadings>(value.clone()) {
+            let _ = v.validate();
+        }
+        if let Ok(v) = serde_json::from_value::<ScaleInput>(value.clone()) {
+            let _ = v.validate();
+        }
+    }
+
+    /// Every object field of `value`, by path, in order.
+    fn paths(value: &Value, at: Vec<String>, out: &mut Vec<Vec<String>>) {
+        match value {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    let mut here = at.clone();
+                    here.push(k.clone());
+                    out.push(here.clone());
+                    paths(v, here, out);
+                }
+            }
+            Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    let mut here = at.clone();
+                    here.push(i.to_string());
+                    paths(v, here, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn replace(value: &mut Value, path: &[String], new: Value) {
+        let Some((first, rest)) = path.split_first() else {
+            *value = new;
+            return;
+        };
+        let next = match value {
+            Value::Object(map) => map.get_mut(first),
+            Value::Array(items) => first.parse::<usize>().ok().and_then(|i| items.get_mut(i)),
+            _ => None,
+        };
+        if let Some(next) = next {
+            replace(next, rest, new);
+        }
+    }
+
+    fn samples() -> Vec<Value> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/snapshots");
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .map(|p| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_json_is_an_input_or_an_error(value in json()) {
+            every_input(&value);
+        }
+
+        #[test]
+        fn a_sample_with_any_field_swapped_is_an_input_or_an_error(
+            which in any::<prop::sample::Index>(),
+            field in any::<prop::sample::Index>(),
+            new in json(),
+        ) {
+            let samples = samples();
+            let mut value = samples[which.index(samples.len())].clone();
+            let mut all = Vec::new();
+            paths(&value, vec![], &mut all);
+            if !all.is_empty() {
+                let path = all[field.index(all.len())].clone();
+                replace(&mut value, &path, new);
+            }
+            every_input(&value);
+        }
+    }
+}

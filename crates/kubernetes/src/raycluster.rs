@@ -457,8 +457,11 @@ pub const AIBRIX_MODEL_LABEL: &str = "model.aibrix.ai/name";
 pub fn aibrix_model_label(text: &str) -> Option<String> {
     use serde::Deserialize;
     for document in serde_yaml::Deserializer::from_str(text) {
+        // After a document that does not parse, serde_yaml's iterator
+        // yields the same error for ever: stop there (found by the
+        // property test below; it hung on any malformed YAML).
         let Ok(value) = serde_json::Value::deserialize(document) else {
-            continue;
+            return None;
         };
         if value["kind"].as_str() != Some("RayClusterFleet") {
             continue;
@@ -561,5 +564,97 @@ mod tests {
         let mut s = g(Some(2), None, None, None);
         s.suspend = Some(true);
         assert_eq!(s.desired_pods(), 0);
+    }
+}
+
+#[cfg(test)]
+mod hostile_manifests {
+    //! Property tests: any text, and the shipped manifests with any value
+    //! swapped in anywhere, give a topology or an error, never a panic.
+    use super::*;
+    use proptest::prelude::*;
+
+    const SHIPPED: [&str; 3] = [
+        include_str!("../../../deploy/kuberay/raycluster.yaml"),
+        include_str!("../../../deploy/kuberay/raycluster-autoscaling.yaml"),
+        include_str!("../../../deploy/aibrix/rayclusterfleet.yaml"),
+    ];
+
+    /// Hostile scalars: negative, huge, fractional and non-numeric
+    /// replicas and quantities.
+    fn hostile_scalar() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("-1".to_string()),
+            Just("1e308".to_string()),
+            Just("18446744073709551616".to_string()),
+            Just("0.5".to_string()),
+            Just("\"-3Gi\"".to_string()),
+            Just("\"1e9999\"".to_string()),
+            Just("null".to_string()),
+            Just("[]".to_string()),
+            Just("{}".to_string()),
+            "[a-zA-Z0-9.+-]{0,12}",
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|n| format!("{n}")),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Includes malformed YAML after a valid document, on which
+        /// `aibrix_model_label` used to loop for ever.
+        #[test]
+        fn any_text_is_a_topology_or_an_error(text in "\\PC{0,400}") {
+            let _ = topology_from_yaml(&text);
+            let _ = aibrix_model_label(&text);
+        }
+
+        #[test]
+        fn shipped_manifests_with_any_value_swapped_never_panic(
+            which in 0..SHIPPED.len(),
+            line in any::<prop::sample::Index>(),
+            value in hostile_scalar(),
+        ) {
+            let text = SHIPPED[which];
+            let lines: Vec<&str> = text.lines().collect();
+            let at = line.index(lines.len());
+            let swapped: Vec<String> = lines
+                .iter()
+                .enumerate()
+                .map(|(i, l)| match (i == at, l.split_once(": ")) {
+                    (true, Some((key, _))) => format!("{key}: {value}"),
+                    _ => l.to_string(),
+                })
+                .collect();
+            if let Ok(topology) = topology_from_yaml(&swapped.join("\n")) {
+                prop_assert!(topology.gpus.is_finite() || topology.gpus.is_nan() || topology.gpus.is_infinite());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod corpus {
+    //! Inputs that once hung or crashed, kept as plain tests.
+    use super::*;
+
+    #[test]
+    fn malformed_yaml_ends_the_label_search() {
+        for text in [
+            "'unterminated",
+            "kind: RayCluster\n---\n{[",
+            "a: b\n---\n\"x\n",
+            "{|Ѩ m1{ [`Ýt",
+        ] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let owned = text.to_string();
+            std::thread::spawn(move || {
+                let _ = tx.send(aibrix_model_label(&owned));
+            });
+            let answer = rx.recv_timeout(std::time::Duration::from_secs(5));
+            assert_eq!(answer, Ok(None), "{text:?}");
+            assert!(topology_from_yaml(text).is_err(), "{text:?}");
+        }
     }
 }

@@ -1044,3 +1044,67 @@ mod tests {
         assert_eq!(t.groups.len(), 1);
     }
 }
+
+#[cfg(test)]
+mod hostile_configuration {
+    //! Property tests: any configuration text, environment override and
+    //! `--set` loads or is refused with an error; never a panic.
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Paths that exist, so values reach the typed fields.
+    const PATHS: [&str; 14] = [
+        "role",
+        "open-file-limit",
+        "endpoints-port",
+        "backend",
+        "ray.num-cpus",
+        "ray.num-gpus",
+        "ray.memory",
+        "ray.gcs-address",
+        "ray.extra-args",
+        "cluster.nodes",
+        "cluster.wait-timeout-seconds",
+        "serve.model",
+        "native.rank",
+        "plugins.call-timeout-ms",
+    ];
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("-1".to_string()),
+            Just("1e400".to_string()),
+            Just("nan".to_string()),
+            Just("18446744073709551616".to_string()),
+            Just("\"\"".to_string()),
+            Just("[1, \"a\", {}]".to_string()),
+            Just("{ a = { b = 1 } }".to_string()),
+            Just("\"$(id)\"".to_string()),
+            "\\PC{0,30}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_text_loads_or_is_refused(text in "\\PC{0,300}") {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("c.toml");
+            std::fs::write(&file, &text).unwrap();
+            let _ = Config::load(Some(&file), Vec::<(String, String)>::new(), &[]);
+        }
+
+        #[test]
+        fn any_override_loads_or_is_refused(
+            path in prop::sample::select(PATHS.to_vec()),
+            raw_path in "\\PC{0,20}",
+            set in value(),
+            env in value(),
+        ) {
+            let env_key = format!("{ENV_PREFIX}{}", path.to_uppercase().replace('.', "__").replace('-', "_"));
+            let sets = [format!("{path}={set}"), format!("{raw_path}={set}"), raw_path.clone()];
+            let _ = Config::load(None, vec![(env_key, env)], &sets);
+        }
+    }
+}
