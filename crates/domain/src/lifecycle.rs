@@ -122,6 +122,9 @@ pub enum EventReason {
     NodeUnhealthy,
     /// A node's health reports stopped arriving.
     NodeHealthStale,
+    /// The head's GCS answers as a new cluster (the head restarted without
+    /// GCS fault tolerance): this worker restarts its Ray node into it.
+    RejoiningCluster,
 }
 
 impl EventReason {
@@ -144,6 +147,7 @@ impl EventReason {
             Self::PolicyFailed => "PolicyFailed",
             Self::NodeUnhealthy => "NodeUnhealthy",
             Self::NodeHealthStale => "NodeHealthStale",
+            Self::RejoiningCluster => "RejoiningCluster",
         }
     }
 

@@ -67,7 +67,30 @@ impl ClusterView {
     /// A view of `nodes` in the view's order.
     pub fn from_nodes(mut nodes: Vec<Node>) -> Self {
         nodes.sort_by(Self::order);
-        Self { nodes }
+        let mut view = Self { nodes };
+        view.retire_superseded_heads();
+        view
+    }
+
+    /// A cluster has one head. After a GCS restart with fault tolerance
+    /// (Redis), the recovered node table still holds the previous head as
+    /// alive until the GCS's health checks give up on it; a head older
+    /// than the newest alive head is that leftover and counts as dead, so
+    /// the new head's wait and launch see the cluster that exists.
+    fn retire_superseded_heads(&mut self) {
+        let newest = self
+            .nodes
+            .iter()
+            .filter(|n| n.alive && n.is_head)
+            .map(|n| n.start_time_ms)
+            .max();
+        if let Some(newest) = newest {
+            for node in &mut self.nodes {
+                if node.is_head && node.alive && node.start_time_ms < newest {
+                    node.alive = false;
+                }
+            }
+        }
     }
 
     /// Applies one change in place, keeping the order.
@@ -119,6 +142,7 @@ impl ClusterView {
         if !self.nodes.is_sorted_by(|a, b| Self::order(a, b).is_le()) {
             self.nodes.sort_by(Self::order);
         }
+        self.retire_superseded_heads();
     }
 }
 
@@ -202,5 +226,23 @@ mod tests {
         assert_eq!(view, expected);
         assert_eq!(view.nodes[0].id, node(0, true).id, "head first");
         assert_eq!(view.alive().count(), 4);
+    }
+
+    #[test]
+    fn a_head_older_than_the_newest_alive_head_counts_as_dead() {
+        // The recovered table after a GCS restart: the old head (older
+        // start time) still alive, the new head, a worker.
+        let old_head = node(5, true);
+        let new_head = node(1, true);
+        let view =
+            ClusterView::from_nodes(vec![old_head.clone(), node(7, false), new_head.clone()]);
+        let alive: Vec<&str> = view.alive().map(|n| n.id.as_str()).collect();
+        assert_eq!(alive, [new_head.id.as_str(), node(7, false).id.as_str()]);
+        // The same when the new head arrives as a push.
+        let mut view = ClusterView::from_nodes(vec![old_head.clone(), node(7, false)]);
+        assert_eq!(view.alive().count(), 2, "one head: nothing retired");
+        view.apply(&MembershipChange::Joined(new_head.clone()));
+        assert!(!view.nodes.iter().any(|n| n.id == old_head.id && n.alive));
+        assert_eq!(view.alive().count(), 2);
     }
 }

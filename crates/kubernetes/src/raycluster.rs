@@ -61,6 +61,12 @@ pub struct RayClusterSpec {
     /// them; KubeRay's autoscaler does).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaler_options: Option<serde_json::Value>,
+    /// `gcsFaultToleranceOptions`, kept as written: KubeRay turns them into
+    /// the head's `RAY_REDIS_ADDRESS`, `REDIS_PASSWORD` and
+    /// `--redis-password=$REDIS_PASSWORD` (which the orchestrator expands)
+    /// and the workers' reconnect timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gcs_fault_tolerance_options: Option<serde_json::Value>,
 }
 
 /// `spec.headGroupSpec`.

@@ -532,10 +532,33 @@ fn every_mounted_config_is_accepted_by_plan_in_its_container() {
                 "10.244.2.7"
             };
             let mut env = container_env(c, pod_ip, &format!("{cluster_name}-{role}-x7k2p"));
-            env.push((
-                "KUBERAY_GEN_RAY_START_CMD".into(),
-                kuberay_command(role, cluster_name, params, c),
-            ));
+            let mut command = kuberay_command(role, cluster_name, params, c);
+            // What KubeRay adds for gcsFaultToleranceOptions: on the head the
+            // Redis address, the password from its Secret and
+            // `--redis-password=$REDIS_PASSWORD` in the command; on workers
+            // the raylets' reconnect timeout.
+            let ft = spec.gcs_fault_tolerance_options.as_ref();
+            if let Some(ft) = ft {
+                if role == "head" {
+                    let secret = &ft["redisPassword"]["valueFrom"]["secretKeyRef"];
+                    assert!(
+                        secret["name"].is_string() && secret["key"].is_string(),
+                        "{at}: {ft}"
+                    );
+                    env.push(("REDIS_PASSWORD".into(), "from-the-secret".into()));
+                    env.push((
+                        "RAY_REDIS_ADDRESS".into(),
+                        ft["redisAddress"].as_str().unwrap().into(),
+                    ));
+                    command.push_str(" --redis-password=$REDIS_PASSWORD");
+                } else {
+                    env.push((
+                        "RAY_gcs_rpc_server_reconnect_timeout_s".into(),
+                        "600".into(),
+                    ));
+                }
+            }
+            env.push(("KUBERAY_GEN_RAY_START_CMD".into(), command));
             let mut sets = vec![];
             // A custom policy: materialize its ConfigMap the way
             // `kubectl create configmap --from-file` stores it (binaryData)
@@ -588,6 +611,17 @@ fn every_mounted_config_is_accepted_by_plan_in_its_container() {
                 "{at}: {argv:?}"
             );
             assert_eq!(plan["start"]["from-kuberay-command"], true, "{at}");
+            if ft.is_some() && role == "head" {
+                // Expanded from the environment, and never shown.
+                assert!(
+                    argv.contains(&"--redis-password=<redacted>".to_string()),
+                    "{at}: {argv:?}"
+                );
+                assert!(
+                    !stdout.contains("from-the-secret"),
+                    "{at}: the password is shown"
+                );
+            }
             if role == "head" {
                 assert!(argv.contains(&"--head".to_string()), "{at}: {argv:?}");
                 assert_eq!(plan["kubernetes"]["enabled"], true, "{at}");

@@ -672,3 +672,224 @@ fn as_pid_1_it_reaps_orphans_and_leaves_nothing_on_sigterm() {
         &noted.display().to_string(),
     ]);
 }
+
+#[test]
+#[ignore = "needs Ray 2.60: run by `cargo xtask test`"]
+fn a_ray_head_left_by_a_sigkilled_orchestrator_is_stopped_by_the_next_one() {
+    let (gcs, agent, metrics) = ports();
+    let endpoints = free_port().to_string();
+    let temp = format!("/tmp/ray-t{gcs}");
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "head.toml",
+        &format!(
+            r#"role = "head"
+endpoints-port = {endpoints}
+[ray]
+bin = "{ray}"
+gcs-port = {gcs}
+node-ip = "127.0.0.87"
+num-cpus = 1
+memory = 500000000
+object-store-memory = 80000000
+dashboard-agent-listen-port = {agent}
+metrics-export-port = {metrics}
+temp-dir = "{temp}"
+stop-grace-seconds = 5
+[cluster]
+nodes = 1
+wait-timeout-seconds = 60
+"#,
+            ray = ray_bin()
+        ),
+    );
+    let start = || {
+        orchestrator()
+            .args(["run", "--config", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let at = format!("127.0.0.1:{endpoints}");
+    let mut first = start();
+    let mut guard = Guard(vec![first.id() as i32]);
+    let first_log = Captured::stderr_of(&mut first);
+    readyz_until(&at, 200, "ready", Duration::from_secs(90));
+    let gcs_of = || {
+        processes_with(&format!("--gcs_server_port={gcs}"))
+            .into_iter()
+            .map(|(pid, _)| pid)
+            .next()
+    };
+    let old_gcs = gcs_of().expect("the GCS");
+    let old_raylet = raylet_of("127.0.0.87").expect("the raylet");
+    let record = format!("{temp}/orchestrator-head-127.0.0.87-{gcs}.json");
+    assert!(
+        std::path::Path::new(&record).is_file(),
+        "{}",
+        first_log.text()
+    );
+
+    // SIGKILL the orchestrator alone: its Ray head runs on unsupervised.
+    signal(first.id() as i32, Sig::KILL);
+    first.wait().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        is_alive(old_gcs) && is_alive(old_raylet),
+        "Ray outlives a SIGKILLed orchestrator"
+    );
+
+    // The next orchestrator stops what was left (by pid, not `ray stop`)
+    // and starts a head of its own instead of failing "already running".
+    let mut second = start();
+    guard.0.push(second.id() as i32);
+    let second_log = Captured::stderr_of(&mut second);
+    readyz_until(&at, 200, "ready", Duration::from_secs(90));
+    let log = second_log.text();
+    assert!(
+        log.contains("left its Ray node running: stopping it"),
+        "{log}"
+    );
+    assert!(!is_alive(old_gcs) && !is_alive(old_raylet), "{log}");
+    let new_gcs = gcs_of().expect("a new GCS");
+    assert_ne!(new_gcs, old_gcs);
+
+    // A clean stop removes the record: nothing for a third to act on.
+    signal(second.id() as i32, Sig::TERM);
+    let out = wait_with_deadline(second, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(0), "{}", second_log.text());
+    assert!(
+        !std::path::Path::new(&record).exists(),
+        "record left after a clean stop"
+    );
+    assert_nothing_left(&[&temp, "127.0.0.87"]);
+}
+
+#[test]
+#[ignore = "needs Ray 2.60: run by `cargo xtask test`"]
+fn without_gcs_fault_tolerance_a_worker_rejoins_a_restarted_head_without_exiting() {
+    let (gcs, agent, metrics) = ports();
+    let (agent2, metrics2, head_endpoints) = ports();
+    let worker_endpoints = free_port().to_string();
+    let temp = format!("/tmp/ray-t{gcs}");
+    let address = format!("127.0.0.88:{gcs}");
+    let dir = tempfile::tempdir().unwrap();
+    let head_config = write_config(
+        dir.path(),
+        "head.toml",
+        &format!(
+            r#"role = "head"
+endpoints-port = {head_endpoints}
+[ray]
+bin = "{ray}"
+gcs-port = {gcs}
+node-ip = "127.0.0.88"
+num-cpus = 1
+memory = 500000000
+object-store-memory = 80000000
+dashboard-agent-listen-port = {agent}
+metrics-export-port = {metrics}
+temp-dir = "{temp}"
+stop-grace-seconds = 5
+[cluster]
+nodes = 2
+wait-timeout-seconds = 120
+"#,
+            ray = ray_bin()
+        ),
+    );
+    let head_log = dir.path().join("head.log");
+    let start_head = || {
+        orchestrator()
+            .args(["run", "--config", head_config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&head_log).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let mut head = start_head();
+    let mut guard = Guard(vec![head.id() as i32]);
+    let mut worker = orchestrator()
+        .args([
+            "run",
+            "--role",
+            "worker",
+            "--set",
+            &format!("endpoints-port={worker_endpoints}"),
+            "--set",
+            &format!("ray.gcs-address=\"{address}\""),
+            "--set",
+            "ray.node-ip=\"127.0.0.89\"",
+            "--set",
+            "ray.memory=500000000",
+            "--set",
+            "ray.object-store-memory=80000000",
+            "--set",
+            &format!("ray.dashboard-agent-listen-port={agent2}"),
+            "--set",
+            &format!("ray.metrics-export-port={metrics2}"),
+            "--set",
+            "ray.stop-grace-seconds=5",
+            "--set",
+            &format!("ray.bin=\"{}\"", ray_bin()),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    guard.0.push(worker.id() as i32);
+    let worker_log = Captured::stderr_of(&mut worker);
+    let head_at = format!("127.0.0.1:{head_endpoints}");
+    let worker_at = format!("127.0.0.1:{worker_endpoints}");
+    readyz_until(&head_at, 200, "ready", Duration::from_secs(120));
+    readyz_until(&worker_at, 200, "ready", Duration::from_secs(60));
+    let old_raylet = raylet_of("127.0.0.89").expect("the worker's raylet");
+
+    // The head pod dies and a new one starts, with no Redis behind its
+    // GCS: a new cluster at the same address.
+    kill_tree(head.id() as i32);
+    head.wait().unwrap();
+    let restarted = std::time::Instant::now();
+    let head = start_head();
+    guard.0.push(head.id() as i32);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !worker_log.text().contains("in its table: a new cluster") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker did not see the new cluster:\n{}\n--- new head:\n{}",
+            worker_log.text(),
+            std::fs::read_to_string(&head_log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    readyz_until(&head_at, 200, "ready", Duration::from_secs(90));
+    readyz_until(&worker_at, 200, "ready", Duration::from_secs(30));
+    eprintln!(
+        "FIGURE rejoin head_restart_to_ready_s={:.1}",
+        restarted.elapsed().as_secs_f64()
+    );
+    assert!(
+        worker.try_wait().unwrap().is_none(),
+        "the worker's orchestrator exited"
+    );
+    let new_raylet = raylet_of("127.0.0.89").expect("the worker's new raylet");
+    assert_ne!(new_raylet, old_raylet, "the worker's Ray node restarted");
+    assert!(!is_alive(old_raylet), "the old raylet stopped");
+    assert!(
+        worker_log
+            .text()
+            .contains("restarting this node's Ray into it"),
+        "{}",
+        worker_log.text()
+    );
+
+    signal(head.id() as i32, Sig::TERM);
+    let out = wait_with_deadline(head, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(0));
+    signal(worker.id() as i32, Sig::TERM);
+    let out = wait_with_deadline(worker, Duration::from_secs(60));
+    assert!(out.status.code().is_some(), "{}", worker_log.text());
+    assert_nothing_left(&[&temp, "127.0.0.88", "127.0.0.89"]);
+}

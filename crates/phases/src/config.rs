@@ -188,6 +188,63 @@ pub struct RayConfig {
     pub stop_grace_seconds: u64,
     /// Environment variables for Ray's processes.
     pub env: BTreeMap<String, String>,
+    /// GCS fault tolerance (KubeRay's `gcsFaultToleranceOptions`): the
+    /// head's GCS keeps its tables in Redis, so a restarted head recovers
+    /// the cluster and the workers ride out the outage.
+    pub gcs_fault_tolerance: Option<GcsFaultTolerance>,
+}
+
+/// `[ray.gcs-fault-tolerance]`: one section for both roles. The head uses
+/// the Redis fields; every node uses the reconnect timeout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct GcsFaultTolerance {
+    /// `HOST:PORT` of the Redis the head's GCS writes to
+    /// (`RAY_REDIS_ADDRESS`); required on the head.
+    pub redis_address: Option<String>,
+    /// The environment variable holding Redis's password (passed as
+    /// `--redis-password`; never written into a file); unset: no password.
+    pub redis_password_env: Option<String>,
+    /// Keys the cluster's tables in Redis (`RAY_external_storage_namespace`);
+    /// a restarted head must use the same one to recover its cluster.
+    pub external_storage_namespace: Option<String>,
+    /// How long raylets keep trying to reach a GCS that went away
+    /// (`RAY_gcs_rpc_server_reconnect_timeout_s`; Ray's default is 60).
+    pub reconnect_timeout_seconds: u64,
+}
+
+impl Default for GcsFaultTolerance {
+    fn default() -> Self {
+        Self {
+            redis_address: None,
+            redis_password_env: None,
+            external_storage_namespace: None,
+            reconnect_timeout_seconds: 600,
+        }
+    }
+}
+
+impl GcsFaultTolerance {
+    /// The variables Ray's processes get for `role` (explicit `ray.env`
+    /// entries win over these).
+    pub fn env(&self, role: Role) -> Vec<(String, String)> {
+        let mut env = vec![(
+            "RAY_gcs_rpc_server_reconnect_timeout_s".to_string(),
+            self.reconnect_timeout_seconds.to_string(),
+        )];
+        if role == Role::Head {
+            if let Some(address) = &self.redis_address {
+                env.push(("RAY_REDIS_ADDRESS".to_string(), address.clone()));
+            }
+            if let Some(namespace) = &self.external_storage_namespace {
+                env.push((
+                    "RAY_external_storage_namespace".to_string(),
+                    namespace.clone(),
+                ));
+            }
+        }
+        env
+    }
 }
 
 impl Default for RayConfig {
@@ -213,6 +270,7 @@ impl Default for RayConfig {
             gcs_wait_seconds: 300,
             stop_grace_seconds: 10,
             env: BTreeMap::new(),
+            gcs_fault_tolerance: None,
         }
     }
 }
@@ -666,6 +724,36 @@ impl Config {
                 format!("is {addr:?}, not HOST:PORT"),
                 "write it like \"10.0.0.5:6379\"",
             ));
+        }
+        if let Some(ft) = &self.ray.gcs_fault_tolerance {
+            match &ft.redis_address {
+                None if self.role == Role::Head && !self.ray.use_kuberay_command => {
+                    return Err(invalid(
+                        "ray.gcs-fault-tolerance.redis-address",
+                        "is required on the head".into(),
+                        "set it to the Redis the GCS keeps its tables in, e.g. redis-address = \"redis:6379\"",
+                    ));
+                }
+                Some(addr)
+                    if addr
+                        .rsplit_once(':')
+                        .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) =>
+                {
+                    return Err(invalid(
+                        "ray.gcs-fault-tolerance.redis-address",
+                        format!("is {addr:?}, not HOST:PORT"),
+                        "write it like \"redis:6379\"",
+                    ));
+                }
+                _ => {}
+            }
+            if ft.reconnect_timeout_seconds == 0 {
+                return Err(invalid(
+                    "ray.gcs-fault-tolerance.reconnect-timeout-seconds",
+                    "is 0".into(),
+                    "give raylets time to reach a restarted GCS: KubeRay uses 600",
+                ));
+            }
         }
         if self.cluster.nodes == Some(0) {
             return Err(invalid(

@@ -103,7 +103,7 @@ impl std::fmt::Debug for GcsClient {
 }
 
 /// Timeout of one unary call.
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl GcsClient {
     /// Connects to `HOST:PORT` (one attempt, up to `connect_timeout`).

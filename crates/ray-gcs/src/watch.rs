@@ -20,10 +20,17 @@ pub fn watch_membership(address: String) -> mpsc::UnboundedReceiver<MembershipUp
         let mut known: BTreeMap<String, Node> = BTreeMap::new();
         let mut backoff = Duration::from_millis(50);
         loop {
+            let began = Instant::now();
             let result = tokio::select! {
-                r = session(&address, &tx, &mut known, &mut backoff) => r,
+                r = session(&address, &tx, &mut known) => r,
                 () = tx.closed() => return,
             };
+            // A session that lasted was a healthy one: retry at once. One
+            // that broke early (a GCS that answers the snapshot but not
+            // the long poll) backs off, so it is never a busy loop.
+            if began.elapsed() >= HEALTHY_SESSION {
+                backoff = Duration::from_millis(50);
+            }
             let error = match result {
                 Ok(()) => "the GCS restarted (its publisher id changed); taking a fresh snapshot"
                     .to_string(),
@@ -44,6 +51,9 @@ pub fn watch_membership(address: String) -> mpsc::UnboundedReceiver<MembershipUp
     });
     rx
 }
+
+/// How long a session must last for the next reconnect to be immediate.
+const HEALTHY_SESSION: Duration = Duration::from_secs(5);
 
 fn view_of(known: &BTreeMap<String, Node>) -> ClusterView {
     ClusterView::from_nodes(known.values().cloned().collect())
@@ -78,7 +88,6 @@ async fn session(
     address: &str,
     tx: &mpsc::UnboundedSender<MembershipUpdate>,
     known: &mut BTreeMap<String, Node>,
-    backoff: &mut Duration,
 ) -> Result<(), GcsError> {
     let client = GcsClient::connect(address, Duration::from_secs(2)).await?;
     let mut pubsub = client.pubsub();
@@ -101,6 +110,10 @@ async fn session(
         }],
         sender_id: vec![],
     };
+    // Bounded: a GCS that takes the connection but never answers is
+    // reported (and retried), not waited on for ever.
+    let mut subscribe = tonic::Request::new(subscribe);
+    subscribe.set_timeout(crate::CALL_TIMEOUT);
     let reply = pubsub
         .gcs_subscriber_command_batch(subscribe)
         .await
@@ -129,7 +142,6 @@ async fn session(
         fresh.insert(node.id.clone(), node);
     }
     *known = fresh;
-    *backoff = Duration::from_millis(50);
     tracing::debug!(
         address,
         nodes = known.len(),

@@ -451,9 +451,15 @@ pub fn gcs_nodes(address: &str) -> Vec<orchestrator_domain::Node> {
 /// Every live descendant of this process (children, their children, ...):
 /// with this process a subreaper, orphans of what it started count too.
 pub fn descendants() -> Vec<procfs::ProcEntry> {
+    descendants_of(std::process::id() as i32)
+}
+
+#[cfg(feature = "cluster")]
+/// Every live descendant of `root`.
+pub fn descendants_of(root: i32) -> Vec<procfs::ProcEntry> {
     let all = procfs::processes();
     let mut found: Vec<procfs::ProcEntry> = Vec::new();
-    let mut parents = vec![std::process::id() as i32];
+    let mut parents = vec![root];
     while let Some(parent) = parents.pop() {
         for p in all.iter().filter(|p| p.ppid == parent && !p.is_zombie()) {
             if !found.iter().any(|f| f.pid == p.pid) {
@@ -463,6 +469,36 @@ pub fn descendants() -> Vec<procfs::ProcEntry> {
         }
     }
     found
+}
+
+#[cfg(feature = "cluster")]
+/// A pod's death for `root` and everything under it: each process frozen
+/// with SIGSTOP (so none forks or notices another's death), then all
+/// SIGKILLed at once. Returns the pids killed, `root` first.
+pub fn kill_tree(root: i32) -> Vec<i32> {
+    signal(root, Signal::STOP);
+    let mut frozen = vec![root];
+    loop {
+        let more: Vec<i32> = frozen
+            .iter()
+            .flat_map(|p| descendants_of(*p))
+            .map(|p| p.pid)
+            .filter(|p| !frozen.contains(p))
+            .collect();
+        if more.is_empty() {
+            break;
+        }
+        for pid in more {
+            if !frozen.contains(&pid) {
+                signal(pid, Signal::STOP);
+                frozen.push(pid);
+            }
+        }
+    }
+    for pid in &frozen {
+        signal(*pid, Signal::KILL);
+    }
+    frozen
 }
 
 #[cfg(feature = "cluster")]

@@ -182,22 +182,43 @@ fn ensure_toolchain() -> Result<()> {
 /// `$ORCHESTRATOR_REGISTRY_BIN`, `docker-registry` on the PATH, or Debian's
 /// `docker-registry` package installed with apt on first use.
 fn registry_server() -> Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("ORCHESTRATOR_REGISTRY_BIN") {
+    debian_program(
+        "ORCHESTRATOR_REGISTRY_BIN",
+        "docker-registry",
+        "docker-registry",
+        "Debian's CNCF distribution registry, for the OCI tests",
+    )
+}
+
+/// The Redis server that the GCS fault-tolerance test starts on loopback:
+/// `$ORCHESTRATOR_REDIS_BIN`, `redis-server` on the PATH, or Debian's
+/// `redis-server` package installed with apt on first use.
+fn redis_server() -> Result<PathBuf> {
+    debian_program(
+        "ORCHESTRATOR_REDIS_BIN",
+        "redis-server",
+        "redis-server",
+        "the Redis that Ray's GCS fault tolerance keeps its tables in",
+    )
+}
+
+/// A program from `$variable`, the PATH, or Debian's `package` (installed
+/// with apt, through sudo unless root, on first use).
+fn debian_program(variable: &str, program: &str, package: &str, why: &str) -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os(variable) {
         return Ok(PathBuf::from(bin));
     }
     let on_path = || {
         std::env::var_os("PATH").and_then(|path| {
             std::env::split_paths(&path)
-                .map(|dir| dir.join("docker-registry"))
+                .map(|dir| dir.join(program))
                 .find(|bin| bin.is_file())
         })
     };
     if let Some(bin) = on_path() {
         return Ok(bin);
     }
-    step(
-        "apt-get install docker-registry (Debian's CNCF distribution registry, for the OCI tests)",
-    );
+    step(&format!("apt-get install {package} ({why})"));
     let root = Command::new("id")
         .arg("-u")
         .output()
@@ -214,24 +235,19 @@ fn registry_server() -> Result<PathBuf> {
         command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
         command
     };
-    let install = [
-        "install",
-        "-y",
-        "--no-install-recommends",
-        "docker-registry",
-    ];
+    let install = ["install", "-y", "--no-install-recommends", package];
     if run(&mut apt(&install)).is_err() {
         run(&mut apt(&["update"]))?;
         run(&mut apt(&install))?;
     }
     on_path()
         .or_else(|| {
-            let bin = PathBuf::from("/usr/bin/docker-registry");
+            let bin = Path::new("/usr/bin").join(program);
             bin.is_file().then_some(bin)
         })
-        .context(
-            "docker-registry is not on the PATH after installing it: set ORCHESTRATOR_REGISTRY_BIN",
-        )
+        .with_context(|| {
+            format!("{program} is not on the PATH after installing it: set {variable}")
+        })
 }
 
 /// The Python venv with the pinned Ray (python/requirements-ray.txt),
@@ -540,6 +556,20 @@ fn test() -> Result<()> {
         .env("ORCHESTRATOR_RAY_BIN", venv.join("bin/ray"))
         .env("ORCHESTRATOR_VLLM_BIN", venv.join("bin/vllm"))
         .env("ORCHESTRATOR_TINY_MODEL", &model))?;
+    let redis = redis_server()?;
+    step("a head restart with GCS fault tolerance: real Redis, Ray and vLLM");
+    run(workspace("test")
+        .args([
+            "--test",
+            "gcs_fault_tolerance",
+            "--",
+            "--include-ignored",
+            "--test-threads=1",
+        ])
+        .env("ORCHESTRATOR_RAY_BIN", venv.join("bin/ray"))
+        .env("ORCHESTRATOR_VLLM_BIN", venv.join("bin/vllm"))
+        .env("ORCHESTRATOR_TINY_MODEL", &model)
+        .env("ORCHESTRATOR_REDIS_BIN", &redis))?;
     step("end-to-end tests of the native backend with real vLLM, no Ray (one at a time)");
     run(workspace("test")
         .args([

@@ -300,11 +300,13 @@ pub(crate) async fn accept_loop(listener: TcpListener, serve: Serve) {
                 () = idle => {}
                 () = close.notified() => {}
             }
+            // Counted until its socket is closed: a lingering connection
+            // holds an fd too (the bound evicts it like any idle one).
+            linger(&shared.stream).await;
             open.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .conns
                 .remove(&id);
-            linger(&shared.stream).await;
         });
     }
 }

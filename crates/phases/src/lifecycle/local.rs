@@ -166,6 +166,7 @@ impl Plan {
                 env,
                 stagger: cluster.worker_delay,
                 timeout: Duration::from_secs(120),
+                record: None,
             },
             join: None,
             membership: Arc::new(RayGcs::new(format!(

@@ -352,13 +352,44 @@ impl Lifecycle {
                 || Arc::clone(&self.plan.membership),
                 |j| Arc::clone(&j.cluster),
             );
-            let follow =
-                follow_membership(source, Follow::OwnNode { address }, Arc::clone(&status));
-            return tokio::select! {
-                exit = supervise_worker(nodes, shutdown, &status, own, grace) => exit,
-                // The watch retries for ever; it ends only with the runtime.
-                () = follow => std::future::pending().await,
-            };
+            loop {
+                let follow = follow_membership(
+                    Arc::clone(&source),
+                    Follow::OwnNode {
+                        address: address.clone(),
+                    },
+                    Arc::clone(&status),
+                );
+                tokio::select! {
+                    exit = supervise_worker(nodes, shutdown, &status, own.clone(), grace) => return exit,
+                    // Ends only when the head's GCS came back as a new
+                    // cluster: this node's Ray is restarted into it.
+                    () = follow => {}
+                }
+                let message = format!(
+                    "the head's GCS ({}) came back as a new cluster without this node (the head restarted without GCS fault tolerance): restarting this node's Ray into it",
+                    source.describe()
+                );
+                tracing::warn!("{message}");
+                status.event(EventReason::RejoiningCluster, message);
+                let restarted = tokio::select! {
+                    r = nodes.restart_first(&self.plan.start, self.plan.stop_grace, Some(shutdown)) => r,
+                    () = shutdown.requested() => return Exit::ok(),
+                };
+                if let Err(e) = restarted {
+                    let message = format!("cannot rejoin the new cluster: {e}");
+                    status.fail(EventReason::RayExited, message.clone());
+                    return Exit::failed(1, message);
+                }
+                if let (Some(reporter), Some(node)) = (&self.reporter, nodes.running().first()) {
+                    report_on(&self.plan.start, reporter, node);
+                }
+                status.health(
+                    VerdictKind::Healthy,
+                    "worker: Ray node running".into(),
+                    true,
+                );
+            }
         };
         let (ready, early) = match self.wait(&wait, nodes, shutdown, kubernetes).await {
             Waited::Ready(ready, early) => (ready, early),
@@ -685,6 +716,12 @@ enum Follow {
 /// so a node that dies, a node the GCS declared dead (a frozen raylet) or
 /// a GCS that went away shows within one update, not when a raylet exits
 /// a minute later (or never). Runs until the watch ends.
+///
+/// For a worker it returns when the GCS, after a lost connection, answers
+/// with a snapshot that does not hold this node at all: a new cluster at
+/// the head's address (a head restarted without GCS fault tolerance, whose
+/// GCS has never heard of this node; with fault tolerance the recovered
+/// GCS still holds it). Otherwise it runs until the watch ends.
 async fn follow_membership(
     source: Arc<dyn crate::membership::MembershipSource>,
     rule: Follow,
@@ -694,12 +731,25 @@ async fn follow_membership(
     let mut updates = source.watch();
     let mut view = ClusterView::default();
     let mut last: Option<(bool, String)> = None;
+    let mut was_lost = false;
     while let Some(update) = updates.recv().await {
         let lost = match &update.source {
             UpdateSource::Disconnected { error } => Some(error.clone()),
             _ => None,
         };
+        let fresh_snapshot = was_lost && update.source == UpdateSource::Snapshot;
+        was_lost = lost.is_some() || (was_lost && !fresh_snapshot);
         update.apply_into(&mut view);
+        if let Follow::OwnNode { address } = &rule
+            && fresh_snapshot
+            && !view.nodes.iter().any(|n| &n.address == address)
+        {
+            tracing::warn!(
+                nodes = view.nodes.len(),
+                "the GCS came back without this node ({address}) in its table: a new cluster"
+            );
+            return;
+        }
         let alive = view.alive().count() as u32;
         let (ready, text) = match (&rule, lost) {
             (_, Some(error)) => (false, format!("GCS connection lost: {error}")),

@@ -145,14 +145,10 @@ impl Plan {
                     label: config.role.name().to_string(),
                     argv: start.argv(),
                 }],
-                env: config
-                    .ray
-                    .env
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
+                env: ray_env(config),
                 stagger: Duration::ZERO,
                 timeout: Duration::from_secs(300),
+                record: Some(record_spec(config)),
             },
             join,
             membership: Arc::new(RayGcs::new(head_gcs_address(config))),
@@ -180,6 +176,46 @@ impl Plan {
             prefetch: config.serve.prefetch.clone(),
         })
     }
+}
+
+/// Where this node is recorded for the next orchestrator on the machine:
+/// Ray's temp dir, named by role, node address and the head's GCS port
+/// (head) or the endpoints port (worker), which one host cannot share.
+fn record_spec(config: &Config) -> crate::start::RecordSpec {
+    let temp_dir = config
+        .ray
+        .temp_dir
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from("/tmp/ray"));
+    let port = match config.role {
+        Role::Head => config.ray.gcs_port,
+        Role::Worker => config.endpoints_port,
+    };
+    crate::start::RecordSpec {
+        path: crate::start::leftover::record_path(
+            &temp_dir,
+            config.role.name(),
+            config.ray.node_ip.as_deref().unwrap_or("default"),
+            port,
+        ),
+        temp_dir,
+        grace: Duration::from_secs(config.ray.stop_grace_seconds),
+        gcs_address: (config.role == Role::Head).then(|| head_gcs_address(config)),
+    }
+}
+
+/// The environment of Ray's processes: what GCS fault tolerance needs,
+/// then `ray.env` (which wins).
+fn ray_env(config: &Config) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = config
+        .ray
+        .gcs_fault_tolerance
+        .as_ref()
+        .map(|ft| ft.env(config.role))
+        .unwrap_or_default();
+    env.retain(|(k, _)| !config.ray.env.contains_key(k));
+    env.extend(config.ray.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env
 }
 
 /// What `orchestrator plan` prints: the start argv and env, the wait, the
@@ -239,7 +275,7 @@ pub fn describe(
         "open-file-limit": config.open_file_limit,
         "start": {
             "argv": start.argv_redacted(),
-            "env": config.ray.env,
+            "env": ray_env(config).into_iter().collect::<std::collections::BTreeMap<_, _>>(),
             "from-kuberay-command": config.ray.use_kuberay_command,
         },
         "wait": match config.role {

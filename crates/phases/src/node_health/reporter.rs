@@ -102,7 +102,8 @@ impl Reporter {
         }
     }
 
-    /// Checks one more node of this process from now on.
+    /// Checks one more node of this process from now on; a node with the
+    /// same label is replaced (it was started again).
     pub fn add(&self, label: &str, target: HostTarget) {
         let _ = self.add.send((label.to_string(), target));
     }
@@ -165,6 +166,9 @@ async fn run(
                 gpus_open = changed.is_ok();
             }
             Some((label, target)) = added.recv() => {
+                // A node started again (a worker rejoining a new cluster)
+                // replaces its old entry: new raylet, new node id.
+                nodes.retain(|n| n.label != label);
                 nodes.push(Checked {
                     label,
                     target,

@@ -4,6 +4,7 @@
 //! background while the wait phase already runs. Entry point:
 //! [`RayNodes::start`].
 
+pub mod leftover;
 mod limits;
 pub mod ray_node;
 pub mod ray_start;
@@ -38,6 +39,22 @@ pub struct StartPlan {
     pub stagger: Duration,
     /// How long one `ray start` may take.
     pub timeout: Duration,
+    /// Where the first node is recorded for the next orchestrator on this
+    /// machine (`run`; `local` stops its own nodes).
+    pub record: Option<RecordSpec>,
+}
+
+/// Where a node's record lives ([`leftover`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordSpec {
+    /// The record file.
+    pub path: std::path::PathBuf,
+    /// Ray's temp dir (its `session_latest` names the session).
+    pub temp_dir: std::path::PathBuf,
+    /// How long a leftover node gets after SIGTERM.
+    pub grace: Duration,
+    /// The head's own GCS address (`None` on a worker).
+    pub gcs_address: Option<String>,
 }
 
 /// Raises the open-file limit to `want` and logs what it achieved.
@@ -61,6 +78,8 @@ pub fn raise_open_file_limit(want: u64) {
 /// The Ray nodes started so far, and those still being started.
 pub struct RayNodes {
     nodes: Vec<RayNode>,
+    /// The record written for the first node, removed once it is stopped.
+    record: Option<std::path::PathBuf>,
     late: mpsc::UnboundedReceiver<Result<RayNode, RayNodeError>>,
     stop_starting: watch::Sender<bool>,
     starter: Option<JoinHandle<()>>,
@@ -80,12 +99,54 @@ impl RayNodes {
         let (late_tx, late) = mpsc::unbounded_channel();
         let (stop_starting, mut stop_rx) = watch::channel(false);
         let mut nodes = Vec::new();
+        let mut record = None;
         let mut rest = plan.nodes.iter();
         if let Some(first) = rest.next() {
+            let write_record = match &plan.record {
+                Some(spec) => {
+                    match leftover::NodeRecord::clear_leftover(&spec.path, spec.grace).await {
+                        leftover::Leftover::Supervised { orchestrator } => {
+                            tracing::warn!(
+                                record = %spec.path.display(),
+                                "another orchestrator (pid {orchestrator}) runs a Ray node here; if `ray start` says \"already running\", stop that one first"
+                            );
+                            None
+                        }
+                        leftover::Leftover::Stopped {
+                            all_gone: false,
+                            pids,
+                        } => {
+                            tracing::warn!(pids = ?pids, "the previous Ray node did not stop completely");
+                            Some(spec)
+                        }
+                        _ => Some(spec),
+                    }
+                }
+                None => None,
+            };
+            if let Some((spec, address)) = plan
+                .record
+                .as_ref()
+                .and_then(|s| s.gcs_address.as_ref().map(|a| (s, a)))
+            {
+                leftover::clear_stale_cluster_address(&spec.temp_dir, address);
+            }
             tracing::info!(node = %first.label, "starting: {}", ray_start::redact(&first.argv).join(" "));
-            nodes.push(
-                RayNode::start(&first.label, &first.argv, &plan.env, plan.timeout, stop).await?,
-            );
+            let node =
+                RayNode::start(&first.label, &first.argv, &plan.env, plan.timeout, stop).await?;
+            if let Some(spec) = write_record {
+                match leftover::NodeRecord::of_node(node.pgid(), node.daemons(), &spec.temp_dir)
+                    .map(|r| r.write(&spec.path))
+                {
+                    Some(Ok(())) => record = Some(spec.path.clone()),
+                    Some(Err(e)) => tracing::warn!(
+                        record = %spec.path.display(),
+                        "cannot record the Ray node for the next orchestrator: {e}"
+                    ),
+                    None => {}
+                }
+            }
+            nodes.push(node);
         }
         let rest: Vec<NodeLaunch> = rest.cloned().collect();
         let starter = (!rest.is_empty()).then(|| {
@@ -109,6 +170,7 @@ impl RayNodes {
         });
         Ok(Self {
             nodes,
+            record,
             late,
             stop_starting,
             starter,
@@ -138,6 +200,38 @@ impl RayNodes {
         RunningNodes(&self.nodes).first_exit(count).await
     }
 
+    /// Stops the first node and starts it again from `plan` (a worker
+    /// rejoining a new cluster at the same head address); its record is
+    /// rewritten.
+    pub async fn restart_first(
+        &mut self,
+        plan: &StartPlan,
+        grace: Duration,
+        stop: Option<&crate::supervision::Shutdown>,
+    ) -> Result<(), RayNodeError> {
+        let Some(launch) = plan.nodes.first() else {
+            return Ok(());
+        };
+        if let Some(old) = self.nodes.first() {
+            old.stop(grace, stop).await;
+        }
+        tracing::info!(node = %launch.label, "starting again: {}", ray_start::redact(&launch.argv).join(" "));
+        let node =
+            RayNode::start(&launch.label, &launch.argv, &plan.env, plan.timeout, stop).await?;
+        if let (Some(path), Some(spec)) = (&self.record, &plan.record)
+            && let Some(record) =
+                leftover::NodeRecord::of_node(node.pgid(), node.daemons(), &spec.temp_dir)
+            && let Err(e) = record.write(path)
+        {
+            tracing::warn!(record = %path.display(), "cannot record the Ray node: {e}");
+        }
+        match self.nodes.first_mut() {
+            Some(first) => *first = node,
+            None => self.nodes.push(node),
+        }
+        Ok(())
+    }
+
     /// Stops every node, the last started first: a start in progress is
     /// let finish (not cut off half-way) and then stopped too. True when
     /// no process of any node is left.
@@ -159,6 +253,9 @@ impl RayNodes {
         let mut all_stopped = true;
         for node in self.nodes.iter().rev() {
             all_stopped &= node.stop(grace, force).await;
+        }
+        if all_stopped && let Some(record) = &self.record {
+            let _ = std::fs::remove_file(record);
         }
         all_stopped
     }

@@ -65,6 +65,11 @@ pub enum RayStartError {
         "`ray.use-kuberay-command` is set but {KUBERAY_ENV} is not in the environment; KubeRay sets it in Ray pods"
     )]
     Missing,
+    /// The variable named to hold Redis's password is not set.
+    #[error(
+        "ray.gcs-fault-tolerance.redis-password-env names {0}, which is not set (or not UTF-8); set it from the Redis password's Secret, or leave redis-password-env out for a Redis without a password"
+    )]
+    RedisPassword(String),
 }
 
 impl RayStart {
@@ -159,10 +164,19 @@ impl RayStart {
     /// configuration's fields as overrides, or one built from the
     /// configuration alone. `kuberay` is the variable's value, if set.
     pub fn for_config(config: &Config, kuberay: Option<&str>) -> Result<Self, RayStartError> {
+        Self::for_config_in(config, kuberay, &|name| std::env::var_os(name))
+    }
+
+    /// [`for_config`](Self::for_config) with variables from `lookup`.
+    pub fn for_config_in(
+        config: &Config,
+        kuberay: Option<&str>,
+        lookup: &dyn Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<Self, RayStartError> {
         let ray = &config.ray;
         let mut cmd = if ray.use_kuberay_command {
             let text = kuberay.ok_or(RayStartError::Missing)?;
-            let mut cmd = Self::parse_kuberay(text)?;
+            let mut cmd = Self::parse_kuberay_in(text, lookup)?;
             cmd.program = ray.bin.clone();
             cmd
         } else {
@@ -228,6 +242,18 @@ impl RayStart {
             cmd.set("temp-dir", v.display().to_string());
         }
         cmd.flag("disable-usage-stats");
+        if let Some(var) = ray
+            .gcs_fault_tolerance
+            .as_ref()
+            .and_then(|ft| ft.redis_password_env.as_ref())
+            && config.role == Role::Head
+            && !cmd.has("redis-password")
+        {
+            let password = lookup(var)
+                .and_then(|v| v.into_string().ok())
+                .ok_or_else(|| RayStartError::RedisPassword(var.clone()))?;
+            cmd.set("redis-password", password);
+        }
         for extra in &ray.extra_args {
             if let Ok(parsed) = Self::parse_kuberay(&format!("ray start {extra}")) {
                 for arg in parsed.args {
@@ -358,6 +384,80 @@ mod tests {
         // Unset: refused naming the variable, not passed on literally.
         let err = RayStart::parse_kuberay_in(text, &|_| None).expect_err("refused");
         assert!(err.to_string().contains("$REDIS_PASSWORD"), "{err}");
+    }
+
+    #[test]
+    fn gcs_fault_tolerance_from_the_configuration() {
+        let config = |role: &str, extra: &[&str]| {
+            let mut sets = vec![
+                format!("role=\"{role}\""),
+                "ray.gcs-address=\"head:6379\"".to_string(),
+                "ray.gcs-fault-tolerance.redis-address=\"redis:6379\"".to_string(),
+                "ray.gcs-fault-tolerance.redis-password-env=\"REDIS_PASSWORD\"".to_string(),
+            ];
+            sets.extend(extra.iter().map(|s| s.to_string()));
+            Config::load(None, std::iter::empty(), &sets).expect("loads")
+        };
+        let head = config("head", &[]);
+        let lookup = |n: &str| (n == "REDIS_PASSWORD").then(|| "hunter2".into());
+        let cmd = RayStart::for_config_in(&head, None, &lookup).expect("builds");
+        assert_eq!(cmd.value("redis-password"), Some("hunter2"));
+        assert!(!cmd.argv_redacted().join(" ").contains("hunter2"));
+        let ft = head.ray.gcs_fault_tolerance.as_ref().expect("set");
+        let env = ft.env(Role::Head);
+        assert!(env.contains(&("RAY_REDIS_ADDRESS".into(), "redis:6379".into())));
+        assert!(env.contains(&(
+            "RAY_gcs_rpc_server_reconnect_timeout_s".into(),
+            "600".into()
+        )));
+        // The variable unset: refused, naming it.
+        let err = RayStart::for_config_in(&head, None, &|_| None).expect_err("refused");
+        assert!(err.to_string().contains("REDIS_PASSWORD"), "{err}");
+        // A worker gets the reconnect timeout only, and no password.
+        let worker = config(
+            "worker",
+            &["ray.gcs-fault-tolerance.reconnect-timeout-seconds=900"],
+        );
+        let cmd = RayStart::for_config_in(&worker, None, &lookup).expect("builds");
+        assert!(!cmd.has("redis-password"));
+        let env = worker
+            .ray
+            .gcs_fault_tolerance
+            .as_ref()
+            .expect("set")
+            .env(Role::Worker);
+        assert_eq!(
+            env,
+            vec![(
+                "RAY_gcs_rpc_server_reconnect_timeout_s".to_string(),
+                "900".to_string()
+            )]
+        );
+        // A head without Redis, or a timeout of 0: refused with the fix.
+        let err = Config::load(
+            None,
+            std::iter::empty(),
+            &[
+                "role=\"head\"".to_string(),
+                "ray.gcs-fault-tolerance.reconnect-timeout-seconds=600".to_string(),
+            ],
+        )
+        .expect_err("refused");
+        assert!(err.to_string().contains("redis-address"), "{err}");
+        let err = Config::load(
+            None,
+            std::iter::empty(),
+            &[
+                "role=\"worker\"".to_string(),
+                "ray.gcs-address=\"head:6379\"".to_string(),
+                "ray.gcs-fault-tolerance.reconnect-timeout-seconds=0".to_string(),
+            ],
+        )
+        .expect_err("refused");
+        assert!(
+            err.to_string().contains("reconnect-timeout-seconds"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -41,6 +41,26 @@ fn parse(pid: i32, stat: &str) -> Option<ProcEntry> {
     })
 }
 
+/// When `pid` started, in clock ticks since boot (`/proc/<pid>/stat` field
+/// 22): with the pid, it names one process across pid reuse.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let close = stat.rfind(')')?;
+    // Fields after the comm start at field 3 (state); field 22 is the 20th.
+    stat.get(close + 1..)?
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// `pid`'s command line, arguments joined by spaces (empty when unknown).
+pub fn cmdline(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .unwrap_or_default()
+}
+
 /// Every process visible in `/proc` (processes that vanish mid-scan are
 /// skipped).
 pub fn processes() -> Vec<ProcEntry> {
