@@ -60,6 +60,17 @@ pub struct PlanArgs {
 }
 
 /// Prints `error: ...` and returns `code`.
+/// KubeRay's generated command, if set; one that is not UTF-8 is refused
+/// by name rather than read as "not set".
+fn kuberay_command() -> Result<Option<String>, String> {
+    match std::env::var_os(KUBERAY_ENV) {
+        None => Ok(None),
+        Some(value) => value.into_string().map(Some).map_err(|_| {
+            format!("{KUBERAY_ENV} is not UTF-8: KubeRay writes it as text, so something else set it; unset it or fix its value")
+        }),
+    }
+}
+
 fn refuse(code: u8, error: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {error}");
     ExitCode::from(code)
@@ -97,7 +108,10 @@ pub fn plan(args: PlanArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return refuse(2, e),
     };
-    let kuberay = std::env::var(KUBERAY_ENV).ok();
+    let kuberay = match kuberay_command() {
+        Ok(k) => k,
+        Err(e) => return refuse(2, e),
+    };
     printed(lifecycle::describe(
         &config,
         &topology,
@@ -172,7 +186,10 @@ pub fn run(args: ConfigArgs) -> ExitCode {
     if config.backend == Backend::Native {
         return run_native(&config);
     }
-    let kuberay = std::env::var(KUBERAY_ENV).ok();
+    let kuberay = match kuberay_command() {
+        Ok(k) => k,
+        Err(e) => return refuse(2, e),
+    };
     let plan = match Plan::from_config(&config, kuberay.as_deref()) {
         Ok(p) => p,
         Err(e) => return refuse(2, e),

@@ -65,6 +65,16 @@ pub enum RayStartError {
         "`ray.use-kuberay-command` is set but {KUBERAY_ENV} is not in the environment; KubeRay sets it in Ray pods"
     )]
     Missing,
+    /// An entry of `ray.extra-args` is not `--name[=value]` words.
+    #[error(
+        "ray.extra-args entry {arg:?} is refused ({reason}); write each entry as `--name=value` or `--flag`"
+    )]
+    ExtraArg {
+        /// The entry.
+        arg: String,
+        /// Why.
+        reason: String,
+    },
     /// The variable named to hold Redis's password is not set.
     #[error(
         "ray.gcs-fault-tolerance.redis-password-env names {0}, which is not set (or not UTF-8); set it from the Redis password's Secret, or leave redis-password-env out for a Redis without a password"
@@ -255,12 +265,17 @@ impl RayStart {
             cmd.set("redis-password", password);
         }
         for extra in &ray.extra_args {
-            if let Ok(parsed) = Self::parse_kuberay(&format!("ray start {extra}")) {
-                for arg in parsed.args {
-                    match arg {
-                        RayArg::Flag(n) => cmd.flag(&n),
-                        RayArg::Value(n, v) => cmd.set(&n, v),
+            let parsed =
+                Self::parse_kuberay_in(&format!("ray start {extra}"), lookup).map_err(|error| {
+                    RayStartError::ExtraArg {
+                        arg: extra.clone(),
+                        reason: error.to_string(),
                     }
+                })?;
+            for arg in parsed.args {
+                match arg {
+                    RayArg::Flag(n) => cmd.flag(&n),
+                    RayArg::Value(n, v) => cmd.set(&n, v),
                 }
             }
         }
@@ -458,6 +473,31 @@ mod tests {
             err.to_string().contains("reconnect-timeout-seconds"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn extra_args_that_are_not_flags_are_refused_not_dropped() {
+        let load = |extra: &str| {
+            Config::load(
+                None,
+                std::iter::empty(),
+                &[
+                    "role=\"head\"".to_string(),
+                    format!("ray.extra-args=[{extra:?}]"),
+                ],
+            )
+            .expect("loads")
+        };
+        let cmd = RayStart::for_config(&load("--include-dashboard=false"), None).expect("builds");
+        assert_eq!(cmd.value("include-dashboard"), Some("false"));
+        for bad in ["include-dashboard", "--x=$(whoami)", "--a 'unclosed"] {
+            let err = RayStart::for_config(&load(bad), None).expect_err(bad);
+            assert!(
+                matches!(err, RayStartError::ExtraArg { .. }),
+                "{bad}: {err}"
+            );
+            assert!(err.to_string().contains("ray.extra-args"), "{err}");
+        }
     }
 
     #[test]
