@@ -14,6 +14,8 @@
 //! features unify the same way everywhere and a second command compiles
 //! nothing the first one built.
 
+mod soak;
+
 use anyhow::{Context, Result, bail};
 use orchestrator_test_support as test_support;
 use std::path::{Path, PathBuf};
@@ -112,9 +114,10 @@ fn main() -> ExitCode {
         Some("prepare") => prepare(),
         Some("wit-digests") => wit_digests(),
         Some("bench") => bench(args.get(1).map(String::as_str)),
+        Some("soak") => soak(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench NAME|prepare|wit-digests>\n  test         every check (fmt, clippy, tests)\n  demo         the whole job on this machine\n  bench        one of: {}\n  prepare      create the cached Ray and vLLM venvs and the tiny model\n  wit-digests  the digest of every wit/ package (for wit/RELEASED)",
+                "usage: cargo xtask <test|demo|bench NAME|soak [--minutes N]|prepare|wit-digests>\n  test         every check (fmt, clippy, tests)\n  demo         the whole job on this machine\n  bench        one of: {}\n  soak         a chaos run: head + 2 workers serving real vLLM, a random fault every 20-60 s, invariants checked (default 5 minutes)\n  prepare      create the cached Ray and vLLM venvs and the tiny model\n  wit-digests  the digest of every wit/ package (for wit/RELEASED)",
                 BENCHES
                     .iter()
                     .map(|(n, _)| *n)
@@ -131,6 +134,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `cargo xtask soak [--minutes N]`.
+fn soak(args: &[String]) -> Result<()> {
+    let minutes = match args {
+        [] => 5.0,
+        [flag, n] if flag == "--minutes" => n
+            .parse::<f64>()
+            .ok()
+            .filter(|m| *m >= 1.0)
+            .with_context(|| format!("--minutes {n:?}: give a number of minutes, at least 1"))?,
+        other => bail!("usage: cargo xtask soak [--minutes N], not {other:?}"),
+    };
+    let bin = orchestrator_binary()?;
+    let venv = vllm_venv()?;
+    let model = tiny_model(&venv)?;
+    let redis = redis_server()?;
+    step(&format!("soak for {minutes} minutes"));
+    soak::soak(&bin, &venv, &model, &redis, minutes, &root().join("target"))
 }
 
 fn root() -> PathBuf {
