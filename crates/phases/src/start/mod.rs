@@ -57,6 +57,55 @@ pub struct RecordSpec {
     pub gcs_address: Option<String>,
 }
 
+impl RecordSpec {
+    /// Before the node starts: stops what an orchestrator that is gone
+    /// left running here ([`leftover`]) and, on a head, Ray's stale cluster
+    /// address. False when the record belongs to an orchestrator that still
+    /// runs: its record is not overwritten.
+    async fn prepare(&self) -> bool {
+        let write = match leftover::NodeRecord::clear_leftover(&self.path, self.grace).await {
+            leftover::Leftover::Supervised { orchestrator } => {
+                tracing::warn!(
+                    record = %self.path.display(),
+                    "another orchestrator (pid {orchestrator}) runs a Ray node here; if `ray start` says \"already running\", stop that one first"
+                );
+                false
+            }
+            leftover::Leftover::Stopped {
+                all_gone: false,
+                pids,
+            } => {
+                tracing::warn!(pids = ?pids, "the previous Ray node did not stop completely");
+                true
+            }
+            _ => true,
+        };
+        if let Some(address) = &self.gcs_address {
+            leftover::clear_stale_cluster_address(&self.temp_dir, address);
+        }
+        write
+    }
+
+    /// Records `node` for the next orchestrator; true when written.
+    fn write_for(&self, node: &RayNode) -> bool {
+        let Some(record) =
+            leftover::NodeRecord::of_node(node.pgid(), node.daemons(), &self.temp_dir)
+        else {
+            return false;
+        };
+        match record.write(&self.path) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(
+                    record = %self.path.display(),
+                    "cannot record the Ray node for the next orchestrator: {e}"
+                );
+                false
+            }
+        }
+    }
+}
+
 /// Raises the open-file limit to `want` and logs what it achieved.
 pub fn raise_open_file_limit(want: u64) {
     let nofile = limits::raise_nofile(want);
@@ -103,48 +152,16 @@ impl RayNodes {
         let mut rest = plan.nodes.iter();
         if let Some(first) = rest.next() {
             let write_record = match &plan.record {
-                Some(spec) => {
-                    match leftover::NodeRecord::clear_leftover(&spec.path, spec.grace).await {
-                        leftover::Leftover::Supervised { orchestrator } => {
-                            tracing::warn!(
-                                record = %spec.path.display(),
-                                "another orchestrator (pid {orchestrator}) runs a Ray node here; if `ray start` says \"already running\", stop that one first"
-                            );
-                            None
-                        }
-                        leftover::Leftover::Stopped {
-                            all_gone: false,
-                            pids,
-                        } => {
-                            tracing::warn!(pids = ?pids, "the previous Ray node did not stop completely");
-                            Some(spec)
-                        }
-                        _ => Some(spec),
-                    }
-                }
+                Some(spec) => spec.prepare().await.then_some(spec),
                 None => None,
             };
-            if let Some((spec, address)) = plan
-                .record
-                .as_ref()
-                .and_then(|s| s.gcs_address.as_ref().map(|a| (s, a)))
-            {
-                leftover::clear_stale_cluster_address(&spec.temp_dir, address);
-            }
             tracing::info!(node = %first.label, "starting: {}", ray_start::redact(&first.argv).join(" "));
             let node =
                 RayNode::start(&first.label, &first.argv, &plan.env, plan.timeout, stop).await?;
-            if let Some(spec) = write_record {
-                match leftover::NodeRecord::of_node(node.pgid(), node.daemons(), &spec.temp_dir)
-                    .map(|r| r.write(&spec.path))
-                {
-                    Some(Ok(())) => record = Some(spec.path.clone()),
-                    Some(Err(e)) => tracing::warn!(
-                        record = %spec.path.display(),
-                        "cannot record the Ray node for the next orchestrator: {e}"
-                    ),
-                    None => {}
-                }
+            if let Some(spec) = write_record
+                && spec.write_for(&node)
+            {
+                record = Some(spec.path.clone());
             }
             nodes.push(node);
         }
@@ -218,12 +235,10 @@ impl RayNodes {
         tracing::info!(node = %launch.label, "starting again: {}", ray_start::redact(&launch.argv).join(" "));
         let node =
             RayNode::start(&launch.label, &launch.argv, &plan.env, plan.timeout, stop).await?;
-        if let (Some(path), Some(spec)) = (&self.record, &plan.record)
-            && let Some(record) =
-                leftover::NodeRecord::of_node(node.pgid(), node.daemons(), &spec.temp_dir)
-            && let Err(e) = record.write(path)
+        if self.record.is_some()
+            && let Some(spec) = &plan.record
         {
-            tracing::warn!(record = %path.display(), "cannot record the Ray node: {e}");
+            spec.write_for(&node);
         }
         match self.nodes.first_mut() {
             Some(first) => *first = node,
