@@ -447,7 +447,8 @@ struct Plugin {
 
 impl Plugin {
     fn ensure_live(&mut self) -> Result<&mut Live, PluginError> {
-        if self.live.is_none() {
+        let mut attempt = 1;
+        while self.live.is_none() {
             let state = State::new(
                 Arc::clone(&self.name),
                 self.shared.config.memory_limit_bytes,
@@ -476,6 +477,15 @@ impl Plugin {
             };
             match result {
                 Ok(func) => self.live = Some(Live { store, func }),
+                Err(e) if attempt < INSTANTIATE_ATTEMPTS && is_transient_image_error(&e) => {
+                    tracing::warn!(
+                        plugin = %self.name,
+                        attempt,
+                        "the kernel refused to seal the plugin's memory image ({e:#}); trying again"
+                    );
+                    std::thread::sleep(Duration::from_millis(20 << attempt));
+                    attempt += 1;
+                }
                 Err(e) => return Err(classify(&self.shared, &self.name, e, store.data())),
             }
         }
@@ -691,6 +701,31 @@ impl ScalePolicy {
 }
 
 /// Turns a wasmtime failure into the error that says what happened.
+/// How many times instantiation is tried when it fails for
+/// [`is_transient_image_error`].
+const INSTANTIATE_ATTEMPTS: u32 = 4;
+
+/// Whether instantiation failed because the kernel would not seal the
+/// memfd wasmtime builds a module's initial memory in. `F_ADD_SEALS` with
+/// `F_SEAL_WRITE` answers EBUSY while the freshly written pages still
+/// carry extra references (a per-CPU LRU batch on another core holds
+/// them); a new memfd a moment later seals. wasmtime does not cache the
+/// failure, so instantiating again builds the image again.
+#[cfg(target_os = "linux")]
+fn is_transient_image_error(err: &wasmtime::Error) -> bool {
+    err.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<memfd::Error>(),
+            Some(memfd::Error::AddSeals(_))
+        )
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn is_transient_image_error(_err: &wasmtime::Error) -> bool {
+    false
+}
+
 fn classify(shared: &Shared, plugin: &str, err: wasmtime::Error, state: &State) -> PluginError {
     let stderr = Stderr(state.output_tail(4096));
     let plugin = plugin.to_string();
@@ -754,4 +789,23 @@ pub fn timed<R>(f: impl FnOnce() -> R) -> (R, Duration) {
     let start = Instant::now();
     let r = f();
     (r, start.elapsed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn only_a_refused_memfd_seal_is_retried() {
+        let busy = std::io::Error::from_raw_os_error(16);
+        let sealing = wasmtime::Error::from(memfd::Error::AddSeals(busy))
+            .context("cannot instantiate the component");
+        assert!(is_transient_image_error(&sealing));
+        let creating =
+            wasmtime::Error::from(memfd::Error::Create(std::io::Error::from_raw_os_error(24)));
+        assert!(!is_transient_image_error(&creating));
+        let trap = wasmtime::Error::from(Trap::OutOfFuel);
+        assert!(!is_transient_image_error(&trap));
+    }
 }
