@@ -4,7 +4,11 @@
 fn main() {
     println!("cargo:rerun-if-changed=proto");
     let fds = match protox::compile(
-        ["proto/gcs_subset.proto", "proto/autoscaler_subset.proto"],
+        [
+            "proto/gcs_subset.proto",
+            "proto/autoscaler_subset.proto",
+            "proto/node_manager_subset.proto",
+        ],
         ["proto"],
     ) {
         Ok(fds) => fds,

@@ -295,6 +295,62 @@ fn publish(table: &mut Table, node: &GcsNodeInfo) {
     });
 }
 
+/// A stand-in raylet: Ray's `NodeManagerService`, answering only
+/// `GetSystemConfig` (what the wait asks a node to learn that it answers).
+/// Register a node with its port to make that node answer. Stops when
+/// dropped.
+pub struct StandInRaylet {
+    address: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+#[derive(Clone, Copy)]
+struct Raylet;
+
+#[tonic::async_trait]
+impl orchestrator_ray_gcs::proto::node_manager_service_server::NodeManagerService for Raylet {
+    async fn get_system_config(
+        &self,
+        _request: Request<orchestrator_ray_gcs::proto::GetSystemConfigRequest>,
+    ) -> Result<Response<orchestrator_ray_gcs::proto::GetSystemConfigReply>, Status> {
+        Ok(Response::new(
+            orchestrator_ray_gcs::proto::GetSystemConfigReply {},
+        ))
+    }
+}
+
+impl StandInRaylet {
+    /// Listens on `listen` (port 0 picks one) and serves on the current
+    /// tokio runtime.
+    pub async fn start(listen: SocketAddr) -> std::io::Result<StandInRaylet> {
+        use orchestrator_ray_gcs::proto::node_manager_service_server::NodeManagerServiceServer;
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let address = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .serve_with_incoming_shutdown(
+                    NodeManagerServiceServer::new(Raylet),
+                    incoming,
+                    async {
+                        let _ = stopped.await;
+                    },
+                )
+                .await;
+        });
+        Ok(StandInRaylet {
+            address,
+            _stop: stop,
+        })
+    }
+
+    /// Where it listens.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+}
+
 /// Node `i` of a synthetic GPU cluster: node 0 is the head; every node has
 /// Ray's usual resources and labels, 28-byte id, address `10.x.y.z`.
 pub fn synthetic_node(i: u32) -> GcsNodeInfo {

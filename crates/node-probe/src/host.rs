@@ -113,6 +113,9 @@ fn memory_pressure(proc_dir: &Path) -> Option<f64> {
 }
 
 /// Whether `pid` runs (exists and is not a zombie).
+/// Whether `pid` runs: not a zombie, not dead, and not stopped (SIGSTOP
+/// or a tracer: a frozen raylet answers nobody, and the GCS would list it
+/// as alive until its health checks give up).
 fn process_alive(proc_dir: &Path, pid: i32) -> bool {
     let Ok(stat) = std::fs::read_to_string(proc_dir.join(pid.to_string()).join("stat")) else {
         return false;
@@ -120,7 +123,7 @@ fn process_alive(proc_dir: &Path, pid: i32) -> bool {
     // The state follows the command name's closing parenthesis.
     stat.rsplit_once(')')
         .and_then(|(_, rest)| rest.split_whitespace().next())
-        .is_some_and(|state| state != "Z" && state != "X")
+        .is_some_and(|state| !matches!(state, "Z" | "X" | "x" | "T" | "t"))
 }
 
 /// The soft `Max open files` of `pid`.
@@ -214,6 +217,12 @@ mod tests {
             read(&target).raylet_alive,
             Some(false),
             "a zombie is not alive"
+        );
+        std::fs::write(proc_dir.join("77/stat"), "77 (raylet) T 1 77 77 0").expect("write");
+        assert_eq!(
+            read(&target).raylet_alive,
+            Some(false),
+            "a stopped (frozen) raylet does not run"
         );
     }
 }

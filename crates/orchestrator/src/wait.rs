@@ -43,6 +43,13 @@ pub struct WaitArgs {
     /// A policy parameter, KEY=VALUE; repeat for more.
     #[arg(long = "param", value_name = "KEY=VALUE")]
     pub params: Vec<String>,
+    /// Before answering ready, every node's raylet must answer a call
+    /// within this many seconds; one that does not (frozen, cut off) is
+    /// not counted until it does. 0: trust the GCS alone, which lists a
+    /// frozen node as alive until its health checks give up (about 30 s
+    /// under Ray's defaults).
+    #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
+    pub raylet_answer_timeout: f64,
 }
 
 /// Runs the command: 0 ready, 1 failed or timed out, 2 bad arguments.
@@ -55,6 +62,17 @@ pub fn run(args: WaitArgs) -> ExitCode {
         eprintln!("error: --timeout must be at least 1 second");
         return ExitCode::from(2);
     }
+    let ask_nodes = match Duration::try_from_secs_f64(args.raylet_answer_timeout) {
+        Ok(limit) if limit.is_zero() => None,
+        Ok(limit) => Some(limit.min(Duration::from_secs(3600))),
+        Err(_) => {
+            eprintln!(
+                "error: --raylet-answer-timeout {}: give a number of seconds, 0 to trust the GCS alone",
+                args.raylet_answer_timeout
+            );
+            return ExitCode::from(2);
+        }
+    };
     let params = match crate::local::key_values(&args.params, "--param") {
         Ok(p) => p,
         Err(e) => {
@@ -90,6 +108,7 @@ pub fn run(args: WaitArgs) -> ExitCode {
         facts: None,
         status: None,
         request_resources: false,
+        ask_nodes,
     };
     let runtime = match crate::runtime(0) {
         Ok(rt) => rt,

@@ -84,6 +84,140 @@ fn local_forms_a_three_node_cluster_and_leaves_nothing_behind() {
     assert_nothing_left(&[&temp, "127.0.0.50", "127.0.0.51", "127.0.0.52"]);
 }
 
+/// `orchestrator wait --nodes N` with extra arguments.
+fn wait_with(address: &str, nodes: u32, timeout: u64, extra: &[&str]) -> Output {
+    let child = orchestrator()
+        .args(["wait", "--address", address, "--nodes", &nodes.to_string()])
+        .args(["--timeout", &timeout.to_string()])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_with_deadline(child, Duration::from_secs(timeout + 30))
+}
+
+#[test]
+#[ignore = "needs Ray 2.60: run by `cargo xtask test`"]
+fn wait_does_not_count_a_frozen_node_under_rays_default_health_checks() {
+    let (gcs, agent, metrics) = ports();
+    let temp = format!("/tmp/ray-t{gcs}");
+    let address = format!("127.0.0.64:{gcs}");
+    let (agent2, metrics2, head_endpoints) = ports();
+    let worker_endpoints = free_port().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    // Ray's own health-check settings (no RAY_health_check_*): the GCS
+    // lists a frozen node as alive for about a minute.
+    let head_config = write_config(
+        dir.path(),
+        "head.toml",
+        &format!(
+            r#"role = "head"
+endpoints-port = {head_endpoints}
+[ray]
+bin = "{ray}"
+gcs-port = {gcs}
+node-ip = "127.0.0.64"
+num-cpus = 1
+memory = 500000000
+object-store-memory = 80000000
+dashboard-agent-listen-port = {agent}
+metrics-export-port = {metrics}
+temp-dir = "{temp}"
+stop-grace-seconds = 5
+env = {{ RAY_USAGE_STATS_ENABLED = "0" }}
+[cluster]
+nodes = 2
+wait-timeout-seconds = 120
+"#,
+            ray = ray_bin()
+        ),
+    );
+    let head = orchestrator()
+        .args(["run", "--config", head_config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut guard = Guard(vec![head.id() as i32]);
+    let worker = orchestrator()
+        .args(["run", "--role", "worker"])
+        .args(["--set", &format!("endpoints-port={worker_endpoints}")])
+        .args(["--set", &format!("ray.gcs-address=\"{address}\"")])
+        .args(["--set", "ray.node-ip=\"127.0.0.65\""])
+        .args(["--set", "ray.memory=500000000"])
+        .args(["--set", "ray.object-store-memory=80000000"])
+        .args([
+            "--set",
+            &format!("ray.dashboard-agent-listen-port={agent2}"),
+        ])
+        .args(["--set", &format!("ray.metrics-export-port={metrics2}")])
+        .args(["--set", "ray.stop-grace-seconds=5"])
+        .args(["--set", &format!("ray.bin=\"{}\"", ray_bin())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    guard.0.push(worker.id() as i32);
+    let ok = wait_ready(&address, 2, 120);
+    assert!(ok.status.success(), "{:?}", text(&ok));
+
+    let raylet = raylet_of("127.0.0.65").expect("the worker's raylet");
+    signal(raylet, Sig::STOP);
+    let frozen = std::time::Instant::now();
+    // The GCS alone still says 2 alive: the old answer.
+    let trusting = wait_with(&address, 2, 10, &["--raylet-answer-timeout", "0"]);
+    assert!(trusting.status.success(), "{:?}", text(&trusting));
+    // Asking the raylets: not ready, naming the silent node.
+    let asking = wait_with(&address, 2, 8, &[]);
+    let (stdout, stderr) = text(&asking);
+    assert_eq!(asking.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("127.0.0.65") && stderr.contains("did not answer within 2.0 s"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1 of 2 nodes alive"), "{stderr}");
+    // Thawed while a wait runs: ready once it answers.
+    let waiting = orchestrator()
+        .args([
+            "wait",
+            "--address",
+            &address,
+            "--nodes",
+            "2",
+            "--timeout",
+            "60",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    signal(raylet, Sig::CONT);
+    let thawed = std::time::Instant::now();
+    let after = wait_with_deadline(waiting, Duration::from_secs(90));
+    let (stdout, stderr) = text(&after);
+    assert!(after.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("not counted until it answers") && stderr.contains("answers again"),
+        "{stderr}"
+    );
+    assert!(thawed.elapsed() < Duration::from_secs(10), "{stderr}");
+    eprintln!(
+        "FIGURE frozen for {:.0} s under Ray's default health checks: wait trusting the GCS said ready; asking the raylets it said not ready, and ready {:.1} s after the thaw",
+        thawed.duration_since(frozen).as_secs_f64(),
+        thawed.elapsed().as_secs_f64()
+    );
+
+    signal(worker.id() as i32, Sig::TERM);
+    let out = wait_with_deadline(worker, Duration::from_secs(60));
+    assert!(out.status.success(), "worker: {:?}", text(&out));
+    signal(head.id() as i32, Sig::TERM);
+    let out = wait_with_deadline(head, Duration::from_secs(60));
+    assert!(out.status.success(), "head: {:?}", text(&out));
+    assert_nothing_left(&[&temp, "127.0.0.64", "127.0.0.65"]);
+}
+
 #[test]
 #[ignore = "needs Ray 2.60: run by `cargo xtask test`"]
 fn wait_command_exits_0_when_ready_and_1_with_a_diagnosis_naming_what_is_missing() {

@@ -46,6 +46,18 @@ pub trait MembershipSource: Send + Sync + std::fmt::Debug {
     fn capacity_requests(&self) -> Option<Arc<dyn CapacityRequests>> {
         None
     }
+
+    /// Asks each of the nodes `ids` itself (Ray: its raylet) whether it
+    /// answers within `limit`, and returns those that did not, each with
+    /// what happened. Sources that cannot ask nodes directly answer none.
+    fn silent_nodes<'a>(
+        &'a self,
+        ids: &'a [String],
+        limit: Duration,
+    ) -> StoreCall<'a, Vec<(String, String)>> {
+        let _ = (ids, limit);
+        Box::pin(async { Ok(vec![]) })
+    }
 }
 
 /// Capacity asked of a cluster's autoscaler.
@@ -263,5 +275,47 @@ impl MembershipSource for RayGcs {
 
     fn capacity_requests(&self) -> Option<Arc<dyn CapacityRequests>> {
         Some(Arc::new(GcsCapacityRequests::new(self.address.clone())))
+    }
+
+    /// Each raylet's `NodeManagerService`, asked at the address the GCS
+    /// lists for it, all at once.
+    fn silent_nodes<'a>(
+        &'a self,
+        ids: &'a [String],
+        limit: Duration,
+    ) -> StoreCall<'a, Vec<(String, String)>> {
+        use orchestrator_ray_gcs::{GcsClient, RayletAnswer, probe_raylet};
+        Box::pin(async move {
+            let client = GcsClient::connect(&self.address, limit)
+                .await
+                .map_err(|e| e.to_string())?;
+            let raylets = client.raylet_addresses().await.map_err(|e| e.to_string())?;
+            let mut asks = tokio::task::JoinSet::new();
+            for (id, address) in raylets.into_iter().filter(|(id, _)| ids.contains(id)) {
+                asks.spawn(async move {
+                    let answer = probe_raylet(&address, limit).await;
+                    (id, address, answer)
+                });
+            }
+            let mut silent = vec![];
+            while let Some(done) = asks.join_next().await {
+                match done {
+                    Ok((_, _, RayletAnswer::Answered)) => {}
+                    Ok((id, address, RayletAnswer::Silent)) => silent.push((
+                        id,
+                        format!(
+                            "its raylet at {address} did not answer within {:.1} s (frozen, overloaded or cut off?)",
+                            limit.as_secs_f64()
+                        ),
+                    )),
+                    Ok((id, address, RayletAnswer::Unreachable(why))) => {
+                        silent.push((id, format!("its raylet at {address} cannot be reached: {why}")))
+                    }
+                    Err(e) => return Err(format!("a raylet probe failed: {e}")),
+                }
+            }
+            silent.sort();
+            Ok(silent)
+        })
     }
 }

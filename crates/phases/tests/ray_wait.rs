@@ -95,6 +95,7 @@ fn spec(base: u8, port: u16, nodes: u32, timeout: Duration) -> WaitSpec {
         facts: None,
         status: None,
         request_resources: false,
+        ask_nodes: None,
     }
 }
 

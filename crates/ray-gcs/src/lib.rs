@@ -40,7 +40,9 @@ pub mod proto {
 }
 
 mod autoscaler;
+mod raylet;
 pub use autoscaler::{Bundle, RESOURCE_REQUEST_KEY};
+pub use raylet::{RayletAnswer, probe_raylet};
 
 pub use convert::node_from_proto;
 pub use orchestrator_domain::{ClusterView, MembershipChange, MembershipUpdate, UpdateSource};
@@ -170,6 +172,36 @@ impl GcsClient {
 
     /// Every node the GCS knows, alive and dead.
     pub async fn get_all_nodes(&self) -> Result<Vec<orchestrator_domain::Node>, GcsError> {
+        Ok(self
+            .all_node_info()
+            .await?
+            .iter()
+            .map(node_from_proto)
+            .collect())
+    }
+
+    /// Every alive node's id (hex, as [`node_from_proto`] writes it) and
+    /// its raylet's `HOST:PORT`, for [`probe_raylet`].
+    pub async fn raylet_addresses(&self) -> Result<Vec<(String, String)>, GcsError> {
+        use proto::gcs_node_info::GcsNodeState;
+        Ok(self
+            .all_node_info()
+            .await?
+            .iter()
+            .filter(|n| n.state == GcsNodeState::Alive as i32)
+            .map(|n| {
+                let host = &n.node_manager_address;
+                let address = if host.contains(':') {
+                    format!("[{host}]:{}", n.node_manager_port)
+                } else {
+                    format!("{host}:{}", n.node_manager_port)
+                };
+                (hex::encode(&n.node_id), address)
+            })
+            .collect())
+    }
+
+    async fn all_node_info(&self) -> Result<Vec<proto::GcsNodeInfo>, GcsError> {
         let mut client = NodeInfoGcsServiceClient::new(self.channel.clone());
         let mut request = tonic::Request::new(proto::GetAllNodeInfoRequest { limit: None });
         request.set_timeout(CALL_TIMEOUT);
@@ -179,7 +211,7 @@ impl GcsClient {
             .map_err(|s| self.rpc_error("GetAllNodeInfo", s))?
             .into_inner();
         check_status(&self.address, "GetAllNodeInfo", reply.status.as_ref())?;
-        Ok(reply.node_info_list.iter().map(node_from_proto).collect())
+        Ok(reply.node_info_list)
     }
 
     fn kv(&self) -> InternalKvGcsServiceClient<Channel> {

@@ -181,8 +181,30 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Cargo, without the variables `cargo run` set for xtask itself: build
+/// scripts that watch them (ring's watches `CARGO_PKG_NAME` and
+/// `CARGO_MANIFEST_DIR`) would otherwise rebuild on every switch between
+/// `cargo xtask ...` and a plain `cargo build`.
 fn cargo() -> Command {
-    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (key, _) in std::env::vars_os() {
+        let set_by_cargo_run = key.to_str().is_some_and(|k| {
+            [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|prefix| k.starts_with(prefix))
+                || k == "CARGO_PRIMARY_PACKAGE"
+                || k == "OUT_DIR"
+        });
+        if set_by_cargo_run {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
 }
 
 /// Installs what the build needs that cargo does not fetch by itself.

@@ -474,6 +474,7 @@ impl Lifecycle {
             status: Some(Arc::clone(&status)),
             health: self.board.clone(),
             request_resources: self.capacity_asked,
+            ask_nodes: None,
         };
         let waiting = wait_for_cluster(&spec, &mut policies.readiness);
         tokio::pin!(waiting);

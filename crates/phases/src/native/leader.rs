@@ -88,6 +88,7 @@ pub async fn run_leader(
         status: Some(Arc::clone(status)),
         health: board.clone(),
         request_resources: false,
+        ask_nodes: None,
     };
     let ready = tokio::select! {
         r = wait_for_cluster(&spec, &mut policies.readiness) => match r {

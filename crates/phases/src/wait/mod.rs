@@ -49,6 +49,13 @@ pub struct WaitSpec {
     /// ([`capacity::bundles_for`]), again whenever the expected topology
     /// changes; the request outlives the wait (withdrawn at stop).
     pub request_resources: bool,
+    /// Before the phase ends ready, ask every alive node itself (the
+    /// source's [`MembershipSource::silent_nodes`]: Ray's raylets) to
+    /// answer within this limit. One that does not (frozen, cut off) is
+    /// not counted, and is asked again every second, until it answers;
+    /// the GCS would list it as alive until its health checks give up
+    /// (about 30 s under Ray's defaults). None: the source's word alone.
+    pub ask_nodes: Option<Duration>,
 }
 
 /// The cluster is ready.
@@ -199,9 +206,63 @@ struct Seen {
     first_seen: std::collections::HashMap<String, Instant>,
     /// When a node pending its first health report stops being pending.
     pending_until: Option<Instant>,
+    /// Nodes alive in the source that did not answer when asked
+    /// themselves ([`WaitSpec::ask_nodes`]): what happened, and since when.
+    silent: std::collections::BTreeMap<String, (String, Instant)>,
+    /// When the silent nodes were last asked.
+    silent_asked_at: Instant,
+    /// The view's nodes the last judgement counted as dead for being
+    /// silent (alive again in the view when it takes its nodes back).
+    muted: Vec<usize>,
 }
 
+/// How often nodes that did not answer are asked again.
+const ASK_SILENT_EVERY: Duration = Duration::from_secs(1);
+
 impl Seen {
+    /// A node's address for messages, or its id when it is not in view.
+    fn address_of(&self, id: &str) -> String {
+        self.view
+            .nodes
+            .iter()
+            .find(|n| n.id == id)
+            .map_or_else(|| id.to_string(), |n| n.address.clone())
+    }
+
+    /// Records what the latest asking found about `asked`: `silent` are
+    /// those that did not answer; the rest of `asked` answered.
+    fn record_answers(&mut self, asked: &[String], silent: Vec<(String, String)>) {
+        let now = Instant::now();
+        self.silent_asked_at = now;
+        for id in asked {
+            if !silent.iter().any(|(s, _)| s == id) && self.silent.remove(id).is_some() {
+                tracing::info!(node = %self.address_of(id), "the node answers again; counted");
+            }
+        }
+        for (id, why) in silent {
+            let address = self.address_of(&id);
+            match self.silent.get_mut(&id) {
+                Some(entry) => entry.0 = why,
+                None => {
+                    tracing::warn!(
+                        node = %address,
+                        "the node is alive in the GCS but {why}: not counted until it answers"
+                    );
+                    self.silent.insert(id, (why, now));
+                }
+            }
+        }
+    }
+
+    /// Nodes a judgement muted are alive again in the view.
+    fn unmute(&mut self, muted: &[usize]) {
+        for i in muted {
+            if let Some(node) = self.view.nodes.get_mut(*i) {
+                node.alive = true;
+            }
+        }
+    }
+
     /// The head's resources, once its node is seen alive.
     fn head_resources(&self) -> Option<&orchestrator_domain::Resources> {
         self.view
@@ -304,6 +365,13 @@ impl Seen {
     fn diagnostics(&self, spec: &WaitSpec) -> Vec<String> {
         let mut lines = spec.diagnostics.clone();
         lines.extend(self.facts.diagnose(&self.view.nodes));
+        for (id, (why, since)) in &self.silent {
+            lines.push(format!(
+                "node {} is alive in the GCS but not counted: {why} (for {:.0} s)",
+                self.address_of(id),
+                since.elapsed().as_secs_f64()
+            ));
+        }
         lines
     }
 
@@ -319,7 +387,17 @@ impl Seen {
         Box::new(Diagnosis {
             source: spec.source.describe(),
             expected: self.expected.clone(),
-            nodes: self.view.nodes.clone(),
+            // A silent node counts as it did for the policy: not alive.
+            nodes: self
+                .view
+                .nodes
+                .iter()
+                .cloned()
+                .map(|mut n| {
+                    n.alive &= !self.silent.contains_key(&n.id);
+                    n
+                })
+                .collect(),
             connected: self.connected,
             gcs_error: self.gcs_error.clone(),
             last_reason: self.last_reason.clone(),
@@ -379,6 +457,15 @@ impl Waiter<'_> {
             &self.seen.first_seen,
             now,
         );
+        // Nodes that did not answer when asked themselves do not count.
+        let mut muted = std::mem::take(&mut self.seen.muted);
+        muted.clear();
+        for (i, node) in self.seen.view.nodes.iter_mut().enumerate() {
+            if node.alive && self.seen.silent.contains_key(&node.id) {
+                node.alive = false;
+                muted.push(i);
+            }
+        }
         // The view's nodes are lent to the snapshot and taken back after the
         // call: no copy of thousands of nodes per membership change.
         let snapshot = std::sync::Arc::new(ClusterSnapshot {
@@ -396,7 +483,9 @@ impl Waiter<'_> {
         // takes its nodes back.
         if !matches!(answer, Ok(Readiness::Ready)) {
             self.seen.view.nodes = std::mem::take(&mut snapshot.nodes);
+            self.seen.unmute(&muted);
         }
+        self.seen.muted = muted;
         if let Some(status) = &spec.status {
             status.policy_call(World::Readiness, now.elapsed().as_secs_f64());
         }
@@ -489,6 +578,9 @@ pub async fn wait_for_cluster(
             health: Arc::new(Board::default()),
             first_seen: std::collections::HashMap::new(),
             pending_until: None,
+            silent: Default::default(),
+            silent_asked_at: start,
+            muted: vec![],
         },
     };
     let mut health_rx = spec.health.clone();
@@ -502,6 +594,9 @@ pub async fn wait_for_cluster(
     }
     loop {
         let mut wake = waiter.deadline.min(Instant::now() + REEVALUATE);
+        if !waiter.seen.silent.is_empty() {
+            wake = wake.min(waiter.seen.silent_asked_at + ASK_SILENT_EVERY);
+        }
         if let Some(until) = waiter.seen.pending_until {
             wake = wake.min(until);
         }
@@ -551,8 +646,57 @@ pub async fn wait_for_cluster(
             },
             () = tokio::time::sleep_until(wake.into()) => {}
         }
-        if let Judged::Done(result) = waiter.judge() {
-            return result;
+        if let Some(limit) = spec.ask_nodes
+            && !waiter.seen.silent.is_empty()
+            && waiter.seen.silent_asked_at.elapsed() >= ASK_SILENT_EVERY
+        {
+            let asked: Vec<String> = waiter.seen.silent.keys().cloned().collect();
+            match spec.source.silent_nodes(&asked, limit).await {
+                Ok(silent) => waiter.seen.record_answers(&asked, silent),
+                Err(e) => {
+                    tracing::warn!("cannot ask the silent nodes again: {e}");
+                    waiter.seen.silent_asked_at = Instant::now();
+                }
+            }
+        }
+        match waiter.judge() {
+            Judged::Done(Ok(ready)) => match confirm(spec, &mut waiter.seen, ready).await {
+                Ok(ready) => return Ok(ready),
+                // Some node did not answer: judged again without it.
+                Err(()) => {}
+            },
+            Judged::Done(result) => return result,
+            Judged::Waiting => {}
+        }
+    }
+}
+
+/// Before ready stands, asks every node it counts whether it answers
+/// ([`WaitSpec::ask_nodes`]). Err when some did not: the view has its
+/// nodes back and those nodes are marked silent.
+async fn confirm(spec: &WaitSpec, seen: &mut Seen, ready: Ready) -> Result<Ready, ()> {
+    let Some(limit) = spec.ask_nodes else {
+        return Ok(ready);
+    };
+    let counted: Vec<String> = ready
+        .snapshot
+        .nodes
+        .iter()
+        .filter(|n| n.alive)
+        .map(|n| n.id.clone())
+        .collect();
+    match spec.source.silent_nodes(&counted, limit).await {
+        Ok(silent) if silent.is_empty() => Ok(ready),
+        Ok(silent) => {
+            seen.view.nodes = ready.snapshot.nodes;
+            let muted = std::mem::take(&mut seen.muted);
+            seen.unmute(&muted);
+            seen.record_answers(&counted, silent);
+            Err(())
+        }
+        Err(e) => {
+            tracing::warn!("cannot ask the nodes themselves ({e}); going by the GCS alone");
+            Ok(ready)
         }
     }
 }

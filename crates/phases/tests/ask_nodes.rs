@@ -1,0 +1,115 @@
+//! The wait asks each node itself before it says ready: against the
+//! stand-in GCS, a node whose raylet port accepts but never answers (a
+//! frozen raylet, as the kernel keeps accepting for it) is not counted
+//! until a raylet answers there.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use orchestrator_domain::Topology;
+use orchestrator_fake_gcs::{StandIn, StandInRaylet, synthetic_node};
+use orchestrator_phases::membership::RayGcs;
+use orchestrator_phases::policies::{self, PolicyRef};
+use orchestrator_phases::wait::{WaitError, WaitSpec, wait_for_cluster};
+use orchestrator_policy_host::ReadinessPolicy;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn node_count_policy() -> ReadinessPolicy {
+    let host = policies::host(&Default::default()).unwrap();
+    policies::readiness(&host, &PolicyRef::parse("builtin:node-count"), "test").unwrap()
+}
+
+fn spec(gcs: &StandIn, ask: Option<Duration>, timeout: Duration) -> WaitSpec {
+    WaitSpec {
+        health: None,
+        source: Arc::new(RayGcs::new(gcs.address())),
+        expected: Topology {
+            nodes: 2,
+            ..Topology::default()
+        },
+        timeout,
+        params: vec![],
+        diagnostics: vec![],
+        facts: None,
+        status: None,
+        request_resources: false,
+        ask_nodes: ask,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_raylet_does_not_answer_is_not_counted_until_it_does() {
+    let gcs = StandIn::start("127.0.0.2:0".parse().unwrap())
+        .await
+        .unwrap();
+    let head_raylet = StandInRaylet::start("127.0.0.2:0".parse().unwrap())
+        .await
+        .unwrap();
+    // Accepts connections (the kernel does) and never answers.
+    let frozen = std::net::TcpListener::bind("127.0.0.3:0").unwrap();
+    let frozen_at = frozen.local_addr().unwrap();
+    let mut head = synthetic_node(0);
+    head.node_manager_address = "127.0.0.2".into();
+    head.node_manager_port = head_raylet.address().port().into();
+    let mut worker = synthetic_node(1);
+    worker.node_manager_address = "127.0.0.3".into();
+    worker.node_manager_port = frozen_at.port().into();
+    gcs.register(vec![head, worker]);
+
+    // The GCS's word alone: ready.
+    let ready = wait_for_cluster(
+        &spec(&gcs, None, Duration::from_secs(5)),
+        &mut node_count_policy(),
+    )
+    .await
+    .expect("ready by the GCS alone");
+    assert_eq!(ready.snapshot.nodes.iter().filter(|n| n.alive).count(), 2);
+
+    // Asking the nodes: not ready, and the diagnosis says why.
+    let asking = spec(
+        &gcs,
+        Some(Duration::from_millis(300)),
+        Duration::from_secs(3),
+    );
+    let err = wait_for_cluster(&asking, &mut node_count_policy())
+        .await
+        .expect_err("a silent node is not counted");
+    // node-count itself gives up at the deadline.
+    assert!(
+        matches!(err, WaitError::Timeout { .. } | WaitError::Failed { .. }),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("nodes: 1 of 2 expected alive"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "node 127.0.0.3 is alive in the GCS but not counted: its raylet at {frozen_at} did not answer within 0.3 s"
+        )),
+        "{text}"
+    );
+
+    // It answers again during a wait: ready within about a second.
+    let waiting = tokio::spawn(async move {
+        let spec = spec(
+            &gcs,
+            Some(Duration::from_millis(300)),
+            Duration::from_secs(20),
+        );
+        let result = wait_for_cluster(&spec, &mut node_count_policy()).await;
+        (result, Instant::now(), gcs)
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!waiting.is_finished(), "ready while a node was silent");
+    drop(frozen);
+    let thawed = StandInRaylet::start(frozen_at).await.unwrap();
+    let answering_since = Instant::now();
+    let (result, at, _gcs) = waiting.await.unwrap();
+    let ready = result.expect("ready once the node answers");
+    assert_eq!(ready.snapshot.nodes.iter().filter(|n| n.alive).count(), 2);
+    let after = at.duration_since(answering_since);
+    assert!(
+        after < Duration::from_secs(3),
+        "ready {after:?} after it answered"
+    );
+    drop(thawed);
+}
