@@ -660,11 +660,13 @@ pub async fn wait_for_cluster(
             }
         }
         match waiter.judge() {
-            Judged::Done(Ok(ready)) => match confirm(spec, &mut waiter.seen, ready).await {
-                Ok(ready) => return Ok(ready),
-                // Some node did not answer: judged again without it.
-                Err(()) => {}
-            },
+            // Err from confirm: some node did not answer; judged again
+            // without it.
+            Judged::Done(Ok(ready)) => {
+                if let Ok(ready) = confirm(spec, &mut waiter.seen, ready).await {
+                    return Ok(ready);
+                }
+            }
             Judged::Done(result) => return result,
             Judged::Waiting => {}
         }
