@@ -27,21 +27,7 @@ fn orchestrator() -> Command {
 
 /// Waits until `orchestrator wait` says the cluster at `address` has `nodes`.
 fn wait_ready(address: &str, nodes: u32, timeout: u64) -> Output {
-    let child = orchestrator()
-        .args([
-            "wait",
-            "--address",
-            address,
-            "--nodes",
-            &nodes.to_string(),
-            "--timeout",
-            &timeout.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_with_deadline(child, Duration::from_secs(timeout + 30))
+    wait_with(address, nodes, timeout, &[])
 }
 
 #[test]
