@@ -24,6 +24,7 @@ pub mod lifecycle;
 pub mod membership;
 pub mod node_health;
 pub mod scale;
+pub mod secrets;
 pub mod types;
 
 pub use checks::InvalidField;

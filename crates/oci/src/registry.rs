@@ -566,6 +566,21 @@ impl Registry {
         make: impl Fn() -> Result<Request<Full<Bytes>>, hyper::http::Error>,
     ) -> Result<Response<Incoming>, OciError> {
         let key = (reference.registry.clone(), scope.to_string());
+        // Credentials go only to the registry itself: an upload Location
+        // or a redirect to another host gets none (as Docker does).
+        let own_host = make()
+            .map_err(|e| self.protocol(reference, e.to_string()))?
+            .uri()
+            .authority()
+            .is_some_and(|a| a.as_str().eq_ignore_ascii_case(&reference.registry));
+        if !own_host {
+            let request = make().map_err(|e| self.protocol(reference, e.to_string()))?;
+            let response = self.request(reference, what, request).await?;
+            if response.status() == StatusCode::UNAUTHORIZED {
+                return Err(self.unauthorized(reference, 401));
+            }
+            return Ok(response);
+        }
         let remembered = self.tokens.lock().ok().and_then(|t| t.get(&key).cloned());
         let build = |auth: Option<&str>| {
             let mut request = make().map_err(|e| self.protocol(reference, e.to_string()))?;

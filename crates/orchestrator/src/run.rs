@@ -186,6 +186,11 @@ pub fn run(args: ConfigArgs) -> ExitCode {
     if config.backend == Backend::Native {
         return run_native(&config);
     }
+    // Ray's token: a configuration that cannot work is refused before a
+    // Ray node starts (the nodes started inherit the same environment).
+    if let Err(e) = orchestrator_phases::membership::RayAuth::from_env() {
+        return refuse(2, e);
+    }
     let kuberay = match kuberay_command() {
         Ok(k) => k,
         Err(e) => return refuse(2, e),

@@ -52,14 +52,26 @@ pub struct WaitArgs {
     pub raylet_answer_timeout: f64,
 }
 
+/// The longest `--timeout`: a year.
+const MAX_TIMEOUT_S: u64 = 365 * 24 * 3600;
+
 /// Runs the command: 0 ready, 1 failed or timed out, 2 bad arguments.
 pub fn run(args: WaitArgs) -> ExitCode {
     if args.nodes == 0 {
         eprintln!("error: --nodes must be at least 1 (the head counts)");
         return ExitCode::from(2);
     }
-    if args.timeout == 0 {
-        eprintln!("error: --timeout must be at least 1 second");
+    if args.timeout == 0 || args.timeout > MAX_TIMEOUT_S {
+        eprintln!(
+            "error: --timeout {}: give 1 to {MAX_TIMEOUT_S} seconds (a year)",
+            args.timeout
+        );
+        return ExitCode::from(2);
+    }
+    // A token configuration that cannot work is refused before anything
+    // is asked of the cluster.
+    if let Err(e) = orchestrator_phases::membership::RayAuth::from_env() {
+        eprintln!("error: {e}");
         return ExitCode::from(2);
     }
     let ask_nodes = match Duration::try_from_secs_f64(args.raylet_answer_timeout) {

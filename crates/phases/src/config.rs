@@ -57,6 +57,26 @@ pub struct Config {
     /// Head: the replicas the serving load needs, recommended by the
     /// scale policy and exported for an autoscaler (off unless enabled).
     pub scale: ScaleConfig,
+    /// Which launch values are secrets, shown as `<redacted>` everywhere.
+    pub secrets: SecretsConfig,
+}
+
+/// Which environment names and flags are secrets, beyond the defaults
+/// (`*TOKEN*`, `*PASSWORD*`, `*SECRET*`, `*_KEY`, `*CREDENTIAL*`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// Exact environment names (or flag names, `API_KEY` for `--api-key`).
+    pub names: Vec<String>,
+    /// Patterns of names, `*` for any run of characters.
+    pub patterns: Vec<String>,
+}
+
+impl SecretsConfig {
+    /// The rules, for [`orchestrator_domain::secrets::install`].
+    pub fn rules(&self) -> orchestrator_domain::secrets::Secrets {
+        orchestrator_domain::secrets::Secrets::with(&self.names, &self.patterns)
+    }
 }
 
 impl Default for Config {
@@ -77,6 +97,7 @@ impl Default for Config {
             endpoints_port: crate::endpoints::DEFAULT_PORT,
             endpoints_host: "0.0.0.0".to_string(),
             registry: RegistryConfig::default(),
+            secrets: SecretsConfig::default(),
         }
     }
 }
@@ -687,7 +708,216 @@ impl Config {
             config.role = role;
         }
         config.validate()?;
+        // The process shows launch values under these rules from now on.
+        orchestrator_domain::secrets::install(config.secrets.rules());
         Ok(config)
+    }
+
+    /// Every duration, size and count with the range it may take, so
+    /// that no arithmetic on a loaded value can overflow.
+    fn bounded(&self) -> Vec<(&'static str, u64, u64, u64)> {
+        const DAY_S: u64 = 24 * 3600;
+        const DAY_MS: u64 = DAY_S * 1000;
+        const YEAR_S: u64 = 365 * DAY_S;
+        let opt = |v: Option<u64>| v.unwrap_or(1);
+        let opt32 = |v: Option<u32>| u64::from(v.unwrap_or(1));
+        vec![
+            ("open-file-limit", self.open_file_limit, 0, 1 << 30),
+            (
+                "cluster.wait-timeout-seconds",
+                self.cluster.wait_timeout_seconds,
+                0,
+                YEAR_S,
+            ),
+            ("cluster.nodes", opt32(self.cluster.nodes), 0, 100_000),
+            ("ray.memory", opt(self.ray.memory), 1, 1 << 50),
+            (
+                "ray.object-store-memory",
+                opt(self.ray.object_store_memory),
+                1,
+                1 << 50,
+            ),
+            ("ray.gcs-wait-seconds", self.ray.gcs_wait_seconds, 0, YEAR_S),
+            (
+                "ray.stop-grace-seconds",
+                self.ray.stop_grace_seconds,
+                0,
+                DAY_S,
+            ),
+            (
+                "ray.gcs-fault-tolerance.reconnect-timeout-seconds",
+                self.ray
+                    .gcs_fault_tolerance
+                    .as_ref()
+                    .map_or(1, |f| f.reconnect_timeout_seconds),
+                0,
+                YEAR_S,
+            ),
+            (
+                "registry.max-layer-mib",
+                self.registry.max_layer_mib,
+                0,
+                1 << 20,
+            ),
+            (
+                "registry.timeout-seconds",
+                self.registry.timeout_seconds,
+                1,
+                DAY_S,
+            ),
+            (
+                "node-health.interval-ms",
+                self.node_health.interval_ms,
+                0,
+                DAY_MS,
+            ),
+            (
+                "node-health.stale-after-ms",
+                self.node_health.stale_after_ms,
+                0,
+                DAY_MS,
+            ),
+            (
+                "node-health.follow-interval-ms",
+                self.node_health.follow_interval_ms,
+                0,
+                DAY_MS,
+            ),
+            (
+                "node-health.unhealthy-grace-seconds",
+                self.node_health.unhealthy_grace_seconds,
+                0,
+                YEAR_S,
+            ),
+            ("scale.interval-ms", self.scale.interval_ms, 0, DAY_MS),
+            (
+                "scale.window-seconds",
+                self.scale.window_seconds,
+                0,
+                30 * DAY_S,
+            ),
+            (
+                "scale.min-replicas",
+                u64::from(self.scale.min_replicas),
+                0,
+                100_000,
+            ),
+            (
+                "scale.max-replicas",
+                u64::from(self.scale.max_replicas),
+                0,
+                100_000,
+            ),
+            (
+                "scale.current-replicas",
+                u64::from(self.scale.current_replicas),
+                0,
+                100_000,
+            ),
+            (
+                "plugins.call-timeout-ms",
+                self.plugins.call_timeout_ms,
+                0,
+                3_600_000,
+            ),
+            (
+                "plugins.memory-limit-mib",
+                self.plugins.memory_limit_mib as u64,
+                0,
+                1 << 20,
+            ),
+            (
+                "serve.tensor-parallel-size",
+                opt32(self.serve.tensor_parallel_size),
+                1,
+                100_000,
+            ),
+            (
+                "serve.pipeline-parallel-size",
+                opt32(self.serve.pipeline_parallel_size),
+                1,
+                100_000,
+            ),
+            (
+                "serve.health-interval-ms",
+                self.serve.health_interval_ms,
+                0,
+                DAY_MS,
+            ),
+            (
+                "serve.generation-interval-ms",
+                self.serve.generation_interval_ms,
+                0,
+                DAY_MS,
+            ),
+            (
+                "serve.health-timeout-ms",
+                self.serve.health_timeout_ms,
+                0,
+                DAY_MS,
+            ),
+            (
+                "serve.generation-timeout-ms",
+                self.serve.generation_timeout_ms,
+                0,
+                DAY_MS,
+            ),
+            (
+                "serve.stop-grace-seconds",
+                self.serve.stop_grace_seconds,
+                0,
+                DAY_S,
+            ),
+            (
+                "serve.drain-timeout-seconds",
+                self.serve.drain_timeout_seconds,
+                0,
+                DAY_S,
+            ),
+            (
+                "serve.prefetch.max-mb-per-second",
+                self.serve.prefetch.max_mb_per_second,
+                0,
+                1 << 30,
+            ),
+            (
+                "native.heartbeat-ms",
+                self.native.heartbeat_ms,
+                1,
+                3_600_000,
+            ),
+            (
+                "native.heartbeat-timeout-ms",
+                self.native.heartbeat_timeout_ms,
+                1,
+                DAY_MS,
+            ),
+            (
+                "native.leader-wait-seconds",
+                self.native.leader_wait_seconds,
+                0,
+                YEAR_S,
+            ),
+            ("native.rank", opt32(self.native.rank), 0, 100_000),
+            (
+                "native.group-size",
+                opt32(self.native.group_size),
+                1,
+                100_000,
+            ),
+            (
+                "kubernetes.event-burst",
+                u64::from(self.kubernetes.event_burst),
+                0,
+                100_000,
+            ),
+            (
+                "kubernetes.event-interval-seconds",
+                self.kubernetes.event_interval_seconds,
+                0,
+                DAY_S,
+            ),
+        ]
     }
 
     /// Checks values that parse but cannot work.
@@ -697,6 +927,36 @@ impl Config {
             problem,
             fix: fix.to_string(),
         };
+        for (field, value, min, max) in self.bounded() {
+            if value < min || value > max {
+                return Err(invalid(
+                    field,
+                    format!("is {value}, outside {min} to {max}"),
+                    &format!("give a value from {min} to {max}"),
+                ));
+            }
+        }
+        for (field, value) in [
+            ("cluster.gpus", self.cluster.gpus),
+            ("cluster.min-gpus-per-node", self.cluster.min_gpus_per_node),
+        ] {
+            if !value.is_finite() || value > 1e7 {
+                return Err(invalid(
+                    field,
+                    format!("is {value}, outside 0 to 10000000"),
+                    "give a GPU count from 0 (no check) up",
+                ));
+            }
+        }
+        if let Some(g) = self.native.gpus
+            && (!g.is_finite() || !(0.0..=1024.0).contains(&g))
+        {
+            return Err(invalid(
+                "native.gpus",
+                format!("is {g}, outside 0 to 1024"),
+                "give the GPUs this rank offers, or leave it out to count them",
+            ));
+        }
         if let Err(problem) = self.serve.prefetch.check() {
             return Err(invalid(
                 "serve.prefetch.copy-to",

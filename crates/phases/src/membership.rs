@@ -4,6 +4,9 @@
 //! backend brings its own. Nodes' health reports go to the source's
 //! [`HealthStore`] ([`GcsHealthStore`]: the GCS's key-value store).
 
+/// Ray's token authentication, as every GCS and raylet call sends it.
+pub use orchestrator_ray_gcs::{AuthError, RayAuth};
+
 use orchestrator_domain::{HealthReport, KeyValue, MembershipUpdate, Node};
 use std::future::Future;
 use std::pin::Pin;
@@ -292,8 +295,9 @@ impl MembershipSource for RayGcs {
             let raylets = client.raylet_addresses().await.map_err(|e| e.to_string())?;
             let mut asks = tokio::task::JoinSet::new();
             for (id, address) in raylets.into_iter().filter(|(id, _)| ids.contains(id)) {
+                let auth = client.auth().clone();
                 asks.spawn(async move {
-                    let answer = probe_raylet(&address, limit).await;
+                    let answer = probe_raylet(&address, limit, &auth).await;
                     (id, address, answer)
                 });
             }

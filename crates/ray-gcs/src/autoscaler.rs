@@ -7,7 +7,7 @@
 //! empty one clears it. Entry point: [`GcsClient::request_resources`].
 
 use crate::proto::autoscaler as pb;
-use crate::{CALL_TIMEOUT, GcsClient, GcsError};
+use crate::{GcsClient, GcsError};
 use std::collections::BTreeMap;
 
 /// One bundle: resource name to amount, e.g. `{"GPU": 1.0}`.
@@ -50,10 +50,9 @@ impl GcsClient {
                 })
                 .collect(),
         };
-        let mut request = tonic::Request::new(pb::RequestClusterResourceConstraintRequest {
+        let request = self.request(pb::RequestClusterResourceConstraintRequest {
             cluster_resource_constraint: Some(constraint),
         });
-        request.set_timeout(CALL_TIMEOUT);
         self.autoscaler()
             .request_cluster_resource_constraint(request)
             .await
@@ -64,10 +63,9 @@ impl GcsClient {
     /// The bundles the GCS holds as the cluster resource constraint (what
     /// autoscaler v2 sees), one entry per bundle.
     pub async fn requested_resources(&self) -> Result<Vec<Bundle>, GcsError> {
-        let mut request = tonic::Request::new(pb::GetClusterResourceStateRequest {
+        let request = self.request(pb::GetClusterResourceStateRequest {
             last_seen_cluster_resource_state_version: 0,
         });
-        request.set_timeout(CALL_TIMEOUT);
         let state = self
             .autoscaler()
             .get_cluster_resource_state(request)

@@ -39,8 +39,10 @@ pub mod proto {
     }
 }
 
+mod auth;
 mod autoscaler;
 mod raylet;
+pub use auth::{AuthError, RayAuth};
 pub use autoscaler::{Bundle, RESOURCE_REQUEST_KEY};
 pub use raylet::{RayletAnswer, probe_raylet};
 
@@ -79,6 +81,21 @@ pub enum GcsError {
         /// The last error seen.
         last_error: String,
     },
+    /// The token configuration of this process is wrong.
+    #[error(transparent)]
+    AuthConfig(#[from] AuthError),
+    /// The GCS (or a raylet) refused this process's credentials.
+    #[error(
+        "the Ray cluster at {address} refused this orchestrator's credentials ({message}): {fix}"
+    )]
+    Refused {
+        /// The address.
+        address: String,
+        /// What the server said.
+        message: String,
+        /// What to do about it.
+        fix: String,
+    },
     /// A call failed.
     #[error("GCS at {address}: {message}")]
     Rpc {
@@ -94,6 +111,7 @@ pub enum GcsError {
 pub struct GcsClient {
     address: String,
     channel: Channel,
+    auth: RayAuth,
 }
 
 impl std::fmt::Debug for GcsClient {
@@ -108,8 +126,19 @@ impl std::fmt::Debug for GcsClient {
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl GcsClient {
-    /// Connects to `HOST:PORT` (one attempt, up to `connect_timeout`).
+    /// Connects to `HOST:PORT` (one attempt, up to `connect_timeout`),
+    /// with the credentials of this process's environment
+    /// ([`RayAuth::from_env`]).
     pub async fn connect(address: &str, connect_timeout: Duration) -> Result<Self, GcsError> {
+        Self::connect_with(address, connect_timeout, RayAuth::from_env()?).await
+    }
+
+    /// [`connect`](Self::connect) with the credentials given.
+    pub async fn connect_with(
+        address: &str,
+        connect_timeout: Duration,
+        auth: RayAuth,
+    ) -> Result<Self, GcsError> {
         let endpoint = endpoint(address)?.connect_timeout(connect_timeout);
         let channel = endpoint.connect().await.map_err(|e| GcsError::Rpc {
             address: address.to_string(),
@@ -118,7 +147,21 @@ impl GcsClient {
         Ok(Self {
             address: address.to_string(),
             channel,
+            auth,
         })
+    }
+
+    /// A request with the call deadline and this client's credentials.
+    pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(CALL_TIMEOUT);
+        self.auth.apply(&mut request);
+        request
+    }
+
+    /// The credentials this client sends.
+    pub fn auth(&self) -> &RayAuth {
+        &self.auth
     }
 
     /// Connects, retrying with backoff until `deadline` has passed.
@@ -139,9 +182,12 @@ impl GcsClient {
             let last_error =
                 match tokio::time::timeout(left.max(Duration::from_millis(10)), attempt).await {
                     Ok(Ok(client)) => return Ok(client),
-                    Ok(Err(GcsError::Address { address, reason })) => {
-                        return Err(GcsError::Address { address, reason });
-                    }
+                    // Waiting cannot mend these.
+                    Ok(Err(
+                        e @ (GcsError::Address { .. }
+                        | GcsError::AuthConfig(_)
+                        | GcsError::Refused { .. }),
+                    )) => return Err(e),
                     Ok(Err(e)) => e.to_string(),
                     Err(_) => "timed out".to_string(),
                 };
@@ -164,10 +210,7 @@ impl GcsClient {
     }
 
     fn rpc_error(&self, what: &str, status: tonic::Status) -> GcsError {
-        GcsError::Rpc {
-            address: self.address.clone(),
-            message: format!("{what} failed: {} ({:?})", status.message(), status.code()),
-        }
+        rpc_error(&self.address, &self.auth, what, status)
     }
 
     /// Every node the GCS knows, alive and dead.
@@ -203,8 +246,7 @@ impl GcsClient {
 
     async fn all_node_info(&self) -> Result<Vec<proto::GcsNodeInfo>, GcsError> {
         let mut client = NodeInfoGcsServiceClient::new(self.channel.clone());
-        let mut request = tonic::Request::new(proto::GetAllNodeInfoRequest { limit: None });
-        request.set_timeout(CALL_TIMEOUT);
+        let request = self.request(proto::GetAllNodeInfoRequest { limit: None });
         let reply = client
             .get_all_node_info(request)
             .await
@@ -221,13 +263,12 @@ impl GcsClient {
     /// Writes `key` = `value` in `namespace` of the GCS's internal
     /// key-value store, replacing what was there.
     pub async fn kv_put(&self, namespace: &str, key: &str, value: Vec<u8>) -> Result<(), GcsError> {
-        let mut request = tonic::Request::new(proto::InternalKvPutRequest {
+        let request = self.request(proto::InternalKvPutRequest {
             key: key.as_bytes().to_vec(),
             value,
             overwrite: true,
             namespace: namespace.as_bytes().to_vec(),
         });
-        request.set_timeout(CALL_TIMEOUT);
         let reply = self
             .kv()
             .internal_kv_put(request)
@@ -243,11 +284,10 @@ impl GcsClient {
         namespace: &str,
         prefix: &str,
     ) -> Result<Vec<(String, Vec<u8>)>, GcsError> {
-        let mut request = tonic::Request::new(proto::InternalKvKeysRequest {
+        let request = self.request(proto::InternalKvKeysRequest {
             prefix: prefix.as_bytes().to_vec(),
             namespace: namespace.as_bytes().to_vec(),
         });
-        request.set_timeout(CALL_TIMEOUT);
         let keys = self
             .kv()
             .internal_kv_keys(request)
@@ -258,11 +298,10 @@ impl GcsClient {
         if keys.results.is_empty() {
             return Ok(Vec::new());
         }
-        let mut request = tonic::Request::new(proto::InternalKvMultiGetRequest {
+        let request = self.request(proto::InternalKvMultiGetRequest {
             keys: keys.results,
             namespace: namespace.as_bytes().to_vec(),
         });
-        request.set_timeout(CALL_TIMEOUT);
         let reply = self
             .kv()
             .internal_kv_multi_get(request)
@@ -279,12 +318,11 @@ impl GcsClient {
 
     /// Deletes `key` of `namespace`.
     pub async fn kv_delete(&self, namespace: &str, key: &str) -> Result<(), GcsError> {
-        let mut request = tonic::Request::new(proto::InternalKvDelRequest {
+        let request = self.request(proto::InternalKvDelRequest {
             key: key.as_bytes().to_vec(),
             namespace: namespace.as_bytes().to_vec(),
             del_by_prefix: false,
         });
-        request.set_timeout(CALL_TIMEOUT);
         let reply = self
             .kv()
             .internal_kv_del(request)
@@ -313,6 +351,46 @@ fn endpoint(address: &str) -> Result<Endpoint, GcsError> {
     Endpoint::from_shared(format!("http://{address}"))
         .map(|e| e.tcp_nodelay(true))
         .map_err(|e| bad(&e.to_string()))
+}
+
+/// Words every credentials error's message holds, so that a message
+/// passed on as text is still recognised ([`is_credentials_error`]).
+const CREDENTIALS_MARK: &str = "orchestrator's credentials";
+
+/// Whether an error's text (of [`GcsError::Refused`] or
+/// [`GcsError::AuthConfig`]) is about credentials, where "is the head
+/// running?" would mislead.
+pub fn is_credentials_error(text: &str) -> bool {
+    text.contains(CREDENTIALS_MARK) || text.contains("RAY_AUTH_")
+}
+
+/// A failed call as a [`GcsError`]: a refused credential is named as such,
+/// with the fix.
+pub(crate) fn rpc_error(
+    address: &str,
+    auth: &RayAuth,
+    what: &str,
+    status: tonic::Status,
+) -> GcsError {
+    if status.code() == tonic::Code::Unauthenticated
+        || status.message().contains("InvalidAuthToken")
+    {
+        let fix = match auth.source() {
+            Some(from) => format!(
+                "the token from {from} is not the cluster's; give this pod the token the Ray nodes were started with (KubeRay: the Secret of the RayCluster's authOptions)"
+            ),
+            None => "the cluster runs with RAY_AUTH_MODE=token; set RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH for this orchestrator (KubeRay: the Secret of the RayCluster's authOptions)".to_string(),
+        };
+        return GcsError::Refused {
+            address: address.to_string(),
+            message: format!("{what}: {} ({:?})", status.message(), status.code()),
+            fix,
+        };
+    }
+    GcsError::Rpc {
+        address: address.to_string(),
+        message: format!("{what} failed: {} ({:?})", status.message(), status.code()),
+    }
 }
 
 pub(crate) fn check_status(

@@ -6,7 +6,7 @@
 
 use crate::proto::GetSystemConfigRequest;
 use crate::proto::node_manager_service_client::NodeManagerServiceClient;
-use crate::{endpoint, error_chain};
+use crate::{RayAuth, endpoint, error_chain};
 use std::time::Duration;
 use tonic::Code;
 
@@ -25,8 +25,9 @@ pub enum RayletAnswer {
 
 /// Asks the raylet at `address` (`HOST:PORT`, the node manager's address
 /// and port as the GCS lists them) for Ray's system configuration,
-/// waiting up to `limit` in all.
-pub async fn probe_raylet(address: &str, limit: Duration) -> RayletAnswer {
+/// waiting up to `limit` in all, with the credentials `auth` (a raylet of
+/// a cluster with token authentication refuses calls without them).
+pub async fn probe_raylet(address: &str, limit: Duration, auth: &RayAuth) -> RayletAnswer {
     let endpoint = match endpoint(address) {
         Ok(e) => e.connect_timeout(limit),
         Err(e) => return RayletAnswer::Unreachable(e.to_string()),
@@ -41,14 +42,22 @@ pub async fn probe_raylet(address: &str, limit: Duration) -> RayletAnswer {
         })?;
         let mut request = tonic::Request::new(GetSystemConfigRequest {});
         request.set_timeout(limit);
+        auth.apply(&mut request);
         match NodeManagerServiceClient::new(channel)
             .get_system_config(request)
             .await
         {
             Ok(_) => Ok(()),
             // A status the raylet sent: it is alive, of another version
-            // perhaps.
-            Err(s) if matches!(s.code(), Code::Unimplemented | Code::InvalidArgument) => Ok(()),
+            // perhaps (or refusing these credentials, which the GCS took).
+            Err(s)
+                if matches!(
+                    s.code(),
+                    Code::Unimplemented | Code::InvalidArgument | Code::Unauthenticated
+                ) =>
+            {
+                Ok(())
+            }
             Err(s) if matches!(s.code(), Code::DeadlineExceeded | Code::Cancelled) => Err(None),
             Err(s) => Err(Some(format!("{}: {}", s.code(), s.message()))),
         }

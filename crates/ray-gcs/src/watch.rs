@@ -93,10 +93,7 @@ async fn session(
     let mut pubsub = client.pubsub();
     let mut subscriber_id = vec![0u8; 28];
     rand::rng().fill_bytes(&mut subscriber_id);
-    let rpc_err = |what: &str, s: tonic::Status| GcsError::Rpc {
-        address: address.to_string(),
-        message: format!("{what} failed: {} ({:?})", s.message(), s.code()),
-    };
+    let rpc_err = |what: &str, s: tonic::Status| crate::rpc_error(address, client.auth(), what, s);
 
     // Subscribe first, then snapshot: nothing that happens in between is lost.
     let subscribe = proto::GcsSubscriberCommandBatchRequest {
@@ -112,8 +109,7 @@ async fn session(
     };
     // Bounded: a GCS that takes the connection but never answers is
     // reported (and retried), not waited on for ever.
-    let mut subscribe = tonic::Request::new(subscribe);
-    subscribe.set_timeout(crate::CALL_TIMEOUT);
+    let subscribe = client.request(subscribe);
     let reply = pubsub
         .gcs_subscriber_command_batch(subscribe)
         .await
@@ -167,6 +163,9 @@ async fn session(
             max_processed_sequence_id: max_processed,
             publisher_id: publisher_id.clone(),
         };
+        // A long poll: no deadline, the credentials only.
+        let mut request = tonic::Request::new(request);
+        client.auth().apply(&mut request);
         let reply = pubsub
             .gcs_subscriber_poll(request)
             .await

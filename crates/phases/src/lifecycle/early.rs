@@ -78,8 +78,8 @@ impl EarlyLaunch {
                         "the expected layout changed during the wait ({} nodes, {} GPUs): relaunching the early server with `{}` (was `{}`)",
                         expected.nodes,
                         expected.gpus,
-                        new.argv.join(" "),
-                        server.plan.argv.join(" ")
+                        orchestrator_domain::secrets::shown(&new.argv),
+                        orchestrator_domain::secrets::shown(&server.plan.argv)
                     ),
                     None => format!(
                         "the expected layout changed during the wait ({} nodes, {} GPUs) and the launch policy no longer launches early: stopping the early server",
@@ -176,7 +176,7 @@ fn start(planned: LaunchPlan, status: &Status) -> Option<Box<EarlyServer>> {
         .collect();
     tracing::info!(
         "early launch: starting the server for the expected layout while the cluster forms (its placement group waits for the workers): {}",
-        planned.argv.join(" ")
+        orchestrator_domain::secrets::shown(&planned.argv)
     );
     match ServerProcess::spawn("vllm", &planned.argv, &env) {
         Ok(process) => {

@@ -593,8 +593,8 @@ impl Lifecycle {
             Some(e) => {
                 let message = format!(
                     "the cluster formed differently from the layout the early launch assumed: relaunching with `{}` (was `{}`)",
-                    plan.argv.join(" "),
-                    e.plan.argv.join(" ")
+                    orchestrator_domain::secrets::shown(&plan.argv),
+                    orchestrator_domain::secrets::shown(&e.plan.argv)
                 );
                 tracing::warn!("{message}");
                 status.event(EventReason::ServerRestarting, message);

@@ -264,6 +264,7 @@ pub fn describe(
             };
             serve = match p.launch.plan(&request, &c.launch.params())? {
                 Ok(plan) => {
+                    let plan = orchestrator_domain::secrets::secrets().redact_plan(&plan);
                     serde_json::json!({"argv": plan.argv, "env": plan.env, "early": plan.early, "for": "the expected topology"})
                 }
                 Err(e) => serde_json::json!({"error": e.to_string()}),
@@ -275,7 +276,13 @@ pub fn describe(
         "open-file-limit": config.open_file_limit,
         "start": {
             "argv": start.argv_redacted(),
-            "env": ray_env(config).into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+            "env": ray_env(config)
+                .into_iter()
+                .map(|(k, v)| {
+                    let secret = orchestrator_domain::secrets::secrets().is_secret_name(&k);
+                    (k, if secret { orchestrator_domain::secrets::REDACTED.to_string() } else { v })
+                })
+                .collect::<std::collections::BTreeMap<_, _>>(),
             "from-kuberay-command": config.ray.use_kuberay_command,
         },
         "wait": match config.role {

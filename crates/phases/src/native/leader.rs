@@ -155,7 +155,11 @@ pub async fn run_leader(
         );
     }
     for rank in &launch.ranks {
-        tracing::info!(rank = rank.rank, "rank's plan: {}", rank.argv.join(" "));
+        tracing::info!(
+            rank = rank.rank,
+            "rank's plan: {}",
+            orchestrator_domain::secrets::shown(&rank.argv)
+        );
     }
     status.mark(
         StartupStep::Launch,

@@ -529,6 +529,7 @@ pub fn describe(
                 let request = orchestrator_domain::LaunchRequest { cluster, settings };
                 match launch.plan(&request, &spec.launch_params)? {
                     Ok(launch) => {
+                        let launch = orchestrator_domain::secrets::secrets().redact_plan(&launch);
                         let mut all = vec![serde_json::json!({
                             "rank": 0, "argv": launch.argv, "env": launch.env,
                         })];

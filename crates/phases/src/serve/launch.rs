@@ -59,9 +59,9 @@ pub fn plan_launch(
     };
     add_serving_env(&mut plan, ctx.source);
     tracing::info!(
-        env = %plan.env.iter().map(|kv| format!("{}={}", kv.key, kv.value)).collect::<Vec<_>>().join(" "),
+        env = %orchestrator_domain::secrets::secrets().show_env(&plan.env),
         "launching: {}",
-        plan.argv.join(" ")
+        orchestrator_domain::secrets::shown(&plan.argv)
     );
     Ok(plan)
 }

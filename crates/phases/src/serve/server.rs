@@ -62,7 +62,7 @@ impl ServerProcess {
             process = label,
             pid = pgid.map(|p| p.as_raw_nonzero().get()),
             "started: {}",
-            argv.join(" ")
+            orchestrator_domain::secrets::shown(argv)
         );
         Ok(Self {
             child,

@@ -298,23 +298,10 @@ impl RayStart {
     }
 }
 
-/// Flags whose values are secrets.
-const SECRET_FLAGS: &[&str] = &["redis-password"];
-
-/// `argv` with the values of secret flags replaced by `<redacted>`.
+/// `argv` with the values of secret flags (`--redis-password`, and every
+/// flag [`orchestrator_domain::secrets`] names) replaced by `<redacted>`.
 pub fn redact(argv: &[String]) -> Vec<String> {
-    argv.iter()
-        .map(|arg| {
-            for flag in SECRET_FLAGS {
-                if let Some(value) = arg.strip_prefix(&format!("--{flag}="))
-                    && !value.is_empty()
-                {
-                    return format!("--{flag}=<redacted>");
-                }
-            }
-            arg.clone()
-        })
-        .collect()
+    orchestrator_domain::secrets::secrets().redact_argv(argv)
 }
 
 fn trim_float(v: f64) -> String {

@@ -96,6 +96,17 @@ pub struct Diagnosis {
 
 impl fmt::Display for Diagnosis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.connected
+            && let Some(e) = &self.gcs_error
+            && orchestrator_ray_gcs::is_credentials_error(e)
+        {
+            return write!(
+                f,
+                "{} never let this orchestrator in ({:.0} s): {e}",
+                self.source,
+                self.elapsed.as_secs_f64(),
+            );
+        }
         if !self.connected {
             return write!(
                 f,
