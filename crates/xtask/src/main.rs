@@ -546,6 +546,7 @@ fn test() -> Result<()> {
     for target in [
         "ray_wait",
         "ray_cli",
+        "ray_auth",
         "kube_e2e",
         "node_health",
         "early_launch",
