@@ -45,6 +45,32 @@ pub struct MemberPlan {
     /// This node's own checks (`[node-health]`), reported in every
     /// heartbeat; none when off.
     pub node_health: Option<crate::node_health::NodeHealthPlan>,
+    /// The group secret's key: requests are signed with it and only
+    /// answers signed with it are obeyed. None: an insecure group.
+    pub key: Option<super::auth::GroupKey>,
+}
+
+/// A POST to the leader: sealed with the group secret when there is one,
+/// and the answer accepted only when the leader signed it for this
+/// request (its body then stands in the answer).
+async fn call(
+    plan: &MemberPlan,
+    path: &str,
+    body: Option<String>,
+    timeout: std::time::Duration,
+) -> Result<crate::serve::probe::HttpAnswer, String> {
+    let Some(key) = &plan.key else {
+        return http(&plan.leader, "POST", path, body, timeout).await;
+    };
+    let (wire, nonce) = key.seal(plan.rank, path, body.unwrap_or_default());
+    let answer = http(&plan.leader, "POST", path, Some(wire), timeout).await?;
+    let body = key
+        .open_answer(path, &nonce, answer.status, &answer.body)
+        .map_err(|e| format!("the leader at {} did not authenticate: {e}", plan.leader))?;
+    Ok(crate::serve::probe::HttpAnswer {
+        status: answer.status,
+        body,
+    })
 }
 
 /// Where a rank's reporter puts its node-health reports: kept for the next
@@ -212,14 +238,7 @@ pub async fn run_member(
                     instance: instance.clone(),
                 };
                 let body = serde_json::to_string(&leave).unwrap_or_default();
-                let _ = http(
-                    &plan.leader,
-                    "POST",
-                    LEAVE,
-                    Some(body),
-                    Duration::from_secs(2),
-                )
-                .await;
+                let _ = call(plan, LEAVE, Some(body), Duration::from_secs(2)).await;
                 return Exit::ok();
             }
             Followed::LeaderGone(why) => {
@@ -248,15 +267,7 @@ async fn register(plan: &MemberPlan, instance: &str, shutdown: &Shutdown) -> Reg
     let started = Instant::now();
     let mut last_error = String::new();
     loop {
-        match http(
-            &plan.leader,
-            "POST",
-            REGISTER,
-            Some(body.clone()),
-            Duration::from_secs(5),
-        )
-        .await
-        {
+        match call(plan, REGISTER, Some(body.clone()), Duration::from_secs(5)).await {
             Ok(answer) if answer.status == 200 => {
                 match serde_json::from_str::<Registered>(&answer.body) {
                     Ok(r) => return Registering::Done(r),
@@ -348,9 +359,8 @@ async fn follow_orders(
         };
         let body = serde_json::to_string(&beat).unwrap_or_default();
         // The leader holds a heartbeat up to one interval.
-        let request = http(
-            &plan.leader,
-            "POST",
+        let request = call(
+            plan,
             HEARTBEAT,
             Some(body),
             plan.heartbeat * 2 + Duration::from_secs(2),
@@ -430,8 +440,22 @@ async fn carry_out(plan: &MemberPlan, label: &str, order: Order, rank: &mut Rank
                 false,
             );
         }
-        Command::Run { argv, env } => {
+        Command::Run {
+            argv,
+            env,
+            from_own_env,
+        } => {
             rank.stop(plan.stop_grace, status).await;
+            // The server inherits this pod's environment: the plan's
+            // secrets come from there, not from the network.
+            for name in from_own_env.iter().take(64) {
+                if std::env::var_os(name).is_none() {
+                    tracing::warn!(
+                        "{label}: the launch plan uses the secret {:?}, which the leader does not send and this pod's environment lacks: give every pod the same Secret",
+                        name.chars().take(128).collect::<String>()
+                    );
+                }
+            }
             let env: Vec<(String, String)> = env.into_iter().map(|kv| (kv.key, kv.value)).collect();
             match ServerProcess::spawn("vllm", &argv, &env) {
                 Ok(p) => {

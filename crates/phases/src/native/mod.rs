@@ -10,6 +10,7 @@
 //! restart of the whole group. Entry points: [`NativeIdentity::resolve`]
 //! (which rank this pod is), [`run_leader`] and [`run_member`].
 
+pub mod auth;
 pub mod leader;
 pub mod member;
 pub mod protocol;
@@ -64,6 +65,13 @@ pub struct NativeConfig {
     pub heartbeat_timeout_ms: u64,
     /// How long a rank waits for its leader to answer at start, seconds.
     pub leader_wait_seconds: u64,
+    /// A file holding the group secret (a mounted Kubernetes Secret);
+    /// `$ORCHESTRATOR_GROUP_SECRET` wins when set. Every rank's requests
+    /// and the leader's answers are signed with it.
+    pub secret_file: Option<std::path::PathBuf>,
+    /// Run a group of more than one node without a secret: anyone who
+    /// reaches the leader's port can take a rank. Off unless set.
+    pub insecure: bool,
 }
 
 impl Default for NativeConfig {
@@ -78,6 +86,8 @@ impl Default for NativeConfig {
             heartbeat_ms: 500,
             heartbeat_timeout_ms: 5000,
             leader_wait_seconds: 600,
+            secret_file: None,
+            insecure: false,
         }
     }
 }
@@ -309,6 +319,15 @@ pub enum NativePlanError {
     /// No free port for torch.distributed.
     #[error("cannot find a free port for torch.distributed: {0}")]
     NoPort(std::io::Error),
+    /// The group secret cannot be used.
+    #[error(transparent)]
+    Secret(#[from] auth::SecretError),
+    /// A group of several nodes without a secret.
+    #[error(
+        "a native group of {0} nodes needs a group secret: set {secret} (or native.secret-file) to the same secret on every pod (deploy/lws/ creates it from a Secret), or set native.insecure = true to run unauthenticated on a network only the group reaches",
+        secret = auth::SECRET_ENV
+    )]
+    NoSecret(u32),
 }
 
 fn leader_node(address: &str, hostname: &str, gpus: f64, cpus: f64) -> orchestrator_domain::Node {
@@ -348,6 +367,15 @@ impl NativePlan {
             config.policies.node_health.params(),
         );
         let host = hostname();
+        let key = auth::GroupKey::from_env_or_file(config.native.secret_file.as_deref())?;
+        if key.is_none() && identity.group_size > 1 && !config.native.insecure {
+            return Err(NativePlanError::NoSecret(identity.group_size));
+        }
+        if key.is_none() && identity.group_size > 1 {
+            tracing::warn!(
+                "native.insecure = true: the group's rendezvous is not authenticated; anyone who reaches the leader's port can take a rank"
+            );
+        }
         let role = if identity.is_leader() {
             let serve = config
                 .serve
@@ -380,6 +408,7 @@ impl NativePlan {
                     heartbeat,
                     timeout,
                     leader: leader_node(&identity.node_address, &host, gpus, cpus()),
+                    key: key.clone(),
                 },
             }
         } else {
@@ -396,6 +425,7 @@ impl NativePlan {
                 leader_wait: Duration::from_secs(config.native.leader_wait_seconds),
                 stop_grace: Duration::from_secs(config.serve.stop_grace_seconds),
                 node_health: node_health.clone(),
+                key,
             })
         };
         Ok(Self {
@@ -433,6 +463,8 @@ impl NativePlan {
         let address = group.address.to_string();
         let host = hostname();
         let cpus = 1.0;
+        // One process holds the whole group: a fresh secret each run.
+        let key = auth::GroupKey::random();
         let members = (1..size)
             .map(|rank| MemberPlan {
                 rank,
@@ -450,6 +482,7 @@ impl NativePlan {
                     .as_ref()
                     .map_or(Duration::from_secs(10), |s| s.stop_grace),
                 node_health: None,
+                key: Some(key.clone()),
             })
             .collect();
         let serve = group.serve.clone();
@@ -478,6 +511,7 @@ impl NativePlan {
                     heartbeat: group.heartbeat,
                     timeout: group.heartbeat_timeout,
                     leader: leader_node(&address, &host, gpus, cpus),
+                    key: Some(key),
                 },
             },
             local_members: members,

@@ -42,6 +42,42 @@ pub struct Registration {
     pub cpus: f64,
 }
 
+impl Registration {
+    /// Checks what a rank may claim: finite GPU and CPU counts in range,
+    /// names of sane length. Names the first problem.
+    pub fn check(&self) -> Result<(), String> {
+        if !self.gpus.is_finite() || !(0.0..=MAX_GPUS).contains(&self.gpus) {
+            return Err(format!(
+                "a registration offers {} GPUs; a node offers 0 to {MAX_GPUS}",
+                self.gpus
+            ));
+        }
+        if !self.cpus.is_finite() || !(0.0..=MAX_CPUS).contains(&self.cpus) {
+            return Err(format!(
+                "a registration offers {} CPUs; a node offers 0 to {MAX_CPUS}",
+                self.cpus
+            ));
+        }
+        for (what, text, max) in [
+            ("instance", &self.instance, 128),
+            ("address", &self.address, 255),
+            ("hostname", &self.hostname, 255),
+        ] {
+            if text.is_empty() || text.len() > max || text.chars().any(char::is_control) {
+                return Err(format!(
+                    "a registration's {what} is empty, over {max} bytes or holds control characters"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The most GPUs (or accelerator slots) one node may offer.
+pub const MAX_GPUS: f64 = 1024.0;
+/// The most CPUs one node may offer.
+pub const MAX_CPUS: f64 = 1_000_000.0;
+
 /// The leader accepted a registration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -108,8 +144,13 @@ pub enum Command {
     Run {
         /// The argv.
         argv: Vec<String>,
-        /// Environment added.
+        /// Environment added (secret values are never sent: see
+        /// `from_own_env`).
         env: Vec<KeyValue>,
+        /// Secret variables of the plan the rank takes from its own
+        /// environment (the leader does not send their values).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        from_own_env: Vec<String>,
     },
     /// Stop this rank's server.
     Stop,

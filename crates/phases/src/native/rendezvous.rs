@@ -40,6 +40,9 @@ pub struct RendezvousSettings {
     pub timeout: Duration,
     /// The leader's own node (rank 0).
     pub leader: Node,
+    /// The group secret's key: every request must be signed with it and
+    /// every answer is. None: an insecure group.
+    pub key: Option<super::auth::GroupKey>,
 }
 
 /// One registered rank.
@@ -93,6 +96,8 @@ struct Shared {
     view: watch::Sender<Arc<Vec<Entry>>>,
     /// The leader's own node-health report.
     own_report: Mutex<Option<HealthReport>>,
+    /// Requests refused so far (their log lines are rate-limited).
+    refusals: std::sync::atomic::AtomicU64,
 }
 
 /// The rendezvous. Cheap to clone; the sweep of lost ranks runs while any
@@ -141,6 +146,7 @@ impl Rendezvous {
                 order,
                 view,
                 own_report: Mutex::new(None),
+                refusals: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         rendezvous.publish();
@@ -271,6 +277,10 @@ impl Rendezvous {
                 true,
             );
         }
+        if let Err(problem) = r.check() {
+            self.refused_once(&format!("rank {}: {problem}", r.rank));
+            return refuse(problem, true);
+        }
         if r.rank == 0 {
             return refuse(
                 format!(
@@ -345,6 +355,20 @@ impl Rendezvous {
         })
     }
 
+    /// Logs why a request was refused: the first of each kind, then one
+    /// line in every 100, so a hostile peer cannot flood the log.
+    fn refused_once(&self, why: &str) {
+        let n = self
+            .shared
+            .refusals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n % 100 == 0 {
+            // Peer text on one line: no forged log lines.
+            let why = why.replace(['\n', '\r'], " ");
+            tracing::warn!(refused = n + 1, "rendezvous: refused a request: {why}");
+        }
+    }
+
     /// A heartbeat: records what the rank reports, then answers with its
     /// order, held up to one heartbeat interval while the rank already
     /// carried out the order in force.
@@ -365,8 +389,21 @@ impl Rendezvous {
             m.last_seen = Instant::now();
             m.generation = h.generation;
             m.process = h.process.clone();
-            if h.report.is_some() {
-                m.report = h.report.clone();
+            match &h.report {
+                // A report only about the sender's own node.
+                Some(report) if report.node_id == node_id(h.rank) => {
+                    m.report = Some(report.clone())
+                }
+                Some(report) => {
+                    let why = format!(
+                        "rank {} sent a node-health report about {:?}; only its own ({}) is taken",
+                        h.rank,
+                        report.node_id.chars().take(64).collect::<String>(),
+                        node_id(h.rank)
+                    );
+                    self.refused_once(&why);
+                }
+                None => {}
             }
             if let (OrderKind::Run { to, .. }, ProcessState::Exited(how)) =
                 (&current.kind, &h.process)
@@ -421,10 +458,21 @@ impl Rendezvous {
             OrderKind::Stop => Command::Stop,
             OrderKind::Run { plan, to } if to.get(&rank).is_some_and(|i| i == instance) => {
                 match plan.ranks.iter().find(|p| p.rank == rank) {
-                    Some(p) => Command::Run {
-                        argv: p.argv.clone(),
-                        env: p.env.clone(),
-                    },
+                    Some(p) => {
+                        // Secret values stay on the leader: the rank has
+                        // its own copy in its environment (its Secret).
+                        let rules = orchestrator_domain::secrets::secrets();
+                        let (secret, env): (Vec<KeyValue>, Vec<KeyValue>) = p
+                            .env
+                            .iter()
+                            .cloned()
+                            .partition(|kv| rules.is_secret_name(&kv.key));
+                        Command::Run {
+                            argv: p.argv.clone(),
+                            env,
+                            from_own_env: secret.into_iter().map(|kv| kv.key).collect(),
+                        }
+                    }
                     None => Command::Wait,
                 }
             }
@@ -692,31 +740,66 @@ impl PostRoutes for Rendezvous {
                 Err((code, refusal)) => (code, json(&refusal)),
             }
         }
+        if ![REGISTER, HEARTBEAT, LEAVE].contains(&path) {
+            return None;
+        }
         let this = self.clone();
-        match path {
-            REGISTER => Some(Box::pin(async move {
-                match parse::<Registration>(&body) {
-                    Ok(r) => answer(this.register(r)),
+        let path = path.to_string();
+        Some(Box::pin(async move {
+            // With a secret: the request opened (who signed it, the nonce
+            // its answer is bound to), the answer sealed.
+            let (signer, nonce, body) = match &this.shared.settings.key {
+                None => (None, None, body),
+                Some(key) => match key.open(&path, &body) {
+                    Ok((rank, nonce, body)) => (Some(rank), Some(nonce), bytes::Bytes::from(body)),
+                    Err(why) => {
+                        this.refused_once(&why);
+                        let refusal = Refusal {
+                            error: format!("not authenticated: {why}"),
+                            permanent: false,
+                        };
+                        return (401, json(&refusal));
+                    }
+                },
+            };
+            let mismatch = |rank: u32| {
+                signer.filter(|s| *s != rank).map(|s| {
+                    let why = format!("rank {s} sent a message about rank {rank}");
+                    this.refused_once(&why);
+                    (
+                        403,
+                        json(&Refusal {
+                            error: why,
+                            permanent: true,
+                        }),
+                    )
+                })
+            };
+            let (code, text) = match path.as_str() {
+                REGISTER => match parse::<Registration>(&body) {
+                    Ok(r) => mismatch(r.rank).unwrap_or_else(|| answer(this.register(r))),
                     Err(e) => e,
-                }
-            })),
-            HEARTBEAT => Some(Box::pin(async move {
-                match parse::<Heartbeat>(&body) {
-                    Ok(h) => answer(this.heartbeat(h).await),
+                },
+                HEARTBEAT => match parse::<Heartbeat>(&body) {
+                    Ok(h) => match mismatch(h.rank) {
+                        Some(refused) => refused,
+                        None => answer(this.heartbeat(h).await),
+                    },
                     Err(e) => e,
-                }
-            })),
-            LEAVE => Some(Box::pin(async move {
-                match parse::<Leave>(&body) {
-                    Ok(l) => {
+                },
+                _ => match parse::<Leave>(&body) {
+                    Ok(l) => mismatch(l.rank).unwrap_or_else(|| {
                         this.leave(&l);
                         (200, "{}".to_string())
-                    }
+                    }),
                     Err(e) => e,
-                }
-            })),
-            _ => None,
-        }
+                },
+            };
+            match (&this.shared.settings.key, nonce) {
+                (Some(key), Some(nonce)) => (code, key.seal_answer(&path, &nonce, code, text)),
+                _ => (code, text),
+            }
+        }))
     }
 }
 
@@ -725,7 +808,12 @@ mod tests {
     use super::*;
 
     fn rendezvous(size: u32) -> Rendezvous {
+        rendezvous_with(size, None)
+    }
+
+    fn rendezvous_with(size: u32, key: Option<super::super::auth::GroupKey>) -> Rendezvous {
         Rendezvous::new(RendezvousSettings {
+            key,
             group_size: size,
             heartbeat: Duration::from_millis(100),
             timeout: Duration::from_millis(400),
@@ -749,6 +837,116 @@ mod tests {
             gpus: 1.0,
             cpus: 4.0,
         }
+    }
+
+    async fn post(r: &Rendezvous, path: &str, body: String) -> (u16, String) {
+        match PostRoutes::post(r, path, bytes::Bytes::from(body)) {
+            Some(answer) => answer.await,
+            None => (404, String::new()),
+        }
+    }
+
+    #[tokio::test]
+    async fn with_a_secret_strangers_forgers_and_impossible_claims_are_refused() {
+        use super::super::auth::GroupKey;
+        use super::super::protocol::{HEARTBEAT, REGISTER};
+        let key = GroupKey::new(b"the-group-secret-0123", "test").unwrap();
+        let stranger = GroupKey::new(b"a-strangers-secret-0123", "test").unwrap();
+        let r = rendezvous_with(3, Some(key.clone()));
+        let json = |reg: &Registration| serde_json::to_string(reg).unwrap();
+        // Unsealed, or sealed with another secret: 401, no rank taken.
+        let (code, _) = post(&r, REGISTER, json(&registration(1, "x"))).await;
+        assert_eq!(code, 401);
+        let (wire, _) = stranger.seal(1, REGISTER, json(&registration(1, "x")));
+        assert_eq!(post(&r, REGISTER, wire).await.0, 401);
+        assert_eq!(r.present(), 1, "only the leader");
+        // Signed by rank 2 but about rank 1: 403.
+        let (wire, _) = key.seal(2, REGISTER, json(&registration(1, "x")));
+        assert_eq!(post(&r, REGISTER, wire).await.0, 403);
+        // An impossible GPU count: refused, the leader goes on.
+        for gpus in [-1.0, f64::from(u32::MAX), 1e300] {
+            let mut bad = registration(1, "x");
+            bad.gpus = gpus;
+            let (wire, _) = key.seal(1, REGISTER, json(&bad));
+            assert_eq!(post(&r, REGISTER, wire).await.0, 409, "{gpus}");
+        }
+        // The real rank: taken; the answer opens only for its request.
+        let (wire, nonce) = key.seal(1, REGISTER, json(&registration(1, "a")));
+        let (code, answer) = post(&r, REGISTER, wire.clone()).await;
+        assert_eq!(code, 200);
+        let registered: Registered =
+            serde_json::from_str(&key.open_answer(REGISTER, &nonce, code, &answer).unwrap())
+                .unwrap();
+        assert!(
+            stranger
+                .open_answer(REGISTER, &nonce, code, &answer)
+                .is_err()
+        );
+        // The same request replayed: refused.
+        assert_eq!(post(&r, REGISTER, wire).await.0, 401);
+        // A report about another node is not taken.
+        let report = orchestrator_domain::HealthReport {
+            node_id: node_id(2),
+            seq: 1,
+            interval_ms: 1000,
+            written_at_ms: now_ms(),
+            verdict: orchestrator_domain::NodeVerdict::Unhealthy("forged".into()),
+            readings: orchestrator_domain::NodeReadings::default(),
+            local_copy: None,
+        };
+        let beat = Heartbeat {
+            rank: 1,
+            instance: "a".into(),
+            leader: registered.leader,
+            generation: 0,
+            process: ProcessState::Idle,
+            report: Some(report),
+        };
+        let (wire, _) = key.seal(1, HEARTBEAT, serde_json::to_string(&beat).unwrap());
+        assert_eq!(post(&r, HEARTBEAT, wire).await.0, 200);
+        let taken = r.with_members(|m| m.get(&1).and_then(|m| m.report.clone()));
+        assert!(
+            taken.is_none(),
+            "a report about rank 2 from rank 1 was taken"
+        );
+    }
+
+    #[tokio::test]
+    async fn secret_launch_values_are_not_sent_in_orders() {
+        let r = rendezvous(2);
+        let mut reg = registration(1, "a");
+        reg.group_size = 2;
+        let registered = r.register(reg).unwrap();
+        let plan = LaunchPlan {
+            argv: vec!["vllm".into()],
+            ranks: vec![orchestrator_domain::RankPlan {
+                rank: 1,
+                argv: vec!["vllm".into(), "--headless".into()],
+                env: vec![
+                    KeyValue::new("HF_TOKEN", "hf_canary"),
+                    KeyValue::new("VLLM_HOST_IP", "10.0.0.2"),
+                ],
+            }],
+            ..LaunchPlan::default()
+        };
+        r.start(&plan);
+        let order = r
+            .heartbeat(Heartbeat {
+                rank: 1,
+                instance: "a".into(),
+                leader: registered.leader,
+                generation: 0,
+                process: ProcessState::Idle,
+                report: None,
+            })
+            .await
+            .unwrap();
+        let wire = serde_json::to_string(&order).unwrap();
+        assert!(!wire.contains("hf_canary"), "{wire}");
+        assert!(
+            wire.contains("VLLM_HOST_IP") && wire.contains("HF_TOKEN"),
+            "{wire}"
+        );
     }
 
     #[test]
