@@ -413,7 +413,15 @@ fn container_env(c: &Container, pod_ip: &str, pod_name: &str) -> Vec<(String, St
             if let Some(v) = e.value {
                 return Some((e.name, v));
             }
-            let field = e.value_from?.field_ref?.field_path;
+            let from = e.value_from?;
+            // A Secret's value: the same for every pod that names it.
+            if let Some(secret) = from.secret_key_ref {
+                return Some((
+                    e.name,
+                    format!("test-secret-of-{}-{}", secret.name, secret.key),
+                ));
+            }
+            let field = from.field_ref?.field_path;
             let v = match field.as_str() {
                 "status.podIP" => pod_ip.to_string(),
                 "metadata.name" => pod_name.to_string(),
@@ -696,6 +704,13 @@ fn the_leaderworkerset_runs_every_rank_from_one_config_with_the_lws_environment(
             ("LWS_GROUP_SIZE".to_string(), size.to_string()),
             ("LWS_WORKER_INDEX".to_string(), rank.to_string()),
         ]);
+        // Every rank authenticates with the group's Secret.
+        assert!(
+            env.iter()
+                .any(|(k, v)| k == "ORCHESTRATOR_GROUP_SECRET"
+                    && v.contains("vllm-llama-native-group")),
+            "{at}: the group secret comes from the Secret vllm-llama-native-group"
+        );
         // NVML would see the pod's nvidia.com/gpu limit there.
         let sets = vec!["native.gpus=1".to_string()];
         let (ok, stdout, stderr) = plan(&config, "head", &env, &sets);

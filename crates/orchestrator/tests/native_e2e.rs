@@ -137,6 +137,42 @@ fn a_duplicate_and_an_out_of_range_rank_are_refused_with_the_fix() {
         stderr.contains("group of 3 nodes but the leader's group has 2"),
         "{stderr}"
     );
+    // A stranger on the network (another secret) takes no rank: it is
+    // refused and never obeys what answers; and a multi-node member with
+    // no secret at all does not start (exit 2) unless told insecure.
+    let stranger_secret = dir.path().join("stranger-secret");
+    std::fs::write(&stranger_secret, "not-the-group-secret-at-all").unwrap();
+    let out = output_within(
+        &mut member(
+            &worker_config,
+            &[
+                &format!("native.secret-file={}", stranger_secret.display()),
+                "native.node-address=127.0.0.139",
+                "endpoints-host=127.0.0.139",
+                "native.leader-wait-seconds=2",
+            ],
+        ),
+        Duration::from_secs(30),
+    );
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("did not authenticate"), "{stderr}");
+    let without = dir.path().join("no-secret.toml");
+    let text_of = std::fs::read_to_string(&worker_config).unwrap();
+    let no_secret: String = text_of
+        .lines()
+        .filter(|l| !l.starts_with("secret-file"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&without, no_secret).unwrap();
+    let out = output_within(&mut member(&without, &[]), Duration::from_secs(30));
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("needs a group secret"), "{stderr}");
+    assert!(
+        status(&group.endpoints_of(0)).is_some_and(|s| s["nodes-alive"] == 2),
+        "the group is untouched"
+    );
     // The first rank 1 still holds its place; both stop cleanly.
     assert_eq!(status(&group.endpoints_of(0)).unwrap()["nodes-alive"], 2);
     signal(worker.id() as i32, Sig::TERM);

@@ -134,6 +134,11 @@ fn wait_and_local_work_with_rays_token_and_name_a_wrong_or_missing_one() {
         "{stderr}"
     );
 
+    // Node-health reports through the GCS with the token: signed, read in
+    // pages past gRPC's 4 MiB, and forged, misfiled or oversized entries
+    // ignored without hiding the others.
+    node_health_reports_are_signed_paged_and_forgeries_ignored(&address);
+
     // The canary appears in no output and no endpoint.
     let status = http_get(&format!("127.0.0.1:{endpoints}"), "/status");
     let metrics_text = http_get(&format!("127.0.0.1:{endpoints}"), "/metrics");
@@ -154,4 +159,71 @@ fn wait_and_local_work_with_rays_token_and_name_a_wrong_or_missing_one() {
         "the token was printed"
     );
     assert_nothing_left(&[&temp, "127.0.0.180", "127.0.0.181"]);
+}
+
+fn report(node_id: &str, seq: u64, padding: usize) -> orchestrator_domain::HealthReport {
+    orchestrator_domain::HealthReport {
+        node_id: node_id.to_string(),
+        seq,
+        interval_ms: 1000,
+        written_at_ms: now_ms(),
+        verdict: orchestrator_domain::NodeVerdict::Degraded("x".repeat(padding)),
+        readings: orchestrator_domain::NodeReadings::default(),
+        local_copy: None,
+    }
+}
+
+fn node_health_reports_are_signed_paged_and_forgeries_ignored(address: &str) {
+    use orchestrator_phases::membership::{GcsHealthStore, HealthStore, KV_NAMESPACE, RayAuth};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let auth = RayAuth::token(TOKEN, "test").unwrap();
+        let store = GcsHealthStore::with_auth(address, auth.clone());
+        // 120 reports of ~40 KB: 4.8 MB, more than one gRPC message holds.
+        for i in 0..120 {
+            store
+                .publish(&report(&format!("node-{i:03}"), 1, 40_000))
+                .await
+                .unwrap();
+        }
+        let raw = orchestrator_phases::membership::GcsClient::connect_with(
+            address,
+            Duration::from_secs(5),
+            auth.clone(),
+        )
+        .await
+        .unwrap();
+        let put = |key: &str, value: Vec<u8>| {
+            let raw = raw.clone();
+            let key = key.to_string();
+            async move { raw.kv_put(KV_NAMESPACE, &key, value).await.unwrap() }
+        };
+        // Forged: a report for node-900 with a made-up signature.
+        let inner = serde_json::to_string(&report("node-900", 1, 10)).unwrap();
+        let forged =
+            serde_json::json!({"node-id": "node-900", "mac": "00".repeat(32), "report": inner});
+        put("node-health/node-900", forged.to_string().into_bytes()).await;
+        // Unsigned, as a Ray job without the orchestrator's format writes it.
+        put("node-health/node-901", inner.clone().into_bytes()).await;
+        // Oversized: 5 MiB under one key.
+        put("node-health/node-902", vec![b'{'; 5 << 20]).await;
+        let reports = store.reports().await.unwrap();
+        // Ours, and the cluster's own nodes' (signed by their reporters).
+        let ids: Vec<&str> = reports.iter().map(|r| r.node_id.as_str()).collect();
+        let ours = ids.iter().filter(|id| id.starts_with("node-")).count();
+        assert_eq!(ours, 120, "{:?}", &ids[..ids.len().min(5)]);
+        assert!(!ids.iter().any(|id| id.starts_with("node-90")), "{ids:?}");
+        assert_eq!(
+            ids.len(),
+            122,
+            "the two real nodes' own reports are read too"
+        );
+        // Without the token the store is refused, named as such.
+        let open = GcsHealthStore::with_auth(address, RayAuth::disabled());
+        let refused = open.reports().await.unwrap_err();
+        assert!(
+            refused.contains("refused this orchestrator's credentials"),
+            "{refused}"
+        );
+    });
 }

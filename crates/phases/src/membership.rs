@@ -5,7 +5,7 @@
 //! [`HealthStore`] ([`GcsHealthStore`]: the GCS's key-value store).
 
 /// Ray's token authentication, as every GCS and raylet call sends it.
-pub use orchestrator_ray_gcs::{AuthError, RayAuth};
+pub use orchestrator_ray_gcs::{AuthError, GcsClient, RayAuth};
 
 use orchestrator_domain::{HealthReport, KeyValue, MembershipUpdate, Node};
 use std::future::Future;
@@ -136,11 +136,107 @@ pub const KV_NAMESPACE: &str = "ray-orchestrator";
 /// The key prefix of node health reports: `node-health/<node id>`.
 pub const HEALTH_KEY_PREFIX: &str = "node-health/";
 
+/// The largest health report written or read, bytes.
+pub const MAX_REPORT_BYTES: usize = 64 * 1024;
+/// Reports fetched per call: at [`MAX_REPORT_BYTES`] each, a page stays
+/// under gRPC's 4 MiB message limit whatever the cluster's size.
+pub const REPORTS_PER_PAGE: usize = 48;
+
+/// A report as stored: bound to its node and, when the cluster has a Ray
+/// token, signed with a key derived from it (so a process without the
+/// token cannot write a report another node's head believes).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct StoredReport {
+    node_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mac: Option<String>,
+    report: String,
+}
+
+/// The key node reports are signed with: HMAC-SHA256 keyed by the Ray
+/// token's derivation; none without a token.
+fn report_key(auth: &RayAuth) -> Option<ring::hmac::Key> {
+    let bearer = auth.bearer()?;
+    let derived = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("ray-orchestrator node-health/1\n{bearer}").as_bytes(),
+    );
+    Some(ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        derived.as_ref(),
+    ))
+}
+
+fn report_mac_input(node_id: &str, report: &str) -> Vec<u8> {
+    let mut text = Vec::with_capacity(node_id.len() + report.len() + 1);
+    text.extend_from_slice(node_id.as_bytes());
+    text.push(0);
+    text.extend_from_slice(report.as_bytes());
+    text
+}
+
+/// Wraps `report` for the store.
+fn seal_report(report: &HealthReport, auth: &RayAuth) -> Result<Vec<u8>, String> {
+    let text = serde_json::to_string(report).map_err(|e| e.to_string())?;
+    if text.len() > MAX_REPORT_BYTES {
+        return Err(format!(
+            "this node's health report is {} bytes, over the {MAX_REPORT_BYTES}-byte limit",
+            text.len()
+        ));
+    }
+    let mac = report_key(auth).map(|key| {
+        hex::encode(ring::hmac::sign(&key, &report_mac_input(&report.node_id, &text)).as_ref())
+    });
+    serde_json::to_vec(&StoredReport {
+        node_id: report.node_id.clone(),
+        mac,
+        report: text,
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// Opens a stored report found under `key`: the report, or why it is not
+/// taken.
+fn open_report(key: &str, value: &[u8], auth: &RayAuth) -> Result<HealthReport, String> {
+    if value.len() > MAX_REPORT_BYTES + 1024 {
+        return Err(format!("{} bytes, over the limit", value.len()));
+    }
+    let stored: StoredReport =
+        serde_json::from_slice(value).map_err(|e| format!("not a report ({e})"))?;
+    if key.strip_prefix(HEALTH_KEY_PREFIX) != Some(stored.node_id.as_str()) {
+        return Err("written under another node's key".to_string());
+    }
+    if let Some(signing) = report_key(auth) {
+        let mac = stored
+            .mac
+            .as_deref()
+            .and_then(|m| hex::decode(m).ok())
+            .ok_or("not signed, and this cluster has a Ray token")?;
+        ring::hmac::verify(
+            &signing,
+            &report_mac_input(&stored.node_id, &stored.report),
+            &mac,
+        )
+        .map_err(|_| "its signature does not match (forged, or another cluster's token)")?;
+    }
+    let report: HealthReport =
+        serde_json::from_str(&stored.report).map_err(|e| format!("does not parse ({e})"))?;
+    if report.node_id != stored.node_id {
+        return Err("about another node than its key".to_string());
+    }
+    Ok(report)
+}
+
 /// Health reports in a Ray GCS's internal key-value store.
 #[derive(Debug)]
 pub struct GcsHealthStore {
     address: String,
     client: tokio::sync::OnceCell<orchestrator_ray_gcs::GcsClient>,
+    /// Keys already warned about (one line each).
+    refused: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Credentials given (else this process's environment's).
+    auth: Option<RayAuth>,
 }
 
 impl GcsHealthStore {
@@ -149,15 +245,52 @@ impl GcsHealthStore {
         Self {
             address: address.into(),
             client: tokio::sync::OnceCell::new(),
+            refused: std::sync::Mutex::default(),
+            auth: None,
+        }
+    }
+
+    /// The store of the GCS at `address`, with the credentials `auth`
+    /// rather than the environment's.
+    pub fn with_auth(address: impl Into<String>, auth: RayAuth) -> Self {
+        Self {
+            auth: Some(auth),
+            ..Self::new(address)
+        }
+    }
+
+    fn refuse(&self, key: &str, why: &str) {
+        let first = self
+            .refused
+            .lock()
+            .map(|mut seen| seen.len() < 100_000 && seen.insert(key.to_string()))
+            .unwrap_or(false);
+        if first {
+            let key: String = key
+                .chars()
+                .take(128)
+                .collect::<String>()
+                .replace(['\n', '\r'], " ");
+            tracing::warn!(key, "ignoring a node-health entry: {why}");
         }
     }
 
     async fn client(&self) -> Result<&orchestrator_ray_gcs::GcsClient, String> {
         self.client
             .get_or_try_init(|| async {
-                orchestrator_ray_gcs::GcsClient::connect(&self.address, Duration::from_secs(2))
-                    .await
-                    .map_err(|e| e.to_string())
+                let limit = Duration::from_secs(2);
+                match &self.auth {
+                    Some(auth) => {
+                        orchestrator_ray_gcs::GcsClient::connect_with(
+                            &self.address,
+                            limit,
+                            auth.clone(),
+                        )
+                        .await
+                    }
+                    None => orchestrator_ray_gcs::GcsClient::connect(&self.address, limit).await,
+                }
+                .map_err(|e| e.to_string())
             })
             .await
     }
@@ -189,10 +322,10 @@ impl HealthStore for GcsHealthStore {
 
     fn publish<'a>(&'a self, report: &'a HealthReport) -> StoreCall<'a, ()> {
         Box::pin(async move {
-            let value = serde_json::to_vec(report).map_err(|e| e.to_string())?;
+            let client = self.client().await?;
+            let value = seal_report(report, client.auth())?;
             let key = format!("{HEALTH_KEY_PREFIX}{}", report.node_id);
-            self.client()
-                .await?
+            client
                 .kv_put(KV_NAMESPACE, &key, value)
                 .await
                 .map_err(|e| e.to_string())
@@ -212,22 +345,39 @@ impl HealthStore for GcsHealthStore {
 
     fn reports(&self) -> StoreCall<'_, Vec<HealthReport>> {
         Box::pin(async move {
-            let entries = self
-                .client()
-                .await?
-                .kv_scan(KV_NAMESPACE, HEALTH_KEY_PREFIX)
+            let client = self.client().await?;
+            let keys = client
+                .kv_keys(KV_NAMESPACE, HEALTH_KEY_PREFIX)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(entries
-                .into_iter()
-                .filter_map(|(key, value)| match serde_json::from_slice(&value) {
-                    Ok(report) => Some(report),
-                    Err(e) => {
-                        tracing::warn!(key, "skipping a health report that does not parse: {e}");
-                        None
+            let mut reports = Vec::with_capacity(keys.len());
+            // In pages that stay within gRPC's limits; a page that fails
+            // (one oversized value) is read key by key, so one bad entry
+            // never hides the others.
+            for page in keys.chunks(REPORTS_PER_PAGE) {
+                let entries = match client.kv_multi_get(KV_NAMESPACE, page.to_vec()).await {
+                    Ok(entries) => entries,
+                    Err(_) => {
+                        let mut one_by_one = Vec::new();
+                        for key in page {
+                            match client.kv_multi_get(KV_NAMESPACE, vec![key.clone()]).await {
+                                Ok(mut entry) => one_by_one.append(&mut entry),
+                                Err(e) => {
+                                    self.refuse(&String::from_utf8_lossy(key), &e.to_string())
+                                }
+                            }
+                        }
+                        one_by_one
                     }
-                })
-                .collect())
+                };
+                for (key, value) in entries {
+                    match open_report(&key, &value, client.auth()) {
+                        Ok(report) => reports.push(report),
+                        Err(why) => self.refuse(&key, &why),
+                    }
+                }
+            }
+            Ok(reports)
         })
     }
 }

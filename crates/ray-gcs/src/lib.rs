@@ -316,6 +316,46 @@ impl GcsClient {
             .collect())
     }
 
+    /// Every key of `namespace` that starts with `prefix`.
+    pub async fn kv_keys(&self, namespace: &str, prefix: &str) -> Result<Vec<Vec<u8>>, GcsError> {
+        let request = self.request(proto::InternalKvKeysRequest {
+            prefix: prefix.as_bytes().to_vec(),
+            namespace: namespace.as_bytes().to_vec(),
+        });
+        let keys = self
+            .kv()
+            .internal_kv_keys(request)
+            .await
+            .map_err(|s| self.rpc_error("InternalKVKeys", s))?
+            .into_inner();
+        check_status(&self.address, "InternalKVKeys", keys.status.as_ref())?;
+        Ok(keys.results)
+    }
+
+    /// The values of `keys` in `namespace` (absent keys left out).
+    pub async fn kv_multi_get(
+        &self,
+        namespace: &str,
+        keys: Vec<Vec<u8>>,
+    ) -> Result<Vec<(String, Vec<u8>)>, GcsError> {
+        let request = self.request(proto::InternalKvMultiGetRequest {
+            keys,
+            namespace: namespace.as_bytes().to_vec(),
+        });
+        let reply = self
+            .kv()
+            .internal_kv_multi_get(request)
+            .await
+            .map_err(|s| self.rpc_error("InternalKVMultiGet", s))?
+            .into_inner();
+        check_status(&self.address, "InternalKVMultiGet", reply.status.as_ref())?;
+        Ok(reply
+            .results
+            .into_iter()
+            .map(|e| (String::from_utf8_lossy(&e.key).into_owned(), e.value))
+            .collect())
+    }
+
     /// Deletes `key` of `namespace`.
     pub async fn kv_delete(&self, namespace: &str, key: &str) -> Result<(), GcsError> {
         let request = self.request(proto::InternalKvDelRequest {

@@ -947,6 +947,9 @@ impl NativeGroup {
     pub fn config(&self, rank: u32) -> std::path::PathBuf {
         let (leader, own) = (self.address(0), self.address(rank));
         let path = self.dir.join(format!("rank-{rank}.toml"));
+        // The group's secret, as a mounted Secret would hold it.
+        let secret = self.dir.join("group-secret");
+        std::fs::write(&secret, "test-group-secret-0123456789\n").unwrap();
         std::fs::write(
             &path,
             format!(
@@ -954,6 +957,7 @@ impl NativeGroup {
 endpoints-host = "{own}"
 endpoints-port = {endpoints}
 [native]
+secret-file = "{secret}"
 rank = {rank}
 group-size = {size}
 leader-address = "{leader}"
@@ -990,6 +994,7 @@ backoff-ms = "200"
                 model = self.model,
                 serve = self.serve,
                 vllm = self.vllm,
+                secret = secret.display(),
             ),
         )
         .unwrap();

@@ -731,6 +731,9 @@ pub async fn serve_endpoints(
 /// The largest POST body read (the native backend's messages).
 pub const MAX_BODY: usize = 64 * 1024;
 
+/// How long a POST body may take to arrive.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub use conn::{HEADER_READ_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS, MAX_HEADER_BYTES};
 
 /// [`serve_endpoints`], with `routes` answering POST requests (bodies up
@@ -786,9 +789,24 @@ async fn post(
 ) -> (u16, &'static str, String) {
     use http_body_util::BodyExt;
     let limit = MAX_BODY;
-    let bytes = match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
+    // A body trickled in byte by byte does not hold the connection.
+    let read = tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        http_body_util::Limited::new(body, limit).collect(),
+    );
+    let bytes = match read.await {
+        Ok(Ok(collected)) => collected.to_bytes(),
         Err(_) => {
+            return (
+                408,
+                "text/plain",
+                format!(
+                    "the request body did not arrive within {} s\n",
+                    BODY_READ_TIMEOUT.as_secs()
+                ),
+            );
+        }
+        Ok(Err(_)) => {
             return (
                 413,
                 "text/plain",

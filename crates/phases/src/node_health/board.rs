@@ -183,7 +183,9 @@ fn judge(
             since: now,
             health: NodeHealth::default(),
         });
-        if entry.seq != report.seq {
+        // Only a sequence that moves up is news: a replayed or
+        // alternating older report does not keep a node fresh.
+        if report.seq > entry.seq {
             entry.seq = report.seq;
             entry.since = now;
         }

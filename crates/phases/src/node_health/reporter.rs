@@ -176,7 +176,10 @@ async fn run(
                     advertised_gpus: 0.0,
                     next_lookup: Instant::now(),
                     lookups: 0,
-                    seq: 0,
+                    // From the clock: a restarted reporter goes on above
+                    // the sequence its last run reached (the head counts
+                    // only a sequence that moves up as fresh).
+                    seq: now_ms(),
                     state: None,
                     publish_failing: false,
                 });

@@ -19,7 +19,12 @@ pub struct HttpAnswer {
     pub body: String,
 }
 
-/// One HTTP/1.1 request on a fresh connection, bounded by `timeout`.
+/// The largest answer [`http`] reads (vLLM's `/metrics` of a large
+/// server is well under 1 MiB).
+pub const MAX_ANSWER_BYTES: usize = 8 << 20;
+
+/// One HTTP/1.1 request on a fresh connection, bounded by `timeout`;
+/// the answer is capped at [`MAX_ANSWER_BYTES`].
 pub async fn http(
     address: &str,
     method: &str,
@@ -53,11 +58,17 @@ pub async fn http(
             .await
             .map_err(|e| format!("{method} {path} failed: {e}"))?;
         let status = response.status().as_u16();
-        let bytes = response
-            .into_body()
+        // Bounded: a peer (a leader, a server's /metrics) cannot grow
+        // this process by answering without end.
+        let bytes = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES)
             .collect()
             .await
-            .map_err(|e| format!("reading the answer to {method} {path} failed: {e}"))?
+            .map_err(|e| {
+                format!(
+                    "reading the answer to {method} {path} failed (over {} MiB, or broken): {e}",
+                    MAX_ANSWER_BYTES >> 20
+                )
+            })?
             .to_bytes();
         Ok(HttpAnswer {
             status,
@@ -208,5 +219,36 @@ vllm:num_preemptions_total{engine=\"0\"} 7.0\n";
             Some(0)
         );
         assert_eq!(in_flight_of("process_cpu_seconds_total 3.5\n"), None);
+    }
+
+    #[tokio::test]
+    async fn an_endless_answer_is_cut_at_the_cap_not_read_into_memory() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let address = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_string();
+        tokio::spawn(async move {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let mut head = [0u8; 1024];
+            let _ = stream.read(&mut head).await;
+            let total = 200usize << 20;
+            let header = format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n");
+            let _ = stream.write_all(header.as_bytes()).await;
+            let chunk = vec![b'x'; 1 << 20];
+            for _ in 0..200 {
+                if stream.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let answer = http(&address, "GET", "/metrics", None, Duration::from_secs(20)).await;
+        let error = answer.err().unwrap_or_default();
+        assert!(error.contains("over 8 MiB"), "{error}");
     }
 }
