@@ -119,3 +119,57 @@ async fn idle_connections_are_closed_and_the_bound_keeps_livez_answering() {
     .await
     .unwrap();
 }
+
+/// `/livez` from another address within `limit`, on a connection bound to
+/// `source`.
+async fn livez_from(source: &str, address: SocketAddr) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket
+        .bind(format!("{source}:0").parse().map_err(|e| format!("{e}"))?)
+        .map_err(|e| e.to_string())?;
+    let work = async {
+        let mut s = socket.connect(address).await.map_err(|e| e.to_string())?;
+        s.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(text.lines().next().unwrap_or_default().to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(3), work)
+        .await
+        .map_err(|_| "timed out".to_string())?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_on_every_connection_do_not_starve_livez_from_another_peer() {
+    use tokio::io::AsyncWriteExt;
+    let address = endpoints().await;
+    // 300 connections from 127.0.0.1, each trickling a byte every 250 ms
+    // (never idle, never a whole head).
+    let trickle = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        for _ in 0..300 {
+            if let Ok(s) = tokio::net::TcpStream::connect(address).await {
+                conns.push(s);
+            }
+        }
+        for _ in 0..40 {
+            for s in &mut conns {
+                let _ = s.write_all(b"G").await;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A probe from another peer (the kubelet's address) answers, every time.
+    for _ in 0..5 {
+        let answer = livez_from("127.0.0.2", address).await;
+        assert_eq!(answer.as_deref(), Ok("HTTP/1.1 200 OK"), "{answer:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    trickle.abort();
+}

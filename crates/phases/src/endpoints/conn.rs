@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -28,6 +29,10 @@ use tokio::sync::Notify;
 
 /// Connections served at once; more are closed as they are accepted.
 pub const MAX_CONNECTIONS: usize = 256;
+/// Connections served at once from one peer address: a slow client
+/// trickling bytes on many connections cannot take every place, and when
+/// the bound is reached the peer holding the most gives one up.
+pub const MAX_PER_PEER: usize = 64;
 /// The largest request head (request line and headers) read.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// A connection with no bytes either way for this long is closed.
@@ -205,25 +210,59 @@ impl AsyncWrite for SharedIo {
 #[derive(Default)]
 struct Open {
     next: u64,
-    conns: HashMap<u64, (Shared, Arc<Notify>)>,
+    conns: HashMap<u64, (Shared, Arc<Notify>, IpAddr)>,
 }
 
 impl Open {
-    /// Makes room for one more connection, closing the one idle longest
-    /// when at the bound. False when every connection is busy.
-    fn make_room(&mut self) -> bool {
+    fn close(&mut self, id: u64) {
+        if let Some((_, close, _)) = self.conns.remove(&id) {
+            close.notify_one();
+        }
+    }
+
+    /// The connection of `peer` (any peer: `None`) idle longest.
+    fn idlest(&self, peer: Option<IpAddr>) -> Option<(u64, Duration)> {
+        self.conns
+            .iter()
+            .filter(|(_, (_, _, p))| peer.is_none_or(|peer| *p == peer))
+            .map(|(id, (shared, _, _))| (*id, shared.idle_for()))
+            .max_by_key(|(_, idle)| *idle)
+    }
+
+    /// Makes room for one more connection from `peer`: within the
+    /// peer's share, then within the bound, closing the one idle longest
+    /// (of the peer at its share; else of all; else, when every one is
+    /// busy, the busiest of the peer holding the most, if not `peer`).
+    /// False when there is no room.
+    fn make_room(&mut self, peer: IpAddr) -> bool {
+        let of_peer = self.conns.values().filter(|(_, _, p)| *p == peer).count();
+        if of_peer >= MAX_PER_PEER {
+            return match self.idlest(Some(peer)) {
+                Some((id, idle)) if idle >= EVICTABLE_AFTER => {
+                    self.close(id);
+                    true
+                }
+                _ => false,
+            };
+        }
         if self.conns.len() < MAX_CONNECTIONS {
             return true;
         }
-        let idlest = self
-            .conns
-            .iter()
-            .map(|(id, (shared, _))| (*id, shared.idle_for()))
-            .max_by_key(|(_, idle)| *idle);
-        match idlest {
-            Some((id, idle)) if idle >= EVICTABLE_AFTER => {
-                if let Some((_, close)) = self.conns.remove(&id) {
-                    close.notify_one();
+        if let Some((id, idle)) = self.idlest(None)
+            && idle >= EVICTABLE_AFTER
+        {
+            self.close(id);
+            return true;
+        }
+        let mut per_peer: HashMap<IpAddr, usize> = HashMap::new();
+        for (_, _, p) in self.conns.values() {
+            *per_peer.entry(*p).or_default() += 1;
+        }
+        let greediest = per_peer.into_iter().max_by_key(|(_, n)| *n);
+        match greediest {
+            Some((top, n)) if top != peer && n > of_peer + 1 => {
+                if let Some((id, _)) = self.idlest(Some(top)) {
+                    self.close(id);
                 }
                 true
             }
@@ -240,10 +279,10 @@ pub(crate) async fn accept_loop(listener: TcpListener, serve: Serve) {
     let mut failed = Throttled::new();
     let mut backoff = Duration::ZERO;
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => {
+        let (stream, peer) = match listener.accept().await {
+            Ok((stream, peer)) => {
                 backoff = Duration::ZERO;
-                stream
+                (stream, peer.ip())
             }
             Err(e) => {
                 // At the open-file limit accept() fails at once, every
@@ -267,19 +306,21 @@ pub(crate) async fn accept_loop(listener: TcpListener, serve: Serve) {
         let close = Arc::new(Notify::new());
         let id = {
             let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
-            if !open.make_room() {
+            if !open.make_room(peer) {
                 drop(open);
                 if let Some(n) = refused.hit() {
                     tracing::warn!(
                         refused = n,
-                        "endpoints: {MAX_CONNECTIONS} connections open and busy; closing new ones"
+                        %peer,
+                        "endpoints: no room ({MAX_CONNECTIONS} connections in all, {MAX_PER_PEER} per peer, open and busy); closing new ones"
                     );
                 }
                 continue;
             }
             open.next += 1;
             let id = open.next;
-            open.conns.insert(id, (shared.clone(), Arc::clone(&close)));
+            open.conns
+                .insert(id, (shared.clone(), Arc::clone(&close), peer));
             id
         };
         let serve = Arc::clone(&serve);

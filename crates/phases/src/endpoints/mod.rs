@@ -734,7 +734,9 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// How long a POST body may take to arrive.
 pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-pub use conn::{HEADER_READ_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS, MAX_HEADER_BYTES};
+pub use conn::{
+    HEADER_READ_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS, MAX_HEADER_BYTES, MAX_PER_PEER,
+};
 
 /// [`serve_endpoints`], with `routes` answering POST requests (bodies up
 /// to [`MAX_BODY`]). Connections, heads and idle time are bounded (see
