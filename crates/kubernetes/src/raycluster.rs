@@ -67,6 +67,12 @@ pub struct RayClusterSpec {
     /// and the workers' reconnect timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gcs_fault_tolerance_options: Option<serde_json::Value>,
+    /// `authOptions` (KubeRay >= 1.5.1), kept as written: with
+    /// `mode: token` KubeRay makes a Secret with a random token and sets
+    /// `RAY_AUTH_MODE` and `RAY_AUTH_TOKEN` on every Ray container, which
+    /// the orchestrator reads like Ray does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_options: Option<serde_json::Value>,
 }
 
 /// `spec.headGroupSpec`.

@@ -870,6 +870,31 @@ fn schema_errors(value: &Value, schema: &Value, at: &str, errors: &mut Vec<Strin
 }
 
 #[test]
+fn the_kuberay_cluster_turns_on_rays_token_authentication() {
+    let doc = documents()
+        .into_iter()
+        .map(|(_, d)| d)
+        .find(|d| d["kind"] == "RayCluster" && d["metadata"]["name"] == "vllm-llama")
+        .or_else(|| {
+            documents()
+                .into_iter()
+                .map(|(_, d)| d)
+                .find(|d| d["kind"] == "RayCluster")
+        })
+        .expect("deploy/kuberay has a RayCluster");
+    assert_eq!(doc["spec"]["authOptions"]["mode"], "token", "{doc:#}");
+    // The upstream schema has the field (checked with every other field in
+    // every_custom_resource_matches_its_upstream_crd_schema).
+    let schema = crd_schema("RayCluster", "v1");
+    assert!(
+        schema["properties"]["spec"]["properties"]["authOptions"]["properties"]["mode"]["enum"]
+            .as_array()
+            .is_some_and(|modes| modes.iter().any(|m| m == "token")),
+        "the fixture CRD has authOptions.mode"
+    );
+}
+
+#[test]
 fn every_custom_resource_matches_its_upstream_crd_schema() {
     let mut checked = BTreeSet::new();
     for (file, doc) in documents() {
