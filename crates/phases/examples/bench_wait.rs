@@ -3,8 +3,10 @@
 //! (a) `orchestrator wait` exits 0 and (b) the origin document's loop,
 //! corrected so it can end (`ray status --address`, count the nodes under
 //! `Active:`, `sleep 5`), ends — side by side on the same cluster. Then the
-//! CPU-seconds each spends in a wait that never completes. The last line is
-//! `BENCH wait ...`.
+//! CPU-seconds each spends in a wait that never completes. A second
+//! cluster with Ray's token authentication on (`RAY_AUTH_MODE=token`) runs
+//! beside it, and `orchestrator wait` is measured on both in the same
+//! rounds (`token_*` figures). The last line is `BENCH wait ...`.
 //!
 //! Usage: bench_wait ORCHESTRATOR_BINARY (with ORCHESTRATOR_RAY_BIN set).
 //! BENCH_ROUNDS (default 5) and BENCH_CPU_SECONDS (default 60) tune it.
@@ -19,32 +21,93 @@ use std::time::{Duration, Instant};
 
 const HEAD: &str = "127.0.0.90";
 const PORT: u16 = 6490;
+/// The cluster with token authentication.
+const TOKEN_PORT: u16 = 6491;
+const TOKEN: &str = "benchwaittoken0123456789abcdef01";
 
-fn env() -> Vec<(String, String)> {
-    vec![("RAY_USAGE_STATS_ENABLED".into(), "0".into())]
+/// One cluster of the bench: its head's address and whether it uses a
+/// token.
+#[derive(Clone, Copy)]
+struct Cluster {
+    base: u8,
+    port: u16,
+    token: bool,
 }
 
-fn node_argv(ray: &str, index: u8) -> Vec<String> {
-    let mut a = vec![ray.to_string(), "start".to_string()];
-    if index == 0 {
-        a.extend([
-            "--head".into(),
-            format!("--port={PORT}"),
-            "--temp-dir=/tmp/ray-bench-wait".into(),
-        ]);
-    } else {
-        a.push(format!("--address={HEAD}:{PORT}"));
+const PLAIN: Cluster = Cluster {
+    base: 90,
+    port: PORT,
+    token: false,
+};
+const WITH_TOKEN: Cluster = Cluster {
+    base: 110,
+    port: TOKEN_PORT,
+    token: true,
+};
+
+impl Cluster {
+    fn head(&self) -> String {
+        format!("127.0.0.{}:{}", self.base, self.port)
     }
-    a.extend([
-        format!("--node-ip-address=127.0.0.{}", 90 + index),
-        "--num-cpus=1".into(),
-        "--memory=500000000".into(),
-        "--object-store-memory=80000000".into(),
-        format!("--dashboard-agent-listen-port={}", 52590 + u16::from(index)),
-        format!("--metrics-export-port={}", 28590 + u16::from(index)),
-        "--disable-usage-stats".into(),
-    ]);
-    a
+
+    /// The environment of its nodes and of every client.
+    fn env(&self) -> Vec<(String, String)> {
+        let mut env = vec![("RAY_USAGE_STATS_ENABLED".into(), "0".into())];
+        if self.token {
+            env.push(("RAY_AUTH_MODE".into(), "token".into()));
+            env.push(("RAY_AUTH_TOKEN".into(), TOKEN.into()));
+        }
+        env
+    }
+
+    fn node_argv(&self, ray: &str, index: u8) -> Vec<String> {
+        let mut a = vec![ray.to_string(), "start".to_string()];
+        if index == 0 {
+            a.extend([
+                "--head".into(),
+                format!("--port={}", self.port),
+                format!("--temp-dir=/tmp/ray-bench-wait-{}", self.base),
+            ]);
+        } else {
+            a.push(format!("--address={}", self.head()));
+        }
+        let ports = 100 * u16::from(self.base);
+        a.extend([
+            format!("--node-ip-address=127.0.0.{}", self.base + index),
+            "--num-cpus=1".into(),
+            "--memory=500000000".into(),
+            "--object-store-memory=80000000".into(),
+            format!(
+                "--dashboard-agent-listen-port={}",
+                40000 + ports % 20000 + u16::from(index)
+            ),
+            format!(
+                "--metrics-export-port={}",
+                20000 + ports % 20000 + u16::from(index)
+            ),
+            "--disable-usage-stats".into(),
+        ]);
+        a
+    }
+
+    /// `orchestrator wait` for `nodes` nodes of this cluster.
+    fn wait(&self, orchestrator: &str, nodes: u32, timeout: u64) -> Command {
+        let mut wait = Command::new(orchestrator);
+        wait.args([
+            "wait",
+            "--address",
+            &self.head(),
+            "--nodes",
+            &nodes.to_string(),
+        ])
+        .args(["--timeout", &timeout.to_string()])
+        .env_remove("RAY_AUTH_MODE")
+        .env_remove("RAY_AUTH_TOKEN");
+        for (k, v) in self.env() {
+            wait.env(k, v);
+        }
+        wait
+    }
 }
 
 /// The corrected loop of the origin document: it can end.
@@ -149,8 +212,17 @@ async fn main() -> Result<(), String> {
 
     let head = RayNode::start(
         "head",
-        &node_argv(&ray, 0),
-        &env(),
+        &PLAIN.node_argv(&ray, 0),
+        &PLAIN.env(),
+        Duration::from_secs(120),
+        None,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let token_head = RayNode::start(
+        "token-head",
+        &WITH_TOKEN.node_argv(&ray, 0),
+        &WITH_TOKEN.env(),
         Duration::from_secs(120),
         None,
     )
@@ -159,28 +231,54 @@ async fn main() -> Result<(), String> {
     let gcs = GcsClient::connect_until(&format!("{HEAD}:{PORT}"), Duration::from_secs(30))
         .await
         .map_err(|e| e.to_string())?;
+    let token_auth =
+        orchestrator_ray_gcs::RayAuth::token(TOKEN, "bench").map_err(|e| e.to_string())?;
+    let token_gcs =
+        GcsClient::connect_with(&WITH_TOKEN.head(), Duration::from_secs(30), token_auth)
+            .await
+            .map_err(|e| e.to_string())?;
     // `ray status` has nothing to say for a few seconds after the head starts.
     tokio::time::sleep(Duration::from_secs(6)).await;
 
     let mut orch_ms = Vec::new();
     let mut loop_ms = Vec::new();
+    let mut token_ms = Vec::new();
     // Workers stay up: round r waits for r + 1 nodes (a stopped worker would
     // linger in `ray status` for seconds and end the loop falsely).
     let mut workers = Vec::new();
     let result: Result<(), String> = async {
         for round in 1..=rounds {
-            let mut wait = Command::new(&orchestrator);
             let want = u32::from(round) + 1;
-            wait.args(["wait", "--address", &format!("{HEAD}:{PORT}"), "--nodes", &want.to_string(), "--timeout", "120"]);
-            let orch = spawn_timed(wait)?;
+            let orch = spawn_timed(PLAIN.wait(&orchestrator, want, 120))?;
+            let token_orch = spawn_timed(WITH_TOKEN.wait(&orchestrator, want, 120))?;
             let mut sh = Command::new("sh");
             sh.arg("-c").arg(loop_script(&ray, want));
             let shell = spawn_timed(sh)?;
             // Vary where in the loop's 5 s sleep the worker lands.
             tokio::time::sleep(Duration::from_millis(1500 + 1100 * u64::from(round))).await;
-            let worker = RayNode::start(&format!("worker-{round}"), &node_argv(&ray, round), &env(), Duration::from_secs(120), None)
+            let worker = RayNode::start(&format!("worker-{round}"), &PLAIN.node_argv(&ray, round), &PLAIN.env(), Duration::from_secs(120), None)
                 .await
                 .map_err(|e| e.to_string())?;
+            let token_worker = RayNode::start(&format!("token-worker-{round}"), &WITH_TOKEN.node_argv(&ray, round), &WITH_TOKEN.env(), Duration::from_secs(120), None)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (token_exit, token_ok) = token_orch.recv_timeout(Duration::from_secs(60)).map_err(|_| "orchestrator wait (token) hung")?;
+            let token_ip = format!("127.0.0.{}", WITH_TOKEN.base + round);
+            let token_registered = token_gcs
+                .get_all_nodes()
+                .await
+                .map_err(|e| e.to_string())?
+                .iter()
+                .find(|n| n.alive && n.address == token_ip)
+                .map(|n| n.start_time_ms)
+                .ok_or("the token cluster's worker is not in its GCS")?;
+            let t = token_exit.saturating_sub(token_registered) as f64;
+            println!("round {round}: with Ray's token auth, `orchestrator wait` exited in {t:>6.0} ms (ok={token_ok})");
+            if !token_ok {
+                return Err("orchestrator wait failed on the token cluster".to_string());
+            }
+            token_ms.push(t);
+            workers.push(token_worker);
             let ip = format!("127.0.0.{}", 90 + round);
             let (orch_exit, orch_ok) = orch.recv_timeout(Duration::from_secs(60)).map_err(|_| "orchestrator wait hung")?;
             let (loop_exit, loop_ok) = shell.recv_timeout(Duration::from_secs(60)).map_err(|_| "the loop hung")?;
@@ -207,6 +305,7 @@ async fn main() -> Result<(), String> {
     }
     if let Err(e) = result {
         head.stop(Duration::from_secs(5), None).await;
+        token_head.stop(Duration::from_secs(5), None).await;
         kill_descendants();
         return Err(e);
     }
@@ -214,16 +313,14 @@ async fn main() -> Result<(), String> {
     println!("CPU while waiting {cpu_window} s for a node that never comes (both at once):");
     let loop_cmd = loop_script(&ray, 99);
     let window = cpu_window + 2;
-    let orch_child = Command::new(&orchestrator)
-        .args([
-            "wait",
-            "--address",
-            &format!("{HEAD}:{PORT}"),
-            "--nodes",
-            "99",
-            "--timeout",
-            &cpu_window.to_string(),
-        ])
+    let token_child = WITH_TOKEN
+        .wait(&orchestrator, 99, cpu_window)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let orch_child = PLAIN
+        .wait(&orchestrator, 99, cpu_window)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -232,10 +329,13 @@ async fn main() -> Result<(), String> {
     let orch_cpu = tokio::task::spawn_blocking(move || {
         Ok::<f64, String>(cpu_seconds_of_child(orch_child, limit))
     });
+    let token_cpu = tokio::task::spawn_blocking(move || cpu_seconds_of_child(token_child, limit));
     let loop_cpu = tokio::task::spawn_blocking(move || cpu_seconds_of(&loop_cmd, window));
     let orch_cpu = orch_cpu.await.map_err(|e| e.to_string())??;
+    let token_cpu = token_cpu.await.map_err(|e| e.to_string())?;
     let loop_cpu = loop_cpu.await.map_err(|e| e.to_string())??;
     head.stop(Duration::from_secs(5), None).await;
+    token_head.stop(Duration::from_secs(5), None).await;
     let left = kill_descendants();
     if left > 0 {
         eprintln!("{left} processes were left and killed");
@@ -248,13 +348,22 @@ async fn main() -> Result<(), String> {
         percentile(&orch_ms, 1.0),
         percentile(&loop_ms, 1.0)
     );
-    println!("CPU in {cpu_window} s: orchestrator {orch_cpu:.4} s, loop {loop_cpu:.2} s");
+    let t50 = percentile(&token_ms, 0.5);
     println!(
-        "BENCH wait orchestrator_p50_ms={o50:.0} loop_p50_ms={l50:.0} speedup={:.0} orchestrator_max_ms={:.0} loop_max_ms={:.0} orchestrator_cpu_s={orch_cpu:.4} loop_cpu_s={loop_cpu:.2} cpu_ratio={:.0} rounds={rounds}",
+        "with Ray's token auth: orchestrator p50 {t50:.0} ms (max {:.0}), {:+.0} ms against no auth",
+        percentile(&token_ms, 1.0),
+        t50 - o50
+    );
+    println!(
+        "CPU in {cpu_window} s: orchestrator {orch_cpu:.4} s (with token auth {token_cpu:.4} s), loop {loop_cpu:.2} s"
+    );
+    println!(
+        "BENCH wait orchestrator_p50_ms={o50:.0} loop_p50_ms={l50:.0} speedup={:.0} orchestrator_max_ms={:.0} loop_max_ms={:.0} orchestrator_cpu_s={orch_cpu:.4} loop_cpu_s={loop_cpu:.2} cpu_ratio={:.0} token_p50_ms={t50:.0} token_extra_ms={:.0} token_cpu_s={token_cpu:.4} rounds={rounds}",
         l50 / o50.max(1.0),
         percentile(&orch_ms, 1.0),
         percentile(&loop_ms, 1.0),
-        loop_cpu / orch_cpu.max(0.0001)
+        loop_cpu / orch_cpu.max(0.0001),
+        t50 - o50
     );
     Ok(())
 }

@@ -324,4 +324,27 @@ mod tests {
         let shown = format!("{:?}", key("0123456789abcdef-canary"));
         assert!(!shown.contains("canary"));
     }
+
+    /// Prints what sealing costs one heartbeat round trip (request sealed
+    /// and opened, answer sealed and opened) with a 2 KB message:
+    /// `cargo test -p orchestrator-phases --release --lib -- --ignored
+    /// heartbeat_sealing_cost --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn heartbeat_sealing_cost() {
+        let k = key("0123456789abcdef-group");
+        let body = "x".repeat(2048);
+        let rounds = 20_000;
+        let start = std::time::Instant::now();
+        for _ in 0..rounds {
+            let (wire, _) = k.seal(1, "/native/v1/heartbeat", body.clone());
+            let (_, nonce, opened) = k
+                .open("/native/v1/heartbeat", wire.as_bytes())
+                .unwrap_or_else(|e| panic!("{e}"));
+            let answer = k.seal_answer("/native/v1/heartbeat", &nonce, 200, opened);
+            let _ = k.open_answer("/native/v1/heartbeat", &nonce, 200, &answer);
+        }
+        let us = start.elapsed().as_secs_f64() * 1e6 / f64::from(rounds);
+        println!("FIGURE heartbeat_sealing_us_per_round_trip={us:.1}");
+    }
 }
