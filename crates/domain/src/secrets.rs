@@ -56,7 +56,7 @@ impl Secrets {
     /// Whether the environment variable `name` holds a secret.
     pub fn is_secret_name(&self, name: &str) -> bool {
         let upper = name.to_ascii_uppercase();
-        self.names.iter().any(|n| *n == upper) || self.patterns.iter().any(|p| glob(p, &upper))
+        self.names.contains(&upper) || self.patterns.iter().any(|p| glob(p, &upper))
     }
 
     /// Whether the value of the flag `--flag` is a secret.
@@ -68,7 +68,7 @@ impl Secrets {
         if name.is_empty() {
             return false;
         }
-        if self.names.iter().any(|n| *n == name) {
+        if self.names.contains(&name) {
             return true;
         }
         ["TOKEN", "PASSWORD", "SECRET", "KEY"]

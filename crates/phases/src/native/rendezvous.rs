@@ -362,7 +362,7 @@ impl Rendezvous {
             .shared
             .refusals
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if n % 100 == 0 {
+        if n.is_multiple_of(100) {
             // Peer text on one line: no forged log lines.
             let why = why.replace(['\n', '\r'], " ");
             tracing::warn!(refused = n + 1, "rendezvous: refused a request: {why}");
