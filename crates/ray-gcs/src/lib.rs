@@ -278,44 +278,6 @@ impl GcsClient {
         check_status(&self.address, "InternalKVPut", reply.status.as_ref())
     }
 
-    /// Every key of `namespace` that starts with `prefix`, with its value.
-    pub async fn kv_scan(
-        &self,
-        namespace: &str,
-        prefix: &str,
-    ) -> Result<Vec<(String, Vec<u8>)>, GcsError> {
-        let request = self.request(proto::InternalKvKeysRequest {
-            prefix: prefix.as_bytes().to_vec(),
-            namespace: namespace.as_bytes().to_vec(),
-        });
-        let keys = self
-            .kv()
-            .internal_kv_keys(request)
-            .await
-            .map_err(|s| self.rpc_error("InternalKVKeys", s))?
-            .into_inner();
-        check_status(&self.address, "InternalKVKeys", keys.status.as_ref())?;
-        if keys.results.is_empty() {
-            return Ok(Vec::new());
-        }
-        let request = self.request(proto::InternalKvMultiGetRequest {
-            keys: keys.results,
-            namespace: namespace.as_bytes().to_vec(),
-        });
-        let reply = self
-            .kv()
-            .internal_kv_multi_get(request)
-            .await
-            .map_err(|s| self.rpc_error("InternalKVMultiGet", s))?
-            .into_inner();
-        check_status(&self.address, "InternalKVMultiGet", reply.status.as_ref())?;
-        Ok(reply
-            .results
-            .into_iter()
-            .map(|e| (String::from_utf8_lossy(&e.key).into_owned(), e.value))
-            .collect())
-    }
-
     /// Every key of `namespace` that starts with `prefix`.
     pub async fn kv_keys(&self, namespace: &str, prefix: &str) -> Result<Vec<Vec<u8>>, GcsError> {
         let request = self.request(proto::InternalKvKeysRequest {
