@@ -276,7 +276,7 @@ async fn register(plan: &MemberPlan, instance: &str, shutdown: &Shutdown) -> Reg
             }
             Ok(answer) => {
                 let refusal: Option<Refusal> = serde_json::from_str(&answer.body).ok();
-                match refusal {
+                match refusal.map(Refusal::for_log) {
                     Some(r) if r.permanent => {
                         return Registering::Refused(format!(
                             "the leader at {} refused rank {}: {}",
@@ -400,14 +400,14 @@ async fn follow_orders(
             },
             Ok(a) if a.status == 410 => {
                 let why = serde_json::from_str::<Refusal>(&a.body)
-                    .map(|r| r.error)
+                    .map(|r| r.for_log().error)
                     .unwrap_or_else(|_| "the leader no longer knows this rank".into());
                 return Followed::LeaderGone(why);
             }
             Ok(a) => tracing::warn!(
                 "{label}: heartbeat answered HTTP {}: {}",
                 a.status,
-                a.body.trim()
+                super::protocol::peer_text(a.body.trim())
             ),
             Err(e) => tracing::debug!("{label}: heartbeat failed: {e}"),
         }

@@ -101,6 +101,31 @@ pub struct Refusal {
     pub permanent: bool,
 }
 
+impl Refusal {
+    /// The refusal with its text made safe to log ([`peer_text`]).
+    pub fn for_log(self) -> Self {
+        Self {
+            error: peer_text(&self.error),
+            ..self
+        }
+    }
+}
+
+/// Text from a peer as it may be logged: at most 1 KiB, control
+/// characters (newlines among them) as spaces, so it cannot forge lines
+/// or flood the log.
+pub fn peer_text(text: &str) -> String {
+    let mut shown: String = text
+        .chars()
+        .take(1024)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.chars().nth(1024).is_some() {
+        shown.push_str(" [...]");
+    }
+    shown
+}
+
 /// What a rank's serving process is doing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -174,4 +199,18 @@ pub struct Leave {
     pub rank: u32,
     /// Its run.
     pub instance: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_text_cannot_forge_log_lines_or_flood() {
+        let forged = "refused\n2026-12-06T00:00:00Z INFO cluster ready\r";
+        let shown = peer_text(forged);
+        assert!(!shown.contains('\n') && !shown.contains('\r'), "{shown}");
+        let long = "x".repeat(10_000);
+        assert!(peer_text(&long).len() < 1100);
+    }
 }
