@@ -64,6 +64,16 @@ pub enum CredentialsError {
         /// What is wrong.
         detail: String,
     },
+    /// The public key that signatures are checked with cannot be used.
+    #[error(
+        "[registry] public-key {path}: {detail}; give the PEM public key the policies are signed for (`cosign public-key`)"
+    )]
+    PublicKey {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
 }
 
 #[derive(Deserialize)]

@@ -14,8 +14,10 @@ pub mod cache;
 pub mod credentials;
 pub mod reference;
 pub mod registry;
+pub mod signature;
 
 pub use artifact::ComponentInfo;
 pub use credentials::{Credentials, CredentialsError};
 pub use reference::{Digest, Reference, ReferenceError};
 pub use registry::{OciError, Pulled, Registry, RegistrySettings};
+pub use signature::{SigningKey, VerifyingKey};

@@ -36,6 +36,9 @@ pub struct RegistrySettings {
     pub max_layer_bytes: u64,
     /// Deadline of each request (body included).
     pub timeout: Duration,
+    /// When set, a policy is used only with a signature by this key
+    /// (cosign's layout, checked offline), cached or not.
+    pub require_signature: Option<crate::signature::VerifyingKey>,
 }
 
 impl RegistrySettings {
@@ -48,6 +51,7 @@ impl RegistrySettings {
             cache_dir,
             max_layer_bytes: 64 << 20,
             timeout: Duration::from_secs(60),
+            require_signature: None,
         }
     }
 }
@@ -173,6 +177,19 @@ pub enum OciError {
         "{0}: a push needs a tag (oci://HOST/REPOSITORY:TAG); the digest is what the push prints"
     )]
     PushNeedsTag(String),
+    /// A signing or verifying key cannot be used.
+    #[error("signature key: {0}")]
+    Key(String),
+    /// No signature by the configured key (fails closed).
+    #[error(
+        "{reference}: {detail}; sign it with `orchestrator plugin push --sign KEY.pem`, or turn [registry] require-signature off"
+    )]
+    Unsigned {
+        /// The reference pulled.
+        reference: String,
+        /// What was found instead.
+        detail: String,
+    },
     /// The local cache failed.
     #[error(transparent)]
     Cache(#[from] crate::cache::CacheError),
@@ -257,6 +274,141 @@ impl Registry {
     /// registry needed), else from the registry, verified against the pin
     /// and the layer's digest, refused if not a policy or too large.
     pub async fn pull(&self, reference: &Reference) -> Result<Pulled, OciError> {
+        let pulled = self.pull_unverified(reference).await?;
+        if let Some(key) = &self.settings.require_signature {
+            self.verify_signature(&pulled.reference, key).await?;
+        }
+        Ok(pulled)
+    }
+
+    /// Signs the manifest `pinned` names (cosign's layout: a manifest
+    /// tagged `sha256-<hex>.sig` beside it); returns that tag.
+    pub async fn push_signature(
+        &self,
+        pinned: &Reference,
+        key: &crate::signature::SigningKey,
+    ) -> Result<String, OciError> {
+        use crate::signature::{PAYLOAD_MEDIA_TYPE, SIGNATURE_ANNOTATION, payload, signature_tag};
+        let digest = pinned
+            .digest
+            .clone()
+            .ok_or_else(|| OciError::PushNeedsTag(pinned.to_string()))?;
+        let scope = format!("repository:{}:pull,push", pinned.repository);
+        let text = payload(
+            &format!("{}/{}", pinned.registry, pinned.repository),
+            &digest,
+        );
+        let signature = key.sign(&text)?;
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "", "os": "", "config": {},
+            "rootfs": {"type": "layers", "diff_ids": [Digest::of(&text).to_string()]}
+        }))
+        .map_err(|e| self.protocol(pinned, e.to_string()))?;
+        self.upload_blob(pinned, &scope, &config).await?;
+        self.upload_blob(pinned, &scope, &text).await?;
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_MEDIA_TYPE,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": Digest::of(&config).to_string(),
+                "size": config.len()
+            },
+            "layers": [{
+                "mediaType": PAYLOAD_MEDIA_TYPE,
+                "digest": Digest::of(&text).to_string(),
+                "size": text.len(),
+                "annotations": {SIGNATURE_ANNOTATION: signature}
+            }]
+        }))
+        .map_err(|e| self.protocol(pinned, e.to_string()))?;
+        let tag = signature_tag(&digest);
+        let url = self.url(pinned, &format!("manifests/{tag}"));
+        let response = self
+            .send(pinned, &scope, "the signature upload", || {
+                Request::builder()
+                    .method(Method::PUT)
+                    .uri(&url)
+                    .header(header::CONTENT_TYPE, MANIFEST_MEDIA_TYPE)
+                    .body(Full::new(Bytes::from(manifest.clone())))
+            })
+            .await?;
+        self.expect(
+            pinned,
+            response,
+            &[StatusCode::CREATED],
+            "the signature upload",
+        )
+        .await?;
+        Ok(tag)
+    }
+
+    /// Checks that the manifest `pinned` names carries a signature by
+    /// `key` (any of its signature layers), offline: no transparency log.
+    pub async fn verify_signature(
+        &self,
+        pinned: &Reference,
+        key: &crate::signature::VerifyingKey,
+    ) -> Result<(), OciError> {
+        use crate::signature::{
+            PAYLOAD_MEDIA_TYPE, SIGNATURE_ANNOTATION, signature_tag, signed_digest,
+        };
+        let unsigned = |detail: String| OciError::Unsigned {
+            reference: pinned.to_string(),
+            detail,
+        };
+        let digest = pinned
+            .digest
+            .clone()
+            .ok_or_else(|| unsigned("no digest to check a signature of".into()))?;
+        let scope = format!("repository:{}:pull", pinned.repository);
+        let bytes = match self.manifest(pinned, &scope, &signature_tag(&digest)).await {
+            Ok(bytes) => bytes,
+            Err(OciError::NotFound { .. }) => {
+                return Err(unsigned(format!(
+                    "no signature ({} is absent)",
+                    signature_tag(&digest)
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        let manifest: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| unsigned(format!("the signature manifest does not parse ({e})")))?;
+        let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
+        let mut seen = Vec::new();
+        for layer in layers.iter().take(16) {
+            if layer["mediaType"] != PAYLOAD_MEDIA_TYPE {
+                continue;
+            }
+            let (Some(sig), Some(layer_digest), Some(size)) = (
+                layer["annotations"][SIGNATURE_ANNOTATION].as_str(),
+                layer["digest"].as_str().and_then(|d| Digest::parse(d).ok()),
+                layer["size"].as_u64().filter(|s| *s <= 64 * 1024),
+            ) else {
+                seen.push("a signature layer without a signature, digest or sane size".to_string());
+                continue;
+            };
+            let text = self
+                .download_layer(pinned, &scope, &layer_digest, size)
+                .await?;
+            if !key.verifies(&text, sig) {
+                seen.push("a signature by another key, or of other bytes".to_string());
+                continue;
+            }
+            match signed_digest(&text) {
+                Some(d) if d == digest.to_string() => return Ok(()),
+                Some(d) => seen.push(format!("a valid signature of another manifest ({d})")),
+                None => seen.push("a signed payload that is not a cosign signature".to_string()),
+            }
+        }
+        Err(unsigned(if seen.is_empty() {
+            "the signature manifest has no signature layer".to_string()
+        } else {
+            format!("no signature by the configured key: {}", seen.join("; "))
+        }))
+    }
+
+    async fn pull_unverified(&self, reference: &Reference) -> Result<Pulled, OciError> {
         if let Some(pin) = &reference.digest
             && let Some((manifest, _)) = self.cache.manifest(pin)?
             && let Ok(layer) = manifest.wasm_layer()

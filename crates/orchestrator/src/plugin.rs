@@ -56,6 +56,10 @@ pub struct RegistryArgs {
     /// ~/.cache/ray-orchestrator/oci).
     #[arg(long, env = "ORCHESTRATOR_OCI_CACHE_DIR", value_name = "DIR")]
     pub oci_cache_dir: Option<PathBuf>,
+    /// Use an oci:// policy only with a signature by this PEM public key
+    /// (cosign's layout, checked offline); fails closed.
+    #[arg(long, value_name = "PUBLIC_KEY.pem")]
+    pub require_signature: Option<PathBuf>,
 }
 
 impl RegistryArgs {
@@ -65,6 +69,8 @@ impl RegistryArgs {
             credentials: self.registry_config.clone(),
             insecure: self.insecure.clone(),
             cache_dir: self.oci_cache_dir.clone(),
+            require_signature: self.require_signature.is_some(),
+            public_key: self.require_signature.clone(),
             ..RegistryConfig::default()
         }
     }
@@ -161,6 +167,10 @@ pub enum PluginCommand {
         file: PathBuf,
         /// Where: oci://HOST[:PORT]/REPOSITORY:TAG.
         reference: String,
+        /// Also sign it (cosign's layout) with this PEM private key
+        /// (PKCS#8 ECDSA P-256).
+        #[arg(long, value_name = "PRIVATE_KEY.pem")]
+        sign: Option<PathBuf>,
         #[command(flatten)]
         host: HostArgs,
     },
@@ -192,8 +202,9 @@ pub fn run(cmd: PluginCommand) -> ExitCode {
         PluginCommand::Push {
             file,
             reference,
+            sign,
             host,
-        } => push(&file, &reference, &host),
+        } => push(&file, &reference, sign.as_deref(), &host),
     };
     match result {
         Ok(code) => code,
@@ -408,7 +419,27 @@ fn run_plugin(
 /// `plugin push FILE oci://...`: the file checked as a policy, then pushed;
 /// prints the digest and the pinned reference. Exit 2 for a file that is
 /// not a policy or a bad reference, 1 when the registry push fails.
-fn push(file: &Path, reference: &str, host_args: &HostArgs) -> Result<ExitCode> {
+fn push(
+    file: &Path,
+    reference: &str,
+    sign: Option<&Path>,
+    host_args: &HostArgs,
+) -> Result<ExitCode> {
+    // The key is read first: a bad key pushes nothing.
+    let signing = match sign {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the signing key {}", path.display()))?;
+            match orchestrator_oci::SigningKey::from_pem(&text) {
+                Ok(key) => Some(key),
+                Err(e) => {
+                    eprintln!("error: {}: {e}", path.display());
+                    return Ok(ExitCode::from(2));
+                }
+            }
+        }
+    };
     let reference = match orchestrator_oci::Reference::parse(reference) {
         Ok(r) => r,
         Err(e) => {
@@ -448,10 +479,15 @@ fn push(file: &Path, reference: &str, host_args: &HostArgs) -> Result<ExitCode> 
     let settings = host_args.registry.config().settings()?;
     let pushed = policies::run_blocking(async move {
         let registry = orchestrator_oci::Registry::new(settings)?;
-        registry.push(&wasm, component, &reference).await
+        let pinned = registry.push(&wasm, component, &reference).await?;
+        let signed = match &signing {
+            Some(key) => Some(registry.push_signature(&pinned, key).await?),
+            None => None,
+        };
+        Ok::<_, orchestrator_oci::OciError>((pinned, signed))
     });
     match pushed {
-        Ok(pinned) => {
+        Ok((pinned, signed)) => {
             let digest = pinned
                 .digest
                 .as_ref()
@@ -461,6 +497,9 @@ fn push(file: &Path, reference: &str, host_args: &HostArgs) -> Result<ExitCode> 
                 "digest: {digest}\npinned: {pinned}\nworld:  {} {}\nsize:   {} bytes\n",
                 info.world, info.version, info.size
             ))?;
+            if let Some(tag) = signed {
+                emit(&format!("signed: {tag}\n"))?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

@@ -591,3 +591,164 @@ fn bad_references_fail_with_one_clear_line_each() {
     let (status, _, _) = registry.request("GET", "/v2/team/notes/tags/list", &[], None);
     assert_eq!(status, 404, "nothing was pushed");
 }
+
+/// Pushes `file` to `repo:tag` (signed with `sign` when given); returns
+/// the pinned reference and the command's stdout.
+fn push_file(
+    user: &User,
+    registry: &Registry,
+    file: &Path,
+    repo: &str,
+    tag: &str,
+    sign: Option<&Path>,
+) -> (String, String) {
+    let reference = format!("oci://{}/{repo}:{tag}", registry.host);
+    let mut args = vec!["plugin", "push", file.to_str().unwrap(), &reference];
+    if let Some(key) = sign {
+        args.extend(["--sign", key.to_str().unwrap()]);
+    }
+    let o = user.run(&args, Some(&registry.host));
+    assert!(o.status.success(), "{}", err(&o));
+    let stdout = out(&o);
+    let pinned = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("pinned: "))
+        .unwrap_or_else(|| panic!("{stdout}"))
+        .to_string();
+    (pinned, stdout)
+}
+
+#[test]
+#[ignore = "needs docker-registry: run by `cargo xtask test`"]
+fn signed_policies_verify_and_unsigned_tampered_or_wrong_key_ones_fail_closed() {
+    let registry = Registry::start();
+    let user = User::new(&registry, PASSWORD);
+    let dir = user.dir.path();
+    let (key, private_pem) = orchestrator_oci::SigningKey::generate().unwrap();
+    let (other, _) = orchestrator_oci::SigningKey::generate().unwrap();
+    let (key_file, public, other_public) = (
+        dir.join("key.pem"),
+        dir.join("key.pub"),
+        dir.join("other.pub"),
+    );
+    std::fs::write(&key_file, private_pem).unwrap();
+    std::fs::write(&public, key.public_pem()).unwrap();
+    std::fs::write(&other_public, other.public_pem()).unwrap();
+    let check = |reference: &str, key: &Path| {
+        user.run(
+            &[
+                "plugin",
+                "check",
+                reference,
+                "--require-signature",
+                key.to_str().unwrap(),
+            ],
+            Some(&registry.host),
+        )
+    };
+
+    // Signed: in cosign's layout, and verified with the key.
+    let (signed, stdout) = push_file(
+        &user,
+        &registry,
+        &policy_file(dir),
+        "team/policies",
+        "signed",
+        Some(&key_file),
+    );
+    let digest = signed.rsplit_once('@').unwrap().1.to_string();
+    let tag = format!("{}.sig", digest.replace(':', "-"));
+    assert!(stdout.contains(&format!("signed: {tag}")), "{stdout}");
+    let (status, _, sig_manifest) = registry.request(
+        "GET",
+        &format!("/v2/team/policies/manifests/{tag}"),
+        &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+        None,
+    );
+    assert_eq!(status, 200);
+    let parsed: serde_json::Value = serde_json::from_slice(&sig_manifest).unwrap();
+    assert_eq!(
+        parsed["layers"][0]["mediaType"],
+        "application/vnd.dev.cosign.simplesigning.v1+json"
+    );
+    assert!(parsed["layers"][0]["annotations"]["dev.cosignproject.cosign/signature"].is_string());
+    let ok = check(&signed, &public);
+    assert!(ok.status.success(), "{}", err(&ok));
+
+    // Another key: refused.
+    let wrong = check(&signed, &other_public);
+    assert!(!wrong.status.success());
+    assert!(
+        one_error_line(&wrong).contains("no signature by the configured key"),
+        "{}",
+        err(&wrong)
+    );
+
+    // Unsigned (another policy, pushed without --sign): refused; without
+    // require-signature it is used.
+    let readiness = dir.join("readiness.wasm");
+    std::fs::write(
+        &readiness,
+        orchestrator_builtin_plugins::find("readiness", "node-count")
+            .unwrap()
+            .wasm,
+    )
+    .unwrap();
+    let (unsigned, _) = push_file(
+        &user,
+        &registry,
+        &readiness,
+        "team/policies",
+        "unsigned",
+        None,
+    );
+    let refused = check(&unsigned, &public);
+    assert!(!refused.status.success());
+    assert!(
+        one_error_line(&refused).contains("no signature"),
+        "{}",
+        err(&refused)
+    );
+    let plain = user.run(&["plugin", "check", &unsigned], Some(&registry.host));
+    assert!(plain.status.success(), "{}", err(&plain));
+
+    // Tampered: the signed policy's signature copied under the unsigned
+    // one's signature tag (a valid signature, of another manifest).
+    let unsigned_digest = unsigned.rsplit_once('@').unwrap().1;
+    let copied_tag = format!("{}.sig", unsigned_digest.replace(':', "-"));
+    let mut body = std::io::Cursor::new(sig_manifest.clone());
+    let (status, headers, _) = registry.request(
+        "PUT",
+        &format!("/v2/team/policies/manifests/{copied_tag}"),
+        &[("Content-Type", "application/vnd.oci.image.manifest.v1+json")],
+        Some((&mut body, sig_manifest.len() as u64)),
+    );
+    assert_eq!(status, 201, "{headers}");
+    let tampered = check(&unsigned, &public);
+    assert!(!tampered.status.success());
+    assert!(
+        one_error_line(&tampered).contains("a valid signature of another manifest"),
+        "{}",
+        err(&tampered)
+    );
+
+    // A bad signing key pushes nothing (exit 2).
+    let bad_key = dir.join("bad.pem");
+    std::fs::write(
+        &bad_key,
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let o = user.run(
+        &[
+            "plugin",
+            "push",
+            policy_file(dir).to_str().unwrap(),
+            &format!("oci://{}/team/policies:bad", registry.host),
+            "--sign",
+            bad_key.to_str().unwrap(),
+        ],
+        Some(&registry.host),
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+}

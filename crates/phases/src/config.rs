@@ -119,6 +119,11 @@ pub struct RegistryConfig {
     pub max_layer_mib: u64,
     /// Deadline of each registry request, seconds.
     pub timeout_seconds: u64,
+    /// Use a policy only with a signature by `public-key` (cosign's
+    /// layout, checked offline); fails closed.
+    pub require_signature: bool,
+    /// The PEM public key (ECDSA P-256) signatures are checked with.
+    pub public_key: Option<PathBuf>,
 }
 
 impl Default for RegistryConfig {
@@ -129,6 +134,8 @@ impl Default for RegistryConfig {
             cache_dir: None,
             max_layer_mib: 64,
             timeout_seconds: 60,
+            require_signature: false,
+            public_key: None,
         }
     }
 }
@@ -160,6 +167,17 @@ impl RegistryConfig {
         settings.insecure = self.insecure.clone();
         settings.max_layer_bytes = self.max_layer_mib.saturating_mul(1 << 20);
         settings.timeout = std::time::Duration::from_secs(self.timeout_seconds.max(1));
+        if self.require_signature {
+            let path = self.public_key.clone().unwrap_or_default();
+            let bad = |detail: String| orchestrator_oci::CredentialsError::PublicKey {
+                path: path.clone(),
+                detail,
+            };
+            let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+            let key =
+                orchestrator_oci::VerifyingKey::from_pem(&text).map_err(|e| bad(e.to_string()))?;
+            settings.require_signature = Some(key);
+        }
         Ok(settings)
     }
 }
@@ -1129,6 +1147,13 @@ impl Config {
                     "copy it from `orchestrator plugin check FILE`",
                 ));
             }
+        }
+        if self.registry.require_signature && self.registry.public_key.is_none() {
+            return Err(invalid(
+                "registry.require-signature",
+                "is on without registry.public-key".into(),
+                "set public-key to the PEM public key the policies are signed for",
+            ));
         }
         if self.registry.max_layer_mib == 0 {
             return Err(invalid(
