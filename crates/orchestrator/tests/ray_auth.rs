@@ -218,6 +218,12 @@ fn node_health_reports_are_signed_paged_and_forgeries_ignored(address: &str) {
             122,
             "the two real nodes' own reports are read too"
         );
+        // The autoscaler request with the token: written and read back.
+        let bundle: orchestrator_phases::membership::Bundle =
+            [("CPU".to_string(), 1.0)].into_iter().collect();
+        raw.request_resources(&[bundle.clone()]).await.unwrap();
+        assert_eq!(raw.requested_resources().await.unwrap(), vec![bundle]);
+        raw.request_resources(&[]).await.unwrap();
         // Without the token the store is refused, named as such.
         let open = GcsHealthStore::with_auth(address, RayAuth::disabled());
         let refused = open.reports().await.unwrap_err();

@@ -1285,6 +1285,43 @@ mod tests {
     }
 
     #[test]
+    fn every_duration_size_and_count_is_bounded_with_the_key_and_range_named() {
+        for (text, key) in [
+            (
+                "[cluster]\nwait-timeout-seconds = 9223372036854775807\n",
+                "cluster.wait-timeout-seconds",
+            ),
+            (
+                "[serve]\nstop-grace-seconds = 9223372036854775807\n",
+                "serve.stop-grace-seconds",
+            ),
+            ("[native]\nheartbeat-ms = 0\n", "native.heartbeat-ms"),
+            (
+                "[node-health]\ninterval-ms = 9223372036854775807\n",
+                "node-health.interval-ms",
+            ),
+            (
+                "[registry]\ntimeout-seconds = 9223372036854775807\n",
+                "registry.timeout-seconds",
+            ),
+            ("[native]\ngpus = 1e300\n", "native.gpus"),
+        ] {
+            let e = load(text, &[], &[])
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains(key) && e.contains(" to "), "{text}: {e}");
+        }
+        // A value in range loads.
+        assert!(load("[cluster]\nwait-timeout-seconds = 86400\n", &[], &[]).is_ok());
+        // require-signature needs a key.
+        let e = load("[registry]\nrequire-signature = true\n", &[], &[])
+            .err()
+            .map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("public-key")));
+    }
+
+    #[test]
     fn file_then_env_then_flags() {
         let c = load(
             "role = \"worker\"\n[ray]\ngcs-address = \"h:6379\"\nnum-cpus = 2\n",
