@@ -221,7 +221,9 @@ fn node_health_reports_are_signed_paged_and_forgeries_ignored(address: &str) {
         // The autoscaler request with the token: written and read back.
         let bundle: orchestrator_phases::membership::Bundle =
             [("CPU".to_string(), 1.0)].into_iter().collect();
-        raw.request_resources(&[bundle.clone()]).await.unwrap();
+        raw.request_resources(std::slice::from_ref(&bundle))
+            .await
+            .unwrap();
         assert_eq!(raw.requested_resources().await.unwrap(), vec![bundle]);
         raw.request_resources(&[]).await.unwrap();
         // Without the token the store is refused, named as such.
