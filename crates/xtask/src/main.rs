@@ -602,7 +602,7 @@ fn test() -> Result<()> {
         .env("ORCHESTRATOR_VLLM_BIN", venv.join("bin/vllm"))
         .env("ORCHESTRATOR_TINY_MODEL", &model))?;
     let redis = redis_server()?;
-    step("a head restart with GCS fault tolerance: real Redis, Ray and vLLM");
+    step("a head restart with GCS fault tolerance, under Ray's token authentication: real Redis, Ray and vLLM");
     run(workspace("test")
         .args([
             "--test",
@@ -614,7 +614,11 @@ fn test() -> Result<()> {
         .env("ORCHESTRATOR_RAY_BIN", venv.join("bin/ray"))
         .env("ORCHESTRATOR_VLLM_BIN", venv.join("bin/vllm"))
         .env("ORCHESTRATOR_TINY_MODEL", &model)
-        .env("ORCHESTRATOR_REDIS_BIN", &redis))?;
+        .env("ORCHESTRATOR_REDIS_BIN", &redis)
+        // Every process of the test (Ray nodes, orchestrators, vLLM)
+        // inherits these: the whole restart runs with token auth on.
+        .env("RAY_AUTH_MODE", "token")
+        .env("RAY_AUTH_TOKEN", "gcs-fault-tolerance-test-token-0123"))?;
     step("end-to-end tests of the native backend with real vLLM, no Ray (one at a time)");
     run(workspace("test")
         .args([
