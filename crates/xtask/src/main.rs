@@ -602,7 +602,9 @@ fn test() -> Result<()> {
         .env("ORCHESTRATOR_VLLM_BIN", venv.join("bin/vllm"))
         .env("ORCHESTRATOR_TINY_MODEL", &model))?;
     let redis = redis_server()?;
-    step("a head restart with GCS fault tolerance, under Ray's token authentication: real Redis, Ray and vLLM");
+    step(
+        "a head restart with GCS fault tolerance, under Ray's token authentication: real Redis, Ray and vLLM",
+    );
     run(workspace("test")
         .args([
             "--test",
