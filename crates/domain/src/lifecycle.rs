@@ -125,6 +125,9 @@ pub enum EventReason {
     /// The head's GCS answers as a new cluster (the head restarted without
     /// GCS fault tolerance): this worker restarts its Ray node into it.
     RejoiningCluster,
+    /// A node-health entry was ignored: forged, misfiled, oversized or
+    /// malformed.
+    NodeHealthReportRejected,
 }
 
 impl EventReason {
@@ -148,6 +151,7 @@ impl EventReason {
             Self::NodeUnhealthy => "NodeUnhealthy",
             Self::NodeHealthStale => "NodeHealthStale",
             Self::RejoiningCluster => "RejoiningCluster",
+            Self::NodeHealthReportRejected => "NodeHealthReportRejected",
         }
     }
 

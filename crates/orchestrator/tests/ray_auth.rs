@@ -218,6 +218,16 @@ fn node_health_reports_are_signed_paged_and_forgeries_ignored(address: &str) {
             122,
             "the two real nodes' own reports are read too"
         );
+        // Each ignored entry is handed out once, for one Event each.
+        let mut rejected = store.rejected();
+        rejected.sort();
+        assert_eq!(rejected.len(), 3, "{rejected:#?}");
+        for (why, node) in rejected.iter().zip(["node-900", "node-901", "node-902"]) {
+            assert!(why.contains(node), "{why}");
+        }
+        assert!(store.rejected().is_empty());
+        store.reports().await.unwrap();
+        assert!(store.rejected().is_empty(), "once per entry");
         // The autoscaler request with the token: written and read back.
         let bundle: orchestrator_phases::membership::Bundle =
             [("CPU".to_string(), 1.0)].into_iter().collect();

@@ -129,6 +129,11 @@ pub trait HealthStore: Send + Sync + std::fmt::Debug {
     /// Every node's last report; ones that do not parse are skipped with a
     /// warning.
     fn reports(&self) -> StoreCall<'_, Vec<HealthReport>>;
+    /// The entries [`reports`](Self::reports) ignored since the last call,
+    /// each once, with why (the head raises one Event for each).
+    fn rejected(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// The GCS key-value namespace of the orchestrator's own entries.
@@ -235,6 +240,8 @@ pub struct GcsHealthStore {
     client: tokio::sync::OnceCell<orchestrator_ray_gcs::GcsClient>,
     /// Keys already warned about (one line each).
     refused: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Those not yet handed out by [`HealthStore::rejected`].
+    fresh_refusals: std::sync::Mutex<Vec<String>>,
     /// Credentials given (else this process's environment's).
     auth: Option<RayAuth>,
 }
@@ -246,6 +253,7 @@ impl GcsHealthStore {
             address: address.into(),
             client: tokio::sync::OnceCell::new(),
             refused: std::sync::Mutex::default(),
+            fresh_refusals: std::sync::Mutex::default(),
             auth: None,
         }
     }
@@ -272,6 +280,11 @@ impl GcsHealthStore {
                 .collect::<String>()
                 .replace(['\n', '\r'], " ");
             tracing::warn!(key, "ignoring a node-health entry: {why}");
+            if let Ok(mut fresh) = self.fresh_refusals.lock()
+                && fresh.len() < 1000
+            {
+                fresh.push(format!("ignored the node-health entry {key}: {why}"));
+            }
         }
     }
 
@@ -341,6 +354,13 @@ impl HealthStore for GcsHealthStore {
                 .await
                 .map_err(|e| e.to_string())
         })
+    }
+
+    fn rejected(&self) -> Vec<String> {
+        self.fresh_refusals
+            .lock()
+            .map(|mut fresh| std::mem::take(&mut *fresh))
+            .unwrap_or_default()
     }
 
     fn reports(&self) -> StoreCall<'_, Vec<HealthReport>> {

@@ -129,6 +129,9 @@ pub fn follow(
                     continue;
                 }
             };
+            for why in store.rejected() {
+                status.event(EventReason::NodeHealthReportRejected, why);
+            }
             let mut board = judge(reports, &mut seen, plan.stale_after, &status);
             board.first_report_within = plan.stale_after;
             status.node_health(
