@@ -250,9 +250,23 @@ impl Registry {
             detail: e.to_string(),
         })?;
         let digest = Digest::of(&body);
+        self.put_manifest(reference, &scope, tag, body, "the manifest upload")
+            .await?;
+        Ok(reference.pinned(digest))
+    }
+
+    /// PUTs `body` as the manifest tagged `tag`; 201 expected.
+    async fn put_manifest(
+        &self,
+        reference: &Reference,
+        scope: &str,
+        tag: &str,
+        body: Vec<u8>,
+        what: &str,
+    ) -> Result<(), OciError> {
         let url = self.url(reference, &format!("manifests/{tag}"));
         let response = self
-            .send(reference, &scope, "the manifest upload", || {
+            .send(reference, scope, what, || {
                 Request::builder()
                     .method(Method::PUT)
                     .uri(&url)
@@ -260,14 +274,9 @@ impl Registry {
                     .body(Full::new(Bytes::from(body.clone())))
             })
             .await?;
-        self.expect(
-            reference,
-            response,
-            &[StatusCode::CREATED],
-            "the manifest upload",
-        )
-        .await?;
-        Ok(reference.pinned(digest))
+        self.expect(reference, response, &[StatusCode::CREATED], what)
+            .await?;
+        Ok(())
     }
 
     /// Pulls `reference`: from the cache when pinned and present (no
@@ -323,23 +332,8 @@ impl Registry {
         }))
         .map_err(|e| self.protocol(pinned, e.to_string()))?;
         let tag = signature_tag(&digest);
-        let url = self.url(pinned, &format!("manifests/{tag}"));
-        let response = self
-            .send(pinned, &scope, "the signature upload", || {
-                Request::builder()
-                    .method(Method::PUT)
-                    .uri(&url)
-                    .header(header::CONTENT_TYPE, MANIFEST_MEDIA_TYPE)
-                    .body(Full::new(Bytes::from(manifest.clone())))
-            })
+        self.put_manifest(pinned, &scope, &tag, manifest, "the signature upload")
             .await?;
-        self.expect(
-            pinned,
-            response,
-            &[StatusCode::CREATED],
-            "the signature upload",
-        )
-        .await?;
         Ok(tag)
     }
 

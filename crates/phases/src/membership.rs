@@ -203,7 +203,11 @@ fn seal_report(report: &HealthReport, auth: &RayAuth) -> Result<Vec<u8>, String>
 
 /// Opens a stored report found under `key`: the report, or why it is not
 /// taken.
-fn open_report(key: &str, value: &[u8], auth: &RayAuth) -> Result<HealthReport, String> {
+fn open_report(
+    key: &str,
+    value: &[u8],
+    signing: Option<&ring::hmac::Key>,
+) -> Result<HealthReport, String> {
     if value.len() > MAX_REPORT_BYTES + 1024 {
         return Err(format!("{} bytes, over the limit", value.len()));
     }
@@ -212,14 +216,14 @@ fn open_report(key: &str, value: &[u8], auth: &RayAuth) -> Result<HealthReport, 
     if key.strip_prefix(HEALTH_KEY_PREFIX) != Some(stored.node_id.as_str()) {
         return Err("written under another node's key".to_string());
     }
-    if let Some(signing) = report_key(auth) {
+    if let Some(signing) = signing {
         let mac = stored
             .mac
             .as_deref()
             .and_then(|m| hex::decode(m).ok())
             .ok_or("not signed, and this cluster has a Ray token")?;
         ring::hmac::verify(
-            &signing,
+            signing,
             &report_mac_input(&stored.node_id, &stored.report),
             &mac,
         )
@@ -371,6 +375,8 @@ impl HealthStore for GcsHealthStore {
                 .await
                 .map_err(|e| e.to_string())?;
             let mut reports = Vec::with_capacity(keys.len());
+            // Derived once per scan, not once per report.
+            let signing = report_key(client.auth());
             // In pages that stay within gRPC's limits; a page that fails
             // (one oversized value) is read key by key, so one bad entry
             // never hides the others.
@@ -391,7 +397,7 @@ impl HealthStore for GcsHealthStore {
                     }
                 };
                 for (key, value) in entries {
-                    match open_report(&key, &value, client.auth()) {
+                    match open_report(&key, &value, signing.as_ref()) {
                         Ok(report) => reports.push(report),
                         Err(why) => self.refuse(&key, &why),
                     }
