@@ -7,24 +7,44 @@
 //! 3. registers the missing workers and replacements for the dead ones; the
 //!    last of these registrations completes the cluster.
 //!
-//! The steps are [`PHASE_GAP`] apart. Measured per size: the time from the last registration (published by the
+//! The steps are [`PHASE_GAP`] apart. Each size runs twice: with the raylet
+//! probe on (`--raylet-answer-timeout 1`; every node's raylet is one of
+//! [`RAYLETS`] stand-in raylets, and [`SILENT`] more nodes, registered
+//! with the head, point at a port that accepts and never answers, so they
+//! must not be counted) and off (`0`, the GCS's word alone, no silent
+//! nodes). Measured per run: the time from the last registration (published by the
 //! stand-in) to the orchestrator's `ready` line; the orchestrator's CPU time
 //! (all threads, from /proc schedstat) and peak RSS (VmHWM), both sampled
 //! every 2 ms until it exits; and the readiness-policy calls it made. The
-//! last line is `BENCH scale-wait nodes=10000 ...` with the 1,000-node
-//! figures beside (`*_1000` keys).
+//! last line is `BENCH scale-wait nodes=10000 ...` with the probe on, the
+//! 1,000-node figures beside (`*_1000` keys) and the probe-off figures
+//! (`*_noprobe` keys).
 
-use orchestrator_fake_gcs::{StandIn, synthetic_node};
+use orchestrator_fake_gcs::{StandIn, StandInRaylet, synthetic_node};
 use orchestrator_test_support::cpu_seconds_of;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// The stand-in GCS allocates as the orchestrator does (Ray's GCS is C++,
+/// not glibc's malloc under fragmentation): the figure is the
+/// orchestrator's latency.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Between the burst, the deaths and the last registrations: long enough
 /// for the orchestrator to have taken in the previous step, so the figure
 /// is the last registration's own latency, not a backlog.
 const PHASE_GAP: Duration = Duration::from_millis(1000);
+
+/// Stand-in raylets the nodes share (node `i` is served by raylet
+/// `i % RAYLETS`): a connection and a call per node, as in a real
+/// cluster, without one listening socket per node.
+const RAYLETS: u32 = 256;
+
+/// Nodes alive in the GCS whose raylet never answers (probe on only).
+const SILENT: u32 = 5;
 
 fn now_us() -> u128 {
     SystemTime::now()
@@ -46,6 +66,7 @@ fn peak_rss_mb(pid: u32) -> Option<f64> {
 }
 
 struct Run {
+    probe: bool,
     nodes: u32,
     last_join_to_ready_ms: f64,
     cpu_s: f64,
@@ -56,6 +77,7 @@ struct Run {
 fn one_size(
     orchestrator: &str,
     nodes: u32,
+    probe: bool,
     runtime: &tokio::runtime::Runtime,
 ) -> Result<Run, String> {
     let gcs = runtime
@@ -63,7 +85,35 @@ fn one_size(
             "127.0.0.2:0".parse().map_err(|e| format!("{e}"))?,
         ))
         .map_err(|e| format!("cannot start the stand-in GCS: {e}"))?;
-    gcs.register(vec![synthetic_node(0)]);
+    let mut raylets = Vec::new();
+    for _ in 0..RAYLETS {
+        raylets.push(
+            runtime
+                .block_on(StandInRaylet::start(
+                    "127.0.0.2:0".parse().map_err(|e| format!("{e}"))?,
+                ))
+                .map_err(|e| format!("cannot start a stand-in raylet: {e}"))?,
+        );
+    }
+    // Accepts connections (the kernel does) and never answers.
+    let frozen = std::net::TcpListener::bind("127.0.0.3:0").map_err(|e| e.to_string())?;
+    let frozen_port = frozen.local_addr().map_err(|e| e.to_string())?.port();
+    let node = |i: u32| {
+        let mut n = synthetic_node(i);
+        n.node_manager_address = "127.0.0.2".into();
+        n.node_manager_port = raylets[(i % RAYLETS) as usize].address().port().into();
+        n
+    };
+    let silent = if probe { SILENT } else { 0 };
+    let mut first = vec![node(0)];
+    // Ids past every other node's.
+    for i in 0..silent {
+        let mut n = synthetic_node(1_000_000 + i);
+        n.node_manager_address = "127.0.0.3".into();
+        n.node_manager_port = frozen_port.into();
+        first.push(n);
+    }
+    gcs.register(first);
 
     let mut child = Command::new(orchestrator)
         .args([
@@ -74,6 +124,8 @@ fn one_size(
             &nodes.to_string(),
             "--timeout",
             "120",
+            "--raylet-answer-timeout",
+            if probe { "1" } else { "0" },
         ])
         .env("ORCHESTRATOR_LOG", "info")
         .stdout(Stdio::piped())
@@ -120,7 +172,7 @@ fn one_size(
     let dead = (workers / 100).max(1);
     let held_back = dead + 1;
     // 1. The burst.
-    gcs.register((1..=workers - held_back).map(synthetic_node).collect());
+    gcs.register((1..=workers - held_back).map(node).collect());
     std::thread::sleep(PHASE_GAP);
     // 2. Deaths.
     let victims: Vec<Vec<u8>> = (1..=dead).map(|i| synthetic_node(i).node_id).collect();
@@ -128,14 +180,15 @@ fn one_size(
     std::thread::sleep(PHASE_GAP);
     // 3. The rest and the replacements; the last registration completes it.
     let rest: Vec<_> = (workers - held_back + 1..=workers + dead)
-        .map(synthetic_node)
+        .map(node)
         .collect();
     gcs.register(rest);
     let last_join_us = now_us();
-    if gcs.alive() != nodes as usize {
+    if gcs.alive() != (nodes + silent) as usize {
         return Err(format!(
-            "stand-in bug: {} alive, {nodes} wanted",
-            gcs.alive()
+            "stand-in bug: {} alive, {} wanted",
+            gcs.alive(),
+            nodes + silent
         ));
     }
 
@@ -160,10 +213,13 @@ fn one_size(
         .and_then(|(_, tail)| tail.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| format!("no policy-call count in {line:?}"))?;
+    // The silent nodes are alive in the GCS and not counted.
     if !line.contains(&format!("{nodes} nodes alive")) {
         return Err(format!("ready with the wrong count: {line}"));
     }
+    drop(frozen);
     Ok(Run {
+        probe,
         nodes,
         last_join_to_ready_ms: (ready_us.saturating_sub(last_join_us)) as f64 / 1000.0,
         cpu_s,
@@ -182,22 +238,31 @@ fn main() -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     let mut runs = Vec::new();
-    for nodes in [1000u32, 10_000] {
-        let run = one_size(&orchestrator, nodes, &runtime)?;
-        println!(
-            "{:>6} nodes: last registration -> ready {:>7.1} ms   orchestrator CPU {:.3} s   peak RSS {:>6.1} MB   policy calls {}",
-            run.nodes, run.last_join_to_ready_ms, run.cpu_s, run.rss_mb, run.policy_calls
-        );
-        runs.push(run);
+    for probe in [true, false] {
+        for nodes in [1000u32, 10_000] {
+            let run = one_size(&orchestrator, nodes, probe, &runtime)?;
+            println!(
+                "{:>6} nodes, raylet probe {:>3}: last registration -> ready {:>7.1} ms   orchestrator CPU {:.3} s   peak RSS {:>6.1} MB   policy calls {}",
+                run.nodes,
+                if run.probe { "on" } else { "off" },
+                run.last_join_to_ready_ms,
+                run.cpu_s,
+                run.rss_mb,
+                run.policy_calls
+            );
+            runs.push(run);
+        }
     }
-    let (small, large) = (&runs[0], &runs[1]);
+    let [small, large, small_off, large_off] = &runs[..] else {
+        return Err("four runs expected".into());
+    };
     println!(
-        "10x the nodes: CPU x{:.1}, peak RSS x{:.1}",
+        "10x the nodes (probe on): CPU x{:.1}, peak RSS x{:.1}",
         large.cpu_s / small.cpu_s.max(1e-6),
         large.rss_mb / small.rss_mb.max(1e-6)
     );
     println!(
-        "BENCH scale-wait nodes={} last_join_to_ready_ms={:.1} cpu_s={:.3} policy_calls={} rss_mb={:.1} last_join_to_ready_1000_ms={:.1} cpu_1000_s={:.3} policy_calls_1000={} rss_1000_mb={:.1} cpu_ratio_10x={:.1} rss_ratio_10x={:.1}",
+        "BENCH scale-wait nodes={} last_join_to_ready_ms={:.1} cpu_s={:.3} policy_calls={} rss_mb={:.1} last_join_to_ready_1000_ms={:.1} cpu_1000_s={:.3} policy_calls_1000={} rss_1000_mb={:.1} cpu_ratio_10x={:.1} rss_ratio_10x={:.1} last_join_to_ready_noprobe_ms={:.1} cpu_noprobe_s={:.3} rss_noprobe_mb={:.1} last_join_to_ready_1000_noprobe_ms={:.1}",
         large.nodes,
         large.last_join_to_ready_ms,
         large.cpu_s,
@@ -208,7 +273,11 @@ fn main() -> Result<(), String> {
         small.policy_calls,
         small.rss_mb,
         large.cpu_s / small.cpu_s.max(1e-6),
-        large.rss_mb / small.rss_mb.max(1e-6)
+        large.rss_mb / small.rss_mb.max(1e-6),
+        large_off.last_join_to_ready_ms,
+        large_off.cpu_s,
+        large_off.rss_mb,
+        small_off.last_join_to_ready_ms,
     );
     Ok(())
 }

@@ -301,18 +301,32 @@ fn publish(table: &mut Table, node: &GcsNodeInfo) {
 /// dropped.
 pub struct StandInRaylet {
     address: SocketAddr,
+    raylet: Raylet,
     _stop: oneshot::Sender<()>,
 }
 
-#[derive(Clone, Copy)]
-struct Raylet;
+/// What a stand-in raylet was asked: calls, and the peers (one per
+/// connection) they came from.
+#[derive(Clone, Default)]
+struct Raylet {
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+    peers: Arc<Mutex<HashSet<SocketAddr>>>,
+}
 
 #[tonic::async_trait]
 impl orchestrator_ray_gcs::proto::node_manager_service_server::NodeManagerService for Raylet {
     async fn get_system_config(
         &self,
-        _request: Request<orchestrator_ray_gcs::proto::GetSystemConfigRequest>,
+        request: Request<orchestrator_ray_gcs::proto::GetSystemConfigRequest>,
     ) -> Result<Response<orchestrator_ray_gcs::proto::GetSystemConfigReply>, Status> {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(peer) = request.remote_addr() {
+            self.peers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(peer);
+        }
         Ok(Response::new(
             orchestrator_ray_gcs::proto::GetSystemConfigReply {},
         ))
@@ -327,11 +341,15 @@ impl StandInRaylet {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let address = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let raylet = Raylet::default();
+        let serving = raylet.clone();
+        // As gRPC's C++ server (Ray's raylet) does.
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .serve_with_incoming_shutdown(
-                    NodeManagerServiceServer::new(Raylet),
+                    NodeManagerServiceServer::new(serving),
                     incoming,
                     async {
                         let _ = stopped.await;
@@ -341,6 +359,7 @@ impl StandInRaylet {
         });
         Ok(StandInRaylet {
             address,
+            raylet,
             _stop: stop,
         })
     }
@@ -348,6 +367,20 @@ impl StandInRaylet {
     /// Where it listens.
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// Calls answered so far.
+    pub fn calls(&self) -> usize {
+        self.raylet.calls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Connections the calls came over (distinct peer addresses).
+    pub fn connections(&self) -> usize {
+        self.raylet
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 }
 

@@ -8,13 +8,18 @@
 mod local;
 mod node;
 mod plugin;
-mod plugin_cases;
-mod plugin_new;
 mod run;
 mod wait;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
+
+/// mimalloc, not glibc's malloc: with thousands of nodes in view (each a
+/// few dozen small strings and maps), glibc's free lists fragment and a
+/// membership update of a few hundred nodes spent most of its time
+/// walking them (`bench scale-wait`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Start Ray, wait for the whole cluster, serve vLLM, keep it healthy.
 #[derive(Parser, Debug)]

@@ -1,16 +1,14 @@
 //! `orchestrator plugin list|check|run|test|new|push`: the plugin
-//! author's tools (`test` in [`crate::plugin_cases`], `new` in
-//! [`crate::plugin_new`]). Every command that takes a plugin takes an
-//! `oci://` reference too ([`RegistryArgs`]).
+//! author's tools, printing what `orchestrator-policy-authoring` does.
+//! Every command that takes a plugin takes an `oci://` reference too
+//! ([`RegistryArgs`]).
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use orchestrator_domain::{
-    ClusterSnapshot, HealthSnapshot, KeyValue, LaunchRequest, NodeReadings, ScaleInput,
-};
 use orchestrator_phases::config::{PluginLimits, RegistryConfig};
 use orchestrator_phases::policies::{self, PolicyRef};
-use orchestrator_policy_host::{HostConfig, PluginError, PluginSource, PolicyHost, Version, World};
+use orchestrator_policy_authoring::{scaffold, trial};
+use orchestrator_policy_host::{HostConfig, PluginError, PluginSource, PolicyHost, Version};
 use serde_json::Value;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -146,8 +144,8 @@ pub enum PluginCommand {
         #[arg(long)]
         sdk: Option<String>,
         /// The language.
-        #[arg(long, value_enum, default_value = "rust")]
-        lang: crate::plugin_new::Lang,
+        #[arg(long, default_value = "rust", value_name = "rust|python")]
+        lang: scaffold::Lang,
     },
     /// Run a policy's fixture cases (a directory of `*.json` files, each
     /// `{"input", "params", "expect"}`); prints one line per case and
@@ -193,12 +191,15 @@ pub fn run(cmd: PluginCommand) -> ExitCode {
             dir,
             sdk,
             lang,
-        } => crate::plugin_new::new_project(&world, &name, dir.as_deref(), sdk.as_deref(), lang),
+        } => scaffold::new_project(&world, &name, dir.as_deref(), sdk.as_deref(), lang)
+            .map_err(anyhow::Error::from)
+            .and_then(|created| emit(&created.to_string()))
+            .map(|()| ExitCode::SUCCESS),
         PluginCommand::Test {
             plugin,
             cases,
             host,
-        } => crate::plugin_cases::test_cases(&plugin, &cases, &host),
+        } => test_cases(&plugin, &cases, &host),
         PluginCommand::Push {
             file,
             reference,
@@ -276,15 +277,6 @@ fn check(plugin: &str, host_args: &HostArgs) -> Result<ExitCode> {
     }
 }
 
-fn parse_params(raw: &[String]) -> Result<Vec<KeyValue>> {
-    raw.iter()
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) if !k.is_empty() => Ok(KeyValue::new(k, v)),
-            _ => bail!("--param {p:?} is not KEY=VALUE; write it like --param nodes=3"),
-        })
-        .collect()
-}
-
 fn read_input(path: &Path) -> Result<String> {
     if path.as_os_str() == "-" {
         let mut text = String::new();
@@ -297,107 +289,13 @@ fn read_input(path: &Path) -> Result<String> {
         .with_context(|| format!("cannot read the input file {}", path.display()))
 }
 
-/// A policy input that can say what the types cannot.
-trait PolicyInput: serde::de::DeserializeOwned {
-    fn check(&self) -> Result<(), orchestrator_domain::InvalidField>;
-}
-
-macro_rules! policy_input {
-    ($($t:ty),*) => {$(
-        impl PolicyInput for $t {
-            fn check(&self) -> Result<(), orchestrator_domain::InvalidField> {
-                self.validate()
-            }
-        }
-    )*};
-}
-policy_input!(ClusterSnapshot, LaunchRequest, HealthSnapshot, NodeReadings);
-
-impl PolicyInput for ScaleInput {
-    fn check(&self) -> Result<(), orchestrator_domain::InvalidField> {
-        self.validate()
-            .map_err(|e| orchestrator_domain::InvalidField {
-                field: "samples".into(),
-                problem: e.to_string(),
-            })
-    }
-}
-
-/// Parses a policy's input strictly: every field of the WIT record must be
-/// present (only `option` fields may be left out), and the values must
-/// make sense (no negative GPU count).
-fn parse_input<T: PolicyInput>(input: Value, path: &Path, what: &str) -> Result<T> {
-    let value: T = serde_json::from_value(input).map_err(|e| {
-        anyhow::anyhow!(
-            "{} is not a valid {what} ({e}); every field of the WIT record is required, named as in the WIT (kebab-case): see examples/snapshots/",
-            path.display()
-        )
-    })?;
-    value
-        .check()
-        .map_err(|e| anyhow::anyhow!("{} is not a valid {what}: {e}", path.display()))?;
-    Ok(value)
-}
-
-/// Calls the `world` policy at `source` on `input` (read from `path`, named
-/// in errors) and returns its answer as `plugin run` prints it. The outer
-/// error is bad input; the inner one the plugin's failure.
-pub(crate) fn call_plugin(
-    host: &PolicyHost,
-    source: &PluginSource,
-    world: World,
-    input: Value,
-    params: &[KeyValue],
-    path: &Path,
-) -> Result<Result<Value, PluginError>> {
-    let answer = match world {
-        World::Readiness => {
-            let snapshot: ClusterSnapshot = parse_input(input, path, "cluster-snapshot")?;
-            host.readiness(source)
-                .and_then(|mut p| p.check(&snapshot, params))
-                .map(serde_json::to_value)
-        }
-        World::Launch => {
-            let request: LaunchRequest = parse_input(input, path, "launch-request")?;
-            host.launch(source)
-                .and_then(|mut p| p.plan(&request, params))
-                .map(|r| match r {
-                    Ok(plan) => serde_json::to_value(serde_json::json!({ "plan": plan })),
-                    Err(e) => serde_json::to_value(serde_json::json!({ "error": e })),
-                })
-        }
-        World::Health => {
-            let snapshot: HealthSnapshot = parse_input(input, path, "health-snapshot")?;
-            host.health(source)
-                .and_then(|mut p| p.evaluate(&snapshot, params))
-                .map(serde_json::to_value)
-        }
-        World::NodeHealth => {
-            let readings: NodeReadings = parse_input(input, path, "node-readings")?;
-            host.node_health(source)
-                .and_then(|mut p| p.judge(&readings, params))
-                .map(serde_json::to_value)
-        }
-        World::Scale => {
-            let scale: ScaleInput = parse_input(input, path, "scale-input")?;
-            host.scale(source)
-                .and_then(|mut p| p.recommend(&scale, params))
-                .map(serde_json::to_value)
-        }
-    };
-    match answer {
-        Ok(value) => Ok(Ok(value?)),
-        Err(e) => Ok(Err(e)),
-    }
-}
-
 fn run_plugin(
     plugin: &str,
     input: &Path,
     params: &[String],
     host_args: &HostArgs,
 ) -> Result<ExitCode> {
-    let params = parse_params(params)?;
+    let params = trial::parse_params(params)?;
     let text = read_input(input)?;
     let value: Value = serde_json::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{} is not JSON ({e})", input.display()))?;
@@ -407,7 +305,7 @@ fn run_plugin(
         Ok(info) => info.world,
         Err(e) => return Ok(plugin_failure(&e)),
     };
-    match call_plugin(&host, &source, world, value, &params, input)? {
+    match trial::call(&host, &source, world, value, &params, input)? {
         Ok(value) => {
             emit(&format!("{}\n", serde_json::to_string_pretty(&value)?))?;
             Ok(ExitCode::SUCCESS)
@@ -519,8 +417,23 @@ fn plugin_failure(e: &PluginError) -> ExitCode {
     }
 }
 
+/// `plugin test`: every case, one line each; exit 0 all passed, 1 one
+/// failed, 2 bad input.
+fn test_cases(plugin: &str, cases: &Path, host_args: &HostArgs) -> Result<ExitCode> {
+    let host = PolicyHost::new(host_args.host_config())?;
+    let source = host_args.registry.policy(plugin)?.source(None)?;
+    let report = orchestrator_policy_authoring::cases::run_cases(&host, &source, cases)
+        .with_context(|| format!("cannot test {plugin}"))?;
+    emit(&report.to_string())?;
+    Ok(if report.failed() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 /// Writes to stdout; a closed pipe (`| head`) is not an error.
-pub(crate) fn emit(text: &str) -> Result<()> {
+fn emit(text: &str) -> Result<()> {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
     match stdout

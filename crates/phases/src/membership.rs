@@ -409,10 +409,21 @@ impl HealthStore for GcsHealthStore {
 }
 
 /// A Ray cluster's GCS.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RayGcs {
     /// `HOST:PORT`.
     pub address: String,
+    /// Each node's raylet, as the watch saw it register.
+    raylets: orchestrator_ray_gcs::RayletBook,
+    /// Asks raylets on kept connections; made on first use (it needs
+    /// this process's credentials).
+    prober: Arc<std::sync::OnceLock<Arc<orchestrator_ray_gcs::RayletProber>>>,
+}
+
+impl PartialEq for RayGcs {
+    fn eq(&self, other: &Self) -> bool {
+        self.address == other.address
+    }
 }
 
 impl RayGcs {
@@ -420,13 +431,28 @@ impl RayGcs {
     pub fn new(address: impl Into<String>) -> Self {
         Self {
             address: address.into(),
+            raylets: Default::default(),
+            prober: Default::default(),
         }
+    }
+
+    fn prober(&self) -> Result<Arc<orchestrator_ray_gcs::RayletProber>, String> {
+        if let Some(p) = self.prober.get() {
+            return Ok(p.clone());
+        }
+        let auth = RayAuth::from_env().map_err(|e| e.to_string())?;
+        let made = Arc::new(orchestrator_ray_gcs::RayletProber::new(
+            self.address.clone(),
+            auth,
+            self.raylets.clone(),
+        ));
+        Ok(self.prober.get_or_init(|| made).clone())
     }
 }
 
 impl MembershipSource for RayGcs {
     fn watch(&self) -> mpsc::UnboundedReceiver<MembershipUpdate> {
-        orchestrator_ray_gcs::watch_membership(self.address.clone())
+        orchestrator_ray_gcs::watch_membership_recording(self.address.clone(), self.raylets.clone())
     }
 
     fn describe(&self) -> String {
@@ -457,43 +483,35 @@ impl MembershipSource for RayGcs {
     }
 
     /// Each raylet's `NodeManagerService`, asked at the address the GCS
-    /// lists for it, all at once.
+    /// lists for it, all at once, on connections kept between asks.
     fn silent_nodes<'a>(
         &'a self,
         ids: &'a [String],
         limit: Duration,
     ) -> StoreCall<'a, Vec<(String, String)>> {
-        use orchestrator_ray_gcs::{GcsClient, RayletAnswer, probe_raylet};
+        use orchestrator_ray_gcs::RayletAnswer;
         Box::pin(async move {
-            let client = GcsClient::connect(&self.address, limit)
+            let answers = self
+                .prober()?
+                .ask(ids, limit)
                 .await
                 .map_err(|e| e.to_string())?;
-            let raylets = client.raylet_addresses().await.map_err(|e| e.to_string())?;
-            let mut asks = tokio::task::JoinSet::new();
-            for (id, address) in raylets.into_iter().filter(|(id, _)| ids.contains(id)) {
-                let auth = client.auth().clone();
-                asks.spawn(async move {
-                    let answer = probe_raylet(&address, limit, &auth).await;
-                    (id, address, answer)
-                });
-            }
-            let mut silent = vec![];
-            while let Some(done) = asks.join_next().await {
-                match done {
-                    Ok((_, _, RayletAnswer::Answered)) => {}
-                    Ok((id, address, RayletAnswer::Silent)) => silent.push((
+            let mut silent: Vec<(String, String)> = answers
+                .into_iter()
+                .filter_map(|(id, address, answer)| match answer {
+                    RayletAnswer::Answered => None,
+                    RayletAnswer::Silent => Some((
                         id,
                         format!(
                             "its raylet at {address} did not answer within {:.1} s (frozen, overloaded or cut off?)",
                             limit.as_secs_f64()
                         ),
                     )),
-                    Ok((id, address, RayletAnswer::Unreachable(why))) => {
-                        silent.push((id, format!("its raylet at {address} cannot be reached: {why}")))
+                    RayletAnswer::Unreachable(why) => {
+                        Some((id, format!("its raylet at {address} cannot be reached: {why}")))
                     }
-                    Err(e) => return Err(format!("a raylet probe failed: {e}")),
-                }
-            }
+                })
+                .collect();
             silent.sort();
             Ok(silent)
         })

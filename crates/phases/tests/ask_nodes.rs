@@ -113,3 +113,41 @@ async fn a_node_whose_raylet_does_not_answer_is_not_counted_until_it_does() {
     );
     drop(thawed);
 }
+
+/// Asking nodes again reuses the connection to their raylet: one
+/// connection, however many nodes it serves and however often they are
+/// asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asks_keep_one_connection_per_raylet() {
+    use orchestrator_phases::membership::MembershipSource;
+    let gcs = StandIn::start("127.0.0.2:0".parse().unwrap())
+        .await
+        .unwrap();
+    let raylet = StandInRaylet::start("127.0.0.2:0".parse().unwrap())
+        .await
+        .unwrap();
+    let nodes: Vec<_> = (0..3)
+        .map(|i| {
+            let mut n = synthetic_node(i);
+            n.node_manager_address = "127.0.0.2".into();
+            n.node_manager_port = raylet.address().port().into();
+            n
+        })
+        .collect();
+    let ids: Vec<String> = nodes.iter().map(|n| hex_id(&n.node_id)).collect();
+    gcs.register(nodes);
+    let source = RayGcs::new(gcs.address());
+    for round in 1..=3 {
+        let silent = source
+            .silent_nodes(&ids, Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert!(silent.is_empty(), "round {round}: {silent:?}");
+        assert_eq!(raylet.calls(), 3 * round, "one call a node a round");
+    }
+    assert_eq!(raylet.connections(), 1, "one connection for every ask");
+}
+
+fn hex_id(id: &[u8]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -44,11 +44,11 @@ mod autoscaler;
 mod raylet;
 pub use auth::{AuthError, RayAuth};
 pub use autoscaler::{Bundle, RESOURCE_REQUEST_KEY};
-pub use raylet::{RayletAnswer, probe_raylet};
+pub use raylet::{RayletAnswer, RayletBook, RayletProber, probe_raylet};
 
 pub use convert::node_from_proto;
 pub use orchestrator_domain::{ClusterView, MembershipChange, MembershipUpdate, UpdateSource};
-pub use watch::watch_membership;
+pub use watch::{watch_membership, watch_membership_recording};
 
 use proto::control_plane_pub_sub_gcs_service_client::ControlPlanePubSubGcsServiceClient;
 use proto::internal_kv_gcs_service_client::InternalKvGcsServiceClient;
@@ -232,15 +232,7 @@ impl GcsClient {
             .await?
             .iter()
             .filter(|n| n.state == GcsNodeState::Alive as i32)
-            .map(|n| {
-                let host = &n.node_manager_address;
-                let address = if host.contains(':') {
-                    format!("[{host}]:{}", n.node_manager_port)
-                } else {
-                    format!("{host}:{}", n.node_manager_port)
-                };
-                (hex::encode(&n.node_id), address)
-            })
+            .map(|n| (hex::encode(&n.node_id), raylet::raylet_address(n)))
             .collect())
     }
 

@@ -3,7 +3,7 @@
 
 use crate::proto::gcs_node_info::GcsNodeState;
 use crate::proto::{self, ChannelType, Command, GcsNodeInfo, SubMessage};
-use crate::{GcsClient, GcsError, check_status, node_from_proto};
+use crate::{GcsClient, GcsError, RayletBook, check_status, node_from_proto};
 use orchestrator_domain::{ClusterView, MembershipChange, MembershipUpdate, Node, UpdateSource};
 use rand::RngCore;
 use std::collections::BTreeMap;
@@ -15,6 +15,15 @@ use tokio::sync::mpsc;
 /// up on its own (the caller applies its deadline): connection failures
 /// arrive as [`UpdateSource::Disconnected`] updates.
 pub fn watch_membership(address: String) -> mpsc::UnboundedReceiver<MembershipUpdate> {
+    watch_membership_recording(address, RayletBook::default())
+}
+
+/// [`watch_membership`], recording every node's raylet in `book` as its
+/// record arrives (for a [`RayletProber`](crate::RayletProber)).
+pub fn watch_membership_recording(
+    address: String,
+    book: RayletBook,
+) -> mpsc::UnboundedReceiver<MembershipUpdate> {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut known: BTreeMap<String, Node> = BTreeMap::new();
@@ -22,7 +31,7 @@ pub fn watch_membership(address: String) -> mpsc::UnboundedReceiver<MembershipUp
         loop {
             let began = Instant::now();
             let result = tokio::select! {
-                r = session(&address, &tx, &mut known) => r,
+                r = session(&address, &tx, &mut known, &book) => r,
                 () = tx.closed() => return,
             };
             // A session that lasted was a healthy one: retry at once. One
@@ -88,6 +97,7 @@ async fn session(
     address: &str,
     tx: &mpsc::UnboundedSender<MembershipUpdate>,
     known: &mut BTreeMap<String, Node>,
+    book: &RayletBook,
 ) -> Result<(), GcsError> {
     let client = GcsClient::connect(address, Duration::from_secs(2)).await?;
     let mut pubsub = client.pubsub();
@@ -121,7 +131,9 @@ async fn session(
         reply.status.as_ref(),
     )?;
 
-    let nodes = client.get_all_nodes().await?;
+    let infos = client.all_node_info().await?;
+    infos.iter().for_each(|info| book.record(info));
+    let nodes = infos.iter().map(node_from_proto);
     let received_at = Instant::now();
     let mut fresh: BTreeMap<String, Node> = BTreeMap::new();
     let mut changes = Vec::new();
@@ -187,8 +199,11 @@ async fn session(
             max_processed = max_processed.max(message.sequence_id);
             if let Some(proto::pub_message::InnerMessage::NodeInfoMessage(info)) =
                 &message.inner_message
-                && let Some(change) = apply(known, info)
             {
+                book.record(info);
+                let Some(change) = apply(known, info) else {
+                    continue;
+                };
                 changes.push(change);
             }
         }

@@ -8,11 +8,13 @@
 //! changes; `ready` ends the phase; `fail(reason)`, a failing policy or the
 //! deadline end it with a diagnosis.
 
+mod asking;
 pub mod capacity;
 
 use crate::endpoints::Status;
 use crate::membership::MembershipSource;
 use crate::node_health::Board;
+use asking::{Asked, Asking};
 use orchestrator_domain::{
     ClusterSnapshot, ClusterView, ExternalFacts, KeyValue, MembershipChange, MembershipUpdate,
     Node, Readiness, StartupStep, Topology, UpdateSource,
@@ -225,7 +227,22 @@ struct Seen {
     /// The view's nodes the last judgement counted as dead for being
     /// silent (alive again in the view when it takes its nodes back).
     muted: Vec<usize>,
+    /// When each node last answered when asked itself.
+    answered: std::collections::HashMap<String, Instant>,
+    /// Nodes seen joining and not asked yet: asked in the background as
+    /// they join, so the confirmation before ready has little left to ask.
+    unasked: Vec<String>,
 }
+
+/// An answer this recent stands for the node at the confirmation before
+/// ready: one period of Ray's own GCS health checks
+/// (`health_check_period_ms`, 3 s by default), so a node counted has
+/// answered at least as recently as the GCS itself last heard from it. A
+/// registration the GCS pushed counts as an answer at the time it arrived
+/// (the raylet itself made that call); the asks of joined nodes still in
+/// flight at the confirmation are awaited, and a node they find silent is
+/// not counted.
+const ANSWER_STANDS_FOR: Duration = Duration::from_secs(3);
 
 /// How often nodes that did not answer are asked again.
 const ASK_SILENT_EVERY: Duration = Duration::from_secs(1);
@@ -241,12 +258,19 @@ impl Seen {
     }
 
     /// Records what the latest asking found about `asked`: `silent` are
-    /// those that did not answer; the rest of `asked` answered.
-    fn record_answers(&mut self, asked: &[String], silent: Vec<(String, String)>) {
+    /// those that did not answer; the rest of `asked` answered. Whether a
+    /// node stopped or started being silent.
+    fn record_answers(&mut self, asked: &[String], silent: Vec<(String, String)>) -> bool {
         let now = Instant::now();
-        self.silent_asked_at = now;
+        let mut changed = false;
         for id in asked {
-            if !silent.iter().any(|(s, _)| s == id) && self.silent.remove(id).is_some() {
+            if silent.iter().any(|(s, _)| s == id) {
+                self.answered.remove(id);
+                continue;
+            }
+            self.answered.insert(id.clone(), now);
+            if self.silent.remove(id).is_some() {
+                changed = true;
                 tracing::info!(node = %self.address_of(id), "the node answers again; counted");
             }
         }
@@ -255,12 +279,32 @@ impl Seen {
             match self.silent.get_mut(&id) {
                 Some(entry) => entry.0 = why,
                 None => {
+                    changed = true;
                     tracing::warn!(
                         node = %address,
                         "the node is alive in the GCS but {why}: not counted until it answers"
                     );
                     self.silent.insert(id, (why, now));
                 }
+            }
+        }
+        changed
+    }
+
+    /// Records one background ask's answers; whether a node stopped or
+    /// started being silent.
+    fn take_answers(&mut self, which: Asked, (asked, answer): asking::Answers) -> bool {
+        if which == Asked::Silent {
+            self.silent_asked_at = Instant::now();
+        }
+        match answer {
+            Ok(silent) => self.record_answers(&asked, silent),
+            Err(e) => {
+                match which {
+                    Asked::Silent => tracing::warn!("cannot ask the silent nodes again: {e}"),
+                    Asked::Joined => tracing::debug!("cannot ask the nodes that joined: {e}"),
+                }
+                false
             }
         }
     }
@@ -342,6 +386,13 @@ impl Seen {
         log_changes(&u.changes);
         for change in &u.changes {
             if let MembershipChange::Joined(n) = change {
+                self.unasked.push(n.id.clone());
+                // A registration pushed by the GCS is the raylet's own
+                // call, made just now: as good as an answer (it is asked
+                // all the same, in the background).
+                if u.source == UpdateSource::Push {
+                    self.answered.insert(n.id.clone(), u.received_at);
+                }
                 self.first_seen.entry(n.id.clone()).or_insert(u.received_at);
                 if let Some(status) = status {
                     status.mark(StartupStep::NodeJoined, n.address.clone());
@@ -350,6 +401,9 @@ impl Seen {
         }
         if let Some(view) = &u.view {
             for n in view.alive() {
+                if !self.answered.contains_key(&n.id) {
+                    self.unasked.push(n.id.clone());
+                }
                 self.first_seen.entry(n.id.clone()).or_insert(u.received_at);
             }
         }
@@ -592,8 +646,18 @@ pub async fn wait_for_cluster(
             silent: Default::default(),
             silent_asked_at: start,
             muted: vec![],
+            answered: Default::default(),
+            unasked: vec![],
         },
     };
+    // Nodes asked in the background ([`WaitSpec::ask_nodes`]): as they
+    // join, and the silent ones again every second.
+    let mut asking = spec
+        .ask_nodes
+        .map(|limit| Asking::new(spec.source.clone(), limit));
+    let mut judged_at = start;
+    // A confirmation that found a node silent: judge again at once.
+    let mut again = false;
     let mut health_rx = spec.health.clone();
     let capacity = spec
         .request_resources
@@ -604,13 +668,20 @@ pub async fn wait_for_cluster(
         c.ask(&waiter.seen.expected, waiter.seen.head_resources());
     }
     loop {
-        let mut wake = waiter.deadline.min(Instant::now() + REEVALUATE);
-        if !waiter.seen.silent.is_empty() {
+        // When the policy is asked again with nothing new.
+        let mut rejudge = waiter.deadline.min(judged_at + REEVALUATE);
+        if let Some(until) = waiter.seen.pending_until {
+            rejudge = rejudge.min(until);
+        }
+        if std::mem::take(&mut again) {
+            rejudge = Instant::now();
+        }
+        let mut wake = rejudge;
+        if !waiter.seen.silent.is_empty() && !asking.as_ref().is_some_and(Asking::asking_silent) {
             wake = wake.min(waiter.seen.silent_asked_at + ASK_SILENT_EVERY);
         }
-        if let Some(until) = waiter.seen.pending_until {
-            wake = wake.min(until);
-        }
+        // Only what changed the cluster as seen is judged at once.
+        let mut judge = true;
         let facts_changed = async {
             match facts_rx.as_mut() {
                 Some(rx) => rx.changed().await.is_ok(),
@@ -655,51 +726,83 @@ pub async fn wait_for_cluster(
                 (true, Some(rx)) => waiter.seen.health = rx.borrow_and_update().clone(),
                 _ => health_rx = None,
             },
-            () = tokio::time::sleep_until(wake.into()) => {}
-        }
-        if let Some(limit) = spec.ask_nodes
-            && !waiter.seen.silent.is_empty()
-            && waiter.seen.silent_asked_at.elapsed() >= ASK_SILENT_EVERY
-        {
-            let asked: Vec<String> = waiter.seen.silent.keys().cloned().collect();
-            match spec.source.silent_nodes(&asked, limit).await {
-                Ok(silent) => waiter.seen.record_answers(&asked, silent),
-                Err(e) => {
-                    tracing::warn!("cannot ask the silent nodes again: {e}");
-                    waiter.seen.silent_asked_at = Instant::now();
+            (which, answers) = async {
+                match asking.as_mut() {
+                    Some(a) => a.next().await,
+                    None => std::future::pending().await,
                 }
+            } => judge = waiter.seen.take_answers(which, answers),
+            () = tokio::time::sleep_until(wake.into()) => judge = Instant::now() >= rejudge,
+        }
+        let joined = std::mem::take(&mut waiter.seen.unasked);
+        if let Some(asking) = asking.as_mut() {
+            asking.joined(joined);
+            if !waiter.seen.silent.is_empty()
+                && waiter.seen.silent_asked_at.elapsed() >= ASK_SILENT_EVERY
+            {
+                asking.silent(waiter.seen.silent.keys().cloned().collect());
             }
         }
+        if !judge {
+            continue;
+        }
+        judged_at = Instant::now();
         match waiter.judge() {
             // Err from confirm: some node did not answer; judged again
             // without it.
-            Judged::Done(Ok(ready)) => {
-                if let Ok(ready) = confirm(spec, &mut waiter.seen, ready).await {
-                    return Ok(ready);
-                }
-            }
+            Judged::Done(Ok(ready)) => match confirm(&mut asking, &mut waiter.seen, ready).await {
+                Ok(ready) => return Ok(ready),
+                Err(()) => again = true,
+            },
             Judged::Done(result) => return result,
             Judged::Waiting => {}
         }
     }
 }
 
-/// Before ready stands, asks every node it counts whether it answers
-/// ([`WaitSpec::ask_nodes`]). Err when some did not: the view has its
-/// nodes back and those nodes are marked silent.
-async fn confirm(spec: &WaitSpec, seen: &mut Seen, ready: Ready) -> Result<Ready, ()> {
-    let Some(limit) = spec.ask_nodes else {
+/// Before ready stands, every node it counts must have answered when asked
+/// itself ([`WaitSpec::ask_nodes`]) within [`ANSWER_STANDS_FOR`]. When
+/// some have not, the asks of joined nodes in flight are awaited, and the
+/// nodes still without a recent answer asked now. Err when some did not
+/// answer: the view has its nodes back and those nodes are marked silent.
+async fn confirm(asking: &mut Option<Asking>, seen: &mut Seen, ready: Ready) -> Result<Ready, ()> {
+    let Some(asking) = asking.as_mut() else {
         return Ok(ready);
     };
-    let counted: Vec<String> = ready
-        .snapshot
-        .nodes
-        .iter()
-        .filter(|n| n.alive)
-        .map(|n| n.id.clone())
-        .collect();
-    match spec.source.silent_nodes(&counted, limit).await {
-        Ok(silent) if silent.is_empty() => Ok(ready),
+    let unconfirmed = |seen: &Seen| -> Vec<String> {
+        ready
+            .snapshot
+            .nodes
+            .iter()
+            .filter(|n| n.alive)
+            .filter(|n| {
+                seen.answered
+                    .get(&n.id)
+                    .is_none_or(|at| at.elapsed() > ANSWER_STANDS_FOR)
+            })
+            .map(|n| n.id.clone())
+            .collect()
+    };
+    if unconfirmed(seen).is_empty() {
+        return Ok(ready);
+    }
+    let mut changed = false;
+    for answers in asking.settle_joined().await {
+        changed |= seen.take_answers(Asked::Joined, answers);
+    }
+    let counted = unconfirmed(seen);
+    let answer = if counted.is_empty() {
+        Ok(vec![])
+    } else {
+        asking.joined(counted.clone());
+        asking
+            .settle_joined()
+            .await
+            .pop()
+            .map_or(Ok(vec![]), |(_, answer)| answer)
+    };
+    match answer {
+        Ok(silent) if silent.is_empty() && !changed => Ok(ready),
         Ok(silent) => {
             seen.view.nodes = ready.snapshot.nodes;
             let muted = std::mem::take(&mut seen.muted);

@@ -1,6 +1,6 @@
-//! `orchestrator plugin new WORLD NAME`: writes a policy project that
-//! builds as it is and passes `orchestrator plugin test` untouched.
-//! Entry point: [`new_project`].
+//! A new policy project (`orchestrator plugin new WORLD NAME`) that builds
+//! as it is and passes `orchestrator plugin test` untouched. Entry point:
+//! [`new_project`].
 //!
 //! Rust (`--lang rust`): the project stands alone (its own `[workspace]`,
 //! nothing inherited): `Cargo.toml` with the SDK as a path or git
@@ -12,20 +12,32 @@
 //! documented sample snapshots, the same for both languages) and a README
 //! with the commands.
 
-use anyhow::{Context, Result, bail};
-use clap::ValueEnum;
+use crate::{AuthoringError, invalid};
 use orchestrator_policy_host::World;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+
+type Result<T, E = AuthoringError> = std::result::Result<T, E>;
 
 /// The language a project is written in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lang {
     /// Rust, with the orchestrator-plugin-sdk crate.
     Rust,
     /// Python, with the orchestrator-policy package (componentize-py).
     Python,
+}
+
+impl std::str::FromStr for Lang {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "rust" => Ok(Self::Rust),
+            "python" => Ok(Self::Python),
+            other => Err(format!("{other:?} is not a language; use rust or python")),
+        }
+    }
 }
 
 /// Where the project gets the SDK from.
@@ -59,7 +71,7 @@ impl SdkSource {
                     None => (rest.to_string(), None),
                 };
                 if url.is_empty() {
-                    bail!(
+                    invalid!(
                         "--sdk {git:?} names no repository; write --sdk git+https://host/owner/repo[#rev]"
                     );
                 }
@@ -68,24 +80,26 @@ impl SdkSource {
             Some(path) => {
                 let dir = Path::new(path);
                 let manifest = dir.join(marker);
-                let text = std::fs::read_to_string(&manifest).with_context(|| {
-                    format!(
+                let Ok(text) = std::fs::read_to_string(&manifest) else {
+                    invalid!(
                         "--sdk {path}: no {} there; name the SDK's directory ({} of the orchestrator's repository)",
                         manifest.display(),
                         sdk_dir_name(lang)
-                    )
-                })?;
+                    );
+                };
                 if !text.contains(&format!("name = \"{package}\"")) {
-                    bail!(
+                    invalid!(
                         "--sdk {path}: {} is not the {package} package",
                         manifest.display()
                     );
                 }
-                Ok(Self::Path(std::fs::canonicalize(dir)?))
+                Ok(Self::Path(
+                    std::fs::canonicalize(dir).map_err(AuthoringError::io("resolve", dir))?,
+                ))
             }
             None => match std::fs::canonicalize(in_checkout) {
                 Ok(dir) if dir.join(marker).is_file() => Ok(Self::Path(dir)),
-                _ => bail!(
+                _ => invalid!(
                     "the SDK this orchestrator was built from is not on this machine; pass --sdk DIR ({} of a checkout) or --sdk git+URL[#REV]",
                     sdk_dir_name(lang)
                 ),
@@ -152,7 +166,7 @@ fn check_name(name: &str) -> Result<()> {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
         && name.len() <= 64;
     if !ok {
-        bail!(
+        invalid!(
             "{name:?} cannot name a policy crate: use lowercase letters, digits, `-` and `_`, starting with a letter (e.g. gpu-readiness)"
         );
     }
@@ -183,9 +197,7 @@ const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 /// The two fixture cases of each world: file name, description, input
 /// (a documented sample snapshot), expected answer of the stub.
 fn cases(world: World) -> Result<Vec<(&'static str, &'static str, Value, Value)>> {
-    let sample = |text: &str| -> Result<Value> {
-        serde_json::from_str(text).context("a sample snapshot built into the binary")
-    };
+    let sample = |text: &str| -> Result<Value> { Ok(serde_json::from_str(text)?) };
     Ok(match world {
         World::Readiness => vec![
             (
@@ -384,16 +396,51 @@ strip = true
     )
 }
 
-/// Writes the project `name` of `world` into `dir` (default `./NAME`).
+/// A project written by [`new_project`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    /// Its world.
+    pub world: World,
+    /// Its name.
+    pub name: String,
+    /// Where it is.
+    pub dir: PathBuf,
+    /// The command that builds it, run in `dir`.
+    pub build: String,
+    /// The component the build writes, relative to `dir`.
+    pub component: String,
+}
+
+impl std::fmt::Display for Created {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "created the {} policy {} in {}",
+            self.world,
+            self.name,
+            self.dir.display()
+        )?;
+        writeln!(f, "  build: cd {} && {}", self.dir.display(), self.build)?;
+        writeln!(
+            f,
+            "  test:  orchestrator plugin test {} cases",
+            self.component
+        )
+    }
+}
+
+/// Writes the project `name` of `world` into `dir` (default `./NAME`),
+/// with the SDK from `sdk` (a directory or `git+URL[#REV]`; default: the
+/// checkout this was built from).
 pub fn new_project(
     world: &str,
     name: &str,
     dir: Option<&Path>,
     sdk: Option<&str>,
     lang: Lang,
-) -> Result<ExitCode> {
+) -> Result<Created> {
     let Some(world) = World::parse(world) else {
-        bail!(
+        invalid!(
             "{world:?} is not a policy world; use readiness, launch, health, node-health or scale"
         );
     };
@@ -402,11 +449,11 @@ pub fn new_project(
     let dir = dir.map_or_else(|| PathBuf::from(name), Path::to_path_buf);
     if dir.exists()
         && std::fs::read_dir(&dir)
-            .with_context(|| format!("cannot read {}", dir.display()))?
+            .map_err(AuthoringError::io("read", &dir))?
             .next()
             .is_some()
     {
-        bail!(
+        invalid!(
             "{} exists and is not empty; choose another name or --dir",
             dir.display()
         );
@@ -453,30 +500,24 @@ pub fn new_project(
     for (path, text) in &files {
         let at = dir.join(path);
         if let Some(parent) = at.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
+            std::fs::create_dir_all(parent).map_err(AuthoringError::io("create", parent))?;
         }
-        std::fs::write(&at, text).with_context(|| format!("cannot write {}", at.display()))?;
+        std::fs::write(&at, text).map_err(AuthoringError::io("write", &at))?;
     }
-    let (build, built) = match lang {
-        Lang::Rust => (
-            "cargo build --target wasm32-wasip2 --release".to_string(),
-            component_path(lang, &wasm),
-        ),
-        Lang::Python => (
-            format!(
-                "python3 -m venv .venv && .venv/bin/pip install -r requirements.txt && .venv/bin/python -m orchestrator_policy.build {}.py -o {wasm}",
-                name.replace('-', "_")
-            ),
-            component_path(lang, &wasm),
+    let build = match lang {
+        Lang::Rust => "cargo build --target wasm32-wasip2 --release".to_string(),
+        Lang::Python => format!(
+            "python3 -m venv .venv && .venv/bin/pip install -r requirements.txt && .venv/bin/python -m orchestrator_policy.build {}.py -o {wasm}",
+            name.replace('-', "_")
         ),
     };
-    crate::plugin::emit(&format!(
-        "created the {world} policy {name} in {}\n  build: cd {} && {build}\n  test:  orchestrator plugin test {built} cases\n",
-        dir.display(),
-        dir.display()
-    ))?;
-    Ok(ExitCode::SUCCESS)
+    Ok(Created {
+        world,
+        name: name.to_string(),
+        dir,
+        build,
+        component: component_path(lang, &wasm),
+    })
 }
 
 #[cfg(test)]

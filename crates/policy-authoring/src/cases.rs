@@ -1,5 +1,5 @@
-//! `orchestrator plugin test PLUGIN CASES`: fixture tests for a policy, in
-//! a policy repository's CI. Entry point: [`test_cases`].
+//! Fixture cases for a policy (`orchestrator plugin test PLUGIN CASES`), in
+//! a policy repository's CI. Entry point: [`run_cases`].
 //!
 //! A case is one `*.json` file in the CASES directory (run in name order):
 //!
@@ -24,15 +24,15 @@
 //! a case that does not parse, an input the world cannot read, a plugin
 //! that does not load).
 
-use crate::plugin::{HostArgs, call_plugin, emit};
-use anyhow::{Context, Result, bail};
+use crate::{AuthoringError, invalid};
 use orchestrator_domain::KeyValue;
-use orchestrator_policy_host::PolicyHost;
+use orchestrator_policy_host::{PluginSource, PolicyHost};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+
+type Result<T, E = AuthoringError> = std::result::Result<T, E>;
 
 /// One case file.
 #[derive(Debug, Deserialize)]
@@ -51,77 +51,105 @@ struct Case {
 }
 
 /// How one case ended.
-#[derive(Debug, PartialEq)]
-enum CaseResult {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaseResult {
+    /// The answer was the one expected.
     Passed,
+    /// It was not, or the plugin failed: why.
     Failed(String),
 }
 
-/// Runs every case of `cases` through `plugin` and prints the results.
-pub fn test_cases(plugin: &str, cases: &Path, host_args: &HostArgs) -> Result<ExitCode> {
+/// One case run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseOutcome {
+    /// The case file's name.
+    pub name: String,
+    /// Its description, if it has one.
+    pub description: Option<String>,
+    /// How it ended.
+    pub result: CaseResult,
+}
+
+/// Every case of a directory, run: one line per case, then
+/// `N passed, N failed`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CasesReport {
+    /// In the order run (file name order).
+    pub cases: Vec<CaseOutcome>,
+}
+
+impl CasesReport {
+    /// How many failed.
+    pub fn failed(&self) -> usize {
+        self.cases
+            .iter()
+            .filter(|c| c.result != CaseResult::Passed)
+            .count()
+    }
+}
+
+impl std::fmt::Display for CasesReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for case in &self.cases {
+            let about = case
+                .description
+                .as_deref()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default();
+            match &case.result {
+                CaseResult::Passed => writeln!(f, "ok    {}{about}", case.name)?,
+                CaseResult::Failed(why) => writeln!(f, "FAIL  {}{about}: {why}", case.name)?,
+            }
+        }
+        let failed = self.failed();
+        writeln!(f, "{} passed, {failed} failed", self.cases.len() - failed)
+    }
+}
+
+/// Runs every case of the directory `cases` through the policy at
+/// `source`. Every case is parsed before any runs: bad input is an error,
+/// a wrong answer or a failing call a failed case.
+pub fn run_cases(host: &PolicyHost, source: &PluginSource, cases: &Path) -> Result<CasesReport> {
     let files = case_files(cases)?;
-    let host = PolicyHost::new(host_args.host_config())?;
-    let source = host_args.registry.policy(plugin)?.source(None)?;
-    let world = host
-        .inspect(&source)
-        .with_context(|| format!("cannot load {plugin}"))?
-        .world;
-    // Parse every case first: bad input is reported before anything runs.
+    let world = host.inspect(source)?.world;
     let mut parsed = Vec::with_capacity(files.len());
     for file in &files {
         parsed.push((file, read_case(file)?));
     }
-    let (mut passed, mut failed) = (0usize, 0usize);
-    let mut out = String::new();
+    let mut report = CasesReport::default();
     for (file, (case, input, params)) in parsed {
         let name = file
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let result = match call_plugin(&host, &source, world, input, &params, file)? {
+        let result = match crate::trial::call(host, source, world, input, &params, file)? {
             Ok(answer) => compare(&case.expect, &answer),
             Err(e) => CaseResult::Failed(format!("the plugin failed: {e}")),
         };
-        let about = case
-            .description
-            .as_deref()
-            .map(|d| format!(" ({d})"))
-            .unwrap_or_default();
-        match result {
-            CaseResult::Passed => {
-                passed += 1;
-                out.push_str(&format!("ok    {name}{about}\n"));
-            }
-            CaseResult::Failed(why) => {
-                failed += 1;
-                out.push_str(&format!("FAIL  {name}{about}: {why}\n"));
-            }
-        }
+        report.cases.push(CaseOutcome {
+            name,
+            description: case.description,
+            result,
+        });
     }
-    out.push_str(&format!("{passed} passed, {failed} failed\n"));
-    emit(&out)?;
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(report)
 }
 
 /// The `*.json` files of `dir`, in name order; at least one.
 fn case_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir).with_context(|| {
-        format!(
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        invalid!(
             "cannot read the cases directory {}: give a directory of *.json case files",
             dir.display()
-        )
-    })?;
+        );
+    };
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "json"))
         .collect();
     files.sort();
     if files.is_empty() {
-        bail!(
+        invalid!(
             "{} holds no *.json case files; each case is {{\"input\": ..., \"params\": {{...}}, \"expect\": ...}}",
             dir.display()
         );
@@ -131,27 +159,28 @@ fn case_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// A case, its input and its parameters.
 fn read_case(file: &Path) -> Result<(Case, Value, Vec<KeyValue>)> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("cannot read the case {}", file.display()))?;
-    let case: Case = serde_json::from_str(&text).map_err(|e| {
-        anyhow::anyhow!(
+    let text = std::fs::read_to_string(file).map_err(AuthoringError::io("read the case", file))?;
+    let case: Case = match serde_json::from_str(&text) {
+        Ok(case) => case,
+        Err(e) => invalid!(
             "{} is not a case ({e}); write {{\"input\": ..., \"params\": {{...}}, \"expect\": ...}}",
             file.display()
-        )
-    })?;
+        ),
+    };
     let input = match &case.input {
         Value::String(path) => {
             let at = file.parent().unwrap_or(Path::new(".")).join(path);
-            let text = std::fs::read_to_string(&at).with_context(|| {
-                format!("{}: cannot read its input {}", file.display(), at.display())
-            })?;
-            serde_json::from_str(&text).map_err(|e| {
-                anyhow::anyhow!(
+            let Ok(text) = std::fs::read_to_string(&at) else {
+                invalid!("{}: cannot read its input {}", file.display(), at.display());
+            };
+            match serde_json::from_str(&text) {
+                Ok(input) => input,
+                Err(e) => invalid!(
                     "{}: its input {} is not JSON ({e})",
                     file.display(),
                     at.display()
-                )
-            })?
+                ),
+            }
         }
         inline => inline.clone(),
     };
@@ -161,7 +190,7 @@ fn read_case(file: &Path) -> Result<(Case, Value, Vec<KeyValue>)> {
             Value::String(s) => s.clone(),
             Value::Number(n) => n.to_string(),
             Value::Bool(b) => b.to_string(),
-            other => bail!(
+            other => invalid!(
                 "{}: parameter {key:?} is {other}; parameters are strings, numbers or booleans",
                 file.display()
             ),

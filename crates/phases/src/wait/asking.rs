@@ -1,0 +1,101 @@
+//! Asking nodes themselves whether they answer ([`WaitSpec::ask_nodes`](super::WaitSpec::ask_nodes)),
+//! in the background of the wait: each node as it joins, and the nodes that
+//! did not answer again every second. Entry point: [`Asking`].
+
+use crate::membership::MembershipSource;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+
+/// What one background ask found: the nodes asked, and those of them that
+/// did not answer (each with what happened), or why nobody could be asked.
+pub(super) type Answers = (Vec<String>, Result<Vec<(String, String)>, String>);
+
+/// Which nodes a background ask was about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Asked {
+    /// Nodes that had just joined.
+    Joined,
+    /// The nodes that had not answered.
+    Silent,
+}
+
+/// The asks in flight. Dropping it stops them.
+pub(super) struct Asking {
+    source: Arc<dyn MembershipSource>,
+    limit: Duration,
+    joined: JoinSet<Answers>,
+    silent: JoinSet<Answers>,
+}
+
+impl Asking {
+    /// Asks through `source`, each node to answer within `limit`.
+    pub(super) fn new(source: Arc<dyn MembershipSource>, limit: Duration) -> Self {
+        Self {
+            source,
+            limit,
+            joined: JoinSet::new(),
+            silent: JoinSet::new(),
+        }
+    }
+
+    fn spawn(&self, ids: Vec<String>) -> impl Future<Output = Answers> + Send + 'static {
+        let (source, limit) = (self.source.clone(), self.limit);
+        async move {
+            let answer = source.silent_nodes(&ids, limit).await;
+            (ids, answer)
+        }
+    }
+
+    /// Asks nodes that have just joined.
+    pub(super) fn joined(&mut self, ids: Vec<String>) {
+        if !ids.is_empty() {
+            let ask = self.spawn(ids);
+            self.joined.spawn(ask);
+        }
+    }
+
+    /// Asks the silent nodes again, unless they are being asked.
+    pub(super) fn silent(&mut self, ids: Vec<String>) {
+        if self.silent.is_empty() && !ids.is_empty() {
+            let ask = self.spawn(ids);
+            self.silent.spawn(ask);
+        }
+    }
+
+    /// Whether the silent nodes are being asked.
+    pub(super) fn asking_silent(&self) -> bool {
+        !self.silent.is_empty()
+    }
+
+    /// The next ask to end; pending while none is in flight.
+    pub(super) async fn next(&mut self) -> (Asked, Answers) {
+        loop {
+            tokio::select! {
+                Some(done) = self.joined.join_next(), if !self.joined.is_empty() => {
+                    if let Ok(answers) = done {
+                        return (Asked::Joined, answers);
+                    }
+                }
+                Some(done) = self.silent.join_next(), if !self.silent.is_empty() => {
+                    if let Ok(answers) = done {
+                        return (Asked::Silent, answers);
+                    }
+                }
+                else => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    /// Waits for every ask of joined nodes in flight (each ends within
+    /// the limit) and returns what they found.
+    pub(super) async fn settle_joined(&mut self) -> Vec<Answers> {
+        let mut all = vec![];
+        while let Some(done) = self.joined.join_next().await {
+            if let Ok(answers) = done {
+                all.push(answers);
+            }
+        }
+        all
+    }
+}
