@@ -6,11 +6,12 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use orchestrator_domain::{KeyValue, ServeSettings};
-use orchestrator_phases::config::PluginLimits;
+use orchestrator_domain::KeyValue;
+use orchestrator_phases::config::{PluginLimits, ServeConfig};
 use orchestrator_phases::lifecycle::{Lifecycle, LocalCluster, Plan};
 use orchestrator_phases::native::{LocalGroup, NativePlan};
 use orchestrator_phases::policies::{self, Policies};
+use orchestrator_phases::prefetch::PrefetchConfig;
 use orchestrator_phases::scale::ScaleSpec;
 use orchestrator_phases::serve::ServeSpec;
 use std::net::Ipv4Addr;
@@ -198,55 +199,57 @@ pub fn key_values(raw: &[String], flag: &str) -> Result<Vec<KeyValue>> {
 }
 
 impl LocalArgs {
-    /// The serve phase's spec, when a model is given.
+    /// The serve phase's spec, when a model is given: the configuration's
+    /// `[serve]` table with these flags set, built as `run` builds it.
     fn serve_spec(&self) -> Result<Option<ServeSpec>> {
         let Some(model) = &self.model else {
             return Ok(None);
         };
-        let mut launch_params = vec![
+        let serve = ServeConfig {
+            model: Some(model.clone()),
+            served_model_name: Some(self.served_model_name.clone()),
+            host: self.head_ip.to_string(),
+            port: self.serve_port,
+            extra_args: self.vllm_args.clone(),
+            tensor_parallel_size: self.tp,
+            pipeline_parallel_size: self.pp,
+            health_interval_ms: self.health_interval_ms,
+            generation_interval_ms: self.generation_interval_ms,
+            drain_timeout_seconds: self.drain_timeout_seconds,
+            prefetch: self.prefetch(),
+            ..ServeConfig::default()
+        };
+        let mut spec = ServeSpec::from_config(&serve, &Default::default());
+        spec.launch_params = vec![
             KeyValue::new("program", &self.vllm_bin),
             KeyValue::new("env.VLLM_HOST_IP", self.head_ip.to_string()),
         ];
         for kv in key_values(&self.vllm_env, "--vllm-env")? {
-            launch_params.push(KeyValue::new(format!("env.{}", kv.key), kv.value));
+            spec.launch_params
+                .push(KeyValue::new(format!("env.{}", kv.key), kv.value));
         }
-        launch_params.extend(key_values(&self.launch_params, "--launch-param")?);
+        spec.launch_params
+            .extend(key_values(&self.launch_params, "--launch-param")?);
+        spec.health_params = key_values(&self.health_params, "--health-param")?;
         let scale_params = key_values(&self.scale_params, "--scale-param")?;
-        Ok(Some(ServeSpec {
-            settings: ServeSettings {
-                model: model.clone(),
-                served_model_name: Some(self.served_model_name.clone()),
-                host: self.head_ip.to_string(),
-                port: self.serve_port,
-                extra_args: self.vllm_args.clone(),
-                tensor_parallel_size: self.tp,
-                pipeline_parallel_size: self.pp,
-                native_group: None,
-            },
-            launch_params,
-            health_params: key_values(&self.health_params, "--health-param")?,
-            probe_address: format!("{}:{}", self.head_ip, self.serve_port),
-            health_interval: Duration::from_millis(self.health_interval_ms.max(10)),
-            generation_interval: Duration::from_millis(self.generation_interval_ms.max(10)),
-            health_timeout: Duration::from_secs(5),
-            generation_timeout: Duration::from_secs(60),
-            stop_grace: Duration::from_secs(30),
-            drain_timeout: Duration::from_secs(self.drain_timeout_seconds),
-            local_copy: orchestrator_phases::prefetch::PrefetchConfig {
-                paths: self.prefetch.clone(),
-                max_mb_per_second: 0,
-                copy_to: self.prefetch_copy_to.clone(),
-            }
-            .local_copy_of(model),
-            scale: self.scale.then(|| ScaleSpec {
-                interval: Duration::from_millis(self.scale_interval_ms.max(10)),
-                window: Duration::from_secs(self.scale_window_seconds.max(1)),
-                min_replicas: 1,
-                max_replicas: self.max_replicas.max(1),
-                current_replicas: 1,
-                params: scale_params,
-            }),
-        }))
+        spec.scale = self.scale.then(|| ScaleSpec {
+            interval: Duration::from_millis(self.scale_interval_ms.max(10)),
+            window: Duration::from_secs(self.scale_window_seconds.max(1)),
+            min_replicas: 1,
+            max_replicas: self.max_replicas.max(1),
+            current_replicas: 1,
+            params: scale_params,
+        });
+        Ok(Some(spec))
+    }
+
+    /// What `--prefetch` and `--prefetch-copy-to` ask for.
+    fn prefetch(&self) -> PrefetchConfig {
+        PrefetchConfig {
+            paths: self.prefetch.clone(),
+            max_mb_per_second: 0,
+            copy_to: self.prefetch_copy_to.clone(),
+        }
     }
 
     /// The library's description of this local cluster.
@@ -272,11 +275,7 @@ impl LocalArgs {
             exit_when_ready: self.exit_when_ready,
             endpoints_port: self.endpoints_port,
             prefetch: {
-                let prefetch = orchestrator_phases::prefetch::PrefetchConfig {
-                    paths: self.prefetch.clone(),
-                    max_mb_per_second: 0,
-                    copy_to: self.prefetch_copy_to.clone(),
-                };
+                let prefetch = self.prefetch();
                 prefetch
                     .check()
                     .map_err(|e| anyhow::anyhow!("--prefetch-copy-to: {e}"))?;

@@ -87,15 +87,9 @@ impl Asking {
         }
     }
 
-    /// Waits for every ask of joined nodes in flight (each ends within
-    /// the limit) and returns what they found.
-    pub(super) async fn settle_joined(&mut self) -> Vec<Answers> {
-        let mut all = vec![];
-        while let Some(done) = self.joined.join_next().await {
-            if let Ok(answers) = done {
-                all.push(answers);
-            }
-        }
-        all
+    /// Asks `ids` now, beside whatever is in flight, and returns which
+    /// did not answer.
+    pub(super) async fn ask_now(&self, ids: &[String]) -> Result<Vec<(String, String)>, String> {
+        self.source.silent_nodes(ids, self.limit).await
     }
 }

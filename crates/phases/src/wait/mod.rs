@@ -761,48 +761,38 @@ pub async fn wait_for_cluster(
 }
 
 /// Before ready stands, every node it counts must have answered when asked
-/// itself ([`WaitSpec::ask_nodes`]) within [`ANSWER_STANDS_FOR`]. When
-/// some have not, the asks of joined nodes in flight are awaited, and the
-/// nodes still without a recent answer asked now. Err when some did not
-/// answer: the view has its nodes back and those nodes are marked silent.
+/// itself ([`WaitSpec::ask_nodes`]) within [`ANSWER_STANDS_FOR`]; those
+/// without such an answer are asked now, on the kept connections. Err
+/// when some did not answer: the view has its nodes back and those nodes
+/// are marked silent.
 async fn confirm(asking: &mut Option<Asking>, seen: &mut Seen, ready: Ready) -> Result<Ready, ()> {
     let Some(asking) = asking.as_mut() else {
         return Ok(ready);
     };
-    let unconfirmed = |seen: &Seen| -> Vec<String> {
-        ready
-            .snapshot
-            .nodes
-            .iter()
-            .filter(|n| n.alive)
-            .filter(|n| {
-                seen.answered
-                    .get(&n.id)
-                    .is_none_or(|at| at.elapsed() > ANSWER_STANDS_FOR)
-            })
-            .map(|n| n.id.clone())
-            .collect()
-    };
-    if unconfirmed(seen).is_empty() {
+    let counted: Vec<String> = ready
+        .snapshot
+        .nodes
+        .iter()
+        .filter(|n| n.alive)
+        .filter(|n| {
+            seen.answered
+                .get(&n.id)
+                .is_none_or(|at| at.elapsed() > ANSWER_STANDS_FOR)
+        })
+        .map(|n| n.id.clone())
+        .collect();
+    if counted.is_empty() {
         return Ok(ready);
     }
-    let mut changed = false;
-    for answers in asking.settle_joined().await {
-        changed |= seen.take_answers(Asked::Joined, answers);
-    }
-    let counted = unconfirmed(seen);
-    let answer = if counted.is_empty() {
-        Ok(vec![])
-    } else {
-        asking.joined(counted.clone());
-        asking
-            .settle_joined()
-            .await
-            .pop()
-            .map_or(Ok(vec![]), |(_, answer)| answer)
-    };
+    let answer = asking.ask_now(&counted).await;
     match answer {
-        Ok(silent) if silent.is_empty() && !changed => Ok(ready),
+        Ok(silent) if silent.is_empty() => {
+            let now = Instant::now();
+            for id in counted {
+                seen.answered.insert(id, now);
+            }
+            Ok(ready)
+        }
         Ok(silent) => {
             seen.view.nodes = ready.snapshot.nodes;
             let muted = std::mem::take(&mut seen.muted);
