@@ -23,6 +23,7 @@ pub mod facts;
 pub mod lifecycle;
 pub mod membership;
 pub mod node_health;
+pub mod prefetch;
 pub mod scale;
 pub mod secrets;
 pub mod types;
@@ -36,5 +37,6 @@ pub use node_health::{
     GpuReading, HealthReport, LocalCopy, NodeHealth, NodeHealthState, NodeReadings, NodeVerdict,
     ThrottleReason, XidEvent,
 };
+pub use prefetch::{PrefetchProgress, PrefetchState};
 pub use scale::{LoadSample, ScaleInput, ScaleInputError, ScaleRecommendation};
 pub use types::*;

@@ -4,13 +4,31 @@
 //! (built-ins are handed over as bytes), loaded and instantiated. Entry
 //! point: [`Policies::load`].
 
-use crate::config::{PluginLimits, PoliciesConfig, RegistryConfig};
+use crate::config::{PluginLimits, PoliciesConfig, PolicyConfig, RegistryConfig};
 use orchestrator_builtin_plugins::UnknownBuiltin;
 use orchestrator_policy_host::{
     HealthPolicy, LaunchPolicy, NodeHealthPolicy, PluginError, PluginSource, PolicyHost,
     ReadinessPolicy, ScalePolicy, World,
 };
 use std::path::PathBuf;
+
+impl PolicyConfig {
+    /// Which plugin this is, `default` naming the built-in used when
+    /// neither `builtin` nor `file` is set.
+    pub fn policy(&self, default: &str) -> PolicyRef {
+        if let Some(reference) = &self.oci {
+            return PolicyRef::Oci(reference.clone());
+        }
+        match (&self.file, &self.builtin) {
+            (Some(path), _) => PolicyRef::File {
+                path: path.clone(),
+                sha256: self.sha256.clone(),
+            },
+            (None, Some(name)) => PolicyRef::Builtin(name.clone()),
+            (None, None) => PolicyRef::Builtin(default.to_string()),
+        }
+    }
+}
 
 /// A policy as a configuration or a command line names it.
 #[derive(Debug, Clone, PartialEq, Eq)]

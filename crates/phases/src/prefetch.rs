@@ -15,93 +15,13 @@
 //! restarted pod resumes where it stopped.
 
 use crate::endpoints::Status;
-use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// `[serve.prefetch]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
-pub struct PrefetchConfig {
-    /// Files or directories (read recursively) to bring into the page
-    /// cache; none: no prefetch.
-    pub paths: Vec<PathBuf>,
-    /// Read at most this many MiB a second (0: as fast as the disk goes).
-    pub max_mb_per_second: u64,
-    /// Copy the files of the one directory in `paths` here (a local disk)
-    /// instead of only reading them; the serve phase then serves from the
-    /// copy where every serving node completed it.
-    pub copy_to: Option<PathBuf>,
-}
-
-impl PrefetchConfig {
-    /// The copy of `model` this prefetch makes: `copy-to` when the one
-    /// path is the model's directory.
-    pub fn local_copy_of(&self, model: &str) -> Option<PathBuf> {
-        let to = self.copy_to.as_ref()?;
-        match self.paths.as_slice() {
-            [from] if from.as_path() == Path::new(model) => Some(to.clone()),
-            _ => None,
-        }
-    }
-
-    /// A `copy-to` needs exactly one directory in `paths`, and not itself.
-    pub fn check(&self) -> Result<(), String> {
-        let Some(to) = &self.copy_to else {
-            return Ok(());
-        };
-        match self.paths.as_slice() {
-            [from] if from == to => Err(format!(
-                "serve.prefetch.copy-to is the directory it copies ({}): name a local directory",
-                to.display()
-            )),
-            [_] => Ok(()),
-            _ => Err(format!(
-                "serve.prefetch.copy-to needs exactly one directory in serve.prefetch.paths (the model's), not {}",
-                self.paths.len()
-            )),
-        }
-    }
-}
-
-/// Where a prefetch stands, as `/status` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum PrefetchState {
-    /// Listing the files.
-    #[default]
-    Listing,
-    /// Reading them.
-    Reading,
-    /// Copying them (`copy-to`).
-    Copying,
-    /// Every file read (or copied).
-    Done,
-    /// Stopped on an error (logged; nothing else depends on it).
-    Failed,
-}
-
-/// A prefetch's progress.
-#[derive(Debug, Clone, PartialEq, Serialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub struct PrefetchProgress {
-    /// Where it stands.
-    pub state: PrefetchState,
-    /// Files found.
-    pub files: u64,
-    /// Bytes read so far.
-    pub bytes_done: u64,
-    /// Bytes of every file found.
-    pub bytes_total: u64,
-    /// Time spent so far, ms.
-    pub elapsed_ms: u64,
-    /// What stopped it, when something did.
-    pub error: Option<String>,
-    /// Where the files are copied, with `copy-to`.
-    pub copy_to: Option<PathBuf>,
-}
+pub use crate::config::PrefetchConfig;
+pub use orchestrator_domain::{PrefetchProgress, PrefetchState};
 
 /// The prefetch thread; it stops when dropped.
 #[derive(Debug)]

@@ -176,7 +176,7 @@ pub struct StatusState {
     /// while the wait phase runs.
     pub diagnostics: Vec<String>,
     /// The weights' prefetch into the page cache, when one runs.
-    pub prefetch: Option<crate::prefetch::PrefetchProgress>,
+    pub prefetch: Option<orchestrator_domain::PrefetchProgress>,
     /// The startup timeline: each step once (node joins: each node), in
     /// ms since the orchestrator process started.
     pub timeline: Vec<TimelineEntry>,
@@ -215,24 +215,6 @@ pub struct ScaleView {
     pub last_sample: Option<orchestrator_domain::LoadSample>,
     /// Why no sample or no answer came last time, if so.
     pub error: Option<String>,
-}
-
-impl ScaleView {
-    /// The view before any sample.
-    pub fn new(spec: &crate::scale::ScaleSpec, policy: &str) -> Self {
-        Self {
-            policy: policy.to_string(),
-            desired_replicas: None,
-            reason: "no load sample yet".into(),
-            current_replicas: spec.current_replicas,
-            min_replicas: spec.min_replicas,
-            max_replicas: spec.max_replicas,
-            samples: 0,
-            window_seconds: spec.window.as_secs(),
-            last_sample: None,
-            error: None,
-        }
-    }
 }
 
 /// Events waiting for the platform; beyond this many the newest are dropped
@@ -539,7 +521,7 @@ impl Status {
     }
 
     /// Records the prefetch's progress.
-    pub fn prefetch(&self, progress: crate::prefetch::PrefetchProgress) {
+    pub fn prefetch(&self, progress: orchestrator_domain::PrefetchProgress) {
         self.prefetch_done
             .set(i64::try_from(progress.bytes_done).unwrap_or(i64::MAX));
         self.prefetch_total
@@ -548,7 +530,7 @@ impl Status {
     }
 
     /// The prefetch's progress, when one runs.
-    pub fn prefetch_progress(&self) -> Option<crate::prefetch::PrefetchProgress> {
+    pub fn prefetch_progress(&self) -> Option<orchestrator_domain::PrefetchProgress> {
         self.with(|s| s.prefetch.clone())
     }
 

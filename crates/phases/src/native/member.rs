@@ -11,8 +11,8 @@ use super::protocol::{
 };
 use crate::endpoints::Status;
 use crate::lifecycle::Exit;
+use crate::probe::http;
 use crate::serve::ServerProcess;
-use crate::serve::probe::http;
 use crate::supervision::Shutdown;
 use orchestrator_domain::{EventReason, ExitStatus, Phase, VerdictKind};
 use std::time::{Duration, Instant};
@@ -58,7 +58,7 @@ async fn call(
     path: &str,
     body: Option<String>,
     timeout: std::time::Duration,
-) -> Result<crate::serve::probe::HttpAnswer, String> {
+) -> Result<crate::probe::HttpAnswer, String> {
     let Some(key) = &plan.key else {
         return http(&plan.leader, "POST", path, body, timeout).await;
     };
@@ -67,7 +67,7 @@ async fn call(
     let body = key
         .open_answer(path, &nonce, answer.status, &answer.body)
         .map_err(|e| format!("the leader at {} did not authenticate: {e}", plan.leader))?;
-    Ok(crate::serve::probe::HttpAnswer {
+    Ok(crate::probe::HttpAnswer {
         status: answer.status,
         body,
     })

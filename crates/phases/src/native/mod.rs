@@ -20,77 +20,9 @@ pub use leader::{LeaderPlan, run_leader};
 pub use member::{MemberPlan, run_member};
 pub use rendezvous::{Rendezvous, RendezvousSettings};
 
-use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// Which backend forms the cluster and runs the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum Backend {
-    /// Ray: a Ray head and workers; vLLM's Ray executor.
-    #[default]
-    Ray,
-    /// vLLM's own multi-node mode: a rank of `vllm serve` on every node.
-    Native,
-}
-
-/// `[native]`: the group of the native backend. Every field may also come
-/// from the environment a LeaderWorkerSet sets (`LWS_WORKER_INDEX`,
-/// `LWS_GROUP_SIZE`, `LWS_LEADER_ADDRESS`) or a StatefulSet's host name.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
-pub struct NativeConfig {
-    /// This node's rank (0 is the leader); else `LWS_WORKER_INDEX`, else
-    /// the ordinal at the end of a StatefulSet pod's host name.
-    pub rank: Option<u32>,
-    /// Ranks in the group, the leader included; else `LWS_GROUP_SIZE`.
-    pub group_size: Option<u32>,
-    /// The leader's address (its endpoints are on `endpoints-port` there,
-    /// torch.distributed meets on `master-port`); else
-    /// `LWS_LEADER_ADDRESS`. The leader needs it only as the master
-    /// address (default: `node-address`).
-    pub leader_address: Option<String>,
-    /// The address the other ranks reach this node at; else `POD_IP`,
-    /// else 127.0.0.1.
-    pub node_address: Option<String>,
-    /// Where torch.distributed meets on the leader.
-    pub master_port: u16,
-    /// GPUs (or accelerator slots) this node offers; else as many as
-    /// NVML sees.
-    pub gpus: Option<f64>,
-    /// How often a rank sends its heartbeat, ms.
-    pub heartbeat_ms: u64,
-    /// After how long without a heartbeat the leader counts a rank lost
-    /// (and a rank its leader), ms.
-    pub heartbeat_timeout_ms: u64,
-    /// How long a rank waits for its leader to answer at start, seconds.
-    pub leader_wait_seconds: u64,
-    /// A file holding the group secret (a mounted Kubernetes Secret);
-    /// `$ORCHESTRATOR_GROUP_SECRET` wins when set. Every rank's requests
-    /// and the leader's answers are signed with it.
-    pub secret_file: Option<std::path::PathBuf>,
-    /// Run a group of more than one node without a secret: anyone who
-    /// reaches the leader's port can take a rank. Off unless set.
-    pub insecure: bool,
-}
-
-impl Default for NativeConfig {
-    fn default() -> Self {
-        Self {
-            rank: None,
-            group_size: None,
-            leader_address: None,
-            node_address: None,
-            master_port: 29500,
-            gpus: None,
-            heartbeat_ms: 500,
-            heartbeat_timeout_ms: 5000,
-            leader_wait_seconds: 600,
-            secret_file: None,
-            insecure: false,
-        }
-    }
-}
+pub use crate::config::{Backend, NativeConfig};
 
 /// Who this node is in the group: resolved from `[native]` and the
 /// environment.

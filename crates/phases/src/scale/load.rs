@@ -2,7 +2,7 @@
 //! as they are, its token counters turned into rates between two reads.
 //! Entry point: [`LoadReader::sample`].
 
-use crate::serve::probe;
+use crate::probe;
 use orchestrator_domain::LoadSample;
 
 /// One read of vLLM's metrics, summed over engines (KV cache: the fullest

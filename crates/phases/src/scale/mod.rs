@@ -11,7 +11,7 @@ pub mod load;
 
 use crate::config::{PoliciesConfig, ScaleConfig};
 use crate::endpoints::{ScaleView, Status};
-use crate::serve::probe;
+use crate::probe;
 use load::{Counters, LoadReader};
 use orchestrator_domain::{KeyValue, LoadSample, ScaleInput, ScaleRecommendation};
 use orchestrator_policy_host::{ScalePolicy, World};
@@ -161,7 +161,7 @@ pub async fn recommend_while_serving(
     let timeout = spec.interval.min(Duration::from_secs(2));
     let mut last_problem: Option<String> = None;
     let policy_name = policy.name().to_string();
-    let mut view = ScaleView::new(spec, &policy_name);
+    let mut view = initial_view(spec, &policy_name);
     status.scale(view.clone());
     tracing::info!(
         policy = %policy_name,
@@ -221,5 +221,21 @@ pub async fn recommend_while_serving(
             }
         }
         status.scale(view.clone());
+    }
+}
+
+/// What `/status` shows of the scale loop before any sample.
+fn initial_view(spec: &ScaleSpec, policy: &str) -> ScaleView {
+    ScaleView {
+        policy: policy.to_string(),
+        desired_replicas: None,
+        reason: "no load sample yet".into(),
+        current_replicas: spec.current_replicas,
+        min_replicas: spec.min_replicas,
+        max_replicas: spec.max_replicas,
+        samples: 0,
+        window_seconds: spec.window.as_secs(),
+        last_sample: None,
+        error: None,
     }
 }

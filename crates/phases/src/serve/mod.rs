@@ -5,7 +5,7 @@
 
 mod health_loop;
 mod launch;
-pub mod probe;
+pub use crate::probe;
 mod server;
 pub mod shm;
 

@@ -10,8 +10,12 @@
 //! Unknown fields are errors that name the field, and every check says how
 //! to fix what it found.
 
-use crate::policies::PolicyRef;
 pub use orchestrator_domain::{ClusterConfig, GroupConfig, Role};
+mod native;
+mod prefetch;
+pub use native::{Backend, NativeConfig};
+pub use prefetch::PrefetchConfig;
+
 use orchestrator_domain::{KeyValue, ServeSettings};
 pub use orchestrator_kubernetes::KubernetesConfig;
 use orchestrator_policy_host::World;
@@ -29,9 +33,9 @@ pub struct Config {
     /// `head` or `worker` (with the native backend, the rank decides).
     pub role: Role,
     /// `ray` (default) or `native` (vLLM's own multi-node mode, no Ray).
-    pub backend: crate::native::Backend,
+    pub backend: Backend,
     /// The native backend's group.
-    pub native: crate::native::NativeConfig,
+    pub native: NativeConfig,
     /// The open-file limit for the whole process tree.
     pub open_file_limit: u64,
     /// How Ray is started.
@@ -83,8 +87,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             role: Role::Head,
-            backend: crate::native::Backend::Ray,
-            native: crate::native::NativeConfig::default(),
+            backend: Backend::Ray,
+            native: NativeConfig::default(),
             open_file_limit: 65536,
             ray: RayConfig::default(),
             cluster: ClusterConfig::default(),
@@ -332,22 +336,6 @@ pub struct PolicyConfig {
 }
 
 impl PolicyConfig {
-    /// Which plugin this is, `default` naming the built-in used when
-    /// neither `builtin` nor `file` is set.
-    pub fn policy(&self, default: &str) -> PolicyRef {
-        if let Some(reference) = &self.oci {
-            return PolicyRef::Oci(reference.clone());
-        }
-        match (&self.file, &self.builtin) {
-            (Some(path), _) => PolicyRef::File {
-                path: path.clone(),
-                sha256: self.sha256.clone(),
-            },
-            (None, Some(name)) => PolicyRef::Builtin(name.clone()),
-            (None, None) => PolicyRef::Builtin(default.to_string()),
-        }
-    }
-
     /// The parameters as key/value pairs.
     pub fn params(&self) -> Vec<KeyValue> {
         self.params
@@ -527,7 +515,7 @@ pub struct ServeConfig {
     pub drain_timeout_seconds: u64,
     /// The model's files to bring into the page cache on every node while
     /// the cluster forms.
-    pub prefetch: crate::prefetch::PrefetchConfig,
+    pub prefetch: PrefetchConfig,
 }
 
 impl Default for ServeConfig {
@@ -547,7 +535,7 @@ impl Default for ServeConfig {
             generation_timeout_ms: 60_000,
             stop_grace_seconds: 30,
             drain_timeout_seconds: 30,
-            prefetch: crate::prefetch::PrefetchConfig::default(),
+            prefetch: PrefetchConfig::default(),
         }
     }
 }
@@ -1272,6 +1260,7 @@ mod environment_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policies::PolicyRef;
 
     fn load(text: &str, env: &[(&str, &str)], sets: &[&str]) -> Result<Config, ConfigError> {
         let dir = tempfile::tempdir().expect("tempdir");
