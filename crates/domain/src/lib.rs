@@ -27,6 +27,7 @@ pub mod prefetch;
 pub mod scale;
 pub mod secrets;
 pub mod types;
+pub mod world;
 
 pub use checks::InvalidField;
 pub use expected::{ClusterConfig, GroupConfig};
@@ -40,3 +41,4 @@ pub use node_health::{
 pub use prefetch::{PrefetchProgress, PrefetchState};
 pub use scale::{LoadSample, ScaleInput, ScaleInputError, ScaleRecommendation};
 pub use types::*;
+pub use world::{Version, World};

@@ -5,7 +5,7 @@
 //! call (a structural check of the signature) rather than once.
 
 use crate::sandbox::State;
-use crate::world::{Version, World};
+use crate::{Version, World};
 use wasmtime::Store;
 use wasmtime::component::{
     Component, ComponentExportIndex, ComponentNamedList, ComponentType, Func, Instance, Lift,

@@ -2,7 +2,7 @@
 //! and version it exports, and whether the host provides all it imports.
 
 use crate::error::PluginError;
-use crate::world::{PACKAGE, Version, World};
+use crate::{PACKAGE, Version, World};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 

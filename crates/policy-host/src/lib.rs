@@ -35,10 +35,9 @@ mod sandbox;
 #[doc(hidden)]
 pub mod v0_1;
 mod v0_2;
-mod world;
 
 pub use error::{ExitStatus, PluginError, Stderr};
-pub use world::{PACKAGE, VERSION, Version, World};
+pub use orchestrator_domain::world::{PACKAGE, VERSION, Version, World};
 
 use orchestrator_domain::{
     ClusterSnapshot, HealthSnapshot, HealthVerdict, KeyValue, LaunchError, LaunchPlan,

@@ -11,6 +11,10 @@
 //! to fix what it found.
 
 pub use orchestrator_domain::{ClusterConfig, GroupConfig, Role};
+/// The default port of the endpoints: clashes with none of Ray's (6379,
+/// 8265, 8080, 52365) or vLLM's (8000).
+pub const DEFAULT_ENDPOINTS_PORT: u16 = 8471;
+
 mod native;
 mod prefetch;
 pub use native::{Backend, NativeConfig};
@@ -98,7 +102,7 @@ impl Default for Config {
             kubernetes: KubernetesConfig::default(),
             node_health: NodeHealthConfig::default(),
             scale: ScaleConfig::default(),
-            endpoints_port: crate::endpoints::DEFAULT_PORT,
+            endpoints_port: DEFAULT_ENDPOINTS_PORT,
             endpoints_host: "0.0.0.0".to_string(),
             registry: RegistryConfig::default(),
             secrets: SecretsConfig::default(),

@@ -31,9 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 
-/// The default port of the endpoints: clashes with none of Ray's (6379,
-/// 8265, 8080, 52365) or vLLM's (8000).
-pub const DEFAULT_PORT: u16 = 8471;
+pub use crate::config::DEFAULT_ENDPOINTS_PORT as DEFAULT_PORT;
 
 /// The orchestrator's phase, as a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]

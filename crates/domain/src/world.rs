@@ -1,4 +1,4 @@
-//! The three policy worlds, the contract versions this host speaks, and the
+//! The policy worlds, the contract versions the plugin host speaks, and the
 //! names the host checks components by.
 
 use std::fmt;
