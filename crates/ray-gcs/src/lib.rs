@@ -44,7 +44,7 @@ mod autoscaler;
 mod raylet;
 pub use auth::{AuthError, RayAuth};
 pub use autoscaler::{Bundle, RESOURCE_REQUEST_KEY};
-pub use raylet::{RayletAnswer, RayletBook, RayletProber, probe_raylet};
+pub use raylet::{RayletAnswer, RayletBook, RayletProber};
 
 pub use convert::node_from_proto;
 pub use orchestrator_domain::{ClusterView, MembershipChange, MembershipUpdate, UpdateSource};
@@ -220,19 +220,6 @@ impl GcsClient {
             .await?
             .iter()
             .map(node_from_proto)
-            .collect())
-    }
-
-    /// Every alive node's id (hex, as [`node_from_proto`] writes it) and
-    /// its raylet's `HOST:PORT`, for [`probe_raylet`].
-    pub async fn raylet_addresses(&self) -> Result<Vec<(String, String)>, GcsError> {
-        use proto::gcs_node_info::GcsNodeState;
-        Ok(self
-            .all_node_info()
-            .await?
-            .iter()
-            .filter(|n| n.state == GcsNodeState::Alive as i32)
-            .map(|n| (hex::encode(&n.node_id), raylet::raylet_address(n)))
             .collect())
     }
 

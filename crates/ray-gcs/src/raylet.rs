@@ -2,8 +2,8 @@
 //! declares a frozen or cut-off raylet dead only after its health checks
 //! fail several times (about 30 s under Ray's defaults); until then it
 //! lists the node as alive. One harmless call with a short deadline tells
-//! sooner. Entry points: [`RayletProber`] (connections kept between asks,
-//! many nodes at once) and [`probe_raylet`] (one node, one connection).
+//! sooner. Entry point: [`RayletProber`] (connections kept between asks,
+//! many nodes at once).
 
 use crate::proto::GetSystemConfigRequest;
 use crate::proto::gcs_node_info::GcsNodeState;
@@ -59,14 +59,10 @@ impl RayletBook {
         self.lock().get(id).cloned()
     }
 
-    /// How many raylets are known.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether none is.
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+    /// Whether every node of `ids` has its raylet recorded.
+    fn knows_all(&self, ids: &[String]) -> bool {
+        let book = self.lock();
+        ids.iter().all(|id| book.contains_key(id))
     }
 }
 
@@ -119,10 +115,14 @@ impl RayletProber {
 
     /// Fills the book from the GCS when some of `ids` are not in it.
     async fn look_up(&self, ids: &[String], limit: Duration) -> Result<(), GcsError> {
-        if ids.iter().all(|id| self.book.get(id).is_some()) {
+        if self.book.knows_all(ids) {
             return Ok(());
         }
         let mut client = self.gcs_client.lock().await;
+        // Another ask may have filled the book while this one waited.
+        if self.book.knows_all(ids) {
+            return Ok(());
+        }
         if client.is_none() {
             *client = Some(
                 GcsClient::connect_with(&self.gcs, limit.max(CONNECT_FLOOR), self.auth.clone())
@@ -201,18 +201,9 @@ impl RayletProber {
 /// The shortest connect timeout used for the GCS lookup.
 const CONNECT_FLOOR: Duration = Duration::from_millis(500);
 
-/// Asks the raylet at `address` (`HOST:PORT`, the node manager's address
-/// and port as the GCS lists them) for Ray's system configuration,
-/// waiting up to `limit` in all, with the credentials `auth` (a raylet of
-/// a cluster with token authentication refuses calls without them), on a
-/// connection of its own.
-pub async fn probe_raylet(address: &str, limit: Duration, auth: &RayAuth) -> RayletAnswer {
-    match endpoint(address) {
-        Ok(e) => ask_on(e.connect_timeout(limit).connect_lazy(), limit, auth).await,
-        Err(e) => RayletAnswer::Unreachable(e.to_string()),
-    }
-}
-
+/// Asks the raylet on `channel` for Ray's system configuration, waiting
+/// up to `limit` in all, with the credentials `auth` (a raylet of a
+/// cluster with token authentication refuses calls without them).
 async fn ask_on(channel: Channel, limit: Duration, auth: &RayAuth) -> RayletAnswer {
     let mut request = tonic::Request::new(GetSystemConfigRequest {});
     request.set_timeout(limit);

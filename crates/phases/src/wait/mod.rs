@@ -232,6 +232,9 @@ struct Seen {
     /// Nodes seen joining and not asked yet: asked in the background as
     /// they join, so the confirmation before ready has little left to ask.
     unasked: Vec<String>,
+    /// Whether nodes are asked at all ([`WaitSpec::ask_nodes`]); without
+    /// it, no answer is kept.
+    asking: bool,
 }
 
 /// An answer this recent stands for the node at the confirmation before
@@ -239,9 +242,8 @@ struct Seen {
 /// (`health_check_period_ms`, 3 s by default), so a node counted has
 /// answered at least as recently as the GCS itself last heard from it. A
 /// registration the GCS pushed counts as an answer at the time it arrived
-/// (the raylet itself made that call); the asks of joined nodes still in
-/// flight at the confirmation are awaited, and a node they find silent is
-/// not counted.
+/// (the raylet itself made that call); a node an ask in flight finds
+/// silent later is not counted from then on.
 const ANSWER_STANDS_FOR: Duration = Duration::from_secs(3);
 
 /// How often nodes that did not answer are asked again.
@@ -386,12 +388,14 @@ impl Seen {
         log_changes(&u.changes);
         for change in &u.changes {
             if let MembershipChange::Joined(n) = change {
-                self.unasked.push(n.id.clone());
-                // A registration pushed by the GCS is the raylet's own
-                // call, made just now: as good as an answer (it is asked
-                // all the same, in the background).
-                if u.source == UpdateSource::Push {
-                    self.answered.insert(n.id.clone(), u.received_at);
+                if self.asking {
+                    self.unasked.push(n.id.clone());
+                    // A registration pushed by the GCS is the raylet's own
+                    // call, made just now: as good as an answer (it is
+                    // asked all the same, in the background).
+                    if u.source == UpdateSource::Push {
+                        self.answered.insert(n.id.clone(), u.received_at);
+                    }
                 }
                 self.first_seen.entry(n.id.clone()).or_insert(u.received_at);
                 if let Some(status) = status {
@@ -401,7 +405,7 @@ impl Seen {
         }
         if let Some(view) = &u.view {
             for n in view.alive() {
-                if !self.answered.contains_key(&n.id) {
+                if self.asking && !self.answered.contains_key(&n.id) {
                     self.unasked.push(n.id.clone());
                 }
                 self.first_seen.entry(n.id.clone()).or_insert(u.received_at);
@@ -648,6 +652,7 @@ pub async fn wait_for_cluster(
             muted: vec![],
             answered: Default::default(),
             unasked: vec![],
+            asking: spec.ask_nodes.is_some(),
         },
     };
     // Nodes asked in the background ([`WaitSpec::ask_nodes`]): as they
