@@ -11,8 +11,9 @@
 //!   `RayClusterFleet`, and the expected topology they imply;
 //! - [`pods`]: one actionable line per worker pod that is not a Ray node
 //!   (unschedulable, image pull, crash loop, running but not joined);
-//! - [`watch`]: the RayCluster and its pods watched into the wait phase's
-//!   [`orchestrator_domain::ExternalFacts`];
+//! - [`watch`] and [`lws`]: a RayCluster, or a LeaderWorkerSet group, and
+//!   its pods followed (one owner-and-pods follower for both) into the
+//!   wait phase's [`orchestrator_domain::ExternalFacts`];
 //! - [`events`]: phase changes, failures and restarts as rate-limited
 //!   Events on the head pod.
 //!
@@ -22,6 +23,7 @@
 pub mod api;
 pub mod config;
 pub mod events;
+mod follower;
 pub mod lws;
 pub mod pods;
 pub mod raycluster;

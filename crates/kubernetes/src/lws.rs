@@ -8,13 +8,10 @@
 use crate::api::{Access, KubeContext, KubeError, client_for, read_pod};
 use crate::config::KubernetesConfig;
 use crate::pods::describe_pod;
-use crate::watch::{Seen, follow};
-use futures_util::{FutureExt, StreamExt};
+use crate::follower::{Followed, follow_owner_and_pods};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::Api;
-use kube::runtime::{reflector, watcher};
 use orchestrator_domain::{ExternalFacts, MemberState, Topology};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -124,10 +121,6 @@ pub async fn connect_group(config: &KubernetesConfig) -> Result<GroupContext, Ku
     })
 }
 
-enum Origin {
-    Set(Seen),
-    Pods(Seen),
-}
 
 /// The facts of one group: the size its LeaderWorkerSet gives, and every
 /// worker pod (worker index above 0) with its state.
@@ -179,95 +172,16 @@ pub fn group_facts(
 /// ends once the receiver is dropped.
 pub async fn watch_group(group: &GroupContext) -> tokio::sync::watch::Receiver<ExternalFacts> {
     let context = &group.context;
-    let sets: Api<LeaderWorkerSet> = Api::namespaced(context.client.clone(), &context.namespace);
-    let pods: Api<Pod> = Api::namespaced(context.client.clone(), &context.namespace);
-    let (set_store, set_writer) = reflector::store();
-    let (pod_store, pod_writer) = reflector::store();
-    let set_stream = follow(
-        context,
-        sets,
-        watcher::Config::default().fields(&format!("metadata.name={}", context.cluster_name)),
-        Access::leaderworkersets,
-        set_writer,
-    )
-    .map(Origin::Set);
-    let pod_stream = follow(
-        context,
-        pods,
-        watcher::Config::default().labels(&format!(
+    let group_index = group.group_index.clone();
+    let followed = Followed {
+        owner_access: Access::leaderworkersets,
+        pod_labels: format!(
             "{NAME_LABEL}={},{GROUP_INDEX_LABEL}={}",
             context.cluster_name, group.group_index
-        )),
-        |verb| Access::core(verb, "pods"),
-        pod_writer,
-    )
-    .map(Origin::Pods);
-    let mut items = Box::pin(futures_util::stream::select(set_stream, pod_stream));
-    let mut errors: [Option<String>; 2] = [None, None];
-    let mut synced = [false, false];
-    let mut apply = move |item: Origin, errors: &mut [Option<String>; 2]| {
-        let (i, seen) = match item {
-            Origin::Set(s) => (0, s),
-            Origin::Pods(s) => (1, s),
-        };
-        match seen {
-            Seen::Synced => {
-                errors[i] = None;
-                synced[i] = true;
-            }
-            Seen::Listing => {}
-            Seen::Failed(e) => errors[i] = Some(e),
-        }
-        synced[i] || errors[i].is_some()
+        ),
+        facts: move |set: Option<&LeaderWorkerSet>, pods: &[Pod], errors: &[String]| {
+            group_facts(set, &group_index, pods, errors)
+        },
     };
-    let group_index = group.group_index.clone();
-    let facts = move |errors: &[Option<String>; 2]| {
-        let set = set_store.state().first().map(|s| s.as_ref().clone());
-        let pods: Vec<Pod> = pod_store
-            .state()
-            .iter()
-            .map(|p| p.as_ref().clone())
-            .collect();
-        let errors: Vec<String> = errors.iter().flatten().cloned().collect();
-        group_facts(set.as_ref(), &group_index, &pods, &errors)
-    };
-    let first = async {
-        let mut settled = [false, false];
-        while !(settled[0] && settled[1]) {
-            match items.next().await {
-                Some(item) => {
-                    let i = usize::from(matches!(item, Origin::Pods(_)));
-                    settled[i] = apply(item, &mut errors);
-                }
-                None => return,
-            }
-        }
-    };
-    let _ = tokio::time::timeout(crate::api::REQUEST_TIMEOUT, first).await;
-    let (tx, rx) = tokio::sync::watch::channel(facts(&errors));
-    tokio::spawn(async move {
-        loop {
-            let item = tokio::select! {
-                item = items.next() => match item {
-                    Some(item) => item,
-                    None => return,
-                },
-                () = tx.closed() => return,
-            };
-            apply(item, &mut errors);
-            while let Some(Some(more)) = items.next().now_or_never() {
-                apply(more, &mut errors);
-            }
-            let now = facts(&errors);
-            tx.send_if_modified(|current| {
-                if *current == now {
-                    false
-                } else {
-                    *current = now;
-                    true
-                }
-            });
-        }
-    });
-    rx
+    follow_owner_and_pods(context, followed).await
 }
