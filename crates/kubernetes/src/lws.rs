@@ -7,8 +7,8 @@
 
 use crate::api::{Access, KubeContext, KubeError, client_for, read_pod};
 use crate::config::KubernetesConfig;
-use crate::pods::describe_pod;
 use crate::follower::{Followed, follow_owner_and_pods};
+use crate::pods::describe_pod;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -120,7 +120,6 @@ pub async fn connect_group(config: &KubernetesConfig) -> Result<GroupContext, Ku
         group_index,
     })
 }
-
 
 /// The facts of one group: the size its LeaderWorkerSet gives, and every
 /// worker pod (worker index above 0) with its state.

@@ -9,7 +9,7 @@ use clap::Args;
 use orchestrator_domain::KeyValue;
 use orchestrator_phases::config::{PluginLimits, ServeConfig};
 use orchestrator_phases::lifecycle::{Lifecycle, LocalCluster, Plan};
-use orchestrator_phases::native::{LocalGroup, NativePlan};
+use orchestrator_phases::native::{LocalGroup, NativeBackend, NativePlan};
 use orchestrator_phases::policies::{self, Policies};
 use orchestrator_phases::prefetch::PrefetchConfig;
 use orchestrator_phases::scale::ScaleSpec;
@@ -347,78 +347,66 @@ impl LocalArgs {
     }
 }
 
-/// `local --backend native`: the leader and its ranks in this process.
-fn run_native(args: &LocalArgs) -> ExitCode {
-    let prepared = args
-        .native_group()
-        .and_then(|group| Ok((NativePlan::local(&group)?, args.policies()?)));
-    let (plan, policies) = match prepared {
-        Ok(p) => p,
+/// Runs the command: 0 after Ctrl-C/SIGTERM or `--exit-when-ready`, 1 for
+/// a failure, 2 for bad arguments.
+pub fn run(args: LocalArgs) -> ExitCode {
+    let prepared = match args.backend {
+        LocalBackend::Native => args.native_group().and_then(|group| {
+            let plan = NativePlan::local(&group)?;
+            Ok(Lifecycle::of(NativeBackend::new(
+                plan,
+                Some(args.policies()?),
+            )))
+        }),
+        LocalBackend::Ray => args.cluster().and_then(|cluster| {
+            Ok(
+                Lifecycle::new(Plan::local(&cluster)?, Some(args.policies()?))
+                    .with_node_health_policy(args.node_health_policy()?),
+            )
+        }),
+    };
+    let lifecycle = match prepared {
+        Ok(l) => l,
         Err(e) => {
             eprintln!("error: {e:#}");
             return ExitCode::from(2);
         }
     };
-    if let Some(model) = &args.model {
+    if let (LocalBackend::Native, Some(model)) = (args.backend, &args.model) {
         println!(
             "native backend: a leader and {} rank(s); serving {model} on http://{}:{} once every rank is present (Ctrl-C stops everything)",
             args.workers, args.head_ip, args.serve_port
         );
     }
-    crate::run_native(plan, Some(policies), None)
-}
-
-/// Runs the command: 0 after Ctrl-C/SIGTERM or `--exit-when-ready`, 1 for
-/// a failure, 2 for bad arguments.
-pub fn run(args: LocalArgs) -> ExitCode {
-    if args.backend == LocalBackend::Native {
-        return run_native(&args);
-    }
-    let prepared = args.cluster().and_then(|cluster| {
-        Ok((
-            Plan::local(&cluster)?,
-            args.policies()?,
-            args.node_health_policy()?,
-        ))
-    });
-    let (plan, policies, node_health) = match prepared {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
     let start = Instant::now();
     let (model, address) = (
         args.model.clone(),
         format!("http://{}:{}", args.head_ip, args.serve_port),
     );
     let exit_when_ready = args.exit_when_ready;
-    let lifecycle = Lifecycle::new(plan, Some(policies))
-        .with_node_health_policy(node_health)
-        .on_ready(move |ready| {
-            let alive: Vec<_> = ready.snapshot.nodes.iter().filter(|n| n.alive).collect();
+    let lifecycle = lifecycle.on_ready(move |ready| {
+        let alive: Vec<_> = ready.snapshot.nodes.iter().filter(|n| n.alive).collect();
+        println!(
+            "cluster ready after {:.1} s: {} nodes",
+            start.elapsed().as_secs_f64(),
+            alive.len()
+        );
+        for n in alive {
             println!(
-                "cluster ready after {:.1} s: {} nodes",
-                start.elapsed().as_secs_f64(),
-                alive.len()
+                "  {:<6} {:<12} node {}  cpu={} gpu={}",
+                if n.is_head { "head" } else { "worker" },
+                n.address,
+                n.id.get(..12).unwrap_or(&n.id),
+                n.resources.cpu,
+                n.resources.gpu
             );
-            for n in alive {
-                println!(
-                    "  {:<6} {:<12} node {}  cpu={} gpu={}",
-                    if n.is_head { "head" } else { "worker" },
-                    n.address,
-                    n.id.get(..12).unwrap_or(&n.id),
-                    n.resources.cpu,
-                    n.resources.gpu
-                );
-            }
-            match model {
-                Some(model) => println!("serving {model} on {address} (Ctrl-C stops everything)"),
-                None if !exit_when_ready => println!("press Ctrl-C to stop the cluster"),
-                None => {}
-            }
-        });
+        }
+        match model {
+            Some(model) => println!("serving {model} on {address} (Ctrl-C stops everything)"),
+            None if !exit_when_ready => println!("press Ctrl-C to stop the cluster"),
+            None => {}
+        }
+    });
     let status = lifecycle.status();
     let code = crate::run_lifecycle(lifecycle);
     println!("startup timeline:\n{}", status.timeline_table());

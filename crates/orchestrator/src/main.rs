@@ -108,25 +108,6 @@ fn exit_code(
     }
 }
 
-/// Runs a native-backend plan to its end and turns it into the exit code.
-pub fn run_native(
-    plan: orchestrator_phases::native::NativePlan,
-    policies: Option<orchestrator_phases::policies::Policies>,
-    node_health: Option<orchestrator_policy_host::NodeHealthPolicy>,
-) -> ExitCode {
-    let runtime = match runtime(2) {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    let status = orchestrator_phases::endpoints::Status::new();
-    exit_code(runtime.block_on(orchestrator_phases::native::run(
-        plan,
-        policies,
-        node_health,
-        status,
-    )))
-}
-
 /// A tokio runtime with `workers` threads (0: on this thread only); a
 /// failure is printed and becomes exit code 1.
 pub fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, ExitCode> {

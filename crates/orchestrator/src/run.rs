@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use orchestrator_phases::config::{Config, ConfigError, Role};
 use orchestrator_phases::lifecycle::{self, Lifecycle, Plan};
-use orchestrator_phases::native::{Backend, NativeIdentity, NativePlan};
+use orchestrator_phases::native::{Backend, NativeBackend, NativeIdentity, NativePlan};
 use orchestrator_phases::policies::{self, Policies};
 use orchestrator_phases::start::KUBERAY_ENV;
 use orchestrator_policy_host::World;
@@ -247,15 +247,14 @@ fn run_native(config: &Config) -> ExitCode {
     } else {
         None
     };
-    let node_health = if config.node_health.enabled {
+    let mut lifecycle = Lifecycle::of(NativeBackend::new(plan, policies));
+    if config.node_health.enabled {
         match node_health_policy(config) {
-            Ok(p) => Some(p),
+            Ok(policy) => lifecycle = lifecycle.with_node_health_policy(policy),
             Err(e) => return refuse(2, e),
         }
-    } else {
-        None
-    };
-    crate::run_native(plan, policies, node_health)
+    }
+    crate::run_lifecycle(lifecycle)
 }
 
 /// The node-health policy every node checks itself with.

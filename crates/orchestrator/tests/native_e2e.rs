@@ -274,6 +274,21 @@ fn the_leader_names_a_worker_pod_kubernetes_cannot_schedule() {
         paths.iter().any(|p| p.contains("leaderworkersets")),
         "{paths:?}"
     );
+    // Its Events are on its pod, the failure at its exit among them (the
+    // lifecycle flushes the last Events before the process ends).
+    let events = server.all("v1", "Event", "inference");
+    let failed = events
+        .iter()
+        .find(|e| e["reason"] == "ClusterNotReady")
+        .unwrap_or_else(|| panic!("no ClusterNotReady event: {events:#?}"));
+    assert_eq!(
+        failed["involvedObject"]["name"], "vllm-native-0",
+        "{failed}"
+    );
+    assert!(
+        failed["message"].to_string().contains("vllm-native-0-2"),
+        "{failed}"
+    );
 }
 
 /// Node health on the native backend, without vLLM: each rank checks its

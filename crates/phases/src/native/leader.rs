@@ -53,6 +53,20 @@ impl LeaderPlan {
     }
 }
 
+/// What the leader works with besides its plan.
+pub struct Around<'a> {
+    /// Every rank's own health, when node health is on.
+    pub board: Option<tokio::sync::watch::Receiver<Arc<crate::node_health::Board>>>,
+    /// The LeaderWorkerSet group's facts, when Kubernetes awareness is on.
+    pub facts: Option<tokio::sync::watch::Receiver<orchestrator_domain::ExternalFacts>>,
+    /// Called once the group is ready.
+    pub on_ready: Option<crate::lifecycle::ReadyHook>,
+    /// What `/status` shows.
+    pub status: &'a Arc<Status>,
+    /// SIGTERM / SIGINT.
+    pub shutdown: &'a Shutdown,
+}
+
 /// Waits for every rank, then serves with the whole group until a stop
 /// request or the health policy's shutdown. Every rank's process is
 /// stopped (by order) before this returns.
@@ -60,17 +74,18 @@ pub async fn run_leader(
     plan: &LeaderPlan,
     rendezvous: &Rendezvous,
     policies: &mut Policies,
-    board: Option<tokio::sync::watch::Receiver<Arc<crate::node_health::Board>>>,
-    status: &Arc<Status>,
-    shutdown: &Shutdown,
+    around: Around<'_>,
 ) -> Exit {
-    let facts = match &plan.kubernetes {
-        Some(settings) => tokio::select! {
-            facts = follow_group(settings, status) => facts,
-            () = shutdown.requested() => return Exit::ok(),
-        },
-        None => None,
-    };
+    let Around {
+        board,
+        facts,
+        on_ready,
+        status,
+        shutdown,
+    } = around;
+    if shutdown.is_requested() {
+        return Exit::ok();
+    }
     let source: Arc<dyn crate::membership::MembershipSource> = Arc::new(rendezvous.clone());
     status.nodes(1, plan.group_size);
     status.enter(Phase::Wait);
@@ -113,6 +128,9 @@ pub async fn run_leader(
     status.mark(StartupStep::ReadyDecision, format!("{alive} ranks present"));
     status.nodes(alive, plan.group_size);
     status.readiness("ready".into());
+    if let Some(hook) = on_ready {
+        hook(&ready);
+    }
     let spec = match (&plan.serve, plan.after_ready) {
         (_, AfterReady::Exit) => return Exit::ok(),
         (Some(spec), AfterReady::Serve) => spec,
@@ -183,51 +201,4 @@ pub async fn run_leader(
         }
     };
     served(status, outcome)
-}
-
-/// Connects to the API server, finds this leader's LeaderWorkerSet and
-/// group, starts recording Events and following the group's pods. Every
-/// failure is a warning: the wait goes on from the rendezvous alone.
-async fn follow_group(
-    settings: &orchestrator_kubernetes::KubernetesConfig,
-    status: &Arc<Status>,
-) -> Option<tokio::sync::watch::Receiver<orchestrator_domain::ExternalFacts>> {
-    use orchestrator_kubernetes::lws;
-    let events = settings.events.then(|| status.subscribe_events());
-    let setup = async {
-        let group = match lws::connect_group(settings).await {
-            Ok(g) => g,
-            Err(e) => {
-                tracing::warn!("kubernetes: {e}; the wait goes on from the rendezvous alone");
-                return None;
-            }
-        };
-        tracing::info!(
-            leaderworkerset = %group.context.cluster_name,
-            group = %group.group_index,
-            "kubernetes: following the group's pods"
-        );
-        if let Some(events) = events {
-            let limit = orchestrator_kubernetes::RateLimit::new(
-                settings.event_burst,
-                Duration::from_secs(settings.event_interval_seconds),
-                std::time::Instant::now(),
-            );
-            tokio::spawn(orchestrator_kubernetes::record_events(
-                group.context.clone(),
-                events,
-                limit,
-            ));
-        }
-        Some(lws::watch_group(&group).await)
-    };
-    match tokio::time::timeout(Duration::from_secs(30), setup).await {
-        Ok(facts) => facts,
-        Err(_) => {
-            tracing::warn!(
-                "kubernetes: no answer from the API server in 30 s; the wait goes on from the rendezvous alone"
-            );
-            None
-        }
-    }
 }

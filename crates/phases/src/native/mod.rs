@@ -8,14 +8,17 @@
 //! every rank's argv, and it tells all ranks to start at once; any rank's
 //! exit or lost heartbeat reaches its health policy, and a restart is a
 //! restart of the whole group. Entry points: [`NativeIdentity::resolve`]
-//! (which rank this pod is), [`run_leader`] and [`run_member`].
+//! (which rank this pod is), [`NativePlan`] and [`NativeBackend`] (run by
+//! the one [`crate::lifecycle::Lifecycle`]).
 
 pub mod auth;
+mod backend;
 pub mod leader;
 pub mod member;
 pub mod protocol;
 pub mod rendezvous;
 
+pub use backend::NativeBackend;
 pub use leader::{LeaderPlan, run_leader};
 pub use member::{MemberPlan, run_member};
 pub use rendezvous::{Rendezvous, RendezvousSettings};
@@ -554,173 +557,6 @@ pub fn gpus_of(config: &NativeConfig) -> f64 {
 /// CPUs this node offers.
 pub fn cpus() -> f64 {
     std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
-}
-
-/// Runs a native plan: the endpoints (with the rendezvous on the leader),
-/// the signal handlers and the reaper, then the leader or the member (and
-/// the local members beside the leader) until they end. Every process
-/// started is stopped before this returns.
-pub async fn run(
-    plan: NativePlan,
-    policies: Option<crate::policies::Policies>,
-    node_health: Option<orchestrator_policy_host::NodeHealthPolicy>,
-    status: std::sync::Arc<crate::endpoints::Status>,
-) -> Result<crate::lifecycle::Exit, crate::lifecycle::LifecycleError> {
-    use crate::lifecycle::{Exit, LifecycleError};
-    use std::sync::Arc;
-    let rendezvous = match &plan.role {
-        NativeRole::Leader { rendezvous, .. } => Some(Rendezvous::new(rendezvous.clone())),
-        NativeRole::Member(_) => None,
-    };
-    if let Some(address) = plan.endpoints {
-        let routes = rendezvous
-            .clone()
-            .map(|r| Arc::new(r) as Arc<dyn crate::endpoints::PostRoutes>);
-        crate::endpoints::serve_endpoints_with(address, Arc::clone(&status), routes)
-            .await
-            .map_err(|source| LifecycleError::Endpoints { address, source })?;
-    }
-    let shutdown = crate::supervision::prepare_process().map_err(LifecycleError::Signals)?;
-    crate::start::raise_open_file_limit(plan.open_file_limit);
-    let _prefetch = crate::prefetch::Prefetch::spawn(&plan.prefetch, Arc::clone(&status));
-    let checks = match (&plan.node_health, node_health) {
-        (Some(health), Some(policy)) => Some((health, policy)),
-        _ => None,
-    };
-    let (leader_plan, rendezvous) = match (plan.role, rendezvous) {
-        (NativeRole::Member(member), _) => {
-            let checks =
-                checks.map(|(health, policy)| member_checks(&member, health, policy, &status));
-            return Ok(run_member(&member, checks.as_ref(), &status, &shutdown).await);
-        }
-        (NativeRole::Leader { plan, .. }, Some(r)) => (plan, r),
-        (NativeRole::Leader { .. }, None) => {
-            return Ok(Exit::failed(1, "the leader has no rendezvous"));
-        }
-    };
-    let Some(mut policies) = policies else {
-        return Ok(Exit::failed(1, "the leader has no policies loaded"));
-    };
-    let sweep = rendezvous.spawn_sweep();
-    // Local ranks stop when asked, or once the leader is done.
-    let (members_shutdown, trigger) = crate::supervision::Shutdown::manual();
-    let trigger = Arc::new(trigger);
-    let forward = {
-        let (shutdown, trigger) = (shutdown.clone(), Arc::clone(&trigger));
-        tokio::spawn(async move {
-            shutdown.requested().await;
-            trigger.request();
-            shutdown.forced().await;
-            trigger.request();
-        })
-    };
-    let members: Vec<_> = plan
-        .local_members
-        .into_iter()
-        .map(|member| {
-            let shutdown = members_shutdown.clone();
-            tokio::spawn(async move {
-                let status = crate::endpoints::Status::new();
-                run_member(&member, None, &status, &shutdown).await
-            })
-        })
-        .collect();
-    // The leader checks itself and follows every rank's report.
-    let mut _reporter = None;
-    let board = checks.map(|(health, policy)| {
-        let store: Arc<dyn crate::membership::HealthStore> = Arc::new(rendezvous.clone());
-        let reporter = own_reporter(health, policy, Some(Arc::clone(&store)), &status);
-        let leader = &leader_plan_node(&rendezvous);
-        reporter.add(
-            &leader.id,
-            orchestrator_node_probe::HostTarget::new(leader.address.clone(), std::env::temp_dir()),
-        );
-        _reporter = Some(reporter);
-        crate::node_health::board::follow(store, health, Arc::clone(&status))
-    });
-    let exit = run_leader(
-        &leader_plan,
-        &rendezvous,
-        &mut policies,
-        board,
-        &status,
-        &shutdown,
-    )
-    .await;
-    trigger.request();
-    for member in members {
-        if let Ok(e) = member.await
-            && e.code != 0
-        {
-            tracing::warn!(
-                "a local rank ended with {}: {}",
-                e.code,
-                e.error.unwrap_or_default()
-            );
-        }
-    }
-    forward.abort();
-    sweep.abort();
-    Ok(exit)
-}
-
-/// The leader's own node, as the rendezvous names it.
-fn leader_plan_node(rendezvous: &Rendezvous) -> orchestrator_domain::Node {
-    rendezvous.nodes().into_iter().next().unwrap_or_default()
-}
-
-/// This process's reporter: GPUs probed at the interval, judged by
-/// `policy`, published to `store`.
-fn own_reporter(
-    health: &crate::node_health::NodeHealthPlan,
-    policy: orchestrator_policy_host::NodeHealthPolicy,
-    store: Option<std::sync::Arc<dyn crate::membership::HealthStore>>,
-    status: &std::sync::Arc<crate::endpoints::Status>,
-) -> crate::node_health::Reporter {
-    let probe = orchestrator_node_probe::GpuProbe::spawn(
-        orchestrator_node_probe::gpu::library_path(),
-        health.interval,
-    );
-    crate::node_health::Reporter::spawn(
-        health,
-        policy,
-        probe.subscribe(),
-        store,
-        std::sync::Arc::clone(status),
-    )
-}
-
-/// A rank's own checks, reported in its heartbeats.
-fn member_checks(
-    member: &MemberPlan,
-    health: &crate::node_health::NodeHealthPlan,
-    policy: orchestrator_policy_host::NodeHealthPolicy,
-    status: &std::sync::Arc<crate::endpoints::Status>,
-) -> member::OwnChecks {
-    let node = orchestrator_domain::Node {
-        id: rendezvous::node_id(member.rank),
-        address: member.address.clone(),
-        hostname: member.hostname.clone(),
-        alive: true,
-        resources: orchestrator_domain::Resources {
-            cpu: member.cpus,
-            gpu: member.gpus,
-            ..orchestrator_domain::Resources::default()
-        },
-        ..orchestrator_domain::Node::default()
-    };
-    let reports = std::sync::Arc::new(member::HeartbeatReports::new(node));
-    let store: std::sync::Arc<dyn crate::membership::HealthStore> = reports.clone();
-    let reporter = own_reporter(health, policy, Some(store), status);
-    reporter.add(
-        &rendezvous::node_id(member.rank),
-        orchestrator_node_probe::HostTarget::new(member.address.clone(), std::env::temp_dir()),
-    );
-    member::OwnChecks {
-        reporter,
-        reports,
-        grace: health.unhealthy_grace,
-    }
 }
 
 /// The ordinal at the end of a StatefulSet pod's name (`vllm-3` -> 3).

@@ -1,11 +1,14 @@
-//! Kubernetes awareness for the head: connect, record Events, watch the
-//! RayCluster. Every failure is a warning; the wait goes on from the GCS
-//! and the configuration alone. Entry point: [`spawn`].
+//! Kubernetes awareness for the node that decides readiness (a Ray head,
+//! or a native group's leader): connect, record Events on its pod, follow
+//! its owner (the RayCluster, or the LeaderWorkerSet group) and the
+//! owner's pods. Every failure is a warning; the wait goes on from the
+//! membership source and the configuration alone. Entry point: [`spawn`].
 
 use crate::endpoints::Status;
 use orchestrator_domain::{ClusterConfig, ExternalFacts};
 use orchestrator_kubernetes::{
-    KubernetesConfig, RateLimit, connect, record_events, watch_cluster_for,
+    KubeContext, KubeError, KubernetesConfig, RateLimit, connect, lws, record_events,
+    watch_cluster_for,
 };
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,6 +18,78 @@ use tokio::task::JoinHandle;
 /// How long finding the pod and the first lists may take before the wait
 /// starts without them.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The object whose pods form the cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Owner {
+    /// KubeRay's RayCluster this head belongs to (by the pod's
+    /// `ray.io/cluster` label).
+    RayCluster {
+        /// The configured topology, merged with the RayCluster's.
+        cluster: ClusterConfig,
+        /// The serve layout's GPUs (tensor x pipeline parallel size) when
+        /// the serve settings name them.
+        layout_gpus: Option<f64>,
+    },
+    /// The LeaderWorkerSet group this leader heads (by the pod's
+    /// `leaderworkerset.sigs.k8s.io/*` labels).
+    LeaderWorkerSet,
+}
+
+impl Owner {
+    fn source(&self) -> &'static str {
+        match self {
+            Self::RayCluster { .. } => "the GCS",
+            Self::LeaderWorkerSet => "the rendezvous",
+        }
+    }
+
+    /// Finds this pod's owner: the client and, for a group, its index.
+    async fn connect(
+        &self,
+        settings: &KubernetesConfig,
+    ) -> Result<(KubeContext, Option<String>), KubeError> {
+        match self {
+            Self::RayCluster { .. } => connect(settings).await.map(|c| (c, None)),
+            Self::LeaderWorkerSet => lws::connect_group(settings)
+                .await
+                .map(|g| (g.context, Some(g.group_index))),
+        }
+    }
+
+    /// Follows the owner and its pods.
+    async fn follow(
+        self,
+        context: KubeContext,
+        group_index: Option<String>,
+    ) -> watch::Receiver<ExternalFacts> {
+        match self {
+            Self::RayCluster {
+                cluster,
+                layout_gpus,
+            } => {
+                let facts = watch_cluster_for(&context, cluster, layout_gpus).await;
+                if let Some(t) = &facts.borrow().expected {
+                    tracing::info!(
+                        nodes = t.nodes,
+                        gpus = t.gpus,
+                        groups = t.groups.len(),
+                        "kubernetes: expected topology from RayCluster {}",
+                        context.cluster_name
+                    );
+                }
+                facts
+            }
+            Self::LeaderWorkerSet => {
+                let group = lws::GroupContext {
+                    context,
+                    group_index: group_index.unwrap_or_else(|| "0".into()),
+                };
+                lws::watch_group(&group).await
+            }
+        }
+    }
+}
 
 /// Kubernetes awareness started by [`spawn`].
 pub struct KubeHandle {
@@ -42,29 +117,23 @@ impl KubeHandle {
     }
 }
 
-/// Starts connecting in the background.
-/// `layout_gpus` is the serve layout's GPUs (tensor x pipeline parallel
-/// size) when the serve settings name them.
-pub fn spawn(
-    settings: &KubernetesConfig,
-    cluster: &ClusterConfig,
-    layout_gpus: Option<f64>,
-    status: &Arc<Status>,
-) -> KubeHandle {
+/// Starts connecting in the background: Events on this pod from now on
+/// (queued while the client connects), then the owner's facts.
+pub fn spawn(settings: &KubernetesConfig, owner: Owner, status: &Arc<Status>) -> KubeHandle {
     let settings = settings.clone();
-    let cluster = cluster.clone();
     // Subscribe now, so the events of the start phase are queued while
     // the client connects.
     let events = settings.events.then(|| status.subscribe_events());
     let recorder_slot: Arc<Mutex<Option<JoinHandle<()>>>> = Arc::new(Mutex::new(None));
     let slot = Arc::clone(&recorder_slot);
     let facts = tokio::spawn(async move {
+        let source = owner.source();
         let setup = async {
-            let context = match connect(&settings).await {
+            let (context, group_index) = match owner.connect(&settings).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(
-                        "kubernetes: {e}; the wait goes on from the GCS and the configuration alone"
+                        "kubernetes: {e}; the wait goes on from {source} and the configuration alone"
                     );
                     return None;
                 }
@@ -73,8 +142,9 @@ pub fn spawn(
                 server = %context.server,
                 namespace = %context.namespace,
                 pod = %context.pod_name,
-                raycluster = %context.cluster_name,
-                "kubernetes: watching the RayCluster"
+                owner = %context.cluster_name,
+                group = group_index.as_deref().unwrap_or("-"),
+                "kubernetes: following the owner's pods"
             );
             if let Some(events) = events {
                 let limit = RateLimit::new(
@@ -88,23 +158,13 @@ pub fn spawn(
                     Err(poisoned) => *poisoned.into_inner() = Some(recorder),
                 }
             }
-            let facts = watch_cluster_for(&context, cluster, layout_gpus).await;
-            if let Some(t) = &facts.borrow().expected {
-                tracing::info!(
-                    nodes = t.nodes,
-                    gpus = t.gpus,
-                    groups = t.groups.len(),
-                    "kubernetes: expected topology from RayCluster {}",
-                    context.cluster_name
-                );
-            }
-            Some(facts)
+            Some(owner.follow(context, group_index).await)
         };
         match tokio::time::timeout(SETUP_TIMEOUT, setup).await {
             Ok(facts) => facts,
             Err(_) => {
                 tracing::warn!(
-                    "kubernetes: no answer from the API server in {} s; the wait goes on from the GCS and the configuration alone",
+                    "kubernetes: no answer from the API server in {} s; the wait goes on from {source} and the configuration alone",
                     SETUP_TIMEOUT.as_secs()
                 );
                 None
