@@ -12,8 +12,8 @@
 use super::Plan;
 use super::plan::{AfterReady, shaped_like};
 use crate::endpoints::Status;
-use crate::serve::{ServerProcess, add_serving_env};
-use orchestrator_domain::{EventReason, LaunchPlan, LaunchRequest, StartupStep, Topology};
+use crate::serve::{NoPlan, ServerProcess};
+use orchestrator_domain::{EventReason, LaunchPlan, StartupStep, Topology};
 use orchestrator_policy_host::LaunchPolicy;
 use std::time::Duration;
 
@@ -146,24 +146,20 @@ fn plan_for(plan: &Plan, launch: &mut LaunchPolicy, expected: &Topology) -> Opti
         .wait
         .as_ref()
         .map_or(0, |w| w.timeout.as_millis() as u64);
-    let request = LaunchRequest {
-        cluster: shaped_like(expected, None, None, deadline_ms),
-        settings: spec.settings.clone(),
-    };
-    let mut planned = match launch.plan(&request, &spec.launch_params) {
-        Ok(Ok(p)) if p.early => p,
-        Ok(Ok(_)) => return None,
-        Ok(Err(e)) => {
-            tracing::info!("no early launch: the launch policy refused the expected layout: {e}");
-            return None;
+    let cluster = shaped_like(expected, None, None, deadline_ms);
+    let serving_env = plan.membership.serving_env();
+    match crate::serve::ask(launch, cluster, spec, &serving_env, None) {
+        Ok(p) if p.early => Some(p),
+        Ok(_) => None,
+        Err(e @ NoPlan::Failed(_)) => {
+            tracing::warn!("no early launch for the expected layout: {e}");
+            None
         }
         Err(e) => {
-            tracing::warn!("no early launch: the launch policy failed: {e}");
-            return None;
+            tracing::info!("no early launch for the expected layout: {e}");
+            None
         }
-    };
-    add_serving_env(&mut planned, plan.membership.as_ref());
-    Some(planned)
+    }
 }
 
 /// Starts the server for `planned`; `None` when it cannot be started

@@ -9,10 +9,9 @@ use crate::policies::Policies;
 use crate::serve::ServeSpec;
 use crate::start::{NodeLaunch, RayStart, RayStartError, StartPlan};
 use orchestrator_domain::{
-    ClusterConfig, ClusterSnapshot, KeyValue, LaunchRequest, Node, Resources, Role, Topology,
+    ClusterConfig, ClusterSnapshot, KeyValue, Node, Resources, Role, Topology,
 };
 use orchestrator_kubernetes::KubernetesConfig;
-use orchestrator_policy_host::PluginError;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -258,15 +257,14 @@ pub fn describe(
             entry(p.health.name(), &p.health.info().sha256, &c.health.params),
         );
         if serve.is_null() {
-            let request = LaunchRequest {
-                cluster: expected_cluster(config, topology),
-                settings: config.serve.settings(),
-            };
-            serve = match p.launch.plan(&request, &c.launch.params())? {
+            let spec = ServeSpec::from_config(&config.serve, c);
+            let cluster = expected_cluster(config, topology);
+            serve = match crate::serve::ask(&mut p.launch, cluster, &spec, &[], None) {
                 Ok(plan) => {
                     let plan = orchestrator_domain::secrets::secrets().redact_plan(&plan);
                     serde_json::json!({"argv": plan.argv, "env": plan.env, "early": plan.early, "for": "the expected topology"})
                 }
+                Err(crate::serve::NoPlan::Failed(e)) => return Err(DescribeError::Launch(e)),
                 Err(e) => serde_json::json!({"error": e.to_string()}),
             };
         }
@@ -339,7 +337,7 @@ pub enum DescribeError {
     RayStart(#[from] RayStartError),
     /// The launch policy failed on the expected cluster.
     #[error("the launch policy failed: {0}")]
-    Launch(#[from] PluginError),
+    Launch(String),
 }
 
 /// A cluster shaped like the expected topology, for `plan`.

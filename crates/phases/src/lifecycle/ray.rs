@@ -504,11 +504,11 @@ impl RayBackend {
         let plan = match serve::plan_launch(ready, spec, &mut policies.launch, ctx, early.is_none())
         {
             Ok(plan) => plan,
-            Err(outcome) => {
+            Err(no) => {
                 if let Some(e) = early {
                     e.stop(spec.stop_grace, &status).await;
                 }
-                return served(&status, outcome);
+                return served(&status, no.into());
             }
         };
         // The early server goes on if the cluster formed as it assumed.

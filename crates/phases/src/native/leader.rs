@@ -8,7 +8,7 @@ use super::rendezvous::Rendezvous;
 use crate::endpoints::Status;
 use crate::lifecycle::{AfterReady, Exit, served};
 use crate::policies::Policies;
-use crate::serve::{self, ServeContext, ServeOutcome, ServeSpec};
+use crate::serve::{self, ServeContext, ServeSpec};
 use crate::supervision::Shutdown;
 use crate::wait::{WaitSpec, wait_for_cluster};
 use orchestrator_domain::{
@@ -146,8 +146,6 @@ pub async fn run_leader(
             return Exit::ok();
         }
     };
-    let mut spec = spec.clone();
-    spec.settings.native_group = Some(plan.group());
     let ctx = ServeContext {
         source: source.as_ref(),
         status,
@@ -155,23 +153,10 @@ pub async fn run_leader(
         health: board.as_ref(),
         group: Some(rendezvous),
     };
-    let launch = match serve::plan_launch(&ready, &spec, &mut policies.launch, ctx, true) {
+    let launch = match serve::plan_launch(&ready, spec, &mut policies.launch, ctx, true) {
         Ok(launch) => launch,
-        Err(outcome) => return served(status, outcome),
+        Err(no) => return served(status, no.into()),
     };
-    if let Err(e) = launch.check_ranks(spec.settings.native_group.as_ref()) {
-        let reason = format!(
-            "the launch policy {}'s plan cannot run the group: {e} (a launch policy of contract 0.1.0 cannot plan ranks: use a 0.2.0 one such as builtin:launch/vllm)",
-            policies.launch.name()
-        );
-        return served(
-            status,
-            ServeOutcome::NotLaunched {
-                reason,
-                refused: true,
-            },
-        );
-    }
     for rank in &launch.ranks {
         tracing::info!(
             rank = rank.rank,
@@ -185,7 +170,7 @@ pub async fn run_leader(
     );
     status.enter(Phase::Serve);
     let outcome = serve::supervise(
-        &spec,
+        spec,
         &launch,
         &ready.snapshot.nodes,
         Some(ready.decided_at),

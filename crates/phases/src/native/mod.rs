@@ -312,14 +312,17 @@ impl NativePlan {
             );
         }
         let role = if identity.is_leader() {
-            let serve = config
-                .serve
-                .model
-                .is_some()
-                .then(|| crate::serve::ServeSpec {
-                    scale: None,
-                    ..crate::serve::ServeSpec::from_config(&config.serve, &config.policies)
-                });
+            let group = orchestrator_domain::NativeGroup {
+                nodes: identity.group_size,
+                master_addr: identity.leader_address.clone(),
+                master_port: config.native.master_port,
+            };
+            let serve = config.serve.model.is_some().then(|| {
+                let mut spec =
+                    crate::serve::ServeSpec::from_config(&config.serve, &config.policies);
+                spec.settings.native_group = Some(group);
+                spec
+            });
             let mut expected = config.cluster.topology();
             expected.nodes = identity.group_size;
             NativeRole::Leader {
@@ -420,7 +423,14 @@ impl NativePlan {
                 key: Some(key.clone()),
             })
             .collect();
-        let serve = group.serve.clone();
+        let serve = group.serve.clone().map(|mut spec| {
+            spec.settings.native_group = Some(orchestrator_domain::NativeGroup {
+                nodes: size,
+                master_addr: address.clone(),
+                master_port,
+            });
+            spec
+        });
         Ok(Self {
             role: NativeRole::Leader {
                 plan: Box::new(LeaderPlan {
@@ -493,10 +503,7 @@ pub fn describe(
                 for (i, node) in cluster.nodes.iter_mut().enumerate() {
                     node.id = rendezvous::node_id(i as u32);
                 }
-                let mut settings = spec.settings.clone();
-                settings.native_group = Some(plan.group());
-                let request = orchestrator_domain::LaunchRequest { cluster, settings };
-                match launch.plan(&request, &spec.launch_params)? {
+                match crate::serve::ask(launch, cluster, spec, &[], None) {
                     Ok(launch) => {
                         let launch = orchestrator_domain::secrets::secrets().redact_plan(&launch);
                         let mut all = vec![serde_json::json!({
@@ -505,10 +512,7 @@ pub fn describe(
                         all.extend(launch.ranks.iter().map(
                             |r| serde_json::json!({"rank": r.rank, "argv": r.argv, "env": r.env}),
                         ));
-                        match launch.check_ranks(request.settings.native_group.as_ref()) {
-                            Ok(()) => serde_json::json!(all),
-                            Err(e) => serde_json::json!({"error": e, "ranks": all}),
-                        }
+                        serde_json::json!(all)
                     }
                     Err(e) => serde_json::json!({"error": e.to_string()}),
                 }

@@ -1,13 +1,86 @@
-//! Turning the ready cluster into the serving process's command: the
-//! launch policy's plan, plus what the membership source needs the
-//! server to know (Ray: `RAY_ADDRESS`).
+//! Turning a cluster into the serving process's command: the launch
+//! policy's plan, plus what the membership source needs the server to
+//! know (Ray: `RAY_ADDRESS`), checked against the backend. Every launch
+//! goes through [`ask`]: at ready ([`plan_launch`]), early (for the
+//! expected layout), `orchestrator plan`, and the native group's ranks.
 
 use super::{ServeContext, ServeOutcome, ServeSpec};
+use crate::endpoints::Status;
 use crate::wait::Ready;
-use orchestrator_domain::{LaunchPlan, LaunchRequest};
+use orchestrator_domain::{ClusterSnapshot, KeyValue, LaunchPlan, LaunchRequest};
 use orchestrator_policy_host::{LaunchPolicy, World};
 use std::path::Path;
 use std::time::Instant;
+
+/// Why the launch policy gave no plan to run.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NoPlan {
+    /// The policy refused the layout.
+    #[error("the launch policy refused to launch: {0}")]
+    Refused(String),
+    /// The plugin failed (trapped, timed out, broke its contract).
+    #[error("the launch policy failed: {0}")]
+    Failed(String),
+    /// The plan does not fit the backend (ranks for Ray, none or the
+    /// wrong ones for a native group).
+    #[error(
+        "the launch policy {policy}'s plan cannot run the group: {error} (a launch policy of contract 0.1.0 cannot plan ranks: use a 0.2.0 one such as builtin:launch/vllm)"
+    )]
+    WrongRanks {
+        /// The policy's name.
+        policy: String,
+        /// What does not fit.
+        error: String,
+    },
+}
+
+impl From<NoPlan> for ServeOutcome {
+    fn from(no: NoPlan) -> Self {
+        ServeOutcome::NotLaunched {
+            refused: !matches!(no, NoPlan::Failed(_)),
+            reason: no.to_string(),
+        }
+    }
+}
+
+/// Asks the launch policy for the plan of `cluster` with `spec`'s
+/// settings (a native group's in `spec.settings.native_group`) and
+/// parameters, adds `serving_env` where the plan does not set it, and
+/// checks the plan's ranks against the backend. The call's time goes to
+/// `status`, when given.
+pub fn ask(
+    launch: &mut LaunchPolicy,
+    cluster: ClusterSnapshot,
+    spec: &ServeSpec,
+    serving_env: &[KeyValue],
+    status: Option<&Status>,
+) -> Result<LaunchPlan, NoPlan> {
+    let request = LaunchRequest {
+        cluster,
+        settings: spec.settings.clone(),
+    };
+    let asked = Instant::now();
+    let answer = launch.plan(&request, &spec.launch_params);
+    if let Some(status) = status {
+        status.policy_call(World::Launch, asked.elapsed().as_secs_f64());
+    }
+    let mut plan = match answer {
+        Ok(Ok(plan)) => plan,
+        Ok(Err(e)) => return Err(NoPlan::Refused(e.to_string())),
+        Err(e) => return Err(NoPlan::Failed(e.to_string())),
+    };
+    for kv in serving_env {
+        if !plan.env.iter().any(|e| e.key == kv.key) {
+            plan.env.push(kv.clone());
+        }
+    }
+    plan.check_ranks(request.settings.native_group.as_ref())
+        .map_err(|error| NoPlan::WrongRanks {
+            policy: launch.name().to_string(),
+            error,
+        })?;
+    Ok(plan)
+}
 
 /// Asks the launch policy for the plan; a refusal or a failure is the
 /// outcome of the serve phase (nothing is started). With a local copy of
@@ -20,7 +93,7 @@ pub fn plan_launch(
     launch: &mut LaunchPolicy,
     ctx: ServeContext<'_>,
     use_local_copy: bool,
-) -> Result<LaunchPlan, ServeOutcome> {
+) -> Result<LaunchPlan, NoPlan> {
     let mut settings = spec.settings.clone();
     if let (Some(to), true) = (&spec.local_copy, use_local_copy) {
         match local_copy_complete(ready, to, &ctx) {
@@ -34,46 +107,23 @@ pub fn plan_launch(
             Err(why) => tracing::info!("serving the model from {}: {why}", settings.model),
         }
     }
-    let request = LaunchRequest {
-        cluster: ready.snapshot.clone(),
+    let spec = ServeSpec {
         settings,
+        ..spec.clone()
     };
-    let asked = Instant::now();
-    let answer = launch.plan(&request, &spec.launch_params);
-    ctx.status
-        .policy_call(World::Launch, asked.elapsed().as_secs_f64());
-    let mut plan = match answer {
-        Ok(Ok(plan)) => plan,
-        Ok(Err(e)) => {
-            return Err(ServeOutcome::NotLaunched {
-                reason: format!("the launch policy refused to launch: {e}"),
-                refused: true,
-            });
-        }
-        Err(e) => {
-            return Err(ServeOutcome::NotLaunched {
-                reason: format!("the launch policy failed: {e}"),
-                refused: false,
-            });
-        }
-    };
-    add_serving_env(&mut plan, ctx.source);
+    let plan = ask(
+        launch,
+        ready.snapshot.clone(),
+        &spec,
+        &ctx.source.serving_env(),
+        Some(ctx.status),
+    )?;
     tracing::info!(
         env = %orchestrator_domain::secrets::secrets().show_env(&plan.env),
         "launching: {}",
         orchestrator_domain::secrets::shown(&plan.argv)
     );
     Ok(plan)
-}
-
-/// Adds the environment the serving process needs to join the cluster
-/// (`RAY_ADDRESS`), unless the plan sets it.
-pub fn add_serving_env(plan: &mut LaunchPlan, source: &dyn crate::membership::MembershipSource) {
-    for kv in source.serving_env() {
-        if !plan.env.iter().any(|e| e.key == kv.key) {
-            plan.env.push(kv);
-        }
-    }
 }
 
 /// Whether every alive node of the ready cluster reported a complete copy

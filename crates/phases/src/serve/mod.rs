@@ -10,7 +10,7 @@ mod server;
 pub mod shm;
 
 pub use health_loop::{supervise, supervise_prelaunched};
-pub use launch::{add_serving_env, plan_launch};
+pub use launch::{NoPlan, ask, plan_launch};
 pub use server::ServerProcess;
 
 use crate::config::{PoliciesConfig, ServeConfig};
@@ -163,6 +163,6 @@ pub async fn serve(
             )
             .await
         }
-        Err(outcome) => outcome,
+        Err(no) => no.into(),
     }
 }
