@@ -160,17 +160,7 @@ fn warn_on_gateway_name(config: &Config, manifest: &str) {
 /// the head is not looked for on a worker).
 fn head_policies(config: &Config) -> Result<Option<Policies>, policies::PolicyError> {
     match config.role {
-        Role::Head => {
-            let host = policies::host(&config.plugins)?;
-            let loaded = Policies::load(&host, &config.policies, &config.registry)?;
-            if config.scale.enabled {
-                loaded
-                    .with_scale(&host, &config.policies, &config.registry)
-                    .map(Some)
-            } else {
-                Ok(Some(loaded))
-            }
-        }
+        Role::Head => Policies::of_config(config).map(Some),
         Role::Worker => Ok(None),
     }
 }
@@ -267,10 +257,9 @@ fn node_health_policy(
     policies::node_health(&host, &policy, "policies.node-health")
 }
 
-/// The leader's policies (the scale world is not used natively yet).
+/// The leader's policies: the same as a Ray head's.
 fn leader_policies(config: &Config) -> Result<Policies, policies::PolicyError> {
-    let host = policies::host(&config.plugins)?;
-    Policies::load(&host, &config.policies, &config.registry)
+    Policies::of_config(config)
 }
 
 /// `orchestrator plan` with `backend = "native"`.

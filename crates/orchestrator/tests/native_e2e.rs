@@ -375,15 +375,99 @@ min-open-files = "4096"
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("stayed unhealthy for 4 s"), "{stderr}");
-    // A healthy rank 1 forms the group (once the leader counts the sick
-    // one lost and frees its rank).
+    // The sick rank said it left: the leader freed its rank at once,
+    // without waiting for the heartbeat timeout; a healthy rank 1 forms
+    // the group.
+    let leader_log = std::fs::read_to_string(dir.path().join("leader.log")).unwrap();
+    assert!(leader_log.contains("rank left"), "{leader_log}");
     let mut well = start(1, &healthy, log("well.log"));
     let _well_guard = Guard(vec![well.id() as i32]);
-    poll_until("the group formed", Duration::from_secs(30), || {
+    poll_until("the group formed", Duration::from_secs(10), || {
         status(&group.endpoints_of(0)).filter(|s| s["phase"] == "serve" && s["ready"] == true)
     });
     signal(well.id() as i32, Sig::TERM);
     signal(leader.id() as i32, Sig::TERM);
     assert!(wait_exit(&mut well, Duration::from_secs(20)).success());
     assert!(wait_exit(&mut leader, Duration::from_secs(20)).success());
+}
+
+/// Scale and drain on the native backend, with the vLLM stand-in (a
+/// headless rank serves no API): `local --backend native --scale` samples
+/// the leader's `/metrics`, the scale policy's recommendation rises with a
+/// burst of streaming completions (in `/status` and
+/// `orchestrator_desired_replicas`), and on SIGTERM `/readyz` turns false
+/// while a completion in flight finishes before the group stops.
+#[test]
+#[ignore = "needs the orchestrator binary and python3: run by `cargo xtask test`"]
+fn a_native_group_samples_load_for_the_scale_policy_and_drains_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (endpoints_port, serve_port) = (free_port(), free_port());
+    let endpoints = format!("127.0.0.1:{endpoints_port}");
+    let server = format!("127.0.0.160:{serve_port}");
+    let log = dir.path().join("local.log");
+    let mut local = std::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args(["local", "--backend", "native", "--workers", "1"])
+        .args(["--head-ip", "127.0.0.160", "--model", "tiny"])
+        .args(["--serve-port", &serve_port.to_string()])
+        .args(["--endpoints-port", &endpoints_port.to_string()])
+        .args([
+            "--health-interval-ms",
+            "300",
+            "--generation-interval-ms",
+            "2000",
+        ])
+        .args(["--drain-timeout-seconds", "30", "--scale"])
+        .args(["--scale-interval-ms", "300", "--scale-window-seconds", "5"])
+        .args(["--scale-param", "target-requests-per-replica=2"])
+        .env("PATH", stand_in_vllm_path(dir.path()))
+        .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _guard = Guard(vec![local.id() as i32]);
+    let scale = |s: &serde_json::Value| s["scale"]["desired-replicas"].as_u64();
+    poll_until("serving, idle", Duration::from_secs(60), || {
+        status(&endpoints).filter(|s| s["ready"] == true && scale(s) == Some(1))
+    });
+    let burst: Vec<_> = (0..6)
+        .map(|_| stream_completion(server.clone(), "tiny", 60))
+        .collect();
+    let raised = poll_until(
+        "the burst's recommendation",
+        Duration::from_secs(20),
+        || status(&endpoints).filter(|s| scale(s).is_some_and(|d| d >= 2)),
+    );
+    assert_eq!(raised["phase"], "serve", "{raised}");
+    let metrics = http_get(&endpoints, "/metrics");
+    assert!(
+        metrics.lines().any(|l| l
+            .strip_prefix("orchestrator_desired_replicas ")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|v| v >= 2)),
+        "{metrics}"
+    );
+    for (_, stream) in burst {
+        assert!(stream.join().unwrap().contains("data: [DONE]"));
+    }
+    // SIGTERM with a completion in flight: it finishes, then all stops.
+    let (first_chunk, stream) = stream_completion(server.clone(), "tiny", 30);
+    first_chunk
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the stream started");
+    signal(local.id() as i32, Sig::TERM);
+    poll_until(
+        "/readyz false while draining",
+        Duration::from_secs(3),
+        || (!http_get(&endpoints, "/readyz").contains("200 OK")).then_some(()),
+    );
+    let streamed = stream.join().unwrap();
+    assert!(streamed.contains("data: [DONE]"), "{streamed}");
+    assert!(wait_exit(&mut local, Duration::from_secs(30)).success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("drained: every request in flight finished"),
+        "{text}"
+    );
+    assert_nothing_left(&["127.0.0.160", "stand_in_vllm.py"]);
 }

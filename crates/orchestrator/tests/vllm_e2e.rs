@@ -296,7 +296,7 @@ fn late_worker_an_early_launched_vllm_waits_for_it_and_serves() {
     });
     let burst_started = std::time::Instant::now();
     let burst: Vec<_> = (0..8)
-        .map(|_| stream_completion(server.clone(), 200))
+        .map(|_| stream_completion(server.clone(), "tiny", 200))
         .collect();
     let raised = poll_until(
         "the burst's recommendation",
@@ -341,7 +341,7 @@ fn late_worker_an_early_launched_vllm_waits_for_it_and_serves() {
 
     // Graceful stop: a streaming completion in flight when SIGTERM arrives
     // completes; /readyz turns false first; then vLLM and Ray stop.
-    let (first_chunk, stream) = stream_completion(server.clone(), 160);
+    let (first_chunk, stream) = stream_completion(server.clone(), "tiny", 160);
     first_chunk
         .recv_timeout(Duration::from_secs(60))
         .expect("the stream started");
@@ -372,50 +372,6 @@ fn late_worker_an_early_launched_vllm_waits_for_it_and_serves() {
         &format!("127.0.0.{base}"),
         "vllm serve",
     ]);
-}
-
-/// A streaming completion of `tokens` tokens (end of sequence ignored) on
-/// a raw connection: a signal at its first chunk, and everything received
-/// until the server closed the connection.
-fn stream_completion(
-    server: String,
-    tokens: u32,
-) -> (
-    std::sync::mpsc::Receiver<()>,
-    std::thread::JoinHandle<String>,
-) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let handle = std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(&server).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(120)))
-            .unwrap();
-        let body = format!(
-            r#"{{"model":"tiny","prompt":"hello","max_tokens":{tokens},"ignore_eos":true,"temperature":0,"stream":true}}"#
-        );
-        write!(
-            stream,
-            "POST /v1/completions HTTP/1.1\r\nHost: {server}\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut received = Vec::new();
-        let mut buf = [0u8; 4096];
-        let mut signalled = false;
-        while let Ok(n) = stream.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            received.extend_from_slice(&buf[..n]);
-            if !signalled && received.windows(5).any(|w| w == b"data:") {
-                let _ = tx.send(());
-                signalled = true;
-            }
-        }
-        String::from_utf8_lossy(&received).into_owned()
-    });
-    (rx, handle)
 }
 
 /// Scale from zero with real vLLM: the head's worker group starts with no

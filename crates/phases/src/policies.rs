@@ -364,6 +364,19 @@ impl Policies {
         })
     }
 
+    /// Every policy of the node that decides readiness (a Ray head, a
+    /// native leader), on either backend: readiness, launch, health, and
+    /// scale when `[scale]` is on; `oci://` ones pulled first.
+    pub fn of_config(config: &crate::config::Config) -> Result<Self, PolicyError> {
+        let host = host(&config.plugins)?;
+        let loaded = Self::load(&host, &config.policies, &config.registry)?;
+        if config.scale.enabled {
+            loaded.with_scale(&host, &config.policies, &config.registry)
+        } else {
+            Ok(loaded)
+        }
+    }
+
     /// Adds the configured scale policy (`oci://` pulled first).
     pub fn with_scale(
         mut self,

@@ -1178,3 +1178,48 @@ impl NativeGroup {
         }
     }
 }
+
+/// A streaming completion of `tokens` tokens (end of sequence ignored) on
+/// a raw connection: a signal at its first chunk, and everything received
+/// until the server closed the connection.
+pub fn stream_completion(
+    server: String,
+    model: &str,
+    tokens: u32,
+) -> (
+    std::sync::mpsc::Receiver<()>,
+    std::thread::JoinHandle<String>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let model = model.to_string();
+    let handle = std::thread::spawn(move || {
+        let mut stream = std::net::TcpStream::connect(&server).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
+        let body = format!(
+            r#"{{"model":"{model}","prompt":"hello","max_tokens":{tokens},"ignore_eos":true,"temperature":0,"stream":true}}"#
+        );
+        write!(
+            stream,
+            "POST /v1/completions HTTP/1.1\r\nHost: {server}\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut received = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut signalled = false;
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            received.extend_from_slice(&buf[..n]);
+            if !signalled && received.windows(5).any(|w| w == b"data:") {
+                let _ = tx.send(());
+                signalled = true;
+            }
+        }
+        String::from_utf8_lossy(&received).into_owned()
+    });
+    (rx, handle)
+}

@@ -133,10 +133,7 @@ impl Plan {
             ),
         };
         let head = config.role == Role::Head;
-        let serve = (head && config.serve.model.is_some()).then(|| ServeSpec {
-            scale: crate::scale::ScaleSpec::from_config(&config.scale, &config.policies),
-            ..ServeSpec::from_config(&config.serve, &config.policies)
-        });
+        let serve = (head && config.serve.model.is_some()).then(|| ServeSpec::of_config(config));
         Ok(Self {
             role: config.role,
             start: StartPlan {
@@ -257,7 +254,7 @@ pub fn describe(
             entry(p.health.name(), &p.health.info().sha256, &c.health.params),
         );
         if serve.is_null() {
-            let spec = ServeSpec::from_config(&config.serve, c);
+            let spec = ServeSpec::of_config(config);
             let cluster = expected_cluster(config, topology);
             serve = match crate::serve::ask(&mut p.launch, cluster, &spec, &[], None) {
                 Ok(plan) => {

@@ -527,39 +527,9 @@ impl RayBackend {
             }
             None => None,
         };
-        status.mark(
-            StartupStep::Launch,
-            plan.argv.first().cloned().unwrap_or_default(),
-        );
-        status.enter(Phase::Serve);
-        let supervised = serve::supervise_prelaunched(
-            spec,
-            &plan,
-            &ready.snapshot.nodes,
-            Some(ready.decided_at),
-            &mut policies.health,
-            ctx,
-            prelaunched,
-        );
-        // The scale recommendation runs beside the health loop and ends
-        // with it.
-        let serving = async {
-            match (spec.scale.as_ref(), policies.scale.as_mut()) {
-                (Some(scale), Some(policy)) => tokio::select! {
-                    outcome = supervised => outcome,
-                    never = crate::scale::recommend_while_serving(scale, policy, &spec.probe_address, &status) => match never {},
-                },
-                _ => supervised.await,
-            }
-        };
-        tokio::pin!(serving);
+        let serving = serve::serve_planned(spec, &plan, ready, policies, ctx, prelaunched);
         let outcome = tokio::select! {
-            outcome = &mut serving => outcome,
-            () = shutdown.requested() => {
-                // /readyz turns false at once; the server drains.
-                status.enter(Phase::Stopping);
-                serving.await
-            }
+            outcome = serving => outcome,
             (label, daemon) = nodes.first_exit(1) => {
                 let message = format!("Ray's {daemon} on node {label} while serving; stopping");
                 status.fail(EventReason::RayExited, message.clone());

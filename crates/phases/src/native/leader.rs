@@ -164,26 +164,6 @@ pub async fn run_leader(
             orchestrator_domain::secrets::shown(&rank.argv)
         );
     }
-    status.mark(
-        StartupStep::Launch,
-        launch.argv.first().cloned().unwrap_or_default(),
-    );
-    status.enter(Phase::Serve);
-    let outcome = serve::supervise(
-        spec,
-        &launch,
-        &ready.snapshot.nodes,
-        Some(ready.decided_at),
-        &mut policies.health,
-        ctx,
-    );
-    tokio::pin!(outcome);
-    let outcome = tokio::select! {
-        o = &mut outcome => o,
-        () = shutdown.requested() => {
-            status.enter(Phase::Stopping);
-            outcome.await
-        }
-    };
+    let outcome = serve::serve_planned(spec, &launch, &ready, policies, ctx, None).await;
     served(status, outcome)
 }

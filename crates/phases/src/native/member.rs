@@ -224,6 +224,9 @@ pub async fn run_member(
         rank.stop(plan.stop_grace, status).await;
         match end {
             Followed::Unhealthy(reason) => {
+                // The leader frees the rank now, not at the heartbeat
+                // timeout: the pod that replaces this one takes it at once.
+                leave(plan, &instance).await;
                 let message = format!(
                     "{label}: this node stayed unhealthy for {} s (node-health.unhealthy-grace-seconds): {reason}; stopping so that the pod is replaced",
                     checks.map_or(0, |c| c.grace.as_secs())
@@ -233,12 +236,7 @@ pub async fn run_member(
             }
             Followed::Stopped => {
                 status.enter(Phase::Stopping);
-                let leave = Leave {
-                    rank: plan.rank,
-                    instance: instance.clone(),
-                };
-                let body = serde_json::to_string(&leave).unwrap_or_default();
-                let _ = call(plan, LEAVE, Some(body), Duration::from_secs(2)).await;
+                leave(plan, &instance).await;
                 return Exit::ok();
             }
             Followed::LeaderGone(why) => {
@@ -248,6 +246,19 @@ pub async fn run_member(
                 status.health(VerdictKind::Degraded, format!("{label}: {why}"), false);
             }
         }
+    }
+}
+
+/// Tells the leader this run of the rank is over (bounded: 2 s; a leader
+/// that does not answer counts the rank lost at the heartbeat timeout).
+async fn leave(plan: &MemberPlan, instance: &str) {
+    let leave = Leave {
+        rank: plan.rank,
+        instance: instance.to_string(),
+    };
+    let body = serde_json::to_string(&leave).unwrap_or_default();
+    if let Err(e) = call(plan, LEAVE, Some(body), Duration::from_secs(2)).await {
+        tracing::warn!("could not tell the leader this rank leaves: {e}");
     }
 }
 

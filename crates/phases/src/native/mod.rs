@@ -318,8 +318,7 @@ impl NativePlan {
                 master_port: config.native.master_port,
             };
             let serve = config.serve.model.is_some().then(|| {
-                let mut spec =
-                    crate::serve::ServeSpec::from_config(&config.serve, &config.policies);
+                let mut spec = crate::serve::ServeSpec::of_config(config);
                 spec.settings.native_group = Some(group);
                 spec
             });

@@ -1,7 +1,7 @@
 //! The serve phase: the launch policy's plan ([`launch`]) run as a
 //! supervised [`server`], probed over HTTP ([`probe`]), judged by the
 //! health policy ([`health_loop`]), restarted or shut down as it says.
-//! Entry point: [`serve`].
+//! Entry points: [`plan_launch`], then [`serve_planned`].
 
 mod health_loop;
 mod launch;
@@ -18,8 +18,7 @@ use crate::endpoints::Status;
 use crate::membership::MembershipSource;
 use crate::supervision::Shutdown;
 use crate::wait::Ready;
-use orchestrator_domain::{KeyValue, LaunchPlan, ServeSettings};
-use orchestrator_policy_host::{HealthPolicy, LaunchPolicy};
+use orchestrator_domain::{KeyValue, LaunchPlan, Phase, ServeSettings, StartupStep};
 use std::time::Duration;
 
 /// Everything the serve phase needs besides the policies: the settings
@@ -75,6 +74,15 @@ impl ServeSpec {
                 .prefetch
                 .local_copy_of(serve.model.as_deref().unwrap_or_default()),
             scale: None,
+        }
+    }
+
+    /// The spec of a whole configuration: `[serve]`, `[policies]` and
+    /// `[scale]` (the plan builder of every backend's `run` and `plan`).
+    pub fn of_config(config: &crate::config::Config) -> Self {
+        Self {
+            scale: crate::scale::ScaleSpec::from_config(&config.scale, &config.policies),
+            ..Self::from_config(&config.serve, &config.policies)
         }
     }
 
@@ -142,27 +150,51 @@ pub enum ServeOutcome {
     },
 }
 
-/// Plans the launch for the ready cluster, then serves until a stop
-/// request or the health policy's shutdown.
-pub async fn serve(
-    ready: &Ready,
+/// The serve phase once the launch is planned, the same on every
+/// backend: `plan` supervised by the health loop (started now, or the
+/// `prelaunched` process taken over), the scale recommendation beside it
+/// when `[scale]` is on (`spec.scale` and a scale policy), until the
+/// health policy's shutdown or a stop request (`/readyz` false at once,
+/// then the drain, then the stop).
+pub async fn serve_planned(
     spec: &ServeSpec,
-    launch: &mut LaunchPolicy,
-    health: &mut HealthPolicy,
+    plan: &LaunchPlan,
+    ready: &Ready,
+    policies: &mut crate::policies::Policies,
     ctx: ServeContext<'_>,
+    prelaunched: Option<ServerProcess>,
 ) -> ServeOutcome {
-    match plan_launch(ready, spec, launch, ctx, true) {
-        Ok(plan) => {
-            supervise(
-                spec,
-                &plan,
-                &ready.snapshot.nodes,
-                Some(ready.decided_at),
-                health,
-                ctx,
-            )
-            .await
+    ctx.status.mark(
+        StartupStep::Launch,
+        plan.argv.first().cloned().unwrap_or_default(),
+    );
+    ctx.status.enter(Phase::Serve);
+    let supervised = supervise_prelaunched(
+        spec,
+        plan,
+        &ready.snapshot.nodes,
+        Some(ready.decided_at),
+        &mut policies.health,
+        ctx,
+        prelaunched,
+    );
+    // The scale recommendation runs beside the health loop and ends with it.
+    let serving = async {
+        match (spec.scale.as_ref(), policies.scale.as_mut()) {
+            (Some(scale), Some(policy)) => tokio::select! {
+                outcome = supervised => outcome,
+                never = crate::scale::recommend_while_serving(scale, policy, &spec.probe_address, ctx.status) => match never {},
+            },
+            _ => supervised.await,
         }
-        Err(no) => no.into(),
+    };
+    tokio::pin!(serving);
+    tokio::select! {
+        outcome = &mut serving => outcome,
+        () = ctx.shutdown.requested() => {
+            // /readyz turns false at once; the server drains.
+            ctx.status.enter(Phase::Stopping);
+            serving.await
+        }
     }
 }
