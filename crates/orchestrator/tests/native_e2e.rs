@@ -391,8 +391,9 @@ min-open-files = "4096"
     assert!(wait_exit(&mut leader, Duration::from_secs(20)).success());
 }
 
-/// Scale and drain on the native backend, with the vLLM stand-in (a
-/// headless rank serves no API): `local --backend native --scale` samples
+/// Scale, drain, prefetch and the timeline on the native backend, with the
+/// vLLM stand-in (a headless rank serves no API): the weights are warmed
+/// and every startup step is in `/status`; `local --backend native --scale` samples
 /// the leader's `/metrics`, the scale policy's recommendation rises with a
 /// burst of streaming completions (in `/status` and
 /// `orchestrator_desired_replicas`), and on SIGTERM `/readyz` turns false
@@ -403,11 +404,16 @@ fn a_native_group_samples_load_for_the_scale_policy_and_drains_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let (endpoints_port, serve_port) = (free_port(), free_port());
     let endpoints = format!("127.0.0.1:{endpoints_port}");
-    let server = format!("127.0.0.160:{serve_port}");
+    let server = format!("127.0.0.196:{serve_port}");
     let log = dir.path().join("local.log");
+    let weights = dir.path().join("weights");
+    std::fs::create_dir_all(&weights).unwrap();
+    std::fs::write(weights.join("model.safetensors"), vec![7u8; 3 << 20]).unwrap();
     let mut local = std::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"))
         .args(["local", "--backend", "native", "--workers", "1"])
-        .args(["--head-ip", "127.0.0.160", "--model", "tiny"])
+        .arg("--prefetch")
+        .arg(&weights)
+        .args(["--head-ip", "127.0.0.196", "--model", "tiny"])
         .args(["--serve-port", &serve_port.to_string()])
         .args(["--endpoints-port", &endpoints_port.to_string()])
         .args([
@@ -427,9 +433,33 @@ fn a_native_group_samples_load_for_the_scale_policy_and_drains_on_sigterm() {
         .unwrap();
     let _guard = Guard(vec![local.id() as i32]);
     let scale = |s: &serde_json::Value| s["scale"]["desired-replicas"].as_u64();
-    poll_until("serving, idle", Duration::from_secs(60), || {
-        status(&endpoints).filter(|s| s["ready"] == true && scale(s) == Some(1))
+    let serving = poll_until("serving, idle", Duration::from_secs(60), || {
+        status(&endpoints).filter(|s| {
+            s["ready"] == true
+                && scale(s) == Some(1)
+                && s["timeline"].to_string().contains("first-completion")
+        })
     });
+    // The weights were warmed, and the timeline has every step of the
+    // group's startup.
+    assert_eq!(serving["prefetch"]["state"], "done", "{serving}");
+    assert_eq!(serving["prefetch"]["bytes-done"], 3 << 20, "{serving}");
+    let steps: Vec<&str> = serving["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["step"].as_str())
+        .collect();
+    for step in [
+        "node-joined",
+        "ready-decision",
+        "launch",
+        "server-process-up",
+        "first-health-ok",
+        "first-completion",
+    ] {
+        assert!(steps.contains(&step), "{step} missing from {steps:?}");
+    }
     let burst: Vec<_> = (0..6)
         .map(|_| stream_completion(server.clone(), "tiny", 60))
         .collect();
@@ -469,5 +499,5 @@ fn a_native_group_samples_load_for_the_scale_policy_and_drains_on_sigterm() {
         text.contains("drained: every request in flight finished"),
         "{text}"
     );
-    assert_nothing_left(&["127.0.0.160", "stand_in_vllm.py"]);
+    assert_nothing_left(&["127.0.0.196", "stand_in_vllm.py"]);
 }
