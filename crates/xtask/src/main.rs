@@ -541,97 +541,97 @@ fn test() -> Result<()> {
     step("cargo test (unit, plugin host with real components, CLI)");
     run(&mut workspace("test"))?;
 
+    // What the integration tests need, made (or found cached) once.
     let ray = ray_venv()?;
-    step("integration tests against real Ray 2.60 (one at a time)");
-    for target in [
-        "ray_wait",
-        "ray_cli",
-        "ray_auth",
-        "kube_e2e",
-        "node_health",
-        "early_launch",
-        "ray_autoscaler",
-    ] {
-        run(workspace("test")
-            .args([
-                "--test",
-                target,
-                "--",
-                "--include-ignored",
-                "--test-threads=1",
-            ])
-            .env("ORCHESTRATOR_RAY_BIN", &ray))?;
-    }
-
     let policy_python = policy_venv()?;
-    step("policies in Python (componentize-py) through the real host");
-    run(workspace("test")
-        .args([
-            "--test",
-            "python_policy",
-            "--",
-            "--include-ignored",
-            "--test-threads=1",
-        ])
-        .env("ORCHESTRATOR_POLICY_PYTHON", &policy_python))?;
-
     let registry = registry_server()?;
-    step("policies through a real OCI registry (the CNCF distribution registry)");
-    run(workspace("test")
-        .args([
-            "--test",
-            "oci_registry",
-            "--",
-            "--include-ignored",
-            "--test-threads=1",
-        ])
-        .env("ORCHESTRATOR_REGISTRY_BIN", &registry))?;
-
     let venv = vllm_venv()?;
     let model = tiny_model(&venv)?;
-    step("end-to-end tests with real vLLM over real Ray (one at a time)");
-    run(workspace("test")
-        .args([
-            "--test",
-            "vllm_e2e",
-            "--",
-            "--include-ignored",
-            "--test-threads=1",
-        ])
-        .env("ORCHESTRATOR_RAY_BIN", venv.join("bin/ray"))
-        .env("ORCHESTRATOR_VLLM_BIN", venv.join("bin/vllm"))
-        .env("ORCHESTRATOR_TINY_MODEL", &model))?;
     let redis = redis_server()?;
-    step(
-        "a head restart with GCS fault tolerance, under Ray's token authentication: real Redis, Ray and vLLM",
-    );
-    run(workspace("test")
-        .args([
-            "--test",
+    let ray_env = [("ORCHESTRATOR_RAY_BIN", ray.clone())];
+    let vllm_env = [
+        ("ORCHESTRATOR_RAY_BIN", venv.join("bin/ray")),
+        ("ORCHESTRATOR_VLLM_BIN", venv.join("bin/vllm")),
+        ("ORCHESTRATOR_TINY_MODEL", model.clone()),
+    ];
+    let token: PathBuf = "gcs-fault-tolerance-test-token-0123".into();
+    // Each integration test target, one test at a time: what it checks,
+    // and what it is given.
+    let steps: Vec<(&str, &str, Vec<(&str, PathBuf)>)> = vec![
+        (
+            "ray_wait",
+            "the wait against real Ray 2.60",
+            ray_env.to_vec(),
+        ),
+        (
+            "ray_cli",
+            "run, local and wait against real Ray",
+            ray_env.to_vec(),
+        ),
+        ("ray_auth", "Ray's token authentication", ray_env.to_vec()),
+        (
+            "kube_e2e",
+            "Kubernetes awareness (fake API server, real Ray)",
+            ray_env.to_vec(),
+        ),
+        (
+            "node_health",
+            "node health with the NVML stand-in, real Ray",
+            ray_env.to_vec(),
+        ),
+        (
+            "early_launch",
+            "early launch and the local copy, real Ray",
+            ray_env.to_vec(),
+        ),
+        ("ray_autoscaler", "Ray's real autoscaler", ray_env.to_vec()),
+        (
+            "python_policy",
+            "policies in Python (componentize-py) through the real host",
+            vec![("ORCHESTRATOR_POLICY_PYTHON", policy_python)],
+        ),
+        (
+            "oci_registry",
+            "policies through a real OCI registry (the CNCF distribution registry)",
+            vec![("ORCHESTRATOR_REGISTRY_BIN", registry)],
+        ),
+        ("vllm_e2e", "real vLLM over real Ray", vllm_env.to_vec()),
+        (
             "gcs_fault_tolerance",
-            "--",
-            "--include-ignored",
-            "--test-threads=1",
-        ])
-        .env("ORCHESTRATOR_RAY_BIN", venv.join("bin/ray"))
-        .env("ORCHESTRATOR_VLLM_BIN", venv.join("bin/vllm"))
-        .env("ORCHESTRATOR_TINY_MODEL", &model)
-        .env("ORCHESTRATOR_REDIS_BIN", &redis)
-        // Every process of the test (Ray nodes, orchestrators, vLLM)
-        // inherits these: the whole restart runs with token auth on.
-        .env("RAY_AUTH_MODE", "token")
-        .env("RAY_AUTH_TOKEN", "gcs-fault-tolerance-test-token-0123"))?;
-    step("end-to-end tests of the native backend with real vLLM, no Ray (one at a time)");
-    run(workspace("test")
-        .args([
-            "--test",
+            "a head restart with GCS fault tolerance, under Ray's token authentication: real Redis, Ray and vLLM",
+            // Every process of the test (Ray nodes, orchestrators, vLLM)
+            // inherits these: the whole restart runs with token auth on.
+            [
+                vllm_env.to_vec(),
+                vec![
+                    ("ORCHESTRATOR_REDIS_BIN", redis),
+                    ("RAY_AUTH_MODE", "token".into()),
+                    ("RAY_AUTH_TOKEN", token),
+                ],
+            ]
+            .concat(),
+        ),
+        (
             "native_e2e",
+            "the native backend: real vLLM, no Ray",
+            vllm_env.to_vec(),
+        ),
+    ];
+    for (target, what, env) in steps {
+        step(&format!("{target}: {what} (one test at a time)"));
+        let mut cmd = workspace("test");
+        cmd.args([
+            "--test",
+            target,
             "--",
             "--include-ignored",
             "--test-threads=1",
-        ])
-        .env("ORCHESTRATOR_VLLM_BIN", venv.join("bin/vllm"))
-        .env("ORCHESTRATOR_TINY_MODEL", &model))?;
+        ]);
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
+        run(&mut cmd)?;
+    }
     eprintln!(
         "\nall checks passed in {:.0} s",
         start.elapsed().as_secs_f64()
