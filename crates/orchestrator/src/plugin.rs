@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use orchestrator_phases::config::{PluginLimits, RegistryConfig};
 use orchestrator_phases::policies::{self, PolicyRef};
+use orchestrator_policy_authoring::publish::Push;
 use orchestrator_policy_authoring::{scaffold, trial};
 use orchestrator_policy_host::{HostConfig, PluginError, PluginSource, PolicyHost, Version};
 use serde_json::Value;
@@ -323,86 +324,27 @@ fn push(
     sign: Option<&Path>,
     host_args: &HostArgs,
 ) -> Result<ExitCode> {
-    // The key is read first: a bad key pushes nothing.
-    let signing = match sign {
-        None => None,
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the signing key {}", path.display()))?;
-            match orchestrator_oci::SigningKey::from_pem(&text) {
-                Ok(key) => Some(key),
-                Err(e) => {
-                    eprintln!("error: {}: {e}", path.display());
-                    return Ok(ExitCode::from(2));
-                }
-            }
-        }
-    };
-    let reference = match orchestrator_oci::Reference::parse(reference) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Ok(ExitCode::from(2));
-        }
-    };
-    if reference.tag.is_none() {
-        let refused = orchestrator_oci::OciError::PushNeedsTag(reference.to_string());
-        eprintln!("error: {refused}");
-        return Ok(ExitCode::from(2));
-    }
-    let host = PolicyHost::new(host_args.host_config())?;
-    let source = PluginSource::File {
-        path: file.to_path_buf(),
-        sha256: None,
-    };
-    let info = match host.inspect(&source) {
-        Ok(info) => info,
-        Err(e) => {
-            eprintln!("error: {e}");
-            eprintln!(
-                "only policy components are pushed: check it with `orchestrator plugin check FILE`"
-            );
-            return Ok(ExitCode::from(2));
-        }
-    };
-    let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let component = orchestrator_oci::ComponentInfo {
-        exports: info.exports.clone(),
-        imports: info.imports.clone(),
-        target: Some(format!(
-            "ray-orchestrator:policy/{}@{}",
-            info.world, info.version
-        )),
-    };
-    let settings = host_args.registry.config().settings()?;
-    let pushed = policies::run_blocking(async move {
-        let registry = orchestrator_oci::Registry::new(settings)?;
-        let pinned = registry.push(&wasm, component, &reference).await?;
-        let signed = match &signing {
-            Some(key) => Some(registry.push_signature(&pinned, key).await?),
-            None => None,
-        };
-        Ok::<_, orchestrator_oci::OciError>((pinned, signed))
+    let pushed = orchestrator_policy_authoring::publish::push(Push {
+        file,
+        reference,
+        signing_key: sign,
+        host: host_args.host_config(),
+        registry: host_args.registry.config().settings()?,
     });
     match pushed {
-        Ok((pinned, signed)) => {
-            let digest = pinned
-                .digest
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default();
+        Ok(p) => {
             emit(&format!(
-                "digest: {digest}\npinned: {pinned}\nworld:  {} {}\nsize:   {} bytes\n",
-                info.world, info.version, info.size
+                "digest: {}\npinned: {}\nworld:  {}\nsize:   {} bytes\n",
+                p.digest, p.pinned, p.world, p.size
             ))?;
-            if let Some(tag) = signed {
+            if let Some(tag) = p.signed {
                 emit(&format!("signed: {tag}\n"))?;
             }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
             eprintln!("error: {e}");
-            Ok(ExitCode::from(1))
+            Ok(ExitCode::from(e.exit_code()))
         }
     }
 }

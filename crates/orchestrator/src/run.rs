@@ -5,11 +5,11 @@
 use anyhow::Context;
 use clap::Args;
 use orchestrator_phases::config::{Config, ConfigError, Role};
-use orchestrator_phases::lifecycle::{self, Lifecycle, Plan};
-use orchestrator_phases::native::{Backend, NativeBackend, NativeIdentity, NativePlan};
+use orchestrator_phases::lifecycle;
+use orchestrator_phases::native::{Backend, NativeIdentity};
 use orchestrator_phases::policies::{self, Policies};
+use orchestrator_phases::prepare::lifecycle_for;
 use orchestrator_phases::start::KUBERAY_ENV;
-use orchestrator_policy_host::World;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -173,34 +173,16 @@ pub fn run(args: ConfigArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return refuse(2, e),
     };
-    if config.backend == Backend::Native {
-        return run_native(&config);
-    }
-    // Ray's token: a configuration that cannot work is refused before a
-    // Ray node starts (the nodes started inherit the same environment).
-    if let Err(e) = orchestrator_phases::membership::RayAuth::from_env() {
-        return refuse(2, e);
-    }
     let kuberay = match kuberay_command() {
         Ok(k) => k,
         Err(e) => return refuse(2, e),
     };
-    let plan = match Plan::from_config(&config, kuberay.as_deref()) {
-        Ok(p) => p,
-        Err(e) => return refuse(2, e),
-    };
-    let policies = match head_policies(&config) {
-        Ok(p) => p,
-        Err(e) => return refuse(2, e),
-    };
-    let mut lifecycle = Lifecycle::new(plan, policies);
-    if config.node_health.enabled {
-        match node_health_policy(&config) {
-            Ok(policy) => lifecycle = lifecycle.with_node_health_policy(policy),
-            Err(e) => return refuse(2, e),
-        }
+    match lifecycle_for(&config, kuberay.as_deref(), &|name| {
+        std::env::var(name).ok()
+    }) {
+        Ok(lifecycle) => crate::run_lifecycle(lifecycle),
+        Err(e) => refuse(2, e),
     }
-    crate::run_lifecycle(lifecycle)
 }
 
 /// This node's place in a native group, from the configuration and the
@@ -211,57 +193,6 @@ fn native_identity(
     NativeIdentity::resolve(&config.native, &|name| std::env::var(name).ok())
 }
 
-/// `orchestrator run` with `backend = "native"`: the leader (rank 0)
-/// loads the policies; every rank runs its part of the group.
-fn run_native(config: &Config) -> ExitCode {
-    let identity = match native_identity(config) {
-        Ok(i) => i,
-        Err(e) => return refuse(2, e),
-    };
-    tracing::info!(
-        rank = identity.rank,
-        group_size = identity.group_size,
-        leader = %identity.leader_address,
-        "native backend: {}",
-        identity.sources.join(", ")
-    );
-    let plan = match NativePlan::from_config(config, &identity) {
-        Ok(p) => p,
-        Err(e) => return refuse(2, e),
-    };
-    let policies = if identity.is_leader() {
-        match leader_policies(config) {
-            Ok(p) => Some(p),
-            Err(e) => return refuse(2, e),
-        }
-    } else {
-        None
-    };
-    let mut lifecycle = Lifecycle::of(NativeBackend::new(plan, policies));
-    if config.node_health.enabled {
-        match node_health_policy(config) {
-            Ok(policy) => lifecycle = lifecycle.with_node_health_policy(policy),
-            Err(e) => return refuse(2, e),
-        }
-    }
-    crate::run_lifecycle(lifecycle)
-}
-
-/// The node-health policy every node checks itself with.
-fn node_health_policy(
-    config: &Config,
-) -> Result<orchestrator_policy_host::NodeHealthPolicy, policies::PolicyError> {
-    let host = policies::host(&config.plugins)?;
-    let (policy, default) = config.policies.for_world(World::NodeHealth);
-    let policy = policy.policy(default).fetched(&config.registry)?;
-    policies::node_health(&host, &policy, "policies.node-health")
-}
-
-/// The leader's policies: the same as a Ray head's.
-fn leader_policies(config: &Config) -> Result<Policies, policies::PolicyError> {
-    Policies::of_config(config)
-}
-
 /// `orchestrator plan` with `backend = "native"`.
 fn plan_native(config: &Config) -> ExitCode {
     let identity = match native_identity(config) {
@@ -269,7 +200,7 @@ fn plan_native(config: &Config) -> ExitCode {
         Err(e) => return refuse(2, e),
     };
     let mut loaded = if identity.is_leader() {
-        match leader_policies(config) {
+        match Policies::of_config(config) {
             Ok(p) => Some(p),
             Err(e) => return refuse(2, e),
         }

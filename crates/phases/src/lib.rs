@@ -39,6 +39,7 @@ pub mod node_health;
 pub mod platform;
 pub mod policies;
 pub mod prefetch;
+pub mod prepare;
 pub mod probe;
 pub mod scale;
 pub mod serve;

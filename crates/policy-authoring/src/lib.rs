@@ -9,9 +9,12 @@
 //! - [`trial`]: one call of a policy on a JSON input, the input checked as
 //!   strictly as the host checks it ([`trial::call`]);
 //! - [`cases`]: a directory of fixture cases run through the real plugin
-//!   host ([`cases::run_cases`]).
+//!   host ([`cases::run_cases`]);
+//! - [`publish`]: a policy pushed to an OCI registry, signed with a key
+//!   when given ([`publish::push`]).
 
 pub mod cases;
+pub mod publish;
 pub mod scaffold;
 pub mod trial;
 

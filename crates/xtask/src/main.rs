@@ -521,6 +521,10 @@ fn tiny_model(venv: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// An integration test target, what it checks, and the environment it is
+/// given.
+type TestStep = (&'static str, &'static str, Vec<(&'static str, PathBuf)>);
+
 fn test() -> Result<()> {
     let start = Instant::now();
     ensure_toolchain()?;
@@ -557,7 +561,7 @@ fn test() -> Result<()> {
     let token: PathBuf = "gcs-fault-tolerance-test-token-0123".into();
     // Each integration test target, one test at a time: what it checks,
     // and what it is given.
-    let steps: Vec<(&str, &str, Vec<(&str, PathBuf)>)> = vec![
+    let steps: Vec<TestStep> = vec![
         (
             "ray_wait",
             "the wait against real Ray 2.60",
