@@ -239,8 +239,18 @@ fn node_health_reports_are_signed_paged_and_forgeries_ignored(address: &str) {
         // Without the token the store is refused, named as such.
         let open = GcsHealthStore::with_auth(address, RayAuth::disabled());
         let refused = open.reports().await.unwrap_err();
+        // The GCS's error is kept as the cause, not flattened to text.
         assert!(
-            refused.contains("refused this orchestrator's credentials"),
+            matches!(
+                refused,
+                orchestrator_phases::membership::SourceError::Gcs(_)
+            ),
+            "{refused:?}"
+        );
+        assert!(
+            refused
+                .to_string()
+                .contains("refused this orchestrator's credentials"),
             "{refused}"
         );
     });

@@ -16,7 +16,25 @@ use tokio::sync::mpsc;
 
 /// What [`MembershipSource::reachable`] returns: answers once the source
 /// does, or says why it never did within the limit.
-pub type Reachable<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+pub type Reachable<'a> = Pin<Box<dyn Future<Output = Result<(), SourceError>> + Send + 'a>>;
+
+/// Why a call to a membership source, a health store or the autoscaler
+/// failed, with its cause.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The GCS could not be reached, or refused the call.
+    #[error(transparent)]
+    Gcs(#[from] orchestrator_ray_gcs::GcsError),
+    /// Ray's token authentication cannot be used.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// This node's health report cannot be stored.
+    #[error("{0}")]
+    Report(String),
+    /// The source is gone (a rendezvous that stopped, a channel closed).
+    #[error("{0}")]
+    Gone(String),
+}
 
 /// A source of membership updates.
 pub trait MembershipSource: Send + Sync + std::fmt::Debug {
@@ -98,19 +116,19 @@ impl CapacityRequests for GcsCapacityRequests {
                 .get_or_try_init(|| async {
                     orchestrator_ray_gcs::GcsClient::connect(&self.address, Duration::from_secs(2))
                         .await
-                        .map_err(|e| e.to_string())
+                        .map_err(SourceError::from)
                 })
                 .await?;
             client
                 .request_resources(bundles)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(SourceError::from)
         })
     }
 }
 
 /// A future of a [`HealthStore`] call.
-pub type StoreCall<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'a>>;
+pub type StoreCall<'a, T> = Pin<Box<dyn Future<Output = Result<T, SourceError>> + Send + 'a>>;
 
 /// Where nodes publish their health reports, without a network path of
 /// their own: Ray's GCS key-value store for Ray clusters.
@@ -182,13 +200,13 @@ fn report_mac_input(node_id: &str, report: &str) -> Vec<u8> {
 }
 
 /// Wraps `report` for the store.
-fn seal_report(report: &HealthReport, auth: &RayAuth) -> Result<Vec<u8>, String> {
-    let text = serde_json::to_string(report).map_err(|e| e.to_string())?;
+fn seal_report(report: &HealthReport, auth: &RayAuth) -> Result<Vec<u8>, SourceError> {
+    let text = serde_json::to_string(report).map_err(|e| SourceError::Report(e.to_string()))?;
     if text.len() > MAX_REPORT_BYTES {
-        return Err(format!(
+        return Err(SourceError::Report(format!(
             "this node's health report is {} bytes, over the {MAX_REPORT_BYTES}-byte limit",
             text.len()
-        ));
+        )));
     }
     let mac = report_key(auth).map(|key| {
         hex::encode(ring::hmac::sign(&key, &report_mac_input(&report.node_id, &text)).as_ref())
@@ -198,7 +216,7 @@ fn seal_report(report: &HealthReport, auth: &RayAuth) -> Result<Vec<u8>, String>
         mac,
         report: text,
     })
-    .map_err(|e| e.to_string())
+    .map_err(|e| SourceError::Report(e.to_string()))
 }
 
 /// Opens a stored report found under `key`: the report, or why it is not
@@ -292,7 +310,7 @@ impl GcsHealthStore {
         }
     }
 
-    async fn client(&self) -> Result<&orchestrator_ray_gcs::GcsClient, String> {
+    async fn client(&self) -> Result<&orchestrator_ray_gcs::GcsClient, SourceError> {
         self.client
             .get_or_try_init(|| async {
                 let limit = Duration::from_secs(2);
@@ -307,7 +325,7 @@ impl GcsHealthStore {
                     }
                     None => orchestrator_ray_gcs::GcsClient::connect(&self.address, limit).await,
                 }
-                .map_err(|e| e.to_string())
+                .map_err(SourceError::from)
             })
             .await
     }
@@ -325,7 +343,7 @@ impl HealthStore for GcsHealthStore {
                 .await?
                 .get_all_nodes()
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(SourceError::from)?;
             Ok(nodes
                 .into_iter()
                 .filter(|n| n.alive)
@@ -345,7 +363,7 @@ impl HealthStore for GcsHealthStore {
             client
                 .kv_put(KV_NAMESPACE, &key, value)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(SourceError::from)
         })
     }
 
@@ -356,7 +374,7 @@ impl HealthStore for GcsHealthStore {
                 .await?
                 .kv_delete(KV_NAMESPACE, &key)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(SourceError::from)
         })
     }
 
@@ -373,7 +391,7 @@ impl HealthStore for GcsHealthStore {
             let keys = client
                 .kv_keys(KV_NAMESPACE, HEALTH_KEY_PREFIX)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(SourceError::from)?;
             let mut reports = Vec::with_capacity(keys.len());
             // Derived once per scan, not once per report.
             let signing = report_key(client.auth());
@@ -436,11 +454,11 @@ impl RayGcs {
         }
     }
 
-    fn prober(&self) -> Result<Arc<orchestrator_ray_gcs::RayletProber>, String> {
+    fn prober(&self) -> Result<Arc<orchestrator_ray_gcs::RayletProber>, SourceError> {
         if let Some(p) = self.prober.get() {
             return Ok(p.clone());
         }
-        let auth = RayAuth::from_env().map_err(|e| e.to_string())?;
+        let auth = RayAuth::from_env()?;
         let made = Arc::new(orchestrator_ray_gcs::RayletProber::new(
             self.address.clone(),
             auth,
@@ -470,7 +488,7 @@ impl MembershipSource for RayGcs {
             orchestrator_ray_gcs::GcsClient::connect_until(&self.address, limit)
                 .await
                 .map(drop)
-                .map_err(|e| e.to_string())
+                .map_err(SourceError::from)
         })
     }
 
@@ -495,7 +513,7 @@ impl MembershipSource for RayGcs {
                 .prober()?
                 .ask(ids, limit)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(SourceError::from)?;
             let mut silent: Vec<(String, String)> = answers
                 .into_iter()
                 .filter_map(|(id, address, answer)| match answer {

@@ -105,7 +105,7 @@ impl RayBackend {
             tokio::select! {
                 r = join.cluster.reachable(join.timeout) => {
                     if let Err(e) = r {
-                        return Exit::failed(1, e);
+                        return Exit::failed(1, e.to_string());
                     }
                 }
                 () = shutdown.requested() => return Exit::ok(),

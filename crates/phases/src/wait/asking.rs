@@ -3,13 +3,14 @@
 //! did not answer again every second. Entry point: [`Asking`].
 
 use crate::membership::MembershipSource;
+use crate::membership::SourceError;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 
 /// What one background ask found: the nodes asked, and those of them that
 /// did not answer (each with what happened), or why nobody could be asked.
-pub(super) type Answers = (Vec<String>, Result<Vec<(String, String)>, String>);
+pub(super) type Answers = (Vec<String>, Result<Vec<(String, String)>, SourceError>);
 
 /// Which nodes a background ask was about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +90,10 @@ impl Asking {
 
     /// Asks `ids` now, beside whatever is in flight, and returns which
     /// did not answer.
-    pub(super) async fn ask_now(&self, ids: &[String]) -> Result<Vec<(String, String)>, String> {
+    pub(super) async fn ask_now(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<(String, String)>, SourceError> {
         self.source.silent_nodes(ids, self.limit).await
     }
 }
