@@ -353,10 +353,10 @@ pub fn run(args: LocalArgs) -> ExitCode {
     let prepared = match args.backend {
         LocalBackend::Native => args.native_group().and_then(|group| {
             let plan = NativePlan::local(&group)?;
-            Ok(Lifecycle::of(NativeBackend::new(
-                plan,
-                Some(args.policies()?),
-            )))
+            Ok(
+                Lifecycle::of(NativeBackend::new(plan, Some(args.policies()?)))
+                    .with_node_health_policy(args.node_health_policy()?),
+            )
         }),
         LocalBackend::Ray => args.cluster().and_then(|cluster| {
             Ok(

@@ -501,3 +501,50 @@ fn a_native_group_samples_load_for_the_scale_policy_and_drains_on_sigterm() {
     );
     assert_nothing_left(&["127.0.0.196", "stand_in_vllm.py"]);
 }
+
+/// Node health in `local --backend native`: the leader's process checks
+/// every rank it runs (the NVML stand-in reports XID 79 on the GPU they
+/// share), so no rank counts and the leader says why, naming rank 1.
+#[test]
+#[ignore = "needs the orchestrator binary and the NVML stand-in: run by `cargo xtask test`"]
+fn local_native_checks_every_ranks_node_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let endpoints_port = free_port();
+    let endpoints = format!("127.0.0.1:{endpoints_port}");
+    let faulty = dir.path().join("nvml-xid.json");
+    std::fs::write(
+        &faulty,
+        r#"{"gpus": [{}], "xids": [{"gpu": 0, "xid": 79}]}"#,
+    )
+    .unwrap();
+    let mut local = std::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args(["local", "--backend", "native", "--workers", "1"])
+        .args(["--head-ip", "127.0.0.197", "--timeout", "60"])
+        .args(["--endpoints-port", &endpoints_port.to_string()])
+        .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")
+        .env("ORCHESTRATOR_NVML_LIBRARY", nvml_standin_library())
+        .env("NVML_STANDIN_STATE", &faulty)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = Guard(vec![local.id() as i32]);
+    let seen = poll_until(
+        "the leader saying why the ranks do not count",
+        Duration::from_secs(20),
+        || {
+            status(&endpoints).filter(|s| {
+                s["last-readiness"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("XID 79"))
+                    && s["node-health"].to_string().contains("rank-1")
+            })
+        },
+    );
+    assert_eq!(seen["phase"], "wait", "{seen}");
+    assert_eq!(seen["ready"], false, "{seen}");
+    let judged = seen["node-health"].to_string();
+    assert!(judged.contains("unhealthy"), "{judged}");
+    signal(local.id() as i32, Sig::TERM);
+    assert!(wait_exit(&mut local, Duration::from_secs(20)).success());
+}

@@ -67,6 +67,11 @@ fn local_forms_a_three_node_cluster_and_leaves_nothing_behind() {
     for ip in ["127.0.0.50", "127.0.0.51", "127.0.0.52"] {
         assert!(stdout.contains(ip), "{ip} in {stdout}");
     }
+    // Node health runs in `local` too: every node is checked.
+    let checked = stderr
+        .matches("node health: reporting for this Ray node")
+        .count();
+    assert_eq!(checked, 3, "{stderr}");
     assert_nothing_left(&[&temp, "127.0.0.50", "127.0.0.51", "127.0.0.52"]);
 }
 

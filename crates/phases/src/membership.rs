@@ -133,10 +133,12 @@ pub type StoreCall<'a, T> = Pin<Box<dyn Future<Output = Result<T, SourceError>> 
 /// Where nodes publish their health reports, without a network path of
 /// their own: Ray's GCS key-value store for Ray clusters.
 pub trait HealthStore: Send + Sync + std::fmt::Debug {
-    /// The node this process runs: the newest alive node at `address`, or
-    /// (no address) on this `hostname`.
+    /// The node this process checks under `label` (the name the reporter
+    /// was given it by): the newest alive node at `address`, or (no
+    /// address) on this `hostname`.
     fn own_node<'a>(
         &'a self,
+        label: &'a str,
         address: Option<&'a str>,
         hostname: &'a str,
     ) -> StoreCall<'a, Option<Node>>;
@@ -334,6 +336,7 @@ impl GcsHealthStore {
 impl HealthStore for GcsHealthStore {
     fn own_node<'a>(
         &'a self,
+        _label: &'a str,
         address: Option<&'a str>,
         hostname: &'a str,
     ) -> StoreCall<'a, Option<Node>> {

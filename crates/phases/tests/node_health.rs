@@ -206,7 +206,12 @@ impl MemoryStore {
 }
 
 impl HealthStore for MemoryStore {
-    fn own_node<'a>(&'a self, _: Option<&'a str>, _: &'a str) -> StoreCall<'a, Option<Node>> {
+    fn own_node<'a>(
+        &'a self,
+        _: &'a str,
+        _: Option<&'a str>,
+        _: &'a str,
+    ) -> StoreCall<'a, Option<Node>> {
         Box::pin(async { Ok(None) })
     }
     fn publish<'a>(&'a self, report: &'a HealthReport) -> StoreCall<'a, ()> {

@@ -111,6 +111,13 @@ impl NativeBackend {
                 &leader.id,
                 HostTarget::new(leader.address.clone(), std::env::temp_dir()),
             );
+            // The ranks run in this process are checked here too.
+            for member in &self.plan.local_members {
+                reporter.add(
+                    &rendezvous::node_id(member.rank),
+                    HostTarget::new(member.address.clone(), std::env::temp_dir()),
+                );
+            }
             _reporter = Some(reporter);
             crate::node_health::board::follow(store, &health, Arc::clone(status))
         });

@@ -109,6 +109,7 @@ impl HeartbeatReports {
 impl crate::membership::HealthStore for HeartbeatReports {
     fn own_node<'a>(
         &'a self,
+        _label: &'a str,
         _address: Option<&'a str>,
         _hostname: &'a str,
     ) -> crate::membership::StoreCall<'a, Option<orchestrator_domain::Node>> {

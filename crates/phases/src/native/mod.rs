@@ -465,7 +465,15 @@ impl NativePlan {
             ))),
             open_file_limit: 65536,
             prefetch: group.prefetch.clone(),
-            node_health: None,
+            // Local GPUs are accelerator slots on a machine without GPUs:
+            // the count check would fail every rank.
+            node_health: crate::node_health::NodeHealthPlan::from_config(
+                &crate::config::NodeHealthConfig::default(),
+                vec![orchestrator_domain::KeyValue::new(
+                    "check-gpu-count",
+                    "false",
+                )],
+            ),
         })
     }
 }

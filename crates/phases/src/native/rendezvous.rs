@@ -647,19 +647,42 @@ impl MembershipSource for Rendezvous {
 
 /// Node-health reports travel with the heartbeats: the leader's board
 /// reads every rank's last one here, and the leader's own reporter
-/// publishes rank 0's.
+/// publishes rank 0's (and, in `orchestrator local --backend native`,
+/// those of the ranks it runs in its own process).
 impl HealthStore for Rendezvous {
+    /// The leader's node; a rank this process runs itself (`local
+    /// --backend native`) by its label (`rank-N`) once it registered.
     fn own_node<'a>(
         &'a self,
+        label: &'a str,
         _address: Option<&'a str>,
         _hostname: &'a str,
     ) -> StoreCall<'a, Option<Node>> {
-        Box::pin(async move { Ok(Some(self.shared.settings.leader.clone())) })
+        let leader = &self.shared.settings.leader;
+        let node = if label == leader.id || label.is_empty() {
+            Some(leader.clone())
+        } else {
+            self.nodes().into_iter().find(|n| n.id == label && n.alive)
+        };
+        Box::pin(async move { Ok(node) })
     }
 
     fn publish<'a>(&'a self, report: &'a HealthReport) -> StoreCall<'a, ()> {
-        if let Ok(mut own) = self.shared.own_report.lock() {
-            *own = Some(report.clone());
+        if report.node_id == node_id_of_leader() {
+            if let Ok(mut own) = self.shared.own_report.lock() {
+                *own = Some(report.clone());
+            }
+        } else {
+            // A rank this process checks itself: taken while it is a member.
+            self.with_members(|members| {
+                if let Some(m) = members
+                    .iter_mut()
+                    .find(|(rank, _)| node_id(**rank) == report.node_id)
+                    .map(|(_, m)| m)
+                {
+                    m.report = Some(report.clone());
+                }
+            });
         }
         Box::pin(async { Ok(()) })
     }

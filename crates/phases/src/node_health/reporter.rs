@@ -243,7 +243,11 @@ async fn check(
         && let Some(store) = store
     {
         let address = (!node.target.address.is_empty()).then_some(node.target.address.as_str());
-        match tokio::time::timeout(Duration::from_secs(2), store.own_node(address, host_name)).await
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            store.own_node(&node.label, address, host_name),
+        )
+        .await
         {
             Ok(Ok(Some(found))) => {
                 tracing::info!(node = %node.label, id = %found.short_id(), gpus = found.resources.gpu, "node health: reporting for this Ray node");

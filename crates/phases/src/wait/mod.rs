@@ -644,7 +644,13 @@ pub async fn wait_for_cluster(
             last_update_at: start,
             expected: facts.expected.clone().unwrap_or(spec.expected.clone()),
             facts,
-            health: Arc::new(Board::default()),
+            // The board as it is now: a node in the first snapshot is
+            // pending its first report like one that joins later.
+            health: spec
+                .health
+                .as_ref()
+                .map(|rx| Arc::clone(&rx.borrow()))
+                .unwrap_or_default(),
             first_seen: std::collections::HashMap::new(),
             pending_until: None,
             silent: Default::default(),
