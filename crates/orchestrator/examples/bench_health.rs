@@ -73,9 +73,18 @@ fn spawn(bin: &str, config: &Path, state: Option<&Path>) -> Result<Child, String
     let mut cmd = Command::new(bin);
     cmd.args(["run", "--config"])
         .arg(config)
-        .env("ORCHESTRATOR_LOG", "warn")
+        .env(
+            "ORCHESTRATOR_LOG",
+            std::env::var("BENCH_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(match std::env::var_os("BENCH_LOG_DIR") {
+            Some(dir) => std::fs::File::create(
+                std::path::Path::new(&dir).join(config.file_name().unwrap_or_default()),
+            )
+            .map_or_else(|_| Stdio::null(), Stdio::from),
+            None => Stdio::null(),
+        });
     if let Some(state) = state {
         cmd.env("ORCHESTRATOR_NVML_LIBRARY", nvml_standin_library())
             .env("NVML_STANDIN_STATE", state);
@@ -179,6 +188,16 @@ fn bench() -> Result<(), String> {
 
     let mut children = vec![spawn(&bin, &head_config, None)?];
     let checked = spawn(&bin, &checked_config, Some(&state1))?;
+    // The second worker starts once the first has joined: two `ray start`
+    // at the same instant on one host can collide on a port (the raylet
+    // aborts with `bind: Address already in use`).
+    let joined = Instant::now() + Duration::from_secs(120);
+    while status(&endpoints).is_none_or(|s| s["nodes-alive"].as_u64().unwrap_or(0) < 2) {
+        if Instant::now() > joined {
+            return Err("the first worker did not join within 120 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let unchecked = spawn(&bin, &unchecked_config, Some(&state2))?;
     let (checked_pid, unchecked_pid) = (checked.id(), unchecked.id());
     children.push(checked);

@@ -214,6 +214,30 @@ fn ray_env(config: &Config) -> Vec<(String, String)> {
     env
 }
 
+/// Each loaded policy: its plugin, digest and parameters.
+fn described_policies(config: &Config, p: &Policies) -> serde_json::Map<String, serde_json::Value> {
+    let entry = |name: &str, sha256: &str, params: &std::collections::BTreeMap<String, String>| serde_json::json!({"plugin": name, "sha256": sha256, "params": params});
+    let c = &config.policies;
+    let mut described = serde_json::Map::new();
+    described.insert(
+        "readiness".into(),
+        entry(
+            p.readiness.name(),
+            &p.readiness.info().sha256,
+            &c.readiness.params,
+        ),
+    );
+    described.insert(
+        "launch".into(),
+        entry(p.launch.name(), &p.launch.info().sha256, &c.launch.params),
+    );
+    described.insert(
+        "health".into(),
+        entry(p.health.name(), &p.health.info().sha256, &c.health.params),
+    );
+    described
+}
+
 /// What `orchestrator plan` prints: the start argv and env, the wait, the
 /// policies chosen, and the serve argv the launch policy gives for
 /// `topology` (the expected one). Workers load no policies.
@@ -231,28 +255,7 @@ pub fn describe(
         (Role::Worker, _) => serde_json::json!({"skipped": "workers do not serve"}),
     };
     if let Some(p) = policies {
-        let entry = |name: &str,
-                     sha256: &str,
-                     params: &std::collections::BTreeMap<String, String>| {
-            serde_json::json!({"plugin": name, "sha256": sha256, "params": params})
-        };
-        let c = &config.policies;
-        described.insert(
-            "readiness".into(),
-            entry(
-                p.readiness.name(),
-                &p.readiness.info().sha256,
-                &c.readiness.params,
-            ),
-        );
-        described.insert(
-            "launch".into(),
-            entry(p.launch.name(), &p.launch.info().sha256, &c.launch.params),
-        );
-        described.insert(
-            "health".into(),
-            entry(p.health.name(), &p.health.info().sha256, &c.health.params),
-        );
+        described = described_policies(config, p);
         if serve.is_null() {
             let spec = ServeSpec::of_config(config);
             let cluster = expected_cluster(config, topology);

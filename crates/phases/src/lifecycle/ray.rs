@@ -249,71 +249,7 @@ impl RayBackend {
     ) -> Exit {
         let status = Arc::clone(&self.status);
         let Some(wait) = self.plan.wait.clone() else {
-            status.enter(Phase::Serve);
-            status.nodes(1, 1);
-            status.health(
-                VerdictKind::Healthy,
-                "worker: Ray node running".into(),
-                true,
-            );
-            let own = self.reporter.as_ref().map(Reporter::subscribe);
-            let grace = self
-                .plan
-                .node_health
-                .as_ref()
-                .map_or(Duration::MAX, |p| p.unhealthy_grace);
-            let address = self
-                .plan
-                .start
-                .nodes
-                .first()
-                .map(|n| node_health::target_of(&n.argv, None).address)
-                .unwrap_or_default();
-            if address.is_empty() {
-                return supervise_worker(nodes, shutdown, &status, own, grace).await;
-            }
-            let source = self.plan.join.as_ref().map_or_else(
-                || Arc::clone(&self.plan.membership),
-                |j| Arc::clone(&j.cluster),
-            );
-            loop {
-                let follow = follow_membership(
-                    Arc::clone(&source),
-                    Follow::OwnNode {
-                        address: address.clone(),
-                    },
-                    Arc::clone(&status),
-                );
-                tokio::select! {
-                    exit = supervise_worker(nodes, shutdown, &status, own.clone(), grace) => return exit,
-                    // Ends only when the head's GCS came back as a new
-                    // cluster: this node's Ray is restarted into it.
-                    () = follow => {}
-                }
-                let message = format!(
-                    "the head's GCS ({}) came back as a new cluster without this node (the head restarted without GCS fault tolerance): restarting this node's Ray into it",
-                    source.describe()
-                );
-                tracing::warn!("{message}");
-                status.event(EventReason::RejoiningCluster, message);
-                let restarted = tokio::select! {
-                    r = nodes.restart_first(&self.plan.start, self.plan.stop_grace, Some(shutdown)) => r,
-                    () = shutdown.requested() => return Exit::ok(),
-                };
-                if let Err(e) = restarted {
-                    let message = format!("cannot rejoin the new cluster: {e}");
-                    status.fail(EventReason::RayExited, message.clone());
-                    return Exit::failed(1, message);
-                }
-                if let (Some(reporter), Some(node)) = (&self.reporter, nodes.running().first()) {
-                    report_on(&self.plan.start, reporter, node);
-                }
-                status.health(
-                    VerdictKind::Healthy,
-                    "worker: Ray node running".into(),
-                    true,
-                );
-            }
+            return self.run_worker(nodes, shutdown).await;
         };
         let (ready, early) = match self.wait(&wait, nodes, shutdown, kubernetes).await {
             Waited::Ready(ready, early) => (ready, early),
@@ -353,6 +289,78 @@ impl RayBackend {
                     () = follow => std::future::pending().await,
                 }
             }
+        }
+    }
+
+    /// A worker: its Ray node supervised, `/readyz` following its node in
+    /// the head's GCS, its Ray restarted into a new cluster at the head's
+    /// address (a head restarted without GCS fault tolerance).
+    async fn run_worker(&mut self, nodes: &mut RayNodes, shutdown: &Shutdown) -> Exit {
+        let status = Arc::clone(&self.status);
+        status.enter(Phase::Serve);
+        status.nodes(1, 1);
+        status.health(
+            VerdictKind::Healthy,
+            "worker: Ray node running".into(),
+            true,
+        );
+        let own = self.reporter.as_ref().map(Reporter::subscribe);
+        let grace = self
+            .plan
+            .node_health
+            .as_ref()
+            .map_or(Duration::MAX, |p| p.unhealthy_grace);
+        let address = self
+            .plan
+            .start
+            .nodes
+            .first()
+            .map(|n| node_health::target_of(&n.argv, None).address)
+            .unwrap_or_default();
+        if address.is_empty() {
+            return supervise_worker(nodes, shutdown, &status, own, grace).await;
+        }
+        let source = self.plan.join.as_ref().map_or_else(
+            || Arc::clone(&self.plan.membership),
+            |j| Arc::clone(&j.cluster),
+        );
+        loop {
+            let follow = follow_membership(
+                Arc::clone(&source),
+                Follow::OwnNode {
+                    address: address.clone(),
+                },
+                Arc::clone(&status),
+            );
+            tokio::select! {
+                exit = supervise_worker(nodes, shutdown, &status, own.clone(), grace) => return exit,
+                // Ends only when the head's GCS came back as a new
+                // cluster: this node's Ray is restarted into it.
+                () = follow => {}
+            }
+            let message = format!(
+                "the head's GCS ({}) came back as a new cluster without this node (the head restarted without GCS fault tolerance): restarting this node's Ray into it",
+                source.describe()
+            );
+            tracing::warn!("{message}");
+            status.event(EventReason::RejoiningCluster, message);
+            let restarted = tokio::select! {
+                r = nodes.restart_first(&self.plan.start, self.plan.stop_grace, Some(shutdown)) => r,
+                () = shutdown.requested() => return Exit::ok(),
+            };
+            if let Err(e) = restarted {
+                let message = format!("cannot rejoin the new cluster: {e}");
+                status.fail(EventReason::RayExited, message.clone());
+                return Exit::failed(1, message);
+            }
+            if let (Some(reporter), Some(node)) = (&self.reporter, nodes.running().first()) {
+                report_on(&self.plan.start, reporter, node);
+            }
+            status.health(
+                VerdictKind::Healthy,
+                "worker: Ray node running".into(),
+                true,
+            );
         }
     }
 
