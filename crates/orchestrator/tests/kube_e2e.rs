@@ -267,7 +267,8 @@ fn run_follows_the_raycluster_through_a_scale_up_and_diagnoses_missing_workers()
         events(&api)
     );
     assert!(
-        text.contains("kubernetes: watching the RayCluster"),
+        text.contains("kubernetes: following the owner's pods")
+            && text.contains("owner=vllm-llama"),
         "{text}"
     );
     guard.0.clear();
