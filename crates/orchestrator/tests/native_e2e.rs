@@ -414,6 +414,8 @@ fn a_native_group_samples_load_for_the_scale_policy_and_drains_on_sigterm() {
         .arg("--prefetch")
         .arg(&weights)
         .args(["--head-ip", "127.0.0.196", "--model", "tiny"])
+        // The stand-in on PATH, whatever ORCHESTRATOR_VLLM_BIN names.
+        .args(["--vllm-bin", "vllm"])
         .args(["--serve-port", &serve_port.to_string()])
         .args(["--endpoints-port", &endpoints_port.to_string()])
         .args([
