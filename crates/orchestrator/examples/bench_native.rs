@@ -5,8 +5,11 @@
 //! LeaderWorkerSet examples do (the same argv, from `orchestrator plan`).
 //!
 //! - `last_rank_to_completion_s`: the worker (the last rank) starts 20 s
-//!   after the leader -> the first completion through the leader's API
-//!   (`old_last_rank_to_completion_s`: the same, the old way).
+//!   after the leader -> the first completion through the leader's API,
+//!   with the early launch (rank 0 starts while the worker registers; the
+//!   worker's rank as it registers); `all_present_last_rank_to_completion_s`:
+//!   the same with `early-launch = false` (the group starts once every
+//!   rank is present); `old_last_rank_to_completion_s`: the old way.
 //! - `death_to_serving_s`: the worker's vLLM rank is killed (SIGKILL) ->
 //!   a completion again (the leader restarts the whole group); the old
 //!   way: `old_death_to_serving_s`, `never` when no completion succeeds
@@ -150,11 +153,20 @@ fn main() {
     );
     let old = NativeGroup::new(&binary, dirs.0.path(), 142, 2, &model, &vllm);
     let (old_to_completion, old_recovered) = old_way(&old);
+    let all_present_dir = tempfile::tempdir().unwrap_or_else(|e| fail(e));
+    let mut all_present = NativeGroup::new(&binary, all_present_dir.path(), 144, 2, &model, &vllm);
+    all_present.early_launch = false;
+    let all_present = all_present.first_serving(WORKER_DELAY);
+    eprintln!(
+        "start when all present: served {:.1} s after the last rank started",
+        all_present.as_secs_f64()
+    );
     let group = NativeGroup::new(&binary, dirs.1.path(), 140, 2, &model, &vllm);
     let f = group.scenario(WORKER_DELAY);
     println!(
-        "BENCH native last_rank_to_completion_s={:.1} death_to_serving_s={:.1} lost_pod_to_serving_s={:.1} stop_s={:.1} old_last_rank_to_completion_s={:.1} old_death_to_serving_s={} worker_delay_s={:.0}",
+        "BENCH native last_rank_to_completion_s={:.1} all_present_last_rank_to_completion_s={:.1} death_to_serving_s={:.1} lost_pod_to_serving_s={:.1} stop_s={:.1} old_last_rank_to_completion_s={:.1} old_death_to_serving_s={} worker_delay_s={:.0}",
         f.last_rank_to_completion.as_secs_f64(),
+        all_present.as_secs_f64(),
         f.death_to_serving.as_secs_f64(),
         f.lost_worker_to_serving.as_secs_f64(),
         f.stop.as_secs_f64(),

@@ -311,3 +311,88 @@ async fn a_stop_request_lets_the_streaming_completion_in_flight_finish() {
         }
     }
 }
+
+/// A restart on the Ray backend with a completion in flight: the node the
+/// server runs on dies in the (stand-in) GCS, the health policy restarts
+/// the server, and `/readyz` turns false while the stream finishes first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_lets_the_streaming_completion_in_flight_finish() {
+    use orchestrator_fake_gcs::{StandIn, synthetic_node};
+    use orchestrator_phases::membership::MembershipSource;
+    let gcs = StandIn::start("127.0.0.2:0".parse().unwrap())
+        .await
+        .unwrap();
+    let (head, worker) = (synthetic_node(0), synthetic_node(1));
+    let worker_id = worker.node_id.clone();
+    gcs.register(vec![head, worker]);
+    let source = RayGcs::new(gcs.address());
+    let nodes: Vec<orchestrator_domain::Node> = source
+        .watch()
+        .recv()
+        .await
+        .and_then(|first| first.view)
+        .map(|view| view.alive().cloned().collect())
+        .unwrap();
+    assert_eq!(nodes.len(), 2);
+
+    let status = Status::new();
+    let mut policy = health_policy();
+    let port = free_port();
+    let mut spec = spec(port, "ok", &[("backoff-ms", "100")]);
+    spec.0.drain_timeout = Duration::from_secs(20);
+    let server = spec.0.probe_address.clone();
+    let (shutdown, trigger) = Shutdown::manual();
+    let status2 = Arc::clone(&status);
+    let serving = tokio::spawn(async move {
+        status2.enter(orchestrator_domain::Phase::Serve);
+        let ctx = ServeContext {
+            health: None,
+            source: &source,
+            status: &status2,
+            shutdown: &shutdown,
+            group: None,
+        };
+        supervise(&spec.0, &spec.1, &nodes, None, &mut policy, ctx).await
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !status.snapshot().ready {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first_pid = status.snapshot().server_pid;
+    // 40 tokens, 0.1 s apart: about 4 s of streaming.
+    let client = stream_completion(server.clone(), 40);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = http(&server, "GET", "/metrics", None, Duration::from_secs(1)).await;
+        if metrics.is_ok_and(|m| m.body.contains("} 1.0")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the completion never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gcs.kill(&[worker_id], "the worker's raylet died");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status.snapshot().ready {
+        assert!(Instant::now() < deadline, "/readyz stayed true");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let text = client.join().unwrap();
+    assert!(
+        text.contains("\"text\": \" t39\"") && text.contains("data: [DONE]"),
+        "the whole stream arrived before the restart: {text}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = status.snapshot();
+        if now.restarts == 1 && now.ready && now.server_pid.is_some() {
+            assert_ne!(now.server_pid, first_pid, "a new server");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not serving again: {now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    trigger.request();
+    assert_eq!(serving.await.unwrap(), ServeOutcome::Stopped);
+    assert_eq!(stand_ins_on(port), 0, "no server left");
+}

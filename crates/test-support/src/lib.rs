@@ -268,6 +268,22 @@ pub fn is_alive(pid: i32) -> bool {
 }
 
 #[cfg(feature = "cluster")]
+/// The pid of a live process whose command line contains every one of
+/// `needles`.
+pub fn pid_with_args(needles: &[&str]) -> Option<i32> {
+    procfs::processes()
+        .into_iter()
+        .filter(|p| !p.is_zombie())
+        .find(|p| {
+            std::fs::read(format!("/proc/{}/cmdline", p.pid)).is_ok_and(|c| {
+                let line = String::from_utf8_lossy(&c).replace('\0', " ");
+                needles.iter().all(|n| line.contains(n))
+            })
+        })
+        .map(|p| p.pid)
+}
+
+#[cfg(feature = "cluster")]
 /// The pid of the raylet whose node address is `ip` (matched by its
 /// command name, not its arguments: the dashboard agent's arguments name
 /// the raylet too).
@@ -902,6 +918,9 @@ pub struct NativeGroup {
     pub model: String,
     /// The `vllm` executable.
     pub vllm: String,
+    /// The launch policy's `early-launch` (every rank starts as it
+    /// registers; false: the group starts once every rank is present).
+    pub early_launch: bool,
 }
 
 #[cfg(feature = "cluster")]
@@ -925,6 +944,7 @@ impl NativeGroup {
             master: free_port(),
             model: model.to_string(),
             vllm: vllm.to_string(),
+            early_launch: true,
         }
     }
 
@@ -982,6 +1002,7 @@ stop-grace-seconds = 10
 drain-timeout-seconds = 0
 [policies.launch.params]
 program = "{vllm}"
+early-launch = "{early}"
 "env.VLLM_HOST_IP" = "{leader}"
 "env.VLLM_CPU_KVCACHE_SPACE" = "1"
 "env.HF_HUB_OFFLINE" = "1"
@@ -994,6 +1015,7 @@ backoff-ms = "200"
                 model = self.model,
                 serve = self.serve,
                 vllm = self.vllm,
+                early = self.early_launch,
                 secret = secret.display(),
             ),
         )
@@ -1064,6 +1086,28 @@ pub struct NativeFigures {
 
 #[cfg(feature = "cluster")]
 impl NativeGroup {
+    /// The leader, then the worker `worker_delay` later: the time from the
+    /// worker's start to the first completion; then both stopped.
+    pub fn first_serving(&self, worker_delay: Duration) -> Duration {
+        let mut leader = self.start(0, 0);
+        let started = Instant::now();
+        let mut guard = Guard(vec![leader.id() as i32]);
+        std::thread::sleep(worker_delay.saturating_sub(started.elapsed()));
+        let mut worker = self.start(1, 0);
+        guard.0.push(worker.id() as i32);
+        let t = Instant::now();
+        self.until_serving(Duration::from_secs(400));
+        let to_completion = t.elapsed();
+        let pids = [self.server_pid(0), self.server_pid(1)];
+        signal(leader.id() as i32, Signal::TERM);
+        signal(worker.id() as i32, Signal::TERM);
+        assert!(wait_exit(&mut leader, Duration::from_secs(60)).success());
+        assert!(wait_exit(&mut worker, Duration::from_secs(60)).success());
+        let left = Self::left_in(&pids.into_iter().flatten().collect::<Vec<_>>());
+        assert!(left.is_empty(), "left behind: {left:?}");
+        to_completion
+    }
+
     /// The whole story on a group of two, asserting along the way: the
     /// leader waits for a worker that starts `worker_delay` late and
     /// serves once it is there; the worker's vLLM rank is killed and the

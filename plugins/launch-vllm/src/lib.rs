@@ -22,7 +22,9 @@
 //! each environment variable to set (for example `env.VLLM_HOST_IP`), and
 //! `early-launch` (`true`): start vLLM as soon as the head is up, with the
 //! layout of the expected topology, while the workers join (the
-//! orchestrator relaunches it if the cluster forms differently).
+//! orchestrator relaunches it if the cluster forms differently); in a
+//! native group every rank starts as it registers, and vLLM's own
+//! rendezvous waits for the others.
 
 use orchestrator_plugin_sdk::launch::*;
 
@@ -140,9 +142,6 @@ impl LaunchPolicy for Vllm {
                 })
                 .collect(),
         };
-        // Every rank starts together once the group is complete: nothing
-        // to start early.
-        let early = early && group.is_none();
         Ok(LaunchPlan {
             argv,
             env,

@@ -4,6 +4,7 @@
 //! [`ServingGroup`](crate::serve::ServingGroup). Entry point:
 //! [`run_leader`].
 
+use super::early::EarlyGroup;
 use super::rendezvous::Rendezvous;
 use crate::endpoints::Status;
 use crate::lifecycle::{AfterReady, Exit, served};
@@ -105,25 +106,15 @@ pub async fn run_leader(
         request_resources: false,
         ask_nodes: None,
     };
-    let ready = tokio::select! {
-        r = wait_for_cluster(&spec, &mut policies.readiness) => match r {
-            Ok(ready) => ready,
-            Err(e) => {
-                let missing = rendezvous.missing();
-                let message = if missing.is_empty() {
-                    e.to_string()
-                } else {
-                    format!("{e}\nranks that never registered with this leader: {missing:?}")
-                };
-                status.fail(EventReason::ClusterNotReady, message.clone());
-                return Exit::failed(1, message);
-            }
-        },
-        () = shutdown.requested() => {
-            status.enter(Phase::Stopping);
-            return Exit::ok();
-        }
-    };
+    let grace = plan
+        .serve
+        .as_ref()
+        .map_or(Duration::from_secs(5), |s| s.stop_grace);
+    let (ready, early) =
+        match wait_for_group(plan, rendezvous, policies, &spec, status, shutdown).await {
+            Ok(waited) => waited,
+            Err(exit) => return exit,
+        };
     let alive = ready.snapshot.nodes.iter().filter(|n| n.alive).count() as u32;
     status.mark(StartupStep::ReadyDecision, format!("{alive} ranks present"));
     status.nodes(alive, plan.group_size);
@@ -155,7 +146,14 @@ pub async fn run_leader(
     };
     let launch = match serve::plan_launch(&ready, spec, &mut policies.launch, ctx, true) {
         Ok(launch) => launch,
-        Err(no) => return served(status, no.into()),
+        Err(no) => {
+            if let Some(early) = early {
+                early
+                    .stop(rendezvous, grace, status, "no launch at ready")
+                    .await;
+            }
+            return served(status, no.into());
+        }
     };
     for rank in &launch.ranks {
         tracing::info!(
@@ -164,6 +162,73 @@ pub async fn run_leader(
             orchestrator_domain::secrets::shown(&rank.argv)
         );
     }
-    let outcome = serve::serve_planned(spec, &launch, &ready, policies, ctx, None).await;
+    let prelaunched = match early {
+        Some(early) => early.keep(&launch, rendezvous, grace, status).await,
+        None => None,
+    };
+    let outcome = serve::serve_planned(spec, &launch, &ready, policies, ctx, prelaunched).await;
     served(status, outcome)
+}
+
+/// The wait for every rank, with the group launched early beside it when
+/// the launch policy says so: the ready group and the early group, or
+/// the exit (the group did not form, or a stop was requested; the early
+/// group stopped).
+async fn wait_for_group(
+    plan: &LeaderPlan,
+    rendezvous: &Rendezvous,
+    policies: &mut Policies,
+    spec: &WaitSpec,
+    status: &Arc<Status>,
+    shutdown: &Shutdown,
+) -> Result<(crate::wait::Ready, Option<EarlyGroup>), Exit> {
+    let grace = plan
+        .serve
+        .as_ref()
+        .map_or(Duration::from_secs(5), |s| s.stop_grace);
+    let mut early = EarlyGroup::launch(plan, rendezvous, &mut policies.launch, status);
+    let mut waiting = Box::pin(wait_for_cluster(spec, &mut policies.readiness));
+    let waited = loop {
+        tokio::select! {
+            r = &mut waiting => break Some(r),
+            how = EarlyGroup::exited(&mut early) => {
+                tracing::warn!(
+                    "rank 0's early-launched serving process {} during the wait: the group starts again once it is ready",
+                    super::rendezvous::describe_exit(&how)
+                );
+                status.server_pid(None);
+                early = None;
+                rendezvous.close_early();
+            }
+            () = shutdown.requested() => break None,
+        }
+    };
+    drop(waiting);
+    match waited {
+        Some(Ok(ready)) => Ok((ready, early)),
+        Some(Err(e)) => {
+            if let Some(early) = early {
+                early
+                    .stop(rendezvous, grace, status, "the group did not form")
+                    .await;
+            }
+            let missing = rendezvous.missing();
+            let message = if missing.is_empty() {
+                e.to_string()
+            } else {
+                format!("{e}\nranks that never registered with this leader: {missing:?}")
+            };
+            status.fail(EventReason::ClusterNotReady, message.clone());
+            Err(Exit::failed(1, message))
+        }
+        None => {
+            status.enter(Phase::Stopping);
+            if let Some(early) = early {
+                early
+                    .stop(rendezvous, grace, status, "a stop was requested")
+                    .await;
+            }
+            Err(Exit::ok())
+        }
+    }
 }

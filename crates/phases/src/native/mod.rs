@@ -13,6 +13,7 @@
 
 pub mod auth;
 mod backend;
+mod early;
 pub mod leader;
 pub mod member;
 pub mod protocol;

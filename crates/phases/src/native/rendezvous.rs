@@ -73,10 +73,13 @@ struct Current {
 enum OrderKind {
     #[default]
     Wait,
-    /// Run `plan`; only the runs it was given to start it.
+    /// Run `plan`; only the runs it was given to start it. An open order
+    /// (an early launch, while ranks register) is also given to every
+    /// rank that registers after it.
     Run {
         plan: Box<LaunchPlan>,
         to: BTreeMap<u32, String>,
+        open: bool,
     },
     Stop,
 }
@@ -98,6 +101,9 @@ struct Shared {
     own_report: Mutex<Option<HealthReport>>,
     /// Requests refused so far (their log lines are rate-limited).
     refusals: std::sync::atomic::AtomicU64,
+    /// A rank's process exited under the open (early) order: the early
+    /// launch cannot go on, the group starts again at ready.
+    early_failed: std::sync::atomic::AtomicBool,
 }
 
 /// The rendezvous. Cheap to clone; the sweep of lost ranks runs while any
@@ -147,6 +153,7 @@ impl Rendezvous {
                 view,
                 own_report: Mutex::new(None),
                 refusals: std::sync::atomic::AtomicU64::new(0),
+                early_failed: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         rendezvous.publish();
@@ -249,6 +256,46 @@ impl Rendezvous {
             .collect()
     }
 
+    /// The group as it will be once every rank is present, for a plan
+    /// made before (an early launch): the ranks present as they are, the
+    /// missing ones shaped like the leader.
+    pub fn expected_cluster(&self, deadline_ms: u64) -> orchestrator_domain::ClusterSnapshot {
+        let size = self.shared.settings.group_size;
+        let leader = self.shared.settings.leader.clone();
+        let present = self.nodes();
+        let nodes = (0..size)
+            .map(|rank| {
+                let id = if rank == 0 {
+                    leader.id.clone()
+                } else {
+                    node_id(rank)
+                };
+                present
+                    .iter()
+                    .find(|n| n.id == id && n.alive)
+                    .cloned()
+                    .unwrap_or_else(|| Node {
+                        id,
+                        address: format!("rank-{rank}"),
+                        hostname: format!("rank-{rank}"),
+                        is_head: rank == 0,
+                        alive: true,
+                        ..leader.clone()
+                    })
+            })
+            .collect();
+        orchestrator_domain::ClusterSnapshot {
+            nodes,
+            expected: orchestrator_domain::Topology {
+                nodes: size,
+                ..orchestrator_domain::Topology::default()
+            },
+            elapsed_ms: 0,
+            deadline_ms,
+            diagnostics: Vec::new(),
+        }
+    }
+
     /// Ranks present (registered and heard from), the leader included.
     pub fn present(&self) -> u32 {
         1 + self.with_members(|m| m.values().filter(|m| !m.gone).count() as u32)
@@ -347,6 +394,7 @@ impl Rendezvous {
         if let Some(error) = held {
             return refuse(error, false);
         }
+        self.give_open_order(r.rank, &r.instance);
         self.publish();
         Ok(Registered {
             leader: self.shared.leader_run.clone(),
@@ -405,7 +453,21 @@ impl Rendezvous {
                 }
                 None => {}
             }
-            if let (OrderKind::Run { to, .. }, ProcessState::Exited(how)) =
+            if let (OrderKind::Run { to, open: true, .. }, ProcessState::Exited(how)) =
+                (&current.kind, &h.process)
+                && h.generation == current.generation
+                && to.get(&h.rank) == Some(&h.instance)
+                && !self.shared.early_failed.swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                // Not counted dead: the wait goes on, and the whole group
+                // starts again at ready.
+                tracing::warn!(
+                    "rank {}'s early-launched serving process on {} {}: the group starts again once it is ready",
+                    h.rank,
+                    m.registration.address,
+                    describe_exit(how)
+                );
+            } else if let (OrderKind::Run { to, open: false, .. }, ProcessState::Exited(how)) =
                 (&current.kind, &h.process)
                 && h.generation == current.generation
                 && to.get(&h.rank) == Some(&h.instance)
@@ -456,7 +518,7 @@ impl Rendezvous {
         let command = match &current.kind {
             OrderKind::Wait => Command::Wait,
             OrderKind::Stop => Command::Stop,
-            OrderKind::Run { plan, to } if to.get(&rank).is_some_and(|i| i == instance) => {
+            OrderKind::Run { plan, to, .. } if to.get(&rank).is_some_and(|i| i == instance) => {
                 match plan.ranks.iter().find(|p| p.rank == rank) {
                     Some(p) => {
                         // Secret values stay on the leader: the rank has
@@ -483,6 +545,78 @@ impl Rendezvous {
             generation: current.generation,
             command,
         }
+    }
+
+    /// Under an open (early) order, a rank that registers is given it too
+    /// (its run replaces an earlier one of the same rank); no heartbeat
+    /// held for an order is woken (the order's generation is unchanged).
+    fn give_open_order(&self, rank: u32, instance: &str) {
+        self.shared.order.send_if_modified(|c| {
+            if let OrderKind::Run { to, open: true, .. } = &mut c.kind
+                && to.get(&rank).is_none_or(|i| i != instance)
+            {
+                tracing::info!(
+                    rank,
+                    generation = c.generation,
+                    "rank registered during the early launch: told to start"
+                );
+                to.insert(rank, instance.to_string());
+            }
+            false
+        });
+    }
+
+    /// Tells every rank present, and every rank that registers until
+    /// [`close_early`](Self::close_early), to start its part of `plan`
+    /// (an early launch: vLLM's own rendezvous waits for the others).
+    pub fn start_early(&self, plan: &LaunchPlan) {
+        self.shared
+            .early_failed
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        let to = self.with_members(|members| {
+            members
+                .iter()
+                .filter(|(_, m)| !m.gone)
+                .map(|(rank, m)| (*rank, m.registration.instance.clone()))
+                .collect()
+        });
+        let generation = self.set_order(OrderKind::Run {
+            plan: Box::new(plan.clone()),
+            to,
+            open: true,
+        });
+        tracing::info!(
+            generation,
+            "early launch: told every rank present to start, and every rank that registers"
+        );
+    }
+
+    /// Ends the early launch's open order (ranks that register later wait
+    /// for the next order); whether every rank's early process still runs
+    /// as far as the leader heard (no exit under the early order, and
+    /// every rank was given it).
+    pub fn close_early(&self) -> bool {
+        let mut told = BTreeMap::new();
+        self.shared.order.send_if_modified(|c| {
+            if let OrderKind::Run { to, open, .. } = &mut c.kind {
+                *open = false;
+                told = to.clone();
+            }
+            false
+        });
+        let size = self.shared.settings.group_size;
+        let all_told = self.with_members(|members| {
+            (1..size).all(|rank| {
+                members
+                    .get(&rank)
+                    .is_some_and(|m| !m.gone && told.get(&rank) == Some(&m.registration.instance))
+            })
+        });
+        all_told
+            && !self
+                .shared
+                .early_failed
+                .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn set_order(&self, kind: OrderKind) -> u64 {
@@ -531,6 +665,7 @@ impl ServingGroup for Rendezvous {
         let generation = self.set_order(OrderKind::Run {
             plan: Box::new(plan.clone()),
             to,
+            open: false,
         });
         tracing::info!(generation, ?ranks, "told every rank to start");
         self.publish();

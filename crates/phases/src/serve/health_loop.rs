@@ -148,9 +148,7 @@ impl<'a> HealthLoop<'a> {
         self.server_nodes = ids_usable(&self.nodes);
     }
 
-    /// Stops the current server: SIGTERM, then SIGKILL after the grace, or
-    /// at once when a second stop request forces it.
-    /// After a stop request, with `/readyz` already false: lets the
+    /// With `/readyz` already false (a stop request, or a restart): lets the
     /// requests in flight finish (vLLM's running and waiting counts at 0)
     /// for up to the drain timeout. Ends at once when there is nothing to
     /// wait for: no drain configured, no server, a server that is not
@@ -216,6 +214,8 @@ impl<'a> HealthLoop<'a> {
         }
     }
 
+    /// Stops the current server: SIGTERM, then SIGKILL after the grace, or
+    /// at once when a second stop request forces it.
     async fn stop_server(&mut self) {
         let grace = self.spec.stop_grace;
         let (group, shutdown) = (self.ctx.group, self.ctx.shutdown);
@@ -453,6 +453,9 @@ impl<'a> HealthLoop<'a> {
             false,
         );
         status.restarted();
+        // /readyz is false from the verdict on: the requests in flight
+        // finish before the server stops (a server that exited has none).
+        self.drain().await;
         self.stop_server().await;
         if self.ctx.shutdown.is_requested() {
             return Next::End(ServeOutcome::Stopped);

@@ -408,7 +408,15 @@ impl Seen {
                 if self.asking && !self.answered.contains_key(&n.id) {
                     self.unasked.push(n.id.clone());
                 }
-                self.first_seen.entry(n.id.clone()).or_insert(u.received_at);
+                if let std::collections::hash_map::Entry::Vacant(seen) =
+                    self.first_seen.entry(n.id.clone())
+                {
+                    seen.insert(u.received_at);
+                    // Present when the wait began: joined before it.
+                    if let Some(status) = status {
+                        status.mark(StartupStep::NodeJoined, n.address.clone());
+                    }
+                }
             }
         }
         self.last_update_at = u.received_at;
