@@ -25,6 +25,12 @@ impl KeyValue {
             value: value.into(),
         }
     }
+
+    /// `KEY=VALUE` (a key that is not empty), as flags write it.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (key, value) = text.split_once('=')?;
+        (!key.is_empty()).then(|| Self::new(key, value))
+    }
 }
 
 /// An amount of a custom Ray resource.

@@ -10,7 +10,7 @@ use orchestrator_domain::KeyValue;
 use orchestrator_phases::config::{PluginLimits, ServeConfig};
 use orchestrator_phases::lifecycle::{Lifecycle, LocalCluster, Plan};
 use orchestrator_phases::native::{LocalGroup, NativeBackend, NativePlan};
-use orchestrator_phases::policies::{self, Policies};
+use orchestrator_phases::policies::{self, Named, Policies};
 use orchestrator_phases::prefetch::PrefetchConfig;
 use orchestrator_phases::scale::ScaleSpec;
 use orchestrator_phases::serve::ServeSpec;
@@ -188,13 +188,7 @@ pub enum LocalBackend {
 /// `KEY=VALUE` flags as pairs.
 pub fn key_values(raw: &[String], flag: &str) -> Result<Vec<KeyValue>> {
     raw.iter()
-        .map(|p| {
-            let (k, v) = p
-                .split_once('=')
-                .filter(|(k, _)| !k.is_empty())
-                .with_context(|| format!("{flag} {p:?} is not KEY=VALUE"))?;
-            Ok(KeyValue::new(k, v))
-        })
+        .map(|p| KeyValue::parse(p).with_context(|| format!("{flag} {p:?} is not KEY=VALUE")))
         .collect()
 }
 
@@ -297,53 +291,21 @@ impl LocalArgs {
     /// The policies: readiness always, launch and health to serve a model.
     fn policies(&self) -> Result<Policies> {
         let host = policies::host(&PluginLimits::default())?;
-        let load = |flag: &str, text: &str| {
-            self.registry
-                .policy(text)
-                .map(|policy| (policy, flag.to_string()))
-                .with_context(|| flag.to_string())
+        let named = |flag, text: &str| -> Result<Named> {
+            let policy = self.registry.policy(text).with_context(|| flag)?;
+            Ok(Named { policy, flag })
         };
-        let (readiness, at) = load("--policy", &self.policy)?;
-        let readiness = policies::readiness(&host, &readiness, &at)?;
-        let (launch, at) = load("--launch-policy", &self.launch_policy)?;
-        let launch = policies::launch(&host, &launch, &at)?;
-        let (health, at) = load("--health-policy", &self.health_policy)?;
-        let health = policies::health(&host, &health, &at)?;
-        let scale = if self.scale {
-            let (scale, at) = load("--scale-policy", &self.scale_policy)?;
-            Some(policies::scale(&host, &scale, &at)?)
-        } else {
-            None
+        let scale = match self.scale {
+            true => Some(named("--scale-policy", &self.scale_policy)?),
+            false => None,
         };
-        Ok(Policies {
-            readiness,
-            launch,
-            health,
+        Ok(Policies::of_named(
+            &host,
+            named("--policy", &self.policy)?,
+            named("--launch-policy", &self.launch_policy)?,
+            named("--health-policy", &self.health_policy)?,
             scale,
-        })
-    }
-}
-
-impl LocalArgs {
-    /// The library's description of a local native group.
-    fn native_group(&self) -> Result<LocalGroup> {
-        let cluster = self.cluster()?;
-        Ok(LocalGroup {
-            workers: self.workers,
-            address: self.head_ip,
-            endpoints_port: self.endpoints_port,
-            master_port: 0,
-            gpus_per_node: self.gpus_per_node,
-            timeout: cluster.timeout,
-            readiness_params: cluster.readiness_params,
-            serve: cluster.serve,
-            exit_when_ready: self.exit_when_ready,
-            prefetch: cluster.prefetch,
-            heartbeat: Duration::from_millis(self.heartbeat_ms.max(10)),
-            heartbeat_timeout: Duration::from_millis(
-                self.heartbeat_timeout_ms.max(2 * self.heartbeat_ms),
-            ),
-        })
+        )?)
     }
 }
 
@@ -351,7 +313,12 @@ impl LocalArgs {
 /// a failure, 2 for bad arguments.
 pub fn run(args: LocalArgs) -> ExitCode {
     let prepared = match args.backend {
-        LocalBackend::Native => args.native_group().and_then(|group| {
+        LocalBackend::Native => args.cluster().and_then(|cluster| {
+            let group = LocalGroup::of_cluster(
+                cluster,
+                Duration::from_millis(args.heartbeat_ms.max(10)),
+                Duration::from_millis(args.heartbeat_timeout_ms.max(2 * args.heartbeat_ms)),
+            );
             let plan = NativePlan::local(&group)?;
             Ok(
                 Lifecycle::of(NativeBackend::new(plan, Some(args.policies()?)))
@@ -385,22 +352,12 @@ pub fn run(args: LocalArgs) -> ExitCode {
     );
     let exit_when_ready = args.exit_when_ready;
     let lifecycle = lifecycle.on_ready(move |ready| {
-        let alive: Vec<_> = ready.snapshot.nodes.iter().filter(|n| n.alive).collect();
         println!(
-            "cluster ready after {:.1} s: {} nodes",
+            "cluster ready after {:.1} s: {} nodes\n{}",
             start.elapsed().as_secs_f64(),
-            alive.len()
+            ready.alive().count(),
+            ready.node_lines().trim_end()
         );
-        for n in alive {
-            println!(
-                "  {:<6} {:<12} node {}  cpu={} gpu={}",
-                if n.is_head { "head" } else { "worker" },
-                n.address,
-                n.id.get(..12).unwrap_or(&n.id),
-                n.resources.cpu,
-                n.resources.gpu
-            );
-        }
         match model {
             Some(model) => println!("serving {model} on {address} (Ctrl-C stops everything)"),
             None if !exit_when_ready => println!("press Ctrl-C to stop the cluster"),

@@ -77,50 +77,22 @@ fn main() -> ExitCode {
     code
 }
 
-/// Runs a lifecycle (`run`, `local`) on a two-thread runtime and turns
-/// its end into the exit code, printing the failure.
+/// Runs a lifecycle (`run`, `local`) and turns its end into the exit
+/// code, printing the failure.
 pub fn run_lifecycle(lifecycle: orchestrator_phases::lifecycle::Lifecycle) -> ExitCode {
-    let runtime = match runtime(2) {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    exit_code(runtime.block_on(lifecycle.run()))
-}
-
-/// The process's exit code for a run's end, its error printed.
-fn exit_code(
-    ended: Result<
-        orchestrator_phases::lifecycle::Exit,
-        orchestrator_phases::lifecycle::LifecycleError,
-    >,
-) -> ExitCode {
-    match ended {
-        Ok(exit) => {
-            if let Some(error) = &exit.error {
-                eprintln!("error: {error}");
-            }
-            ExitCode::from(exit.code)
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
+    let exit = lifecycle.run_blocking();
+    if let Some(error) = &exit.error {
+        eprintln!("error: {error}");
     }
+    ExitCode::from(exit.code)
 }
 
-/// A tokio runtime with `workers` threads (0: on this thread only); a
-/// failure is printed and becomes exit code 1.
-pub fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
-    let built = if workers == 0 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build()
-    };
+/// A runtime on this thread; a failure is printed and becomes exit
+/// code 1.
+pub fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    let built = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
     built.map_err(|e| {
         eprintln!("error: cannot start the async runtime: {e}");
         ExitCode::from(1)

@@ -9,9 +9,8 @@ use orchestrator_phases::config::{PluginLimits, RegistryConfig};
 use orchestrator_phases::policies::{self, PolicyRef};
 use orchestrator_policy_authoring::publish::Push;
 use orchestrator_policy_authoring::{scaffold, trial};
-use orchestrator_policy_host::{HostConfig, PluginError, PluginSource, PolicyHost, Version};
+use orchestrator_policy_host::{HostConfig, PluginError, PolicyHost};
 use serde_json::Value;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -219,56 +218,21 @@ pub fn run(cmd: PluginCommand) -> ExitCode {
 
 fn list(host_args: &HostArgs) -> Result<ExitCode> {
     let host = PolicyHost::new(host_args.host_config())?;
-    let mut out = format!("{:<12} {:<11} {:<8} SHA256\n", "NAME", "WORLD", "VERSION");
-    for builtin in orchestrator_builtin_plugins::BUILTINS {
-        let info = host.inspect(&PluginSource::Embedded {
-            name: format!("builtin:{}", builtin.name),
-            bytes: builtin.wasm,
-        })?;
-        out.push_str(&format!(
-            "{:<12} {:<11} {:<8} {}\n",
-            builtin.name, info.world, info.version, info.sha256
-        ));
-    }
-    emit(&out)?;
+    emit(&orchestrator_phases::policies::builtins_table(&host)?)?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn check(plugin: &str, host_args: &HostArgs) -> Result<ExitCode> {
     let host = PolicyHost::new(host_args.host_config())?;
-    let source = match host_args
+    let info = host_args
         .registry
         .policy(plugin)
         .and_then(|p| p.source(None))
-    {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Ok(ExitCode::from(2));
-        }
-    };
-    match host.inspect(&source) {
+        .map_err(|e| e.to_string())
+        .and_then(|source| host.inspect(&source).map_err(|e| e.to_string()));
+    match info {
         Ok(info) => {
-            let mut out = format!(
-                "plugin:  {}\nworld:   {}\nversion: {}\nsha256:  {}\nsize:    {} bytes\nexports: {}\nimports:\n",
-                info.name,
-                info.world,
-                info.version,
-                info.sha256,
-                info.size,
-                info.exports.join(", ")
-            );
-            for import in &info.imports {
-                out.push_str(&format!("  {import}\n"));
-            }
-            if info.version < Version::LATEST {
-                out.push_str(&format!(
-                    "note:    contract {} exists: rebuild with the current SDK for the cluster as a host resource (queries, packed nodes), much faster at scale; this {} plugin keeps running as it is\n",
-                    Version::LATEST,
-                    info.version
-                ));
-            }
-            emit(&out)?;
+            emit(&info.to_string())?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
@@ -278,18 +242,6 @@ fn check(plugin: &str, host_args: &HostArgs) -> Result<ExitCode> {
     }
 }
 
-fn read_input(path: &Path) -> Result<String> {
-    if path.as_os_str() == "-" {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("cannot read the input from stdin")?;
-        return Ok(text);
-    }
-    std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the input file {}", path.display()))
-}
-
 fn run_plugin(
     plugin: &str,
     input: &Path,
@@ -297,7 +249,7 @@ fn run_plugin(
     host_args: &HostArgs,
 ) -> Result<ExitCode> {
     let params = trial::parse_params(params)?;
-    let text = read_input(input)?;
+    let text = trial::read_input(input)?;
     let value: Value = serde_json::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{} is not JSON ({e})", input.display()))?;
     let host = PolicyHost::new(host_args.host_config())?;

@@ -2,13 +2,9 @@
 //! `orchestrator plan` (what `run` would do, without running anything):
 //! arguments in, the library's plan and lifecycle, the outcome printed.
 
-use anyhow::Context;
 use clap::Args;
 use orchestrator_phases::config::{Config, ConfigError, Role};
-use orchestrator_phases::lifecycle;
-use orchestrator_phases::native::{Backend, NativeIdentity};
-use orchestrator_phases::policies::{self, Policies};
-use orchestrator_phases::prepare::lifecycle_for;
+use orchestrator_phases::prepare::{describe_plan, lifecycle_for};
 use orchestrator_phases::start::KUBERAY_ENV;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -83,85 +79,38 @@ pub fn plan(args: PlanArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return refuse(2, e),
     };
-    if config.backend == Backend::Native {
-        return plan_native(&config);
-    }
-    let topology = match &args.raycluster {
-        None => config.cluster.topology(),
-        Some(path) => {
-            let manifest = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the manifest {}", path.display()))
-                .and_then(|text| {
-                    if config.role == Role::Head {
-                        warn_on_gateway_name(&config, &text);
-                    }
-                    orchestrator_kubernetes::raycluster::topology_from_yaml(&text)
-                        .with_context(|| path.display().to_string())
-                });
-            match manifest {
-                Ok(t) => config.cluster.merge(t),
-                Err(e) => return refuse(2, format!("{e:#}")),
+    let manifest = match &args.raycluster {
+        None => None,
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => Some((path.display().to_string(), text)),
+            Err(e) => {
+                return refuse(
+                    2,
+                    format!("cannot read the manifest {}: {e}", path.display()),
+                );
             }
-        }
-    };
-    let mut loaded = match head_policies(&config) {
-        Ok(p) => p,
-        Err(e) => return refuse(2, e),
+        },
     };
     let kuberay = match kuberay_command() {
         Ok(k) => k,
         Err(e) => return refuse(2, e),
     };
-    printed(lifecycle::describe(
+    let described = describe_plan(
         &config,
-        &topology,
+        manifest.as_ref().map(|(p, t)| (p.as_str(), t.as_str())),
         kuberay.as_deref(),
-        loaded.as_mut(),
-    ))
-}
-
-/// A described plan printed as JSON (exit 0), or its error (exit 2).
-fn printed(described: Result<serde_json::Value, impl std::fmt::Display>) -> ExitCode {
+        &|name| std::env::var(name).ok(),
+    );
     match described {
-        Ok(json) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&json).unwrap_or_default()
-            );
+        Ok(described) => {
+            for warning in &described.warnings {
+                eprintln!("warning: {warning}");
+            }
+            let text = serde_json::to_string_pretty(&described.plan).unwrap_or_default();
+            println!("{text}");
             ExitCode::SUCCESS
         }
         Err(e) => refuse(2, e),
-    }
-}
-
-/// Warns when AIBrix's gateway would route a model name that vLLM does not
-/// serve: the gateway forwards the request's model unchanged to the pods
-/// labelled with it, so vLLM must serve under that name.
-fn warn_on_gateway_name(config: &Config, manifest: &str) {
-    let Some(label) = orchestrator_kubernetes::raycluster::aibrix_model_label(manifest) else {
-        return;
-    };
-    let served = config
-        .serve
-        .served_model_name
-        .as_deref()
-        .or(config.serve.model.as_deref());
-    if let Some(served) = served
-        && served != label
-    {
-        eprintln!(
-            "warning: AIBrix's gateway routes model {label:?} (label {}) to this fleet and forwards that name unchanged, but vLLM serves {served:?}: requests would get 404. Set serve.served-model-name = {label:?} (or ORCHESTRATOR__SERVE__SERVED_MODEL_NAME={label})",
-            orchestrator_kubernetes::raycluster::AIBRIX_MODEL_LABEL
-        );
-    }
-}
-
-/// The head's policies; workers run none (a policy file mounted only on
-/// the head is not looked for on a worker).
-fn head_policies(config: &Config) -> Result<Option<Policies>, policies::PolicyError> {
-    match config.role {
-        Role::Head => Policies::of_config(config).map(Some),
-        Role::Worker => Ok(None),
     }
 }
 
@@ -183,33 +132,4 @@ pub fn run(args: ConfigArgs) -> ExitCode {
         Ok(lifecycle) => crate::run_lifecycle(lifecycle),
         Err(e) => refuse(2, e),
     }
-}
-
-/// This node's place in a native group, from the configuration and the
-/// environment.
-fn native_identity(
-    config: &Config,
-) -> Result<NativeIdentity, orchestrator_phases::native::IdentityError> {
-    NativeIdentity::resolve(&config.native, &|name| std::env::var(name).ok())
-}
-
-/// `orchestrator plan` with `backend = "native"`.
-fn plan_native(config: &Config) -> ExitCode {
-    let identity = match native_identity(config) {
-        Ok(i) => i,
-        Err(e) => return refuse(2, e),
-    };
-    let mut loaded = if identity.is_leader() {
-        match Policies::of_config(config) {
-            Ok(p) => Some(p),
-            Err(e) => return refuse(2, e),
-        }
-    } else {
-        None
-    };
-    printed(orchestrator_phases::native::describe(
-        config,
-        &identity,
-        loaded.as_mut().map(|p| &mut p.launch),
-    ))
 }

@@ -122,7 +122,7 @@ pub fn run(args: WaitArgs) -> ExitCode {
         request_resources: false,
         ask_nodes,
     };
-    let runtime = match crate::runtime(0) {
+    let runtime = match crate::runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
@@ -143,25 +143,5 @@ pub fn run(args: WaitArgs) -> ExitCode {
 }
 
 async fn run_wait(spec: &WaitSpec, policy: &mut ReadinessPolicy) -> Result<String> {
-    let ready = wait_for_cluster(spec, policy).await?;
-    let alive: Vec<String> = ready
-        .snapshot
-        .nodes
-        .iter()
-        .filter(|n| n.alive)
-        .map(|n| format!("{}{}", if n.is_head { "head " } else { "" }, n.address))
-        .collect();
-    // Thousands of nodes: name the first few.
-    let shown = alive.len().min(16);
-    let more = if alive.len() > shown {
-        format!(", ... and {} more", alive.len() - shown)
-    } else {
-        String::new()
-    };
-    Ok(format!(
-        "{} nodes alive ({}{more}); {} policy calls",
-        alive.len(),
-        alive[..shown].join(", "),
-        ready.policy_calls
-    ))
+    Ok(wait_for_cluster(spec, policy).await?.summary())
 }

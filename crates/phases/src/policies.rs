@@ -408,3 +408,51 @@ impl std::fmt::Debug for Policies {
             .finish()
     }
 }
+
+/// The built-in policies as `orchestrator plugin list` prints them: name,
+/// world, contract version and sha256, one a line under a header.
+pub fn builtins_table(host: &PolicyHost) -> Result<String, PluginError> {
+    let mut out = format!("{:<12} {:<11} {:<8} SHA256\n", "NAME", "WORLD", "VERSION");
+    for builtin in orchestrator_builtin_plugins::BUILTINS {
+        let info = host.inspect(&PluginSource::Embedded {
+            name: format!("builtin:{}", builtin.name),
+            bytes: builtin.wasm,
+        })?;
+        out.push_str(&format!(
+            "{:<12} {:<11} {:<8} {}\n",
+            builtin.name, info.world, info.version, info.sha256
+        ));
+    }
+    Ok(out)
+}
+
+/// A policy named on a command line: its reference, and the flag that
+/// named it (errors name the flag).
+#[derive(Debug, Clone)]
+pub struct Named<'a> {
+    /// The policy.
+    pub policy: PolicyRef,
+    /// The flag, e.g. `--launch-policy`.
+    pub flag: &'a str,
+}
+
+impl Policies {
+    /// The policies named on a command line (`orchestrator local`): the
+    /// scale policy only when given.
+    pub fn of_named(
+        host: &PolicyHost,
+        readiness_policy: Named<'_>,
+        launch_policy: Named<'_>,
+        health_policy: Named<'_>,
+        scale_policy: Option<Named<'_>>,
+    ) -> Result<Self, PolicyError> {
+        Ok(Self {
+            readiness: readiness(host, &readiness_policy.policy, readiness_policy.flag)?,
+            launch: launch(host, &launch_policy.policy, launch_policy.flag)?,
+            health: health(host, &health_policy.policy, health_policy.flag)?,
+            scale: scale_policy
+                .map(|s| scale(host, &s.policy, s.flag))
+                .transpose()?,
+        })
+    }
+}

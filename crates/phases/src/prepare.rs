@@ -27,6 +27,98 @@ pub enum PrepareError {
     /// A policy cannot be loaded.
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// The RayCluster manifest given to `plan` cannot be read.
+    #[error("{path}: {source}")]
+    Manifest {
+        /// Where it was read from.
+        path: String,
+        /// What is wrong with it.
+        #[source]
+        source: orchestrator_kubernetes::raycluster::ManifestError,
+    },
+    /// The Ray plan cannot be described.
+    #[error(transparent)]
+    Describe(#[from] crate::lifecycle::DescribeError),
+    /// The launch policy failed on the native group.
+    #[error("the launch policy failed: {0}")]
+    NativeLaunch(#[source] orchestrator_policy_host::PluginError),
+}
+
+/// What `orchestrator plan` prints, and what people should be warned of.
+#[derive(Debug, Clone)]
+pub struct Described {
+    /// The plan, as JSON.
+    pub plan: serde_json::Value,
+    /// Warnings about the plan (for stderr).
+    pub warnings: Vec<String>,
+}
+
+/// The plan of `config` on its backend, as `orchestrator plan` prints it:
+/// with a RayCluster manifest (`raycluster`: where it came from and its
+/// text) the Ray cluster's shape is taken from it; `kuberay` and `env` as
+/// for [`lifecycle_for`]. Policies are loaded where the node decides (a
+/// head, a leader).
+pub fn describe_plan(
+    config: &Config,
+    raycluster: Option<(&str, &str)>,
+    kuberay: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Described, PrepareError> {
+    if config.backend == Backend::Native {
+        let identity = NativeIdentity::resolve(&config.native, env)?;
+        let mut loaded = if identity.is_leader() {
+            Some(Policies::of_config(config)?)
+        } else {
+            None
+        };
+        let plan =
+            crate::native::describe(config, &identity, loaded.as_mut().map(|p| &mut p.launch))
+                .map_err(PrepareError::NativeLaunch)?;
+        return Ok(Described {
+            plan,
+            warnings: Vec::new(),
+        });
+    }
+    let mut warnings = Vec::new();
+    let topology = match raycluster {
+        None => config.cluster.topology(),
+        Some((path, text)) => {
+            if config.role == Role::Head {
+                warnings.extend(gateway_name_warning(config, text));
+            }
+            let manifest = orchestrator_kubernetes::raycluster::topology_from_yaml(text).map_err(
+                |source| PrepareError::Manifest {
+                    path: path.to_string(),
+                    source,
+                },
+            )?;
+            config.cluster.merge(manifest)
+        }
+    };
+    let mut loaded = match config.role {
+        Role::Head => Some(Policies::of_config(config)?),
+        Role::Worker => None,
+    };
+    let plan = crate::lifecycle::describe(config, &topology, kuberay, loaded.as_mut())?;
+    Ok(Described { plan, warnings })
+}
+
+/// A warning when AIBrix's gateway would route a model name that vLLM
+/// does not serve: the gateway forwards the request's model unchanged to
+/// the pods labelled with it, so vLLM must serve under that name.
+fn gateway_name_warning(config: &Config, manifest: &str) -> Option<String> {
+    let label = orchestrator_kubernetes::raycluster::aibrix_model_label(manifest)?;
+    let served = config
+        .serve
+        .served_model_name
+        .as_deref()
+        .or(config.serve.model.as_deref())?;
+    (served != label).then(|| {
+        format!(
+            "AIBrix's gateway routes model {label:?} (label {}) to this fleet and forwards that name unchanged, but vLLM serves {served:?}: requests would get 404. Set serve.served-model-name = {label:?} (or ORCHESTRATOR__SERVE__SERVED_MODEL_NAME={label})",
+            orchestrator_kubernetes::raycluster::AIBRIX_MODEL_LABEL
+        )
+    })
 }
 
 /// The lifecycle of `config` on its backend: the plan, the policies of the

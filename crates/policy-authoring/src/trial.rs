@@ -15,11 +15,22 @@ use std::path::Path;
 /// `KEY=VALUE` parameters, as `--param` gives them.
 pub fn parse_params(raw: &[String]) -> Result<Vec<KeyValue>, AuthoringError> {
     raw.iter()
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) if !k.is_empty() => Ok(KeyValue::new(k, v)),
-            _ => invalid!("--param {p:?} is not KEY=VALUE; write it like --param nodes=3"),
+        .map(|p| match KeyValue::parse(p) {
+            Some(kv) => Ok(kv),
+            None => invalid!("--param {p:?} is not KEY=VALUE; write it like --param nodes=3"),
         })
         .collect()
+}
+
+/// The input file's text; `-` reads stdin.
+pub fn read_input(path: &Path) -> Result<String, AuthoringError> {
+    if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .map_err(AuthoringError::io("read the input from", "stdin"))?;
+        return Ok(text);
+    }
+    std::fs::read_to_string(path).map_err(AuthoringError::io("read the input file", path))
 }
 
 /// A policy input that can say what the types cannot.

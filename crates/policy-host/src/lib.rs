@@ -137,6 +137,32 @@ pub struct PluginInfo {
     pub exports: Vec<String>,
 }
 
+impl std::fmt::Display for PluginInfo {
+    /// What `orchestrator plugin check` prints: one field a line, the
+    /// imports one a line, and a note when a newer contract exists.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "plugin:  {}", self.name)?;
+        writeln!(f, "world:   {}", self.world)?;
+        writeln!(f, "version: {}", self.version)?;
+        writeln!(f, "sha256:  {}", self.sha256)?;
+        writeln!(f, "size:    {} bytes", self.size)?;
+        writeln!(f, "exports: {}", self.exports.join(", "))?;
+        writeln!(f, "imports:")?;
+        for import in &self.imports {
+            writeln!(f, "  {import}")?;
+        }
+        if self.version < Version::LATEST {
+            writeln!(
+                f,
+                "note:    contract {} exists: rebuild with the current SDK for the cluster as a host resource (queries, packed nodes), much faster at scale; this {} plugin keeps running as it is",
+                Version::LATEST,
+                self.version
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// Increments the engine's epoch while any call is running, and sleeps
 /// (parked) when none is, so an idle orchestrator costs no CPU.
 struct EpochTicker {

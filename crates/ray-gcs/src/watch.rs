@@ -93,6 +93,66 @@ fn apply(known: &mut BTreeMap<String, Node>, info: &GcsNodeInfo) -> Option<Membe
     }
 }
 
+/// The command that subscribes `subscriber_id` to node changes.
+fn subscribe_to_nodes(subscriber_id: &[u8]) -> proto::GcsSubscriberCommandBatchRequest {
+    proto::GcsSubscriberCommandBatchRequest {
+        subscriber_id: subscriber_id.to_vec(),
+        commands: vec![Command {
+            channel_type: ChannelType::GcsNodeInfoChannel as i32,
+            key_id: vec![],
+            command_message_one_of: Some(proto::command::CommandMessageOneOf::SubscribeMessage(
+                SubMessage {},
+            )),
+        }],
+        sender_id: vec![],
+    }
+}
+
+/// Replaces `known` with a snapshot's nodes; the joins and deaths since
+/// what was known (after a reconnection: what happened while away).
+fn replace_with_snapshot(
+    known: &mut BTreeMap<String, Node>,
+    infos: &[proto::GcsNodeInfo],
+) -> Vec<MembershipChange> {
+    let mut fresh: BTreeMap<String, Node> = BTreeMap::new();
+    let mut changes = Vec::new();
+    for node in infos.iter().map(node_from_proto) {
+        let before = known.get(&node.id);
+        match (before.map(|n| n.alive), node.alive) {
+            (Some(true), false) => changes.push(MembershipChange::Died {
+                node: node.clone(),
+                reason: None,
+            }),
+            (None | Some(false), true) => changes.push(MembershipChange::Joined(node.clone())),
+            _ => {}
+        }
+        fresh.insert(node.id.clone(), node);
+    }
+    *known = fresh;
+    changes
+}
+
+/// Applies a poll's messages to `known` (their raylets to `book`); the
+/// joins and deaths, and the highest sequence processed.
+fn apply_messages(
+    known: &mut BTreeMap<String, Node>,
+    book: &RayletBook,
+    messages: &[proto::PubMessage],
+    max_processed: &mut i64,
+) -> Vec<MembershipChange> {
+    let mut changes = Vec::new();
+    for message in messages {
+        *max_processed = (*max_processed).max(message.sequence_id);
+        if let Some(proto::pub_message::InnerMessage::NodeInfoMessage(info)) =
+            &message.inner_message
+        {
+            book.record(info);
+            changes.extend(apply(known, info));
+        }
+    }
+    changes
+}
+
 async fn session(
     address: &str,
     tx: &mpsc::UnboundedSender<MembershipUpdate>,
@@ -106,17 +166,7 @@ async fn session(
     let rpc_err = |what: &str, s: tonic::Status| crate::rpc_error(address, client.auth(), what, s);
 
     // Subscribe first, then snapshot: nothing that happens in between is lost.
-    let subscribe = proto::GcsSubscriberCommandBatchRequest {
-        subscriber_id: subscriber_id.clone(),
-        commands: vec![Command {
-            channel_type: ChannelType::GcsNodeInfoChannel as i32,
-            key_id: vec![],
-            command_message_one_of: Some(proto::command::CommandMessageOneOf::SubscribeMessage(
-                SubMessage {},
-            )),
-        }],
-        sender_id: vec![],
-    };
+    let subscribe = subscribe_to_nodes(&subscriber_id);
     // Bounded: a GCS that takes the connection but never answers is
     // reported (and retried), not waited on for ever.
     let subscribe = client.request(subscribe);
@@ -133,23 +183,8 @@ async fn session(
 
     let infos = client.all_node_info().await?;
     infos.iter().for_each(|info| book.record(info));
-    let nodes = infos.iter().map(node_from_proto);
     let received_at = Instant::now();
-    let mut fresh: BTreeMap<String, Node> = BTreeMap::new();
-    let mut changes = Vec::new();
-    for node in nodes {
-        let before = known.get(&node.id);
-        match (before.map(|n| n.alive), node.alive) {
-            (Some(true), false) => changes.push(MembershipChange::Died {
-                node: node.clone(),
-                reason: None,
-            }),
-            (None | Some(false), true) => changes.push(MembershipChange::Joined(node.clone())),
-            _ => {}
-        }
-        fresh.insert(node.id.clone(), node);
-    }
-    *known = fresh;
+    let changes = replace_with_snapshot(known, &infos);
     tracing::debug!(
         address,
         nodes = known.len(),
@@ -194,19 +229,7 @@ async fn session(
         if !reply.publisher_id.is_empty() {
             publisher_id = reply.publisher_id;
         }
-        let mut changes = Vec::new();
-        for message in &reply.pub_messages {
-            max_processed = max_processed.max(message.sequence_id);
-            if let Some(proto::pub_message::InnerMessage::NodeInfoMessage(info)) =
-                &message.inner_message
-            {
-                book.record(info);
-                let Some(change) = apply(known, info) else {
-                    continue;
-                };
-                changes.push(change);
-            }
-        }
+        let changes = apply_messages(known, book, &reply.pub_messages, &mut max_processed);
         if !changes.is_empty() {
             // Only the changes: the receiver applies them to its view.
             let update = MembershipUpdate {

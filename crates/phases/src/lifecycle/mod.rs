@@ -182,6 +182,22 @@ impl Lifecycle {
         Arc::clone(&self.status)
     }
 
+    /// [`run`](Self::run) on a runtime of its own (two worker threads),
+    /// for a binary's `main`: every failure, a runtime that cannot start
+    /// included, is an exit with code 1 and its message.
+    pub fn run_blocking(self) -> Exit {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build();
+        match runtime {
+            Ok(runtime) => runtime
+                .block_on(self.run())
+                .unwrap_or_else(|e| Exit::failed(1, e.to_string())),
+            Err(e) => Exit::failed(1, format!("cannot start the async runtime: {e}")),
+        }
+    }
+
     /// Runs the whole lifecycle; everything started is stopped before this
     /// returns.
     pub async fn run(mut self) -> Result<Exit, LifecycleError> {

@@ -364,6 +364,26 @@ impl RayBackend {
         }
     }
 
+    /// What the head's wait follows: the GCS, with the platform's facts.
+    fn wait_spec(
+        &self,
+        plan: &WaitPlan,
+        facts: Option<watch::Receiver<orchestrator_domain::ExternalFacts>>,
+    ) -> WaitSpec {
+        WaitSpec {
+            source: Arc::clone(&self.plan.membership),
+            expected: plan.expected.clone(),
+            timeout: plan.timeout,
+            params: plan.params.clone(),
+            diagnostics: vec![],
+            facts,
+            status: Some(Arc::clone(&self.status)),
+            health: self.board.clone(),
+            request_resources: self.capacity_asked,
+            ask_nodes: None,
+        }
+    }
+
     async fn wait(
         &mut self,
         plan: &WaitPlan,
@@ -372,9 +392,6 @@ impl RayBackend {
         kubernetes: &mut Option<KubeHandle>,
     ) -> Waited {
         let status = Arc::clone(&self.status);
-        let Some(policies) = self.policies.as_mut() else {
-            return Waited::Ended(Exit::failed(1, "the head has no readiness policy loaded"));
-        };
         let facts = match kubernetes.as_mut().and_then(|k| k.facts.take()) {
             Some(setup) => setup.await.ok().flatten(),
             None => None,
@@ -385,10 +402,6 @@ impl RayBackend {
             .unwrap_or_else(|| plan.expected.clone());
         status.nodes(0, expected.nodes);
         status.enter(Phase::Wait);
-        let mut early = EarlyLaunch::new();
-        early
-            .follow(&self.plan, &status, &mut policies.launch, &expected)
-            .await;
         // The early launch follows the expected topology as the platform
         // reports it.
         let mut expected_changes = facts.clone();
@@ -396,18 +409,14 @@ impl RayBackend {
         // once Ray sees demand: the head asks for them.
         let autoscaled = facts.as_ref().is_some_and(|f| f.borrow().autoscaling);
         self.capacity_asked = plan.request_resources || autoscaled;
-        let spec = WaitSpec {
-            source: Arc::clone(&self.plan.membership),
-            expected: plan.expected.clone(),
-            timeout: plan.timeout,
-            params: plan.params.clone(),
-            diagnostics: vec![],
-            facts,
-            status: Some(Arc::clone(&status)),
-            health: self.board.clone(),
-            request_resources: self.capacity_asked,
-            ask_nodes: None,
+        let spec = self.wait_spec(plan, facts);
+        let Some(policies) = self.policies.as_mut() else {
+            return Waited::Ended(Exit::failed(1, "the head has no readiness policy loaded"));
         };
+        let mut early = EarlyLaunch::new();
+        early
+            .follow(&self.plan, &status, &mut policies.launch, &expected)
+            .await;
         let waiting = wait_for_cluster(&spec, &mut policies.readiness);
         tokio::pin!(waiting);
         let outcome = loop {
@@ -442,14 +451,10 @@ impl RayBackend {
                 }
                 open = expected_changed => {
                     match (open, expected_changes.as_mut()) {
+                        // The wait future holds the readiness policy; the
+                        // launch policy is separate.
                         (true, Some(rx)) => {
-                            let now = rx
-                                .borrow_and_update()
-                                .expected
-                                .clone()
-                                .unwrap_or_else(|| plan.expected.clone());
-                            // The wait future holds the readiness policy;
-                            // the launch policy is separate.
+                            let now = rx.borrow_and_update().expected.clone().unwrap_or_else(|| plan.expected.clone());
                             early.follow(&self.plan, &status, &mut policies.launch, &now).await;
                         }
                         // The watcher ended: the last expectation stands.
@@ -460,12 +465,7 @@ impl RayBackend {
                 started = late.next() => started,
             };
             match started {
-                Ok(node) => {
-                    if let Some(reporter) = &self.reporter {
-                        report_on(&self.plan.start, reporter, &node);
-                    }
-                    nodes.adopt(node);
-                }
+                Ok(node) => adopt(&self.plan, self.reporter.as_ref(), nodes, node),
                 Err(e) => {
                     break Waited::Ended(Exit::failed(1, format!("a worker failed to start: {e}")));
                 }
@@ -692,4 +692,18 @@ async fn supervise(nodes: &RayNodes, shutdown: &Shutdown, status: &Status) -> Ex
             Exit::failed(1, message)
         }
     }
+}
+
+/// A worker started late (during the wait) joins the nodes the head
+/// supervises, with its node-health checks.
+fn adopt(
+    plan: &Plan,
+    reporter: Option<&Reporter>,
+    nodes: &mut RayNodes,
+    node: crate::start::RayNode,
+) {
+    if let Some(reporter) = reporter {
+        report_on(&plan.start, reporter, &node);
+    }
+    nodes.adopt(node);
 }

@@ -238,6 +238,31 @@ pub struct LocalGroup {
     pub heartbeat_timeout: Duration,
 }
 
+impl LocalGroup {
+    /// The native group of a local cluster's description: as many ranks
+    /// besides the leader as it has workers, on the head's address.
+    pub fn of_cluster(
+        cluster: crate::lifecycle::LocalCluster,
+        heartbeat: Duration,
+        heartbeat_timeout: Duration,
+    ) -> Self {
+        Self {
+            workers: cluster.workers,
+            address: cluster.head_ip,
+            endpoints_port: cluster.endpoints_port,
+            master_port: 0,
+            gpus_per_node: cluster.gpus_per_node,
+            timeout: cluster.timeout,
+            readiness_params: cluster.readiness_params,
+            serve: cluster.serve,
+            exit_when_ready: cluster.exit_when_ready,
+            prefetch: cluster.prefetch,
+            heartbeat,
+            heartbeat_timeout,
+        }
+    }
+}
+
 /// Why a native plan cannot be made.
 #[derive(Debug, thiserror::Error)]
 pub enum NativePlanError {

@@ -11,8 +11,11 @@
 //!   as such; the wait phase and the health loop read it, `/status` and
 //!   the metrics show it, Events name the nodes that turn unhealthy. Entry
 //!   point: [`board::follow`].
+//! - [`check`]: one reading and verdict of this node, for `orchestrator
+//!   node check`. Entry point: [`check::check_this_node`].
 
 pub mod board;
+pub mod check;
 pub mod reporter;
 
 pub use board::{Board, BoardEntry};

@@ -97,6 +97,48 @@ struct HealthLoop<'a> {
 }
 
 impl<'a> HealthLoop<'a> {
+    /// The loop before its first launch.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        spec: &'a ServeSpec,
+        plan: &'a LaunchPlan,
+        nodes: &[Node],
+        ready_at: Option<Instant>,
+        policy: &'a mut HealthPolicy,
+        ctx: ServeContext<'a>,
+        prelaunched: Option<ServerProcess>,
+        probe_tx: mpsc::UnboundedSender<(ProbeKind, ProbeResult)>,
+    ) -> Self {
+        Self {
+            spec,
+            plan,
+            env: plan
+                .env
+                .iter()
+                .map(|kv| (kv.key.clone(), kv.value.clone()))
+                .collect(),
+            ctx,
+            policy,
+            ready_at,
+            phase_start: Instant::now(),
+            nodes: nodes.to_vec(),
+            server_nodes: Vec::new(),
+            changes: Vec::new(),
+            restarts: 0,
+            server: Server {
+                process: None,
+                launched: Instant::now(),
+                exited: None,
+                running: false,
+                probes: Probes::default(),
+            },
+            probe_tx,
+            last_logged: None,
+            board: ctx.health.map(|rx| rx.borrow().clone()).unwrap_or_default(),
+            prelaunched,
+        }
+    }
+
     /// Starts the serving process (again, after a restart).
     fn launch(&mut self) {
         let exec_called = self.ready_at.map(|t| t.elapsed().as_micros() as u64);
@@ -517,34 +559,16 @@ pub async fn supervise_prelaunched(
     let mut membership = ctx.source.watch();
     let mut tick = tokio::time::interval(spec.health_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut state = HealthLoop {
+    let mut state = HealthLoop::new(
         spec,
         plan,
-        env: plan
-            .env
-            .iter()
-            .map(|kv| (kv.key.clone(), kv.value.clone()))
-            .collect(),
-        ctx,
-        policy,
+        nodes,
         ready_at,
-        phase_start: Instant::now(),
-        nodes: nodes.to_vec(),
-        server_nodes: Vec::new(),
-        changes: Vec::new(),
-        restarts: 0,
-        server: Server {
-            process: None,
-            launched: Instant::now(),
-            exited: None,
-            running: false,
-            probes: Probes::default(),
-        },
-        probe_tx,
-        last_logged: None,
-        board: ctx.health.map(|rx| rx.borrow().clone()).unwrap_or_default(),
+        policy,
+        ctx,
         prelaunched,
-    };
+        probe_tx,
+    );
     state.board.annotate(&mut state.nodes);
     let mut health_rx = ctx.health.cloned();
     state.launch();

@@ -207,50 +207,7 @@ impl RayStart {
             }
             cmd
         };
-        if let Some(ip) = &ray.node_ip {
-            cmd.set("node-ip-address", ip.clone());
-        }
-        if let Some(v) = ray.num_cpus {
-            cmd.set("num-cpus", trim_float(v));
-        }
-        if let Some(v) = ray.num_gpus {
-            cmd.set("num-gpus", trim_float(v));
-        }
-        if let Some(v) = ray.memory {
-            cmd.set("memory", v.to_string());
-        }
-        if let Some(v) = ray.object_store_memory {
-            cmd.set("object-store-memory", v.to_string());
-        }
-        if !ray.labels.is_empty() {
-            cmd.set(
-                "labels",
-                serde_json::to_string(&ray.labels).unwrap_or_default(),
-            );
-        }
-        if !ray.resources.is_empty() {
-            cmd.set(
-                "resources",
-                serde_json::to_string(&ray.resources).unwrap_or_default(),
-            );
-        }
-        if let Some(v) = ray.dashboard_port {
-            cmd.set("dashboard-port", v.to_string());
-        }
-        if let Some(v) = &ray.dashboard_host {
-            cmd.set("dashboard-host", v.clone());
-        }
-        if let Some(v) = ray.dashboard_agent_listen_port {
-            cmd.set("dashboard-agent-listen-port", v.to_string());
-        }
-        if let Some(v) = ray.metrics_export_port {
-            cmd.set("metrics-export-port", v.to_string());
-        }
-        if let Some(v) = &ray.temp_dir
-            && config.role == Role::Head
-        {
-            cmd.set("temp-dir", v.display().to_string());
-        }
+        cmd.set_node_flags(config);
         cmd.flag("disable-usage-stats");
         if let Some(var) = ray
             .gcs_fault_tolerance
@@ -280,6 +237,56 @@ impl RayStart {
             }
         }
         Ok(cmd)
+    }
+
+    /// The node's own settings of `[ray]`: address, resources, labels,
+    /// dashboard and metrics ports, the head's temp dir.
+    fn set_node_flags(&mut self, config: &Config) {
+        let ray = &config.ray;
+        if let Some(ip) = &ray.node_ip {
+            self.set("node-ip-address", ip.clone());
+        }
+        if let Some(v) = ray.num_cpus {
+            self.set("num-cpus", trim_float(v));
+        }
+        if let Some(v) = ray.num_gpus {
+            self.set("num-gpus", trim_float(v));
+        }
+        if let Some(v) = ray.memory {
+            self.set("memory", v.to_string());
+        }
+        if let Some(v) = ray.object_store_memory {
+            self.set("object-store-memory", v.to_string());
+        }
+        if !ray.labels.is_empty() {
+            self.set(
+                "labels",
+                serde_json::to_string(&ray.labels).unwrap_or_default(),
+            );
+        }
+        if !ray.resources.is_empty() {
+            self.set(
+                "resources",
+                serde_json::to_string(&ray.resources).unwrap_or_default(),
+            );
+        }
+        if let Some(v) = ray.dashboard_port {
+            self.set("dashboard-port", v.to_string());
+        }
+        if let Some(v) = &ray.dashboard_host {
+            self.set("dashboard-host", v.clone());
+        }
+        if let Some(v) = ray.dashboard_agent_listen_port {
+            self.set("dashboard-agent-listen-port", v.to_string());
+        }
+        if let Some(v) = ray.metrics_export_port {
+            self.set("metrics-export-port", v.to_string());
+        }
+        if let Some(v) = &ray.temp_dir
+            && config.role == Role::Head
+        {
+            self.set("temp-dir", v.display().to_string());
+        }
     }
 
     /// The argv as shown to people (plans, logs, errors): secrets such as

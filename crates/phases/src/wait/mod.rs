@@ -73,6 +73,51 @@ pub struct Ready {
     pub policy_calls: u32,
 }
 
+impl Ready {
+    /// One line: the alive nodes (the first 16 named) and the policy
+    /// calls, for `orchestrator wait`.
+    pub fn summary(&self) -> String {
+        let alive: Vec<String> = self
+            .alive()
+            .map(|n| format!("{}{}", if n.is_head { "head " } else { "" }, n.address))
+            .collect();
+        // Thousands of nodes: name the first few.
+        let shown = alive.len().min(16);
+        let more = if alive.len() > shown {
+            format!(", ... and {} more", alive.len() - shown)
+        } else {
+            String::new()
+        };
+        format!(
+            "{} nodes alive ({}{more}); {} policy calls",
+            alive.len(),
+            alive[..shown].join(", "),
+            self.policy_calls
+        )
+    }
+
+    /// One line a node: role, address, id, resources (for `local`).
+    pub fn node_lines(&self) -> String {
+        self.alive()
+            .map(|n| {
+                format!(
+                    "  {:<6} {:<12} node {}  cpu={} gpu={}\n",
+                    if n.is_head { "head" } else { "worker" },
+                    n.address,
+                    n.id.get(..12).unwrap_or(&n.id),
+                    n.resources.cpu,
+                    n.resources.gpu
+                )
+            })
+            .collect()
+    }
+
+    /// The nodes alive at the decision.
+    pub fn alive(&self) -> impl Iterator<Item = &Node> {
+        self.snapshot.nodes.iter().filter(|n| n.alive)
+    }
+}
+
 /// What the wait saw, for a failure message.
 #[derive(Debug, Clone)]
 pub struct Diagnosis {
@@ -224,6 +269,8 @@ struct Seen {
     silent: std::collections::BTreeMap<String, (String, Instant)>,
     /// When the silent nodes were last asked.
     silent_asked_at: Instant,
+    /// When answers about to stop standing were last asked again.
+    refreshed_at: Instant,
     /// The view's nodes the last judgement counted as dead for being
     /// silent (alive again in the view when it takes its nodes back).
     muted: Vec<usize>,
@@ -249,7 +296,72 @@ const ANSWER_STANDS_FOR: Duration = Duration::from_secs(3);
 /// How often nodes that did not answer are asked again.
 const ASK_SILENT_EVERY: Duration = Duration::from_secs(1);
 
+/// How often, while waiting, the nodes whose answers are about to stop
+/// standing are asked again in the background, so that the ready decision
+/// rarely waits for an ask; at most [`REFRESH_AT_MOST`] a round.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+
+/// The most nodes asked again in one refresh round.
+const REFRESH_AT_MOST: usize = 256;
+
 impl Seen {
+    /// Hands the nodes that joined, and the silent ones when they are due
+    /// again, to be asked in the background.
+    fn hand_to(&mut self, asking: Option<&mut Asking>) {
+        let mut joined = std::mem::take(&mut self.unasked);
+        if let Some(asking) = asking {
+            if self.refreshed_at.elapsed() >= REFRESH_EVERY {
+                self.refreshed_at = Instant::now();
+                let due = ANSWER_STANDS_FOR.saturating_sub(REFRESH_EVERY * 2);
+                joined.extend(
+                    self.view
+                        .alive()
+                        .filter(|n| !self.silent.contains_key(&n.id))
+                        .filter(|n| {
+                            self.answered
+                                .get(&n.id)
+                                .is_some_and(|at| at.elapsed() > due)
+                        })
+                        .take(REFRESH_AT_MOST)
+                        .map(|n| n.id.clone()),
+                );
+            }
+            asking.joined(joined);
+            if !self.silent.is_empty() && self.silent_asked_at.elapsed() >= ASK_SILENT_EVERY {
+                asking.silent(self.silent.keys().cloned().collect());
+            }
+        }
+    }
+
+    /// Nothing seen yet at `start`, with the platform's `facts`.
+    fn new(spec: &WaitSpec, start: Instant, facts: ExternalFacts) -> Self {
+        Self {
+            view: ClusterView::default(),
+            connected: false,
+            gcs_error: None,
+            last_reason: None,
+            last_update_at: start,
+            expected: facts.expected.clone().unwrap_or(spec.expected.clone()),
+            facts,
+            // The board as it is now: a node in the first snapshot is
+            // pending its first report like one that joins later.
+            health: spec
+                .health
+                .as_ref()
+                .map(|rx| Arc::clone(&rx.borrow()))
+                .unwrap_or_default(),
+            first_seen: std::collections::HashMap::new(),
+            pending_until: None,
+            silent: Default::default(),
+            silent_asked_at: start,
+            refreshed_at: start,
+            muted: vec![],
+            answered: Default::default(),
+            unasked: vec![],
+            asking: spec.ask_nodes.is_some(),
+        }
+    }
+
     /// A node's address for messages, or its id when it is not in view.
     fn address_of(&self, id: &str) -> String {
         self.view
@@ -504,7 +616,54 @@ struct Waiter<'a> {
     seen: Seen,
 }
 
-impl Waiter<'_> {
+impl<'a> Waiter<'a> {
+    /// A wait starting now, with the platform's facts as they are.
+    fn new(
+        spec: &'a WaitSpec,
+        policy: &'a mut ReadinessPolicy,
+        facts: Option<&mut tokio::sync::watch::Receiver<ExternalFacts>>,
+    ) -> Self {
+        let start = Instant::now();
+        let facts = facts
+            .map(|rx| rx.borrow_and_update().clone())
+            .unwrap_or_default();
+        Self {
+            spec,
+            policy_name: policy.name().to_string(),
+            policy,
+            start,
+            deadline: start + spec.timeout,
+            calls: 0,
+            seen: Seen::new(spec, start, facts),
+        }
+    }
+
+    /// When the policy is asked again with nothing new (at once when a
+    /// confirmation found a node silent: `again`), and when to wake (the
+    /// silent nodes asked again, unless they are being asked).
+    fn next_wake(
+        &self,
+        judged_at: Instant,
+        again: bool,
+        asking_silent: bool,
+    ) -> (Instant, Instant) {
+        let mut rejudge = self.deadline.min(judged_at + REEVALUATE);
+        if let Some(until) = self.seen.pending_until {
+            rejudge = rejudge.min(until);
+        }
+        if again {
+            rejudge = Instant::now();
+        }
+        let mut wake = rejudge;
+        if !self.seen.silent.is_empty() && !asking_silent {
+            wake = wake.min(self.seen.silent_asked_at + ASK_SILENT_EVERY);
+        }
+        if self.seen.asking {
+            wake = wake.min(self.seen.refreshed_at + REFRESH_EVERY);
+        }
+        (rejudge, wake)
+    }
+
     fn timed_out(&self) -> Judged {
         Judged::Done(Err(WaitError::Timeout {
             diagnosis: self
@@ -629,52 +788,16 @@ pub async fn wait_for_cluster(
     spec: &WaitSpec,
     policy: &mut ReadinessPolicy,
 ) -> Result<Ready, WaitError> {
-    let start = Instant::now();
     let mut updates = spec.source.watch();
     let described = spec.source.describe();
     let mut facts_rx = spec.facts.clone();
-    let facts = facts_rx
-        .as_mut()
-        .map(|rx| rx.borrow_and_update().clone())
-        .unwrap_or_default();
-    let mut waiter = Waiter {
-        spec,
-        policy_name: policy.name().to_string(),
-        policy,
-        start,
-        deadline: start + spec.timeout,
-        calls: 0,
-        seen: Seen {
-            view: ClusterView::default(),
-            connected: false,
-            gcs_error: None,
-            last_reason: None,
-            last_update_at: start,
-            expected: facts.expected.clone().unwrap_or(spec.expected.clone()),
-            facts,
-            // The board as it is now: a node in the first snapshot is
-            // pending its first report like one that joins later.
-            health: spec
-                .health
-                .as_ref()
-                .map(|rx| Arc::clone(&rx.borrow()))
-                .unwrap_or_default(),
-            first_seen: std::collections::HashMap::new(),
-            pending_until: None,
-            silent: Default::default(),
-            silent_asked_at: start,
-            muted: vec![],
-            answered: Default::default(),
-            unasked: vec![],
-            asking: spec.ask_nodes.is_some(),
-        },
-    };
+    let mut waiter = Waiter::new(spec, policy, facts_rx.as_mut());
     // Nodes asked in the background ([`WaitSpec::ask_nodes`]): as they
     // join, and the silent ones again every second.
     let mut asking = spec
         .ask_nodes
         .map(|limit| Asking::new(spec.source.clone(), limit));
-    let mut judged_at = start;
+    let mut judged_at = waiter.start;
     // A confirmation that found a node silent: judge again at once.
     let mut again = false;
     let mut health_rx = spec.health.clone();
@@ -683,22 +806,18 @@ pub async fn wait_for_cluster(
         .then(|| spec.source.capacity_requests())
         .flatten()
         .map(capacity::Follower::spawn);
-    if let Some(c) = &capacity {
-        c.ask(&waiter.seen.expected, waiter.seen.head_resources());
-    }
+    let ask_capacity = |seen: &Seen| {
+        if let Some(c) = &capacity {
+            c.ask(&seen.expected, seen.head_resources());
+        }
+    };
+    ask_capacity(&waiter.seen);
     loop {
-        // When the policy is asked again with nothing new.
-        let mut rejudge = waiter.deadline.min(judged_at + REEVALUATE);
-        if let Some(until) = waiter.seen.pending_until {
-            rejudge = rejudge.min(until);
-        }
-        if std::mem::take(&mut again) {
-            rejudge = Instant::now();
-        }
-        let mut wake = rejudge;
-        if !waiter.seen.silent.is_empty() && !asking.as_ref().is_some_and(Asking::asking_silent) {
-            wake = wake.min(waiter.seen.silent_asked_at + ASK_SILENT_EVERY);
-        }
+        let (rejudge, wake) = waiter.next_wake(
+            judged_at,
+            std::mem::take(&mut again),
+            asking.as_ref().is_some_and(Asking::asking_silent),
+        );
         // Only what changed the cluster as seen is judged at once.
         let mut judge = true;
         let facts_changed = async {
@@ -716,22 +835,17 @@ pub async fn wait_for_cluster(
                     continue;
                 };
                 let status = spec.status.as_deref();
-                waiter.seen.apply(update, &described, status);
-                // Coalesce whatever else has already arrived.
-                while let Ok(more) = updates.try_recv() {
-                    waiter.seen.apply(more, &described, status);
+                // Whatever else has already arrived, coalesced.
+                for u in std::iter::once(update).chain(std::iter::from_fn(|| updates.try_recv().ok())) {
+                    waiter.seen.apply(u, &described, status);
                 }
-                if let Some(c) = &capacity {
-                    c.ask(&waiter.seen.expected, waiter.seen.head_resources());
-                }
+                ask_capacity(&waiter.seen);
             }
             open = facts_changed => match (open, facts_rx.as_mut()) {
                 (true, Some(rx)) => {
                     let facts = rx.borrow_and_update().clone();
                     waiter.seen.set_facts(facts, &spec.expected);
-                    if let Some(c) = &capacity {
-                        c.ask(&waiter.seen.expected, waiter.seen.head_resources());
-                    }
+                    ask_capacity(&waiter.seen);
                 }
                 // The watcher ended: keep its last facts, stop listening.
                 _ => facts_rx = None,
@@ -753,15 +867,7 @@ pub async fn wait_for_cluster(
             } => judge = waiter.seen.take_answers(which, answers),
             () = tokio::time::sleep_until(wake.into()) => judge = Instant::now() >= rejudge,
         }
-        let joined = std::mem::take(&mut waiter.seen.unasked);
-        if let Some(asking) = asking.as_mut() {
-            asking.joined(joined);
-            if !waiter.seen.silent.is_empty()
-                && waiter.seen.silent_asked_at.elapsed() >= ASK_SILENT_EVERY
-            {
-                asking.silent(waiter.seen.silent.keys().cloned().collect());
-            }
-        }
+        waiter.seen.hand_to(asking.as_mut());
         if !judge {
             continue;
         }
