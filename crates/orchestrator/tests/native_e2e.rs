@@ -500,13 +500,8 @@ fn a_native_group_serves_from_local_copies_samples_load_and_drains_before_a_rest
     );
     assert_eq!(raised["phase"], "serve", "{raised}");
     let metrics = http_get(&endpoints, "/metrics");
-    assert!(
-        metrics.lines().any(|l| l
-            .strip_prefix("orchestrator_desired_replicas ")
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .is_some_and(|v| v >= 2)),
-        "{metrics}"
-    );
+    let desired = metric_value(&metrics, "orchestrator_desired_replicas");
+    assert!(desired.is_some_and(|v| v >= 2.0), "{metrics}");
     for (_, stream) in burst {
         assert!(stream.join().unwrap().contains("data: [DONE]"));
     }

@@ -313,13 +313,8 @@ fn late_worker_an_early_launched_vllm_waits_for_it_and_serves() {
         raised.1["scale"]["reason"]
     );
     let metrics = http_get(&endpoints, "/metrics");
-    assert!(
-        metrics.lines().any(|l| l
-            .strip_prefix("orchestrator_desired_replicas ")
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .is_some_and(|v| v >= 2)),
-        "{metrics}"
-    );
+    let desired = metric_value(&metrics, "orchestrator_desired_replicas");
+    assert!(desired.is_some_and(|v| v >= 2.0), "{metrics}");
     for (_, stream) in burst {
         let streamed = stream.join().unwrap();
         assert!(streamed.contains("data: [DONE]"), "{streamed}");

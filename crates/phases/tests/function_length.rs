@@ -10,7 +10,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
+use orchestrator_test_support::rust_files;
+use std::path::Path;
 
 /// The longest a function may be, in lines, signature and braces included.
 const LIMIT: usize = 100;
@@ -30,17 +31,6 @@ const NOT_LIBRARY: &[&str] = &[
     "nvml-standin",
     "guest-build",
 ];
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
 
 /// The name of the function a line declares, if it declares one.
 fn declared(line: &str) -> Option<&str> {

@@ -7,24 +7,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use orchestrator_test_support::rust_files;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Modules allowed in an import circle: none (on 2026-12-06 twelve of the
 /// fifteen were in one; configuration types moved under `config/`,
 /// `Status` records domain types, the HTTP probe is a module of its own).
 const IN_A_CIRCLE_TODAY: &[&str] = &[];
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
 
 /// Top module -> the top modules its files name.
 fn graph() -> BTreeMap<String, BTreeSet<String>> {

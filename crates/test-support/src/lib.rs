@@ -302,6 +302,30 @@ pub fn raylet_of(ip: &str) -> Option<i32> {
         .map(|p| p.pid)
 }
 
+/// Every `.rs` file under `dir`, walked depth first (for tests that read
+/// the source tree).
+pub fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The value of an unlabelled metric in a Prometheus text exposition.
+pub fn metric_value(exposition: &str, name: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 /// Sends `sig` to `pid` through the kill system call.
 pub fn signal(pid: i32, sig: Signal) {
     if let Some(p) = Pid::from_raw(pid) {

@@ -269,8 +269,6 @@ struct Seen {
     silent: std::collections::BTreeMap<String, (String, Instant)>,
     /// When the silent nodes were last asked.
     silent_asked_at: Instant,
-    /// When answers about to stop standing were last asked again.
-    refreshed_at: Instant,
     /// The view's nodes the last judgement counted as dead for being
     /// silent (alive again in the view when it takes its nodes back).
     muted: Vec<usize>,
@@ -296,36 +294,12 @@ const ANSWER_STANDS_FOR: Duration = Duration::from_secs(3);
 /// How often nodes that did not answer are asked again.
 const ASK_SILENT_EVERY: Duration = Duration::from_secs(1);
 
-/// How often, while waiting, the nodes whose answers are about to stop
-/// standing are asked again in the background, so that the ready decision
-/// rarely waits for an ask; at most [`REFRESH_AT_MOST`] a round.
-const REFRESH_EVERY: Duration = Duration::from_secs(1);
-
-/// The most nodes asked again in one refresh round.
-const REFRESH_AT_MOST: usize = 256;
-
 impl Seen {
     /// Hands the nodes that joined, and the silent ones when they are due
     /// again, to be asked in the background.
     fn hand_to(&mut self, asking: Option<&mut Asking>) {
-        let mut joined = std::mem::take(&mut self.unasked);
+        let joined = std::mem::take(&mut self.unasked);
         if let Some(asking) = asking {
-            if self.refreshed_at.elapsed() >= REFRESH_EVERY {
-                self.refreshed_at = Instant::now();
-                let due = ANSWER_STANDS_FOR.saturating_sub(REFRESH_EVERY * 2);
-                joined.extend(
-                    self.view
-                        .alive()
-                        .filter(|n| !self.silent.contains_key(&n.id))
-                        .filter(|n| {
-                            self.answered
-                                .get(&n.id)
-                                .is_some_and(|at| at.elapsed() > due)
-                        })
-                        .take(REFRESH_AT_MOST)
-                        .map(|n| n.id.clone()),
-                );
-            }
             asking.joined(joined);
             if !self.silent.is_empty() && self.silent_asked_at.elapsed() >= ASK_SILENT_EVERY {
                 asking.silent(self.silent.keys().cloned().collect());
@@ -354,7 +328,6 @@ impl Seen {
             pending_until: None,
             silent: Default::default(),
             silent_asked_at: start,
-            refreshed_at: start,
             muted: vec![],
             answered: Default::default(),
             unasked: vec![],
@@ -657,9 +630,6 @@ impl<'a> Waiter<'a> {
         let mut wake = rejudge;
         if !self.seen.silent.is_empty() && !asking_silent {
             wake = wake.min(self.seen.silent_asked_at + ASK_SILENT_EVERY);
-        }
-        if self.seen.asking {
-            wake = wake.min(self.seen.refreshed_at + REFRESH_EVERY);
         }
         (rejudge, wake)
     }
