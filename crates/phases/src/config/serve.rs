@@ -1,0 +1,97 @@
+//! `[serve]`: what vLLM serves and how it is probed and stopped. Entry
+//! point: [`ServeConfig`].
+
+use super::PrefetchConfig;
+use orchestrator_domain::ServeSettings;
+use serde::{Deserialize, Serialize};
+
+/// How the model is served.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// The model: a path or a hub name.
+    pub model: Option<String>,
+    /// The name the API serves it under.
+    pub served_model_name: Option<String>,
+    /// Bind address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Extra `vllm serve` arguments.
+    pub extra_args: Vec<String>,
+    /// Tensor-parallel size, if fixed.
+    pub tensor_parallel_size: Option<u32>,
+    /// Pipeline-parallel size, if fixed.
+    pub pipeline_parallel_size: Option<u32>,
+    /// Where the probes reach the server (default: 127.0.0.1, or `host`
+    /// when it is a specific address).
+    pub probe_host: Option<String>,
+    /// How often `/health` is probed and the health policy asked, ms.
+    pub health_interval_ms: u64,
+    /// How often a one-token completion is sent, ms.
+    pub generation_interval_ms: u64,
+    /// Timeout of a `/health` probe, ms.
+    pub health_timeout_ms: u64,
+    /// Timeout of a generation probe, ms.
+    pub generation_timeout_ms: u64,
+    /// Seconds the server gets to drain after SIGTERM before SIGKILL.
+    pub stop_grace_seconds: u64,
+    /// On a stop request, after `/readyz` turns false: how long requests
+    /// already in flight (vLLM's running and waiting counts on its
+    /// `/metrics`) may take to finish before the server is stopped, s
+    /// (0: stop at once).
+    pub drain_timeout_seconds: u64,
+    /// The model's files to bring into the page cache on every node while
+    /// the cluster forms.
+    pub prefetch: PrefetchConfig,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            model: None,
+            served_model_name: None,
+            host: "0.0.0.0".to_string(),
+            port: 8000,
+            extra_args: vec![],
+            tensor_parallel_size: None,
+            pipeline_parallel_size: None,
+            probe_host: None,
+            health_interval_ms: 2000,
+            generation_interval_ms: 15_000,
+            health_timeout_ms: 5000,
+            generation_timeout_ms: 60_000,
+            stop_grace_seconds: 30,
+            drain_timeout_seconds: 30,
+            prefetch: PrefetchConfig::default(),
+        }
+    }
+}
+
+impl ServeConfig {
+    /// Where the probes reach the server, `HOST:PORT`.
+    pub fn probe_address(&self) -> String {
+        let host = self.probe_host.clone().unwrap_or_else(|| {
+            if self.host == "0.0.0.0" || self.host == "::" {
+                "127.0.0.1".to_string()
+            } else {
+                self.host.clone()
+            }
+        });
+        format!("{host}:{}", self.port)
+    }
+
+    /// The serve settings in the policy contract's terms.
+    pub fn settings(&self) -> ServeSettings {
+        ServeSettings {
+            model: self.model.clone().unwrap_or_default(),
+            served_model_name: self.served_model_name.clone(),
+            host: self.host.clone(),
+            port: self.port,
+            extra_args: self.extra_args.clone(),
+            tensor_parallel_size: self.tensor_parallel_size,
+            pipeline_parallel_size: self.pipeline_parallel_size,
+            native_group: None,
+        }
+    }
+}
