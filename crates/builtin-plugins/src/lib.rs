@@ -1,3 +1,4 @@
+#![warn(unreachable_pub)]
 //! The built-in policies, embedded so the orchestrator works with no plugin
 //! files. Their sources are in `plugins/`; `build.rs` compiles them to
 //! `wasm32-wasip2` components with the plugin SDK.

@@ -1,3 +1,4 @@
+#![warn(unreachable_pub)]
 //! # orchestrator-domain
 //!
 //! The orchestrator's own vocabulary, shared by every crate and free of

@@ -1,3 +1,4 @@
+#![warn(unreachable_pub)]
 //! Build-script helper that compiles guest crates of this workspace to
 //! `wasm32-wasip2` components with a nested `cargo build`, and the one
 //! list of those crates ([`BUILTIN_GUESTS`], [`TEST_GUESTS`]) that the

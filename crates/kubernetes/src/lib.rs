@@ -1,3 +1,4 @@
+#![warn(unreachable_pub)]
 //! # orchestrator-kubernetes
 //!
 //! Kubernetes awareness for the orchestrator's head pod, off unless

@@ -1,3 +1,4 @@
+#![warn(unreachable_pub)]
 //! # orchestrator-node-probe
 //!
 //! Reads a node's own health, as typed readings with units

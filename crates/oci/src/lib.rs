@@ -1,3 +1,4 @@
+#![warn(unreachable_pub)]
 //! Policies shipped through OCI registries, in the CNCF WebAssembly
 //! artifact layout: `orchestrator plugin push` sends a component, and a
 //! policy named `oci://host/repo:tag@sha256:...` is pulled at start,

@@ -1,3 +1,4 @@
+#![warn(unreachable_pub)]
 //! # orchestrator-phases
 //!
 //! The orchestrator as a library: the lifecycle of a pod, start -> wait ->

@@ -1,3 +1,4 @@
+#![warn(unreachable_pub)]
 //! # orchestrator-plugin-sdk
 //!
 //! Write a policy for the Ray/vLLM orchestrator in a few lines. A policy is

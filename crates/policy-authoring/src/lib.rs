@@ -1,3 +1,4 @@
+#![warn(unreachable_pub)]
 //! # orchestrator-policy-authoring
 //!
 //! What a policy author runs, as a library the `orchestrator plugin`

@@ -1,3 +1,4 @@
+#![warn(unreachable_pub)]
 //! # orchestrator-policy-host
 //!
 //! Hosts the orchestrator's policy plugins: WebAssembly components that

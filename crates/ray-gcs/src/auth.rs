@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The metadata key Ray's gRPC clients and servers use.
-pub const AUTHORIZATION: &str = "authorization";
+pub(crate) const AUTHORIZATION: &str = "authorization";
 
 /// The largest token file read (Ray's tokens are 32 hex characters).
 const MAX_TOKEN_FILE: u64 = 64 * 1024;

@@ -1,3 +1,4 @@
+#![warn(unreachable_pub)]
 //! # orchestrator-ray-gcs
 //!
 //! Watches a Ray cluster's membership through its GCS, over gRPC on the GCS

@@ -6,7 +6,7 @@ use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
 /// What raising the limit achieved.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NofileOutcome {
+pub(crate) struct NofileOutcome {
     /// The soft limit before.
     pub before: u64,
     /// The soft limit now.
@@ -20,7 +20,7 @@ pub struct NofileOutcome {
 /// Raises `RLIMIT_NOFILE` to `want` (soft and, if needed and allowed,
 /// hard). If the hard limit cannot be raised, raises the soft limit as far
 /// as the hard limit allows and reports how far it fell short.
-pub fn raise_nofile(want: u64) -> NofileOutcome {
+pub(crate) fn raise_nofile(want: u64) -> NofileOutcome {
     let current = getrlimit(Resource::Nofile);
     let unlimited = u64::MAX;
     let before = current.current.unwrap_or(unlimited);

@@ -13,14 +13,14 @@ fn managed() -> &'static Mutex<HashSet<i32>> {
 }
 
 /// Marks `pid` as a child someone waits for (not to be reaped here).
-pub fn manage(pid: i32) {
+pub(crate) fn manage(pid: i32) {
     if let Ok(mut set) = managed().lock() {
         set.insert(pid);
     }
 }
 
 /// Ends [`manage`] for `pid` (after its waiter reaped it).
-pub fn release(pid: i32) {
+pub(crate) fn release(pid: i32) {
     if let Ok(mut set) = managed().lock() {
         set.remove(&pid);
     }
@@ -37,7 +37,7 @@ fn zombie_children() -> Vec<i32> {
 }
 
 /// Reaps every zombie child not managed by a waiter; returns how many.
-pub fn reap_orphans() -> usize {
+pub(crate) fn reap_orphans() -> usize {
     let skip: HashSet<i32> = managed().lock().map(|s| s.clone()).unwrap_or_default();
     let mut reaped = 0;
     for pid in zombie_children() {
@@ -57,7 +57,7 @@ pub fn reap_orphans() -> usize {
 
 /// Reaps orphans on every SIGCHLD and every few seconds, for the life of
 /// the runtime.
-pub fn spawn_reaper() -> std::io::Result<()> {
+pub(crate) fn spawn_reaper() -> std::io::Result<()> {
     let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
     tokio::spawn(async move {
         loop {

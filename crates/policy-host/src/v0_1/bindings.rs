@@ -18,4 +18,4 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use ray_orchestrator::policy::log;
+pub(crate) use ray_orchestrator::policy::log;

@@ -20,4 +20,4 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use ray_orchestrator::policy::{log, types};
+pub(crate) use ray_orchestrator::policy::{log, types};

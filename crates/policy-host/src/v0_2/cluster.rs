@@ -20,6 +20,7 @@ const NAME_LIMIT_MAX: u32 = 1024;
 
 /// What a `cluster` handle refers to: the snapshot, and for health the ids
 /// of the nodes the server was launched with.
+#[allow(unreachable_pub)] // bindgen's `with` re-exports it from the generated module
 pub struct ClusterInput {
     snapshot: Arc<ClusterSnapshot>,
     /// Sorted node ids (health only).

@@ -12,6 +12,7 @@ mod cluster;
 mod convert;
 mod table;
 
+#[allow(unreachable_pub)] // bindgen's `with` names it from the generated module
 pub use cluster::ClusterInput;
 
 use crate::World;
