@@ -295,6 +295,10 @@ fn watch_vital(daemons: &[Daemon]) -> Option<tokio::sync::watch::Receiver<Option
             continue;
         };
         watched_raylet |= daemon.name == "raylet";
+        // Its exit status is this watcher's to read: the orphan reaper
+        // (PID 1, subreaper) leaves it alone until then.
+        crate::supervision::reaper::manage(daemon.pid);
+        let watched = daemon.pid;
         let daemon = daemon.clone();
         let tx = Arc::clone(&exit_tx);
         let spawned = std::thread::Builder::new()
@@ -307,6 +311,7 @@ fn watch_vital(daemons: &[Daemon]) -> Option<tokio::sync::watch::Receiver<Option
                 while let Err(rustix::io::Errno::INTR) = rustix::event::poll(&mut fds, None) {}
                 let mut daemon = daemon;
                 daemon.status = reap(daemon.pid);
+                crate::supervision::reaper::release(daemon.pid);
                 tx.send_if_modified(|slot| {
                     if slot.is_none() {
                         *slot = Some(daemon);
@@ -317,6 +322,7 @@ fn watch_vital(daemons: &[Daemon]) -> Option<tokio::sync::watch::Receiver<Option
                 });
             });
         if spawned.is_err() {
+            crate::supervision::reaper::release(watched);
             watched_raylet = false;
         }
     }
