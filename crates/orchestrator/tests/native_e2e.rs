@@ -409,8 +409,7 @@ min-open-files = "4096"
 /// while a completion in flight finishes before the group stops.
 #[test]
 #[ignore = "needs the orchestrator binary and python3: run by `cargo xtask test`"]
-fn a_native_group_serves_from_local_copies_samples_load_and_drains_before_a_restart_and_on_sigterm()
-{
+fn a_native_group_samples_load_and_drains_before_a_restart_and_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let (endpoints_port, serve_port) = (free_port(), free_port());
     let endpoints = format!("127.0.0.1:{endpoints_port}");
@@ -419,15 +418,11 @@ fn a_native_group_serves_from_local_copies_samples_load_and_drains_before_a_rest
     let weights = dir.path().join("weights");
     std::fs::create_dir_all(&weights).unwrap();
     std::fs::write(weights.join("model.safetensors"), vec![7u8; 3 << 20]).unwrap();
-    let copy = dir.path().join("local-disk/weights");
     let mut local = std::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"))
         .args(["local", "--backend", "native", "--workers", "1"])
         .arg("--prefetch")
         .arg(&weights)
-        .arg("--prefetch-copy-to")
-        .arg(&copy)
-        .args(["--head-ip", "127.0.0.196", "--model"])
-        .arg(&weights)
+        .args(["--head-ip", "127.0.0.196", "--model", "tiny"])
         // The stand-in on PATH, whatever ORCHESTRATOR_VLLM_BIN names.
         .args(["--vllm-bin", "vllm"])
         .args(["--serve-port", &serve_port.to_string()])
@@ -460,20 +455,6 @@ fn a_native_group_serves_from_local_copies_samples_load_and_drains_before_a_rest
     // group's startup.
     assert_eq!(serving["prefetch"]["state"], "done", "{serving}");
     assert_eq!(serving["prefetch"]["bytes-done"], 3 << 20, "{serving}");
-    // Every rank's copy is complete: the group serves from the copies.
-    assert_eq!(
-        serving["prefetch"]["copy-to"].as_str(),
-        Some(copy.display().to_string().as_str()),
-        "{serving}"
-    );
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(
-        text.contains(&format!(
-            "serving the model from the local copies at {}",
-            copy.display()
-        )) && text.contains(&format!("launching: vllm serve {} ", copy.display())),
-        "{text}"
-    );
     let steps: Vec<&str> = serving["timeline"]
         .as_array()
         .unwrap()
