@@ -233,6 +233,28 @@ async fn healthy_server_is_ready_then_stops_cleanly_on_request() {
     endpoints.abort();
 }
 
+/// Waits (up to 20 s) for `/readyz` to be true.
+async fn until_ready(status: &Status) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !status.snapshot().ready {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (up to 10 s) until the stand-in at `server` answers one request.
+async fn until_a_request_runs(server: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = http(server, "GET", "/metrics", None, Duration::from_secs(1)).await;
+        if metrics.is_ok_and(|m| m.body.contains("} 1.0")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the completion never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A streaming completion of `tokens` tokens over a raw connection; the
 /// text received until the server closed it.
 fn stream_completion(address: String, tokens: u32) -> std::thread::JoinHandle<String> {
@@ -270,22 +292,10 @@ async fn a_stop_request_lets_the_streaming_completion_in_flight_finish() {
             status2.enter(orchestrator_domain::Phase::Serve);
             serve(&spec, &mut policy, &status2, &shutdown).await
         });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !status.snapshot().ready {
-            assert!(Instant::now() < deadline, "never ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until_ready(&status).await;
         // 30 tokens, 0.1 s apart: about 3 s of streaming.
         let client = stream_completion(server.clone(), 30);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let metrics = http(&server, "GET", "/metrics", None, Duration::from_secs(1)).await;
-            if metrics.is_ok_and(|m| m.body.contains("} 1.0")) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the completion never started");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until_a_request_runs(&server).await;
         let asked = Instant::now();
         trigger.request();
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -354,23 +364,11 @@ async fn a_restart_lets_the_streaming_completion_in_flight_finish() {
         };
         supervise(&spec.0, &spec.1, &nodes, None, &mut policy, ctx).await
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !status.snapshot().ready {
-        assert!(Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_ready(&status).await;
     let first_pid = status.snapshot().server_pid;
     // 40 tokens, 0.1 s apart: about 4 s of streaming.
     let client = stream_completion(server.clone(), 40);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let metrics = http(&server, "GET", "/metrics", None, Duration::from_secs(1)).await;
-        if metrics.is_ok_and(|m| m.body.contains("} 1.0")) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the completion never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_a_request_runs(&server).await;
     gcs.kill(&[worker_id], "the worker's raylet died");
     let deadline = Instant::now() + Duration::from_secs(5);
     while status.snapshot().ready {
