@@ -243,6 +243,7 @@ impl LocalArgs {
             paths: self.prefetch.clone(),
             max_mb_per_second: 0,
             copy_to: self.prefetch_copy_to.clone(),
+            ..PrefetchConfig::default()
         }
     }
 

@@ -540,6 +540,74 @@ fn a_native_group_samples_load_and_drains_before_a_restart_and_on_sigterm() {
     assert_nothing_left(&["127.0.0.196", "stand_in_vllm.py"]);
 }
 
+/// Copy-to on the native backend: every rank copies the model's directory
+/// to a local one while the group forms, reports the copy's completion at
+/// once, and the leader launches the group from the copies (waiting for
+/// a copy still in progress at the ready decision).
+#[test]
+#[ignore = "needs the orchestrator binary and python3: run by `cargo xtask test`"]
+fn a_native_group_serves_from_every_ranks_local_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (endpoints_port, serve_port) = (free_port(), free_port());
+    let endpoints = format!("127.0.0.1:{endpoints_port}");
+    let log = dir.path().join("local.log");
+    let weights = dir.path().join("weights");
+    std::fs::create_dir_all(&weights).unwrap();
+    std::fs::write(weights.join("model.safetensors"), vec![7u8; 32 << 20]).unwrap();
+    std::fs::write(weights.join("config.json"), "{}").unwrap();
+    let copy = dir.path().join("local-disk/weights");
+    let mut local = std::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args(["local", "--backend", "native", "--workers", "1"])
+        .arg("--prefetch")
+        .arg(&weights)
+        .arg("--prefetch-copy-to")
+        .arg(&copy)
+        .args(["--head-ip", "127.0.0.198", "--model"])
+        .arg(&weights)
+        // At the ready decision, not early from the shared path.
+        .args(["--launch-param", "early-launch=false"])
+        .args(["--vllm-bin", "vllm"])
+        .args(["--serve-port", &serve_port.to_string()])
+        .args(["--endpoints-port", &endpoints_port.to_string()])
+        .env("PATH", stand_in_vllm_path(dir.path()))
+        .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _guard = Guard(vec![local.id() as i32]);
+    let serving = poll_until("serving", Duration::from_secs(60), || {
+        status(&endpoints).filter(|s| s["ready"] == true)
+    });
+    assert_eq!(serving["prefetch"]["state"], "done", "{serving}");
+    assert_eq!(
+        serving["prefetch"]["copy-to"].as_str(),
+        Some(copy.display().to_string().as_str()),
+        "{serving}"
+    );
+    assert_eq!(
+        std::fs::read(copy.join("model.safetensors")).unwrap().len(),
+        32 << 20
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(&format!(
+            "serving the model from the local copies at {}",
+            copy.display()
+        )) && text.contains(&format!("launching: vllm serve {} ", copy.display())),
+        "{text}"
+    );
+    // Every rank's part names the copy.
+    let rank1 = text
+        .lines()
+        .find(|l| l.contains("rank's plan") && l.contains("--node-rank 1"))
+        .unwrap_or_default();
+    assert!(rank1.contains(&copy.display().to_string()), "{text}");
+    signal(local.id() as i32, Sig::TERM);
+    assert!(wait_exit(&mut local, Duration::from_secs(30)).success());
+    assert_nothing_left(&["127.0.0.198"]);
+}
+
 /// Node health in `local --backend native`: the leader's process checks
 /// every rank it runs (the NVML stand-in reports XID 79 on the GPU they
 /// share), so no rank counts and the leader says why, naming rank 1.

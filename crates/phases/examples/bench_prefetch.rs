@@ -93,6 +93,7 @@ fn bench() -> std::io::Result<()> {
         paths: vec![dir.path().to_path_buf()],
         max_mb_per_second: 0,
         copy_to: None,
+        ..PrefetchConfig::default()
     };
     let started = Instant::now();
     let done = warm(&config, &AtomicBool::new(false), |_| {});

@@ -287,6 +287,7 @@ mod tests {
             paths: vec![model],
             max_mb_per_second: 0,
             copy_to: None,
+            ..PrefetchConfig::default()
         };
         let done = warm(&config, &AtomicBool::new(false), |p| seen.push(p.clone()));
         assert_eq!(done.state, PrefetchState::Done);
@@ -306,6 +307,7 @@ mod tests {
             paths: vec![file],
             max_mb_per_second: 24,
             copy_to: None,
+            ..PrefetchConfig::default()
         };
         let started = Instant::now();
         let done = warm(&config, &AtomicBool::new(false), |_| {});
@@ -324,6 +326,7 @@ mod tests {
             paths: vec![PathBuf::from("/nonexistent/model")],
             max_mb_per_second: 0,
             copy_to: None,
+            ..PrefetchConfig::default()
         };
         let done = warm(&config, &AtomicBool::new(false), |_| {});
         assert_eq!(done.state, PrefetchState::Failed);
@@ -347,6 +350,7 @@ mod tests {
             paths: vec![model.clone()],
             max_mb_per_second: 0,
             copy_to: Some(local.clone()),
+            ..PrefetchConfig::default()
         };
         assert_eq!(config.check(), Ok(()));
         let mut states = Vec::new();
@@ -397,6 +401,7 @@ mod tests {
             paths: vec![PathBuf::from("/a"), PathBuf::from("/b")],
             max_mb_per_second: 0,
             copy_to: Some(PathBuf::from("/local")),
+            ..PrefetchConfig::default()
         };
         assert!(
             config

@@ -450,6 +450,7 @@ async fn the_health_loop_restarts_a_server_whose_node_turned_unhealthy_and_only_
         stop_grace: Duration::from_secs(3),
         drain_timeout: Duration::ZERO,
         local_copy: None,
+        copy_wait: Duration::ZERO,
         scale: None,
     };
     let nodes: Vec<Node> = ["head", "worker"]

@@ -61,6 +61,7 @@ fn spec(port: u16, mode: &str, params: &[(&str, &str)]) -> (ServeSpec, LaunchPla
         stop_grace: Duration::from_secs(3),
         drain_timeout: Duration::ZERO,
         local_copy: None,
+        copy_wait: Duration::ZERO,
         scale: None,
     };
     (spec, plan)

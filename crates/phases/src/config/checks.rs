@@ -259,6 +259,12 @@ fn serve_bounds(config: &Config) -> Vec<Bound> {
             0,
             1 << 30,
         ),
+        (
+            "serve.prefetch.copy-wait-seconds",
+            config.serve.prefetch.copy_wait_seconds,
+            0,
+            DAY_S,
+        ),
     ]
 }
 

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// `[serve.prefetch]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct PrefetchConfig {
     /// Files or directories (read recursively) to bring into the page
@@ -17,6 +17,21 @@ pub struct PrefetchConfig {
     /// instead of only reading them; the serve phase then serves from the
     /// copy where every serving node completed it.
     pub copy_to: Option<PathBuf>,
+    /// At the ready decision, how long the launch waits for copies still
+    /// in progress (on any serving node) before it serves from the shared
+    /// path instead (0: it does not wait).
+    pub copy_wait_seconds: u64,
+}
+
+impl Default for PrefetchConfig {
+    fn default() -> Self {
+        Self {
+            paths: Vec::new(),
+            max_mb_per_second: 0,
+            copy_to: None,
+            copy_wait_seconds: 30,
+        }
+    }
 }
 
 impl PrefetchConfig {

@@ -236,6 +236,8 @@ pub struct Status {
     startup_seconds: Family<StepLabel, Gauge<f64, AtomicU64>>,
     prefetch_done: Gauge,
     prefetch_total: Gauge,
+    /// The prefetch's state, for whoever reports it as it changes.
+    prefetch_state: tokio::sync::watch::Sender<Option<orchestrator_domain::PrefetchState>>,
     events: Mutex<Option<tokio::sync::mpsc::Sender<Event>>>,
 }
 
@@ -340,6 +342,7 @@ impl Status {
             startup_seconds,
             prefetch_done,
             prefetch_total,
+            prefetch_state: tokio::sync::watch::Sender::new(None),
             events: Mutex::new(None),
         });
         status.enter(Phase::Start);
@@ -524,7 +527,21 @@ impl Status {
             .set(i64::try_from(progress.bytes_done).unwrap_or(i64::MAX));
         self.prefetch_total
             .set(i64::try_from(progress.bytes_total).unwrap_or(i64::MAX));
+        let state = progress.state;
         self.with(|s| s.prefetch = Some(progress));
+        self.prefetch_state.send_if_modified(|s| {
+            let changed = *s != Some(state);
+            *s = Some(state);
+            changed
+        });
+    }
+
+    /// The prefetch's state from now on: changes when it does (listing,
+    /// reading or copying, done, failed), not with every byte.
+    pub fn prefetch_states(
+        &self,
+    ) -> tokio::sync::watch::Receiver<Option<orchestrator_domain::PrefetchState>> {
+        self.prefetch_state.subscribe()
     }
 
     /// The prefetch's progress, when one runs.

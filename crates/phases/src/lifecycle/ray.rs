@@ -510,6 +510,7 @@ impl RayBackend {
         // A server started early (from the shared path) goes on: the local
         // copy is for launches after it.
         let plan = match serve::plan_launch(ready, spec, &mut policies.launch, ctx, early.is_none())
+            .await
         {
             Ok(plan) => plan,
             Err(no) => {

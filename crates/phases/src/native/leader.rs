@@ -91,21 +91,7 @@ pub async fn run_leader(
     status.nodes(1, plan.group_size);
     status.enter(Phase::Wait);
     status.mark(StartupStep::RayUp, "native rendezvous on the leader");
-    let spec = WaitSpec {
-        source: Arc::clone(&source),
-        expected: plan.expected.clone(),
-        timeout: plan.wait_timeout,
-        params: plan.readiness_params.clone(),
-        diagnostics: vec![format!(
-            "backend native: ranks 1 to {} register with this leader",
-            plan.group_size.saturating_sub(1)
-        )],
-        facts,
-        status: Some(Arc::clone(status)),
-        health: board.clone(),
-        request_resources: false,
-        ask_nodes: None,
-    };
+    let spec = wait_spec(plan, &source, facts, board.clone(), status);
     let grace = plan
         .serve
         .as_ref()
@@ -125,17 +111,7 @@ pub async fn run_leader(
     let spec = match (&plan.serve, plan.after_ready) {
         (_, AfterReady::Exit) => return Exit::ok(),
         (Some(spec), AfterReady::Serve) => spec,
-        _ => {
-            status.enter(Phase::Serve);
-            status.health(
-                VerdictKind::Healthy,
-                "group formed (nothing to serve: serve.model is not set)".into(),
-                true,
-            );
-            shutdown.requested().await;
-            status.enter(Phase::Stopping);
-            return Exit::ok();
-        }
+        _ => return formed_with_nothing_to_serve(status, shutdown).await,
     };
     let ctx = ServeContext {
         source: source.as_ref(),
@@ -144,7 +120,11 @@ pub async fn run_leader(
         health: board.as_ref(),
         group: Some(rendezvous),
     };
-    let launch = match serve::plan_launch(&ready, spec, &mut policies.launch, ctx, true) {
+    // A group started early (from the shared path) goes on: the local
+    // copies are for launches after it.
+    let use_copies = early.is_none();
+    let launch = match serve::plan_launch(&ready, spec, &mut policies.launch, ctx, use_copies).await
+    {
         Ok(launch) => launch,
         Err(no) => {
             if let Some(early) = early {
@@ -168,6 +148,44 @@ pub async fn run_leader(
     };
     let outcome = serve::serve_planned(spec, &launch, &ready, policies, ctx, prelaunched).await;
     served(status, outcome)
+}
+
+/// The wait on the ranks registered with the rendezvous.
+fn wait_spec(
+    plan: &LeaderPlan,
+    source: &Arc<dyn crate::membership::MembershipSource>,
+    facts: Option<tokio::sync::watch::Receiver<orchestrator_domain::ExternalFacts>>,
+    board: Option<tokio::sync::watch::Receiver<Arc<crate::node_health::Board>>>,
+    status: &Arc<Status>,
+) -> WaitSpec {
+    WaitSpec {
+        source: Arc::clone(source),
+        expected: plan.expected.clone(),
+        timeout: plan.wait_timeout,
+        params: plan.readiness_params.clone(),
+        diagnostics: vec![format!(
+            "backend native: ranks 1 to {} register with this leader",
+            plan.group_size.saturating_sub(1)
+        )],
+        facts,
+        status: Some(Arc::clone(status)),
+        health: board,
+        request_resources: false,
+        ask_nodes: None,
+    }
+}
+
+/// A group formed without a model to serve: healthy until asked to stop.
+async fn formed_with_nothing_to_serve(status: &Status, shutdown: &Shutdown) -> Exit {
+    status.enter(Phase::Serve);
+    status.health(
+        VerdictKind::Healthy,
+        "group formed (nothing to serve: serve.model is not set)".into(),
+        true,
+    );
+    shutdown.requested().await;
+    status.enter(Phase::Stopping);
+    Exit::ok()
 }
 
 /// The wait for every rank, with the group launched early beside it when

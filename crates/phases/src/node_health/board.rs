@@ -150,15 +150,20 @@ pub fn follow(
                     })
                     .collect(),
             );
-            let changed = {
-                let current = tx.borrow();
-                current.entries.len() != board.entries.len()
-                    || current
-                        .entries
-                        .iter()
-                        .zip(board.entries.iter())
-                        .any(|((a, x), (b, y))| a != b || x.health != y.health)
-            };
+            // News for the watchers: a node's health or its local copy
+            // (the launch waits on copies), not every reading.
+            let changed =
+                {
+                    let current = tx.borrow();
+                    current.entries.len() != board.entries.len()
+                        || current.entries.iter().zip(board.entries.iter()).any(
+                            |((a, x), (b, y))| {
+                                a != b
+                                    || x.health != y.health
+                                    || x.report.local_copy != y.report.local_copy
+                            },
+                        )
+                };
             if changed {
                 tx.send_replace(Arc::new(board));
             }

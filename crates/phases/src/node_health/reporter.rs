@@ -144,6 +144,10 @@ async fn run(
     let mut tick = tokio::time::interval(plan.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut gpus_open = true;
+    // A copy's progress is in every report; its completion is reported at
+    // once (a fast ready decision waits on it), not at the next tick.
+    let mut prefetch = status.prefetch_states();
+    let mut prefetch_open = true;
     loop {
         // A node not yet found in the GCS is looked up again soon: its
         // first report is what lets the head count it.
@@ -164,6 +168,9 @@ async fn run(
             changed = gpus.changed(), if gpus_open => {
                 // The probe thread ends at once where there is no NVML.
                 gpus_open = changed.is_ok();
+            }
+            changed = prefetch.changed(), if prefetch_open => {
+                prefetch_open = changed.is_ok();
             }
             Some((label, target)) = added.recv() => {
                 // A node started again (a worker rejoining a new cluster)
@@ -186,14 +193,7 @@ async fn run(
             }
         }
         let snapshot = gpus.borrow_and_update().clone();
-        let local_copy = status.prefetch_progress().and_then(|p| {
-            p.copy_to.as_ref().map(|to| LocalCopy {
-                path: to.display().to_string(),
-                complete: p.state == crate::prefetch::PrefetchState::Done,
-                bytes_done: p.bytes_done,
-                bytes_total: p.bytes_total,
-            })
-        });
+        let local_copy = local_copy(&status);
         let mut reports = Vec::with_capacity(nodes.len());
         for node in &mut nodes {
             reports.push(
@@ -209,21 +209,33 @@ async fn run(
                 .await,
             );
         }
-        status.own_node_health(
-            reports
-                .iter()
-                .map(|o| {
-                    NodeHealthView::new(
-                        o.node_id.clone().unwrap_or_default(),
-                        o.verdict.state(),
-                        o.verdict.reason().to_string(),
-                        &o.readings,
-                        0,
-                    )
-                })
-                .collect(),
-        );
+        status.own_node_health(reports.iter().map(OwnHealth::view).collect());
         own_tx.send_replace(reports);
+    }
+}
+
+/// This node's copy of the model (`copy-to`), as the prefetch left it.
+fn local_copy(status: &Status) -> Option<LocalCopy> {
+    status.prefetch_progress().and_then(|p| {
+        p.copy_to.as_ref().map(|to| LocalCopy {
+            path: to.display().to_string(),
+            complete: p.state == crate::prefetch::PrefetchState::Done,
+            bytes_done: p.bytes_done,
+            bytes_total: p.bytes_total,
+        })
+    })
+}
+
+impl OwnHealth {
+    /// What `/status` shows of it.
+    fn view(&self) -> NodeHealthView {
+        NodeHealthView::new(
+            self.node_id.clone().unwrap_or_default(),
+            self.verdict.state(),
+            self.verdict.reason().to_string(),
+            &self.readings,
+            0,
+        )
     }
 }
 

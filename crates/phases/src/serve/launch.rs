@@ -10,7 +10,7 @@ use crate::wait::Ready;
 use orchestrator_domain::{ClusterSnapshot, KeyValue, LaunchPlan, LaunchRequest};
 use orchestrator_policy_host::{LaunchPolicy, World};
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Why the launch policy gave no plan to run.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -86,8 +86,9 @@ pub fn ask(
 /// outcome of the serve phase (nothing is started). With a local copy of
 /// the model (`[serve.prefetch] copy-to`) and `use_local_copy`, the policy
 /// is given the copy's path when every serving node's copy is complete
-/// (else the shared path, saying why).
-pub fn plan_launch(
+/// (else the shared path, saying why); copies still in progress are
+/// waited for, up to the spec's `copy_wait`.
+pub async fn plan_launch(
     ready: &Ready,
     spec: &ServeSpec,
     launch: &mut LaunchPolicy,
@@ -96,15 +97,17 @@ pub fn plan_launch(
 ) -> Result<LaunchPlan, NoPlan> {
     let mut settings = spec.settings.clone();
     if let (Some(to), true) = (&spec.local_copy, use_local_copy) {
-        match local_copy_complete(ready, to, &ctx) {
-            Ok(()) => {
+        match wait_for_copies(ready, to, spec.copy_wait, &ctx).await {
+            Copies::Complete => {
                 tracing::info!(
                     "serving the model from the local copies at {} (every serving node's copy is complete)",
                     to.display()
                 );
                 settings.model = to.display().to_string();
             }
-            Err(why) => tracing::info!("serving the model from {}: {why}", settings.model),
+            Copies::InProgress(why) | Copies::Never(why) => {
+                tracing::info!("serving the model from {}: {why}", settings.model);
+            }
         }
     }
     let spec = ServeSpec {
@@ -126,49 +129,96 @@ pub fn plan_launch(
     Ok(plan)
 }
 
+/// Where the serving nodes' local copies stand.
+#[derive(Debug, PartialEq)]
+enum Copies {
+    /// Every serving node's copy is complete.
+    Complete,
+    /// Some copy is still being made (or a node has not reported yet).
+    InProgress(String),
+    /// Some node will not have the copy (none made, none reported, no
+    /// node health to confirm it).
+    Never(String),
+}
+
+/// Waits up to `wait` while a copy is in progress (or a stop is asked).
+async fn wait_for_copies(
+    ready: &Ready,
+    to: &Path,
+    wait: Duration,
+    ctx: &ServeContext<'_>,
+) -> Copies {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut said = false;
+    loop {
+        let copies = local_copies(ready, to, ctx);
+        let Copies::InProgress(why) = &copies else {
+            return copies;
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return copies;
+        }
+        if !said {
+            tracing::info!(
+                "waiting up to {} s for the local copies at {} before the launch: {why}",
+                wait.as_secs(),
+                to.display()
+            );
+            said = true;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(COPY_POLL.min(deadline - tokio::time::Instant::now())) => {}
+            () = ctx.shutdown.requested() => return copies,
+        }
+    }
+}
+
+/// How often the copies are looked at again while the launch waits.
+const COPY_POLL: Duration = Duration::from_millis(100);
+
 /// Whether every alive node of the ready cluster reported a complete copy
 /// at `to` (through node health), and this node's own copy is complete.
-fn local_copy_complete(ready: &Ready, to: &Path, ctx: &ServeContext<'_>) -> Result<(), String> {
+fn local_copies(ready: &Ready, to: &Path, ctx: &ServeContext<'_>) -> Copies {
+    use crate::prefetch::PrefetchState;
     let path = to.display().to_string();
     let own = ctx.status.prefetch_progress();
-    let own_done = own.as_ref().is_some_and(|p| {
-        p.copy_to.as_deref() == Some(to) && p.state == crate::prefetch::PrefetchState::Done
-    });
-    if !own_done {
-        let (done, total) = own.map_or((0, 0), |p| (p.bytes_done, p.bytes_total));
-        return Err(format!(
-            "this node's copy to {path} is not complete ({} of {} MiB)",
-            done >> 20,
-            total >> 20
-        ));
+    match own.as_ref() {
+        Some(p) if p.copy_to.as_deref() == Some(to) && p.state == PrefetchState::Done => {}
+        Some(p) if p.copy_to.as_deref() == Some(to) && p.state != PrefetchState::Failed => {
+            return Copies::InProgress(format!(
+                "this node's copy to {path} is not complete ({} of {} MiB)",
+                p.bytes_done >> 20,
+                p.bytes_total >> 20
+            ));
+        }
+        _ => return Copies::Never(format!("this node has no complete copy at {path}")),
     }
     let alive: Vec<_> = ready.snapshot.nodes.iter().filter(|n| n.alive).collect();
     if alive.len() <= 1 {
-        return Ok(());
+        return Copies::Complete;
     }
     let Some(board) = ctx.health else {
-        return Err(
+        return Copies::Never(
             "node health is off, so the other nodes' copies cannot be confirmed ([node-health] enabled = true publishes them)".into(),
         );
     };
     let board = board.borrow().clone();
     for node in alive {
-        let copy = board
-            .entries
-            .get(&node.id)
-            .and_then(|e| e.report.local_copy.clone());
-        match copy {
+        let Some(entry) = board.entries.get(&node.id) else {
+            return Copies::InProgress(format!("node {} has not reported yet", node.address));
+        };
+        match &entry.report.local_copy {
             Some(c) if c.path == path && c.complete => {}
             Some(c) if c.path == path => {
-                return Err(format!(
+                return Copies::InProgress(format!(
                     "node {}'s copy is not complete ({} of {} MiB)",
                     node.address,
                     c.bytes_done >> 20,
                     c.bytes_total >> 20
                 ));
             }
-            _ => return Err(format!("node {} reports no copy at {path}", node.address)),
+            _ => return Copies::Never(format!("node {} reports no copy at {path}", node.address)),
         }
     }
-    Ok(())
+    Copies::Complete
 }

@@ -51,6 +51,9 @@ pub struct ServeSpec {
     /// node (`[serve.prefetch] copy-to`, when `paths` is the model's
     /// directory): served from where every serving node completed it.
     pub local_copy: Option<std::path::PathBuf>,
+    /// At the ready decision, how long the launch waits for local copies
+    /// still in progress (`[serve.prefetch] copy-wait-seconds`).
+    pub copy_wait: Duration,
     /// The load-driven recommendation (`[scale]`), when it is on.
     pub scale: Option<crate::scale::ScaleSpec>,
 }
@@ -73,6 +76,7 @@ impl ServeSpec {
             local_copy: serve
                 .prefetch
                 .local_copy_of(serve.model.as_deref().unwrap_or_default()),
+            copy_wait: Duration::from_secs(serve.prefetch.copy_wait_seconds),
             scale: None,
         }
     }
