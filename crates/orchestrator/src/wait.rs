@@ -127,19 +127,24 @@ pub fn run(args: WaitArgs) -> ExitCode {
         Err(code) => return code,
     };
     let start = Instant::now();
-    match runtime.block_on(async { run_wait(&spec, &mut policy).await }) {
+    let waited = runtime.block_on(async { run_wait(&spec, &mut policy).await });
+    // A script waits on this exit: the connections, the policy's instance
+    // and the runtime go with the process instead of being taken down one
+    // by one. `wait` starts no process, so nothing is left behind.
+    let code = match waited {
         Ok(summary) => {
             println!(
                 "ready after {:.3} s: {summary}",
                 start.elapsed().as_secs_f64()
             );
-            ExitCode::SUCCESS
+            0
         }
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            1
         }
-    }
+    };
+    orchestrator_phases::supervision::exit_at_once(code)
 }
 
 async fn run_wait(spec: &WaitSpec, policy: &mut ReadinessPolicy) -> Result<String> {

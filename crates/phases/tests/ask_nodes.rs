@@ -114,6 +114,56 @@ async fn a_node_whose_raylet_does_not_answer_is_not_counted_until_it_does() {
     drop(thawed);
 }
 
+/// In a small cluster, answers are renewed in the background before they
+/// stop standing: a node that answered and then went silent is found
+/// while the wait goes on (no ready decision needed to ask it again), and
+/// the node that answers is asked every couple of seconds, so the
+/// confirmation before ready has nothing left to ask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_renewed_while_waiting_and_a_node_gone_silent_is_named() {
+    let gcs = StandIn::start("127.0.0.2:0".parse().unwrap())
+        .await
+        .unwrap();
+    let head_raylet = StandInRaylet::start("127.0.0.2:0".parse().unwrap())
+        .await
+        .unwrap();
+    let worker_raylet = StandInRaylet::start("127.0.0.3:0".parse().unwrap())
+        .await
+        .unwrap();
+    let worker_at = worker_raylet.address();
+    let mut head = synthetic_node(0);
+    head.node_manager_address = "127.0.0.2".into();
+    head.node_manager_port = head_raylet.address().port().into();
+    let mut worker = synthetic_node(1);
+    worker.node_manager_address = "127.0.0.3".into();
+    worker.node_manager_port = worker_at.port().into();
+    gcs.register(vec![head, worker]);
+    // Three expected, two there: the policy never says ready.
+    let mut waiting = spec(
+        &gcs,
+        Some(Duration::from_millis(300)),
+        Duration::from_secs(6),
+    );
+    waiting.expected.nodes = 3;
+    let wait = tokio::spawn(async move {
+        let result = wait_for_cluster(&waiting, &mut node_count_policy()).await;
+        (result, gcs)
+    });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(worker_raylet.calls() >= 1, "the worker was asked as it was seen");
+    // The worker's raylet goes away after its first answer.
+    drop(worker_raylet);
+    let (result, _gcs) = wait.await.unwrap();
+    let text = result.expect_err("three nodes were expected").to_string();
+    assert!(
+        text.contains("node 127.0.0.3 is alive in the GCS but not counted"),
+        "{text}"
+    );
+    // Asked at the start, then renewed about every 2 s over 6 s.
+    let calls = head_raylet.calls();
+    assert!((3..=5).contains(&calls), "{calls} calls to the head's raylet");
+}
+
 /// Asking nodes again reuses the connection to their raylet: one
 /// connection, however many nodes it serves and however often they are
 /// asked.

@@ -37,6 +37,18 @@ pub fn prepare_process() -> std::io::Result<Shutdown> {
     Ok(shutdown)
 }
 
+/// Ends this process now with `code`, after flushing stdout and stderr,
+/// without running a destructor (the runtime with its connections, the
+/// policy's instance): for a command whose caller waits on its exit, such
+/// as `orchestrator wait`. Only for a process that started nothing
+/// (nothing is stopped, reaped or drained here).
+pub fn exit_at_once(code: u8) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    std::process::exit(i32::from(code))
+}
+
 /// As PID 1 of a PID namespace (a container's init), ends what is still
 /// running in the namespace before the orchestrator exits, instead of
 /// leaving it to the kernel's SIGKILL: SIGTERM to every process, up to

@@ -1,6 +1,8 @@
 //! Asking nodes themselves whether they answer ([`WaitSpec::ask_nodes`](super::WaitSpec::ask_nodes)),
-//! in the background of the wait: each node as it joins, and the nodes that
-//! did not answer again every second. Entry point: [`Asking`].
+//! in the background of the wait: each node as it joins, the nodes that did
+//! not answer again every second, and (in a cluster of up to
+//! [`KEEP_FRESH_UP_TO`](super::KEEP_FRESH_UP_TO) nodes) the others before
+//! their answers stop standing. Entry point: [`Asking`].
 
 use crate::membership::MembershipSource;
 use crate::membership::SourceError;
@@ -19,6 +21,9 @@ pub(super) enum Asked {
     Joined,
     /// The nodes that had not answered.
     Silent,
+    /// Nodes whose answers were getting old (kept fresh, so the
+    /// confirmation before ready has nothing to ask).
+    Refresh,
 }
 
 /// The asks in flight. Dropping it stops them.
@@ -27,6 +32,7 @@ pub(super) struct Asking {
     limit: Duration,
     joined: JoinSet<Answers>,
     silent: JoinSet<Answers>,
+    refresh: JoinSet<Answers>,
 }
 
 impl Asking {
@@ -37,6 +43,7 @@ impl Asking {
             limit,
             joined: JoinSet::new(),
             silent: JoinSet::new(),
+            refresh: JoinSet::new(),
         }
     }
 
@@ -64,6 +71,20 @@ impl Asking {
         }
     }
 
+    /// Asks nodes whose answers are getting old, unless a refresh is in
+    /// flight.
+    pub(super) fn refresh(&mut self, ids: Vec<String>) {
+        if self.refresh.is_empty() && !ids.is_empty() {
+            let ask = self.spawn(ids);
+            self.refresh.spawn(ask);
+        }
+    }
+
+    /// Whether answers are being refreshed.
+    pub(super) fn refreshing(&self) -> bool {
+        !self.refresh.is_empty()
+    }
+
     /// Whether the silent nodes are being asked.
     pub(super) fn asking_silent(&self) -> bool {
         !self.silent.is_empty()
@@ -81,6 +102,11 @@ impl Asking {
                 Some(done) = self.silent.join_next(), if !self.silent.is_empty() => {
                     if let Ok(answers) = done {
                         return (Asked::Silent, answers);
+                    }
+                }
+                Some(done) = self.refresh.join_next(), if !self.refresh.is_empty() => {
+                    if let Ok(answers) = done {
+                        return (Asked::Refresh, answers);
                     }
                 }
                 else => std::future::pending::<()>().await,

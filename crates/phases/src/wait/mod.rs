@@ -280,6 +280,9 @@ struct Seen {
     /// Whether nodes are asked at all ([`WaitSpec::ask_nodes`]); without
     /// it, no answer is kept.
     asking: bool,
+    /// No answer is renewed before then (a renewal that could not ask
+    /// waits a second).
+    refresh_paused_until: Instant,
 }
 
 /// An answer this recent stands for the node at the confirmation before
@@ -294,6 +297,16 @@ const ANSWER_STANDS_FOR: Duration = Duration::from_secs(3);
 /// How often nodes that did not answer are asked again.
 const ASK_SILENT_EVERY: Duration = Duration::from_secs(1);
 
+/// In a cluster of up to this many alive nodes, every answer is renewed in
+/// the background before it stops standing ([`REFRESH_AFTER`]): the
+/// confirmation before ready then has nothing left to ask, and the wait
+/// ends as the last node registers (one small call a node every 2 s).
+/// Larger clusters are asked at the confirmation, all at once.
+const KEEP_FRESH_UP_TO: usize = 64;
+
+/// An answer this old is renewed (a second before it stops standing).
+const REFRESH_AFTER: Duration = Duration::from_secs(2);
+
 impl Seen {
     /// Hands the nodes that joined, and the silent ones when they are due
     /// again, to be asked in the background.
@@ -304,7 +317,34 @@ impl Seen {
             if !self.silent.is_empty() && self.silent_asked_at.elapsed() >= ASK_SILENT_EVERY {
                 asking.silent(self.silent.keys().cloned().collect());
             }
+            let now = Instant::now();
+            if !asking.refreshing() && now >= self.refresh_paused_until {
+                asking.refresh(
+                    self.kept_fresh()
+                        .filter(|(_, at)| now.duration_since(*at) >= REFRESH_AFTER)
+                        .map(|(id, _)| id.clone())
+                        .collect(),
+                );
+            }
         }
+    }
+
+    /// The nodes whose answers are kept fresh, with when each last
+    /// answered: every alive node that answered, in a cluster small
+    /// enough ([`KEEP_FRESH_UP_TO`]).
+    fn kept_fresh(&self) -> impl Iterator<Item = (&String, Instant)> {
+        let small = self.view.alive().count() <= KEEP_FRESH_UP_TO;
+        self.view
+            .alive()
+            .filter(move |_| small)
+            .filter_map(|n| self.answered.get_key_value(&n.id))
+            .map(|(id, at)| (id, *at))
+    }
+
+    /// When the next answer kept fresh is due to be renewed.
+    fn refresh_due(&self) -> Option<Instant> {
+        let due = self.kept_fresh().map(|(_, at)| at + REFRESH_AFTER).min()?;
+        Some(due.max(self.refresh_paused_until))
     }
 
     /// Nothing seen yet at `start`, with the platform's `facts`.
@@ -332,6 +372,7 @@ impl Seen {
             answered: Default::default(),
             unasked: vec![],
             asking: spec.ask_nodes.is_some(),
+            refresh_paused_until: start,
         }
     }
 
@@ -390,6 +431,10 @@ impl Seen {
                 match which {
                     Asked::Silent => tracing::warn!("cannot ask the silent nodes again: {e}"),
                     Asked::Joined => tracing::debug!("cannot ask the nodes that joined: {e}"),
+                    Asked::Refresh => {
+                        tracing::debug!("cannot renew the nodes' answers: {e}");
+                        self.refresh_paused_until = Instant::now() + ASK_SILENT_EVERY;
+                    }
                 }
                 false
             }
@@ -618,8 +663,9 @@ impl<'a> Waiter<'a> {
         &self,
         judged_at: Instant,
         again: bool,
-        asking_silent: bool,
+        asking: Option<&Asking>,
     ) -> (Instant, Instant) {
+        let asking_silent = asking.is_some_and(Asking::asking_silent);
         let mut rejudge = self.deadline.min(judged_at + REEVALUATE);
         if let Some(until) = self.seen.pending_until {
             rejudge = rejudge.min(until);
@@ -630,6 +676,11 @@ impl<'a> Waiter<'a> {
         let mut wake = rejudge;
         if !self.seen.silent.is_empty() && !asking_silent {
             wake = wake.min(self.seen.silent_asked_at + ASK_SILENT_EVERY);
+        }
+        if asking.is_some_and(|a| !a.refreshing())
+            && let Some(due) = self.seen.refresh_due()
+        {
+            wake = wake.min(due);
         }
         (rejudge, wake)
     }
@@ -783,11 +834,8 @@ pub async fn wait_for_cluster(
     };
     ask_capacity(&waiter.seen);
     loop {
-        let (rejudge, wake) = waiter.next_wake(
-            judged_at,
-            std::mem::take(&mut again),
-            asking.as_ref().is_some_and(Asking::asking_silent),
-        );
+        let (rejudge, wake) =
+            waiter.next_wake(judged_at, std::mem::take(&mut again), asking.as_ref());
         // Only what changed the cluster as seen is judged at once.
         let mut judge = true;
         let facts_changed = async {
