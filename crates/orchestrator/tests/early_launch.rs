@@ -14,10 +14,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-fn write(path: &Path, body: &str) {
-    std::fs::write(path, body).unwrap();
-}
-
 struct Cluster {
     dir: tempfile::TempDir,
     head: Child,
@@ -32,67 +28,42 @@ struct Cluster {
 /// with early launch on (the built-in's default), waiting up to
 /// `wait_timeout` seconds.
 fn head(ip: &str, head_gpus: u32, wait_timeout: u32) -> Cluster {
-    head_with(ip, head_gpus, wait_timeout, |_| {
-        ("/models/tiny".into(), String::new())
-    })
+    head_with(ip, head_gpus, wait_timeout, |_, _| {})
 }
 
-/// [`head`], serving the model `config(dir).0`, with `config(dir).1`
-/// appended to its configuration.
+/// Both nodes' node-health parameters: no GPU count check, a low
+/// open-file floor (the test machine's limits).
+fn node_health_params(c: &mut orchestrator_phases::config::Config) {
+    let params = &mut c.policies.node_health.params;
+    params.insert("check-gpu-count".into(), "false".into());
+    params.insert("min-open-files".into(), "1024".into());
+}
+
+/// [`head`] with `change(dir, config)` applied to its configuration.
 fn head_with(
     ip: &str,
     head_gpus: u32,
     wait_timeout: u32,
-    config: impl FnOnce(&Path) -> (String, String),
+    change: impl FnOnce(&Path, &mut orchestrator_phases::config::Config),
 ) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
-    let (model, tail) = config(dir.path());
-    let (gcs, agent, metrics, endpoints, serve) = (
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-    );
-    let temp = format!("/tmp/ray-t{gcs}");
-    let config = dir.path().join("head.toml");
-    write(
-        &config,
-        &format!(
-            r#"role = "head"
-endpoints-port = {endpoints}
-endpoints-host = "127.0.0.1"
-[ray]
-bin = "{ray}"
-gcs-port = {gcs}
-node-ip = "{ip}"
-num-cpus = 1
-num-gpus = {head_gpus}
-memory = 500000000
-object-store-memory = 80000000
-dashboard-agent-listen-port = {agent}
-metrics-export-port = {metrics}
-temp-dir = "{temp}"
-stop-grace-seconds = 5
-env = {{ RAY_USAGE_STATS_ENABLED = "0" }}
-[cluster]
-nodes = 2
-gpus = 2
-wait-timeout-seconds = {wait_timeout}
-[serve]
-model = "{model}"
-host = "127.0.0.1"
-port = {serve}
-health-interval-ms = 200
-stop-grace-seconds = 3
-[policies.node-health.params]
-check-gpu-count = "false"
-min-open-files = "1024"
-{tail}
-"#,
-            ray = ray_bin()
-        ),
-    );
+    let serve = free_port();
+    let node = TestNode::head(ip).with(|c| {
+        c.ray.num_gpus = Some(head_gpus.into());
+        c.cluster.nodes = Some(2);
+        c.cluster.gpus = 2.0;
+        c.cluster.wait_timeout_seconds = wait_timeout.into();
+        c.serve.model = Some("/models/tiny".into());
+        c.serve.host = "127.0.0.1".into();
+        c.serve.port = serve;
+        c.serve.health_interval_ms = 200;
+        c.serve.stop_grace_seconds = 3;
+        node_health_params(c);
+        change(dir.path(), c);
+    });
+    let (endpoints, gcs) = (node.config.endpoints_port, node.config.ray.gcs_port);
+    let temp = node.temp_dir().unwrap().display().to_string();
+    let config = node.write(dir.path(), "head.toml");
     let mut child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
         .args(["run", "--config", &config.display().to_string()])
         .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")
@@ -115,39 +86,24 @@ min-open-files = "1024"
 }
 
 fn worker(c: &mut Cluster, head_ip: &str, ip: &str, gpus: u32) -> Child {
-    worker_with(c, head_ip, ip, gpus, "")
+    worker_with(c, head_ip, ip, gpus, |_| {})
 }
 
-/// [`worker`] with `tail` appended to its configuration.
-fn worker_with(c: &mut Cluster, head_ip: &str, ip: &str, gpus: u32, tail: &str) -> Child {
-    let config = c.dir.path().join("worker.toml");
-    write(
-        &config,
-        &format!(
-            r#"role = "worker"
-endpoints-port = 0
-[ray]
-bin = "{ray}"
-gcs-address = "{head_ip}:{gcs}"
-node-ip = "{ip}"
-num-cpus = 1
-num-gpus = {gpus}
-memory = 500000000
-object-store-memory = 80000000
-dashboard-agent-listen-port = {agent}
-metrics-export-port = {metrics}
-stop-grace-seconds = 5
-[policies.node-health.params]
-check-gpu-count = "false"
-min-open-files = "1024"
-{tail}
-"#,
-            ray = ray_bin(),
-            gcs = c.gcs,
-            agent = free_port(),
-            metrics = free_port()
-        ),
-    );
+/// [`worker`] with `change` applied to its configuration.
+fn worker_with(
+    c: &mut Cluster,
+    head_ip: &str,
+    ip: &str,
+    gpus: u32,
+    change: impl FnOnce(&mut orchestrator_phases::config::Config),
+) -> Child {
+    let config = TestNode::worker(ip, &format!("{head_ip}:{}", c.gcs))
+        .with(|w| {
+            w.ray.num_gpus = Some(gpus.into());
+            node_health_params(w);
+            change(w);
+        })
+        .write(c.dir.path(), "worker.toml");
     let child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
         .args(["run", "--config", &config.display().to_string()])
         .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")
@@ -278,28 +234,25 @@ fn a_model_copied_to_local_disk_is_served_from_the_copies() {
     // Both nodes copy the shared model directory to a local one while the
     // cluster forms (on one machine they share it); the launch at the
     // ready decision names the copy.
-    let mut c = head_with("127.0.0.160", 1, 120, |dir| {
+    let mut c = head_with("127.0.0.160", 1, 120, |dir, c| {
         let shared = dir.join("shared/model");
         std::fs::create_dir_all(&shared).unwrap();
         std::fs::write(shared.join("model.safetensors"), vec![7u8; 3 << 20]).unwrap();
         std::fs::write(shared.join("config.json"), "{}").unwrap();
-        (
-            shared.display().to_string(),
-            format!(
-                "[policies.launch.params]\nearly-launch = \"false\"\n[serve.prefetch]\npaths = [\"{}\"]\ncopy-to = \"{}\"\n",
-                shared.display(),
-                dir.join("local/model").display()
-            ),
-        )
+        c.serve.model = Some(shared.display().to_string());
+        c.policies
+            .launch
+            .params
+            .insert("early-launch".into(), "false".into());
+        c.serve.prefetch.paths = vec![shared];
+        c.serve.prefetch.copy_to = Some(dir.join("local/model"));
     });
     let local = c.dir.path().join("local/model");
     let shared = c.dir.path().join("shared/model");
-    let prefetch = format!(
-        "[serve.prefetch]\npaths = [\"{}\"]\ncopy-to = \"{}\"\n",
-        shared.display(),
-        local.display()
-    );
-    let mut w = worker_with(&mut c, "127.0.0.160", "127.0.0.161", 1, &prefetch);
+    let mut w = worker_with(&mut c, "127.0.0.160", "127.0.0.161", 1, |w| {
+        w.serve.prefetch.paths = vec![shared.clone()];
+        w.serve.prefetch.copy_to = Some(local.clone());
+    });
     let s = status_until(c.endpoints, Duration::from_secs(90), |s| s["ready"] == true);
     assert_eq!(s["prefetch"]["state"], "done", "{s}");
     assert_eq!(

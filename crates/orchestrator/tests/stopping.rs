@@ -22,25 +22,13 @@ fn fake_ray(dir: &Path, body: &str) -> String {
 /// `orchestrator run` as a head with `ray` and the given grace, its
 /// endpoints on `endpoints` (0: none).
 fn run_head(dir: &Path, ray: &str, grace: u32, endpoints: u16) -> Child {
-    let config = dir.join("head.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"role = "head"
-endpoints-port = {endpoints}
-[ray]
-bin = "{ray}"
-gcs-port = {gcs}
-node-ip = "127.0.0.90"
-stop-grace-seconds = {grace}
-[cluster]
-nodes = 1
-wait-timeout-seconds = 300
-"#,
-            gcs = free_port()
-        ),
-    )
-    .unwrap();
+    let config = TestNode::head_using("127.0.0.90", ray)
+        .with(|c| {
+            c.endpoints_port = endpoints;
+            c.ray.stop_grace_seconds = grace.into();
+            c.cluster.wait_timeout_seconds = 300;
+        })
+        .write(dir, "head.toml");
     Command::new(env!("CARGO_BIN_EXE_orchestrator"))
         .args(["run", "--config", config.to_str().unwrap()])
         .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")

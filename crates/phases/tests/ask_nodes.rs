@@ -150,7 +150,10 @@ async fn answers_are_renewed_while_waiting_and_a_node_gone_silent_is_named() {
         (result, gcs)
     });
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert!(worker_raylet.calls() >= 1, "the worker was asked as it was seen");
+    assert!(
+        worker_raylet.calls() >= 1,
+        "the worker was asked as it was seen"
+    );
     // The worker's raylet goes away after its first answer.
     drop(worker_raylet);
     let (result, _gcs) = wait.await.unwrap();
@@ -161,7 +164,10 @@ async fn answers_are_renewed_while_waiting_and_a_node_gone_silent_is_named() {
     );
     // Asked at the start, then renewed about every 2 s over 6 s.
     let calls = head_raylet.calls();
-    assert!((3..=5).contains(&calls), "{calls} calls to the head's raylet");
+    assert!(
+        (3..=5).contains(&calls),
+        "{calls} calls to the head's raylet"
+    );
 }
 
 /// Asking nodes again reuses the connection to their raylet: one

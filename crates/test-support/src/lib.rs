@@ -14,7 +14,9 @@
 //!   ([`signal`], [`signal_group`]), and guards that stop what a failed
 //!   test started ([`Guard`], [`GroupGuard`]);
 //! - the GCS's own view, to measure against ([`gcs_death_time`],
-//!   [`gcs_nodes`]).
+//!   [`gcs_nodes`]);
+//! - a head's or a worker's configuration built from the orchestrator's
+//!   own `Config`, not TOML text ([`TestNode`]).
 // Test code: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -26,6 +28,11 @@ use std::process::{Child, Output};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use rustix::process::Signal as Sig;
+
+#[cfg(feature = "cluster")]
+mod node_config;
+#[cfg(feature = "cluster")]
+pub use node_config::TestNode;
 
 #[cfg(feature = "cluster")]
 /// Ray's `ray` executable from `ORCHESTRATOR_RAY_BIN` (`cargo xtask test`
