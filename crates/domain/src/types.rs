@@ -173,30 +173,51 @@ pub struct LaunchPlan {
     pub ranks: Vec<RankPlan>,
 }
 
+/// How a launch plan's ranks do not fit the backend.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RankMismatch {
+    /// Per-rank plans for a backend without a native group.
+    #[error("the plan has {0} per-rank argv but the backend is Ray (no native group)")]
+    RanksWithoutGroup(usize),
+    /// Not exactly ranks 1 to nodes - 1.
+    #[error(
+        "the plan's ranks are {got:?} but a group of {nodes} nodes needs exactly ranks {want:?}"
+    )]
+    WrongRanks {
+        /// The ranks planned.
+        got: Vec<u32>,
+        /// The ranks needed.
+        want: Vec<u32>,
+        /// The group's size.
+        nodes: u32,
+    },
+    /// A rank without a program.
+    #[error("rank {0}'s argv is empty")]
+    EmptyArgv(u32),
+}
+
 impl LaunchPlan {
     /// Checks a native group's plan: one entry per rank 1 to nodes - 1,
     /// each with a program. Names the first problem.
-    pub fn check_ranks(&self, group: Option<&NativeGroup>) -> Result<(), String> {
+    pub fn check_ranks(&self, group: Option<&NativeGroup>) -> Result<(), RankMismatch> {
         let Some(group) = group else {
             if self.ranks.is_empty() {
                 return Ok(());
             }
-            return Err(format!(
-                "the plan has {} per-rank argv but the backend is Ray (no native group)",
-                self.ranks.len()
-            ));
+            return Err(RankMismatch::RanksWithoutGroup(self.ranks.len()));
         };
         let want: Vec<u32> = (1..group.nodes).collect();
         let mut got: Vec<u32> = self.ranks.iter().map(|r| r.rank).collect();
         got.sort_unstable();
         if got != want {
-            return Err(format!(
-                "the plan's ranks are {got:?} but a group of {} nodes needs exactly ranks {want:?}",
-                group.nodes
-            ));
+            return Err(RankMismatch::WrongRanks {
+                got,
+                want,
+                nodes: group.nodes,
+            });
         }
         if let Some(r) = self.ranks.iter().find(|r| r.argv.is_empty()) {
-            return Err(format!("rank {}'s argv is empty", r.rank));
+            return Err(RankMismatch::EmptyArgv(r.rank));
         }
         Ok(())
     }

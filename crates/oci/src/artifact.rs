@@ -102,25 +102,32 @@ impl Manifest {
     }
 
     /// The one WebAssembly layer, or why this is not a policy artifact.
-    pub fn wasm_layer(&self) -> Result<&Descriptor, String> {
+    pub fn wasm_layer(&self) -> Result<&Descriptor, NotAPolicy> {
         if self.config.media_type != CONFIG_MEDIA_TYPE {
-            return Err(format!(
-                "its config is {:?}, not {CONFIG_MEDIA_TYPE:?} (a container image or another artifact; push a policy with `orchestrator plugin push`)",
-                self.config.media_type
-            ));
+            return Err(NotAPolicy::Config(self.config.media_type.clone()));
         }
         match self.layers.as_slice() {
             [layer] if layer.media_type == LAYER_MEDIA_TYPE => Ok(layer),
-            [layer] => Err(format!(
-                "its layer is {:?}, not {LAYER_MEDIA_TYPE:?}",
-                layer.media_type
-            )),
-            layers => Err(format!(
-                "it has {} layers; a policy artifact has exactly one {LAYER_MEDIA_TYPE:?} layer",
-                layers.len()
-            )),
+            [layer] => Err(NotAPolicy::Layer(layer.media_type.clone())),
+            layers => Err(NotAPolicy::Layers(layers.len())),
         }
     }
+}
+
+/// Why a manifest is not a policy artifact's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotAPolicy {
+    /// Another config media type.
+    #[error(
+        "its config is {0:?}, not {CONFIG_MEDIA_TYPE:?} (a container image or another artifact; push a policy with `orchestrator plugin push`)"
+    )]
+    Config(String),
+    /// One layer of another media type.
+    #[error("its layer is {0:?}, not {LAYER_MEDIA_TYPE:?}")]
+    Layer(String),
+    /// Not exactly one layer.
+    #[error("it has {0} layers; a policy artifact has exactly one {LAYER_MEDIA_TYPE:?} layer")]
+    Layers(usize),
 }
 
 /// Now as RFC 3339 UTC (seconds), without a date library.
@@ -180,6 +187,12 @@ mod tests {
 
         let mut image = m.clone();
         image.config.media_type = "application/vnd.oci.image.config.v1+json".into();
-        assert!(image.wasm_layer().unwrap_err().contains("container image"));
+        assert!(
+            image
+                .wasm_layer()
+                .unwrap_err()
+                .to_string()
+                .contains("container image")
+        );
     }
 }

@@ -457,9 +457,9 @@ impl Registry {
             reference: reference.to_string(),
             detail: format!("its manifest is not an OCI image manifest ({e})"),
         })?;
-        let layer = manifest.wasm_layer().map_err(|detail| OciError::NotWasm {
+        let layer = manifest.wasm_layer().map_err(|e| OciError::NotWasm {
             reference: reference.to_string(),
-            detail,
+            detail: e.to_string(),
         })?;
         let layer_digest = Digest::parse(&layer.digest).map_err(|_| OciError::NotWasm {
             reference: reference.to_string(),

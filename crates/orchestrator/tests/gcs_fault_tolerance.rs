@@ -12,8 +12,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use orchestrator_phases::config::{Config, GcsFaultTolerance};
 use orchestrator_test_support::*;
-use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,18 +25,23 @@ const HEAD_IP: &str = "127.0.0.121";
 const WORKER_IP: &str = "127.0.0.122";
 const PASSWORD: &str = "s3cret-for-the-test";
 
-fn write(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
-    let path = dir.join(name);
-    std::fs::File::create(&path)
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    path
-}
-
 /// Ray's health checks made quick (so the GCS gives up on the old head
-/// in seconds) and vLLM's CPU test platform (one "GPU" per node).
-const RAY_ENV: &str = r#"env = { RAY_USAGE_STATS_ENABLED = "0", VLLM_CPU_RAY_TEST_PLATFORM = "1", RAY_health_check_initial_delay_ms = "1000", RAY_health_check_period_ms = "1000", RAY_health_check_timeout_ms = "1000", RAY_health_check_failure_threshold = "3" }"#;
+/// in seconds) and vLLM's CPU test platform (one "GPU" per node); 1 GB of
+/// memory, 200 MB of object store.
+fn ray_node(c: &mut Config) {
+    for (key, value) in [
+        ("VLLM_CPU_RAY_TEST_PLATFORM", "1"),
+        ("RAY_health_check_initial_delay_ms", "1000"),
+        ("RAY_health_check_period_ms", "1000"),
+        ("RAY_health_check_timeout_ms", "1000"),
+        ("RAY_health_check_failure_threshold", "3"),
+    ] {
+        c.ray.env.insert(key.into(), value.into());
+    }
+    c.ray.num_gpus = Some(1.0);
+    c.ray.memory = Some(1_048_576_000);
+    c.ray.object_store_memory = Some(209_715_200);
+}
 
 struct Cluster {
     dir: tempfile::TempDir,
@@ -63,89 +68,73 @@ impl Cluster {
     }
 
     fn head_config(&self) -> std::path::PathBuf {
-        let (agent, metrics) = (free_port(), free_port());
-        write(
-            self.dir.path(),
-            "head.toml",
-            &format!(
-                r#"role = "head"
-endpoints-port = {endpoints}
-[ray]
-bin = "{ray}"
-gcs-port = {gcs}
-node-ip = "{HEAD_IP}"
-num-cpus = 1
-num-gpus = 1
-memory = 1048576000
-object-store-memory = 209715200
-dashboard-agent-listen-port = {agent}
-metrics-export-port = {metrics}
-temp-dir = "{temp}"
-stop-grace-seconds = 5
-{RAY_ENV}
-[ray.gcs-fault-tolerance]
-redis-address = "{HEAD_IP}:{redis}"
-redis-password-env = "REDIS_PASSWORD"
-external-storage-namespace = "gcs-ft-test"
-[cluster]
-nodes = 2
-wait-timeout-seconds = 300
-[serve]
-model = "{model}"
-served-model-name = "tiny"
-host = "{HEAD_IP}"
-port = {serve}
-tensor-parallel-size = 2
-extra-args = ["--max-model-len", "256", "--dtype", "bfloat16", "--enforce-eager"]
-health-interval-ms = 500
-generation-interval-ms = 5000
-[policies.launch]
-builtin = "vllm"
-params = {{ program = "{vllm}", "env.VLLM_HOST_IP" = "{HEAD_IP}", "env.VLLM_CPU_RAY_TEST_PLATFORM" = "1", "env.VLLM_CPU_KVCACHE_SPACE" = "1", "env.HF_HUB_OFFLINE" = "1" }}
-[policies.health]
-builtin = "default"
-params = {{ backoff-ms = "200" }}
-"#,
-                endpoints = self.head_endpoints,
-                ray = var("ORCHESTRATOR_RAY_BIN"),
-                gcs = self.gcs,
-                temp = self.temp,
-                redis = self.redis,
-                model = var("ORCHESTRATOR_TINY_MODEL"),
-                serve = self.serve,
-                vllm = var("ORCHESTRATOR_VLLM_BIN"),
-            ),
-        )
+        let head_ip = HEAD_IP;
+        TestNode::head_using(HEAD_IP, &var("ORCHESTRATOR_RAY_BIN"))
+            .with(|c| {
+                ray_node(c);
+                c.endpoints_port = self.head_endpoints;
+                c.endpoints_host = "0.0.0.0".into();
+                c.ray.gcs_port = self.gcs;
+                c.ray.temp_dir = Some(self.temp.clone().into());
+                c.ray.gcs_fault_tolerance = Some(GcsFaultTolerance {
+                    redis_address: Some(format!("{HEAD_IP}:{}", self.redis)),
+                    redis_password_env: Some("REDIS_PASSWORD".into()),
+                    external_storage_namespace: Some("gcs-ft-test".into()),
+                    ..GcsFaultTolerance::default()
+                });
+                c.cluster.nodes = Some(2);
+                c.cluster.wait_timeout_seconds = 300;
+                c.serve.model = Some(var("ORCHESTRATOR_TINY_MODEL"));
+                c.serve.served_model_name = Some("tiny".into());
+                c.serve.host = HEAD_IP.into();
+                c.serve.port = self.serve;
+                c.serve.tensor_parallel_size = Some(2);
+                c.serve.extra_args = [
+                    "--max-model-len",
+                    "256",
+                    "--dtype",
+                    "bfloat16",
+                    "--enforce-eager",
+                ]
+                .map(String::from)
+                .to_vec();
+                c.serve.health_interval_ms = 500;
+                c.serve.generation_interval_ms = 5000;
+                c.policies.launch.builtin = Some("vllm".into());
+                let vllm = var("ORCHESTRATOR_VLLM_BIN");
+                for (key, value) in [
+                    ("program", vllm.as_str()),
+                    ("env.VLLM_HOST_IP", head_ip),
+                    ("env.VLLM_CPU_RAY_TEST_PLATFORM", "1"),
+                    ("env.VLLM_CPU_KVCACHE_SPACE", "1"),
+                    ("env.HF_HUB_OFFLINE", "1"),
+                ] {
+                    c.policies.launch.params.insert(key.into(), value.into());
+                }
+                c.policies.health.builtin = Some("default".into());
+                c.policies
+                    .health
+                    .params
+                    .insert("backoff-ms".into(), "200".into());
+            })
+            .write(self.dir.path(), "head.toml")
     }
 
     fn worker_config(&self) -> std::path::PathBuf {
-        let (agent, metrics) = (free_port(), free_port());
-        write(
-            self.dir.path(),
-            "worker.toml",
-            &format!(
-                r#"role = "worker"
-endpoints-port = {endpoints}
-[ray]
-bin = "{ray}"
-gcs-address = "{HEAD_IP}:{gcs}"
-node-ip = "{WORKER_IP}"
-num-cpus = 1
-num-gpus = 1
-memory = 1048576000
-object-store-memory = 209715200
-dashboard-agent-listen-port = {agent}
-metrics-export-port = {metrics}
-stop-grace-seconds = 5
-{RAY_ENV}
-[ray.gcs-fault-tolerance]
-reconnect-timeout-seconds = 600
-"#,
-                endpoints = self.worker_endpoints,
-                ray = var("ORCHESTRATOR_RAY_BIN"),
-                gcs = self.gcs,
-            ),
+        TestNode::worker_using(
+            WORKER_IP,
+            &format!("{HEAD_IP}:{}", self.gcs),
+            &var("ORCHESTRATOR_RAY_BIN"),
         )
+        .with(|c| {
+            ray_node(c);
+            c.endpoints_port = self.worker_endpoints;
+            c.ray.gcs_fault_tolerance = Some(GcsFaultTolerance {
+                reconnect_timeout_seconds: 600,
+                ..GcsFaultTolerance::default()
+            });
+        })
+        .write(self.dir.path(), "worker.toml")
     }
 
     fn orchestrator(&self, config: &std::path::Path, log: &str) -> Child {

@@ -54,48 +54,26 @@ fn unschedulable_pod(name: &str) -> Value {
     pod
 }
 
-fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, body).unwrap();
-    path
-}
-
-/// The head's configuration on free ports; returns it, the GCS address
-/// and the endpoints' port.
-fn head_config(dir: &Path, ip: &str, url: &str, extra: &str) -> (PathBuf, String, u16) {
-    let (base, endpoints) = (free_port(), free_port());
-    let path = write(
-        dir,
-        "head.toml",
-        &format!(
-            r#"role = "head"
-endpoints-port = {endpoints}
-[ray]
-bin = "{ray}"
-gcs-port = {base}
-node-ip = "{ip}"
-num-cpus = 1
-num-gpus = 1
-memory = 500000000
-object-store-memory = 80000000
-dashboard-agent-listen-port = {agent}
-metrics-export-port = {metrics}
-temp-dir = "/tmp/ray-t{base}"
-stop-grace-seconds = 5
-env = {{ RAY_USAGE_STATS_ENABLED = "0" }}
-[kubernetes]
-enabled = true
-api-server = "{url}"
-namespace = "{NS}"
-pod-name = "{HEAD_POD}"
-{extra}
-"#,
-            ray = ray_bin(),
-            agent = free_port(),
-            metrics = free_port(),
-        ),
-    );
-    (path, format!("{ip}:{base}"), endpoints)
+/// The head's configuration on free ports, Kubernetes awareness on
+/// against `url`, then `change`; returns it, the GCS address and the
+/// endpoints' port.
+fn head_config(
+    dir: &Path,
+    ip: &str,
+    url: &str,
+    change: impl FnOnce(&mut orchestrator_phases::config::Config),
+) -> (PathBuf, String, u16) {
+    let node = TestNode::head(ip).with(|c| {
+        c.endpoints_host = "0.0.0.0".into();
+        c.ray.num_gpus = Some(1.0);
+        c.kubernetes.enabled = true;
+        c.kubernetes.api_server = Some(url.into());
+        c.kubernetes.namespace = Some(NS.into());
+        c.kubernetes.pod_name = Some(HEAD_POD.into());
+        change(c);
+    });
+    let path = node.write(dir, "head.toml");
+    (path, node.gcs_address(), node.config.endpoints_port)
 }
 
 /// Starts `orchestrator run` with its output in `log`.
@@ -113,31 +91,12 @@ fn run(config: &Path, log: &Path) -> Child {
 }
 
 fn worker(dir: &Path, head: &str, ip: &str) -> (Child, PathBuf) {
-    let config = write(
-        dir,
-        &format!("worker-{ip}.toml"),
-        &format!(
-            r#"role = "worker"
-endpoints-port = 0
-[ray]
-bin = "{ray}"
-gcs-address = "{head}"
-node-ip = "{ip}"
-num-cpus = 1
-num-gpus = 1
-memory = 500000000
-object-store-memory = 80000000
-dashboard-agent-listen-port = {agent}
-metrics-export-port = {metrics}
-gcs-wait-seconds = 60
-stop-grace-seconds = 5
-env = {{ RAY_USAGE_STATS_ENABLED = "0" }}
-"#,
-            ray = ray_bin(),
-            agent = free_port(),
-            metrics = free_port(),
-        ),
-    );
+    let config = TestNode::worker(ip, head)
+        .with(|c| {
+            c.ray.num_gpus = Some(1.0);
+            c.ray.gcs_wait_seconds = 60;
+        })
+        .write(dir, &format!("worker-{ip}.toml"));
     let log = dir.join(format!("worker-{ip}.log"));
     (run(&config, &log), log)
 }
@@ -165,7 +124,7 @@ fn run_follows_the_raycluster_through_a_scale_up_and_diagnoses_missing_workers()
         1,
         vec![running_pod("vllm-llama-gpu-group-worker-aaaaa", w1)],
     );
-    let (config, gcs, port) = head_config(dir.path(), head_ip, &api.server.url(), "");
+    let (config, gcs, port) = head_config(dir.path(), head_ip, &api.server.url(), |_| {});
     let temp = format!("/tmp/ray-t{}", gcs.rsplit(':').next().unwrap_or(""));
     let head_log = dir.path().join("head.log");
     let head = run(&config, &head_log);
@@ -284,12 +243,9 @@ fn a_wait_that_times_out_names_the_unschedulable_worker() {
         1,
         vec![unschedulable_pod("vllm-llama-gpu-group-worker-ccccc")],
     );
-    let (config, gcs, _) = head_config(
-        dir.path(),
-        head_ip,
-        &api.server.url(),
-        "[cluster]\nwait-timeout-seconds = 10\n",
-    );
+    let (config, gcs, _) = head_config(dir.path(), head_ip, &api.server.url(), |c| {
+        c.cluster.wait_timeout_seconds = 10
+    });
     let temp = format!("/tmp/ray-t{}", gcs.rsplit(':').next().unwrap_or(""));
     let log = dir.path().join("head.log");
     let head = run(&config, &log);
@@ -331,12 +287,10 @@ fn without_rbac_the_wait_goes_on_from_the_gcs_and_names_the_missing_permission()
     }
     api.server.forbid("create", "events");
     // The configuration says a head alone is the whole cluster.
-    let (config, gcs, port) = head_config(
-        dir.path(),
-        head_ip,
-        &api.server.url(),
-        "[cluster]\nnodes = 1\nwait-timeout-seconds = 60\n",
-    );
+    let (config, gcs, port) = head_config(dir.path(), head_ip, &api.server.url(), |c| {
+        c.cluster.nodes = Some(1);
+        c.cluster.wait_timeout_seconds = 60;
+    });
     let temp = format!("/tmp/ray-t{}", gcs.rsplit(':').next().unwrap_or(""));
     let log = dir.path().join("head.log");
     let head = run(&config, &log);
@@ -361,17 +315,14 @@ fn an_early_launch_follows_a_scale_change_during_the_wait() {
     // One worker asked for: the early server is planned for 2 nodes with
     // 1 GPU each (pipeline-parallel 2).
     let api = api(1, vec![]);
-    let serve = format!(
-        r#"[serve]
-model = "/models/tiny"
-host = "127.0.0.1"
-port = {}
-health-interval-ms = 200
-stop-grace-seconds = 3
-"#,
-        free_port()
-    );
-    let (config, gcs, port) = head_config(dir.path(), head_ip, &api.server.url(), &serve);
+    let serve_port = free_port();
+    let (config, gcs, port) = head_config(dir.path(), head_ip, &api.server.url(), |c| {
+        c.serve.model = Some("/models/tiny".into());
+        c.serve.host = "127.0.0.1".into();
+        c.serve.port = serve_port;
+        c.serve.health_interval_ms = 200;
+        c.serve.stop_grace_seconds = 3;
+    });
     let temp = format!("/tmp/ray-t{}", gcs.rsplit(':').next().unwrap_or(""));
     let log = dir.path().join("head.log");
     let head = Command::new(env!("CARGO_BIN_EXE_orchestrator"))

@@ -25,39 +25,26 @@ fn inject(path: &Path, json: &str) {
     write(path, json);
 }
 
-const NODE_HEALTH: &str = r#"[node-health]
-interval-ms = 250
-stale-after-ms = 2000
-follow-interval-ms = 100
-unhealthy-grace-seconds = 4
-[policies.node-health.params]
-# This machine's hard limit is below the default 65536.
-min-open-files = "4096"
-"#;
+/// Every node's health settings: quick checks, a short grace.
+fn node_health(c: &mut orchestrator_phases::config::Config) {
+    c.node_health.interval_ms = 250;
+    c.node_health.stale_after_ms = 2000;
+    c.node_health.follow_interval_ms = 100;
+    c.node_health.unhealthy_grace_seconds = 4;
+    // This machine's hard limit is below the default 65536.
+    c.policies
+        .node_health
+        .params
+        .insert("min-open-files".into(), "4096".into());
+}
 
 fn worker(dir: &Path, name: &str, ip: &str, gcs: &str, state: &Path) -> (Child, Captured) {
-    let (agent, metrics) = (free_port(), free_port());
-    let config = dir.join(format!("{name}.toml"));
-    write(
-        &config,
-        &format!(
-            r#"role = "worker"
-endpoints-port = 0
-[ray]
-bin = "{ray}"
-gcs-address = "127.0.0.90:{gcs}"
-node-ip = "{ip}"
-num-cpus = 1
-num-gpus = 1
-memory = 500000000
-object-store-memory = 80000000
-dashboard-agent-listen-port = {agent}
-metrics-export-port = {metrics}
-stop-grace-seconds = 5
-{NODE_HEALTH}"#,
-            ray = ray_bin()
-        ),
-    );
+    let config = TestNode::worker(ip, &format!("127.0.0.90:{gcs}"))
+        .with(|c| {
+            c.ray.num_gpus = Some(1.0);
+            node_health(c);
+        })
+        .write(dir, &format!("{name}.toml"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
         .args(["run", "--config", &config.display().to_string()])
         .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")
@@ -93,44 +80,23 @@ fn node_entry(
 #[ignore = "needs Ray 2.60: run by `cargo xtask test`"]
 fn gpu_faults_on_workers_reach_the_heads_readiness_and_health_decisions() {
     let dir = tempfile::tempdir().unwrap();
-    let (gcs, agent, metrics) = (free_port(), free_port(), free_port());
-    let (endpoints, serve_port) = (free_port(), free_port());
-    let temp = format!("/tmp/ray-t{gcs}");
-    let head_config = dir.path().join("head.toml");
-    write(
-        &head_config,
-        &format!(
-            r#"role = "head"
-endpoints-port = {endpoints}
-endpoints-host = "127.0.0.1"
-[ray]
-bin = "{ray}"
-gcs-port = {gcs}
-node-ip = "127.0.0.90"
-num-cpus = 1
-num-gpus = 0
-memory = 500000000
-object-store-memory = 80000000
-dashboard-agent-listen-port = {agent}
-metrics-export-port = {metrics}
-temp-dir = "{temp}"
-stop-grace-seconds = 5
-env = {{ RAY_USAGE_STATS_ENABLED = "0" }}
-[cluster]
-nodes = 2
-wait-timeout-seconds = 180
-[serve]
-model = "/models/tiny"
-served-model-name = "tiny"
-host = "127.0.0.1"
-port = {serve_port}
-health-interval-ms = 200
-generation-interval-ms = 1000
-stop-grace-seconds = 3
-{NODE_HEALTH}"#,
-            ray = ray_bin()
-        ),
-    );
+    let serve_port = free_port();
+    let node = TestNode::head("127.0.0.90").with(|c| {
+        c.ray.num_gpus = Some(0.0);
+        c.cluster.nodes = Some(2);
+        c.cluster.wait_timeout_seconds = 180;
+        c.serve.model = Some("/models/tiny".into());
+        c.serve.served_model_name = Some("tiny".into());
+        c.serve.host = "127.0.0.1".into();
+        c.serve.port = serve_port;
+        c.serve.health_interval_ms = 200;
+        c.serve.generation_interval_ms = 1000;
+        c.serve.stop_grace_seconds = 3;
+        node_health(c);
+    });
+    let (gcs, endpoints) = (node.config.ray.gcs_port, node.config.endpoints_port);
+    let temp = node.temp_dir().unwrap().display().to_string();
+    let head_config = node.write(dir.path(), "head.toml");
     let mut head = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
         .args(["run", "--config", &head_config.display().to_string()])
         .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")

@@ -8,7 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use orchestrator_test_support::free_port;
+use orchestrator_test_support::{TestNode, free_port};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -280,28 +280,17 @@ fn push(user: &User, registry: &Registry, repo: &str, tag: &str) -> String {
     pinned
 }
 
+/// A head whose health policy is `oci`, pulled with `user`'s credentials
+/// from `registry` (`plan` loads it; Ray is never started).
 fn head_config(dir: &Path, registry: &Registry, user: &User, oci: &str) -> PathBuf {
-    let path = dir.join("head.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"role = "head"
-[ray]
-gcs-port = 6390
-[policies.health]
-oci = "{oci}"
-[registry]
-credentials = "{}"
-insecure = ["{}"]
-cache-dir = "{}"
-"#,
-            user.credentials().display(),
-            registry.host,
-            user.cache().display()
-        ),
-    )
-    .unwrap();
-    path
+    TestNode::head_using("127.0.0.1", "ray")
+        .with(|c| {
+            c.policies.health.oci = Some(oci.into());
+            c.registry.credentials = Some(user.credentials());
+            c.registry.insecure = vec![registry.host.clone()];
+            c.registry.cache_dir = Some(user.cache());
+        })
+        .write(dir, "head.toml")
 }
 
 #[test]

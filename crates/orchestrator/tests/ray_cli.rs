@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use orchestrator_test_support::*;
-use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -16,6 +15,27 @@ fn ports() -> (String, String, String) {
         free_port().to_string(),
         free_port().to_string(),
     )
+}
+
+/// A head at `ip` expecting `nodes` nodes, on the ports given (as from
+/// [`ports`]), its temp dir `/tmp/ray-t<gcs>`.
+fn head_node(
+    ip: &str,
+    gcs: &str,
+    agent: &str,
+    metrics: &str,
+    endpoints: &str,
+    nodes: u32,
+) -> TestNode {
+    TestNode::head(ip).with(|c| {
+        c.ray.gcs_port = gcs.parse().unwrap();
+        c.ray.temp_dir = Some(format!("/tmp/ray-t{gcs}").into());
+        c.ray.dashboard_agent_listen_port = Some(agent.parse().unwrap());
+        c.ray.metrics_export_port = Some(metrics.parse().unwrap());
+        c.endpoints_port = endpoints.parse().unwrap();
+        c.cluster.nodes = Some(nodes);
+        c.cluster.wait_timeout_seconds = 120;
+    })
 }
 
 fn orchestrator() -> Command {
@@ -99,31 +119,8 @@ fn wait_does_not_count_a_frozen_node_under_rays_default_health_checks() {
     let dir = tempfile::tempdir().unwrap();
     // Ray's own health-check settings (no RAY_health_check_*): the GCS
     // lists a frozen node as alive for about a minute.
-    let head_config = write_config(
-        dir.path(),
-        "head.toml",
-        &format!(
-            r#"role = "head"
-endpoints-port = {head_endpoints}
-[ray]
-bin = "{ray}"
-gcs-port = {gcs}
-node-ip = "127.0.0.64"
-num-cpus = 1
-memory = 500000000
-object-store-memory = 80000000
-dashboard-agent-listen-port = {agent}
-metrics-export-port = {metrics}
-temp-dir = "{temp}"
-stop-grace-seconds = 5
-env = {{ RAY_USAGE_STATS_ENABLED = "0" }}
-[cluster]
-nodes = 2
-wait-timeout-seconds = 120
-"#,
-            ray = ray_bin()
-        ),
-    );
+    let head_config = head_node("127.0.0.64", &gcs, &agent, &metrics, &head_endpoints, 2)
+        .write(dir.path(), "head.toml");
     let head = orchestrator()
         .args(["run", "--config", head_config.to_str().unwrap()])
         .stdout(Stdio::null())
@@ -275,13 +272,6 @@ fn wait_command_exits_0_when_ready_and_1_with_a_diagnosis_naming_what_is_missing
     assert_nothing_left(&[&temp, "127.0.0.60", "127.0.0.61"]);
 }
 
-fn write_config(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
-    let path = dir.join(name);
-    let mut f = std::fs::File::create(&path).unwrap();
-    f.write_all(body.as_bytes()).unwrap();
-    path
-}
-
 fn nofile_soft_limit(pid: i32) -> u64 {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
     let line = limits
@@ -298,32 +288,11 @@ fn run_head_and_kuberay_worker_raise_nofile_and_stop_cleanly() {
     let (agent2, metrics2, endpoints) = ports();
     let temp = format!("/tmp/ray-t{gcs}");
     let dir = tempfile::tempdir().unwrap();
-    let head_config = write_config(
-        dir.path(),
-        "head.toml",
-        &format!(
-            r#"role = "head"
-open-file-limit = 4321
-endpoints-port = {endpoints}
-[ray]
-bin = "{ray}"
-gcs-port = {gcs}
-node-ip = "127.0.0.70"
-num-cpus = 1
-memory = 500000000
-object-store-memory = 80000000
-dashboard-agent-listen-port = {agent}
-metrics-export-port = {metrics}
-temp-dir = "{temp}"
-stop-grace-seconds = 5
-env = {{ RAY_USAGE_STATS_ENABLED = "0" }}
-[cluster]
-nodes = 2
-wait-timeout-seconds = 120
-"#,
-            ray = ray_bin()
-        ),
-    );
+    let head_config = head_node("127.0.0.70", &gcs, &agent, &metrics, &endpoints, 2)
+        .with(|c| {
+            c.open_file_limit = 4321;
+        })
+        .write(dir.path(), "head.toml");
     // Start with a low soft limit, as a container often does; the
     // orchestrator must raise it for Ray's processes.
     let head = Command::new("sh")
@@ -341,27 +310,18 @@ wait-timeout-seconds = 120
     let mut guard = Guard(vec![head.id() as i32]);
 
     // The worker starts from KubeRay's generated command, --block and all.
-    let worker_config = write_config(
-        dir.path(),
-        "worker.toml",
-        &format!(
-            r#"role = "worker"
-open-file-limit = 4321
-endpoints-port = 0
-[ray]
-bin = "{ray}"
-use-kuberay-command = true
-node-ip = "127.0.0.71"
-memory = 500000000
-object-store-memory = 80000000
-dashboard-agent-listen-port = {agent2}
-metrics-export-port = {metrics2}
-gcs-wait-seconds = 120
-stop-grace-seconds = 5
-"#,
-            ray = ray_bin()
-        ),
-    );
+    let worker_config = TestNode::worker("127.0.0.71", "")
+        .with(|c| {
+            // Everything else from KUBERAY_GEN_RAY_START_CMD.
+            c.ray.gcs_address = None;
+            c.ray.num_cpus = None;
+            c.ray.use_kuberay_command = true;
+            c.ray.gcs_wait_seconds = 120;
+            c.ray.dashboard_agent_listen_port = Some(agent2.parse().unwrap());
+            c.ray.metrics_export_port = Some(metrics2.parse().unwrap());
+            c.open_file_limit = 4321;
+        })
+        .write(dir.path(), "worker.toml");
     let kuberay = format!(
         "ray start  --address=127.0.0.70:{gcs}  --block  --dashboard-agent-listen-port=52365  --metrics-export-port=8080  --num-cpus=1 "
     );
@@ -547,31 +507,22 @@ fn readyz_follows_the_gcs_on_the_head_and_on_workers() {
     let dir = tempfile::tempdir().unwrap();
     // A head with nothing to serve, expecting 2 nodes; Ray's health checks
     // made quick so the GCS declares a frozen node dead in seconds.
-    let head_config = write_config(
-        dir.path(),
-        "head.toml",
-        &format!(
-            r#"role = "head"
-endpoints-port = {head_endpoints}
-[ray]
-bin = "{ray}"
-gcs-port = {gcs}
-node-ip = "127.0.0.84"
-num-cpus = 1
-memory = 500000000
-object-store-memory = 80000000
-dashboard-agent-listen-port = {agent}
-metrics-export-port = {metrics}
-temp-dir = "{temp}"
-stop-grace-seconds = 5
-env = {{ RAY_USAGE_STATS_ENABLED = "0", RAY_health_check_initial_delay_ms = "1000", RAY_health_check_period_ms = "500", RAY_health_check_timeout_ms = "500", RAY_health_check_failure_threshold = "3" }}
-[cluster]
-nodes = 2
-wait-timeout-seconds = 120
-"#,
-            ray = ray_bin()
-        ),
-    );
+    let head_config = head_node("127.0.0.84", &gcs, &agent, &metrics, &head_endpoints, 2)
+        .with(|c| {
+            c.ray
+                .env
+                .insert("RAY_health_check_initial_delay_ms".into(), "1000".into());
+            c.ray
+                .env
+                .insert("RAY_health_check_period_ms".into(), "500".into());
+            c.ray
+                .env
+                .insert("RAY_health_check_timeout_ms".into(), "500".into());
+            c.ray
+                .env
+                .insert("RAY_health_check_failure_threshold".into(), "3".into());
+        })
+        .write(dir.path(), "head.toml");
     let head = orchestrator()
         .args(["run", "--config", head_config.to_str().unwrap()])
         .stdout(Stdio::null())
@@ -805,30 +756,11 @@ fn a_ray_head_left_by_a_sigkilled_orchestrator_is_stopped_by_the_next_one() {
     let endpoints = free_port().to_string();
     let temp = format!("/tmp/ray-t{gcs}");
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        "head.toml",
-        &format!(
-            r#"role = "head"
-endpoints-port = {endpoints}
-[ray]
-bin = "{ray}"
-gcs-port = {gcs}
-node-ip = "127.0.0.87"
-num-cpus = 1
-memory = 500000000
-object-store-memory = 80000000
-dashboard-agent-listen-port = {agent}
-metrics-export-port = {metrics}
-temp-dir = "{temp}"
-stop-grace-seconds = 5
-[cluster]
-nodes = 1
-wait-timeout-seconds = 60
-"#,
-            ray = ray_bin()
-        ),
-    );
+    let config = head_node("127.0.0.87", &gcs, &agent, &metrics, &endpoints, 1)
+        .with(|c| {
+            c.cluster.wait_timeout_seconds = 60;
+        })
+        .write(dir.path(), "head.toml");
     let start = || {
         orchestrator()
             .args(["run", "--config", config.to_str().unwrap()])
@@ -901,30 +833,8 @@ fn without_gcs_fault_tolerance_a_worker_rejoins_a_restarted_head_without_exiting
     let temp = format!("/tmp/ray-t{gcs}");
     let address = format!("127.0.0.88:{gcs}");
     let dir = tempfile::tempdir().unwrap();
-    let head_config = write_config(
-        dir.path(),
-        "head.toml",
-        &format!(
-            r#"role = "head"
-endpoints-port = {head_endpoints}
-[ray]
-bin = "{ray}"
-gcs-port = {gcs}
-node-ip = "127.0.0.88"
-num-cpus = 1
-memory = 500000000
-object-store-memory = 80000000
-dashboard-agent-listen-port = {agent}
-metrics-export-port = {metrics}
-temp-dir = "{temp}"
-stop-grace-seconds = 5
-[cluster]
-nodes = 2
-wait-timeout-seconds = 120
-"#,
-            ray = ray_bin()
-        ),
-    );
+    let head_config = head_node("127.0.0.88", &gcs, &agent, &metrics, &head_endpoints, 2)
+        .write(dir.path(), "head.toml");
     let head_log = dir.path().join("head.log");
     let start_head = || {
         orchestrator()

@@ -26,6 +26,7 @@ fn run_head(dir: &Path, ray: &str, grace: u32, endpoints: u16) -> Child {
         .with(|c| {
             c.endpoints_port = endpoints;
             c.ray.stop_grace_seconds = grace.into();
+            c.cluster.nodes = Some(1);
             c.cluster.wait_timeout_seconds = 300;
         })
         .write(dir, "head.toml");

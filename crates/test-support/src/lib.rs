@@ -779,13 +779,7 @@ impl FromZeroHead {
         request: bool,
         serving: Serving<'_>,
     ) -> Self {
-        let (gcs, agent, metrics, endpoints, serve) = (
-            free_port(),
-            free_port(),
-            free_port(),
-            free_port(),
-            free_port(),
-        );
+        let (gcs, endpoints, serve) = (free_port(), free_port(), free_port());
         let temp = format!("/tmp/ray-t{gcs}");
         let autoscaling = dir.join("autoscaling.yaml");
         std::fs::write(
@@ -831,68 +825,71 @@ worker_start_ray_commands: []
             ),
         )
         .unwrap();
-        let config = dir.join("head.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"role = "head"
-endpoints-port = {endpoints}
-endpoints-host = "127.0.0.1"
-[ray]
-bin = "{ray}"
-gcs-port = {gcs}
-node-ip = "{head_ip}"
-num-cpus = 1
-num-gpus = 1
-memory = 500000000
-object-store-memory = 80000000
-dashboard-agent-listen-port = {agent}
-metrics-export-port = {metrics}
-temp-dir = "{temp}"
-stop-grace-seconds = 5
-extra-args = ["--autoscaling-config={autoscaling}"]
-env = {{ RAY_USAGE_STATS_ENABLED = "0", RAY_FAKE_CLUSTER = "1", RAY_OVERRIDE_NODE_ID_FOR_TESTING = "{FAKE_HEAD_NODE_ID}", PYTHONPATH = "{fixtures}", VLLM_CPU_RAY_TEST_PLATFORM = "1" }}
-[cluster]
-request-resources = {request}
-wait-timeout-seconds = 180
-[[cluster.groups]]
-name = "gpu-worker"
-replicas = 1
-gpus-per-node = 1
-{serving}
-[node-health]
-enabled = false
-"#,
-                ray = ray_bin(),
-                autoscaling = autoscaling.display(),
-                fixtures = provider_dir.display(),
-                serving = match serving {
-                    Serving::StandIn => format!(
-                        "[serve]\nmodel = \"/models/tiny\"\nhost = \"127.0.0.1\"\nport = {serve}\nhealth-interval-ms = 200\nstop-grace-seconds = 3"
-                    ),
-                    Serving::Vllm { model, vllm } => format!(
-                        r#"[serve]
-model = "{model}"
-served-model-name = "tiny"
-host = "{head_ip}"
-port = {serve}
-tensor-parallel-size = 2
-pipeline-parallel-size = 1
-extra-args = ["--max-model-len", "256", "--dtype", "bfloat16", "--enforce-eager"]
-health-interval-ms = 500
-generation-interval-ms = 5000
-stop-grace-seconds = 30
-[policies.launch.params]
-program = "{vllm}"
-"env.VLLM_HOST_IP" = "{head_ip}"
-"env.VLLM_CPU_RAY_TEST_PLATFORM" = "1"
-"env.VLLM_CPU_KVCACHE_SPACE" = "1"
-"env.HF_HUB_OFFLINE" = "1""#
-                    ),
-                },
-            ),
-        )
-        .unwrap();
+        let node = TestNode::head(head_ip).with(|c| {
+            c.ray.gcs_port = gcs;
+            c.ray.temp_dir = Some(temp.clone().into());
+            c.endpoints_port = endpoints;
+            c.ray.num_gpus = Some(1.0);
+            c.ray.extra_args = vec![format!("--autoscaling-config={}", autoscaling.display())];
+            for (key, value) in [
+                ("RAY_FAKE_CLUSTER", "1".to_string()),
+                (
+                    "RAY_OVERRIDE_NODE_ID_FOR_TESTING",
+                    FAKE_HEAD_NODE_ID.to_string(),
+                ),
+                ("PYTHONPATH", provider_dir.display().to_string()),
+                ("VLLM_CPU_RAY_TEST_PLATFORM", "1".to_string()),
+            ] {
+                c.ray.env.insert(key.into(), value);
+            }
+            c.cluster.request_resources = request;
+            c.cluster.wait_timeout_seconds = 180;
+            c.cluster.groups = vec![orchestrator_phases::config::GroupConfig {
+                name: "gpu-worker".into(),
+                replicas: 1,
+                gpus_per_node: 1.0,
+                ..Default::default()
+            }];
+            c.node_health.enabled = false;
+            c.serve.port = serve;
+            match serving {
+                Serving::StandIn => {
+                    c.serve.model = Some("/models/tiny".into());
+                    c.serve.host = "127.0.0.1".into();
+                    c.serve.health_interval_ms = 200;
+                    c.serve.stop_grace_seconds = 3;
+                }
+                Serving::Vllm { model, vllm } => {
+                    c.serve.model = Some(model.into());
+                    c.serve.served_model_name = Some("tiny".into());
+                    c.serve.host = head_ip.into();
+                    c.serve.tensor_parallel_size = Some(2);
+                    c.serve.pipeline_parallel_size = Some(1);
+                    c.serve.extra_args = [
+                        "--max-model-len",
+                        "256",
+                        "--dtype",
+                        "bfloat16",
+                        "--enforce-eager",
+                    ]
+                    .map(String::from)
+                    .to_vec();
+                    c.serve.health_interval_ms = 500;
+                    c.serve.generation_interval_ms = 5000;
+                    c.serve.stop_grace_seconds = 30;
+                    for (key, value) in [
+                        ("program", vllm),
+                        ("env.VLLM_HOST_IP", head_ip),
+                        ("env.VLLM_CPU_RAY_TEST_PLATFORM", "1"),
+                        ("env.VLLM_CPU_KVCACHE_SPACE", "1"),
+                        ("env.HF_HUB_OFFLINE", "1"),
+                    ] {
+                        c.policies.launch.params.insert(key.into(), value.into());
+                    }
+                }
+            }
+        });
+        let config = node.write(dir, "head.toml");
         Self {
             config,
             endpoints,

@@ -33,8 +33,8 @@ impl TestNode {
     /// A head at `ip`: Ray from `ORCHESTRATOR_RAY_BIN` on a free GCS port
     /// with its temp dir `/tmp/ray-t<port>`, one CPU, bounded memory, its
     /// own agent and metrics ports, usage stats off, a 5 s stop grace, its
-    /// endpoints on a free port of 127.0.0.1, one node expected within
-    /// 120 s; everything else as the orchestrator's defaults.
+    /// endpoints on a free port of 127.0.0.1; everything else (what the
+    /// cluster is expected to be included) as the orchestrator's defaults.
     pub fn head(ip: &str) -> Self {
         Self::head_using(ip, &ray_bin())
     }
@@ -47,8 +47,6 @@ impl TestNode {
         config.ray.temp_dir = Some(PathBuf::from(format!("/tmp/ray-t{}", config.ray.gcs_port)));
         config.endpoints_port = free_port();
         config.endpoints_host = "127.0.0.1".into();
-        config.cluster.nodes = Some(1);
-        config.cluster.wait_timeout_seconds = 120;
         Self { config }
     }
 

@@ -30,7 +30,8 @@ pub enum NoPlan {
         /// The policy's name.
         policy: String,
         /// What does not fit.
-        error: String,
+        #[source]
+        error: orchestrator_domain::RankMismatch,
     },
 }
 
