@@ -406,7 +406,7 @@ mod tests {
         assert!(
             config
                 .check()
-                .is_err_and(|e| e.contains("exactly one directory"))
+                .is_err_and(|e| e.to_string().contains("exactly one directory"))
         );
     }
 }

@@ -23,6 +23,83 @@ pub struct HttpAnswer {
 /// server is well under 1 MiB).
 pub const MAX_ANSWER_BYTES: usize = 8 << 20;
 
+/// Why an HTTP request of [`http`] (or a reading built on it) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// No TCP connection.
+    #[error("cannot connect to {address}: {source}")]
+    Connect {
+        /// `HOST:PORT`.
+        address: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP/1.1 handshake failed.
+    #[error("HTTP handshake with {address} failed: {source}")]
+    Handshake {
+        /// `HOST:PORT`.
+        address: String,
+        /// Why.
+        #[source]
+        source: hyper::Error,
+    },
+    /// The request could not be built (a method or path that is not HTTP).
+    #[error("{method} {path} is not a valid request: {source}")]
+    Request {
+        /// The method.
+        method: String,
+        /// The path.
+        path: String,
+        /// Why.
+        #[source]
+        source: hyper::http::Error,
+    },
+    /// Sending the request or reading the answer's head failed.
+    #[error("{method} {path} failed: {source}")]
+    Send {
+        /// The method.
+        method: String,
+        /// The path.
+        path: String,
+        /// Why.
+        #[source]
+        source: hyper::Error,
+    },
+    /// The answer's body was over [`MAX_ANSWER_BYTES`] or broken.
+    #[error("reading the answer to {method} {path} failed (over {} MiB, or broken): {source}", MAX_ANSWER_BYTES >> 20)]
+    Read {
+        /// The method.
+        method: String,
+        /// The path.
+        path: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// No whole answer within the time given.
+    #[error("{method} {path} timed out after {} ms", timeout.as_millis())]
+    Timeout {
+        /// The method.
+        method: String,
+        /// The path.
+        path: String,
+        /// The time given.
+        timeout: Duration,
+    },
+    /// An answer, but not the 200 that was needed.
+    #[error("{path} answered {status}")]
+    Status {
+        /// The path.
+        path: String,
+        /// The status.
+        status: u16,
+    },
+    /// `/metrics` without vLLM's request gauges.
+    #[error("/metrics has no vllm:num_requests_running or vllm:num_requests_waiting")]
+    NotVllm,
+}
+
 /// One HTTP/1.1 request on a fresh connection, bounded by `timeout`;
 /// the answer is capped at [`MAX_ANSWER_BYTES`].
 pub async fn http(
@@ -31,15 +108,21 @@ pub async fn http(
     path: &str,
     body: Option<String>,
     timeout: Duration,
-) -> Result<HttpAnswer, String> {
+) -> Result<HttpAnswer, HttpError> {
     let work = async {
         let stream = TcpStream::connect(address)
             .await
-            .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+            .map_err(|source| HttpError::Connect {
+                address: address.to_string(),
+                source,
+            })?;
         let _ = stream.set_nodelay(true);
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| format!("HTTP handshake with {address} failed: {e}"))?;
+            .map_err(|source| HttpError::Handshake {
+                address: address.to_string(),
+                source,
+            })?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -52,22 +135,29 @@ pub async fn http(
         }
         let request = builder
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| e.to_string())?;
+            .map_err(|source| HttpError::Request {
+                method: method.to_string(),
+                path: path.to_string(),
+                source,
+            })?;
         let response = sender
             .send_request(request)
             .await
-            .map_err(|e| format!("{method} {path} failed: {e}"))?;
+            .map_err(|source| HttpError::Send {
+                method: method.to_string(),
+                path: path.to_string(),
+                source,
+            })?;
         let status = response.status().as_u16();
         // Bounded: a peer (a leader, a server's /metrics) cannot grow
         // this process by answering without end.
         let bytes = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES)
             .collect()
             .await
-            .map_err(|e| {
-                format!(
-                    "reading the answer to {method} {path} failed (over {} MiB, or broken): {e}",
-                    MAX_ANSWER_BYTES >> 20
-                )
+            .map_err(|source| HttpError::Read {
+                method: method.to_string(),
+                path: path.to_string(),
+                source,
             })?
             .to_bytes();
         Ok(HttpAnswer {
@@ -77,10 +167,11 @@ pub async fn http(
     };
     match tokio::time::timeout(timeout, work).await {
         Ok(result) => result,
-        Err(_) => Err(format!(
-            "{method} {path} timed out after {} ms",
-            timeout.as_millis()
-        )),
+        Err(_) => Err(HttpError::Timeout {
+            method: method.to_string(),
+            path: path.to_string(),
+            timeout,
+        }),
     }
 }
 
@@ -107,7 +198,7 @@ pub async fn health(address: &str, timeout: Duration) -> ProbeResult {
             started,
             Some(format!("/health answered {}", a.status)),
         ),
-        Err(e) => result(false, None, started, Some(e)),
+        Err(e) => result(false, None, started, Some(e.to_string())),
     }
 }
 
@@ -145,7 +236,7 @@ pub async fn generation(address: &str, model: &str, timeout: Duration) -> ProbeR
                 Some(format!("completion answered {}: {snippet}", a.status)),
             )
         }
-        Err(e) => result(false, None, started, Some(e)),
+        Err(e) => result(false, None, started, Some(e.to_string())),
     }
 }
 
@@ -153,14 +244,15 @@ pub async fn generation(address: &str, model: &str, timeout: Duration) -> ProbeR
 /// and `vllm:num_requests_waiting` gauges on `GET /metrics` (every engine
 /// and model label). An error when `/metrics` cannot be read or has
 /// neither gauge (a server that is not vLLM: nothing to wait for).
-pub async fn requests_in_flight(address: &str, timeout: Duration) -> Result<u64, String> {
+pub async fn requests_in_flight(address: &str, timeout: Duration) -> Result<u64, HttpError> {
     let answer = http(address, "GET", "/metrics", None, timeout).await?;
     if answer.status != 200 {
-        return Err(format!("/metrics answered {}", answer.status));
+        return Err(HttpError::Status {
+            path: "/metrics".into(),
+            status: answer.status,
+        });
     }
-    in_flight_of(&answer.body).ok_or_else(|| {
-        "/metrics has no vllm:num_requests_running or vllm:num_requests_waiting".to_string()
-    })
+    in_flight_of(&answer.body).ok_or(HttpError::NotVllm)
 }
 
 /// [`requests_in_flight`] of a Prometheus text exposition.
@@ -248,7 +340,7 @@ vllm:num_preemptions_total{engine=\"0\"} 7.0\n";
             }
         });
         let answer = http(&address, "GET", "/metrics", None, Duration::from_secs(20)).await;
-        let error = answer.err().unwrap_or_default();
+        let error = answer.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(error.contains("over 8 MiB"), "{error}");
     }
 }

@@ -350,7 +350,7 @@ fn prefetch(config: &Config) -> Result<(), ConfigError> {
     if let Err(problem) = config.serve.prefetch.check() {
         return Err(invalid(
             "serve.prefetch.copy-to",
-            problem,
+            problem.to_string(),
             "give serve.prefetch.paths the one model directory to copy, e.g. paths = [\"/shared/models/llama\"], copy-to = \"/local/models/llama\"",
         ));
     }

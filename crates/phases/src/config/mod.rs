@@ -34,7 +34,7 @@ pub use native::{Backend, NativeConfig};
 pub use node_health::NodeHealthConfig;
 pub use plugins::PluginLimits;
 pub use policies::{PoliciesConfig, PolicyConfig};
-pub use prefetch::PrefetchConfig;
+pub use prefetch::{CopyToProblem, PrefetchConfig};
 pub use ray::{GcsFaultTolerance, RayConfig};
 pub use registry::RegistryConfig;
 pub use scale::ScaleConfig;

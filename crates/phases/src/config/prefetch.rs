@@ -46,20 +46,27 @@ impl PrefetchConfig {
     }
 
     /// A `copy-to` needs exactly one directory in `paths`, and not itself.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), CopyToProblem> {
         let Some(to) = &self.copy_to else {
             return Ok(());
         };
         match self.paths.as_slice() {
-            [from] if from == to => Err(format!(
-                "serve.prefetch.copy-to is the directory it copies ({}): name a local directory",
-                to.display()
-            )),
+            [from] if from == to => Err(CopyToProblem::Itself(to.clone())),
             [_] => Ok(()),
-            _ => Err(format!(
-                "serve.prefetch.copy-to needs exactly one directory in serve.prefetch.paths (the model's), not {}",
-                self.paths.len()
-            )),
+            _ => Err(CopyToProblem::NotOneDirectory(self.paths.len())),
         }
     }
+}
+
+/// Why a `copy-to` cannot be done.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CopyToProblem {
+    /// The copy would go onto its source.
+    #[error("serve.prefetch.copy-to is the directory it copies ({}): name a local directory", .0.display())]
+    Itself(PathBuf),
+    /// Not exactly one directory to copy.
+    #[error(
+        "serve.prefetch.copy-to needs exactly one directory in serve.prefetch.paths (the model's), not {0}"
+    )]
+    NotOneDirectory(usize),
 }

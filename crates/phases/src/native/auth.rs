@@ -176,9 +176,8 @@ impl GroupKey {
 
     /// Checks a request to `path` on the leader: the signing rank, the
     /// nonce (for the answer) and the message, or why it is refused.
-    pub fn open(&self, path: &str, wire: &[u8]) -> Result<(u32, String, String), String> {
-        let sealed: Sealed = serde_json::from_slice(wire)
-            .map_err(|_| "the request is not sealed with the group secret".to_string())?;
+    pub fn open(&self, path: &str, wire: &[u8]) -> Result<(u32, String, String), Refused> {
+        let sealed: Sealed = serde_json::from_slice(wire).map_err(|_| Refused::NotSealed)?;
         let rank_text = sealed.rank.to_string();
         let time_text = sealed.time_ms.to_string();
         if !self.check(
@@ -192,32 +191,26 @@ impl GroupKey {
             ],
             &sealed.mac,
         ) {
-            return Err(format!(
-                "a request claiming rank {} is not signed with this group's secret",
-                sealed.rank
-            ));
+            return Err(Refused::BadSignature(sealed.rank));
         }
         let now = now_ms();
         let skew = MAX_SKEW.as_millis() as u64;
         if sealed.time_ms.abs_diff(now) > skew {
-            return Err(format!(
-                "rank {}'s request is {} ms away from the leader's clock (more than {skew} ms): synchronise the nodes' clocks",
-                sealed.rank,
-                sealed.time_ms.abs_diff(now)
-            ));
+            return Err(Refused::Skew {
+                rank: sealed.rank,
+                off_ms: sealed.time_ms.abs_diff(now),
+                max_ms: skew,
+            });
         }
-        let mut seen = self
-            .seen
-            .lock()
-            .map_err(|_| "the nonce table is unusable".to_string())?;
+        let mut seen = self.seen.lock().map_err(|_| Refused::NonceTable)?;
         if seen.len() >= MAX_NONCES / 2 {
             seen.retain(|_, at| now.saturating_sub(*at) <= 2 * skew);
         }
         if seen.len() >= MAX_NONCES {
-            return Err("too many requests within a minute; try again".to_string());
+            return Err(Refused::TooMany);
         }
         if seen.insert(sealed.nonce.clone(), now).is_some() {
-            return Err(format!("a replayed request claiming rank {}", sealed.rank));
+            return Err(Refused::Replayed(sealed.rank));
         }
         Ok((sealed.rank, sealed.nonce, sealed.body))
     }
@@ -236,21 +229,59 @@ impl GroupKey {
         nonce: &str,
         status: u16,
         wire: &str,
-    ) -> Result<String, String> {
-        let sealed: SealedAnswer = serde_json::from_str(wire).map_err(|_| {
-            "the answer is not sealed with the group secret (another process answers at the leader's address, or the leader runs without a secret)".to_string()
-        })?;
+    ) -> Result<String, Refused> {
+        let sealed: SealedAnswer =
+            serde_json::from_str(wire).map_err(|_| Refused::AnswerNotSealed)?;
         if !self.check(
             &["answer", path, nonce, &status.to_string(), &sealed.body],
             &sealed.mac,
         ) {
-            return Err(
-                "the answer is not signed with this group's secret (another process answers at the leader's address, or its secret differs)"
-                    .to_string(),
-            );
+            return Err(Refused::AnswerBadSignature);
         }
         Ok(sealed.body)
     }
+}
+
+/// Why a request (on the leader) or an answer (on a rank) is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The request is not in the sealed shape.
+    #[error("the request is not sealed with the group secret")]
+    NotSealed,
+    /// The request's MAC does not verify.
+    #[error("a request claiming rank {0} is not signed with this group's secret")]
+    BadSignature(u32),
+    /// The request's time is too far from the leader's clock.
+    #[error(
+        "rank {rank}'s request is {off_ms} ms away from the leader's clock (more than {max_ms} ms): synchronise the nodes' clocks"
+    )]
+    Skew {
+        /// The rank it claims.
+        rank: u32,
+        /// How far off.
+        off_ms: u64,
+        /// The most allowed.
+        max_ms: u64,
+    },
+    /// The nonce table's lock was poisoned.
+    #[error("the nonce table is unusable")]
+    NonceTable,
+    /// Too many requests within the replay window.
+    #[error("too many requests within a minute; try again")]
+    TooMany,
+    /// A nonce seen before.
+    #[error("a replayed request claiming rank {0}")]
+    Replayed(u32),
+    /// The answer is not in the sealed shape.
+    #[error(
+        "the answer is not sealed with the group secret (another process answers at the leader's address, or the leader runs without a secret)"
+    )]
+    AnswerNotSealed,
+    /// The answer's MAC does not verify.
+    #[error(
+        "the answer is not signed with this group's secret (another process answers at the leader's address, or its secret differs)"
+    )]
+    AnswerBadSignature,
 }
 
 fn read_capped(path: &std::path::Path) -> Result<Vec<u8>, String> {
@@ -285,7 +316,7 @@ mod tests {
         );
         // Replayed.
         let again = k.open("/native/v1/heartbeat", wire.as_bytes());
-        assert!(again.is_err_and(|e| e.contains("replayed")));
+        assert_eq!(again, Err(Refused::Replayed(2)));
         // Another path, another secret, a changed rank or body.
         let (wire, _) = k.seal(2, "/native/v1/heartbeat", "{}".into());
         assert!(k.open("/native/v1/register", wire.as_bytes()).is_err());

@@ -60,10 +60,14 @@ async fn call(
     timeout: std::time::Duration,
 ) -> Result<crate::probe::HttpAnswer, String> {
     let Some(key) = &plan.key else {
-        return http(&plan.leader, "POST", path, body, timeout).await;
+        return http(&plan.leader, "POST", path, body, timeout)
+            .await
+            .map_err(|e| e.to_string());
     };
     let (wire, nonce) = key.seal(plan.rank, path, body.unwrap_or_default());
-    let answer = http(&plan.leader, "POST", path, Some(wire), timeout).await?;
+    let answer = http(&plan.leader, "POST", path, Some(wire), timeout)
+        .await
+        .map_err(|e| e.to_string())?;
     let body = key
         .open_answer(path, &nonce, answer.status, &answer.body)
         .map_err(|e| format!("the leader at {} did not authenticate: {e}", plan.leader))?;

@@ -42,21 +42,34 @@ pub struct Registration {
     pub cpus: f64,
 }
 
+/// What a registration claims that a rank may not.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BadRegistration {
+    /// A GPU count out of range.
+    #[error("a registration offers {0} GPUs; a node offers 0 to {MAX_GPUS}")]
+    Gpus(f64),
+    /// A CPU count out of range.
+    #[error("a registration offers {0} CPUs; a node offers 0 to {MAX_CPUS}")]
+    Cpus(f64),
+    /// A name empty, too long or with control characters.
+    #[error("a registration's {what} is empty, over {max} bytes or holds control characters")]
+    Name {
+        /// Which name.
+        what: &'static str,
+        /// Its most bytes.
+        max: usize,
+    },
+}
+
 impl Registration {
     /// Checks what a rank may claim: finite GPU and CPU counts in range,
     /// names of sane length. Names the first problem.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), BadRegistration> {
         if !self.gpus.is_finite() || !(0.0..=MAX_GPUS).contains(&self.gpus) {
-            return Err(format!(
-                "a registration offers {} GPUs; a node offers 0 to {MAX_GPUS}",
-                self.gpus
-            ));
+            return Err(BadRegistration::Gpus(self.gpus));
         }
         if !self.cpus.is_finite() || !(0.0..=MAX_CPUS).contains(&self.cpus) {
-            return Err(format!(
-                "a registration offers {} CPUs; a node offers 0 to {MAX_CPUS}",
-                self.cpus
-            ));
+            return Err(BadRegistration::Cpus(self.cpus));
         }
         for (what, text, max) in [
             ("instance", &self.instance, 128),
@@ -64,9 +77,7 @@ impl Registration {
             ("hostname", &self.hostname, 255),
         ] {
             if text.is_empty() || text.len() > max || text.chars().any(char::is_control) {
-                return Err(format!(
-                    "a registration's {what} is empty, over {max} bytes or holds control characters"
-                ));
+                return Err(BadRegistration::Name { what, max });
             }
         }
         Ok(())

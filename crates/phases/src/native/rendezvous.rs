@@ -326,7 +326,7 @@ impl Rendezvous {
         }
         if let Err(problem) = r.check() {
             self.refused_once(&format!("rank {}: {problem}", r.rank));
-            return refuse(problem, true);
+            return refuse(problem.to_string(), true);
         }
         if r.rank == 0 {
             return refuse(
@@ -911,6 +911,7 @@ impl PostRoutes for Rendezvous {
                 Some(key) => match key.open(&path, &body) {
                     Ok((rank, nonce, body)) => (Some(rank), Some(nonce), bytes::Bytes::from(body)),
                     Err(why) => {
+                        let why = why.to_string();
                         this.refused_once(&why);
                         let refusal = Refusal {
                             error: format!("not authenticated: {why}"),

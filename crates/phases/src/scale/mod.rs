@@ -175,15 +175,16 @@ pub async fn recommend_while_serving(
         let counters = probe::http(address, "GET", "/metrics", None, timeout)
             .await
             .and_then(|a| match a.status {
-                200 => Counters::of(&a.body).ok_or_else(|| {
-                    "/metrics has no vllm:num_requests_running or vllm:num_requests_waiting"
-                        .to_string()
+                200 => Counters::of(&a.body).ok_or(probe::HttpError::NotVllm),
+                status => Err(probe::HttpError::Status {
+                    path: "/metrics".into(),
+                    status,
                 }),
-                code => Err(format!("/metrics answered {code}")),
             });
         let counters = match counters {
             Ok(c) => c,
             Err(e) => {
+                let e = e.to_string();
                 if last_problem.as_deref() != Some(e.as_str()) {
                     tracing::info!("no load sample: {e}");
                     last_problem = Some(e.clone());
