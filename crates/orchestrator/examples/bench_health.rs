@@ -20,7 +20,7 @@
 //! BENCH_ROUNDS (default 5) and BENCH_CPU_SECONDS (default 30) tune it.
 
 use orchestrator_test_support::{
-    Sig, cpu_seconds_of, free_port, kill_descendants, nvml_standin_library, signal, status,
+    Sig, TestNode, cpu_seconds_of, kill_descendants, nvml_standin_library, signal, status,
 };
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -48,25 +48,13 @@ fn inject(path: &Path, text: &str) -> Result<Instant, String> {
     Ok(Instant::now())
 }
 
-fn ray_section(ip: &str, ray: &str, extra: &str) -> String {
-    format!(
-        r#"[ray]
-bin = "{ray}"
-node-ip = "{ip}"
-num-cpus = 1
-memory = 500000000
-object-store-memory = 80000000
-dashboard-agent-listen-port = {}
-metrics-export-port = {}
-stop-grace-seconds = 5
-env = {{ RAY_USAGE_STATS_ENABLED = "0" }}
-{extra}
-[policies.node-health.params]
-min-open-files = "1024"
-"#,
-        free_port(),
-        free_port()
-    )
+/// What every node of the bench changes from its defaults: a low
+/// open-file floor (this machine's limits).
+fn bench_node(c: &mut orchestrator_phases::config::Config) {
+    c.policies
+        .node_health
+        .params
+        .insert("min-open-files".into(), "1024".into());
 }
 
 fn spawn(bin: &str, config: &Path, state: Option<&Path>) -> Result<Child, String> {
@@ -147,36 +135,28 @@ fn bench() -> Result<(), String> {
     let rounds = env_u64("BENCH_ROUNDS", 5).max(1);
     let cpu_window = Duration::from_secs(env_u64("BENCH_CPU_SECONDS", 30).max(5));
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let (gcs, endpoints_port) = (free_port(), free_port());
-    let endpoints = format!("127.0.0.1:{endpoints_port}");
-    let temp = format!("/tmp/ray-bench-health-{gcs}");
-
-    let head_config = dir.path().join("head.toml");
-    write(
-        &head_config,
-        &format!(
-            "role = \"head\"\nendpoints-port = {endpoints_port}\nendpoints-host = \"127.0.0.1\"\n[cluster]\nnodes = 3\nwait-timeout-seconds = 300\n{}",
-            ray_section(
-                HEAD,
-                &ray,
-                &format!("gcs-port = {gcs}\nnum-gpus = 0\ntemp-dir = \"{temp}\"")
-            )
-        ),
-    )?;
-    let worker = |ip: &str, enabled: bool| {
-        format!(
-            "role = \"worker\"\nendpoints-port = 0\n[node-health]\nenabled = {enabled}\nunhealthy-grace-seconds = 3600\n{}",
-            ray_section(
-                ip,
-                &ray,
-                &format!("gcs-address = \"{HEAD}:{gcs}\"\nnum-gpus = 1\ngcs-wait-seconds = 120")
-            )
-        )
+    let head = TestNode::head_using(HEAD, &ray).with(|c| {
+        bench_node(c);
+        c.ray.num_gpus = Some(0.0);
+        c.ray.temp_dir = Some(format!("/tmp/ray-bench-health-{}", c.ray.gcs_port).into());
+        c.cluster.nodes = Some(3);
+        c.cluster.wait_timeout_seconds = 300;
+    });
+    let endpoints = head.endpoints();
+    let head_config = head.write(dir.path(), "head.toml");
+    let worker = |ip: &str, enabled: bool, name: &str| {
+        TestNode::worker_using(ip, &head.gcs_address(), &ray)
+            .with(|c| {
+                bench_node(c);
+                c.ray.num_gpus = Some(1.0);
+                c.ray.gcs_wait_seconds = 120;
+                c.node_health.enabled = enabled;
+                c.node_health.unhealthy_grace_seconds = 3600;
+            })
+            .write(dir.path(), name)
     };
-    let (checked_config, unchecked_config) =
-        (dir.path().join("w1.toml"), dir.path().join("w2.toml"));
-    write(&checked_config, &worker(CHECKED, true))?;
-    write(&unchecked_config, &worker(UNCHECKED, false))?;
+    let checked_config = worker(CHECKED, true, "w1.toml");
+    let unchecked_config = worker(UNCHECKED, false, "w2.toml");
     let healthy =
         r#"{"driver": "580.159.04", "gpus": [{"name": "NVIDIA H100 80GB HBM3", "ecc": true}]}"#;
     let (state1, state2) = (
