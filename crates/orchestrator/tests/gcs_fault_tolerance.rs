@@ -68,7 +68,6 @@ impl Cluster {
     }
 
     fn head_config(&self) -> std::path::PathBuf {
-        let head_ip = HEAD_IP;
         TestNode::head_using(HEAD_IP, &var("ORCHESTRATOR_RAY_BIN"))
             .with(|c| {
                 ray_node(c);
@@ -84,33 +83,14 @@ impl Cluster {
                 });
                 c.cluster.nodes = Some(2);
                 c.cluster.wait_timeout_seconds = 300;
-                c.serve.model = Some(var("ORCHESTRATOR_TINY_MODEL"));
-                c.serve.served_model_name = Some("tiny".into());
-                c.serve.host = HEAD_IP.into();
+                TestNode::serve_tiny_on_cpu_vllm(
+                    c,
+                    &var("ORCHESTRATOR_TINY_MODEL"),
+                    &var("ORCHESTRATOR_VLLM_BIN"),
+                    HEAD_IP,
+                );
                 c.serve.port = self.serve;
-                c.serve.tensor_parallel_size = Some(2);
-                c.serve.extra_args = [
-                    "--max-model-len",
-                    "256",
-                    "--dtype",
-                    "bfloat16",
-                    "--enforce-eager",
-                ]
-                .map(String::from)
-                .to_vec();
-                c.serve.health_interval_ms = 500;
-                c.serve.generation_interval_ms = 5000;
                 c.policies.launch.builtin = Some("vllm".into());
-                let vllm = var("ORCHESTRATOR_VLLM_BIN");
-                for (key, value) in [
-                    ("program", vllm.as_str()),
-                    ("env.VLLM_HOST_IP", head_ip),
-                    ("env.VLLM_CPU_RAY_TEST_PLATFORM", "1"),
-                    ("env.VLLM_CPU_KVCACHE_SPACE", "1"),
-                    ("env.HF_HUB_OFFLINE", "1"),
-                ] {
-                    c.policies.launch.params.insert(key.into(), value.into());
-                }
                 c.policies.health.builtin = Some("default".into());
                 c.policies
                     .health

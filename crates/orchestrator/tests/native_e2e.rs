@@ -9,6 +9,18 @@
 use orchestrator_test_support::*;
 use std::time::Duration;
 
+/// `orchestrator local --backend native --workers 1`, its log in `log`,
+/// plugins compiled without a cache.
+fn local_native(log: &std::path::Path) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+    command
+        .args(["local", "--backend", "native", "--workers", "1"])
+        .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    command
+}
+
 fn var(name: &str) -> String {
     required_env(name, "what `cargo xtask test` sets up")
 }
@@ -418,8 +430,7 @@ fn a_native_group_samples_load_and_drains_before_a_restart_and_on_sigterm() {
     let weights = dir.path().join("weights");
     std::fs::create_dir_all(&weights).unwrap();
     std::fs::write(weights.join("model.safetensors"), vec![7u8; 3 << 20]).unwrap();
-    let mut local = std::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"))
-        .args(["local", "--backend", "native", "--workers", "1"])
+    let mut local = local_native(&log)
         .arg("--prefetch")
         .arg(&weights)
         .args(["--head-ip", "127.0.0.196", "--model", "tiny"])
@@ -437,9 +448,6 @@ fn a_native_group_samples_load_and_drains_before_a_restart_and_on_sigterm() {
         .args(["--scale-interval-ms", "300", "--scale-window-seconds", "5"])
         .args(["--scale-param", "target-requests-per-replica=2"])
         .env("PATH", stand_in_vllm_path(dir.path()))
-        .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let _guard = Guard(vec![local.id() as i32]);
@@ -556,8 +564,7 @@ fn a_native_group_serves_from_every_ranks_local_copy() {
     std::fs::write(weights.join("model.safetensors"), vec![7u8; 32 << 20]).unwrap();
     std::fs::write(weights.join("config.json"), "{}").unwrap();
     let copy = dir.path().join("local-disk/weights");
-    let mut local = std::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"))
-        .args(["local", "--backend", "native", "--workers", "1"])
+    let mut local = local_native(&log)
         .arg("--prefetch")
         .arg(&weights)
         .arg("--prefetch-copy-to")
@@ -570,9 +577,6 @@ fn a_native_group_serves_from_every_ranks_local_copy() {
         .args(["--serve-port", &serve_port.to_string()])
         .args(["--endpoints-port", &endpoints_port.to_string()])
         .env("PATH", stand_in_vllm_path(dir.path()))
-        .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let _guard = Guard(vec![local.id() as i32]);
@@ -624,15 +628,11 @@ fn local_native_checks_every_ranks_node_health() {
         r#"{"gpus": [{}], "xids": [{"gpu": 0, "xid": 79}]}"#,
     )
     .unwrap();
-    let mut local = std::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"))
-        .args(["local", "--backend", "native", "--workers", "1"])
+    let mut local = local_native(&log)
         .args(["--head-ip", "127.0.0.197", "--timeout", "60"])
         .args(["--endpoints-port", &endpoints_port.to_string()])
-        .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")
         .env("ORCHESTRATOR_NVML_LIBRARY", nvml_standin_library())
         .env("NVML_STANDIN_STATE", &faulty)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let _guard = Guard(vec![local.id() as i32]);

@@ -509,18 +509,14 @@ fn readyz_follows_the_gcs_on_the_head_and_on_workers() {
     // made quick so the GCS declares a frozen node dead in seconds.
     let head_config = head_node("127.0.0.84", &gcs, &agent, &metrics, &head_endpoints, 2)
         .with(|c| {
-            c.ray
-                .env
-                .insert("RAY_health_check_initial_delay_ms".into(), "1000".into());
-            c.ray
-                .env
-                .insert("RAY_health_check_period_ms".into(), "500".into());
-            c.ray
-                .env
-                .insert("RAY_health_check_timeout_ms".into(), "500".into());
-            c.ray
-                .env
-                .insert("RAY_health_check_failure_threshold".into(), "3".into());
+            for (key, value) in [
+                ("RAY_health_check_initial_delay_ms", "1000"),
+                ("RAY_health_check_period_ms", "500"),
+                ("RAY_health_check_timeout_ms", "500"),
+                ("RAY_health_check_failure_threshold", "3"),
+            ] {
+                c.ray.env.insert(key.into(), value.into());
+            }
         })
         .write(dir.path(), "head.toml");
     let head = orchestrator()

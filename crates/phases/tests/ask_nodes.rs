@@ -37,6 +37,18 @@ fn spec(gcs: &StandIn, ask: Option<Duration>, timeout: Duration) -> WaitSpec {
     }
 }
 
+/// A head whose raylet is at 127.0.0.2:`head_port` and a worker whose
+/// raylet is at 127.0.0.3:`worker_port`, registered with `gcs`.
+fn register_head_and_worker(gcs: &StandIn, head_port: u16, worker_port: u16) {
+    let mut head = synthetic_node(0);
+    head.node_manager_address = "127.0.0.2".into();
+    head.node_manager_port = head_port.into();
+    let mut worker = synthetic_node(1);
+    worker.node_manager_address = "127.0.0.3".into();
+    worker.node_manager_port = worker_port.into();
+    gcs.register(vec![head, worker]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_raylet_does_not_answer_is_not_counted_until_it_does() {
     let gcs = StandIn::start("127.0.0.2:0".parse().unwrap())
@@ -48,13 +60,7 @@ async fn a_node_whose_raylet_does_not_answer_is_not_counted_until_it_does() {
     // Accepts connections (the kernel does) and never answers.
     let frozen = std::net::TcpListener::bind("127.0.0.3:0").unwrap();
     let frozen_at = frozen.local_addr().unwrap();
-    let mut head = synthetic_node(0);
-    head.node_manager_address = "127.0.0.2".into();
-    head.node_manager_port = head_raylet.address().port().into();
-    let mut worker = synthetic_node(1);
-    worker.node_manager_address = "127.0.0.3".into();
-    worker.node_manager_port = frozen_at.port().into();
-    gcs.register(vec![head, worker]);
+    register_head_and_worker(&gcs, head_raylet.address().port(), frozen_at.port());
 
     // The GCS's word alone: ready.
     let ready = wait_for_cluster(
@@ -131,13 +137,7 @@ async fn answers_are_renewed_while_waiting_and_a_node_gone_silent_is_named() {
         .await
         .unwrap();
     let worker_at = worker_raylet.address();
-    let mut head = synthetic_node(0);
-    head.node_manager_address = "127.0.0.2".into();
-    head.node_manager_port = head_raylet.address().port().into();
-    let mut worker = synthetic_node(1);
-    worker.node_manager_address = "127.0.0.3".into();
-    worker.node_manager_port = worker_at.port().into();
-    gcs.register(vec![head, worker]);
+    register_head_and_worker(&gcs, head_raylet.address().port(), worker_at.port());
     // Three expected, two there: the policy never says ready.
     let mut waiting = spec(
         &gcs,

@@ -860,32 +860,9 @@ worker_start_ray_commands: []
                     c.serve.stop_grace_seconds = 3;
                 }
                 Serving::Vllm { model, vllm } => {
-                    c.serve.model = Some(model.into());
-                    c.serve.served_model_name = Some("tiny".into());
-                    c.serve.host = head_ip.into();
-                    c.serve.tensor_parallel_size = Some(2);
+                    TestNode::serve_tiny_on_cpu_vllm(c, model, vllm, head_ip);
                     c.serve.pipeline_parallel_size = Some(1);
-                    c.serve.extra_args = [
-                        "--max-model-len",
-                        "256",
-                        "--dtype",
-                        "bfloat16",
-                        "--enforce-eager",
-                    ]
-                    .map(String::from)
-                    .to_vec();
-                    c.serve.health_interval_ms = 500;
-                    c.serve.generation_interval_ms = 5000;
                     c.serve.stop_grace_seconds = 30;
-                    for (key, value) in [
-                        ("program", vllm),
-                        ("env.VLLM_HOST_IP", head_ip),
-                        ("env.VLLM_CPU_RAY_TEST_PLATFORM", "1"),
-                        ("env.VLLM_CPU_KVCACHE_SPACE", "1"),
-                        ("env.HF_HUB_OFFLINE", "1"),
-                    ] {
-                        c.policies.launch.params.insert(key.into(), value.into());
-                    }
                 }
             }
         });

@@ -88,6 +88,37 @@ impl TestNode {
         self
     }
 
+    /// Serving `model` as `tiny` with real vLLM's CPU build (the test
+    /// platform plugin: one "GPU" a node), tensor parallel over two nodes,
+    /// from `vllm`, on `host`: short context, bfloat16, eager; probed
+    /// every 500 ms, a completion every 5 s.
+    pub fn serve_tiny_on_cpu_vllm(c: &mut Config, model: &str, vllm: &str, host: &str) {
+        c.serve.model = Some(model.into());
+        c.serve.served_model_name = Some("tiny".into());
+        c.serve.host = host.into();
+        c.serve.tensor_parallel_size = Some(2);
+        c.serve.extra_args = [
+            "--max-model-len",
+            "256",
+            "--dtype",
+            "bfloat16",
+            "--enforce-eager",
+        ]
+        .map(String::from)
+        .to_vec();
+        c.serve.health_interval_ms = 500;
+        c.serve.generation_interval_ms = 5000;
+        for (key, value) in [
+            ("program", vllm),
+            ("env.VLLM_HOST_IP", host),
+            ("env.VLLM_CPU_RAY_TEST_PLATFORM", "1"),
+            ("env.VLLM_CPU_KVCACHE_SPACE", "1"),
+            ("env.HF_HUB_OFFLINE", "1"),
+        ] {
+            c.policies.launch.params.insert(key.into(), value.into());
+        }
+    }
+
     /// Where a worker finds this head's GCS.
     pub fn gcs_address(&self) -> String {
         format!(

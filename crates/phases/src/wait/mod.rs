@@ -333,10 +333,12 @@ impl Seen {
     /// answered: every alive node that answered, in a cluster small
     /// enough ([`KEEP_FRESH_UP_TO`]).
     fn kept_fresh(&self) -> impl Iterator<Item = (&String, Instant)> {
-        let small = self.view.alive().count() <= KEEP_FRESH_UP_TO;
+        // Counted up to one past the bound: a large cluster costs no walk
+        // over its nodes on every turn of the wait.
+        let small = self.view.alive().take(KEEP_FRESH_UP_TO + 1).count() <= KEEP_FRESH_UP_TO;
         self.view
             .alive()
-            .filter(move |_| small)
+            .take(if small { KEEP_FRESH_UP_TO } else { 0 })
             .filter_map(|n| self.answered.get_key_value(&n.id))
             .map(|(id, at)| (id, *at))
     }
