@@ -1,6 +1,7 @@
 //! `cargo xtask bench wait`: on a real local Ray cluster, in one run and
 //! several rounds, how long after the last worker registers with the GCS
-//! (a) `orchestrator wait` exits 0 and (b) the origin document's loop,
+//! (a) `orchestrator wait` prints its ready line (the decision) and exits
+//! 0 and (b) the origin document's loop,
 //! corrected so it can end (`ray status --address`, count the nodes under
 //! `Active:`, `sleep 5`), ends — side by side on the same cluster. Then the
 //! CPU-seconds each spends in a wait that never completes. A second
@@ -117,17 +118,40 @@ fn loop_script(ray: &str, nodes: u32) -> String {
     )
 }
 
-/// Spawns `argv` and reports the wall-clock ms at which it exited.
-fn spawn_timed(mut cmd: Command) -> Result<mpsc::Receiver<(u64, bool)>, String> {
+/// When a timed command answered: the wall-clock ms at which its `ready`
+/// line arrived on its stdout (the decision; `None` for a command that
+/// prints none), and at which it exited.
+struct Timed {
+    ready_ms: Option<u64>,
+    exit_ms: u64,
+    ok: bool,
+}
+
+/// Spawns `cmd` and reports when it printed `ready` and when it exited.
+fn spawn_timed(mut cmd: Command) -> Result<mpsc::Receiver<Timed>, String> {
     let mut child = cmd
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot spawn: {e}"))?;
+    let stdout = child.stdout.take();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut ready_ms = None;
+        if let Some(out) = stdout {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if ready_ms.is_none() && line.starts_with("ready") {
+                    ready_ms = Some(now_ms());
+                }
+            }
+        }
         let ok = child.wait().map(|s| s.success()).unwrap_or(false);
-        let _ = tx.send((now_ms(), ok));
+        let _ = tx.send(Timed {
+            ready_ms,
+            exit_ms: now_ms(),
+            ok,
+        });
     });
     Ok(rx)
 }
@@ -243,6 +267,7 @@ async fn main() -> Result<(), String> {
     let mut orch_ms = Vec::new();
     let mut loop_ms = Vec::new();
     let mut token_ms = Vec::new();
+    let mut ready_ms = Vec::new();
     // Workers stay up: round r waits for r + 1 nodes (a stopped worker would
     // linger in `ray status` for seconds and end the loop falsely).
     let mut workers = Vec::new();
@@ -256,13 +281,18 @@ async fn main() -> Result<(), String> {
             let shell = spawn_timed(sh)?;
             // Vary where in the loop's 5 s sleep the worker lands.
             tokio::time::sleep(Duration::from_millis(1500 + 1100 * u64::from(round))).await;
+            // One cluster's worker at a time: a second `ray start` beside
+            // the first would take the two cores from the decision timed.
             let worker = RayNode::start(&format!("worker-{round}"), &PLAIN.node_argv(&ray, round), &PLAIN.env(), Duration::from_secs(120), None)
                 .await
                 .map_err(|e| e.to_string())?;
+            let orch = orch.recv_timeout(Duration::from_secs(60)).map_err(|_| "orchestrator wait hung")?;
+            workers.push(worker);
             let token_worker = RayNode::start(&format!("token-worker-{round}"), &WITH_TOKEN.node_argv(&ray, round), &WITH_TOKEN.env(), Duration::from_secs(120), None)
                 .await
                 .map_err(|e| e.to_string())?;
-            let (token_exit, token_ok) = token_orch.recv_timeout(Duration::from_secs(60)).map_err(|_| "orchestrator wait (token) hung")?;
+            let token = token_orch.recv_timeout(Duration::from_secs(60)).map_err(|_| "orchestrator wait (token) hung")?;
+            workers.push(token_worker);
             let token_ip = format!("127.0.0.{}", WITH_TOKEN.base + round);
             let token_registered = token_gcs
                 .get_all_nodes()
@@ -272,30 +302,33 @@ async fn main() -> Result<(), String> {
                 .find(|n| n.alive && n.address == token_ip)
                 .map(|n| n.start_time_ms)
                 .ok_or("the token cluster's worker is not in its GCS")?;
-            let t = token_exit.saturating_sub(token_registered) as f64;
-            println!("round {round}: with Ray's token auth, `orchestrator wait` exited in {t:>6.0} ms (ok={token_ok})");
-            if !token_ok {
+            let t = token.exit_ms.saturating_sub(token_registered) as f64;
+            println!("round {round}: with Ray's token auth, `orchestrator wait` exited in {t:>6.0} ms (ok={})", token.ok);
+            if !token.ok {
                 return Err("orchestrator wait failed on the token cluster".to_string());
             }
             token_ms.push(t);
-            workers.push(token_worker);
             let ip = format!("127.0.0.{}", 90 + round);
-            let (orch_exit, orch_ok) = orch.recv_timeout(Duration::from_secs(60)).map_err(|_| "orchestrator wait hung")?;
-            let (loop_exit, loop_ok) = shell.recv_timeout(Duration::from_secs(60)).map_err(|_| "the loop hung")?;
+            let looped = shell.recv_timeout(Duration::from_secs(60)).map_err(|_| "the loop hung")?;
             let nodes = gcs.get_all_nodes().await.map_err(|e| e.to_string())?;
             let registered = nodes
                 .iter()
                 .find(|n| n.alive && n.address == ip)
                 .map(|n| n.start_time_ms)
                 .ok_or("the worker is not in the GCS")?;
-            let o = orch_exit.saturating_sub(registered) as f64;
-            let l = loop_exit.saturating_sub(registered) as f64;
+            let o = orch.exit_ms.saturating_sub(registered) as f64;
+            let r = orch
+                .ready_ms
+                .ok_or("orchestrator wait printed no ready line")?
+                .saturating_sub(registered) as f64;
+            let l = looped.exit_ms.saturating_sub(registered) as f64;
             println!(
-                "round {round}: after the worker registered, `orchestrator wait` exited in {o:>6.0} ms (ok={orch_ok}), the loop in {l:>6.0} ms (ok={loop_ok})"
+                "round {round}: after the worker registered, `orchestrator wait` said ready in {r:>6.0} ms and exited in {o:>6.0} ms (ok={}), the loop in {l:>6.0} ms (ok={})",
+                orch.ok, looped.ok
             );
             orch_ms.push(o);
+            ready_ms.push(r);
             loop_ms.push(l);
-            workers.push(worker);
         }
         Ok(())
     }
@@ -348,6 +381,11 @@ async fn main() -> Result<(), String> {
         percentile(&orch_ms, 1.0),
         percentile(&loop_ms, 1.0)
     );
+    let r50 = percentile(&ready_ms, 0.5);
+    println!(
+        "decision (its ready line) after registration: p50 {r50:.0} ms (max {:.0})",
+        percentile(&ready_ms, 1.0)
+    );
     let t50 = percentile(&token_ms, 0.5);
     println!(
         "with Ray's token auth: orchestrator p50 {t50:.0} ms (max {:.0}), {:+.0} ms against no auth",
@@ -358,7 +396,7 @@ async fn main() -> Result<(), String> {
         "CPU in {cpu_window} s: orchestrator {orch_cpu:.4} s (with token auth {token_cpu:.4} s), loop {loop_cpu:.2} s"
     );
     println!(
-        "BENCH wait orchestrator_p50_ms={o50:.0} loop_p50_ms={l50:.0} speedup={:.0} orchestrator_max_ms={:.0} loop_max_ms={:.0} orchestrator_cpu_s={orch_cpu:.4} loop_cpu_s={loop_cpu:.2} cpu_ratio={:.0} token_p50_ms={t50:.0} token_extra_ms={:.0} token_cpu_s={token_cpu:.4} rounds={rounds}",
+        "BENCH wait orchestrator_p50_ms={o50:.0} loop_p50_ms={l50:.0} speedup={:.0} orchestrator_max_ms={:.0} loop_max_ms={:.0} orchestrator_cpu_s={orch_cpu:.4} loop_cpu_s={loop_cpu:.2} cpu_ratio={:.0} token_p50_ms={t50:.0} token_extra_ms={:.0} token_cpu_s={token_cpu:.4} ready_p50_ms={r50:.0} rounds={rounds}",
         l50 / o50.max(1.0),
         percentile(&orch_ms, 1.0),
         percentile(&loop_ms, 1.0),

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 /// What [`MembershipSource::reachable`] returns: answers once the source
 /// does, or says why it never did within the limit.
-pub type Reachable<'a> = Pin<Box<dyn Future<Output = Result<(), SourceError>> + Send + 'a>>;
+pub(crate) type Reachable<'a> = Pin<Box<dyn Future<Output = Result<(), SourceError>> + Send + 'a>>;
 
 /// Why a call to a membership source, a health store or the autoscaler
 /// failed, with its cause.
@@ -93,14 +93,14 @@ pub use orchestrator_ray_gcs::Bundle;
 
 /// Capacity requests through a Ray GCS (both autoscaler versions).
 #[derive(Debug)]
-pub struct GcsCapacityRequests {
+pub(crate) struct GcsCapacityRequests {
     address: String,
     client: tokio::sync::OnceCell<orchestrator_ray_gcs::GcsClient>,
 }
 
 impl GcsCapacityRequests {
     /// Requests through the GCS at `address`; connects on first use.
-    pub fn new(address: impl Into<String>) -> Self {
+    pub(crate) fn new(address: impl Into<String>) -> Self {
         Self {
             address: address.into(),
             client: tokio::sync::OnceCell::new(),
@@ -159,13 +159,13 @@ pub trait HealthStore: Send + Sync + std::fmt::Debug {
 /// The GCS key-value namespace of the orchestrator's own entries.
 pub const KV_NAMESPACE: &str = "ray-orchestrator";
 /// The key prefix of node health reports: `node-health/<node id>`.
-pub const HEALTH_KEY_PREFIX: &str = "node-health/";
+pub(crate) const HEALTH_KEY_PREFIX: &str = "node-health/";
 
 /// The largest health report written or read, bytes.
-pub const MAX_REPORT_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_REPORT_BYTES: usize = 64 * 1024;
 /// Reports fetched per call: at [`MAX_REPORT_BYTES`] each, a page stays
 /// under gRPC's 4 MiB message limit whatever the cluster's size.
-pub const REPORTS_PER_PAGE: usize = 48;
+pub(crate) const REPORTS_PER_PAGE: usize = 48;
 
 /// A report as stored: bound to its node and, when the cluster has a Ray
 /// token, signed with a key derived from it (so a process without the

@@ -367,7 +367,7 @@ impl Policies {
     /// Every policy of the node that decides readiness (a Ray head, a
     /// native leader), on either backend: readiness, launch, health, and
     /// scale when `[scale]` is on; `oci://` ones pulled first.
-    pub fn of_config(config: &crate::config::Config) -> Result<Self, PolicyError> {
+    pub(crate) fn of_config(config: &crate::config::Config) -> Result<Self, PolicyError> {
         let host = host(&config.plugins)?;
         let loaded = Self::load(&host, &config.policies, &config.registry)?;
         if config.scale.enabled {
@@ -378,7 +378,7 @@ impl Policies {
     }
 
     /// Adds the configured scale policy (`oci://` pulled first).
-    pub fn with_scale(
+    pub(crate) fn with_scale(
         mut self,
         host: &PolicyHost,
         config: &PoliciesConfig,

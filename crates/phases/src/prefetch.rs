@@ -25,7 +25,7 @@ pub use orchestrator_domain::{PrefetchProgress, PrefetchState};
 
 /// The prefetch thread; it stops when dropped.
 #[derive(Debug)]
-pub struct Prefetch {
+pub(crate) struct Prefetch {
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -228,7 +228,7 @@ pub fn warm(
 impl Prefetch {
     /// Starts warming `config.paths` on a thread of its own; none when
     /// there is nothing to prefetch.
-    pub fn spawn(config: &PrefetchConfig, status: Arc<Status>) -> Option<Self> {
+    pub(crate) fn spawn(config: &PrefetchConfig, status: Arc<Status>) -> Option<Self> {
         if config.paths.is_empty() {
             return None;
         }

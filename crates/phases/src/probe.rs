@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 
 /// An HTTP answer: status and body.
 #[derive(Debug, Clone)]
-pub struct HttpAnswer {
+pub(crate) struct HttpAnswer {
     /// The status code.
     pub status: u16,
     /// The body, as text.
@@ -21,11 +21,11 @@ pub struct HttpAnswer {
 
 /// The largest answer [`http`] reads (vLLM's `/metrics` of a large
 /// server is well under 1 MiB).
-pub const MAX_ANSWER_BYTES: usize = 8 << 20;
+pub(crate) const MAX_ANSWER_BYTES: usize = 8 << 20;
 
 /// Why an HTTP request of [`http`] (or a reading built on it) failed.
 #[derive(Debug, thiserror::Error)]
-pub enum HttpError {
+pub(crate) enum HttpError {
     /// No TCP connection.
     #[error("cannot connect to {address}: {source}")]
     Connect {
@@ -102,7 +102,7 @@ pub enum HttpError {
 
 /// One HTTP/1.1 request on a fresh connection, bounded by `timeout`;
 /// the answer is capped at [`MAX_ANSWER_BYTES`].
-pub async fn http(
+pub(crate) async fn http(
     address: &str,
     method: &str,
     path: &str,
@@ -188,7 +188,7 @@ fn result(ok: bool, status: Option<u16>, started: Instant, error: Option<String>
 }
 
 /// `GET /health`: ok on 200.
-pub async fn health(address: &str, timeout: Duration) -> ProbeResult {
+pub(crate) async fn health(address: &str, timeout: Duration) -> ProbeResult {
     let started = Instant::now();
     match http(address, "GET", "/health", None, timeout).await {
         Ok(a) if a.status == 200 => result(true, Some(a.status), started, None),
@@ -203,7 +203,7 @@ pub async fn health(address: &str, timeout: Duration) -> ProbeResult {
 }
 
 /// A one-token completion of `model`: ok on 200 with a `choices` list.
-pub async fn generation(address: &str, model: &str, timeout: Duration) -> ProbeResult {
+pub(crate) async fn generation(address: &str, model: &str, timeout: Duration) -> ProbeResult {
     let started = Instant::now();
     let body =
         serde_json::json!({"model": model, "prompt": "ping", "max_tokens": 1, "temperature": 0})
@@ -244,7 +244,7 @@ pub async fn generation(address: &str, model: &str, timeout: Duration) -> ProbeR
 /// and `vllm:num_requests_waiting` gauges on `GET /metrics` (every engine
 /// and model label). An error when `/metrics` cannot be read or has
 /// neither gauge (a server that is not vLLM: nothing to wait for).
-pub async fn requests_in_flight(address: &str, timeout: Duration) -> Result<u64, HttpError> {
+pub(crate) async fn requests_in_flight(address: &str, timeout: Duration) -> Result<u64, HttpError> {
     let answer = http(address, "GET", "/metrics", None, timeout).await?;
     if answer.status != 200 {
         return Err(HttpError::Status {
@@ -256,7 +256,7 @@ pub async fn requests_in_flight(address: &str, timeout: Duration) -> Result<u64,
 }
 
 /// [`requests_in_flight`] of a Prometheus text exposition.
-pub fn in_flight_of(metrics: &str) -> Option<u64> {
+pub(crate) fn in_flight_of(metrics: &str) -> Option<u64> {
     let mut found = false;
     let mut total = 0.0;
     for (name, value) in samples_of(metrics) {
@@ -274,7 +274,7 @@ pub fn in_flight_of(metrics: &str) -> Option<u64> {
 /// Every sample line of a Prometheus text exposition: the metric's name
 /// (labels dropped) and its value. Comments and lines whose value does
 /// not parse are skipped.
-pub fn samples_of(metrics: &str) -> impl Iterator<Item = (&str, f64)> {
+pub(crate) fn samples_of(metrics: &str) -> impl Iterator<Item = (&str, f64)> {
     metrics.lines().filter_map(|line| {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {

@@ -9,11 +9,10 @@ use orchestrator_domain::{KeyValue, LaunchPlan, ServeSettings};
 use orchestrator_phases::endpoints::{Status, serve_endpoints};
 use orchestrator_phases::membership::RayGcs;
 use orchestrator_phases::policies::{self, PolicyRef};
-use orchestrator_phases::serve::probe::http;
 use orchestrator_phases::serve::{ServeContext, ServeOutcome, ServeSpec, supervise};
 use orchestrator_phases::supervision::Shutdown;
 use orchestrator_policy_host::HealthPolicy;
-use orchestrator_test_support::{free_port, processes_with};
+use orchestrator_test_support::{free_port, http_async, processes_with};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -171,11 +170,11 @@ async fn healthy_server_is_ready_then_stops_cleanly_on_request() {
 
     // Loading: alive but not ready (the stand-in takes 1 s to start).
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let live = http(&address, "GET", "/livez", None, Duration::from_secs(1))
+    let live = http_async(&address, "GET", "/livez", "", Duration::from_secs(1))
         .await
         .unwrap();
     assert_eq!(live.status, 200);
-    let ready = http(&address, "GET", "/readyz", None, Duration::from_secs(1))
+    let ready = http_async(&address, "GET", "/readyz", "", Duration::from_secs(1))
         .await
         .unwrap();
     assert_eq!(ready.status, 503, "{}", ready.body);
@@ -184,7 +183,7 @@ async fn healthy_server_is_ready_then_stops_cleanly_on_request() {
     // Then healthy and ready.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let ready = http(&address, "GET", "/readyz", None, Duration::from_secs(1))
+        let ready = http_async(&address, "GET", "/readyz", "", Duration::from_secs(1))
             .await
             .unwrap();
         if ready.status == 200 {
@@ -193,13 +192,13 @@ async fn healthy_server_is_ready_then_stops_cleanly_on_request() {
         assert!(Instant::now() < deadline, "never ready: {}", ready.body);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let state = http(&address, "GET", "/status", None, Duration::from_secs(1))
+    let state = http_async(&address, "GET", "/status", "", Duration::from_secs(1))
         .await
         .unwrap();
     let json: serde_json::Value = serde_json::from_str(&state.body).unwrap();
     assert_eq!(json["phase"], "serve");
     assert_eq!(json["last-health"], "healthy");
-    let metrics = http(&address, "GET", "/metrics", None, Duration::from_secs(1))
+    let metrics = http_async(&address, "GET", "/metrics", "", Duration::from_secs(1))
         .await
         .unwrap();
     assert!(
@@ -227,7 +226,7 @@ async fn healthy_server_is_ready_then_stops_cleanly_on_request() {
     trigger.request();
     assert_eq!(serving.await.unwrap(), ServeOutcome::Stopped);
     assert_eq!(stand_ins_on(port), 0);
-    let ready = http(&address, "GET", "/readyz", None, Duration::from_secs(1))
+    let ready = http_async(&address, "GET", "/readyz", "", Duration::from_secs(1))
         .await
         .unwrap();
     assert_eq!(ready.status, 503, "not ready while stopping");
@@ -247,8 +246,8 @@ async fn until_ready(status: &Status) {
 async fn until_a_request_runs(server: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let metrics = http(server, "GET", "/metrics", None, Duration::from_secs(1)).await;
-        if metrics.is_ok_and(|m| m.body.contains("} 1.0")) {
+        let metrics = http_async(server, "GET", "/metrics", "", Duration::from_secs(1)).await;
+        if metrics.is_some_and(|m| m.body.contains("} 1.0")) {
             break;
         }
         assert!(Instant::now() < deadline, "the completion never started");

@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// The prefix of configuration environment variables.
-pub const ENV_PREFIX: &str = "ORCHESTRATOR__";
+pub(crate) const ENV_PREFIX: &str = "ORCHESTRATOR__";
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

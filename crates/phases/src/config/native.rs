@@ -24,7 +24,7 @@ pub struct NativeConfig {
     /// the ordinal at the end of a StatefulSet pod's host name.
     pub rank: Option<u32>,
     /// Ranks in the group, the leader included; else `LWS_GROUP_SIZE`.
-    pub group_size: Option<u32>,
+    pub(crate) group_size: Option<u32>,
     /// The leader's address (its endpoints are on `endpoints-port` there,
     /// torch.distributed meets on `master-port`); else
     /// `LWS_LEADER_ADDRESS`. The leader needs it only as the master
@@ -32,7 +32,7 @@ pub struct NativeConfig {
     pub leader_address: Option<String>,
     /// The address the other ranks reach this node at; else `POD_IP`,
     /// else 127.0.0.1.
-    pub node_address: Option<String>,
+    pub(crate) node_address: Option<String>,
     /// Where torch.distributed meets on the leader.
     pub master_port: u16,
     /// GPUs (or accelerator slots) this node offers; else as many as
@@ -44,11 +44,11 @@ pub struct NativeConfig {
     /// (and a rank its leader), ms.
     pub heartbeat_timeout_ms: u64,
     /// How long a rank waits for its leader to answer at start, seconds.
-    pub leader_wait_seconds: u64,
+    pub(crate) leader_wait_seconds: u64,
     /// A file holding the group secret (a mounted Kubernetes Secret);
     /// `$ORCHESTRATOR_GROUP_SECRET` wins when set. Every rank's requests
     /// and the leader's answers are signed with it.
-    pub secret_file: Option<std::path::PathBuf>,
+    pub(crate) secret_file: Option<std::path::PathBuf>,
     /// Run a group of more than one node without a secret: anyone who
     /// reaches the leader's port can take a rank. Off unless set.
     pub insecure: bool,

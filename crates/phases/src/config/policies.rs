@@ -53,7 +53,7 @@ pub struct PoliciesConfig {
 
 impl PoliciesConfig {
     /// The configuration of `world`'s policy and its default built-in.
-    pub fn for_world(&self, world: World) -> (&PolicyConfig, &'static str) {
+    pub(crate) fn for_world(&self, world: World) -> (&PolicyConfig, &'static str) {
         match world {
             World::Readiness => (&self.readiness, "node-count"),
             World::Launch => (&self.launch, "vllm"),

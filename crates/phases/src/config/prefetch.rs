@@ -37,7 +37,7 @@ impl Default for PrefetchConfig {
 impl PrefetchConfig {
     /// The copy of `model` this prefetch makes: `copy-to` when the one
     /// path is the model's directory.
-    pub fn local_copy_of(&self, model: &str) -> Option<PathBuf> {
+    pub(crate) fn local_copy_of(&self, model: &str) -> Option<PathBuf> {
         let to = self.copy_to.as_ref()?;
         match self.paths.as_slice() {
             [from] if from.as_path() == Path::new(model) => Some(to.clone()),

@@ -31,9 +31,9 @@ pub struct RayConfig {
     /// Custom resources (`--resources`).
     pub resources: BTreeMap<String, f64>,
     /// Dashboard port on the head (`--dashboard-port`).
-    pub dashboard_port: Option<u16>,
+    pub(crate) dashboard_port: Option<u16>,
     /// Dashboard bind address on the head (`--dashboard-host`).
-    pub dashboard_host: Option<String>,
+    pub(crate) dashboard_host: Option<String>,
     /// The dashboard agent's port (`--dashboard-agent-listen-port`).
     pub dashboard_agent_listen_port: Option<u16>,
     /// Metrics export port (`--metrics-export-port`).

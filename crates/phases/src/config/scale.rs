@@ -14,7 +14,7 @@ pub struct ScaleConfig {
     /// How often a sample is taken (and the policy asked), ms.
     pub interval_ms: u64,
     /// How much load history the policy sees, seconds.
-    pub window_seconds: u64,
+    pub(crate) window_seconds: u64,
     /// The least replicas a recommendation may name.
     pub min_replicas: u32,
     /// The most replicas a recommendation may name.

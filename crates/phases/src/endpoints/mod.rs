@@ -58,7 +58,7 @@ pub struct PhaseEntry {
     /// The phase.
     pub phase: Phase,
     /// When it began, ms since the Unix epoch.
-    pub since_ms: u64,
+    pub(crate) since_ms: u64,
 }
 
 /// One node's health as `/status` shows it.
@@ -75,7 +75,7 @@ pub struct NodeHealthView {
     pub reason: String,
     /// Time since its last new report (the head's view; 0 for this
     /// process's own nodes).
-    pub report_age_ms: u64,
+    pub(crate) report_age_ms: u64,
     /// What its probes read.
     pub readings: NodeReadings,
 }
@@ -108,7 +108,7 @@ pub struct TimelineEntry {
     /// The step.
     pub step: StartupStep,
     /// When, in ms since the orchestrator process started.
-    pub after_ms: u64,
+    pub(crate) after_ms: u64,
     /// What it was about (a node's address, a pid), when anything.
     pub detail: String,
 }
@@ -157,13 +157,13 @@ pub struct StatusState {
     /// Every phase entered, in order.
     pub history: Vec<PhaseEntry>,
     /// Nodes alive / expected.
-    pub nodes_alive: u32,
+    pub(crate) nodes_alive: u32,
     /// Nodes expected.
-    pub nodes_expected: u32,
+    pub(crate) nodes_expected: u32,
     /// The readiness policy's last answer.
-    pub last_readiness: Option<String>,
+    pub(crate) last_readiness: Option<String>,
     /// The health policy's last verdict.
-    pub last_health: Option<String>,
+    pub(crate) last_health: Option<String>,
     /// Whether the serving process answers and the last verdict is healthy.
     pub ready: bool,
     /// Restarts of the serving process.
@@ -179,14 +179,14 @@ pub struct StatusState {
     /// ms since the orchestrator process started.
     pub timeline: Vec<TimelineEntry>,
     /// This process's own nodes' health checks.
-    pub own_health: Vec<NodeHealthView>,
+    pub(crate) own_health: Vec<NodeHealthView>,
     /// Head: every node's health, from their reports.
     pub node_health: Vec<NodeHealthView>,
     /// Head, with `[scale]` on: the replicas the load needs.
     pub scale: Option<ScaleView>,
     /// The last health verdict's kind.
     #[serde(skip)]
-    pub last_verdict: Option<VerdictKind>,
+    pub(crate) last_verdict: Option<VerdictKind>,
 }
 
 /// The scale recommendation as `/status` shows it.
@@ -208,7 +208,7 @@ pub struct ScaleView {
     /// Samples in the window.
     pub samples: u32,
     /// The window, seconds.
-    pub window_seconds: u64,
+    pub(crate) window_seconds: u64,
     /// The newest sample.
     pub last_sample: Option<orchestrator_domain::LoadSample>,
     /// Why no sample or no answer came last time, if so.
@@ -370,7 +370,7 @@ impl Status {
 
     /// Ends the event stream: the subscriber gets what is queued, then the
     /// end.
-    pub fn close_events(&self) {
+    pub(crate) fn close_events(&self) {
         match self.events.lock() {
             Ok(mut slot) => *slot = None,
             Err(poisoned) => *poisoned.into_inner() = None,
@@ -442,7 +442,7 @@ impl Status {
     }
 
     /// Records a policy call's latency.
-    pub fn policy_call(&self, world: World, seconds: f64) {
+    pub(crate) fn policy_call(&self, world: World, seconds: f64) {
         self.policy_seconds
             .get_or_create(&WorldLabel {
                 world: world.name(),
@@ -496,7 +496,7 @@ impl Status {
 
     /// Marks the service not ready (a drain has begun) without changing
     /// the phase, which the lifecycle owns.
-    pub fn unready(&self) {
+    pub(crate) fn unready(&self) {
         self.with(|s| s.ready = false);
     }
 
@@ -538,14 +538,14 @@ impl Status {
 
     /// The prefetch's state from now on: changes when it does (listing,
     /// reading or copying, done, failed), not with every byte.
-    pub fn prefetch_states(
+    pub(crate) fn prefetch_states(
         &self,
     ) -> tokio::sync::watch::Receiver<Option<orchestrator_domain::PrefetchState>> {
         self.prefetch_state.subscribe()
     }
 
     /// The prefetch's progress, when one runs.
-    pub fn prefetch_progress(&self) -> Option<orchestrator_domain::PrefetchProgress> {
+    pub(crate) fn prefetch_progress(&self) -> Option<orchestrator_domain::PrefetchProgress> {
         self.with(|s| s.prefetch.clone())
     }
 
@@ -619,7 +619,7 @@ impl Status {
 
     /// Records this process's own nodes' health checks (their metrics
     /// too, unless the head's view of every node is there).
-    pub fn own_node_health(&self, views: Vec<NodeHealthView>) {
+    pub(crate) fn own_node_health(&self, views: Vec<NodeHealthView>) {
         let head_view = self.with(|s| {
             s.own_health = views.clone();
             !s.node_health.is_empty()
@@ -707,7 +707,8 @@ impl Status {
 }
 
 /// A future answering a POST: the status code and a JSON body.
-pub type PostAnswer = std::pin::Pin<Box<dyn std::future::Future<Output = (u16, String)> + Send>>;
+pub(crate) type PostAnswer =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (u16, String)> + Send>>;
 
 /// More routes on the endpoints' port, taking a JSON body: the native
 /// backend's rendezvous on the leader.
@@ -726,10 +727,10 @@ pub async fn serve_endpoints(
 }
 
 /// The largest POST body read (the native backend's messages).
-pub const MAX_BODY: usize = 64 * 1024;
+pub(crate) const MAX_BODY: usize = 64 * 1024;
 
 /// How long a POST body may take to arrive.
-pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub use conn::{
     HEADER_READ_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS, MAX_HEADER_BYTES, MAX_PER_PEER,
@@ -738,7 +739,7 @@ pub use conn::{
 /// [`serve_endpoints`], with `routes` answering POST requests (bodies up
 /// to [`MAX_BODY`]). Connections, heads and idle time are bounded (see
 /// [`MAX_CONNECTIONS`], [`MAX_HEADER_BYTES`], [`IDLE_TIMEOUT`]).
-pub async fn serve_endpoints_with(
+pub(crate) async fn serve_endpoints_with(
     address: SocketAddr,
     status: Arc<Status>,
     routes: Option<Arc<dyn PostRoutes>>,

@@ -88,7 +88,7 @@ pub enum LifecycleError {
 }
 
 /// Called once the cluster is ready, before serving.
-pub type ReadyHook = Box<dyn FnOnce(&Ready) + Send>;
+pub(crate) type ReadyHook = Box<dyn FnOnce(&Ready) + Send>;
 
 /// What every backend's plan says about the process around it.
 #[derive(Debug, Clone)]
@@ -119,7 +119,7 @@ pub struct Around<'a> {
 }
 
 /// A future of a backend's phases.
-pub type PhasesFuture<'a> = Pin<Box<dyn Future<Output = Exit> + 'a>>;
+pub(crate) type PhasesFuture<'a> = Pin<Box<dyn Future<Output = Exit> + 'a>>;
 
 /// What a backend provides: its plan's surroundings, the routes it serves
 /// beside the endpoints, and its phases (start its nodes, wait on its

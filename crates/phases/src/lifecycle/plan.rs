@@ -66,7 +66,7 @@ pub struct Plan {
     /// Head: what to serve.
     pub serve: Option<ServeSpec>,
     /// Head: what follows the ready decision.
-    pub after_ready: AfterReady,
+    pub(crate) after_ready: AfterReady,
     /// Where `/livez`, `/readyz`, `/status` and `/metrics` are served.
     pub endpoints: Option<SocketAddr>,
     /// The open-file limit for the whole process tree.

@@ -20,11 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The environment variable holding the group secret.
-pub const SECRET_ENV: &str = "ORCHESTRATOR_GROUP_SECRET";
+pub(crate) const SECRET_ENV: &str = "ORCHESTRATOR_GROUP_SECRET";
 /// The shortest secret accepted, in bytes.
-pub const MIN_SECRET_BYTES: usize = 16;
+pub(crate) const MIN_SECRET_BYTES: usize = 16;
 /// The largest clock difference accepted between a rank and its leader.
-pub const MAX_SKEW: Duration = Duration::from_secs(60);
+pub(crate) const MAX_SKEW: Duration = Duration::from_secs(60);
 /// Nonces remembered at most (older ones age out after twice
 /// [`MAX_SKEW`]); past it, requests are refused until some age out.
 const MAX_NONCES: usize = 200_000;
@@ -64,13 +64,13 @@ impl std::fmt::Debug for GroupKey {
 /// A request as sent on the wire when the group has a secret.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct Sealed {
+pub(crate) struct Sealed {
     /// The rank that signed it.
     pub rank: u32,
     /// Its clock, ms since the epoch.
-    pub time_ms: u64,
+    pub(crate) time_ms: u64,
     /// Fresh for every request (hex).
-    pub nonce: String,
+    pub(crate) nonce: String,
     /// HMAC-SHA256 (hex).
     pub mac: String,
     /// The message (JSON text).
@@ -80,7 +80,7 @@ pub struct Sealed {
 /// An answer as sent on the wire when the group has a secret.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct SealedAnswer {
+pub(crate) struct SealedAnswer {
     /// HMAC-SHA256 over the request's nonce, status and body (hex).
     pub mac: String,
     /// The answer (JSON text).
@@ -119,7 +119,9 @@ impl GroupKey {
 
     /// The group's key from `$ORCHESTRATOR_GROUP_SECRET` or `file`; none
     /// when neither is set.
-    pub fn from_env_or_file(file: Option<&std::path::Path>) -> Result<Option<Self>, SecretError> {
+    pub(crate) fn from_env_or_file(
+        file: Option<&std::path::Path>,
+    ) -> Result<Option<Self>, SecretError> {
         if let Some(value) = std::env::var_os(SECRET_ENV).filter(|v| !v.is_empty()) {
             return Self::new(value.as_encoded_bytes(), SECRET_ENV).map(Some);
         }
@@ -216,14 +218,14 @@ impl GroupKey {
     }
 
     /// Wraps the leader's answer to the request with `nonce`.
-    pub fn seal_answer(&self, path: &str, nonce: &str, status: u16, body: String) -> String {
+    pub(crate) fn seal_answer(&self, path: &str, nonce: &str, status: u16, body: String) -> String {
         let mac = self.mac(&["answer", path, nonce, &status.to_string(), &body]);
         serde_json::to_string(&SealedAnswer { mac, body }).unwrap_or_default()
     }
 
     /// Checks the leader's answer to the request with `nonce`: its body,
     /// or why it is not the leader's.
-    pub fn open_answer(
+    pub(crate) fn open_answer(
         &self,
         path: &str,
         nonce: &str,

@@ -22,7 +22,7 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct LeaderPlan {
     /// Ranks in the group.
-    pub group_size: u32,
+    pub(crate) group_size: u32,
     /// Where torch.distributed meets: the leader's address as the other
     /// ranks reach it.
     pub master_addr: String,
@@ -37,7 +37,7 @@ pub struct LeaderPlan {
     /// What to serve (none: the group is only formed).
     pub serve: Option<ServeSpec>,
     /// What follows the ready decision.
-    pub after_ready: AfterReady,
+    pub(crate) after_ready: AfterReady,
     /// Kubernetes awareness (`[kubernetes] enabled`): the group's
     /// LeaderWorkerSet and worker pods, Events on the leader's pod.
     pub kubernetes: Option<orchestrator_kubernetes::KubernetesConfig>,

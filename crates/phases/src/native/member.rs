@@ -23,7 +23,7 @@ pub struct MemberPlan {
     /// Its rank.
     pub rank: u32,
     /// Ranks in the group.
-    pub group_size: u32,
+    pub(crate) group_size: u32,
     /// The leader's endpoints, `HOST:PORT`.
     pub leader: String,
     /// This node's address.
@@ -39,7 +39,7 @@ pub struct MemberPlan {
     /// After how long without an answer the leader is gone.
     pub timeout: Duration,
     /// How long the leader may take to answer at all.
-    pub leader_wait: Duration,
+    pub(crate) leader_wait: Duration,
     /// Between SIGTERM and SIGKILL when the rank's process is stopped.
     pub stop_grace: Duration,
     /// This node's own checks (`[node-health]`), reported in every

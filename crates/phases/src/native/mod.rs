@@ -35,11 +35,11 @@ pub struct NativeIdentity {
     /// Its rank; 0 is the leader.
     pub rank: u32,
     /// Ranks in the group.
-    pub group_size: u32,
+    pub(crate) group_size: u32,
     /// The leader's address (host, no port).
     pub leader_address: String,
     /// This node's address.
-    pub node_address: String,
+    pub(crate) node_address: String,
     /// Where each piece came from, for `plan` and the log.
     pub sources: Vec<String>,
 }
@@ -167,7 +167,7 @@ impl NativeIdentity {
     }
 
     /// The leader (rank 0).
-    pub fn is_leader(&self) -> bool {
+    pub(crate) fn is_leader(&self) -> bool {
         self.rank == 0
     }
 }
@@ -193,7 +193,7 @@ pub struct NativePlan {
     pub role: NativeRole,
     /// Ranks run in this same process (`orchestrator local --backend
     /// native`); empty in a pod.
-    pub local_members: Vec<MemberPlan>,
+    pub(crate) local_members: Vec<MemberPlan>,
     /// Where `/livez`, `/readyz`, `/status`, `/metrics` (and on the
     /// leader the rendezvous) are served.
     pub endpoints: Option<std::net::SocketAddr>,
@@ -235,7 +235,7 @@ pub struct LocalGroup {
     /// Heartbeat interval.
     pub heartbeat: Duration,
     /// After how long without a heartbeat a rank (or the leader) is lost.
-    pub heartbeat_timeout: Duration,
+    pub(crate) heartbeat_timeout: Duration,
 }
 
 impl LocalGroup {
@@ -582,7 +582,7 @@ pub fn hostname() -> String {
 
 /// GPUs this node offers: configured, else as many as NVML sees (none
 /// when it does not load).
-pub fn gpus_of(config: &NativeConfig) -> f64 {
+pub(crate) fn gpus_of(config: &NativeConfig) -> f64 {
     config.gpus.unwrap_or_else(|| {
         let library = orchestrator_node_probe::gpu::library_path();
         orchestrator_node_probe::gpu::read_once(library.as_deref(), Duration::ZERO)

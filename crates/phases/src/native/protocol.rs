@@ -14,13 +14,11 @@ use orchestrator_domain::{ExitStatus, KeyValue};
 use serde::{Deserialize, Serialize};
 
 /// The path of registrations.
-pub const REGISTER: &str = "/native/v1/register";
+pub(crate) const REGISTER: &str = "/native/v1/register";
 /// The path of heartbeats.
-pub const HEARTBEAT: &str = "/native/v1/heartbeat";
+pub(crate) const HEARTBEAT: &str = "/native/v1/heartbeat";
 /// The path of a clean leave.
-pub const LEAVE: &str = "/native/v1/leave";
-/// The largest request body the leader reads (the endpoints' limit).
-pub const MAX_BODY: usize = crate::endpoints::MAX_BODY;
+pub(crate) const LEAVE: &str = "/native/v1/leave";
 
 /// A rank's orchestrator introduces itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,7 +27,7 @@ pub struct Registration {
     /// Its node rank, 1 to group size - 1.
     pub rank: u32,
     /// The group size it was configured with (must match the leader's).
-    pub group_size: u32,
+    pub(crate) group_size: u32,
     /// This run of the orchestrator (a new one after every restart).
     pub instance: String,
     /// The address it is reached at (its pod IP).
@@ -85,9 +83,9 @@ impl Registration {
 }
 
 /// The most GPUs (or accelerator slots) one node may offer.
-pub const MAX_GPUS: f64 = 1024.0;
+pub(crate) const MAX_GPUS: f64 = 1024.0;
 /// The most CPUs one node may offer.
-pub const MAX_CPUS: f64 = 1_000_000.0;
+pub(crate) const MAX_CPUS: f64 = 1_000_000.0;
 
 /// The leader accepted a registration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,12 +107,12 @@ pub struct Refusal {
     pub error: String,
     /// Retrying cannot help (a configuration error), as opposed to a rank
     /// still held by a run the leader has not yet counted lost.
-    pub permanent: bool,
+    pub(crate) permanent: bool,
 }
 
 impl Refusal {
     /// The refusal with its text made safe to log ([`peer_text`]).
-    pub fn for_log(self) -> Self {
+    pub(crate) fn for_log(self) -> Self {
         Self {
             error: peer_text(&self.error),
             ..self
@@ -125,7 +123,7 @@ impl Refusal {
 /// Text from a peer as it may be logged: at most 1 KiB, control
 /// characters (newlines among them) as spaces, so it cannot forge lines
 /// or flood the log.
-pub fn peer_text(text: &str) -> String {
+pub(crate) fn peer_text(text: &str) -> String {
     let mut shown: String = text
         .chars()
         .take(1024)

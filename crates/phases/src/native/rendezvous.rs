@@ -33,7 +33,7 @@ pub fn node_id(rank: u32) -> String {
 #[derive(Debug, Clone)]
 pub struct RendezvousSettings {
     /// Ranks in the group, the leader included.
-    pub group_size: u32,
+    pub(crate) group_size: u32,
     /// How often ranks send a heartbeat.
     pub heartbeat: Duration,
     /// After how long without one a rank is lost.
@@ -131,7 +131,7 @@ fn now_ms() -> u64 {
 
 /// A new run id: the time in ns and the process id, enough to tell runs
 /// apart.
-pub fn run_id() -> String {
+pub(crate) fn run_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -162,7 +162,7 @@ impl Rendezvous {
 
     /// Counts ranks lost whose heartbeat stopped, every half heartbeat,
     /// until the returned task is aborted or dropped with the runtime.
-    pub fn spawn_sweep(&self) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn spawn_sweep(&self) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(this.shared.settings.heartbeat / 2);
@@ -259,7 +259,10 @@ impl Rendezvous {
     /// The group as it will be once every rank is present, for a plan
     /// made before (an early launch): the ranks present as they are, the
     /// missing ones shaped like the leader.
-    pub fn expected_cluster(&self, deadline_ms: u64) -> orchestrator_domain::ClusterSnapshot {
+    pub(crate) fn expected_cluster(
+        &self,
+        deadline_ms: u64,
+    ) -> orchestrator_domain::ClusterSnapshot {
         let size = self.shared.settings.group_size;
         let leader = self.shared.settings.leader.clone();
         let present = self.nodes();
@@ -569,7 +572,7 @@ impl Rendezvous {
     /// Tells every rank present, and every rank that registers until
     /// [`close_early`](Self::close_early), to start its part of `plan`
     /// (an early launch: vLLM's own rendezvous waits for the others).
-    pub fn start_early(&self, plan: &LaunchPlan) {
+    pub(crate) fn start_early(&self, plan: &LaunchPlan) {
         self.shared
             .early_failed
             .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -595,7 +598,7 @@ impl Rendezvous {
     /// for the next order); whether every rank's early process still runs
     /// as far as the leader heard (no exit under the early order, and
     /// every rank was given it).
-    pub fn close_early(&self) -> bool {
+    pub(crate) fn close_early(&self) -> bool {
         let mut told = BTreeMap::new();
         self.shared.order.send_if_modified(|c| {
             if let OrderKind::Run { to, open, .. } = &mut c.kind {
@@ -641,7 +644,7 @@ fn gone(error: &str) -> (u16, Refusal) {
 }
 
 /// `exited with code 1`, `was killed by signal 9`.
-pub fn describe_exit(how: &orchestrator_domain::ExitStatus) -> String {
+pub(crate) fn describe_exit(how: &orchestrator_domain::ExitStatus) -> String {
     match (how.code, how.signal) {
         (Some(code), _) => format!("exited with code {code}"),
         (None, Some(signal)) => format!("was killed by signal {signal}"),

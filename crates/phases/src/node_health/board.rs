@@ -44,7 +44,7 @@ impl Board {
     }
 
     /// Writes each node's health into `nodes`.
-    pub fn annotate(&self, nodes: &mut [Node]) {
+    pub(crate) fn annotate(&self, nodes: &mut [Node]) {
         for node in nodes {
             node.health = self.health_of(&node.id);
         }

@@ -27,12 +27,12 @@ use orchestrator_node_probe::HostTarget;
 use std::time::Duration;
 
 /// The exit code of a worker that stayed unhealthy past its grace period.
-pub const UNHEALTHY_EXIT_CODE: u8 = 3;
+pub(crate) const UNHEALTHY_EXIT_CODE: u8 = 3;
 
 /// Resolves with the reason once one of this process's nodes has been
 /// unhealthy for `grace` (it never resolves while all are healthy, or when
 /// the checks end).
-pub async fn unhealthy_for(
+pub(crate) async fn unhealthy_for(
     own: &mut tokio::sync::watch::Receiver<Vec<OwnHealth>>,
     grace: Duration,
 ) -> String {
@@ -102,7 +102,7 @@ impl NodeHealthPlan {
 /// What to probe for a Ray node started with `argv` (`ray start ...`):
 /// its `--node-ip-address` and `--temp-dir` (Ray's default `/tmp/ray`),
 /// and its raylet.
-pub fn target_of(argv: &[String], raylet_pid: Option<i32>) -> HostTarget {
+pub(crate) fn target_of(argv: &[String], raylet_pid: Option<i32>) -> HostTarget {
     let value = |name: &str| {
         let flag = format!("--{name}=");
         argv.iter()

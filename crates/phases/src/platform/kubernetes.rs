@@ -119,7 +119,7 @@ impl KubeHandle {
 
 /// Starts connecting in the background: Events on this pod from now on
 /// (queued while the client connects), then the owner's facts.
-pub fn spawn(settings: &KubernetesConfig, owner: Owner, status: &Arc<Status>) -> KubeHandle {
+pub(crate) fn spawn(settings: &KubernetesConfig, owner: Owner, status: &Arc<Status>) -> KubeHandle {
     let settings = settings.clone();
     // Subscribe now, so the events of the start phase are queued while
     // the client connects.

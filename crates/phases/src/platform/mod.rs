@@ -3,4 +3,4 @@
 //! as [`orchestrator_domain::ExternalFacts`] for the wait phase, and the
 //! lifecycle's events as Kubernetes Events.
 
-pub mod kubernetes;
+pub(crate) mod kubernetes;

@@ -8,7 +8,7 @@ use orchestrator_domain::LoadSample;
 /// One read of vLLM's metrics, summed over engines (KV cache: the fullest
 /// engine's).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Counters {
+pub(crate) struct Counters {
     /// `vllm:num_requests_running`.
     pub running: f64,
     /// `vllm:num_requests_waiting`.
@@ -17,15 +17,15 @@ pub struct Counters {
     /// 0.0 to 1.0.
     pub kv_cache_usage: f64,
     /// `vllm:generation_tokens_total`.
-    pub generation_tokens: f64,
+    pub(crate) generation_tokens: f64,
     /// `vllm:prompt_tokens_total`.
-    pub prompt_tokens: f64,
+    pub(crate) prompt_tokens: f64,
 }
 
 impl Counters {
     /// The counters of a Prometheus text exposition; none when it has
     /// neither of vLLM's request gauges (not a vLLM server).
-    pub fn of(metrics: &str) -> Option<Self> {
+    pub(crate) fn of(metrics: &str) -> Option<Self> {
         let mut c = Counters::default();
         let mut found = false;
         for (name, value) in probe::samples_of(metrics) {
@@ -57,13 +57,13 @@ impl Counters {
 /// taken against the previous read (0 for the first, and after a counter
 /// went back, which is a restarted server).
 #[derive(Debug, Default)]
-pub struct LoadReader {
+pub(crate) struct LoadReader {
     last: Option<(u64, Counters)>,
 }
 
 impl LoadReader {
     /// The sample of `counters` read at `at_ms`.
-    pub fn sample(&mut self, at_ms: u64, counters: Counters) -> LoadSample {
+    pub(crate) fn sample(&mut self, at_ms: u64, counters: Counters) -> LoadSample {
         let rate = |now: f64, before: f64, seconds: f64| {
             if seconds > 0.0 && now >= before {
                 (now - before) / seconds
@@ -97,7 +97,7 @@ impl LoadReader {
     }
 
     /// Forgets the previous read (the server was replaced).
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.last = None;
     }
 }

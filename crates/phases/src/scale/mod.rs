@@ -147,7 +147,7 @@ impl Window {
 /// phase runs it beside the health loop). A server that does not answer
 /// yet (starting, restarting) is skipped; a failing policy keeps the
 /// previous answer.
-pub async fn recommend_while_serving(
+pub(crate) async fn recommend_while_serving(
     spec: &ScaleSpec,
     policy: &mut ScalePolicy,
     address: &str,

@@ -5,7 +5,7 @@
 
 mod health_loop;
 mod launch;
-pub use crate::probe;
+pub(crate) use crate::probe;
 mod server;
 pub mod shm;
 
@@ -83,7 +83,7 @@ impl ServeSpec {
 
     /// The spec of a whole configuration: `[serve]`, `[policies]` and
     /// `[scale]` (the plan builder of every backend's `run` and `plan`).
-    pub fn of_config(config: &crate::config::Config) -> Self {
+    pub(crate) fn of_config(config: &crate::config::Config) -> Self {
         Self {
             scale: crate::scale::ScaleSpec::from_config(&config.scale, &config.policies),
             ..Self::from_config(&config.serve, &config.policies)
@@ -91,7 +91,7 @@ impl ServeSpec {
     }
 
     /// The model name the API serves (and the generation probe asks for).
-    pub fn served_name(&self) -> &str {
+    pub(crate) fn served_name(&self) -> &str {
         self.settings
             .served_model_name
             .as_deref()
@@ -117,7 +117,8 @@ pub struct ServeContext<'a> {
 }
 
 /// A future of a [`ServingGroup`] call.
-pub type GroupCall<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+pub(crate) type GroupCall<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 
 /// The ranks of a server that runs on every node (vLLM's own multi-node
 /// mode): started and stopped together with the local process, so that a
@@ -160,7 +161,7 @@ pub enum ServeOutcome {
 /// when `[scale]` is on (`spec.scale` and a scale policy), until the
 /// health policy's shutdown or a stop request (`/readyz` false at once,
 /// then the drain, then the stop).
-pub async fn serve_planned(
+pub(crate) async fn serve_planned(
     spec: &ServeSpec,
     plan: &LaunchPlan,
     ready: &Ready,

@@ -118,7 +118,7 @@ impl ServerProcess {
     }
 
     /// SIGKILL to the whole group at once (a second stop request).
-    pub fn kill_now(&self) {
+    pub(crate) fn kill_now(&self) {
         self.kill_group(Signal::KILL);
     }
 

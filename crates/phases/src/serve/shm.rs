@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 /// Where vLLM creates them.
-pub const SHM_DIR: &str = "/dev/shm";
+pub(crate) const SHM_DIR: &str = "/dev/shm";
 
 /// Whether `name` is one of vLLM's CPU tensor-parallel buffers.
 fn is_vllm_cpu_segment(name: &str) -> bool {
@@ -49,7 +49,7 @@ fn mapped_under(dir: &Path) -> HashSet<String> {
 /// Removes vLLM's CPU tensor-parallel buffers in `dir` that no live
 /// process maps; returns how many. Errors (a file gone meanwhile, no
 /// permission) are skipped: this is housekeeping.
-pub fn remove_orphaned_segments(dir: &Path) -> usize {
+pub(crate) fn remove_orphaned_segments(dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };

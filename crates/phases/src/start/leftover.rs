@@ -17,28 +17,28 @@ use std::time::Duration;
 
 /// One process, named across pid reuse by its start time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcessId {
+pub(crate) struct ProcessId {
     /// Its pid.
     pub pid: i32,
     /// Clock ticks since boot when it started.
-    pub start_time: u64,
+    pub(crate) start_time: u64,
 }
 
 impl ProcessId {
     /// `pid` as it is now, if it runs.
-    pub fn of(pid: i32) -> Option<Self> {
+    pub(crate) fn of(pid: i32) -> Option<Self> {
         procfs::start_time(pid).map(|start_time| Self { pid, start_time })
     }
 
     /// Whether this very process still runs (not another with its pid).
-    pub fn is_running(&self) -> bool {
+    pub(crate) fn is_running(&self) -> bool {
         procfs::start_time(self.pid) == Some(self.start_time)
     }
 }
 
 /// The record of a Ray node an orchestrator started.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeRecord {
+pub(crate) struct NodeRecord {
     /// The orchestrator that started it.
     pub orchestrator: ProcessId,
     /// The node's process group.
@@ -46,12 +46,12 @@ pub struct NodeRecord {
     /// Its daemons when it started (`raylet`, `gcs_server`, ...).
     pub daemons: Vec<(String, ProcessId)>,
     /// Ray's session directory, when it could be read.
-    pub session_dir: Option<PathBuf>,
+    pub(crate) session_dir: Option<PathBuf>,
 }
 
 /// What [`NodeRecord::clear_leftover`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Leftover {
+pub(crate) enum Leftover {
     /// No record, or nothing of the recorded node runs.
     Nothing,
     /// The recording orchestrator still runs: its node is not ours to stop.
@@ -72,7 +72,7 @@ impl NodeRecord {
     /// The record of the node whose process group is `pgid`, started by
     /// this process, with Ray's temp dir `temp_dir` (its `session_latest`
     /// names the session).
-    pub fn of_node(pgid: i32, daemons: &[super::Daemon], temp_dir: &Path) -> Option<Self> {
+    pub(crate) fn of_node(pgid: i32, daemons: &[super::Daemon], temp_dir: &Path) -> Option<Self> {
         Some(Self {
             orchestrator: ProcessId::of(std::process::id() as i32)?,
             pgid,
@@ -85,7 +85,7 @@ impl NodeRecord {
     }
 
     /// Writes the record to `path` (atomically: a temp file renamed).
-    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+    pub(crate) fn write(&self, path: &Path) -> std::io::Result<()> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -98,7 +98,7 @@ impl NodeRecord {
     /// The record at `path`; `None` when there is none or it is not one
     /// (a record that cannot be read is ignored with a warning, never
     /// acted on).
-    pub fn read(path: &Path) -> Option<Self> {
+    pub(crate) fn read(path: &Path) -> Option<Self> {
         let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
@@ -120,7 +120,7 @@ impl NodeRecord {
     /// process group, provided the group is provably the recorded one (a
     /// recorded daemon still runs in it, or a member's command line names
     /// the recorded session directory).
-    pub fn survivors(&self) -> Vec<i32> {
+    pub(crate) fn survivors(&self) -> Vec<i32> {
         let members: Vec<procfs::ProcEntry> = procfs::processes()
             .into_iter()
             .filter(|p| p.pgid == self.pgid && !p.is_zombie())
@@ -145,7 +145,7 @@ impl NodeRecord {
     /// Reads the record at `path` and stops what is left of its node when
     /// the orchestrator that recorded it is gone (SIGTERM, SIGKILL after
     /// `grace`). The record is removed once nothing of it runs.
-    pub async fn clear_leftover(path: &Path, grace: Duration) -> Leftover {
+    pub(crate) async fn clear_leftover(path: &Path, grace: Duration) -> Leftover {
         let Some(record) = Self::read(path) else {
             return Leftover::Nothing;
         };
@@ -185,7 +185,7 @@ impl NodeRecord {
 /// also runs a worker of the cluster whose head died, the worker's raylet
 /// does. With the GCS port closed, nothing runs there: the hint is stale.
 /// Returns true when it was removed.
-pub fn clear_stale_cluster_address(temp_dir: &Path, gcs_address: &str) -> bool {
+pub(crate) fn clear_stale_cluster_address(temp_dir: &Path, gcs_address: &str) -> bool {
     let file = temp_dir.join("ray_current_cluster");
     let Ok(text) = std::fs::read_to_string(&file) else {
         return false;
@@ -212,7 +212,7 @@ pub fn clear_stale_cluster_address(temp_dir: &Path, gcs_address: &str) -> bool {
 /// Where the node record of `role` at `node` (an IP address or `default`)
 /// with GCS port `port` lives: Ray's temp dir, which the node's session
 /// lives in too.
-pub fn record_path(temp_dir: &Path, role: &str, node: &str, port: u16) -> PathBuf {
+pub(crate) fn record_path(temp_dir: &Path, role: &str, node: &str, port: u16) -> PathBuf {
     temp_dir.join(format!("orchestrator-{role}-{node}-{port}.json"))
 }
 

@@ -14,7 +14,7 @@ pub(crate) struct NofileOutcome {
     /// The hard limit now.
     pub hard: u64,
     /// Set when the wanted value could not be reached, with the reason.
-    pub short_of: Option<String>,
+    pub(crate) short_of: Option<String>,
 }
 
 /// Raises `RLIMIT_NOFILE` to `want` (soft and, if needed and allowed,

@@ -36,7 +36,7 @@ pub struct StartPlan {
     /// Environment added for Ray's processes.
     pub env: Vec<(String, String)>,
     /// How long each background start is held back (to show the wait).
-    pub stagger: Duration,
+    pub(crate) stagger: Duration,
     /// How long one `ray start` may take.
     pub timeout: Duration,
     /// Where the first node is recorded for the next orchestrator on this
@@ -107,7 +107,7 @@ impl RecordSpec {
 }
 
 /// Raises the open-file limit to `want` and logs what it achieved.
-pub fn raise_open_file_limit(want: u64) {
+pub(crate) fn raise_open_file_limit(want: u64) {
     let nofile = limits::raise_nofile(want);
     match &nofile.short_of {
         None => tracing::info!(
@@ -125,7 +125,7 @@ pub fn raise_open_file_limit(want: u64) {
 }
 
 /// The Ray nodes started so far, and those still being started.
-pub struct RayNodes {
+pub(crate) struct RayNodes {
     nodes: Vec<RayNode>,
     /// The record written for the first node, removed once it is stopped.
     record: Option<std::path::PathBuf>,
@@ -141,7 +141,7 @@ impl RayNodes {
     ///
     /// A stop request of `stop` ends a `ray start` in progress at once
     /// (its process group is stopped: [`RayNodeError::Stopped`]).
-    pub async fn start(
+    pub(crate) async fn start(
         plan: &StartPlan,
         stop: Option<&crate::supervision::Shutdown>,
     ) -> Result<Self, RayNodeError> {
@@ -197,30 +197,30 @@ impl RayNodes {
     /// The nodes running now and the starts still to come, borrowed
     /// apart so both can be waited on at once; a node that arrives is
     /// handed back with [`adopt`](Self::adopt).
-    pub fn watch_parts(&mut self) -> (RunningNodes<'_>, LateStarts<'_>) {
+    pub(crate) fn watch_parts(&mut self) -> (RunningNodes<'_>, LateStarts<'_>) {
         (RunningNodes(&self.nodes), LateStarts(&mut self.late))
     }
 
     /// Supervises a node that started in the background.
-    pub fn adopt(&mut self, node: RayNode) {
+    pub(crate) fn adopt(&mut self, node: RayNode) {
         self.nodes.push(node);
     }
 
     /// The nodes running now, the first one first.
-    pub fn running(&self) -> &[RayNode] {
+    pub(crate) fn running(&self) -> &[RayNode] {
         &self.nodes
     }
 
     /// The first daemon exit among the first `count` nodes (all: `usize::MAX`),
     /// with the node's label. Pending forever when there are none.
-    pub async fn first_exit(&self, count: usize) -> (String, Daemon) {
+    pub(crate) async fn first_exit(&self, count: usize) -> (String, Daemon) {
         RunningNodes(&self.nodes).first_exit(count).await
     }
 
     /// Stops the first node and starts it again from `plan` (a worker
     /// rejoining a new cluster at the same head address); its record is
     /// rewritten.
-    pub async fn restart_first(
+    pub(crate) async fn restart_first(
         &mut self,
         plan: &StartPlan,
         grace: Duration,
@@ -251,7 +251,7 @@ impl RayNodes {
     /// let finish (not cut off half-way) and then stopped too. True when
     /// no process of any node is left.
     /// A forced stop of `force` (a second SIGTERM) cuts every grace short.
-    pub async fn stop(
+    pub(crate) async fn stop(
         mut self,
         grace: Duration,
         force: Option<&crate::supervision::Shutdown>,
@@ -277,11 +277,11 @@ impl RayNodes {
 }
 
 /// The running nodes, borrowed from [`RayNodes::watch_parts`].
-pub struct RunningNodes<'a>(&'a [RayNode]);
+pub(crate) struct RunningNodes<'a>(&'a [RayNode]);
 
 impl RunningNodes<'_> {
     /// See [`RayNodes::first_exit`].
-    pub async fn first_exit(&self, count: usize) -> (String, Daemon) {
+    pub(crate) async fn first_exit(&self, count: usize) -> (String, Daemon) {
         let mut waits: Vec<_> = self
             .0
             .iter()
@@ -304,12 +304,12 @@ impl RunningNodes<'_> {
 }
 
 /// The starts still to come, borrowed from [`RayNodes::watch_parts`].
-pub struct LateStarts<'a>(&'a mut mpsc::UnboundedReceiver<Result<RayNode, RayNodeError>>);
+pub(crate) struct LateStarts<'a>(&'a mut mpsc::UnboundedReceiver<Result<RayNode, RayNodeError>>);
 
 impl LateStarts<'_> {
     /// The next background start's result; pending forever when no more
     /// starts are coming.
-    pub async fn next(&mut self) -> Result<RayNode, RayNodeError> {
+    pub(crate) async fn next(&mut self) -> Result<RayNode, RayNodeError> {
         match self.0.recv().await {
             Some(started) => started,
             None => std::future::pending().await,

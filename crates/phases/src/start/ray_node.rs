@@ -122,8 +122,6 @@ pub struct RayNode {
     pgid: Pid,
     daemons: Vec<Daemon>,
     exit: tokio::sync::watch::Receiver<Option<Daemon>>,
-    /// When `ray start` returned.
-    pub started_at: Instant,
 }
 
 impl std::fmt::Debug for RayNode {
@@ -216,7 +214,6 @@ impl RayNode {
             }
         };
         crate::supervision::reaper::release(raw_pid);
-        let started_at = Instant::now();
         // Let the output forwarders drain.
         tokio::time::sleep(Duration::from_millis(20)).await;
         if !status.success() {
@@ -249,7 +246,6 @@ impl RayNode {
             pgid,
             daemons,
             exit,
-            started_at,
         })
     }
 }
@@ -380,7 +376,7 @@ impl RayNode {
 ///    `force` says the stop is forced (a second SIGTERM).
 ///
 /// Returns true when no process of the group is left.
-pub async fn stop_group(pgid: Pid, grace: Duration, force: Option<&Shutdown>) -> bool {
+pub(crate) async fn stop_group(pgid: Pid, grace: Duration, force: Option<&Shutdown>) -> bool {
     let forced = || force.is_some_and(Shutdown::is_forced);
     let raw = pgid.as_raw_nonzero().get();
     if group_settled(raw) {

@@ -125,12 +125,13 @@ impl RayStart {
     /// Parses KubeRay's generated command: shell words, no shell, `$NAME`
     /// from this process's environment ([`words::split`](super::words::split));
     /// must be `ray start ...`; `--block` is dropped.
-    pub fn parse_kuberay(command: &str) -> Result<Self, RayStartError> {
+    #[cfg(test)]
+    pub(crate) fn parse_kuberay(command: &str) -> Result<Self, RayStartError> {
         Self::parse_kuberay_in(command, &|name| std::env::var_os(name))
     }
 
     /// [`parse_kuberay`](Self::parse_kuberay) with variables from `lookup`.
-    pub fn parse_kuberay_in(
+    pub(crate) fn parse_kuberay_in(
         command: &str,
         lookup: &dyn Fn(&str) -> Option<std::ffi::OsString>,
     ) -> Result<Self, RayStartError> {
@@ -173,12 +174,15 @@ impl RayStart {
     /// The command for this node: KubeRay's (when configured) with the
     /// configuration's fields as overrides, or one built from the
     /// configuration alone. `kuberay` is the variable's value, if set.
-    pub fn for_config(config: &Config, kuberay: Option<&str>) -> Result<Self, RayStartError> {
+    pub(crate) fn for_config(
+        config: &Config,
+        kuberay: Option<&str>,
+    ) -> Result<Self, RayStartError> {
         Self::for_config_in(config, kuberay, &|name| std::env::var_os(name))
     }
 
     /// [`for_config`](Self::for_config) with variables from `lookup`.
-    pub fn for_config_in(
+    pub(crate) fn for_config_in(
         config: &Config,
         kuberay: Option<&str>,
         lookup: &dyn Fn(&str) -> Option<std::ffi::OsString>,
@@ -291,12 +295,12 @@ impl RayStart {
 
     /// The argv as shown to people (plans, logs, errors): secrets such as
     /// `--redis-password` replaced by `<redacted>`.
-    pub fn argv_redacted(&self) -> Vec<String> {
+    pub(crate) fn argv_redacted(&self) -> Vec<String> {
         redact(&self.argv())
     }
 
     /// The GCS address a worker joins (`--address`).
-    pub fn join_address(&self) -> Option<&str> {
+    pub(crate) fn join_address(&self) -> Option<&str> {
         if self.has("head") {
             None
         } else {
@@ -307,7 +311,7 @@ impl RayStart {
 
 /// `argv` with the values of secret flags (`--redis-password`, and every
 /// flag [`orchestrator_domain::secrets`] names) replaced by `<redacted>`.
-pub fn redact(argv: &[String]) -> Vec<String> {
+pub(crate) fn redact(argv: &[String]) -> Vec<String> {
     orchestrator_domain::secrets::secrets().redact_argv(argv)
 }
 

@@ -24,7 +24,7 @@ pub fn become_subreaper() -> std::io::Result<()> {
 /// installs the SIGTERM/SIGINT handlers, starts the orphan reaper and
 /// becomes the subreaper of what it starts. Only the signal handlers are
 /// required; the rest is logged when it cannot be had.
-pub fn prepare_process() -> std::io::Result<Shutdown> {
+pub(crate) fn prepare_process() -> std::io::Result<Shutdown> {
     let shutdown = Shutdown::install()?;
     if let Err(e) = reaper::spawn_reaper() {
         tracing::warn!("cannot reap orphans ({e})");

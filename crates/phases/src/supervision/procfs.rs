@@ -43,7 +43,7 @@ fn parse(pid: i32, stat: &str) -> Option<ProcEntry> {
 
 /// When `pid` started, in clock ticks since boot (`/proc/<pid>/stat` field
 /// 22): with the pid, it names one process across pid reuse.
-pub fn start_time(pid: i32) -> Option<u64> {
+pub(crate) fn start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let close = stat.rfind(')')?;
     // Fields after the comm start at field 3 (state); field 22 is the 20th.

@@ -56,12 +56,12 @@ impl Shutdown {
     }
 
     /// Whether a stop was requested already.
-    pub fn is_requested(&self) -> bool {
+    pub(crate) fn is_requested(&self) -> bool {
         *self.rx.borrow() > 0
     }
 
     /// Whether a second stop request forced the stop.
-    pub fn is_forced(&self) -> bool {
+    pub(crate) fn is_forced(&self) -> bool {
         *self.rx.borrow() > 1
     }
 
@@ -72,7 +72,7 @@ impl Shutdown {
     }
 
     /// Resolves when a second stop request forces the stop.
-    pub async fn forced(&self) {
+    pub(crate) async fn forced(&self) {
         let mut rx = self.rx.clone();
         let _ = rx.wait_for(|n| *n > 1).await;
     }

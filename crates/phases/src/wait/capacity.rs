@@ -19,7 +19,7 @@ use tokio::sync::watch;
 /// The head is asked for too because Ray's autoscaler packs the request
 /// onto every node there is: a head with a GPU would otherwise satisfy a
 /// worker's `{GPU: 1}` itself, and no worker would ever be started.
-pub fn bundles_for(expected: &Topology, head: Option<&Resources>) -> Vec<Bundle> {
+pub(crate) fn bundles_for(expected: &Topology, head: Option<&Resources>) -> Vec<Bundle> {
     let mut all: Vec<Bundle> = head
         .map(|r| {
             let mut b = Bundle::new();
@@ -72,13 +72,13 @@ fn workers(expected: &Topology) -> Vec<Bundle> {
 /// Sends the latest bundles to the autoscaler from a task of its own
 /// (a slow or absent GCS never delays the wait), retrying every 2 s until
 /// the latest is accepted.
-pub struct Follower {
+pub(crate) struct Follower {
     wanted: watch::Sender<Option<Vec<Bundle>>>,
 }
 
 impl Follower {
     /// Starts following on the current runtime; ends when dropped.
-    pub fn spawn(requests: Arc<dyn CapacityRequests>) -> Self {
+    pub(crate) fn spawn(requests: Arc<dyn CapacityRequests>) -> Self {
         let (wanted, mut rx) = watch::channel::<Option<Vec<Bundle>>>(None);
         tokio::spawn(async move {
             loop {
@@ -112,7 +112,7 @@ impl Follower {
 
     /// Asks for `expected`'s layout, `head` being the head's resources
     /// when known (nothing is sent if unchanged).
-    pub fn ask(&self, expected: &Topology, head: Option<&Resources>) {
+    pub(crate) fn ask(&self, expected: &Topology, head: Option<&Resources>) {
         let bundles = bundles_for(expected, head);
         self.wanted.send_if_modified(|current| {
             if current.as_ref() == Some(&bundles) {

@@ -65,10 +65,8 @@ pub struct WaitSpec {
 pub struct Ready {
     /// The snapshot the policy said `ready` to.
     pub snapshot: ClusterSnapshot,
-    /// When the membership update that made it ready arrived.
-    pub update_received_at: Instant,
     /// When the policy said ready.
-    pub decided_at: Instant,
+    pub(crate) decided_at: Instant,
     /// Policy calls made.
     pub policy_calls: u32,
 }
@@ -130,7 +128,7 @@ pub struct Diagnosis {
     /// Whether a snapshot was ever taken.
     pub connected: bool,
     /// The last GCS error, if any.
-    pub gcs_error: Option<String>,
+    pub(crate) gcs_error: Option<String>,
     /// The policy's last `wait` reason.
     pub last_reason: Option<String>,
     /// How long the phase ran.
@@ -798,7 +796,6 @@ impl<'a> Waiter<'a> {
         );
         Ready {
             snapshot,
-            update_received_at: self.seen.last_update_at,
             decided_at,
             policy_calls: self.calls,
         }
