@@ -418,6 +418,83 @@ fn list_item(collection: &str, mut object: Value) -> Value {
     object
 }
 
+/// What a request's path names: `api/v1/namespaces/NS/RES[/NAME]` or
+/// `apis/G/V/namespaces/NS/RES[/NAME]`.
+struct Target {
+    namespace: String,
+    resource: String,
+    group: String,
+    name: Option<String>,
+    /// The path up to the resource: the key of its objects in the store.
+    collection: String,
+}
+
+impl Target {
+    fn parse(path: &str) -> Option<Self> {
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let base = if segments.first() == Some(&"apis") {
+            3
+        } else {
+            2
+        };
+        if segments.len() < base + 3 || segments.get(base) != Some(&"namespaces") {
+            return None;
+        }
+        Some(Self {
+            namespace: segments[base + 1].to_string(),
+            resource: segments[base + 2].to_string(),
+            group: if base == 3 { segments[1] } else { "" }.to_string(),
+            name: segments.get(base + 3).map(|s| s.to_string()),
+            collection: segments[..base + 3].join("/"),
+        })
+    }
+
+    fn not_found(&self) -> Response<Body> {
+        full(
+            StatusCode::NOT_FOUND,
+            &status_body(
+                404,
+                "NotFound",
+                format!(
+                    "{} {:?} not found",
+                    self.resource,
+                    self.name.clone().unwrap_or_default()
+                ),
+                json!({"name": self.name, "kind": self.resource}),
+            ),
+        )
+    }
+
+    /// The API server's answer to a verb RBAC does not allow.
+    fn forbidden(&self, verb: &str) -> Response<Body> {
+        let (resource, namespace, group) = (&self.resource, &self.namespace, &self.group);
+        let in_group = if group.is_empty() {
+            "\"\"".to_string()
+        } else {
+            format!("\"{group}\"")
+        };
+        let object = self
+            .name
+            .as_deref()
+            .map(|n| format!(" {n:?}"))
+            .unwrap_or_default();
+        let message = format!(
+            "{resource}{object} is forbidden: User \"system:serviceaccount:{namespace}:ray-orchestrator\" cannot {verb} resource \"{resource}\" in API group {in_group} in the namespace \"{namespace}\""
+        );
+        let mut details = json!({"kind": resource});
+        if let Some(n) = &self.name {
+            details["name"] = json!(n);
+        }
+        if !group.is_empty() {
+            details["group"] = json!(group);
+        }
+        full(
+            StatusCode::FORBIDDEN,
+            &status_body(403, "Forbidden", message, details),
+        )
+    }
+}
+
 async fn handle(
     req: Request<Incoming>,
     store: Arc<Mutex<Store>>,
@@ -438,14 +515,7 @@ async fn handle(
         body: body.clone(),
     });
     let q = query(&uri);
-    let segments: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
-    // api/v1/namespaces/NS/RES[/NAME] or apis/G/V/namespaces/NS/RES[/NAME]
-    let base = if segments.first() == Some(&"apis") {
-        3
-    } else {
-        2
-    };
-    if segments.len() < base + 3 || segments.get(base) != Some(&"namespaces") {
+    let Some(target) = Target::parse(uri.path()) else {
         return full(
             StatusCode::NOT_FOUND,
             &status_body(
@@ -458,14 +528,9 @@ async fn handle(
                 json!({}),
             ),
         );
-    }
-    let namespace = segments[base + 1].to_string();
-    let resource = segments[base + 2].to_string();
-    let group = if base == 3 { segments[1] } else { "" };
-    let name = segments.get(base + 3).map(|s| s.to_string());
-    let collection = segments[..base + 3].join("/");
+    };
     let watch = q.get("watch").is_some_and(|v| v == "true" || v == "1");
-    let verb = match (&method, &name, watch) {
+    let verb = match (&method, &target.name, watch) {
         (&Method::GET, Some(_), _) => "get",
         (&Method::GET, None, true) => "watch",
         (&Method::GET, None, false) => "list",
@@ -476,148 +541,16 @@ async fn handle(
     };
     if lock(&store)
         .forbidden
-        .contains(&(verb.to_string(), resource.clone()))
+        .contains(&(verb.to_string(), target.resource.clone()))
     {
-        let in_group = if group.is_empty() {
-            "\"\"".to_string()
-        } else {
-            format!("\"{group}\"")
-        };
-        let object = name
-            .as_deref()
-            .map(|n| format!(" {n:?}"))
-            .unwrap_or_default();
-        let message = format!(
-            "{resource}{object} is forbidden: User \"system:serviceaccount:{namespace}:ray-orchestrator\" cannot {verb} resource \"{resource}\" in API group {in_group} in the namespace \"{namespace}\""
-        );
-        let mut details = json!({"kind": resource});
-        if let Some(n) = &name {
-            details["name"] = json!(n);
-        }
-        if !group.is_empty() {
-            details["group"] = json!(group);
-        }
-        return full(
-            StatusCode::FORBIDDEN,
-            &status_body(403, "Forbidden", message, details),
-        );
+        return target.forbidden(verb);
     }
     match verb {
-        "get" => {
-            let found = lock(&store)
-                .objects
-                .get(&collection)
-                .and_then(|c| name.as_ref().and_then(|n| c.get(n)))
-                .cloned();
-            match found {
-                Some(o) => full(StatusCode::OK, &o),
-                None => full(
-                    StatusCode::NOT_FOUND,
-                    &status_body(
-                        404,
-                        "NotFound",
-                        format!(
-                            "{resource} {:?} not found",
-                            name.clone().unwrap_or_default()
-                        ),
-                        json!({"name": name, "kind": resource}),
-                    ),
-                ),
-            }
-        }
-        "list" => {
-            let s = lock(&store);
-            let items: Vec<Value> = s
-                .objects
-                .get(&collection)
-                .map(|c| {
-                    c.values()
-                        .filter(|o| matches(o, q.get("labelSelector"), q.get("fieldSelector")))
-                        .map(|o| list_item(&collection, o.clone()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let (api_version, kind) = match resource.as_str() {
-                "pods" => ("v1", "PodList"),
-                "events" => ("v1", "EventList"),
-                "rayclusters" => ("ray.io/v1", "RayClusterList"),
-                "leaderworkersets" => ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSetList"),
-                _ => ("v1", "List"),
-            };
-            full(
-                StatusCode::OK,
-                &json!({
-                    "apiVersion": api_version,
-                    "kind": kind,
-                    "metadata": {"resourceVersion": s.rv.to_string()},
-                    "items": items
-                }),
-            )
-        }
-        "watch" => watch_response(store, changed, collection, q),
-        "create" => {
-            let mut object = body;
-            let mut s = lock(&store);
-            s.rv += 1;
-            let rv = s.rv;
-            object["metadata"]["resourceVersion"] = json!(rv.to_string());
-            object["metadata"]["uid"] = json!(format!("00000000-0000-4000-8000-{rv:012}"));
-            object["metadata"]["creationTimestamp"] = json!("2026-11-25T12:00:00Z");
-            object["metadata"]["namespace"] = json!(namespace);
-            let object_name = object["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            let existed = s
-                .objects
-                .get(&collection)
-                .is_some_and(|c| c.contains_key(&object_name));
-            if existed {
-                return full(
-                    StatusCode::CONFLICT,
-                    &status_body(
-                        409,
-                        "AlreadyExists",
-                        format!("{resource} {object_name:?} already exists"),
-                        json!({"name": object_name, "kind": resource}),
-                    ),
-                );
-            }
-            s.objects
-                .entry(collection)
-                .or_default()
-                .insert(object_name, object.clone());
-            full(StatusCode::CREATED, &object)
-        }
-        "patch" => {
-            let mut s = lock(&store);
-            s.rv += 1;
-            let rv = s.rv;
-            let target = s
-                .objects
-                .get_mut(&collection)
-                .and_then(|c| name.as_ref().and_then(|n| c.get_mut(n)));
-            match target {
-                Some(object) => {
-                    merge_patch(object, &body);
-                    object["metadata"]["resourceVersion"] = json!(rv.to_string());
-                    let o = object.clone();
-                    full(StatusCode::OK, &o)
-                }
-                None => full(
-                    StatusCode::NOT_FOUND,
-                    &status_body(
-                        404,
-                        "NotFound",
-                        format!(
-                            "{resource} {:?} not found",
-                            name.clone().unwrap_or_default()
-                        ),
-                        json!({}),
-                    ),
-                ),
-            }
-        }
+        "get" => get(&store, &target),
+        "list" => list(&store, &target, &q),
+        "watch" => watch_response(store, changed, target.collection, q),
+        "create" => create(&store, target, body),
+        "patch" => patch(&store, &target, &body),
         _ => full(
             StatusCode::METHOD_NOT_ALLOWED,
             &status_body(
@@ -627,6 +560,104 @@ async fn handle(
                 json!({}),
             ),
         ),
+    }
+}
+
+fn get(store: &Mutex<Store>, target: &Target) -> Response<Body> {
+    let found = lock(store)
+        .objects
+        .get(&target.collection)
+        .and_then(|c| target.name.as_ref().and_then(|n| c.get(n)))
+        .cloned();
+    match found {
+        Some(o) => full(StatusCode::OK, &o),
+        None => target.not_found(),
+    }
+}
+
+fn list(store: &Mutex<Store>, target: &Target, q: &BTreeMap<String, String>) -> Response<Body> {
+    let s = lock(store);
+    let items: Vec<Value> = s
+        .objects
+        .get(&target.collection)
+        .map(|c| {
+            c.values()
+                .filter(|o| matches(o, q.get("labelSelector"), q.get("fieldSelector")))
+                .map(|o| list_item(&target.collection, o.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let (api_version, kind) = match target.resource.as_str() {
+        "pods" => ("v1", "PodList"),
+        "events" => ("v1", "EventList"),
+        "rayclusters" => ("ray.io/v1", "RayClusterList"),
+        "leaderworkersets" => ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSetList"),
+        _ => ("v1", "List"),
+    };
+    full(
+        StatusCode::OK,
+        &json!({
+            "apiVersion": api_version,
+            "kind": kind,
+            "metadata": {"resourceVersion": s.rv.to_string()},
+            "items": items
+        }),
+    )
+}
+
+fn create(store: &Mutex<Store>, target: Target, mut object: Value) -> Response<Body> {
+    let mut s = lock(store);
+    s.rv += 1;
+    let rv = s.rv;
+    object["metadata"]["resourceVersion"] = json!(rv.to_string());
+    object["metadata"]["uid"] = json!(format!("00000000-0000-4000-8000-{rv:012}"));
+    object["metadata"]["creationTimestamp"] = json!("2026-11-25T12:00:00Z");
+    object["metadata"]["namespace"] = json!(target.namespace);
+    let object_name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let existed = s
+        .objects
+        .get(&target.collection)
+        .is_some_and(|c| c.contains_key(&object_name));
+    if existed {
+        return full(
+            StatusCode::CONFLICT,
+            &status_body(
+                409,
+                "AlreadyExists",
+                format!("{} {object_name:?} already exists", target.resource),
+                json!({"name": object_name, "kind": target.resource}),
+            ),
+        );
+    }
+    s.objects
+        .entry(target.collection)
+        .or_default()
+        .insert(object_name, object.clone());
+    full(StatusCode::CREATED, &object)
+}
+
+fn patch(store: &Mutex<Store>, target: &Target, body: &Value) -> Response<Body> {
+    let mut s = lock(store);
+    s.rv += 1;
+    let rv = s.rv;
+    let found = s
+        .objects
+        .get_mut(&target.collection)
+        .and_then(|c| target.name.as_ref().and_then(|n| c.get_mut(n)));
+    match found {
+        Some(object) => {
+            merge_patch(object, body);
+            object["metadata"]["resourceVersion"] = json!(rv.to_string());
+            let o = object.clone();
+            full(StatusCode::OK, &o)
+        }
+        None => {
+            drop(s);
+            target.not_found()
+        }
     }
 }
 
