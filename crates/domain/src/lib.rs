@@ -17,6 +17,7 @@
 //! - [`checks`]: what the types cannot say about a policy's input and a
 //!   launch plan (non-negative counts, executable argv and environment).
 //! - [`scale`]: serving load samples, a scale policy's input and answer.
+//! - [`startup`]: each rank's server stage, and a start that failed.
 
 pub mod checks;
 pub mod expected;
@@ -27,6 +28,7 @@ pub mod node_health;
 pub mod prefetch;
 pub mod scale;
 pub mod secrets;
+pub mod startup;
 pub mod types;
 pub mod world;
 
@@ -41,5 +43,6 @@ pub use node_health::{
 };
 pub use prefetch::{PrefetchProgress, PrefetchState};
 pub use scale::{LoadSample, ScaleInput, ScaleInputError, ScaleRecommendation};
+pub use startup::{RankStage, ServerStage, StartupFailure};
 pub use types::*;
 pub use world::{Version, World};

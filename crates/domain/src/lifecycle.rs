@@ -128,6 +128,8 @@ pub enum EventReason {
     /// A node-health entry was ignored: forged, misfiled, oversized or
     /// malformed.
     NodeHealthReportRejected,
+    /// A serving process exited before it served (rank, stage, cause).
+    StartupFailed,
 }
 
 impl EventReason {
@@ -152,6 +154,7 @@ impl EventReason {
             Self::NodeHealthStale => "NodeHealthStale",
             Self::RejoiningCluster => "RejoiningCluster",
             Self::NodeHealthReportRejected => "NodeHealthReportRejected",
+            Self::StartupFailed => "StartupFailed",
         }
     }
 

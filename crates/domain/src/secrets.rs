@@ -126,6 +126,53 @@ impl Secrets {
         shown
     }
 
+    /// The secret values a process started with `argv` and `env` (and
+    /// this process's own environment, which it inherits) can print: the
+    /// values of secret flags and secret variables, 6 bytes or longer (a
+    /// shorter one would redact ordinary words).
+    pub fn values_in(&self, argv: &[String], env: &[(String, String)]) -> Vec<String> {
+        let mut values = Vec::new();
+        let mut take_next = false;
+        for arg in argv {
+            if take_next {
+                take_next = false;
+                values.push(arg.clone());
+                continue;
+            }
+            if let Some(flag) = arg.strip_prefix("--").filter(|f| !f.is_empty()) {
+                match flag.split_once('=') {
+                    Some((name, value)) if self.is_secret_flag(name) => {
+                        values.push(value.to_string())
+                    }
+                    None if self.is_secret_flag(flag) => take_next = true,
+                    _ => {}
+                }
+            }
+        }
+        let own = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        for (name, value) in env.iter().cloned().chain(own) {
+            if self.is_secret_name(&name) {
+                values.push(value);
+            }
+        }
+        values.retain(|v| v.len() >= 6);
+        values.sort();
+        values.dedup();
+        values
+    }
+
+    /// `text` with every one of `values` replaced by [`REDACTED`].
+    pub fn redact_values(text: &str, values: &[String]) -> String {
+        let mut shown = text.to_string();
+        for value in values {
+            if shown.contains(value.as_str()) {
+                shown = shown.replace(value.as_str(), REDACTED);
+            }
+        }
+        shown
+    }
+
     /// A plan as it may be shown: every process's secret env values and
     /// secret flag values replaced.
     pub fn redact_plan(&self, plan: &crate::LaunchPlan) -> crate::LaunchPlan {

@@ -449,6 +449,7 @@ async fn the_health_loop_restarts_a_server_whose_node_turned_unhealthy_and_only_
         generation_timeout: Duration::from_secs(2),
         stop_grace: Duration::from_secs(3),
         drain_timeout: Duration::ZERO,
+        ready_after_warmup: true,
         local_copy: None,
         copy_wait: Duration::ZERO,
         scale: None,

@@ -59,6 +59,7 @@ fn spec(port: u16, mode: &str, params: &[(&str, &str)]) -> (ServeSpec, LaunchPla
         generation_timeout: Duration::from_secs(2),
         stop_grace: Duration::from_secs(3),
         drain_timeout: Duration::ZERO,
+        ready_after_warmup: true,
         local_copy: None,
         copy_wait: Duration::ZERO,
         scale: None,

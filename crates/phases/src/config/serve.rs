@@ -41,6 +41,11 @@ pub struct ServeConfig {
     /// `/metrics`) may take to finish before the server is stopped, s
     /// (0: stop at once).
     pub drain_timeout_seconds: u64,
+    /// `/readyz` turns 200 only once a warm-up completion (the first
+    /// one-token generation probe) succeeded, so the first user request
+    /// does not pay for the server's first-request warm-up. Off for a
+    /// server without completions: ready at the first `/health` 200.
+    pub ready_after_warmup: bool,
     /// The model's files to bring into the page cache on every node while
     /// the cluster forms.
     pub prefetch: PrefetchConfig,
@@ -63,6 +68,7 @@ impl Default for ServeConfig {
             generation_timeout_ms: 60_000,
             stop_grace_seconds: 30,
             drain_timeout_seconds: 30,
+            ready_after_warmup: true,
             prefetch: PrefetchConfig::default(),
         }
     }

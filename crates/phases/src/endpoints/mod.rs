@@ -8,6 +8,7 @@
 mod conn;
 mod node_metrics;
 mod scale_metrics;
+mod startup_metrics;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -117,12 +118,6 @@ pub struct TimelineEntry {
 /// last entry.
 const MAX_JOINS_IN_TIMELINE: usize = 32;
 
-/// Labels of a startup step.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct StepLabel {
-    step: &'static str,
-}
-
 /// How long this process has run, from `/proc/self/stat` (its start time
 /// in clock ticks after boot) and `/proc/uptime`; zero when unreadable.
 fn process_age() -> std::time::Duration {
@@ -184,9 +179,21 @@ pub struct StatusState {
     pub node_health: Vec<NodeHealthView>,
     /// Head, with `[scale]` on: the replicas the load needs.
     pub scale: Option<ScaleView>,
+    /// Each rank's server: the stage it reached and since when (the
+    /// current server's start; a new launch starts over).
+    pub stages: Vec<orchestrator_domain::RankStage>,
+    /// The first server start that failed in this run of the
+    /// orchestrator, kept across restarts.
+    pub first_failure: Option<orchestrator_domain::StartupFailure>,
+    /// The latest one, with how many in a row had the same cause.
+    pub last_failure: Option<orchestrator_domain::StartupFailure>,
     /// The last health verdict's kind.
     #[serde(skip)]
     pub(crate) last_verdict: Option<VerdictKind>,
+    /// The restart count when the last failure was recorded: a second
+    /// rank failing in the same attempt is the same failure.
+    #[serde(skip)]
+    pub(crate) last_failure_attempt: Option<u32>,
 }
 
 /// The scale recommendation as `/status` shows it.
@@ -233,7 +240,7 @@ pub struct Status {
     verdicts: Family<VerdictLabel, Counter>,
     node_metrics: node_metrics::NodeMetrics,
     scale_metrics: scale_metrics::ScaleMetrics,
-    startup_seconds: Family<StepLabel, Gauge<f64, AtomicU64>>,
+    startup_metrics: startup_metrics::StartupMetrics,
     prefetch_done: Gauge,
     prefetch_total: Gauge,
     /// The prefetch's state, for whoever reports it as it changes.
@@ -308,12 +315,8 @@ impl Status {
         node_metrics.register(&mut registry);
         let scale_metrics = scale_metrics::ScaleMetrics::default();
         scale_metrics.register(&mut registry);
-        let startup_seconds = Family::<StepLabel, Gauge<f64, AtomicU64>>::default();
-        registry.register(
-            "startup_seconds",
-            "When each startup step happened, seconds after the orchestrator started (node-joined: the last join)",
-            startup_seconds.clone(),
-        );
+        let startup_metrics = startup_metrics::StartupMetrics::default();
+        startup_metrics.register(&mut registry);
         let (prefetch_done, prefetch_total) = (Gauge::default(), Gauge::default());
         registry.register(
             "prefetch_bytes_done",
@@ -339,7 +342,7 @@ impl Status {
             verdicts,
             node_metrics,
             scale_metrics,
-            startup_seconds,
+            startup_metrics,
             prefetch_done,
             prefetch_total,
             prefetch_state: tokio::sync::watch::Sender::new(None),
@@ -500,6 +503,61 @@ impl Status {
         self.with(|s| s.ready = false);
     }
 
+    /// Records where each rank's server is (the current server's ranks;
+    /// a new server starts over).
+    pub(crate) fn stages(&self, stages: Vec<orchestrator_domain::RankStage>) {
+        for stage in &stages {
+            self.startup_metrics.stage(stage.rank, stage.stage);
+        }
+        self.with(|s| s.stages = stages);
+    }
+
+    /// Records a server start that failed: kept as the last failure
+    /// (counted with the ones before it of the same cause) and, the first
+    /// time, as the first; logged as one line and published as an event.
+    /// A second rank failing in the same attempt (no restart between) is
+    /// logged only.
+    pub(crate) fn startup_failed(&self, mut failure: orchestrator_domain::StartupFailure) {
+        self.startup_metrics.failed();
+        let counted = self.with(|s| {
+            if s.last_failure_attempt == Some(s.restarts) {
+                // Another rank of the same attempt: the first one is its
+                // cause.
+                return false;
+            }
+            s.last_failure_attempt = Some(s.restarts);
+            failure.identical = match &s.last_failure {
+                Some(last) if last.same_cause(&failure) => last.identical.saturating_add(1),
+                _ => 1,
+            };
+            if s.first_failure.is_none() {
+                s.first_failure = Some(failure.clone());
+            }
+            s.last_failure = Some(failure.clone());
+            true
+        });
+        let summary = failure.summary();
+        if !counted {
+            tracing::warn!(
+                rank = failure.rank,
+                stage = failure.stage.name(),
+                "also failed in the same start: {summary}"
+            );
+            return;
+        }
+        let times = if failure.identical > 1 {
+            format!(" ({} times in a row)", failure.identical)
+        } else {
+            String::new()
+        };
+        tracing::error!(
+            rank = failure.rank,
+            stage = failure.stage.name(),
+            "startup failed: {summary}{times}"
+        );
+        self.event(EventReason::StartupFailed, format!("{summary}{times}"));
+    }
+
     /// Records a restart of the serving process.
     pub fn restarted(&self) {
         self.restarts.inc();
@@ -588,9 +646,7 @@ impl Status {
             true
         });
         if recorded {
-            self.startup_seconds
-                .get_or_create(&StepLabel { step: step.name() })
-                .set(after.as_secs_f64());
+            self.startup_metrics.step(step, after.as_secs_f64());
         }
         recorded
     }
@@ -820,5 +876,67 @@ async fn post(
             (code, "application/json", body)
         }
         None => (404, "text/plain", format!("not found: POST {path}\n")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orchestrator_domain::{ExitStatus, ServerStage, StartupFailure};
+
+    fn failure(rank: u32, exception: &str) -> StartupFailure {
+        StartupFailure {
+            rank,
+            node: format!("10.0.0.{rank}"),
+            stage: ServerStage::ImportsDone,
+            exit: ExitStatus {
+                code: Some(1),
+                signal: None,
+            },
+            exception: Some(exception.into()),
+            last_lines: vec!["ValueError: x".into()],
+            at_unix_ms: u64::from(rank),
+            identical: 1,
+        }
+    }
+
+    #[test]
+    fn failures_are_counted_per_attempt_and_the_first_is_kept() {
+        let status = Status::new();
+        let mut events = status.subscribe_events();
+        status.startup_failed(failure(1, "ValueError: x"));
+        // Rank 0 of the same attempt: not a second failure.
+        status.startup_failed(failure(0, "ValueError: x"));
+        let s = status.snapshot();
+        assert_eq!(
+            s.last_failure.as_ref().map(|f| (f.rank, f.identical)),
+            Some((1, 1))
+        );
+        status.restarted();
+        status.startup_failed(failure(0, "ValueError: x"));
+        let s = status.snapshot();
+        assert_eq!(
+            s.last_failure.as_ref().map(|f| (f.rank, f.identical)),
+            Some((0, 2))
+        );
+        assert_eq!(s.first_failure.as_ref().map(|f| f.rank), Some(1));
+        status.restarted();
+        status.startup_failed(failure(0, "RuntimeError: other"));
+        let s = status.snapshot();
+        assert_eq!(s.last_failure.as_ref().map(|f| f.identical), Some(1));
+        assert_eq!(s.first_failure.as_ref().map(|f| f.rank), Some(1));
+        let json = serde_json::to_value(&s).unwrap_or_default();
+        assert_eq!(json["first-failure"]["exception"], "ValueError: x");
+        assert_eq!(json["last-failure"]["exception"], "RuntimeError: other");
+        let mut reasons = Vec::new();
+        while let Ok(e) = events.try_recv() {
+            reasons.push((e.reason, e.message));
+        }
+        let failed: Vec<_> = reasons
+            .iter()
+            .filter(|(r, _)| *r == EventReason::StartupFailed)
+            .collect();
+        assert_eq!(failed.len(), 3, "{reasons:?}");
+        assert!(failed[1].1.ends_with("(2 times in a row)"), "{reasons:?}");
     }
 }

@@ -89,7 +89,7 @@ impl EarlyLaunch {
                 tracing::warn!("{message}");
                 status.event(EventReason::ServerRestarting, message);
                 server.stop(grace, status).await;
-                self.server = new.and_then(|p| start(p, status));
+                self.server = new.and_then(|p| start(p, plan, status));
             }
             (None, Some(new)) => {
                 if !first {
@@ -99,7 +99,7 @@ impl EarlyLaunch {
                         expected.gpus
                     );
                 }
-                self.server = start(new, status);
+                self.server = start(new, plan, status);
             }
             (None, None) => {}
         }
@@ -107,9 +107,11 @@ impl EarlyLaunch {
 
     /// The server exited during the wait: it is launched again once the
     /// cluster is ready (or when the expected layout changes).
-    pub(super) fn exited(&mut self, status: &Status) {
+    pub(super) fn exited(&mut self, status: &Status, how: orchestrator_domain::ExitStatus) {
         status.server_pid(None);
-        self.server = None;
+        if let Some(server) = self.server.take() {
+            status.startup_failed(server.process.watch().failure(how));
+        }
     }
 
     /// Waits for the server's exit; pending forever without one.
@@ -164,7 +166,7 @@ fn plan_for(plan: &Plan, launch: &mut LaunchPolicy, expected: &Topology) -> Opti
 
 /// Starts the server for `planned`; `None` when it cannot be started
 /// (logged: the server then starts once the cluster is ready).
-fn start(planned: LaunchPlan, status: &Status) -> Option<Box<EarlyServer>> {
+fn start(planned: LaunchPlan, plan: &Plan, status: &Status) -> Option<Box<EarlyServer>> {
     let env: Vec<(String, String)> = planned
         .env
         .iter()
@@ -174,7 +176,9 @@ fn start(planned: LaunchPlan, status: &Status) -> Option<Box<EarlyServer>> {
         "early launch: starting the server for the expected layout while the cluster forms (its placement group waits for the workers): {}",
         orchestrator_domain::secrets::shown(&planned.argv)
     );
-    match ServerProcess::spawn("vllm", &planned.argv, &env) {
+    let host = plan.serve.as_ref().map_or("", |s| s.probe_host());
+    let watch = crate::serve::startup::OutputWatch::new(0, host, &planned.argv, &env);
+    match ServerProcess::spawn("vllm", &planned.argv, &env, watch) {
         Ok(process) => {
             status.mark(StartupStep::Launch, "early, for the expected layout");
             if let Some(pid) = process.pid() {

@@ -446,7 +446,7 @@ impl RayBackend {
                 }
                 how = early.wait() => {
                     tracing::warn!(code = ?how.code, signal = ?how.signal, "the early-launched server exited during the wait; it is launched again once the cluster is ready");
-                    early.exited(&status);
+                    early.exited(&status, how);
                     continue;
                 }
                 open = expected_changed => {

@@ -54,7 +54,9 @@ impl EarlyGroup {
             .iter()
             .map(|kv| (kv.key.clone(), kv.value.clone()))
             .collect();
-        let process = match ServerProcess::spawn("vllm", &planned.argv, &env) {
+        let watch =
+            crate::serve::startup::OutputWatch::new(0, spec.probe_host(), &planned.argv, &env);
+        let process = match ServerProcess::spawn("vllm", &planned.argv, &env, watch) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(
@@ -86,6 +88,11 @@ impl EarlyGroup {
             Some(e) => e.process.wait().await,
             None => std::future::pending().await,
         }
+    }
+
+    /// How rank 0's early process failed (after [`exited`](Self::exited)).
+    pub(super) fn failure(&self, how: ExitStatus) -> orchestrator_domain::StartupFailure {
+        self.process.watch().failure(how)
     }
 
     /// Stops the early group: rank 0's process, then every rank's.

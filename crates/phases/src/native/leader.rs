@@ -215,7 +215,9 @@ async fn wait_for_group(
                     super::rendezvous::describe_exit(&how)
                 );
                 status.server_pid(None);
-                early = None;
+                if let Some(e) = early.take() {
+                    status.startup_failed(e.failure(how));
+                }
                 rendezvous.close_early();
             }
             () = shutdown.requested() => break None,

@@ -158,6 +158,10 @@ struct Rank {
     process: Option<ServerProcess>,
     exited: Option<ExitStatus>,
     generation: u64,
+    /// The current (or last) process's output: its stage, and its failure
+    /// once it exited on its own.
+    watch: Option<crate::serve::startup::OutputWatch>,
+    failure: Option<orchestrator_domain::StartupFailure>,
 }
 
 impl Rank {
@@ -175,7 +179,22 @@ impl Rank {
             tracing::info!(?how, "this rank's serving process stopped");
         }
         self.exited = None;
+        self.failure = None;
         status.server_pid(None);
+    }
+
+    /// What the heartbeat says of the server's start.
+    fn startup(&self) -> Option<super::protocol::RankStartup> {
+        let watch = self.watch.as_ref()?;
+        let own = watch
+            .stages()
+            .into_iter()
+            .find(|s| s.rank == watch.own_rank())?;
+        Some(super::protocol::RankStartup {
+            stage: own.stage,
+            since_unix_ms: own.since_unix_ms,
+            failure: self.failure.clone(),
+        })
     }
 }
 
@@ -194,6 +213,8 @@ pub async fn run_member(
         process: None,
         exited: None,
         generation: 0,
+        watch: None,
+        failure: None,
     };
     status.enter(Phase::Wait);
     status.nodes(0, plan.group_size);
@@ -372,6 +393,7 @@ async fn follow_orders(
             generation: rank.generation,
             process: rank.state(),
             report: checks.and_then(|c| c.reports.latest()),
+            startup: rank.startup(),
         };
         let body = serde_json::to_string(&beat).unwrap_or_default();
         // The leader holds a heartbeat up to one interval.
@@ -391,7 +413,11 @@ async fn follow_orders(
                 }
             }, if running => {
                 tracing::warn!(code = ?how.code, signal = ?how.signal, "{label}: this rank's serving process exited");
-                rank.process = None;
+                if let Some(p) = rank.process.take() {
+                    let failure = p.watch().failure(how.clone());
+                    tracing::error!("{label}: {}", failure.summary());
+                    rank.failure = Some(failure);
+                }
                 rank.exited = Some(how);
                 status.server_pid(None);
                 status.health(VerdictKind::Restart, format!("{label}: serving process exited; the leader restarts the group"), false);
@@ -473,7 +499,11 @@ async fn carry_out(plan: &MemberPlan, label: &str, order: Order, rank: &mut Rank
                 }
             }
             let env: Vec<(String, String)> = env.into_iter().map(|kv| (kv.key, kv.value)).collect();
-            match ServerProcess::spawn("vllm", &argv, &env) {
+            let watch =
+                crate::serve::startup::OutputWatch::new(plan.rank, &plan.address, &argv, &env);
+            rank.watch = Some(watch.clone());
+            rank.failure = None;
+            match ServerProcess::spawn("vllm", &argv, &env, watch) {
                 Ok(p) => {
                     status.server_pid(p.pid());
                     status.enter(Phase::Serve);
@@ -486,6 +516,14 @@ async fn carry_out(plan: &MemberPlan, label: &str, order: Order, rank: &mut Rank
                 }
                 Err(e) => {
                     tracing::error!("{label}: {e}");
+                    let mut failure = rank
+                        .watch
+                        .as_ref()
+                        .map(|w| w.failure(ExitStatus::default()));
+                    if let Some(f) = failure.as_mut() {
+                        f.exception = Some(e.to_string());
+                    }
+                    rank.failure = failure;
                     rank.exited = Some(ExitStatus::default());
                 }
             }

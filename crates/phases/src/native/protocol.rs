@@ -165,6 +165,23 @@ pub struct Heartbeat {
     /// Its node-health report, when it checks itself (`[node-health]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<orchestrator_domain::HealthReport>,
+    /// How far its serving process came, and how it failed if it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup: Option<RankStartup>,
+}
+
+/// A rank's server as its own output tells it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RankStartup {
+    /// The last stage it reached.
+    pub stage: orchestrator_domain::ServerStage,
+    /// Since when, ms since the Unix epoch.
+    pub since_unix_ms: u64,
+    /// Why it exited, when it did on its own (secrets redacted by the
+    /// rank; the leader bounds and cleans it again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<orchestrator_domain::StartupFailure>,
 }
 
 /// What a rank is told to do.

@@ -60,6 +60,8 @@ struct Member {
     gone: bool,
     /// Its last node-health report.
     report: Option<HealthReport>,
+    /// Its server's stage, as it last reported it.
+    stage: Option<orchestrator_domain::RankStage>,
 }
 
 /// The order in force.
@@ -104,6 +106,8 @@ struct Shared {
     /// A rank's process exited under the open (early) order: the early
     /// launch cannot go on, the group starts again at ready.
     early_failed: std::sync::atomic::AtomicBool,
+    /// Start failures ranks reported, not yet taken by the serve phase.
+    failures: Mutex<Vec<orchestrator_domain::StartupFailure>>,
 }
 
 /// The rendezvous. Cheap to clone; the sweep of lost ranks runs while any
@@ -154,6 +158,7 @@ impl Rendezvous {
                 own_report: Mutex::new(None),
                 refusals: std::sync::atomic::AtomicU64::new(0),
                 early_failed: std::sync::atomic::AtomicBool::new(false),
+                failures: Mutex::new(Vec::new()),
             }),
         };
         rendezvous.publish();
@@ -389,6 +394,7 @@ impl Rendezvous {
                         down: None,
                         gone: false,
                         report: None,
+                        stage: None,
                     },
                 );
             }
@@ -440,6 +446,14 @@ impl Rendezvous {
             m.last_seen = Instant::now();
             m.generation = h.generation;
             m.process = h.process.clone();
+            if let Some(startup) = &h.startup {
+                m.stage = Some(orchestrator_domain::RankStage {
+                    rank: h.rank,
+                    node: m.registration.address.clone(),
+                    stage: startup.stage,
+                    since_unix_ms: startup.since_unix_ms,
+                });
+            }
             match &h.report {
                 // A report only about the sender's own node.
                 Some(report) if report.node_id == node_id(h.rank) => {
@@ -484,6 +498,13 @@ impl Rendezvous {
                 );
                 tracing::warn!("{reason}");
                 m.down = Some(reason);
+                if let Some(failure) = h.startup.as_ref().and_then(|s| s.failure.as_ref()) {
+                    let failure = from_rank(failure, h.rank, &m.registration.address, how);
+                    match self.shared.failures.lock() {
+                        Ok(mut f) => f.push(failure),
+                        Err(poisoned) => poisoned.into_inner().push(failure),
+                    }
+                }
             }
             true
         });
@@ -652,6 +673,36 @@ pub(crate) fn describe_exit(how: &orchestrator_domain::ExitStatus) -> String {
     }
 }
 
+/// A failure as a rank reported it, taken only as far as a peer may say:
+/// its own rank, node and exit; the exception and at most
+/// [`FAILURE_LINES`](orchestrator_domain::startup::FAILURE_LINES) lines,
+/// each bounded and cleaned.
+fn from_rank(
+    f: &orchestrator_domain::StartupFailure,
+    rank: u32,
+    address: &str,
+    how: &orchestrator_domain::ExitStatus,
+) -> orchestrator_domain::StartupFailure {
+    use orchestrator_domain::startup::{FAILURE_LINES, shown_line};
+    orchestrator_domain::StartupFailure {
+        rank,
+        node: address.to_string(),
+        stage: f.stage,
+        exit: how.clone(),
+        exception: f.exception.as_deref().map(shown_line),
+        last_lines: f
+            .last_lines
+            .iter()
+            .rev()
+            .take(FAILURE_LINES)
+            .rev()
+            .map(|l| shown_line(l))
+            .collect(),
+        at_unix_ms: now_ms(),
+        identical: 1,
+    }
+}
+
 impl ServingGroup for Rendezvous {
     fn start(&self, plan: &LaunchPlan) -> Vec<Node> {
         let to = self.with_members(|members| {
@@ -705,6 +756,23 @@ impl ServingGroup for Rendezvous {
                     .await;
             }
         })
+    }
+
+    fn stages(&self) -> Vec<orchestrator_domain::RankStage> {
+        self.with_members(|members| {
+            members
+                .values()
+                .filter(|m| !m.gone)
+                .filter_map(|m| m.stage.clone())
+                .collect()
+        })
+    }
+
+    fn take_failures(&self) -> Vec<orchestrator_domain::StartupFailure> {
+        match self.shared.failures.lock() {
+            Ok(mut f) => std::mem::take(&mut *f),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        }
     }
 
     fn assembled(&self) -> GroupCall<'_> {
@@ -1063,6 +1131,7 @@ mod tests {
             generation: 0,
             process: ProcessState::Idle,
             report: Some(report),
+            startup: None,
         };
         let (wire, _) = key.seal(1, HEARTBEAT, serde_json::to_string(&beat).unwrap());
         assert_eq!(post(&r, HEARTBEAT, wire).await.0, 200);
@@ -1100,6 +1169,7 @@ mod tests {
                 generation: 0,
                 process: ProcessState::Idle,
                 report: None,
+                startup: None,
             })
             .await
             .unwrap();
@@ -1180,6 +1250,7 @@ mod tests {
             generation: 0,
             process: ProcessState::Idle,
             report: None,
+            startup: None,
         };
         assert_eq!(r.heartbeat(h).await.unwrap_err().0, 410);
         assert!(r.register(registration(1, "b")).is_ok());
@@ -1207,6 +1278,7 @@ mod tests {
             generation,
             process,
             report: None,
+            startup: None,
         };
         let nodes = r.start(&plan);
         assert!(nodes.iter().all(|n| n.alive));

@@ -13,12 +13,16 @@ use super::server::ServerProcess;
 use super::{ServeContext, ServeOutcome, ServeSpec};
 use orchestrator_domain::{
     ClusterView, ExitStatus, HealthSnapshot, HealthVerdict, LaunchPlan, MembershipChange,
-    MembershipUpdate, Node, NodeChange, NodeChangeKind, ProbeResult, RestartAction, ServerState,
-    ShutdownAction, StartupStep, VerdictKind,
+    MembershipUpdate, Node, NodeChange, NodeChangeKind, ProbeResult, RestartAction, ServerStage,
+    ServerState, ShutdownAction, StartupStep, VerdictKind,
 };
 use orchestrator_policy_host::{HealthPolicy, World};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+
+/// The most a server that never answered `/health` gets between SIGTERM
+/// and SIGKILL.
+const STARTING_STOP_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy)]
 enum ProbeKind {
@@ -54,6 +58,8 @@ struct Server {
     launched: Instant,
     exited: Option<ExitStatus>,
     running: bool,
+    /// A warm-up completion (the first generation probe) succeeded.
+    warmed: bool,
     probes: Probes,
 }
 
@@ -130,6 +136,7 @@ impl<'a> HealthLoop<'a> {
                 launched: Instant::now(),
                 exited: None,
                 running: false,
+                warmed: false,
                 probes: Probes::default(),
             },
             probe_tx,
@@ -153,7 +160,13 @@ impl<'a> HealthLoop<'a> {
                     self.nodes = group.start(self.plan);
                     self.board.annotate(&mut self.nodes);
                 }
-                ServerProcess::spawn("vllm", &self.plan.argv, &self.env)
+                let watch = super::startup::OutputWatch::new(
+                    0,
+                    self.spec.probe_host(),
+                    &self.plan.argv,
+                    &self.env,
+                );
+                ServerProcess::spawn("vllm", &self.plan.argv, &self.env, watch)
             }
         };
         let process = match spawned {
@@ -185,9 +198,63 @@ impl<'a> HealthLoop<'a> {
             launched: Instant::now(),
             exited,
             running: false,
+            warmed: false,
             probes: Probes::default(),
         };
         self.server_nodes = ids_usable(&self.nodes);
+        self.sync_stages();
+        if let Some(how) = self.server.exited.clone() {
+            self.startup_failed(how);
+        }
+    }
+
+    /// Every rank's stage to `/status`: this process's server's, and the
+    /// other ranks' of a group as they report them (a rank that has
+    /// loaded its weights is as far as the group's engine beyond that).
+    fn sync_stages(&self) {
+        let mut stages = self
+            .server
+            .process
+            .as_ref()
+            .map(|p| p.watch().stages())
+            .unwrap_or_default();
+        if let Some(group) = self.ctx.group {
+            let engine = stages
+                .iter()
+                .find(|s| s.rank == 0)
+                .map(|s| s.stage)
+                .filter(|s| *s > ServerStage::WeightsLoaded);
+            for mut rank in group.stages() {
+                if let Some(engine) = engine
+                    && rank.stage >= ServerStage::WeightsLoaded
+                {
+                    rank.stage = rank.stage.max(engine);
+                }
+                stages.retain(|s| s.rank != rank.rank);
+                stages.push(rank);
+            }
+            stages.sort_by_key(|s| s.rank);
+        }
+        self.ctx.status.stages(stages);
+    }
+
+    /// The server ended (or never started) before it served: the failure
+    /// with its cause goes to `/status`, the log and an Event.
+    fn startup_failed(&mut self, how: ExitStatus) {
+        let failure = match self.server.process.as_ref() {
+            Some(p) => p.watch().failure(how),
+            None => orchestrator_domain::StartupFailure {
+                rank: 0,
+                node: self.spec.probe_host().to_string(),
+                stage: ServerStage::ProcessUp,
+                exit: how,
+                exception: None,
+                last_lines: vec![],
+                at_unix_ms: orchestrator_domain::startup::now_unix_ms(),
+                identical: 1,
+            },
+        };
+        self.ctx.status.startup_failed(failure);
     }
 
     /// With `/readyz` already false (a stop request, or a restart): lets the
@@ -259,7 +326,13 @@ impl<'a> HealthLoop<'a> {
     /// Stops the current server: SIGTERM, then SIGKILL after the grace, or
     /// at once when a second stop request forces it.
     async fn stop_server(&mut self) {
-        let grace = self.spec.stop_grace;
+        // A server that never served has nothing to drain, and vLLM still
+        // starting can sit out a SIGTERM: it gets a short grace.
+        let grace = if self.server.running {
+            self.spec.stop_grace
+        } else {
+            self.spec.stop_grace.min(STARTING_STOP_GRACE)
+        };
         let (group, shutdown) = (self.ctx.group, self.ctx.shutdown);
         let process = self.server.process.as_mut();
         let local = async {
@@ -285,8 +358,12 @@ impl<'a> HealthLoop<'a> {
 
     fn on_server_exit(&mut self, how: ExitStatus) {
         tracing::warn!(code = ?how.code, signal = ?how.signal, "serving process exited");
-        self.server.exited = Some(how);
+        self.server.exited = Some(how.clone());
         self.ctx.status.server_pid(None);
+        self.sync_stages();
+        if !self.server.running {
+            self.startup_failed(how);
+        }
     }
 
     /// A membership update: every join and death is news for the policy.
@@ -299,6 +376,13 @@ impl<'a> HealthLoop<'a> {
             };
             if kind == NodeChangeKind::Died {
                 tracing::warn!(node = %node.short_id(), address = %node.address, "node died during serving");
+            }
+            if kind == NodeChangeKind::Died
+                && let Some(group) = self.ctx.group
+            {
+                for failure in group.take_failures() {
+                    self.ctx.status.startup_failed(failure);
+                }
             }
             self.changes.push(NodeChange {
                 node_id: node.id.clone(),
@@ -330,6 +414,7 @@ impl<'a> HealthLoop<'a> {
     }
 
     fn on_probe(&mut self, kind: ProbeKind, result: ProbeResult) {
+        let mut warm_up = false;
         let probes = &mut self.server.probes;
         match kind {
             ProbeKind::Health => {
@@ -350,6 +435,7 @@ impl<'a> HealthLoop<'a> {
                             after_ms = self.server.launched.elapsed().as_millis() as u64,
                             "serving process answers /health"
                         );
+                        warm_up = true;
                     }
                 } else if self.server.running {
                     probes.health_failures += 1;
@@ -359,10 +445,10 @@ impl<'a> HealthLoop<'a> {
             ProbeKind::Generation => {
                 probes.generation_in_flight = false;
                 if result.ok
-                    && self
-                        .ctx
-                        .status
-                        .mark(StartupStep::FirstCompletion, "one-token completion")
+                    && self.ctx.status.mark(
+                        StartupStep::FirstCompletion,
+                        format!("one-token completion in {} ms", result.latency_ms),
+                    )
                 {
                     tracing::info!(
                         "serving; startup timeline:\n{}",
@@ -371,6 +457,21 @@ impl<'a> HealthLoop<'a> {
                 }
                 if result.ok {
                     probes.generation_failures = 0;
+                    if !self.server.warmed {
+                        self.server.warmed = true;
+                        if let Some(p) = self.server.process.as_ref() {
+                            p.watch().reach_all(ServerStage::WarmedUp);
+                        }
+                        tracing::info!(
+                            latency_ms = result.latency_ms,
+                            "warm-up completion succeeded{}",
+                            if self.spec.ready_after_warmup {
+                                ": ready for traffic"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
                 } else {
                     probes.generation_failures += 1;
                     tracing::warn!(
@@ -381,10 +482,15 @@ impl<'a> HealthLoop<'a> {
                 probes.generation = Some((result, Instant::now()));
             }
         }
+        if warm_up {
+            // The warm-up completion goes out at once.
+            self.on_tick();
+        }
     }
 
     /// The health interval: start the probes that are due.
     fn on_tick(&mut self) {
+        self.sync_stages();
         let alive = self.server.exited.is_none();
         let probes = &mut self.server.probes;
         if alive && !probes.health_in_flight {
@@ -461,7 +567,9 @@ impl<'a> HealthLoop<'a> {
         let kind = verdict.kind();
         match verdict {
             HealthVerdict::Healthy => {
-                let serving = self.server.exited.is_none() && self.server.running;
+                let serving = self.server.exited.is_none()
+                    && self.server.running
+                    && (self.server.warmed || !self.spec.ready_after_warmup);
                 status.health(kind, "healthy".into(), serving);
                 Next::Continue
             }

@@ -8,6 +8,7 @@ mod launch;
 pub(crate) use crate::probe;
 mod server;
 pub mod shm;
+pub(crate) mod startup;
 
 pub use health_loop::{supervise, supervise_prelaunched};
 pub use launch::{NoPlan, ask, plan_launch};
@@ -47,6 +48,9 @@ pub struct ServeSpec {
     /// On a stop request: how long in-flight requests may take to finish
     /// before the server is stopped (zero: no drain).
     pub drain_timeout: Duration,
+    /// Ready only after a warm-up completion succeeded (`[serve]
+    /// ready-after-warmup`).
+    pub ready_after_warmup: bool,
     /// The local copy of `settings.model` that the prefetch makes on every
     /// node (`[serve.prefetch] copy-to`, when `paths` is the model's
     /// directory): served from where every serving node completed it.
@@ -73,6 +77,7 @@ impl ServeSpec {
             generation_timeout: ms(serve.generation_timeout_ms),
             stop_grace: Duration::from_secs(serve.stop_grace_seconds),
             drain_timeout: Duration::from_secs(serve.drain_timeout_seconds),
+            ready_after_warmup: serve.ready_after_warmup,
             local_copy: serve
                 .prefetch
                 .local_copy_of(serve.model.as_deref().unwrap_or_default()),
@@ -88,6 +93,14 @@ impl ServeSpec {
             scale: crate::scale::ScaleSpec::from_config(&config.scale, &config.policies),
             ..Self::from_config(&config.serve, &config.policies)
         }
+    }
+
+    /// The host part of [`probe_address`](Self::probe_address): this
+    /// node's server as the probes reach it.
+    pub(crate) fn probe_host(&self) -> &str {
+        self.probe_address
+            .rsplit_once(':')
+            .map_or(self.probe_address.as_str(), |(host, _)| host)
     }
 
     /// The model name the API serves (and the generation probe asks for).
@@ -132,6 +145,14 @@ pub trait ServingGroup: Send + Sync {
     fn stop(&self, grace: Duration) -> GroupCall<'_>;
     /// Resolves once every rank is present again (after a rank was lost).
     fn assembled(&self) -> GroupCall<'_>;
+    /// Each other rank's server stage, as the ranks last reported it.
+    fn stages(&self) -> Vec<orchestrator_domain::RankStage> {
+        Vec::new()
+    }
+    /// The start failures ranks reported since the last call (each once).
+    fn take_failures(&self) -> Vec<orchestrator_domain::StartupFailure> {
+        Vec::new()
+    }
 }
 
 /// How the serve phase ended.

@@ -9,7 +9,7 @@ use tokio::process::Child;
 
 /// Why the server could not be started.
 #[derive(Debug, thiserror::Error)]
-pub enum ServerError {
+pub(crate) enum ServerError {
     /// The argv is empty.
     #[error("the launch policy returned an empty argv")]
     EmptyArgv,
@@ -28,6 +28,7 @@ pub struct ServerProcess {
     child: Child,
     pgid: Option<Pid>,
     exited: Option<ExitStatus>,
+    watch: super::startup::OutputWatch,
 }
 
 fn exit_status(status: std::process::ExitStatus) -> ExitStatus {
@@ -39,21 +40,28 @@ fn exit_status(status: std::process::ExitStatus) -> ExitStatus {
 }
 
 impl ServerProcess {
-    /// Starts `argv` with `env` added, in a new process group.
-    pub fn spawn(
+    /// Starts `argv` with `env` added, in a new process group; `watch`
+    /// reads its output (see [`OutputWatch`](super::startup::OutputWatch)).
+    pub(crate) fn spawn(
         label: &str,
         argv: &[String],
         env: &[(String, String)],
+        watch: super::startup::OutputWatch,
     ) -> Result<Self, ServerError> {
         let program = argv.first().ok_or(ServerError::EmptyArgv)?;
         // What a killed vLLM left in /dev/shm would fail this one's start
         // if it draws the same port.
         super::shm::remove_orphaned_segments(std::path::Path::new(super::shm::SHM_DIR));
-        let (child, _) = crate::supervision::child::spawn_in_group(label, "", argv, env, 0)
-            .map_err(|error| ServerError::Spawn {
-                program: program.clone(),
-                error,
-            })?;
+        let observer = {
+            let watch = watch.clone();
+            std::sync::Arc::new(move |line: &str| watch.observe(line))
+        };
+        let (child, _) =
+            crate::supervision::child::spawn_in_group(label, "", argv, env, 0, Some(observer))
+                .map_err(|error| ServerError::Spawn {
+                    program: program.clone(),
+                    error,
+                })?;
         let pgid = child
             .id()
             .and_then(|p| i32::try_from(p).ok())
@@ -68,7 +76,14 @@ impl ServerProcess {
             child,
             pgid,
             exited: None,
+            watch,
         })
+    }
+
+    /// What its output said so far: stages, the last lines, the first
+    /// exception.
+    pub(crate) fn watch(&self) -> &super::startup::OutputWatch {
+        &self.watch
     }
 
     /// The process id (also its process group).

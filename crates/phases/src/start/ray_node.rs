@@ -175,7 +175,7 @@ impl RayNode {
     ) -> Result<Self, RayNodeError> {
         let program = argv.first().cloned().unwrap_or_default();
         let (mut child, tail) =
-            crate::supervision::child::spawn_in_group(label, "ray: ", argv, env, TAIL_LINES)
+            crate::supervision::child::spawn_in_group(label, "ray: ", argv, env, TAIL_LINES, None)
                 .map_err(|error| RayNodeError::Spawn {
                     program: program.clone(),
                     error,

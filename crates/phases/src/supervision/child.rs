@@ -12,16 +12,21 @@ use tokio::process::{Child, Command};
 /// The last lines a child wrote (stdout and stderr interleaved).
 pub(crate) type OutputTail = Arc<Mutex<VecDeque<String>>>;
 
+/// Called with every line a child writes, after it is logged.
+pub(crate) type LineObserver = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// Spawns `argv` (program first) with `env` added. Each output line is
 /// logged as `{prefix}{line}` under `process = label`; the last `keep`
-/// lines stay in the returned tail. The child's pid is registered with the
-/// reaper (the caller releases it once it has waited for the child).
+/// lines stay in the returned tail; `observe`, when given, sees each line
+/// too. The child's pid is registered with the reaper (the caller releases
+/// it once it has waited for the child).
 pub(crate) fn spawn_in_group(
     label: &str,
     prefix: &'static str,
     argv: &[String],
     env: &[(String, String)],
     keep: usize,
+    observe: Option<LineObserver>,
 ) -> std::io::Result<(Child, OutputTail)> {
     let (program, args) = argv
         .split_first()
@@ -49,11 +54,14 @@ pub(crate) fn spawn_in_group(
             .map(|s| Box::new(s) as Box<dyn AsyncRead + Unpin + Send>),
     ];
     for stream in streams.into_iter().flatten() {
-        let (label, tail) = (label.to_string(), Arc::clone(&tail));
+        let (label, tail, observe) = (label.to_string(), Arc::clone(&tail), observe.clone());
         tokio::spawn(async move {
             let mut lines = BufReader::new(stream).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 tracing::info!(process = %label, "{prefix}{line}");
+                if let Some(observe) = &observe {
+                    observe(&line);
+                }
                 if keep > 0
                     && let Ok(mut t) = tail.lock()
                 {
