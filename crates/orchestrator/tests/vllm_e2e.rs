@@ -135,6 +135,33 @@ fn serves_restarts_on_server_and_node_death_and_stops_cleanly() {
     wait_for("ready", Duration::from_secs(400), || {
         http_get(&endpoints, "/readyz").contains("200 OK")
     });
+    // Ready only after a warm-up completion: at the first /readyz 200 the
+    // timeline has it, and every rank's stage is warmed-up, each named
+    // with its node (rank 1 through Ray's worker prefix).
+    let ready = status_of(&endpoints);
+    let steps: Vec<&str> = ready["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["step"].as_str())
+        .collect();
+    assert!(steps.contains(&"first-completion"), "{ready}");
+    let stages = ready["stages"].as_array().expect("stages in /status");
+    assert_eq!(stages.len(), 2, "{ready}");
+    for (rank, stage) in stages.iter().enumerate() {
+        assert_eq!(stage["rank"], rank, "{stage}");
+        assert_eq!(stage["stage"], "warmed-up", "{stage}");
+        assert!(
+            stage["node"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("127.0.0.")),
+            "{stage}"
+        );
+    }
+    assert!(
+        http_get(&endpoints, "/metrics").contains("orchestrator_server_stage{rank=\"1\"} 6"),
+        "the stage metric"
+    );
     let generated = complete(&server).expect("a completion from real vLLM");
     eprintln!("completion: {generated:?}");
     let first_pid = status_of(&endpoints)["server-pid"]

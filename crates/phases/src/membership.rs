@@ -483,7 +483,13 @@ impl MembershipSource for RayGcs {
     /// vLLM's driver joins this cluster, not whatever `ray.init("auto")`
     /// would find in /tmp/ray.
     fn serving_env(&self) -> Vec<KeyValue> {
-        vec![KeyValue::new("RAY_ADDRESS", self.address.clone())]
+        vec![
+            KeyValue::new("RAY_ADDRESS", self.address.clone()),
+            // Every rank's own lines reach the driver's output (Ray would
+            // fold lines alike across workers into one): the startup
+            // watch reads each rank's stage from them.
+            KeyValue::new("RAY_DEDUP_LOGS", "0"),
+        ]
     }
 
     fn reachable(&self, limit: Duration) -> Reachable<'_> {

@@ -486,6 +486,9 @@ impl<'a> HealthLoop<'a> {
             // The warm-up completion goes out at once.
             self.on_tick();
         }
+        if self.server.warmed {
+            self.sync_stages();
+        }
     }
 
     /// The health interval: start the probes that are due.
