@@ -93,6 +93,15 @@ fn start_local(base: u8, ports: &Ports, extra: &[&str], log: &std::path::Path) -
         "--model".into(),
         var("ORCHESTRATOR_TINY_MODEL"),
     ]);
+    // A test that sets the KV cache's size sets it alone.
+    if extra
+        .iter()
+        .any(|a| a.starts_with("VLLM_CPU_KVCACHE_SPACE="))
+    {
+        if let Some(at) = args.iter().position(|a| a == "VLLM_CPU_KVCACHE_SPACE=1") {
+            args.drain(at - 1..=at);
+        }
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
     Command::new(env!("CARGO_BIN_EXE_orchestrator"))
         .args(&args)
@@ -458,4 +467,68 @@ fn from_zero_workers_rays_autoscaler_starts_the_worker_and_vllm_serves() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     assert_nothing_left(&[head_ip, worker_ip, &head.temp, "vllm serve"]);
+}
+
+/// A start that fails late, behind Ray: every worker's KV cache asks for
+/// 4 TiB, so each rank's vLLM fails after loading its weights. The head
+/// names the rank (from Ray's worker prefix), its node and stage, and the
+/// exception, and counts the identical failures across restarts.
+#[test]
+#[ignore = "needs vLLM and Ray: run by `cargo xtask test`"]
+fn a_start_that_fails_behind_ray_is_named_with_rank_stage_and_exception() {
+    let (base, ports) = (104u8, Ports::pick());
+    let endpoints = format!("127.0.0.1:{}", ports.endpoints);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("orchestrator.log");
+    let local = start_local(
+        base,
+        &ports,
+        &[
+            "--launch-param",
+            "early-launch=false",
+            "--vllm-env",
+            "VLLM_CPU_KVCACHE_SPACE=4096",
+        ],
+        &log,
+    );
+    let _guard = Guard(vec![local.id() as i32]);
+    let mut seen = serde_json::Value::Null;
+    wait_for(
+        "a second identical failure",
+        Duration::from_secs(400),
+        || {
+            seen = status_of(&endpoints);
+            seen["last-failure"]["identical"].as_u64().unwrap_or(0) >= 2
+        },
+    );
+    let first = &seen["first-failure"];
+    eprintln!("first failure: {first}");
+    assert!(
+        first["exception"]
+            .as_str()
+            // Behind Ray the engine re-raises the worker's error in its own
+            // (`RuntimeError: Worker failed with error '...'`).
+            .is_some_and(
+                |e| e.contains("Available memory on node") && e.contains("on kv cache allocation")
+            ),
+        "{first}"
+    );
+    assert_eq!(first["stage"], "weights-loaded", "{first}");
+    assert!(first["rank"].as_u64().is_some_and(|r| r <= 1), "{first}");
+    let node = first["node"].as_str().unwrap_or_default();
+    assert!(
+        node == format!("127.0.0.{base}") || node == format!("127.0.0.{}", base + 1),
+        "{first}"
+    );
+    assert_eq!(seen["ready"], false, "{seen}");
+    signal(local.id() as i32, Sig::TERM);
+    let out = wait_with_deadline(local, Duration::from_secs(120));
+    assert!(out.status.success(), "exit 0 on SIGTERM");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.lines().any(|l| l.contains("startup failed: rank ")
+            && l.contains("while allocating the KV cache")
+            && l.contains("2 times in a row")),
+        "one line names the failure and its count"
+    );
 }

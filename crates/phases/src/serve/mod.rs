@@ -1,6 +1,8 @@
 //! The serve phase: the launch policy's plan ([`launch`]) run as a
-//! supervised [`server`], probed over HTTP ([`probe`]), judged by the
-//! health policy ([`health_loop`]), restarted or shut down as it says.
+//! supervised [`server`] whose output the [`startup`] watch reads (each
+//! rank's stage, a failed start's cause), probed over HTTP ([`probe`]),
+//! judged by the health policy ([`health_loop`]), restarted or shut down
+//! as it says.
 //! Entry points: [`plan_launch`], then [`serve_planned`].
 
 mod health_loop;
