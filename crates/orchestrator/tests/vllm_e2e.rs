@@ -97,10 +97,9 @@ fn start_local(base: u8, ports: &Ports, extra: &[&str], log: &std::path::Path) -
     if extra
         .iter()
         .any(|a| a.starts_with("VLLM_CPU_KVCACHE_SPACE="))
+        && let Some(at) = args.iter().position(|a| a == "VLLM_CPU_KVCACHE_SPACE=1")
     {
-        if let Some(at) = args.iter().position(|a| a == "VLLM_CPU_KVCACHE_SPACE=1") {
-            args.drain(at - 1..=at);
-        }
+        args.drain(at - 1..=at);
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     Command::new(env!("CARGO_BIN_EXE_orchestrator"))

@@ -1,4 +1,7 @@
 #![warn(unreachable_pub)]
+// The module docs name private items too: they are read in the source
+// and with `cargo doc --document-private-items`.
+#![allow(rustdoc::private_intra_doc_links)]
 //! # orchestrator-phases
 //!
 //! The orchestrator as a library: the lifecycle of a pod, start -> wait ->

@@ -35,7 +35,7 @@ pub struct LocalCluster {
     pub memory_mib: u64,
     /// Object-store memory of each node, MiB.
     pub object_store_mib: u64,
-    /// Ray's temp dir (default: /tmp/ray-local-<gcs port>).
+    /// Ray's temp dir (default: `/tmp/ray-local-<gcs port>`).
     pub temp_dir: Option<PathBuf>,
     /// How long the cluster may take to form.
     pub timeout: Duration,

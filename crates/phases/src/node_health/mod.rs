@@ -1,6 +1,6 @@
 //! Node health: every node's orchestrator checks its own GPUs, host and
 //! raylet, asks its node-health policy, and publishes the verdict with the
-//! readings in the membership source's [`HealthStore`] (Ray's GCS
+//! readings in the membership source's [`HealthStore`](crate::membership::HealthStore) (Ray's GCS
 //! key-value store: no network path of its own); the head follows every
 //! node's report.
 //!

@@ -1,5 +1,5 @@
 //! This process's Ray nodes, checked at the interval: the host's readings
-//! and the GPUs' (from the [`GpuProbe`] thread, which wakes this task at
+//! and the GPUs' (from the [`GpuProbe`](orchestrator_node_probe::GpuProbe) thread, which wakes this task at
 //! once on a critical XID), judged by the node-health policy, published in
 //! the [`HealthStore`] under each node's Ray id. Entry point:
 //! [`Reporter::spawn`].
