@@ -80,11 +80,7 @@ fn main() -> ExitCode {
 /// Runs a lifecycle (`run`, `local`) and turns its end into the exit
 /// code, printing the failure.
 pub fn run_lifecycle(lifecycle: orchestrator_phases::lifecycle::Lifecycle) -> ExitCode {
-    let exit = lifecycle.run_blocking();
-    if let Some(error) = &exit.error {
-        eprintln!("error: {error}");
-    }
-    ExitCode::from(exit.code)
+    ExitCode::from(lifecycle.run_and_report())
 }
 
 /// A runtime on this thread; a failure is printed and becomes exit

@@ -394,6 +394,9 @@ fn worker_exits_1_when_its_raylet_dies() {
     let (agent2, metrics2, _) = ports();
     let temp = format!("/tmp/ray-t{gcs}");
     let address = format!("127.0.0.80:{gcs}");
+    let dir = tempfile::tempdir().unwrap();
+    // Where Kubernetes would read the pod's termination message.
+    let termination_log = dir.path().join("termination-log");
     let local = orchestrator()
         .args([
             "local",
@@ -442,6 +445,7 @@ fn worker_exits_1_when_its_raylet_dies() {
             "--set",
             &format!("ray.bin=\"{}\"", ray_bin()),
         ])
+        .env("ORCHESTRATOR_TERMINATION_LOG", &termination_log)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -462,6 +466,11 @@ fn worker_exits_1_when_its_raylet_dies() {
     assert!(
         stderr.contains("raylet") && stderr.contains("signal 9"),
         "{stderr}"
+    );
+    let message = std::fs::read_to_string(&termination_log).unwrap_or_default();
+    assert!(
+        message.contains("raylet") && message.contains("signal 9"),
+        "the termination message says why: {message:?}"
     );
     assert_nothing_left(&["127.0.0.81"]);
     signal(local.id() as i32, Sig::TERM);

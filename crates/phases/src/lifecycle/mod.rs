@@ -198,6 +198,28 @@ impl Lifecycle {
         }
     }
 
+    /// [`run_blocking`](Self::run_blocking) for a binary's `main`: a
+    /// failure is printed (`error: ...`) and, with the last startup
+    /// failure's cause, written as the pod's termination message
+    /// ([`termination::write`](crate::supervision::termination::write));
+    /// returns the exit code.
+    pub fn run_and_report(self) -> u8 {
+        let status = self.status();
+        let exit = self.run_blocking();
+        if let Some(error) = &exit.error {
+            eprintln!("error: {error}");
+        }
+        if exit.code != 0 {
+            let cause = status.snapshot().last_failure.map(|f| f.summary());
+            let message = crate::supervision::termination::message(
+                exit.error.as_deref().unwrap_or("the orchestrator failed"),
+                cause.as_deref(),
+            );
+            crate::supervision::termination::write(&message);
+        }
+        exit.code
+    }
+
     /// Runs the whole lifecycle; everything started is stopped before this
     /// returns.
     pub async fn run(mut self) -> Result<Exit, LifecycleError> {

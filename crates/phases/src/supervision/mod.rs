@@ -8,6 +8,7 @@ pub(crate) mod child;
 pub mod procfs;
 pub(crate) mod reaper;
 mod signals;
+pub(crate) mod termination;
 
 pub use signals::{Shutdown, Trigger};
 
