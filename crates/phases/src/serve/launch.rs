@@ -104,6 +104,11 @@ pub async fn plan_launch(
                     "serving the model from the local copies at {} (every serving node's copy is complete)",
                     to.display()
                 );
+                // Clients, and the warm-up and generation probes, keep
+                // asking for the model by the name it was configured with.
+                if settings.served_model_name.is_none() {
+                    settings.served_model_name = Some(settings.model.clone());
+                }
                 settings.model = to.display().to_string();
             }
             Copies::InProgress(why) | Copies::Never(why) => {
