@@ -131,24 +131,16 @@ impl Secrets {
     /// values of secret flags and secret variables, 6 bytes or longer (a
     /// shorter one would redact ordinary words).
     pub fn values_in(&self, argv: &[String], env: &[(String, String)]) -> Vec<String> {
-        let mut values = Vec::new();
-        let mut take_next = false;
-        for arg in argv {
-            if take_next {
-                take_next = false;
-                values.push(arg.clone());
-                continue;
-            }
-            if let Some(flag) = arg.strip_prefix("--").filter(|f| !f.is_empty()) {
-                match flag.split_once('=') {
-                    Some((name, value)) if self.is_secret_flag(name) => {
-                        values.push(value.to_string())
-                    }
-                    None if self.is_secret_flag(flag) => take_next = true,
-                    _ => {}
-                }
-            }
-        }
+        // What `redact_argv` hides is what the process can print.
+        let mut values: Vec<String> = argv
+            .iter()
+            .zip(self.redact_argv(argv))
+            .filter(|(arg, shown)| *arg != shown)
+            .map(|(arg, shown)| match shown.strip_suffix(REDACTED) {
+                Some(flag) if !flag.is_empty() => arg[flag.len()..].to_string(),
+                _ => arg.clone(),
+            })
+            .collect();
         let own = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
         for (name, value) in env.iter().cloned().chain(own) {

@@ -73,8 +73,8 @@ fn world_rank(text: &str) -> Option<u32> {
 }
 
 /// The line without its leading `(...)` prefixes (process names, Ray's
-/// worker prefix) and the log level and time vLLM's logger puts first.
-fn message_of(text: &str) -> &str {
+/// worker prefix).
+fn without_prefixes(text: &str) -> &str {
     let mut rest = text.trim_start();
     while rest.starts_with('(') {
         match rest.find(')') {
@@ -82,32 +82,31 @@ fn message_of(text: &str) -> &str {
             None => break,
         }
     }
-    // `ERROR 12-06 07:46:33 [core.py:1234] message`
+    rest
+}
+
+/// vLLM's logger header (`ERROR 12-06 07:46:33 [core.py:1234] `) split
+/// off the message; `None` for other lines.
+fn logger_header(rest: &str) -> Option<(&str, &str)> {
     let leveled = ["DEBUG ", "INFO ", "WARNING ", "ERROR ", "CRITICAL "]
         .iter()
         .any(|level| rest.starts_with(level));
-    if leveled && let Some((_, message)) = rest.split_once("] ") {
-        return message;
-    }
-    rest
+    rest.split_once("] ").filter(|_| leveled)
+}
+
+/// The line without its prefixes and the log level and time vLLM's logger
+/// puts first.
+fn message_of(text: &str) -> &str {
+    let rest = without_prefixes(text);
+    logger_header(rest).map_or(rest, |(_, message)| message)
 }
 
 /// Whether the line is one of vLLM's logger
 /// (`INFO 12-06 07:46:17 [api_utils.py:286] ...`, after any prefixes).
 fn logged_by_vllm(line: &str) -> bool {
-    let mut rest = line.trim_start();
-    while rest.starts_with('(') {
-        match rest.find(')') {
-            Some(end) => rest = rest[end + 1..].trim_start(),
-            None => break,
-        }
-    }
-    ["DEBUG ", "INFO ", "WARNING ", "ERROR ", "CRITICAL "]
-        .iter()
-        .any(|level| rest.starts_with(level))
-        && rest
-            .split_once('[')
-            .is_some_and(|(_, r)| r.split_once(']').is_some_and(|(at, _)| at.contains(".py:")))
+    logger_header(without_prefixes(line))
+        .and_then(|(head, _)| head.split_once('['))
+        .is_some_and(|(_, at)| at.contains(".py:"))
 }
 
 /// A Python exception line: `Name: message` or `Name` where Name is a
