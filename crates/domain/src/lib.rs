@@ -43,6 +43,6 @@ pub use node_health::{
 };
 pub use prefetch::{PrefetchProgress, PrefetchState};
 pub use scale::{LoadSample, ScaleInput, ScaleInputError, ScaleRecommendation};
-pub use startup::{RankStage, ServerStage, StartupFailure};
+pub use startup::{RankStage, ServerStage, StageDeadlines, Stall, StartupFailure};
 pub use types::*;
 pub use world::{Version, World};

@@ -130,6 +130,9 @@ pub enum EventReason {
     NodeHealthReportRejected,
     /// A serving process exited before it served (rank, stage, cause).
     StartupFailed,
+    /// A rank stayed in a start stage past its deadline (rank, stage, its
+    /// innermost frames, where its stacks were written).
+    StartupStalled,
 }
 
 impl EventReason {
@@ -155,6 +158,7 @@ impl EventReason {
             Self::RejoiningCluster => "RejoiningCluster",
             Self::NodeHealthReportRejected => "NodeHealthReportRejected",
             Self::StartupFailed => "StartupFailed",
+            Self::StartupStalled => "StartupStalled",
         }
     }
 

@@ -166,6 +166,133 @@ impl StartupFailure {
     }
 }
 
+/// A rank that stayed in one stage past that stage's deadline: where,
+/// for how long, and what its main thread was doing.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Stall {
+    /// The rank.
+    pub rank: u32,
+    /// Its node.
+    pub node: String,
+    /// The stage it is stuck after.
+    pub stage: ServerStage,
+    /// How long it had been in that stage when the stall was seen, ms.
+    pub stalled_ms: u64,
+    /// The deadline it passed, ms.
+    pub deadline_ms: u64,
+    /// The innermost frames of the rank's main-thread Python stack
+    /// (`function (file:line)`), innermost first; empty when no stack
+    /// could be taken.
+    pub top_frames: Vec<String>,
+    /// Where every thread's stacks of every process were written, when
+    /// they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stacks_file: Option<String>,
+    /// Why no stacks were taken, when none were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stacks_error: Option<String>,
+    /// When it was seen, ms since the Unix epoch.
+    pub at_unix_ms: u64,
+}
+
+impl Stall {
+    /// The most frames kept in [`top_frames`](Self::top_frames).
+    pub const TOP_FRAMES: usize = 8;
+
+    /// One line: which rank is stuck where, for how long, doing what.
+    pub fn summary(&self) -> String {
+        let node = if self.node.is_empty() {
+            String::new()
+        } else {
+            format!(" on {}", self.node)
+        };
+        let doing = match self.top_frames.first() {
+            Some(frame) => format!("; innermost frame {frame}"),
+            None => self
+                .stacks_error
+                .as_deref()
+                .map(|e| format!("; no stacks: {e}"))
+                .unwrap_or_default(),
+        };
+        format!(
+            "rank {}'s server{node} has been {} for {} s (after stage {}; deadline {} s){doing}",
+            self.rank,
+            self.stage.doing(),
+            self.stalled_ms / 1000,
+            self.stage,
+            self.deadline_ms / 1000,
+        )
+    }
+}
+
+/// How long a rank may stay in each stage before it reaches the next, in
+/// seconds; past it the rank is stalled. The defaults fit a 400B model
+/// read from slow network storage: imports from a cold image layer, a
+/// group whose last node is still pulling its image, weights at about
+/// 100 MB/s per node, and a long compile and graph capture.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct StageDeadlines {
+    /// From the process's start to its imports done.
+    pub process_up: u64,
+    /// From the imports to joining the distributed group (every rank must
+    /// have come this far).
+    pub imports_done: u64,
+    /// Loading the weights.
+    pub distributed_init: u64,
+    /// Profiling and allocating the KV cache (compilation and graph
+    /// capture included).
+    pub weights_loaded: u64,
+    /// Starting the API server.
+    pub kv_cache_allocated: u64,
+    /// The warm-up completion.
+    pub api_up: u64,
+}
+
+impl Default for StageDeadlines {
+    fn default() -> Self {
+        Self {
+            process_up: 600,
+            imports_done: 900,
+            distributed_init: 5400,
+            weights_loaded: 2400,
+            kv_cache_allocated: 600,
+            api_up: 600,
+        }
+    }
+}
+
+impl StageDeadlines {
+    /// The deadline of `stage`, ms; `None` for the last stage (a warmed-up
+    /// server is serving, not starting).
+    pub fn of(&self, stage: ServerStage) -> Option<u64> {
+        let seconds = match stage {
+            ServerStage::ProcessUp => self.process_up,
+            ServerStage::ImportsDone => self.imports_done,
+            ServerStage::DistributedInit => self.distributed_init,
+            ServerStage::WeightsLoaded => self.weights_loaded,
+            ServerStage::KvCacheAllocated => self.kv_cache_allocated,
+            ServerStage::ApiUp => self.api_up,
+            ServerStage::WarmedUp => return None,
+        };
+        Some(seconds.saturating_mul(1000))
+    }
+
+    /// Names the first deadline of 0 (a stage that would stall at once).
+    pub fn check(&self) -> Result<(), String> {
+        for stage in ServerStage::ALL {
+            if self.of(stage) == Some(0) {
+                return Err(format!(
+                    "[serve.stage-deadlines] {stage} is 0: give the seconds a rank may spend {} (at least 1)",
+                    stage.doing()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `text` with every run of digits (and the points and commas inside it)
 /// as one `#`.
 fn without_numbers(text: &str) -> String {

@@ -312,6 +312,15 @@ pub struct HealthSnapshot {
     pub changes: Vec<NodeChange>,
     pub restarts: u32,
     pub uptime_ms: u64,
+    /// Each rank's stage in the current start (contract 0.3.0 and later).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<crate::RankStage>,
+    /// The current start's stall, when a rank overran its stage's deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stall: Option<crate::Stall>,
+    /// The last start that ended in an exit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<crate::StartupFailure>,
 }
 
 /// Restart the serving process.

@@ -19,19 +19,34 @@ pub enum Version {
     /// The snapshot as a host resource the plugin queries (aggregates, or
     /// every node packed).
     V0_2_0,
+    /// The health world sees the server's start rank by rank (stages, a
+    /// stall, the last failed start). Only the health world has a 0.3.0;
+    /// its shared types and `log` are 0.2.0's, and the other worlds stay
+    /// at 0.2.0.
+    V0_3_0,
 }
 
 impl Version {
     /// Every version the host calls, oldest first.
-    pub const SUPPORTED: [Version; 2] = [Version::V0_1_0, Version::V0_2_0];
-    /// The newest.
-    pub const LATEST: Version = Version::V0_2_0;
+    pub const SUPPORTED: [Version; 3] = [Version::V0_1_0, Version::V0_2_0, Version::V0_3_0];
+    /// The newest (of any world; [`World::latest`] says each world's).
+    pub const LATEST: Version = Version::V0_3_0;
 
-    /// `0.1.0` or `0.2.0`.
+    /// `0.1.0`, `0.2.0` or `0.3.0`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Version::V0_1_0 => "0.1.0",
             Version::V0_2_0 => "0.2.0",
+            Version::V0_3_0 => "0.3.0",
+        }
+    }
+
+    /// The version of the package's `types` and `log` interfaces that a
+    /// plugin of this contract imports: 0.3.0 reuses 0.2.0's.
+    pub const fn imports(self) -> Version {
+        match self {
+            Version::V0_3_0 => Version::V0_2_0,
+            other => other,
         }
     }
 
@@ -103,6 +118,20 @@ impl World {
             World::NodeHealth | World::Scale => Version::V0_2_0,
             _ => Version::V0_1_0,
         }
+    }
+
+    /// The newest contract version that has this world: the one the SDK
+    /// builds.
+    pub fn latest(self) -> Version {
+        match self {
+            World::Health => Version::V0_3_0,
+            _ => Version::V0_2_0,
+        }
+    }
+
+    /// Whether contract `version` has this world.
+    pub fn has(self, version: Version) -> bool {
+        self.since() <= version && version <= self.latest()
     }
 
     /// The interface a plugin of this world exports, without version.

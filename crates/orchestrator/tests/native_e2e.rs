@@ -734,6 +734,7 @@ fn a_rank_that_fails_to_start_is_named_with_its_stage_and_exception_and_counted(
     let endpoints_port = free_port();
     let endpoints = format!("127.0.0.1:{endpoints_port}");
     let log = dir.path().join("local.log");
+    let termination = dir.path().join("termination-log");
     let mut local = local_native(&log)
         .args(["--head-ip", "127.0.0.194", "--timeout", "120"])
         .args(["--endpoints-port", &endpoints_port.to_string()])
@@ -747,33 +748,45 @@ fn a_rank_that_fails_to_start_is_named_with_its_stage_and_exception_and_counted(
         ])
         .args(["--vllm-arg=--gpu-memory-utilization", "--vllm-arg=0.999"])
         .env_remove("VLLM_CPU_KVCACHE_SPACE")
+        .env("ORCHESTRATOR_TERMINATION_LOG", &termination)
         .spawn()
         .unwrap();
     let _guard = Guard(vec![local.id() as i32]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
-    let seen = loop {
-        let now = status(&endpoints).unwrap_or_default();
-        if now["last-failure"]["identical"].as_u64().unwrap_or(0) >= 2 {
-            break now;
+    // The default health policy stops after the third identical failure:
+    // the orchestrator exits on its own, with the cause.
+    let deadline = std::time::Instant::now() + Duration::from_secs(420);
+    let mut seen = serde_json::Value::Null;
+    let mut failures = 0.0;
+    let exited = loop {
+        if let Some(now) = status(&endpoints) {
+            if now["last-failure"]["identical"].as_u64().unwrap_or(0) >= 2 {
+                let metrics = http_get(&endpoints, "/metrics");
+                failures = metrics
+                    .lines()
+                    .find_map(|l| l.strip_prefix("orchestrator_server_startup_failures_total "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(failures);
+            }
+            seen = now;
+        }
+        if let Some(how) = local.try_wait().unwrap() {
+            break how;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "no second identical failure; /status: {now}\nlog:\n{}",
+            "no stop after identical failures; /status: {seen}\nlog:\n{}",
             std::fs::read_to_string(&log).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(200));
     };
-    let metrics = http_get(&endpoints, "/metrics");
-    let failures: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("orchestrator_server_startup_failures_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0);
-    assert!(failures >= 2.0, "{metrics}");
-    signal(local.id() as i32, Sig::TERM);
-    let stopped = wait_exit(&mut local, Duration::from_secs(30));
     let text = std::fs::read_to_string(&log).unwrap();
     eprintln!("/status: {seen}");
+    assert_eq!(
+        exited.code(),
+        Some(1),
+        "stopped with exit 1: {exited:?}\n{text}"
+    );
+    assert!(failures >= 2.0, "counted on /metrics: {failures}");
     let first = &seen["first-failure"];
     let exception = first["exception"].as_str().unwrap_or_default();
     assert!(
@@ -806,16 +819,26 @@ fn a_rank_that_fails_to_start_is_named_with_its_stage_and_exception_and_counted(
             .is_some_and(|e| e.starts_with("ValueError: Available memory on node")),
         "{seen}"
     );
-    assert!(seen["restarts"].as_u64().unwrap_or(0) >= 1, "{seen}");
-    // One line says what failed, where, and why.
+    // One line says what failed, where, and why; the third in a row stops.
     let said = text
         .lines()
         .find(|l| l.contains("startup failed: rank "))
         .unwrap_or_else(|| panic!("no startup-failed line in:\n{text}"));
     assert!(said.contains("ValueError: Available memory"), "{said}");
     assert!(text.contains("2 times in a row"), "the count is logged");
+    assert!(text.contains("3 times in a row"), "the third is logged");
     assert!(
-        stopped.success(),
-        "SIGTERM during the restarts: {stopped:?}"
+        text.contains("failed to start 3 times in a row with the same cause"),
+        "the policy's stop is logged:\n{text}"
+    );
+    assert!(
+        !text.contains("4 times in a row"),
+        "no fourth try after the stop:\n{text}"
+    );
+    // Kubernetes shows the cause as the pod's termination message.
+    let message = std::fs::read_to_string(&termination).unwrap_or_default();
+    assert!(
+        message.contains("ValueError: Available memory"),
+        "termination message: {message}"
     );
 }

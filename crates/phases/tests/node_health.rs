@@ -453,6 +453,7 @@ async fn the_health_loop_restarts_a_server_whose_node_turned_unhealthy_and_only_
         local_copy: None,
         copy_wait: Duration::ZERO,
         scale: None,
+        stall: Default::default(),
     };
     let nodes: Vec<Node> = ["head", "worker"]
         .iter()

@@ -63,6 +63,7 @@ fn spec(port: u16, mode: &str, params: &[(&str, &str)]) -> (ServeSpec, LaunchPla
         local_copy: None,
         copy_wait: Duration::ZERO,
         scale: None,
+        stall: Default::default(),
     };
     (spec, plan)
 }
@@ -393,5 +394,75 @@ async fn a_restart_lets_the_streaming_completion_in_flight_finish() {
     }
     trigger.request();
     assert_eq!(serving.await.unwrap(), ServeOutcome::Stopped);
+    assert_eq!(stand_ins_on(port), 0, "no server left");
+}
+
+/// A start stuck before its imports finish (the stand-in sleeps before it
+/// opens its port) is a stall once the stage's deadline passes: named
+/// with its rank and stage, its stacks taken by the real py-spy (the
+/// sleeping line is the innermost frame) and written to a file, one
+/// `StartupStalled` Event, and the health policy told: `on-stall = stop`
+/// ends the serve phase with the stall as the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs ORCHESTRATOR_PY_SPY_BIN (py-spy, as cargo xtask test installs it)"]
+async fn a_stalled_start_is_diagnosed_with_its_stacks_and_handed_to_the_policy() {
+    let py_spy = orchestrator_test_support::required_env(
+        "ORCHESTRATOR_PY_SPY_BIN",
+        "py-spy (python/requirements-stacks.txt; cargo xtask test installs it beside vLLM)",
+    );
+    let status = Status::new();
+    let mut events = status.subscribe_events();
+    let mut policy = health_policy();
+    let port = free_port();
+    let stacks = tempfile::tempdir().unwrap();
+    let (mut spec, plan) = spec(port, "slow-start=120", &[("on-stall", "stop")]);
+    spec.stall.deadlines.process_up = 2;
+    spec.stall.py_spy = Some(py_spy.into());
+    spec.stall.stacks_dir = stacks.path().join("stacks");
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(40),
+        serve(&(spec, plan), &mut policy, &status, &Shutdown::manual().0),
+    )
+    .await
+    .expect("the stall ends the serve phase within 40 s");
+    let took = started.elapsed();
+    match outcome {
+        ServeOutcome::Shutdown { exit_code, reason } => {
+            assert_eq!(exit_code, 1);
+            assert!(
+                reason.contains("rank 0's server on 127.0.0.1 stalled after stage process-up"),
+                "{reason}"
+            );
+            assert!(reason.contains("stand_in_vllm.py:"), "{reason}");
+        }
+        other => panic!("expected a shutdown for the stall, got {other:?}"),
+    }
+    assert!(took < Duration::from_secs(2 + 10), "diagnosed in {took:?}");
+    let stall = status.snapshot().stall.expect("the stall in /status");
+    assert_eq!(stall.rank, 0);
+    assert_eq!(stall.stage, orchestrator_domain::ServerStage::ProcessUp);
+    assert!(stall.stalled_ms >= 2000, "{stall:?}");
+    assert!(
+        stall
+            .top_frames
+            .first()
+            .is_some_and(|f| f.contains("stand_in_vllm.py:")),
+        "{stall:?}"
+    );
+    let file = stall.stacks_file.clone().expect("the stacks kept");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains("MainThread") && text.contains("stand_in_vllm.py"),
+        "{text}"
+    );
+    let mut stalled = 0;
+    while let Ok(event) = events.try_recv() {
+        if event.reason == orchestrator_domain::EventReason::StartupStalled {
+            stalled += 1;
+            assert!(event.message.contains(&file), "{}", event.message);
+        }
+    }
+    assert_eq!(stalled, 1, "one StartupStalled event");
     assert_eq!(stand_ins_on(port), 0, "no server left");
 }

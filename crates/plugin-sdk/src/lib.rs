@@ -3,7 +3,8 @@
 //!
 //! Write a policy for the Ray/vLLM orchestrator in a few lines. A policy is
 //! a WebAssembly component that implements one of five worlds of the WIT
-//! package `ray-orchestrator:policy@0.2.0`:
+//! package `ray-orchestrator:policy`: health at 0.3.0, the others at
+//! 0.2.0 (0.3.0 changed only the health world):
 //!
 //! | phase       | trait                               | export macro                   |
 //! |-------------|-------------------------------------|--------------------------------|
@@ -231,11 +232,15 @@ pub mod launch {
     }
 }
 
-/// Health policies: judge the service and say what to do about it.
+/// Health policies: judge the service and say what to do about it
+/// (contract 0.3.0: the snapshot carries the server's start rank by rank).
 pub mod health {
+    pub use self::bindings::exports::ray_orchestrator::policy0_3_0::health_policy::{
+        HealthSnapshot, RankStage, ServerStage, Stall, StartupFailure,
+    };
     pub use crate::types::{
-        ExitStatus, HealthSnapshot, HealthVerdict, KeyValue, NodeChange, NodeChangeKind,
-        NodeHealthState, ProbeResult, RestartAction, ServerState, ShutdownAction,
+        ExitStatus, HealthVerdict, KeyValue, NodeChange, NodeChangeKind, NodeHealthState,
+        ProbeResult, RestartAction, ServerState, ShutdownAction,
     };
     pub use crate::{Cluster, Filter, Node, Params, Totals};
 
@@ -244,8 +249,8 @@ pub mod health {
     pub mod bindings {
         #![allow(missing_docs, clippy::all)]
         wit_bindgen::generate!({
-            path: "../../wit/policy-0.2.0",
-            world: "ray-orchestrator:policy/health@0.2.0",
+            path: "../../wit/policy-0.3.0",
+            world: "ray-orchestrator:policy/health@0.3.0",
             with: {
                 "ray-orchestrator:policy/types@0.2.0": crate::base::ray_orchestrator::policy::types,
                 "ray-orchestrator:policy/log@0.2.0": crate::base::ray_orchestrator::policy::log,
@@ -261,7 +266,9 @@ pub mod health {
     pub trait HealthPolicy {
         /// Judges one health snapshot: `Healthy`, `Degraded`, `Restart` or
         /// `Shutdown`. `cluster` holds every node; [`Node::serving`] says
-        /// which ones the server was launched with.
+        /// which ones the server was launched with. The snapshot's
+        /// `stages`, `stall` and `last_failure` tell how the server's start
+        /// goes, rank by rank.
         fn evaluate(snapshot: &HealthSnapshot, cluster: &Cluster, params: &Params)
         -> HealthVerdict;
     }
@@ -269,7 +276,7 @@ pub mod health {
     #[doc(hidden)]
     pub struct Adapter<P>(core::marker::PhantomData<P>);
 
-    impl<P: HealthPolicy> bindings::exports::ray_orchestrator::policy::health_policy::Guest
+    impl<P: HealthPolicy> bindings::exports::ray_orchestrator::policy0_3_0::health_policy::Guest
         for Adapter<P>
     {
         fn evaluate(

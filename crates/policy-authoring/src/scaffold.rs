@@ -319,11 +319,12 @@ fn readme(world: World, lang: Lang, name: &str, wasm: &str) -> String {
             component_path(lang, wasm),
         ),
     };
+    let version = world.latest();
     format!(
         r#"# {name}
 
 A `{world}` policy for the Ray/vLLM orchestrator (contract
-`ray-orchestrator:policy@0.2.0`), made by `orchestrator plugin new`.
+`ray-orchestrator:policy@{version}`), made by `orchestrator plugin new`.
 `{source}` is a working policy to change; `cases/` holds its fixture
 cases.
 

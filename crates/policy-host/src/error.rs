@@ -72,9 +72,8 @@ pub enum PluginError {
 
     /// The plugin was built against another version of the WIT package.
     #[error(
-        "plugin `{plugin}` was built for {found}, but this orchestrator hosts ray-orchestrator:policy versions {} only; rebuild it against the SDK for {}",
-        crate::Version::supported_list(),
-        crate::Version::LATEST
+        "plugin `{plugin}` was built for {found}, but this orchestrator hosts ray-orchestrator:policy versions {} only (the health world up to 0.3.0, the others up to 0.2.0); rebuild it against this orchestrator's SDK",
+        crate::Version::supported_list()
     )]
     WrongVersion {
         /// The plugin's name.

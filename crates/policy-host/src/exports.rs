@@ -57,6 +57,7 @@ pub(crate) fn load(
     match version {
         Version::V0_1_0 => crate::v0_1::typecheck(store, &func, world),
         Version::V0_2_0 => crate::v0_2::typecheck(store, &func, world),
+        Version::V0_3_0 => crate::v0_3::typecheck(store, &func, world),
     }?;
     Ok(func)
 }

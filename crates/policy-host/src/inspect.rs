@@ -70,7 +70,7 @@ fn split_version(name: &str) -> (&str, Option<&str>) {
 fn provided(import: &str, contract: Version) -> bool {
     let (base, version) = split_version(import);
     if let Some(iface) = base.strip_prefix(&format!("{PACKAGE}/")) {
-        return POLICY_IMPORTS.contains(&iface) && version == Some(contract.as_str());
+        return POLICY_IMPORTS.contains(&iface) && version == Some(contract.imports().as_str());
     }
     // WASI 0.2.x: wasmtime links any 0.2 patch version to its own.
     WASI_PROVIDED.contains(&base) && version.is_some_and(|v| v.starts_with("0.2."))
@@ -116,7 +116,11 @@ pub(crate) fn world_of(
     // The newest supported version wins when a plugin exports several.
     let found = candidates
         .iter()
-        .filter_map(|(world, v, _)| Version::parse(v).map(|v| (*world, v)))
+        .filter_map(|(world, v, _)| {
+            Version::parse(v)
+                .filter(|v| world.has(*v))
+                .map(|v| (*world, v))
+        })
         .max_by_key(|(_, v)| *v);
     let (world, version) = match found {
         Some(found) => found,
@@ -131,10 +135,10 @@ pub(crate) fn world_of(
                 || {
                     format!(
                         "{PACKAGE}/<readiness|launch|health|node-health|scale>-policy@{}",
-                        Version::LATEST
+                        Version::V0_2_0
                     )
                 },
-                |w| w.export_name(Version::LATEST),
+                |w| w.export_name(w.latest()),
             );
             let found = if exports.is_empty() {
                 "nothing".to_string()
@@ -195,28 +199,56 @@ mod tests {
     }
 
     fn exports(version: &str) -> Vec<String> {
+        exports_of(World::Readiness, version)
+    }
+
+    fn exports_of(world: World, version: &str) -> Vec<String> {
         vec![format!(
-            "ray-orchestrator:policy/readiness-policy@{version}"
+            "ray-orchestrator:policy/{}@{version}",
+            world.interface()
         )]
     }
 
     #[test]
-    fn each_supported_version_is_recognised() {
-        for v in Version::SUPPORTED {
-            let (world, version) =
-                world_of("p", &exports(v.as_str()), &[], Some(World::Readiness)).unwrap();
-            assert_eq!((world, version), (World::Readiness, v));
+    fn each_supported_version_of_each_world_is_recognised() {
+        for world in World::ALL {
+            for v in Version::SUPPORTED {
+                let found = world_of("p", &exports_of(world, v.as_str()), &[], Some(world));
+                if world.has(v) {
+                    assert_eq!(found.unwrap(), (world, v));
+                } else {
+                    assert!(
+                        matches!(found, Err(PluginError::WrongVersion { .. })),
+                        "{world} {v}"
+                    );
+                }
+            }
         }
+        assert!(World::Health.has(Version::V0_3_0));
+        assert!(!World::Readiness.has(Version::V0_3_0));
+    }
+
+    #[test]
+    fn a_health_policy_of_0_3_0_imports_the_0_2_0_types_and_log() {
+        let imports = vec![
+            "ray-orchestrator:policy/types@0.2.0".to_string(),
+            "ray-orchestrator:policy/log@0.2.0".to_string(),
+        ];
+        let found = world_of("p", &exports_of(World::Health, "0.3.0"), &imports, None);
+        assert_eq!(found.unwrap(), (World::Health, Version::V0_3_0));
+        let wrong = vec!["ray-orchestrator:policy/log@0.3.0".to_string()];
+        let err = world_of("p", &exports_of(World::Health, "0.3.0"), &wrong, None).unwrap_err();
+        assert!(matches!(err, PluginError::WrongVersion { .. }), "{err}");
     }
 
     #[test]
     fn unknown_versions_are_refused_naming_the_supported_ones() {
-        for v in ["0.3.0", "0.0.9", "1.0.0"] {
+        for v in ["0.4.0", "0.0.9", "1.0.0"] {
             let err = world_of("p", &exports(v), &[], None).unwrap_err();
             let text = err.to_string();
             assert!(matches!(err, PluginError::WrongVersion { .. }), "{text}");
             assert!(text.contains(&format!("@{v}")), "{text}");
-            assert!(text.contains("0.1.0, 0.2.0"), "{text}");
+            assert!(text.contains("0.1.0, 0.2.0, 0.3.0"), "{text}");
         }
     }
 

@@ -36,6 +36,7 @@ mod sandbox;
 #[doc(hidden)]
 pub mod v0_1;
 mod v0_2;
+mod v0_3;
 
 pub use error::{ExitStatus, PluginError, Stderr};
 pub use orchestrator_domain::world::{PACKAGE, VERSION, Version, World};
@@ -152,11 +153,16 @@ impl std::fmt::Display for PluginInfo {
         for import in &self.imports {
             writeln!(f, "  {import}")?;
         }
-        if self.version < Version::LATEST {
+        let latest = self.world.latest();
+        if self.version < latest {
+            let gains = if self.version < Version::V0_2_0 {
+                "the cluster as a host resource (queries, packed nodes), much faster at scale"
+            } else {
+                "the server's start rank by rank (stages, stalls, the last failed start)"
+            };
             writeln!(
                 f,
-                "note:    contract {} exists: rebuild with the current SDK for the cluster as a host resource (queries, packed nodes), much faster at scale; this {} plugin keeps running as it is",
-                Version::LATEST,
+                "note:    contract {latest} exists: rebuild with the current SDK for {gains}; this {} plugin keeps running as it is",
                 self.version
             )?;
         }
@@ -618,6 +624,7 @@ impl ReadinessPolicy {
         self.0.call(|store, func, version| match version {
             Version::V0_1_0 => v0_1::check(store, func, snapshot, params),
             Version::V0_2_0 => v0_2::check(store, func, &Arc::new(snapshot.clone()), params),
+            Version::V0_3_0 => Err(absent(World::Readiness, version)),
         })
     }
 
@@ -632,6 +639,7 @@ impl ReadinessPolicy {
         self.0.call(|store, func, version| match version {
             Version::V0_1_0 => v0_1::check(store, func, snapshot, params),
             Version::V0_2_0 => v0_2::check(store, func, snapshot, params),
+            Version::V0_3_0 => Err(absent(World::Readiness, version)),
         })
     }
 }
@@ -652,6 +660,7 @@ impl LaunchPolicy {
         let answer = self.0.call(|store, func, version| match version {
             Version::V0_1_0 => v0_1::plan(store, func, request, params),
             Version::V0_2_0 => v0_2::plan(store, func, request, params),
+            Version::V0_3_0 => Err(absent(World::Launch, version)),
         })?;
         if let Ok(plan) = &answer
             && let Err(invalid) = plan.validate()
@@ -680,6 +689,7 @@ impl HealthPolicy {
         self.0.call(|store, func, version| match version {
             Version::V0_1_0 => v0_1::evaluate(store, func, snapshot, params),
             Version::V0_2_0 => v0_2::evaluate(store, func, snapshot, params),
+            Version::V0_3_0 => v0_3::evaluate(store, func, snapshot, params),
         })
     }
 }
@@ -696,10 +706,8 @@ impl NodeHealthPolicy {
         params: &[KeyValue],
     ) -> Result<NodeVerdict, PluginError> {
         self.0.call(|store, func, version| match version {
-            Version::V0_1_0 => Err(wasmtime::format_err!(
-                "contract 0.1.0 has no node-health world"
-            )),
             Version::V0_2_0 => v0_2::judge(store, func, readings, params),
+            Version::V0_1_0 | Version::V0_3_0 => Err(absent(World::NodeHealth, version)),
         })
     }
 }
@@ -719,11 +727,17 @@ impl ScalePolicy {
         let (min, max) = (input.min_replicas, input.max_replicas);
         self.0
             .call(|store, func, version| match version {
-                Version::V0_1_0 => Err(wasmtime::format_err!("contract 0.1.0 has no scale world")),
                 Version::V0_2_0 => v0_2::recommend(store, func, input, params),
+                Version::V0_1_0 | Version::V0_3_0 => Err(absent(World::Scale, version)),
             })
             .map(|r| r.bounded(min, max))
     }
+}
+
+/// The error for a call to a world that contract `version` does not have
+/// (the loader refuses such a plugin, so only a host bug reaches it).
+fn absent(world: World, version: Version) -> wasmtime::Error {
+    wasmtime::format_err!("contract {version} has no {world} world")
 }
 
 /// Turns a wasmtime failure into the error that says what happened.

@@ -248,6 +248,119 @@ fn default_health_restarts_with_backoff_then_shuts_down() {
 }
 
 #[test]
+fn default_health_stops_identical_startup_failures_and_acts_on_a_stall() {
+    let host = host();
+    let mut p = host.health(&builtin("default")).expect("load");
+    assert_eq!(p.info().version, Version::V0_3_0);
+
+    let mut exited: HealthSnapshot = read("health-server-exited.json");
+    let failure = |identical| StartupFailure {
+        rank: 1,
+        node: "127.0.0.3".into(),
+        stage: ServerStage::ImportsDone,
+        exit: ExitStatus {
+            code: Some(1),
+            signal: None,
+        },
+        exception: Some("ValueError: Available memory on node 0 is less than desired".into()),
+        last_lines: vec![],
+        at_unix_ms: 1,
+        identical,
+    };
+    // Two identical failures: restart; the third: stop with the cause.
+    exited.last_failure = Some(failure(2));
+    exited.restarts = 1;
+    assert!(matches!(
+        p.evaluate(&exited, &[]).expect("call"),
+        HealthVerdict::Restart(_)
+    ));
+    exited.last_failure = Some(failure(3));
+    exited.restarts = 2;
+    match p.evaluate(&exited, &[]).expect("call") {
+        HealthVerdict::Shutdown(s) => {
+            assert_eq!(s.exit_code, 1);
+            assert!(s.reason.contains("3 times in a row"), "{}", s.reason);
+            assert!(
+                s.reason.contains("rank 1's server on 127.0.0.3"),
+                "{}",
+                s.reason
+            );
+            assert!(
+                s.reason.contains("ValueError: Available memory"),
+                "{}",
+                s.reason
+            );
+        }
+        other => panic!("expected shutdown, got {other:?}"),
+    }
+    // 0 turns the stop off: back to restarting within max-restarts.
+    assert!(matches!(
+        p.evaluate(&exited, &[kv("stop-after-identical-failures", "0")])
+            .expect("call"),
+        HealthVerdict::Restart(_)
+    ));
+
+    // A stall: restart by default, degraded with `wait`, shutdown with `stop`.
+    let mut starting: HealthSnapshot = read("health-healthy.json");
+    starting.server = orchestrator_domain::ServerState::Starting;
+    starting.stages = vec![RankStage {
+        rank: 1,
+        node: "127.0.0.3".into(),
+        stage: ServerStage::DistributedInit,
+        since_unix_ms: 1,
+    }];
+    assert!(matches!(
+        p.evaluate(&starting, &[]).expect("call"),
+        HealthVerdict::Degraded(_)
+    ));
+    starting.stall = Some(Stall {
+        rank: 1,
+        node: "127.0.0.3".into(),
+        stage: ServerStage::DistributedInit,
+        stalled_ms: 61_000,
+        deadline_ms: 60_000,
+        top_frames: vec!["load_weights (loader.py:12)".into()],
+        stacks_file: None,
+        stacks_error: None,
+        at_unix_ms: 2,
+    });
+    match p.evaluate(&starting, &[]).expect("call") {
+        HealthVerdict::Restart(r) => {
+            assert!(
+                r.reason.contains("stalled after stage distributed-init"),
+                "{}",
+                r.reason
+            );
+            assert!(
+                r.reason.contains("load_weights (loader.py:12)"),
+                "{}",
+                r.reason
+            );
+        }
+        other => panic!("expected restart, got {other:?}"),
+    }
+    assert!(matches!(
+        p.evaluate(&starting, &[kv("on-stall", "wait")])
+            .expect("call"),
+        HealthVerdict::Degraded(_)
+    ));
+    assert!(matches!(
+        p.evaluate(&starting, &[kv("on-stall", "stop")])
+            .expect("call"),
+        HealthVerdict::Shutdown(_)
+    ));
+    match p
+        .evaluate(&starting, &[kv("on-stall", "later")])
+        .expect("call")
+    {
+        HealthVerdict::Shutdown(s) => {
+            assert!(s.reason.contains("restart, wait or stop"), "{}", s.reason)
+        }
+        other => panic!("expected a parameter error, got {other:?}"),
+    }
+}
+
+#[test]
 fn example_accelerator_policy_counts_labelled_nodes() {
     let host = host();
     let mut p = host
@@ -593,7 +706,7 @@ fn wrong_world_and_wrong_version_are_refused_with_what_to_do() {
     assert!(matches!(err, PluginError::WrongVersion { .. }), "{err}");
     let text = err.to_string();
     assert!(
-        text.contains("@0.3.0") && text.contains("versions 0.1.0, 0.2.0 only"),
+        text.contains("@0.9.0") && text.contains("versions 0.1.0, 0.2.0, 0.3.0 only"),
         "names the plugin's version and the supported ones: {text}"
     );
 
@@ -636,7 +749,8 @@ fn digest_pin_is_enforced() {
     host.readiness(&pinned(&good)).expect("right digest loads");
     host.readiness(&pinned(&good.to_uppercase()))
         .expect("hex case does not matter");
-    let wrong = format!("{}0", &good[..63]);
+    let last = if good.ends_with('0') { '1' } else { '0' };
+    let wrong = format!("{}{last}", &good[..63]);
     let err = host.readiness(&pinned(&wrong)).expect_err("refused");
     match &err {
         PluginError::DigestMismatch {

@@ -349,7 +349,9 @@ const POLICY_SDK_FILES: &[&str] = &[
     "python/policy-sdk/orchestrator_policy/launch.py",
     "python/policy-sdk/orchestrator_policy/health.py",
     "python/policy-sdk/orchestrator_policy/node_health.py",
+    "python/policy-sdk/orchestrator_policy/scale.py",
     "wit/policy-0.2.0",
+    "wit/policy-0.3.0",
 ];
 
 /// A venv with componentize-py (pinned) and the Python policy SDK
@@ -484,6 +486,7 @@ fn vllm_venv() -> Result<PathBuf> {
     let venv = cache_root()?.join(format!("venv-vllm-{key}"));
     if venv.join(".complete").is_file() {
         eprintln!("    vLLM venv: {} (cached)", venv.display());
+        stacks_tool(&venv)?;
         return Ok(venv);
     }
     step(&format!(
@@ -497,7 +500,32 @@ fn vllm_venv() -> Result<PathBuf> {
         .arg(root().join("python/install_vllm_venv.sh"))
         .arg(&venv))?;
     std::fs::write(venv.join(".complete"), &version)?;
+    stacks_tool(&venv)?;
     Ok(venv)
+}
+
+/// py-spy (python/requirements-stacks.txt) beside vLLM in its venv, where
+/// the orchestrator looks for it to take a stalled rank's stacks;
+/// installed once per version of that file.
+fn stacks_tool(venv: &Path) -> Result<()> {
+    let key = digest_of(&["python/requirements-stacks.txt"], "")?;
+    let marker = venv.join(format!(".stacks-{key}"));
+    if marker.is_file() && venv.join("bin/py-spy").is_file() {
+        return Ok(());
+    }
+    step("install py-spy beside vLLM (python/requirements-stacks.txt)");
+    run(Command::new(venv.join("bin/pip"))
+        .args([
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--progress-bar",
+            "off",
+            "-r",
+        ])
+        .arg(root().join("python/requirements-stacks.txt")))?;
+    std::fs::write(marker, "")?;
+    Ok(())
 }
 
 /// The tiny random-weight model, made offline by python/make_tiny_model.py
@@ -598,6 +626,11 @@ fn test() -> Result<()> {
             "oci_registry",
             "policies through a real OCI registry (the CNCF distribution registry)",
             vec![("ORCHESTRATOR_REGISTRY_BIN", registry)],
+        ),
+        (
+            "serve",
+            "the serve phase with a stand-in server; a stall's stacks through the real py-spy",
+            vec![("ORCHESTRATOR_PY_SPY_BIN", venv.join("bin/py-spy"))],
         ),
         ("vllm_e2e", "real vLLM over real Ray", vllm_env.to_vec()),
         (

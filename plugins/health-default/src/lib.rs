@@ -1,21 +1,30 @@
-//! Built-in health policy `default`.
+//! Built-in health policy `default` (contract 0.3.0).
 //!
+//! - The server failed to start `stop-after-identical-failures` times in a
+//!   row with the same cause (same stage, same exception, numbers aside):
+//!   `shutdown` with exit code 1 and the cause, since another restart
+//!   would fail the same way; the pod's termination message says why.
 //! - The server exited (with any code: vLLM exits 0 even after its engine
 //!   died): `restart` with exponential backoff, up to `max-restarts`; then
 //!   `shutdown` with exit code 1 so Kubernetes restarts the pod.
+//! - A rank stalled (stayed in one start stage past its deadline; its
+//!   stacks are in `/status`): what `on-stall` says: `restart` (the
+//!   default, within `max-restarts`), `wait` (degraded) or `stop`.
 //! - A node the server was launched on died: `restart` (same limit).
 //! - A node the server was launched on turned unhealthy (its own
 //!   node-health check): `restart` (same limit). The new server is
 //!   launched on the usable nodes only, so the same node does not restart
 //!   it again.
-//! - Still loading longer than `startup-timeout-ms`: `restart`.
+//! - Still loading longer than `startup-timeout-ms` (off by default: the
+//!   stage deadlines catch a stuck start): `restart`.
 //! - One failed probe: `degraded`; `restart-after-failures` failed probes in
 //!   a row: `restart`.
 //! - Otherwise `healthy`.
 //!
 //! Parameters (all optional): `max-restarts` (5), `backoff-ms` (1000),
 //! `max-backoff-ms` (30000), `restart-after-failures` (3),
-//! `startup-timeout-ms` (1800000; 0 = none).
+//! `startup-timeout-ms` (0 = none), `stop-after-identical-failures` (3; 0 =
+//! never), `on-stall` (`restart`, `wait` or `stop`).
 
 use orchestrator_plugin_sdk::health::*;
 
@@ -28,6 +37,16 @@ struct Settings {
     max_backoff_ms: u32,
     restart_after_failures: u32,
     startup_timeout_ms: u32,
+    stop_after_identical: u32,
+    on_stall: OnStall,
+}
+
+/// What to do about a stalled start.
+#[derive(Clone, Copy, PartialEq)]
+enum OnStall {
+    Restart,
+    Wait,
+    Stop,
 }
 
 impl Settings {
@@ -37,7 +56,20 @@ impl Settings {
             backoff_ms: params.u32_or("backoff-ms", 1000)?,
             max_backoff_ms: params.u32_or("max-backoff-ms", 30_000)?,
             restart_after_failures: params.u32_or("restart-after-failures", 3)?.max(1),
-            startup_timeout_ms: params.u32_or("startup-timeout-ms", 1_800_000)?,
+            startup_timeout_ms: params.u32_or("startup-timeout-ms", 0)?,
+            stop_after_identical: params.u32_or("stop-after-identical-failures", 3)?,
+            on_stall: match params.str_or("on-stall", "restart") {
+                "restart" => OnStall::Restart,
+                "wait" => OnStall::Wait,
+                "stop" => OnStall::Stop,
+                other => {
+                    return Err(orchestrator_plugin_sdk::ParamError {
+                        key: "on-stall".to_string(),
+                        value: Some(other.to_string()),
+                        expected: "restart, wait or stop",
+                    });
+                }
+            },
         })
     }
 
@@ -73,6 +105,24 @@ impl HealthPolicy for DefaultHealth {
             }
         };
 
+        // A start that failed the same way again and again (whether its
+        // rank's exit shows as the server's exit or as its node's death):
+        // another restart fails too.
+        if let Some(failure) = &snapshot.last_failure
+            && settings.stop_after_identical > 0
+            && failure.identical >= settings.stop_after_identical
+        {
+            return HealthVerdict::Shutdown(ShutdownAction {
+                exit_code: 1,
+                reason: format!(
+                    "the server failed to start {} times in a row with the same cause, so another restart would too: {} (stop-after-identical-failures = {})",
+                    failure.identical,
+                    describe_failure(failure),
+                    settings.stop_after_identical
+                ),
+            });
+        }
+
         if let ServerState::Exited(status) = &snapshot.server {
             let how = match (status.code, status.signal) {
                 (Some(code), _) => format!("exited with code {code}"),
@@ -104,6 +154,18 @@ impl HealthPolicy for DefaultHealth {
                 snapshot,
                 format!("node the server runs on is unhealthy: {}", sick.join("; ")),
             );
+        }
+
+        if let Some(stall) = &snapshot.stall {
+            let what = describe_stall(stall);
+            return match settings.on_stall {
+                OnStall::Restart => settings.restart_or_give_up(snapshot, what),
+                OnStall::Wait => HealthVerdict::Degraded(what),
+                OnStall::Stop => HealthVerdict::Shutdown(ShutdownAction {
+                    exit_code: 1,
+                    reason: format!("{what} (on-stall = stop)"),
+                }),
+            };
         }
 
         if matches!(snapshot.server, ServerState::Starting) {
@@ -146,6 +208,53 @@ impl HealthPolicy for DefaultHealth {
         }
 
         HealthVerdict::Healthy
+    }
+}
+
+fn describe_failure(f: &StartupFailure) -> String {
+    let how = match (f.exit_code, f.signal) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        (None, None) => "could not be started".to_string(),
+    };
+    let why = f
+        .exception
+        .as_deref()
+        .map(|e| format!(": {e}"))
+        .unwrap_or_default();
+    format!(
+        "rank {}'s server on {} {how} after stage {}{why}",
+        f.rank,
+        f.node,
+        stage_name(f.stage)
+    )
+}
+
+fn describe_stall(s: &Stall) -> String {
+    let frame = s
+        .top_frames
+        .first()
+        .map(|f| format!("; innermost frame {f}"))
+        .unwrap_or_default();
+    format!(
+        "rank {}'s server on {} stalled after stage {} for {} s (deadline {} s){frame}",
+        s.rank,
+        s.node,
+        stage_name(s.stage),
+        s.stalled_ms / 1000,
+        s.deadline_ms / 1000
+    )
+}
+
+fn stage_name(stage: ServerStage) -> &'static str {
+    match stage {
+        ServerStage::ProcessUp => "process-up",
+        ServerStage::ImportsDone => "imports-done",
+        ServerStage::DistributedInit => "distributed-init",
+        ServerStage::WeightsLoaded => "weights-loaded",
+        ServerStage::KvCacheAllocated => "kv-cache-allocated",
+        ServerStage::ApiUp => "api-up",
+        ServerStage::WarmedUp => "warmed-up",
     }
 }
 

@@ -5,9 +5,11 @@
 The policy module must define one class deriving from ReadinessPolicy,
 LaunchPolicy, HealthPolicy, NodeHealthPolicy or ScalePolicy; its world follows from the
 base class. componentize-py (pinned by this SDK) bundles CPython, the SDK
-and the module into a component of ``ray-orchestrator:policy@0.2.0``.
-``--wit`` names the WIT package (default: the copy inside this package, a
-link to ``wit/policy-0.2.0`` in the repository).
+and the module into a component of ``ray-orchestrator:policy``: a health
+policy at 0.3.0, the others at 0.2.0 (0.3.0 changed only the health world).
+``--wit`` names the folder holding the WIT packages ``policy-0.2.0`` and
+``policy-0.3.0`` (default: the copy inside this package, links to ``wit/``
+in the repository).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from . import health, launch, node_health, readiness, scale
 
 SDK_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_WIT = Path(__file__).resolve().parent / "wit"
-VERSION = "0.2.0"
+# world -> the contract version the SDK builds it at
+VERSIONS = {"health": "0.3.0"}
+DEFAULT_VERSION = "0.2.0"
 
 # base class -> (world, SDK module, the export's class name)
 WORLDS = [
@@ -79,9 +83,14 @@ def componentize_py() -> list:
 
 def build(policy: Path, output: Path, wit: Path) -> str:
     """Builds ``policy`` into ``output``; returns its world."""
-    if not (wit / "types.wit").is_file():
-        raise BuildError(f"{wit} holds no WIT package; pass --wit DIR (wit/policy-{VERSION} of the orchestrator's repository)")
     name, world, sdk_module, export = find_policy(policy)
+    version = VERSIONS.get(world, DEFAULT_VERSION)
+    package = wit / f"policy-{version}"
+    if not (package / "policies.wit").is_file():
+        raise BuildError(
+            f"{wit} holds no WIT package policy-{version}; pass --wit DIR "
+            "(the wit/ folder of the orchestrator's repository)"
+        )
     with tempfile.TemporaryDirectory(prefix="orchestrator-policy-") as tmp:
         app = Path(tmp) / "orchestrator_policy_app.py"
         app.write_text(
@@ -91,8 +100,8 @@ def build(policy: Path, output: Path, wit: Path) -> str:
             f"{export} = _world._export(_module.{name})\n"
         )
         command = componentize_py() + [
-            "-d", str(wit),
-            "-w", f"ray-orchestrator:policy/{world}@{VERSION}",
+            "-d", str(package),
+            "-w", f"ray-orchestrator:policy/{world}@{version}",
             "componentize",
             "-p", tmp,
             "-p", str(policy.resolve().parent),
@@ -114,7 +123,7 @@ def main(argv=None) -> int:
     parser.add_argument("policy", type=Path, help="the policy's .py file")
     parser.add_argument("-o", "--output", type=Path, help="the component (default: POLICY.wasm)")
     parser.add_argument("--wit", type=Path, default=Path(os.environ.get("ORCHESTRATOR_WIT", DEFAULT_WIT)),
-                        help=f"the WIT package (default: {DEFAULT_WIT})")
+                        help=f"the folder holding the WIT packages (default: {DEFAULT_WIT})")
     args = parser.parse_args(argv)
     output = args.output or args.policy.with_suffix(".wasm")
     try:

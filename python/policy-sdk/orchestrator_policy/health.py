@@ -1,8 +1,11 @@
 """Health policies: judge the service, say what to do about it.
 
 ``evaluate(snapshot, cluster, params)`` gets the health snapshot (fields as
-the WIT's ``health-snapshot``: ``server``, ``health_probe``,
-``generation_probe``, ``restarts``, ``node_changes``, ...) and returns
+contract 0.3.0's ``health-snapshot``: ``server``, ``health_probe``,
+``generation_probe``, ``restarts``, ``changes``, ..., and the server's start
+rank by rank: ``stages``, ``stall`` (a rank past its stage's deadline, with
+its ``top_frames``) and ``last_failure`` (with ``identical``: failed starts
+in a row with the same cause)) and returns
 ``Healthy()``, ``Degraded(reason)``, ``Restart(reason, backoff_ms)`` or
 ``Shutdown(exit_code, reason)``.
 """

@@ -204,7 +204,7 @@ fn plugins_bounds(config: &Config) -> Vec<Bound> {
 
 fn serve_bounds(config: &Config) -> Vec<Bound> {
     let opt32 = |v: Option<u32>| u64::from(v.unwrap_or(1));
-    vec![
+    let mut bounds = vec![
         (
             "serve.tensor-parallel-size",
             opt32(config.serve.tensor_parallel_size),
@@ -265,7 +265,22 @@ fn serve_bounds(config: &Config) -> Vec<Bound> {
             0,
             DAY_S,
         ),
-    ]
+    ];
+    let d = &config.serve.stage_deadlines;
+    for (key, value) in [
+        ("serve.stage-deadlines.process-up", d.process_up),
+        ("serve.stage-deadlines.imports-done", d.imports_done),
+        ("serve.stage-deadlines.distributed-init", d.distributed_init),
+        ("serve.stage-deadlines.weights-loaded", d.weights_loaded),
+        (
+            "serve.stage-deadlines.kv-cache-allocated",
+            d.kv_cache_allocated,
+        ),
+        ("serve.stage-deadlines.api-up", d.api_up),
+    ] {
+        bounds.push((key, value, 1, 7 * DAY_S));
+    }
+    bounds
 }
 
 fn native_bounds(config: &Config) -> Vec<Bound> {

@@ -2,8 +2,9 @@
 //! point: [`ServeConfig`].
 
 use super::PrefetchConfig;
-use orchestrator_domain::ServeSettings;
+use orchestrator_domain::{ServeSettings, StageDeadlines};
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 
 /// How the model is served.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +47,14 @@ pub struct ServeConfig {
     /// does not pay for the server's first-request warm-up. Off for a
     /// server without completions: ready at the first `/health` 200.
     pub ready_after_warmup: bool,
+    /// How long each rank may stay in each start stage before it counts
+    /// as stalled (seconds per stage; `[serve.stage-deadlines]`).
+    pub stage_deadlines: StageDeadlines,
+    /// The py-spy program that takes a stalled rank's stacks (default: the
+    /// one beside the server's program, else `py-spy` on the PATH).
+    pub py_spy: Option<PathBuf>,
+    /// Where a stall's stacks are written.
+    pub stacks_dir: PathBuf,
     /// The model's files to bring into the page cache on every node while
     /// the cluster forms.
     pub prefetch: PrefetchConfig,
@@ -69,6 +78,9 @@ impl Default for ServeConfig {
             stop_grace_seconds: 30,
             drain_timeout_seconds: 30,
             ready_after_warmup: true,
+            stage_deadlines: StageDeadlines::default(),
+            py_spy: None,
+            stacks_dir: PathBuf::from("/tmp/orchestrator-stacks"),
             prefetch: PrefetchConfig::default(),
         }
     }

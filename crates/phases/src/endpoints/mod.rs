@@ -187,6 +187,9 @@ pub struct StatusState {
     pub first_failure: Option<orchestrator_domain::StartupFailure>,
     /// The latest one, with how many in a row had the same cause.
     pub last_failure: Option<orchestrator_domain::StartupFailure>,
+    /// The current start's stall: a rank past its stage's deadline, with
+    /// its innermost frames and where its stacks were written.
+    pub stall: Option<orchestrator_domain::Stall>,
     /// The last health verdict's kind.
     #[serde(skip)]
     pub(crate) last_verdict: Option<VerdictKind>,
@@ -556,6 +559,42 @@ impl Status {
             "startup failed: {summary}{times}"
         );
         self.event(EventReason::StartupFailed, format!("{summary}{times}"));
+    }
+
+    /// Records a stall of the current start: `/status`, one log line and
+    /// an Event.
+    pub(crate) fn stalled(&self, stall: orchestrator_domain::Stall) {
+        let mut summary = stall.summary();
+        if let Some(file) = &stall.stacks_file {
+            summary.push_str(&format!("; every rank's stacks in {file}"));
+        }
+        tracing::error!(
+            rank = stall.rank,
+            stage = stall.stage.name(),
+            "startup stalled: {summary}"
+        );
+        self.with(|s| s.stall = Some(stall));
+        self.event(EventReason::StartupStalled, summary);
+    }
+
+    /// A new start: its stall is yet to come.
+    pub(crate) fn start_again(&self) {
+        self.with(|s| s.stall = None);
+    }
+
+    /// The server served: failures before it are no longer "in a row"
+    /// with the next one (the last one stays shown).
+    pub(crate) fn start_served(&self) {
+        self.with(|s| {
+            if let Some(last) = s.last_failure.as_mut() {
+                last.identical = 0;
+            }
+        });
+    }
+
+    /// The last failed start, as the health policy sees it.
+    pub(crate) fn last_failure(&self) -> Option<orchestrator_domain::StartupFailure> {
+        self.with(|s| s.last_failure.clone())
     }
 
     /// Records a restart of the serving process.

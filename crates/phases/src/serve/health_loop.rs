@@ -10,11 +10,12 @@
 
 use super::probe;
 use super::server::ServerProcess;
+use super::stall::StallWatch;
 use super::{ServeContext, ServeOutcome, ServeSpec};
 use orchestrator_domain::{
     ClusterView, ExitStatus, HealthSnapshot, HealthVerdict, LaunchPlan, MembershipChange,
-    MembershipUpdate, Node, NodeChange, NodeChangeKind, ProbeResult, RestartAction, ServerStage,
-    ServerState, ShutdownAction, StartupStep, VerdictKind,
+    MembershipUpdate, Node, NodeChange, NodeChangeKind, ProbeResult, RankStage, RestartAction,
+    ServerStage, ServerState, ShutdownAction, Stall, StartupStep, VerdictKind,
 };
 use orchestrator_policy_host::{HealthPolicy, World};
 use std::time::{Duration, Instant};
@@ -100,6 +101,12 @@ struct HealthLoop<'a> {
     /// A server started early (before the cluster was ready) for the
     /// same plan: the first launch takes it over instead of spawning.
     prelaunched: Option<ServerProcess>,
+    /// Every rank's stage in the current start, as last synced.
+    stages: Vec<RankStage>,
+    /// Finds the current start's stall.
+    stall_watch: StallWatch,
+    /// The current start's stall, once diagnosed.
+    stall: Option<Stall>,
 }
 
 impl<'a> HealthLoop<'a> {
@@ -114,6 +121,7 @@ impl<'a> HealthLoop<'a> {
         ctx: ServeContext<'a>,
         prelaunched: Option<ServerProcess>,
         probe_tx: mpsc::UnboundedSender<(ProbeKind, ProbeResult)>,
+        stall_watch: StallWatch,
     ) -> Self {
         Self {
             spec,
@@ -143,6 +151,9 @@ impl<'a> HealthLoop<'a> {
             last_logged: None,
             board: ctx.health.map(|rx| rx.borrow().clone()).unwrap_or_default(),
             prelaunched,
+            stages: Vec::new(),
+            stall_watch,
+            stall: None,
         }
     }
 
@@ -202,6 +213,9 @@ impl<'a> HealthLoop<'a> {
             probes: Probes::default(),
         };
         self.server_nodes = ids_usable(&self.nodes);
+        self.stall = None;
+        self.stall_watch.restart(self.restarts);
+        self.ctx.status.start_again();
         self.sync_stages();
         if let Some(how) = self.server.exited.clone() {
             self.startup_failed(how);
@@ -211,7 +225,7 @@ impl<'a> HealthLoop<'a> {
     /// Every rank's stage to `/status`: this process's server's, and the
     /// other ranks' of a group as they report them (a rank that has
     /// loaded its weights is as far as the group's engine beyond that).
-    fn sync_stages(&self) {
+    fn sync_stages(&mut self) {
         let mut stages = self
             .server
             .process
@@ -235,7 +249,37 @@ impl<'a> HealthLoop<'a> {
             }
             stages.sort_by_key(|s| s.rank);
         }
+        self.stages.clone_from(&stages);
         self.ctx.status.stages(stages);
+    }
+
+    /// Looks for a stall of the current start (one that has not served
+    /// yet).
+    fn check_stall(&mut self) {
+        let Some(process) = self.server.process.as_ref() else {
+            return;
+        };
+        if self.server.exited.is_some() || self.server.warmed {
+            return;
+        }
+        let reach = super::stall::Reach {
+            program: self.plan.argv.first().cloned().unwrap_or_default(),
+            own_rank: process.watch().own_rank(),
+            root: process.pid().and_then(|p| u32::try_from(p).ok()),
+            workers: process.watch().workers(),
+        };
+        self.stall_watch.check(&self.stages, &reach);
+    }
+
+    /// A stall diagnosed (for start `start`): kept for `/status` and the
+    /// health policy while that start goes on.
+    fn on_stall(&mut self, start: u32, stall: Stall) -> bool {
+        if !self.stall_watch.current(start) || self.server.exited.is_some() {
+            return false;
+        }
+        self.ctx.status.stalled(stall.clone());
+        self.stall = Some(stall);
+        true
     }
 
     /// The server ended (or never started) before it served: the failure
@@ -431,6 +475,7 @@ impl<'a> HealthLoop<'a> {
                     probes.health_failures = 0;
                     if !self.server.running {
                         self.server.running = true;
+                        self.ctx.status.start_served();
                         tracing::info!(
                             after_ms = self.server.launched.elapsed().as_millis() as u64,
                             "serving process answers /health"
@@ -494,6 +539,7 @@ impl<'a> HealthLoop<'a> {
     /// The health interval: start the probes that are due.
     fn on_tick(&mut self) {
         self.sync_stages();
+        self.check_stall();
         let alive = self.server.exited.is_none();
         let probes = &mut self.server.probes;
         if alive && !probes.health_in_flight {
@@ -543,6 +589,9 @@ impl<'a> HealthLoop<'a> {
             changes: std::mem::take(&mut self.changes),
             restarts: self.restarts,
             uptime_ms: self.phase_start.elapsed().as_millis() as u64,
+            stages: self.stages.clone(),
+            stall: self.stall.clone(),
+            last_failure: self.ctx.status.last_failure(),
         }
     }
 
@@ -667,6 +716,7 @@ pub async fn supervise_prelaunched(
     prelaunched: Option<ServerProcess>,
 ) -> ServeOutcome {
     let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
+    let (stall_watch, mut stall_rx) = StallWatch::new(spec.stall.clone());
     let mut membership = ctx.source.watch();
     let mut tick = tokio::time::interval(spec.health_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -679,6 +729,7 @@ pub async fn supervise_prelaunched(
         ctx,
         prelaunched,
         probe_tx,
+        stall_watch,
     );
     state.board.annotate(&mut state.nodes);
     let mut health_rx = ctx.health.cloned();
@@ -720,6 +771,7 @@ pub async fn supervise_prelaunched(
                 state.on_probe(kind, result);
                 true
             }
+            Some((start, stall)) = stall_rx.recv() => state.on_stall(start, stall),
             _ = tick.tick() => {
                 state.on_tick();
                 true

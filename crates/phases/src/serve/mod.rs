@@ -10,11 +10,13 @@ mod launch;
 pub(crate) use crate::probe;
 mod server;
 pub mod shm;
+mod stall;
 pub(crate) mod startup;
 
 pub use health_loop::{supervise, supervise_prelaunched};
 pub use launch::{NoPlan, ask, plan_launch};
 pub use server::ServerProcess;
+pub use stall::StallSpec;
 
 use crate::config::{PoliciesConfig, ServeConfig};
 use crate::endpoints::Status;
@@ -62,6 +64,8 @@ pub struct ServeSpec {
     pub copy_wait: Duration,
     /// The load-driven recommendation (`[scale]`), when it is on.
     pub scale: Option<crate::scale::ScaleSpec>,
+    /// Stage deadlines and how a stall is diagnosed.
+    pub stall: StallSpec,
 }
 
 impl ServeSpec {
@@ -85,6 +89,11 @@ impl ServeSpec {
                 .local_copy_of(serve.model.as_deref().unwrap_or_default()),
             copy_wait: Duration::from_secs(serve.prefetch.copy_wait_seconds),
             scale: None,
+            stall: StallSpec {
+                deadlines: serve.stage_deadlines,
+                py_spy: serve.py_spy.clone(),
+                stacks_dir: serve.stacks_dir.clone(),
+            },
         }
     }
 

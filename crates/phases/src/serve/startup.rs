@@ -276,6 +276,15 @@ impl OutputWatch {
             .collect()
     }
 
+    /// The Ray workers whose output this watch read: (rank, pid).
+    pub(crate) fn workers(&self) -> Vec<(u32, u32)> {
+        self.seen()
+            .pid_ranks
+            .iter()
+            .map(|(pid, rank)| (*rank, *pid))
+            .collect()
+    }
+
     /// The rank of the process this watch reads.
     pub(crate) fn own_rank(&self) -> u32 {
         self.own_rank

@@ -1,6 +1,9 @@
 //! {{name}}: a health policy (world `health` of
-//! `ray-orchestrator:policy@0.2.0`). Restarts the serving process when it
-//! exited (after `backoff-ms`, default 1000), else healthy.
+//! `ray-orchestrator:policy@0.3.0`). Restarts the serving process when it
+//! exited (after `backoff-ms`, default 1000), else healthy. The snapshot
+//! also tells how the server's start goes rank by rank: `stages`, `stall`
+//! (a rank past its stage's deadline) and `last_failure` (a start that
+//! ended in an exit, with `identical`: failures in a row with its cause).
 //!
 //! The answer is `HealthVerdict::Healthy`, `Degraded(why)`,
 //! `Restart(RestartAction { reason, backoff_ms })` or

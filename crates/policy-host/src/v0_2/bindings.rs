@@ -20,4 +20,5 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub(crate) use ray_orchestrator::policy::{log, types};
+#[allow(unreachable_pub)] // 0.3.0's bindings name them in `with`
+pub use ray_orchestrator::policy::{log, types};

@@ -9,7 +9,7 @@
 
 pub(crate) mod bindings;
 mod cluster;
-mod convert;
+pub(crate) mod convert;
 mod table;
 
 #[allow(unreachable_pub)] // bindgen's `with` names it from the generated module
@@ -54,7 +54,7 @@ pub(crate) fn typecheck(store: &Store<State>, func: &Func, world: World) -> wasm
 
 /// Runs `call` with `input` lent to the plugin as a `cluster`, and takes
 /// it back afterwards (also when the call failed).
-fn with_cluster<R>(
+pub(crate) fn with_cluster<R>(
     store: &mut Store<State>,
     input: ClusterInput,
     call: impl FnOnce(&mut Store<State>, &Cluster) -> wasmtime::Result<R>,

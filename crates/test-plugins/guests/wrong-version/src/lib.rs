@@ -1,7 +1,7 @@
-//! A readiness policy built against a future 0.3.0 of the contract.
+//! A readiness policy built against a future 0.9.0 of the contract.
 wit_bindgen::generate!({
     inline: "
-        package ray-orchestrator:policy@0.3.0;
+        package ray-orchestrator:policy@0.9.0;
         interface types {
             record key-value { key: string, value: string }
             variant readiness { ready, wait(string), fail(string) }

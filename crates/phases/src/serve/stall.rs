@@ -1,0 +1,450 @@
+//! Stall diagnosis: which rank stayed in a start stage past its deadline
+//! ([`overdue`]), and what its processes were doing ([`capture`]: every
+//! thread's Python stack of the rank's processes, through py-spy, written
+//! to a file; the innermost frames kept for `/status`, the Event and the
+//! health policy).
+//!
+//! A rank ahead of the others waits for them, so only the ranks at the
+//! group's lowest stage can be stalled; among them a stopped process
+//! (state `T`) is the one to name, else the one that has been there
+//! longest.
+
+use orchestrator_domain::startup::now_unix_ms;
+use orchestrator_domain::{RankStage, StageDeadlines, Stall};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How stalls are found and diagnosed (`[serve.stage-deadlines]`, `[serve]
+/// py-spy` and `stacks-dir`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StallSpec {
+    /// Each stage's deadline.
+    pub deadlines: StageDeadlines,
+    /// The py-spy program; `None`: the one beside the server's program,
+    /// else `py-spy` on the PATH.
+    pub py_spy: Option<PathBuf>,
+    /// Where the stacks of a stall are written.
+    pub stacks_dir: PathBuf,
+}
+
+impl Default for StallSpec {
+    fn default() -> Self {
+        Self {
+            deadlines: StageDeadlines::default(),
+            py_spy: None,
+            stacks_dir: PathBuf::from("/tmp/orchestrator-stacks"),
+        }
+    }
+}
+
+impl StallSpec {
+    /// The py-spy to run for a server started as `program`.
+    fn py_spy_for(&self, program: &str) -> PathBuf {
+        if let Some(path) = &self.py_spy {
+            return path.clone();
+        }
+        let beside = Path::new(program).with_file_name("py-spy");
+        if program.contains('/') && beside.is_file() {
+            return beside;
+        }
+        PathBuf::from("py-spy")
+    }
+}
+
+/// The processes of one start, as far as this orchestrator reaches them.
+#[derive(Debug, Clone)]
+pub(crate) struct Reach {
+    /// The server's program (its argv\[0\]).
+    pub(crate) program: String,
+    /// The rank of the process this orchestrator started.
+    pub(crate) own_rank: u32,
+    /// Its pid.
+    pub(crate) root: Option<u32>,
+    /// Ray workers on this host: rank -> pid.
+    pub(crate) workers: Vec<(u32, u32)>,
+}
+
+impl Reach {
+    /// The process to take `rank`'s stacks from, if this host has it.
+    fn pid_of(&self, rank: u32) -> Option<u32> {
+        self.workers
+            .iter()
+            .find(|(r, pid)| *r == rank && is_ray_worker(*pid))
+            .map(|(_, pid)| *pid)
+            .or_else(|| (rank == self.own_rank).then_some(self.root).flatten())
+    }
+}
+
+/// Whether `pid` is a Ray worker process of this host (its title starts
+/// `ray::`), not a process of another pid namespace's number.
+fn is_ray_worker(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"ray::"))
+}
+
+/// Finds at most one stall per start and diagnoses it in a task of its
+/// own; the result arrives on the receiver [`StallWatch::new`] returned,
+/// with the start's number.
+#[derive(Debug)]
+pub(crate) struct StallWatch {
+    spec: StallSpec,
+    tx: mpsc::UnboundedSender<(u32, Stall)>,
+    /// The start the watch is on, and whether its stall was found.
+    start: u32,
+    found: bool,
+}
+
+impl StallWatch {
+    /// The watch and where its diagnoses arrive.
+    pub(crate) fn new(spec: StallSpec) -> (Self, mpsc::UnboundedReceiver<(u32, Stall)>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let watch = Self {
+            spec,
+            tx,
+            start: 0,
+            found: false,
+        };
+        (watch, rx)
+    }
+
+    /// A new start (`start` counts them): its stall is yet to be found.
+    pub(crate) fn restart(&mut self, start: u32) {
+        self.start = start;
+        self.found = false;
+    }
+
+    /// Whether a diagnosis is for the current start.
+    pub(crate) fn current(&self, start: u32) -> bool {
+        start == self.start
+    }
+
+    /// Looks at the ranks' stages; the first time one is overdue, takes
+    /// its stacks in a task and sends the stall.
+    pub(crate) fn check(&mut self, stages: &[RankStage], reach: &Reach) {
+        if self.found {
+            return;
+        }
+        let now = now_unix_ms();
+        let stopped = |rank| reach.pid_of(rank).is_some_and(is_stopped);
+        let Some((rank, deadline)) = overdue(stages, &self.spec.deadlines, now, stopped) else {
+            return;
+        };
+        self.found = true;
+        let target = reach.pid_of(rank.rank);
+        let py_spy = self.spec.py_spy_for(&reach.program);
+        let dir = self.spec.stacks_dir.clone();
+        let (tx, start) = (self.tx.clone(), self.start);
+        tracing::warn!(
+            rank = rank.rank,
+            stage = rank.stage.name(),
+            "rank {}'s server has been {} past its deadline ({} s): taking its stacks",
+            rank.rank,
+            rank.stage.doing(),
+            deadline / 1000
+        );
+        tokio::spawn(async move {
+            let stacks = match target {
+                Some(pid) => capture(&py_spy, pid).await,
+                None => Err(format!(
+                    "rank {}'s processes run on {}, out of this orchestrator's reach",
+                    rank.rank,
+                    if rank.node.is_empty() {
+                        "another node"
+                    } else {
+                        &rank.node
+                    }
+                )),
+            };
+            let mut stall = stall_of(
+                &rank,
+                deadline,
+                now_unix_ms(),
+                stacks.as_ref().map_err(String::as_str),
+            );
+            if let Ok(stacks) = &stacks {
+                match keep(&dir, &stall, &stacks.text) {
+                    Ok(path) => stall.stacks_file = Some(path.display().to_string()),
+                    Err(e) => stall.stacks_error = Some(e),
+                }
+            }
+            let _ = tx.send((start, stall));
+        });
+    }
+}
+
+/// The most bytes of py-spy's output read for one process tree.
+const DUMP_BYTES: usize = 512 * 1024;
+/// How long one py-spy run may take.
+const DUMP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The rank that is stalled at `now_ms`, with its stage's deadline (ms),
+/// if any; `stopped` says whether a rank's process is stopped.
+pub(crate) fn overdue(
+    stages: &[RankStage],
+    deadlines: &StageDeadlines,
+    now_ms: u64,
+    stopped: impl Fn(u32) -> bool,
+) -> Option<(RankStage, u64)> {
+    let lowest = stages.iter().map(|s| s.stage).min()?;
+    let deadline = deadlines.of(lowest)?;
+    let behind: Vec<&RankStage> = stages.iter().filter(|s| s.stage == lowest).collect();
+    let oldest = behind.iter().map(|s| s.since_unix_ms).min()?;
+    if now_ms.saturating_sub(oldest) <= deadline {
+        return None;
+    }
+    let named = behind
+        .iter()
+        .find(|s| stopped(s.rank))
+        .or_else(|| behind.iter().min_by_key(|s| (s.since_unix_ms, s.rank)))?;
+    Some(((*named).clone(), deadline))
+}
+
+/// Whether process `pid` is stopped (`T`, or `t`: traced), from
+/// `/proc/PID/stat`.
+pub(crate) fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The command (field 2) is in parentheses and may hold spaces.
+            let after = stat.rsplit_once(')')?.1;
+            after
+                .split_whitespace()
+                .next()
+                .map(|s| s == "T" || s == "t")
+        })
+        .unwrap_or(false)
+}
+
+/// One rank's processes as py-spy saw them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Stacks {
+    /// py-spy's output, cut at [`DUMP_BYTES`].
+    pub(crate) text: String,
+    /// The innermost frames of the busiest main thread (the deepest
+    /// stack), innermost first.
+    pub(crate) top_frames: Vec<String>,
+}
+
+/// Takes the Python stacks of `pid` and its children with `py_spy`.
+pub(crate) async fn capture(py_spy: &Path, pid: u32) -> Result<Stacks, String> {
+    let mut command = tokio::process::Command::new(py_spy);
+    command
+        .args(["dump", "--subprocesses", "--pid"])
+        .arg(pid.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let child = command.spawn().map_err(|e| {
+        format!(
+            "cannot run {} ({e}): install py-spy (python/requirements-stacks.txt) or set [serve] py-spy",
+            py_spy.display()
+        )
+    })?;
+    let output = tokio::time::timeout(DUMP_TIMEOUT, child.wait_with_output())
+        .await
+        .map_err(|_| format!("py-spy took over {} s", DUMP_TIMEOUT.as_secs()))?
+        .map_err(|e| format!("py-spy: {e}"))?;
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() && text.trim().is_empty() {
+        let err = String::from_utf8_lossy(&output.stderr);
+        let err = orchestrator_domain::startup::shown_line(err.trim());
+        return Err(format!("py-spy failed for pid {pid}: {err}"));
+    }
+    if text.len() > DUMP_BYTES {
+        let mut cut = DUMP_BYTES;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str("\n[cut]\n");
+    }
+    let top_frames = top_frames(&text);
+    Ok(Stacks { text, top_frames })
+}
+
+/// The frames of the deepest main-thread stack in a py-spy dump
+/// (`Thread N (state): "MainThread"` followed by indented frames,
+/// innermost first), at most [`Stall::TOP_FRAMES`].
+pub(crate) fn top_frames(dump: &str) -> Vec<String> {
+    let mut best: Vec<String> = vec![];
+    let mut current: Option<Vec<String>> = None;
+    let finish = |frames: Option<Vec<String>>, best: &mut Vec<String>| {
+        if let Some(frames) = frames
+            && frames.len() > best.len()
+        {
+            *best = frames;
+        }
+    };
+    for line in dump.lines() {
+        if line.starts_with("Thread ") {
+            finish(current.take(), &mut best);
+            if line.ends_with("\"MainThread\"") {
+                current = Some(vec![]);
+            }
+        } else if let Some(frames) = current.as_mut() {
+            match line.strip_prefix("    ") {
+                Some(frame) if !frame.starts_with(' ') => {
+                    frames.push(orchestrator_domain::startup::shown_line(frame.trim()));
+                }
+                Some(_) => {} // locals (`--locals`), not asked for
+                None => finish(current.take(), &mut best),
+            }
+        }
+    }
+    finish(current, &mut best);
+    best.truncate(Stall::TOP_FRAMES);
+    best
+}
+
+/// Writes a stall's stacks to `dir/stall-rank<R>-<unix ms>.txt` (the
+/// folder made when missing, readable by its owner only).
+pub(crate) fn keep(dir: &Path, stall: &Stall, text: &str) -> Result<PathBuf, String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+    let path = dir.join(format!("stall-rank{}-{}.txt", stall.rank, stall.at_unix_ms));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let header = format!("# {}\n\n", stall.summary());
+    file.write_all(header.as_bytes())
+        .and_then(|()| file.write_all(text.as_bytes()))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// The stall of `rank` (in `stage` for `stalled_ms`) with what a capture
+/// gave.
+pub(crate) fn stall_of(
+    rank: &RankStage,
+    deadline_ms: u64,
+    now_ms: u64,
+    stacks: Result<&Stacks, &str>,
+) -> Stall {
+    let (top_frames, stacks_error) = match stacks {
+        Ok(s) => (s.top_frames.clone(), None),
+        Err(e) => (vec![], Some(e.to_string())),
+    };
+    Stall {
+        rank: rank.rank,
+        node: rank.node.clone(),
+        stage: rank.stage,
+        stalled_ms: now_ms.saturating_sub(rank.since_unix_ms),
+        deadline_ms,
+        top_frames,
+        stacks_file: None,
+        stacks_error,
+        at_unix_ms: now_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orchestrator_domain::ServerStage;
+
+    fn at(rank: u32, stage: ServerStage, since: u64) -> RankStage {
+        RankStage {
+            rank,
+            node: format!("10.0.0.{rank}"),
+            stage,
+            since_unix_ms: since,
+        }
+    }
+
+    fn deadlines() -> StageDeadlines {
+        StageDeadlines {
+            distributed_init: 60,
+            ..StageDeadlines::default()
+        }
+    }
+
+    #[test]
+    fn only_the_lowest_stage_can_stall_and_a_stopped_rank_is_named() {
+        let stages = [
+            at(0, ServerStage::WeightsLoaded, 1_000),
+            at(1, ServerStage::DistributedInit, 5_000),
+            at(2, ServerStage::DistributedInit, 2_000),
+        ];
+        // Within the deadline: nothing.
+        assert_eq!(overdue(&stages, &deadlines(), 61_000, |_| false), None);
+        // Past it: the longest there, unless another is stopped.
+        let (rank, deadline) = overdue(&stages, &deadlines(), 62_001, |_| false).unwrap();
+        assert_eq!((rank.rank, deadline), (2, 60_000));
+        let (rank, _) = overdue(&stages, &deadlines(), 62_001, |r| r == 1).unwrap();
+        assert_eq!(rank.rank, 1);
+        // Rank 0 ahead of the others is never the stalled one.
+        let (rank, _) = overdue(&stages, &deadlines(), 10_000_000, |r| r == 0).unwrap();
+        assert_ne!(rank.rank, 0);
+        // Serving: no deadline.
+        let serving = [at(0, ServerStage::WarmedUp, 0)];
+        assert_eq!(overdue(&serving, &deadlines(), u64::MAX, |_| true), None);
+    }
+
+    #[test]
+    fn the_deepest_main_thread_gives_the_top_frames() {
+        let dump = "Process 10: vllm serve /m\nPython v3.12.1 (/usr/bin/python3)\n\n\
+            Thread 10 (idle): \"MainThread\"\n    select (selectors.py:468)\n    run (asyncio.py:10)\n\n\
+            Thread 11 (idle): \"Thread-1\"\n    wait (threading.py:1)\n    a (x.py:1)\n    b (x.py:2)\n    c (x.py:3)\n\n\
+            Process 12: VLLM::EngineCore\nPython v3.12.1 (/usr/bin/python3)\n\n\
+            Thread 12 (active): \"MainThread\"\n    load_weights (loader.py:12)\n    load_model (gpu_worker.py:80)\n    __init__ (core.py:20)\n";
+        assert_eq!(
+            top_frames(dump),
+            vec![
+                "load_weights (loader.py:12)",
+                "load_model (gpu_worker.py:80)",
+                "__init__ (core.py:20)"
+            ]
+        );
+        assert!(top_frames("nothing useful").is_empty());
+    }
+
+    #[test]
+    fn a_stall_is_kept_in_a_file_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let stacks = Stacks {
+            text: "Thread 1 (idle): \"MainThread\"\n    f (a.py:1)\n".into(),
+            top_frames: vec!["f (a.py:1)".into()],
+        };
+        let rank = at(1, ServerStage::DistributedInit, 1_000);
+        let stall = stall_of(&rank, 60_000, 62_000, Ok(&stacks));
+        assert_eq!(stall.stalled_ms, 61_000);
+        let path = keep(&dir.path().join("stacks"), &stall, &stacks.text).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("rank 1's server on 10.0.0.1 has been loading weights for 61 s"));
+        assert!(text.contains("f (a.py:1)"));
+        let failed = stall_of(&rank, 60_000, 62_000, Err("py-spy missing"));
+        assert!(
+            failed.summary().contains("no stacks: py-spy missing"),
+            "{}",
+            failed.summary()
+        );
+    }
+
+    #[test]
+    fn a_stopped_process_is_seen_as_stopped() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        assert!(!is_stopped(pid));
+        let raw = rustix::process::Pid::from_raw(pid as i32).unwrap();
+        rustix::process::kill_process(raw, rustix::process::Signal::STOP).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !is_stopped(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(is_stopped(pid));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
