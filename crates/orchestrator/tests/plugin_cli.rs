@@ -36,10 +36,10 @@ fn list_shows_each_builtin_with_world_version_and_digest() {
     let out = orchestrator(&["plugin", "list"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    for (name, world) in [
-        ("node-count", "readiness"),
-        ("vllm", "launch"),
-        ("default", "health"),
+    for (name, world, version) in [
+        ("node-count", "readiness", "0.2.0"),
+        ("vllm", "launch", "0.2.0"),
+        ("default", "health", "0.3.0"),
     ] {
         let line = text
             .lines()
@@ -47,7 +47,7 @@ fn list_shows_each_builtin_with_world_version_and_digest() {
             .unwrap_or_else(|| panic!("{name} missing from:\n{text}"));
         let cols: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(cols[1], world, "{line}");
-        assert_eq!(cols[2], "0.2.0", "{line}");
+        assert_eq!(cols[2], version, "{line}");
         assert_eq!(cols[3].len(), 64, "sha256 hex: {line}");
         assert!(cols[3].chars().all(|c| c.is_ascii_hexdigit()));
     }
@@ -116,7 +116,7 @@ fn check_refuses_bad_files_with_one_clear_line_and_exit_2() {
     let missing: PathBuf = dir.path().join("missing.wasm");
     let cases: [(&str, &str); 5] = [
         (guests::WRONG_WORLD, "does not implement any policy world"),
-        (guests::WRONG_VERSION, "@0.3.0"),
+        (guests::WRONG_VERSION, "@0.9.0"),
         (core.to_str().unwrap(), "core WebAssembly module"),
         (text.to_str().unwrap(), "not a WebAssembly file"),
         (missing.to_str().unwrap(), "cannot read plugin file"),

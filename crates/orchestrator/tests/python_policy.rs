@@ -134,6 +134,14 @@ fn each_worlds_python_project_builds_and_passes_its_cases() {
         let wasm = project.join(format!("{}.wasm", name.replace('-', "_")));
         let out = build(&project.join(&module), &wasm);
         assert!(out.status.success(), "{world}: {}", text(&out));
+        // Health is built at contract 0.3.0, the other worlds at 0.2.0.
+        let out = orchestrator(&["plugin", "check", &wasm.display().to_string()], &cache);
+        let version = if world == "health" { "0.3.0" } else { "0.2.0" };
+        assert!(
+            text(&out).contains(&format!("version: {version}")),
+            "{world}: {}",
+            text(&out)
+        );
         let out = orchestrator(
             &[
                 "plugin",
