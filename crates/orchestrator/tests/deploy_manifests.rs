@@ -1052,3 +1052,39 @@ fn an_environment_variable_that_is_not_utf8_stops_only_when_it_is_ours() {
         "{stderr}"
     );
 }
+
+/// Every container that runs the orchestrator may take a stalled rank's
+/// Python stacks: py-spy needs ptrace, so the container adds SYS_PTRACE.
+#[test]
+fn every_orchestrator_container_may_take_python_stacks() {
+    fn walk(value: &Value, found: &mut Vec<Value>) {
+        match value {
+            Value::Object(map) => {
+                let image = map.get("image").and_then(Value::as_str).unwrap_or_default();
+                if image.starts_with("vllm-orchestrator:") {
+                    found.push(value.clone());
+                }
+                for v in map.values() {
+                    walk(v, found);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| walk(v, found)),
+            _ => {}
+        }
+    }
+    let mut containers = vec![];
+    for (_, doc) in documents() {
+        walk(&doc, &mut containers);
+    }
+    assert!(containers.len() >= 10, "{} containers", containers.len());
+    for c in containers {
+        let added = &c["securityContext"]["capabilities"]["add"];
+        assert!(
+            added
+                .as_array()
+                .is_some_and(|caps| caps.iter().any(|cap| cap.as_str() == Some("SYS_PTRACE"))),
+            "container {:?} does not add SYS_PTRACE",
+            c["name"]
+        );
+    }
+}
