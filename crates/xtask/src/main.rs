@@ -324,16 +324,7 @@ fn ray_venv() -> Result<PathBuf> {
             .with_context(|| format!("cannot remove the partial venv {}", venv.display()))?;
     }
     run(Command::new(&python).args(["-m", "venv"]).arg(&venv))?;
-    run(Command::new(venv.join("bin/pip"))
-        .args([
-            "install",
-            "--disable-pip-version-check",
-            "--no-input",
-            "--progress-bar",
-            "off",
-            "-r",
-        ])
-        .arg(&requirements))?;
+    run(pip_install(&venv).arg("-r").arg(&requirements))?;
     std::fs::write(venv.join(".complete"), &version)?;
     Ok(ray)
 }
@@ -384,18 +375,8 @@ fn policy_venv() -> Result<PathBuf> {
             .with_context(|| format!("cannot remove the partial venv {}", venv.display()))?;
     }
     run(Command::new(&python).args(["-m", "venv"]).arg(&venv))?;
-    let pip = |args: &[&str]| -> Result<()> {
-        run(Command::new(venv.join("bin/pip"))
-            .args([
-                "install",
-                "--disable-pip-version-check",
-                "--no-input",
-                "--progress-bar",
-                "off",
-            ])
-            .args(args)
-            .current_dir(root()))
-    };
+    let pip =
+        |args: &[&str]| -> Result<()> { run(pip_install(&venv).args(args).current_dir(root())) };
     pip(&["-r", "python/requirements-policy.txt"])?;
     // A copy, not an editable install: the venv outlives this checkout.
     pip(&["./python/policy-sdk"])?;
@@ -504,6 +485,19 @@ fn vllm_venv() -> Result<PathBuf> {
     Ok(venv)
 }
 
+/// `pip install` of `venv`, quiet about its own version and progress.
+fn pip_install(venv: &Path) -> Command {
+    let mut pip = Command::new(venv.join("bin/pip"));
+    pip.args([
+        "install",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--progress-bar",
+        "off",
+    ]);
+    pip
+}
+
 /// py-spy (python/requirements-stacks.txt) beside vLLM in its venv, where
 /// the orchestrator looks for it to take a stalled rank's stacks;
 /// installed once per version of that file.
@@ -514,15 +508,8 @@ fn stacks_tool(venv: &Path) -> Result<()> {
         return Ok(());
     }
     step("install py-spy beside vLLM (python/requirements-stacks.txt)");
-    run(Command::new(venv.join("bin/pip"))
-        .args([
-            "install",
-            "--disable-pip-version-check",
-            "--no-input",
-            "--progress-bar",
-            "off",
-            "-r",
-        ])
+    run(pip_install(venv)
+        .arg("-r")
         .arg(root().join("python/requirements-stacks.txt")))?;
     std::fs::write(marker, "")?;
     Ok(())
