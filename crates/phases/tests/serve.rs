@@ -402,7 +402,8 @@ async fn a_restart_lets_the_streaming_completion_in_flight_finish() {
 /// with its rank and stage, its stacks taken by the real py-spy (the
 /// sleeping line is the innermost frame) and written to a file, one
 /// `StartupStalled` Event, and the health policy told: `on-stall = stop`
-/// ends the serve phase with the stall as the reason.
+/// ends the serve phase with the stall as the reason. The secret in the
+/// server's argv is redacted from the stacks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs ORCHESTRATOR_PY_SPY_BIN (py-spy, as cargo xtask test installs it)"]
 async fn a_stalled_start_is_diagnosed_with_its_stacks_and_handed_to_the_policy() {
@@ -415,7 +416,13 @@ async fn a_stalled_start_is_diagnosed_with_its_stacks_and_handed_to_the_policy()
     let mut policy = health_policy();
     let port = free_port();
     let stacks = tempfile::tempdir().unwrap();
-    let (mut spec, plan) = spec(port, "slow-start=120", &[("on-stall", "stop")]);
+    let (mut spec, mut plan) = spec(port, "slow-start=120", &[("on-stall", "stop")]);
+    // py-spy prints each process's command line: a secret in it must not
+    // reach the stacks file.
+    plan.argv.extend([
+        "--api-key".to_string(),
+        "stall-test-secret-4711".to_string(),
+    ]);
     spec.stall.deadlines.process_up = 2;
     spec.stall.py_spy = Some(py_spy.into());
     spec.stall.stacks_dir = stacks.path().join("stacks");
@@ -455,6 +462,14 @@ async fn a_stalled_start_is_diagnosed_with_its_stacks_and_handed_to_the_policy()
     assert!(
         text.contains("MainThread") && text.contains("stand_in_vllm.py"),
         "{text}"
+    );
+    assert!(
+        text.contains("--api-key"),
+        "the command line is in the dump: {text}"
+    );
+    assert!(
+        !text.contains("stall-test-secret-4711"),
+        "a secret in the stacks: {text}"
     );
     let mut stalled = 0;
     while let Ok(event) = events.try_recv() {

@@ -592,9 +592,15 @@ impl Status {
         });
     }
 
-    /// The last failed start, as the health policy sees it.
-    pub(crate) fn last_failure(&self) -> Option<orchestrator_domain::StartupFailure> {
-        self.with(|s| s.last_failure.clone())
+    /// The current start's stall and the last failed start, for the
+    /// health policy's snapshot.
+    pub(crate) fn start_view(
+        &self,
+    ) -> (
+        Option<orchestrator_domain::Stall>,
+        Option<orchestrator_domain::StartupFailure>,
+    ) {
+        self.with(|s| (s.stall.clone(), s.last_failure.clone()))
     }
 
     /// Records a restart of the serving process.

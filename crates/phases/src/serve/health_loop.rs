@@ -103,10 +103,9 @@ struct HealthLoop<'a> {
     prelaunched: Option<ServerProcess>,
     /// Every rank's stage in the current start, as last synced.
     stages: Vec<RankStage>,
-    /// Finds the current start's stall.
+    /// Finds the current start's stall (kept, once diagnosed, in
+    /// `/status`).
     stall_watch: StallWatch,
-    /// The current start's stall, once diagnosed.
-    stall: Option<Stall>,
 }
 
 impl<'a> HealthLoop<'a> {
@@ -153,7 +152,6 @@ impl<'a> HealthLoop<'a> {
             prelaunched,
             stages: Vec::new(),
             stall_watch,
-            stall: None,
         }
     }
 
@@ -213,7 +211,6 @@ impl<'a> HealthLoop<'a> {
             probes: Probes::default(),
         };
         self.server_nodes = ids_usable(&self.nodes);
-        self.stall = None;
         self.stall_watch.restart(self.restarts);
         self.ctx.status.start_again();
         self.sync_stages();
@@ -267,6 +264,7 @@ impl<'a> HealthLoop<'a> {
             own_rank: process.watch().own_rank(),
             root: process.pid().and_then(|p| u32::try_from(p).ok()),
             workers: process.watch().workers(),
+            secrets: process.watch().secrets(),
         };
         self.stall_watch.check(&self.stages, &reach);
     }
@@ -277,8 +275,7 @@ impl<'a> HealthLoop<'a> {
         if !self.stall_watch.current(start) || self.server.exited.is_some() {
             return false;
         }
-        self.ctx.status.stalled(stall.clone());
-        self.stall = Some(stall);
+        self.ctx.status.stalled(stall);
         true
     }
 
@@ -573,6 +570,7 @@ impl<'a> HealthLoop<'a> {
     }
 
     fn snapshot(&mut self) -> HealthSnapshot {
+        let (stall, last_failure) = self.ctx.status.start_view();
         let s = &self.server;
         HealthSnapshot {
             server: match (&s.exited, s.running) {
@@ -590,8 +588,8 @@ impl<'a> HealthLoop<'a> {
             restarts: self.restarts,
             uptime_ms: self.phase_start.elapsed().as_millis() as u64,
             stages: self.stages.clone(),
-            stall: self.stall.clone(),
-            last_failure: self.ctx.status.last_failure(),
+            stall,
+            last_failure,
         }
     }
 

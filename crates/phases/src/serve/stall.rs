@@ -9,6 +9,7 @@
 //! (state `T`) is the one to name, else the one that has been there
 //! longest.
 
+use orchestrator_domain::secrets::Secrets;
 use orchestrator_domain::startup::now_unix_ms;
 use orchestrator_domain::{RankStage, StageDeadlines, Stall};
 use std::path::{Path, PathBuf};
@@ -63,6 +64,9 @@ pub(crate) struct Reach {
     pub(crate) root: Option<u32>,
     /// Ray workers on this host: rank -> pid.
     pub(crate) workers: Vec<(u32, u32)>,
+    /// Secret values of the server's argv and environment: py-spy prints
+    /// each process's command line, and none of them may reach the file.
+    pub(crate) secrets: std::sync::Arc<Vec<String>>,
 }
 
 impl Reach {
@@ -133,6 +137,7 @@ impl StallWatch {
         let target = reach.pid_of(rank.rank);
         let py_spy = self.spec.py_spy_for(&reach.program);
         let dir = self.spec.stacks_dir.clone();
+        let secrets = std::sync::Arc::clone(&reach.secrets);
         let (tx, start) = (self.tx.clone(), self.start);
         tracing::warn!(
             rank = rank.rank,
@@ -144,7 +149,7 @@ impl StallWatch {
         );
         tokio::spawn(async move {
             let stacks = match target {
-                Some(pid) => capture(&py_spy, pid).await,
+                Some(pid) => capture(&py_spy, pid, &secrets).await,
                 None => Err(format!(
                     "rank {}'s processes run on {}, out of this orchestrator's reach",
                     rank.rank,
@@ -174,6 +179,8 @@ impl StallWatch {
 
 /// The most bytes of py-spy's output read for one process tree.
 const DUMP_BYTES: usize = 512 * 1024;
+/// The most bytes of py-spy's error output read.
+const ERROR_BYTES: usize = 4096;
 /// How long one py-spy run may take.
 const DUMP_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -225,8 +232,10 @@ pub(crate) struct Stacks {
     pub(crate) top_frames: Vec<String>,
 }
 
-/// Takes the Python stacks of `pid` and its children with `py_spy`.
-pub(crate) async fn capture(py_spy: &Path, pid: u32) -> Result<Stacks, String> {
+/// Takes the Python stacks of `pid` and its children with `py_spy`,
+/// reading at most [`DUMP_BYTES`] within [`DUMP_TIMEOUT`]; `secrets`
+/// are redacted from what is kept.
+pub(crate) async fn capture(py_spy: &Path, pid: u32, secrets: &[String]) -> Result<Stacks, String> {
     let mut command = tokio::process::Command::new(py_spy);
     command
         .args(["dump", "--subprocesses", "--pid"])
@@ -235,32 +244,63 @@ pub(crate) async fn capture(py_spy: &Path, pid: u32) -> Result<Stacks, String> {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
-    let child = command.spawn().map_err(|e| {
+    let mut child = command.spawn().map_err(|e| {
         format!(
             "cannot run {} ({e}): install py-spy (python/requirements-stacks.txt) or set [serve] py-spy",
             py_spy.display()
         )
     })?;
-    let output = tokio::time::timeout(DUMP_TIMEOUT, child.wait_with_output())
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let run = async {
+        let (out, err) = tokio::join!(
+            read_at_most(stdout, DUMP_BYTES),
+            read_at_most(stderr, ERROR_BYTES)
+        );
+        (out, err, child.wait().await)
+    };
+    // On the timeout the child is dropped, and killed with it.
+    let (out, err, status) = tokio::time::timeout(DUMP_TIMEOUT, run)
         .await
-        .map_err(|_| format!("py-spy took over {} s", DUMP_TIMEOUT.as_secs()))?
-        .map_err(|e| format!("py-spy: {e}"))?;
-    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-    if !output.status.success() && text.trim().is_empty() {
-        let err = String::from_utf8_lossy(&output.stderr);
-        let err = orchestrator_domain::startup::shown_line(err.trim());
-        return Err(format!("py-spy failed for pid {pid}: {err}"));
+        .map_err(|_| format!("py-spy took over {} s", DUMP_TIMEOUT.as_secs()))?;
+    let (mut text, cut) = out;
+    let succeeded = status.is_ok_and(|s| s.success());
+    if !succeeded && text.trim().is_empty() {
+        let err = orchestrator_domain::startup::shown_line(err.0.trim());
+        return Err(format!(
+            "py-spy failed for pid {pid}: {}",
+            Secrets::redact_values(&err, secrets)
+        ));
     }
-    if text.len() > DUMP_BYTES {
-        let mut cut = DUMP_BYTES;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
+    if cut {
         text.push_str("\n[cut]\n");
     }
+    let text = Secrets::redact_values(&text, secrets);
     let top_frames = top_frames(&text);
     Ok(Stacks { text, top_frames })
+}
+
+/// At most `limit` bytes of `pipe` as text (cut at a character boundary),
+/// and whether there was more.
+async fn read_at_most(
+    pipe: Option<impl tokio::io::AsyncRead + Unpin>,
+    limit: usize,
+) -> (String, bool) {
+    use tokio::io::AsyncReadExt as _;
+    let Some(pipe) = pipe else {
+        return (String::new(), false);
+    };
+    let mut bytes = Vec::new();
+    let _ = pipe.take(limit as u64 + 1).read_to_end(&mut bytes).await;
+    let cut = bytes.len() > limit;
+    bytes.truncate(limit);
+    let mut text = String::from_utf8_lossy(&bytes).into_owned();
+    if cut {
+        // A character split at the limit shows as U+FFFD: drop it.
+        while text.ends_with('\u{FFFD}') {
+            text.pop();
+        }
+    }
+    (text, cut)
 }
 
 /// The frames of the deepest main-thread stack in a py-spy dump

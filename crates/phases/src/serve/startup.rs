@@ -285,6 +285,11 @@ impl OutputWatch {
             .collect()
     }
 
+    /// The secret values of the server's argv and environment.
+    pub(crate) fn secrets(&self) -> Arc<Vec<String>> {
+        Arc::clone(&self.secrets)
+    }
+
     /// The rank of the process this watch reads.
     pub(crate) fn own_rank(&self) -> u32 {
         self.own_rank
