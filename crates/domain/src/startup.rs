@@ -278,19 +278,6 @@ impl StageDeadlines {
         };
         Some(seconds.saturating_mul(1000))
     }
-
-    /// Names the first deadline of 0 (a stage that would stall at once).
-    pub fn check(&self) -> Result<(), String> {
-        for stage in ServerStage::ALL {
-            if self.of(stage) == Some(0) {
-                return Err(format!(
-                    "[serve.stage-deadlines] {stage} is 0: give the seconds a rank may spend {} (at least 1)",
-                    stage.doing()
-                ));
-            }
-        }
-        Ok(())
-    }
 }
 
 /// `text` with every run of digits (and the points and commas inside it)

@@ -389,6 +389,14 @@ mod tests {
                 "registry.timeout-seconds",
             ),
             ("[native]\ngpus = 1e300\n", "native.gpus"),
+            (
+                "[serve.stage-deadlines]\nprocess-up = 0\n",
+                "serve.stage-deadlines.process-up",
+            ),
+            (
+                "[serve.stage-deadlines]\ndistributed-init = 9223372036854775807\n",
+                "serve.stage-deadlines.distributed-init",
+            ),
         ] {
             let e = load(text, &[], &[])
                 .err()
@@ -398,6 +406,12 @@ mod tests {
         }
         // A value in range loads.
         assert!(load("[cluster]\nwait-timeout-seconds = 86400\n", &[], &[]).is_ok());
+        let c = load("[serve.stage-deadlines]\nweights-loaded = 7200\n", &[], &[]).unwrap();
+        assert_eq!(c.serve.stage_deadlines.weights_loaded, 7200);
+        assert_eq!(
+            c.serve.stage_deadlines.process_up, 600,
+            "the others keep their defaults"
+        );
         // require-signature needs a key.
         let e = load("[registry]\nrequire-signature = true\n", &[], &[])
             .err()
