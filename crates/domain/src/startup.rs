@@ -278,6 +278,29 @@ impl StageDeadlines {
         };
         Some(seconds.saturating_mul(1000))
     }
+
+    /// Sets the deadline of the stage named `name` (as
+    /// [`ServerStage::name`] spells it) to `seconds`; names the stages
+    /// that have one when `name` is none of them.
+    pub fn set(&mut self, name: &str, seconds: u64) -> Result<(), String> {
+        let slot = match ServerStage::ALL.iter().find(|s| s.name() == name) {
+            Some(ServerStage::ProcessUp) => &mut self.process_up,
+            Some(ServerStage::ImportsDone) => &mut self.imports_done,
+            Some(ServerStage::DistributedInit) => &mut self.distributed_init,
+            Some(ServerStage::WeightsLoaded) => &mut self.weights_loaded,
+            Some(ServerStage::KvCacheAllocated) => &mut self.kv_cache_allocated,
+            Some(ServerStage::ApiUp) => &mut self.api_up,
+            Some(ServerStage::WarmedUp) | None => {
+                let names: Vec<&str> = ServerStage::ALL[..6].iter().map(|s| s.name()).collect();
+                return Err(format!(
+                    "{name:?} is not a stage with a deadline; use one of {}",
+                    names.join(", ")
+                ));
+            }
+        };
+        *slot = seconds;
+        Ok(())
+    }
 }
 
 /// `text` with every run of digits (and the points and commas inside it)
@@ -330,6 +353,17 @@ pub fn shown_line(line: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stage_deadline_is_set_by_its_name_and_a_wrong_name_lists_the_right_ones() {
+        let mut deadlines = StageDeadlines::default();
+        deadlines.set("distributed-init", 120).unwrap();
+        assert_eq!(deadlines.of(ServerStage::DistributedInit), Some(120_000));
+        assert_eq!(deadlines.of(ServerStage::ProcessUp), Some(600_000));
+        let wrong = deadlines.set("warmed-up", 5).unwrap_err();
+        assert!(wrong.contains("process-up, imports-done"), "{wrong}");
+        assert!(deadlines.set("loading", 5).is_err());
+    }
 
     fn failure(stage: ServerStage, exception: Option<&str>, code: i32) -> StartupFailure {
         StartupFailure {

@@ -142,6 +142,18 @@ pub struct LocalArgs {
     /// A health policy parameter, KEY=VALUE.
     #[arg(long = "health-param", value_name = "KEY=VALUE")]
     pub health_params: Vec<String>,
+    /// A start stage's deadline, STAGE=SECONDS (repeatable), e.g.
+    /// `distributed-init=120`: past it the rank is stalled and its stacks
+    /// are taken (`[serve.stage-deadlines]`).
+    #[arg(long = "stage-deadline", value_name = "STAGE=SECONDS")]
+    pub stage_deadlines: Vec<String>,
+    /// The py-spy that takes a stalled rank's stacks (default: beside
+    /// the vllm program, else on the PATH).
+    #[arg(long)]
+    pub py_spy: Option<std::path::PathBuf>,
+    /// Where a stall's stacks are written.
+    #[arg(long)]
+    pub stacks_dir: Option<std::path::PathBuf>,
     /// Health probe interval, ms.
     #[arg(long, default_value_t = 1000)]
     pub health_interval_ms: u64,
@@ -214,6 +226,29 @@ impl LocalArgs {
             ..ServeConfig::default()
         };
         let mut spec = ServeSpec::from_config(&serve, &Default::default());
+        for kv in key_values(&self.stage_deadlines, "--stage-deadline")? {
+            let seconds = kv
+                .value
+                .parse::<u64>()
+                .ok()
+                .filter(|s| (1..=7 * 24 * 3600).contains(s))
+                .with_context(|| {
+                    format!(
+                        "--stage-deadline {}={}: the deadline is whole seconds, 1 to 604800",
+                        kv.key, kv.value
+                    )
+                })?;
+            spec.stall
+                .deadlines
+                .set(&kv.key, seconds)
+                .map_err(|e| anyhow::anyhow!("--stage-deadline: {e}"))?;
+        }
+        if let Some(py_spy) = &self.py_spy {
+            spec.stall.py_spy = Some(py_spy.clone());
+        }
+        if let Some(dir) = &self.stacks_dir {
+            spec.stall.stacks_dir = dir.clone();
+        }
         spec.launch_params = vec![
             KeyValue::new("program", &self.vllm_bin),
             KeyValue::new("env.VLLM_HOST_IP", self.head_ip.to_string()),

@@ -842,3 +842,82 @@ fn a_rank_that_fails_to_start_is_named_with_its_stage_and_exception_and_counted(
         "termination message: {message}"
     );
 }
+
+/// A native rank on another node (here: another orchestrator run's
+/// member) stopped during its start: the leader names it (its member
+/// reports the process stopped), asks its orchestrator for its stacks,
+/// and hands the stall with the rank's own top frames to the health
+/// policy (`on-stall=stop`: exit 1). The member keeps the whole dump in a
+/// file of its own node's stacks folder.
+#[test]
+#[ignore = "needs the orchestrator binary, python3 and ORCHESTRATOR_PY_SPY_BIN: run by `cargo xtask test`"]
+fn a_stopped_rank_is_named_with_the_stacks_its_own_orchestrator_took() {
+    let py_spy = var("ORCHESTRATOR_PY_SPY_BIN");
+    let dir = tempfile::tempdir().unwrap();
+    let endpoints_port = free_port();
+    let log = dir.path().join("local.log");
+    let stacks = dir.path().join("stacks");
+    let mut local = local_native(&log)
+        .args(["--head-ip", "127.0.0.193", "--model", "tiny"])
+        .args(["--vllm-bin", "vllm"])
+        .args(["--serve-port", &free_port().to_string()])
+        .args(["--endpoints-port", &endpoints_port.to_string()])
+        .args(["--health-interval-ms", "300"])
+        .args(["--stage-deadline", "process-up=4"])
+        .args(["--health-param", "on-stall=stop"])
+        .arg("--py-spy")
+        .arg(&py_spy)
+        .arg("--stacks-dir")
+        .arg(&stacks)
+        .env("PATH", stand_in_vllm_path(dir.path()))
+        // Both ranks sit before their imports; rank 1 is then stopped.
+        .env("STAND_IN_MODE", "slow-start=300")
+        .spawn()
+        .unwrap();
+    let _guard = Guard(vec![local.id() as i32]);
+    let rank1 = poll_until("rank 1's process", Duration::from_secs(30), || {
+        pid_with_args(&["stand_in_vllm.py", "--node-rank 1"])
+    });
+    // Stopped once its interpreter runs (py-spy reads the interpreter's
+    // state from memory).
+    std::thread::sleep(Duration::from_millis(1500));
+    let stopped_at = std::time::Instant::now();
+    signal(rank1, Sig::STOP);
+    let exited = wait_exit(&mut local, Duration::from_secs(40));
+    let took = stopped_at.elapsed();
+    signal(rank1, Sig::CONT);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(exited.code(), Some(1), "{exited:?}\n{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("startup stalled:"))
+        .unwrap_or_else(|| panic!("no stall line:\n{text}"));
+    assert!(
+        line.contains("rank 1's server on 127.0.0.193"),
+        "the stopped rank named: {line}"
+    );
+    assert!(line.contains("process-up"), "{line}");
+    assert!(line.contains("stand_in_vllm.py:"), "its own frames: {line}");
+    assert!(
+        text.contains("the leader found this rank's server"),
+        "rank 1's orchestrator took the stacks: {text}"
+    );
+    // Deadline 4 s, the heartbeat's round trips and py-spy: within the
+    // deadline plus 10 s.
+    assert!(took < Duration::from_secs(4 + 10), "diagnosed in {took:?}");
+    let files: Vec<_> = std::fs::read_dir(&stacks)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let rank1_file = files
+        .iter()
+        .find(|p| p.to_string_lossy().contains("stall-rank1-"))
+        .unwrap_or_else(|| panic!("rank 1's stacks file among {files:?}"));
+    let dump = std::fs::read_to_string(rank1_file).unwrap();
+    assert!(
+        dump.contains("MainThread") && dump.contains("stand_in_vllm.py"),
+        "{dump}"
+    );
+    assert!(line.contains(&rank1_file.display().to_string()), "{line}");
+    assert_nothing_left(&["127.0.0.193", "stand_in_vllm.py"]);
+}

@@ -637,8 +637,12 @@ fn test() -> Result<()> {
         ),
         (
             "native_e2e",
-            "the native backend: real vLLM, no Ray",
-            vllm_env.to_vec(),
+            "the native backend: real vLLM, no Ray; a stopped rank's stacks through the real py-spy",
+            [
+                vllm_env.to_vec(),
+                vec![("ORCHESTRATOR_PY_SPY_BIN", venv.join("bin/py-spy"))],
+            ]
+            .concat(),
         ),
     ];
     for (target, what, env) in steps {

@@ -566,7 +566,7 @@ impl Status {
     pub(crate) fn stalled(&self, stall: orchestrator_domain::Stall) {
         let mut summary = stall.summary();
         if let Some(file) = &stall.stacks_file {
-            summary.push_str(&format!("; every rank's stacks in {file}"));
+            summary.push_str(&format!("; stacks kept in {file}"));
         }
         tracing::error!(
             rank = stall.rank,

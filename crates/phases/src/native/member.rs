@@ -48,6 +48,9 @@ pub struct MemberPlan {
     /// The group secret's key: requests are signed with it and only
     /// answers signed with it are obeyed. None: an insecure group.
     pub key: Option<super::auth::GroupKey>,
+    /// Stage deadlines and how this rank takes its own stacks when its
+    /// server stalls.
+    pub stall: crate::serve::StallSpec,
 }
 
 /// A POST to the leader: sealed with the group secret when there is one,
@@ -162,6 +165,9 @@ struct Rank {
     /// once it exited on its own.
     watch: Option<crate::serve::startup::OutputWatch>,
     failure: Option<orchestrator_domain::StartupFailure>,
+    /// The server's program, and this start's own stall check.
+    program: String,
+    stacks: crate::serve::stall::OwnStacks,
 }
 
 impl Rank {
@@ -190,11 +196,36 @@ impl Rank {
             .stages()
             .into_iter()
             .find(|s| s.rank == watch.own_rank())?;
+        let root = self.root();
         Some(super::protocol::RankStartup {
             stage: own.stage,
             since_unix_ms: own.since_unix_ms,
             failure: self.failure.clone(),
+            stopped: root.is_some_and(crate::serve::stall::is_stopped),
+            stacks: self.stacks.latest(),
         })
+    }
+
+    /// The running server's pid.
+    fn root(&self) -> Option<u32> {
+        self.process
+            .as_ref()
+            .and_then(ServerProcess::pid)
+            .and_then(|p| u32::try_from(p).ok())
+    }
+
+    /// Takes this rank's stacks when the leader asks for them.
+    fn take_stacks(&mut self, wanted: Option<super::protocol::StacksWanted>) {
+        let root = self.root();
+        if let (Some(wanted), Some(watch), Some(_)) = (wanted, self.watch.as_ref(), root) {
+            self.stacks.take(
+                &self.program,
+                watch,
+                root,
+                wanted.since_unix_ms,
+                wanted.deadline_ms,
+            );
+        }
     }
 }
 
@@ -215,6 +246,8 @@ pub async fn run_member(
         generation: 0,
         watch: None,
         failure: None,
+        program: String::new(),
+        stacks: crate::serve::stall::OwnStacks::new(plan.stall.clone()),
     };
     status.enter(Phase::Wait);
     status.nodes(0, plan.group_size);
@@ -435,6 +468,7 @@ async fn follow_orders(
             Ok(a) if a.status == 200 => match serde_json::from_str::<Order>(&a.body) {
                 Ok(order) => {
                     last_answer = Instant::now();
+                    rank.take_stacks(order.stacks_wanted);
                     carry_out(plan, label, order, rank, status).await;
                     continue;
                 }
@@ -503,6 +537,8 @@ async fn carry_out(plan: &MemberPlan, label: &str, order: Order, rank: &mut Rank
                 crate::serve::startup::OutputWatch::new(plan.rank, &plan.address, &argv, &env);
             rank.watch = Some(watch.clone());
             rank.failure = None;
+            rank.program = argv.first().cloned().unwrap_or_default();
+            rank.stacks = crate::serve::stall::OwnStacks::new(plan.stall.clone());
             match ServerProcess::spawn("vllm", &argv, &env, watch) {
                 Ok(p) => {
                     status.server_pid(p.pid());

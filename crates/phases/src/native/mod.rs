@@ -389,6 +389,7 @@ impl NativePlan {
                 stop_grace: Duration::from_secs(config.serve.stop_grace_seconds),
                 node_health: node_health.clone(),
                 key,
+                stall: crate::serve::StallSpec::of(&config.serve),
             })
         };
         Ok(Self {
@@ -446,6 +447,11 @@ impl NativePlan {
                     .map_or(Duration::from_secs(10), |s| s.stop_grace),
                 node_health: None,
                 key: Some(key.clone()),
+                stall: group
+                    .serve
+                    .as_ref()
+                    .map(|s| s.stall.clone())
+                    .unwrap_or_default(),
             })
             .collect();
         let serve = group.serve.clone().map(|mut spec| {

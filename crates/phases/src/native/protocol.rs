@@ -182,6 +182,12 @@ pub struct RankStartup {
     /// rank; the leader bounds and cleans it again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<orchestrator_domain::StartupFailure>,
+    /// Its serving process is stopped (state `T`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
+    /// The stacks it took when the leader asked ([`Order::stacks_wanted`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stacks: Option<crate::serve::RankStacks>,
 }
 
 /// What a rank is told to do.
@@ -215,6 +221,21 @@ pub struct Order {
     pub generation: u64,
     /// What to do.
     pub command: Command,
+    /// The leader found this rank stalled in the stage it entered at this
+    /// time (ms since the Unix epoch): take its stacks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stacks_wanted: Option<StacksWanted>,
+}
+
+/// The leader asks a rank for its server's stacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct StacksWanted {
+    /// The start of the stage the rank stalled in, ms since the Unix
+    /// epoch (as the rank reported it).
+    pub since_unix_ms: u64,
+    /// The stage's deadline, ms.
+    pub deadline_ms: u64,
 }
 
 /// A rank leaves on a clean stop.

@@ -62,6 +62,8 @@ struct Member {
     report: Option<HealthReport>,
     /// Its server's stage, as it last reported it.
     stage: Option<orchestrator_domain::RankStage>,
+    /// What it last said of its process for a stall's diagnosis.
+    diagnosis: crate::serve::RankDiagnosis,
 }
 
 /// The order in force.
@@ -108,6 +110,9 @@ struct Shared {
     early_failed: std::sync::atomic::AtomicBool,
     /// Start failures ranks reported, not yet taken by the serve phase.
     failures: Mutex<Vec<orchestrator_domain::StartupFailure>>,
+    /// Ranks whose stacks the serve phase wants, for a stall: rank ->
+    /// what the rank is asked.
+    stacks_wanted: Mutex<BTreeMap<u32, super::protocol::StacksWanted>>,
 }
 
 /// The rendezvous. Cheap to clone; the sweep of lost ranks runs while any
@@ -159,6 +164,7 @@ impl Rendezvous {
                 refusals: std::sync::atomic::AtomicU64::new(0),
                 early_failed: std::sync::atomic::AtomicBool::new(false),
                 failures: Mutex::new(Vec::new()),
+                stacks_wanted: Mutex::new(BTreeMap::new()),
             }),
         };
         rendezvous.publish();
@@ -395,6 +401,7 @@ impl Rendezvous {
                         gone: false,
                         report: None,
                         stage: None,
+                        diagnosis: crate::serve::RankDiagnosis::default(),
                     },
                 );
             }
@@ -453,6 +460,14 @@ impl Rendezvous {
                     stage: startup.stage,
                     since_unix_ms: startup.since_unix_ms,
                 });
+                m.diagnosis = crate::serve::RankDiagnosis {
+                    rank: h.rank,
+                    stopped: startup.stopped,
+                    stacks: startup
+                        .stacks
+                        .clone()
+                        .map(crate::serve::RankStacks::bounded),
+                };
             }
             match &h.report {
                 // A report only about the sender's own node.
@@ -565,9 +580,14 @@ impl Rendezvous {
             // A run that joined after the order: it waits for the next.
             OrderKind::Run { .. } => Command::Wait,
         };
+        let stacks_wanted = match self.shared.stacks_wanted.lock() {
+            Ok(w) => w.get(&rank).copied(),
+            Err(p) => p.into_inner().get(&rank).copied(),
+        };
         Order {
             generation: current.generation,
             command,
+            stacks_wanted,
         }
     }
 
@@ -766,6 +786,27 @@ impl ServingGroup for Rendezvous {
                 .filter_map(|m| m.stage.clone())
                 .collect()
         })
+    }
+
+    fn diagnoses(&self) -> Vec<crate::serve::RankDiagnosis> {
+        self.with_members(|members| {
+            members
+                .values()
+                .filter(|m| !m.gone)
+                .map(|m| m.diagnosis.clone())
+                .collect()
+        })
+    }
+
+    fn want_stacks(&self, rank: u32, since_unix_ms: u64, deadline_ms: u64) {
+        let wanted = super::protocol::StacksWanted {
+            since_unix_ms,
+            deadline_ms,
+        };
+        match self.shared.stacks_wanted.lock() {
+            Ok(mut w) => w.insert(rank, wanted),
+            Err(p) => p.into_inner().insert(rank, wanted),
+        };
     }
 
     fn take_failures(&self) -> Vec<orchestrator_domain::StartupFailure> {

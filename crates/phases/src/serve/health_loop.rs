@@ -265,8 +265,13 @@ impl<'a> HealthLoop<'a> {
             root: process.pid().and_then(|p| u32::try_from(p).ok()),
             workers: process.watch().workers(),
             secrets: process.watch().secrets(),
+            reported: self.ctx.group.map(|g| g.diagnoses()),
         };
-        self.stall_watch.check(&self.stages, &reach);
+        if let (Some((rank, since, deadline)), Some(group)) =
+            (self.stall_watch.check(&self.stages, &reach), self.ctx.group)
+        {
+            group.want_stacks(rank, since, deadline);
+        }
     }
 
     /// A stall diagnosed (for start `start`): kept for `/status` and the

@@ -10,13 +10,13 @@ mod launch;
 pub(crate) use crate::probe;
 mod server;
 pub mod shm;
-mod stall;
+pub(crate) mod stall;
 pub(crate) mod startup;
 
 pub use health_loop::{supervise, supervise_prelaunched};
 pub use launch::{NoPlan, ask, plan_launch};
 pub use server::ServerProcess;
-pub use stall::StallSpec;
+pub use stall::{RankDiagnosis, RankStacks, StallSpec};
 
 use crate::config::{PoliciesConfig, ServeConfig};
 use crate::endpoints::Status;
@@ -89,11 +89,7 @@ impl ServeSpec {
                 .local_copy_of(serve.model.as_deref().unwrap_or_default()),
             copy_wait: Duration::from_secs(serve.prefetch.copy_wait_seconds),
             scale: None,
-            stall: StallSpec {
-                deadlines: serve.stage_deadlines,
-                py_spy: serve.py_spy.clone(),
-                stacks_dir: serve.stacks_dir.clone(),
-            },
+            stall: StallSpec::of(serve),
         }
     }
 
@@ -160,6 +156,14 @@ pub trait ServingGroup: Send + Sync {
     fn stages(&self) -> Vec<orchestrator_domain::RankStage> {
         Vec::new()
     }
+    /// What each other rank's orchestrator says of its serving process
+    /// (stopped, the stacks it took of a stall).
+    fn diagnoses(&self) -> Vec<RankDiagnosis> {
+        Vec::new()
+    }
+    /// Asks `rank`'s orchestrator for its server's stacks: it is stalled
+    /// in the stage it entered at `since_unix_ms`, past `deadline_ms`.
+    fn want_stacks(&self, _rank: u32, _since_unix_ms: u64, _deadline_ms: u64) {}
     /// The start failures ranks reported since the last call (each once).
     fn take_failures(&self) -> Vec<orchestrator_domain::StartupFailure> {
         Vec::new()

@@ -116,6 +116,9 @@ impl ServerProcess {
             return status.clone();
         }
         self.kill_group(Signal::TERM);
+        // A stopped process (SIGSTOP, a debugger gone) acts on its SIGTERM
+        // only once it runs again.
+        self.kill_group(Signal::CONT);
         let status = match tokio::time::timeout(grace, self.wait()).await {
             Ok(status) => status,
             Err(_) => {

@@ -8,12 +8,20 @@
 //! group's lowest stage can be stalled; among them a stopped process
 //! (state `T`) is the one to name, else the one that has been there
 //! longest.
+//!
+//! The leader reaches its own server's processes and the Ray workers of
+//! its host by pid; a native rank on another node takes its own stacks
+//! ([`OwnStacks`], when its own stage passes its deadline) and sends
+//! their top frames in its heartbeat ([`RankStacks`]), which the leader's
+//! watch waits for ([`REMOTE_WAIT`]).
 
 use orchestrator_domain::secrets::Secrets;
 use orchestrator_domain::startup::now_unix_ms;
-use orchestrator_domain::{RankStage, StageDeadlines, Stall};
+use orchestrator_domain::{RankStage, ServerStage, StageDeadlines, Stall};
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// How stalls are found and diagnosed (`[serve.stage-deadlines]`, `[serve]
@@ -40,6 +48,16 @@ impl Default for StallSpec {
 }
 
 impl StallSpec {
+    /// The spec of `[serve]`: its stage deadlines, py-spy and stacks
+    /// folder.
+    pub fn of(serve: &crate::config::ServeConfig) -> Self {
+        Self {
+            deadlines: serve.stage_deadlines,
+            py_spy: serve.py_spy.clone(),
+            stacks_dir: serve.stacks_dir.clone(),
+        }
+    }
+
     /// The py-spy to run for a server started as `program`.
     fn py_spy_for(&self, program: &str) -> PathBuf {
         if let Some(path) = &self.py_spy {
@@ -67,6 +85,9 @@ pub(crate) struct Reach {
     /// Secret values of the server's argv and environment: py-spy prints
     /// each process's command line, and none of them may reach the file.
     pub(crate) secrets: std::sync::Arc<Vec<String>>,
+    /// The other ranks of a native group as their orchestrators last
+    /// reported them; `None` without a group.
+    pub(crate) reported: Option<Vec<RankDiagnosis>>,
 }
 
 impl Reach {
@@ -77,6 +98,177 @@ impl Reach {
             .find(|(r, pid)| *r == rank && is_ray_worker(*pid))
             .map(|(_, pid)| *pid)
             .or_else(|| (rank == self.own_rank).then_some(self.root).flatten())
+    }
+
+    /// Whether `rank`'s serving process is stopped, seen here or reported
+    /// by its orchestrator.
+    fn stopped(&self, rank: u32) -> bool {
+        self.pid_of(rank).is_some_and(is_stopped)
+            || self
+                .reported
+                .iter()
+                .flatten()
+                .any(|d| d.rank == rank && d.stopped)
+    }
+
+    /// The stacks `rank`'s orchestrator took in the stage it entered at
+    /// `since_unix_ms`.
+    fn stacks_of(&self, rank: u32, since_unix_ms: u64) -> Option<&RankStacks> {
+        self.reported
+            .iter()
+            .flatten()
+            .filter(|d| d.rank == rank)
+            .find_map(|d| d.stacks.as_ref())
+            .filter(|s| s.since_unix_ms == since_unix_ms)
+    }
+}
+
+/// What a rank's own orchestrator says of its serving process, for a
+/// stall's diagnosis.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RankDiagnosis {
+    /// The rank.
+    pub rank: u32,
+    /// Its serving process is stopped (state `T`).
+    pub stopped: bool,
+    /// The stacks it took once its stage passed its deadline.
+    pub stacks: Option<RankStacks>,
+}
+
+/// A rank's stacks as its own orchestrator took them: sent to the leader
+/// in its heartbeat (the whole dump stays in a file on the rank's node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RankStacks {
+    /// The stage the rank was stalled in.
+    pub stage: ServerStage,
+    /// Since when, ms since the Unix epoch (which start of the stage).
+    pub since_unix_ms: u64,
+    /// The innermost frames of its busiest main thread.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_frames: Vec<String>,
+    /// The file with every process's stacks, on the rank's node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Why there are no stacks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl RankStacks {
+    /// As the leader keeps them from a peer: at most
+    /// [`Stall::TOP_FRAMES`] frames, every text one bounded line.
+    pub(crate) fn bounded(self) -> Self {
+        use orchestrator_domain::startup::shown_line;
+        Self {
+            top_frames: self
+                .top_frames
+                .iter()
+                .take(Stall::TOP_FRAMES)
+                .map(|f| shown_line(f))
+                .collect(),
+            file: self.file.as_deref().map(shown_line),
+            error: self.error.as_deref().map(shown_line),
+            ..self
+        }
+    }
+}
+
+/// How long the leader waits for a rank on another node to send the
+/// stacks it takes of itself before it reports the stall without them.
+pub(crate) const REMOTE_WAIT: Duration = Duration::from_secs(30);
+
+/// A native rank's stacks, taken when the leader asks (it found the rank
+/// stalled): once per stage start, kept here for the heartbeat.
+#[derive(Debug, Clone)]
+pub(crate) struct OwnStacks {
+    spec: StallSpec,
+    /// The stage start whose stacks were taken (or are being taken).
+    taken_for: Option<u64>,
+    slot: Arc<Mutex<Option<RankStacks>>>,
+}
+
+impl OwnStacks {
+    pub(crate) fn new(spec: StallSpec) -> Self {
+        Self {
+            spec,
+            taken_for: None,
+            slot: Arc::default(),
+        }
+    }
+
+    /// The stacks taken, if any.
+    pub(crate) fn latest(&self) -> Option<RankStacks> {
+        match self.slot.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// The leader wants the stacks of this rank's server (`program`, its
+    /// output `watch`, its pid `root`) stalled in the stage it entered at
+    /// `since_unix_ms`: taken in a task of their own, once, if the server
+    /// is still in that stage.
+    pub(crate) fn take(
+        &mut self,
+        program: &str,
+        watch: &super::startup::OutputWatch,
+        root: Option<u32>,
+        since_unix_ms: u64,
+        deadline: u64,
+    ) {
+        if self.taken_for == Some(since_unix_ms) {
+            return;
+        }
+        let Some(rank) = watch
+            .stages()
+            .into_iter()
+            .find(|s| s.rank == watch.own_rank() && s.since_unix_ms == since_unix_ms)
+        else {
+            return;
+        };
+        self.taken_for = Some(since_unix_ms);
+        tracing::warn!(
+            rank = rank.rank,
+            stage = rank.stage.name(),
+            "the leader found this rank's server {} past its deadline ({} s): taking its stacks",
+            rank.stage.doing(),
+            deadline / 1000
+        );
+        let py_spy = self.spec.py_spy_for(program);
+        let dir = self.spec.stacks_dir.clone();
+        let secrets = watch.secrets();
+        let slot = Arc::clone(&self.slot);
+        tokio::spawn(async move {
+            let stacks = match root {
+                Some(pid) => capture(&py_spy, pid, &secrets).await,
+                None => Err("this rank's serving process has no pid".to_string()),
+            };
+            let stall = stall_of(
+                &rank,
+                deadline,
+                now_unix_ms(),
+                stacks.as_ref().map_err(String::as_str),
+            );
+            let (file, error) = match &stacks {
+                Ok(s) => match keep(&dir, &stall, &s.text) {
+                    Ok(path) => (Some(path.display().to_string()), None),
+                    Err(e) => (None, Some(e)),
+                },
+                Err(e) => (None, Some(e.clone())),
+            };
+            let taken = RankStacks {
+                stage: rank.stage,
+                since_unix_ms: rank.since_unix_ms,
+                top_frames: stall.top_frames,
+                file,
+                error,
+            };
+            match slot.lock() {
+                Ok(mut g) => *g = Some(taken),
+                Err(p) => *p.into_inner() = Some(taken),
+            }
+        });
     }
 }
 
@@ -93,9 +285,25 @@ fn is_ray_worker(pid: u32) -> bool {
 pub(crate) struct StallWatch {
     spec: StallSpec,
     tx: mpsc::UnboundedSender<(u32, Stall)>,
-    /// The start the watch is on, and whether its stall was found.
+    /// The start the watch is on, and how far its stall's search came.
     start: u32,
-    found: bool,
+    search: Search,
+}
+
+/// How far a start's stall search came.
+#[derive(Debug, Clone)]
+enum Search {
+    /// No rank is overdue yet.
+    Looking,
+    /// A rank on another node is overdue; its own orchestrator's stacks
+    /// are awaited (since `asked`).
+    Awaiting {
+        rank: RankStage,
+        deadline: u64,
+        asked: Instant,
+    },
+    /// The stall was found (and is being or was diagnosed).
+    Found,
 }
 
 impl StallWatch {
@@ -106,7 +314,7 @@ impl StallWatch {
             spec,
             tx,
             start: 0,
-            found: false,
+            search: Search::Looking,
         };
         (watch, rx)
     }
@@ -114,7 +322,7 @@ impl StallWatch {
     /// A new start (`start` counts them): its stall is yet to be found.
     pub(crate) fn restart(&mut self, start: u32) {
         self.start = start;
-        self.found = false;
+        self.search = Search::Looking;
     }
 
     /// Whether a diagnosis is for the current start.
@@ -124,17 +332,50 @@ impl StallWatch {
 
     /// Looks at the ranks' stages; the first time one is overdue, takes
     /// its stacks in a task and sends the stall.
-    pub(crate) fn check(&mut self, stages: &[RankStage], reach: &Reach) {
-        if self.found {
-            return;
+    ///
+    /// A rank out of reach in a native group is asked for its own stacks:
+    /// the rank, its stage's start and deadline are returned for the
+    /// group to ask (again at every call while awaited).
+    pub(crate) fn check(&mut self, stages: &[RankStage], reach: &Reach) -> Option<(u32, u64, u64)> {
+        match &self.search {
+            Search::Found => return None,
+            Search::Awaiting {
+                rank,
+                deadline,
+                asked,
+            } => {
+                let stacks = reach.stacks_of(rank.rank, rank.since_unix_ms);
+                if stacks.is_some() || asked.elapsed() >= REMOTE_WAIT {
+                    let stall = remote_stall(rank, *deadline, stacks);
+                    let _ = self.tx.send((self.start, stall));
+                    self.search = Search::Found;
+                    return None;
+                }
+                return Some((rank.rank, rank.since_unix_ms, *deadline));
+            }
+            Search::Looking => {}
         }
         let now = now_unix_ms();
-        let stopped = |rank| reach.pid_of(rank).is_some_and(is_stopped);
-        let Some((rank, deadline)) = overdue(stages, &self.spec.deadlines, now, stopped) else {
-            return;
-        };
-        self.found = true;
+        let (rank, deadline) = overdue(stages, &self.spec.deadlines, now, |r| reach.stopped(r))?;
+        self.search = Search::Found;
         let target = reach.pid_of(rank.rank);
+        if target.is_none() && reach.reported.is_some() {
+            tracing::warn!(
+                rank = rank.rank,
+                stage = rank.stage.name(),
+                "rank {}'s server on {} has been {} past its deadline ({} s): asking its orchestrator for its stacks",
+                rank.rank,
+                rank.node,
+                rank.stage.doing(),
+                deadline / 1000
+            );
+            self.search = Search::Awaiting {
+                rank,
+                deadline,
+                asked: Instant::now(),
+            };
+            return self.check(stages, reach);
+        }
         let py_spy = self.spec.py_spy_for(&reach.program);
         let dir = self.spec.stacks_dir.clone();
         let secrets = std::sync::Arc::clone(&reach.secrets);
@@ -174,7 +415,33 @@ impl StallWatch {
             }
             let _ = tx.send((start, stall));
         });
+        None
     }
+}
+
+/// The stall of `rank` on another node with the stacks its orchestrator
+/// sent (none within [`REMOTE_WAIT`]: the stall without them).
+fn remote_stall(rank: &RankStage, deadline: u64, stacks: Option<&RankStacks>) -> Stall {
+    let now = now_unix_ms();
+    let Some(stacks) = stacks else {
+        let why = format!(
+            "rank {}'s orchestrator on {} sent no stacks within {} s",
+            rank.rank,
+            rank.node,
+            REMOTE_WAIT.as_secs()
+        );
+        return stall_of(rank, deadline, now, Err(&why));
+    };
+    let taken = Stacks {
+        text: String::new(),
+        top_frames: stacks.top_frames.clone(),
+    };
+    let mut stall = match &stacks.error {
+        Some(e) => stall_of(rank, deadline, now, Err(e)),
+        None => stall_of(rank, deadline, now, Ok(&taken)),
+    };
+    stall.stacks_file.clone_from(&stacks.file);
+    stall
 }
 
 /// The most bytes of py-spy's output read for one process tree.
@@ -237,8 +504,14 @@ pub(crate) struct Stacks {
 /// are redacted from what is kept.
 pub(crate) async fn capture(py_spy: &Path, pid: u32, secrets: &[String]) -> Result<Stacks, String> {
     let mut command = tokio::process::Command::new(py_spy);
+    command.args(["dump", "--subprocesses"]);
+    // A stopped process is not running: its memory is read as it is,
+    // without the pause (ptrace) py-spy would otherwise wait on.
+    if is_stopped(pid) {
+        command.arg("--nonblocking");
+    }
     command
-        .args(["dump", "--subprocesses", "--pid"])
+        .arg("--pid")
         .arg(pid.to_string())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
