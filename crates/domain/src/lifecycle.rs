@@ -133,6 +133,10 @@ pub enum EventReason {
     /// A rank stayed in a start stage past its deadline (rank, stage, its
     /// innermost frames, where its stacks were written).
     StartupStalled,
+    /// The gang preflight passed (backend, how long, the slowest link).
+    PreflightPassed,
+    /// The gang preflight failed: the nodes named, with what they saw.
+    PreflightFailed,
 }
 
 impl EventReason {
@@ -159,6 +163,8 @@ impl EventReason {
             Self::NodeHealthReportRejected => "NodeHealthReportRejected",
             Self::StartupFailed => "StartupFailed",
             Self::StartupStalled => "StartupStalled",
+            Self::PreflightPassed => "PreflightPassed",
+            Self::PreflightFailed => "PreflightFailed",
         }
     }
 
@@ -169,7 +175,8 @@ impl EventReason {
             | Self::WaitingForCluster
             | Self::Serving
             | Self::Stopping
-            | Self::ServerHealthy => EventKind::Normal,
+            | Self::ServerHealthy
+            | Self::PreflightPassed => EventKind::Normal,
             _ => EventKind::Warning,
         }
     }
@@ -219,6 +226,8 @@ pub enum StartupStep {
     NodeJoined,
     /// The readiness policy said ready.
     ReadyDecision,
+    /// The gang preflight finished (passed or failed).
+    Preflight,
     /// The launch policy's plan was made.
     Launch,
     /// The serving process exists (spawned).
@@ -233,11 +242,12 @@ pub enum StartupStep {
 
 impl StartupStep {
     /// Every step, in the order they happen.
-    pub const ALL: [StartupStep; 9] = [
+    pub const ALL: [StartupStep; 10] = [
         Self::OrchestratorStarted,
         Self::RayUp,
         Self::NodeJoined,
         Self::ReadyDecision,
+        Self::Preflight,
         Self::Launch,
         Self::ServerProcessUp,
         Self::ApiAnswering,
@@ -252,6 +262,7 @@ impl StartupStep {
             Self::RayUp => "ray-up",
             Self::NodeJoined => "node-joined",
             Self::ReadyDecision => "ready-decision",
+            Self::Preflight => "preflight",
             Self::Launch => "launch",
             Self::ServerProcessUp => "server-process-up",
             Self::ApiAnswering => "api-answering",

@@ -7,7 +7,7 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use orchestrator_domain::KeyValue;
-use orchestrator_phases::config::{PluginLimits, ServeConfig};
+use orchestrator_phases::config::{PluginLimits, PreflightConfig, PreflightMode, ServeConfig};
 use orchestrator_phases::lifecycle::{Lifecycle, LocalCluster, Plan};
 use orchestrator_phases::native::{LocalGroup, NativeBackend, NativePlan};
 use orchestrator_phases::policies::{self, Named, Policies};
@@ -154,6 +154,17 @@ pub struct LocalArgs {
     /// Where a stall's stacks are written.
     #[arg(long)]
     pub stacks_dir: Option<std::path::PathBuf>,
+    /// The gang preflight before the server starts: off, warn or required
+    /// (`[serve.preflight] mode`).
+    #[arg(long, value_enum, default_value = "off")]
+    pub preflight: LocalPreflight,
+    /// The Python with torch that runs the preflight (default: beside the
+    /// vllm program, else python3).
+    #[arg(long)]
+    pub preflight_python: Option<std::path::PathBuf>,
+    /// How long every rank may take to join the preflight, seconds.
+    #[arg(long, default_value_t = 60)]
+    pub preflight_timeout_seconds: u64,
     /// Health probe interval, ms.
     #[arg(long, default_value_t = 1000)]
     pub health_interval_ms: u64,
@@ -186,6 +197,17 @@ pub struct LocalArgs {
     /// The most replicas a recommendation may name.
     #[arg(long, default_value_t = 8)]
     pub max_replicas: u32,
+}
+
+/// `--preflight`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LocalPreflight {
+    /// No preflight.
+    Off,
+    /// A failed preflight is shown; the server starts anyway.
+    Warn,
+    /// A failed preflight stops the run (exit 1) before the server starts.
+    Required,
 }
 
 /// The backend of a local cluster.
@@ -223,6 +245,16 @@ impl LocalArgs {
             generation_interval_ms: self.generation_interval_ms,
             drain_timeout_seconds: self.drain_timeout_seconds,
             prefetch: self.prefetch(),
+            preflight: PreflightConfig {
+                mode: match self.preflight {
+                    LocalPreflight::Off => PreflightMode::Off,
+                    LocalPreflight::Warn => PreflightMode::Warn,
+                    LocalPreflight::Required => PreflightMode::Required,
+                },
+                timeout_seconds: self.preflight_timeout_seconds.clamp(1, 3600),
+                python: self.preflight_python.clone(),
+                ..PreflightConfig::default()
+            },
             ..ServeConfig::default()
         };
         let mut spec = ServeSpec::from_config(&serve, &Default::default());

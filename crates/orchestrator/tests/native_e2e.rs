@@ -921,3 +921,84 @@ fn a_stopped_rank_is_named_with_the_stacks_its_own_orchestrator_took() {
     assert!(line.contains(&rank1_file.display().to_string()), "{line}");
     assert_nothing_left(&["127.0.0.193", "stand_in_vllm.py"]);
 }
+
+/// The gang preflight on the native backend: with `--preflight required`
+/// every rank runs a timed Gloo all-reduce (the server's own Python,
+/// torch) before the launch, and the result is in `/status` and the
+/// timeline between the ready decision and the launch. A preflight that
+/// cannot run (no such Python) stops the run before any server starts,
+/// naming the ranks and the fix.
+#[test]
+#[ignore = "needs the orchestrator binary and vLLM's Python (torch): run by `cargo xtask test`"]
+fn a_native_group_runs_its_gang_preflight_before_the_launch() {
+    let vllm = var("ORCHESTRATOR_VLLM_BIN");
+    let python = std::path::Path::new(&vllm).with_file_name("python");
+    let dir = tempfile::tempdir().unwrap();
+    let run = |python: &std::path::Path, log: &std::path::Path, endpoints_port: u16| {
+        local_native(log)
+            .args(["--head-ip", "127.0.0.192", "--model", "tiny"])
+            .args(["--vllm-bin", "vllm"])
+            .args(["--serve-port", &free_port().to_string()])
+            .args(["--endpoints-port", &endpoints_port.to_string()])
+            .args([
+                "--preflight",
+                "required",
+                "--preflight-timeout-seconds",
+                "20",
+            ])
+            .arg("--preflight-python")
+            .arg(python)
+            .env("PATH", stand_in_vllm_path(dir.path()))
+            .spawn()
+            .unwrap()
+    };
+    // No such Python: exit 1 before any server starts.
+    let log = dir.path().join("missing.log");
+    let mut local = run(&dir.path().join("no-python"), &log, free_port());
+    let _guard = Guard(vec![local.id() as i32]);
+    let exited = wait_exit(&mut local, Duration::from_secs(60));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(exited.code(), Some(1), "{text}");
+    assert!(
+        text.contains("gang preflight failed: rank 0 on 127.0.0.192")
+            && text.contains("set serve.preflight.python"),
+        "{text}"
+    );
+    assert!(!text.contains("told every rank to start"), "{text}");
+    assert_nothing_left(&["127.0.0.192", "stand_in_vllm.py"]);
+    // The server's own Python: the preflight passes, then the launch.
+    let endpoints_port = free_port();
+    let endpoints = format!("127.0.0.1:{endpoints_port}");
+    let log = dir.path().join("local.log");
+    let mut local = run(&python, &log, endpoints_port);
+    let _guard = Guard(vec![local.id() as i32]);
+    let serving = poll_until(
+        "serving after the preflight",
+        Duration::from_secs(90),
+        || status(&endpoints).filter(|s| s["ready"] == true),
+    );
+    let preflight = &serving["preflight"];
+    assert_eq!(preflight["passed"], true, "{preflight}");
+    let ranks = preflight["ranks"].as_array().unwrap();
+    assert_eq!(ranks.len(), 2, "{preflight}");
+    for rank in ranks {
+        assert_eq!(rank["backend"], "gloo", "{rank}");
+        assert_eq!(rank["bytes"], 4 << 20, "{rank}");
+        assert!(rank["allreduce-ms"].as_f64().is_some(), "{rank}");
+    }
+    assert!(ranks[0]["p2p-ms"]["1"].as_f64().is_some(), "{preflight}");
+    let steps: Vec<&str> = serving["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["step"].as_str())
+        .collect();
+    let at = |step: &str| steps.iter().position(|s| *s == step).unwrap_or(usize::MAX);
+    assert!(
+        at("ready-decision") < at("preflight") && at("preflight") < at("launch"),
+        "{steps:?}"
+    );
+    signal(local.id() as i32, Sig::TERM);
+    assert!(wait_exit(&mut local, Duration::from_secs(30)).success());
+    assert_nothing_left(&["127.0.0.192", "stand_in_vllm.py"]);
+}

@@ -19,6 +19,8 @@
 //!   readiness policy.
 //! - [`serve`]: the launch policy's plan run as a supervised server,
 //!   probed, judged by the health policy.
+//! - [`preflight`]: the gang preflight before the server starts (a
+//!   timed collective over every node, the GPUs each sees).
 //! - [`prefetch`]: the model's files read into the page cache on every
 //!   node while the cluster forms.
 //! - [`scale`]: the serving load sampled from vLLM's `/metrics`, the
@@ -43,6 +45,7 @@ pub mod node_health;
 mod platform;
 pub mod policies;
 pub mod prefetch;
+pub mod preflight;
 pub mod prepare;
 mod probe;
 pub mod scale;

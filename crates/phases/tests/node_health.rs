@@ -454,6 +454,7 @@ async fn the_health_loop_restarts_a_server_whose_node_turned_unhealthy_and_only_
         copy_wait: Duration::ZERO,
         scale: None,
         stall: Default::default(),
+        preflight: orchestrator_phases::preflight::PreflightSpec::of(&Default::default()),
     };
     let nodes: Vec<Node> = ["head", "worker"]
         .iter()

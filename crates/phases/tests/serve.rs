@@ -64,6 +64,7 @@ fn spec(port: u16, mode: &str, params: &[(&str, &str)]) -> (ServeSpec, LaunchPla
         copy_wait: Duration::ZERO,
         scale: None,
         stall: Default::default(),
+        preflight: orchestrator_phases::preflight::PreflightSpec::of(&Default::default()),
     };
     (spec, plan)
 }

@@ -265,6 +265,30 @@ fn serve_bounds(config: &Config) -> Vec<Bound> {
             0,
             DAY_S,
         ),
+        (
+            "serve.preflight.kib",
+            config.serve.preflight.kib,
+            1,
+            1 << 20,
+        ),
+        (
+            "serve.preflight.timeout-seconds",
+            config.serve.preflight.timeout_seconds,
+            1,
+            3600,
+        ),
+        (
+            "serve.preflight.max-p2p-ms",
+            config.serve.preflight.max_p2p_ms,
+            1,
+            DAY_MS,
+        ),
+        (
+            "serve.preflight.max-allreduce-ms",
+            config.serve.preflight.max_allreduce_ms,
+            1,
+            DAY_MS,
+        ),
     ];
     let d = &config.serve.stage_deadlines;
     for (key, value) in [

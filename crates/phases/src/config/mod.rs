@@ -10,7 +10,7 @@
 //! Unknown fields are errors that name the field, and every check says how
 //! to fix what it found. One file a section: [`Config`] and its loading
 //! here; `[ray]` in `ray.rs`, `[serve]` in `serve.rs` (its `[serve.prefetch]`
-//! in `prefetch.rs`), `[policies]` in `policies.rs`, `[plugins]` in
+//! in `prefetch.rs`, `[serve.preflight]` in `preflight.rs`), `[policies]` in `policies.rs`, `[plugins]` in
 //! `plugins.rs`, `[registry]` in `registry.rs`, `[scale]` in `scale.rs`,
 //! `[node-health]` in `node_health.rs`, `[native]` in `native.rs`; the
 //! checks of every section in `checks.rs` (entry point: [`Config::load`]).
@@ -26,6 +26,7 @@ mod node_health;
 mod plugins;
 mod policies;
 mod prefetch;
+mod preflight;
 mod ray;
 mod registry;
 mod scale;
@@ -35,6 +36,7 @@ pub use node_health::NodeHealthConfig;
 pub use plugins::PluginLimits;
 pub use policies::{PoliciesConfig, PolicyConfig};
 pub use prefetch::{CopyToProblem, PrefetchConfig};
+pub use preflight::{CollectiveBackend, PreflightConfig, PreflightMode};
 pub use ray::{GcsFaultTolerance, RayConfig};
 pub use registry::RegistryConfig;
 pub use scale::ScaleConfig;
@@ -397,6 +399,14 @@ mod tests {
                 "[serve.stage-deadlines]\ndistributed-init = 9223372036854775807\n",
                 "serve.stage-deadlines.distributed-init",
             ),
+            (
+                "[serve.preflight]\ntimeout-seconds = 0\n",
+                "serve.preflight.timeout-seconds",
+            ),
+            (
+                "[serve.preflight]\nmax-p2p-ms = 9223372036854775807\n",
+                "serve.preflight.max-p2p-ms",
+            ),
         ] {
             let e = load(text, &[], &[])
                 .err()
@@ -412,6 +422,20 @@ mod tests {
             c.serve.stage_deadlines.process_up, 600,
             "the others keep their defaults"
         );
+        let c = load(
+            "[serve.preflight]\nmode = \"required\"\nbackend = \"nccl\"\n",
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.serve.preflight.mode, PreflightMode::Required);
+        assert_eq!(c.serve.preflight.backend, CollectiveBackend::Nccl);
+        assert_eq!(c.serve.preflight.timeout_seconds, 60);
+        let e = load("[serve.preflight]\nmode = \"maybe\"\n", &[], &[])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("maybe") || e.contains("mode"), "{e}");
         // require-signature needs a key.
         let e = load("[registry]\nrequire-signature = true\n", &[], &[])
             .err()

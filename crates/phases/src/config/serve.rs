@@ -58,6 +58,8 @@ pub struct ServeConfig {
     /// The model's files to bring into the page cache on every node while
     /// the cluster forms.
     pub prefetch: PrefetchConfig,
+    /// The gang preflight before the server starts.
+    pub preflight: super::PreflightConfig,
 }
 
 impl Default for ServeConfig {
@@ -82,6 +84,7 @@ impl Default for ServeConfig {
             py_spy: None,
             stacks_dir: PathBuf::from("/tmp/orchestrator-stacks"),
             prefetch: PrefetchConfig::default(),
+            preflight: super::PreflightConfig::default(),
         }
     }
 }

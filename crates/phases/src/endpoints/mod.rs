@@ -190,6 +190,8 @@ pub struct StatusState {
     /// The current start's stall: a rank past its stage's deadline, with
     /// its innermost frames and where its stacks were written.
     pub stall: Option<orchestrator_domain::Stall>,
+    /// The gang preflight before the (last) launch.
+    pub preflight: Option<crate::preflight::PreflightResult>,
     /// The last health verdict's kind.
     #[serde(skip)]
     pub(crate) last_verdict: Option<VerdictKind>,
@@ -575,6 +577,11 @@ impl Status {
         );
         self.with(|s| s.stall = Some(stall));
         self.event(EventReason::StartupStalled, summary);
+    }
+
+    /// The gang preflight's result.
+    pub(crate) fn preflight(&self, result: crate::preflight::PreflightResult) {
+        self.with(|s| s.preflight = Some(result));
     }
 
     /// A new start: its stall is yet to come.

@@ -144,6 +144,10 @@ fn plan_for(plan: &Plan, launch: &mut LaunchPolicy, expected: &Topology) -> Opti
     let (AfterReady::Serve, Some(spec)) = (plan.after_ready, plan.serve.as_ref()) else {
         return None;
     };
+    if spec.preflight.on() {
+        // The gang preflight runs before the launch.
+        return None;
+    }
     let deadline_ms = plan
         .wait
         .as_ref()

@@ -536,6 +536,18 @@ impl RayBackend {
             }
             None => None,
         };
+        if spec.preflight.on() {
+            if prelaunched.is_some() {
+                tracing::warn!(
+                    "gang preflight skipped: the server was launched early (the launch policy's early-launch); set early-launch=false for a preflight before the launch"
+                );
+            } else if let Err(message) =
+                ray_preflight(spec, &plan, ready, self.plan.membership.as_ref(), &status).await
+            {
+                status.fail(EventReason::PreflightFailed, message.clone());
+                return Exit::failed(1, message);
+            }
+        }
         let serving = serve::serve_planned(spec, &plan, ready, policies, ctx, prelaunched);
         let outcome = tokio::select! {
             outcome = serving => outcome,
@@ -547,6 +559,64 @@ impl RayBackend {
         };
         served(&status, outcome)
     }
+}
+
+/// The gang preflight over the Ray cluster before `launch` starts: a
+/// task per alive node (the head's is rank 0, its master on the head's
+/// address), run by the server's own Python. `Err` when it failed and is
+/// required.
+async fn ray_preflight(
+    spec: &serve::ServeSpec,
+    launch: &orchestrator_domain::LaunchPlan,
+    ready: &Ready,
+    membership: &dyn crate::membership::MembershipSource,
+    status: &Status,
+) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    let program = launch.argv.first().cloned().unwrap_or_default();
+    let python = spec.preflight.python_for(&program);
+    let alive: Vec<&orchestrator_domain::Node> =
+        ready.snapshot.nodes.iter().filter(|n| n.alive).collect();
+    let head = alive
+        .iter()
+        .find(|n| n.is_head)
+        .map_or_else(|| "127.0.0.1".to_string(), |n| n.address.clone());
+    let port = crate::preflight::free_port(&head).unwrap_or(29_499);
+    let env: Vec<(String, String)> = membership
+        .serving_env()
+        .into_iter()
+        .chain(crate::preflight::network_env(&launch.env))
+        .map(|kv| (kv.key, kv.value))
+        .collect();
+    let gcs = env
+        .iter()
+        .find(|(k, _)| k == "RAY_ADDRESS")
+        .map_or_else(|| "auto".to_string(), |(_, v)| v.clone());
+    tracing::info!(
+        nodes = alive.len(),
+        "gang preflight: a check on every Ray node"
+    );
+    let ranks = match crate::preflight::check_ray(
+        &spec.preflight,
+        &python,
+        &gcs,
+        &format!("{head}:{port}"),
+        &env,
+    )
+    .await
+    {
+        Ok(ranks) => ranks,
+        Err(e) => vec![crate::preflight::RankCheck::failed(0, &head, e)],
+    };
+    let addresses = alive
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (i as u32, n.address.clone()))
+        .collect();
+    let world = (alive.len() as u32).max(ranks.len() as u32);
+    let result =
+        crate::preflight::judge(&spec.preflight, world, &addresses, ranks, started.elapsed());
+    crate::preflight::report(status, &spec.preflight, result)
 }
 
 /// A worker's supervision: [`supervise`], and an exit with

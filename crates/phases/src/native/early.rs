@@ -34,6 +34,10 @@ impl EarlyGroup {
         let (AfterReady::Serve, Some(spec)) = (plan.after_ready, plan.serve.as_ref()) else {
             return None;
         };
+        if spec.preflight.on() {
+            tracing::info!("no early launch: the gang preflight runs before the launch");
+            return None;
+        }
         let cluster = rendezvous.expected_cluster(plan.wait_timeout.as_millis() as u64);
         let serving_env = crate::membership::MembershipSource::serving_env(rendezvous);
         let planned = match serve::ask(launch, cluster, spec, &serving_env, None) {

@@ -142,12 +142,58 @@ pub async fn run_leader(
             orchestrator_domain::secrets::shown(&rank.argv)
         );
     }
+    if spec.preflight.on() {
+        if early.is_some() {
+            tracing::warn!(
+                "gang preflight skipped: the group was launched early (the launch policy's early-launch); set early-launch=false for a preflight before the launch"
+            );
+        } else if let Err(message) =
+            preflight(plan, rendezvous, spec, &launch, &ready, status).await
+        {
+            status.fail(EventReason::PreflightFailed, message.clone());
+            return Exit::failed(1, message);
+        }
+    }
     let prelaunched = match early {
         Some(early) => early.keep(&launch, rendezvous, grace, status).await,
         None => None,
     };
     let outcome = serve::serve_planned(spec, &launch, &ready, policies, ctx, prelaunched).await;
     served(status, outcome)
+}
+
+/// The gang preflight over the group, before `launch` starts: every rank
+/// checks a collective over the leader's address with the server's own
+/// Python and network settings. `Err` when it failed and is required.
+async fn preflight(
+    plan: &LeaderPlan,
+    rendezvous: &Rendezvous,
+    spec: &serve::ServeSpec,
+    launch: &orchestrator_domain::LaunchPlan,
+    ready: &crate::wait::Ready,
+    status: &Status,
+) -> Result<(), String> {
+    let program = launch.argv.first().cloned().unwrap_or_default();
+    let python = spec.preflight.python_for(&program);
+    let port = crate::preflight::free_port(&plan.master_addr).unwrap_or(plan.master_port + 1);
+    let own_gpus = ready
+        .snapshot
+        .nodes
+        .iter()
+        .find(|n| n.is_head)
+        .map_or(0, |n| n.resources.gpu as u32);
+    let order = super::protocol::PreflightOrder {
+        world: plan.group_size,
+        master: format!("{}:{port}", plan.master_addr),
+        python: python.display().to_string(),
+        backend: spec.preflight.backend,
+        bytes: spec.preflight.bytes,
+        timeout_seconds: spec.preflight.timeout.as_secs(),
+        check_gpus: spec.preflight.check_gpus,
+        env: crate::preflight::network_env(&launch.env),
+    };
+    let result = rendezvous.preflight(&spec.preflight, order, own_gpus).await;
+    crate::preflight::report(status, &spec.preflight, result)
 }
 
 /// The wait on the ranks registered with the rendezvous.

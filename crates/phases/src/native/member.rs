@@ -168,6 +168,8 @@ struct Rank {
     /// The server's program, and this start's own stall check.
     program: String,
     stacks: crate::serve::stall::OwnStacks,
+    /// The last gang preflight's result (filled by its task).
+    preflight: std::sync::Arc<std::sync::Mutex<Option<super::protocol::PreflightDone>>>,
 }
 
 impl Rank {
@@ -248,6 +250,7 @@ pub async fn run_member(
         failure: None,
         program: String::new(),
         stacks: crate::serve::stall::OwnStacks::new(plan.stall.clone()),
+        preflight: std::sync::Arc::default(),
     };
     status.enter(Phase::Wait);
     status.nodes(0, plan.group_size);
@@ -427,6 +430,10 @@ async fn follow_orders(
             process: rank.state(),
             report: checks.and_then(|c| c.reports.latest()),
             startup: rank.startup(),
+            preflight: match rank.preflight.lock() {
+                Ok(p) => p.clone(),
+                Err(p) => p.into_inner().clone(),
+            },
         };
         let body = serde_json::to_string(&beat).unwrap_or_default();
         // The leader holds a heartbeat up to one interval.
@@ -508,6 +515,53 @@ async fn carry_out(plan: &MemberPlan, label: &str, order: Order, rank: &mut Rank
     }
     match order.command {
         Command::Wait => {}
+        Command::Preflight(check) => {
+            rank.stop(plan.stop_grace, status).await;
+            let spec = crate::preflight::PreflightSpec {
+                mode: crate::config::PreflightMode::Warn,
+                backend: check.backend,
+                bytes: check.bytes,
+                timeout: Duration::from_secs(check.timeout_seconds.clamp(1, 3600)),
+                max_p2p_ms: f64::MAX,
+                max_allreduce_ms: f64::MAX,
+                check_gpus: check.check_gpus,
+                python: Some(check.python.clone().into()),
+            };
+            let (me, world, gpus) = (plan.rank, check.world, plan.gpus as u32);
+            let slot = std::sync::Arc::clone(&rank.preflight);
+            let generation = order.generation;
+            tracing::info!("{label}: running its part of the gang preflight");
+            tokio::spawn(async move {
+                let env: Vec<(String, String)> = check
+                    .env
+                    .iter()
+                    .take(64)
+                    .map(|kv| (kv.key.clone(), kv.value.clone()))
+                    .collect();
+                let python = std::path::PathBuf::from(&check.python);
+                let result = crate::preflight::check_rank(
+                    &spec,
+                    &python,
+                    me,
+                    world,
+                    &check.master,
+                    Some(gpus),
+                    &env,
+                )
+                .await;
+                if let Some(e) = &result.error {
+                    tracing::warn!("rank {me}'s gang preflight: {e}");
+                }
+                let done = super::protocol::PreflightDone {
+                    generation,
+                    check: result,
+                };
+                match slot.lock() {
+                    Ok(mut g) => *g = Some(done),
+                    Err(p) => *p.into_inner() = Some(done),
+                }
+            });
+        }
         Command::Stop => {
             rank.stop(plan.stop_grace, status).await;
             status.health(

@@ -168,6 +168,19 @@ pub struct Heartbeat {
     /// How far its serving process came, and how it failed if it exited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub startup: Option<RankStartup>,
+    /// Its part of the gang preflight, for the order of that generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preflight: Option<PreflightDone>,
+}
+
+/// A rank's preflight result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct PreflightDone {
+    /// The generation of the preflight order.
+    pub generation: u64,
+    /// What the rank's check reported.
+    pub check: crate::preflight::RankCheck,
 }
 
 /// A rank's server as its own output tells it.
@@ -211,6 +224,32 @@ pub enum Command {
     },
     /// Stop this rank's server.
     Stop,
+    /// Run this rank's part of the gang preflight now and report it.
+    Preflight(PreflightOrder),
+}
+
+/// A rank's part of the gang preflight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct PreflightOrder {
+    /// Ranks in the check.
+    pub world: u32,
+    /// The master rank 0 hosts, `HOST:PORT`.
+    pub master: String,
+    /// The Python with torch (the server's own).
+    pub python: String,
+    /// The collective's library (`auto`, `gloo`, `nccl`).
+    pub backend: crate::config::CollectiveBackend,
+    /// The all-reduce's size.
+    pub bytes: u64,
+    /// Every rank's timeout, seconds.
+    pub timeout_seconds: u64,
+    /// Whether the rank must see the GPUs it offers.
+    pub check_gpus: bool,
+    /// The server's network settings (`GLOO_*`, `NCCL_*`, ...; never a
+    /// secret).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<KeyValue>,
 }
 
 /// The leader's answer to a heartbeat.

@@ -64,6 +64,8 @@ struct Member {
     stage: Option<orchestrator_domain::RankStage>,
     /// What it last said of its process for a stall's diagnosis.
     diagnosis: crate::serve::RankDiagnosis,
+    /// Its last preflight result.
+    preflight: Option<super::protocol::PreflightDone>,
 }
 
 /// The order in force.
@@ -86,6 +88,8 @@ enum OrderKind {
         open: bool,
     },
     Stop,
+    /// Every rank present runs its part of the gang preflight.
+    Preflight(super::protocol::PreflightOrder),
 }
 
 /// A node of the view and, when it is dead, why.
@@ -402,6 +406,7 @@ impl Rendezvous {
                         report: None,
                         stage: None,
                         diagnosis: crate::serve::RankDiagnosis::default(),
+                        preflight: None,
                     },
                 );
             }
@@ -453,6 +458,15 @@ impl Rendezvous {
             m.last_seen = Instant::now();
             m.generation = h.generation;
             m.process = h.process.clone();
+            if let Some(done) = &h.preflight {
+                m.preflight = Some(super::protocol::PreflightDone {
+                    generation: done.generation,
+                    check: crate::preflight::RankCheck {
+                        rank: h.rank,
+                        ..done.check.clone().bounded()
+                    },
+                });
+            }
             if let Some(startup) = &h.startup {
                 m.stage = Some(orchestrator_domain::RankStage {
                     rank: h.rank,
@@ -557,6 +571,7 @@ impl Rendezvous {
         let command = match &current.kind {
             OrderKind::Wait => Command::Wait,
             OrderKind::Stop => Command::Stop,
+            OrderKind::Preflight(check) => Command::Preflight(check.clone()),
             OrderKind::Run { plan, to, .. } if to.get(&rank).is_some_and(|i| i == instance) => {
                 match plan.ranks.iter().find(|p| p.rank == rank) {
                     Some(p) => {
@@ -661,6 +676,60 @@ impl Rendezvous {
                 .shared
                 .early_failed
                 .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The gang preflight over every rank present: each other rank is
+    /// told to run its part (`order`), rank 0's runs here (expecting
+    /// `own_gpus`), and the results are gathered until every rank
+    /// reported or the check's limit passed.
+    pub(crate) async fn preflight(
+        &self,
+        spec: &crate::preflight::PreflightSpec,
+        order: super::protocol::PreflightOrder,
+        own_gpus: u32,
+    ) -> crate::preflight::PreflightResult {
+        let started = Instant::now();
+        let world = order.world;
+        let master = order.master.clone();
+        let env: Vec<(String, String)> = order
+            .env
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone()))
+            .collect();
+        let python = std::path::PathBuf::from(&order.python);
+        let mut addresses: BTreeMap<u32, String> = self.with_members(|members| {
+            members
+                .iter()
+                .map(|(r, m)| (*r, m.registration.address.clone()))
+                .collect()
+        });
+        addresses.insert(0, self.shared.settings.leader.address.clone());
+        let generation = self.set_order(OrderKind::Preflight(order));
+        tracing::info!(generation, world, %master, "gang preflight: every rank checks the group's collective");
+        let own =
+            crate::preflight::check_rank(spec, &python, 0, world, &master, Some(own_gpus), &env);
+        let deadline = started + spec.limit();
+        let gathered = async {
+            let mut view = self.shared.view.subscribe();
+            loop {
+                let done: Vec<crate::preflight::RankCheck> = self.with_members(|members| {
+                    members
+                        .values()
+                        .filter_map(|m| m.preflight.as_ref())
+                        .filter(|p| p.generation == generation)
+                        .map(|p| p.check.clone())
+                        .collect()
+                });
+                if done.len() as u32 + 1 >= world || Instant::now() >= deadline {
+                    return done;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(200), view.changed()).await;
+            }
+        };
+        let (own, mut ranks) = tokio::join!(own, gathered);
+        ranks.push(crate::preflight::RankCheck { rank: 0, ..own });
+        self.set_order(OrderKind::Wait);
+        crate::preflight::judge(spec, world, &addresses, ranks, started.elapsed())
     }
 
     fn set_order(&self, kind: OrderKind) -> u64 {
@@ -1173,6 +1242,7 @@ mod tests {
             process: ProcessState::Idle,
             report: Some(report),
             startup: None,
+            preflight: None,
         };
         let (wire, _) = key.seal(1, HEARTBEAT, serde_json::to_string(&beat).unwrap());
         assert_eq!(post(&r, HEARTBEAT, wire).await.0, 200);
@@ -1211,6 +1281,7 @@ mod tests {
                 process: ProcessState::Idle,
                 report: None,
                 startup: None,
+                preflight: None,
             })
             .await
             .unwrap();
@@ -1292,6 +1363,7 @@ mod tests {
             process: ProcessState::Idle,
             report: None,
             startup: None,
+            preflight: None,
         };
         assert_eq!(r.heartbeat(h).await.unwrap_err().0, 410);
         assert!(r.register(registration(1, "b")).is_ok());
@@ -1320,6 +1392,7 @@ mod tests {
             process,
             report: None,
             startup: None,
+            preflight: None,
         };
         let nodes = r.start(&plan);
         assert!(nodes.iter().all(|n| n.alive));

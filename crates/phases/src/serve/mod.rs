@@ -66,6 +66,8 @@ pub struct ServeSpec {
     pub scale: Option<crate::scale::ScaleSpec>,
     /// Stage deadlines and how a stall is diagnosed.
     pub stall: StallSpec,
+    /// The gang preflight before a launch.
+    pub preflight: crate::preflight::PreflightSpec,
 }
 
 impl ServeSpec {
@@ -90,6 +92,7 @@ impl ServeSpec {
             copy_wait: Duration::from_secs(serve.prefetch.copy_wait_seconds),
             scale: None,
             stall: StallSpec::of(serve),
+            preflight: crate::preflight::PreflightSpec::of(&serve.preflight),
         }
     }
 

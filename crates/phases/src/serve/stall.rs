@@ -554,7 +554,7 @@ pub(crate) async fn capture(py_spy: &Path, pid: u32, secrets: &[String]) -> Resu
 
 /// At most `limit` bytes of `pipe` as text (cut at a character boundary),
 /// and whether there was more.
-async fn read_at_most(
+pub(crate) async fn read_at_most(
     pipe: Option<impl tokio::io::AsyncRead + Unpin>,
     limit: usize,
 ) -> (String, bool) {
