@@ -531,3 +531,77 @@ fn a_start_that_fails_behind_ray_is_named_with_rank_stage_and_exception() {
         "one line names the failure and its count"
     );
 }
+
+/// The gang preflight behind Ray: with `--preflight required` the head
+/// runs one check per Ray node (a task pinned to it, with its GPUs) over
+/// Gloo before the launch; `/status` has every rank's figures and the
+/// timeline has the preflight between the ready decision and the launch.
+/// The server is the stand-in (the preflight comes before it).
+#[test]
+#[ignore = "needs Ray and vLLM's Python (torch): run by `cargo xtask test`"]
+fn a_ray_cluster_runs_its_gang_preflight_before_the_launch() {
+    let (base, ports) = (108u8, Ports::pick());
+    let endpoints = format!("127.0.0.1:{}", ports.endpoints);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("orchestrator.log");
+    let python = std::path::Path::new(&var("ORCHESTRATOR_VLLM_BIN")).with_file_name("python");
+    let mut local = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args(["local", "--workers", "1", "--gpus-per-node", "1"])
+        .args(["--memory-mib", "1000", "--object-store-mib", "200"])
+        .args(["--head-ip", &format!("127.0.0.{base}")])
+        .args(["--gcs-port", &ports.gcs.to_string()])
+        .args(["--agent-port", &ports.agent.to_string()])
+        .args(["--metrics-port", &ports.metrics.to_string()])
+        .arg("--temp-dir")
+        .arg(format!("/tmp/ray-t{}", ports.gcs))
+        .args(["--serve-port", &ports.serve.to_string()])
+        .args(["--endpoints-port", &ports.endpoints.to_string()])
+        .args(["--model", "tiny", "--vllm-bin", "vllm"])
+        .args(["--preflight", "required", "--preflight-python"])
+        .arg(&python)
+        .env("ORCHESTRATOR_RAY_BIN", var("ORCHESTRATOR_RAY_BIN"))
+        .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")
+        .env("PATH", stand_in_vllm_path(dir.path()))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _guard = Guard(vec![local.id() as i32]);
+    let serving = poll_until(
+        "serving after the preflight",
+        Duration::from_secs(180),
+        || status(&endpoints).filter(|s| s["ready"] == true),
+    );
+    let preflight = &serving["preflight"];
+    assert_eq!(preflight["passed"], true, "{preflight}");
+    let ranks = preflight["ranks"].as_array().unwrap();
+    assert_eq!(ranks.len(), 2, "{preflight}");
+    let addresses: Vec<&str> = ranks.iter().filter_map(|r| r["address"].as_str()).collect();
+    assert_eq!(
+        addresses,
+        [format!("127.0.0.{base}"), format!("127.0.0.{}", base + 1)],
+        "rank 0 on the head, rank 1 on the worker: {preflight}"
+    );
+    for rank in ranks {
+        assert_eq!(rank["backend"], "gloo", "{rank}");
+        assert!(rank["allreduce-ms"].as_f64().is_some(), "{rank}");
+    }
+    let steps: Vec<&str> = serving["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["step"].as_str())
+        .collect();
+    let at = |step: &str| steps.iter().position(|s| *s == step).unwrap_or(usize::MAX);
+    assert!(
+        at("ready-decision") < at("preflight") && at("preflight") < at("launch"),
+        "{steps:?}"
+    );
+    signal(local.id() as i32, Sig::TERM);
+    let out = wait_exit(&mut local, Duration::from_secs(60));
+    assert!(
+        out.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}

@@ -202,12 +202,21 @@ pub(crate) async fn health(address: &str, timeout: Duration) -> ProbeResult {
     }
 }
 
-/// A one-token completion of `model`: ok on 200 with a `choices` list.
-pub(crate) async fn generation(address: &str, model: &str, timeout: Duration) -> ProbeResult {
+/// The warm-up completion's tokens: the prompt's pass and several decode
+/// steps, as a user's first request runs them.
+pub(crate) const WARM_UP_TOKENS: u32 = 16;
+
+/// A completion of `model` of `tokens` tokens: ok on 200 with a `choices`
+/// list.
+pub(crate) async fn generation(
+    address: &str,
+    model: &str,
+    tokens: u32,
+    timeout: Duration,
+) -> ProbeResult {
     let started = Instant::now();
-    let body =
-        serde_json::json!({"model": model, "prompt": "ping", "max_tokens": 1, "temperature": 0})
-            .to_string();
+    let body = serde_json::json!({"model": model, "prompt": "ping", "max_tokens": tokens, "temperature": 0})
+        .to_string();
     match http(address, "POST", "/v1/completions", Some(body), timeout).await {
         Ok(a) if a.status == 200 => {
             let parsed: Option<serde_json::Value> = serde_json::from_str(&a.body).ok();

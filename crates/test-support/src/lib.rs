@@ -926,6 +926,11 @@ pub struct NativeGroup {
     /// The launch policy's `early-launch` (every rank starts as it
     /// registers; false: the group starts once every rank is present).
     pub early_launch: bool,
+    /// Each rank's address instead of loopback (rank r: the r-th).
+    pub addresses: Vec<String>,
+    /// More configuration: key lines first (they land in
+    /// `[policies.health.params]`), then tables.
+    pub extra_toml: String,
 }
 
 #[cfg(feature = "cluster")]
@@ -950,12 +955,17 @@ impl NativeGroup {
             model: model.to_string(),
             vllm: vllm.to_string(),
             early_launch: true,
+            addresses: Vec::new(),
+            extra_toml: String::new(),
         }
     }
 
     /// Rank `rank`'s address.
     pub fn address(&self, rank: u32) -> String {
-        format!("127.0.0.{}", u32::from(self.base) + rank)
+        match self.addresses.get(rank as usize) {
+            Some(address) => address.clone(),
+            None => format!("127.0.0.{}", u32::from(self.base) + rank),
+        }
     }
 
     /// Rank `rank`'s endpoints, `HOST:PORT`.
@@ -1013,6 +1023,7 @@ early-launch = "{early}"
 "env.HF_HUB_OFFLINE" = "1"
 [policies.health.params]
 backoff-ms = "200"
+{extra}
 "#,
                 endpoints = self.endpoints,
                 size = self.size,
@@ -1022,6 +1033,7 @@ backoff-ms = "200"
                 vllm = self.vllm,
                 early = self.early_launch,
                 secret = secret.display(),
+                extra = self.extra_toml,
             ),
         )
         .unwrap();

@@ -81,6 +81,10 @@ const BENCHES: &[(&str, &str)] = &[
         "the example readiness policy in Python (componentize-py) against Rust: size, cold compile, cache load, calls at 3 and 1,000 nodes",
     ),
     (
+        "startup",
+        "startup faults with real vLLM, native and Ray: a rank SIGSTOPped at a random stage (stall named with its stacks), a start that raises (the crash loop stopped), a rank's preflight traffic dropped in a namespace of its own, the first request after /readyz",
+    ),
+    (
         "wait",
         "join detection: orchestrator wait vs the corrected `ray status` loop on a real local cluster, and their CPU while waiting",
     ),
@@ -950,6 +954,20 @@ fn bench(name: Option<&str>) -> Result<()> {
             run(Command::new(example("bench_native"))
                 .arg(root().join("target/release/orchestrator"))
                 .env("ORCHESTRATOR_VLLM_BIN", venv.join("bin/vllm"))
+                .env("ORCHESTRATOR_TINY_MODEL", &model))
+        }
+        Some("startup") => {
+            ensure_toolchain()?;
+            let venv = vllm_venv()?;
+            let model = tiny_model(&venv)?;
+            stacks_tool(&venv)?;
+            build_all()?;
+            step("bench startup");
+            run(Command::new(example("bench_startup"))
+                .arg(root().join("target/release/orchestrator"))
+                .env("ORCHESTRATOR_RAY_BIN", venv.join("bin/ray"))
+                .env("ORCHESTRATOR_VLLM_BIN", venv.join("bin/vllm"))
+                .env("ORCHESTRATOR_PY_SPY_BIN", venv.join("bin/py-spy"))
                 .env("ORCHESTRATOR_TINY_MODEL", &model))
         }
         Some("scale") => {

@@ -708,25 +708,45 @@ impl Rendezvous {
         tracing::info!(generation, world, %master, "gang preflight: every rank checks the group's collective");
         let own =
             crate::preflight::check_rank(spec, &python, 0, world, &master, Some(own_gpus), &env);
+        tokio::pin!(own);
         let deadline = started + spec.limit();
-        let gathered = async {
-            let mut view = self.shared.view.subscribe();
-            loop {
-                let done: Vec<crate::preflight::RankCheck> = self.with_members(|members| {
-                    members
-                        .values()
-                        .filter_map(|m| m.preflight.as_ref())
-                        .filter(|p| p.generation == generation)
-                        .map(|p| p.check.clone())
-                        .collect()
-                });
-                if done.len() as u32 + 1 >= world || Instant::now() >= deadline {
-                    return done;
-                }
-                let _ = tokio::time::timeout(Duration::from_millis(200), view.changed()).await;
+        // Once rank 0 (the master) finished, every rank that joined is
+        // done too: the others get a few heartbeats to report.
+        let grace = Duration::from_secs(5) + self.shared.settings.heartbeat * 2;
+        let mut own_result: Option<(crate::preflight::RankCheck, Instant)> = None;
+        let mut ranks = loop {
+            let done: Vec<crate::preflight::RankCheck> = self.with_members(|members| {
+                members
+                    .values()
+                    .filter_map(|m| m.preflight.as_ref())
+                    .filter(|p| p.generation == generation)
+                    .map(|p| p.check.clone())
+                    .collect()
+            });
+            let now = Instant::now();
+            let all = done.len() as u32 + 1 >= world && own_result.is_some();
+            let late = own_result
+                .as_ref()
+                .is_some_and(|(_, at)| now >= *at + grace);
+            if all || late || now >= deadline {
+                break done;
+            }
+            tokio::select! {
+                check = &mut own, if own_result.is_none() => own_result = Some((check, Instant::now())),
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         };
-        let (own, mut ranks) = tokio::join!(own, gathered);
+        let own = match own_result {
+            Some((check, _)) => check,
+            None => crate::preflight::RankCheck::failed(
+                0,
+                &self.shared.settings.leader.address,
+                format!(
+                    "the check did not finish within {} s",
+                    spec.limit().as_secs()
+                ),
+            ),
+        };
         ranks.push(crate::preflight::RankCheck { rank: 0, ..own });
         self.set_order(OrderKind::Wait);
         crate::preflight::judge(spec, world, &addresses, ranks, started.elapsed())

@@ -561,6 +561,13 @@ impl<'a> HealthLoop<'a> {
         if alive && self.server.running && due && !probes.generation_in_flight {
             probes.generation_in_flight = true;
             probes.last_generation = Some(Instant::now());
+            // The warm-up generates several tokens, so that the decode
+            // path (not only the prompt's) has run once before ready.
+            let tokens = if self.server.warmed {
+                1
+            } else {
+                probe::WARM_UP_TOKENS
+            };
             let (tx, address, model, timeout) = (
                 self.probe_tx.clone(),
                 self.spec.probe_address.clone(),
@@ -568,7 +575,7 @@ impl<'a> HealthLoop<'a> {
                 self.spec.generation_timeout,
             );
             tokio::spawn(async move {
-                let result = probe::generation(&address, &model, timeout).await;
+                let result = probe::generation(&address, &model, tokens, timeout).await;
                 let _ = tx.send((ProbeKind::Generation, result));
             });
         }
