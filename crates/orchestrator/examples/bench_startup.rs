@@ -20,8 +20,8 @@
 //!   preflight (required) must name rank 1 before any server starts.
 //! - **first request**: after `/readyz` 200 (ready only after a warm-up
 //!   completion) one completion's latency against the steady state (the
-//!   median of 5 later ones); the old way: `vllm serve` started directly,
-//!   after its own `/health` 200.
+//!   median of 5 later ones); the old way: the same group, traffic as soon
+//!   as vLLM's own `/health` answers 200.
 //!
 //! Last line: `BENCH startup trials=N right_rank_stage=<share>
 //! diagnosis_max_s=<s> crashloop_tries=<n> first_request_ratio=<x> ...`.
@@ -480,45 +480,28 @@ fn first_request(setup: &Setup) -> (f64, f64) {
     (first, steady)
 }
 
-/// The old way: `vllm serve` started directly (one node), ready when its
-/// own `/health` answers 200 (what a readiness probe on the server sees);
-/// the first completion then against the steady state.
+/// The old way: traffic as soon as the server's own `/health` answers
+/// 200 (what a readiness probe on vLLM's port sees, as the KubeRay and
+/// LeaderWorkerSet examples set it up), on the same group started the
+/// same way; the first completion then against the steady state.
 fn old_first_request(setup: &Setup) -> (f64, f64) {
-    let port = free_port();
-    let server = format!("127.0.0.152:{port}");
-    let log =
-        std::fs::File::create(setup.dir.join("old-first-request.log")).unwrap_or_else(|e| fail(e));
-    let mut vllm = Command::new(&setup.vllm)
-        .args(["serve", &setup.model, "--served-model-name", "tiny"])
-        .args(["--host", "127.0.0.152", "--port", &port.to_string()])
-        .args([
-            "--max-model-len",
-            "256",
-            "--dtype",
-            "bfloat16",
-            "--enforce-eager",
-        ])
-        .env("VLLM_CPU_KVCACHE_SPACE", "1")
-        .env("HF_HUB_OFFLINE", "1")
-        .process_group(0)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| fail(format!("cannot start vllm: {e}")));
-    poll_until(
-        "the old way's /health 200",
-        Duration::from_secs(400),
-        || {
-            http_get(&server, "/health")
-                .contains("200 OK")
-                .then_some(())
-        },
+    let endpoints_port = free_port();
+    let serve_port = free_port();
+    let log = setup.dir.join("old-first-request.log");
+    let mut local = setup.local(
+        "native",
+        152,
+        (endpoints_port, serve_port),
+        &log,
+        &["--vllm-env", "VLLM_CPU_KVCACHE_SPACE=1"],
     );
+    let server = format!("127.0.0.152:{serve_port}");
+    poll_until("the server's /health 200", Duration::from_secs(400), || {
+        http_get(&server, "/health").contains("200 OK").then_some(())
+    });
     let first = completion_ms(&server).unwrap_or(f64::NAN);
     let steady = median((0..5).filter_map(|_| completion_ms(&server)).collect());
-    signal_group(vllm.id() as i32, Sig::TERM);
-    finish(&mut vllm, Duration::from_secs(30));
-    signal_group(vllm.id() as i32, Sig::KILL);
+    finish(&mut local, Duration::from_secs(60));
     (first, steady)
 }
 

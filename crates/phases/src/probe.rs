@@ -202,20 +202,29 @@ pub(crate) async fn health(address: &str, timeout: Duration) -> ProbeResult {
     }
 }
 
-/// The warm-up completion's tokens: the prompt's pass and several decode
+/// The warm-up completions' tokens: the prompt's pass and several decode
 /// steps, as a user's first request runs them.
 pub(crate) const WARM_UP_TOKENS: u32 = 16;
+
+/// The warm-up completions, one after the other: vLLM's CPU build was
+/// measured paying ~0.4 s once more on the first prompt after the first
+/// one (`cargo xtask bench startup`), so ready comes after a second.
+pub(crate) const WARM_UP_PROMPTS: [&str; 2] = [
+    "ping",
+    "The orchestrator warms the server up before it takes traffic.",
+];
 
 /// A completion of `model` of `tokens` tokens: ok on 200 with a `choices`
 /// list.
 pub(crate) async fn generation(
     address: &str,
     model: &str,
+    prompt: &str,
     tokens: u32,
     timeout: Duration,
 ) -> ProbeResult {
     let started = Instant::now();
-    let body = serde_json::json!({"model": model, "prompt": "ping", "max_tokens": tokens, "temperature": 0})
+    let body = serde_json::json!({"model": model, "prompt": prompt, "max_tokens": tokens, "temperature": 0})
         .to_string();
     match http(address, "POST", "/v1/completions", Some(body), timeout).await {
         Ok(a) if a.status == 200 => {

@@ -59,8 +59,10 @@ struct Server {
     launched: Instant,
     exited: Option<ExitStatus>,
     running: bool,
-    /// A warm-up completion (the first generation probe) succeeded.
+    /// The warm-up completions (the first generation probes) succeeded.
     warmed: bool,
+    /// Warm-up completions that succeeded so far.
+    warm_ups: usize,
     probes: Probes,
 }
 
@@ -144,6 +146,7 @@ impl<'a> HealthLoop<'a> {
                 exited: None,
                 running: false,
                 warmed: false,
+                warm_ups: 0,
                 probes: Probes::default(),
             },
             probe_tx,
@@ -208,6 +211,7 @@ impl<'a> HealthLoop<'a> {
             exited,
             running: false,
             warmed: false,
+            warm_ups: 0,
             probes: Probes::default(),
         };
         self.server_nodes = ids_usable(&self.nodes);
@@ -505,6 +509,11 @@ impl<'a> HealthLoop<'a> {
                 if result.ok {
                     probes.generation_failures = 0;
                     if !self.server.warmed {
+                        self.server.warm_ups += 1;
+                        // The next warm-up goes out at once.
+                        warm_up = true;
+                    }
+                    if !self.server.warmed && self.server.warm_ups >= probe::WARM_UP_PROMPTS.len() {
                         self.server.warmed = true;
                         if let Some(p) = self.server.process.as_ref() {
                             p.watch().reach_all(ServerStage::WarmedUp);
@@ -555,18 +564,19 @@ impl<'a> HealthLoop<'a> {
                 let _ = tx.send((ProbeKind::Health, probe::health(&address, timeout).await));
             });
         }
-        let due = probes
-            .last_generation
-            .is_none_or(|t| t.elapsed() >= self.spec.generation_interval);
+        // Warm-ups go out one after the other; then at the interval.
+        let due = !self.server.warmed
+            || probes
+                .last_generation
+                .is_none_or(|t| t.elapsed() >= self.spec.generation_interval);
         if alive && self.server.running && due && !probes.generation_in_flight {
             probes.generation_in_flight = true;
             probes.last_generation = Some(Instant::now());
             // The warm-up generates several tokens, so that the decode
             // path (not only the prompt's) has run once before ready.
-            let tokens = if self.server.warmed {
-                1
-            } else {
-                probe::WARM_UP_TOKENS
+            let (prompt, tokens) = match probe::WARM_UP_PROMPTS.get(self.server.warm_ups) {
+                Some(prompt) if !self.server.warmed => (*prompt, probe::WARM_UP_TOKENS),
+                _ => ("ping", 1),
             };
             let (tx, address, model, timeout) = (
                 self.probe_tx.clone(),
@@ -575,7 +585,7 @@ impl<'a> HealthLoop<'a> {
                 self.spec.generation_timeout,
             );
             tokio::spawn(async move {
-                let result = probe::generation(&address, &model, tokens, timeout).await;
+                let result = probe::generation(&address, &model, prompt, tokens, timeout).await;
                 let _ = tx.send((ProbeKind::Generation, result));
             });
         }
