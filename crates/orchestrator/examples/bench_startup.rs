@@ -497,7 +497,9 @@ fn old_first_request(setup: &Setup) -> (f64, f64) {
     );
     let server = format!("127.0.0.152:{serve_port}");
     poll_until("the server's /health 200", Duration::from_secs(400), || {
-        http_get(&server, "/health").contains("200 OK").then_some(())
+        http_get(&server, "/health")
+            .contains("200 OK")
+            .then_some(())
     });
     let first = completion_ms(&server).unwrap_or(f64::NAN);
     let steady = median((0..5).filter_map(|_| completion_ms(&server)).collect());

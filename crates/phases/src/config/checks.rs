@@ -202,6 +202,27 @@ fn plugins_bounds(config: &Config) -> Vec<Bound> {
     ]
 }
 
+/// `[serve.preflight]`'s sizes and durations.
+fn preflight_bounds(config: &Config) -> Vec<Bound> {
+    let p = &config.serve.preflight;
+    vec![
+        ("serve.preflight.kib", p.kib, 1, 1 << 20),
+        (
+            "serve.preflight.timeout-seconds",
+            p.timeout_seconds,
+            1,
+            3600,
+        ),
+        ("serve.preflight.max-p2p-ms", p.max_p2p_ms, 1, DAY_MS),
+        (
+            "serve.preflight.max-allreduce-ms",
+            p.max_allreduce_ms,
+            1,
+            DAY_MS,
+        ),
+    ]
+}
+
 fn serve_bounds(config: &Config) -> Vec<Bound> {
     let opt32 = |v: Option<u32>| u64::from(v.unwrap_or(1));
     let mut bounds = vec![
@@ -265,31 +286,8 @@ fn serve_bounds(config: &Config) -> Vec<Bound> {
             0,
             DAY_S,
         ),
-        (
-            "serve.preflight.kib",
-            config.serve.preflight.kib,
-            1,
-            1 << 20,
-        ),
-        (
-            "serve.preflight.timeout-seconds",
-            config.serve.preflight.timeout_seconds,
-            1,
-            3600,
-        ),
-        (
-            "serve.preflight.max-p2p-ms",
-            config.serve.preflight.max_p2p_ms,
-            1,
-            DAY_MS,
-        ),
-        (
-            "serve.preflight.max-allreduce-ms",
-            config.serve.preflight.max_allreduce_ms,
-            1,
-            DAY_MS,
-        ),
     ];
+    bounds.extend(preflight_bounds(config));
     let d = &config.serve.stage_deadlines;
     for (key, value) in [
         ("serve.stage-deadlines.process-up", d.process_up),

@@ -208,6 +208,30 @@ impl Rank {
         })
     }
 
+    /// This rank's heartbeat: its run, its last order, its process, its
+    /// own checks' report, its start and its last preflight.
+    fn heartbeat(
+        &self,
+        rank: u32,
+        instance: &str,
+        leader: &str,
+        checks: Option<&OwnChecks>,
+    ) -> Heartbeat {
+        Heartbeat {
+            rank,
+            instance: instance.to_string(),
+            leader: leader.to_string(),
+            generation: self.generation,
+            process: self.state(),
+            report: checks.and_then(|c| c.reports.latest()),
+            startup: self.startup(),
+            preflight: match self.preflight.lock() {
+                Ok(p) => p.clone(),
+                Err(p) => p.into_inner().clone(),
+            },
+        }
+    }
+
     /// The running server's pid.
     fn root(&self) -> Option<u32> {
         self.process
@@ -422,19 +446,7 @@ async fn follow_orders(
         .timeout
         .max(Duration::from_millis(registered.timeout_ms));
     loop {
-        let beat = Heartbeat {
-            rank: plan.rank,
-            instance: instance.to_string(),
-            leader: registered.leader.clone(),
-            generation: rank.generation,
-            process: rank.state(),
-            report: checks.and_then(|c| c.reports.latest()),
-            startup: rank.startup(),
-            preflight: match rank.preflight.lock() {
-                Ok(p) => p.clone(),
-                Err(p) => p.into_inner().clone(),
-            },
-        };
+        let beat = rank.heartbeat(plan.rank, instance, &registered.leader, checks);
         let body = serde_json::to_string(&beat).unwrap_or_default();
         // The leader holds a heartbeat up to one interval.
         let request = call(
@@ -517,50 +529,8 @@ async fn carry_out(plan: &MemberPlan, label: &str, order: Order, rank: &mut Rank
         Command::Wait => {}
         Command::Preflight(check) => {
             rank.stop(plan.stop_grace, status).await;
-            let spec = crate::preflight::PreflightSpec {
-                mode: crate::config::PreflightMode::Warn,
-                backend: check.backend,
-                bytes: check.bytes,
-                timeout: Duration::from_secs(check.timeout_seconds.clamp(1, 3600)),
-                max_p2p_ms: f64::MAX,
-                max_allreduce_ms: f64::MAX,
-                check_gpus: check.check_gpus,
-                python: Some(check.python.clone().into()),
-            };
-            let (me, world, gpus) = (plan.rank, check.world, plan.gpus as u32);
-            let slot = std::sync::Arc::clone(&rank.preflight);
-            let generation = order.generation;
             tracing::info!("{label}: running its part of the gang preflight");
-            tokio::spawn(async move {
-                let env: Vec<(String, String)> = check
-                    .env
-                    .iter()
-                    .take(64)
-                    .map(|kv| (kv.key.clone(), kv.value.clone()))
-                    .collect();
-                let python = std::path::PathBuf::from(&check.python);
-                let result = crate::preflight::check_rank(
-                    &spec,
-                    &python,
-                    me,
-                    world,
-                    &check.master,
-                    Some(gpus),
-                    &env,
-                )
-                .await;
-                if let Some(e) = &result.error {
-                    tracing::warn!("rank {me}'s gang preflight: {e}");
-                }
-                let done = super::protocol::PreflightDone {
-                    generation,
-                    check: result,
-                };
-                match slot.lock() {
-                    Ok(mut g) => *g = Some(done),
-                    Err(p) => *p.into_inner() = Some(done),
-                }
-            });
+            run_preflight(plan, check, order.generation, &rank.preflight);
         }
         Command::Stop => {
             rank.stop(plan.stop_grace, status).await;
@@ -620,4 +590,56 @@ async fn carry_out(plan: &MemberPlan, label: &str, order: Order, rank: &mut Rank
         }
     }
     rank.generation = order.generation;
+}
+
+/// This rank's part of the gang preflight, in a task of its own: the
+/// result lands in `slot` for the heartbeat.
+fn run_preflight(
+    plan: &MemberPlan,
+    check: super::protocol::PreflightOrder,
+    generation: u64,
+    slot: &std::sync::Arc<std::sync::Mutex<Option<super::protocol::PreflightDone>>>,
+) {
+    let spec = crate::preflight::PreflightSpec {
+        mode: crate::config::PreflightMode::Warn,
+        backend: check.backend,
+        bytes: check.bytes,
+        timeout: Duration::from_secs(check.timeout_seconds.clamp(1, 3600)),
+        max_p2p_ms: f64::MAX,
+        max_allreduce_ms: f64::MAX,
+        check_gpus: check.check_gpus,
+        python: Some(check.python.clone().into()),
+    };
+    let (me, world, gpus) = (plan.rank, check.world, plan.gpus as u32);
+    let slot = std::sync::Arc::clone(slot);
+    tokio::spawn(async move {
+        let env: Vec<(String, String)> = check
+            .env
+            .iter()
+            .take(64)
+            .map(|kv| (kv.key.clone(), kv.value.clone()))
+            .collect();
+        let python = std::path::PathBuf::from(&check.python);
+        let result = crate::preflight::check_rank(
+            &spec,
+            &python,
+            me,
+            world,
+            &check.master,
+            Some(gpus),
+            &env,
+        )
+        .await;
+        if let Some(e) = &result.error {
+            tracing::warn!("rank {me}'s gang preflight: {e}");
+        }
+        let done = super::protocol::PreflightDone {
+            generation,
+            check: result,
+        };
+        match slot.lock() {
+            Ok(mut g) => *g = Some(done),
+            Err(p) => *p.into_inner() = Some(done),
+        }
+    });
 }

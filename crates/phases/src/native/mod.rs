@@ -308,6 +308,21 @@ fn leader_node(address: &str, hostname: &str, gpus: f64, cpus: f64) -> orchestra
     }
 }
 
+impl LocalGroup {
+    /// The GPUs (or slots) each rank offers: as asked, else the server's
+    /// world spread over the ranks.
+    fn slots_per_rank(&self) -> f64 {
+        if self.gpus_per_node > 0.0 {
+            return self.gpus_per_node;
+        }
+        let world = self.serve.as_ref().map_or(1, |s| {
+            s.settings.tensor_parallel_size.unwrap_or(1)
+                * s.settings.pipeline_parallel_size.unwrap_or(1)
+        });
+        f64::from(world.div_ceil(self.workers + 1).max(1))
+    }
+}
+
 impl NativePlan {
     /// The plan of `orchestrator run` with `backend = "native"`, for the
     /// node `identity` resolved.
@@ -415,20 +430,16 @@ impl NativePlan {
             port => port,
         };
         let size = group.workers + 1;
-        let gpus = if group.gpus_per_node > 0.0 {
-            group.gpus_per_node
-        } else {
-            let world = group.serve.as_ref().map_or(1, |s| {
-                s.settings.tensor_parallel_size.unwrap_or(1)
-                    * s.settings.pipeline_parallel_size.unwrap_or(1)
-            });
-            f64::from(world.div_ceil(size).max(1))
-        };
+        let gpus = group.slots_per_rank();
         let address = group.address.to_string();
         let host = hostname();
         let cpus = 1.0;
         // One process holds the whole group: a fresh secret each run.
         let key = auth::GroupKey::random();
+        let (stop_grace, stall) = group.serve.as_ref().map_or_else(
+            || (Duration::from_secs(10), crate::serve::StallSpec::default()),
+            |s| (s.stop_grace, s.stall.clone()),
+        );
         let members = (1..size)
             .map(|rank| MemberPlan {
                 rank,
@@ -441,17 +452,10 @@ impl NativePlan {
                 heartbeat: group.heartbeat,
                 timeout: group.heartbeat_timeout,
                 leader_wait: group.timeout,
-                stop_grace: group
-                    .serve
-                    .as_ref()
-                    .map_or(Duration::from_secs(10), |s| s.stop_grace),
+                stop_grace,
                 node_health: None,
                 key: Some(key.clone()),
-                stall: group
-                    .serve
-                    .as_ref()
-                    .map(|s| s.stall.clone())
-                    .unwrap_or_default(),
+                stall: stall.clone(),
             })
             .collect();
         let serve = group.serve.clone().map(|mut spec| {

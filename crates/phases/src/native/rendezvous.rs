@@ -458,31 +458,7 @@ impl Rendezvous {
             m.last_seen = Instant::now();
             m.generation = h.generation;
             m.process = h.process.clone();
-            if let Some(done) = &h.preflight {
-                m.preflight = Some(super::protocol::PreflightDone {
-                    generation: done.generation,
-                    check: crate::preflight::RankCheck {
-                        rank: h.rank,
-                        ..done.check.clone().bounded()
-                    },
-                });
-            }
-            if let Some(startup) = &h.startup {
-                m.stage = Some(orchestrator_domain::RankStage {
-                    rank: h.rank,
-                    node: m.registration.address.clone(),
-                    stage: startup.stage,
-                    since_unix_ms: startup.since_unix_ms,
-                });
-                m.diagnosis = crate::serve::RankDiagnosis {
-                    rank: h.rank,
-                    stopped: startup.stopped,
-                    stacks: startup
-                        .stacks
-                        .clone()
-                        .map(crate::serve::RankStacks::bounded),
-                };
-            }
+            record_startup(m, &h);
             match &h.report {
                 // A report only about the sender's own node.
                 Some(report) if report.node_id == node_id(h.rank) => {
@@ -760,6 +736,36 @@ impl Rendezvous {
             generation = c.generation;
         });
         generation
+    }
+}
+
+/// What a heartbeat says of the rank's start: its last preflight, its
+/// server's stage and what it says for a stall's diagnosis.
+fn record_startup(m: &mut Member, h: &Heartbeat) {
+    if let Some(done) = &h.preflight {
+        m.preflight = Some(super::protocol::PreflightDone {
+            generation: done.generation,
+            check: crate::preflight::RankCheck {
+                rank: h.rank,
+                ..done.check.clone().bounded()
+            },
+        });
+    }
+    if let Some(startup) = &h.startup {
+        m.stage = Some(orchestrator_domain::RankStage {
+            rank: h.rank,
+            node: m.registration.address.clone(),
+            stage: startup.stage,
+            since_unix_ms: startup.since_unix_ms,
+        });
+        m.diagnosis = crate::serve::RankDiagnosis {
+            rank: h.rank,
+            stopped: startup.stopped,
+            stacks: startup
+                .stacks
+                .clone()
+                .map(crate::serve::RankStacks::bounded),
+        };
     }
 }
 

@@ -265,6 +265,10 @@ pub fn judge(
         let check = ranks.iter().find(|r| r.rank == rank);
         let blamed_elsewhere = |e: &str| e.starts_with("ranks [") || e.contains("did not form");
         let why = match check {
+            None if missing.contains(&rank) => Some(format!(
+                "did not join the group's master within {} s (and gave no result)",
+                spec.timeout.as_secs()
+            )),
             None => Some("gave no result".to_string()),
             Some(c) => match &c.error {
                 Some(e) if !blamed_elsewhere(e) => Some(e.clone()),
@@ -602,7 +606,10 @@ mod tests {
         let addresses = BTreeMap::from([(1, "10.0.0.9".to_string())]);
         let result = judge(&spec(), 2, &addresses, vec![zero], Duration::ZERO);
         assert_eq!(result.named[0].node, "10.0.0.9");
-        assert_eq!(result.named[0].why, "gave no result");
+        assert_eq!(
+            result.named[0].why,
+            "did not join the group's master within 60 s (and gave no result)"
+        );
     }
 
     #[test]
