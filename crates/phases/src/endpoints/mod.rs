@@ -579,9 +579,37 @@ impl Status {
         self.event(EventReason::StartupStalled, summary);
     }
 
-    /// The gang preflight's result.
-    pub(crate) fn preflight(&self, result: crate::preflight::PreflightResult) {
+    /// Reports a gang preflight: the timeline, `/status`, the log and an
+    /// Event. `Err` (the message) when it failed and `mode` requires it.
+    pub(crate) fn preflight_done(
+        &self,
+        mode: crate::config::PreflightMode,
+        result: crate::preflight::PreflightResult,
+    ) -> Result<(), String> {
+        let summary = result.summary();
+        let passed = result.passed;
+        self.mark(
+            StartupStep::Preflight,
+            if passed { "passed" } else { "failed" },
+        );
         self.with(|s| s.preflight = Some(result));
+        if passed {
+            tracing::info!("{summary}");
+            self.event(EventReason::PreflightPassed, summary);
+            return Ok(());
+        }
+        if mode == crate::config::PreflightMode::Required {
+            tracing::error!(
+                "{summary}; the server is not started (serve.preflight.mode = \"required\")"
+            );
+            self.event(EventReason::PreflightFailed, summary.clone());
+            return Err(format!(
+                "{summary}; the server is not started (serve.preflight.mode = \"required\"; \"warn\" starts it anyway)"
+            ));
+        }
+        tracing::warn!("{summary}; starting the server anyway (serve.preflight.mode = \"warn\")");
+        self.event(EventReason::PreflightFailed, summary);
+        Ok(())
     }
 
     /// A new start: its stall is yet to come.

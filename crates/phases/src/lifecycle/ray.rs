@@ -616,7 +616,7 @@ async fn ray_preflight(
     let world = (alive.len() as u32).max(ranks.len() as u32);
     let result =
         crate::preflight::judge(&spec.preflight, world, &addresses, ranks, started.elapsed());
-    crate::preflight::report(status, &spec.preflight, result)
+    status.preflight_done(spec.preflight.mode, result)
 }
 
 /// A worker's supervision: [`supervise`], and an exit with

@@ -193,7 +193,7 @@ async fn preflight(
         env: crate::preflight::network_env(&launch.env),
     };
     let result = rendezvous.preflight(&spec.preflight, order, own_gpus).await;
-    crate::preflight::report(status, &spec.preflight, result)
+    status.preflight_done(spec.preflight.mode, result)
 }
 
 /// The wait on the ranks registered with the rendezvous.

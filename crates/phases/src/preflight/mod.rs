@@ -5,11 +5,10 @@
 //! saw. The check itself is `gang_check.py` (run with the server's own
 //! Python, which has torch), one rank per node: [`check_rank`] on a
 //! native rank, [`check_ray`] from the Ray head (a task per node). The
-//! results are judged by [`judge`] and reported by [`report`].
+//! results are judged by [`judge`] and reported by
+//! `Status::preflight_done`.
 
 use crate::config::{CollectiveBackend, PreflightConfig, PreflightMode};
-use crate::endpoints::Status;
-use orchestrator_domain::{EventReason, StartupStep};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -336,45 +335,6 @@ pub fn judge(
     }
 }
 
-/// Reports a preflight: the timeline, `/status`, the log and an Event.
-/// `Err` (the message) when it failed and is required.
-pub fn report(
-    status: &Status,
-    spec: &PreflightSpec,
-    result: PreflightResult,
-) -> Result<(), String> {
-    let summary = result.summary();
-    status.mark(
-        StartupStep::Preflight,
-        if result.passed { "passed" } else { "failed" },
-    );
-    let passed = result.passed;
-    status.preflight(result);
-    if passed {
-        tracing::info!("{summary}");
-        status.event(EventReason::PreflightPassed, summary);
-        return Ok(());
-    }
-    match spec.mode {
-        PreflightMode::Required => {
-            tracing::error!(
-                "{summary}; the server is not started (serve.preflight.mode = \"required\")"
-            );
-            status.event(EventReason::PreflightFailed, summary.clone());
-            Err(format!(
-                "{summary}; the server is not started (serve.preflight.mode = \"required\"; \"warn\" starts it anyway)"
-            ))
-        }
-        _ => {
-            tracing::warn!(
-                "{summary}; starting the server anyway (serve.preflight.mode = \"warn\")"
-            );
-            status.event(EventReason::PreflightFailed, summary);
-            Ok(())
-        }
-    }
-}
-
 /// One rank of the group's check, on this node: rank `rank` of `world`,
 /// the master at `master` (rank 0 hosts it there), expecting `gpus` GPUs,
 /// with the server's environment `env` (its interface settings).
@@ -455,7 +415,7 @@ async fn run_check(
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let run = async {
         let (out, err) = tokio::join!(
-            crate::serve::stall::read_at_most(stdout, OUTPUT_BYTES),
+            crate::supervision::read_at_most(stdout, OUTPUT_BYTES),
             read_tail(stderr, ERROR_BYTES)
         );
         (out, err, child.wait().await)

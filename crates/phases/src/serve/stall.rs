@@ -526,8 +526,8 @@ pub(crate) async fn capture(py_spy: &Path, pid: u32, secrets: &[String]) -> Resu
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let run = async {
         let (out, err) = tokio::join!(
-            read_at_most(stdout, DUMP_BYTES),
-            read_at_most(stderr, ERROR_BYTES)
+            crate::supervision::read_at_most(stdout, DUMP_BYTES),
+            crate::supervision::read_at_most(stderr, ERROR_BYTES)
         );
         (out, err, child.wait().await)
     };
@@ -550,30 +550,6 @@ pub(crate) async fn capture(py_spy: &Path, pid: u32, secrets: &[String]) -> Resu
     let text = Secrets::redact_values(&text, secrets);
     let top_frames = top_frames(&text);
     Ok(Stacks { text, top_frames })
-}
-
-/// At most `limit` bytes of `pipe` as text (cut at a character boundary),
-/// and whether there was more.
-pub(crate) async fn read_at_most(
-    pipe: Option<impl tokio::io::AsyncRead + Unpin>,
-    limit: usize,
-) -> (String, bool) {
-    use tokio::io::AsyncReadExt as _;
-    let Some(pipe) = pipe else {
-        return (String::new(), false);
-    };
-    let mut bytes = Vec::new();
-    let _ = pipe.take(limit as u64 + 1).read_to_end(&mut bytes).await;
-    let cut = bytes.len() > limit;
-    bytes.truncate(limit);
-    let mut text = String::from_utf8_lossy(&bytes).into_owned();
-    if cut {
-        // A character split at the limit shows as U+FFFD: drop it.
-        while text.ends_with('\u{FFFD}') {
-            text.pop();
-        }
-    }
-    (text, cut)
 }
 
 /// The frames of the deepest main-thread stack in a py-spy dump

@@ -91,3 +91,27 @@ pub fn drain_namespace(grace: std::time::Duration) -> usize {
     reap_all();
     reaped
 }
+
+/// At most `limit` bytes of `pipe` as text (cut at a character boundary),
+/// and whether there was more.
+pub(crate) async fn read_at_most(
+    pipe: Option<impl tokio::io::AsyncRead + Unpin>,
+    limit: usize,
+) -> (String, bool) {
+    use tokio::io::AsyncReadExt as _;
+    let Some(pipe) = pipe else {
+        return (String::new(), false);
+    };
+    let mut bytes = Vec::new();
+    let _ = pipe.take(limit as u64 + 1).read_to_end(&mut bytes).await;
+    let cut = bytes.len() > limit;
+    bytes.truncate(limit);
+    let mut text = String::from_utf8_lossy(&bytes).into_owned();
+    if cut {
+        // A character split at the limit shows as U+FFFD: drop it.
+        while text.ends_with('\u{FFFD}') {
+            text.pop();
+        }
+    }
+    (text, cut)
+}
