@@ -88,6 +88,11 @@ pub struct RankStage {
     pub stage: ServerStage,
     /// When it reached it, ms since the Unix epoch.
     pub since_unix_ms: u64,
+    /// The process that serves it, where the serving output named it: a
+    /// Ray worker's pid (on its own node, from its `(RayWorkerProc
+    /// pid=P)` lines), so an operator can attach to that rank.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
 }
 
 /// Now, in ms since the Unix epoch (0 if the clock is before it).

@@ -2,13 +2,18 @@
 //! vLLM (the CPU build), on the native backend and behind real Ray, side
 //! by side with the old way (each rank's `vllm serve` started directly).
 //!
-//! - **stop**: a rank (0 or 1, at random) is SIGSTOPped once it reached a
-//!   start stage picked at random (process up to weights loaded); every
+//! - **stop**: on each backend, a rank (0 or 1, at random) is SIGSTOPped
+//!   once it reached a start stage picked at random (process up to
+//!   weights loaded; behind Ray from distributed init on, where a worker's
+//!   output first says its rank, and `/status` gives its pid); every
 //!   stage's deadline is `DEADLINE_S`. A trial is right when the stall the
 //!   orchestrator reports names that rank and the stage it was stopped in;
 //!   its diagnosis time runs from the SIGSTOP to the stall in `/status`.
-//!   The old way: rank 1's `vllm serve` stopped the same way; nothing
-//!   names it within the deadline plus 10 s (no exit, no line naming it).
+//!   The old way: both ranks' `vllm serve` started directly with the
+//!   command lines and environment of the first native trial, rank 1
+//!   stopped 5-40 s after the start; counted as named if within the
+//!   deadline plus 10 s the leader exits or prints a line naming rank 1
+//!   or its address.
 //! - **exception**: every rank's vLLM fails its start with a ValueError
 //!   (the KV cache asks for more memory than the machine has); the tries
 //!   until the orchestrator stops (the default health policy's
@@ -17,7 +22,9 @@
 //! - **preflight**: rank 1 runs in a network namespace of its own whose
 //!   traffic other than the rendezvous is held at 8 bit/s (`tc` htb: this
 //!   kernel has no drop action), so it never arrives; the gang
-//!   preflight (required) must name rank 1 before any server starts.
+//!   preflight (required) must name rank 1 before any server starts. The
+//!   old way: the same group without the preflight, watched for
+//!   `OLD_PREFLIGHT_S` for a line naming rank 1.
 //! - **first request**: after `/readyz` 200 (ready only after a warm-up
 //!   completion) one completion's latency against the steady state (the
 //!   median of 5 later ones); the old way: the same group, traffic as soon
@@ -41,6 +48,9 @@ use std::time::{Duration, Instant};
 
 /// Every start stage's deadline in the trials, seconds.
 const DEADLINE_S: u64 = 45;
+/// How long the old way (no preflight) is watched for a line naming the
+/// rank whose traffic is dropped.
+const OLD_PREFLIGHT_S: u64 = 120;
 /// The stages a rank is stopped in.
 const STAGES: [&str; 4] = [
     "process-up",
@@ -169,14 +179,77 @@ struct StopTrial {
     diagnosis: Option<Duration>,
 }
 
-/// One stop trial on the native backend.
-fn stop_trial(setup: &Setup, trial: usize) -> StopTrial {
+/// A process's argv and environment, to start it again the old way.
+#[derive(Clone, Debug)]
+struct Launched {
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Launched {
+    fn of(pid: i32) -> Option<Self> {
+        let split = |bytes: Vec<u8>| -> Vec<String> {
+            bytes
+                .split(|b| *b == 0)
+                .filter(|f| !f.is_empty())
+                .map(|f| String::from_utf8_lossy(f).into_owned())
+                .collect()
+        };
+        let argv = split(std::fs::read(format!("/proc/{pid}/cmdline")).ok()?);
+        let env = split(std::fs::read(format!("/proc/{pid}/environ")).ok()?)
+            .into_iter()
+            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.into(), v.into())))
+            .collect();
+        (!argv.is_empty()).then_some(Self { argv, env })
+    }
+
+    fn spawn(&self, log: &Path) -> Child {
+        Command::new(&self.argv[0])
+            .args(&self.argv[1..])
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap_or_else(|e| fail(e)))
+            .spawn()
+            .unwrap_or_else(|e| fail(format!("cannot start {:?}: {e}", self.argv[0])))
+    }
+}
+
+/// Rank `rank`'s serving process once it reached `target`: the native
+/// leader's server, the native member's headless server, or the Ray
+/// worker `/status` names for that rank.
+fn rank_process(backend: &str, now: &serde_json::Value, rank: u64) -> Option<i32> {
+    match (backend, rank) {
+        ("ray", _) => now["stages"]
+            .as_array()?
+            .iter()
+            .find(|s| s["rank"].as_u64() == Some(rank))
+            .and_then(|s| s["pid"].as_i64())
+            .map(|p| p as i32),
+        (_, 0) => now["server-pid"].as_i64().map(|p| p as i32),
+        _ => rank1_pid(),
+    }
+}
+
+/// Both ranks' command lines and rank 1's address, from a native trial.
+type OldWay = ([Launched; 2], String);
+
+/// One stop trial on `backend`; a native trial also returns both ranks'
+/// command lines (for the old way).
+fn stop_trial(setup: &Setup, backend: &str, trial: usize) -> (StopTrial, Option<OldWay>) {
     let rank = random(2) as u64;
-    let target = STAGES[random(STAGES.len())];
+    // A Ray worker's rank shows in its output from distributed init on.
+    let stages = if backend == "ray" {
+        &STAGES[2..]
+    } else {
+        &STAGES[..]
+    };
+    let target = stages[random(stages.len())];
     let endpoints_port = free_port();
     let endpoints = format!("127.0.0.1:{endpoints_port}");
-    let log = setup.dir.join(format!("stop-{trial}.log"));
-    let base = 140 + trial as u8 * 2;
+    let log = setup.dir.join(format!("stop-{backend}-{trial}.log"));
+    let base = if backend == "ray" { 170 } else { 140 } + trial as u8 * 2;
     let deadline = DEADLINE_S.to_string();
     let mut args: Vec<String> = vec![
         "--py-spy".into(),
@@ -199,29 +272,40 @@ fn stop_trial(setup: &Setup, trial: usize) -> StopTrial {
         args.extend(["--stage-deadline".into(), format!("{stage}={deadline}")]);
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut local = setup.local("native", base, (endpoints_port, free_port()), &log, &args);
-    // The rank's processes once it reached the stage.
+    let mut local = setup.local(backend, base, (endpoints_port, free_port()), &log, &args);
     let reached = poll_until(
-        &format!("rank {rank} at {target}"),
-        Duration::from_secs(300),
+        &format!("rank {rank} at {target} ({backend})"),
+        Duration::from_secs(400),
         || {
             let now = status(&endpoints)?;
             let stage = stage_of(&now, rank)?;
-            let pid = if rank == 0 {
-                now["server-pid"].as_i64().map(|p| p as i32)
-            } else {
-                rank1_pid()
-            }?;
+            let pid = rank_process(backend, &now, rank)?;
             (stage_index(&stage) >= stage_index(target)).then_some(pid)
         },
     );
-    signal_group(reached, Sig::STOP);
+    let commands = (backend == "native")
+        .then(|| {
+            let leader = status(&endpoints).and_then(|s| rank_process(backend, &s, 0))?;
+            let both = [Launched::of(leader)?, Launched::of(rank1_pid()?)?];
+            Some((both, format!("127.0.0.{}", base + 1)))
+        })
+        .flatten();
+    // A native server leads its own process group; a Ray worker is one
+    // process of its raylet's.
+    let stop = |sig| {
+        if backend == "ray" {
+            signal(reached, sig)
+        } else {
+            signal_group(reached, sig)
+        }
+    };
+    stop(Sig::STOP);
     let stopped_at = Instant::now();
     std::thread::sleep(Duration::from_millis(600));
     let stage = status(&endpoints)
         .and_then(|s| stage_of(&s, rank))
         .unwrap_or_default();
-    eprintln!("trial {trial}: rank {rank} stopped at {stage} (aimed at {target})");
+    eprintln!("trial {trial} ({backend}): rank {rank} stopped at {stage} (aimed at {target})");
     let mut named = None;
     let mut diagnosis = None;
     while stopped_at.elapsed() < Duration::from_secs(DEADLINE_S + 60) {
@@ -234,7 +318,7 @@ fn stop_trial(setup: &Setup, trial: usize) -> StopTrial {
                 stall["stage"].as_str().unwrap_or_default().to_string(),
             ));
             eprintln!(
-                "trial {trial}: stall after {:.1} s: rank {} at {}, top frame {}",
+                "trial {trial} ({backend}): stall after {:.1} s: rank {} at {}, top frame {}",
                 stopped_at.elapsed().as_secs_f64(),
                 stall["rank"],
                 stall["stage"],
@@ -247,14 +331,56 @@ fn stop_trial(setup: &Setup, trial: usize) -> StopTrial {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    signal_group(reached, Sig::CONT);
+    stop(Sig::CONT);
     finish(&mut local, Duration::from_secs(60));
-    StopTrial {
+    let trial = StopTrial {
         rank,
         stage,
         named,
         diagnosis,
+    };
+    (trial, commands)
+}
+
+/// The old way: both ranks' `vllm serve` started directly with the same
+/// command lines and environment (as a LeaderWorkerSet recipe does), rank
+/// 1 stopped a random 5-40 s after the start; whether anything (an exit,
+/// a line of the leader's output naming rank 1 or its address) names it
+/// within the stage deadline plus 10 s.
+fn old_stop_trial(setup: &Setup, (commands, address): &OldWay, trial: usize) -> bool {
+    let logs = [0, 1].map(|r| setup.dir.join(format!("old-stop-{trial}-rank{r}.log")));
+    let mut leader = commands[0].spawn(&logs[0]);
+    let mut member = commands[1].spawn(&logs[1]);
+    let after = Duration::from_secs(5 + random(36) as u64);
+    std::thread::sleep(after);
+    let member_pid = member.id() as i32;
+    signal_group(member_pid, Sig::STOP);
+    let stopped_at = Instant::now();
+    let seen_before = std::fs::metadata(&logs[0]).map_or(0, |m| m.len() as usize);
+    let mut named = false;
+    while stopped_at.elapsed() < Duration::from_secs(DEADLINE_S + 10) && !named {
+        let text = std::fs::read(&logs[0]).unwrap_or_default();
+        let since = String::from_utf8_lossy(text.get(seen_before..).unwrap_or_default());
+        named = leader.try_wait().ok().flatten().is_some()
+            || since.lines().any(|l| {
+                l.contains("rank 1") || l.contains("rank=1") || l.contains(address.as_str())
+            });
+        std::thread::sleep(Duration::from_millis(500));
     }
+    eprintln!(
+        "old way trial {trial}: rank 1 stopped {:.0} s after the start; named within {} s: {named}",
+        after.as_secs_f64(),
+        DEADLINE_S + 10
+    );
+    signal_group(member_pid, Sig::CONT);
+    for child in [&mut leader, &mut member] {
+        signal_group(child.id() as i32, Sig::TERM);
+    }
+    for child in [&mut leader, &mut member] {
+        finish(child, Duration::from_secs(30));
+        signal_group(child.id() as i32, Sig::KILL);
+    }
+    named
 }
 
 /// Stops `child` (SIGTERM, then waits up to `limit`, then SIGKILL).
@@ -396,17 +522,27 @@ impl Drop for Namespace {
 
 /// Rank 1 in its own namespace, its preflight traffic dropped: whether the
 /// preflight named rank 1 (and only it) before any server started, and
-/// how long from the group's start to the failure.
-fn preflight_trial(setup: &Setup) -> (bool, Duration) {
-    let dir = setup.dir.join("preflight");
+/// how long from the group's start to the failure. Without the preflight
+/// (the old way): whether anything named rank 1 within `OLD_PREFLIGHT_S`
+/// (vLLM's own group start waits on).
+fn preflight_trial(setup: &Setup, preflight: bool) -> (bool, Duration) {
+    let dir = setup.dir.join(if preflight {
+        "preflight"
+    } else {
+        "old-preflight"
+    });
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| fail(e));
     let mut group = NativeGroup::new(&setup.binary, &dir, 0, 2, &setup.model, &setup.vllm);
     group.addresses = vec![Namespace::HOST.into(), Namespace::INSIDE.into()];
     group.early_launch = false;
-    group.extra_toml = format!(
-        "[serve.preflight]\nmode = \"required\"\ntimeout-seconds = 10\npython = \"{}\"\n",
-        setup.python().display()
-    );
+    group.extra_toml = if preflight {
+        format!(
+            "[serve.preflight]\nmode = \"required\"\ntimeout-seconds = 10\npython = \"{}\"\n",
+            setup.python().display()
+        )
+    } else {
+        String::new()
+    };
     let _ns = Namespace::make(group.endpoints);
     let started = Instant::now();
     let mut leader = group.start(0, 0);
@@ -422,7 +558,8 @@ fn preflight_trial(setup: &Setup) -> (bool, Duration) {
         .stderr(std::fs::File::create(&log).unwrap_or_else(|e| fail(e)))
         .spawn()
         .unwrap_or_else(|e| fail(format!("cannot start rank 1 in the namespace: {e}")));
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let limit = Duration::from_secs(if preflight { 180 } else { OLD_PREFLIGHT_S });
+    let deadline = Instant::now() + limit;
     while leader.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -430,15 +567,18 @@ fn preflight_trial(setup: &Setup) -> (bool, Duration) {
     finish(&mut leader, Duration::from_secs(30));
     finish(&mut member, Duration::from_secs(30));
     let text = std::fs::read_to_string(dir.join("rank-0-0.log")).unwrap_or_default();
+    let rank1 = format!("rank 1 on {}", Namespace::INSIDE);
     let line = text
         .lines()
-        .find(|l| l.contains("gang preflight failed:"))
+        .find(|l| l.contains("gang preflight failed:") || l.contains(&rank1))
         .unwrap_or_default()
         .to_string();
-    eprintln!("preflight: {line}");
-    let right = line.contains(&format!("rank 1 on {}", Namespace::INSIDE))
-        && !line.contains("rank 0 on")
-        && !text.contains("told every rank to start");
+    let started_servers = text.contains("told every rank to start");
+    eprintln!(
+        "preflight {}: {line:?}; servers started: {started_servers}",
+        if preflight { "on" } else { "off (old way)" }
+    );
+    let right = line.contains(&rank1) && !line.contains("rank 0 on") && !started_servers;
     (right, took)
 }
 
@@ -532,38 +672,53 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3)
         .max(1);
-    let (preflight_right, preflight_s) = preflight_trial(&setup);
+    let (preflight_right, preflight_s) = preflight_trial(&setup, true);
+    let (old_preflight_right, _) = preflight_trial(&setup, false);
     let mut right = 0;
     let mut diagnosis_max = 0.0f64;
-    for trial in 0..trials {
-        let t = stop_trial(&setup, trial);
-        let ok = t.named.as_ref() == Some(&(t.rank, t.stage.clone()));
-        eprintln!(
-            "trial {trial}: stopped rank {} at {}; named {:?} ({})",
-            t.rank,
-            t.stage,
-            t.named,
-            if ok { "right" } else { "WRONG" }
-        );
-        if ok {
-            right += 1;
+    let mut old_way = None;
+    let mut per_backend = Vec::new();
+    for backend in ["native", "ray"] {
+        let mut backend_right = 0;
+        for trial in 0..trials {
+            let (t, commands) = stop_trial(&setup, backend, trial);
+            old_way = old_way.or(commands);
+            let ok = t.named.as_ref() == Some(&(t.rank, t.stage.clone()));
+            eprintln!(
+                "trial {trial} ({backend}): stopped rank {} at {}; named {:?} ({})",
+                t.rank,
+                t.stage,
+                t.named,
+                if ok { "right" } else { "WRONG" }
+            );
+            backend_right += usize::from(ok);
+            diagnosis_max =
+                diagnosis_max.max(t.diagnosis.map_or(f64::INFINITY, |d| d.as_secs_f64()));
         }
-        diagnosis_max = diagnosis_max.max(t.diagnosis.map_or(f64::INFINITY, |d| d.as_secs_f64()));
+        right += backend_right;
+        per_backend.push(format!("{backend} {backend_right}/{trials}"));
     }
+    let old_way = old_way.unwrap_or_else(|| fail("no native trial gave its command lines"));
+    let old_named = (0..trials)
+        .filter(|trial| old_stop_trial(&setup, &old_way, *trial))
+        .count();
     let (native_tries, native_cause, _) = exception_trial(&setup, "native", 160);
     let (ray_tries, ray_cause, _) = exception_trial(&setup, "ray", 162);
     let (first, steady) = first_request(&setup);
     let (old_first, old_steady) = old_first_request(&setup);
-    let share = right as f64 / trials as f64;
+    let stops = 2 * trials;
+    let share = right as f64 / stops as f64;
     println!(
-        "stop: {right}/{trials} right, diagnosis at most {diagnosis_max:.1} s (deadline {DEADLINE_S} s + 10 s = {} s)",
+        "stop: {right}/{stops} right ({}), diagnosis at most {diagnosis_max:.1} s (deadline {DEADLINE_S} s + 10 s = {} s); old way: {old_named}/{trials} named by anything within {} s",
+        per_backend.join(", "),
+        DEADLINE_S + 10,
         DEADLINE_S + 10
     );
     println!(
         "exception: native {native_tries} tries (cause in /status: {native_cause}), ray {ray_tries} tries (cause in /status: {ray_cause})"
     );
     println!(
-        "preflight: rank 1's traffic dropped in its namespace: named right: {preflight_right}, failed {:.1} s after the start",
+        "preflight: rank 1's traffic dropped in its namespace: named right: {preflight_right}, failed {:.1} s after the start; old way (no preflight): named within {OLD_PREFLIGHT_S} s: {old_preflight_right}",
         preflight_s.as_secs_f64()
     );
     println!("first request after /readyz: {first:.0} ms; steady state {steady:.0} ms");
@@ -571,11 +726,13 @@ fn main() {
         "old way, first request after the server's /health: {old_first:.0} ms; steady state {old_steady:.0} ms"
     );
     println!(
-        "BENCH startup trials={trials} right_rank_stage={share:.2} diagnosis_max_s={diagnosis_max:.1} crashloop_tries={} first_request_ratio={:.2} old_first_request_ratio={:.2} preflight_named={} preflight_s={:.1} native_crashloop_tries={native_tries} ray_crashloop_tries={ray_tries} cause_in_status={}",
+        "BENCH startup trials={stops} right_rank_stage={share:.2} diagnosis_max_s={diagnosis_max:.1} crashloop_tries={} first_request_ratio={:.2} old_right_rank_stage={:.2} old_first_request_ratio={:.2} preflight_named={} old_preflight_named={} preflight_s={:.1} native_crashloop_tries={native_tries} ray_crashloop_tries={ray_tries} cause_in_status={}",
         native_tries.max(ray_tries),
         first / steady,
+        old_named as f64 / trials as f64,
         old_first / old_steady,
         u8::from(preflight_right),
+        u8::from(old_preflight_right),
         preflight_s.as_secs_f64(),
         u8::from(native_cause && ray_cause),
     );

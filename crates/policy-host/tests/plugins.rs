@@ -308,6 +308,7 @@ fn default_health_stops_identical_startup_failures_and_acts_on_a_stall() {
         node: "127.0.0.3".into(),
         stage: ServerStage::DistributedInit,
         since_unix_ms: 1,
+        pid: None,
     }];
     assert!(matches!(
         p.evaluate(&starting, &[]).expect("call"),

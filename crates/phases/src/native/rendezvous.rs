@@ -757,6 +757,7 @@ fn record_startup(m: &mut Member, h: &Heartbeat) {
             node: m.registration.address.clone(),
             stage: startup.stage,
             since_unix_ms: startup.since_unix_ms,
+            pid: None,
         });
         m.diagnosis = crate::serve::RankDiagnosis {
             rank: h.rank,

@@ -646,6 +646,7 @@ mod tests {
             node: format!("10.0.0.{rank}"),
             stage,
             since_unix_ms: since,
+            pid: None,
         }
     }
 

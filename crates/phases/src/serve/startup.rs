@@ -264,14 +264,19 @@ impl OutputWatch {
 
     /// Every rank's stage, by rank.
     pub(crate) fn stages(&self) -> Vec<RankStage> {
-        self.seen()
-            .ranks
+        let seen = self.seen();
+        seen.ranks
             .iter()
             .map(|(rank, (stage, since, node))| RankStage {
                 rank: *rank,
                 node: node.clone(),
                 stage: *stage,
                 since_unix_ms: *since,
+                pid: seen
+                    .pid_ranks
+                    .iter()
+                    .find(|(_, r)| *r == rank)
+                    .map(|(pid, _)| *pid),
             })
             .collect()
     }
@@ -360,7 +365,13 @@ mod tests {
         assert_eq!(stage(&w, 1), Some(ServerStage::DistributedInit));
         let one = w.stages().into_iter().find(|s| s.rank == 1).unwrap();
         assert_eq!(one.node, "127.0.0.121");
+        // Its worker's pid is known from its own line; rank 0's not yet.
+        assert_eq!(one.pid, Some(5771));
+        let zero = w.stages().into_iter().find(|s| s.rank == 0).unwrap();
+        assert_eq!(zero.pid, None);
         w.observe(RAY_RUN[3]);
+        let zero = w.stages().into_iter().find(|s| s.rank == 0).unwrap();
+        assert_eq!(zero.pid, Some(5735));
         w.observe(RAY_RUN[4]);
         // Rank 1's loading line carries no ip: the pid says which rank.
         assert_eq!(stage(&w, 1), Some(ServerStage::WeightsLoaded));

@@ -137,6 +137,7 @@ mod tests {
                 node: "127.0.0.3".into(),
                 stage: ServerStage::WeightsLoaded,
                 since_unix_ms: 10_000,
+                pid: None,
             }],
             last_failure: Some(StartupFailure {
                 rank: 1,

@@ -1,0 +1,600 @@
+//! A group of nodes fetching one revision from a real nginx origin (a
+//! mirror of the hub's API laid out as files, or a JSON autoindex),
+//! each node's chunks served to the others by its own peer service on
+//! loopback: the origin serves the revision once; a corrupt chunk, a
+//! peer killed mid-transfer, the origin gone after the first fetch and a
+//! revision change. nginx: `$ORCHESTRATOR_NGINX_BIN`, else
+//! `/usr/sbin/nginx` (`cargo xtask test` installs Debian's).
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use orchestrator_weights::{
+    FetchSettings, FetchState, Fetcher, Origin, OriginSpec, PeerClient, PeerKey, PeerService,
+    Progress, Role, store::sha256_hex,
+};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const CHUNK: u64 = 1 << 20;
+const SECRET: &[u8] = b"weights-test-group-secret-0123456789";
+
+fn nginx_bin() -> PathBuf {
+    std::env::var_os("ORCHESTRATOR_NGINX_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/usr/sbin/nginx".into())
+}
+
+fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real nginx serving `root`, each connection held to `rate`.
+struct Nginx {
+    child: Option<std::process::Child>,
+    dir: tempfile::TempDir,
+    address: String,
+}
+
+impl Nginx {
+    fn start(root: &Path, ip: &str, rate: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port(ip);
+        let d = dir.path().display();
+        let conf = format!(
+            r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 256; }}
+http {{
+  log_format served '$uri $status $body_bytes_sent';
+  access_log {d}/access.log served;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  server {{
+    listen {ip}:{port};
+    root {root};
+    location /api/ {{ default_type application/json; }}
+    location / {{ autoindex on; autoindex_format json; limit_rate {rate}; }}
+  }}
+}}
+"#,
+            root = root.display()
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        let child = std::process::Command::new(nginx_bin())
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", nginx_bin().display()));
+        let address = format!("{ip}:{port}");
+        let until = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(&address).is_err() {
+            assert!(Instant::now() < until, "nginx did not listen on {address}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child: Some(child),
+            dir,
+            address,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// Bytes of file bodies served (listings and the hub API aside).
+    fn file_bytes(&self) -> u64 {
+        std::fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                !l.starts_with("/api/") && !l.split(' ').next().unwrap_or("/").ends_with('/')
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Random bytes, reproducible.
+fn bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// The files of one revision.
+fn revision(seed: u64) -> Vec<(String, Vec<u8>)> {
+    vec![
+        (
+            "config.json".into(),
+            format!("{{\"seed\": {seed}}}\n").into_bytes(),
+        ),
+        (
+            "model-00001-of-00002.safetensors".into(),
+            bytes(9 << 20, seed),
+        ),
+        (
+            "model-00002-of-00002.safetensors".into(),
+            bytes((5 << 20) + 12345, seed + 1),
+        ),
+        ("tokenizer/empty.txt".into(), Vec::new()),
+    ]
+}
+
+fn total(files: &[(String, Vec<u8>)]) -> u64 {
+    files.iter().map(|(_, b)| b.len() as u64).sum()
+}
+
+/// Lays `files` out as a hub mirror: `org/model/resolve/<commit>/...`
+/// and the API's answer for `branch` and for the commit.
+fn publish_hub(root: &Path, commit: &str, branch: &str, files: &[(String, Vec<u8>)]) {
+    let siblings: Vec<serde_json::Value> = files
+        .iter()
+        .map(|(path, content)| {
+            let mut s = serde_json::json!({"rfilename": path, "size": content.len()});
+            if path.ends_with(".safetensors") {
+                s["lfs"] =
+                    serde_json::json!({"sha256": sha256_hex(content), "size": content.len()});
+            }
+            s
+        })
+        .collect();
+    for (path, content) in files {
+        let at = root.join("org/model/resolve").join(commit).join(path);
+        std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+        std::fs::write(at, content).unwrap();
+    }
+    let api = root.join("api/models/org/model/revision");
+    std::fs::create_dir_all(&api).unwrap();
+    let answer = serde_json::json!({"id": "org/model", "sha": commit, "siblings": siblings});
+    for name in [branch, commit] {
+        std::fs::write(api.join(name), answer.to_string()).unwrap();
+    }
+}
+
+fn hub(origin: &Nginx) -> Origin {
+    Origin::new(
+        OriginSpec::Hub {
+            endpoint: origin.url(),
+            repo: "org/model".into(),
+            revision: "main".into(),
+            token_env: None,
+        },
+        Duration::from_secs(20),
+    )
+    .unwrap()
+}
+
+/// One node: its fetch, and its peer service on `address`.
+struct Node {
+    fetcher: Arc<Fetcher>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn serve_peers(address: String, service: Arc<PeerService>) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(&address).await.unwrap();
+    tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let service = Arc::clone(&service);
+            connections.spawn(async move {
+                let handle = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let service = Arc::clone(&service);
+                        async move {
+                            let auth = req
+                                .headers()
+                                .get(orchestrator_weights::peer::REQUEST_HEADER)
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_string);
+                            let answer = service.answer(req.uri().path(), auth.as_deref()).await;
+                            let mut response = hyper::Response::builder()
+                                .status(answer.status)
+                                .header("content-type", answer.content_type);
+                            if let Some(mac) = answer.mac {
+                                response =
+                                    response.header(orchestrator_weights::peer::ANSWER_HEADER, mac);
+                            }
+                            Ok::<_, std::convert::Infallible>(
+                                response.body(Full::new(Bytes::from(answer.body))).unwrap(),
+                            )
+                        }
+                    },
+                );
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, handle)
+                    .await;
+            });
+        }
+    })
+}
+
+struct Plan<'a> {
+    origin: Origin,
+    cache: &'a Path,
+    role: Role,
+    address: &'a str,
+    peers: Vec<String>,
+    parallel: usize,
+    stall: Duration,
+}
+
+async fn node(plan: Plan<'_>) -> Node {
+    let key = Arc::new(PeerKey::from_secret(SECRET).unwrap());
+    let service = Arc::new(PeerService::new(Arc::clone(&key)));
+    let client = PeerClient::new(key, Duration::from_secs(10)).unwrap();
+    let server = serve_peers(plan.address.to_string(), Arc::clone(&service)).await;
+    let settings = FetchSettings {
+        cache: plan.cache.to_path_buf(),
+        chunk_bytes: CHUNK,
+        parallel: plan.parallel,
+        peer_wait: Duration::from_secs(10),
+        stall: plan.stall,
+    };
+    let peers = plan.peers;
+    let fetcher = Fetcher::new(plan.origin, settings, plan.role).with_peers(
+        Arc::new(move || peers.clone()),
+        client,
+        service,
+    );
+    Node {
+        fetcher: Arc::new(fetcher),
+        server,
+    }
+}
+
+fn progress(node: &Node) -> Progress {
+    node.fetcher.progress().lock().unwrap().clone()
+}
+
+fn run(node: &Node) -> tokio::task::JoinHandle<Result<PathBuf, String>> {
+    let fetcher = Arc::clone(&node.fetcher);
+    tokio::spawn(async move { fetcher.run().await.map_err(|e| e.to_string()) })
+}
+
+/// Every file of `files` under `folder`, byte for byte.
+fn assert_holds(folder: &Path, files: &[(String, Vec<u8>)]) {
+    for (path, content) in files {
+        let got = std::fs::read(folder.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert!(got == *content, "{path} differs under {}", folder.display());
+    }
+}
+
+fn caches(n: usize) -> Vec<tempfile::TempDir> {
+    (0..n).map(|_| tempfile::tempdir().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_take_the_revision_once_from_the_origin() {
+    let root = tempfile::tempdir().unwrap();
+    let files = revision(1);
+    publish_hub(root.path(), "c0ffee01", "main", &files);
+    let origin = Nginx::start(root.path(), "127.0.0.41", "4m");
+    let caches = caches(3);
+    let addresses: Vec<String> = (0..3)
+        .map(|i| {
+            format!(
+                "127.0.0.4{}:{}",
+                i + 2,
+                free_port(&format!("127.0.0.4{}", i + 2))
+            )
+        })
+        .collect();
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let peers = addresses
+            .iter()
+            .filter(|a| **a != addresses[i])
+            .cloned()
+            .collect();
+        nodes.push(
+            node(Plan {
+                origin: hub(&origin),
+                cache: caches[i].path(),
+                role: if i == 0 { Role::Seed } else { Role::Join },
+                address: &addresses[i],
+                peers,
+                parallel: 4,
+                stall: Duration::from_secs(1),
+            })
+            .await,
+        );
+    }
+    let runs: Vec<_> = nodes.iter().map(run).collect();
+    for (i, handle) in runs.into_iter().enumerate() {
+        let folder = handle
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("node {i}: {e}"));
+        assert!(
+            folder.ends_with("org--model/c0ffee01"),
+            "{}",
+            folder.display()
+        );
+        assert_holds(&folder, &files);
+    }
+    let served = origin.file_bytes();
+    let ratio = served as f64 / total(&files) as f64;
+    assert!(
+        ratio <= 1.05,
+        "the origin served {served} bytes: {ratio:.2} x the revision"
+    );
+    for joiner in &nodes[1..] {
+        let p = progress(joiner);
+        assert_eq!(p.state, FetchState::Done);
+        assert_eq!(p.from_origin_bytes, 0, "{p:?}");
+        assert_eq!(
+            p.from_peers_bytes.values().sum::<u64>(),
+            p.total_bytes - 0,
+            "{p:?}"
+        );
+    }
+    assert_eq!(progress(&nodes[0]).from_origin_bytes, total(&files));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupt_chunk_from_a_peer_is_refused_and_fetched_elsewhere() {
+    let root = tempfile::tempdir().unwrap();
+    let files = revision(2);
+    publish_hub(root.path(), "c0ffee02", "main", &files);
+    let origin = Nginx::start(root.path(), "127.0.0.51", "50m");
+    let caches = caches(2);
+    let a = "127.0.0.52:".to_string() + &free_port("127.0.0.52").to_string();
+    let b = "127.0.0.53:".to_string() + &free_port("127.0.0.53").to_string();
+    let seed = node(Plan {
+        origin: hub(&origin),
+        cache: caches[0].path(),
+        role: Role::Seed,
+        address: &a,
+        peers: vec![],
+        parallel: 4,
+        stall: Duration::from_secs(1),
+    })
+    .await;
+    let folder = run(&seed).await.unwrap().unwrap();
+    // One byte of chunk 3 of the first shard flips on the seed's disk.
+    let shard = folder.join("model-00001-of-00002.safetensors");
+    let mut content = std::fs::read(&shard).unwrap();
+    content[(3 << 20) + 17] ^= 0x40;
+    std::fs::write(&shard, content).unwrap();
+    let before = origin.file_bytes();
+    let joiner = node(Plan {
+        origin: hub(&origin),
+        cache: caches[1].path(),
+        role: Role::Join,
+        address: &b,
+        peers: vec![a.clone()],
+        parallel: 2,
+        stall: Duration::from_secs(3),
+    })
+    .await;
+    let got = run(&joiner).await.unwrap().unwrap();
+    assert_holds(&got, &files);
+    let p = progress(&joiner);
+    assert!(p.corrupt_chunks >= 1, "{p:?}");
+    // Only the chunk the seed could not give came from the origin.
+    let from_origin = origin.file_bytes() - before;
+    assert_eq!(from_origin, CHUNK, "{p:?}");
+    assert_eq!(p.from_origin_bytes, from_origin);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_killed_mid_transfer_is_routed_around() {
+    // A plain directory (JSON autoindex) this time.
+    let root = tempfile::tempdir().unwrap();
+    let files = revision(3);
+    for (path, content) in &files {
+        let at = root.path().join("models/m").join(path);
+        std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+        std::fs::write(at, content).unwrap();
+    }
+    let origin = Nginx::start(root.path(), "127.0.0.61", "1m");
+    let directory = || {
+        Origin::new(
+            OriginSpec::Directory {
+                url: format!("{}/models/m/", origin.url()),
+                name: "m".into(),
+                revision: None,
+                files: vec![],
+                token_env: None,
+            },
+            Duration::from_secs(20),
+        )
+        .unwrap()
+    };
+    let caches = caches(2);
+    let a = "127.0.0.62:".to_string() + &free_port("127.0.0.62").to_string();
+    let b = "127.0.0.63:".to_string() + &free_port("127.0.0.63").to_string();
+    let seed = node(Plan {
+        origin: directory(),
+        cache: caches[0].path(),
+        role: Role::Seed,
+        address: &a,
+        peers: vec![b.clone()],
+        parallel: 2,
+        stall: Duration::from_secs(3),
+    })
+    .await;
+    let joiner = node(Plan {
+        origin: directory(),
+        cache: caches[1].path(),
+        role: Role::Join,
+        address: &b,
+        peers: vec![a.clone()],
+        parallel: 2,
+        stall: Duration::from_secs(3),
+    })
+    .await;
+    let seeding = run(&seed);
+    let joining = run(&joiner);
+    // The seed goes once the joiner holds a third of the revision.
+    let until = Instant::now() + Duration::from_secs(60);
+    while progress(&joiner).done_bytes < total(&files) / 3 {
+        assert!(Instant::now() < until, "{:?}", progress(&joiner));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    seeding.abort();
+    drop(seed);
+    let got = joining.await.unwrap().unwrap();
+    assert_holds(&got, &files);
+    let p = progress(&joiner);
+    assert!(p.revision.starts_with("listing-"), "{p:?}");
+    let from_peers = p.from_peers_bytes.values().sum::<u64>();
+    assert!(from_peers >= 3 * CHUNK, "{p:?}");
+    assert!(p.from_origin_bytes > 0, "{p:?}");
+    assert_eq!(from_peers + p.from_origin_bytes, total(&files), "{p:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_origin_gone_after_the_first_fetch_does_not_stop_the_group() {
+    let root = tempfile::tempdir().unwrap();
+    let files = revision(4);
+    publish_hub(root.path(), "c0ffee04", "main", &files);
+    let mut origin = Nginx::start(root.path(), "127.0.0.71", "50m");
+    let caches = caches(3);
+    let a = "127.0.0.72:".to_string() + &free_port("127.0.0.72").to_string();
+    let seed = node(Plan {
+        origin: hub(&origin),
+        cache: caches[0].path(),
+        role: Role::Seed,
+        address: &a,
+        peers: vec![],
+        parallel: 4,
+        stall: Duration::from_secs(1),
+    })
+    .await;
+    run(&seed).await.unwrap().unwrap();
+    let hub_origin = hub(&origin);
+    origin.stop();
+    for (i, cache) in caches[1..].iter().enumerate() {
+        let address = format!(
+            "127.0.0.7{}:{}",
+            i + 3,
+            free_port(&format!("127.0.0.7{}", i + 3))
+        );
+        let joiner = node(Plan {
+            origin: hub_origin.clone(),
+            cache: cache.path(),
+            role: Role::Join,
+            address: &address,
+            peers: vec![a.clone()],
+            parallel: 4,
+            stall: Duration::from_secs(1),
+        })
+        .await;
+        let got = run(&joiner).await.unwrap().unwrap();
+        assert_holds(&got, &files);
+    }
+    // The seed restarted: the cache, without the origin.
+    drop(seed);
+    let again = node(Plan {
+        origin: hub_origin,
+        cache: caches[0].path(),
+        role: Role::Seed,
+        address: &a,
+        peers: vec![],
+        parallel: 4,
+        stall: Duration::from_secs(1),
+    })
+    .await;
+    let got = run(&again).await.unwrap().unwrap();
+    assert_holds(&got, &files);
+    assert!(progress(&again).cached);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revision_change_fetches_the_new_revision_beside_the_old() {
+    let root = tempfile::tempdir().unwrap();
+    let old = revision(5);
+    publish_hub(root.path(), "c0ffee05", "main", &old);
+    let origin = Nginx::start(root.path(), "127.0.0.81", "50m");
+    let caches = caches(2);
+    let a = "127.0.0.82:".to_string() + &free_port("127.0.0.82").to_string();
+    let b = "127.0.0.83:".to_string() + &free_port("127.0.0.83").to_string();
+    let seed = node(Plan {
+        origin: hub(&origin),
+        cache: caches[0].path(),
+        role: Role::Seed,
+        address: &a,
+        peers: vec![],
+        parallel: 4,
+        stall: Duration::from_secs(1),
+    })
+    .await;
+    let first = run(&seed).await.unwrap().unwrap();
+    assert_holds(&first, &old);
+    // `main` moves to a new commit.
+    let new = revision(6);
+    publish_hub(root.path(), "c0ffee06", "main", &new);
+    let second = run(&seed).await.unwrap().unwrap();
+    assert!(
+        second.ends_with("org--model/c0ffee06"),
+        "{}",
+        second.display()
+    );
+    assert_holds(&second, &new);
+    assert_holds(&first, &old);
+    assert!(!progress(&seed).cached);
+    // A joiner gets the new one from the seed.
+    let joiner = node(Plan {
+        origin: hub(&origin),
+        cache: caches[1].path(),
+        role: Role::Join,
+        address: &b,
+        peers: vec![a.clone()],
+        parallel: 4,
+        stall: Duration::from_secs(1),
+    })
+    .await;
+    let got = run(&joiner).await.unwrap().unwrap();
+    assert!(got.ends_with("org--model/c0ffee06"));
+    assert_holds(&got, &new);
+    assert_eq!(progress(&joiner).from_origin_bytes, 0);
+}
