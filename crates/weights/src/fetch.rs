@@ -24,9 +24,23 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
-/// The group's other nodes, as `host:port` of their orchestrators (asked
-/// again each time offers are refreshed).
-pub type PeerList = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+/// How this node finds the group's other nodes (`host:port` of their
+/// orchestrators).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peers {
+    /// These, always.
+    Fixed(Vec<String>),
+    /// The seed (the head or leader), and the nodes it introduces: each
+    /// node asking it says where it answers itself (`me`), and hears of
+    /// the others that asked lately. When the seed is gone, the last
+    /// nodes heard of stay.
+    Via {
+        /// The seed's orchestrator.
+        seed: String,
+        /// This node's orchestrator, as the others reach it.
+        me: String,
+    },
+}
 
 /// Failed origin requests in a row after which the fetch fails.
 const ORIGIN_ATTEMPTS: u32 = 6;
@@ -143,7 +157,9 @@ pub struct Fetcher {
     origin: Origin,
     settings: FetchSettings,
     role: Role,
-    peers: PeerList,
+    peers: Peers,
+    /// The nodes the seed introduced last.
+    introduced: Mutex<Vec<String>>,
     client: Option<PeerClient>,
     service: Option<Arc<PeerService>>,
     progress: Arc<Mutex<Progress>>,
@@ -189,7 +205,8 @@ impl Fetcher {
             origin,
             settings,
             role,
-            peers: Arc::new(Vec::new),
+            peers: Peers::Fixed(Vec::new()),
+            introduced: Mutex::new(Vec::new()),
             client: None,
             service: None,
             progress: Arc::new(Mutex::new(progress)),
@@ -200,7 +217,7 @@ impl Fetcher {
     /// node's through `service`.
     pub fn with_peers(
         mut self,
-        peers: PeerList,
+        peers: Peers,
         client: PeerClient,
         service: Arc<PeerService>,
     ) -> Self {
@@ -347,12 +364,41 @@ impl Fetcher {
         }
     }
 
+    /// The nodes to ask now: the fixed ones, or the seed and the nodes it
+    /// introduces (the last ones heard of when it does not answer).
+    async fn peer_list(&self, id: &str) -> Vec<String> {
+        match (&self.peers, &self.client) {
+            (Peers::Fixed(peers), _) => peers.clone(),
+            (Peers::Via { seed, me }, Some(client)) => {
+                let mut introduced = match client.introduce(seed, id, me).await {
+                    Ok(others) => {
+                        if let Ok(mut kept) = self.introduced.lock() {
+                            kept.clone_from(&others);
+                        }
+                        others
+                    }
+                    Err(e) => {
+                        tracing::debug!("weights: {e}");
+                        self.introduced
+                            .lock()
+                            .map(|k| k.clone())
+                            .unwrap_or_default()
+                    }
+                };
+                introduced.retain(|p| p != me && p != seed);
+                introduced.insert(0, seed.clone());
+                introduced
+            }
+            (Peers::Via { .. }, None) => Vec::new(),
+        }
+    }
+
     /// The first offer a peer gives within `peer-wait`.
     async fn first_offer(&self, id: &str) -> Option<Offer> {
         let client = self.client.as_ref()?;
         let until = Instant::now() + self.settings.peer_wait;
         loop {
-            for peer in (self.peers)() {
+            for peer in self.peer_list(id).await {
                 match client.offer(&peer, id).await {
                     Ok(offer) => {
                         tracing::info!(%peer, "weights: manifest from a peer");
@@ -385,7 +431,7 @@ impl Fetcher {
         }
         swarm.refreshed = Some(Instant::now());
         let now = Instant::now();
-        let named = (self.peers)();
+        let named = self.peer_list(id).await;
         swarm.known = named.len();
         let peers: Vec<String> = named
             .into_iter()
@@ -432,10 +478,17 @@ impl Fetcher {
                     && !swarm.refused.contains(&(peer.clone(), file, chunk))
             })
             .collect();
-        if let Some((peer, offer)) = holders
-            .iter()
-            .min_by_key(|(peer, _)| swarm.asked.get(peer).copied().unwrap_or(0))
-        {
+        // The seed's uplink is kept for what only it has.
+        let seed = match &self.peers {
+            Peers::Via { seed, .. } => Some(seed),
+            Peers::Fixed(_) => None,
+        };
+        if let Some((peer, offer)) = holders.iter().min_by_key(|(peer, _)| {
+            (
+                Some(peer) == seed,
+                swarm.asked.get(peer).copied().unwrap_or(0),
+            )
+        }) {
             let digest = offer.digest(file, chunk).map(str::to_string);
             return Some((Source::Peer(peer.clone()), digest));
         }

@@ -13,7 +13,7 @@ pub mod origin;
 pub mod peer;
 pub mod store;
 
-pub use fetch::{FetchError, FetchSettings, FetchState, Fetcher, PeerList, Progress, Role};
+pub use fetch::{FetchError, FetchSettings, FetchState, Fetcher, Peers, Progress, Role};
 pub use manifest::{Manifest, ManifestFile, Offer};
 pub use origin::{Origin, OriginError, OriginSpec};
 pub use peer::{PeerAnswer, PeerClient, PeerKey, PeerService};

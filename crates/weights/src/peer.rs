@@ -4,6 +4,10 @@
 //! - `GET /weights/v1/<id>/offer`: the node's [`Offer`] of the revision
 //!   the group's configuration `<id>` names (JSON).
 //! - `GET /weights/v1/<id>/chunk/<file>/<chunk>`: one chunk's bytes.
+//! - `GET /weights/v1/<id>/peers?me=<host:port>`: the seed introduces
+//!   the nodes that asked it lately (within [`INTRODUCED_FOR`]) to each
+//!   other; `me` is where the asking node answers (signed like the
+//!   rest, so only the group's nodes are introduced).
 //!
 //! Every request carries `x-orchestrator-weights: ts=<ms>,nonce=<hex>,
 //! mac=<hex>`, an HMAC-SHA256 with a key derived from the group's secret
@@ -35,6 +39,10 @@ pub const PREFIX: &str = "/weights/v1/";
 pub const MAX_SKEW: Duration = Duration::from_secs(60);
 /// The largest offer read from a peer.
 pub const MAX_OFFER_BYTES: usize = 32 << 20;
+/// How long a node that asked the seed stays introduced.
+pub const INTRODUCED_FOR: Duration = Duration::from_secs(60);
+/// The most nodes introduced.
+const MAX_INTRODUCED: usize = 10_000;
 /// Chunks read from disk for peers at once; more wait their turn.
 const SERVING_AT_ONCE: usize = 4;
 const MAX_NONCES: usize = 100_000;
@@ -210,6 +218,8 @@ pub struct PeerService {
     key: Arc<PeerKey>,
     stores: RwLock<HashMap<String, Arc<Store>>>,
     serving: tokio::sync::Semaphore,
+    /// Nodes that asked to be introduced, per id: address -> when.
+    askers: Mutex<HashMap<String, HashMap<String, std::time::Instant>>>,
 }
 
 impl PeerService {
@@ -219,7 +229,25 @@ impl PeerService {
             key,
             stores: RwLock::new(HashMap::new()),
             serving: tokio::sync::Semaphore::new(SERVING_AT_ONCE),
+            askers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Records `me` as a node of `id`'s group; the others heard of lately.
+    fn introduce(&self, id: &str, me: &str) -> Vec<String> {
+        let mut askers = match self.askers.lock() {
+            Ok(a) => a,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let now = std::time::Instant::now();
+        let group = askers.entry(id.to_string()).or_default();
+        group.retain(|_, at| now.duration_since(*at) < INTRODUCED_FOR);
+        if group.len() < MAX_INTRODUCED || group.contains_key(me) {
+            group.insert(me.to_string(), now);
+        }
+        let mut others: Vec<String> = group.keys().filter(|a| *a != me).cloned().collect();
+        others.sort();
+        others
     }
 
     /// Offers `store` under `id` (the group's name for the revision).
@@ -241,11 +269,13 @@ impl PeerService {
         path.starts_with(PREFIX)
     }
 
-    /// The answer to `GET path` with the request header `auth`.
-    pub async fn answer(&self, path: &str, auth: Option<&str>) -> PeerAnswer {
-        let Some(nonce) = self.key.check_request(path, auth) else {
+    /// The answer to `GET target` (path and query) with the request
+    /// header `auth`.
+    pub async fn answer(&self, target: &str, auth: Option<&str>) -> PeerAnswer {
+        let Some(nonce) = self.key.check_request(target, auth) else {
             return PeerAnswer::text(401, "unauthorized");
         };
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
         let parts: Vec<&str> = path
             .strip_prefix(PREFIX)
             .unwrap_or_default()
@@ -258,6 +288,22 @@ impl PeerService {
                     return PeerAnswer::text(404, "no such revision here");
                 };
                 let body = serde_json::to_vec(&store.offer()).unwrap_or_default();
+                PeerAnswer {
+                    status: 200,
+                    content_type: "application/json",
+                    mac: Some(self.key.sign_answer(&nonce, 200, &body)),
+                    body,
+                }
+            }
+            [id, "peers"] => {
+                let me = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("me="))
+                    .filter(|me| valid_address(me));
+                let Some(me) = me else {
+                    return PeerAnswer::text(400, "give me=<host:port>");
+                };
+                let body = serde_json::to_vec(&self.introduce(id, me)).unwrap_or_default();
                 PeerAnswer {
                     status: 200,
                     content_type: "application/json",
@@ -289,6 +335,20 @@ impl PeerService {
             _ => PeerAnswer::text(404, "not found"),
         }
     }
+}
+
+/// `host:port` with a host of letters, digits, `.`, `-` or `:` (IPv6 in
+/// brackets), at most 255 bytes.
+fn valid_address(text: &str) -> bool {
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return false;
+    };
+    text.len() <= 255
+        && !host.is_empty()
+        && port.parse::<u16>().is_ok_and(|p| p > 0)
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
 }
 
 /// Asks peers for offers and chunks.
@@ -354,6 +414,33 @@ impl PeerClient {
             reason: e.to_string(),
         })?;
         Ok(offer)
+    }
+
+    /// Says to `seed` that this node answers at `me`; the other nodes of
+    /// the group it heard of lately.
+    pub async fn introduce(
+        &self,
+        seed: &str,
+        id: &str,
+        me: &str,
+    ) -> Result<Vec<String>, PeerError> {
+        let (answer, nonce) = self
+            .get(seed, &format!("{PREFIX}{id}/peers?me={me}"), 1 << 20)
+            .await?;
+        if !self
+            .key
+            .check_answer(&nonce, 200, &answer.body, answer.header(ANSWER_HEADER))
+        {
+            return Err(PeerError::Unsigned {
+                peer: seed.to_string(),
+            });
+        }
+        let peers: Vec<String> =
+            serde_json::from_slice(&answer.body).map_err(|e| PeerError::BadOffer {
+                peer: seed.to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(peers.into_iter().filter(|p| valid_address(p)).collect())
     }
 
     /// Chunk `chunk` of file `file` of `id` from `peer`, at most `len`

@@ -10,7 +10,7 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use orchestrator_weights::{
     FetchSettings, FetchState, Fetcher, Origin, OriginSpec, PeerClient, PeerKey, PeerService,
-    Progress, Role, store::sha256_hex,
+    Peers, Progress, Role, store::sha256_hex,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -233,7 +233,12 @@ async fn serve_peers(address: String, service: Arc<PeerService>) -> tokio::task:
                                 .get(orchestrator_weights::peer::REQUEST_HEADER)
                                 .and_then(|v| v.to_str().ok())
                                 .map(str::to_string);
-                            let answer = service.answer(req.uri().path(), auth.as_deref()).await;
+                            let target = req
+                                .uri()
+                                .path_and_query()
+                                .map(|p| p.as_str())
+                                .unwrap_or("/");
+                            let answer = service.answer(target, auth.as_deref()).await;
                             let mut response = hyper::Response::builder()
                                 .status(answer.status)
                                 .header("content-type", answer.content_type);
@@ -261,7 +266,7 @@ struct Plan<'a> {
     cache: &'a Path,
     role: Role,
     address: &'a str,
-    peers: Vec<String>,
+    peers: Peers,
     parallel: usize,
     stall: Duration,
 }
@@ -278,12 +283,8 @@ async fn node(plan: Plan<'_>) -> Node {
         peer_wait: Duration::from_secs(10),
         stall: plan.stall,
     };
-    let peers = plan.peers;
-    let fetcher = Fetcher::new(plan.origin, settings, plan.role).with_peers(
-        Arc::new(move || peers.clone()),
-        client,
-        service,
-    );
+    let fetcher =
+        Fetcher::new(plan.origin, settings, plan.role).with_peers(plan.peers, client, service);
     Node {
         fetcher: Arc::new(fetcher),
         server,
@@ -329,11 +330,15 @@ async fn three_nodes_take_the_revision_once_from_the_origin() {
         .collect();
     let mut nodes = Vec::new();
     for i in 0..3 {
-        let peers = addresses
-            .iter()
-            .filter(|a| **a != addresses[i])
-            .cloned()
-            .collect();
+        // The joiners know only the seed; it introduces them to each other.
+        let peers = if i == 0 {
+            Peers::Fixed(vec![])
+        } else {
+            Peers::Via {
+                seed: addresses[0].clone(),
+                me: addresses[i].clone(),
+            }
+        };
         nodes.push(
             node(Plan {
                 origin: hub(&origin),
@@ -377,6 +382,15 @@ async fn three_nodes_take_the_revision_once_from_the_origin() {
         );
     }
     assert_eq!(progress(&nodes[0]).from_origin_bytes, total(&files));
+    // The seed introduced the joiners to each other.
+    let key = Arc::new(PeerKey::from_secret(SECRET).unwrap());
+    let client = PeerClient::new(key, Duration::from_secs(5)).unwrap();
+    let id = nodes[0].fetcher.id();
+    let heard = client
+        .introduce(&addresses[0], &id, &addresses[1])
+        .await
+        .unwrap();
+    assert_eq!(heard, vec![addresses[2].clone()]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -393,7 +407,7 @@ async fn a_corrupt_chunk_from_a_peer_is_refused_and_fetched_elsewhere() {
         cache: caches[0].path(),
         role: Role::Seed,
         address: &a,
-        peers: vec![],
+        peers: Peers::Fixed(vec![]),
         parallel: 4,
         stall: Duration::from_secs(1),
     })
@@ -410,7 +424,7 @@ async fn a_corrupt_chunk_from_a_peer_is_refused_and_fetched_elsewhere() {
         cache: caches[1].path(),
         role: Role::Join,
         address: &b,
-        peers: vec![a.clone()],
+        peers: Peers::Fixed(vec![a.clone()]),
         parallel: 2,
         stall: Duration::from_secs(3),
     })
@@ -457,7 +471,7 @@ async fn a_peer_killed_mid_transfer_is_routed_around() {
         cache: caches[0].path(),
         role: Role::Seed,
         address: &a,
-        peers: vec![b.clone()],
+        peers: Peers::Fixed(vec![b.clone()]),
         parallel: 2,
         stall: Duration::from_secs(3),
     })
@@ -467,7 +481,7 @@ async fn a_peer_killed_mid_transfer_is_routed_around() {
         cache: caches[1].path(),
         role: Role::Join,
         address: &b,
-        peers: vec![a.clone()],
+        peers: Peers::Fixed(vec![a.clone()]),
         parallel: 2,
         stall: Duration::from_secs(3),
     })
@@ -505,7 +519,7 @@ async fn the_origin_gone_after_the_first_fetch_does_not_stop_the_group() {
         cache: caches[0].path(),
         role: Role::Seed,
         address: &a,
-        peers: vec![],
+        peers: Peers::Fixed(vec![]),
         parallel: 4,
         stall: Duration::from_secs(1),
     })
@@ -524,7 +538,7 @@ async fn the_origin_gone_after_the_first_fetch_does_not_stop_the_group() {
             cache: cache.path(),
             role: Role::Join,
             address: &address,
-            peers: vec![a.clone()],
+            peers: Peers::Fixed(vec![a.clone()]),
             parallel: 4,
             stall: Duration::from_secs(1),
         })
@@ -539,7 +553,7 @@ async fn the_origin_gone_after_the_first_fetch_does_not_stop_the_group() {
         cache: caches[0].path(),
         role: Role::Seed,
         address: &a,
-        peers: vec![],
+        peers: Peers::Fixed(vec![]),
         parallel: 4,
         stall: Duration::from_secs(1),
     })
@@ -563,7 +577,7 @@ async fn a_revision_change_fetches_the_new_revision_beside_the_old() {
         cache: caches[0].path(),
         role: Role::Seed,
         address: &a,
-        peers: vec![],
+        peers: Peers::Fixed(vec![]),
         parallel: 4,
         stall: Duration::from_secs(1),
     })
@@ -588,7 +602,7 @@ async fn a_revision_change_fetches_the_new_revision_beside_the_old() {
         cache: caches[1].path(),
         role: Role::Join,
         address: &b,
-        peers: vec![a.clone()],
+        peers: Peers::Fixed(vec![a.clone()]),
         parallel: 4,
         stall: Duration::from_secs(1),
     })
