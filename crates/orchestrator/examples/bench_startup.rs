@@ -135,12 +135,26 @@ impl Setup {
     }
 }
 
-/// A small random number from the clock.
+/// A random number below `below`: splitmix64, seeded once from the clock
+/// and the pid (the clock's low digits alone repeat on this VM).
 fn random(below: usize) -> usize {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(7, |d| d.subsec_nanos() as usize);
-    (nanos / 1000) % below
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    if STATE.load(Ordering::Relaxed) == 0 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(7, |d| d.as_nanos() as u64);
+        STATE.store(
+            nanos ^ (u64::from(std::process::id()) << 32) | 1,
+            Ordering::Relaxed,
+        );
+    }
+    let mut z = STATE
+        .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+        .wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) % below.max(1) as u64) as usize
 }
 
 fn stage_index(name: &str) -> usize {

@@ -7,6 +7,7 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use orchestrator_domain::KeyValue;
+use orchestrator_phases::config::{OriginKind, WeightsConfig};
 use orchestrator_phases::config::{PluginLimits, PreflightConfig, PreflightMode, ServeConfig};
 use orchestrator_phases::lifecycle::{Lifecycle, LocalCluster, Plan};
 use orchestrator_phases::native::{LocalGroup, NativeBackend, NativePlan};
@@ -100,6 +101,21 @@ pub struct LocalArgs {
     /// directory and every node's copy is complete).
     #[arg(long, value_name = "DIR", requires = "prefetch")]
     pub prefetch_copy_to: Option<std::path::PathBuf>,
+    /// Fetch the model from this origin before the launch and serve it
+    /// from the cache (`[serve.weights]`): a hub mirror's base URL (with
+    /// `--weights-repo`) or a plain HTTP directory.
+    #[arg(long, value_name = "URL")]
+    pub weights_url: Option<String>,
+    /// The hub repository (`org/name`) at `--weights-url`; without it the
+    /// URL is a plain directory.
+    #[arg(long, value_name = "ORG/NAME", requires = "weights_url")]
+    pub weights_repo: Option<String>,
+    /// The revision (hub: branch, tag or commit; directory: its name).
+    #[arg(long, requires = "weights_url")]
+    pub weights_revision: Option<String>,
+    /// The weights' cache (default: orchestrator-weights in the temp dir).
+    #[arg(long, value_name = "DIR", requires = "weights_url")]
+    pub weights_cache_dir: Option<std::path::PathBuf>,
     /// Serve this model with vLLM once the cluster is ready (a path or name).
     #[arg(long)]
     pub model: Option<String>,
@@ -230,11 +246,13 @@ impl LocalArgs {
     /// The serve phase's spec, when a model is given: the configuration's
     /// `[serve]` table with these flags set, built as `run` builds it.
     fn serve_spec(&self) -> Result<Option<ServeSpec>> {
-        let Some(model) = &self.model else {
+        let weights = self.weights()?;
+        if self.model.is_none() && !weights.enabled() {
             return Ok(None);
-        };
+        }
         let serve = ServeConfig {
-            model: Some(model.clone()),
+            model: self.model.clone(),
+            weights,
             served_model_name: Some(self.served_model_name.clone()),
             host: self.head_ip.to_string(),
             port: self.serve_port,
@@ -305,6 +323,32 @@ impl LocalArgs {
     }
 
     /// What `--prefetch` and `--prefetch-copy-to` ask for.
+    /// `[serve.weights]` from the `--weights-*` flags (off without a URL).
+    fn weights(&self) -> Result<WeightsConfig> {
+        let Some(url) = &self.weights_url else {
+            return Ok(WeightsConfig::default());
+        };
+        let weights = WeightsConfig {
+            origin: Some(if self.weights_repo.is_some() {
+                OriginKind::Hub
+            } else {
+                OriginKind::Directory
+            }),
+            url: url.clone(),
+            repo: self.weights_repo.clone(),
+            revision: self.weights_revision.clone(),
+            cache_dir: self
+                .weights_cache_dir
+                .clone()
+                .unwrap_or_else(|| std::env::temp_dir().join("orchestrator-weights")),
+            ..WeightsConfig::default()
+        };
+        weights
+            .check()
+            .map_err(|e| anyhow::anyhow!("--weights-url: {e}"))?;
+        Ok(weights)
+    }
+
     fn prefetch(&self) -> PrefetchConfig {
         PrefetchConfig {
             paths: self.prefetch.clone(),
@@ -343,6 +387,7 @@ impl LocalArgs {
                     .map_err(|e| anyhow::anyhow!("--prefetch-copy-to: {e}"))?;
                 prefetch
             },
+            weights: self.weights()?,
         })
     }
 

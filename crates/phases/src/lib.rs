@@ -23,6 +23,8 @@
 //!   timed collective over every node, the GPUs each sees).
 //! - [`prefetch`]: the model's files read into the page cache on every
 //!   node while the cluster forms.
+//! - [`weights`]: the model's files fetched from an origin once per
+//!   group (`[serve.weights]`), shared between the nodes.
 //! - [`scale`]: the serving load sampled from vLLM's `/metrics`, the
 //!   scale policy's recommended replicas exported for an autoscaler.
 //! - [`membership`]: where membership comes from (Ray's GCS), and where
@@ -53,3 +55,4 @@ pub mod serve;
 pub mod start;
 pub mod supervision;
 pub mod wait;
+pub mod weights;

@@ -65,6 +65,7 @@ fn spec(port: u16, mode: &str, params: &[(&str, &str)]) -> (ServeSpec, LaunchPla
         scale: None,
         stall: Default::default(),
         preflight: orchestrator_phases::preflight::PreflightSpec::of(&Default::default()),
+        weights_wait: None,
     };
     (spec, plan)
 }

@@ -29,6 +29,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use rustix::process::Signal as Sig;
 
+mod nginx;
+pub use nginx::{Nginx, nginx_bin};
 #[cfg(feature = "cluster")]
 mod node_config;
 #[cfg(feature = "cluster")]
@@ -56,6 +58,14 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port on loopback")
+}
+
+/// A free port on `ip` (a loopback address).
+pub fn free_port_on(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port on {ip}: {e}"))
 }
 
 /// Milliseconds since the Unix epoch.
@@ -929,8 +939,13 @@ pub struct NativeGroup {
     /// Each rank's address instead of loopback (rank r: the r-th).
     pub addresses: Vec<String>,
     /// More configuration: key lines first (they land in
-    /// `[policies.health.params]`), then tables.
+    /// `[policies.health.params]`), then tables; `{rank}` is the rank.
     pub extra_toml: String,
+    /// A folder of each rank's own (`{rank}` in the first path) mounted
+    /// on the second in a mount namespace of the rank's (needs root): the
+    /// same path holds something else on every rank, as on separate
+    /// machines.
+    pub rank_mount: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 #[cfg(feature = "cluster")]
@@ -957,6 +972,7 @@ impl NativeGroup {
             early_launch: true,
             addresses: Vec::new(),
             extra_toml: String::new(),
+            rank_mount: None,
         }
     }
 
@@ -1033,7 +1049,7 @@ backoff-ms = "200"
                 vllm = self.vllm,
                 early = self.early_launch,
                 secret = secret.display(),
-                extra = self.extra_toml,
+                extra = self.extra_toml.replace("{rank}", &rank.to_string()),
             ),
         )
         .unwrap();
@@ -1044,7 +1060,31 @@ backoff-ms = "200"
     /// `run` for a second start of the same rank).
     pub fn start(&self, rank: u32, run: u32) -> std::process::Child {
         let log = self.dir.join(format!("rank-{rank}-{run}.log"));
-        std::process::Command::new(&self.binary)
+        let mut command = match &self.rank_mount {
+            Some((own, at)) => {
+                let own = std::path::PathBuf::from(
+                    own.display()
+                        .to_string()
+                        .replace("{rank}", &rank.to_string()),
+                );
+                std::fs::create_dir_all(&own).unwrap();
+                std::fs::create_dir_all(at).unwrap();
+                let mut unshare = std::process::Command::new("unshare");
+                unshare
+                    .args([
+                        "-m",
+                        "sh",
+                        "-c",
+                        "mount --bind \"$0\" \"$1\" && shift && exec \"$@\"",
+                    ])
+                    .arg(own)
+                    .arg(at)
+                    .arg(&self.binary);
+                unshare
+            }
+            None => std::process::Command::new(&self.binary),
+        };
+        command
             .args(["run", "--config"])
             .arg(self.config(rank))
             .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")

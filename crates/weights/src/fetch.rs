@@ -146,6 +146,9 @@ pub struct FetchSettings {
     pub stall: Duration,
 }
 
+/// A chunk's outcome: which, from where, taken or why not.
+type Taken = (usize, u32, Source, Result<(), Failure>);
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Source {
     Origin,
@@ -190,6 +193,51 @@ struct Swarm {
     refused: HashSet<(String, usize, u32)>,
     /// Corrupt chunks per peer.
     corrupt: HashMap<String, u32>,
+}
+
+/// Why a chunk was not taken.
+#[derive(Debug)]
+enum Failure {
+    /// Its bytes are not the ones named.
+    Corrupt(String),
+    /// No answer, or the disk.
+    Other(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Corrupt(why) | Self::Other(why) => f.write_str(why),
+        }
+    }
+}
+
+impl Swarm {
+    /// `peer` failed to give `(file, chunk)`: a corrupt chunk is never
+    /// asked of it again (the peer is paused after [`CORRUPT_LIMIT`]); a
+    /// peer that did not answer is paused for [`PEER_PAUSE`].
+    fn peer_failed(&mut self, peer: &str, (file, chunk): (usize, u32), why: &Failure) {
+        let pause = match why {
+            Failure::Corrupt(_) => {
+                self.refused.insert((peer.to_string(), file, chunk));
+                let count = self.corrupt.entry(peer.to_string()).or_default();
+                *count += 1;
+                tracing::warn!(%peer, "weights: {why}; taken from elsewhere");
+                (*count >= CORRUPT_LIMIT).then(|| {
+                    tracing::warn!(%peer, "weights: {count} corrupt chunks from this peer; it is not asked for {} s", CORRUPT_PAUSE.as_secs());
+                    CORRUPT_PAUSE
+                })
+            }
+            Failure::Other(_) => {
+                tracing::info!(%peer, "weights: {why}; the peer is not asked for {} s", PEER_PAUSE.as_secs());
+                Some(PEER_PAUSE)
+            }
+        };
+        if let Some(pause) = pause {
+            self.paused.insert(peer.to_string(), Instant::now() + pause);
+            self.offers.retain(|(p, _)| p != peer);
+        }
+    }
 }
 
 impl Fetcher {
@@ -520,7 +568,7 @@ impl Fetcher {
             refused: HashSet::new(),
             corrupt: HashMap::new(),
         };
-        let mut flying: JoinSet<(usize, u32, Source, Result<String, String>)> = JoinSet::new();
+        let mut flying: JoinSet<Taken> = JoinSet::new();
         let mut pending: HashSet<(usize, u32)> = HashSet::new();
         let mut origin_failures = 0u32;
         loop {
@@ -567,24 +615,12 @@ impl Fetcher {
                 *n = n.saturating_sub(1);
             }
             match result {
-                Ok(_) => {
+                Ok(()) => {
                     swarm.last_gain = Instant::now();
-                    let len = manifest.chunk_span(file, chunk).map_or(0, |(_, l)| l);
                     if source == Source::Origin {
                         origin_failures = 0;
                     }
-                    self.update(|p| {
-                        p.done_bytes = store.done_bytes();
-                        match &source {
-                            Source::Origin => p.from_origin_bytes += len,
-                            Source::Peer(peer) => {
-                                *p.from_peers_bytes.entry(peer.clone()).or_default() += len
-                            }
-                        }
-                        let taken = p.from_origin_bytes + p.from_peers_bytes.values().sum::<u64>();
-                        p.bytes_per_second =
-                            taken as f64 / started.elapsed().as_secs_f64().max(1e-3);
-                    });
+                    self.took(store, &source, (file, chunk), started);
                 }
                 Err(why) => match source {
                     Source::Origin => {
@@ -599,30 +635,31 @@ impl Fetcher {
                             .await;
                     }
                     Source::Peer(peer) => {
-                        if why.contains("is corrupt") {
+                        if matches!(why, Failure::Corrupt(_)) {
                             self.update(|p| p.corrupt_chunks += 1);
-                            swarm.refused.insert((peer.clone(), file, chunk));
-                            let count = swarm.corrupt.entry(peer.clone()).or_default();
-                            *count += 1;
-                            tracing::warn!(%peer, "weights: {why}; taken from elsewhere");
-                            if *count >= CORRUPT_LIMIT {
-                                tracing::warn!(%peer, "weights: {count} corrupt chunks from this peer; it is not asked for {} s", CORRUPT_PAUSE.as_secs());
-                                swarm
-                                    .paused
-                                    .insert(peer.clone(), Instant::now() + CORRUPT_PAUSE);
-                                swarm.offers.retain(|(p, _)| *p != peer);
-                            }
-                        } else {
-                            tracing::info!(%peer, "weights: {why}; the peer is not asked for {} s", PEER_PAUSE.as_secs());
-                            swarm
-                                .paused
-                                .insert(peer.clone(), Instant::now() + PEER_PAUSE);
-                            swarm.offers.retain(|(p, _)| *p != peer);
                         }
+                        swarm.peer_failed(&peer, (file, chunk), &why);
                     }
                 },
             }
         }
+    }
+
+    /// Counts a chunk taken from `source`.
+    fn took(&self, store: &Store, source: &Source, (file, chunk): (usize, u32), started: Instant) {
+        let len = store
+            .manifest()
+            .chunk_span(file, chunk)
+            .map_or(0, |(_, l)| l);
+        self.update(|p| {
+            p.done_bytes = store.done_bytes();
+            match source {
+                Source::Origin => p.from_origin_bytes += len,
+                Source::Peer(peer) => *p.from_peers_bytes.entry(peer.clone()).or_default() += len,
+            }
+            let taken = p.from_origin_bytes + p.from_peers_bytes.values().sum::<u64>();
+            p.bytes_per_second = taken as f64 / started.elapsed().as_secs_f64().max(1e-3);
+        });
     }
 
     /// Takes one chunk from `source` and stores it.
@@ -633,8 +670,7 @@ impl Fetcher {
         (file, chunk): (usize, u32),
         source: Source,
         digest: Option<String>,
-    ) -> impl std::future::Future<Output = (usize, u32, Source, Result<String, String>)> + Send + 'static
-    {
+    ) -> impl std::future::Future<Output = Taken> + Send + 'static {
         let store = Arc::clone(store);
         let origin = self.origin.clone();
         let client = self.client.clone();
@@ -642,7 +678,12 @@ impl Fetcher {
         async move {
             let manifest = store.manifest();
             let Some((start, len)) = manifest.chunk_span(file, chunk) else {
-                return (file, chunk, source, Err("no such chunk".into()));
+                return (
+                    file,
+                    chunk,
+                    source,
+                    Err(Failure::Other("no such chunk".into())),
+                );
             };
             let entry = &manifest.files[file];
             let bytes = match (&source, &client) {
@@ -654,19 +695,25 @@ impl Fetcher {
                     .chunk(peer, &id, file, chunk, len)
                     .await
                     .map_err(|e| e.to_string()),
-                (Source::Peer(_), None) => Err("no peer client".into()),
+                (Source::Peer(_), None) => Err("no peer client".to_string()),
             };
             let result = match bytes {
                 Ok(bytes) => {
                     let putting = Arc::clone(&store);
-                    tokio::task::spawn_blocking(move || {
+                    match tokio::task::spawn_blocking(move || {
                         putting.put(file, chunk, &bytes, digest.as_deref())
                     })
                     .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()))
+                    {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(e @ StoreError::Corrupt { .. })) => {
+                            Err(Failure::Corrupt(e.to_string()))
+                        }
+                        Ok(Err(e)) => Err(Failure::Other(e.to_string())),
+                        Err(e) => Err(Failure::Other(e.to_string())),
+                    }
                 }
-                Err(e) => Err(e),
+                Err(e) => Err(Failure::Other(e)),
             };
             (file, chunk, source, result)
         }

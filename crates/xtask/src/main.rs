@@ -226,6 +226,17 @@ fn ensure_toolchain() -> Result<()> {
     Ok(())
 }
 
+/// The web server the weights tests serve origins with:
+/// `$ORCHESTRATOR_NGINX_BIN`, `nginx` on the PATH, or Debian's `nginx`.
+fn nginx_server() -> Result<PathBuf> {
+    debian_program(
+        "ORCHESTRATOR_NGINX_BIN",
+        "nginx",
+        "nginx",
+        "Debian's nginx, the origin of the weights tests",
+    )
+}
+
 /// The CNCF distribution registry that the OCI tests start on loopback:
 /// `$ORCHESTRATOR_REGISTRY_BIN`, `docker-registry` on the PATH, or Debian's
 /// `docker-registry` package installed with apt on first use.
@@ -290,8 +301,10 @@ fn debian_program(variable: &str, program: &str, package: &str, why: &str) -> Re
     }
     on_path()
         .or_else(|| {
-            let bin = Path::new("/usr/bin").join(program);
-            bin.is_file().then_some(bin)
+            ["/usr/bin", "/usr/sbin"]
+                .iter()
+                .map(|dir| Path::new(dir).join(program))
+                .find(|bin| bin.is_file())
         })
         .with_context(|| {
             format!("{program} is not on the PATH after installing it: set {variable}")
@@ -571,6 +584,7 @@ fn test() -> Result<()> {
     let venv = vllm_venv()?;
     let model = tiny_model(&venv)?;
     let redis = redis_server()?;
+    let nginx = nginx_server()?;
     let ray_env = [("ORCHESTRATOR_RAY_BIN", ray.clone())];
     let vllm_env = [
         ("ORCHESTRATOR_RAY_BIN", venv.join("bin/ray")),
@@ -622,6 +636,20 @@ fn test() -> Result<()> {
             "serve",
             "the serve phase with a stand-in server; a stall's stacks through the real py-spy",
             vec![("ORCHESTRATOR_PY_SPY_BIN", venv.join("bin/py-spy"))],
+        ),
+        (
+            "weights_group",
+            "weights fetched once per group from a real nginx origin: corrupt chunk, peer killed, origin gone, revision change",
+            vec![("ORCHESTRATOR_NGINX_BIN", nginx.clone())],
+        ),
+        (
+            "weights_e2e",
+            "a native group fetching the model once from nginx, each rank serving its own copy with real vLLM",
+            [
+                vllm_env.to_vec(),
+                vec![("ORCHESTRATOR_NGINX_BIN", nginx.clone())],
+            ]
+            .concat(),
         ),
         ("vllm_e2e", "real vLLM over real Ray", vllm_env.to_vec()),
         (

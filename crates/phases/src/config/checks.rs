@@ -34,6 +34,7 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     }
     numbers(config)?;
     prefetch(config)?;
+    weights(config)?;
     ray(config)?;
     cluster(config)?;
     node_health(config)?;
@@ -203,6 +204,23 @@ fn plugins_bounds(config: &Config) -> Vec<Bound> {
 }
 
 /// `[serve.preflight]`'s sizes and durations.
+fn weights_bounds(config: &Config) -> Vec<Bound> {
+    let w = &config.serve.weights;
+    vec![
+        ("serve.weights.chunk-mib", w.chunk_mib, 1, 1024),
+        ("serve.weights.parallel", w.parallel, 1, 64),
+        (
+            "serve.weights.peer-wait-seconds",
+            w.peer_wait_seconds,
+            0,
+            DAY_S,
+        ),
+        ("serve.weights.stall-seconds", w.stall_seconds, 1, DAY_S),
+        ("serve.weights.timeout-seconds", w.timeout_seconds, 1, DAY_S),
+        ("serve.weights.wait-seconds", w.wait_seconds, 0, 7 * DAY_S),
+    ]
+}
+
 fn preflight_bounds(config: &Config) -> Vec<Bound> {
     let p = &config.serve.preflight;
     vec![
@@ -288,6 +306,7 @@ fn serve_bounds(config: &Config) -> Vec<Bound> {
         ),
     ];
     bounds.extend(preflight_bounds(config));
+    bounds.extend(weights_bounds(config));
     let d = &config.serve.stage_deadlines;
     for (key, value) in [
         ("serve.stage-deadlines.process-up", d.process_up),
@@ -380,6 +399,23 @@ fn numbers(config: &Config) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// `[serve.weights]`: an origin that can be fetched, and not beside a copy.
+fn weights(config: &Config) -> Result<(), ConfigError> {
+    let w = &config.serve.weights;
+    let problem = w.check().err().or_else(|| {
+        (w.enabled() && config.serve.prefetch.copy_to.is_some())
+            .then_some(super::WeightsProblem::WithCopy)
+    });
+    match problem {
+        Some(problem) => Err(invalid(
+            "serve.weights",
+            problem.to_string(),
+            "see the configuration reference's [serve.weights]",
+        )),
+        None => Ok(()),
+    }
 }
 
 /// `[serve.prefetch]`: a copy needs one model directory.

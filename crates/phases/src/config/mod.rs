@@ -31,7 +31,8 @@ mod ray;
 mod registry;
 mod scale;
 mod serve;
-pub use native::{Backend, NativeConfig};
+mod weights;
+pub use native::{Backend, GroupSecret, NativeConfig, SECRET_ENV, SecretFileError, group_secret};
 pub use node_health::NodeHealthConfig;
 pub use plugins::PluginLimits;
 pub use policies::{PoliciesConfig, PolicyConfig};
@@ -41,6 +42,7 @@ pub use ray::{GcsFaultTolerance, RayConfig};
 pub use registry::RegistryConfig;
 pub use scale::ScaleConfig;
 pub use serve::ServeConfig;
+pub use weights::{OriginKind, WeightsConfig, WeightsProblem};
 
 pub use orchestrator_kubernetes::KubernetesConfig;
 use serde::{Deserialize, Serialize};

@@ -71,3 +71,55 @@ impl Default for NativeConfig {
         }
     }
 }
+
+/// The environment variable holding the group secret.
+pub const SECRET_ENV: &str = "ORCHESTRATOR_GROUP_SECRET";
+
+/// The group's secret and where it came from.
+#[derive(Clone)]
+pub struct GroupSecret {
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+    /// The variable or file.
+    pub from: String,
+}
+
+impl std::fmt::Debug for GroupSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GroupSecret(<redacted> from {})", self.from)
+    }
+}
+
+/// A secret file that cannot be read.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct SecretFileError {
+    /// The file.
+    pub path: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The group's secret from `$ORCHESTRATOR_GROUP_SECRET` or `file` (at
+/// most 64 KiB); none when neither is set.
+pub fn group_secret(
+    file: Option<&std::path::Path>,
+) -> Result<Option<GroupSecret>, SecretFileError> {
+    use std::io::Read;
+    if let Some(value) = std::env::var_os(SECRET_ENV).filter(|v| !v.is_empty()) {
+        return Ok(Some(GroupSecret {
+            bytes: value.as_encoded_bytes().to_vec(),
+            from: SECRET_ENV.into(),
+        }));
+    }
+    let Some(path) = file else { return Ok(None) };
+    let shown = path.display().to_string();
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(64 * 1024).read_to_end(&mut bytes))
+        .map_err(|e| SecretFileError {
+            path: shown.clone(),
+            reason: format!("cannot be read ({e})"),
+        })?;
+    Ok(Some(GroupSecret { bytes, from: shown }))
+}

@@ -60,6 +60,8 @@ pub struct ServeConfig {
     pub prefetch: PrefetchConfig,
     /// The gang preflight before the server starts.
     pub preflight: super::PreflightConfig,
+    /// The model's files fetched from an origin once per group.
+    pub weights: super::WeightsConfig,
 }
 
 impl Default for ServeConfig {
@@ -85,6 +87,7 @@ impl Default for ServeConfig {
             stacks_dir: PathBuf::from("/tmp/orchestrator-stacks"),
             prefetch: PrefetchConfig::default(),
             preflight: super::PreflightConfig::default(),
+            weights: super::WeightsConfig::default(),
         }
     }
 }
@@ -102,10 +105,22 @@ impl ServeConfig {
         format!("{host}:{}", self.port)
     }
 
+    /// Whether a model is named: `model`, or the repository of
+    /// `[serve.weights]`.
+    pub fn has_model(&self) -> bool {
+        self.model.is_some() || self.weights.enabled()
+    }
+
     /// The serve settings in the policy contract's terms.
     pub fn settings(&self) -> ServeSettings {
         ServeSettings {
-            model: self.model.clone().unwrap_or_default(),
+            // With `[serve.weights]` the launch serves the fetched folder
+            // under this name.
+            model: self
+                .model
+                .clone()
+                .or_else(|| self.weights.enabled().then(|| self.weights.repo()))
+                .unwrap_or_default(),
             served_model_name: self.served_model_name.clone(),
             host: self.host.clone(),
             port: self.port,

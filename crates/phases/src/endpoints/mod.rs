@@ -9,6 +9,7 @@ mod conn;
 mod node_metrics;
 mod scale_metrics;
 mod startup_metrics;
+mod weights_metrics;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -192,6 +193,9 @@ pub struct StatusState {
     pub stall: Option<orchestrator_domain::Stall>,
     /// The gang preflight before the (last) launch.
     pub preflight: Option<crate::preflight::PreflightResult>,
+    /// `[serve.weights]` on this node: where it stands, how much came
+    /// from the origin and from each peer.
+    pub weights: Option<orchestrator_weights::Progress>,
     /// The last health verdict's kind.
     #[serde(skip)]
     pub(crate) last_verdict: Option<VerdictKind>,
@@ -251,6 +255,31 @@ pub struct Status {
     /// The prefetch's state, for whoever reports it as it changes.
     prefetch_state: tokio::sync::watch::Sender<Option<orchestrator_domain::PrefetchState>>,
     events: Mutex<Option<tokio::sync::mpsc::Sender<Event>>>,
+    weights_metrics: weights_metrics::WeightsMetrics,
+    /// This node's chunks of `[serve.weights]`, offered to its group on
+    /// the endpoints' port.
+    weights_service: std::sync::OnceLock<Arc<orchestrator_weights::PeerService>>,
+}
+
+/// The fetch of `[serve.weights]` as a local copy (what node health
+/// reports and the launch waits for).
+fn weights_as_copy(p: &orchestrator_weights::Progress) -> orchestrator_domain::PrefetchProgress {
+    use orchestrator_domain::PrefetchState;
+    use orchestrator_weights::FetchState;
+    orchestrator_domain::PrefetchProgress {
+        state: match p.state {
+            FetchState::Listing => PrefetchState::Listing,
+            FetchState::Fetching | FetchState::Verifying => PrefetchState::Copying,
+            FetchState::Done => PrefetchState::Done,
+            FetchState::Failed => PrefetchState::Failed,
+        },
+        files: 0,
+        bytes_done: p.done_bytes,
+        bytes_total: p.total_bytes,
+        elapsed_ms: (p.seconds * 1000.0) as u64,
+        error: p.error.clone(),
+        copy_to: p.path.clone(),
+    }
 }
 
 fn now_ms() -> u64 {
@@ -333,6 +362,8 @@ impl Status {
             "Bytes of the model's files to read into the page cache",
             prefetch_total.clone(),
         );
+        let weights_metrics = weights_metrics::WeightsMetrics::default();
+        weights_metrics.register(&mut registry);
         let age = process_age();
         let status = Arc::new(Self {
             state: Mutex::new(StatusState::default()),
@@ -352,6 +383,8 @@ impl Status {
             prefetch_total,
             prefetch_state: tokio::sync::watch::Sender::new(None),
             events: Mutex::new(None),
+            weights_metrics,
+            weights_service: std::sync::OnceLock::new(),
         });
         status.enter(Phase::Start);
         status.mark(StartupStep::OrchestratorStarted, "");
@@ -682,9 +715,41 @@ impl Status {
         self.prefetch_state.subscribe()
     }
 
-    /// The prefetch's progress, when one runs.
-    pub(crate) fn prefetch_progress(&self) -> Option<orchestrator_domain::PrefetchProgress> {
-        self.with(|s| s.prefetch.clone())
+    /// Records the progress of `[serve.weights]` on this node.
+    pub(crate) fn weights(&self, progress: orchestrator_weights::Progress) {
+        self.weights_metrics.update(&progress);
+        let state = self.with(|s| {
+            s.weights = Some(progress);
+            s.weights.as_ref().map(weights_as_copy).map(|c| c.state)
+        });
+        // Node health reports the copy as it changes.
+        self.prefetch_state.send_if_modified(|s| {
+            let changed = *s != state;
+            *s = state;
+            changed
+        });
+    }
+
+    /// The progress of `[serve.weights]`, when it is on.
+    pub(crate) fn weights_progress(&self) -> Option<orchestrator_weights::Progress> {
+        self.with(|s| s.weights.clone())
+    }
+
+    /// This node's local copy of the model as the launch and node health
+    /// see it: the fetch of `[serve.weights]`, else the prefetch's.
+    pub(crate) fn local_copy_progress(&self) -> Option<orchestrator_domain::PrefetchProgress> {
+        self.with(|s| {
+            s.weights
+                .as_ref()
+                .map(weights_as_copy)
+                .or(s.prefetch.clone())
+        })
+    }
+
+    /// Offers this node's chunks of `[serve.weights]` on the endpoints'
+    /// port (once).
+    pub(crate) fn offer_weights(&self, service: Arc<orchestrator_weights::PeerService>) {
+        let _ = self.weights_service.set(service);
     }
 
     /// Records a startup step: the first of each (every node join), with
@@ -891,6 +956,11 @@ pub(crate) async fn serve_endpoints_with(
                 let routes = routes.clone();
                 async move {
                     let path = req.uri().path().to_string();
+                    if req.method() == hyper::Method::GET
+                        && orchestrator_weights::PeerService::serves(&path)
+                    {
+                        return Ok(weights_answer(&status, &req).await);
+                    }
                     let (code, kind, body) = match (req.method(), routes) {
                         (&hyper::Method::POST, Some(routes)) => {
                             post(routes.as_ref(), &path, req.into_body()).await
@@ -915,6 +985,37 @@ pub(crate) async fn serve_endpoints_with(
         })
     });
     Ok(tokio::spawn(conn::accept_loop(listener, serve)))
+}
+
+/// A GET of `[serve.weights]`'s chunks, offers or introductions, from
+/// this node's peer service (404 when it offers none).
+async fn weights_answer<B>(status: &Status, req: &Request<B>) -> Response<Full<Bytes>> {
+    use orchestrator_weights::peer::{ANSWER_HEADER, REQUEST_HEADER};
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_string(), |p| p.as_str().to_string());
+    let auth = req
+        .headers()
+        .get(REQUEST_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let Some(service) = status.weights_service.get() else {
+        return Response::builder()
+            .status(404)
+            .header("content-type", "text/plain")
+            .body(Full::new(Bytes::from_static(b"no weights offered here\n")))
+            .unwrap_or_default();
+    };
+    let answer = service.answer(&target, auth).await;
+    let mut response = Response::builder()
+        .status(answer.status)
+        .header("content-type", answer.content_type);
+    if let Some(mac) = answer.mac {
+        response = response.header(ANSWER_HEADER, mac);
+    }
+    response
+        .body(Full::new(Bytes::from(answer.body)))
+        .unwrap_or_default()
 }
 
 /// A POST to `routes`: the body read within the limit, then answered.

@@ -144,8 +144,9 @@ fn plan_for(plan: &Plan, launch: &mut LaunchPolicy, expected: &Topology) -> Opti
     let (AfterReady::Serve, Some(spec)) = (plan.after_ready, plan.serve.as_ref()) else {
         return None;
     };
-    if spec.preflight.on() {
-        // The gang preflight runs before the launch.
+    if spec.preflight.on() || spec.weights_wait.is_some() {
+        // The gang preflight runs before the launch; the weights are on
+        // every node first.
         return None;
     }
     let deadline_ms = plan

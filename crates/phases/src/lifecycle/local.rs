@@ -55,6 +55,8 @@ pub struct LocalCluster {
     pub endpoints_port: u16,
     /// The model's files to warm while the cluster forms.
     pub prefetch: crate::prefetch::PrefetchConfig,
+    /// The model's files to fetch from an origin, once for the process.
+    pub weights: crate::config::WeightsConfig,
 }
 
 /// Environment for local Ray processes: faster death detection by the GCS
@@ -202,6 +204,7 @@ impl Plan {
                 vec![KeyValue::new("check-gpu-count", "false")],
             ),
             prefetch: cluster.prefetch.clone(),
+            weights: crate::weights::WeightsPlan::alone(&cluster.weights),
         })
     }
 }

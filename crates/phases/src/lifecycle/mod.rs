@@ -99,6 +99,8 @@ pub struct Surroundings {
     pub open_file_limit: u64,
     /// The model's files to warm while the cluster forms.
     pub prefetch: PrefetchConfig,
+    /// The model's files to fetch from an origin (`[serve.weights]`).
+    pub weights: Option<crate::weights::WeightsPlan>,
     /// Kubernetes awareness, on the node that decides readiness: the
     /// settings and the object whose pods form the cluster.
     pub kubernetes: Option<(KubernetesConfig, Owner)>,
@@ -238,6 +240,7 @@ impl Lifecycle {
         // stops when the run ends.
         let _prefetch =
             crate::prefetch::Prefetch::spawn(&around.prefetch, Arc::clone(&self.status));
+        let _weights = crate::weights::Weights::spawn(around.weights.as_ref(), &self.status);
         let exit = self
             .backend
             .phases(Around {

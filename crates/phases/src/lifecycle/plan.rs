@@ -80,6 +80,8 @@ pub struct Plan {
     pub node_health: Option<crate::node_health::NodeHealthPlan>,
     /// The model's files to warm while the cluster forms.
     pub prefetch: crate::prefetch::PrefetchConfig,
+    /// The model's files to fetch from an origin (`[serve.weights]`).
+    pub weights: Option<crate::weights::WeightsPlan>,
 }
 
 /// Why a plan cannot be made.
@@ -133,7 +135,27 @@ impl Plan {
             ),
         };
         let head = config.role == Role::Head;
-        let serve = (head && config.serve.model.is_some()).then(|| ServeSpec::of_config(config));
+        // The seed's orchestrator answers on the head's address, each on
+        // the endpoints port (the same on every node of a group).
+        let port = config.endpoints_port;
+        let seed_host = start
+            .join_address()
+            .and_then(|a| a.rsplit_once(':'))
+            .map(|(host, _)| host.to_string())
+            .unwrap_or_default();
+        let me_host = config
+            .ray
+            .node_ip
+            .clone()
+            .unwrap_or_else(|| config.endpoints_host.clone());
+        let weights = crate::weights::WeightsPlan::new(
+            &config.serve.weights,
+            head,
+            format!("{seed_host}:{port}"),
+            format!("{me_host}:{port}"),
+            crate::weights::ray_group_secret(config.native.secret_file.as_deref()),
+        );
+        let serve = (head && config.serve.has_model()).then(|| ServeSpec::of_config(config));
         Ok(Self {
             role: config.role,
             start: StartPlan {
@@ -170,6 +192,7 @@ impl Plan {
                 config.policies.node_health.params(),
             ),
             prefetch: config.serve.prefetch.clone(),
+            weights,
         })
     }
 }

@@ -79,6 +79,7 @@ impl Backend for RayBackend {
             endpoints: self.plan.endpoints,
             open_file_limit: self.plan.open_file_limit,
             prefetch: self.plan.prefetch.clone(),
+            weights: self.plan.weights.clone(),
             kubernetes,
         }
     }

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The environment variable holding the group secret.
-pub(crate) const SECRET_ENV: &str = "ORCHESTRATOR_GROUP_SECRET";
+pub(crate) const SECRET_ENV: &str = crate::config::SECRET_ENV;
 /// The shortest secret accepted, in bytes.
 pub(crate) const MIN_SECRET_BYTES: usize = 16;
 /// The largest clock difference accepted between a rank and its leader.
@@ -122,15 +122,14 @@ impl GroupKey {
     pub(crate) fn from_env_or_file(
         file: Option<&std::path::Path>,
     ) -> Result<Option<Self>, SecretError> {
-        if let Some(value) = std::env::var_os(SECRET_ENV).filter(|v| !v.is_empty()) {
-            return Self::new(value.as_encoded_bytes(), SECRET_ENV).map(Some);
-        }
-        let Some(path) = file else { return Ok(None) };
-        let bytes = read_capped(path).map_err(|reason| SecretError::File {
-            path: path.display().to_string(),
-            reason,
+        let secret = crate::config::group_secret(file).map_err(|e| SecretError::File {
+            path: e.path,
+            reason: e.reason,
         })?;
-        Self::new(&bytes, &path.display().to_string()).map(Some)
+        match secret {
+            Some(secret) => Self::new(&secret.bytes, &secret.from).map(Some),
+            None => Ok(None),
+        }
     }
 
     fn mac(&self, parts: &[&str]) -> String {
@@ -284,16 +283,6 @@ pub enum Refused {
         "the answer is not signed with this group's secret (another process answers at the leader's address, or its secret differs)"
     )]
     AnswerBadSignature,
-}
-
-fn read_capped(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot be read ({e})"))?;
-    let mut bytes = Vec::new();
-    file.take(64 * 1024)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot be read ({e})"))?;
-    Ok(bytes)
 }
 
 #[cfg(test)]

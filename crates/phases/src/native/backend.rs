@@ -55,6 +55,7 @@ impl Backend for NativeBackend {
             endpoints: self.plan.endpoints,
             open_file_limit: self.plan.open_file_limit,
             prefetch: self.plan.prefetch.clone(),
+            weights: self.plan.weights.clone(),
             kubernetes,
         }
     }

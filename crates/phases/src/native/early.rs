@@ -38,6 +38,10 @@ impl EarlyGroup {
             tracing::info!("no early launch: the gang preflight runs before the launch");
             return None;
         }
+        if spec.weights_wait.is_some() {
+            tracing::info!("no early launch: the weights (serve.weights) reach every node first");
+            return None;
+        }
         let cluster = rendezvous.expected_cluster(plan.wait_timeout.as_millis() as u64);
         let serving_env = crate::membership::MembershipSource::serving_env(rendezvous);
         let planned = match serve::ask(launch, cluster, spec, &serving_env, None) {

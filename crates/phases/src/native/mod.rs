@@ -201,6 +201,8 @@ pub struct NativePlan {
     pub open_file_limit: u64,
     /// The model's files to warm while the group forms.
     pub prefetch: crate::prefetch::PrefetchConfig,
+    /// The model's files to fetch from an origin (`[serve.weights]`).
+    pub weights: Option<crate::weights::WeightsPlan>,
     /// This node's own checks (`[node-health]`; off: none). A rank reports
     /// in its heartbeats, the leader follows every rank's report.
     pub node_health: Option<crate::node_health::NodeHealthPlan>,
@@ -232,6 +234,8 @@ pub struct LocalGroup {
     pub exit_when_ready: bool,
     /// Files to warm.
     pub prefetch: crate::prefetch::PrefetchConfig,
+    /// The model's files to fetch from an origin, once for the process.
+    pub weights: crate::config::WeightsConfig,
     /// Heartbeat interval.
     pub heartbeat: Duration,
     /// After how long without a heartbeat a rank (or the leader) is lost.
@@ -257,6 +261,7 @@ impl LocalGroup {
             serve: cluster.serve,
             exit_when_ready: cluster.exit_when_ready,
             prefetch: cluster.prefetch,
+            weights: cluster.weights,
             heartbeat,
             heartbeat_timeout,
         }
@@ -358,7 +363,7 @@ impl NativePlan {
                 master_addr: identity.leader_address.clone(),
                 master_port: config.native.master_port,
             };
-            let serve = config.serve.model.is_some().then(|| {
+            let serve = config.serve.has_model().then(|| {
                 let mut spec = crate::serve::ServeSpec::of_config(config);
                 spec.settings.native_group = Some(group);
                 spec
@@ -413,6 +418,16 @@ impl NativePlan {
             endpoints: Some(endpoints),
             open_file_limit: config.open_file_limit,
             prefetch: config.serve.prefetch.clone(),
+            weights: crate::weights::WeightsPlan::new(
+                &config.serve.weights,
+                identity.is_leader(),
+                format!("{}:{}", identity.leader_address, config.endpoints_port),
+                format!("{}:{}", identity.node_address, config.endpoints_port),
+                crate::config::group_secret(config.native.secret_file.as_deref())
+                    .ok()
+                    .flatten()
+                    .map(|s| s.bytes),
+            ),
             node_health,
         })
     }
@@ -501,6 +516,7 @@ impl NativePlan {
             ))),
             open_file_limit: 65536,
             prefetch: group.prefetch.clone(),
+            weights: crate::weights::WeightsPlan::alone(&group.weights),
             // Local GPUs are accelerator slots on a machine without GPUs:
             // the count check would fail every rank.
             node_health: crate::node_health::NodeHealthPlan::from_config(

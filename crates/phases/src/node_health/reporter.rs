@@ -216,7 +216,7 @@ async fn run(
 
 /// This node's copy of the model (`copy-to`), as the prefetch left it.
 fn local_copy(status: &Status) -> Option<LocalCopy> {
-    status.prefetch_progress().and_then(|p| {
+    status.local_copy_progress().and_then(|p| {
         p.copy_to.as_ref().map(|to| LocalCopy {
             path: to.display().to_string(),
             complete: p.state == crate::prefetch::PrefetchState::Done,

@@ -33,6 +33,9 @@ pub enum NoPlan {
         #[source]
         error: orchestrator_domain::RankMismatch,
     },
+    /// `[serve.weights]` is not on every serving node.
+    #[error("the model's weights are not on every serving node (serve.weights): {0}")]
+    Weights(String),
 }
 
 impl From<NoPlan> for ServeOutcome {
@@ -83,6 +86,41 @@ pub fn ask(
     Ok(plan)
 }
 
+/// This node's fetch of `[serve.weights]`, waited for up to `wait`: the
+/// folder it fetched.
+async fn own_weights(ctx: &ServeContext<'_>, wait: Duration) -> Result<std::path::PathBuf, NoPlan> {
+    use orchestrator_weights::FetchState;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut said = false;
+    loop {
+        let progress = ctx.status.weights_progress();
+        match progress.as_ref().map(|p| (p.state, p.path.clone())) {
+            Some((FetchState::Done, Some(path))) => return Ok(path),
+            Some((FetchState::Failed, _)) => {
+                let why = progress.and_then(|p| p.error).unwrap_or_default();
+                return Err(NoPlan::Weights(format!("this node's fetch failed: {why}")));
+            }
+            _ => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(NoPlan::Weights(format!(
+                "this node's fetch is not complete after {} s (serve.weights.wait-seconds)",
+                wait.as_secs()
+            )));
+        }
+        if !said {
+            tracing::info!("the launch waits for this node's weights (serve.weights)");
+            said = true;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(COPY_POLL) => {}
+            () = ctx.shutdown.requested() => {
+                return Err(NoPlan::Weights("stopped while the weights were fetched".into()));
+            }
+        }
+    }
+}
+
 /// Asks the launch policy for the plan; a refusal or a failure is the
 /// outcome of the serve phase (nothing is started). With a local copy of
 /// the model (`[serve.prefetch] copy-to`) and `use_local_copy`, the policy
@@ -97,8 +135,16 @@ pub async fn plan_launch(
     use_local_copy: bool,
 ) -> Result<LaunchPlan, NoPlan> {
     let mut settings = spec.settings.clone();
-    if let (Some(to), true) = (&spec.local_copy, use_local_copy) {
-        match wait_for_copies(ready, to, spec.copy_wait, &ctx).await {
+    let copy = match spec.weights_wait {
+        Some(wait) => Some((own_weights(&ctx, wait).await?, wait)),
+        None => spec
+            .local_copy
+            .clone()
+            .filter(|_| use_local_copy)
+            .map(|to| (to, spec.copy_wait)),
+    };
+    if let Some((to, wait)) = copy {
+        match wait_for_copies(ready, &to, wait, &ctx).await {
             Copies::Complete => {
                 tracing::info!(
                     "serving the model from the local copies at {} (every serving node's copy is complete)",
@@ -110,6 +156,9 @@ pub async fn plan_launch(
                     settings.served_model_name = Some(settings.model.clone());
                 }
                 settings.model = to.display().to_string();
+            }
+            Copies::InProgress(why) | Copies::Never(why) if spec.weights_wait.is_some() => {
+                return Err(NoPlan::Weights(why));
             }
             Copies::InProgress(why) | Copies::Never(why) => {
                 tracing::info!("serving the model from {}: {why}", settings.model);
@@ -187,7 +236,7 @@ const COPY_POLL: Duration = Duration::from_millis(100);
 fn local_copies(ready: &Ready, to: &Path, ctx: &ServeContext<'_>) -> Copies {
     use crate::prefetch::PrefetchState;
     let path = to.display().to_string();
-    let own = ctx.status.prefetch_progress();
+    let own = ctx.status.local_copy_progress();
     match own.as_ref() {
         Some(p) if p.copy_to.as_deref() == Some(to) && p.state == PrefetchState::Done => {}
         Some(p) if p.copy_to.as_deref() == Some(to) && p.state != PrefetchState::Failed => {

@@ -68,6 +68,10 @@ pub struct ServeSpec {
     pub stall: StallSpec,
     /// The gang preflight before a launch.
     pub preflight: crate::preflight::PreflightSpec,
+    /// With `[serve.weights]`: how long the launch waits for every serving
+    /// node's fetch (the launch serves the fetched folder, or does not
+    /// start).
+    pub weights_wait: Option<Duration>,
 }
 
 impl ServeSpec {
@@ -93,6 +97,10 @@ impl ServeSpec {
             scale: None,
             stall: StallSpec::of(serve),
             preflight: crate::preflight::PreflightSpec::of(&serve.preflight),
+            weights_wait: serve
+                .weights
+                .enabled()
+                .then(|| Duration::from_secs(serve.weights.wait_seconds)),
         }
     }
 

@@ -1,0 +1,137 @@
+//! `[serve.weights]` with real vLLM (the CPU build) on the native backend:
+//! a leader and a worker, each its own `orchestrator run`, each with its
+//! own cache mounted at the same path (a mount namespace per rank, as on
+//! two machines), the tiny model served by a real nginx as a plain
+//! directory. The leader fetches it from the origin, the worker from the
+//! leader; vLLM serves the fetched folder on both ranks. `cargo xtask
+//! test` runs it with ORCHESTRATOR_VLLM_BIN, ORCHESTRATOR_TINY_MODEL and
+//! ORCHESTRATOR_NGINX_BIN set; the mounts need root.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use orchestrator_test_support::*;
+use std::path::Path;
+use std::time::Duration;
+
+fn var(name: &str) -> String {
+    required_env(name, "what `cargo xtask test` sets up")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            copy_dir(&path, &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(&path, to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+fn folder_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                folder_bytes(&path)
+            } else {
+                std::fs::metadata(&path).map_or(0, |m| m.len())
+            }
+        })
+        .sum()
+}
+
+fn weights_of(endpoints: &str) -> serde_json::Value {
+    status(endpoints)
+        .map(|s| s["weights"].clone())
+        .unwrap_or_default()
+}
+
+#[test]
+#[ignore = "needs vLLM, nginx and root: run by `cargo xtask test`"]
+fn a_native_group_fetches_the_model_once_and_every_rank_serves_its_own_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin_root = dir.path().join("origin");
+    let model = std::path::PathBuf::from(var("ORCHESTRATOR_TINY_MODEL"));
+    copy_dir(&model, &origin_root.join("models/tiny"));
+    let total = folder_bytes(&model);
+    let nginx = Nginx::start(&dir.path().join("nginx"), &origin_root, "127.0.0.219", "0");
+    let mut group = NativeGroup::new(
+        env!("CARGO_BIN_EXE_orchestrator"),
+        dir.path(),
+        220,
+        2,
+        "org/tiny",
+        &var("ORCHESTRATOR_VLLM_BIN"),
+    );
+    group.early_launch = false;
+    let cache = dir.path().join("weights-cache");
+    group.rank_mount = Some((dir.path().join("rank-{rank}-cache"), cache.clone()));
+    group.extra_toml = format!(
+        "[serve.weights]\norigin = \"directory\"\nurl = \"{}/models/tiny/\"\nrepo = \"org/tiny\"\ncache-dir = \"{}\"\nchunk-mib = 1\nstall-seconds = 5\n",
+        nginx.url(),
+        cache.display()
+    );
+    let mut leader = group.start(0, 0);
+    let mut member = group.start(1, 0);
+    let leader_endpoints = group.endpoints_of(0);
+    poll_until("the leader's /readyz 200", Duration::from_secs(400), || {
+        http_get(&leader_endpoints, "/readyz")
+            .contains("200 OK")
+            .then_some(())
+    });
+    group.complete().unwrap();
+    // The origin served the model once: to the leader.
+    let served = nginx.file_bytes();
+    assert_eq!(served, total, "the origin served {served} bytes of {total}");
+    let seed = weights_of(&leader_endpoints);
+    assert_eq!(seed["state"], "done", "{seed}");
+    assert_eq!(seed["from-origin-bytes"].as_u64(), Some(total), "{seed}");
+    let joiner = weights_of(&group.endpoints_of(1));
+    assert_eq!(joiner["state"], "done", "{joiner}");
+    assert_eq!(joiner["from-origin-bytes"].as_u64(), Some(0), "{joiner}");
+    let from_peers: u64 = joiner["from-peers-bytes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(serde_json::Value::as_u64)
+        .sum();
+    assert_eq!(from_peers, total, "{joiner}");
+    // Each rank's own cache holds the revision, at the same path.
+    let path = seed["path"].as_str().unwrap().to_string();
+    assert!(path.starts_with(&cache.display().to_string()), "{path}");
+    assert_eq!(joiner["path"].as_str(), Some(path.as_str()));
+    let revision = Path::new(&path).strip_prefix(&cache).unwrap().to_path_buf();
+    for rank in 0..2 {
+        let own = dir
+            .path()
+            .join(format!("rank-{rank}-cache"))
+            .join(&revision);
+        assert!(
+            folder_bytes(&own) >= total,
+            "rank {rank}: {}",
+            own.display()
+        );
+    }
+    // vLLM was given the fetched folder.
+    let log = std::fs::read_to_string(dir.path().join("rank-0-0.log")).unwrap();
+    assert!(
+        log.contains(&format!(
+            "serving the model from the local copies at {path}"
+        )),
+        "{log}"
+    );
+    for child in [&mut leader, &mut member] {
+        signal(child.id() as i32, Sig::TERM);
+    }
+    for child in [&mut leader, &mut member] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() {
+            assert!(std::time::Instant::now() < deadline, "a rank did not stop");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
