@@ -78,11 +78,23 @@ fn a_native_group_fetches_the_model_once_and_every_rank_serves_its_own_copy() {
     let mut leader = group.start(0, 0);
     let mut member = group.start(1, 0);
     let leader_endpoints = group.endpoints_of(0);
-    poll_until("the leader's /readyz 200", Duration::from_secs(400), || {
-        http_get(&leader_endpoints, "/readyz")
-            .contains("200 OK")
-            .then_some(())
-    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(400);
+    while !http_get(&leader_endpoints, "/readyz").contains("200 OK") {
+        if std::time::Instant::now() > deadline {
+            let tail = |rank: u32| {
+                let log = std::fs::read_to_string(dir.path().join(format!("rank-{rank}-0.log")))
+                    .unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            };
+            panic!(
+                "the leader was not ready within 400 s\n--- rank 0:\n{}\n--- rank 1:\n{}",
+                tail(0),
+                tail(1)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
     group.complete().unwrap();
     // The origin served the model once: to the leader.
     let served = nginx.file_bytes();

@@ -144,7 +144,7 @@ pub async fn plan_launch(
             .map(|to| (to, spec.copy_wait)),
     };
     if let Some((to, wait)) = copy {
-        match wait_for_copies(ready, &to, wait, &ctx).await {
+        match wait_for_copies(ready, &to, wait, &ctx, spec.weights_wait.is_some()).await {
             Copies::Complete => {
                 tracing::info!(
                     "serving the model from the local copies at {} (every serving node's copy is complete)",
@@ -196,17 +196,20 @@ enum Copies {
     Never(String),
 }
 
-/// Waits up to `wait` while a copy is in progress (or a stop is asked).
+/// Waits up to `wait` while a copy is in progress (or a stop is asked);
+/// `fetched`: the copies are `[serve.weights]`'s, which every node makes,
+/// so a node that reports none yet is still at it.
 async fn wait_for_copies(
     ready: &Ready,
     to: &Path,
     wait: Duration,
     ctx: &ServeContext<'_>,
+    fetched: bool,
 ) -> Copies {
     let deadline = tokio::time::Instant::now() + wait;
     let mut said = false;
     loop {
-        let copies = local_copies(ready, to, ctx);
+        let copies = local_copies(ready, to, ctx, fetched);
         let Copies::InProgress(why) = &copies else {
             return copies;
         };
@@ -233,7 +236,7 @@ const COPY_POLL: Duration = Duration::from_millis(100);
 
 /// Whether every alive node of the ready cluster reported a complete copy
 /// at `to` (through node health), and this node's own copy is complete.
-fn local_copies(ready: &Ready, to: &Path, ctx: &ServeContext<'_>) -> Copies {
+fn local_copies(ready: &Ready, to: &Path, ctx: &ServeContext<'_>, fetched: bool) -> Copies {
     use crate::prefetch::PrefetchState;
     let path = to.display().to_string();
     let own = ctx.status.local_copy_progress();
@@ -270,6 +273,12 @@ fn local_copies(ready: &Ready, to: &Path, ctx: &ServeContext<'_>) -> Copies {
                     node.address,
                     c.bytes_done >> 20,
                     c.bytes_total >> 20
+                ));
+            }
+            None if fetched => {
+                return Copies::InProgress(format!(
+                    "node {} has not listed the revision yet",
+                    node.address
                 ));
             }
             _ => return Copies::Never(format!("node {} reports no copy at {path}", node.address)),
