@@ -1,11 +1,16 @@
 """Makes a tiny random-weight Llama with its own tokenizer, offline (no hub),
 for the orchestrator's vLLM tests and demo.
 
-Usage: python make_tiny_model.py OUT_DIR
+Usage: python make_tiny_model.py OUT_DIR [--large]
 
 bfloat16, 2 layers, hidden 128, 4 heads (head size 32: vLLM's CPU attention
 accepts 32, 64, 80, 96 and up), 2 KV heads, vocabulary 512; a byte-level BPE
 tokenizer trained here on a built-in text, and a chat template. Under 1 MB.
+
+--large: the same tokenizer, 16 layers, hidden 1536, 12 heads (head size
+128), 6 KV heads, intermediate 4608, vocabulary 32000 (tensor parallel 3
+divides them all): about 551M parameters, 1.1 GB of safetensors in three
+shards, for `cargo xtask bench coldstart`.
 """
 import os
 import sys
@@ -13,6 +18,7 @@ import sys
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 out = sys.argv[1]
+large = "--large" in sys.argv[2:]
 os.makedirs(out, exist_ok=True)
 
 text = [
@@ -42,19 +48,32 @@ fast.chat_template = (
 )
 fast.save_pretrained(out)
 
-config = LlamaConfig(
+sizes = dict(
     vocab_size=fast.vocab_size if fast.vocab_size >= 512 else 512,
     hidden_size=128,
     intermediate_size=256,
     num_hidden_layers=2,
     num_attention_heads=4,
     num_key_value_heads=2,
+)
+if large:
+    sizes = dict(
+        vocab_size=32000,
+        hidden_size=1536,
+        intermediate_size=4608,
+        num_hidden_layers=16,
+        num_attention_heads=12,
+        num_key_value_heads=6,
+    )
+config = LlamaConfig(
+    **sizes,
     max_position_embeddings=512,
     bos_token_id=fast.bos_token_id,
     eos_token_id=fast.eos_token_id,
     torch_dtype="bfloat16",
 )
 torch.manual_seed(0)
+torch.set_default_dtype(torch.bfloat16)
 model = LlamaForCausalLM(config).to(torch.bfloat16)
-model.save_pretrained(out)
-print(f"tiny model written to {out}")
+model.save_pretrained(out, max_shard_size="400MB")
+print(f"{'large' if large else 'tiny'} model written to {out}")

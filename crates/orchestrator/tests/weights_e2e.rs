@@ -147,3 +147,140 @@ fn a_native_group_fetches_the_model_once_and_every_rank_serves_its_own_copy() {
         }
     }
 }
+
+/// `orchestrator run` as `unshare -m`, `own` mounted on `at` first (the
+/// node's own cache at the path every node uses), the group's secret set.
+fn run_in_own_mounts(config: &Path, own: &Path, at: &Path, log: &Path) -> std::process::Child {
+    std::fs::create_dir_all(own).unwrap();
+    std::fs::create_dir_all(at).unwrap();
+    std::process::Command::new("unshare")
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            "mount --bind \"$0\" \"$1\" && shift && exec \"$@\"",
+        ])
+        .arg(own)
+        .arg(at)
+        .arg(env!("CARGO_BIN_EXE_orchestrator"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")
+        .env(
+            "ORCHESTRATOR_GROUP_SECRET",
+            "weights-e2e-ray-group-secret-0123",
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+#[ignore = "needs Ray, vLLM, nginx and root: run by `cargo xtask test`"]
+fn a_ray_cluster_fetches_the_model_once_and_each_node_serves_its_own_copy() {
+    use orchestrator_phases::config::{OriginKind, WeightsConfig};
+    let (head_ip, worker_ip) = ("127.0.0.224", "127.0.0.225");
+    let dir = tempfile::tempdir().unwrap();
+    let origin_root = dir.path().join("origin");
+    let model = std::path::PathBuf::from(var("ORCHESTRATOR_TINY_MODEL"));
+    copy_dir(&model, &origin_root.join("models/tiny"));
+    let total = folder_bytes(&model);
+    let nginx = Nginx::start(&dir.path().join("nginx"), &origin_root, "127.0.0.223", "0");
+    let cache = dir.path().join("weights-cache");
+    let weights = WeightsConfig {
+        origin: Some(OriginKind::Directory),
+        url: format!("{}/models/tiny/", nginx.url()),
+        repo: Some("org/tiny".into()),
+        cache_dir: cache.clone(),
+        chunk_mib: 1,
+        stall_seconds: 5,
+        ..WeightsConfig::default()
+    };
+    // Every node's endpoints on its own address, one port for all.
+    let port = free_port();
+    let serve = free_port();
+    let ray = var("ORCHESTRATOR_RAY_BIN");
+    let node = |c: &mut orchestrator_phases::config::Config, ip: &str| {
+        c.ray
+            .env
+            .insert("VLLM_CPU_RAY_TEST_PLATFORM".into(), "1".into());
+        c.ray.num_gpus = Some(1.0);
+        c.ray.memory = Some(1_048_576_000);
+        c.ray.object_store_memory = Some(209_715_200);
+        c.endpoints_host = ip.into();
+        c.endpoints_port = port;
+        c.serve.weights = weights.clone();
+        let params = &mut c.policies.node_health.params;
+        params.insert("check-gpu-count".into(), "false".into());
+        params.insert("min-open-files".into(), "1024".into());
+    };
+    let head = TestNode::head_using(head_ip, &ray).with(|c| {
+        node(c, head_ip);
+        c.cluster.nodes = Some(2);
+        c.cluster.wait_timeout_seconds = 300;
+        TestNode::serve_tiny_on_cpu_vllm(c, "org/tiny", &var("ORCHESTRATOR_VLLM_BIN"), head_ip);
+        c.serve.model = None;
+        c.serve.port = serve;
+        c.endpoints_port = port;
+    });
+    let worker =
+        TestNode::worker_using(worker_ip, &head.gcs_address(), &ray).with(|c| node(c, worker_ip));
+    let head_file = head.write(dir.path(), "head.toml");
+    let worker_file = worker.write(dir.path(), "worker.toml");
+    let mut children = vec![
+        run_in_own_mounts(
+            &head_file,
+            &dir.path().join("head-cache"),
+            &cache,
+            &dir.path().join("head.log"),
+        ),
+        run_in_own_mounts(
+            &worker_file,
+            &dir.path().join("worker-cache"),
+            &cache,
+            &dir.path().join("worker.log"),
+        ),
+    ];
+    let _guard = Guard(children.iter().map(|c| c.id() as i32).collect());
+    let head_endpoints = format!("{head_ip}:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(400);
+    while !http_get(&head_endpoints, "/readyz").contains("200 OK") {
+        if std::time::Instant::now() > deadline {
+            let tail = |name: &str| {
+                let log = std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            };
+            panic!(
+                "the head was not ready within 400 s\n--- head:\n{}\n--- worker:\n{}",
+                tail("head.log"),
+                tail("worker.log")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    complete(&format!("{head_ip}:{serve}")).unwrap();
+    assert_eq!(
+        nginx.file_bytes(),
+        total,
+        "the origin served the model once"
+    );
+    let seed = weights_of(&head_endpoints);
+    assert_eq!(seed["from-origin-bytes"].as_u64(), Some(total), "{seed}");
+    let joiner = weights_of(&format!("{worker_ip}:{port}"));
+    assert_eq!(joiner["state"], "done", "{joiner}");
+    assert_eq!(joiner["from-origin-bytes"].as_u64(), Some(0), "{joiner}");
+    let path = seed["path"].as_str().unwrap().to_string();
+    let revision = Path::new(&path).strip_prefix(&cache).unwrap().to_path_buf();
+    for own in ["head-cache", "worker-cache"] {
+        let folder = dir.path().join(own).join(&revision);
+        assert!(folder_bytes(&folder) >= total, "{}", folder.display());
+    }
+    for child in &children {
+        signal(child.id() as i32, Sig::TERM);
+    }
+    for child in &mut children {
+        let _ = child.wait();
+    }
+}

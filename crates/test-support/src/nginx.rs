@@ -29,8 +29,19 @@ impl Nginx {
     /// JSON (a hub mirror's API laid out as files); folders are listed by
     /// the JSON autoindex.
     pub fn start(state: &Path, root: &Path, ip: &str, rate: &str) -> Self {
+        Self::start_at(state, root, (ip, crate::free_port_on(ip)), rate, &[])
+    }
+
+    /// [`Nginx::start`] on `ip:port`, its command run behind `prefix`
+    /// (`ip netns exec NAME`: an origin in a network namespace).
+    pub fn start_at(
+        state: &Path,
+        root: &Path,
+        (ip, port): (&str, u16),
+        rate: &str,
+        prefix: &[&str],
+    ) -> Self {
         std::fs::create_dir_all(state).unwrap_or_else(|e| panic!("{}: {e}", state.display()));
-        let port = crate::free_port_on(ip);
         let d = state.display();
         let conf = format!(
             r#"daemon off;
@@ -58,7 +69,16 @@ http {{
             root = root.display()
         );
         std::fs::write(state.join("nginx.conf"), conf).unwrap_or_else(|e| panic!("{e}"));
-        let child = std::process::Command::new(nginx_bin())
+        let bin = nginx_bin();
+        let mut command = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = std::process::Command::new(first);
+                c.args(rest).arg(&bin);
+                c
+            }
+            None => std::process::Command::new(&bin),
+        };
+        let child = command
             .arg("-c")
             .arg(state.join("nginx.conf"))
             .arg("-p")

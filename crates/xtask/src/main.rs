@@ -81,6 +81,10 @@ const BENCHES: &[(&str, &str)] = &[
         "the example readiness policy in Python (componentize-py) against Rust: size, cold compile, cache load, calls at 3 and 1,000 nodes",
     ),
     (
+        "coldstart",
+        "three nodes fetching a 1.1 GB model from an nginx origin held to 50 MB/s: once per group through the peers against every node on its own, and the first completion after the start",
+    ),
+    (
         "startup",
         "startup faults with real vLLM, native and Ray: a rank SIGSTOPped at a random stage (stall named with its stacks), a start that raises (the crash loop stopped), a rank's preflight traffic dropped in a namespace of its own, the first request after /readyz",
     ),
@@ -553,6 +557,28 @@ fn tiny_model(venv: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// The 1.1 GB random-weight model of `bench coldstart` (made offline by
+/// `python/make_tiny_model.py --large`, cached like the tiny one).
+fn large_model(venv: &Path) -> Result<PathBuf> {
+    let key = digest_of(&["python/make_tiny_model.py"], &venv.display().to_string())?;
+    let dir = cache_root()?.join(format!("large-model-{key}"));
+    if dir.join(".complete").is_file() {
+        eprintln!("    large model: {} (cached)", dir.display());
+        return Ok(dir);
+    }
+    step(&format!(
+        "make the 1.1 GB random-weight model in {} (offline, about a minute)",
+        dir.display()
+    ));
+    run(Command::new(venv.join("bin/python"))
+        .arg(root().join("python/make_tiny_model.py"))
+        .arg(&dir)
+        .arg("--large")
+        .env("HF_HUB_OFFLINE", "1"))?;
+    std::fs::write(dir.join(".complete"), "")?;
+    Ok(dir)
+}
+
 /// An integration test target, what it checks, and the environment it is
 /// given.
 type TestStep = (&'static str, &'static str, Vec<(&'static str, PathBuf)>);
@@ -983,6 +1009,19 @@ fn bench(name: Option<&str>) -> Result<()> {
                 .arg(root().join("target/release/orchestrator"))
                 .env("ORCHESTRATOR_VLLM_BIN", venv.join("bin/vllm"))
                 .env("ORCHESTRATOR_TINY_MODEL", &model))
+        }
+        Some("coldstart") => {
+            ensure_toolchain()?;
+            let venv = vllm_venv()?;
+            let model = large_model(&venv)?;
+            let nginx = nginx_server()?;
+            build_all()?;
+            step("bench coldstart");
+            run(Command::new(example("bench_coldstart"))
+                .arg(root().join("target/release/orchestrator"))
+                .env("ORCHESTRATOR_VLLM_BIN", venv.join("bin/vllm"))
+                .env("ORCHESTRATOR_NGINX_BIN", nginx)
+                .env("ORCHESTRATOR_LARGE_MODEL", &model))
         }
         Some("startup") => {
             ensure_toolchain()?;
