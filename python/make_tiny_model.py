@@ -8,7 +8,7 @@ accepts 32, 64, 80, 96 and up), 2 KV heads, vocabulary 512; a byte-level BPE
 tokenizer trained here on a built-in text, and a chat template. Under 1 MB.
 
 --large: the same tokenizer, 16 layers, hidden 1536, 12 heads (head size
-128), 6 KV heads, intermediate 4608, vocabulary 32000 (tensor parallel 3
+128), 6 KV heads, intermediate 4608, vocabulary 32256 (tensor parallel 3
 divides them all): about 551M parameters, 1.1 GB of safetensors in three
 shards, for `cargo xtask bench coldstart`.
 """
@@ -58,7 +58,7 @@ sizes = dict(
 )
 if large:
     sizes = dict(
-        vocab_size=32000,
+        vocab_size=32256,
         hidden_size=1536,
         intermediate_size=4608,
         num_hidden_layers=16,

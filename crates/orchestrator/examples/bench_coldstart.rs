@@ -96,11 +96,14 @@ impl Drop for OriginNet {
     }
 }
 
+/// Bytes of the files the origin serves under `dir` (nginx's autoindex
+/// leaves hidden files out).
 fn folder_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|entries| {
             entries
                 .flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
                 .map(|e| {
                     let path = e.path();
                     if path.is_dir() {
@@ -164,26 +167,32 @@ fn group_run(binary: &Path, vllm: &str, dir: &Path, nginx: &Nginx, share: bool) 
             .iter_mut()
             .any(|r| r.try_wait().ok().flatten().is_some())
         {
+            stop(&mut ranks);
             fail(format!("{way} way: a rank exited; see {}", dir.display()));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    stop(&mut ranks);
     let Some(first) = first else {
         fail(format!(
             "{way} way: no completion within 900 s; see {}",
             dir.display()
         ))
     };
-    for rank in &ranks {
-        signal(rank.id() as i32, Sig::TERM);
-    }
-    for rank in &mut ranks {
-        let _ = rank.wait();
-    }
     Run {
         origin_bytes: nginx.file_bytes() - before,
         all_nodes_s: held.iter().flatten().fold(0.0, |a: f64, b| a.max(*b)),
         first_completion_s: first,
+    }
+}
+
+/// Stops every rank (SIGTERM: each stops its own server) and waits.
+fn stop(ranks: &mut [std::process::Child]) {
+    for rank in ranks.iter() {
+        signal(rank.id() as i32, Sig::TERM);
+    }
+    for rank in ranks.iter_mut() {
+        let _ = rank.wait();
     }
 }
 
@@ -234,8 +243,7 @@ fn main() {
     )
     .into();
     let dir = tempfile::tempdir().unwrap_or_else(|e| fail(e));
-    let size =
-        folder_bytes(&model) - std::fs::metadata(model.join(".complete")).map_or(0, |m| m.len());
+    let size = folder_bytes(&model);
     let root = dir.path().join("origin");
     std::fs::create_dir_all(root.join("models")).unwrap_or_else(|e| fail(e));
     std::os::unix::fs::symlink(&model, root.join("models/large")).unwrap_or_else(|e| fail(e));
