@@ -144,7 +144,19 @@ impl Drop for Node {
 }
 
 async fn serve_peers(address: String, service: Arc<PeerService>) -> tokio::task::JoinHandle<()> {
-    let listener = tokio::net::TcpListener::bind(&address).await.unwrap();
+    // A node started again on its address: the one before it may hold the
+    // port for a moment after its task was aborted.
+    let until = Instant::now() + Duration::from_secs(10);
+    let listener = loop {
+        match tokio::net::TcpListener::bind(&address).await {
+            Ok(listener) => break listener,
+            Err(e) if Instant::now() < until => {
+                eprintln!("{address}: {e}; trying again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{address}: {e}"),
+        }
+    };
     tokio::spawn(async move {
         let mut connections = tokio::task::JoinSet::new();
         loop {
