@@ -20,6 +20,7 @@
 //! - [`startup`]: each rank's server stage, and a start that failed.
 
 pub mod checks;
+pub mod compile_cache;
 pub mod expected;
 pub mod facts;
 pub mod lifecycle;

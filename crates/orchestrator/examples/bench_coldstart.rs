@@ -24,7 +24,7 @@
 //! ORCHESTRATOR_NGINX_BIN, ORCHESTRATOR_LARGE_MODEL set). Needs root.
 
 use orchestrator_test_support::{
-    NativeGroup, Nginx, Sig, complete, http_get, required_env, signal, status,
+    NativeGroup, Nginx, Sig, complete, folder_bytes, http_get, required_env, signal, status,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -94,27 +94,6 @@ impl Drop for OriginNet {
             .status();
         let _ = Command::new("ip").args(["link", "del", "orchcs0"]).status();
     }
-}
-
-/// Bytes of the files the origin serves under `dir` (nginx's autoindex
-/// leaves hidden files out).
-fn folder_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-                .map(|e| {
-                    let path = e.path();
-                    if path.is_dir() {
-                        folder_bytes(&path)
-                    } else {
-                        std::fs::metadata(&path).map_or(0, |m| m.len())
-                    }
-                })
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// What one way measured.

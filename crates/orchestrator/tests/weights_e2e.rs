@@ -29,21 +29,6 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn folder_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| {
-            let path = e.path();
-            if path.is_dir() {
-                folder_bytes(&path)
-            } else {
-                std::fs::metadata(&path).map_or(0, |m| m.len())
-            }
-        })
-        .sum()
-}
-
 fn weights_of(endpoints: &str) -> serde_json::Value {
     status(endpoints)
         .map(|s| s["weights"].clone())
@@ -151,18 +136,7 @@ fn a_native_group_fetches_the_model_once_and_every_rank_serves_its_own_copy() {
 /// `orchestrator run` as `unshare -m`, `own` mounted on `at` first (the
 /// node's own cache at the path every node uses), the group's secret set.
 fn run_in_own_mounts(config: &Path, own: &Path, at: &Path, log: &Path) -> std::process::Child {
-    std::fs::create_dir_all(own).unwrap();
-    std::fs::create_dir_all(at).unwrap();
-    std::process::Command::new("unshare")
-        .args([
-            "-m",
-            "sh",
-            "-c",
-            "mount --bind \"$0\" \"$1\" && shift && exec \"$@\"",
-        ])
-        .arg(own)
-        .arg(at)
-        .arg(env!("CARGO_BIN_EXE_orchestrator"))
+    in_own_mounts(own, at, Path::new(env!("CARGO_BIN_EXE_orchestrator")))
         .args(["run", "--config"])
         .arg(config)
         .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true")
@@ -283,4 +257,167 @@ fn a_ray_cluster_fetches_the_model_once_and_each_node_serves_its_own_copy() {
     for child in &mut children {
         let _ = child.wait();
     }
+}
+
+/// Waits until the group's leader is ready (panics with both ranks' log
+/// tails after `limit`).
+fn until_ready(group: &NativeGroup, run: u32, limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while !http_get(&group.endpoints_of(0), "/readyz").contains("200 OK") {
+        if std::time::Instant::now() > deadline {
+            let tail = |rank: u32| {
+                let log = std::fs::read_to_string(group.dir.join(format!("rank-{rank}-{run}.log")))
+                    .unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            };
+            panic!(
+                "the leader was not ready within {} s\n--- rank 0:\n{}\n--- rank 1:\n{}",
+                limit.as_secs(),
+                tail(0),
+                tail(1)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn compile_cache_of(endpoints: &str) -> serde_json::Value {
+    status(endpoints)
+        .map(|s| s["compile-cache"].clone())
+        .unwrap_or_default()
+}
+
+fn stop_all(children: &mut [std::process::Child]) {
+    for child in children.iter() {
+        signal(child.id() as i32, Sig::TERM);
+    }
+    for child in children.iter_mut() {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() {
+            assert!(std::time::Instant::now() < deadline, "a rank did not stop");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// The folders under `root` whose name starts with `prefix`, at any depth.
+fn folders_named(root: &Path, prefix: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(prefix) {
+                found.push(name);
+            }
+            found.extend(folders_named(&path, prefix));
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
+#[test]
+#[ignore = "needs vLLM and root: run by `cargo xtask test`"]
+fn a_native_group_keeps_its_compile_cache_and_a_rank_that_lost_it_takes_it_from_the_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut group = NativeGroup::new(
+        env!("CARGO_BIN_EXE_orchestrator"),
+        dir.path(),
+        226,
+        2,
+        &var("ORCHESTRATOR_TINY_MODEL"),
+        &var("ORCHESTRATOR_VLLM_BIN"),
+    );
+    group.early_launch = false;
+    // vLLM compiles (torch.compile with Inductor: the CPU build does).
+    group.enforce_eager = false;
+    let cache = dir.path().join("compile-cache");
+    group.rank_mount = Some((dir.path().join("rank-{rank}-compile"), cache.clone()));
+    group.extra_toml = format!(
+        "[serve.compile-cache]\nenabled = true\ndir = \"{}\"\n",
+        cache.display()
+    );
+    let own = |rank: u32| dir.path().join(format!("rank-{rank}-compile"));
+
+    // Cold: nothing kept anywhere; both ranks compile.
+    let mut ranks = vec![group.start(0, 0), group.start(1, 0)];
+    until_ready(&group, 0, Duration::from_secs(500));
+    group.complete().unwrap();
+    for rank in 0..2 {
+        let view = compile_cache_of(&group.endpoints_of(rank));
+        assert_eq!(view["state"], "miss", "rank {rank}: {view}");
+        assert!(
+            view["reason"]
+                .as_str()
+                .unwrap()
+                .contains("no compile cache kept"),
+            "rank {rank}: {view}"
+        );
+        assert_eq!(view["inputs"]["tensor-parallel-size"], "2", "{view}");
+        assert!(
+            !view["inputs"]["vllm-version"].as_str().unwrap().is_empty(),
+            "{view}"
+        );
+    }
+    // Once the group serves, the leader gathers rank 1's compiled code.
+    let key = compile_cache_of(&group.endpoints_of(0))["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while folders_named(&own(0).join(&key), "rank_1").is_empty() {
+        if std::time::Instant::now() > deadline {
+            let lines = |rank: u32| {
+                std::fs::read_to_string(dir.path().join(format!("rank-{rank}-0.log")))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains("compile cache") || l.contains("launching"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            panic!(
+                "the leader does not hold rank 1's cache after 90 s\nrank 0 has {:?}, rank 1 {:?}\n--- rank 0:\n{}\n--- rank 1:\n{}\n{}\n{}",
+                folders_named(&own(0).join(&key), "rank_"),
+                folders_named(&own(1).join(&key), "rank_"),
+                lines(0),
+                lines(1),
+                compile_cache_of(&group.endpoints_of(0)),
+                compile_cache_of(&group.endpoints_of(1)),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(!folders_named(&own(1).join(&key), "rank_1").is_empty());
+    stop_all(&mut ranks);
+
+    // Rank 1 comes back empty (a new machine): it takes the cache from
+    // the leader, which reuses its own.
+    std::fs::remove_dir_all(own(1)).unwrap();
+    let mut ranks = vec![group.start(0, 1), group.start(1, 1)];
+    until_ready(&group, 1, Duration::from_secs(500));
+    group.complete().unwrap();
+    let leader = compile_cache_of(&group.endpoints_of(0));
+    assert_eq!(leader["state"], "hit", "{leader}");
+    assert_eq!(leader["key"].as_str(), Some(key.as_str()), "{leader}");
+    let member = compile_cache_of(&group.endpoints_of(1));
+    assert_eq!(member["state"], "pulled", "{member}");
+    assert_eq!(
+        member["from"].as_str(),
+        Some(group.endpoints_of(0).as_str()),
+        "{member}"
+    );
+    assert!(
+        !folders_named(&own(1).join(&key), "rank_1").is_empty(),
+        "rank 1's compiled code is back on rank 1"
+    );
+    // vLLM was given the kept folder.
+    let log = std::fs::read_to_string(dir.path().join("rank-0-1.log")).unwrap();
+    let root = format!("{}/{key}/cache/vllm", cache.display());
+    assert!(log.contains(&root), "{root} not in the leader's log");
+    let log = std::fs::read_to_string(dir.path().join("rank-1-1.log")).unwrap();
+    assert!(log.contains("compile cache: taken from a peer"), "{log}");
+    stop_all(&mut ranks);
 }

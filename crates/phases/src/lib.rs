@@ -38,6 +38,7 @@
 //! - [`native`]: the second backend, vLLM's own multi-node mode without
 //!   Ray: the leader's rendezvous, every rank's orders, group restarts.
 
+pub mod compile_cache;
 pub mod config;
 pub mod endpoints;
 pub mod lifecycle;

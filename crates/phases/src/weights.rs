@@ -154,8 +154,7 @@ fn fetcher(plan: &WeightsPlan, status: &Status) -> Result<Fetcher, String> {
         return Ok(fetcher);
     };
     let key = Arc::new(PeerKey::from_secret(secret.trim_ascii()).map_err(|e| e.to_string())?);
-    let service = Arc::new(PeerService::new(Arc::clone(&key)));
-    status.offer_weights(Arc::clone(&service));
+    let service = status.peer_service(|| Arc::new(PeerService::new(Arc::clone(&key))));
     let client = PeerClient::new(key, timeout).map_err(|e| e.to_string())?;
     Ok(fetcher.with_peers(plan.peers.clone(), client, service))
 }

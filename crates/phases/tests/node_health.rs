@@ -456,6 +456,7 @@ async fn the_health_loop_restarts_a_server_whose_node_turned_unhealthy_and_only_
         stall: Default::default(),
         preflight: orchestrator_phases::preflight::PreflightSpec::of(&Default::default()),
         weights_wait: None,
+        compile_cache_wait: None,
     };
     let nodes: Vec<Node> = ["head", "worker"]
         .iter()

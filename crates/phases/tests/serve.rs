@@ -66,6 +66,7 @@ fn spec(port: u16, mode: &str, params: &[(&str, &str)]) -> (ServeSpec, LaunchPla
         stall: Default::default(),
         preflight: orchestrator_phases::preflight::PreflightSpec::of(&Default::default()),
         weights_wait: None,
+        compile_cache_wait: None,
     };
     (spec, plan)
 }

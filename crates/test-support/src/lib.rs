@@ -946,6 +946,9 @@ pub struct NativeGroup {
     /// same path holds something else on every rank, as on separate
     /// machines.
     pub rank_mount: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// vLLM with `--enforce-eager` (no torch.compile; the default, for
+    /// speed); false: vLLM compiles.
+    pub enforce_eager: bool,
 }
 
 #[cfg(feature = "cluster")]
@@ -973,6 +976,7 @@ impl NativeGroup {
             addresses: Vec::new(),
             extra_toml: String::new(),
             rank_mount: None,
+            enforce_eager: true,
         }
     }
 
@@ -1026,7 +1030,7 @@ served-model-name = "tiny"
 tensor-parallel-size = {size}
 host = "{leader}"
 port = {serve}
-extra-args = ["--max-model-len", "256", "--dtype", "bfloat16", "--enforce-eager"]
+extra-args = ["--max-model-len", "256", "--dtype", "bfloat16"{eager}]
 health-interval-ms = 500
 generation-interval-ms = 5000
 stop-grace-seconds = 10
@@ -1048,6 +1052,11 @@ backoff-ms = "200"
                 serve = self.serve,
                 vllm = self.vllm,
                 early = self.early_launch,
+                eager = if self.enforce_eager {
+                    ", \"--enforce-eager\""
+                } else {
+                    ""
+                },
                 secret = secret.display(),
                 extra = self.extra_toml.replace("{rank}", &rank.to_string()),
             ),
@@ -1067,20 +1076,7 @@ backoff-ms = "200"
                         .to_string()
                         .replace("{rank}", &rank.to_string()),
                 );
-                std::fs::create_dir_all(&own).unwrap();
-                std::fs::create_dir_all(at).unwrap();
-                let mut unshare = std::process::Command::new("unshare");
-                unshare
-                    .args([
-                        "-m",
-                        "sh",
-                        "-c",
-                        "mount --bind \"$0\" \"$1\" && shift && exec \"$@\"",
-                    ])
-                    .arg(own)
-                    .arg(at)
-                    .arg(&self.binary);
-                unshare
+                in_own_mounts(&own, at, &self.binary)
             }
             None => std::process::Command::new(&self.binary),
         };
@@ -1122,6 +1118,49 @@ backoff-ms = "200"
             .map(|p| (p.pid, p.comm))
             .collect()
     }
+}
+
+/// `program` as `unshare -m`, with `own` mounted on `at` first (needs
+/// root): a node's own folder at the path every node uses, as on separate
+/// machines. Both folders are made.
+pub fn in_own_mounts(
+    own: &std::path::Path,
+    at: &std::path::Path,
+    program: &std::path::Path,
+) -> std::process::Command {
+    std::fs::create_dir_all(own).unwrap();
+    std::fs::create_dir_all(at).unwrap();
+    let mut unshare = std::process::Command::new("unshare");
+    unshare
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            "mount --bind \"$0\" \"$1\" && shift && exec \"$@\"",
+        ])
+        .arg(own)
+        .arg(at)
+        .arg(program);
+    unshare
+}
+
+/// The bytes of every file under `dir`, hidden ones (a store's
+/// `.orchestrator` state) left out; 0 for a folder that is not there.
+pub fn folder_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                folder_bytes(&path)
+            } else {
+                std::fs::metadata(&path).map_or(0, |m| m.len())
+            }
+        })
+        .sum()
 }
 
 /// What [`NativeGroup::scenario`] measured.

@@ -4,9 +4,12 @@
 //! already has them ([`peer`], over each orchestrator's own port, signed
 //! with the group's key); every chunk is checked against its sha256
 //! ([`manifest`]), written into this node's cache and logged, so a
-//! download resumes ([`store`]). Entry point: [`fetch::Fetcher::run`].
+//! download resumes ([`store`]). A folder this node made (vLLM's compile
+//! cache) travels the same way ([`folder`]). Entry point:
+//! [`fetch::Fetcher::run`].
 
 pub mod fetch;
+pub mod folder;
 pub mod http;
 pub mod manifest;
 pub mod origin;

@@ -250,6 +250,28 @@ impl PeerService {
         others
     }
 
+    /// The nodes that asked to be introduced for `id` lately (what the
+    /// seed knows of its group).
+    pub fn introduced(&self, id: &str) -> Vec<String> {
+        let askers = match self.askers.lock() {
+            Ok(a) => a,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let now = std::time::Instant::now();
+        let mut nodes: Vec<String> = askers
+            .get(id)
+            .map(|group| {
+                group
+                    .iter()
+                    .filter(|(_, at)| now.duration_since(**at) < INTRODUCED_FOR)
+                    .map(|(a, _)| a.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        nodes.sort();
+        nodes
+    }
+
     /// Offers `store` under `id` (the group's name for the revision).
     pub fn register(&self, id: &str, store: Arc<Store>) {
         if let Ok(mut stores) = self.stores.write() {

@@ -218,6 +218,18 @@ fn weights_bounds(config: &Config) -> Vec<Bound> {
         ("serve.weights.stall-seconds", w.stall_seconds, 1, DAY_S),
         ("serve.weights.timeout-seconds", w.timeout_seconds, 1, DAY_S),
         ("serve.weights.wait-seconds", w.wait_seconds, 0, 7 * DAY_S),
+        (
+            "serve.compile-cache.wait-seconds",
+            config.serve.compile_cache.wait_seconds,
+            0,
+            DAY_S,
+        ),
+        (
+            "serve.compile-cache.timeout-seconds",
+            config.serve.compile_cache.timeout_seconds,
+            1,
+            DAY_S,
+        ),
     ]
 }
 

@@ -21,6 +21,7 @@ pub use orchestrator_domain::{ClusterConfig, GroupConfig, Role};
 pub const DEFAULT_ENDPOINTS_PORT: u16 = 8471;
 
 mod checks;
+mod compile_cache;
 mod native;
 mod node_health;
 mod plugins;
@@ -32,6 +33,7 @@ mod registry;
 mod scale;
 mod serve;
 mod weights;
+pub use compile_cache::CompileCacheConfig;
 pub use native::{Backend, GroupSecret, NativeConfig, SECRET_ENV, SecretFileError, group_secret};
 pub use node_health::NodeHealthConfig;
 pub use plugins::PluginLimits;

@@ -62,6 +62,8 @@ pub struct ServeConfig {
     pub preflight: super::PreflightConfig,
     /// The model's files fetched from an origin once per group.
     pub weights: super::WeightsConfig,
+    /// `[serve.compile-cache]`.
+    pub compile_cache: super::CompileCacheConfig,
 }
 
 impl Default for ServeConfig {
@@ -88,6 +90,7 @@ impl Default for ServeConfig {
             prefetch: PrefetchConfig::default(),
             preflight: super::PreflightConfig::default(),
             weights: super::WeightsConfig::default(),
+            compile_cache: super::CompileCacheConfig::default(),
         }
     }
 }

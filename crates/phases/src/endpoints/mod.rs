@@ -196,6 +196,9 @@ pub struct StatusState {
     /// `[serve.weights]` on this node: where it stands, how much came
     /// from the origin and from each peer.
     pub weights: Option<orchestrator_weights::Progress>,
+    /// `[serve.compile-cache]` on this node: the key, its inputs, hit,
+    /// miss (and why) or pulled (and from whom).
+    pub compile_cache: Option<orchestrator_domain::compile_cache::CacheView>,
     /// The last health verdict's kind.
     #[serde(skip)]
     pub(crate) last_verdict: Option<VerdictKind>,
@@ -746,10 +749,30 @@ impl Status {
         })
     }
 
-    /// Offers this node's chunks of `[serve.weights]` on the endpoints'
-    /// port (once).
-    pub(crate) fn offer_weights(&self, service: Arc<orchestrator_weights::PeerService>) {
-        let _ = self.weights_service.set(service);
+    /// The service answering `/weights/v1/` on the endpoints' port (the
+    /// weights' chunks and the compile caches): made once, by `make`.
+    pub(crate) fn peer_service(
+        &self,
+        make: impl FnOnce() -> Arc<orchestrator_weights::PeerService>,
+    ) -> Arc<orchestrator_weights::PeerService> {
+        Arc::clone(self.weights_service.get_or_init(make))
+    }
+
+    /// Records where `[serve.compile-cache]` stands on this node.
+    pub(crate) fn compile_cache(&self, view: orchestrator_domain::compile_cache::CacheView) {
+        self.with(|s| s.compile_cache = Some(view));
+    }
+
+    /// Where `[serve.compile-cache]` stands, when it is on.
+    pub(crate) fn compile_cache_view(
+        &self,
+    ) -> Option<orchestrator_domain::compile_cache::CacheView> {
+        self.with(|s| s.compile_cache.clone())
+    }
+
+    /// Whether the service takes traffic (ready after the warm-up).
+    pub(crate) fn is_ready(&self) -> bool {
+        self.with(|s| s.ready)
     }
 
     /// Records a startup step: the first of each (every node join), with

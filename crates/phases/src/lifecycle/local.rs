@@ -205,6 +205,7 @@ impl Plan {
             ),
             prefetch: cluster.prefetch.clone(),
             weights: crate::weights::WeightsPlan::alone(&cluster.weights),
+            compile_cache: None,
         })
     }
 }

@@ -101,6 +101,8 @@ pub struct Surroundings {
     pub prefetch: PrefetchConfig,
     /// The model's files to fetch from an origin (`[serve.weights]`).
     pub weights: Option<crate::weights::WeightsPlan>,
+    /// vLLM's compile caches kept and shared (`[serve.compile-cache]`).
+    pub compile_cache: Option<crate::compile_cache::CompileCachePlan>,
     /// Kubernetes awareness, on the node that decides readiness: the
     /// settings and the object whose pods form the cluster.
     pub kubernetes: Option<(KubernetesConfig, Owner)>,
@@ -241,6 +243,8 @@ impl Lifecycle {
         let _prefetch =
             crate::prefetch::Prefetch::spawn(&around.prefetch, Arc::clone(&self.status));
         let _weights = crate::weights::Weights::spawn(around.weights.as_ref(), &self.status);
+        let _compile_cache =
+            crate::compile_cache::CompileCache::spawn(around.compile_cache.as_ref(), &self.status);
         let exit = self
             .backend
             .phases(Around {

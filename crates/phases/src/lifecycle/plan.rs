@@ -82,6 +82,8 @@ pub struct Plan {
     pub prefetch: crate::prefetch::PrefetchConfig,
     /// The model's files to fetch from an origin (`[serve.weights]`).
     pub weights: Option<crate::weights::WeightsPlan>,
+    /// vLLM's compile caches (`[serve.compile-cache]`).
+    pub compile_cache: Option<crate::compile_cache::CompileCachePlan>,
 }
 
 /// Why a plan cannot be made.
@@ -148,12 +150,20 @@ impl Plan {
             .node_ip
             .clone()
             .unwrap_or_else(|| config.endpoints_host.clone());
+        let secret = crate::weights::ray_group_secret(config.native.secret_file.as_deref());
         let weights = crate::weights::WeightsPlan::new(
             &config.serve.weights,
             head,
             format!("{seed_host}:{port}"),
             format!("{me_host}:{port}"),
-            crate::weights::ray_group_secret(config.native.secret_file.as_deref()),
+            secret.clone(),
+        );
+        let compile_cache = crate::compile_cache::CompileCachePlan::new(
+            config,
+            head,
+            format!("{seed_host}:{port}"),
+            format!("{me_host}:{port}"),
+            secret,
         );
         let serve = (head && config.serve.has_model()).then(|| ServeSpec::of_config(config));
         Ok(Self {
@@ -193,6 +203,7 @@ impl Plan {
             ),
             prefetch: config.serve.prefetch.clone(),
             weights,
+            compile_cache,
         })
     }
 }

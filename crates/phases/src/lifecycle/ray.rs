@@ -80,6 +80,7 @@ impl Backend for RayBackend {
             open_file_limit: self.plan.open_file_limit,
             prefetch: self.plan.prefetch.clone(),
             weights: self.plan.weights.clone(),
+            compile_cache: self.plan.compile_cache.clone(),
             kubernetes,
         }
     }

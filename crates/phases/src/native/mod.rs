@@ -203,6 +203,8 @@ pub struct NativePlan {
     pub prefetch: crate::prefetch::PrefetchConfig,
     /// The model's files to fetch from an origin (`[serve.weights]`).
     pub weights: Option<crate::weights::WeightsPlan>,
+    /// vLLM's compile caches (`[serve.compile-cache]`).
+    pub compile_cache: Option<crate::compile_cache::CompileCachePlan>,
     /// This node's own checks (`[node-health]`; off: none). A rank reports
     /// in its heartbeats, the leader follows every rank's report.
     pub node_health: Option<crate::node_health::NodeHealthPlan>,
@@ -328,6 +330,34 @@ impl LocalGroup {
     }
 }
 
+/// This node's part in the weights and the compile caches the group
+/// shares (the leader seeds; the group's secret signs).
+fn shared_caches(
+    config: &crate::config::Config,
+    identity: &NativeIdentity,
+) -> (
+    Option<crate::weights::WeightsPlan>,
+    Option<crate::compile_cache::CompileCachePlan>,
+) {
+    let seed = format!("{}:{}", identity.leader_address, config.endpoints_port);
+    let me = format!("{}:{}", identity.node_address, config.endpoints_port);
+    let secret = crate::config::group_secret(config.native.secret_file.as_deref())
+        .ok()
+        .flatten()
+        .map(|s| s.bytes);
+    let leader = identity.is_leader();
+    (
+        crate::weights::WeightsPlan::new(
+            &config.serve.weights,
+            leader,
+            seed.clone(),
+            me.clone(),
+            secret.clone(),
+        ),
+        crate::compile_cache::CompileCachePlan::new(config, leader, seed, me, secret),
+    )
+}
+
 impl NativePlan {
     /// The plan of `orchestrator run` with `backend = "native"`, for the
     /// node `identity` resolved.
@@ -412,22 +442,15 @@ impl NativePlan {
                 stall: crate::serve::StallSpec::of(&config.serve),
             })
         };
+        let (weights, compile_cache) = shared_caches(config, identity);
         Ok(Self {
             role,
             local_members: Vec::new(),
             endpoints: Some(endpoints),
             open_file_limit: config.open_file_limit,
             prefetch: config.serve.prefetch.clone(),
-            weights: crate::weights::WeightsPlan::new(
-                &config.serve.weights,
-                identity.is_leader(),
-                format!("{}:{}", identity.leader_address, config.endpoints_port),
-                format!("{}:{}", identity.node_address, config.endpoints_port),
-                crate::config::group_secret(config.native.secret_file.as_deref())
-                    .ok()
-                    .flatten()
-                    .map(|s| s.bytes),
-            ),
+            weights,
+            compile_cache,
             node_health,
         })
     }
@@ -517,6 +540,7 @@ impl NativePlan {
             open_file_limit: 65536,
             prefetch: group.prefetch.clone(),
             weights: crate::weights::WeightsPlan::alone(&group.weights),
+            compile_cache: None,
             // Local GPUs are accelerator slots on a machine without GPUs:
             // the count check would fail every rank.
             node_health: crate::node_health::NodeHealthPlan::from_config(

@@ -121,6 +121,31 @@ async fn own_weights(ctx: &ServeContext<'_>, wait: Duration) -> Result<std::path
     }
 }
 
+/// `[serve.compile-cache]`'s folders for vLLM, once this node's cache is
+/// prepared (a pull from a peer waited for up to `wait`; past it, or
+/// when the inputs could not be read, none: vLLM's default cache).
+async fn compile_cache_env(ctx: &ServeContext<'_>, wait: Duration) -> Vec<KeyValue> {
+    use crate::compile_cache::CacheState;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let view = ctx.status.compile_cache_view().unwrap_or_default();
+        if view.state != CacheState::Preparing {
+            return crate::compile_cache::launch_env(&view);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                "the compile cache is not prepared after {} s (serve.compile-cache.wait-seconds): vLLM uses its default cache",
+                wait.as_secs()
+            );
+            return Vec::new();
+        }
+        tokio::select! {
+            () = tokio::time::sleep(COPY_POLL) => {}
+            () = ctx.shutdown.requested() => return Vec::new(),
+        }
+    }
+}
+
 /// Asks the launch policy for the plan; a refusal or a failure is the
 /// outcome of the serve phase (nothing is started). With a local copy of
 /// the model (`[serve.prefetch] copy-to`) and `use_local_copy`, the policy
@@ -169,13 +194,25 @@ pub async fn plan_launch(
         settings,
         ..spec.clone()
     };
-    let plan = ask(
+    let compile_env = match spec.compile_cache_wait {
+        Some(wait) => compile_cache_env(&ctx, wait).await,
+        None => Vec::new(),
+    };
+    let mut plan = ask(
         launch,
         ready.snapshot.clone(),
         &spec,
         &ctx.source.serving_env(),
         Some(ctx.status),
     )?;
+    // Every rank's server, wherever it runs, uses the same folders.
+    for kv in compile_env {
+        for env in std::iter::once(&mut plan.env).chain(plan.ranks.iter_mut().map(|r| &mut r.env)) {
+            if !env.iter().any(|e| e.key == kv.key) {
+                env.push(kv.clone());
+            }
+        }
+    }
     tracing::info!(
         env = %orchestrator_domain::secrets::secrets().show_env(&plan.env),
         "launching: {}",

@@ -72,6 +72,9 @@ pub struct ServeSpec {
     /// node's fetch (the launch serves the fetched folder, or does not
     /// start).
     pub weights_wait: Option<Duration>,
+    /// With `[serve.compile-cache]`: how long the launch waits for this
+    /// node's cache to be prepared (a pull from a peer).
+    pub compile_cache_wait: Option<Duration>,
 }
 
 impl ServeSpec {
@@ -101,6 +104,10 @@ impl ServeSpec {
                 .weights
                 .enabled()
                 .then(|| Duration::from_secs(serve.weights.wait_seconds)),
+            compile_cache_wait: serve
+                .compile_cache
+                .enabled
+                .then(|| Duration::from_secs(serve.compile_cache.wait_seconds)),
         }
     }
 
