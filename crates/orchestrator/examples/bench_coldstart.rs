@@ -12,13 +12,19 @@
 //!   (`share = false`: what a per-pod download does).
 //! - **alone**: one node's fetch from the origin with nobody else, with
 //!   the orchestrator's fetcher.
+//! - **restarts**: the new way's group started again with its compile
+//!   caches kept (`[serve.compile-cache]`: a hit), then with them removed
+//!   (a miss), the weights kept both times; vLLM compiles in every run
+//!   (torch.compile with Inductor: the CPU build does, no
+//!   `--enforce-eager`).
 //!
 //! Each way prints the bytes the origin served against the model's size,
 //! the seconds until every rank held the weights against one node alone,
 //! and the first completion after the start. Last line: `BENCH coldstart
 //! origin_ratio=<x> old_origin_ratio=<x> all_nodes_ratio=<x>
 //! old_all_nodes_ratio=<x> first_completion_s=<s> old_first_completion_s=<s>
-//! compile_cache_restart_ratio=<x or not-built>`.
+//! compile_cache_restart_ratio=<x> compile_restart_s=<s>
+//! no_compile_cache_restart_s=<s>`.
 //!
 //! Usage: bench_coldstart ORCHESTRATOR_BINARY (ORCHESTRATOR_VLLM_BIN,
 //! ORCHESTRATOR_NGINX_BIN, ORCHESTRATOR_LARGE_MODEL set). Needs root.
@@ -96,30 +102,40 @@ impl Drop for OriginNet {
     }
 }
 
-/// What one way measured.
+/// What one start measured.
 #[derive(Debug)]
 struct Run {
     origin_bytes: u64,
     all_nodes_s: f64,
     first_completion_s: f64,
+    /// The leader's `/status` `compile-cache` state, when it is on.
+    compile_cache: Option<String>,
 }
 
-/// One cold start of the group: fresh caches, `share` on or off.
-fn group_run(binary: &Path, vllm: &str, dir: &Path, nginx: &Nginx, share: bool) -> Run {
-    let way = if share { "new" } else { "old" };
-    let dir = dir.join(way);
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| fail(e));
-    let before = nginx.file_bytes();
-    let mut group = NativeGroup::new(binary, &dir, 230, RANKS, "bench/large", vllm);
+/// A group of [`RANKS`], each node's folder (weights, compile cache)
+/// mounted at the same path: `share` on or off. vLLM compiles (no
+/// `--enforce-eager`) into `[serve.compile-cache]`'s folder, empty at
+/// first (never vLLM's default one, which the host's other runs share).
+fn group(binary: &Path, vllm: &str, dir: &Path, share: bool) -> NativeGroup {
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| fail(e));
+    let mut group = NativeGroup::new(binary, dir, 230, RANKS, "bench/large", vllm);
     group.early_launch = false;
-    let cache = dir.join("weights-cache");
-    group.rank_mount = Some((dir.join("rank-{rank}-cache"), cache.clone()));
+    group.enforce_eager = false;
+    let node = dir.join("node");
+    group.rank_mount = Some((dir.join("rank-{rank}-node"), node.clone()));
     group.extra_toml = format!(
-        "[serve.weights]\norigin = \"directory\"\nurl = \"http://{ORIGIN}:{ORIGIN_PORT}/models/large/\"\nrepo = \"bench/large\"\ncache-dir = \"{}\"\nshare = {share}\n",
-        cache.display()
+        "[serve.weights]\norigin = \"directory\"\nurl = \"http://{ORIGIN}:{ORIGIN_PORT}/models/large/\"\nrepo = \"bench/large\"\ncache-dir = \"{}\"\nshare = {share}\n[serve.compile-cache]\nenabled = true\ndir = \"{}\"\n",
+        node.join("weights").display(),
+        node.join("compile").display()
     );
+    group
+}
+
+/// One start of `group` (its `run`-th), until the first completion.
+fn group_run(group: &NativeGroup, run: u32, nginx: &Nginx, what: &str) -> Run {
+    let before = nginx.file_bytes();
     let started = Instant::now();
-    let mut ranks: Vec<_> = (0..RANKS).map(|r| group.start(r, 0)).collect();
+    let mut ranks: Vec<_> = (0..RANKS).map(|r| group.start(r, run)).collect();
     let mut held: Vec<Option<f64>> = vec![None; RANKS as usize];
     let mut first = None;
     let deadline = Instant::now() + Duration::from_secs(900);
@@ -131,7 +147,7 @@ fn group_run(binary: &Path, vllm: &str, dir: &Path, nginx: &Nginx, share: bool) 
             {
                 *at = Some(started.elapsed().as_secs_f64());
                 eprintln!(
-                    "{way} way: rank {rank} holds the weights at {:.1} s",
+                    "{what}: rank {rank} holds the weights at {:.1} s",
                     started.elapsed().as_secs_f64()
                 );
             }
@@ -147,22 +163,54 @@ fn group_run(binary: &Path, vllm: &str, dir: &Path, nginx: &Nginx, share: bool) 
             .any(|r| r.try_wait().ok().flatten().is_some())
         {
             stop(&mut ranks);
-            fail(format!("{way} way: a rank exited; see {}", dir.display()));
+            fail(format!(
+                "{what}: a rank exited; see {}",
+                group.dir.display()
+            ));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    let compile_cache = status(&group.endpoints_of(0))
+        .and_then(|s| s["compile-cache"]["state"].as_str().map(str::to_string));
     stop(&mut ranks);
     let Some(first) = first else {
         fail(format!(
-            "{way} way: no completion within 900 s; see {}",
-            dir.display()
+            "{what}: no completion within 900 s; see {}",
+            group.dir.display()
         ))
     };
+    eprintln!("{what}: first completion at {first:.1} s (compile cache: {compile_cache:?})");
     Run {
         origin_bytes: nginx.file_bytes() - before,
         all_nodes_s: held.iter().flatten().fold(0.0, |a: f64, b| a.max(*b)),
         first_completion_s: first,
+        compile_cache,
     }
+}
+
+/// The group started again with its compile caches, then again without
+/// them (the weights kept both times): the two runs.
+fn restarts(group: &NativeGroup, nginx: &Nginx) -> (Run, Run) {
+    let kept = group_run(group, 1, nginx, "restart with the compile cache");
+    if kept.compile_cache.as_deref() != Some("hit") {
+        fail(format!(
+            "the restart did not hit the compile cache: {:?}",
+            kept.compile_cache
+        ));
+    }
+    for rank in 0..RANKS {
+        let cache = group.dir.join(format!("rank-{rank}-node/compile"));
+        std::fs::remove_dir_all(&cache)
+            .unwrap_or_else(|e| fail(format!("{}: {e}", cache.display())));
+    }
+    let cold = group_run(group, 2, nginx, "restart without it");
+    if cold.compile_cache.as_deref() != Some("miss") {
+        fail(format!(
+            "the restart without the cache did not miss: {:?}",
+            cold.compile_cache
+        ));
+    }
+    (kept, cold)
 }
 
 /// Stops every rank (SIGTERM: each stops its own server) and waits.
@@ -241,10 +289,11 @@ fn main() {
     );
     let alone_s = alone(dir.path());
     eprintln!("one node alone: {alone_s:.1} s");
-    let new = group_run(&binary, &vllm, dir.path(), &nginx, true);
-    eprintln!("new way: {new:?}");
-    let old = group_run(&binary, &vllm, dir.path(), &nginx, false);
-    eprintln!("old way: {old:?}");
+    let new_group = group(&binary, &vllm, &dir.path().join("new"), true);
+    let new = group_run(&new_group, 0, &nginx, "new way");
+    let (kept, cold) = restarts(&new_group, &nginx);
+    let old_group = group(&binary, &vllm, &dir.path().join("old"), false);
+    let old = group_run(&old_group, 0, &nginx, "old way");
     let ratio = |bytes: u64| bytes as f64 / size as f64;
     println!(
         "origin served: {:.2} x the model (old way {:.2} x); every node held it after {:.1} s against {alone_s:.1} s alone (old way {:.1} s); first completion {:.1} s after the start (old way {:.1} s)",
@@ -256,12 +305,19 @@ fn main() {
         old.first_completion_s
     );
     println!(
-        "BENCH coldstart origin_ratio={:.2} old_origin_ratio={:.2} all_nodes_ratio={:.2} old_all_nodes_ratio={:.2} first_completion_s={:.1} old_first_completion_s={:.1} compile_cache_restart_ratio=not-built",
+        "restart to first completion: {:.1} s with the compile cache, {:.1} s without",
+        kept.first_completion_s, cold.first_completion_s
+    );
+    println!(
+        "BENCH coldstart origin_ratio={:.2} old_origin_ratio={:.2} all_nodes_ratio={:.2} old_all_nodes_ratio={:.2} first_completion_s={:.1} old_first_completion_s={:.1} compile_cache_restart_ratio={:.2} compile_restart_s={:.1} no_compile_cache_restart_s={:.1}",
         ratio(new.origin_bytes),
         ratio(old.origin_bytes),
         new.all_nodes_s / alone_s,
         old.all_nodes_s / alone_s,
         new.first_completion_s,
-        old.first_completion_s
+        old.first_completion_s,
+        kept.first_completion_s / cold.first_completion_s,
+        kept.first_completion_s,
+        cold.first_completion_s
     );
 }

@@ -62,6 +62,7 @@ fn a_native_group_fetches_the_model_once_and_every_rank_serves_its_own_copy() {
     );
     let mut leader = group.start(0, 0);
     let mut member = group.start(1, 0);
+    let _guard = Guard(vec![leader.id() as i32, member.id() as i32]);
     let leader_endpoints = group.endpoints_of(0);
     let deadline = std::time::Instant::now() + Duration::from_secs(400);
     while !http_get(&leader_endpoints, "/readyz").contains("200 OK") {
@@ -344,6 +345,7 @@ fn a_native_group_keeps_its_compile_cache_and_a_rank_that_lost_it_takes_it_from_
 
     // Cold: nothing kept anywhere; both ranks compile.
     let mut ranks = vec![group.start(0, 0), group.start(1, 0)];
+    let _guard = Guard(ranks.iter().map(|c| c.id() as i32).collect());
     until_ready(&group, 0, Duration::from_secs(500));
     group.complete().unwrap();
     for rank in 0..2 {
@@ -397,6 +399,7 @@ fn a_native_group_keeps_its_compile_cache_and_a_rank_that_lost_it_takes_it_from_
     // the leader, which reuses its own.
     std::fs::remove_dir_all(own(1)).unwrap();
     let mut ranks = vec![group.start(0, 1), group.start(1, 1)];
+    let _again = Guard(ranks.iter().map(|c| c.id() as i32).collect());
     until_ready(&group, 1, Duration::from_secs(500));
     group.complete().unwrap();
     let leader = compile_cache_of(&group.endpoints_of(0));

@@ -212,6 +212,39 @@ struct Plan<'a> {
     stall: Duration,
 }
 
+impl<'a> Plan<'a> {
+    /// The seed: four chunks at once, the origin after 1 s.
+    fn seed(origin: Origin, cache: &'a Path, address: &'a str) -> Self {
+        Self {
+            origin,
+            cache,
+            role: Role::Seed,
+            address,
+            peers: Peers::Fixed(vec![]),
+            parallel: 4,
+            stall: Duration::from_secs(1),
+        }
+    }
+
+    /// A joiner asking `seed`.
+    fn join(origin: Origin, cache: &'a Path, address: &'a str, seed: &str) -> Self {
+        Self {
+            role: Role::Join,
+            peers: Peers::Fixed(vec![seed.to_string()]),
+            ..Self::seed(origin, cache, address)
+        }
+    }
+
+    /// Two chunks at once, the origin after 3 s.
+    fn slower(self) -> Self {
+        Self {
+            parallel: 2,
+            stall: Duration::from_secs(3),
+            ..self
+        }
+    }
+}
+
 async fn node(plan: Plan<'_>) -> Node {
     let key = Arc::new(PeerKey::from_secret(SECRET).unwrap());
     let service = Arc::new(PeerService::new(Arc::clone(&key)));
@@ -283,13 +316,9 @@ async fn three_nodes_take_the_revision_once_from_the_origin() {
         };
         nodes.push(
             node(Plan {
-                origin: hub(&origin),
-                cache: caches[i].path(),
                 role: if i == 0 { Role::Seed } else { Role::Join },
-                address: &addresses[i],
                 peers,
-                parallel: 4,
-                stall: Duration::from_secs(1),
+                ..Plan::seed(hub(&origin), caches[i].path(), &addresses[i])
             })
             .await,
         );
@@ -345,16 +374,7 @@ async fn a_corrupt_chunk_from_a_peer_is_refused_and_fetched_elsewhere() {
     let caches = caches(2);
     let a = "127.0.0.52:".to_string() + &free_port("127.0.0.52").to_string();
     let b = "127.0.0.53:".to_string() + &free_port("127.0.0.53").to_string();
-    let seed = node(Plan {
-        origin: hub(&origin),
-        cache: caches[0].path(),
-        role: Role::Seed,
-        address: &a,
-        peers: Peers::Fixed(vec![]),
-        parallel: 4,
-        stall: Duration::from_secs(1),
-    })
-    .await;
+    let seed = node(Plan::seed(hub(&origin), caches[0].path(), &a)).await;
     let folder = run(&seed).await.unwrap().unwrap();
     // One byte of chunk 3 of the first shard flips on the seed's disk.
     let shard = folder.join("model-00001-of-00002.safetensors");
@@ -362,16 +382,7 @@ async fn a_corrupt_chunk_from_a_peer_is_refused_and_fetched_elsewhere() {
     content[(3 << 20) + 17] ^= 0x40;
     std::fs::write(&shard, content).unwrap();
     let before = origin.file_bytes();
-    let joiner = node(Plan {
-        origin: hub(&origin),
-        cache: caches[1].path(),
-        role: Role::Join,
-        address: &b,
-        peers: Peers::Fixed(vec![a.clone()]),
-        parallel: 2,
-        stall: Duration::from_secs(3),
-    })
-    .await;
+    let joiner = node(Plan::join(hub(&origin), caches[1].path(), &b, &a).slower()).await;
     let got = run(&joiner).await.unwrap().unwrap();
     assert_holds(&got, &files);
     let p = progress(&joiner);
@@ -411,25 +422,11 @@ async fn a_peer_killed_mid_transfer_is_routed_around() {
     let a = "127.0.0.62:".to_string() + &free_port("127.0.0.62").to_string();
     let b = "127.0.0.63:".to_string() + &free_port("127.0.0.63").to_string();
     let seed = node(Plan {
-        origin: directory(),
-        cache: caches[0].path(),
-        role: Role::Seed,
-        address: &a,
         peers: Peers::Fixed(vec![b.clone()]),
-        parallel: 2,
-        stall: Duration::from_secs(3),
+        ..Plan::seed(directory(), caches[0].path(), &a).slower()
     })
     .await;
-    let joiner = node(Plan {
-        origin: directory(),
-        cache: caches[1].path(),
-        role: Role::Join,
-        address: &b,
-        peers: Peers::Fixed(vec![a.clone()]),
-        parallel: 2,
-        stall: Duration::from_secs(3),
-    })
-    .await;
+    let joiner = node(Plan::join(directory(), caches[1].path(), &b, &a).slower()).await;
     let seeding = run(&seed);
     let joining = run(&joiner);
     // The seed goes once the joiner holds a third of the revision.
@@ -459,16 +456,7 @@ async fn the_origin_gone_after_the_first_fetch_does_not_stop_the_group() {
     let mut origin = Nginx::start(root.path(), "127.0.0.71", "50m");
     let caches = caches(3);
     let a = "127.0.0.72:".to_string() + &free_port("127.0.0.72").to_string();
-    let seed = node(Plan {
-        origin: hub(&origin),
-        cache: caches[0].path(),
-        role: Role::Seed,
-        address: &a,
-        peers: Peers::Fixed(vec![]),
-        parallel: 4,
-        stall: Duration::from_secs(1),
-    })
-    .await;
+    let seed = node(Plan::seed(hub(&origin), caches[0].path(), &a)).await;
     run(&seed).await.unwrap().unwrap();
     let hub_origin = hub(&origin);
     origin.stop();
@@ -478,31 +466,13 @@ async fn the_origin_gone_after_the_first_fetch_does_not_stop_the_group() {
             i + 3,
             free_port(&format!("127.0.0.7{}", i + 3))
         );
-        let joiner = node(Plan {
-            origin: hub_origin.clone(),
-            cache: cache.path(),
-            role: Role::Join,
-            address: &address,
-            peers: Peers::Fixed(vec![a.clone()]),
-            parallel: 4,
-            stall: Duration::from_secs(1),
-        })
-        .await;
+        let joiner = node(Plan::join(hub_origin.clone(), cache.path(), &address, &a)).await;
         let got = run(&joiner).await.unwrap().unwrap();
         assert_holds(&got, &files);
     }
     // The seed restarted: the cache, without the origin.
     drop(seed);
-    let again = node(Plan {
-        origin: hub_origin,
-        cache: caches[0].path(),
-        role: Role::Seed,
-        address: &a,
-        peers: Peers::Fixed(vec![]),
-        parallel: 4,
-        stall: Duration::from_secs(1),
-    })
-    .await;
+    let again = node(Plan::seed(hub_origin, caches[0].path(), &a)).await;
     let got = run(&again).await.unwrap().unwrap();
     assert_holds(&got, &files);
     assert!(progress(&again).cached);
@@ -518,16 +488,7 @@ async fn a_revision_change_fetches_the_new_revision_beside_the_old() {
     let caches = caches(2);
     let a = "127.0.0.82:".to_string() + &free_port("127.0.0.82").to_string();
     let b = "127.0.0.83:".to_string() + &free_port("127.0.0.83").to_string();
-    let seed = node(Plan {
-        origin: hub(&origin),
-        cache: caches[0].path(),
-        role: Role::Seed,
-        address: &a,
-        peers: Peers::Fixed(vec![]),
-        parallel: 4,
-        stall: Duration::from_secs(1),
-    })
-    .await;
+    let seed = node(Plan::seed(hub(&origin), caches[0].path(), &a)).await;
     let first = run(&seed).await.unwrap().unwrap();
     assert_holds(&first, &old);
     // `main` moves to a new commit.
@@ -543,16 +504,7 @@ async fn a_revision_change_fetches_the_new_revision_beside_the_old() {
     assert_holds(&first, &old);
     assert!(!progress(&seed).cached);
     // A joiner gets the new one from the seed.
-    let joiner = node(Plan {
-        origin: hub(&origin),
-        cache: caches[1].path(),
-        role: Role::Join,
-        address: &b,
-        peers: Peers::Fixed(vec![a.clone()]),
-        parallel: 4,
-        stall: Duration::from_secs(1),
-    })
-    .await;
+    let joiner = node(Plan::join(hub(&origin), caches[1].path(), &b, &a)).await;
     let got = run(&joiner).await.unwrap().unwrap();
     assert!(got.ends_with("org--model/c0ffee06"));
     assert_holds(&got, &new);

@@ -536,44 +536,43 @@ fn stacks_tool(venv: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The tiny random-weight model, made offline by python/make_tiny_model.py
-/// with the vLLM venv's transformers, cached like the venvs.
+/// The tiny random-weight model the tests serve (made offline by
+/// `python/make_tiny_model.py`, cached by the script's and the venv's
+/// digest).
 fn tiny_model(venv: &Path) -> Result<PathBuf> {
-    let key = digest_of(&["python/make_tiny_model.py"], &venv.display().to_string())?;
-    let dir = cache_root()?.join(format!("tiny-model-{key}"));
-    if dir.join(".complete").is_file() {
-        eprintln!("    tiny model: {} (cached)", dir.display());
-        return Ok(dir);
-    }
-    step(&format!(
-        "make the tiny model in {} (offline, a few seconds)",
-        dir.display()
-    ));
-    run(Command::new(venv.join("bin/python"))
-        .arg(root().join("python/make_tiny_model.py"))
-        .arg(&dir)
-        .env("HF_HUB_OFFLINE", "1"))?;
-    std::fs::write(dir.join(".complete"), "")?;
-    Ok(dir)
+    made_model(
+        venv,
+        "tiny-model",
+        "the tiny model (offline, a few seconds)",
+        &[],
+    )
 }
 
-/// The 1.1 GB random-weight model of `bench coldstart` (made offline by
-/// `python/make_tiny_model.py --large`, cached like the tiny one).
+/// The 1.1 GB random-weight model of `bench coldstart` (the same script
+/// with `--large`, cached like the tiny one).
 fn large_model(venv: &Path) -> Result<PathBuf> {
+    made_model(
+        venv,
+        "large-model",
+        "the 1.1 GB random-weight model (offline, about a minute)",
+        &["--large"],
+    )
+}
+
+/// `python/make_tiny_model.py DIR ARGS` run once into
+/// `<cache>/<name>-<digest>`.
+fn made_model(venv: &Path, name: &str, what: &str, args: &[&str]) -> Result<PathBuf> {
     let key = digest_of(&["python/make_tiny_model.py"], &venv.display().to_string())?;
-    let dir = cache_root()?.join(format!("large-model-{key}"));
+    let dir = cache_root()?.join(format!("{name}-{key}"));
     if dir.join(".complete").is_file() {
-        eprintln!("    large model: {} (cached)", dir.display());
+        eprintln!("    {name}: {} (cached)", dir.display());
         return Ok(dir);
     }
-    step(&format!(
-        "make the 1.1 GB random-weight model in {} (offline, about a minute)",
-        dir.display()
-    ));
+    step(&format!("make {what} in {}", dir.display()));
     run(Command::new(venv.join("bin/python"))
         .arg(root().join("python/make_tiny_model.py"))
         .arg(&dir)
-        .arg("--large")
+        .args(args)
         .env("HF_HUB_OFFLINE", "1"))?;
     std::fs::write(dir.join(".complete"), "")?;
     Ok(dir)
