@@ -44,8 +44,16 @@ const ORIGIN: &str = "10.232.0.2";
 const ORIGIN_PORT: u16 = 8080;
 const RANKS: u32 = 3;
 
+/// The origin's nginx, stopped by [`fail`] (an exit runs no destructor).
+static ORIGIN_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 fn fail(message: impl std::fmt::Display) -> ! {
     eprintln!("error: {message}");
+    let pid = ORIGIN_PID.load(std::sync::atomic::Ordering::Relaxed);
+    if pid != 0 {
+        signal(pid as i32, Sig::TERM);
+    }
+    drop(OriginNet);
     std::process::exit(1)
 }
 
@@ -172,6 +180,15 @@ fn group_run(group: &NativeGroup, run: u32, nginx: &Nginx, what: &str) -> Run {
     }
     let compile_cache = status(&group.endpoints_of(0))
         .and_then(|s| s["compile-cache"]["state"].as_str().map(str::to_string));
+    // As a group that served a while: every rank has offered its cache.
+    let settle = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < settle
+        && !(0..RANKS).all(|r| {
+            status(&group.endpoints_of(r)).is_some_and(|s| !s["compile-cache"]["offered"].is_null())
+        })
+    {
+        std::thread::sleep(Duration::from_millis(500));
+    }
     stop(&mut ranks);
     let Some(first) = first else {
         fail(format!(
@@ -282,6 +299,9 @@ fn main() {
         "0",
         &["ip", "netns", "exec", NAMESPACE],
     );
+    if let Some(pid) = nginx.pid() {
+        ORIGIN_PID.store(pid, std::sync::atomic::Ordering::Relaxed);
+    }
     eprintln!(
         "model: {} MB; origin link: {} MB/s",
         size / 1_000_000,

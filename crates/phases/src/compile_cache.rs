@@ -27,6 +27,8 @@ use std::time::Duration;
 const READY_MARK: &str = ".orchestrator-ready";
 /// Where sealed and pulled caches are kept, under `dir`.
 const STORE: &str = ".orchestrator-store";
+/// How often a node asks whether the group serves yet.
+const SERVES_POLL: Duration = Duration::from_secs(1);
 /// How often the group is asked for caches once it serves.
 const GATHER_EVERY: Duration = Duration::from_secs(5);
 /// How long caches are gathered after the group serves.
@@ -561,8 +563,10 @@ async fn share(
         status.compile_cache(view.clone());
     }
     while !group_serves(plan, key, channel, status).await {
-        tokio::time::sleep(GATHER_EVERY).await;
+        tokio::time::sleep(SERVES_POLL).await;
     }
+    // What vLLM compiled served: a restart may use it, sealed or not.
+    let _ = std::fs::write(plan.config.dir.join(key).join(READY_MARK), b"");
     view.offered = offer(plan, key, channel, true).await;
     tracing::info!(key, revision = ?view.offered, "compile cache: offered to the group");
     status.compile_cache(view.clone());

@@ -25,6 +25,10 @@
 //!   node while the cluster forms.
 //! - [`weights`]: the model's files fetched from an origin once per
 //!   group (`[serve.weights]`), shared between the nodes.
+//! - [`compile_cache`]: vLLM's compile caches kept under a key of what
+//!   changes them (`[serve.compile-cache]`), a miss explained, taken from
+//!   a peer.
+//! - [`prepare`]: a checked configuration to a lifecycle on its backend.
 //! - [`scale`]: the serving load sampled from vLLM's `/metrics`, the
 //!   scale policy's recommended replicas exported for an autoscaler.
 //! - [`membership`]: where membership comes from (Ray's GCS), and where

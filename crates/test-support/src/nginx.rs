@@ -101,6 +101,11 @@ http {{
         }
     }
 
+    /// The server's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
     /// `http://HOST:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.address)

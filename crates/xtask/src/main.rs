@@ -117,6 +117,7 @@ fn wit_digests() -> Result<()> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
+        Some("test") if args.get(1).is_some_and(|a| a == "--quick") => test_quick(),
         Some("test") => test(),
         Some("demo") => demo(),
         Some("prepare") => prepare(),
@@ -125,7 +126,7 @@ fn main() -> ExitCode {
         Some("soak") => soak(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench NAME|soak [--minutes N]|prepare|wit-digests>\n  test         every check (fmt, clippy, tests)\n  demo         the whole job on this machine\n  bench        one of: {}\n  soak         a chaos run: head + 2 workers serving real vLLM, a random fault every 20-60 s, invariants checked (default 5 minutes)\n  prepare      create the cached Ray and vLLM venvs and the tiny model\n  wit-digests  the digest of every wit/ package (for wit/RELEASED)",
+                "usage: cargo xtask <test|demo|bench NAME|soak [--minutes N]|prepare|wit-digests>\n  test         every check (fmt, clippy, tests); --quick: format, lints, unit and plugin tests (no real Ray or vLLM)\n  demo         the whole job on this machine\n  bench        one of: {}\n  soak         a chaos run: head + 2 workers serving real vLLM, a random fault every 20-60 s, invariants checked (default 5 minutes)\n  prepare      create the cached Ray and vLLM venvs and the tiny model\n  wit-digests  the digest of every wit/ package (for wit/RELEASED)",
                 BENCHES
                     .iter()
                     .map(|(n, _)| *n)
@@ -173,6 +174,60 @@ fn root() -> PathBuf {
 
 fn step(title: &str) {
     eprintln!("\n==> {title}");
+}
+
+/// Runs `cmd` with its output (pip's hundreds of lines) in
+/// `target/xtask-logs/<name>.log`; the terminal shows the script's own
+/// `== ` progress lines as they come, the time, and on a failure the
+/// log's last lines.
+fn run_logged(cmd: &mut Command, name: &str) -> Result<()> {
+    use std::io::Read;
+    let dir = root().join("target/xtask-logs");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{name}.log"));
+    let log = std::fs::File::create(&path)?;
+    let shown = format!("{cmd:?}");
+    let start = Instant::now();
+    let mut child = cmd
+        .current_dir(root())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot run {shown}"))?;
+    eprintln!("    output in {}", path.display());
+    let mut reader = std::fs::File::open(&path)?;
+    let mut pending = String::new();
+    let mut show_progress = |reader: &mut std::fs::File| -> Result<()> {
+        let mut chunk = String::new();
+        reader.read_to_string(&mut chunk)?;
+        pending.push_str(&chunk);
+        while let Some(end) = pending.find('\n') {
+            let line: String = pending.drain(..=end).collect();
+            if let Some(progress) = line.trim_end().strip_prefix("== ") {
+                eprintln!("    {progress} ({:.0} s)", start.elapsed().as_secs_f64());
+            }
+        }
+        Ok(())
+    };
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        show_progress(&mut reader)?;
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    show_progress(&mut reader)?;
+    if !status.success() {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        eprintln!("{}", lines[lines.len().saturating_sub(40)..].join("\n"));
+        bail!(
+            "{shown} failed ({status}); its whole output: {}",
+            path.display()
+        );
+    }
+    eprintln!("    ({:.1} s)", start.elapsed().as_secs_f64());
+    Ok(())
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -345,7 +400,7 @@ fn ray_venv() -> Result<PathBuf> {
             .with_context(|| format!("cannot remove the partial venv {}", venv.display()))?;
     }
     run(Command::new(&python).args(["-m", "venv"]).arg(&venv))?;
-    run(pip_install(&venv).arg("-r").arg(&requirements))?;
+    run_logged(pip_install(&venv).arg("-r").arg(&requirements), "venv-ray")?;
     std::fs::write(venv.join(".complete"), &version)?;
     Ok(ray)
 }
@@ -397,10 +452,10 @@ fn policy_venv() -> Result<PathBuf> {
     }
     run(Command::new(&python).args(["-m", "venv"]).arg(&venv))?;
     let pip =
-        |args: &[&str]| -> Result<()> { run(pip_install(&venv).args(args).current_dir(root())) };
-    pip(&["-r", "python/requirements-policy.txt"])?;
+        |args: &[&str], log: &str| -> Result<()> { run_logged(pip_install(&venv).args(args), log) };
+    pip(&["-r", "python/requirements-policy.txt"], "venv-policy")?;
     // A copy, not an editable install: the venv outlives this checkout.
-    pip(&["./python/policy-sdk"])?;
+    pip(&["./python/policy-sdk"], "venv-policy-sdk")?;
     for leftover in [
         "python/policy-sdk/build",
         "python/policy-sdk/orchestrator_policy.egg-info",
@@ -498,9 +553,12 @@ fn vllm_venv() -> Result<PathBuf> {
     if venv.exists() {
         std::fs::remove_dir_all(&venv)?;
     }
-    run(Command::new("bash")
-        .arg(root().join("python/install_vllm_venv.sh"))
-        .arg(&venv))?;
+    run_logged(
+        Command::new("bash")
+            .arg(root().join("python/install_vllm_venv.sh"))
+            .arg(&venv),
+        "venv-vllm",
+    )?;
     std::fs::write(venv.join(".complete"), &version)?;
     stacks_tool(&venv)?;
     Ok(venv)
@@ -529,9 +587,12 @@ fn stacks_tool(venv: &Path) -> Result<()> {
         return Ok(());
     }
     step("install py-spy beside vLLM (python/requirements-stacks.txt)");
-    run(pip_install(venv)
-        .arg("-r")
-        .arg(root().join("python/requirements-stacks.txt")))?;
+    run_logged(
+        pip_install(venv)
+            .arg("-r")
+            .arg(root().join("python/requirements-stacks.txt")),
+        "py-spy",
+    )?;
     std::fs::write(marker, "")?;
     Ok(())
 }
@@ -582,9 +643,23 @@ fn made_model(venv: &Path, name: &str, what: &str, args: &[&str]) -> Result<Path
 /// given.
 type TestStep = (&'static str, &'static str, Vec<(&'static str, PathBuf)>);
 
-fn test() -> Result<()> {
+/// The inner loop: format, lints, and the unit, plugin and CLI tests
+/// (no real Ray, vLLM, registry, Redis or nginx).
+fn test_quick() -> Result<()> {
     let start = Instant::now();
     ensure_toolchain()?;
+    static_checks()?;
+    step("cargo test (unit, plugin host with real components, CLI)");
+    run(&mut workspace("test"))?;
+    eprintln!(
+        "\nquick checks passed in {:.0} s (`cargo xtask test` runs everything)",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `cargo fmt --check` and clippy with `-D warnings` over every target.
+fn static_checks() -> Result<()> {
     step("cargo fmt --check");
     run(cargo().args(["fmt", "--all", "--check"]))?;
     step("cargo clippy -D warnings (host and guest crates)");
@@ -597,7 +672,13 @@ fn test() -> Result<()> {
         "--",
         "-D",
         "warnings",
-    ]))?;
+    ]))
+}
+
+fn test() -> Result<()> {
+    let start = Instant::now();
+    ensure_toolchain()?;
+    static_checks()?;
     build_all()?;
     step("cargo test (unit, plugin host with real components, CLI)");
     run(&mut workspace("test"))?;

@@ -7,8 +7,8 @@
 //! `native::NativeBackend`). Everything else is done here once for both:
 //! the endpoints (with the backend's routes), Kubernetes awareness
 //! (Events, the owner and its pods, through [`crate::platform`]), signal
-//! handling and the reaper, the open-file limit, the prefetch, node
-//! health's policy, the phase at the end, and the last Events flushed.
+//! handling and the reaper, the open-file limit, the prefetch, the
+//! weights' fetch and the compile cache, node health's policy, the phase at the end, and the last Events flushed.
 //!
 //! `orchestrator run`, `local` and `plan` are front ends: each computes a
 //! plan ([`Plan::from_config`], [`Plan::local`], or the native backend's)
