@@ -10,7 +10,7 @@
 //! group serves, each node offers its cache and the head or leader
 //! gathers every rank's, so a node that comes back empty finds all of
 //! them there. Entry point: [`CompileCachePlan::new`], run by the
-//! lifecycle ([`CompileCache::spawn`]); the launch adds [`launch_env`].
+//! lifecycle ([`spawn`]); the launch adds [`launch_env`].
 
 use crate::config::{CompileCacheConfig, Config};
 use crate::endpoints::Status;
@@ -254,14 +254,28 @@ async fn vllm_version(program: &str) -> Result<String, String> {
     };
     command
         .kill_on_drop(true)
-        .stdin(std::process::Stdio::null());
-    let out = tokio::time::timeout(Duration::from_secs(60), command.output())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let failed = |e: std::io::Error| format!("{}: {e}", path.display());
+    let mut child = command.spawn().map_err(failed)?;
+    let asked = async {
+        use tokio::io::AsyncReadExt;
+        // At most 4 KiB of what it prints: a version is one short line.
+        let mut out = Vec::new();
+        if let Some(stdout) = child.stdout.take() {
+            stdout.take(4096).read_to_end(&mut out).await?;
+        }
+        let status = child.wait().await?;
+        Ok::<_, std::io::Error>((status, out))
+    };
+    let (status, out) = tokio::time::timeout(Duration::from_secs(60), asked)
         .await
         .map_err(|_| format!("{} did not say its version in 60 s", path.display()))?
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let text = String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(4096)]);
+        .map_err(failed)?;
+    let text = String::from_utf8_lossy(&out);
     let version = text.lines().last().unwrap_or_default().trim().to_string();
-    if !out.status.success() || version.is_empty() {
+    if !status.success() || version.is_empty() {
         return Err(format!("{} did not say the vLLM version", path.display()));
     }
     Ok(version)
@@ -276,27 +290,15 @@ fn find_program(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The cache's task, while it runs; stopped when dropped.
-#[derive(Debug)]
-pub(crate) struct CompileCache {
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for CompileCache {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl CompileCache {
-    /// Starts `plan`'s cache, reporting to `status`.
-    pub(crate) fn spawn(plan: Option<&CompileCachePlan>, status: &Arc<Status>) -> Option<Self> {
-        let plan = plan?.clone();
-        let status = Arc::clone(status);
-        Some(Self {
-            task: tokio::spawn(run(plan, status)),
-        })
-    }
+/// Starts `plan`'s cache, reporting to `status`; it stops when the
+/// returned task is dropped.
+pub(crate) fn spawn(
+    plan: Option<&CompileCachePlan>,
+    status: &Arc<Status>,
+) -> Option<crate::supervision::Background> {
+    let plan = plan?.clone();
+    let status = Arc::clone(status);
+    Some(crate::supervision::Background::spawn(run(plan, status)))
 }
 
 /// The group's channel, when there is a secret.

@@ -7,7 +7,7 @@
 //! endpoints' port, signed with the group's secret (the native group's;
 //! behind Ray, `$ORCHESTRATOR_GROUP_SECRET` or Ray's own auth token).
 //! Without a secret every node fetches from the origin on its own. Entry
-//! point: [`WeightsPlan::new`], run by the lifecycle ([`Weights::spawn`]).
+//! point: [`WeightsPlan::new`], run by the lifecycle ([`spawn`]).
 
 use crate::config::WeightsConfig;
 use crate::endpoints::Status;
@@ -103,27 +103,15 @@ pub(crate) fn ray_group_secret(file: Option<&std::path::Path>) -> Option<Vec<u8>
     Some(bytes.trim_ascii().to_vec()).filter(|b| !b.is_empty() && b.len() <= 64 * 1024)
 }
 
-/// The fetch, while it runs; stopped when dropped.
-#[derive(Debug)]
-pub(crate) struct Weights {
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Weights {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Weights {
-    /// Starts `plan`'s fetch, reporting to `status`.
-    pub(crate) fn spawn(plan: Option<&WeightsPlan>, status: &Arc<Status>) -> Option<Self> {
-        let plan = plan?.clone();
-        let status = Arc::clone(status);
-        Some(Self {
-            task: tokio::spawn(run(plan, status)),
-        })
-    }
+/// Starts `plan`'s fetch, reporting to `status`; it stops when the
+/// returned task is dropped.
+pub(crate) fn spawn(
+    plan: Option<&WeightsPlan>,
+    status: &Arc<Status>,
+) -> Option<crate::supervision::Background> {
+    let plan = plan?.clone();
+    let status = Arc::clone(status);
+    Some(crate::supervision::Background::spawn(run(plan, status)))
 }
 
 fn failed(status: &Status, origin: String, error: String) {

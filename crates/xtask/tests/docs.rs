@@ -36,19 +36,26 @@ fn documents() -> Vec<PathBuf> {
     files
 }
 
+/// The lines of `text` outside fenced code blocks (the fences left out).
+fn prose(text: &str) -> impl Iterator<Item = &str> {
+    let mut fence = false;
+    text.lines().filter(move |line| {
+        if line.starts_with("```") {
+            fence = !fence;
+            return false;
+        }
+        !fence
+    })
+}
+
 /// GitHub's anchor of a heading: lower case, punctuation but `-` and `_`
 /// dropped, spaces to `-`; repeats get `-1`, `-2`, ...
 fn anchors(text: &str) -> HashSet<String> {
     let mut seen: HashMap<String, u32> = HashMap::new();
     let mut out = HashSet::new();
-    let mut fence = false;
-    for line in text.lines() {
-        if line.starts_with("```") {
-            fence = !fence;
-            continue;
-        }
+    for line in prose(text) {
         let hashes = line.chars().take_while(|c| *c == '#').count();
-        if fence || hashes == 0 || hashes > 6 || !line[hashes..].starts_with(' ') {
+        if hashes == 0 || hashes > 6 || !line[hashes..].starts_with(' ') {
             continue;
         }
         let slug: String = line[hashes..]
@@ -73,15 +80,7 @@ fn anchors(text: &str) -> HashSet<String> {
 /// The targets of `[text](target)` links outside code blocks and spans.
 fn links(text: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let mut fence = false;
-    for line in text.lines() {
-        if line.starts_with("```") {
-            fence = !fence;
-            continue;
-        }
-        if fence {
-            continue;
-        }
+    for line in prose(text) {
         let mut rest = line;
         while let Some(at) = rest.find("](") {
             let after = &rest[at + 2..];

@@ -242,9 +242,9 @@ impl Lifecycle {
         // stops when the run ends.
         let _prefetch =
             crate::prefetch::Prefetch::spawn(&around.prefetch, Arc::clone(&self.status));
-        let _weights = crate::weights::Weights::spawn(around.weights.as_ref(), &self.status);
+        let _weights = crate::weights::spawn(around.weights.as_ref(), &self.status);
         let _compile_cache =
-            crate::compile_cache::CompileCache::spawn(around.compile_cache.as_ref(), &self.status);
+            crate::compile_cache::spawn(around.compile_cache.as_ref(), &self.status);
         let exit = self
             .backend
             .phases(Around {

@@ -12,6 +12,24 @@ pub(crate) mod termination;
 
 pub use signals::{Shutdown, Trigger};
 
+/// A task of the orchestrator's own that runs beside the phases (the
+/// weights' fetch, the compile cache): stopped when dropped.
+#[derive(Debug)]
+pub(crate) struct Background(tokio::task::JoinHandle<()>);
+
+impl Background {
+    /// Runs `work` until it ends or this is dropped.
+    pub(crate) fn spawn(work: impl std::future::Future<Output = ()> + Send + 'static) -> Self {
+        Self(tokio::spawn(work))
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Makes this process the "child subreaper" of everything it starts: Ray's
 /// daemons, orphaned when `ray start` returns, are re-parented to the
 /// orchestrator instead of to PID 1, so it can reap them and read their exit
