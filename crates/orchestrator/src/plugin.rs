@@ -140,7 +140,8 @@ pub enum PluginCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
         /// The SDK: a directory (crates/plugin-sdk of a checkout) or
-        /// git+URL[#REV]; default: the checkout this binary was built from.
+        /// git+URL[#REV]; default: the SDK this binary carries, written
+        /// into the project's sdk/ folder (no checkout or network needed).
         #[arg(long)]
         sdk: Option<String>,
         /// The language.

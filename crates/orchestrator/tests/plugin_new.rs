@@ -1,6 +1,8 @@
 //! `orchestrator plugin new` as a new author uses it: each world's
-//! project, written outside this repository (a temp dir), builds for
-//! wasm32-wasip2 from its own `Cargo.toml` (the SDK as a path dependency,
+//! project, written by a copy of the binary on a machine without this
+//! repository (an empty tmpfs mounted over the checkout), builds offline
+//! for wasm32-wasip2 from its own `Cargo.toml` (the SDK and WIT the binary
+//! carries, in the project's `sdk/`; the versions of its `Cargo.lock`;
 //! nothing inherited from a workspace) and passes `orchestrator plugin
 //! test` untouched, through the real host.
 
@@ -19,6 +21,31 @@ fn orchestrator(args: &[&str]) -> Output {
     )
 }
 
+/// `orchestrator ARGS` from a copy of the binary at `copy`, with the
+/// repository out of reach.
+fn orchestrator_alone(copy: &Path, args: &[&str]) -> Output {
+    orchestrator_test_support::output_within(
+        orchestrator_test_support::without_repository(copy)
+            .args(args)
+            .env("ORCHESTRATOR_PLUGIN_NO_CACHE", "true"),
+        Duration::from_secs(120),
+    )
+}
+
+/// The (name, version) of every package of a lock file.
+fn locked(lock: &str) -> std::collections::BTreeSet<(String, String)> {
+    lock.split("[[package]]")
+        .filter_map(|p| {
+            let field = |key: &str| {
+                p.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{key} = \"")))
+                    .map(|v| v.trim_end_matches('"').to_string())
+            };
+            Some((field("name")?, field("version")?))
+        })
+        .collect()
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -27,13 +54,20 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// `cargo build --target wasm32-wasip2 --release` in `project`, as an
-/// author runs it: none of this test run's cargo settings leak in.
+/// `cargo build --offline --target wasm32-wasip2 --release` in `project`,
+/// as an author runs it, with the repository out of reach: none of this
+/// test run's cargo settings leak in.
 fn build(project: &Path, target: &Path) -> Output {
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "--target", "wasm32-wasip2", "--release"])
-        .current_dir(project)
-        .env("CARGO_TARGET_DIR", target);
+    let mut cmd = orchestrator_test_support::without_repository(Path::new(env!("CARGO")));
+    cmd.args([
+        "build",
+        "--offline",
+        "--target",
+        "wasm32-wasip2",
+        "--release",
+    ])
+    .current_dir(project)
+    .env("CARGO_TARGET_DIR", target);
     for (key, _) in std::env::vars_os() {
         let Some(key) = key.to_str() else { continue };
         let keep = key == "CARGO_HOME"
@@ -56,20 +90,26 @@ fn build(project: &Path, target: &Path) -> Output {
 #[test]
 fn each_worlds_project_builds_outside_the_repository_and_passes_its_cases() {
     let dir = tempfile::tempdir().unwrap();
-    // One target dir for the four projects (and across runs), so the SDK
-    // is compiled once.
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/scaffolded-policies");
+    let copy = dir.path().join("orchestrator");
+    std::fs::copy(env!("CARGO_BIN_EXE_orchestrator"), &copy).unwrap();
+    // One target dir for the five projects, outside the repository, so
+    // the SDK is compiled once.
+    let target = dir.path().join("target");
+    let repository = orchestrator_test_support::repository_root();
     for world in ["readiness", "launch", "health", "node-health", "scale"] {
         let name = format!("my-{world}-policy");
         let project = dir.path().join(&name);
-        let out = orchestrator(&[
-            "plugin",
-            "new",
-            world,
-            &name,
-            "--dir",
-            &project.display().to_string(),
-        ]);
+        let out = orchestrator_alone(
+            &copy,
+            &[
+                "plugin",
+                "new",
+                world,
+                &name,
+                "--dir",
+                &project.display().to_string(),
+            ],
+        );
         assert!(out.status.success(), "{}", text(&out));
         assert!(
             text(&out).contains(&format!("created the {world} policy {name}")),
@@ -81,9 +121,22 @@ fn each_worlds_project_builds_outside_the_repository_and_passes_its_cases() {
             !manifest.contains(".workspace"),
             "nothing inherited: {manifest}"
         );
+        assert!(
+            manifest.contains("orchestrator-plugin-sdk = { path = \"sdk/crates/plugin-sdk\" }")
+                && !manifest.contains(&*repository.to_string_lossy()),
+            "the SDK written into the project: {manifest}"
+        );
+        let lock = std::fs::read_to_string(project.join("Cargo.lock")).unwrap();
+        assert!(
+            locked(&lock).contains(&("wit-bindgen".to_string(), "0.63.0".to_string())),
+            "{lock}"
+        );
 
         let built = build(&project, &target);
         assert!(built.status.success(), "{world}: {}", text(&built));
+        // The versions built are the ones the lock pinned.
+        let after = std::fs::read_to_string(project.join("Cargo.lock")).unwrap();
+        assert_eq!(locked(&after), locked(&lock), "{world}");
         let wasm = target
             .join("wasm32-wasip2/release")
             .join(format!("{}.wasm", name.replace('-', "_")));

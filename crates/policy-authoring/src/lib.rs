@@ -17,6 +17,7 @@
 pub mod cases;
 pub mod publish;
 pub mod scaffold;
+mod sdk_copy;
 pub mod trial;
 
 use std::path::PathBuf;

@@ -2,17 +2,23 @@
 //! as it is and passes `orchestrator plugin test` untouched. Entry point:
 //! [`new_project`].
 //!
+//! The project needs nothing but the binary that wrote it: by default the
+//! SDK the binary carries is written into `sdk/` (with the WIT it is
+//! generated from); `--sdk DIR` or `--sdk git+URL[#REV]` names another.
+//!
 //! Rust (`--lang rust`): the project stands alone (its own `[workspace]`,
-//! nothing inherited): `Cargo.toml` with the SDK as a path or git
-//! dependency, `rust-toolchain.toml` (the toolchain and `wasm32-wasip2`
-//! target this orchestrator is built with) and `src/lib.rs` (a working
-//! policy of the world, to edit). Python (`--lang python`): `NAME.py` (the
-//! policy class) and `requirements.txt` (componentize-py, pinned, and the
-//! Python SDK). Both get `cases/` (two fixture cases whose inputs are the
-//! documented sample snapshots, the same for both languages) and a README
-//! with the commands.
+//! nothing inherited): `Cargo.toml` with the SDK as a path (or git)
+//! dependency, `Cargo.lock` pinning the SDK's dependencies to the versions
+//! this orchestrator was built with, `rust-toolchain.toml` (the toolchain
+//! and `wasm32-wasip2` target this orchestrator is built with) and
+//! `src/lib.rs` (a working policy of the world, to edit). Python (`--lang
+//! python`): `NAME.py` (the policy class) and `requirements.txt`
+//! (componentize-py, pinned; the SDK too when it is not the carried one).
+//! Both get `cases/` (two fixture cases whose inputs are the documented
+//! sample snapshots, the same for both languages) and a README with the
+//! commands.
 
-use crate::{AuthoringError, invalid};
+use crate::{AuthoringError, invalid, sdk_copy};
 use orchestrator_policy_host::World;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -43,27 +49,26 @@ impl std::str::FromStr for Lang {
 /// Where the project gets the SDK from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum SdkSource {
+    /// The copy this binary carries, written into the project (`sdk/`):
+    /// the default, which needs nothing but the binary.
+    Carried,
     Path(PathBuf),
-    Git { url: String, rev: Option<String> },
+    Git {
+        url: String,
+        rev: Option<String>,
+    },
 }
 
 impl SdkSource {
-    /// `--sdk`: a directory, or `git+URL[#REV]`; without it, the SDK of the
-    /// checkout this binary was built from, when it is still there.
+    /// `--sdk`: a directory, or `git+URL[#REV]`; without it, the SDK this
+    /// binary carries, written into the project's `sdk/` folder.
     fn parse(arg: Option<&str>, lang: Lang) -> Result<Self> {
-        let (package, marker, in_checkout) = match lang {
-            Lang::Rust => (
-                "orchestrator-plugin-sdk",
-                "Cargo.toml",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/../plugin-sdk"),
-            ),
-            Lang::Python => (
-                "orchestrator-policy",
-                "pyproject.toml",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/../../python/policy-sdk"),
-            ),
+        let (package, marker) = match lang {
+            Lang::Rust => ("orchestrator-plugin-sdk", "Cargo.toml"),
+            Lang::Python => ("orchestrator-policy", "pyproject.toml"),
         };
         match arg {
+            None => Ok(Self::Carried),
             Some(git) if git.starts_with("git+") => {
                 let rest = &git[4..];
                 let (url, rev) = match rest.split_once('#') {
@@ -82,7 +87,7 @@ impl SdkSource {
                 let manifest = dir.join(marker);
                 let Ok(text) = std::fs::read_to_string(&manifest) else {
                     invalid!(
-                        "--sdk {path}: no {} there; name the SDK's directory ({} of the orchestrator's repository)",
+                        "--sdk {path}: no {} there; name the SDK's directory ({} of the orchestrator's repository), or leave --sdk out to use the SDK this binary carries",
                         manifest.display(),
                         sdk_dir_name(lang)
                     );
@@ -97,29 +102,25 @@ impl SdkSource {
                     std::fs::canonicalize(dir).map_err(AuthoringError::io("resolve", dir))?,
                 ))
             }
-            None => match std::fs::canonicalize(in_checkout) {
-                Ok(dir) if dir.join(marker).is_file() => Ok(Self::Path(dir)),
-                _ => invalid!(
-                    "the SDK this orchestrator was built from is not on this machine; pass --sdk DIR ({} of a checkout) or --sdk git+URL[#REV]",
-                    sdk_dir_name(lang)
-                ),
-            },
         }
     }
 
-    /// A requirements.txt line for the Python SDK.
-    fn requirement(&self) -> String {
-        match self {
+    /// A requirements.txt line for the Python SDK; none for the carried
+    /// copy, which the build imports from `sdk/policy-sdk`.
+    fn requirement(&self) -> Option<String> {
+        Some(match self {
+            Self::Carried => return None,
             Self::Path(dir) => format!("orchestrator-policy @ file://{}", dir.display()),
             Self::Git { url, rev } => format!(
                 "orchestrator-policy @ git+{url}{}#subdirectory=python/policy-sdk",
                 rev.as_deref().map(|r| format!("@{r}")).unwrap_or_default()
             ),
-        }
+        })
     }
 
     fn dependency(&self) -> String {
         match self {
+            Self::Carried => format!("{{ path = {} }}", toml_string(CARRIED_RUST_SDK)),
             Self::Path(dir) => format!("{{ path = {} }}", toml_string(&dir.display().to_string())),
             Self::Git { url, rev: None } => format!("{{ git = {} }}", toml_string(url)),
             Self::Git {
@@ -135,6 +136,13 @@ impl SdkSource {
         }
     }
 }
+
+/// Where the carried Rust SDK is written, relative to the project.
+const CARRIED_RUST_SDK: &str = "sdk/crates/plugin-sdk";
+
+/// Where the carried Python SDK is written, relative to the project: the
+/// build imports it from there (`PYTHONPATH`).
+const CARRIED_PYTHON_SDK: &str = "sdk/policy-sdk";
 
 fn sdk_dir_name(lang: Lang) -> &'static str {
     match lang {
@@ -305,16 +313,50 @@ fn component_path(lang: Lang, wasm: &str) -> String {
     }
 }
 
-fn readme(world: World, lang: Lang, name: &str, wasm: &str) -> String {
+/// The command that builds the project, run in its folder.
+fn build_command(lang: Lang, sdk: &SdkSource, name: &str, wasm: &str) -> String {
+    match lang {
+        Lang::Rust => "cargo build --target wasm32-wasip2 --release".to_string(),
+        Lang::Python => format!(
+            "python3 -m venv .venv && .venv/bin/pip install -r requirements.txt && {}.venv/bin/python -m orchestrator_policy.build {}.py -o {wasm}",
+            if *sdk == SdkSource::Carried {
+                format!("PYTHONPATH={CARRIED_PYTHON_SDK} ")
+            } else {
+                String::new()
+            },
+            name.replace('-', "_")
+        ),
+    }
+}
+
+fn readme(world: World, lang: Lang, sdk: &SdkSource, name: &str, wasm: &str) -> String {
+    let carried = *sdk == SdkSource::Carried;
     let (build, built) = match lang {
         Lang::Rust => (
-            "```sh\ncargo build --target wasm32-wasip2 --release\n```\n\n(`rust-toolchain.toml` names the toolchain and the `wasm32-wasip2`\ntarget; rustup installs them on first use.)".to_string(),
+            format!(
+                "```sh\ncargo build --target wasm32-wasip2 --release\n```\n\n(`rust-toolchain.toml` names the toolchain and the `wasm32-wasip2`\ntarget; rustup installs them on first use.{})",
+                if carried {
+                    " The SDK and its WIT are in `sdk/`, written by\n`orchestrator plugin new`; `Cargo.lock` pins the versions the orchestrator\nwas built with, so `cargo build --offline` works wherever a cargo cache\nholds them (`cargo fetch` once, with a network).".to_string()
+                } else {
+                    String::new()
+                }
+            ),
             component_path(lang, wasm),
         ),
         Lang::Python => (
             format!(
-                "```sh\npython3 -m venv .venv && .venv/bin/pip install -r requirements.txt   # once\n.venv/bin/python -m orchestrator_policy.build {module}.py -o {wasm}\n```\n\n(componentize-py bundles CPython, the SDK and `{module}.py` into one\ncomponent of about 19 MB; the world follows from the class's base.)",
-                module = name.replace('-', "_")
+                "```sh\npython3 -m venv .venv && .venv/bin/pip install -r requirements.txt   # once\n{pythonpath}.venv/bin/python -m orchestrator_policy.build {module}.py -o {wasm}\n```\n\n(componentize-py bundles CPython, the SDK and `{module}.py` into one\ncomponent of about 19 MB; the world follows from the class's base.{offline})",
+                module = name.replace('-', "_"),
+                pythonpath = if carried {
+                    format!("PYTHONPATH={CARRIED_PYTHON_SDK} ")
+                } else {
+                    String::new()
+                },
+                offline = if carried {
+                    " The SDK is in\n`sdk/policy-sdk`, written by `orchestrator plugin new`; without a network,\ninstall componentize-py from a wheelhouse: `pip install --no-index\n--find-links DIR -r requirements.txt`."
+                } else {
+                    ""
+                }
             ),
             component_path(lang, wasm),
         ),
@@ -476,7 +518,10 @@ pub fn new_project(
                 ),
                 (
                     PathBuf::from("requirements.txt"),
-                    format!("{COMPONENTIZE_PY}\n{}\n", sdk.requirement()),
+                    match sdk.requirement() {
+                        Some(line) => format!("{COMPONENTIZE_PY}\n{line}\n"),
+                        None => format!("{COMPONENTIZE_PY}\n"),
+                    },
                 ),
                 (
                     PathBuf::from(".gitignore"),
@@ -485,7 +530,22 @@ pub fn new_project(
             ]
         }
     };
-    files.push((PathBuf::from("README.md"), readme(world, lang, name, &wasm)));
+    files.push((
+        PathBuf::from("README.md"),
+        readme(world, lang, &sdk, name, &wasm),
+    ));
+    if sdk == SdkSource::Carried {
+        let carried = match lang {
+            Lang::Rust => sdk_copy::rust_files().collect::<Vec<_>>(),
+            Lang::Python => sdk_copy::python_files().collect(),
+        };
+        for (path, text) in carried {
+            files.push((Path::new("sdk").join(path), text.to_string()));
+        }
+        if lang == Lang::Rust {
+            files.push((PathBuf::from("Cargo.lock"), sdk_copy::cargo_lock(name)));
+        }
+    }
     for (file, description, input, expect) in cases(world)? {
         let case = json!({
             "description": description,
@@ -505,13 +565,7 @@ pub fn new_project(
         }
         std::fs::write(&at, text).map_err(AuthoringError::io("write", &at))?;
     }
-    let build = match lang {
-        Lang::Rust => "cargo build --target wasm32-wasip2 --release".to_string(),
-        Lang::Python => format!(
-            "python3 -m venv .venv && .venv/bin/pip install -r requirements.txt && .venv/bin/python -m orchestrator_policy.build {}.py -o {wasm}",
-            name.replace('-', "_")
-        ),
-    };
+    let build = build_command(lang, &sdk, name, &wasm);
     Ok(Created {
         world,
         name: name.to_string(),

@@ -1144,6 +1144,29 @@ pub fn in_own_mounts(
     unshare
 }
 
+/// This repository's root folder.
+pub fn repository_root() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::fs::canonicalize(&root).unwrap_or(root)
+}
+
+/// `program` as `unshare -m`, with an empty tmpfs mounted over this
+/// repository first (needs root): what a machine without the source tree
+/// sees. `program` itself must live outside the repository.
+pub fn without_repository(program: &std::path::Path) -> std::process::Command {
+    let mut unshare = std::process::Command::new("unshare");
+    unshare
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            "mount -t tmpfs none \"$0\" && exec \"$@\"",
+        ])
+        .arg(repository_root())
+        .arg(program);
+    unshare
+}
+
 /// The bytes of every file under `dir`, hidden ones (a store's
 /// `.orchestrator` state) left out; 0 for a folder that is not there.
 pub fn folder_bytes(dir: &std::path::Path) -> u64 {
