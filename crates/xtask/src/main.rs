@@ -10,9 +10,12 @@
 //!   for `wit/RELEASED` when a version is released.
 //!
 //! Every cargo invocation selects the same packages with the same flags
-//! ([`workspace`]), and builds all targets at once ([`build_all`]), so
-//! features unify the same way everywhere and a second command compiles
-//! nothing the first one built.
+//! ([`workspace`]). The demo builds only the libraries and binaries
+//! ([`build_binaries`]); the tests build every target ([`build_all`]);
+//! features unify the same way in both (checked by [`check_one_build`]),
+//! so whichever runs second compiles nothing the first one built. What the
+//! end-to-end parts need (venvs, the model, Debian's servers) is made on a
+//! second thread while cargo compiles ([`Preparing`]).
 
 mod soak;
 
@@ -40,6 +43,96 @@ fn workspace(sub: &str) -> Command {
 fn build_all() -> Result<()> {
     step("build everything (release): the binary, the tests, the benchmarks");
     run(workspace("build").arg("--all-targets"))
+}
+
+/// Builds what the demo runs: every host library and binary (the
+/// `orchestrator` binary; the example policy, made by test-plugins' build
+/// script), no test or benchmark target.
+fn build_binaries() -> Result<()> {
+    step("build the libraries and binaries (release): what the demo runs");
+    run(workspace("build").args(["--lib", "--bins"]))
+}
+
+/// Fails when building only the libraries and binaries would compile
+/// anything [`build_all`] did not (a dependency whose features differ
+/// between the two, e.g. through a dev-dependency): then the demo and the
+/// tests would each compile their own copy. Run after [`build_all`]; it
+/// compiles nothing when all is well.
+fn check_one_build() -> Result<()> {
+    step("check: building the binaries alone reuses every unit of the full build");
+    let output = workspace("build")
+        .args(["--lib", "--bins", "--message-format=json"])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("cannot run cargo build")?;
+    if !output.status.success() {
+        bail!("cargo build --lib --bins failed");
+    }
+    let rebuilt: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| l.contains("\"reason\":\"compiler-artifact\"") && l.contains("\"fresh\":false"))
+        .filter_map(|l| {
+            let id = l.split("\"package_id\":\"").nth(1)?;
+            Some(id.split('"').next()?.to_string())
+        })
+        .collect();
+    if !rebuilt.is_empty() {
+        bail!(
+            "building only the libraries and binaries compiled these again, with other features than the full build: {}; \
+             give the crate that pulls them in (`cargo tree -e features -i NAME`) the features the dev-dependencies ask for",
+            rebuilt.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Work done on a second thread while cargo compiles on this one (pip
+/// downloads, apt installs): on a fresh machine the two overlap.
+struct Preparing<T>(std::thread::JoinHandle<Result<T>>);
+
+impl<T: Send + 'static> Preparing<T> {
+    fn start(work: impl FnOnce() -> Result<T> + Send + 'static) -> Self {
+        Self(std::thread::spawn(work))
+    }
+
+    /// Its result, once it is done.
+    fn wait(self) -> Result<T> {
+        self.0
+            .join()
+            .map_err(|_| anyhow::anyhow!("the preparation thread panicked"))?
+    }
+}
+
+/// What the integration tests need, made (or found cached) once.
+struct TestNeeds {
+    ray: PathBuf,
+    policy_python: PathBuf,
+    registry: PathBuf,
+    venv: PathBuf,
+    model: PathBuf,
+    redis: PathBuf,
+    nginx: PathBuf,
+}
+
+impl TestNeeds {
+    fn prepare() -> Result<Self> {
+        let ray = ray_venv()?;
+        let policy_python = policy_venv()?;
+        let registry = registry_server()?;
+        let venv = vllm_venv()?;
+        let model = tiny_model(&venv)?;
+        let redis = redis_server()?;
+        let nginx = nginx_server()?;
+        Ok(Self {
+            ray,
+            policy_python,
+            registry,
+            venv,
+            model,
+            redis,
+            nginx,
+        })
+    }
 }
 
 /// A benchmark program built by [`build_all`].
@@ -678,19 +771,22 @@ fn static_checks() -> Result<()> {
 fn test() -> Result<()> {
     let start = Instant::now();
     ensure_toolchain()?;
+    let needs = Preparing::start(TestNeeds::prepare);
     static_checks()?;
     build_all()?;
+    check_one_build()?;
     step("cargo test (unit, plugin host with real components, CLI)");
     run(&mut workspace("test"))?;
 
-    // What the integration tests need, made (or found cached) once.
-    let ray = ray_venv()?;
-    let policy_python = policy_venv()?;
-    let registry = registry_server()?;
-    let venv = vllm_venv()?;
-    let model = tiny_model(&venv)?;
-    let redis = redis_server()?;
-    let nginx = nginx_server()?;
+    let TestNeeds {
+        ray,
+        policy_python,
+        registry,
+        venv,
+        model,
+        redis,
+        nginx,
+    } = needs.wait()?;
     let ray_env = [("ORCHESTRATOR_RAY_BIN", ray.clone())];
     let vllm_env = [
         ("ORCHESTRATOR_RAY_BIN", venv.join("bin/ray")),
@@ -806,7 +902,7 @@ fn test() -> Result<()> {
 }
 
 fn orchestrator_binary() -> Result<PathBuf> {
-    build_all()?;
+    build_binaries()?;
     let bin = root().join("target/release/orchestrator");
     if !bin.is_file() {
         bail!("expected {} after the build", bin.display());
@@ -830,6 +926,11 @@ fn prepare() -> Result<()> {
 
 fn demo() -> Result<()> {
     ensure_toolchain()?;
+    let serving = Preparing::start(|| {
+        let venv = vllm_venv()?;
+        let model = tiny_model(&venv)?;
+        Ok((venv, model))
+    });
     let bin = orchestrator_binary()?;
     let snapshots = root().join("examples/snapshots");
     step("built-in policies");
@@ -887,8 +988,7 @@ fn demo() -> Result<()> {
         .context("cannot run orchestrator node check")?;
     eprintln!("    exit code {}", checked.code().unwrap_or(-1));
 
-    let venv = vllm_venv()?;
-    let model = tiny_model(&venv)?;
+    let (venv, model) = serving.wait()?;
     serve_demo(&bin, &venv, &model, DemoBackend::Ray)?;
     serve_demo(&bin, &venv, &model, DemoBackend::Native)?;
     eprintln!("\ndemo finished");
