@@ -139,7 +139,8 @@ fn stop(c: Cluster, ips: &[&str]) {
     assert!(out.success(), "head exits 0 on SIGTERM: {}", c.log.text());
     let mut needles: Vec<&str> = ips.to_vec();
     needles.push(&c.temp);
-    needles.push("stand_in_vllm.py");
+    let script = stand_in_vllm_script(c.dir.path());
+    needles.push(&script);
     assert_nothing_left(&needles);
 }
 
@@ -225,7 +226,7 @@ fn an_early_launched_server_is_stopped_when_the_worker_never_comes() {
         "{text}"
     );
     assert!(!is_alive(pid as i32), "the early server was stopped");
-    assert_nothing_left(&["127.0.0.158", &c.temp, "stand_in_vllm.py"]);
+    assert_nothing_left(&["127.0.0.158", &c.temp, &stand_in_vllm_script(c.dir.path())]);
 }
 
 #[test]

@@ -391,5 +391,5 @@ fn an_early_launch_follows_a_scale_change_during_the_wait() {
         !is_alive(second as i32),
         "the early server stopped with the head"
     );
-    assert_nothing_left(&[head_ip, &temp, "stand_in_vllm.py"]);
+    assert_nothing_left(&[head_ip, &temp, &stand_in_vllm_script(dir.path())]);
 }

@@ -501,7 +501,8 @@ fn a_native_group_samples_load_and_drains_before_a_restart_and_on_sigterm() {
     first_chunk
         .recv_timeout(Duration::from_secs(10))
         .expect("the stream started");
-    let rank1 = pid_with_args(&["stand_in_vllm.py", "--node-rank 1"]).expect("rank 1's process");
+    let rank1 = pid_with_args(&[&stand_in_vllm_script(dir.path()), "--node-rank 1"])
+        .expect("rank 1's process");
     signal(rank1, Sig::KILL);
     poll_until(
         "/readyz false while draining before the restart",
@@ -545,7 +546,7 @@ fn a_native_group_samples_load_and_drains_before_a_restart_and_on_sigterm() {
         text.contains("drained: every request in flight finished"),
         "{text}"
     );
-    assert_nothing_left(&["127.0.0.196", "stand_in_vllm.py"]);
+    assert_nothing_left(&["127.0.0.196", &stand_in_vllm_script(dir.path())]);
 }
 
 /// Copy-to on the native backend: every rank copies the model's directory
@@ -876,7 +877,7 @@ fn a_stopped_rank_is_named_with_the_stacks_its_own_orchestrator_took() {
         .unwrap();
     let _guard = Guard(vec![local.id() as i32]);
     let rank1 = poll_until("rank 1's process", Duration::from_secs(30), || {
-        pid_with_args(&["stand_in_vllm.py", "--node-rank 1"])
+        pid_with_args(&[&stand_in_vllm_script(dir.path()), "--node-rank 1"])
     });
     // Stopped once its interpreter runs (py-spy reads the interpreter's
     // state from memory).
@@ -919,7 +920,7 @@ fn a_stopped_rank_is_named_with_the_stacks_its_own_orchestrator_took() {
         "{dump}"
     );
     assert!(line.contains(&rank1_file.display().to_string()), "{line}");
-    assert_nothing_left(&["127.0.0.193", "stand_in_vllm.py"]);
+    assert_nothing_left(&["127.0.0.193", &stand_in_vllm_script(dir.path())]);
 }
 
 /// The gang preflight on the native backend: with `--preflight required`
@@ -965,7 +966,7 @@ fn a_native_group_runs_its_gang_preflight_before_the_launch() {
         "{text}"
     );
     assert!(!text.contains("told every rank to start"), "{text}");
-    assert_nothing_left(&["127.0.0.192", "stand_in_vllm.py"]);
+    assert_nothing_left(&["127.0.0.192", &stand_in_vllm_script(dir.path())]);
     // The server's own Python: the preflight passes, then the launch.
     let endpoints_port = free_port();
     let endpoints = format!("127.0.0.1:{endpoints_port}");
@@ -1000,5 +1001,5 @@ fn a_native_group_runs_its_gang_preflight_before_the_launch() {
     );
     signal(local.id() as i32, Sig::TERM);
     assert!(wait_exit(&mut local, Duration::from_secs(30)).success());
-    assert_nothing_left(&["127.0.0.192", "stand_in_vllm.py"]);
+    assert_nothing_left(&["127.0.0.192", &stand_in_vllm_script(dir.path())]);
 }

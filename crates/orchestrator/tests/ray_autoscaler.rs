@@ -95,5 +95,5 @@ fn a_worker_group_starting_at_zero_is_started_by_rays_autoscaler_and_serves() {
         "{}",
         log.text()
     );
-    assert_nothing_left(&[head_ip, worker_ip, &temp, "stand_in_vllm.py"]);
+    assert_nothing_left(&[head_ip, worker_ip, &temp, &stand_in_vllm_script(dir.path())]);
 }

@@ -381,15 +381,18 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus
 }
 
 /// A `PATH` whose `vllm` is the stand-in vLLM of the phases' tests
-/// (`crates/phases/tests/fixtures/stand_in_vllm.py`), written into
-/// `dir/bin`, ahead of the inherited `PATH`.
+/// (`crates/phases/tests/fixtures/stand_in_vllm.py`), copied into
+/// `dir/bin` (so its processes' command lines name this test's own
+/// folder: see [`stand_in_vllm_script`]), ahead of the inherited `PATH`.
 pub fn stand_in_vllm_path(dir: &std::path::Path) -> String {
-    let script = concat!(
+    let fixture = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../phases/tests/fixtures/stand_in_vllm.py"
     );
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
+    let script = stand_in_vllm_script(dir);
+    std::fs::copy(fixture, &script).unwrap();
     let vllm = bin.join("vllm");
     std::fs::write(&vllm, format!("#!/bin/sh\nexec python3 {script} \"$@\"\n")).unwrap();
     let mut perms = std::fs::metadata(&vllm).unwrap().permissions();
@@ -400,6 +403,13 @@ pub fn stand_in_vllm_path(dir: &std::path::Path) -> String {
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     )
+}
+
+/// The stand-in vLLM script [`stand_in_vllm_path`] writes for `dir`: a
+/// needle that finds this test's stand-ins and no other test's (tests of
+/// other binaries may run at the same time).
+pub fn stand_in_vllm_script(dir: &std::path::Path) -> String {
+    dir.join("bin/stand_in_vllm.py").display().to_string()
 }
 
 /// Waits for `child` with a deadline; kills it and panics if it overruns.

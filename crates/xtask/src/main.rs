@@ -17,6 +17,7 @@
 //! end-to-end parts need (venvs, the model, Debian's servers) is made on a
 //! second thread while cargo compiles ([`Preparing`]).
 
+mod lanes;
 mod soak;
 
 use anyhow::{Context, Result, bail};
@@ -770,33 +771,107 @@ fn static_checks() -> Result<()> {
 
 fn test() -> Result<()> {
     let start = Instant::now();
+    let mut times: Vec<(String, f64)> = Vec::new();
+    let timed = |times: &mut Vec<(String, f64)>, name: &str, began: Instant| {
+        times.push((name.to_string(), began.elapsed().as_secs_f64()));
+    };
+    let began = Instant::now();
     ensure_toolchain()?;
+    timed(&mut times, "toolchain", began);
     let needs = Preparing::start(TestNeeds::prepare);
+    let began = Instant::now();
     static_checks()?;
+    timed(&mut times, "format and clippy", began);
+    let began = Instant::now();
     build_all()?;
     check_one_build()?;
-    step("cargo test (unit, plugin host with real components, CLI)");
-    run(&mut workspace("test"))?;
+    let binaries = test_binaries()?;
+    timed(&mut times, "build everything", began);
+    let began = Instant::now();
+    let needs = needs.wait()?;
+    timed(
+        &mut times,
+        "venvs, model, servers (what was left after the build)",
+        began,
+    );
+    let (heavy, light) = test_steps(&needs, &binaries)?;
+    eprintln!(
+        "\n==> the test steps, in two lanes side by side (output in target/xtask-logs/test-*.log)"
+    );
+    times.extend(lanes::run_lanes(
+        heavy,
+        light,
+        &root().join("target/xtask-logs"),
+    )?);
+    eprintln!(
+        "\nall checks passed in {:.0} s; the steps, slowest first:\n{}",
+        start.elapsed().as_secs_f64(),
+        lanes::slowest_first(&times)
+    );
+    Ok(())
+}
 
-    let TestNeeds {
-        ray,
-        policy_python,
-        registry,
-        venv,
-        model,
-        redis,
-        nginx,
-    } = needs.wait()?;
-    let ray_env = [("ORCHESTRATOR_RAY_BIN", ray.clone())];
+/// Every integration test binary, built by [`build_all`] (this builds
+/// nothing more).
+fn test_binaries() -> Result<Vec<lanes::TestBinary>> {
+    let output = workspace("test")
+        .args(["--no-run", "--message-format=json"])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("cannot run cargo test --no-run")?;
+    if !output.status.success() {
+        bail!("cargo test --no-run failed");
+    }
+    Ok(lanes::TestBinary::from_cargo_messages(
+        &String::from_utf8_lossy(&output.stdout),
+    ))
+}
+
+/// The test steps: the heavy lane (real vLLM) and the light lane (unit
+/// tests first, then real Ray, registry, servers), each integration target
+/// with what it checks and what it is given.
+fn test_steps(
+    needs: &TestNeeds,
+    binaries: &[lanes::TestBinary],
+) -> Result<(Vec<lanes::Step>, Vec<lanes::Step>)> {
+    let ray_env = [("ORCHESTRATOR_RAY_BIN", needs.ray.clone())];
     let vllm_env = [
-        ("ORCHESTRATOR_RAY_BIN", venv.join("bin/ray")),
-        ("ORCHESTRATOR_VLLM_BIN", venv.join("bin/vllm")),
-        ("ORCHESTRATOR_TINY_MODEL", model.clone()),
+        ("ORCHESTRATOR_RAY_BIN", needs.venv.join("bin/ray")),
+        ("ORCHESTRATOR_VLLM_BIN", needs.venv.join("bin/vllm")),
+        ("ORCHESTRATOR_TINY_MODEL", needs.model.clone()),
     ];
+    let py_spy = ("ORCHESTRATOR_PY_SPY_BIN", needs.venv.join("bin/py-spy"));
+    let nginx = ("ORCHESTRATOR_NGINX_BIN", needs.nginx.clone());
     let token: PathBuf = "gcs-fault-tolerance-test-token-0123".into();
-    // Each integration test target, one test at a time: what it checks,
-    // and what it is given.
-    let steps: Vec<TestStep> = vec![
+    let heavy: Vec<TestStep> = vec![
+        (
+            "weights_e2e",
+            "a native group fetching the model once from nginx, each rank serving its own copy with real vLLM; the compile cache kept and shared",
+            [vllm_env.to_vec(), vec![nginx.clone()]].concat(),
+        ),
+        ("vllm_e2e", "real vLLM over real Ray", vllm_env.to_vec()),
+        (
+            "native_e2e",
+            "the native backend: real vLLM, no Ray; a stopped rank's stacks through the real py-spy",
+            [vllm_env.to_vec(), vec![py_spy.clone()]].concat(),
+        ),
+        (
+            "gcs_fault_tolerance",
+            "a head restart with GCS fault tolerance, under Ray's token authentication: real Redis, Ray and vLLM",
+            // Every process of the test (Ray nodes, orchestrators, vLLM)
+            // inherits these: the whole restart runs with token auth on.
+            [
+                vllm_env.to_vec(),
+                vec![
+                    ("ORCHESTRATOR_REDIS_BIN", needs.redis.clone()),
+                    ("RAY_AUTH_MODE", "token".into()),
+                    ("RAY_AUTH_TOKEN", token),
+                ],
+            ]
+            .concat(),
+        ),
+    ];
+    let light: Vec<TestStep> = vec![
         (
             "ray_wait",
             "the wait against real Ray 2.60",
@@ -827,78 +902,45 @@ fn test() -> Result<()> {
         (
             "python_policy",
             "policies in Python (componentize-py) through the real host",
-            vec![("ORCHESTRATOR_POLICY_PYTHON", policy_python)],
+            vec![("ORCHESTRATOR_POLICY_PYTHON", needs.policy_python.clone())],
         ),
         (
             "oci_registry",
             "policies through a real OCI registry (the CNCF distribution registry)",
-            vec![("ORCHESTRATOR_REGISTRY_BIN", registry)],
+            vec![("ORCHESTRATOR_REGISTRY_BIN", needs.registry.clone())],
         ),
         (
             "serve",
             "the serve phase with a stand-in server; a stall's stacks through the real py-spy",
-            vec![("ORCHESTRATOR_PY_SPY_BIN", venv.join("bin/py-spy"))],
+            vec![py_spy],
         ),
         (
             "weights_group",
             "weights fetched once per group from a real nginx origin: corrupt chunk, peer killed, origin gone, revision change",
-            vec![("ORCHESTRATOR_NGINX_BIN", nginx.clone())],
-        ),
-        (
-            "weights_e2e",
-            "a native group fetching the model once from nginx, each rank serving its own copy with real vLLM",
-            [
-                vllm_env.to_vec(),
-                vec![("ORCHESTRATOR_NGINX_BIN", nginx.clone())],
-            ]
-            .concat(),
-        ),
-        ("vllm_e2e", "real vLLM over real Ray", vllm_env.to_vec()),
-        (
-            "gcs_fault_tolerance",
-            "a head restart with GCS fault tolerance, under Ray's token authentication: real Redis, Ray and vLLM",
-            // Every process of the test (Ray nodes, orchestrators, vLLM)
-            // inherits these: the whole restart runs with token auth on.
-            [
-                vllm_env.to_vec(),
-                vec![
-                    ("ORCHESTRATOR_REDIS_BIN", redis),
-                    ("RAY_AUTH_MODE", "token".into()),
-                    ("RAY_AUTH_TOKEN", token),
-                ],
-            ]
-            .concat(),
-        ),
-        (
-            "native_e2e",
-            "the native backend: real vLLM, no Ray; a stopped rank's stacks through the real py-spy",
-            [
-                vllm_env.to_vec(),
-                vec![("ORCHESTRATOR_PY_SPY_BIN", venv.join("bin/py-spy"))],
-            ]
-            .concat(),
+            vec![nginx],
         ),
     ];
-    for (target, what, env) in steps {
-        step(&format!("{target}: {what} (one test at a time)"));
-        let mut cmd = workspace("test");
-        cmd.args([
-            "--test",
-            target,
-            "--",
-            "--include-ignored",
-            "--test-threads=1",
-        ]);
-        for (key, value) in env {
-            cmd.env(key, value);
-        }
-        run(&mut cmd)?;
-    }
-    eprintln!(
-        "\nall checks passed in {:.0} s",
-        start.elapsed().as_secs_f64()
-    );
-    Ok(())
+    let steps = |list: Vec<TestStep>| -> Result<Vec<lanes::Step>> {
+        list.into_iter()
+            .map(|(name, what, env)| {
+                Ok(lanes::Step {
+                    name,
+                    what,
+                    commands: lanes::target_commands(binaries, name, &env)?,
+                })
+            })
+            .collect()
+    };
+    let mut units = workspace("test");
+    units.current_dir(root());
+    let light = std::iter::once(Ok(lanes::Step {
+        name: "unit tests",
+        what: "cargo test: unit, plugin host with real components, CLI",
+        commands: vec![units],
+    }))
+    .chain(steps(light)?.into_iter().map(Ok))
+    .collect::<Result<Vec<_>>>()?;
+    Ok((steps(heavy)?, light))
 }
 
 fn orchestrator_binary() -> Result<PathBuf> {
