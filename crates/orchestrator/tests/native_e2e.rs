@@ -334,7 +334,7 @@ min-open-files = "4096"
     let group = NativeGroup::new(
         env!("CARGO_BIN_EXE_orchestrator"),
         dir.path(),
-        150,
+        140,
         2,
         "",
         "vllm",

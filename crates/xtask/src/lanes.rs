@@ -54,11 +54,13 @@ impl TestBinary {
 }
 
 /// The commands that run integration target `target` (in every package
-/// that has one of that name): every test, ignored ones included, one at
+/// that has one of that name): its tests that `filters` select (libtest's
+/// names and `--skip NAME`; all when empty), ignored ones included, one at
 /// a time, with `env`.
 pub(crate) fn target_commands(
     binaries: &[TestBinary],
     target: &str,
+    filters: &[&str],
     env: &[(&'static str, PathBuf)],
 ) -> Result<Vec<Command>> {
     let commands: Vec<Command> = binaries
@@ -67,6 +69,7 @@ pub(crate) fn target_commands(
         .map(|b| {
             let mut cmd = Command::new(&b.path);
             cmd.args(["--include-ignored", "--test-threads=1"])
+                .args(filters)
                 .current_dir(&b.package_dir)
                 .envs(env.iter().map(|(k, v)| (k, v)));
             cmd

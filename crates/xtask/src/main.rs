@@ -40,6 +40,27 @@ fn workspace(sub: &str) -> Command {
     cmd
 }
 
+/// Builds what the tests run: every host library, binary and test target
+/// (not the examples, which are benchmark programs: clippy checks them,
+/// `cargo xtask bench` builds them).
+fn build_tests() -> Result<()> {
+    step("build the libraries, binaries and tests (release)");
+    run(workspace("build").args(TEST_TARGETS))
+}
+
+/// The targets the tests need: `--lib --bins --tests`.
+const TEST_TARGETS: [&str; 3] = ["--lib", "--bins", "--tests"];
+
+/// The unit-test commands: every test target's non-ignored tests, then the
+/// doc tests (examples in the docs that compile and run).
+fn unit_test_commands() -> Vec<Command> {
+    let mut units = workspace("test");
+    units.args(TEST_TARGETS).current_dir(root());
+    let mut docs = workspace("test");
+    docs.arg("--doc").current_dir(root());
+    vec![units, docs]
+}
+
 /// Builds every host target (binary, libraries, tests, examples) once.
 fn build_all() -> Result<()> {
     step("build everything (release): the binary, the tests, the benchmarks");
@@ -55,9 +76,9 @@ fn build_binaries() -> Result<()> {
 }
 
 /// Fails when building only the libraries and binaries would compile
-/// anything [`build_all`] did not (a dependency whose features differ
+/// anything [`build_tests`] did not (a dependency whose features differ
 /// between the two, e.g. through a dev-dependency): then the demo and the
-/// tests would each compile their own copy. Run after [`build_all`]; it
+/// tests would each compile their own copy. Run after [`build_tests`]; it
 /// compiles nothing when all is well.
 fn check_one_build() -> Result<()> {
     step("check: building the binaries alone reuses every unit of the full build");
@@ -735,16 +756,45 @@ fn made_model(venv: &Path, name: &str, what: &str, args: &[&str]) -> Result<Path
 
 /// An integration test target, what it checks, and the environment it is
 /// given.
-type TestStep = (&'static str, &'static str, Vec<(&'static str, PathBuf)>);
+/// A test step: its name, the test target it runs, libtest's filter
+/// arguments (names to run, or `--skip NAME`), what it checks, and the
+/// environment it is given.
+type TestStep = (
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+    &'static str,
+    Vec<(&'static str, PathBuf)>,
+);
+
+/// The tests of native_e2e and vllm_e2e that run real vLLM (the heavy
+/// lane); their other tests use a stand-in and run in the light lane.
+const NATIVE_WITH_VLLM: &[&str] = &[
+    "a_late_worker_joins_a_dead_rank",
+    "a_rank_that_fails_to_start",
+];
+const NATIVE_WITHOUT_VLLM: &[&str] = &[
+    "--skip",
+    "a_late_worker_joins_a_dead_rank",
+    "--skip",
+    "a_rank_that_fails_to_start",
+];
+const RAY_PREFLIGHT: &[&str] = &["a_ray_cluster_runs_its_gang_preflight"];
+const VLLM_OVER_RAY: &[&str] = &["--skip", "a_ray_cluster_runs_its_gang_preflight"];
 
 /// The inner loop: format, lints, and the unit, plugin and CLI tests
 /// (no real Ray, vLLM, registry, Redis or nginx).
 fn test_quick() -> Result<()> {
     let start = Instant::now();
     ensure_toolchain()?;
-    static_checks()?;
-    step("cargo test (unit, plugin host with real components, CLI)");
-    run(&mut workspace("test"))?;
+    step("cargo fmt --check");
+    run(&mut format_check())?;
+    step("cargo clippy -D warnings (host and guest crates)");
+    run(&mut clippy())?;
+    step("cargo test (unit, plugin host with real components, CLI; doc tests)");
+    for mut command in unit_test_commands() {
+        run(&mut command)?;
+    }
     eprintln!(
         "\nquick checks passed in {:.0} s (`cargo xtask test` runs everything)",
         start.elapsed().as_secs_f64()
@@ -752,12 +802,18 @@ fn test_quick() -> Result<()> {
     Ok(())
 }
 
-/// `cargo fmt --check` and clippy with `-D warnings` over every target.
-fn static_checks() -> Result<()> {
-    step("cargo fmt --check");
-    run(cargo().args(["fmt", "--all", "--check"]))?;
-    step("cargo clippy -D warnings (host and guest crates)");
-    run(cargo().args([
+/// `cargo fmt --check`.
+fn format_check() -> Command {
+    let mut cmd = cargo();
+    cmd.args(["fmt", "--all", "--check"]).current_dir(root());
+    cmd
+}
+
+/// Clippy with `-D warnings` over every target of every crate, guests
+/// included (checked natively).
+fn clippy() -> Command {
+    let mut cmd = cargo();
+    cmd.args([
         "clippy",
         "--workspace",
         "--all-targets",
@@ -766,7 +822,9 @@ fn static_checks() -> Result<()> {
         "--",
         "-D",
         "warnings",
-    ]))
+    ])
+    .current_dir(root());
+    cmd
 }
 
 fn test() -> Result<()> {
@@ -780,13 +838,18 @@ fn test() -> Result<()> {
     timed(&mut times, "toolchain", began);
     let needs = Preparing::start(TestNeeds::prepare);
     let began = Instant::now();
-    static_checks()?;
-    timed(&mut times, "format and clippy", began);
+    step("cargo fmt --check");
+    run(&mut format_check())?;
+    timed(&mut times, "cargo fmt --check", began);
     let began = Instant::now();
-    build_all()?;
+    build_tests()?;
     check_one_build()?;
     let binaries = test_binaries()?;
-    timed(&mut times, "build everything", began);
+    timed(
+        &mut times,
+        "build (libraries, binaries, tests; crates fetched)",
+        began,
+    );
     let began = Instant::now();
     let needs = needs.wait()?;
     timed(
@@ -811,10 +874,11 @@ fn test() -> Result<()> {
     Ok(())
 }
 
-/// Every integration test binary, built by [`build_all`] (this builds
+/// Every integration test binary, built by [`build_tests`] (this builds
 /// nothing more).
 fn test_binaries() -> Result<Vec<lanes::TestBinary>> {
     let output = workspace("test")
+        .args(TEST_TARGETS)
         .args(["--no-run", "--message-format=json"])
         .stderr(std::process::Stdio::inherit())
         .output()
@@ -846,17 +910,29 @@ fn test_steps(
     let heavy: Vec<TestStep> = vec![
         (
             "weights_e2e",
+            "weights_e2e",
+            &[],
             "a native group fetching the model once from nginx, each rank serving its own copy with real vLLM; the compile cache kept and shared",
             [vllm_env.to_vec(), vec![nginx.clone()]].concat(),
         ),
-        ("vllm_e2e", "real vLLM over real Ray", vllm_env.to_vec()),
         (
+            "vllm_e2e",
+            "vllm_e2e",
+            VLLM_OVER_RAY,
+            "real vLLM over real Ray",
+            vllm_env.to_vec(),
+        ),
+        (
+            "native_e2e-vllm",
             "native_e2e",
-            "the native backend: real vLLM, no Ray; a stopped rank's stacks through the real py-spy",
+            NATIVE_WITH_VLLM,
+            "the native backend with real vLLM, no Ray",
             [vllm_env.to_vec(), vec![py_spy.clone()]].concat(),
         ),
         (
             "gcs_fault_tolerance",
+            "gcs_fault_tolerance",
+            &[],
             "a head restart with GCS fault tolerance, under Ray's token authentication: real Redis, Ray and vLLM",
             // Every process of the test (Ray nodes, orchestrators, vLLM)
             // inherits these: the whole restart runs with token auth on.
@@ -874,72 +950,124 @@ fn test_steps(
     let light: Vec<TestStep> = vec![
         (
             "ray_wait",
+            "ray_wait",
+            &[],
             "the wait against real Ray 2.60",
             ray_env.to_vec(),
         ),
         (
             "ray_cli",
+            "ray_cli",
+            &[],
             "run, local and wait against real Ray",
             ray_env.to_vec(),
         ),
-        ("ray_auth", "Ray's token authentication", ray_env.to_vec()),
+        (
+            "ray_auth",
+            "ray_auth",
+            &[],
+            "Ray's token authentication",
+            ray_env.to_vec(),
+        ),
         (
             "kube_e2e",
+            "kube_e2e",
+            &[],
             "Kubernetes awareness (fake API server, real Ray)",
             ray_env.to_vec(),
         ),
         (
             "node_health",
+            "node_health",
+            &[],
             "node health with the NVML stand-in, real Ray",
             ray_env.to_vec(),
         ),
         (
             "early_launch",
+            "early_launch",
+            &[],
             "early launch and the local copy, real Ray",
             ray_env.to_vec(),
         ),
-        ("ray_autoscaler", "Ray's real autoscaler", ray_env.to_vec()),
+        (
+            "ray_autoscaler",
+            "ray_autoscaler",
+            &[],
+            "Ray's real autoscaler",
+            ray_env.to_vec(),
+        ),
         (
             "python_policy",
+            "python_policy",
+            &[],
             "policies in Python (componentize-py) through the real host",
             vec![("ORCHESTRATOR_POLICY_PYTHON", needs.policy_python.clone())],
         ),
         (
             "oci_registry",
+            "oci_registry",
+            &[],
             "policies through a real OCI registry (the CNCF distribution registry)",
             vec![("ORCHESTRATOR_REGISTRY_BIN", needs.registry.clone())],
         ),
         (
             "serve",
+            "serve",
+            &[],
             "the serve phase with a stand-in server; a stall's stacks through the real py-spy",
-            vec![py_spy],
+            vec![py_spy.clone()],
         ),
         (
             "weights_group",
+            "weights_group",
+            &[],
             "weights fetched once per group from a real nginx origin: corrupt chunk, peer killed, origin gone, revision change",
             vec![nginx],
+        ),
+        (
+            "native_e2e",
+            "native_e2e",
+            NATIVE_WITHOUT_VLLM,
+            "the native backend with a stand-in vLLM: rank checks, Kubernetes, node health, drains, a new leader, a stopped rank's stacks through the real py-spy, the gang preflight",
+            [vllm_env.to_vec(), vec![py_spy]].concat(),
+        ),
+        (
+            "vllm_e2e-preflight",
+            "vllm_e2e",
+            RAY_PREFLIGHT,
+            "a Ray cluster's gang preflight (real Ray, vLLM's torch)",
+            vllm_env.to_vec(),
         ),
     ];
     let steps = |list: Vec<TestStep>| -> Result<Vec<lanes::Step>> {
         list.into_iter()
-            .map(|(name, what, env)| {
+            .map(|(name, target, filters, what, env)| {
                 Ok(lanes::Step {
                     name,
                     what,
-                    commands: lanes::target_commands(binaries, name, &env)?,
+                    commands: lanes::target_commands(binaries, target, filters, &env)?,
                 })
             })
             .collect()
     };
-    let mut units = workspace("test");
-    units.current_dir(root());
-    let light = std::iter::once(Ok(lanes::Step {
-        name: "unit tests",
-        what: "cargo test: unit, plugin host with real components, CLI",
-        commands: vec![units],
-    }))
-    .chain(steps(light)?.into_iter().map(Ok))
-    .collect::<Result<Vec<_>>>()?;
+    // Lints and unit tests first in the light lane, beside the first vLLM
+    // steps.
+    let light = [
+        lanes::Step {
+            name: "clippy",
+            what: "clippy -D warnings on every crate (guests included)",
+            commands: vec![clippy()],
+        },
+        lanes::Step {
+            name: "unit tests",
+            what: "cargo test: unit, plugin host with real components, CLI; doc tests",
+            commands: unit_test_commands(),
+        },
+    ]
+    .into_iter()
+    .chain(steps(light)?)
+    .collect();
     Ok((steps(heavy)?, light))
 }
 
