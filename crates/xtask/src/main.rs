@@ -11,12 +11,15 @@
 //!
 //! Every cargo invocation selects the same packages with the same flags
 //! ([`workspace`]). The demo builds only the libraries and binaries
-//! ([`build_binaries`]); the tests build every target ([`build_all`]);
-//! features unify the same way in both (checked by [`check_one_build`]),
-//! so whichever runs second compiles nothing the first one built. What the
+//! ([`build_binaries`]); the tests add the test targets ([`build_tests`]);
+//! a benchmark adds the examples ([`build_all`]). Features unify the same
+//! way in all three (checked by [`check_one_build`]), so whichever runs
+//! second compiles nothing the first one built. `cargo xtask test` runs its
+//! steps in two lanes side by side ([`lanes`]). What the
 //! end-to-end parts need (venvs, the model, Debian's servers) is made on a
 //! second thread while cargo compiles ([`Preparing`]).
 
+mod features_bench;
 mod lanes;
 mod soak;
 
@@ -206,6 +209,10 @@ const BENCHES: &[(&str, &str)] = &[
     (
         "wait",
         "join detection: orchestrator wait vs the corrected `ray status` loop on a real local cluster, and their CPU while waiting",
+    ),
+    (
+        "features",
+        "compile time of wasmtime, tonic and kube with their default features against the features this workspace asks (scratch crates, empty target folders)",
     ),
 ];
 
@@ -1331,6 +1338,11 @@ fn serve_demo(bin: &Path, venv: &Path, model: &Path, backend: DemoBackend) -> Re
 
 fn bench(name: Option<&str>) -> Result<()> {
     match name {
+        Some("features") => {
+            ensure_toolchain()?;
+            step("bench features");
+            features_bench::bench(cargo, &root())
+        }
         Some("plugins") => {
             ensure_toolchain()?;
             build_all()?;
