@@ -17,12 +17,21 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-/// One step: its name, what it checks, and the commands that run it (one
-/// per test binary; a cargo command for the unit tests).
+/// One step: its name, what it checks, and what runs it.
 pub(crate) struct Step {
     pub(crate) name: &'static str,
     pub(crate) what: &'static str,
-    pub(crate) commands: Vec<Command>,
+    pub(crate) work: Work,
+}
+
+/// What a step runs.
+pub(crate) enum Work {
+    /// Commands, one after the other, their output in the step's log (a
+    /// test binary run directly, or cargo).
+    Commands(Vec<Command>),
+    /// Work of xtask itself (a build and its checks), its output on the
+    /// terminal.
+    Task(Box<dyn FnOnce() -> Result<()> + Send>),
 }
 
 /// A test binary cargo built: its target's name, path and package folder.
@@ -130,10 +139,14 @@ fn run_lane(
     Ok(times)
 }
 
-fn run_step(mut step: Step, logs: &Path) -> Result<()> {
+fn run_step(step: Step, logs: &Path) -> Result<()> {
+    let mut commands = match step.work {
+        Work::Task(task) => return task(),
+        Work::Commands(commands) => commands,
+    };
     let path = logs.join(format!("test-{}.log", step.name));
     let log = std::fs::File::create(&path)?;
-    for command in &mut step.commands {
+    for command in &mut commands {
         let shown = format!("{command:?}");
         let status = command
             .stdout(log.try_clone()?)

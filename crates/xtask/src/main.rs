@@ -849,12 +849,19 @@ fn test() -> Result<()> {
     run(&mut format_check())?;
     timed(&mut times, "cargo fmt --check", began);
     let began = Instant::now();
-    build_tests()?;
-    check_one_build()?;
-    let binaries = test_binaries()?;
+    step("build what the heavy lane runs first (release): the binaries and the real-vLLM tests");
+    run(workspace("build")
+        .arg("--bins")
+        .args(HEAVY_TARGETS.iter().flat_map(|t| ["--test", *t])))?;
+    let binaries = test_binaries(
+        &HEAVY_TARGETS
+            .iter()
+            .flat_map(|t| ["--test", *t])
+            .collect::<Vec<_>>(),
+    )?;
     timed(
         &mut times,
-        "build (libraries, binaries, tests; crates fetched)",
+        "build the binaries and the heavy lane's tests (crates fetched)",
         began,
     );
     let began = Instant::now();
@@ -866,7 +873,7 @@ fn test() -> Result<()> {
     );
     let (heavy, light) = test_steps(&needs, &binaries)?;
     eprintln!(
-        "\n==> the test steps, in two lanes side by side (output in target/xtask-logs/test-*.log)"
+        "\n==> the test steps, in two lanes side by side (output in target/xtask-logs/test-*.log): the heavy lane starts now, the light lane builds the rest first"
     );
     times.extend(lanes::run_lanes(
         heavy,
@@ -881,11 +888,20 @@ fn test() -> Result<()> {
     Ok(())
 }
 
-/// Every integration test binary, built by [`build_tests`] (this builds
-/// nothing more).
-fn test_binaries() -> Result<Vec<lanes::TestBinary>> {
+/// The integration test targets that run real vLLM, built first so that
+/// the heavy lane starts while the light lane builds the rest.
+const HEAVY_TARGETS: [&str; 4] = [
+    "weights_e2e",
+    "vllm_e2e",
+    "native_e2e",
+    "gcs_fault_tolerance",
+];
+
+/// The integration test binaries that `targets` (cargo's target flags)
+/// select, already built (this builds nothing more).
+fn test_binaries(targets: &[&str]) -> Result<Vec<lanes::TestBinary>> {
     let output = workspace("test")
-        .args(TEST_TARGETS)
+        .args(targets)
         .args(["--no-run", "--message-format=json"])
         .stderr(std::process::Stdio::inherit())
         .output()
@@ -1047,35 +1063,64 @@ fn test_steps(
             vllm_env.to_vec(),
         ),
     ];
-    let steps = |list: Vec<TestStep>| -> Result<Vec<lanes::Step>> {
-        list.into_iter()
-            .map(|(name, target, filters, what, env)| {
-                Ok(lanes::Step {
-                    name,
-                    what,
-                    commands: lanes::target_commands(binaries, target, filters, &env)?,
-                })
+    // The heavy lane runs its test binaries directly (built already); the
+    // light lane through cargo, which builds the rest first.
+    let heavy = heavy
+        .into_iter()
+        .map(|(name, target, filters, what, env)| {
+            Ok(lanes::Step {
+                name,
+                what,
+                work: lanes::Work::Commands(lanes::target_commands(
+                    binaries, target, filters, &env,
+                )?),
             })
-            .collect()
-    };
-    // Lints and unit tests first in the light lane, beside the first vLLM
-    // steps.
+        })
+        .collect::<Result<_>>()?;
+    let light_tests = light.into_iter().map(|(name, target, filters, what, env)| {
+        let mut cmd = workspace("test");
+        cmd.args([
+            "--test",
+            target,
+            "--",
+            "--include-ignored",
+            "--test-threads=1",
+        ])
+        .args(filters)
+        .envs(env)
+        .current_dir(root());
+        lanes::Step {
+            name,
+            what,
+            work: lanes::Work::Commands(vec![cmd]),
+        }
+    });
+    // The rest of the build, lints and unit tests first in the light lane,
+    // beside the first vLLM steps.
     let light = [
+        lanes::Step {
+            name: "build the rest",
+            what: "the libraries, binaries and every test target; then the one-build check",
+            work: lanes::Work::Task(Box::new(|| {
+                build_tests()?;
+                check_one_build()
+            })),
+        },
         lanes::Step {
             name: "clippy",
             what: "clippy -D warnings on every crate (guests included)",
-            commands: vec![clippy()],
+            work: lanes::Work::Commands(vec![clippy()]),
         },
         lanes::Step {
             name: "unit tests",
             what: "cargo test: unit, plugin host with real components, CLI; doc tests",
-            commands: unit_test_commands(),
+            work: lanes::Work::Commands(unit_test_commands()),
         },
     ]
     .into_iter()
-    .chain(steps(light)?)
+    .chain(light_tests)
     .collect();
-    Ok((steps(heavy)?, light))
+    Ok((heavy, light))
 }
 
 fn orchestrator_binary() -> Result<PathBuf> {
