@@ -21,8 +21,9 @@ fn var(name: &str) -> String {
     required_env(name, "what `cargo xtask test` sets up")
 }
 
-const HEAD_IP: &str = "127.0.0.121";
-const WORKER_IP: &str = "127.0.0.122";
+// Its own range (the waiting lane runs it beside vllm_e2e, which uses .100-.121).
+const HEAD_IP: &str = "127.0.0.231";
+const WORKER_IP: &str = "127.0.0.232";
 const PASSWORD: &str = "s3cret-for-the-test";
 
 /// Ray's health checks made quick (so the GCS gives up on the old head

@@ -22,7 +22,7 @@ fn fake_ray(dir: &Path, body: &str) -> String {
 /// `orchestrator run` as a head with `ray` and the given grace, its
 /// endpoints on `endpoints` (0: none).
 fn run_head(dir: &Path, ray: &str, grace: u32, endpoints: u16) -> Child {
-    let config = TestNode::head_using("127.0.0.90", ray)
+    let config = TestNode::head_using("127.0.0.95", ray)
         .with(|c| {
             c.endpoints_port = endpoints;
             c.ray.stop_grace_seconds = grace.into();
@@ -72,7 +72,7 @@ fn sigterm_during_a_hung_ray_start_stops_it_and_exits_0() {
 #[test]
 fn a_failed_ray_start_leads_with_its_cause() {
     let dir = tempfile::tempdir().unwrap();
-    let cause = "ConnectionError: Ray is trying to start at 127.0.0.90:6379, but is already running at 127.0.0.90:6379.";
+    let cause = "ConnectionError: Ray is trying to start at 127.0.0.95:6379, but is already running at 127.0.0.95:6379.";
     let ray = fake_ray(
         dir.path(),
         &format!(

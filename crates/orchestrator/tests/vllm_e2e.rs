@@ -258,11 +258,12 @@ fn serves_restarts_on_server_and_node_death_and_stops_cleanly() {
     // `cargo xtask bench serve`'s figure: typically ~1 ms).
     let launch_us = launch_after_ready_us(&log_text).expect("the launch delay is logged");
     eprintln!("vLLM started {launch_us} us after the ready decision");
+    // vLLM's server has the head's address in its command line; a needle
+    // of every `vllm serve` would see another lane's.
     assert_nothing_left(&[
         &format!("/tmp/ray-t{}", ports.gcs),
         &format!("127.0.0.{base}"),
         &format!("127.0.0.{}", base + 1),
-        "vllm serve",
     ]);
 }
 
@@ -400,7 +401,6 @@ fn late_worker_an_early_launched_vllm_waits_for_it_and_serves() {
     assert_nothing_left(&[
         &format!("/tmp/ray-t{}", ports.gcs),
         &format!("127.0.0.{base}"),
-        "vllm serve",
     ]);
 }
 
@@ -465,7 +465,7 @@ fn from_zero_workers_rays_autoscaler_starts_the_worker_and_vllm_serves() {
         "{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
-    assert_nothing_left(&[head_ip, worker_ip, &head.temp, "vllm serve"]);
+    assert_nothing_left(&[head_ip, worker_ip, &head.temp]);
 }
 
 /// A start that fails late, behind Ray: every worker's KV cache asks for

@@ -1,11 +1,13 @@
-//! `[serve.weights]` with real vLLM (the CPU build) on the native backend:
-//! a leader and a worker, each its own `orchestrator run`, each with its
-//! own cache mounted at the same path (a mount namespace per rank, as on
-//! two machines), the tiny model served by a real nginx as a plain
-//! directory. The leader fetches it from the origin, the worker from the
-//! leader; vLLM serves the fetched folder on both ranks. `cargo xtask
-//! test` runs it with ORCHESTRATOR_VLLM_BIN, ORCHESTRATOR_TINY_MODEL and
-//! ORCHESTRATOR_NGINX_BIN set; the mounts need root.
+//! `[serve.weights]` and `[serve.compile-cache]` with real vLLM (the CPU
+//! build): every node has its own cache mounted at the same path (a mount
+//! namespace per node, as on separate machines), the tiny model served by
+//! a real nginx as a plain directory. The leader (or the Ray head) fetches
+//! it from the origin, the others from it; vLLM serves the fetched folder
+//! on every node. The native group also keeps its compiled code, and a
+//! rank that comes back empty takes the weights and the compiled code from
+//! the leader. `cargo xtask test` runs it with ORCHESTRATOR_VLLM_BIN,
+//! ORCHESTRATOR_RAY_BIN, ORCHESTRATOR_TINY_MODEL and ORCHESTRATOR_NGINX_BIN
+//! set; the mounts need root.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -33,105 +35,6 @@ fn weights_of(endpoints: &str) -> serde_json::Value {
     status(endpoints)
         .map(|s| s["weights"].clone())
         .unwrap_or_default()
-}
-
-#[test]
-#[ignore = "needs vLLM, nginx and root: run by `cargo xtask test`"]
-fn a_native_group_fetches_the_model_once_and_every_rank_serves_its_own_copy() {
-    let dir = tempfile::tempdir().unwrap();
-    let origin_root = dir.path().join("origin");
-    let model = std::path::PathBuf::from(var("ORCHESTRATOR_TINY_MODEL"));
-    copy_dir(&model, &origin_root.join("models/tiny"));
-    let total = folder_bytes(&model);
-    let nginx = Nginx::start(&dir.path().join("nginx"), &origin_root, "127.0.0.219", "0");
-    let mut group = NativeGroup::new(
-        env!("CARGO_BIN_EXE_orchestrator"),
-        dir.path(),
-        220,
-        2,
-        "org/tiny",
-        &var("ORCHESTRATOR_VLLM_BIN"),
-    );
-    group.early_launch = false;
-    let cache = dir.path().join("weights-cache");
-    group.rank_mount = Some((dir.path().join("rank-{rank}-cache"), cache.clone()));
-    group.extra_toml = format!(
-        "[serve.weights]\norigin = \"directory\"\nurl = \"{}/models/tiny/\"\nrepo = \"org/tiny\"\ncache-dir = \"{}\"\nchunk-mib = 1\nstall-seconds = 5\n",
-        nginx.url(),
-        cache.display()
-    );
-    let mut leader = group.start(0, 0);
-    let mut member = group.start(1, 0);
-    let _guard = Guard(vec![leader.id() as i32, member.id() as i32]);
-    let leader_endpoints = group.endpoints_of(0);
-    let deadline = std::time::Instant::now() + Duration::from_secs(400);
-    while !http_get(&leader_endpoints, "/readyz").contains("200 OK") {
-        if std::time::Instant::now() > deadline {
-            let tail = |rank: u32| {
-                let log = std::fs::read_to_string(dir.path().join(format!("rank-{rank}-0.log")))
-                    .unwrap_or_default();
-                let lines: Vec<&str> = log.lines().collect();
-                lines[lines.len().saturating_sub(40)..].join("\n")
-            };
-            panic!(
-                "the leader was not ready within 400 s\n--- rank 0:\n{}\n--- rank 1:\n{}",
-                tail(0),
-                tail(1)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    group.complete().unwrap();
-    // The origin served the model once: to the leader.
-    let served = nginx.file_bytes();
-    assert_eq!(served, total, "the origin served {served} bytes of {total}");
-    let seed = weights_of(&leader_endpoints);
-    assert_eq!(seed["state"], "done", "{seed}");
-    assert_eq!(seed["from-origin-bytes"].as_u64(), Some(total), "{seed}");
-    let joiner = weights_of(&group.endpoints_of(1));
-    assert_eq!(joiner["state"], "done", "{joiner}");
-    assert_eq!(joiner["from-origin-bytes"].as_u64(), Some(0), "{joiner}");
-    let from_peers: u64 = joiner["from-peers-bytes"]
-        .as_object()
-        .unwrap()
-        .values()
-        .filter_map(serde_json::Value::as_u64)
-        .sum();
-    assert_eq!(from_peers, total, "{joiner}");
-    // Each rank's own cache holds the revision, at the same path.
-    let path = seed["path"].as_str().unwrap().to_string();
-    assert!(path.starts_with(&cache.display().to_string()), "{path}");
-    assert_eq!(joiner["path"].as_str(), Some(path.as_str()));
-    let revision = Path::new(&path).strip_prefix(&cache).unwrap().to_path_buf();
-    for rank in 0..2 {
-        let own = dir
-            .path()
-            .join(format!("rank-{rank}-cache"))
-            .join(&revision);
-        assert!(
-            folder_bytes(&own) >= total,
-            "rank {rank}: {}",
-            own.display()
-        );
-    }
-    // vLLM was given the fetched folder.
-    let log = std::fs::read_to_string(dir.path().join("rank-0-0.log")).unwrap();
-    assert!(
-        log.contains(&format!(
-            "serving the model from the local copies at {path}"
-        )),
-        "{log}"
-    );
-    for child in [&mut leader, &mut member] {
-        signal(child.id() as i32, Sig::TERM);
-    }
-    for child in [&mut leader, &mut member] {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while child.try_wait().unwrap().is_none() {
-            assert!(std::time::Instant::now() < deadline, "a rank did not stop");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
 }
 
 /// `orchestrator run` as `unshare -m`, `own` mounted on `at` first (the
@@ -320,34 +223,134 @@ fn folders_named(root: &Path, prefix: &str) -> Vec<String> {
     found
 }
 
+/// Rank `rank`'s weights view after a fetch from its peers: done, nothing
+/// from the origin, `total` bytes from peers.
+fn assert_taken_from_peers(endpoints: &str, total: u64) -> serde_json::Value {
+    let view = weights_of(endpoints);
+    assert_eq!(view["state"], "done", "{view}");
+    assert_eq!(view["from-origin-bytes"].as_u64(), Some(0), "{view}");
+    let from_peers: u64 = view["from-peers-bytes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(serde_json::Value::as_u64)
+        .sum();
+    assert_eq!(from_peers, total, "{view}");
+    view
+}
+
+/// Rank 1's compiled code is in the leader's folder `key` (waits up to
+/// 90 s: the leader gathers it once the group serves).
+fn until_the_leader_holds_rank_1s_code(
+    dir: &Path,
+    own: &dyn Fn(u32) -> std::path::PathBuf,
+    group: &NativeGroup,
+    key: &str,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while folders_named(&own(0).join(key), "rank_1").is_empty() {
+        if std::time::Instant::now() > deadline {
+            let lines = |rank: u32| {
+                std::fs::read_to_string(dir.join(format!("rank-{rank}-0.log")))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains("compile cache") || l.contains("launching"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            panic!(
+                "the leader does not hold rank 1's cache after 90 s\nrank 0 has {:?}, rank 1 {:?}\n--- rank 0:\n{}\n--- rank 1:\n{}\n{}\n{}",
+                folders_named(&own(0).join(key), "rank_"),
+                folders_named(&own(1).join(key), "rank_"),
+                lines(0),
+                lines(1),
+                compile_cache_of(&group.endpoints_of(0)),
+                compile_cache_of(&group.endpoints_of(1)),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// One native group (two ranks, real vLLM compiling with Inductor), run
+/// twice. Each rank has its own folder mounted at the same path, as on
+/// two machines, holding its weights cache and its compile cache.
+///
+/// Run 0, cold: the leader fetches the model from nginx, rank 1 takes it
+/// from the leader, vLLM serves the fetched folder; both ranks compile and
+/// the leader gathers rank 1's compiled code. Run 1: rank 1 comes back
+/// empty (a new machine): it takes the weights and the compile cache from
+/// the leader, which reuses its own; the origin serves nothing more.
 #[test]
-#[ignore = "needs vLLM and root: run by `cargo xtask test`"]
-fn a_native_group_keeps_its_compile_cache_and_a_rank_that_lost_it_takes_it_from_the_leader() {
+#[ignore = "needs vLLM, nginx and root: run by `cargo xtask test`"]
+fn a_native_group_fetches_the_model_once_keeps_its_compile_cache_and_a_new_rank_takes_both_from_the_leader()
+ {
     let dir = tempfile::tempdir().unwrap();
+    let origin_root = dir.path().join("origin");
+    let model = std::path::PathBuf::from(var("ORCHESTRATOR_TINY_MODEL"));
+    copy_dir(&model, &origin_root.join("models/tiny"));
+    let total = folder_bytes(&model);
+    let nginx = Nginx::start(&dir.path().join("nginx"), &origin_root, "127.0.0.219", "0");
     let mut group = NativeGroup::new(
         env!("CARGO_BIN_EXE_orchestrator"),
         dir.path(),
-        226,
+        220,
         2,
-        &var("ORCHESTRATOR_TINY_MODEL"),
+        "org/tiny",
         &var("ORCHESTRATOR_VLLM_BIN"),
     );
     group.early_launch = false;
     // vLLM compiles (torch.compile with Inductor: the CPU build does).
     group.enforce_eager = false;
-    let cache = dir.path().join("compile-cache");
-    group.rank_mount = Some((dir.path().join("rank-{rank}-compile"), cache.clone()));
+    let at = dir.path().join("node");
+    let (weights, compiled) = (at.join("weights"), at.join("compile"));
+    group.rank_mount = Some((dir.path().join("rank-{rank}-node"), at.clone()));
     group.extra_toml = format!(
-        "[serve.compile-cache]\nenabled = true\ndir = \"{}\"\n",
-        cache.display()
+        "[serve.weights]\norigin = \"directory\"\nurl = \"{}/models/tiny/\"\nrepo = \"org/tiny\"\ncache-dir = \"{}\"\nchunk-mib = 1\nstall-seconds = 5\n[serve.compile-cache]\nenabled = true\ndir = \"{}\"\n",
+        nginx.url(),
+        weights.display(),
+        compiled.display()
     );
-    let own = |rank: u32| dir.path().join(format!("rank-{rank}-compile"));
+    let node = |rank: u32| dir.path().join(format!("rank-{rank}-node"));
+    let own = |rank: u32| node(rank).join("compile");
 
-    // Cold: nothing kept anywhere; both ranks compile.
+    // Run 0, cold: nothing kept anywhere.
     let mut ranks = vec![group.start(0, 0), group.start(1, 0)];
     let _guard = Guard(ranks.iter().map(|c| c.id() as i32).collect());
     until_ready(&group, 0, Duration::from_secs(500));
     group.complete().unwrap();
+    // The origin served the model once: to the leader.
+    let served = nginx.file_bytes();
+    assert_eq!(served, total, "the origin served {served} bytes of {total}");
+    let seed = weights_of(&group.endpoints_of(0));
+    assert_eq!(seed["state"], "done", "{seed}");
+    assert_eq!(seed["from-origin-bytes"].as_u64(), Some(total), "{seed}");
+    let joiner = assert_taken_from_peers(&group.endpoints_of(1), total);
+    // Each rank's own cache holds the revision, at the same path.
+    let path = seed["path"].as_str().unwrap().to_string();
+    assert!(path.starts_with(&weights.display().to_string()), "{path}");
+    assert_eq!(joiner["path"].as_str(), Some(path.as_str()));
+    let revision = Path::new(&path)
+        .strip_prefix(&weights)
+        .unwrap()
+        .to_path_buf();
+    for rank in 0..2 {
+        let copy = node(rank).join("weights").join(&revision);
+        assert!(
+            folder_bytes(&copy) >= total,
+            "rank {rank}: {}",
+            copy.display()
+        );
+    }
+    // vLLM was given the fetched folder.
+    let log = std::fs::read_to_string(dir.path().join("rank-0-0.log")).unwrap();
+    assert!(
+        log.contains(&format!(
+            "serving the model from the local copies at {path}"
+        )),
+        "{log}"
+    );
+    // Both ranks compiled.
     for rank in 0..2 {
         let view = compile_cache_of(&group.endpoints_of(rank));
         assert_eq!(view["state"], "miss", "rank {rank}: {view}");
@@ -369,39 +372,24 @@ fn a_native_group_keeps_its_compile_cache_and_a_rank_that_lost_it_takes_it_from_
         .as_str()
         .unwrap()
         .to_string();
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while folders_named(&own(0).join(&key), "rank_1").is_empty() {
-        if std::time::Instant::now() > deadline {
-            let lines = |rank: u32| {
-                std::fs::read_to_string(dir.path().join(format!("rank-{rank}-0.log")))
-                    .unwrap_or_default()
-                    .lines()
-                    .filter(|l| l.contains("compile cache") || l.contains("launching"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            };
-            panic!(
-                "the leader does not hold rank 1's cache after 90 s\nrank 0 has {:?}, rank 1 {:?}\n--- rank 0:\n{}\n--- rank 1:\n{}\n{}\n{}",
-                folders_named(&own(0).join(&key), "rank_"),
-                folders_named(&own(1).join(&key), "rank_"),
-                lines(0),
-                lines(1),
-                compile_cache_of(&group.endpoints_of(0)),
-                compile_cache_of(&group.endpoints_of(1)),
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    until_the_leader_holds_rank_1s_code(dir.path(), &own, &group, &key);
     assert!(!folders_named(&own(1).join(&key), "rank_1").is_empty());
     stop_all(&mut ranks);
 
-    // Rank 1 comes back empty (a new machine): it takes the cache from
-    // the leader, which reuses its own.
-    std::fs::remove_dir_all(own(1)).unwrap();
+    // Run 1: rank 1 comes back empty (a new machine).
+    std::fs::remove_dir_all(node(1)).unwrap();
     let mut ranks = vec![group.start(0, 1), group.start(1, 1)];
     let _again = Guard(ranks.iter().map(|c| c.id() as i32).collect());
     until_ready(&group, 1, Duration::from_secs(500));
     group.complete().unwrap();
+    // The weights: the leader's own copy, rank 1's from the leader.
+    assert_eq!(nginx.file_bytes(), total, "the origin served nothing more");
+    let seed = weights_of(&group.endpoints_of(0));
+    assert_eq!(seed["state"], "done", "{seed}");
+    assert_eq!(seed["cached"], true, "{seed}");
+    assert_eq!(seed["from-origin-bytes"].as_u64(), Some(0), "{seed}");
+    assert_taken_from_peers(&group.endpoints_of(1), total);
+    // The compile cache: the leader's own, rank 1's from the leader.
     let leader = compile_cache_of(&group.endpoints_of(0));
     assert_eq!(leader["state"], "hit", "{leader}");
     assert_eq!(leader["key"].as_str(), Some(key.as_str()), "{leader}");
@@ -418,7 +406,7 @@ fn a_native_group_keeps_its_compile_cache_and_a_rank_that_lost_it_takes_it_from_
     );
     // vLLM was given the kept folder.
     let log = std::fs::read_to_string(dir.path().join("rank-0-1.log")).unwrap();
-    let root = format!("{}/{key}/cache/vllm", cache.display());
+    let root = format!("{}/{key}/cache/vllm", compiled.display());
     assert!(log.contains(&root), "{root} not in the leader's log");
     let log = std::fs::read_to_string(dir.path().join("rank-1-1.log")).unwrap();
     assert!(log.contains("compile cache: taken from a peer"), "{log}");

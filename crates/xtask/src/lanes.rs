@@ -1,20 +1,26 @@
-//! The test steps of `cargo xtask test`, run in two lanes at once. Entry
-//! point: [`run_lanes`].
+//! The test steps of `cargo xtask test`, run in three lanes at once.
+//! Entry point: [`run_lanes`].
 //!
 //! The heavy lane runs the steps with real vLLM (CPU-bound, minutes each),
-//! one at a time; the light lane runs the others (unit tests, real Ray,
-//! the registry, Redis, nginx: mostly waiting), one at a time, beside it.
-//! Test binaries are run directly (cargo built them once), in their
-//! package's folder as cargo would, each step's output in
-//! `target/xtask-logs/test-<step>.log`. Tests of different files never
-//! share a node address (each file has its own 127.0.0.x range) nor a
-//! process needle (a stand-in vLLM is named by its test's own folder), so
-//! the two lanes cannot see each other's processes as their own.
+//! one at a time. The light lane builds the rest, runs clippy and the unit
+//! tests, then the steps that need CPU (Python policies, stand-ins). The
+//! waiting lane starts once the light lane's build is done ([`Built`]) and
+//! runs the steps that mostly wait (real Ray, timeouts), so their waits
+//! overlap the others' work. Test binaries are run directly (cargo built
+//! them once), in their package's folder as cargo would, each step's
+//! output in `target/xtask-logs/test-<step>.log`. Tests that run at the
+//! same time never share a node address (each file has its own 127.0.0.x
+//! range; weights_group shares ray_cli's and kube_e2e's, so it runs in
+//! their lane) nor a process needle (a stand-in vLLM is named by its
+//! test's own folder, a real one by its node's address), so the lanes
+//! cannot see each other's processes as their own.
 
 use anyhow::{Result, bail};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 /// One step: its name, what it checks, and what runs it.
@@ -32,6 +38,47 @@ pub(crate) enum Work {
     /// Work of xtask itself (a build and its checks), its output on the
     /// terminal.
     Task(Box<dyn FnOnce() -> Result<()> + Send>),
+    /// Steps made once what they need is there (the test binaries the
+    /// light lane builds), run in this step's place.
+    Later(Box<dyn FnOnce() -> Result<Vec<Step>> + Send>),
+}
+
+/// The test binaries, handed from the step that builds them to the lanes
+/// that run them: `None` until then, `Some(None)` when the build failed.
+#[derive(Default)]
+pub(crate) struct Built {
+    binaries: Mutex<Option<Option<Arc<Vec<TestBinary>>>>>,
+    changed: Condvar,
+}
+
+impl Built {
+    /// Hands over the binaries (`None`: the build failed).
+    pub(crate) fn set(&self, binaries: Option<Vec<TestBinary>>) {
+        if let Ok(mut slot) = self.binaries.lock() {
+            *slot = Some(binaries.map(Arc::new));
+        }
+        self.changed.notify_all();
+    }
+
+    /// Waits for the build; its binaries, or an error when it failed.
+    pub(crate) fn wait(&self) -> Result<Arc<Vec<TestBinary>>> {
+        let mut slot = self
+            .binaries
+            .lock()
+            .map_err(|_| anyhow::anyhow!("a lane panicked"))?;
+        loop {
+            match &*slot {
+                Some(Some(binaries)) => return Ok(Arc::clone(binaries)),
+                Some(None) => bail!("not started: the build failed"),
+                None => {
+                    slot = self
+                        .changed
+                        .wait(slot)
+                        .map_err(|_| anyhow::anyhow!("a lane panicked"))?;
+                }
+            }
+        }
+    }
 }
 
 /// A test binary cargo built: its target's name, path and package folder.
@@ -90,23 +137,34 @@ pub(crate) fn target_commands(
     Ok(commands)
 }
 
-/// Runs `heavy` and `light` side by side, each lane one step at a time;
-/// stops starting steps once one failed. Returns every step's seconds.
+/// Runs every lane at once, each one step at a time; stops starting steps
+/// once one failed. Returns every step's seconds.
 pub(crate) fn run_lanes(
-    heavy: Vec<Step>,
-    light: Vec<Step>,
+    lanes: Vec<(&'static str, Vec<Step>)>,
     logs: &Path,
 ) -> Result<Vec<(String, f64)>> {
     std::fs::create_dir_all(logs)?;
     let failed = AtomicBool::new(false);
-    let (heavy, light) = std::thread::scope(|scope| {
-        let heavy = scope.spawn(|| run_lane("heavy", heavy, logs, &failed));
-        let light = run_lane("light", light, logs, &failed);
-        (heavy.join(), light)
+    let results: Vec<Result<Vec<(String, f64)>>> = std::thread::scope(|scope| {
+        let running: Vec<_> = lanes
+            .into_iter()
+            .map(|(lane, steps)| {
+                let failed = &failed;
+                scope.spawn(move || run_lane(lane, steps, logs, failed))
+            })
+            .collect();
+        running
+            .into_iter()
+            .map(|lane| {
+                lane.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a lane's thread panicked")))
+            })
+            .collect()
     });
-    let heavy = heavy.map_err(|_| anyhow::anyhow!("the heavy lane's thread panicked"))?;
-    let mut times = heavy?;
-    times.extend(light?);
+    let mut times = Vec::new();
+    for result in results {
+        times.extend(result?);
+    }
     Ok(times)
 }
 
@@ -117,12 +175,23 @@ fn run_lane(
     failed: &AtomicBool,
 ) -> Result<Vec<(String, f64)>> {
     let mut times = Vec::new();
-    for step in steps {
+    let mut steps: VecDeque<Step> = steps.into();
+    while let Some(step) = steps.pop_front() {
         if failed.load(Ordering::SeqCst) {
             eprintln!(
                 "    [{lane}] {} not started: another step failed",
                 step.name
             );
+            continue;
+        }
+        if let Work::Later(make) = step.work {
+            match make() {
+                Ok(made) => made.into_iter().rev().for_each(|s| steps.push_front(s)),
+                Err(e) => {
+                    failed.store(true, Ordering::SeqCst);
+                    return Err(e);
+                }
+            }
             continue;
         }
         let start = Instant::now();
@@ -142,6 +211,7 @@ fn run_lane(
 fn run_step(step: Step, logs: &Path) -> Result<()> {
     let mut commands = match step.work {
         Work::Task(task) => return task(),
+        Work::Later(_) => bail!("{}: its steps were not made", step.name),
         Work::Commands(commands) => commands,
     };
     let path = logs.join(format!("test-{}.log", step.name));

@@ -10,12 +10,13 @@
 //!   for `wit/RELEASED` when a version is released.
 //!
 //! Every cargo invocation selects the same packages with the same flags
-//! ([`workspace`]). The demo builds only the libraries and binaries
+//! and compiles the workspace's crates through clippy ([`workspace`]),
+//! so building lints. The demo builds only the libraries and binaries
 //! ([`build_binaries`]); the tests add the test targets ([`build_tests`]);
 //! a benchmark adds the examples ([`build_all`]). Features unify the same
 //! way in all three (checked by [`check_one_build`]), so whichever runs
 //! second compiles nothing the first one built. `cargo xtask test` runs its
-//! steps in two lanes side by side ([`lanes`]). What the
+//! steps in three lanes side by side ([`lanes`]). What the
 //! end-to-end parts need (venvs, the model, Debian's servers) is made on a
 //! second thread while cargo compiles ([`Preparing`]).
 
@@ -32,16 +33,30 @@ use std::time::{Duration, Instant};
 /// `cargo SUB --workspace --exclude <every guest> --release --locked`:
 /// the one selection every build, test and run uses. Guest crates are
 /// components for wasm32-wasip2, built by build scripts; clippy checks
-/// them natively, but they are never linked natively (their export names
-/// are not valid native symbols).
+/// them natively ([`lint_rest`]), but they are never linked natively
+/// (their export names are not valid native symbols).
+///
+/// Clippy lints the workspace's crates as they compile: `clippy-driver`
+/// is the compiler of the workspace's own crates
+/// (`RUSTC_WORKSPACE_WRAPPER`, as `cargo clippy` sets it, with `-D
+/// warnings`), so one pass compiles and lints, and no separate check of
+/// every dependency is needed. Every command here sets the same, so their
+/// builds are shared; a plain `cargo build` compiles the workspace's
+/// crates again (not the dependencies).
 fn workspace(sub: &str) -> Command {
     let mut cmd = cargo();
     cmd.args([sub, "--workspace", "--release", "--locked"]);
     for guest in orchestrator_guest_build::all_guests() {
         cmd.args(["--exclude", guest]);
     }
+    cmd.env("RUSTC_WORKSPACE_WRAPPER", "clippy-driver")
+        .env("CLIPPY_ARGS", CLIPPY_ARGS);
     cmd
 }
+
+/// `-D warnings` for clippy-driver, in the form `cargo clippy` passes it
+/// (the toolchain is pinned in rust-toolchain.toml).
+const CLIPPY_ARGS: &str = "-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__";
 
 /// Builds what the tests run: every host library, binary and test target
 /// (not the examples, which are benchmark programs: clippy checks them,
@@ -54,11 +69,15 @@ fn build_tests() -> Result<()> {
 /// The targets the tests need: `--lib --bins --tests`.
 const TEST_TARGETS: [&str; 3] = ["--lib", "--bins", "--tests"];
 
-/// The unit-test commands: every test target's non-ignored tests, then the
-/// doc tests (examples in the docs that compile and run).
-fn unit_test_commands() -> Vec<Command> {
+/// The unit-test commands: every test target's non-ignored tests but
+/// `skip` (libtest's `--skip NAME` pairs), then the doc tests (examples in
+/// the docs that compile and run).
+fn unit_test_commands(skip: &[&str]) -> Vec<Command> {
     let mut units = workspace("test");
     units.args(TEST_TARGETS).current_dir(root());
+    if !skip.is_empty() {
+        units.arg("--").args(skip);
+    }
     let mut docs = workspace("test");
     docs.arg("--doc").current_dir(root());
     vec![units, docs]
@@ -787,6 +806,21 @@ const NATIVE_WITHOUT_VLLM: &[&str] = &[
     "a_rank_that_fails_to_start",
 ];
 const RAY_PREFLIGHT: &[&str] = &["a_ray_cluster_runs_its_gang_preflight"];
+/// weights_e2e's Ray test (the waiting lane: mostly Ray) and its others.
+const WEIGHTS_OVER_RAY: &[&str] = &["a_ray_cluster_fetches"];
+const WEIGHTS_NATIVE: &[&str] = &["--skip", "a_ray_cluster_fetches"];
+/// The tests of endpoints_load and hostile_gcs, which mostly wait for
+/// timeouts: the waiting lane runs them, the unit step skips them.
+const WAITING_UNIT_TESTS: &[&str] = &[
+    "--skip",
+    "a_huge_header_gets_431_not_a_reset",
+    "--skip",
+    "idle_connections_are_closed_and_the_bound_keeps_livez_answering",
+    "--skip",
+    "slow_clients_on_every_connection_do_not_starve_livez_from_another_peer",
+    "--skip",
+    "every_hostile_reply_is_reported_and_retried_without_panic_or_growth",
+];
 const VLLM_OVER_RAY: &[&str] = &["--skip", "a_ray_cluster_runs_its_gang_preflight"];
 
 /// The inner loop: format, lints, and the unit, plugin and CLI tests
@@ -796,10 +830,14 @@ fn test_quick() -> Result<()> {
     ensure_toolchain()?;
     step("cargo fmt --check");
     run(&mut format_check())?;
-    step("cargo clippy -D warnings (host and guest crates)");
-    run(&mut clippy())?;
-    step("cargo test (unit, plugin host with real components, CLI; doc tests)");
-    for mut command in unit_test_commands() {
+    step(
+        "cargo test, clippy -D warnings as it compiles (unit, plugin host with real components, CLI; doc tests)",
+    );
+    for mut command in unit_test_commands(&[]) {
+        run(&mut command)?;
+    }
+    step("clippy -D warnings on the examples (built) and the guest crates");
+    for mut command in lint_rest() {
         run(&mut command)?;
     }
     eprintln!(
@@ -816,22 +854,19 @@ fn format_check() -> Command {
     cmd
 }
 
-/// Clippy with `-D warnings` over every target of every crate, guests
-/// included (checked natively).
-fn clippy() -> Command {
-    let mut cmd = cargo();
-    cmd.args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--release",
-        "--locked",
-        "--",
-        "-D",
-        "warnings",
-    ])
-    .current_dir(root());
-    cmd
+/// Lints what the test build does not compile: the examples (built here,
+/// linted as they compile, see [`workspace`]; `cargo xtask bench` runs
+/// them) and the guest crates (`cargo clippy`, checked natively).
+fn lint_rest() -> Vec<Command> {
+    let mut examples = workspace("build");
+    examples.arg("--examples").current_dir(root());
+    let mut guests = cargo();
+    guests.args(["clippy", "--release", "--locked", "--all-targets"]);
+    for guest in orchestrator_guest_build::all_guests() {
+        guests.args(["--package", guest]);
+    }
+    guests.args(["--", "-D", "warnings"]).current_dir(root());
+    vec![examples, guests]
 }
 
 fn test() -> Result<()> {
@@ -871,15 +906,11 @@ fn test() -> Result<()> {
         "venvs, model, servers (what was left after the build)",
         began,
     );
-    let (heavy, light) = test_steps(&needs, &binaries)?;
+    let lanes = test_steps(&needs, &binaries)?;
     eprintln!(
-        "\n==> the test steps, in two lanes side by side (output in target/xtask-logs/test-*.log): the heavy lane starts now, the light lane builds the rest first"
+        "\n==> the test steps, in three lanes side by side (output in target/xtask-logs/test-*.log): the heavy lane starts now, the light lane builds the rest first, the waiting lane starts after that build"
     );
-    times.extend(lanes::run_lanes(
-        heavy,
-        light,
-        &root().join("target/xtask-logs"),
-    )?);
+    times.extend(lanes::run_lanes(lanes, &root().join("target/xtask-logs"))?);
     eprintln!(
         "\nall checks passed in {:.0} s; the steps, slowest first:\n{}",
         start.elapsed().as_secs_f64(),
@@ -914,13 +945,15 @@ fn test_binaries(targets: &[&str]) -> Result<Vec<lanes::TestBinary>> {
     ))
 }
 
-/// The test steps: the heavy lane (real vLLM) and the light lane (unit
-/// tests first, then real Ray, registry, servers), each integration target
-/// with what it checks and what it is given.
+/// The test steps in three lanes: heavy (real vLLM, from the binaries
+/// built first), light (the rest of the build, clippy, the unit tests,
+/// then the steps that need CPU) and waiting (real Ray and timeouts, once
+/// the light lane's build is done), each integration target with what it
+/// checks and what it is given.
 fn test_steps(
     needs: &TestNeeds,
     binaries: &[lanes::TestBinary],
-) -> Result<(Vec<lanes::Step>, Vec<lanes::Step>)> {
+) -> Result<Vec<(&'static str, Vec<lanes::Step>)>> {
     let ray_env = [("ORCHESTRATOR_RAY_BIN", needs.ray.clone())];
     let vllm_env = [
         ("ORCHESTRATOR_RAY_BIN", needs.venv.join("bin/ray")),
@@ -934,7 +967,7 @@ fn test_steps(
         (
             "weights_e2e",
             "weights_e2e",
-            &[],
+            WEIGHTS_NATIVE,
             "a native group fetching the model once from nginx, each rank serving its own copy with real vLLM; the compile cache kept and shared",
             [vllm_env.to_vec(), vec![nginx.clone()]].concat(),
         ),
@@ -952,25 +985,66 @@ fn test_steps(
             "the native backend with real vLLM, no Ray",
             [vllm_env.to_vec(), vec![py_spy.clone()]].concat(),
         ),
-        (
-            "gcs_fault_tolerance",
-            "gcs_fault_tolerance",
-            &[],
-            "a head restart with GCS fault tolerance, under Ray's token authentication: real Redis, Ray and vLLM",
-            // Every process of the test (Ray nodes, orchestrators, vLLM)
-            // inherits these: the whole restart runs with token auth on.
-            [
-                vllm_env.to_vec(),
-                vec![
-                    ("ORCHESTRATOR_REDIS_BIN", needs.redis.clone()),
-                    ("RAY_AUTH_MODE", "token".into()),
-                    ("RAY_AUTH_TOKEN", token),
-                ],
-            ]
-            .concat(),
-        ),
     ];
     let light: Vec<TestStep> = vec![
+        (
+            "python_policy",
+            "python_policy",
+            &[],
+            "policies in Python (componentize-py) through the real host",
+            vec![("ORCHESTRATOR_POLICY_PYTHON", needs.policy_python.clone())],
+        ),
+        (
+            "oci_registry",
+            "oci_registry",
+            &[],
+            "policies through a real OCI registry (the CNCF distribution registry)",
+            vec![("ORCHESTRATOR_REGISTRY_BIN", needs.registry.clone())],
+        ),
+        (
+            "serve",
+            "serve",
+            &[],
+            "the serve phase with a stand-in server; a stall's stacks through the real py-spy",
+            vec![py_spy.clone()],
+        ),
+        (
+            "native_e2e",
+            "native_e2e",
+            NATIVE_WITHOUT_VLLM,
+            "the native backend with a stand-in vLLM: rank checks, Kubernetes, node health, drains, a new leader, a stopped rank's stacks through the real py-spy, the gang preflight",
+            [vllm_env.to_vec(), vec![py_spy]].concat(),
+        ),
+        (
+            "vllm_e2e-preflight",
+            "vllm_e2e",
+            RAY_PREFLIGHT,
+            "a Ray cluster's gang preflight (real Ray, vLLM's torch)",
+            vllm_env.to_vec(),
+        ),
+    ];
+    let waiting: Vec<TestStep> = vec![
+        (
+            "endpoints_load",
+            "endpoints_load",
+            &[],
+            "the endpoints under hostile load: idle and slow connections, a huge header",
+            Vec::new(),
+        ),
+        (
+            "hostile_gcs",
+            "hostile_gcs",
+            &[],
+            "the GCS client against hostile replies: silence, garbage, huge frames",
+            Vec::new(),
+        ),
+        (
+            "weights_group",
+            "weights_group",
+            &[],
+            "weights fetched once per group from a real nginx origin: corrupt chunk, peer killed, origin gone, revision change",
+            vec![nginx.clone()],
+        ),
         (
             "ray_wait",
             "ray_wait",
@@ -1021,51 +1095,78 @@ fn test_steps(
             ray_env.to_vec(),
         ),
         (
-            "python_policy",
-            "python_policy",
+            "weights_e2e-ray",
+            "weights_e2e",
+            WEIGHTS_OVER_RAY,
+            "a Ray cluster fetching the model once from nginx, each node serving its own copy with real vLLM",
+            [vllm_env.to_vec(), vec![nginx.clone()]].concat(),
+        ),
+        (
+            "gcs_fault_tolerance",
+            "gcs_fault_tolerance",
             &[],
-            "policies in Python (componentize-py) through the real host",
-            vec![("ORCHESTRATOR_POLICY_PYTHON", needs.policy_python.clone())],
-        ),
-        (
-            "oci_registry",
-            "oci_registry",
-            &[],
-            "policies through a real OCI registry (the CNCF distribution registry)",
-            vec![("ORCHESTRATOR_REGISTRY_BIN", needs.registry.clone())],
-        ),
-        (
-            "serve",
-            "serve",
-            &[],
-            "the serve phase with a stand-in server; a stall's stacks through the real py-spy",
-            vec![py_spy.clone()],
-        ),
-        (
-            "weights_group",
-            "weights_group",
-            &[],
-            "weights fetched once per group from a real nginx origin: corrupt chunk, peer killed, origin gone, revision change",
-            vec![nginx],
-        ),
-        (
-            "native_e2e",
-            "native_e2e",
-            NATIVE_WITHOUT_VLLM,
-            "the native backend with a stand-in vLLM: rank checks, Kubernetes, node health, drains, a new leader, a stopped rank's stacks through the real py-spy, the gang preflight",
-            [vllm_env.to_vec(), vec![py_spy]].concat(),
-        ),
-        (
-            "vllm_e2e-preflight",
-            "vllm_e2e",
-            RAY_PREFLIGHT,
-            "a Ray cluster's gang preflight (real Ray, vLLM's torch)",
-            vllm_env.to_vec(),
+            "a head restart with GCS fault tolerance, under Ray's token authentication: real Redis, Ray and vLLM",
+            // Every process of the test (Ray nodes, orchestrators, vLLM)
+            // inherits these: the whole restart runs with token auth on.
+            [
+                vllm_env.to_vec(),
+                vec![
+                    ("ORCHESTRATOR_REDIS_BIN", needs.redis.clone()),
+                    ("RAY_AUTH_MODE", "token".into()),
+                    ("RAY_AUTH_TOKEN", token),
+                ],
+            ]
+            .concat(),
         ),
     ];
-    // The heavy lane runs its test binaries directly (built already); the
-    // light lane through cargo, which builds the rest first.
-    let heavy = heavy
+    let heavy = steps_of(binaries, heavy)?;
+    let built = std::sync::Arc::new(lanes::Built::default());
+    let handed = std::sync::Arc::clone(&built);
+    // The rest of the build, lints and unit tests first in the light lane,
+    // beside the first vLLM steps; the waiting lane starts after the build.
+    let light = vec![
+        lanes::Step {
+            name: "build the rest",
+            what: "the libraries, binaries and every test target; then the one-build check",
+            work: lanes::Work::Task(Box::new(move || {
+                let built = build_tests()
+                    .and_then(|()| check_one_build())
+                    .and_then(|()| test_binaries(&["--tests"]));
+                match built {
+                    Ok(binaries) => {
+                        handed.set(Some(binaries));
+                        Ok(())
+                    }
+                    Err(e) => {
+                        handed.set(None);
+                        Err(e)
+                    }
+                }
+            })),
+        },
+        lanes::Step {
+            name: "clippy: examples, guests",
+            what: "clippy -D warnings on what the build did not lint: the examples (built), the guest crates",
+            work: lanes::Work::Commands(lint_rest()),
+        },
+        lanes::Step {
+            name: "unit tests",
+            what: "cargo test: unit, plugin host with real components, CLI; doc tests",
+            work: lanes::Work::Commands(unit_test_commands(WAITING_UNIT_TESTS)),
+        },
+        later(&built, light),
+    ];
+    let waiting = vec![later(&built, waiting)];
+    Ok(vec![
+        ("heavy", heavy),
+        ("light", light),
+        ("waiting", waiting),
+    ])
+}
+
+/// Each step's commands: its target's binary among `binaries`.
+fn steps_of(binaries: &[lanes::TestBinary], steps: Vec<TestStep>) -> Result<Vec<lanes::Step>> {
+    steps
         .into_iter()
         .map(|(name, target, filters, what, env)| {
             Ok(lanes::Step {
@@ -1076,51 +1177,17 @@ fn test_steps(
                 )?),
             })
         })
-        .collect::<Result<_>>()?;
-    let light_tests = light.into_iter().map(|(name, target, filters, what, env)| {
-        let mut cmd = workspace("test");
-        cmd.args([
-            "--test",
-            target,
-            "--",
-            "--include-ignored",
-            "--test-threads=1",
-        ])
-        .args(filters)
-        .envs(env)
-        .current_dir(root());
-        lanes::Step {
-            name,
-            what,
-            work: lanes::Work::Commands(vec![cmd]),
-        }
-    });
-    // The rest of the build, lints and unit tests first in the light lane,
-    // beside the first vLLM steps.
-    let light = [
-        lanes::Step {
-            name: "build the rest",
-            what: "the libraries, binaries and every test target; then the one-build check",
-            work: lanes::Work::Task(Box::new(|| {
-                build_tests()?;
-                check_one_build()
-            })),
-        },
-        lanes::Step {
-            name: "clippy",
-            what: "clippy -D warnings on every crate (guests included)",
-            work: lanes::Work::Commands(vec![clippy()]),
-        },
-        lanes::Step {
-            name: "unit tests",
-            what: "cargo test: unit, plugin host with real components, CLI; doc tests",
-            work: lanes::Work::Commands(unit_test_commands()),
-        },
-    ]
-    .into_iter()
-    .chain(light_tests)
-    .collect();
-    Ok((heavy, light))
+        .collect()
+}
+
+/// `steps`, made once `built` has the test binaries.
+fn later(built: &std::sync::Arc<lanes::Built>, steps: Vec<TestStep>) -> lanes::Step {
+    let built = std::sync::Arc::clone(built);
+    lanes::Step {
+        name: "the tests built by the light lane",
+        what: "waits for the light lane's build",
+        work: lanes::Work::Later(Box::new(move || steps_of(&built.wait()?, steps))),
+    }
 }
 
 fn orchestrator_binary() -> Result<PathBuf> {
