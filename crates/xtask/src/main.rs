@@ -10,8 +10,7 @@
 //!   for `wit/RELEASED` when a version is released.
 //!
 //! Every cargo invocation selects the same packages with the same flags
-//! and compiles the workspace's crates through clippy ([`workspace`]),
-//! so building lints. The demo builds only the libraries and binaries
+//! ([`workspace`]). The demo builds only the libraries and binaries
 //! ([`build_binaries`]); the tests add the test targets ([`build_tests`]);
 //! a benchmark adds the examples ([`build_all`]). Features unify the same
 //! way in all three (checked by [`check_one_build`]), so whichever runs
@@ -33,30 +32,16 @@ use std::time::{Duration, Instant};
 /// `cargo SUB --workspace --exclude <every guest> --release --locked`:
 /// the one selection every build, test and run uses. Guest crates are
 /// components for wasm32-wasip2, built by build scripts; clippy checks
-/// them natively ([`lint_rest`]), but they are never linked natively
-/// (their export names are not valid native symbols).
-///
-/// Clippy lints the workspace's crates as they compile: `clippy-driver`
-/// is the compiler of the workspace's own crates
-/// (`RUSTC_WORKSPACE_WRAPPER`, as `cargo clippy` sets it, with `-D
-/// warnings`), so one pass compiles and lints, and no separate check of
-/// every dependency is needed. Every command here sets the same, so their
-/// builds are shared; a plain `cargo build` compiles the workspace's
-/// crates again (not the dependencies).
+/// them natively, but they are never linked natively (their export names
+/// are not valid native symbols).
 fn workspace(sub: &str) -> Command {
     let mut cmd = cargo();
     cmd.args([sub, "--workspace", "--release", "--locked"]);
     for guest in orchestrator_guest_build::all_guests() {
         cmd.args(["--exclude", guest]);
     }
-    cmd.env("RUSTC_WORKSPACE_WRAPPER", "clippy-driver")
-        .env("CLIPPY_ARGS", CLIPPY_ARGS);
     cmd
 }
-
-/// `-D warnings` for clippy-driver, in the form `cargo clippy` passes it
-/// (the toolchain is pinned in rust-toolchain.toml).
-const CLIPPY_ARGS: &str = "-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__";
 
 /// Builds what the tests run: every host library, binary and test target
 /// (not the examples, which are benchmark programs: clippy checks them,
@@ -806,9 +791,6 @@ const NATIVE_WITHOUT_VLLM: &[&str] = &[
     "a_rank_that_fails_to_start",
 ];
 const RAY_PREFLIGHT: &[&str] = &["a_ray_cluster_runs_its_gang_preflight"];
-/// weights_e2e's Ray test (the waiting lane: mostly Ray) and its others.
-const WEIGHTS_OVER_RAY: &[&str] = &["a_ray_cluster_fetches"];
-const WEIGHTS_NATIVE: &[&str] = &["--skip", "a_ray_cluster_fetches"];
 /// The tests of endpoints_load and hostile_gcs, which mostly wait for
 /// timeouts: the waiting lane runs them, the unit step skips them.
 const WAITING_UNIT_TESTS: &[&str] = &[
@@ -830,14 +812,10 @@ fn test_quick() -> Result<()> {
     ensure_toolchain()?;
     step("cargo fmt --check");
     run(&mut format_check())?;
-    step(
-        "cargo test, clippy -D warnings as it compiles (unit, plugin host with real components, CLI; doc tests)",
-    );
+    step("cargo clippy -D warnings (host and guest crates)");
+    run(&mut clippy())?;
+    step("cargo test (unit, plugin host with real components, CLI; doc tests)");
     for mut command in unit_test_commands(&[]) {
-        run(&mut command)?;
-    }
-    step("clippy -D warnings on the examples (built) and the guest crates");
-    for mut command in lint_rest() {
         run(&mut command)?;
     }
     eprintln!(
@@ -854,19 +832,22 @@ fn format_check() -> Command {
     cmd
 }
 
-/// Lints what the test build does not compile: the examples (built here,
-/// linted as they compile, see [`workspace`]; `cargo xtask bench` runs
-/// them) and the guest crates (`cargo clippy`, checked natively).
-fn lint_rest() -> Vec<Command> {
-    let mut examples = workspace("build");
-    examples.arg("--examples").current_dir(root());
-    let mut guests = cargo();
-    guests.args(["clippy", "--release", "--locked", "--all-targets"]);
-    for guest in orchestrator_guest_build::all_guests() {
-        guests.args(["--package", guest]);
-    }
-    guests.args(["--", "-D", "warnings"]).current_dir(root());
-    vec![examples, guests]
+/// Clippy with `-D warnings` over every target of every crate, guests
+/// included (checked natively).
+fn clippy() -> Command {
+    let mut cmd = cargo();
+    cmd.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--release",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ])
+    .current_dir(root());
+    cmd
 }
 
 fn test() -> Result<()> {
@@ -967,7 +948,7 @@ fn test_steps(
         (
             "weights_e2e",
             "weights_e2e",
-            WEIGHTS_NATIVE,
+            &[],
             "a native group fetching the model once from nginx, each rank serving its own copy with real vLLM; the compile cache kept and shared",
             [vllm_env.to_vec(), vec![nginx.clone()]].concat(),
         ),
@@ -1021,6 +1002,23 @@ fn test_steps(
             RAY_PREFLIGHT,
             "a Ray cluster's gang preflight (real Ray, vLLM's torch)",
             vllm_env.to_vec(),
+        ),
+        (
+            "gcs_fault_tolerance",
+            "gcs_fault_tolerance",
+            &[],
+            "a head restart with GCS fault tolerance, under Ray's token authentication: real Redis, Ray and vLLM",
+            // Every process of the test (Ray nodes, orchestrators, vLLM)
+            // inherits these: the whole restart runs with token auth on.
+            [
+                vllm_env.to_vec(),
+                vec![
+                    ("ORCHESTRATOR_REDIS_BIN", needs.redis.clone()),
+                    ("RAY_AUTH_MODE", "token".into()),
+                    ("RAY_AUTH_TOKEN", token),
+                ],
+            ]
+            .concat(),
         ),
     ];
     let waiting: Vec<TestStep> = vec![
@@ -1094,30 +1092,6 @@ fn test_steps(
             "Ray's real autoscaler",
             ray_env.to_vec(),
         ),
-        (
-            "weights_e2e-ray",
-            "weights_e2e",
-            WEIGHTS_OVER_RAY,
-            "a Ray cluster fetching the model once from nginx, each node serving its own copy with real vLLM",
-            [vllm_env.to_vec(), vec![nginx.clone()]].concat(),
-        ),
-        (
-            "gcs_fault_tolerance",
-            "gcs_fault_tolerance",
-            &[],
-            "a head restart with GCS fault tolerance, under Ray's token authentication: real Redis, Ray and vLLM",
-            // Every process of the test (Ray nodes, orchestrators, vLLM)
-            // inherits these: the whole restart runs with token auth on.
-            [
-                vllm_env.to_vec(),
-                vec![
-                    ("ORCHESTRATOR_REDIS_BIN", needs.redis.clone()),
-                    ("RAY_AUTH_MODE", "token".into()),
-                    ("RAY_AUTH_TOKEN", token),
-                ],
-            ]
-            .concat(),
-        ),
     ];
     let heavy = steps_of(binaries, heavy)?;
     let built = std::sync::Arc::new(lanes::Built::default());
@@ -1145,9 +1119,9 @@ fn test_steps(
             })),
         },
         lanes::Step {
-            name: "clippy: examples, guests",
-            what: "clippy -D warnings on what the build did not lint: the examples (built), the guest crates",
-            work: lanes::Work::Commands(lint_rest()),
+            name: "clippy",
+            what: "clippy -D warnings on every crate (guests included)",
+            work: lanes::Work::Commands(vec![clippy()]),
         },
         lanes::Step {
             name: "unit tests",
