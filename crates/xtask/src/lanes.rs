@@ -3,11 +3,12 @@
 //!
 //! The heavy lane runs the steps with real vLLM (CPU-bound, minutes each),
 //! one at a time. The light lane builds the rest, runs clippy and the unit
-//! tests, then the steps that need CPU (Python policies, stand-ins). The
+//! tests, then the real-Ray, registry, server and stand-in steps. The
 //! waiting lane starts once the light lane's build is done ([`Built`]) and
-//! runs the steps that mostly wait (real Ray, timeouts), so their waits
-//! overlap the others' work. Test binaries are run directly (cargo built
-//! them once), in their package's folder as cargo would, each step's
+//! runs the tests that only wait for timeouts (no CPU), so their waits
+//! overlap the others' work; steps that need CPU there slowed the heavy
+//! lane (measured). Test binaries are run directly (cargo built them
+//! once), in their package's folder as cargo would, each step's
 //! output in `target/xtask-logs/test-<step>.log`. Tests that run at the
 //! same time never share a node address (each file has its own 127.0.0.x
 //! range; weights_group shares ray_cli's and kube_e2e's, so it runs in

@@ -928,9 +928,9 @@ fn test_binaries(targets: &[&str]) -> Result<Vec<lanes::TestBinary>> {
 
 /// The test steps in three lanes: heavy (real vLLM, from the binaries
 /// built first), light (the rest of the build, clippy, the unit tests,
-/// then the steps that need CPU) and waiting (real Ray and timeouts, once
-/// the light lane's build is done), each integration target with what it
-/// checks and what it is given.
+/// then real Ray, registry, servers, stand-ins) and waiting (the tests
+/// that only wait for timeouts, once the light lane's build is done),
+/// each integration target with what it checks and what it is given.
 fn test_steps(
     needs: &TestNeeds,
     binaries: &[lanes::TestBinary],
@@ -966,43 +966,6 @@ fn test_steps(
             "the native backend with real vLLM, no Ray",
             [vllm_env.to_vec(), vec![py_spy.clone()]].concat(),
         ),
-    ];
-    let light: Vec<TestStep> = vec![
-        (
-            "python_policy",
-            "python_policy",
-            &[],
-            "policies in Python (componentize-py) through the real host",
-            vec![("ORCHESTRATOR_POLICY_PYTHON", needs.policy_python.clone())],
-        ),
-        (
-            "oci_registry",
-            "oci_registry",
-            &[],
-            "policies through a real OCI registry (the CNCF distribution registry)",
-            vec![("ORCHESTRATOR_REGISTRY_BIN", needs.registry.clone())],
-        ),
-        (
-            "serve",
-            "serve",
-            &[],
-            "the serve phase with a stand-in server; a stall's stacks through the real py-spy",
-            vec![py_spy.clone()],
-        ),
-        (
-            "native_e2e",
-            "native_e2e",
-            NATIVE_WITHOUT_VLLM,
-            "the native backend with a stand-in vLLM: rank checks, Kubernetes, node health, drains, a new leader, a stopped rank's stacks through the real py-spy, the gang preflight",
-            [vllm_env.to_vec(), vec![py_spy]].concat(),
-        ),
-        (
-            "vllm_e2e-preflight",
-            "vllm_e2e",
-            RAY_PREFLIGHT,
-            "a Ray cluster's gang preflight (real Ray, vLLM's torch)",
-            vllm_env.to_vec(),
-        ),
         (
             "gcs_fault_tolerance",
             "gcs_fault_tolerance",
@@ -1021,28 +984,7 @@ fn test_steps(
             .concat(),
         ),
     ];
-    let waiting: Vec<TestStep> = vec![
-        (
-            "endpoints_load",
-            "endpoints_load",
-            &[],
-            "the endpoints under hostile load: idle and slow connections, a huge header",
-            Vec::new(),
-        ),
-        (
-            "hostile_gcs",
-            "hostile_gcs",
-            &[],
-            "the GCS client against hostile replies: silence, garbage, huge frames",
-            Vec::new(),
-        ),
-        (
-            "weights_group",
-            "weights_group",
-            &[],
-            "weights fetched once per group from a real nginx origin: corrupt chunk, peer killed, origin gone, revision change",
-            vec![nginx.clone()],
-        ),
+    let light: Vec<TestStep> = vec![
         (
             "ray_wait",
             "ray_wait",
@@ -1091,6 +1033,64 @@ fn test_steps(
             &[],
             "Ray's real autoscaler",
             ray_env.to_vec(),
+        ),
+        (
+            "python_policy",
+            "python_policy",
+            &[],
+            "policies in Python (componentize-py) through the real host",
+            vec![("ORCHESTRATOR_POLICY_PYTHON", needs.policy_python.clone())],
+        ),
+        (
+            "oci_registry",
+            "oci_registry",
+            &[],
+            "policies through a real OCI registry (the CNCF distribution registry)",
+            vec![("ORCHESTRATOR_REGISTRY_BIN", needs.registry.clone())],
+        ),
+        (
+            "serve",
+            "serve",
+            &[],
+            "the serve phase with a stand-in server; a stall's stacks through the real py-spy",
+            vec![py_spy.clone()],
+        ),
+        (
+            "weights_group",
+            "weights_group",
+            &[],
+            "weights fetched once per group from a real nginx origin: corrupt chunk, peer killed, origin gone, revision change",
+            vec![nginx.clone()],
+        ),
+        (
+            "native_e2e",
+            "native_e2e",
+            NATIVE_WITHOUT_VLLM,
+            "the native backend with a stand-in vLLM: rank checks, Kubernetes, node health, drains, a new leader, a stopped rank's stacks through the real py-spy, the gang preflight",
+            [vllm_env.to_vec(), vec![py_spy]].concat(),
+        ),
+        (
+            "vllm_e2e-preflight",
+            "vllm_e2e",
+            RAY_PREFLIGHT,
+            "a Ray cluster's gang preflight (real Ray, vLLM's torch)",
+            vllm_env.to_vec(),
+        ),
+    ];
+    let waiting: Vec<TestStep> = vec![
+        (
+            "endpoints_load",
+            "endpoints_load",
+            &[],
+            "the endpoints under hostile load: idle and slow connections, a huge header",
+            Vec::new(),
+        ),
+        (
+            "hostile_gcs",
+            "hostile_gcs",
+            &[],
+            "the GCS client against hostile replies: silence, garbage, huge frames",
+            Vec::new(),
         ),
     ];
     let heavy = steps_of(binaries, heavy)?;
