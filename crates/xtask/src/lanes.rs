@@ -2,12 +2,14 @@
 //! Entry point: [`run_lanes`].
 //!
 //! The heavy lane runs the steps with real vLLM (CPU-bound, minutes each),
-//! one at a time. The light lane builds the rest, runs clippy and the unit
-//! tests, then the real-Ray, registry, server and stand-in steps. The
-//! waiting lane starts once the light lane's build is done ([`Built`]) and
-//! runs the tests that only wait for timeouts (no CPU), so their waits
-//! overlap the others' work; steps that need CPU there slowed the heavy
-//! lane (measured). Test binaries are run directly (cargo built them
+//! one at a time. The light lane builds the rest and runs the unit tests,
+//! then the real-Ray, registry, server and stand-in steps. The waiting
+//! lane starts once the light lane's build is done ([`Built`]) and runs
+//! the tests that only wait for timeouts (no CPU), so their waits overlap
+//! the others' work; steps that need CPU there at an equal share slowed
+//! the heavy lane (measured), then clippy. Compiling (the light lane's
+//! build, clippy) runs at [`Share::Leftover`]: it has no deadline, and it
+//! takes what the tests leave. Test binaries are run directly (cargo built them
 //! once), in their package's folder as cargo would, each step's
 //! output in `target/xtask-logs/test-<step>.log`. Tests that run at the
 //! same time never share a node address (each file has its own 127.0.0.x
@@ -24,12 +26,32 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
-/// One step: its name, what it checks, and what runs it.
+/// One step: its name, what it checks, what runs it, and its share of
+/// the CPU.
 pub(crate) struct Step {
     pub(crate) name: &'static str,
     pub(crate) what: &'static str,
     pub(crate) work: Work,
+    pub(crate) share: Share,
 }
+
+/// How a step's processes share the CPU with the other lanes'.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Share {
+    /// The scheduler's default (nice 0): tests, whose deadlines are
+    /// wall-clock.
+    Equal,
+    /// What the other lanes leave (nice [`LEFTOVER_NICENESS`]): compiling,
+    /// which has no deadline. A real-vLLM test beside a build at equal
+    /// share took 2.3 times as long as alone (measured), and its deadlines
+    /// are wall-clock.
+    Leftover,
+}
+
+/// The niceness of [`Share::Leftover`] steps: CFS weight 110 against 1024
+/// at nice 0, so they take about a tenth of a core that a nice-0 process
+/// wants, and all of an idle one.
+pub(crate) const LEFTOVER_NICENESS: i32 = 10;
 
 /// What a step runs.
 pub(crate) enum Work {
@@ -209,7 +231,30 @@ fn run_lane(
     Ok(times)
 }
 
+/// Runs `step` with its [`Share`]: a [`Share::Leftover`] step on a thread
+/// of its own whose niceness its processes inherit (Linux's niceness is
+/// per thread), so the lane's later steps keep the default.
 fn run_step(step: Step, logs: &Path) -> Result<()> {
+    match step.share {
+        Share::Equal => run_step_here(step, logs),
+        Share::Leftover => std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    if let Err(e) = rustix::process::setpriority_process(None, LEFTOVER_NICENESS) {
+                        eprintln!(
+                            "    {}: cannot lower its priority ({e}); it runs at the default",
+                            step.name
+                        );
+                    }
+                    run_step_here(step, logs)
+                })
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("a step's thread panicked")))
+        }),
+    }
+}
+
+fn run_step_here(step: Step, logs: &Path) -> Result<()> {
     let mut commands = match step.work {
         Work::Task(task) => return task(),
         Work::Later(_) => bail!("{}: its steps were not made", step.name),

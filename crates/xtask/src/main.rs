@@ -1096,8 +1096,9 @@ fn test_steps(
     let heavy = steps_of(binaries, heavy)?;
     let built = std::sync::Arc::new(lanes::Built::default());
     let handed = std::sync::Arc::clone(&built);
-    // The rest of the build, lints and unit tests first in the light lane,
-    // beside the first vLLM steps; the waiting lane starts after the build.
+    // The rest of the build (at the leftover share: it has no deadline, the
+    // vLLM steps beside it do) and the unit tests first in the light lane;
+    // the waiting lane starts after the build.
     let light = vec![
         lanes::Step {
             name: "build the rest",
@@ -1117,20 +1118,27 @@ fn test_steps(
                     }
                 }
             })),
-        },
-        lanes::Step {
-            name: "clippy",
-            what: "clippy -D warnings on every crate (guests included)",
-            work: lanes::Work::Commands(vec![clippy()]),
+            share: lanes::Share::Leftover,
         },
         lanes::Step {
             name: "unit tests",
             what: "cargo test: unit, plugin host with real components, CLI; doc tests",
             work: lanes::Work::Commands(unit_test_commands(WAITING_UNIT_TESTS)),
+            share: lanes::Share::Equal,
         },
         later(&built, light),
     ];
-    let waiting = vec![later(&built, waiting)];
+    // Clippy has no deadline: it takes what the tests leave, after the
+    // waiting lane's timeouts.
+    let waiting = vec![
+        later(&built, waiting),
+        lanes::Step {
+            name: "clippy",
+            what: "clippy -D warnings on every crate (guests included)",
+            work: lanes::Work::Commands(vec![clippy()]),
+            share: lanes::Share::Leftover,
+        },
+    ];
     Ok(vec![
         ("heavy", heavy),
         ("light", light),
@@ -1149,6 +1157,7 @@ fn steps_of(binaries: &[lanes::TestBinary], steps: Vec<TestStep>) -> Result<Vec<
                 work: lanes::Work::Commands(lanes::target_commands(
                     binaries, target, filters, &env,
                 )?),
+                share: lanes::Share::Equal,
             })
         })
         .collect()
@@ -1161,6 +1170,7 @@ fn later(built: &std::sync::Arc<lanes::Built>, steps: Vec<TestStep>) -> lanes::S
         name: "the tests built by the light lane",
         what: "waits for the light lane's build",
         work: lanes::Work::Later(Box::new(move || steps_of(&built.wait()?, steps))),
+        share: lanes::Share::Equal,
     }
 }
 
