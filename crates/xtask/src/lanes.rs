@@ -104,24 +104,41 @@ impl Built {
     }
 }
 
-/// A test binary cargo built: its target's name, path and package folder.
+/// A test binary cargo built: its target's name and kind, path and
+/// package folder.
 pub(crate) struct TestBinary {
     pub(crate) target: String,
+    pub(crate) kind: TestKind,
     pub(crate) path: PathBuf,
     pub(crate) package_dir: PathBuf,
 }
 
+/// Which kind of target a test binary is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum TestKind {
+    /// A library's or binary's own `#[cfg(test)]` tests.
+    Unit,
+    /// An integration test target (`tests/*.rs`).
+    Integration,
+}
+
 impl TestBinary {
-    /// The binaries of `--message-format=json` output of `cargo test
-    /// --no-run`: every integration test target's executable.
+    /// The test binaries of `--message-format=json` output of `cargo test
+    /// --no-run`: every target built with the test harness that has an
+    /// executable.
     pub(crate) fn from_cargo_messages(messages: &str) -> Vec<Self> {
         messages
             .lines()
             .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["kind"][0] == "test")
+            .filter(|m| m["reason"] == "compiler-artifact" && m["profile"]["test"] == true)
             .filter_map(|m| {
                 Some(Self {
                     target: m["target"]["name"].as_str()?.to_string(),
+                    kind: if m["target"]["kind"][0] == "test" {
+                        TestKind::Integration
+                    } else {
+                        TestKind::Unit
+                    },
                     path: PathBuf::from(m["executable"].as_str()?),
                     package_dir: Path::new(m["manifest_path"].as_str()?)
                         .parent()?
@@ -130,6 +147,21 @@ impl TestBinary {
             })
             .collect()
     }
+}
+
+/// The commands that run every test binary's tests but the ignored ones
+/// (what `cargo test` runs), one binary at a time, but the integration
+/// targets named in `skip` (other steps run them whole).
+pub(crate) fn unit_commands(binaries: &[TestBinary], skip: &[&str]) -> Vec<Command> {
+    binaries
+        .iter()
+        .filter(|b| !(b.kind == TestKind::Integration && skip.contains(&b.target.as_str())))
+        .map(|b| {
+            let mut cmd = Command::new(&b.path);
+            cmd.current_dir(&b.package_dir);
+            cmd
+        })
+        .collect()
 }
 
 /// The commands that run integration target `target` (in every package
@@ -144,7 +176,7 @@ pub(crate) fn target_commands(
 ) -> Result<Vec<Command>> {
     let commands: Vec<Command> = binaries
         .iter()
-        .filter(|b| b.target == target)
+        .filter(|b| b.kind == TestKind::Integration && b.target == target)
         .map(|b| {
             let mut cmd = Command::new(&b.path);
             cmd.args(["--include-ignored", "--test-threads=1"])
@@ -297,4 +329,56 @@ pub(crate) fn slowest_first(times: &[(String, f64)]) -> String {
         .map(|(name, seconds)| format!("    {seconds:>7.1} s  {name}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn artifact(name: &str, kind: &str, test: bool, executable: Option<&str>) -> String {
+        serde_json::json!({
+            "reason": "compiler-artifact",
+            "manifest_path": "/w/crates/phases/Cargo.toml",
+            "target": {"name": name, "kind": [kind]},
+            "profile": {"test": test},
+            "executable": executable,
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn every_test_harness_binary_is_found_with_its_kind_and_the_skipped_targets_are_left_out() {
+        let messages = [
+            artifact("orchestrator_phases", "lib", true, Some("/t/phases-1")),
+            artifact("orchestrator_phases", "lib", false, None),
+            artifact("serve", "test", true, Some("/t/serve-2")),
+            artifact("endpoints_load", "test", true, Some("/t/endpoints_load-3")),
+            r#"{"reason":"build-finished","success":true}"#.to_string(),
+        ]
+        .join("\n");
+        let binaries = TestBinary::from_cargo_messages(&messages);
+        let found: Vec<(&str, TestKind)> = binaries
+            .iter()
+            .map(|b| (b.target.as_str(), b.kind))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("orchestrator_phases", TestKind::Unit),
+                ("serve", TestKind::Integration),
+                ("endpoints_load", TestKind::Integration),
+            ]
+        );
+        assert_eq!(binaries[1].package_dir, Path::new("/w/crates/phases"));
+        let units: Vec<String> = unit_commands(&binaries, &["endpoints_load"])
+            .iter()
+            .map(|c| c.get_program().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(units, ["/t/phases-1", "/t/serve-2"]);
+        // A step runs integration targets only, never a library of that name.
+        let serve = target_commands(&binaries, "serve", &[], &[]).unwrap();
+        assert_eq!(serve.len(), 1);
+        assert!(target_commands(&binaries, "orchestrator_phases", &[], &[]).is_err());
+    }
 }

@@ -54,19 +54,24 @@ fn build_tests() -> Result<()> {
 /// The targets the tests need: `--lib --bins --tests`.
 const TEST_TARGETS: [&str; 3] = ["--lib", "--bins", "--tests"];
 
-/// The unit-test commands: every test target's non-ignored tests but
-/// `skip` (libtest's `--skip NAME` pairs), then the doc tests (examples in
-/// the docs that compile and run).
-fn unit_test_commands(skip: &[&str]) -> Vec<Command> {
+/// The unit-test commands of `--quick`: every test target's non-ignored
+/// tests, then the doc tests.
+fn unit_test_commands() -> Vec<Command> {
     let mut units = workspace("test");
     units.args(TEST_TARGETS).current_dir(root());
-    if !skip.is_empty() {
-        units.arg("--").args(skip);
-    }
+    vec![units, doc_test_command()]
+}
+
+/// `cargo test --doc`: the examples in the docs compile and run.
+fn doc_test_command() -> Command {
     let mut docs = workspace("test");
     docs.arg("--doc").current_dir(root());
-    vec![units, docs]
+    docs
 }
+
+/// The integration targets the waiting lane runs whole, which the unit
+/// step leaves out.
+const WAITING_TARGETS: &[&str] = &["endpoints_load", "hostile_gcs"];
 
 /// Builds every host target (binary, libraries, tests, examples) once.
 fn build_all() -> Result<()> {
@@ -662,6 +667,7 @@ fn vllm_venv() -> Result<PathBuf> {
         &[
             "python/install_vllm_venv.sh",
             "python/requirements-ray.txt",
+            "python/requirements-uv.txt",
             "python/vllm_cpu_ray_test_platform",
         ],
         &version,
@@ -791,18 +797,6 @@ const NATIVE_WITHOUT_VLLM: &[&str] = &[
     "a_rank_that_fails_to_start",
 ];
 const RAY_PREFLIGHT: &[&str] = &["a_ray_cluster_runs_its_gang_preflight"];
-/// The tests of endpoints_load and hostile_gcs, which mostly wait for
-/// timeouts: the waiting lane runs them, the unit step skips them.
-const WAITING_UNIT_TESTS: &[&str] = &[
-    "--skip",
-    "a_huge_header_gets_431_not_a_reset",
-    "--skip",
-    "idle_connections_are_closed_and_the_bound_keeps_livez_answering",
-    "--skip",
-    "slow_clients_on_every_connection_do_not_starve_livez_from_another_peer",
-    "--skip",
-    "every_hostile_reply_is_reported_and_retried_without_panic_or_growth",
-];
 const VLLM_OVER_RAY: &[&str] = &["--skip", "a_ray_cluster_runs_its_gang_preflight"];
 
 /// The inner loop: format, lints, and the unit, plugin and CLI tests
@@ -815,7 +809,7 @@ fn test_quick() -> Result<()> {
     step("cargo clippy -D warnings (host and guest crates)");
     run(&mut clippy())?;
     step("cargo test (unit, plugin host with real components, CLI; doc tests)");
-    for mut command in unit_test_commands(&[]) {
+    for mut command in unit_test_commands() {
         run(&mut command)?;
     }
     eprintln!(
@@ -1120,12 +1114,7 @@ fn test_steps(
             })),
             share: lanes::Share::Leftover,
         },
-        lanes::Step {
-            name: "unit tests",
-            what: "cargo test: unit, plugin host with real components, CLI; doc tests",
-            work: lanes::Work::Commands(unit_test_commands(WAITING_UNIT_TESTS)),
-            share: lanes::Share::Equal,
-        },
+        units_later(&built),
         later(&built, light),
     ];
     // Clippy has no deadline: it takes what the tests leave, after the
@@ -1136,6 +1125,15 @@ fn test_steps(
             name: "clippy",
             what: "clippy -D warnings on every crate (guests included)",
             work: lanes::Work::Commands(vec![clippy()]),
+            share: lanes::Share::Leftover,
+        },
+        // After clippy in the same lane: both take cargo's lock on the
+        // target folder, which the unit tests (binaries run directly) do
+        // not.
+        lanes::Step {
+            name: "doc tests",
+            what: "the examples in the docs compile and run",
+            work: lanes::Work::Commands(vec![doc_test_command()]),
             share: lanes::Share::Leftover,
         },
     ];
@@ -1161,6 +1159,26 @@ fn steps_of(binaries: &[lanes::TestBinary], steps: Vec<TestStep>) -> Result<Vec<
             })
         })
         .collect()
+}
+
+/// The unit step, made once `built` has the test binaries: every test
+/// binary's non-ignored tests (unit, plugin host with real components,
+/// CLI), but the waiting lane's targets.
+fn units_later(built: &std::sync::Arc<lanes::Built>) -> lanes::Step {
+    let built = std::sync::Arc::clone(built);
+    lanes::Step {
+        name: "the unit tests built by the light lane",
+        what: "waits for the light lane's build",
+        work: lanes::Work::Later(Box::new(move || {
+            Ok(vec![lanes::Step {
+                name: "unit tests",
+                what: "every test binary's tests but the ignored ones: unit, plugin host with real components, CLI",
+                work: lanes::Work::Commands(lanes::unit_commands(&built.wait()?, WAITING_TARGETS)),
+                share: lanes::Share::Equal,
+            }])
+        })),
+        share: lanes::Share::Equal,
+    }
 }
 
 /// `steps`, made once `built` has the test binaries.
