@@ -159,6 +159,19 @@ fn xid_events(nvml: &Nvml, count: u32) -> Option<EventSet<'_>> {
     (registered > 0).then_some(set)
 }
 
+/// At most this many queued XID events are taken before a round's
+/// reading (a storm of them does not hold the reading back).
+const MAX_QUEUED_XIDS: usize = 64;
+
+/// Records the XID events already queued, without waiting.
+fn drain_queued_xids(set: &EventSet<'_>, log: &mut XidLog) {
+    for _ in 0..MAX_QUEUED_XIDS {
+        if !wait_for_xids(set, Duration::ZERO, log) {
+            break;
+        }
+    }
+}
+
 /// Waits up to `wait` for XID events, recording each; returns whether any
 /// arrived.
 fn wait_for_xids(set: &EventSet<'_>, wait: Duration, log: &mut XidLog) -> bool {
@@ -202,6 +215,12 @@ fn run(library: Option<&Path>, interval: Duration, tx: &watch::Sender<GpuSnapsho
     let mut round = 0;
     while !tx.is_closed() {
         round += 1;
+        // What is queued is in this round's reading: without this, the
+        // first round reported a GPU with a pending XID healthy, and a
+        // wait could count the node ready on it before the next round.
+        if let Some(set) = &events {
+            drain_queued_xids(set, &mut log);
+        }
         tx.send_replace(GpuSnapshot {
             nvml_unavailable: None,
             driver_version: driver.clone(),

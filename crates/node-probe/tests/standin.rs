@@ -20,6 +20,7 @@ fn gpu_probe_against_the_nvml_stand_in() {
     unsafe { std::env::set_var("NVML_STANDIN_STATE", &path) };
     readings_are_what_the_library_reports(&path);
     an_xid_reaches_the_probe_at_once_not_at_the_next_round(&path);
+    an_xid_queued_before_the_first_round_is_in_it(&path);
     a_library_that_fails_to_initialise_means_no_gpus(&path);
 }
 
@@ -114,6 +115,30 @@ fn an_xid_reaches_the_probe_at_once_not_at_the_next_round(path: &std::path::Path
         written.elapsed()
     );
     assert!(rx.borrow().gpus[0].xids.is_empty(), "GPU 0 had none");
+}
+
+fn an_xid_queued_before_the_first_round_is_in_it(path: &std::path::Path) {
+    // The previous case's probe notices its closed channel within 250 ms.
+    std::thread::sleep(Duration::from_millis(600));
+    // The stand-in delivers each listed XID once: the first was delivered.
+    write(
+        path,
+        r#"{"gpus": [{}, {}], "xids": [{"gpu": 1, "xid": 79}, {"gpu": 0, "xid": 48}]}"#,
+    );
+    let probe = GpuProbe::spawn(Some(nvml_standin_library()), Duration::from_secs(30));
+    let mut rx = probe.subscribe();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rx.borrow_and_update().round == 0 {
+        assert!(Instant::now() < deadline, "no first round");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let first = rx.borrow().clone();
+    assert_eq!(first.round, 1, "{first:?}");
+    assert_eq!(
+        first.gpus[0].xids.first().map(|x| x.xid),
+        Some(48),
+        "the first round has the queued XID: {first:?}"
+    );
 }
 
 fn a_library_that_fails_to_initialise_means_no_gpus(path: &std::path::Path) {
