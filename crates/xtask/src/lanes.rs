@@ -3,20 +3,23 @@
 //!
 //! The heavy lane runs the steps with real vLLM (CPU-bound, minutes each),
 //! one at a time. The light lane builds the rest and runs the unit tests,
-//! then the real-Ray, registry, server and stand-in steps. The waiting
-//! lane starts once the light lane's build is done ([`Built`]) and runs
-//! the tests that only wait for timeouts (no CPU), so their waits overlap
-//! the others' work; steps that need CPU there at an equal share slowed
-//! the heavy lane (measured), then clippy. Compiling (the light lane's
-//! build, clippy) runs at [`Share::Leftover`]: it has no deadline, and it
-//! takes what the tests leave. Test binaries are run directly (cargo built them
-//! once), in their package's folder as cargo would, each step's
-//! output in `target/xtask-logs/test-<step>.log`. Tests that run at the
-//! same time never share a node address (each file has its own 127.0.0.x
-//! range; weights_group shares ray_cli's and kube_e2e's, so it runs in
-//! their lane) nor a process needle (a stand-in vLLM is named by its
-//! test's own folder, a real one by its node's address), so the lanes
-//! cannot see each other's processes as their own.
+//! then the real-Ray, registry, server and stand-in steps, and last the
+//! head restart (real vLLM, beside the heavy lane's last step only). The
+//! waiting lane starts once the light lane's build is done ([`Built`]) and
+//! runs the tests that only wait for timeouts (no CPU), so their waits
+//! overlap the others' work (steps that need CPU there at an equal share
+//! slowed the heavy lane, measured), then clippy and the doc tests.
+//! Compiling (the light lane's build, clippy, the doc tests) runs at
+//! [`Share::Leftover`]: it has no deadline, and it takes what the tests
+//! leave. Test binaries are run directly (cargo built them once), in their
+//! package's folder as cargo would, each test of an integration step on
+//! its own, each step's output and each command's time in
+//! `target/xtask-logs/test-<step>.log`. Tests that run at the same time
+//! never share a node address (each file has its own 127.0.0.x range;
+//! weights_group shares ray_cli's and kube_e2e's, so it runs in their
+//! lane) nor a process needle (a stand-in vLLM is named by its test's own
+//! folder, a real one by its node's address), so the lanes cannot see each
+//! other's processes as their own.
 
 use anyhow::{Result, bail};
 use std::collections::VecDeque;
@@ -165,31 +168,75 @@ pub(crate) fn unit_commands(binaries: &[TestBinary], skip: &[&str]) -> Vec<Comma
 }
 
 /// The commands that run integration target `target` (in every package
-/// that has one of that name): its tests that `filters` select (libtest's
-/// names and `--skip NAME`; all when empty), ignored ones included, one at
-/// a time, with `env`.
+/// that has one of that name): one per test that `filters` select
+/// (libtest's names and `--skip NAME`; all when empty), ignored ones
+/// included, each on its own (`--exact`), so the step's log has each
+/// test's time, with `env`.
 pub(crate) fn target_commands(
     binaries: &[TestBinary],
     target: &str,
     filters: &[&str],
     env: &[(&'static str, PathBuf)],
 ) -> Result<Vec<Command>> {
-    let commands: Vec<Command> = binaries
+    let mut commands = Vec::new();
+    for binary in binaries
         .iter()
         .filter(|b| b.kind == TestKind::Integration && b.target == target)
-        .map(|b| {
-            let mut cmd = Command::new(&b.path);
+    {
+        let run = |args: &[&str]| {
+            let mut cmd = Command::new(&binary.path);
             cmd.args(["--include-ignored", "--test-threads=1"])
-                .args(filters)
-                .current_dir(&b.package_dir)
+                .args(args)
+                .current_dir(&binary.package_dir)
                 .envs(env.iter().map(|(k, v)| (k, v)));
             cmd
-        })
-        .collect();
+        };
+        let listed = run(&["--list"])
+            .args(filters)
+            .output()
+            .map_err(|e| anyhow::anyhow!("cannot list the tests of {target}: {e}"))?;
+        if !listed.status.success() {
+            bail!(
+                "cannot list the tests of {target} ({}): {}",
+                listed.status,
+                String::from_utf8_lossy(&listed.stderr)
+            );
+        }
+        for name in listed_tests(&String::from_utf8_lossy(&listed.stdout)) {
+            commands.push(run(&["--exact", name]));
+        }
+    }
     if commands.is_empty() {
-        bail!("no test binary named {target} was built");
+        bail!("no test binary named {target} was built, or no test of it matches {filters:?}");
     }
     Ok(commands)
+}
+
+/// The test names in libtest's `--list` output (`NAME: test` lines).
+fn listed_tests(listed: &str) -> Vec<&str> {
+    listed
+        .lines()
+        .filter_map(|line| line.strip_suffix(": test"))
+        .collect()
+}
+
+/// What a command runs, for the log: a test's name, or the program's file
+/// name and its arguments (never its environment, which may hold a token).
+fn label(command: &Command) -> String {
+    let args: Vec<String> = command
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    if let Some(at) = args.iter().position(|a| a == "--exact")
+        && let Some(name) = args.get(at + 1)
+    {
+        return name.clone();
+    }
+    let program = Path::new(command.get_program())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{program} {}", args.join(" "))
 }
 
 /// Runs every lane at once, each one step at a time; stops starting steps
@@ -252,13 +299,17 @@ fn run_lane(
         let start = Instant::now();
         eprintln!("\n==> [{lane}] {}: {}", step.name, step.what);
         let name = step.name;
-        if let Err(e) = run_step(step, logs) {
-            failed.store(true, Ordering::SeqCst);
-            return Err(e);
-        }
+        let tests = match run_step(step, logs) {
+            Ok(tests) => tests,
+            Err(e) => {
+                failed.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
         let seconds = start.elapsed().as_secs_f64();
         eprintln!("    [{lane}] {name} passed in {seconds:.1} s");
         times.push((name.to_string(), seconds));
+        times.extend(tests);
     }
     Ok(times)
 }
@@ -266,7 +317,7 @@ fn run_lane(
 /// Runs `step` with its [`Share`]: a [`Share::Leftover`] step on a thread
 /// of its own whose niceness its processes inherit (Linux's niceness is
 /// per thread), so the lane's later steps keep the default.
-fn run_step(step: Step, logs: &Path) -> Result<()> {
+fn run_step(step: Step, logs: &Path) -> Result<Vec<(String, f64)>> {
     match step.share {
         Share::Equal => run_step_here(step, logs),
         Share::Leftover => std::thread::scope(|scope| {
@@ -286,21 +337,32 @@ fn run_step(step: Step, logs: &Path) -> Result<()> {
     }
 }
 
-fn run_step_here(step: Step, logs: &Path) -> Result<()> {
+/// Runs a step's work, each command's time in the step's log; returns
+/// each test's time when the step runs several (for the table at the
+/// end).
+fn run_step_here(step: Step, logs: &Path) -> Result<Vec<(String, f64)>> {
     let mut commands = match step.work {
-        Work::Task(task) => return task(),
+        Work::Task(task) => return task().map(|()| Vec::new()),
         Work::Later(_) => bail!("{}: its steps were not made", step.name),
         Work::Commands(commands) => commands,
     };
     let path = logs.join(format!("test-{}.log", step.name));
-    let log = std::fs::File::create(&path)?;
+    let mut log = std::fs::File::create(&path)?;
+    let mut times = Vec::new();
     for command in &mut commands {
-        let shown = format!("{command:?}");
+        let label = label(command);
+        let start = Instant::now();
         let status = command
             .stdout(log.try_clone()?)
             .stderr(log.try_clone()?)
             .status()
-            .map_err(|e| anyhow::anyhow!("cannot run {shown}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("cannot run {label}: {e}"))?;
+        let seconds = start.elapsed().as_secs_f64();
+        use std::io::Write;
+        writeln!(log, "==== {label}: {seconds:.1} s ({status})")?;
+        if command.get_args().any(|a| a == "--exact") {
+            times.push((format!("{}: {label}", step.name), seconds));
+        }
         if !status.success() {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
@@ -317,7 +379,10 @@ fn run_step_here(step: Step, logs: &Path) -> Result<()> {
             );
         }
     }
-    Ok(())
+    if times.len() == 1 {
+        times.clear();
+    }
+    Ok(times)
 }
 
 /// The steps' times, slowest first, as a table for the terminal.
@@ -377,8 +442,26 @@ mod tests {
             .collect();
         assert_eq!(units, ["/t/phases-1", "/t/serve-2"]);
         // A step runs integration targets only, never a library of that name.
-        let serve = target_commands(&binaries, "serve", &[], &[]).unwrap();
-        assert_eq!(serve.len(), 1);
         assert!(target_commands(&binaries, "orchestrator_phases", &[], &[]).is_err());
+    }
+
+    #[test]
+    fn each_listed_test_is_run_on_its_own_and_labelled_without_the_environment() {
+        let listed = "a_first_test: test\nmod_x::second: test\nsome_bench: benchmark\n\n2 tests, 1 benchmark\n";
+        assert_eq!(listed_tests(listed), ["a_first_test", "mod_x::second"]);
+        let mut cmd = Command::new("/t/deps/vllm_e2e-1234");
+        cmd.args([
+            "--include-ignored",
+            "--test-threads=1",
+            "--exact",
+            "a_first_test",
+        ])
+        .env("RAY_AUTH_TOKEN", "secret-token-value");
+        assert_eq!(label(&cmd), "a_first_test");
+        let mut cargo = Command::new("/usr/bin/cargo");
+        cargo
+            .args(["test", "--doc"])
+            .env("RAY_AUTH_TOKEN", "secret-token-value");
+        assert_eq!(label(&cargo), "cargo test --doc");
     }
 }
