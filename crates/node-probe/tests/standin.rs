@@ -81,16 +81,23 @@ fn readings_are_what_the_library_reports(path: &std::path::Path) {
     );
 }
 
-fn an_xid_reaches_the_probe_at_once_not_at_the_next_round(path: &std::path::Path) {
-    write(path, r#"{"gpus": [{}, {}]}"#);
-    // A long interval: only the event path can report within the test.
-    let probe = GpuProbe::spawn(Some(nvml_standin_library()), Duration::from_secs(30));
-    let mut rx = probe.subscribe();
+/// Waits (up to 10 s) until the probe has published its first round.
+fn until_the_first_round(
+    rx: &mut tokio::sync::watch::Receiver<orchestrator_node_probe::gpu::GpuSnapshot>,
+) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while rx.borrow_and_update().round == 0 {
         assert!(Instant::now() < deadline, "no first round");
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+fn an_xid_reaches_the_probe_at_once_not_at_the_next_round(path: &std::path::Path) {
+    write(path, r#"{"gpus": [{}, {}]}"#);
+    // A long interval: only the event path can report within the test.
+    let probe = GpuProbe::spawn(Some(nvml_standin_library()), Duration::from_secs(30));
+    let mut rx = probe.subscribe();
+    until_the_first_round(&mut rx);
     assert!(rx.borrow().gpus.iter().all(|g| g.xids.is_empty()));
     let written = Instant::now();
     write(
@@ -127,11 +134,7 @@ fn an_xid_queued_before_the_first_round_is_in_it(path: &std::path::Path) {
     );
     let probe = GpuProbe::spawn(Some(nvml_standin_library()), Duration::from_secs(30));
     let mut rx = probe.subscribe();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while rx.borrow_and_update().round == 0 {
-        assert!(Instant::now() < deadline, "no first round");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    until_the_first_round(&mut rx);
     let first = rx.borrow().clone();
     assert_eq!(first.round, 1, "{first:?}");
     assert_eq!(

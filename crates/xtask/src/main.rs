@@ -69,10 +69,6 @@ fn doc_test_command() -> Command {
     docs
 }
 
-/// The integration targets the waiting lane runs whole, which the unit
-/// step leaves out.
-const WAITING_TARGETS: &[&str] = &["endpoints_load", "hostile_gcs"];
-
 /// Builds every host target (binary, libraries, tests, examples) once.
 fn build_all() -> Result<()> {
     step("build everything (release): the binary, the tests, the benchmarks");
@@ -1112,7 +1108,9 @@ fn test_steps(
             })),
             share: lanes::Share::Leftover,
         },
-        units_later(&built),
+        // The waiting lane runs its targets whole: the unit step leaves
+        // them out.
+        units_later(&built, waiting.iter().map(|step| step.1).collect()),
         later(&built, light),
     ];
     // Clippy has no deadline: it takes what the tests leave, after the
@@ -1161,8 +1159,8 @@ fn steps_of(binaries: &[lanes::TestBinary], steps: Vec<TestStep>) -> Result<Vec<
 
 /// The unit step, made once `built` has the test binaries: every test
 /// binary's non-ignored tests (unit, plugin host with real components,
-/// CLI), but the waiting lane's targets.
-fn units_later(built: &std::sync::Arc<lanes::Built>) -> lanes::Step {
+/// CLI), but the integration targets in `skip`.
+fn units_later(built: &std::sync::Arc<lanes::Built>, skip: Vec<&'static str>) -> lanes::Step {
     let built = std::sync::Arc::clone(built);
     lanes::Step {
         name: "the unit tests built by the light lane",
@@ -1171,7 +1169,7 @@ fn units_later(built: &std::sync::Arc<lanes::Built>) -> lanes::Step {
             Ok(vec![lanes::Step {
                 name: "unit tests",
                 what: "every test binary's tests but the ignored ones: unit, plugin host with real components, CLI",
-                work: lanes::Work::Commands(lanes::unit_commands(&built.wait()?, WAITING_TARGETS)),
+                work: lanes::Work::Commands(lanes::unit_commands(&built.wait()?, &skip)),
                 share: lanes::Share::Equal,
             }])
         })),
