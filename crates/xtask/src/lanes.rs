@@ -1,25 +1,22 @@
-//! The test steps of `cargo xtask test`, run in three lanes at once.
-//! Entry point: [`run_lanes`].
+//! The test steps of `cargo xtask test`, run in lanes at once, each lane
+//! one step at a time. Entry point: [`run_lanes`].
 //!
-//! The heavy lane runs the steps with real vLLM (CPU-bound, minutes each),
-//! one at a time. The light lane builds the rest and runs the unit tests,
-//! then the real-Ray, registry, server and stand-in steps, and last the
-//! head restart (real vLLM, beside the heavy lane's last step only). The
-//! waiting lane starts once the light lane's build is done ([`Built`]) and
-//! runs the tests that only wait for timeouts (no CPU), so their waits
-//! overlap the others' work (steps that need CPU there at an equal share
-//! slowed the heavy lane, measured), then clippy and the doc tests.
-//! Compiling (the light lane's build, clippy, the doc tests) runs at
-//! [`Share::Leftover`]: it has no deadline, and it takes what the tests
-//! leave. Test binaries are run directly (cargo built them once), in their
-//! package's folder as cargo would, each test of an integration step on
-//! its own, each step's output and each command's time in
-//! `target/xtask-logs/test-<step>.log`. Tests that run at the same time
-//! never share a node address (each file has its own 127.0.0.x range;
-//! weights_group shares ray_cli's and kube_e2e's, so it runs in their
-//! lane) nor a process needle (a stand-in vLLM is named by its test's own
-//! folder, a real one by its node's address), so the lanes cannot see each
-//! other's processes as their own.
+//! The heavy lane runs the steps with real vLLM (CPU-bound, minutes each)
+//! as soon as their binaries are built: the longest chain, at the default
+//! share. The light lane builds the rest, then runs the unit tests and the
+//! real-Ray steps; once that build is done ([`Built`]) the waiting lane
+//! runs the tests that only wait for timeouts, then the other tests, and
+//! the lint lane runs clippy and the doc tests. Tests beside the heavy
+//! lane run at [`Share::Behind`], compiling at [`Share::Leftover`]: it has
+//! no deadline, and it takes what the tests leave. Test binaries are run
+//! directly (cargo built them once), in their package's folder as cargo
+//! would, each test of an integration step on its own, each step's output
+//! and each command's time in `target/xtask-logs/test-<step>.log`. Tests
+//! that run at the same time never share a node address (each file has
+//! its own 127.0.0.x range; weights_group shares ray_cli's and
+//! kube_e2e's, so it runs in their lane) nor a process needle (a stand-in
+//! vLLM is named by its test's own folder, a real one by its node's
+//! address), so the lanes cannot see each other's processes as their own.
 
 use anyhow::{Result, bail};
 use std::collections::VecDeque;
@@ -41,19 +38,38 @@ pub(crate) struct Step {
 /// How a step's processes share the CPU with the other lanes'.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Share {
-    /// The scheduler's default (nice 0): tests, whose deadlines are
-    /// wall-clock.
+    /// The scheduler's default (nice 0): the heavy lane's real-vLLM tests,
+    /// the longest chain, whose deadlines are wall-clock.
     Equal,
-    /// What the other lanes leave (nice [`LEFTOVER_NICENESS`]): compiling,
-    /// which has no deadline. A real-vLLM test beside a build at equal
-    /// share took 2.3 times as long as alone (measured), and its deadlines
-    /// are wall-clock.
+    /// Behind the heavy lane (nice [`BEHIND_NICENESS`]): the other tests.
+    /// They need little CPU at a time (Ray's nodes idle between checks)
+    /// and have minutes of slack; vLLM over Ray took 1.8-2.9 times as long
+    /// beside them at an equal share (measured).
+    Behind,
+    /// What the tests leave (nice [`LEFTOVER_NICENESS`]): compiling, which
+    /// has no deadline. A real-vLLM test beside a build at equal share
+    /// took 2.3 times as long as alone (measured).
     Leftover,
 }
 
+impl Share {
+    /// The niceness this share runs at (`None`: the default, unchanged).
+    pub(crate) fn niceness(self) -> Option<i32> {
+        match self {
+            Share::Equal => None,
+            Share::Behind => Some(BEHIND_NICENESS),
+            Share::Leftover => Some(LEFTOVER_NICENESS),
+        }
+    }
+}
+
+/// The niceness of [`Share::Behind`] steps: CFS weight 335 against 1024
+/// at nice 0, about a quarter of the CPU when both want all of it.
+pub(crate) const BEHIND_NICENESS: i32 = 5;
+
 /// The niceness of [`Share::Leftover`] steps: CFS weight 110 against 1024
-/// at nice 0, so they take about a tenth of a core that a nice-0 process
-/// wants, and all of an idle one.
+/// at nice 0 (and 335 at [`BEHIND_NICENESS`]), so they take about a tenth
+/// of a core that a test wants, and all of an idle one.
 pub(crate) const LEFTOVER_NICENESS: i32 = 10;
 
 /// What a step runs.
@@ -314,27 +330,27 @@ fn run_lane(
     Ok(times)
 }
 
-/// Runs `step` with its [`Share`]: a [`Share::Leftover`] step on a thread
-/// of its own whose niceness its processes inherit (Linux's niceness is
-/// per thread), so the lane's later steps keep the default.
+/// Runs `step` with its [`Share`]: one with a niceness on a thread of its
+/// own whose niceness its processes inherit (Linux's niceness is per
+/// thread), so the lane's later steps keep the default.
 fn run_step(step: Step, logs: &Path) -> Result<Vec<(String, f64)>> {
-    match step.share {
-        Share::Equal => run_step_here(step, logs),
-        Share::Leftover => std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    if let Err(e) = rustix::process::setpriority_process(None, LEFTOVER_NICENESS) {
-                        eprintln!(
-                            "    {}: cannot lower its priority ({e}); it runs at the default",
-                            step.name
-                        );
-                    }
-                    run_step_here(step, logs)
-                })
-                .join()
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("a step's thread panicked")))
-        }),
-    }
+    let Some(niceness) = step.share.niceness() else {
+        return run_step_here(step, logs);
+    };
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                if let Err(e) = rustix::process::setpriority_process(None, niceness) {
+                    eprintln!(
+                        "    {}: cannot lower its priority ({e}); it runs at the default",
+                        step.name
+                    );
+                }
+                run_step_here(step, logs)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("a step's thread panicked")))
+    })
 }
 
 /// Runs a step's work, each command's time in the step's log; returns

@@ -15,7 +15,7 @@
 //! a benchmark adds the examples ([`build_all`]). Features unify the same
 //! way in all three (checked by [`check_one_build`]), so whichever runs
 //! second compiles nothing the first one built. `cargo xtask test` runs its
-//! steps in three lanes side by side ([`lanes`]). What the
+//! steps in four lanes side by side ([`lanes`]). What the
 //! end-to-end parts need (venvs, the model, Debian's servers) is made on a
 //! second thread while cargo compiles ([`Preparing`]).
 
@@ -781,7 +781,7 @@ type TestStep = (
 );
 
 /// The tests of native_e2e and vllm_e2e that run real vLLM (the heavy
-/// lane); their other tests use a stand-in and run in the light lane.
+/// lane); their other tests use a stand-in and run in the waiting lane.
 const NATIVE_WITH_VLLM: &[&str] = &[
     "a_late_worker_joins_a_dead_rank",
     "a_rank_that_fails_to_start",
@@ -794,6 +794,10 @@ const NATIVE_WITHOUT_VLLM: &[&str] = &[
 ];
 const RAY_PREFLIGHT: &[&str] = &["a_ray_cluster_runs_its_gang_preflight"];
 const VLLM_OVER_RAY: &[&str] = &["--skip", "a_ray_cluster_runs_its_gang_preflight"];
+/// weights_e2e's test over Ray (as sensitive to the CPU left as
+/// vllm_e2e's) and its native group's.
+const WEIGHTS_OVER_RAY: &[&str] = &["a_ray_cluster_fetches_the_model_once"];
+const WEIGHTS_NATIVE: &[&str] = &["--skip", "a_ray_cluster_fetches_the_model_once"];
 
 /// The inner loop: format, lints, and the unit, plugin and CLI tests
 /// (no real Ray, vLLM, registry, Redis or nginx).
@@ -879,7 +883,7 @@ fn test() -> Result<()> {
     );
     let lanes = test_steps(&needs, &binaries)?;
     eprintln!(
-        "\n==> the test steps, in three lanes side by side (output in target/xtask-logs/test-*.log): the heavy lane starts now, the light lane builds the rest first, the waiting lane starts after that build"
+        "\n==> the test steps, in four lanes side by side (output in target/xtask-logs/test-*.log): the heavy lane starts now, the light lane builds the rest first, the waiting and lint lanes start after that build"
     );
     times.extend(lanes::run_lanes(lanes, &root().join("target/xtask-logs"))?);
     eprintln!(
@@ -911,38 +915,59 @@ fn test_binaries(targets: &[&str]) -> Result<Vec<lanes::TestBinary>> {
     ))
 }
 
-/// The test steps in three lanes: heavy (real vLLM, from the binaries
-/// built first), light (the rest of the build, clippy, the unit tests,
-/// then real Ray, registry, servers, stand-ins) and waiting (the tests
-/// that only wait for timeouts, once the light lane's build is done),
-/// each integration target with what it checks and what it is given.
+/// The test steps in four lanes: heavy (real vLLM, from the binaries
+/// built first), light (the rest of the build, the unit tests, then real
+/// Ray), waiting (once the light lane's build is done: the tests that only
+/// wait for timeouts, then registry, servers, stand-ins and the head
+/// restart) and lint (clippy and the doc tests, after the build), each
+/// integration target with what it checks and what it is given.
 fn test_steps(
     needs: &TestNeeds,
     binaries: &[lanes::TestBinary],
 ) -> Result<Vec<(&'static str, Vec<lanes::Step>)>> {
-    let ray_env = [("ORCHESTRATOR_RAY_BIN", needs.ray.clone())];
+    // Ray starts its workers (vLLM's ranks over Ray, Ray tasks) at nice 15
+    // by default, below the compiling beside them (nice 10): vLLM over Ray
+    // took 84 s instead of 51 beside two nice-10 busy loops, 51 with this
+    // (measured). With it, they keep their step's share.
+    let ray_workers = ("RAY_worker_niceness", PathBuf::from("0"));
+    let ray_env = [
+        ("ORCHESTRATOR_RAY_BIN", needs.ray.clone()),
+        ray_workers.clone(),
+    ];
     let vllm_env = [
         ("ORCHESTRATOR_RAY_BIN", needs.venv.join("bin/ray")),
         ("ORCHESTRATOR_VLLM_BIN", needs.venv.join("bin/vllm")),
         ("ORCHESTRATOR_TINY_MODEL", needs.model.clone()),
+        ray_workers,
     ];
     let py_spy = ("ORCHESTRATOR_PY_SPY_BIN", needs.venv.join("bin/py-spy"));
     let nginx = ("ORCHESTRATOR_NGINX_BIN", needs.nginx.clone());
     let token: PathBuf = "gcs-fault-tolerance-test-token-0123".into();
+    // Real vLLM over real Ray first: its tests slow the most beside other
+    // tests (1.8-2.9 times as long beside the light lane, measured), and
+    // here they run beside the rest of the build, at the leftover share.
+    // The native ones, which barely slow (1.05-1.2 times), come after.
     let heavy: Vec<TestStep> = vec![
-        (
-            "weights_e2e",
-            "weights_e2e",
-            &[],
-            "a native group fetching the model once from nginx, each rank serving its own copy with real vLLM; the compile cache kept and shared",
-            [vllm_env.to_vec(), vec![nginx.clone()]].concat(),
-        ),
         (
             "vllm_e2e",
             "vllm_e2e",
             VLLM_OVER_RAY,
             "real vLLM over real Ray",
             vllm_env.to_vec(),
+        ),
+        (
+            "weights_e2e-ray",
+            "weights_e2e",
+            WEIGHTS_OVER_RAY,
+            "a Ray cluster fetching the model once from nginx, each node serving its own copy with real vLLM",
+            [vllm_env.to_vec(), vec![nginx.clone()]].concat(),
+        ),
+        (
+            "weights_e2e-native",
+            "weights_e2e",
+            WEIGHTS_NATIVE,
+            "a native group fetching the model once, each rank serving its own copy with real vLLM; the compile cache kept and shared",
+            [vllm_env.to_vec(), vec![nginx.clone()]].concat(),
         ),
         (
             "native_e2e-vllm",
@@ -952,6 +977,8 @@ fn test_steps(
             [vllm_env.to_vec(), vec![py_spy.clone()]].concat(),
         ),
     ];
+    // Real Ray: each file has its own addresses, but weights_group shares
+    // ray_cli's and kube_e2e's, so they run one after the other here.
     let light: Vec<TestStep> = vec![
         (
             "ray_wait",
@@ -1003,6 +1030,39 @@ fn test_steps(
             ray_env.to_vec(),
         ),
         (
+            "weights_group",
+            "weights_group",
+            &[],
+            "weights fetched once per group from a real nginx origin: corrupt chunk, peer killed, origin gone, revision change",
+            vec![nginx.clone()],
+        ),
+        (
+            "vllm_e2e-preflight",
+            "vllm_e2e",
+            RAY_PREFLIGHT,
+            "a Ray cluster's gang preflight (real Ray, vLLM's torch)",
+            vllm_env.to_vec(),
+        ),
+    ];
+    // First the tests that only wait for timeouts (no CPU), then the ones
+    // without Ray, then the head restart (real Ray and vLLM) once the
+    // heavy lane is in its native tests.
+    let waiting: Vec<TestStep> = vec![
+        (
+            "endpoints_load",
+            "endpoints_load",
+            &[],
+            "the endpoints under hostile load: idle and slow connections, a huge header",
+            Vec::new(),
+        ),
+        (
+            "hostile_gcs",
+            "hostile_gcs",
+            &[],
+            "the GCS client against hostile replies: silence, garbage, huge frames",
+            Vec::new(),
+        ),
+        (
             "python_policy",
             "python_policy",
             &[],
@@ -1024,29 +1084,12 @@ fn test_steps(
             vec![py_spy.clone()],
         ),
         (
-            "weights_group",
-            "weights_group",
-            &[],
-            "weights fetched once per group from a real nginx origin: corrupt chunk, peer killed, origin gone, revision change",
-            vec![nginx.clone()],
-        ),
-        (
             "native_e2e",
             "native_e2e",
             NATIVE_WITHOUT_VLLM,
             "the native backend with a stand-in vLLM: rank checks, Kubernetes, node health, drains, a new leader, a stopped rank's stacks through the real py-spy, the gang preflight",
             [vllm_env.to_vec(), vec![py_spy]].concat(),
         ),
-        (
-            "vllm_e2e-preflight",
-            "vllm_e2e",
-            RAY_PREFLIGHT,
-            "a Ray cluster's gang preflight (real Ray, vLLM's torch)",
-            vllm_env.to_vec(),
-        ),
-        // Last in this lane: its vLLM start overlaps only the heavy lane's
-        // last step (the light lane ended ~155 s before the heavy one,
-        // measured).
         (
             "gcs_fault_tolerance",
             "gcs_fault_tolerance",
@@ -1065,28 +1108,20 @@ fn test_steps(
             .concat(),
         ),
     ];
-    let waiting: Vec<TestStep> = vec![
-        (
-            "endpoints_load",
-            "endpoints_load",
-            &[],
-            "the endpoints under hostile load: idle and slow connections, a huge header",
-            Vec::new(),
-        ),
-        (
-            "hostile_gcs",
-            "hostile_gcs",
-            &[],
-            "the GCS client against hostile replies: silence, garbage, huge frames",
-            Vec::new(),
-        ),
-    ];
-    let heavy = steps_of(binaries, heavy)?;
+    // The unit step runs every other test binary: each integration target
+    // above is run whole by its steps (its filters split it, all of it).
+    let run_whole: Vec<&'static str> = heavy
+        .iter()
+        .chain(&light)
+        .chain(&waiting)
+        .map(|step| step.1)
+        .collect();
+    let heavy = steps_of(binaries, heavy, lanes::Share::Equal)?;
     let built = std::sync::Arc::new(lanes::Built::default());
     let handed = std::sync::Arc::clone(&built);
     // The rest of the build (at the leftover share: it has no deadline, the
-    // vLLM steps beside it do) and the unit tests first in the light lane;
-    // the waiting lane starts after the build.
+    // vLLM steps beside it do), then the unit tests and the Ray steps; the
+    // other lanes start after the build.
     let light = vec![
         lanes::Step {
             name: "build the rest",
@@ -1108,40 +1143,53 @@ fn test_steps(
             })),
             share: lanes::Share::Leftover,
         },
-        // The waiting lane runs its targets whole: the unit step leaves
-        // them out.
-        units_later(&built, waiting.iter().map(|step| step.1).collect()),
-        later(&built, light),
+        units_later(&built, run_whole),
+        later(&built, light, TESTS_BESIDE_THE_HEAVY_LANE),
     ];
-    // Clippy has no deadline: it takes what the tests leave, after the
-    // waiting lane's timeouts.
-    let waiting = vec![
-        later(&built, waiting),
-        lanes::Step {
-            name: "clippy",
-            what: "clippy -D warnings on every crate (guests included)",
-            work: lanes::Work::Commands(vec![clippy()]),
-            share: lanes::Share::Leftover,
-        },
-        // After clippy in the same lane: both take cargo's lock on the
-        // target folder, which the unit tests (binaries run directly) do
-        // not.
-        lanes::Step {
-            name: "doc tests",
-            what: "the examples in the docs compile and run",
-            work: lanes::Work::Commands(vec![doc_test_command()]),
-            share: lanes::Share::Leftover,
-        },
-    ];
+    let waiting = vec![later(&built, waiting, TESTS_BESIDE_THE_HEAVY_LANE)];
+    // Clippy and the doc tests have no deadline: they take what the tests
+    // leave, from the end of the build on. Both take cargo's lock on the
+    // target folder, so they follow each other; the tests (binaries run
+    // directly) take no lock.
+    let lint = vec![lanes::Step {
+        name: "clippy (after the build)",
+        what: "waits for the light lane's build",
+        work: lanes::Work::Later(Box::new(move || {
+            built.wait()?;
+            Ok(vec![
+                lanes::Step {
+                    name: "clippy",
+                    what: "clippy -D warnings on every crate (guests included)",
+                    work: lanes::Work::Commands(vec![clippy()]),
+                    share: lanes::Share::Leftover,
+                },
+                lanes::Step {
+                    name: "doc tests",
+                    what: "the examples in the docs compile and run",
+                    work: lanes::Work::Commands(vec![doc_test_command()]),
+                    share: lanes::Share::Leftover,
+                },
+            ])
+        })),
+        share: lanes::Share::Equal,
+    }];
     Ok(vec![
         ("heavy", heavy),
         ("light", light),
         ("waiting", waiting),
+        ("lint", lint),
     ])
 }
 
+/// The share of the tests that run beside the heavy lane's.
+const TESTS_BESIDE_THE_HEAVY_LANE: lanes::Share = lanes::Share::Behind;
+
 /// Each step's commands: its target's binary among `binaries`.
-fn steps_of(binaries: &[lanes::TestBinary], steps: Vec<TestStep>) -> Result<Vec<lanes::Step>> {
+fn steps_of(
+    binaries: &[lanes::TestBinary],
+    steps: Vec<TestStep>,
+    share: lanes::Share,
+) -> Result<Vec<lanes::Step>> {
     steps
         .into_iter()
         .map(|(name, target, filters, what, env)| {
@@ -1151,7 +1199,7 @@ fn steps_of(binaries: &[lanes::TestBinary], steps: Vec<TestStep>) -> Result<Vec<
                 work: lanes::Work::Commands(lanes::target_commands(
                     binaries, target, filters, &env,
                 )?),
-                share: lanes::Share::Equal,
+                share,
             })
         })
         .collect()
@@ -1170,20 +1218,24 @@ fn units_later(built: &std::sync::Arc<lanes::Built>, skip: Vec<&'static str>) ->
                 name: "unit tests",
                 what: "every test binary's tests but the ignored ones: unit, plugin host with real components, CLI",
                 work: lanes::Work::Commands(lanes::unit_commands(&built.wait()?, &skip)),
-                share: lanes::Share::Equal,
+                share: TESTS_BESIDE_THE_HEAVY_LANE,
             }])
         })),
         share: lanes::Share::Equal,
     }
 }
 
-/// `steps`, made once `built` has the test binaries.
-fn later(built: &std::sync::Arc<lanes::Built>, steps: Vec<TestStep>) -> lanes::Step {
+/// `steps` at `share`, made once `built` has the test binaries.
+fn later(
+    built: &std::sync::Arc<lanes::Built>,
+    steps: Vec<TestStep>,
+    share: lanes::Share,
+) -> lanes::Step {
     let built = std::sync::Arc::clone(built);
     lanes::Step {
         name: "the tests built by the light lane",
         what: "waits for the light lane's build",
-        work: lanes::Work::Later(Box::new(move || steps_of(&built.wait()?, steps))),
+        work: lanes::Work::Later(Box::new(move || steps_of(&built.wait()?, steps, share))),
         share: lanes::Share::Equal,
     }
 }

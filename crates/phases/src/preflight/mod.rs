@@ -393,10 +393,10 @@ async fn run_check(
     env: &[(String, String)],
     limit: Duration,
 ) -> Result<Vec<RankCheck>, String> {
-    let script = write_script()?;
+    let script = ScriptDir::write()?;
     let mut command = tokio::process::Command::new(python);
     command
-        .arg(&script)
+        .arg(script.path())
         .args(args)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(std::process::Stdio::null())
@@ -494,18 +494,45 @@ pub fn network_env(env: &[orchestrator_domain::KeyValue]) -> Vec<orchestrator_do
         .collect()
 }
 
-/// The check written to a private folder of this process.
-fn write_script() -> Result<PathBuf, String> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    let dir = std::env::temp_dir().join(format!("orchestrator-preflight-{}", std::process::id()));
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
-    let path = dir.join("gang_check.py");
-    std::fs::write(&path, SCRIPT).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    Ok(path)
+/// The check written to a private folder of its own (`0700`), removed
+/// when the check is over: a node that runs many checks leaves no folder
+/// behind.
+struct ScriptDir(PathBuf);
+
+impl ScriptDir {
+    /// Writes the check into a new folder, unique to this process and
+    /// call.
+    fn write() -> Result<Self, String> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static CALLS: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "orchestrator-preflight-{}-{}",
+            std::process::id(),
+            CALLS.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+        let written = Self(dir);
+        let path = written.path();
+        std::fs::write(&path, SCRIPT)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok(written)
+    }
+
+    /// The check's file.
+    fn path(&self) -> PathBuf {
+        self.0.join("gang_check.py")
+    }
+}
+
+impl Drop for ScriptDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 #[cfg(test)]
@@ -528,6 +555,17 @@ mod tests {
             allreduce_ms: Some(5.0),
             ..RankCheck::default()
         }
+    }
+
+    #[test]
+    fn the_checks_folder_is_its_own_and_gone_after_the_check() {
+        let (one, two) = (ScriptDir::write().unwrap(), ScriptDir::write().unwrap());
+        assert_ne!(one.path(), two.path());
+        assert_eq!(std::fs::read_to_string(one.path()).unwrap(), SCRIPT);
+        let folder = one.path().parent().unwrap().to_path_buf();
+        drop(one);
+        assert!(!folder.exists(), "{} left behind", folder.display());
+        assert!(two.path().is_file(), "the other check's file stays");
     }
 
     #[test]
