@@ -981,18 +981,25 @@ fn test_steps(
     // ray_cli's and kube_e2e's, so they run one after the other here.
     let light: Vec<TestStep> = vec![
         (
-            "ray_wait",
-            "ray_wait",
-            &[],
-            "the wait against real Ray 2.60",
-            ray_env.to_vec(),
-        ),
-        (
             "ray_cli",
             "ray_cli",
             &[],
             "run, local and wait against real Ray",
             ray_env.to_vec(),
+        ),
+        (
+            "kube_e2e",
+            "kube_e2e",
+            &[],
+            "Kubernetes awareness (fake API server, real Ray)",
+            ray_env.to_vec(),
+        ),
+        (
+            "weights_group",
+            "weights_group",
+            &[],
+            "weights fetched once per group from a real nginx origin: corrupt chunk, peer killed, origin gone, revision change",
+            vec![nginx.clone()],
         ),
         (
             "ray_auth",
@@ -1002,10 +1009,44 @@ fn test_steps(
             ray_env.to_vec(),
         ),
         (
-            "kube_e2e",
-            "kube_e2e",
+            "ray_autoscaler",
+            "ray_autoscaler",
             &[],
-            "Kubernetes awareness (fake API server, real Ray)",
+            "Ray's real autoscaler",
+            ray_env.to_vec(),
+        ),
+    ];
+    // Compiling and running Python policies: the most CPU of the tests
+    // beside the heavy lane, first once the build is done, at its share.
+    let python: Vec<TestStep> = vec![(
+        "python_policy",
+        "python_policy",
+        &[],
+        "policies in Python (componentize-py) through the real host",
+        vec![("ORCHESTRATOR_POLICY_PYTHON", needs.policy_python.clone())],
+    )];
+    // The tests that only wait for timeouts (no CPU), the other Ray steps
+    // and the tests without Ray.
+    let waiting: Vec<TestStep> = vec![
+        (
+            "endpoints_load",
+            "endpoints_load",
+            &[],
+            "the endpoints under hostile load: idle and slow connections, a huge header",
+            Vec::new(),
+        ),
+        (
+            "hostile_gcs",
+            "hostile_gcs",
+            &[],
+            "the GCS client against hostile replies: silence, garbage, huge frames",
+            Vec::new(),
+        ),
+        (
+            "ray_wait",
+            "ray_wait",
+            &[],
+            "the wait against real Ray 2.60",
             ray_env.to_vec(),
         ),
         (
@@ -1023,51 +1064,11 @@ fn test_steps(
             ray_env.to_vec(),
         ),
         (
-            "ray_autoscaler",
-            "ray_autoscaler",
-            &[],
-            "Ray's real autoscaler",
-            ray_env.to_vec(),
-        ),
-        (
-            "weights_group",
-            "weights_group",
-            &[],
-            "weights fetched once per group from a real nginx origin: corrupt chunk, peer killed, origin gone, revision change",
-            vec![nginx.clone()],
-        ),
-        (
             "vllm_e2e-preflight",
             "vllm_e2e",
             RAY_PREFLIGHT,
             "a Ray cluster's gang preflight (real Ray, vLLM's torch)",
             vllm_env.to_vec(),
-        ),
-    ];
-    // First the tests that only wait for timeouts (no CPU), then the ones
-    // without Ray, then the head restart (real Ray and vLLM) once the
-    // heavy lane is in its native tests.
-    let waiting: Vec<TestStep> = vec![
-        (
-            "endpoints_load",
-            "endpoints_load",
-            &[],
-            "the endpoints under hostile load: idle and slow connections, a huge header",
-            Vec::new(),
-        ),
-        (
-            "hostile_gcs",
-            "hostile_gcs",
-            &[],
-            "the GCS client against hostile replies: silence, garbage, huge frames",
-            Vec::new(),
-        ),
-        (
-            "python_policy",
-            "python_policy",
-            &[],
-            "policies in Python (componentize-py) through the real host",
-            vec![("ORCHESTRATOR_POLICY_PYTHON", needs.policy_python.clone())],
         ),
         (
             "oci_registry",
@@ -1090,38 +1091,37 @@ fn test_steps(
             "the native backend with a stand-in vLLM: rank checks, Kubernetes, node health, drains, a new leader, a stopped rank's stacks through the real py-spy, the gang preflight",
             [vllm_env.to_vec(), vec![py_spy]].concat(),
         ),
-        (
-            "gcs_fault_tolerance",
-            "gcs_fault_tolerance",
-            &[],
-            "a head restart with GCS fault tolerance, under Ray's token authentication: real Redis, Ray and vLLM",
-            // Every process of the test (Ray nodes, orchestrators, vLLM)
-            // inherits these: the whole restart runs with token auth on.
-            [
-                vllm_env.to_vec(),
-                vec![
-                    ("ORCHESTRATOR_REDIS_BIN", needs.redis.clone()),
-                    ("RAY_AUTH_MODE", "token".into()),
-                    ("RAY_AUTH_TOKEN", token),
-                ],
-            ]
-            .concat(),
-        ),
     ];
+    // The head restart (real Redis, Ray and vLLM), after clippy.
+    let restart: Vec<TestStep> = vec![(
+        "gcs_fault_tolerance",
+        "gcs_fault_tolerance",
+        &[],
+        "a head restart with GCS fault tolerance, under Ray's token authentication: real Redis, Ray and vLLM",
+        // Every process of the test (Ray nodes, orchestrators, vLLM)
+        // inherits these: the whole restart runs with token auth on.
+        [
+            vllm_env.to_vec(),
+            vec![
+                ("ORCHESTRATOR_REDIS_BIN", needs.redis.clone()),
+                ("RAY_AUTH_MODE", "token".into()),
+                ("RAY_AUTH_TOKEN", token),
+            ],
+        ]
+        .concat(),
+    )];
     // The unit step runs every other test binary: each integration target
     // above is run whole by its steps (its filters split it, all of it).
-    let run_whole: Vec<&'static str> = heavy
-        .iter()
-        .chain(&light)
-        .chain(&waiting)
+    let run_whole: Vec<&'static str> = [&heavy, &light, &python, &waiting, &restart]
+        .into_iter()
+        .flatten()
         .map(|step| step.1)
         .collect();
     let heavy = steps_of(binaries, heavy, lanes::Share::Equal)?;
     let built = std::sync::Arc::new(lanes::Built::default());
     let handed = std::sync::Arc::clone(&built);
-    // The rest of the build (at the leftover share: it has no deadline, the
-    // vLLM steps beside it do), then the unit tests and the Ray steps; the
-    // other lanes start after the build.
+    // The rest of the build first: every lane but the heavy one waits for
+    // it, so it runs behind the heavy lane, not at the leftover share.
     let light = vec![
         lanes::Step {
             name: "build the rest",
@@ -1141,38 +1141,46 @@ fn test_steps(
                     }
                 }
             })),
-            share: lanes::Share::Leftover,
+            share: BESIDE_THE_HEAVY_LANE,
         },
         units_later(&built, run_whole),
-        later(&built, light, TESTS_BESIDE_THE_HEAVY_LANE),
+        later(&built, light, BESIDE_THE_HEAVY_LANE),
     ];
-    let waiting = vec![later(&built, waiting, TESTS_BESIDE_THE_HEAVY_LANE)];
-    // Clippy and the doc tests have no deadline: they take what the tests
-    // leave, from the end of the build on. Both take cargo's lock on the
-    // target folder, so they follow each other; the tests (binaries run
-    // directly) take no lock.
-    let lint = vec![lanes::Step {
-        name: "clippy (after the build)",
-        what: "waits for the light lane's build",
-        work: lanes::Work::Later(Box::new(move || {
-            built.wait()?;
-            Ok(vec![
-                lanes::Step {
-                    name: "clippy",
-                    what: "clippy -D warnings on every crate (guests included)",
-                    work: lanes::Work::Commands(vec![clippy()]),
-                    share: lanes::Share::Leftover,
-                },
-                lanes::Step {
-                    name: "doc tests",
-                    what: "the examples in the docs compile and run",
-                    work: lanes::Work::Commands(vec![doc_test_command()]),
-                    share: lanes::Share::Leftover,
-                },
-            ])
-        })),
-        share: lanes::Share::Equal,
-    }];
+    let waiting = vec![
+        later(&built, python, lanes::Share::Equal),
+        later(&built, waiting, BESIDE_THE_HEAVY_LANE),
+    ];
+    // Clippy and the doc tests take cargo's lock on the target folder, so
+    // they follow each other (the tests, binaries run directly, take no
+    // lock); then the head restart.
+    let lint = vec![
+        lanes::Step {
+            name: "clippy (after the build)",
+            what: "waits for the light lane's build",
+            work: lanes::Work::Later(Box::new({
+                let built = std::sync::Arc::clone(&built);
+                move || {
+                    built.wait()?;
+                    Ok(vec![
+                        lanes::Step {
+                            name: "clippy",
+                            what: "clippy -D warnings on every crate (guests included)",
+                            work: lanes::Work::Commands(vec![clippy()]),
+                            share: BESIDE_THE_HEAVY_LANE,
+                        },
+                        lanes::Step {
+                            name: "doc tests",
+                            what: "the examples in the docs compile and run",
+                            work: lanes::Work::Commands(vec![doc_test_command()]),
+                            share: BESIDE_THE_HEAVY_LANE,
+                        },
+                    ])
+                }
+            })),
+            share: lanes::Share::Equal,
+        },
+        later(&built, restart, BESIDE_THE_HEAVY_LANE),
+    ];
     Ok(vec![
         ("heavy", heavy),
         ("light", light),
@@ -1181,8 +1189,9 @@ fn test_steps(
     ])
 }
 
-/// The share of the tests that run beside the heavy lane's.
-const TESTS_BESIDE_THE_HEAVY_LANE: lanes::Share = lanes::Share::Behind;
+/// The share of the steps beside the heavy lane (but the Python policies'):
+/// the heavy lane is the longest chain of the four.
+const BESIDE_THE_HEAVY_LANE: lanes::Share = lanes::Share::Behind;
 
 /// Each step's commands: its target's binary among `binaries`.
 fn steps_of(
@@ -1218,7 +1227,7 @@ fn units_later(built: &std::sync::Arc<lanes::Built>, skip: Vec<&'static str>) ->
                 name: "unit tests",
                 what: "every test binary's tests but the ignored ones: unit, plugin host with real components, CLI",
                 work: lanes::Work::Commands(lanes::unit_commands(&built.wait()?, &skip)),
-                share: TESTS_BESIDE_THE_HEAVY_LANE,
+                share: BESIDE_THE_HEAVY_LANE,
             }])
         })),
         share: lanes::Share::Equal,
