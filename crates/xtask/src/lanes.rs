@@ -7,10 +7,10 @@
 //! Ray steps that share addresses; once that build is done ([`Built`]) the
 //! waiting lane runs the Python policies, the tests that only wait for
 //! timeouts and the other tests, and the lint lane clippy, the doc tests
-//! and the head restart. Everything beside the heavy lane runs at
-//! [`Share::Behind`] (it takes what the heavy lane leaves), but the Python
-//! policies, the most CPU of those tests. Test binaries are run directly
-//! (cargo built them once), in their package's folder as cargo
+//! and the head restart. Compiling (the rest of the build, clippy, the
+//! doc tests) runs at [`Share::Leftover`]: it has no deadline, and it
+//! takes what the tests leave. Test binaries are run directly (cargo
+//! built them once), in their package's folder as cargo
 //! would, each test of an integration step on its own, each step's output
 //! and each command's time in `target/xtask-logs/test-<step>.log`. Tests
 //! that run at the same time never share a node address (each file has
@@ -39,15 +39,14 @@ pub(crate) struct Step {
 /// How a step's processes share the CPU with the other lanes'.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Share {
-    /// The scheduler's default (nice 0): the heavy lane's real-vLLM tests,
-    /// the longest chain, whose deadlines are wall-clock.
+    /// The scheduler's default (nice 0): tests, whose deadlines are
+    /// wall-clock. (Tests at nice 5 beside the heavy lane were tried:
+    /// `ray_cli`, whose Ray health checks time out after 500 ms, failed.)
     Equal,
-    /// Behind the heavy lane (nice [`BEHIND_NICENESS`]): the rest of the
-    /// build, clippy and the other tests. A real-vLLM test beside a build
-    /// at an equal share took 2.3 times as long as alone (measured); the
-    /// other steps need little CPU at a time (Ray's nodes idle between
-    /// checks) or have no deadline (compiling).
-    Behind,
+    /// What the tests leave (nice [`LEFTOVER_NICENESS`]): compiling, which
+    /// has no deadline. A real-vLLM test beside a build at equal share
+    /// took 2.3 times as long as alone (measured).
+    Leftover,
 }
 
 impl Share {
@@ -55,15 +54,15 @@ impl Share {
     pub(crate) fn niceness(self) -> Option<i32> {
         match self {
             Share::Equal => None,
-            Share::Behind => Some(BEHIND_NICENESS),
+            Share::Leftover => Some(LEFTOVER_NICENESS),
         }
     }
 }
 
-/// The niceness of [`Share::Behind`] steps: CFS weight 335 against 1024
-/// at nice 0, about a quarter of the CPU when both want all of it, and
-/// all of what the heavy lane leaves.
-pub(crate) const BEHIND_NICENESS: i32 = 5;
+/// The niceness of [`Share::Leftover`] steps: CFS weight 110 against 1024
+/// at nice 0, so they take about a tenth of a core that a test wants, and
+/// all of an idle one.
+pub(crate) const LEFTOVER_NICENESS: i32 = 10;
 
 /// What a step runs.
 pub(crate) enum Work {

@@ -1017,7 +1017,7 @@ fn test_steps(
         ),
     ];
     // Compiling and running Python policies: the most CPU of the tests
-    // beside the heavy lane, first once the build is done, at its share.
+    // beside the heavy lane, first once the build is done.
     let python: Vec<TestStep> = vec![(
         "python_policy",
         "python_policy",
@@ -1120,8 +1120,8 @@ fn test_steps(
     let heavy = steps_of(binaries, heavy, lanes::Share::Equal)?;
     let built = std::sync::Arc::new(lanes::Built::default());
     let handed = std::sync::Arc::clone(&built);
-    // The rest of the build first: every lane but the heavy one waits for
-    // it, so it runs behind the heavy lane, not at the leftover share.
+    // The rest of the build first (at the leftover share: it has no
+    // deadline, the tests beside it do); the other lanes wait for it.
     let light = vec![
         lanes::Step {
             name: "build the rest",
@@ -1141,14 +1141,14 @@ fn test_steps(
                     }
                 }
             })),
-            share: BESIDE_THE_HEAVY_LANE,
+            share: lanes::Share::Leftover,
         },
         units_later(&built, run_whole),
-        later(&built, light, BESIDE_THE_HEAVY_LANE),
+        later(&built, light, lanes::Share::Equal),
     ];
     let waiting = vec![
         later(&built, python, lanes::Share::Equal),
-        later(&built, waiting, BESIDE_THE_HEAVY_LANE),
+        later(&built, waiting, lanes::Share::Equal),
     ];
     // Clippy and the doc tests take cargo's lock on the target folder, so
     // they follow each other (the tests, binaries run directly, take no
@@ -1166,20 +1166,20 @@ fn test_steps(
                             name: "clippy",
                             what: "clippy -D warnings on every crate (guests included)",
                             work: lanes::Work::Commands(vec![clippy()]),
-                            share: BESIDE_THE_HEAVY_LANE,
+                            share: lanes::Share::Leftover,
                         },
                         lanes::Step {
                             name: "doc tests",
                             what: "the examples in the docs compile and run",
                             work: lanes::Work::Commands(vec![doc_test_command()]),
-                            share: BESIDE_THE_HEAVY_LANE,
+                            share: lanes::Share::Leftover,
                         },
                     ])
                 }
             })),
             share: lanes::Share::Equal,
         },
-        later(&built, restart, BESIDE_THE_HEAVY_LANE),
+        later(&built, restart, lanes::Share::Equal),
     ];
     Ok(vec![
         ("heavy", heavy),
@@ -1188,10 +1188,6 @@ fn test_steps(
         ("lint", lint),
     ])
 }
-
-/// The share of the steps beside the heavy lane (but the Python policies'):
-/// the heavy lane is the longest chain of the four.
-const BESIDE_THE_HEAVY_LANE: lanes::Share = lanes::Share::Behind;
 
 /// Each step's commands: its target's binary among `binaries`.
 fn steps_of(
@@ -1227,7 +1223,7 @@ fn units_later(built: &std::sync::Arc<lanes::Built>, skip: Vec<&'static str>) ->
                 name: "unit tests",
                 what: "every test binary's tests but the ignored ones: unit, plugin host with real components, CLI",
                 work: lanes::Work::Commands(lanes::unit_commands(&built.wait()?, &skip)),
-                share: BESIDE_THE_HEAVY_LANE,
+                share: lanes::Share::Equal,
             }])
         })),
         share: lanes::Share::Equal,
