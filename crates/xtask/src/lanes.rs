@@ -6,8 +6,8 @@
 //! share. The light lane builds the rest, then runs the unit tests and the
 //! Ray steps that share addresses; once that build is done ([`Built`]) the
 //! waiting lane runs the Python policies, the tests that only wait for
-//! timeouts and the other tests, and the lint lane clippy, the doc tests
-//! and the head restart. Compiling (the rest of the build, clippy, the
+//! timeouts, the other tests and the head restart, and the lint lane
+//! clippy and the doc tests. Compiling (the rest of the build, clippy, the
 //! doc tests) runs at [`Share::Leftover`]: it has no deadline, and it
 //! takes what the tests leave. Test binaries are run directly (cargo
 //! built them once), in their package's folder as cargo
