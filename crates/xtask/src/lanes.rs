@@ -10,9 +10,9 @@
 //! clippy and the doc tests. Compiling (the rest of the build, clippy, the
 //! doc tests) runs at [`Share::Leftover`]: it has no deadline, and it
 //! takes what the tests leave. Test binaries are run directly (cargo
-//! built them once), in their package's folder as cargo
-//! would, each test of an integration step on its own, each step's output
-//! and each command's time in `target/xtask-logs/test-<step>.log`. Tests
+//! built them once), in their package's folder as cargo would, each test
+//! of an integration step on its own, each step's output and each
+//! command's time in `target/xtask-logs/test-<step>.log`. Tests
 //! that run at the same time never share a node address (each file has
 //! its own 127.0.0.x range; weights_group shares ray_cli's and
 //! kube_e2e's, so it runs in their lane) nor a process needle (a stand-in

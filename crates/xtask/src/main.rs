@@ -944,10 +944,9 @@ fn test_steps(
     let py_spy = ("ORCHESTRATOR_PY_SPY_BIN", needs.venv.join("bin/py-spy"));
     let nginx = ("ORCHESTRATOR_NGINX_BIN", needs.nginx.clone());
     let token: PathBuf = "gcs-fault-tolerance-test-token-0123".into();
-    // Real vLLM over real Ray first: its tests slow the most beside other
-    // tests (1.8-2.9 times as long beside the light lane, measured), and
-    // here they run beside the rest of the build, at the leftover share.
-    // The native ones, which barely slow (1.05-1.2 times), come after.
+    // Real vLLM over real Ray first, beside the rest of the build (at the
+    // leftover share); the native ones, which slowed least beside other
+    // tests (1.05-1.2 times as long as alone, measured), come after.
     let heavy: Vec<TestStep> = vec![
         (
             "vllm_e2e",
@@ -1017,19 +1016,14 @@ fn test_steps(
             ray_env.to_vec(),
         ),
     ];
-    // Compiling and running Python policies: the most CPU of the tests
-    // beside the heavy lane, first once the build is done.
-    let python: Vec<TestStep> = vec![(
-        "python_policy",
-        "python_policy",
-        &[],
-        "policies in Python (componentize-py) through the real host",
-        vec![("ORCHESTRATOR_POLICY_PYTHON", needs.policy_python.clone())],
-    )];
-    // The tests that only wait for timeouts (no CPU), the other Ray steps,
-    // the tests without Ray, and last the head restart (real Redis, Ray and
-    // vLLM): this lane ended first, ~70 s before the others (measured).
     let waiting: Vec<TestStep> = vec![
+        (
+            "python_policy",
+            "python_policy",
+            &[],
+            "policies in Python (componentize-py) through the real host",
+            vec![("ORCHESTRATOR_POLICY_PYTHON", needs.policy_python.clone())],
+        ),
         (
             "endpoints_load",
             "endpoints_load",
@@ -1113,12 +1107,12 @@ fn test_steps(
     ];
     // The unit step runs every other test binary: each integration target
     // above is run whole by its steps (its filters split it, all of it).
-    let run_whole: Vec<&'static str> = [&heavy, &light, &python, &waiting]
+    let run_whole: Vec<&'static str> = [&heavy, &light, &waiting]
         .into_iter()
         .flatten()
         .map(|step| step.1)
         .collect();
-    let heavy = steps_of(binaries, heavy, lanes::Share::Equal)?;
+    let heavy = steps_of(binaries, heavy)?;
     let built = std::sync::Arc::new(lanes::Built::default());
     let handed = std::sync::Arc::clone(&built);
     // The rest of the build first (at the leftover share: it has no
@@ -1145,12 +1139,9 @@ fn test_steps(
             share: lanes::Share::Leftover,
         },
         units_later(&built, run_whole),
-        later(&built, light, lanes::Share::Equal),
+        later(&built, light),
     ];
-    let waiting = vec![
-        later(&built, python, lanes::Share::Equal),
-        later(&built, waiting, lanes::Share::Equal),
-    ];
+    let waiting = vec![later(&built, waiting)];
     // Clippy and the doc tests take cargo's lock on the target folder, so
     // they follow each other (the tests, binaries run directly, take no
     // lock).
@@ -1188,11 +1179,7 @@ fn test_steps(
 }
 
 /// Each step's commands: its target's binary among `binaries`.
-fn steps_of(
-    binaries: &[lanes::TestBinary],
-    steps: Vec<TestStep>,
-    share: lanes::Share,
-) -> Result<Vec<lanes::Step>> {
+fn steps_of(binaries: &[lanes::TestBinary], steps: Vec<TestStep>) -> Result<Vec<lanes::Step>> {
     steps
         .into_iter()
         .map(|(name, target, filters, what, env)| {
@@ -1202,7 +1189,7 @@ fn steps_of(
                 work: lanes::Work::Commands(lanes::target_commands(
                     binaries, target, filters, &env,
                 )?),
-                share,
+                share: lanes::Share::Equal,
             })
         })
         .collect()
@@ -1228,17 +1215,13 @@ fn units_later(built: &std::sync::Arc<lanes::Built>, skip: Vec<&'static str>) ->
     }
 }
 
-/// `steps` at `share`, made once `built` has the test binaries.
-fn later(
-    built: &std::sync::Arc<lanes::Built>,
-    steps: Vec<TestStep>,
-    share: lanes::Share,
-) -> lanes::Step {
+/// `steps`, made once `built` has the test binaries.
+fn later(built: &std::sync::Arc<lanes::Built>, steps: Vec<TestStep>) -> lanes::Step {
     let built = std::sync::Arc::clone(built);
     lanes::Step {
         name: "the tests built by the light lane",
         what: "waits for the light lane's build",
-        work: lanes::Work::Later(Box::new(move || steps_of(&built.wait()?, steps, share))),
+        work: lanes::Work::Later(Box::new(move || steps_of(&built.wait()?, steps))),
         share: lanes::Share::Equal,
     }
 }
