@@ -725,9 +725,11 @@ fn a_lost_leader_stops_the_ranks_and_a_new_leader_forms_the_group_again() {
 /// The issue's own case: vLLM refuses to start on every rank (here made
 /// certain with `--gpu-memory-utilization 0.999`: the CPU build reserves
 /// that share of the node's memory, and some is always in use). The
-/// leader keeps the first failure and the latest with its cause (rank,
-/// stage, exception, last lines), counts identical ones, and says so in
-/// one log line and an Event, instead of only "exited with code 1".
+/// leader keeps the first failure with its cause (rank, stage, exception,
+/// last lines), counts identical ones, and says so in one log line and an
+/// Event, instead of only "exited with code 1". The health policy stops
+/// after the second identical failure here (`stop-after-identical-failures
+/// = 2`; its default of 3 is the policy's own test): one start fewer.
 #[test]
 #[ignore = "needs vLLM: run by `cargo xtask test`"]
 fn a_rank_that_fails_to_start_is_named_with_its_stage_and_exception_and_counted() {
@@ -748,19 +750,20 @@ fn a_rank_that_fails_to_start_is_named_with_its_stage_and_exception_and_counted(
             "--vllm-arg=--enforce-eager",
         ])
         .args(["--vllm-arg=--gpu-memory-utilization", "--vllm-arg=0.999"])
+        .args(["--health-param", "stop-after-identical-failures=2"])
         .env_remove("VLLM_CPU_KVCACHE_SPACE")
         .env("ORCHESTRATOR_TERMINATION_LOG", &termination)
         .spawn()
         .unwrap();
     let _guard = Guard(vec![local.id() as i32]);
-    // The default health policy stops after the third identical failure:
-    // the orchestrator exits on its own, with the cause.
+    // The orchestrator exits on its own after the second failure, with
+    // the cause; /status and /metrics are read while it runs.
     let deadline = std::time::Instant::now() + Duration::from_secs(420);
     let mut seen = serde_json::Value::Null;
     let mut failures = 0.0;
     let exited = loop {
         if let Some(now) = status(&endpoints) {
-            if now["last-failure"]["identical"].as_u64().unwrap_or(0) >= 2 {
+            if now["first-failure"]["exception"].is_string() {
                 let metrics = http_get(&endpoints, "/metrics");
                 failures = metrics
                     .lines()
@@ -768,7 +771,9 @@ fn a_rank_that_fails_to_start_is_named_with_its_stage_and_exception_and_counted(
                     .and_then(|v| v.trim().parse().ok())
                     .unwrap_or(failures);
             }
-            seen = now;
+            if now["first-failure"]["exception"].is_string() || seen.is_null() {
+                seen = now;
+            }
         }
         if let Some(how) = local.try_wait().unwrap() {
             break how;
@@ -787,7 +792,7 @@ fn a_rank_that_fails_to_start_is_named_with_its_stage_and_exception_and_counted(
         Some(1),
         "stopped with exit 1: {exited:?}\n{text}"
     );
-    assert!(failures >= 2.0, "counted on /metrics: {failures}");
+    assert!(failures >= 1.0, "counted on /metrics: {failures}");
     let first = &seen["first-failure"];
     let exception = first["exception"].as_str().unwrap_or_default();
     assert!(
@@ -808,33 +813,30 @@ fn a_rank_that_fails_to_start_is_named_with_its_stage_and_exception_and_counted(
             .contains("gpu-memory-utilization")),
         "the cause's lines are kept: {first}"
     );
-    // The first failure stays while later ones count up.
-    let (first_at, last_at) = (
-        first["at-unix-ms"].as_u64().unwrap(),
-        seen["last-failure"]["at-unix-ms"].as_u64().unwrap(),
-    );
-    assert!(first_at < last_at, "{seen}");
-    assert!(
-        seen["last-failure"]["exception"]
-            .as_str()
-            .is_some_and(|e| e.starts_with("ValueError: Available memory on node")),
-        "{seen}"
-    );
-    // One line says what failed, where, and why; the third in a row stops.
-    let said = text
+    // One line says what failed, where, and why; the second start failed
+    // the same way, was counted, and the policy stopped.
+    let failed: Vec<&str> = text
         .lines()
-        .find(|l| l.contains("startup failed: rank "))
-        .unwrap_or_else(|| panic!("no startup-failed line in:\n{text}"));
-    assert!(said.contains("ValueError: Available memory"), "{said}");
-    assert!(text.contains("2 times in a row"), "the count is logged");
-    assert!(text.contains("3 times in a row"), "the third is logged");
+        .filter(|l| l.contains("startup failed: rank "))
+        .collect();
     assert!(
-        text.contains("failed to start 3 times in a row with the same cause"),
+        failed.len() == 2
+            && failed
+                .iter()
+                .all(|l| l.contains("ValueError: Available memory")),
+        "two startup-failed lines, each with the cause:\n{text}"
+    );
+    assert!(
+        !failed[0].contains("times in a row") && failed[1].contains("(2 times in a row)"),
+        "the second is counted:\n{text}"
+    );
+    assert!(
+        text.contains("failed to start 2 times in a row with the same cause"),
         "the policy's stop is logged:\n{text}"
     );
     assert!(
-        !text.contains("4 times in a row"),
-        "no fourth try after the stop:\n{text}"
+        !text.contains("3 times in a row"),
+        "no third try after the stop:\n{text}"
     );
     // Kubernetes shows the cause as the pod's termination message.
     let message = std::fs::read_to_string(&termination).unwrap_or_default();

@@ -476,7 +476,6 @@ fn from_zero_workers_rays_autoscaler_starts_the_worker_and_vllm_serves() {
 #[ignore = "needs vLLM and Ray: run by `cargo xtask test`"]
 fn a_start_that_fails_behind_ray_is_named_with_rank_stage_and_exception() {
     let (base, ports) = (104u8, Ports::pick());
-    let endpoints = format!("127.0.0.1:{}", ports.endpoints);
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("orchestrator.log");
     let local = start_local(
@@ -491,12 +490,11 @@ fn a_start_that_fails_behind_ray_is_named_with_rank_stage_and_exception() {
         &log,
     );
     let _guard = Guard(vec![local.id() as i32]);
-    let mut seen = serde_json::Value::Null;
     // One failure is enough here: counting identical failures and the
-    // stop after them are native_e2e's `a_rank_that_fails_to_start`.
-    wait_for("the first failure", Duration::from_secs(300), || {
-        seen = status_of(&endpoints);
-        seen["first-failure"]["exception"].is_string()
+    // stop after them are native_e2e's `a_rank_that_fails_to_start`. A
+    // timeout shows the orchestrator's log and the last /status.
+    let seen = status_until_logged(&log, ports.endpoints, Duration::from_secs(300), |s| {
+        s["first-failure"]["exception"].is_string()
     });
     let first = &seen["first-failure"];
     eprintln!("first failure: {first}");
