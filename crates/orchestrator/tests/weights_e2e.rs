@@ -350,7 +350,17 @@ fn a_native_group_fetches_the_model_once_keeps_its_compile_cache_and_a_new_rank_
         )),
         "{log}"
     );
-    // Both ranks compiled.
+    // Both ranks compiled, each as soon as it was certain that no peer had
+    // a cache (the leader once rank 1 had introduced itself, rank 1 once
+    // the leader said so), not after asking for the whole wait.
+    for rank in 0..2 {
+        let log = std::fs::read_to_string(dir.path().join(format!("rank-{rank}-0.log"))).unwrap();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("compile cache: miss") && l.contains("no peer has one")),
+            "rank {rank}:\n{log}"
+        );
+    }
     for rank in 0..2 {
         let view = compile_cache_of(&group.endpoints_of(rank));
         assert_eq!(view["state"], "miss", "rank {rank}: {view}");

@@ -27,6 +27,9 @@ use std::time::Duration;
 const READY_MARK: &str = ".orchestrator-ready";
 /// Where sealed and pulled caches are kept, under `dir`.
 const STORE: &str = ".orchestrator-store";
+/// The empty folder the seed offers to say it has no cache, under
+/// `<dir>/<key>` ([`none_id`]).
+const NONE_FOLDER: &str = ".orchestrator-none";
 /// How often a node asks whether the group serves yet.
 const SERVES_POLL: Duration = Duration::from_secs(1);
 /// How often the group is asked for caches once it serves.
@@ -35,7 +38,9 @@ const GATHER_EVERY: Duration = Duration::from_secs(5);
 const GATHER_FOR: Duration = Duration::from_secs(600);
 /// How long a node without a cache asks its peers before vLLM compiles
 /// (the seed waits for the others to introduce themselves; the others
-/// for the seed to offer what it kept).
+/// for the seed to offer what it kept). A miss can end sooner: the seed's
+/// once every rank of a native group has introduced itself and none has
+/// a cache, the others' once the seed says it has none ([`none_id`]).
 const ASK_FOR: Duration = Duration::from_secs(10);
 /// The `[serve] extra-args` that change what vLLM compiles.
 const COMPILE_FLAGS: &[&str] = &[
@@ -80,6 +85,10 @@ pub struct CompileCachePlan {
     me: String,
     secret: Option<Vec<u8>>,
     basis: Basis,
+    /// The other nodes the seed can hear from: a native group's other
+    /// ranks (`None` on Ray, where the nodes that come are not known in
+    /// advance: the seed asks for [`ASK_FOR`]).
+    peers: Option<usize>,
 }
 
 impl std::fmt::Debug for CompileCachePlan {
@@ -122,6 +131,13 @@ impl CompileCachePlan {
                 .cloned()
                 .unwrap_or_else(|| "vllm".into()),
         };
+        let peers = match config.backend {
+            crate::config::Backend::Native => config
+                .native
+                .group_size
+                .map(|size| size.saturating_sub(1) as usize),
+            crate::config::Backend::Ray => None,
+        };
         Some(Self {
             config: section.clone(),
             seed,
@@ -129,12 +145,20 @@ impl CompileCachePlan {
             me,
             secret: secret.filter(|_| section.share),
             basis,
+            peers,
         })
     }
 
     fn id(key: &str) -> String {
         format!("compile-{key}")
     }
+}
+
+/// The id under which the seed says it has no cache and none of its peers
+/// had one (an empty offer): the others compile at once instead of asking
+/// until [`ASK_FOR`] ends. Withdrawn once the seed offers a cache.
+fn none_id(key: &str) -> String {
+    format!("compile-{key}-none")
 }
 
 /// The arguments of `args` that change compilation, in order (a flag with
@@ -408,16 +432,24 @@ async fn prepare(
         return Some(view);
     }
     let reason = explain_miss(&plan.config.dir, key, inputs);
-    if let Some(channel) = channel
-        && let Some(from) = pull_any(plan, key, channel).await
-    {
-        tracing::info!(key, %from, "compile cache: taken from a peer ({reason} here)");
-        let _ = std::fs::write(root.join(READY_MARK), b"");
-        view.state = CacheState::Pulled;
-        view.from = Some(from);
-        return Some(view);
+    let mut asked = "";
+    if let Some(channel) = channel {
+        match pull_any(plan, key, channel).await {
+            Asked::Taken(from) => {
+                tracing::info!(key, %from, "compile cache: taken from a peer ({reason} here)");
+                let _ = std::fs::write(root.join(READY_MARK), b"");
+                view.state = CacheState::Pulled;
+                view.from = Some(from);
+                return Some(view);
+            }
+            Asked::NoneHas => asked = "; no peer has one",
+            Asked::WaitEnded => asked = "; no peer offered one in time",
+        }
+        if plan.seed {
+            say_none(plan, key, channel).await;
+        }
     }
-    tracing::info!(key, "compile cache: miss, vLLM compiles: {reason}");
+    tracing::info!(key, "compile cache: miss, vLLM compiles: {reason}{asked}");
     view.state = CacheState::Miss;
     view.reason = Some(reason);
     Some(view)
@@ -441,24 +473,77 @@ async fn peers(plan: &CompileCachePlan, key: &str, channel: &Channel) -> Vec<Str
     peers
 }
 
-/// Takes the first whole cache a peer offers into this node's folder;
-/// the peer it came from.
-async fn pull_any(plan: &CompileCachePlan, key: &str, channel: &Channel) -> Option<String> {
+/// What asking the peers gave.
+enum Asked {
+    /// A whole cache, from this peer.
+    Taken(String),
+    /// Certain that no peer has one (see [`none_anywhere`]).
+    NoneHas,
+    /// None offered one before the wait ended.
+    WaitEnded,
+}
+
+/// Takes the first whole cache a peer offers into this node's folder.
+async fn pull_any(plan: &CompileCachePlan, key: &str, channel: &Channel) -> Asked {
     let deadline =
         tokio::time::Instant::now() + ASK_FOR.min(Duration::from_secs(plan.config.wait_seconds));
     loop {
-        for peer in peers(plan, key, channel).await {
-            if pull_from(plan, key, channel, &peer)
+        let asked = peers(plan, key, channel).await;
+        for peer in &asked {
+            if pull_from(plan, key, channel, peer)
                 .await
                 .is_some_and(|n| n > 0)
             {
-                return Some(peer);
+                return Asked::Taken(peer.clone());
             }
         }
+        if none_anywhere(plan, key, channel, asked.len()).await {
+            return Asked::NoneHas;
+        }
         if tokio::time::Instant::now() >= deadline {
-            return None;
+            return Asked::WaitEnded;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Whether a miss is certain before [`ASK_FOR`] ends: on the seed, every
+/// other rank of the group has introduced itself (`asked` of them) and
+/// none offered a cache (a node with one offers it before it introduces
+/// itself); elsewhere, the seed says so under [`none_id`].
+async fn none_anywhere(
+    plan: &CompileCachePlan,
+    key: &str,
+    channel: &Channel,
+    asked: usize,
+) -> bool {
+    if plan.seed {
+        return plan.peers.is_some_and(|peers| asked >= peers);
+    }
+    channel
+        .client
+        .offer(&plan.seed_address, &none_id(key))
+        .await
+        .is_ok()
+}
+
+/// The seed's miss, told to the group: an empty offer under [`none_id`].
+async fn say_none(plan: &CompileCachePlan, key: &str, channel: &Channel) {
+    let store_dir = plan.config.dir.join(STORE);
+    let empty = plan.config.dir.join(key).join(NONE_FOLDER);
+    let id = none_id(key);
+    let sealed = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&empty)
+            .map_err(|e| format!("{}: {e}", empty.display()))
+            .and_then(|()| {
+                folder::seal(&store_dir, &id, &empty, 4 << 20).map_err(|e| e.to_string())
+            })
+    })
+    .await;
+    match sealed {
+        Ok(Ok(store)) => channel.service.register(&none_id(key), Arc::new(store)),
+        Ok(Err(e)) => tracing::info!("compile cache: the group is not told of the miss: {e}"),
+        Err(_) => {}
     }
 }
 
@@ -539,6 +624,7 @@ async fn offer(
     let _ = std::fs::write(root.join(READY_MARK), b"");
     let revision = store.manifest().revision.clone();
     let store = Arc::new(store);
+    channel.service.withdraw(&none_id(key));
     if plan.seed && serving {
         channel
             .service
