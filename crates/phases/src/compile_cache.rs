@@ -27,6 +27,8 @@ use std::time::Duration;
 const READY_MARK: &str = ".orchestrator-ready";
 /// Where sealed and pulled caches are kept, under `dir`.
 const STORE: &str = ".orchestrator-store";
+/// The chunk size of the caches offered to peers.
+const SEAL_CHUNK_BYTES: u64 = 4 << 20;
 /// The empty folder the seed offers to say it has no cache, under
 /// `<dir>/<key>` ([`none_id`]).
 const NONE_FOLDER: &str = ".orchestrator-none";
@@ -88,7 +90,7 @@ pub struct CompileCachePlan {
     /// The other nodes the seed can hear from: a native group's other
     /// ranks (`None` on Ray, where the nodes that come are not known in
     /// advance: the seed asks for [`ASK_FOR`]).
-    peers: Option<usize>,
+    other_ranks: Option<usize>,
 }
 
 impl std::fmt::Debug for CompileCachePlan {
@@ -131,7 +133,7 @@ impl CompileCachePlan {
                 .cloned()
                 .unwrap_or_else(|| "vllm".into()),
         };
-        let peers = match config.backend {
+        let other_ranks = match config.backend {
             crate::config::Backend::Native => config
                 .native
                 .group_size
@@ -145,7 +147,7 @@ impl CompileCachePlan {
             me,
             secret: secret.filter(|_| section.share),
             basis,
-            peers,
+            other_ranks,
         })
     }
 
@@ -518,7 +520,7 @@ async fn none_anywhere(
     asked: usize,
 ) -> bool {
     if plan.seed {
-        return plan.peers.is_some_and(|peers| asked >= peers);
+        return plan.other_ranks.is_some_and(|others| asked >= others);
     }
     channel
         .client
@@ -536,7 +538,7 @@ async fn say_none(plan: &CompileCachePlan, key: &str, channel: &Channel) {
         std::fs::create_dir_all(&empty)
             .map_err(|e| format!("{}: {e}", empty.display()))
             .and_then(|()| {
-                folder::seal(&store_dir, &id, &empty, 4 << 20).map_err(|e| e.to_string())
+                folder::seal(&store_dir, &id, &empty, SEAL_CHUNK_BYTES).map_err(|e| e.to_string())
             })
     })
     .await;
@@ -615,12 +617,13 @@ async fn offer(
     let root = plan.config.dir.join(key);
     let repo = CompileCachePlan::id(key);
     let folder = root.join("cache");
-    let store =
-        tokio::task::spawn_blocking(move || folder::seal(&store_dir, &repo, &folder, 4 << 20))
-            .await
-            .ok()?
-            .map_err(|e| tracing::warn!("compile cache: not offered: {e}"))
-            .ok()?;
+    let store = tokio::task::spawn_blocking(move || {
+        folder::seal(&store_dir, &repo, &folder, SEAL_CHUNK_BYTES)
+    })
+    .await
+    .ok()?
+    .map_err(|e| tracing::warn!("compile cache: not offered: {e}"))
+    .ok()?;
     let _ = std::fs::write(root.join(READY_MARK), b"");
     let revision = store.manifest().revision.clone();
     let store = Arc::new(store);
